@@ -1,0 +1,122 @@
+"""Options and output helpers shared by the commands that run a model (classify, embed, index, search, eval)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..embeddings import DEFAULT_MODEL, Embedder
+from ..zeroshot import DEFAULT_TEMPLATE, check_templates
+
+
+def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
+    """--model and --device."""
+    shown = f"default: {default}" if default else "default: the one the index was built with"
+    parser.add_argument(
+        "--model", default=default, help=f"bundled model name, local checkpoint folder or hub id ({shown})"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def add_loader_options(parser: argparse.ArgumentParser) -> None:
+    """--batch-size, --workers and --no-progress, for commands that read many image files."""
+    parser.add_argument(
+        "--batch-size", type=_positive, default=32, help="images per model call (default: 32)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image-decoding processes (default: one per core, at most 8)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_template_option(parser: argparse.ArgumentParser) -> None:
+    """--template, repeatable: prompt ensembles."""
+    parser.add_argument(
+        "--template",
+        dest="templates",
+        action="append",
+        metavar="TEMPLATE",
+        help=f"prompt with {{}} where the label goes; repeat to ensemble several (default: {DEFAULT_TEMPLATE!r})",
+    )
+
+
+def templates_of(args: argparse.Namespace) -> list[str]:
+    """The --template values (checked), or the default template."""
+    templates = args.templates or [DEFAULT_TEMPLATE]
+    check_templates(templates)
+    return templates
+
+
+def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "progress": False if args.no_progress else None,
+    }
+
+
+def load_model(args: argparse.Namespace, name: str | None = None) -> Embedder:
+    return Embedder.from_pretrained(name or args.model, device=args.device)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def report_skipped(command: str, skipped: Sequence[tuple[str, str]]) -> None:
+    """List unreadable files on stderr: they were left out, the command went on."""
+    if skipped:
+        print(f"siglip {command}: skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+
+
+def score_text(score: float) -> str:
+    """A probability or similarity for a table: 4 decimals, or 2 significant digits when that shows 0."""
+    return f"{score:.4f}" if abs(score) >= 1e-4 or score == 0 else f"{score:.1e}"
+
+
+def rate_line(done: int, failed: int, seconds: float) -> str:
+    """How many images a command embedded and how fast."""
+    if done + failed == 0:
+        return "nothing new to embed"
+    unreadable = f" ({failed} unreadable)" if failed else ""
+    return f"embedded {done} images{unreadable} in {seconds:.1f} s ({(done + failed) / seconds:.1f} images/s)"
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
+    """Columns two spaces apart: text left-aligned, numbers right-aligned; `header` is the first line."""
+    body = [list(row) for row in rows]
+    rows = [list(header), *body] if header else body
+    columns = len(rows[0]) if rows else 0
+    widths = [max(len(row[i]) for row in rows) for i in range(columns)]
+    numeric = [all(_is_number(row[i]) for row in body) for i in range(columns)]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(row, widths, numeric, strict=True)
+        )
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text == ""
+    return True
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -1,0 +1,97 @@
+"""`siglip info`: what a model is (config, parameter count) and where its files are."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from ..configuration import SiglipConfig
+from ..embeddings import hint_bundled_models, model_name
+from ..hub import CONFIG_NAME, resolve_file
+from ..modeling import SiglipModel
+from ._options import print_json, table
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="config, parameter count and files of a model",
+        description="Describe a model without loading its weights: bundled name, local folder or hub id.",
+    )
+    parser.add_argument(
+        "model", metavar="MODEL", help="bundled model name, local checkpoint folder or hub id"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(run=run)
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Config summary, parameter counts and local files of a model (no weights are read)."""
+    with hint_bundled_models(name):
+        config = SiglipConfig.from_pretrained(name)
+    with torch.device("meta"):  # shapes only: exact counts, no memory, no download of the weights
+        model = SiglipModel(config)
+    location = resolve_file(name, CONFIG_NAME).parent
+    vision, text = config.vision_config, config.text_config
+    return {
+        "model": model_name(name),
+        "location": str(location),
+        "parameters": {
+            "total": model.num_parameters(),
+            "vision": sum(p.numel() for p in model.vision_model.parameters()),
+            "text": sum(p.numel() for p in model.text_model.parameters()),
+        },
+        "embedding_dims": text.projection_size,
+        "image": {
+            "size": vision.image_size,
+            "patch": vision.patch_size,
+            "layers": vision.num_hidden_layers,
+            "width": vision.hidden_size,
+        },
+        "text": {
+            "positions": text.max_position_embeddings,
+            "vocabulary": text.vocab_size,
+            "layers": text.num_hidden_layers,
+            "width": text.hidden_size,
+        },
+        "dtype": config.torch_dtype,
+        "files": {f.name: f.stat().st_size for f in sorted(location.iterdir()) if f.is_file()},
+        "config": config.to_dict(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.model)
+    if args.json:
+        print_json(info)
+        return 0
+    params, image, text = info["parameters"], info["image"], info["text"]
+    rows = [
+        ["model", info["model"]],
+        ["location", info["location"]],
+        ["parameters", f"{params['total']:,} (vision {params['vision']:,}, text {params['text']:,})"],
+        ["embedding", f"{info['embedding_dims']} dims"],
+        [
+            "image",
+            f"{image['size']} x {image['size']} pixels, patch {image['patch']}, {image['layers']} layers, width {image['width']}",
+        ],
+        [
+            "text",
+            f"{text['positions']} tokens, vocabulary {text['vocabulary']:,}, {text['layers']} layers, width {text['width']}",
+        ],
+        ["dtype", str(info["dtype"])],
+    ]
+    print(table(rows))
+    print("files")
+    print(table([[f"  {name}", _size(size)] for name, size in info["files"].items()]))
+    return 0
+
+
+def _size(size: float) -> str:
+    units = ("B", "kB", "MB", "GB", "TB")
+    step = 0
+    while size >= 1000 and step < len(units) - 1:
+        size, step = size / 1000, step + 1
+    return f"{size:.0f} B" if step == 0 else f"{size:.1f} {units[step]}"

@@ -1,0 +1,51 @@
+"""`siglip search`: the images of an index that best match a text or an image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ..index import SearchIndex, results_html
+from ._options import print_json, score_text, table
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "search",
+        help="search an index by text or by image",
+        description='Rank the images of an index by similarity to a text ("a dog on a beach") or to --image.',
+    )
+    parser.add_argument("text", nargs="?", help="what to look for")
+    parser.add_argument("--image", help="search by this image instead of a text")
+    parser.add_argument("--index", required=True, help="index folder made by `siglip index`")
+    parser.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    parser.add_argument("--html", metavar="OUT.html", help="also write a page of thumbnails")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.text is None) == (args.image is None):
+        raise ValueError("give a text to search for, or --image QUERY.jpg (one of the two)")
+    if args.k < 1:
+        raise ValueError(f"-k must be at least 1, got {args.k}")
+    with SearchIndex(args.index, device=args.device) as index:
+        hits = (
+            index.search_text(args.text, args.k)
+            if args.image is None
+            else index.search_image(args.image, args.k)
+        )
+    query = args.text if args.image is None else f"images like {args.image}"
+    if args.html:
+        Path(args.html).write_text(results_html(query, hits), encoding="utf-8")
+    if args.json:
+        print_json({"query": query, "results": [asdict(hit) for hit in hits]})
+    else:
+        rows = [[str(rank), score_text(hit.score), hit.path] for rank, hit in enumerate(hits, start=1)]
+        print(table(rows, ["rank", "score", "path"]))
+    if args.html:
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0

@@ -1,0 +1,56 @@
+"""`siglip train`: fine-tune a checkpoint or train from scratch with the sigmoid loss (options = TrainConfig)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+
+from ..train.trainer import TrainConfig, train
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train with the sigmoid loss (one process, or many under torchrun)",
+        description=(
+            "Fine-tune a checkpoint (--model) or train from a config (--config) on image-caption pairs. "
+            "Multi-process: torchrun --nproc-per-node N -m siglip train ..."
+        ),
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
+        elif typing.get_origin(kind) is list:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            parser.add_argument(flag, nargs="+", default=default, help=f"{help_text} (default: {default})")
+        else:
+            scalar = next(t for t in _alternatives(kind) if t is not type(None))
+            default = None if required else f.default
+            parser.add_argument(
+                flag,
+                type=scalar,
+                required=required,
+                default=default,
+                help=f"{help_text} (default: {default})",
+            )
+    parser.set_defaults(run=run)
+
+
+def _alternatives(kind: typing.Any) -> tuple:
+    return typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+
+
+def run(args: argparse.Namespace) -> int:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    final = train(TrainConfig(**values))
+    print(f"model saved to {final}")
+    return 0

@@ -1,0 +1,227 @@
+"""Evaluation on your own data: zero-shot classification of class folders, and image-text retrieval.
+
+Metrics are computed as CLIP_benchmark computes them:
+- zero-shot: top-1 and top-5 accuracy (top-k with k = min(5, classes)), per-class recall and its mean
+  (balanced accuracy), and the confusion matrix; classes are prompt-ensembled label embeddings;
+- retrieval: recall@k in the CLIP-paper sense, the fraction of queries with at least one correct item among
+  their k best, for text -> image (each caption has one image) and image -> text (an image may have
+  several captions); k larger than the number of candidates counts all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embeddings import Embedder, NoImagesError, require, skipped_as_json
+from .train.data import ClassFolderDataset, PairsDataset
+from .zeroshot import DEFAULT_TEMPLATE, class_embeddings
+
+RECALL_KS = (1, 5, 10)
+
+
+# --- metrics (plain numpy, independent of the model) ------------------------------------------------------
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows of `scores` (N, C) whose true class `labels` (N,) is among the k highest."""
+    k = min(k, scores.shape[1])
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float((best == labels[:, None]).any(axis=1).mean())
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def recall_at_k(scores: np.ndarray, positives: np.ndarray, k: int) -> float:
+    """Fraction of queries (rows of `scores`, (Q, C)) with a positive (`positives`, bool (Q, C)) in their top k."""
+    k = min(k, scores.shape[1])
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float(np.take_along_axis(positives, best, axis=1).any(axis=1).mean())
+
+
+# --- zero-shot classification -----------------------------------------------------------------------------
+@dataclass
+class ZeroShotReport:
+    """Zero-shot results on a folder of class folders."""
+
+    classes: list[str]
+    top1: float
+    top5: float
+    mean_per_class_recall: float
+    per_class_recall: dict[str, float | None]  # None: no readable image of that class
+    confusion: np.ndarray  # (C, C) counts, row = true class
+    count: int  # images evaluated
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "mean_per_class_recall": self.mean_per_class_recall,
+            "per_class_recall": self.per_class_recall,
+            "count": self.count,
+            "classes": self.classes,
+            "confusion": self.confusion.tolist(),
+            "skipped": skipped_as_json(self.skipped),
+        }
+
+
+def zeroshot_report(
+    scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], skipped: Sequence[tuple[str, str]] = ()
+) -> ZeroShotReport:
+    """The metrics of image-by-class `scores` (N, C) against the true `labels` (N,)."""
+    confusion = confusion_matrix(labels, scores.argmax(axis=1), len(classes))
+    per_class = confusion.sum(axis=1)
+    recall = {
+        c: float(confusion[i, i] / per_class[i]) if per_class[i] else None for i, c in enumerate(classes)
+    }
+    present = [r for r in recall.values() if r is not None]
+    return ZeroShotReport(
+        classes=list(classes),
+        top1=topk_accuracy(scores, labels, 1),
+        top5=topk_accuracy(scores, labels, 5),
+        mean_per_class_recall=float(np.mean(present)),
+        per_class_recall=recall,
+        confusion=confusion,
+        count=len(labels),
+        skipped=list(skipped),
+    )
+
+
+def evaluate_zeroshot(
+    data: str | os.PathLike,
+    embedder: Embedder,
+    templates: Sequence[str] = (DEFAULT_TEMPLATE,),
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> ZeroShotReport:
+    """Zero-shot classification of `data`, a folder with one sub-folder of images per class.
+
+    Class names are the folder names with `_` read as a space; each class is the ensemble of `templates`.
+    Unreadable images are skipped and listed in the report.
+    """
+    dataset = ClassFolderDataset(data, embedder.processor.image_processor, ["{}"])
+    tokenizer = embedder.processor.tokenizer
+    classes = class_embeddings(embedder.model, tokenizer, dataset.class_names, templates).cpu().numpy()
+    label_of = dict(zip(dataset.images, dataset.labels, strict=True))
+    scores, labels, skipped = [], [], []
+    for batch in embedder.embed_files(dataset.images, batch_size, workers, progress):
+        scores.append(batch.vectors @ classes.T)  # cosine: same ranking as the sigmoid scores
+        labels += [label_of[f.path] for f in batch.files]
+        skipped += [(f.path, reason) for f, reason in batch.failed]
+    if not labels:
+        raise NoImagesError(f"none of the {len(dataset)} images in '{data}' could be read")
+    return zeroshot_report(np.concatenate(scores), np.array(labels), dataset.class_names, skipped)
+
+
+def plot_confusion_matrix(report: ZeroShotReport, path: str | os.PathLike) -> Path:
+    """Write the confusion matrix as a PNG heat map: rows normalised to recall, counts written in small ones."""
+    require("matplotlib", "eval", "the confusion-matrix plot")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    confusion = report.confusion
+    n = len(report.classes)
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    size = min(max(4.0, 0.45 * n + 2.5), 40.0)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xticks(range(n), report.classes, rotation=60, ha="right")
+    ax.set_yticks(range(n), report.classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"zero-shot: top-1 {report.top1:.1%}, {report.count} images")
+    if n <= 30:  # numbers stay legible
+        for (i, j), count in np.ndenumerate(confusion):
+            color = "white" if rates[i, j] > 0.5 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --- retrieval --------------------------------------------------------------------------------------------
+@dataclass
+class RetrievalReport:
+    """Recall@k both ways on image-caption pairs."""
+
+    image_to_text: dict[int, float]  # k -> recall@k
+    text_to_image: dict[int, float]
+    images: int
+    captions: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): unreadable or missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_to_text": {f"R@{k}": v for k, v in self.image_to_text.items()},
+            "text_to_image": {f"R@{k}": v for k, v in self.text_to_image.items()},
+            "images": self.images,
+            "captions": self.captions,
+            "skipped": skipped_as_json(self.skipped),
+        }
+
+
+def retrieval_report(
+    image_embeds: np.ndarray,
+    text_embeds: np.ndarray,
+    image_of_text: np.ndarray,
+    ks: Sequence[int] = RECALL_KS,
+    skipped: Sequence[tuple[str, str]] = (),
+) -> RetrievalReport:
+    """Recall@k of unit-length `image_embeds` (I, D) and `text_embeds` (T, D); text t describes image
+    `image_of_text[t]`."""
+    scores = text_embeds @ image_embeds.T  # (T, I)
+    positives = np.zeros(scores.shape, dtype=bool)
+    positives[np.arange(len(image_of_text)), image_of_text] = True
+    return RetrievalReport(
+        image_to_text={k: recall_at_k(scores.T, positives.T, k) for k in ks},
+        text_to_image={k: recall_at_k(scores, positives, k) for k in ks},
+        images=len(image_embeds),
+        captions=len(text_embeds),
+        skipped=list(skipped),
+    )
+
+
+def evaluate_retrieval(
+    data: str | os.PathLike,
+    embedder: Embedder,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool | None = None,
+    ks: Sequence[int] = RECALL_KS,
+) -> RetrievalReport:
+    """Image-text retrieval on a `.csv`, `.tsv` or `.jsonl` file of (image path, caption) rows.
+
+    An image may appear on several rows (one per caption). Captions of missing or unreadable images are left
+    out, and those images listed in the report.
+    """
+    pairs = PairsDataset(data, embedder.processor.image_processor, image_column, caption_column)
+    unique = list(dict.fromkeys(pairs.images))
+    vectors, readable, skipped = [], [], [(p, "no such file") for p in pairs.missing]
+    for batch in embedder.embed_files(unique, batch_size, workers, progress):
+        vectors.append(batch.vectors)
+        readable += [f.path for f in batch.files]
+        skipped += [(f.path, reason) for f, reason in batch.failed]
+    if not readable:
+        raise NoImagesError(f"none of the images of '{data}' could be read")
+    position = {path: i for i, path in enumerate(readable)}
+    kept = [(position[p], c) for p, c in zip(pairs.images, pairs.captions, strict=True) if p in position]
+    texts = embedder.embed_texts([c for _, c in kept], batch_size=256)
+    image_of_text = np.array([i for i, _ in kept])
+    return retrieval_report(np.concatenate(vectors), texts, image_of_text, ks, skipped)

@@ -1,0 +1,253 @@
+"""Where checkpoint files come from and how weights are read and written.
+
+A model is named by a local directory or a Hugging Face hub id (resolved through `huggingface_hub`, so its
+cache, `HF_HUB_OFFLINE`, revisions and tokens behave as users expect). Everything that touches the
+file system or the network for `from_pretrained` / `save_pretrained` lives here, so the model, tokenizer and
+image-processor classes share one set of rules and one set of error messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIG_NAME = "config.json"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+
+# Models shipped inside the package, loadable by their short name with no network.
+BUNDLED_DIR = Path(__file__).parent / "models"
+
+# In order of preference: the first one a checkpoint has is the one loaded.
+_WEIGHT_CANDIDATES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be found, read or matched to the model. The message says which and why."""
+
+
+class OfflineError(CheckpointError):
+    """A hub file is needed that is not cached while the hub cannot be reached."""
+
+
+def _offline_message(repo_id: str, filename: str) -> str:
+    return (
+        f"'{repo_id}' is not a local directory, and its file '{filename}' is not in the Hugging Face cache "
+        "while the hub cannot be reached (offline, HF_HUB_OFFLINE=1 or local_files_only=True). "
+        f"Download it once where there is network (`hf download {repo_id}`), or pass the path of a local "
+        "directory that holds the checkpoint files (config.json and model.safetensors) instead of a hub id."
+    )
+
+
+def bundled_models() -> list[str]:
+    """Short names of the models shipped inside the package (e.g. "siglip-tiny-fashion")."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    required: bool = True,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path | None:
+    """Return the local path of `filename` in a checkpoint directory or hub repository.
+
+    `name_or_path` is a local directory, the short name of a bundled model (`bundled_models()`) or a hub id
+    such as `google/siglip-base-patch16-224`. A file the
+    checkpoint does not have gives `None` when `required` is False and a `CheckpointError` otherwise. When the
+    hub cannot be reached and the file is not cached, the error says so and how to use a local directory.
+    """
+    path = Path(os.path.expanduser(os.fspath(name_or_path)))
+    if not path.exists() and os.fspath(name_or_path) in bundled_models():
+        path = BUNDLED_DIR / os.fspath(name_or_path)
+    if path.is_dir():
+        candidate = path / filename
+        if candidate.is_file():
+            return candidate
+        if required:
+            raise CheckpointError(f"Checkpoint directory '{path}' has no '{filename}'.")
+        return None
+    if path.exists():
+        raise CheckpointError(f"'{path}' is a file; pass the directory that holds the checkpoint files.")
+    repo_id = os.fspath(name_or_path)
+    if repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+        raise CheckpointError(f"No such directory: '{repo_id}' (and it is not a hub id like 'org/name').")
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+                library_name="siglip",
+            )
+        )
+    except GatedRepoError as err:
+        raise CheckpointError(
+            f"'{repo_id}' is a gated hub repository: accept its terms on the hub and log in (`hf auth login`)."
+        ) from err
+    except RepositoryNotFoundError as err:
+        raise CheckpointError(
+            f"'{repo_id}' is neither a local directory nor a hub repository you can access."
+        ) from err
+    except RevisionNotFoundError as err:
+        raise CheckpointError(f"Hub repository '{repo_id}' has no revision '{revision}'.") from err
+    except LocalEntryNotFoundError as err:  # (a subclass of EntryNotFoundError: catch it first)
+        if not required and _cached_as_missing(repo_id, filename, revision, cache_dir):
+            return None
+        raise OfflineError(_offline_message(repo_id, filename)) from err
+    except EntryNotFoundError as err:
+        if required:
+            raise CheckpointError(f"Hub repository '{repo_id}' has no file '{filename}'.") from err
+        return None
+    except HFValidationError as err:
+        raise CheckpointError(f"No such directory, and not a valid hub id: '{repo_id}'.") from err
+
+
+def _cached_as_missing(repo_id: str, filename: str, revision: str | None, cache_dir: Any) -> bool:
+    """True when an earlier online lookup recorded that the repository does not have `filename`."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+    return found is _CACHED_NO_EXIST
+
+
+def resolve_weight_files(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> list[Path]:
+    """Return the weight files of a checkpoint: one safetensors file, its shards, or legacy pickles.
+
+    Safetensors are preferred over `pytorch_model.bin`. A checkpoint with none of the known files, or offline
+    with none of them cached, raises a `CheckpointError` that lists what was looked for.
+    """
+    offline_error: OfflineError | None = None
+    for name in _WEIGHT_CANDIDATES:
+        try:
+            found = resolve_file(name_or_path, name, required=False, **hub_kwargs)
+        except OfflineError as err:  # this one is not cached; another format may be
+            offline_error = err
+            continue
+        if found is None:
+            continue
+        if not name.endswith(".index.json"):
+            return [found]
+        index = read_json(found)
+        if not isinstance(index.get("weight_map"), dict):
+            raise CheckpointError(f"Shard index '{found}' has no 'weight_map'.")
+        shards = sorted(set(index["weight_map"].values()))
+        return [resolve_file(name_or_path, shard, **hub_kwargs) for shard in shards]
+    if offline_error is not None:
+        raise offline_error
+    raise CheckpointError(f"'{name_or_path}' has no weights: looked for {', '.join(_WEIGHT_CANDIDATES)}.")
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object from `path`; a broken file gives an error that names it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"'{path}' is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{path}' should hold a JSON object, found {type(data).__name__}.")
+    return data
+
+
+def load_state_dict(files: list[Path], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read the tensors of one or more weight files onto `device`.
+
+    Safetensors are memory-mapped and read tensor by tensor; `.bin` files are opened with
+    `torch.load(weights_only=True)`, which refuses pickled code.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    state_dict: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(file, framework="pt", device=str(device)) as f:
+                    for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                        state_dict[key] = f.get_tensor(key)
+            except (SafetensorError, OSError) as err:
+                raise CheckpointError(f"Cannot read safetensors file '{file}': {err}") from err
+        else:
+            try:
+                loaded = torch.load(file, map_location=device, weights_only=True, mmap=True)
+            except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
+                raise CheckpointError(
+                    f"Cannot read '{file}' as plain tensors (pickled code is never executed): {err}"
+                ) from err
+            if not isinstance(loaded, dict):
+                raise CheckpointError(f"'{file}' does not hold a state dict.")
+            state_dict.update(loaded)
+    return state_dict
+
+
+@contextlib.contextmanager
+def staged_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """Write files into a temporary folder, then move them into `directory` only if all were written.
+
+    An error or interruption while saving leaves `directory` as it was: never a half-written checkpoint.
+    """
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"Cannot save into '{target}': it is a file.")
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
+    try:
+        yield staging
+        mode = 0o666 & ~_umask()  # some writers (safetensors) create files readable by their owner only
+        for item in staging.iterdir():
+            if item.is_file():
+                item.chmod(mode)
+            os.replace(item, target / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor], directory: Path, max_shard_size: int | str = "5GB"
+) -> None:
+    """Write `state_dict` as `model.safetensors`, or as shards with an index when larger than `max_shard_size`."""
+    from huggingface_hub import save_torch_state_dict
+
+    save_torch_state_dict(
+        {k: v.detach().contiguous() for k, v in state_dict.items()},
+        directory,
+        max_shard_size=max_shard_size,
+        metadata={"format": "pt"},
+    )

@@ -1,0 +1,570 @@
+"""SigLIP's image preprocessing, pixel for pixel the reference pipeline of transformers (PIL backend).
+
+Per image: convert to RGB (transparency composited over white) -> resize the uint8 image to height x width
+with PIL (bicubic by default; no crop, the aspect ratio is not kept) -> `x * (1/255)` computed in float64 and
+stored as float32 -> `(x - mean) / std` in float32. Output `pixel_values` (batch, 3, height, width) float32.
+
+What makes it fast while staying bit-identical (the tests check it against transformers):
+- PIL images are resized directly, without transformers' numpy -> PIL -> numpy round trips;
+- rescale and normalise of a uint8 image take one table lookup per pixel: the table holds, for each of the
+  256 values and each channel, the result of the very same float64/float32 arithmetic;
+- the images of a batch are decoded, converted and resized on a thread pool (PIL releases the GIL).
+
+Differences from transformers, all deliberate and documented on `SiglipImageProcessor`: 16-bit grey images
+are scaled to 8 bits instead of clipped, files with transparency are composited like in-memory images, and
+bad input raises an `ImageInputError` that names the image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .hub import CheckpointError, read_json, resolve_file, staged_directory
+
+PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
+PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers 5 saves the image settings only here
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+DATA_FORMATS = ("channels_first", "channels_last")
+_MODES_16_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# preprocessor_config.json switches for steps SigLIP does not have: refused when on rather than ignored.
+_UNSUPPORTED_STEPS = ("do_center_crop", "do_pad")
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | bytes
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class ImageInputError(ValueError):
+    """An input image cannot be read or used. The message names it: batch index, and path when it has one."""
+
+
+class BatchFeature(dict):
+    """Model inputs by name, as returned by the tokenizer, the image processor and the processor.
+
+    A dict (`inputs["pixel_values"]`, `model(**inputs)`) that also reads by attribute (`inputs.input_ids`).
+    `to(device)` / `to(dtype)` move every tensor and cast only the floating ones (ids stay int64), in place,
+    and return the same object, as transformers' `BatchFeature` does.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no {name!r}; keys: {list(self)}") from None
+
+    def to(self, *args: Any, **kwargs: Any) -> BatchFeature:
+        device = kwargs.get("device")
+        if device is None and args and not isinstance(args[0], torch.dtype):
+            device = args[0]
+        for key, value in self.items():
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point():
+                    self[key] = value.to(*args, **kwargs)
+                elif device is not None:
+                    self[key] = value.to(device=device, non_blocking=kwargs.get("non_blocking", False))
+        return self
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """The resolved settings of one `preprocess` call, shared by all worker threads."""
+
+    size: tuple[int, int] | None  # (height, width); None: no resize
+    resample: Image.Resampling
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    exif_transpose: bool | None
+    input_data_format: str | None
+
+    def rescale_normalize(self, x: np.ndarray) -> np.ndarray:
+        """transformers' arithmetic on a channels-last array: rescale in float64 -> float32, then normalise.
+
+        Normalising keeps a floating input's own dtype and casts other inputs to float32, as transformers does.
+        """
+        if self.do_rescale:
+            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        if self.do_normalize:
+            if not np.issubdtype(x.dtype, np.floating):
+                x = x.astype(np.float32)
+            x = (x - np.asarray(self.mean, dtype=x.dtype)) / np.asarray(self.std, dtype=x.dtype)
+        return x
+
+    def lookup_table(self) -> np.ndarray:
+        """(3, 256): the output of `rescale_normalize` for every uint8 value of every channel."""
+        values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+        return np.ascontiguousarray(self.rescale_normalize(values).T)
+
+
+class SiglipImageProcessor:
+    """Image preprocessing of SigLIP checkpoints, identical to transformers' PIL-backend `SiglipImageProcessor`.
+
+    Args:
+        do_resize: resize to `size` (the model needs exactly its image size).
+        size: `{"height": H, "width": W}` (224 x 224 by default; the checkpoint's `image_size`). Images are
+            warped to it: no crop, the aspect ratio is not kept, as SigLIP was trained.
+        resample: PIL filter (`PIL.Image.Resampling` or its int); BICUBIC (3) as in the released configs.
+        do_rescale, rescale_factor: multiply by 1/255.
+        do_normalize, image_mean, image_std: `(x - mean) / std` per channel, 0.5 / 0.5 (values in [-1, 1]).
+        exif_transpose: turn images upright by their EXIF orientation (phone photos). None (default) does what
+            transformers does: images read from paths or bytes are turned, PIL images passed in are used as
+            they are. True turns PIL images too; False never turns.
+        num_threads: threads for a batch (default: one per CPU core, at most one per image; one inside a
+            torch DataLoader worker, where the workers already run in parallel).
+
+    Accepted images: PIL images of any mode, numpy arrays and torch tensors (H x W, H x W x C or C x H x W
+    with C in 1, 3, 4; uint8, integers in 0..255, or floats in [0, 1]; a 4-D array is a batch), file paths
+    and encoded bytes; a single image or a list. Conversion to RGB follows transformers: transparency (RGBA,
+    LA, PA, P or L with a transparent colour) is composited over white, CMYK, 1-bit and palette images are
+    converted by PIL, 32-bit grey (modes I and F) is clipped to 0..255.
+
+    Deliberate differences from transformers:
+    - 16-bit grey (mode I;16, e.g. 16-bit PNG and TIFF) is scaled to 8 bits, `round(v * 255 / 65535)`;
+      transformers clips it to 0..255, which turns nearly every pixel white.
+    - Paths with transparency are composited over white like PIL images (transformers drops the alpha
+      channel of files it opens itself).
+    - 2-D arrays are accepted as grey images.
+    - A warning when float images already in [0, 1] meet `do_rescale=True` (transformers silently divides
+      by 255 again), and when 32-bit grey values get clipped.
+    - Unreadable, truncated, non-image or oversized files (more pixels than `PIL.Image.MAX_IMAGE_PIXELS`, a
+      decompression-bomb guard), empty batches and zero-sized images raise `ImageInputError` naming the image.
+    """
+
+    model_input_names = ("pixel_values",)
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: Mapping[str, int] | None = None,
+        resample: int | Image.Resampling = Image.Resampling.BICUBIC,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        exif_transpose: bool | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        self.do_resize = bool(do_resize)
+        height, width = _check_size({"height": 224, "width": 224} if size is None else size)
+        self.size = {"height": height, "width": width}
+        self.resample = _check_resample(resample)
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
+        self.image_mean = _check_stats(SIGLIP_MEAN if image_mean is None else image_mean, "image_mean")
+        self.image_std = _check_stats(SIGLIP_STD if image_std is None else image_std, "image_std")
+        self.exif_transpose = exif_transpose
+        self.num_threads = num_threads
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> BatchFeature:
+        """Same as `preprocess`."""
+        return self.preprocess(images, **kwargs)
+
+    def preprocess(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        do_resize: bool | None = None,
+        size: Mapping[str, int] | None = None,
+        resample: int | Image.Resampling | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        return_tensors: str | None = None,
+        data_format: str = "channels_first",
+        input_data_format: str | None = None,
+        exif_transpose: bool | None = None,
+    ) -> BatchFeature:
+        """Turn an image or a batch of images into `pixel_values`.
+
+        Every setting left as None takes the processor's own value. `return_tensors`: None (a list of numpy
+        arrays, one per image), `"np"` (one array) or `"pt"` (a torch tensor); both stack the batch, which
+        needs equal sizes (always true with `do_resize`). `data_format`: "channels_first" (B, 3, H, W, what
+        the model takes) or "channels_last". `input_data_format`: the layout of array inputs,
+        "channels_first" or "channels_last"; inferred when None (C x H x W when the first axis has 1, 3 or 4
+        entries). Bad input raises `ImageInputError` (or `TypeError` for objects that are no image), naming
+        the image; nothing is returned for the rest of the batch.
+        """
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
+        if data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+        if input_data_format not in (*DATA_FORMATS, None):
+            raise ValueError(
+                f"input_data_format must be None or one of {DATA_FORMATS}, got {input_data_format!r}"
+            )
+        resize = self.do_resize if do_resize is None else do_resize
+        steps = _Steps(
+            size=_check_size(self.size if size is None else size) if resize else None,
+            resample=_check_resample(self.resample if resample is None else resample),
+            do_rescale=self.do_rescale if do_rescale is None else bool(do_rescale),
+            rescale_factor=self.rescale_factor if rescale_factor is None else float(rescale_factor),
+            do_normalize=self.do_normalize if do_normalize is None else bool(do_normalize),
+            mean=self.image_mean if image_mean is None else _check_stats(image_mean, "image_mean"),
+            std=self.image_std if image_std is None else _check_stats(image_std, "image_std"),
+            exif_transpose=self.exif_transpose if exif_transpose is None else exif_transpose,
+            input_data_format=input_data_format,
+        )
+        items = _as_list(images)
+        # Each distinct object is processed once: a lazily opened PIL image listed twice must not be
+        # decoded by two threads at the same time.
+        first_index: dict[int, int] = {}
+        for i, item in enumerate(items):
+            first_index.setdefault(id(item), i)
+        todo = sorted(set(first_index.values()))
+        work = partial(_process_image, steps=steps, table=steps.lookup_table())
+        # inside a DataLoader worker, the workers already run in parallel
+        in_data_loader = torch.utils.data.get_worker_info() is not None
+        threads = min(len(todo), self.num_threads or (1 if in_data_loader else os.cpu_count() or 1))
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                done = dict(zip(todo, pool.map(work, [items[i] for i in todo], todo), strict=True))
+        else:
+            done = {i: work(items[i], i) for i in todo}
+        results = [done[first_index[id(item)]] for item in items]
+        _warn_about([note for _, note in results])
+
+        pixels = [p for p, _ in results]
+        if return_tensors is None:
+            if data_format == "channels_last":
+                pixels = [np.ascontiguousarray(p.transpose(1, 2, 0)) for p in pixels]
+            return BatchFeature(pixel_values=pixels)
+        shapes = {p.shape for p in pixels}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"Cannot stack images of different sizes {sorted(shapes)} into one tensor: keep do_resize=True "
+                "or pass return_tensors=None"
+            )
+        batch = np.stack(pixels)
+        if data_format == "channels_last":
+            batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+        return BatchFeature(pixel_values=torch.from_numpy(batch) if return_tensors == "pt" else batch)
+
+    # --- files --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as `preprocessor_config.json` stores them (transformers reads this file)."""
+        return {
+            "do_convert_rgb": True,
+            "do_normalize": self.do_normalize,
+            "do_rescale": self.do_rescale,
+            "do_resize": self.do_resize,
+            "exif_transpose": self.exif_transpose,
+            "image_mean": list(self.image_mean),
+            "image_processor_type": type(self).__name__,
+            "image_std": list(self.image_std),
+            "resample": int(self.resample),
+            "rescale_factor": self.rescale_factor,
+            "size": dict(self.size),
+        }
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], **kwargs: Any) -> SiglipImageProcessor:
+        """Build from a `preprocessor_config.json` dictionary; `kwargs` override its values.
+
+        Bookkeeping keys and settings of other transformers versions (`do_convert_rgb`, ...) are ignored;
+        a config that turns on a step SigLIP does not have (center crop, padding) raises a `ValueError`.
+        """
+        steps_on = [key for key in _UNSUPPORTED_STEPS if config.get(key)]
+        if steps_on:
+            raise ValueError(f"{', '.join(steps_on)} is not part of SigLIP's preprocessing and not supported")
+        names = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                 "image_std", "exif_transpose")  # fmt: skip
+        return cls(**{**{k: config[k] for k in names if k in config}, **kwargs})
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **kwargs: Any,
+    ) -> SiglipImageProcessor:
+        """Load `preprocessor_config.json` from a directory or hub id (or the `image_processor` entry of the
+        `processor_config.json` transformers 5 writes instead).
+
+        `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; other keyword
+        arguments override values of the file, e.g. `size={"height": 384, "width": 384}`.
+        """
+        hub_kwargs = dict(
+            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
+        path = resolve_file(
+            pretrained_model_name_or_path, PREPROCESSOR_CONFIG_FILE, required=False, **hub_kwargs
+        )
+        if path is not None:
+            config = read_json(path)
+        else:
+            path = resolve_file(
+                pretrained_model_name_or_path, PROCESSOR_CONFIG_FILE, required=False, **hub_kwargs
+            )
+            config = read_json(path).get("image_processor") if path is not None else None
+            if not isinstance(config, dict):
+                raise CheckpointError(
+                    f"'{pretrained_model_name_or_path}' has no {PREPROCESSOR_CONFIG_FILE} (nor image settings in "
+                    f"{PROCESSOR_CONFIG_FILE})"
+                )
+        try:
+            return cls.from_dict(config, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"Invalid image processor config '{path}': {err}") from err
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write `preprocessor_config.json` into `save_directory` (created if needed)."""
+        with staged_directory(save_directory) as staging:
+            self._write_files(staging)
+
+    def _write_files(self, directory: Path, processor_class: str | None = None) -> None:
+        config = self.to_dict()
+        if processor_class is not None:
+            config["processor_class"] = processor_class
+        write_json(directory / PREPROCESSOR_CONFIG_FILE, config)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "image_processor_type")
+        return f"{type(self).__name__}({settings})"
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """An image by its extension, and not hidden (`._photo.jpg` is macOS metadata, not a photo)."""
+    name = os.path.basename(path)
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def images_in(folder: str | os.PathLike) -> list[str]:
+    """The image files below `folder`, recursively and sorted, leaving out hidden files and folders."""
+    images = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .thumbnails, .git, .ipynb_checkpoints, ...
+        images += [os.path.join(root, f) for f in files if is_image_file(f)]
+    return sorted(images)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a config file the way transformers does (sorted keys, 2-space indent)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# --- argument checks ----------------------------------------------------------------------------------------
+def _check_size(size: Any) -> tuple[int, int]:
+    if not isinstance(size, Mapping) or set(size) != {"height", "width"}:
+        raise ValueError(
+            f"size must be {{'height': H, 'width': W}} (SigLIP resizes to a fixed size), got {size!r}"
+        )
+    height, width = size["height"], size["width"]
+    if not all(isinstance(v, int | np.integer) and v > 0 for v in (height, width)):
+        raise ValueError(f"size must hold positive integers, got {size!r}")
+    return int(height), int(width)
+
+
+def _check_resample(resample: Any) -> Image.Resampling:
+    try:
+        return Image.Resampling(resample)
+    except ValueError:
+        names = ", ".join(f"{r.name}={r.value}" for r in Image.Resampling)
+        raise ValueError(f"resample must be a PIL filter ({names}), got {resample!r}") from None
+
+
+def _check_stats(values: Any, name: str) -> tuple[float, float, float]:
+    if isinstance(values, int | float):
+        values = (values,) * 3
+    if not isinstance(values, Sequence | np.ndarray) or len(values) != 3:
+        raise ValueError(f"{name} must be a number or 3 numbers (one per RGB channel), got {values!r}")
+    values = tuple(float(v) for v in values)
+    if name == "image_std" and 0.0 in values:
+        raise ValueError(f"image_std must not contain 0, got {values}")
+    return values
+
+
+def _as_list(images: Any) -> list[Any]:
+    """A flat list of the images of a call: a list stays a list, a 4-D array is split, anything else is one."""
+    if isinstance(images, list | tuple) or (
+        isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4
+    ):
+        if len(images) == 0:
+            raise ImageInputError("images is an empty batch: pass at least one image")
+        return list(images)
+    return [images]
+
+
+# --- one image ----------------------------------------------------------------------------------------------
+def _process_image(
+    image: ImageInput, index: int, steps: _Steps, table: np.ndarray
+) -> tuple[np.ndarray, str | None]:
+    """Pixels (3, H, W) of one image, and the name of a problem worth a warning (or None)."""
+    name = f"images[{index}]"
+    if isinstance(image, str | os.PathLike):
+        name = f"{name} ('{os.fspath(image)}')"
+        image = _open(image, name, steps.exif_transpose is not False)
+    elif isinstance(image, bytes | bytearray | memoryview):
+        image = _open(io.BytesIO(image), f"{name} (bytes)", steps.exif_transpose is not False)
+    elif isinstance(image, Image.Image) and steps.exif_transpose:
+        image = ImageOps.exif_transpose(image)
+
+    if isinstance(image, Image.Image):
+        image, note = _pil_to_rgb(image, name)
+        _check_not_empty(image.height, image.width, name)
+        if steps.size is not None:
+            image = image.resize(steps.size[::-1], resample=steps.resample)
+        return _apply_table(np.asarray(image), table), note
+
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"{name} is a {type(image).__name__}; expected a PIL image, array, tensor, path or bytes"
+        )
+    note = "unit_float" if steps.do_rescale and _is_unit_float(image) else None
+    pixels = _array_to_rgb(image, name, steps.input_data_format)
+    _check_not_empty(pixels.shape[0], pixels.shape[1], name)
+    if steps.size is not None:
+        pixels = _resize_array(pixels, name, steps)
+    if pixels.dtype == np.uint8:
+        return _apply_table(pixels, table), note
+    return np.ascontiguousarray(steps.rescale_normalize(pixels).transpose(2, 0, 1)), note
+
+
+def _open(source: str | os.PathLike | io.BytesIO, name: str, upright: bool) -> Image.Image:
+    """Decode a whole image file, turning every way it can fail into an `ImageInputError` naming it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(source) as image:
+            if limit is not None and image.width * image.height > limit:
+                raise Image.DecompressionBombError(f"{image.width} x {image.height} pixels")
+            image.load()  # decode now, so that a truncated file fails here
+            if upright:
+                ImageOps.exif_transpose(image, in_place=True)
+            return image
+    except FileNotFoundError:
+        raise ImageInputError(f"{name}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(f"{name} is not an image file Pillow can read") from None
+    except Image.DecompressionBombError as err:
+        raise ImageInputError(
+            f"{name} is too large ({err}): more than PIL.Image.MAX_IMAGE_PIXELS={limit}, refused as a possible "
+            "decompression bomb; raise that limit if the file is trusted"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as err:  # unreadable, truncated or corrupt
+        raise ImageInputError(f"{name} cannot be read (truncated or corrupt file?): {err}") from err
+
+
+def _pil_to_rgb(image: Image.Image, name: str) -> tuple[Image.Image, str | None]:
+    """RGB version of a PIL image as transformers makes it (alpha over white), except 16-bit grey (scaled)."""
+    note = None
+    if image.mode in _MODES_16_BIT:
+        grey = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    elif image.mode in ("I", "F"):
+        low, high = image.getextrema()
+        if low < 0 or high > 255 or (image.mode == "F" and 0 < high <= 1):
+            note = "clipped"
+    try:
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB"), note
+        return (image if image.mode == "RGB" else image.convert("RGB")), note
+    except ValueError as err:  # a mode PIL cannot convert (e.g. HSV)
+        raise ImageInputError(
+            f"{name} has mode {image.mode!r}, which cannot be converted to RGB: {err}"
+        ) from err
+
+
+def _is_unit_float(image: np.ndarray) -> bool:
+    return (
+        np.issubdtype(image.dtype, np.floating) and image.size > 0 and image.min() >= 0 and image.max() <= 1
+    )
+
+
+def _array_to_rgb(image: np.ndarray, name: str, data_format: str | None) -> np.ndarray:
+    """(H, W, 3) version of an array image, in its own dtype, as transformers converts arrays."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    elif image.ndim != 3:
+        raise ImageInputError(f"{name} has shape {image.shape}; expected (H, W), (H, W, C) or (C, H, W)")
+    if data_format is None:  # transformers' inference: a first axis of 1, 3 or 4 entries holds the channels
+        data_format = "channels_first" if image.shape[0] in (1, 3, 4) else "channels_last"
+    if data_format == "channels_first":
+        image = np.moveaxis(image, 0, -1)
+    channels = image.shape[-1]
+    if channels == 1:
+        return np.repeat(image, 3, axis=-1)
+    if channels == 3:
+        return image
+    if channels != 4:
+        raise ImageInputError(f"{name} has shape {image.shape}: {channels} channels, expected 1, 3 or 4")
+    floating = np.issubdtype(image.dtype, np.floating)
+    if floating and image.size and (image.min() < 0 or image.max() > 1):
+        raise ImageInputError(f"{name} is a float RGBA image with values outside [0, 1]")
+    white = 1.0 if floating else 255  # composite over white with transformers' arithmetic and rounding
+    alpha = image[..., 3:4] / white
+    composite = alpha * image[..., :3] + (1 - alpha) * white
+    return (composite if floating else np.round(composite)).astype(image.dtype)
+
+
+def _resize_array(image: np.ndarray, name: str, steps: _Steps) -> np.ndarray:
+    """Resize an (H, W, 3) array through a uint8 PIL image, as transformers does.
+
+    Whole numbers 0..255 (any dtype) are resized as they are and stay uint8; floats in [0, 1] are scaled by
+    255 and truncated to uint8, resized, and scaled back to float32 [0, 1]. Anything else cannot be an image.
+    """
+    to_unit = False
+    if image.dtype != np.uint8:
+        low, high = image.min(), image.max()
+        if np.allclose(image, image.astype(int)) and low >= 0 and high <= 255:
+            image = image.astype(np.uint8)
+        elif low >= 0 and high <= 1:
+            image = (image.astype(np.float64) * 255).astype(np.float32).astype(np.uint8)
+            to_unit = True
+        else:
+            raise ImageInputError(
+                f"{name} has values from {low} to {high}: expected uint8, whole numbers 0..255 or floats in [0, 1]"
+            )
+    resized = np.asarray(Image.fromarray(image).resize(steps.size[::-1], resample=steps.resample))
+    return (resized.astype(np.float64) * (1 / 255)).astype(np.float32) if to_unit else resized
+
+
+def _apply_table(image: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(3, H, W) output of an (H, W, 3) uint8 image: one lookup per pixel in the per-channel table."""
+    out = np.empty((3, *image.shape[:2]), dtype=table.dtype)
+    for c in range(3):
+        np.take(table[c], image[..., c], out=out[c])
+    return out
+
+
+def _check_not_empty(height: int, width: int, name: str) -> None:
+    if height == 0 or width == 0:
+        raise ImageInputError(f"{name} is empty: {width} x {height} pixels")
+
+
+_WARNINGS = {
+    "unit_float": "float pixel values already in [0, 1] are divided by 255 again because do_rescale=True, which "
+    "makes the image nearly uniform; pass do_rescale=False for such images (or uint8 / 0..255 values)",
+    "clipped": "32-bit grey pixels (PIL mode I or F) are converted to 8 bits by clipping to 0..255, as "
+    "transformers does, but these values use another range; scale them to 0..255 first",
+}
+
+
+def _warn_about(notes: list[str | None]) -> None:
+    """One warning per kind of problem, listing the images it concerns."""
+    for kind, message in _WARNINGS.items():
+        indices = [i for i, note in enumerate(notes) if note == kind]
+        if indices:
+            warnings.warn(f"images {indices}: {message}", stacklevel=3)

@@ -1,0 +1,295 @@
+"""A persistent image search index: build it once, update it incrementally, search it by text or by image.
+
+    from siglip import SearchIndex
+    index = SearchIndex("photos.index", model="google/siglip-base-patch16-224")
+    index.update(["~/Pictures"])                    # embeds only new or changed files, drops deleted ones
+    index.search_text("a dog on the beach", k=10)   # [Hit(path=..., score=0.13), ...]
+
+An index is a folder with two files:
+- `index.sqlite`, the records (a `VectorStore`): per image its absolute path, size, modification time and
+  embedding, written one batch per transaction, so `kill -9` during a build loses at most the batch in
+  flight and a rerun completes the build, with exactly one entry per file;
+- `vectors.faiss`, a faiss index of the same embeddings keyed by record id, for fast search. It is derived
+  from the records: after every change it catches up by id difference (ids are never reused) and is
+  replaced atomically; a missing or damaged one is rebuilt.
+
+Search is exact: cosine similarity (inner product of unit vectors) against every image, the ranking a
+brute-force computation gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embeddings import (
+    Embedder,
+    NoImagesError,
+    find_images,
+    load_embedder,
+    model_name,
+    pending_files,
+    require,
+)
+from .image_processing import ImageInput
+from .store import VectorStore, replace_atomically
+
+logger = logging.getLogger("siglip")
+
+RECORDS_FILE = "index.sqlite"
+VECTORS_FILE = "vectors.faiss"
+_VECTORS_GENERATION = "vectors_generation"  # meta key: the records generation vectors.faiss matches
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: an image path and its cosine similarity to the query."""
+
+    path: str
+    score: float
+
+
+@dataclass
+class UpdateReport:
+    """What `SearchIndex.update` changed."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) newly found unreadable
+    total: int = 0  # images in the index afterwards
+
+
+class SearchIndex:
+    """An image index in `directory` (see the module doc).
+
+    Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
+    `Embedder.from_pretrained` takes, or an `Embedder`. `device` is where a model loaded by name runs.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        model: str | os.PathLike | Embedder | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.device = device
+        records = self.directory / RECORDS_FILE
+        self._embedder = model if isinstance(model, Embedder) else None
+        name = model.name if isinstance(model, Embedder) else model_name(model) if model is not None else None
+        if records.exists():
+            self.store = VectorStore(records, name)  # refuses another model than the index's
+        elif name is None:
+            raise FileNotFoundError(
+                f"no index at '{self.directory}': build one with `siglip index FOLDER --index {self.directory}`"
+            )
+        else:
+            self._embedder = self._embedder or load_embedder(name, device)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.store = VectorStore(records, name, self._embedder.dims)
+        self._faiss: Any = None
+        self._faiss_generation = -1
+
+    @staticmethod
+    def exists(directory: str | os.PathLike) -> bool:
+        """Whether `directory` holds an index."""
+        return (Path(directory) / RECORDS_FILE).exists()
+
+    @property
+    def model(self) -> str:
+        """The name of the model the index was built with."""
+        return self.store.model
+
+    @property
+    def embedder(self) -> Embedder:
+        """The index's model (loaded on first use)."""
+        if self._embedder is None:
+            self._embedder = load_embedder(self.store.model, self.device)
+        return self._embedder
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    # --- building ----------------------------------------------------------------------------------------
+    def update(
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int = 32,
+        workers: int | None = None,
+        progress: bool | None = None,
+    ) -> UpdateReport:
+        """Bring the index up to date with the images under `paths` (folders, files, globs).
+
+        New files and files whose size or modification time changed are embedded; entries under the given
+        folders whose file is gone are removed; unreadable files are recorded (and retried once changed).
+        """
+        files = [os.path.abspath(f) for f in find_images(paths, allow_empty=True)]
+        roots = tuple(os.path.join(os.path.abspath(p), "") for p in map(os.fspath, paths) if os.path.isdir(p))
+        states = self.store.states()
+        if not files and not any(p.startswith(roots) for p in states):
+            raise NoImagesError(f"no image files in {', '.join(map(os.fspath, paths))}")
+        listed = set(files)
+        report = UpdateReport(
+            removed=self.store.remove(p for p in states if p.startswith(roots) and p not in listed)
+        )
+        todo = pending_files(self.store, files)
+        report.unchanged = len(files) - len(todo)
+        for batch in self.embedder.embed_files(todo, batch_size, workers, progress):
+            self.store.record(batch.files, batch.vectors, batch.failed)
+            updated = sum(states.get(f.path, (0, 0, False))[2] for f in batch.files)
+            report.updated += updated
+            report.added += len(batch.files) - updated
+            report.skipped += [(f.path, reason) for f, reason in batch.failed]
+        self.sync()
+        report.total = len(self.store)
+        return report
+
+    def sync(self) -> Any:
+        """The faiss index, brought up to date with the records (and saved) when they changed.
+
+        The vector file is rewritten under the store's write lock, so concurrent searches and builds (other
+        processes too) never write it at the same time; readers always see a whole file.
+        """
+        generation = self.store.generation
+        if self._faiss is not None and self._faiss_generation == generation:
+            return self._faiss
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # not its "Loading faiss..." lines
+        faiss = require("faiss", "search", "the search index")
+        path = self.directory / VECTORS_FILE
+        fresh = self.store.get_meta(_VECTORS_GENERATION) == str(generation)
+        index = self._read_vectors(faiss, path) if fresh else None
+        if index is None:
+            with self.store.transaction():
+                generation = self.store.generation  # another process may have synced while we waited
+                index = self._read_vectors(faiss, path)
+                if index is None or self.store.get_meta(_VECTORS_GENERATION) != str(generation):
+                    index = self._catch_up(
+                        faiss, index or faiss.IndexIDMap2(faiss.IndexFlatIP(self.store.dims))
+                    )
+                    replace_atomically(path, lambda tmp: faiss.write_index(index, os.fspath(tmp)))
+                    self.store.set_meta(_VECTORS_GENERATION, str(generation))
+        self._faiss, self._faiss_generation = index, generation
+        return index
+
+    def _catch_up(self, faiss: Any, index: Any) -> Any:
+        """Remove the ids the records no longer have and add the ones they gained (ids are never reused)."""
+        have = faiss.vector_to_array(index.id_map).astype(np.int64)
+        want = self.store.ids()
+        extra = np.setdiff1d(have, want)
+        if extra.size:
+            index.remove_ids(faiss.IDSelectorBatch(extra))
+        missing = np.setdiff1d(want, have)
+        if missing.size:  # ids only grow, so the missing ones are (nearly always) the newest rows
+            for ids, vectors in self.store.vectors_from(int(missing[0])):
+                keep = np.isin(ids, missing)
+                index.add_with_ids(vectors[keep], ids[keep])
+        return index
+
+    @staticmethod
+    def _read_vectors(faiss: Any, path: Path) -> Any:
+        if not path.exists():
+            return None
+        try:
+            return faiss.read_index(os.fspath(path))
+        except RuntimeError as err:
+            logger.warning("rebuilding %s, which cannot be read: %s", path, err)
+            return None
+
+    # --- searching ---------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """The `k` nearest images by cosine similarity for each query vector ((D,) or (N, D)), best first."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.ndim != 2 or queries.shape[1] != self.store.dims:
+            raise ValueError(
+                f"query vectors must have {self.store.dims} dimensions, got shape {queries.shape}"
+            )
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-12)
+        index = self.sync()
+        if index.ntotal == 0:
+            return [[] for _ in queries]
+        scores, ids = index.search(queries, min(k, index.ntotal))
+        paths = self.store.paths_of(ids[ids >= 0])
+        return [
+            [Hit(paths[i], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i in paths]
+            for row_scores, row_ids in zip(scores, ids, strict=True)
+        ]
+
+    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        """The `k` images that best match `text`."""
+        return self.search(self.embedder.embed_texts([text]), k)[0]
+
+    def search_image(self, image: ImageInput, k: int = 10) -> list[Hit]:
+        """The `k` images most similar to `image` (a path, PIL image, array or bytes)."""
+        return self.search(self.embedder.embed_images([image]), k)[0]
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> SearchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- a page of results ------------------------------------------------------------------------------------
+THUMBNAIL_SIZE = 256
+
+
+def results_html(query: str, hits: Sequence[Hit]) -> str:
+    """A self-contained HTML page of thumbnails (embedded as JPEG data) with rank, score and path."""
+    cards = "\n".join(_card(rank, hit) for rank, hit in enumerate(hits, start=1))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>siglip search: {html.escape(query)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #fafafa; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax({THUMBNAIL_SIZE}px, 1fr)); gap: 1rem; }}
+figure {{ margin: 0; background: #fff; border-radius: 6px; padding: .5rem; box-shadow: 0 1px 3px #0002; }}
+img {{ width: 100%; height: {THUMBNAIL_SIZE}px; object-fit: contain; background: #eee; }}
+figcaption {{ font-size: .8rem; overflow-wrap: anywhere; }}
+</style></head><body>
+<h1>{html.escape(query)}</h1>
+<p>{len(hits)} results, best first; score = cosine similarity.</p>
+<div class="grid">
+{cards}
+</div></body></html>
+"""
+
+
+def _card(rank: int, hit: Hit) -> str:
+    path = html.escape(hit.path)
+    link = html.escape(Path(hit.path).absolute().as_uri())
+    thumbnail = _thumbnail(hit.path)
+    image = f'<img src="{thumbnail}" alt="{path}">' if thumbnail else "<p>(cannot be read)</p>"
+    return (
+        f'<figure><a href="{link}">{image}</a>'
+        f"<figcaption><b>#{rank}</b> {hit.score:.4f}<br>{path}</figcaption></figure>"
+    )
+
+
+def _thumbnail(path: str) -> str | None:
+    """A JPEG data URI of a small upright copy of the image, or None when it cannot be read."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=80)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

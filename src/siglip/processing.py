@@ -1,0 +1,158 @@
+"""`SiglipProcessor`: the tokenizer and the image processor behind one call, padding text the way SigLIP needs.
+
+Padding default (our decision, different from transformers): the text is padded with `</s>` and truncated to
+`tokenizer.model_max_length` (64; 16 for so400m-224) unless the caller says otherwise. SigLIP was trained on
+such fixed-length text and pools the last position, so any other padding silently degrades the embeddings
+(e.g. MNIST zero-shot ~10% instead of 80%+ with `padding=True`, mteb PR #1424). transformers' processor has
+no default (#28569), which makes every user rediscover this; asking explicitly for other padding still
+works, with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .hub import staged_directory
+from .image_processing import BatchFeature, ImageInput, SiglipImageProcessor
+from .tokenization import SiglipTokenizer
+
+__all__ = ["BatchFeature", "SiglipProcessor"]
+
+
+class SiglipProcessor:
+    """A `SiglipTokenizer` and a `SiglipImageProcessor` as one preprocessing step for `SiglipModel`.
+
+    `processor(text=..., images=...)` returns a `BatchFeature` with `input_ids` (plus `attention_mask` when
+    the tokenizer's `model_input_names` lists it; released checkpoints do not) and `pixel_values`, ready for
+    `model(**inputs)`. Text is padded to `max_length` by default: see `__call__`.
+    """
+
+    def __init__(self, image_processor: SiglipImageProcessor, tokenizer: SiglipTokenizer) -> None:
+        in_order = isinstance(image_processor, SiglipImageProcessor) and isinstance(
+            tokenizer, SiglipTokenizer
+        )
+        if not in_order:
+            raise TypeError(
+                "SiglipProcessor(image_processor, tokenizer) takes a SiglipImageProcessor and a SiglipTokenizer, "
+                f"in that order; got {type(image_processor).__name__} and {type(tokenizer).__name__}"
+            )
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
+        return list(dict.fromkeys(names))
+
+    def __call__(
+        self,
+        text: str | Sequence[str] | None = None,
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        *,
+        padding: bool | str | None = None,
+        truncation: bool | str | None = True,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Tokenize `text` and preprocess `images`; either may be omitted, not both.
+
+        Args:
+            text: a string or a list of strings.
+            images: an image or a list of images (anything `SiglipImageProcessor` accepts).
+            padding: None (default) pads to `max_length`, which is what the checkpoints need. Anything else
+                (`True`, `"longest"`, `False`) is passed to the tokenizer, with a warning.
+            truncation: truncate to `max_length`, keeping `</s>` last (default True).
+            max_length: default `tokenizer.model_max_length` (the model's number of text positions).
+            return_tensors: `"pt"` (default, as transformers 4.x), `"np"` or None.
+            **kwargs: `add_special_tokens` and `return_attention_mask` go to the tokenizer, everything
+                else (`size`, `resample`, `do_rescale`, ...) to the image processor.
+        """
+        if text is None and images is None:
+            raise ValueError("Pass text, images or both")
+        text_kwargs = {
+            k: kwargs.pop(k) for k in ("add_special_tokens", "return_attention_mask") if k in kwargs
+        }
+        features = BatchFeature()
+        if text is not None:
+            if padding is None:
+                padding = "max_length"
+            elif padding != "max_length":
+                warnings.warn(
+                    f"padding={padding!r}: SigLIP checkpoints were trained on text padded to max_length and pool "
+                    "the last position, so other padding degrades results; the processor's default is "
+                    "padding='max_length'",
+                    stacklevel=2,
+                )
+            features.update(
+                self.tokenizer(
+                    text,
+                    padding=padding,
+                    truncation=truncation,
+                    max_length=max_length,
+                    return_tensors=return_tensors,
+                    **text_kwargs,
+                )
+            )
+        if images is not None:
+            features.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
+        elif kwargs:
+            raise TypeError(f"Unexpected arguments without images: {sorted(kwargs)}")
+        return features
+
+    def decode(
+        self,
+        token_ids: Sequence[int] | np.ndarray | torch.Tensor,
+        skip_special_tokens: bool = False,
+        **kwargs: Any,
+    ) -> str | list[str]:
+        """`SiglipTokenizer.decode`."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens, **kwargs)
+
+    def batch_decode(
+        self,
+        sequences: Sequence[Sequence[int]] | np.ndarray | torch.Tensor,
+        skip_special_tokens: bool = False,
+        **kwargs: Any,
+    ) -> list[str]:
+        """`SiglipTokenizer.batch_decode`."""
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+    ) -> SiglipProcessor:
+        """Load the tokenizer and image processor files of a checkpoint directory or hub id.
+
+        `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub.
+        """
+        hub_kwargs = dict(
+            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
+        return cls(
+            SiglipImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub_kwargs),
+            SiglipTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs),
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write the tokenizer and image processor files into `save_directory`, all or nothing."""
+        with staged_directory(save_directory) as staging:
+            self.tokenizer._write_files(staging, processor_class=type(self).__name__)
+            self.image_processor._write_files(staging, processor_class=type(self).__name__)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_processor={self.image_processor!r}, tokenizer={self.tokenizer!r})"
+        )

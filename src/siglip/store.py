@@ -1,0 +1,252 @@
+"""Embeddings of image files kept in SQLite, one transaction per batch, so that work survives a crash.
+
+A `VectorStore` is one SQLite file holding, per image path, the file's size and modification time when it was
+embedded and its normalised embedding (float32), plus the files that could not be read and why. It is the
+journal of `siglip embed` (an interrupted run resumes from it) and the record half of a search index.
+
+Every write is a single transaction: a process killed at any moment (even `kill -9`) leaves the batches it
+committed and none of the one it was writing. A path is stored at most once (a UNIQUE key); a changed file
+gets a new row id, and ids are never reused (AUTOINCREMENT), which lets derived vector indexes catch up from
+the ids alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+_CHUNK = 4096  # rows per query when streaming vectors out
+
+
+class StoreError(ValueError):
+    """A store cannot be used as asked (another model, a damaged file); the message says which and why."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A file as last seen: a changed size or modification time means it must be embedded again."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> FileState:
+        """The current state of `path` (raises `OSError` when it cannot be stat-ed)."""
+        st = os.stat(path)
+        return cls(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+class VectorStore:
+    """Image paths, their file state and normalised embeddings in one SQLite file (see the module doc).
+
+    Opening an existing store checks that it was made with `model` (when given); creating one needs `model`
+    and `dims`.
+    """
+
+    def __init__(self, path: str | os.PathLike, model: str | None = None, dims: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists() and (model is None or dims is None):
+            raise StoreError(f"no store at '{self.path}'")
+        try:
+            # transactions are explicit; a writer waits up to 10 minutes for another's (a long vector sync)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=600)
+            self._db.execute("PRAGMA journal_mode=WAL")  # readers (search) do not wait for a running build
+            self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process, and fast
+            with self.transaction():
+                if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                    self._create(model, dims)
+                stored = dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"'{self.path}' is not a siglip store, or it is damaged: {err}") from err
+        if model is not None and model != stored["model"]:
+            raise StoreError(
+                f"'{self.path}' holds embeddings of model '{stored['model']}', not '{model}': use that model, "
+                "or another path for this one"
+            )
+        self.model: str = stored["model"]
+        self.dims: int = int(stored["dims"])
+
+    def _create(self, model: str | None, dims: int | None) -> None:
+        """Make the tables (inside the opening transaction, so a store is never half made)."""
+        if self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(f"'{self.path}' is an SQLite database of something else, not a siglip store")
+        if model is None or dims is None:
+            raise StoreError(f"'{self.path}' is empty; creating a store needs a model and its dims")
+        for statement in _SCHEMA.split(";"):
+            self._db.execute(statement)
+        self._db.executemany(
+            "INSERT INTO meta VALUES (?, ?)", [("model", model), ("dims", str(dims)), ("generation", "0")]
+        )
+
+    # --- transactions --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block as one transaction holding the store's write lock (other writers, other processes
+        included, wait for it; readers do not): committed at the end, rolled back on an exception."""
+        self._db.execute("BEGIN IMMEDIATE")  # take the write lock now: writers queue, never interleave
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _bump_generation(self) -> None:
+        """Count a change; called last inside every write transaction (derived indexes compare it)."""
+        self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    @property
+    def generation(self) -> int:
+        """Number of committed changes so far."""
+        return int(self.get_meta("generation"))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a meta value, in the running transaction if there is one."""
+        with contextlib.nullcontext() if self._db.in_transaction else self.transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def record(
+        self, done: Sequence[FileState], vectors: np.ndarray, failed: Sequence[tuple[FileState, str]] = ()
+    ) -> None:
+        """Store the embeddings of `done` (rows of `vectors`) and the `(file, reason)` of unreadable files.
+
+        One transaction: an earlier entry of the same path (the file changed) is replaced, never duplicated.
+        """
+        if len(done) != len(vectors):
+            raise ValueError(f"{len(done)} files but {len(vectors)} vectors")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(done) and vectors.shape[1] != self.dims:
+            raise StoreError(f"'{self.path}' holds {self.dims}-d embeddings, got {vectors.shape[1]}-d")
+        paths = [(f.path,) for f in (*done, *(f for f, _ in failed))]
+        with self.transaction():
+            self._db.executemany("DELETE FROM images WHERE path = ?", paths)
+            self._db.executemany("DELETE FROM skipped WHERE path = ?", paths)
+            self._db.executemany(
+                "INSERT INTO images (path, size, mtime_ns, vector) VALUES (?, ?, ?, ?)",
+                [(f.path, f.size, f.mtime_ns, v.tobytes()) for f, v in zip(done, vectors, strict=True)],
+            )
+            self._db.executemany(
+                "INSERT INTO skipped VALUES (?, ?, ?, ?)",
+                [(f.path, f.size, f.mtime_ns, r) for f, r in failed],
+            )
+            self._bump_generation()
+
+    def remove(self, paths: Iterable[str]) -> int:
+        """Forget `paths` (embedded or skipped) in one transaction; returns how many embeddings went."""
+        rows = [(p,) for p in paths]
+        if not rows:
+            return 0
+        with self.transaction():
+            before = self._db.total_changes
+            self._db.executemany("DELETE FROM images WHERE path = ?", rows)
+            removed = self._db.total_changes - before
+            self._db.executemany("DELETE FROM skipped WHERE path = ?", rows)
+            self._bump_generation()
+        return removed
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def states(self) -> dict[str, tuple[int, int, bool]]:
+        """path -> (size, mtime_ns, embedded) of every file seen, embedded or skipped."""
+        states = {p: (s, m, True) for p, s, m in self._db.execute("SELECT path, size, mtime_ns FROM images")}
+        states.update(
+            (p, (s, m, False)) for p, s, m in self._db.execute("SELECT path, size, mtime_ns FROM skipped")
+        )
+        return states
+
+    def pending(self, files: Iterable[FileState]) -> list[FileState]:
+        """The files not yet stored (embedded or skipped) in their current state, in the given order."""
+        states = self.states()
+        return [f for f in files if states.get(f.path, (None, None))[:2] != (f.size, f.mtime_ns)]
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of the files that could not be read, by path."""
+        return self._db.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
+
+    def ids(self) -> np.ndarray:
+        """Row ids of all embeddings (int64, ascending)."""
+        ids = self._db.execute("SELECT id FROM images ORDER BY id").fetchall()
+        return np.array([i for (i,) in ids], dtype=np.int64)
+
+    def vectors_from(self, first_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) chunks of the rows with id >= `first_id`, by id."""
+        cursor = self._db.execute("SELECT id, vector FROM images WHERE id >= ? ORDER BY id", (first_id,))
+        while rows := cursor.fetchmany(_CHUNK):
+            yield np.array([i for i, _ in rows], dtype=np.int64), self._unpack([v for _, v in rows])
+
+    def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
+        """id -> path for the given row ids (those that still exist)."""
+        ids = [int(i) for i in ids]
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), 500):  # stays under SQLite's limit on bound parameters
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk))
+        return found
+
+    def in_order(self, paths: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray]]:
+        """(paths, vectors) chunks of the stored embeddings of `paths`, in that order (absent ones left out)."""
+        with self.transaction():
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (pos INTEGER PRIMARY KEY, path TEXT)")
+            self._db.execute("DELETE FROM wanted")
+            self._db.executemany("INSERT INTO wanted (path) VALUES (?)", [(p,) for p in paths])
+        cursor = self._db.execute(
+            "SELECT w.path, i.vector FROM wanted w JOIN images i ON i.path = w.path ORDER BY w.pos"
+        )
+        while rows := cursor.fetchmany(_CHUNK):
+            yield [p for p, _ in rows], self._unpack([v for _, v in rows])
+
+    def _unpack(self, blobs: list[bytes]) -> np.ndarray:
+        return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), self.dims)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp)` on a temporary file next to `path`, then move it over `path` in one step.
+
+    Readers see the old file or the new one, never a half-written one, even if the process is killed.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

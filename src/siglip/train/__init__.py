@@ -1,0 +1,6 @@
+"""Training with the sigmoid loss: `TrainConfig` and `train` (also `siglip train` on the command line)."""
+
+from .data import DataError
+from .trainer import TrainConfig, latest_checkpoint, train
+
+__all__ = ["DataError", "TrainConfig", "latest_checkpoint", "train"]

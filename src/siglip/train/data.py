@@ -1,0 +1,384 @@
+"""Image-caption data for training: pairs files, class folders and WebDataset shards.
+
+Three sources, chosen by the `data` argument:
+- a `.csv`, `.tsv` or `.jsonl` file of (image path, caption) rows; relative paths are relative to the file;
+- a directory with one sub-folder of images per class; each sample's caption is a template (`"a photo of
+  a {}."`) filled with the class name (the folder name, `_` read as a space);
+- WebDataset `.tar` shards (a path, a glob or a brace pattern such as `shards/{000000..000099}.tar`), each
+  sample an image (`jpg`, `png`, `webp`, ...) plus a caption (`txt`, or `json` with a "caption" field).
+
+Everything a run can know before training is checked before training starts: columns, empty captions,
+missing files. Images that fail to decode during training are skipped and counted; the run stops only when
+more than `max_bad_fraction` of them fail.
+
+Order and resumption: map-style sources (pairs files, class folders) are read in a seeded permutation per
+epoch, cut into global batches that the ranks split, so any (epoch, batch) position can be resumed exactly
+and 1 process sees the same global batches as N. Random choices (the caption template) depend only on
+(seed, epoch, index), never on which worker loads the sample.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from ..image_processing import IMAGE_EXTENSIONS, ImageInputError, SiglipImageProcessor, images_in
+
+logger = logging.getLogger("siglip")
+
+PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+class DataError(ValueError):
+    """The training data cannot be used; the message names the file, row or column."""
+
+
+@dataclass
+class Sample:
+    """One decoded sample: pixels (3, H, W) and caption; `pixels` is None when the image failed to load."""
+
+    pixels: np.ndarray | None
+    caption: str
+    source: str
+
+
+# --- map-style sources -----------------------------------------------------------------------------------
+class PairsDataset(Dataset):
+    """(image path, caption) rows of a CSV, TSV or JSONL file.
+
+    Rows with a missing image file are dropped before training (and counted); a wrong column name, an empty
+    caption or an unreadable file is a `DataError` naming the row.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        processor: SiglipImageProcessor,
+        image_column: str = "image",
+        caption_column: str = "caption",
+    ) -> None:
+        self.path = Path(path)
+        self.processor = processor
+        rows = _read_rows(self.path)
+        if not rows:
+            raise DataError(f"{self.path} has no rows")
+        for column in (image_column, caption_column):
+            if column not in rows[0]:
+                raise DataError(
+                    f"{self.path} has no column {column!r} (columns: {sorted(rows[0])}); set "
+                    "--image-column / --caption-column"
+                )
+        self.images: list[str] = []
+        self.captions: list[str] = []
+        self.missing: list[str] = []
+        for number, row in enumerate(rows, start=1):
+            caption = row.get(caption_column)
+            if not isinstance(caption, str) or not caption.strip():
+                raise DataError(f"{self.path} row {number}: empty or missing caption ({caption!r})")
+            image = (self.path.parent / str(row.get(image_column) or "")).resolve()
+            if not image.is_file():
+                self.missing.append(str(image))
+                continue
+            self.images.append(str(image))
+            self.captions.append(caption)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def caption(self, index: int, epoch: int) -> str:
+        return self.captions[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        index, epoch = key
+        return _load(self.processor, self.images[index], self.caption(index, epoch))
+
+
+class ClassFolderDataset(Dataset):
+    """Images in one folder per class, captioned by templates filled with the class name.
+
+    `class_names` maps folder names to the names put in the captions (default: the folder name with `_`
+    read as a space). Each sample draws its template from `seed`, the epoch and its index.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        processor: SiglipImageProcessor,
+        templates: Sequence[str],
+        seed: int = 0,
+        class_names: dict[str, str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.processor = processor
+        if not templates or any("{}" not in t for t in templates):
+            raise DataError(
+                f"class-folder data needs caption templates containing '{{}}', got {list(templates)}"
+            )
+        self.templates = list(templates)
+        self.seed = seed
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DataError(f"{self.root} has no class sub-folders")
+        self.classes = [p.name for p in folders]
+        names = class_names or {}
+        self.class_names = [names.get(c, c.replace("_", " ")) for c in self.classes]
+        self.images, self.labels = [], []
+        for label, folder in enumerate(folders):
+            files = images_in(folder)
+            self.images += files
+            self.labels += [label] * len(files)
+        if not self.images:
+            raise DataError(f"{self.root} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def caption(self, index: int, epoch: int) -> str:
+        template = random.Random(f"{self.seed}-{epoch}-{index}").choice(self.templates)
+        return template.format(self.class_names[self.labels[index]])
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        index, epoch = key
+        return _load(self.processor, self.images[index], self.caption(index, epoch))
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, start=1):
+                    if line.strip():
+                        row = json.loads(line)
+                        if not isinstance(row, dict):
+                            raise DataError(f"{path} line {number} is not a JSON object")
+                        rows.append(row)
+            return rows
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from err
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+
+
+def _load(processor: SiglipImageProcessor, image: Any, caption: str, source: str | None = None) -> Sample:
+    source = source or str(image)
+    try:
+        pixels = processor(image, return_tensors="np")["pixel_values"][0]
+    except (ImageInputError, TypeError, OSError) as err:
+        logger.debug("skipping %s: %s", source, err)
+        return Sample(None, caption, source)
+    return Sample(pixels, caption, source)
+
+
+class GlobalBatchSampler(Sampler):
+    """This rank's share of each global batch of a seeded per-epoch permutation, from a given position.
+
+    Global batch k of epoch e is `permutation(seed, e)[k * B : (k + 1) * B]`; rank r takes its r-th slice
+    (ranks differ by at most one sample). The last incomplete global batch is dropped.
+    """
+
+    def __init__(
+        self, size: int, global_batch: int, rank: int, world: int, seed: int, epoch: int = 0, start: int = 0
+    ) -> None:
+        if global_batch < world:
+            raise DataError(f"global batch size {global_batch} is smaller than the {world} processes")
+        self.size, self.global_batch, self.rank, self.world = size, global_batch, rank, world
+        self.seed, self.epoch, self.start = seed, epoch, start
+        self.batches_per_epoch = size // global_batch
+        if self.batches_per_epoch == 0:
+            raise DataError(f"{size} samples are fewer than one global batch of {global_batch}")
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = torch.randperm(
+            self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        )
+        bounds = np.linspace(0, self.global_batch, self.world + 1).round().astype(int)
+        for k in range(self.start, self.batches_per_epoch):
+            batch = order[k * self.global_batch : (k + 1) * self.global_batch]
+            share = batch[bounds[self.rank] : bounds[self.rank + 1]].tolist()
+            yield [(i, self.epoch) for i in share]
+
+
+# --- WebDataset shards -----------------------------------------------------------------------------------
+def expand_shards(pattern: str) -> list[str]:
+    """Shard paths of a path, glob or brace pattern (`{000000..000099}`), sorted."""
+    import braceexpand
+
+    shards: list[str] = []
+    for part in braceexpand.braceexpand(pattern):
+        shards += sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+    missing = [s for s in shards if not Path(s).is_file()]
+    if not shards or missing:
+        raise DataError(f"WebDataset shards not found: {missing[:5] or pattern}")
+    return shards
+
+
+class WebDatasetSource(IterableDataset):
+    """Samples of WebDataset tar shards, in a seeded per-epoch shard and sample order.
+
+    The global sample stream of epoch e is the shards in a seeded order, read in turn; global batch k is
+    samples [k B, (k + 1) B) of it and rank r keeps its slice, so 1 and N processes see the same batches and
+    a resumed run skips the samples it already used (without decoding them). DataLoader workers split the
+    batches between them. An epoch ends after `batches_per_epoch` batches (or when the shards run out).
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        processor: SiglipImageProcessor,
+        global_batch: int,
+        rank: int,
+        world: int,
+        seed: int,
+        batches_per_epoch: int | None = None,
+    ) -> None:
+        try:
+            import webdataset  # noqa: F401 (checked here so the error comes before training)
+        except ImportError as err:
+            raise DataError(
+                "WebDataset shards need the webdataset library: pip install 'siglip[train]'"
+            ) from err
+        self.shards = expand_shards(pattern)
+        self.processor = processor
+        self.global_batch, self.rank, self.world, self.seed = global_batch, rank, world, seed
+        self.batches_per_epoch = batches_per_epoch
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _raw_samples(self) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        shards = list(self.shards)
+        random.Random(f"{self.seed}-{self.epoch}").shuffle(shards)
+        for shard in shards:
+            yield from wds.tariterators.tarfile_samples([{"url": shard}])
+
+    def __iter__(self) -> Iterator[list[Sample]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        bounds = np.linspace(0, self.global_batch, self.world + 1).round().astype(int)
+        stream = self._raw_samples()
+        k = 0
+        while self.batches_per_epoch is None or k < self.batches_per_epoch:
+            batch = [s for _, s in zip(range(self.global_batch), stream, strict=False)]
+            if len(batch) < self.global_batch:
+                return
+            if k >= self.start and (k - self.start) % workers == worker:
+                mine = batch[bounds[self.rank] : bounds[self.rank + 1]]
+                yield [self._decode(s) for s in mine]
+            k += 1
+
+    def _decode(self, raw: dict[str, Any]) -> Sample:
+        source = f"{raw.get('__url__')}:{raw.get('__key__')}"
+        caption = _caption_of(raw)
+        image_key = next((k for k in raw if "." + k.lower() in IMAGE_EXTENSIONS), None)
+        if image_key is None or not caption:
+            logger.debug("skipping %s: no image or no caption", source)
+            return Sample(None, caption or "", source)
+        return _load(self.processor, raw[image_key], caption, source)
+
+    def count_batches(self) -> int:
+        """Full global batches in one pass over the shards (reads the tar headers once)."""
+        count = sum(1 for _ in self._raw_samples())
+        return count // self.global_batch
+
+
+def _caption_of(raw: dict[str, Any]) -> str | None:
+    if "txt" in raw:
+        return raw["txt"].decode("utf-8").strip()
+    if "json" in raw:
+        value = json.loads(raw["json"]).get("caption")
+        return value.strip() if isinstance(value, str) else None
+    return None
+
+
+# --- batches ---------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Pixels (b, 3, H, W) and captions of the samples that loaded, plus the sources of those that did not."""
+
+    pixel_values: torch.Tensor
+    captions: list[str]
+    failed: list[str]
+
+
+def collate(samples: list[Sample]) -> Batch:
+    good = [s for s in samples if s.pixels is not None]
+    pixels = torch.from_numpy(np.stack([s.pixels for s in good])) if good else torch.empty(0)
+    return Batch(pixels, [s.caption for s in good], [s.source for s in samples if s.pixels is None])
+
+
+def build_source(
+    data: str,
+    processor: SiglipImageProcessor,
+    *,
+    templates: Sequence[str],
+    seed: int,
+    image_column: str = "image",
+    caption_column: str = "caption",
+) -> Dataset | WebDatasetSource | str:
+    """The dataset behind `data`, or the shard pattern for WebDataset (built per rank later)."""
+    path = Path(data)
+    if path.suffix.lower() in PAIRS_SUFFIXES:
+        if not path.is_file():
+            raise DataError(f"pairs file not found: {path}")
+        return PairsDataset(path, processor, image_column, caption_column)
+    if path.is_dir():
+        return ClassFolderDataset(path, processor, templates, seed)
+    if ".tar" in data:
+        return data
+    raise DataError(
+        f"cannot tell what {data!r} is: expected a .csv/.tsv/.jsonl pairs file, a folder of class folders, "
+        "or WebDataset .tar shards"
+    )
+
+
+def make_loader(
+    source: Dataset | WebDatasetSource,
+    *,
+    global_batch: int,
+    rank: int,
+    world: int,
+    seed: int,
+    epoch: int,
+    start: int,
+    workers: int,
+) -> DataLoader:
+    """A DataLoader over this rank's share of the global batches of `epoch`, from batch `start` on."""
+    common = dict(num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+    if isinstance(source, WebDatasetSource):
+        source.set_position(epoch, start)
+        return DataLoader(source, batch_size=None, collate_fn=collate, **common)
+    sampler = GlobalBatchSampler(len(source), global_batch, rank, world, seed, epoch, start)
+    return DataLoader(source, batch_sampler=sampler, collate_fn=collate, **common)
+
+
+def batches_per_epoch(source: Dataset | WebDatasetSource, global_batch: int) -> int:
+    if isinstance(source, WebDatasetSource):
+        return source.batches_per_epoch or source.count_batches()
+    return len(source) // global_batch
+
+
+def missing_files(source: Dataset | WebDatasetSource) -> tuple[list[str], int]:
+    """Image files of a pairs file found missing before training, and the number of rows checked."""
+    if not isinstance(source, PairsDataset):
+        return [], 0
+    return source.missing, len(source.missing) + len(source)

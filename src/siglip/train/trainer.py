@@ -1,0 +1,538 @@
+"""The training loop: SigLIP's sigmoid loss on one process or many (torchrun, DDP), with exact resumption.
+
+    siglip train --data pairs.csv --model google/siglip-base-patch16-224 --output-dir runs/ft
+    torchrun --nproc-per-node 4 -m siglip train --data 'shards/{000000..000099}.tar' ...
+
+Each optimizer step sees one global batch of `batch_size` pairs, split across processes (and into
+`grad_accum` micro-batches, each its own sigmoid-loss batch). The loss of every (micro-)batch is the loss of
+the whole global batch (`siglip_loss`, ring or all-gather), so N processes train exactly as one process
+with the same global batch would.
+
+Checkpoints (`output_dir/checkpoints/step-XXXXXXXX/`) are complete model directories (`from_pretrained`
+loads them) plus `training_state.pt` (optimizer, scheduler, random states, data position). They are written
+under a temporary name and renamed when complete, and `output_dir/checkpoints/latest` names the newest; a
+run killed at any moment resumes (`--resume`) from the last complete one and continues as if uninterrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..configuration import SiglipConfig
+from ..loss import siglip_loss
+from ..modeling import SiglipModel
+from ..processing import SiglipProcessor
+from . import data as data_module
+from .data import Batch, ClassFolderDataset, DataError, WebDatasetSource
+
+logger = logging.getLogger("siglip")
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `siglip train --help` lists the same fields as options."""
+
+    data: str = field(
+        metadata={"help": "pairs file (.csv/.tsv/.jsonl), folder of class folders, or .tar shards"}
+    )
+    output_dir: str = field(metadata={"help": "where checkpoints, metrics.jsonl and the final model go"})
+    model: str | None = field(
+        default=None, metadata={"help": "checkpoint to start from (directory, hub id or bundled name)"}
+    )
+    config: str | None = field(
+        default=None, metadata={"help": "config.json (or its directory) to train from scratch instead"}
+    )
+    processor: str | None = field(
+        default=None, metadata={"help": "tokenizer/preprocessor files (default: those of --model)"}
+    )
+    templates: list[str] = field(
+        default_factory=lambda: ["a photo of a {}."], metadata={"help": "caption templates for class folders"}
+    )
+    image_column: str = field(default="image", metadata={"help": "pairs-file column with image paths"})
+    caption_column: str = field(default="caption", metadata={"help": "pairs-file column with captions"})
+    batch_size: int = field(default=256, metadata={"help": "global batch per optimizer step, all processes"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (each its own loss batch)"})
+    epochs: float = field(default=1.0, metadata={"help": "length of the run in passes over the data"})
+    steps: int | None = field(
+        default=None, metadata={"help": "length in optimizer steps (overrides --epochs)"}
+    )
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay (not on norms, biases, logits)"})
+    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    grad_clip: float | None = field(default=1.0, metadata={"help": "clip the gradient norm (None: off)"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "fp32, bf16 (autocast) or auto (bf16 on GPUs that have it, else fp32)"},
+    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute layers in backward"})
+    lock_image: bool = field(default=False, metadata={"help": "freeze the image tower (LiT)"})
+    lock_text: bool = field(default=False, metadata={"help": "freeze the text tower"})
+    loss: str = field(default="all_gather", metadata={"help": "distributed loss: all_gather or ring"})
+    loss_chunk_size: int | None = field(
+        default=None, metadata={"help": "bound the loss memory to chunk x chunk logits at a time"}
+    )
+    workers: int = field(default=2, metadata={"help": "data loading processes per training process"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation, data order and captions"})
+    log_every: int = field(default=10, metadata={"help": "steps between metrics.jsonl lines"})
+    save_every: int = field(default=500, metadata={"help": "steps between checkpoints (0: only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (older ones are deleted)"})
+    eval_data: str | None = field(
+        default=None, metadata={"help": "folder of class folders for zero-shot evaluation during training"}
+    )
+    eval_every: int = field(default=0, metadata={"help": "steps between zero-shot evaluations (0: off)"})
+    eval_templates: list[str] = field(
+        default_factory=lambda: ["a photo of a {}."], metadata={"help": "prompt templates of the evaluation"}
+    )
+    max_bad_fraction: float = field(
+        default=0.01, metadata={"help": "stop when more images than this fraction are missing or unreadable"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from output_dir's latest checkpoint"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.config is None):
+            raise ValueError(
+                "pass exactly one of model (a checkpoint to start from) or config (from scratch)"
+            )
+        if self.loss not in ("all_gather", "ring"):
+            raise ValueError(f"loss must be 'all_gather' or 'ring', got {self.loss!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a positive multiple of grad_accum {self.grad_accum}"
+            )
+        if self.config is not None and self.processor is None:
+            raise ValueError("training from a config needs processor: a directory with the tokenizer and "
+                             "image-processor files (spiece.model, preprocessor_config.json, ...)")  # fmt: skip
+        if self.lock_image and self.lock_text:
+            raise ValueError("lock_image and lock_text together leave nothing to train")
+
+
+# --- processes -----------------------------------------------------------------------------------------
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed() -> _Dist:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU), or run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return _Dist(dist.get_rank() if world > 1 else 0, world, device)
+
+
+class _Embedder(nn.Module):
+    """What DDP wraps: both towers to normalised embeddings (the loss uses the model's logit parameters)."""
+
+    def __init__(self, model: SiglipModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.model.get_image_features(pixel_values)
+        text = self.model.get_text_features(input_ids)
+        return image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+
+
+def _param_groups(model: SiglipModel, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay matrices and embeddings; no decay on norms, biases and the logit parameters."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or name in ("logit_scale", "logit_bias")
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+def _checkpoint_root(config: TrainConfig) -> Path:
+    return Path(config.output_dir) / "checkpoints"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    root = Path(output_dir) / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / STATE_FILE).is_file() else None
+
+
+def _save_checkpoint(
+    config: TrainConfig, model: SiglipModel, processor: SiglipProcessor, state: dict[str, Any]
+) -> Path:
+    """Write a checkpoint atomically: a temporary folder renamed when complete, then the `latest` pointer."""
+    root = _checkpoint_root(config)
+    name = f"step-{state['step']:08d}"
+    final = root / name
+    temporary = root / f".{name}.partial"
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary)
+    processor.save_pretrained(temporary)
+    torch.save(state, temporary / STATE_FILE)
+    _fsync_tree(temporary)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(temporary, final)
+    pointer = root / ".latest.partial"
+    pointer.write_text(name + "\n")
+    _fsync_tree(pointer)
+    os.replace(pointer, root / "latest")
+    kept = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in kept[: -config.keep_checkpoints] if config.keep_checkpoints > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _random_states() -> dict[str, Any]:
+    """Every random generator's state, as plain tensors and numbers (loadable with weights_only=True)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_random_states(states: dict[str, Any]) -> None:
+    python = states["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# --- the run -------------------------------------------------------------------------------------------
+def _build_model(config: TrainConfig, resume_from: Path | None) -> SiglipModel:
+    if resume_from is not None:
+        return SiglipModel.from_pretrained(resume_from)
+    if config.model is not None:
+        return SiglipModel.from_pretrained(config.model)
+    return SiglipModel(SiglipConfig.from_pretrained(config.config) if Path(config.config).is_dir()
+                       else SiglipConfig.from_json_file(config.config))  # fmt: skip
+
+
+def _freeze(model: SiglipModel, config: TrainConfig) -> None:
+    for tower, locked in ((model.vision_model, config.lock_image), (model.text_model, config.lock_text)):
+        for param in tower.parameters():
+            param.requires_grad_(not locked)
+
+
+def _source(config: TrainConfig, processor: SiglipProcessor, dist_: _Dist):
+    built = data_module.build_source(
+        config.data,
+        processor.image_processor,
+        templates=config.templates,
+        seed=config.seed,
+        image_column=config.image_column,
+        caption_column=config.caption_column,
+    )
+    if isinstance(built, str):
+        built = WebDatasetSource(
+            built, processor.image_processor, config.batch_size, dist_.rank, dist_.world, config.seed
+        )
+    missing, checked = data_module.missing_files(built)
+    if missing:
+        message = f"{len(missing)} of {checked} image files are missing (e.g. {missing[:3]})"
+        if len(missing) > config.max_bad_fraction * checked:
+            raise DataError(f"{message}: more than max_bad_fraction={config.max_bad_fraction}")
+        logger.warning("%s; they are skipped", message)
+    return built
+
+
+class _Metrics:
+    """metrics.jsonl on the main process; on resume, lines after the resumed step are dropped."""
+
+    def __init__(self, path: Path, resumed_step: int, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= resumed_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig) -> Path:
+    """Run the training `config` describes; returns the directory of the final model (`output_dir/model`)."""
+    dist_ = _init_distributed()
+    output = Path(config.output_dir)
+    if dist_.main:
+        output.mkdir(parents=True, exist_ok=True)
+    resume_from = latest_checkpoint(output) if config.resume else None
+    if config.resume and resume_from is None:
+        logger.warning("--resume: no checkpoint in %s yet; starting from the beginning", output)
+
+    torch.manual_seed(config.seed)
+    processor = SiglipProcessor.from_pretrained(resume_from or config.processor or config.model)
+    model = _build_model(config, resume_from).to(dist_.device).train()
+    _freeze(model, config)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    source = _source(config, processor, dist_)
+    per_epoch = data_module.batches_per_epoch(source, config.batch_size)
+    total_steps = config.steps or max(1, int(config.epochs * per_epoch))
+
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, config.beta2),
+        fused=dist_.device.type == "cuda",
+    )  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.warmup_steps, total_steps))
+    state = {"step": 0, "seen": 0, "failed": 0}
+    if resume_from is not None:
+        saved = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_random_states(saved["random"][min(dist_.rank, len(saved["random"]) - 1)])
+        state = {k: saved[k] for k in ("step", "seen", "failed")}
+        logger.info("resumed from %s at step %d", resume_from, state["step"])
+
+    embedder: nn.Module = _Embedder(model)
+    if dist_.world > 1:
+        embedder = nn.parallel.DistributedDataParallel(
+            embedder, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None
+        )
+    bf16 = config.precision == "bf16" or (
+        config.precision == "auto" and dist_.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    metrics = _Metrics(output / "metrics.jsonl", state["step"], dist_.main)
+    bar = _progress(config, dist_, total_steps, state["step"])
+    budget = config.max_bad_fraction * max(per_epoch * config.batch_size, config.batch_size)
+    clock, window = time.perf_counter(), 0
+
+    for step, batch in _batches(config, source, dist_, state["step"], per_epoch, total_steps):
+        loss = _train_step(config, embedder, model, processor, batch, dist_, bf16)
+        grad_norm = _optimizer_step(config, model, optimizer, scheduler)
+        seen, failed = _global_counts(len(batch.captions), len(batch.failed), dist_)
+        state = {"step": step + 1, "seen": state["seen"] + seen, "failed": state["failed"] + failed}
+        window += seen
+        if state["failed"] > budget:
+            raise DataError(
+                f"images that failed to load: {state['failed']} so far (e.g. {batch.failed[:3]}), more than "
+                f"max_bad_fraction={config.max_bad_fraction} of the data"
+            )
+        if state["step"] % config.log_every == 0 or state["step"] == total_steps:
+            now = time.perf_counter()
+            record = {
+                "step": state["step"],
+                "epoch": state["step"] / per_epoch,
+                "loss": loss,
+                "lr": scheduler.get_last_lr()[0],
+                "logit_scale": model.logit_scale.exp().item(),
+                "logit_bias": model.logit_bias.item(),
+                "grad_norm": grad_norm,
+                "samples_per_s": window / (now - clock),
+                "failed_images": state["failed"],
+            }
+            clock, window = now, 0
+            if config.eval_every and config.eval_data and state["step"] % config.eval_every == 0:
+                record |= _evaluate(config, model, processor, dist_)
+            metrics.write(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if config.save_every and state["step"] % config.save_every == 0 and state["step"] < total_steps:
+            _checkpoint(config, model, processor, optimizer, scheduler, state, dist_)
+
+    if bar is not None:
+        bar.close()
+    final = output / "model"
+    if dist_.main:
+        model.save_pretrained(final)
+        processor.save_pretrained(final)
+    _checkpoint(config, model, processor, optimizer, scheduler, state, dist_)
+    if dist_.world > 1:
+        dist.barrier()
+    return final
+
+
+def _batches(
+    config: TrainConfig, source, dist_: _Dist, first_step: int, per_epoch: int, total_steps: int
+) -> Iterator[tuple[int, Batch]]:
+    """(step, this rank's batch) from `first_step` on, across epochs."""
+    step = first_step
+    while step < total_steps:
+        epoch, start = divmod(step, per_epoch)
+        loader = data_module.make_loader(
+            source, global_batch=config.batch_size, rank=dist_.rank, world=dist_.world, seed=config.seed,
+            epoch=epoch, start=start, workers=config.workers,
+        )  # fmt: skip
+        for batch in loader:
+            yield step, batch
+            step += 1
+            if step >= total_steps:
+                return
+
+
+def _train_step(
+    config: TrainConfig,
+    embedder: nn.Module,
+    model: SiglipModel,
+    processor: SiglipProcessor,
+    batch: Batch,
+    dist_: _Dist,
+    bf16: bool,
+) -> float:
+    """Forward and backward of one global batch (in `grad_accum` micro-batches); returns the mean loss."""
+    length = model.config.text_config.max_position_embeddings
+    ids = processor.tokenizer(batch.captions, padding="max_length", truncation=True, max_length=length,
+                              return_tensors="pt")["input_ids"]  # fmt: skip
+    total = 0.0
+    micro = np.array_split(np.arange(len(batch.captions)), config.grad_accum)
+    for i, rows in enumerate(micro):
+        last = i == len(micro) - 1
+        sync = (
+            embedder.no_sync()
+            if isinstance(embedder, nn.parallel.DistributedDataParallel) and not last
+            else nullcontext()
+        )
+        with sync:
+            with torch.autocast(dist_.device.type, dtype=torch.bfloat16, enabled=bf16):
+                image, text = embedder(
+                    ids[rows].to(dist_.device, non_blocking=True),
+                    batch.pixel_values[rows].to(dist_.device, non_blocking=True),
+                )
+            loss = siglip_loss(
+                image.float(), text.float(), model.logit_scale, model.logit_bias,
+                mode="local" if dist_.world == 1 else config.loss, chunk_size=config.loss_chunk_size,
+            )  # fmt: skip
+            (loss / config.grad_accum).backward()
+        total += loss.item()
+    return total / config.grad_accum
+
+
+def _optimizer_step(config: TrainConfig, model: SiglipModel, optimizer, scheduler) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return grad_norm
+
+
+def _global_counts(seen: int, failed: int, dist_: _Dist) -> tuple[int, int]:
+    if dist_.world == 1:
+        return seen, failed
+    counts = torch.tensor([seen, failed], dtype=torch.long, device=dist_.device)
+    dist.all_reduce(counts)
+    return int(counts[0]), int(counts[1])
+
+
+def _checkpoint(config, model, processor, optimizer, scheduler, state, dist_: _Dist) -> None:
+    randoms = [None] * dist_.world
+    if dist_.world > 1:
+        dist.all_gather_object(randoms, _random_states())
+    else:
+        randoms = [_random_states()]
+    if dist_.main:
+        full = {
+            **state,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "random": randoms,
+            "config": dataclasses.asdict(config),
+        }
+        _save_checkpoint(config, model, processor, full)
+    if dist_.world > 1:
+        dist.barrier()
+
+
+def _evaluate(
+    config: TrainConfig, model: SiglipModel, processor: SiglipProcessor, dist_: _Dist
+) -> dict[str, float]:
+    """Zero-shot top-1 on a folder of class folders (main process; the others wait)."""
+    from ..zeroshot import class_embeddings, image_embeddings
+
+    result: dict[str, float] = {}
+    if dist_.main:
+        model.eval()
+        dataset = ClassFolderDataset(config.eval_data, processor.image_processor, ["{}"])
+        classes = class_embeddings(model, processor.tokenizer, dataset.class_names, config.eval_templates)
+        correct = total = 0
+        loader = torch.utils.data.DataLoader(
+            [(i, 0) for i in range(len(dataset))], batch_size=256, collate_fn=lambda keys: keys
+        )
+        for keys in loader:
+            samples = [dataset[k] for k in keys]
+            good = [
+                (s, dataset.labels[i])
+                for s, (i, _) in zip(samples, keys, strict=True)
+                if s.pixels is not None
+            ]
+            pixels = torch.from_numpy(np.stack([s.pixels for s, _ in good]))
+            predicted = (image_embeddings(model, pixels) @ classes.t()).argmax(dim=-1).cpu()
+            correct += int((predicted == torch.tensor([label for _, label in good])).sum())
+            total += len(good)
+        model.train()
+        result = {"eval_top1": correct / max(total, 1)}
+    if dist_.world > 1:
+        dist.barrier()
+    return result
+
+
+def _progress(config: TrainConfig, dist_: _Dist, total: int, start: int):
+    if not (config.progress and dist_.main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)

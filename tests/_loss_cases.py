@@ -1,0 +1,42 @@
+"""Global batches and the one-process reference for the loss tests, shared with the distributed workers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from siglip.loss import sigmoid_loss
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def global_batch(n: int, width: int = 8, dtype: torch.dtype = torch.float64, seed: int = 0) -> Batch:
+    """L2-normalised images and texts of `n` pairs with logit_scale and logit_bias, equal on every process.
+
+    Texts lie near their images and the scale and bias are mid-training values, so positives and negatives
+    both carry gradient (at the initial bias of -10 almost every sigmoid would be saturated).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, width, generator=gen, dtype=torch.float64)
+    texts = images + torch.randn(n, width, generator=gen, dtype=torch.float64)
+    logit_scale = torch.tensor([math.log(10.0)], dtype=torch.float64)
+    logit_bias = torch.tensor([-2.0], dtype=torch.float64)
+    batch = (F.normalize(images, dim=-1), F.normalize(texts, dim=-1), logit_scale, logit_bias)
+    return tuple(t.to(dtype) for t in batch)
+
+
+def leaves(batch: Batch) -> Batch:
+    return tuple(t.detach().clone().requires_grad_() for t in batch)
+
+
+def reference(batch: Batch) -> tuple[torch.Tensor, Batch]:
+    """Loss and gradients (images, texts, scale, bias) of the whole batch, computed as `SiglipModel` does."""
+    images, texts, logit_scale, logit_bias = inputs = leaves(batch)
+    loss = sigmoid_loss(texts @ images.T * logit_scale.exp() + logit_bias)
+    return loss.detach(), torch.autograd.grad(loss, inputs)
+
+
+def max_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return (ours.double() - theirs.double()).abs().max().item()

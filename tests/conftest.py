@@ -1,0 +1,59 @@
+"""Shared fixtures: SentencePiece models trained at test time (no download, no vendored binary).
+
+The models use SigLIP's id layout (pad 0, eos `</s>` 1, unk `<unk>` 2, no bos) and are trained on the CPython
+documentation text that ships with every Python (`pydoc_data.topics`), in well under a second each.
+"""
+
+import io
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+
+# nmt_nfkc is SentencePiece's default and what the released SigLIP vocabularies use; "identity" keeps the input
+# as it is, which exposes whitespace corner cases the NFKC normaliser would hide.
+NORMALIZATIONS = ("nmt_nfkc", "identity")
+
+
+def _train(normalization: str, vocab_size: int = 1000) -> bytes:
+    from pydoc_data.topics import topics
+
+    lines = [line for text in topics.values() for line in text.splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        normalization_rule_name=normalization,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=2,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+@pytest.fixture(scope="session")
+def spiece_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """normalization -> path of a trained `spiece.model`."""
+    directory = tmp_path_factory.mktemp("spiece")
+    paths = {}
+    for normalization in NORMALIZATIONS:
+        paths[normalization] = directory / f"{normalization}.model"
+        paths[normalization].write_bytes(_train(normalization))
+    return paths
+
+
+@pytest.fixture(scope="session", params=NORMALIZATIONS)
+def any_spiece_model(request: pytest.FixtureRequest, spiece_models: dict[str, Path]) -> Path:
+    """Each trained model in turn (the test runs once per normalisation)."""
+    return spiece_models[request.param]
+
+
+@pytest.fixture(scope="session")
+def spiece_model(spiece_models: dict[str, Path]) -> Path:
+    """The NFKC model, for tests that need one realistic vocabulary."""
+    return spiece_models["nmt_nfkc"]

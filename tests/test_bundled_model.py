@@ -1,0 +1,73 @@
+"""The bundled `siglip-tiny-fashion` model: loads offline by its short name and classifies Fashion-MNIST."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siglip import SiglipModel, SiglipProcessor, hub
+from siglip.zeroshot import class_embeddings, image_embeddings
+
+NAME = "siglip-tiny-fashion"
+DATASET = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = [
+    "t-shirt",
+    "trousers",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
+
+
+def test_bundled_files_are_small_and_complete():
+    directory = hub.BUNDLED_DIR / NAME
+    assert NAME in hub.bundled_models()
+    names = {p.name for p in directory.iterdir()}
+    assert {"config.json", "model.safetensors", "spiece.model", "tokenizer_config.json",
+            "preprocessor_config.json"} <= names  # fmt: skip
+    assert all(p.stat().st_size <= 5 * 2**20 for p in directory.iterdir())
+
+
+def test_loads_offline_by_short_name(tmp_path):
+    code = (
+        "from siglip import SiglipModel, SiglipProcessor; "
+        f"m = SiglipModel.from_pretrained('{NAME}'); p = SiglipProcessor.from_pretrained('{NAME}'); "
+        "print(m.num_parameters(), p.tokenizer.model_max_length, p.image_processor.size['height'])"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    params, length, size = map(int, done.stdout.split())
+    assert params < 1_250_000 and length == 16 and size == 28
+
+
+def _idx(name: str, offset: int) -> np.ndarray:
+    with gzip.open(DATASET / name) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+@pytest.mark.skipif(
+    not DATASET.is_dir(), reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist"
+)
+def test_zero_shot_accuracy_on_fashion_mnist():
+    images = _idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:1000]
+    labels = _idx("t10k-labels-idx1-ubyte.gz", 8)[:1000]
+    model, processor = SiglipModel.from_pretrained(NAME), SiglipProcessor.from_pretrained(NAME)
+    # Prompts the training never saw (scripts/train_tiny_model.py holds out these templates).
+    classes = class_embeddings(model, processor.tokenizer, CLASSES, ["a product shot of a {}.", "the {}."])
+    pixels = processor(images=[Image.fromarray(x, mode="L") for x in images])["pixel_values"]
+    predicted = (image_embeddings(model, pixels) @ classes.t()).argmax(-1).numpy()
+    accuracy = float((predicted == labels).mean())
+    assert accuracy >= 0.80, accuracy

@@ -1,0 +1,312 @@
+"""`siglip train`: learning, multi-process equivalence, kill-and-resume, data errors, transformers interop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from _reference import quiet_transformers
+from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+from siglip.train import DataError, TrainConfig, latest_checkpoint, train
+from siglip.train.data import ClassFolderDataset
+from siglip.train.trainer import _param_groups, _schedule
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+TINY = dict(
+    text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     vocab_size=1000, max_position_embeddings=12),
+    vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                       image_size=16, patch_size=4),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory, spiece_model) -> Path:
+    """A from-scratch starting point: config.json plus tokenizer and image-processor files."""
+    directory = tmp_path_factory.mktemp("start")
+    SiglipConfig(**TINY).save_pretrained(directory)
+    processor = SiglipProcessor(
+        SiglipImageProcessor(size={"height": 16, "width": 16}),
+        SiglipTokenizer(spiece_model, model_max_length=12, model_input_names=["input_ids"]),
+    )
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> Path:
+    """Class folders of noisy colour patches: 4 classes x 24 images."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir()
+        for i in range(24):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def _config(start: Path, data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(data), output_dir=str(out), config=str(start), processor=str(start),
+        templates=["a photo of {}", "the colour {}"], batch_size=16, steps=12, lr=3e-3, warmup_steps=2,
+        workers=0, progress=False, log_every=1, save_every=0, seed=1,
+    )  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def test_training_lowers_the_loss_and_learns_the_classes(start, colours, tmp_path):
+    final = train(_config(start, colours, tmp_path, steps=30, eval_data=str(colours), eval_every=30,
+                          eval_templates=["a photo of {}"]))  # fmt: skip
+    records = _metrics(tmp_path)
+    assert [r["step"] for r in records] == list(range(1, 31))
+    first, last = np.mean([r["loss"] for r in records[:5]]), np.mean([r["loss"] for r in records[-5:]])
+    assert last < 0.7 * first, (first, last)
+    assert records[-1]["eval_top1"] >= 0.9  # 4 colours, zero-shot from the class names
+    assert {"lr", "logit_scale", "logit_bias", "samples_per_s", "grad_norm"} <= set(records[-1])
+    model = SiglipModel.from_pretrained(final)  # the final model is a complete checkpoint directory
+    assert SiglipProcessor.from_pretrained(final).tokenizer.model_max_length == 12
+    assert model.config.text_config.vocab_size == 1000
+
+
+def test_lock_image_keeps_the_image_tower(start, colours, tmp_path):
+    initial_dir = tmp_path / "initial"
+    torch.manual_seed(0)
+    SiglipModel(SiglipConfig(**TINY)).save_pretrained(initial_dir)
+    final = train(_config(start, colours, tmp_path / "run", config=None, model=str(initial_dir), lock_image=True,
+                          steps=4))  # fmt: skip
+    before, after = _weights(initial_dir), _weights(final)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision_model."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("text_model."))
+
+
+def test_class_folders_skip_hidden_entries(colours, tmp_path, start):
+    import shutil
+
+    shutil.copytree(colours, tmp_path / "data")
+    (tmp_path / "data" / ".ipynb_checkpoints").mkdir()
+    shutil.copy(next(colours.rglob("*.png")), tmp_path / "data" / ".ipynb_checkpoints" / "x.png")
+    shutil.copy(next(colours.rglob("*.png")), tmp_path / "data" / "red" / "._0.png")
+    dataset = ClassFolderDataset(tmp_path / "data", SiglipImageProcessor(), ["{}"])
+    assert dataset.classes == sorted(COLOURS) and len(dataset) == 96
+
+
+def test_weight_decay_groups_and_schedule():
+    model = SiglipModel(SiglipConfig(**TINY))
+    decay, no_decay = _param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} >= {"logit_scale", "logit_bias", "text_model.head.bias"}
+    assert all("layer_norm" not in names[id(p)] and "bias" not in names[id(p)] for p in decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    factor = _schedule(warmup=4, total=14)
+    assert [round(factor(s), 6) for s in (0, 3, 4, 9, 14)] == [0.25, 1.0, 1.0, 0.5, 0.0]
+
+
+def _run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
+
+
+def _cli_args(start: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(data), "--output-dir", str(out), "--config", str(start), "--processor", str(start),
+        "--templates", "a photo of {}", "the colour {}", "--batch-size", "16", "--lr", "3e-3",
+        "--warmup-steps", "2", "--workers", "0", "--no-progress", "--log-every", "1", "--seed", "1", *extra,
+    ]  # fmt: skip
+
+
+def _without_key_biases(run: Path) -> dict[str, torch.Tensor]:
+    """Final weights minus the attention key biases.
+
+    Softmax ignores a bias added to every key: its true gradient is 0 and autograd returns rounding noise,
+    which Adam scales up to full-size steps, so those entries differ between any two summation orders.
+    """
+    weights = _weights(run / "model")
+    for key in list(weights):
+        if key.endswith("k_proj.bias"):
+            del weights[key]
+        elif key.endswith("in_proj_bias"):  # the pooling head's [q; k; v] biases
+            q, _, v = weights[key].chunk(3)
+            weights[key] = torch.cat([q, v])
+    return weights
+
+
+def test_two_processes_match_one_with_the_same_global_batch(start, colours, tmp_path):
+    common = ["--steps", "6", "--save-every", "0"]
+    one = _run_cli(
+        [sys.executable, "-m", "siglip", "train", *_cli_args(start, colours, tmp_path / "one", *common)]
+    )
+    assert one.returncode == 0, one.stderr
+    for loss in ("all_gather", "ring"):
+        out = tmp_path / f"two-{loss}"
+        two = _run_cli([
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "siglip", "train", *_cli_args(start, colours, out, *common, "--loss", loss),
+        ])  # fmt: skip
+        assert two.returncode == 0, two.stderr
+        reference, result = _without_key_biases(tmp_path / "one"), _without_key_biases(out)
+        for key, value in reference.items():
+            torch.testing.assert_close(result[key], value, rtol=1e-4, atol=1e-5, msg=f"{loss}: {key}")
+        losses_one = [r["loss"] for r in _metrics(tmp_path / "one")]
+        losses_two = [r["loss"] for r in _metrics(out)]
+        np.testing.assert_allclose(losses_two, losses_one, rtol=1e-4)
+
+
+def test_kill_and_resume_ends_with_the_same_weights(start, colours, tmp_path):
+    extra = ["--steps", "40", "--save-every", "5", "--keep-checkpoints", "3"]
+    straight = _run_cli(
+        [sys.executable, "-m", "siglip", "train", *_cli_args(start, colours, tmp_path / "a", *extra)]
+    )
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "b"
+    args = [sys.executable, "-m", "siglip", "train", *_cli_args(start, colours, out, *extra)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(out) is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = latest_checkpoint(out)
+    assert killed_at is not None and killed_at.name.startswith("step-")
+
+    resumed = _run_cli(
+        [sys.executable, "-m", "siglip", "train", *_cli_args(start, colours, out, *extra, "--resume")]
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    reference, result = _weights(tmp_path / "a" / "model"), _weights(out / "model")
+    assert all(torch.equal(result[k], reference[k]) for k in reference), "resumed run diverged"
+    steps = [r["step"] for r in _metrics(out)]
+    assert steps == list(range(1, 41))  # every step logged once, none lost, none twice
+    assert [r["loss"] for r in _metrics(out)] == [r["loss"] for r in _metrics(tmp_path / "a")]
+
+
+def test_partial_checkpoints_are_ignored(start, colours, tmp_path):
+    train(_config(start, colours, tmp_path, steps=4, save_every=2))
+    root = tmp_path / "checkpoints"
+    assert latest_checkpoint(tmp_path) == root / "step-00000004"
+    # A crash while writing step 6 leaves a partial folder and no pointer update: resumption ignores it.
+    (root / ".step-00000006.partial").mkdir()
+    (root / ".latest.partial").write_text("step-00000006\n")
+    assert latest_checkpoint(tmp_path) == root / "step-00000004"
+    train(_config(start, colours, tmp_path, steps=6, save_every=2, resume=True))
+    assert [r["step"] for r in _metrics(tmp_path)] == list(range(1, 7))
+
+
+def _pairs(tmp_path: Path, colours: Path, rows: list[dict], suffix: str = ".csv") -> Path:
+    path = tmp_path / f"pairs{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        keys = list(rows[0])
+        path.write_text(
+            ",".join(keys) + "\n" + "".join(",".join(str(r[k]) for k in keys) + "\n" for r in rows)
+        )
+    return path
+
+
+def _colour_rows(colours: Path) -> list[dict]:
+    return [{"image": str(p), "caption": f"a {p.parent.name} patch"} for p in sorted(colours.rglob("*.png"))]
+
+
+def test_pairs_file_with_bad_rows(start, colours, tmp_path):
+    rows = _colour_rows(colours)
+    with pytest.raises(DataError, match=r"has no column 'caption' \(columns: \['image', 'text'\]\)"):
+        train(_config(start, _pairs(tmp_path, colours, [{"image": r["image"], "text": r["caption"]} for r in rows]),
+                      tmp_path / "o"))  # fmt: skip
+    with pytest.raises(DataError, match="row 3: empty or missing caption"):
+        bad = [dict(r) for r in rows]
+        bad[2]["caption"] = ""
+        train(_config(start, _pairs(tmp_path, colours, bad, ".jsonl"), tmp_path / "o"))
+    missing = [dict(r) for r in rows]
+    for r in missing[:5]:
+        r["image"] = r["image"] + ".gone"
+    with pytest.raises(DataError, match=r"5 of 96 image files are missing.*max_bad_fraction=0.01"):
+        train(_config(start, _pairs(tmp_path, colours, missing), tmp_path / "o"))
+    out = tmp_path / "tolerant"
+    train(_config(start, _pairs(tmp_path, colours, missing), out, max_bad_fraction=0.1, steps=2))
+    assert (out / "model" / "model.safetensors").is_file()
+    assert not (tmp_path / "o" / "checkpoints").exists(), "nothing is written when the data is refused"
+
+
+def test_corrupt_images_are_skipped_and_counted(start, colours, tmp_path):
+    rows = _colour_rows(colours)
+    for i in range(3):
+        broken = tmp_path / f"broken{i}.png"
+        broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        rows[i * 30]["image"] = str(broken)
+    out = tmp_path / "run"
+    train(_config(start, _pairs(tmp_path, colours, rows), out, steps=6, max_bad_fraction=0.05))
+    assert _metrics(out)[-1]["failed_images"] == 3  # every sample is seen once in 6 steps of 16
+    with pytest.raises(DataError, match=r"failed to load: 1 so far .*broken\d.png.*max_bad_fraction=0.01"):
+        train(_config(start, _pairs(tmp_path, colours, rows), tmp_path / "strict", steps=6))
+
+
+def test_webdataset_shards(start, colours, tmp_path):
+    import webdataset as wds
+
+    files = sorted(colours.rglob("*.png"))
+    for shard in range(3):
+        with wds.TarWriter(str(tmp_path / f"shard-{shard:04d}.tar")) as sink:
+            for i, path in enumerate(files[shard::3]):
+                sink.write(
+                    {
+                        "__key__": f"{shard}-{i}",
+                        "png": path.read_bytes(),
+                        "txt": f"a {path.parent.name} patch",
+                    }
+                )
+    out = tmp_path / "run"
+    train(_config(start, str(tmp_path / "shard-{0000..0002}.tar"), out, steps=8, save_every=4))
+    assert [r["step"] for r in _metrics(out)] == list(range(1, 9))
+    assert _metrics(out)[0]["epoch"] == pytest.approx(1 / 6)  # 96 samples = 6 batches of 16 per epoch
+    with pytest.raises(DataError, match="WebDataset shards not found"):
+        train(_config(start, str(tmp_path / "nothing-{0000..0001}.tar"), tmp_path / "x"))
+
+
+def test_fine_tuned_transformers_checkpoint_loads_in_transformers(start, colours, tmp_path):
+    import transformers
+
+    quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.SiglipConfig(**TINY)
+    transformers.SiglipModel(config).save_pretrained(tmp_path / "hf")
+    final = train(_config(start, colours, tmp_path / "ft", config=None, model=str(tmp_path / "hf"), steps=3))
+    theirs = transformers.SiglipModel.from_pretrained(final)
+    ours = SiglipModel.from_pretrained(final)
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, theirs.state_dict()[name]), name
+    assert not torch.equal(
+        ours.logit_bias, transformers.SiglipModel.from_pretrained(tmp_path / "hf").logit_bias
+    )
+
+
+def test_config_errors(start, tmp_path):
+    with pytest.raises(ValueError, match="exactly one of model"):
+        TrainConfig(data="x", output_dir="y")
+    with pytest.raises(ValueError, match="multiple of grad_accum"):
+        TrainConfig(data="x", output_dir="y", model="m", batch_size=10, grad_accum=3)
+    with pytest.raises(DataError, match="cannot tell what 'nowhere' is"):
+        train(_config(start, Path("nowhere"), tmp_path))
