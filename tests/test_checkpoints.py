@@ -173,7 +173,8 @@ def test_weight_problems_are_listed(tmp_path):
         SiglipModel.from_pretrained(tmp_path)
     _edit_weights(tmp_path, lambda s: (s.pop("extra.weight"), s.update({"logit_bias": torch.zeros(3)})))
     with pytest.raises(
-        CheckpointError, match=r"mis-shaped weights:\n  logit_bias: checkpoint \(3,\), model \(1,\)"
+        CheckpointError,
+        match=r"mis-shaped weights \(pass .*\):\n  logit_bias: checkpoint \(3,\), model \(1,\)",
     ):
         SiglipModel.from_pretrained(tmp_path)
 
@@ -290,3 +291,59 @@ def test_hf_hub_offline_environment(tmp_path):
         "is not in the Hugging Face cache" in done.stderr
         and "pass the path of a local directory" in done.stderr
     )
+
+
+def test_a_new_save_removes_the_weight_files_of_an_earlier_layout(tmp_path):
+    model = _ours("SiglipModel")
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        model.logit_bias.fill_(123.0)
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert not (tmp_path / "model.safetensors").exists()  # it would shadow the new shards
+    assert SiglipModel.from_pretrained(tmp_path).logit_bias.item() == 123.0
+    model.save_pretrained(tmp_path)  # and back: the shards and their index go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_transformers_loading_options(tmp_path):
+    _ours("SiglipModel").save_pretrained(tmp_path)
+    model = SiglipModel.from_pretrained(
+        tmp_path, device_map="cpu", low_cpu_mem_usage=True, output_attentions=True
+    )
+    assert model.device.type == "cpu" and model.config.output_attentions
+    assert model.config.name_or_path == str(tmp_path)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['image_size', 'torch_dype'\]"):
+        SiglipModel.from_pretrained(tmp_path, torch_dype=torch.float16, image_size=64)
+    with pytest.raises(ValueError, match="device_map='auto': siglip puts a model on one device"):
+        SiglipModel.from_pretrained(tmp_path, device_map="auto")
+
+
+def test_save_pretrained_options(tmp_path):
+    model = _ours("SiglipModel")
+    model.save_pretrained(tmp_path / "other", is_main_process=False)
+    assert not (tmp_path / "other").exists()
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp_path / "given", state_dict=state)
+    assert torch.equal(load_file(tmp_path / "given" / "model.safetensors")["logit_bias"], torch.zeros(1))
+    with pytest.raises(ValueError, match="safetensors only"):
+        model.save_pretrained(tmp_path / "pickles", safe_serialization=False)
+
+
+def test_api_details_like_transformers():
+    assert SiglipModel.main_input_name == transformers.SiglipModel.main_input_name == "input_ids"
+    assert siglip.SiglipVisionModel.main_input_name == transformers.SiglipVisionModel.main_input_name
+    text, vision = siglip.SiglipTextConfig(vocab_size=99), siglip.SiglipVisionConfig(patch_size=14)
+    config = SiglipConfig(text, vision)  # positional, as transformers 4.x allows
+    assert config.text_config.vocab_size == 99 and config.vision_config.patch_size == 14
+
+
+def test_a_tower_loads_from_a_classifier_checkpoint(tmp_path):
+    _ours("SiglipForImageClassification", num_labels=3).save_pretrained(tmp_path)
+    vision = siglip.SiglipVisionModel.from_pretrained(tmp_path)
+    assert vision(torch.zeros(1, 3, 32, 32)).pooler_output.shape == (1, 64)
+
+
+def test_mis_shaped_weights_name_the_way_out(tmp_path):
+    _ours("SiglipForImageClassification", num_labels=3).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="pass ignore_mismatched_sizes=True to re-initialise them"):
+        siglip.SiglipForImageClassification.from_pretrained(tmp_path, num_labels=5)

@@ -166,10 +166,14 @@ def _bad(**changes):
 @pytest.mark.parametrize(
     ("inputs", "options", "message"),
     [
-        (_bad(text_embeds=torch.zeros(3, 8)), {}, "as many images as texts .* got 4 images and 3 texts"),
+        (_bad(text_embeds=torch.zeros(3, 8)), {}, "as many images as texts.* got 4 images and 3 texts"),
         (_bad(text_embeds=torch.zeros(4, 6)), {}, "one width; got 8 and 6"),
         (_bad(image_embeds=torch.zeros(4, 2, 4)), {}, "must be 2-D"),
-        (_bad(image_embeds=torch.zeros(0, 8), text_embeds=torch.zeros(0, 8)), {}, "at least one"),
+        (
+            _bad(image_embeds=torch.zeros(0, 8), text_embeds=torch.zeros(0, 8)),
+            {},
+            "the batch is empty: no image-text pair on any rank",
+        ),
         (_bad(logit_scale=torch.zeros(2)), {}, "one value each"),
         (_bad(image_embeds=torch.full((4, 8), math.nan)), {}, "non-finite"),
         (_bad(logit_bias=torch.tensor([math.inf])), {}, "non-finite"),

@@ -26,6 +26,7 @@ from siglip import siglip_loss, sigmoid_loss
 WORLDS = (1, 2, 3, 4)
 TOL = 1e-5
 UNEVEN = (3, 6, 1, 5)  # per-rank batch sizes; chunks of 2 and 4 split them unevenly
+EMPTY = (3, 0, 2, 5)  # a rank whose batch is empty (every image of its share failed to load)
 MATCH_CASES = {
     "ring": dict(mode="ring"),
     "ring-uneven": dict(mode="ring", uneven=True),
@@ -36,6 +37,9 @@ MATCH_CASES = {
     "all_gather-uneven": dict(mode="all_gather", uneven=True),
     "ring-chunk4-uneven-float32": dict(mode="ring", chunk_size=4, uneven=True, dtype=torch.float32),
     "all_gather-float32": dict(mode="all_gather", dtype=torch.float32),
+    "ring-empty-rank": dict(mode="ring", uneven="empty"),
+    "ring-chunk2-empty-rank": dict(mode="ring", chunk_size=2, uneven="empty"),
+    "all_gather-empty-rank": dict(mode="all_gather", uneven="empty"),
     "ring-chunk2-bf16-autocast": dict(mode="ring", chunk_size=2, uneven=True, autocast=True),
 }
 # Which rank spoils its (images, texts), how, and what every rank must then be told.
@@ -43,7 +47,7 @@ ERROR_CASES = {
     "batch-mismatch": (
         -1,
         lambda i, t: (i, t[:3]),
-        "as many images as texts .* 4 images and 3 texts on rank {last}",
+        "as many images as texts.* 4 images and 3 texts on rank {last}",
     ),
     "width-mismatch": (-1, lambda i, t: (i[:, :6], t[:, :6]), r"one width; got widths \[8, .*6\]"),
     "non-finite": (
@@ -54,7 +58,9 @@ ERROR_CASES = {
 }
 
 
-def _sizes(world: int, uneven: bool) -> list[int]:
+def _sizes(world: int, uneven: bool | str) -> list[int]:
+    if uneven == "empty":
+        return list(EMPTY[:world])
     return list(UNEVEN[:world]) if uneven else [4] * world
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from siglip import CheckpointError, SiglipModel, SiglipProcessor
+from siglip import CheckpointError, OfflineError, SiglipModel, SiglipProcessor
 
 HUB_ID = "google/siglip-base-patch16-224"
 COCO_URL = "http://images.cocodataset.org/val2017/000000039769.jpg"
@@ -43,7 +43,8 @@ def checkpoint() -> str:
     try:
         SiglipModel.config_class.from_pretrained(HUB_ID, local_files_only=not _online("huggingface.co"))
     except CheckpointError as err:
-        pytest.skip(f"no real checkpoint: set SIGLIP_BASE_CHECKPOINT to a local copy of {HUB_ID} ({err})")
+        why = "offline and not cached" if isinstance(err, OfflineError) else str(err)
+        pytest.skip(f"no real checkpoint: set SIGLIP_BASE_CHECKPOINT to a local copy of {HUB_ID} ({why})")
     return HUB_ID
 
 
@@ -85,7 +86,10 @@ def test_interpolated_positions_at_640x480(checkpoint, cats):
 
 def test_same_numbers_as_transformers(checkpoint, cats):
     transformers = pytest.importorskip("transformers")
-    ours, theirs = SiglipModel.from_pretrained(checkpoint), transformers.SiglipModel.from_pretrained(checkpoint)
+    ours, theirs = (
+        SiglipModel.from_pretrained(checkpoint),
+        transformers.SiglipModel.from_pretrained(checkpoint),
+    )
     processor = SiglipProcessor.from_pretrained(checkpoint)
     inputs = processor(text=["a photo of 2 cats", "two dogs"], images=cats, return_tensors="pt")
     with torch.no_grad():

@@ -152,22 +152,25 @@ def _without_key_biases(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(start, colours, tmp_path):
-    common = ["--steps", "6", "--save-every", "0"]
-    one = _run_cli(
-        [sys.executable, "-m", "siglip", "train", *_cli_args(start, colours, tmp_path / "one", *common)]
-    )
-    assert one.returncode == 0, one.stderr
-    for loss in ("all_gather", "ring"):
-        out = tmp_path / f"two-{loss}"
+    # With 16 micro-batches of one pair, one of the two ranks holds nothing in each: it still takes part.
+    for accum in ("1", "16"):
+        common = ["--steps", "6", "--save-every", "0", "--grad-accum", accum]
+        one = _run_cli(
+            [sys.executable, "-m", "siglip", "train", *_cli_args(start, colours, tmp_path / accum, *common)]
+        )
+        assert one.returncode == 0, one.stderr
+    for loss, accum in (("all_gather", "1"), ("ring", "1"), ("ring", "16")):
+        out = tmp_path / f"two-{loss}-{accum}"
+        common = ["--steps", "6", "--save-every", "0", "--grad-accum", accum, "--loss", loss]
         two = _run_cli([
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "siglip", "train", *_cli_args(start, colours, out, *common, "--loss", loss),
+            "-m", "siglip", "train", *_cli_args(start, colours, out, *common),
         ])  # fmt: skip
         assert two.returncode == 0, two.stderr
-        reference, result = _without_key_biases(tmp_path / "one"), _without_key_biases(out)
+        reference, result = _without_key_biases(tmp_path / accum), _without_key_biases(out)
         for key, value in reference.items():
-            torch.testing.assert_close(result[key], value, rtol=1e-4, atol=1e-5, msg=f"{loss}: {key}")
-        losses_one = [r["loss"] for r in _metrics(tmp_path / "one")]
+            torch.testing.assert_close(result[key], value, rtol=1e-4, atol=1e-5, msg=f"{loss}/{accum}: {key}")
+        losses_one = [r["loss"] for r in _metrics(tmp_path / accum)]
         losses_two = [r["loss"] for r in _metrics(out)]
         np.testing.assert_allclose(losses_two, losses_one, rtol=1e-4)
 
@@ -201,6 +204,29 @@ def test_kill_and_resume_ends_with_the_same_weights(start, colours, tmp_path):
     steps = [r["step"] for r in _metrics(out)]
     assert steps == list(range(1, 41))  # every step logged once, none lost, none twice
     assert [r["loss"] for r in _metrics(out)] == [r["loss"] for r in _metrics(tmp_path / "a")]
+
+
+def test_a_fresh_run_does_not_mix_into_an_old_one(start, colours, tmp_path):
+    train(_config(start, colours, tmp_path, steps=4, save_every=2))
+    with pytest.raises(DataError, match="already holds checkpoints of a run: pass --resume"):
+        train(_config(start, colours, tmp_path, steps=2, save_every=2))
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-00000004"
+
+
+def test_evaluation_and_logging_intervals_are_independent(start, colours, tmp_path):
+    train(_config(start, colours, tmp_path, steps=4, log_every=3, eval_every=2, eval_data=str(colours)))
+    records = {r["step"]: r for r in _metrics(tmp_path)}
+    assert sorted(records) == [2, 3, 4]
+    assert "eval_top1" in records[2] and "loss" not in records[2]
+    assert "eval_top1" not in records[3] and "loss" in records[3]
+    assert {"eval_top1", "loss"} <= set(records[4])
+
+
+def test_grad_clip_zero_turns_clipping_off(start, colours, tmp_path):
+    train(_config(start, colours, tmp_path, steps=3, grad_clip=0.0, lr=1e-2))
+    records = _metrics(tmp_path)
+    assert records[0]["grad_norm"] > 1.0  # measured, and larger than the default clip would leave it
+    assert records[-1]["loss"] < records[0]["loss"]  # and the run learns (clip 0 must not zero the gradients)
 
 
 def test_partial_checkpoints_are_ignored(start, colours, tmp_path):
@@ -258,9 +284,12 @@ def test_corrupt_images_are_skipped_and_counted(start, colours, tmp_path):
         broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
         rows[i * 30]["image"] = str(broken)
     out = tmp_path / "run"
-    train(_config(start, _pairs(tmp_path, colours, rows), out, steps=6, max_bad_fraction=0.05))
-    assert _metrics(out)[-1]["failed_images"] == 3  # every sample is seen once in 6 steps of 16
-    with pytest.raises(DataError, match=r"failed to load: 1 so far .*broken\d.png.*max_bad_fraction=0.01"):
+    # 3 of 96 images (3.1%) fail in each of 3 epochs: within a 5% budget however long the run.
+    train(_config(start, _pairs(tmp_path, colours, rows), out, steps=18, max_bad_fraction=0.05))
+    assert _metrics(out)[-1]["failed_images"] == 9  # every sample is seen once per 6 steps of 16
+    with pytest.raises(
+        DataError, match=r"failed to load: 1 of 48 so far .*broken\d.png.*max_bad_fraction=0.01"
+    ):
         train(_config(start, _pairs(tmp_path, colours, rows), tmp_path / "strict", steps=6))
 
 
@@ -278,10 +307,15 @@ def test_webdataset_shards(start, colours, tmp_path):
                         "txt": f"a {path.parent.name} patch",
                     }
                 )
+            if shard == 1:  # captions that cannot be read: counted as failed samples, not a crash
+                sink.write({"__key__": "bad-json", "png": files[0].read_bytes(), "json": b'["a", "list"]'})
+                sink.write({"__key__": "bad-text", "png": files[0].read_bytes(), "txt": b"\xff\xfe bad"})
     out = tmp_path / "run"
-    train(_config(start, str(tmp_path / "shard-{0000..0002}.tar"), out, steps=8, save_every=4))
-    assert [r["step"] for r in _metrics(out)] == list(range(1, 9))
-    assert _metrics(out)[0]["epoch"] == pytest.approx(1 / 6)  # 96 samples = 6 batches of 16 per epoch
+    train(_config(start, str(tmp_path / "shard-{0000..0002}.tar"), out, steps=12, save_every=4,
+                  max_bad_fraction=0.05))  # fmt: skip
+    assert [r["step"] for r in _metrics(out)] == list(range(1, 13))
+    assert _metrics(out)[0]["epoch"] == pytest.approx(1 / 6)  # 98 samples: 6 full batches of 16 per epoch
+    assert _metrics(out)[-1]["failed_images"] in (2, 4)  # the bad pair, once or twice in two epochs
     with pytest.raises(DataError, match="WebDataset shards not found"):
         train(_config(start, str(tmp_path / "nothing-{0000..0001}.tar"), tmp_path / "x"))
 
@@ -310,3 +344,9 @@ def test_config_errors(start, tmp_path):
         TrainConfig(data="x", output_dir="y", model="m", batch_size=10, grad_accum=3)
     with pytest.raises(DataError, match="cannot tell what 'nowhere' is"):
         train(_config(start, Path("nowhere"), tmp_path))
+    with pytest.raises(ValueError, match="loss_chunk_size bounds memory with the ring loss"):
+        TrainConfig(data="x", output_dir="y", model="m", loss_chunk_size=64)
+    with pytest.raises(ValueError, match="grad_clip must be >= 0"):
+        TrainConfig(data="x", output_dir="y", model="m", grad_clip=-1)
+    with pytest.raises(ValueError, match="eval_every needs eval_data"):
+        TrainConfig(data="x", output_dir="y", model="m", eval_every=5)

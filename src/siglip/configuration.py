@@ -98,6 +98,15 @@ class PretrainedConfig:
             self.label2id = {v: k for k, v in self.id2label.items()}
 
     @property
+    def name_or_path(self) -> str:
+        """Where the config was loaded from ("" if built in code); not saved."""
+        return getattr(self, "_name_or_path", "")
+
+    @name_or_path.setter
+    def name_or_path(self, value: str) -> None:
+        self._name_or_path = value
+
+    @property
     def use_return_dict(self) -> bool:
         return self.return_dict
 
@@ -173,9 +182,12 @@ class PretrainedConfig:
         hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
         path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, **hub_kwargs)
         try:
-            return cls.from_dict(read_json(path), **kwargs)
+            config = cls.from_dict(read_json(path), **kwargs)
         except (TypeError, ValueError) as err:
-            raise CheckpointError(f"Invalid config '{path}': {err}") from err
+            overrides = f" with overrides {kwargs}" if kwargs else ""
+            raise CheckpointError(f"Invalid config '{path}'{overrides}: {err}") from err
+        config.name_or_path = os.fspath(pretrained_model_name_or_path)
+        return config
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write `config.json` into `save_directory` (created if needed)."""
@@ -285,6 +297,14 @@ class SiglipConfig(PretrainedConfig):
     text_config: SiglipTextConfig = field(default_factory=SiglipTextConfig)
     vision_config: SiglipVisionConfig = field(default_factory=SiglipVisionConfig)
     initializer_factor: float = 1.0
+
+    def __init__(
+        self,
+        text_config: SiglipTextConfig | dict | None = None,
+        vision_config: SiglipVisionConfig | dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(text_config=text_config, vision_config=vision_config, **kwargs)
 
     def __post_init__(self) -> None:
         self.text_config = _sub_config(self.text_config, SiglipTextConfig)

@@ -181,12 +181,19 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_state_dict(files: list[Path], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read the tensors of one or more weight files onto `device`.
+def load_state_dict(
+    files: list[Path], device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Read the tensors of one or more weight files onto `device`, floating ones cast to `dtype` if given.
 
-    Safetensors are memory-mapped and read tensor by tensor; `.bin` files are opened with
-    `torch.load(weights_only=True)`, which refuses pickled code.
+    Safetensors are memory-mapped and read tensor by tensor, each cast as it is read (so a change of dtype
+    never holds two copies of the model); `.bin` files are opened with `torch.load(weights_only=True)`,
+    which refuses pickled code.
     """
+
+    def cast(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
     from safetensors import SafetensorError, safe_open
 
     state_dict: dict[str, torch.Tensor] = {}
@@ -195,7 +202,7 @@ def load_state_dict(files: list[Path], device: str | torch.device = "cpu") -> di
             try:
                 with safe_open(file, framework="pt", device=str(device)) as f:
                     for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                        state_dict[key] = f.get_tensor(key)
+                        state_dict[key] = cast(f.get_tensor(key))
             except (SafetensorError, OSError) as err:
                 raise CheckpointError(f"Cannot read safetensors file '{file}': {err}") from err
         else:
@@ -207,15 +214,17 @@ def load_state_dict(files: list[Path], device: str | torch.device = "cpu") -> di
                 ) from err
             if not isinstance(loaded, dict):
                 raise CheckpointError(f"'{file}' does not hold a state dict.")
-            state_dict.update(loaded)
+            state_dict.update({key: cast(value) for key, value in loaded.items()})
     return state_dict
 
 
 @contextlib.contextmanager
-def staged_directory(directory: str | os.PathLike) -> Iterator[Path]:
+def staged_directory(directory: str | os.PathLike, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
     """Write files into a temporary folder, then move them into `directory` only if all were written.
 
-    An error or interruption while saving leaves `directory` as it was: never a half-written checkpoint.
+    An error while saving leaves `directory` as it was: never a half-written file. Files of `directory`
+    matching a `replaces` glob pattern that the new save does not contain (say, the `model.safetensors` of
+    an earlier save now written as shards) are removed, so that no stale file shadows the new ones.
     """
     target = Path(directory)
     if target.exists() and not target.is_dir():
@@ -224,19 +233,28 @@ def staged_directory(directory: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
     try:
         yield staging
-        mode = 0o666 & ~_umask()  # some writers (safetensors) create files readable by their owner only
+        written = {item.name for item in staging.iterdir()}
+        stale = [p for pattern in replaces for p in target.glob(pattern) if p.name not in written]
         for item in staging.iterdir():
             if item.is_file():
-                item.chmod(mode)
+                item.chmod(_FILE_MODE)  # some writers (safetensors) create files only their owner can read
             os.replace(item, target / item.name)
+        for item in stale:
+            item.unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+def _file_mode() -> int:
+    umask = os.umask(0)  # reading the umask means setting it: once, at import
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+# Weight files of every layout: a new save removes those of an earlier one it does not overwrite.
+WEIGHT_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                        "pytorch_model.bin.index.json")  # fmt: skip
 
 
 def save_state_dict(

@@ -167,7 +167,7 @@ class _Images(NamedTuple):
 
     def tiles(self, texts: torch.Tensor, positives: int | None) -> Iterator[tuple[slice, slice, int | None]]:
         """(image rows, text rows, the positives' diagonal within the tile) of each tile of logits."""
-        rows, cols = self.chunk or len(self.embeds), self.chunk or len(texts)
+        rows, cols = self.chunk or max(len(self.embeds), 1), self.chunk or max(len(texts), 1)
         for i in range(0, len(self.embeds), rows):
             for j in range(0, len(texts), cols):
                 yield slice(i, i + rows), slice(j, j + cols), None if positives is None else positives + i - j
@@ -391,9 +391,9 @@ def _input_problem(rows: list[list[int]]) -> str | None:
         where = f" on rank {rank}" if len(rows) > 1 else ""
         if not matrices:
             return f"image_embeds and text_embeds must be 2-D (batch, width){where}"
-        if n_images != n_texts or n_images == 0:
+        if n_images != n_texts:
             return (
-                f"the sigmoid loss pairs image i with text i, so it needs as many images as texts (at least one); "
+                f"the sigmoid loss pairs image i with text i, so it needs as many images as texts; "
                 f"got {n_images} images and {n_texts} texts{where}"
             )
         if width_images != width_texts:
@@ -404,6 +404,8 @@ def _input_problem(rows: list[list[int]]) -> str | None:
             return f"logit_scale and logit_bias must hold one value each{where}"
         if not finite:
             return f"non-finite values (NaN or infinity) in the loss inputs{where}"
+    if sum(row[1] for row in rows) == 0:  # one rank may hold no pairs (all its images failed), not every one
+        return "the batch is empty: no image-text pair on any rank"
     widths = [row[3] for row in rows]
     if len(set(widths)) > 1:
         return f"the ranks' embeddings must have one width; got widths {widths} on ranks 0..{len(rows) - 1}"

@@ -377,9 +377,7 @@ def _lecun_normal_(weight: torch.Tensor) -> None:
 
 def _init_module(module: nn.Module, config: PretrainedConfig) -> None:
     """Initialise one module's own parameters as big_vision / transformers do (children come first)."""
-    if isinstance(module, SiglipVisionEmbeddings):
-        nn.init.normal_(module.position_embedding.weight, std=module.position_embedding.embedding_dim**-0.5)
-    elif isinstance(module, nn.Embedding):
+    if isinstance(module, nn.Embedding):  # token and position tables alike: normal, std 1 / sqrt(width)
         nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
     elif isinstance(module, SiglipAttention):
         for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
@@ -477,8 +475,10 @@ class SiglipPreTrainedModel(nn.Module):
         dtype: torch.dtype | str | None = None,
         torch_dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        device_map: torch.device | str | None = None,
         attn_implementation: str | None = None,
         ignore_mismatched_sizes: bool = False,
+        low_cpu_mem_usage: bool = True,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
@@ -492,13 +492,18 @@ class SiglipPreTrainedModel(nn.Module):
         and from tower checkpoints with or without the `text_model.` / `vision_model.` prefix.
 
         Args:
-            dtype / torch_dtype: weights dtype (`torch.float32` by default, "auto" for the checkpoint's own).
-            device: where to put the weights (they are read straight onto it).
+            dtype / torch_dtype: weights dtype (`torch.float32` by default, "auto" for the checkpoint's own);
+                each tensor is cast as it is read, so a change of dtype costs no second copy of the model.
+            device: where to put the weights (they are read straight onto it). `device_map` is accepted as
+                its alias when it names one device ("cuda:0"); spreading a model over devices is not done.
             attn_implementation: "sdpa" (default) or "eager".
             ignore_mismatched_sizes: re-initialise, with a warning, weights whose shape differs from the
                 config (e.g. a classifier with another number of labels) instead of raising.
+            low_cpu_mem_usage: accepted for transformers compatibility; loading is always low-memory (the
+                model is built on the meta device and the weights are assigned into it).
             revision, cache_dir, local_files_only, token: passed to huggingface_hub for hub ids.
-            **config_kwargs: override config values, e.g. `num_labels=10`.
+            **config_kwargs: override config values, e.g. `num_labels=10`; a name the config does not have
+                is a `TypeError`, as in transformers.
 
         Missing, unexpected or mis-shaped weights raise a `CheckpointError` that lists them; only a head
         this class adds on top of a checkpoint (the classifier) is initialised when absent, with a warning.
@@ -510,22 +515,19 @@ class SiglipPreTrainedModel(nn.Module):
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one of them")
         dtype = dtype if dtype is not None else torch_dtype
+        device = _single_device(device, device_map)
         if config is None:
-            config = cls.config_class.from_pretrained(
-                pretrained_model_name_or_path, **hub_kwargs, **config_kwargs
-            )
-        elif config_kwargs:
-            raise TypeError(
-                f"unexpected arguments {sorted(config_kwargs)} (config overrides need config=None)"
-            )
+            config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        _override(config, config_kwargs)
         if attn_implementation is not None:
             config.attn_implementation = attn_implementation
         files = hub.resolve_weight_files(pretrained_model_name_or_path, **hub_kwargs)
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        state_dict = hub.load_state_dict(files, device=device)
-        if dtype == "auto":
-            dtype = config.torch_dtype or next(v.dtype for v in state_dict.values() if v.is_floating_point())
-        dtype = _as_dtype(dtype) if dtype is not None else torch.float32
+        if dtype == "auto":  # the config's dtype; without one, the weights' own (cast=None)
+            cast = _as_dtype(config.torch_dtype) if config.torch_dtype else None
+        else:
+            cast = _as_dtype(dtype) if dtype is not None else torch.float32
+        state_dict = hub.load_state_dict(files, device=device, dtype=cast)
+        dtype = cast or next(v.dtype for v in state_dict.values() if v.is_floating_point())
 
         with _empty_construction():  # no memory and no init cost: every tensor is replaced below
             model = cls(config)
@@ -537,30 +539,52 @@ class SiglipPreTrainedModel(nn.Module):
             for module in owners:
                 module.to_empty(device=device)
             model.init_weights(owners)
-        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         model.load_state_dict(state_dict, strict=False, assign=True)
         model.to(dtype)
         model.config.torch_dtype = _as_dtype_name(dtype)
         return model.eval()
 
-    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        max_shard_size: int | str = "5GB",
+        is_main_process: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        safe_serialization: bool = True,
+    ) -> None:
         """Write `config.json` and `model.safetensors` (sharded with an index above `max_shard_size`).
 
-        The files are written to a temporary folder first and moved into place only when complete.
-        transformers' `from_pretrained` reads the result.
+        The files are written to a temporary folder first and moved into place only when complete; weight
+        files of an earlier save that the new one does not overwrite are removed. transformers'
+        `from_pretrained` reads the result. As in transformers, `is_main_process=False` writes nothing (for
+        the other processes of a distributed run) and `state_dict` replaces the model's own tensors.
+        Only safetensors are written: `safe_serialization=False` (pickles) is refused.
         """
+        if not safe_serialization:
+            raise ValueError(
+                "siglip writes safetensors only; pickled pytorch_model.bin files are not written"
+            )
+        if not is_main_process:
+            return
         self.config.architectures = [type(self).__name__]
         self.config.torch_dtype = _as_dtype_name(self.dtype)
-        with hub.staged_directory(save_directory) as staging:
+        with hub.staged_directory(save_directory, replaces=hub.WEIGHT_FILE_PATTERNS) as staging:
             self.config.to_json_file(staging / hub.CONFIG_NAME)
-            hub.save_state_dict(self.state_dict(), staging, max_shard_size=max_shard_size)
+            hub.save_state_dict(
+                self.state_dict() if state_dict is None else state_dict,
+                staging,
+                max_shard_size=max_shard_size,
+            )
 
 
 @contextlib.contextmanager
 def _empty_construction() -> Iterator[None]:
     """Build modules on the meta device with torch's default initialisers switched off.
 
-    Initialisers on meta tensors are not free: the first one imports torch._dynamo (about 2 s).
+    Initialisers on meta tensors are not free: the first one imports torch._dynamo (about 2 s). The switch
+    is process-wide while the model is built (as transformers' `no_init_weights`): another thread
+    initialising modules at that moment would get uninitialised weights.
     """
     names = (
         "uniform_",
@@ -581,6 +605,35 @@ def _empty_construction() -> Iterator[None]:
     finally:
         for name, function in saved.items():
             setattr(nn.init, name, function)
+
+
+def _single_device(device: torch.device | str | None, device_map: Any) -> torch.device:
+    """`device`, or transformers' `device_map` when it names a single device."""
+    if device_map is not None:
+        if device is not None:
+            raise ValueError("pass device or device_map, not both")
+        if not isinstance(device_map, str | torch.device | int) or device_map in (
+            "auto",
+            "balanced",
+            "sequential",
+        ):
+            raise ValueError(
+                f"device_map={device_map!r}: siglip puts a model on one device; pass device='cuda:0' (or 'cpu')"
+            )
+        device = device_map
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _override(config: PretrainedConfig, overrides: dict[str, Any]) -> None:
+    """Set config values given to `from_pretrained`; names the config does not have are a TypeError."""
+    unknown = sorted(key for key in overrides if not hasattr(config, key))
+    if unknown:
+        raise TypeError(
+            f"from_pretrained() got unexpected keyword arguments {unknown}: they are neither loading options "
+            f"nor fields of {type(config).__name__}"
+        )
+    for key, value in overrides.items():
+        setattr(config, key, value)
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -613,7 +666,10 @@ def _match_state_dict(
     towers = {
         name.split(".")[0] + "." for name in expected if name.startswith(("text_model.", "vision_model."))
     }
-    ignorable = tuple({"text_model.", "vision_model.", "logit_scale", "logit_bias"} - towers)
+    ignorable = {"text_model.", "vision_model.", "logit_scale", "logit_bias"} - towers
+    if "classifier.weight" not in expected:  # a tower loaded from a SiglipForImageClassification checkpoint
+        ignorable.add("classifier.")
+    ignorable = tuple(ignorable)
     matched: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     mismatched: dict[str, str] = {}
@@ -634,7 +690,10 @@ def _match_state_dict(
         allowed |= set(mismatched)
     problems = []
     if mismatched and not ignore_mismatched_sizes:
-        problems.append("mis-shaped weights:\n  " + "\n  ".join(mismatched.values()))
+        problems.append(
+            "mis-shaped weights (pass ignore_mismatched_sizes=True to re-initialise them):\n  "
+            + "\n  ".join(mismatched.values())
+        )
     if unexpected:
         problems.append("unexpected weights:\n  " + "\n  ".join(unexpected))
     if hard_missing := [k for k in missing if k not in allowed and k not in mismatched]:
@@ -742,6 +801,7 @@ class SiglipModel(SiglipPreTrainedModel):
     """
 
     config_class = SiglipConfig
+    main_input_name = "input_ids"
 
     def __init__(self, config: SiglipConfig) -> None:
         super().__init__(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 
@@ -52,5 +53,6 @@ def _alternatives(kind: typing.Any) -> tuple:
 def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     final = train(TrainConfig(**values))
-    print(f"model saved to {final}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process speaks
+        print(f"model saved to {final}")
     return 0

@@ -11,10 +11,11 @@ Everything a run can know before training is checked before training starts: col
 missing files. Images that fail to decode during training are skipped and counted; the run stops only when
 more than `max_bad_fraction` of them fail.
 
-Order and resumption: map-style sources (pairs files, class folders) are read in a seeded permutation per
-epoch, cut into global batches that the ranks split, so any (epoch, batch) position can be resumed exactly
-and 1 process sees the same global batches as N. Random choices (the caption template) depend only on
-(seed, epoch, index), never on which worker loads the sample.
+Order and resumption: every source is read as one seeded stream per epoch (a permutation of a map-style
+source; the shards in a seeded order for WebDataset), cut into global batches. Each global batch is cut into
+`grad_accum` micro-batches and each micro-batch is split across the ranks (`share`), so N processes train on
+exactly the (micro-)batches one process would, and any (epoch, batch) position resumes exactly. Random
+choices (the caption template) depend only on (seed, epoch, index), never on which worker loads the sample.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import glob
 import json
 import logging
 import random
+import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +48,29 @@ class DataError(ValueError):
 
 @dataclass
 class Sample:
-    """One decoded sample: pixels (3, H, W) and caption; `pixels` is None when the image failed to load."""
+    """One decoded sample of micro-batch `micro`: pixels (3, H, W) and caption; `pixels` is None when the
+    image (or its caption) failed to load."""
 
     pixels: np.ndarray | None
     caption: str
     source: str
+    micro: int = 0
+
+
+def share(batch: Sequence[Any], rank: int, world: int, accum: int) -> list[tuple[int, Any]]:
+    """This rank's part of a global batch, as (micro-batch index, item) pairs.
+
+    The batch is cut into `accum` contiguous micro-batches, and each micro-batch into `world` contiguous
+    slices (sizes differ by at most one; a rank's slice may be empty when a micro-batch is smaller than the
+    world). One process with `accum` micro-batches sees the very micro-batches N processes share.
+    """
+    part = []
+    micro_bounds = np.linspace(0, len(batch), accum + 1).round().astype(int)
+    for m in range(accum):
+        micro = batch[micro_bounds[m] : micro_bounds[m + 1]]
+        bounds = np.linspace(0, len(micro), world + 1).round().astype(int)
+        part += [(m, item) for item in micro[bounds[rank] : bounds[rank + 1]]]
+    return part
 
 
 # --- map-style sources -----------------------------------------------------------------------------------
@@ -99,9 +119,9 @@ class PairsDataset(Dataset):
     def caption(self, index: int, epoch: int) -> str:
         return self.captions[index]
 
-    def __getitem__(self, key: tuple[int, int]) -> Sample:
-        index, epoch = key
-        return _load(self.processor, self.images[index], self.caption(index, epoch))
+    def __getitem__(self, key: tuple[int, int, int]) -> Sample:
+        index, epoch, micro = key
+        return _load(self.processor, self.images[index], self.caption(index, epoch), micro=micro)
 
 
 class ClassFolderDataset(Dataset):
@@ -148,9 +168,9 @@ class ClassFolderDataset(Dataset):
         template = random.Random(f"{self.seed}-{epoch}-{index}").choice(self.templates)
         return template.format(self.class_names[self.labels[index]])
 
-    def __getitem__(self, key: tuple[int, int]) -> Sample:
-        index, epoch = key
-        return _load(self.processor, self.images[index], self.caption(index, epoch))
+    def __getitem__(self, key: tuple[int, int, int]) -> Sample:
+        index, epoch, micro = key
+        return _load(self.processor, self.images[index], self.caption(index, epoch), micro=micro)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -173,29 +193,43 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"cannot read {path}: {err}") from err
 
 
-def _load(processor: SiglipImageProcessor, image: Any, caption: str, source: str | None = None) -> Sample:
+def _load(
+    processor: SiglipImageProcessor, image: Any, caption: str, source: str | None = None, micro: int = 0
+) -> Sample:
     source = source or str(image)
     try:
         pixels = processor(image, return_tensors="np")["pixel_values"][0]
     except (ImageInputError, TypeError, OSError) as err:
         logger.debug("skipping %s: %s", source, err)
-        return Sample(None, caption, source)
-    return Sample(pixels, caption, source)
+        return Sample(None, caption, source, micro)
+    return Sample(pixels, caption, source, micro)
 
 
 class GlobalBatchSampler(Sampler):
-    """This rank's share of each global batch of a seeded per-epoch permutation, from a given position.
+    """This rank's share (see `share`) of each global batch of a seeded per-epoch permutation.
 
-    Global batch k of epoch e is `permutation(seed, e)[k * B : (k + 1) * B]`; rank r takes its r-th slice
-    (ranks differ by at most one sample). The last incomplete global batch is dropped.
+    Global batch k of epoch e is `permutation(seed, e)[k * B : (k + 1) * B]`; iteration starts at batch
+    `start`. The last incomplete global batch is dropped. Yields (index, epoch, micro-batch) keys.
     """
 
     def __init__(
-        self, size: int, global_batch: int, rank: int, world: int, seed: int, epoch: int = 0, start: int = 0
+        self,
+        size: int,
+        global_batch: int,
+        accum: int,
+        rank: int,
+        world: int,
+        seed: int,
+        epoch: int,
+        start: int,
     ) -> None:
-        if global_batch < world:
-            raise DataError(f"global batch size {global_batch} is smaller than the {world} processes")
-        self.size, self.global_batch, self.rank, self.world = size, global_batch, rank, world
+        self.size, self.global_batch, self.accum, self.rank, self.world = (
+            size,
+            global_batch,
+            accum,
+            rank,
+            world,
+        )
         self.seed, self.epoch, self.start = seed, epoch, start
         self.batches_per_epoch = size // global_batch
         if self.batches_per_epoch == 0:
@@ -204,15 +238,17 @@ class GlobalBatchSampler(Sampler):
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         order = torch.randperm(
-            self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            self.size, generator=torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
         )
-        bounds = np.linspace(0, self.global_batch, self.world + 1).round().astype(int)
         for k in range(self.start, self.batches_per_epoch):
-            batch = order[k * self.global_batch : (k + 1) * self.global_batch]
-            share = batch[bounds[self.rank] : bounds[self.rank + 1]].tolist()
-            yield [(i, self.epoch) for i in share]
+            batch = order[k * self.global_batch : (k + 1) * self.global_batch].tolist()
+            yield [(i, self.epoch, m) for m, i in share(batch, self.rank, self.world, self.accum)]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100003 + epoch
 
 
 # --- WebDataset shards -----------------------------------------------------------------------------------
@@ -230,24 +266,22 @@ def expand_shards(pattern: str) -> list[str]:
 
 
 class WebDatasetSource(IterableDataset):
-    """Samples of WebDataset tar shards, in a seeded per-epoch shard and sample order.
+    """Samples of WebDataset tar shards, in a seeded per-epoch shard order.
 
-    The global sample stream of epoch e is the shards in a seeded order, read in turn; global batch k is
-    samples [k B, (k + 1) B) of it and rank r keeps its slice, so 1 and N processes see the same batches and
-    a resumed run skips the samples it already used (without decoding them). DataLoader workers split the
-    batches between them. An epoch ends after `batches_per_epoch` batches (or when the shards run out).
+    The stream of epoch e is the shards in a seeded order, read in turn; global batch k is samples
+    [k B, (k + 1) B) of it and each rank keeps its `share`, so 1 and N processes see the same batches and a
+    resumed run skips the samples it already used without decoding them. DataLoader workers take turns
+    with the batches. An epoch is the full global batches of one pass (counted from the tar headers).
+
+    Every rank and every worker reads the whole stream (and decodes only its own samples): exact global
+    batches cost storage reads of world x workers times the data per epoch. Fine on local disks and for
+    fine-tuning; at very large scale, shard the data per node instead.
     """
 
     def __init__(
-        self,
-        pattern: str,
-        processor: SiglipImageProcessor,
-        global_batch: int,
-        rank: int,
-        world: int,
-        seed: int,
-        batches_per_epoch: int | None = None,
-    ) -> None:
+        self, pattern: str, processor: SiglipImageProcessor, global_batch: int, accum: int, rank: int,
+        world: int, seed: int,
+    ) -> None:  # fmt: skip
         try:
             import webdataset  # noqa: F401 (checked here so the error comes before training)
         except ImportError as err:
@@ -256,8 +290,18 @@ class WebDatasetSource(IterableDataset):
             ) from err
         self.shards = expand_shards(pattern)
         self.processor = processor
-        self.global_batch, self.rank, self.world, self.seed = global_batch, rank, world, seed
-        self.batches_per_epoch = batches_per_epoch
+        self.global_batch, self.accum, self.rank, self.world, self.seed = (
+            global_batch,
+            accum,
+            rank,
+            world,
+            seed,
+        )
+        self.batches_per_epoch = sum(map(_count_samples, self.shards)) // global_batch
+        if self.batches_per_epoch == 0:
+            raise DataError(
+                f"the shards {pattern} hold fewer samples than one global batch of {global_batch}"
+            )
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int) -> None:
@@ -267,63 +311,72 @@ class WebDatasetSource(IterableDataset):
         import webdataset as wds
 
         shards = list(self.shards)
-        random.Random(f"{self.seed}-{self.epoch}").shuffle(shards)
+        random.Random(_epoch_seed(self.seed, self.epoch)).shuffle(shards)
         for shard in shards:
             yield from wds.tariterators.tarfile_samples([{"url": shard}])
 
     def __iter__(self) -> Iterator[list[Sample]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        bounds = np.linspace(0, self.global_batch, self.world + 1).round().astype(int)
         stream = self._raw_samples()
-        k = 0
-        while self.batches_per_epoch is None or k < self.batches_per_epoch:
+        for k in range(self.batches_per_epoch):
             batch = [s for _, s in zip(range(self.global_batch), stream, strict=False)]
-            if len(batch) < self.global_batch:
-                return
             if k >= self.start and (k - self.start) % workers == worker:
-                mine = batch[bounds[self.rank] : bounds[self.rank + 1]]
-                yield [self._decode(s) for s in mine]
-            k += 1
+                yield [self._decode(raw, m) for m, raw in share(batch, self.rank, self.world, self.accum)]
 
-    def _decode(self, raw: dict[str, Any]) -> Sample:
+    def _decode(self, raw: dict[str, Any], micro: int) -> Sample:
         source = f"{raw.get('__url__')}:{raw.get('__key__')}"
         caption = _caption_of(raw)
         image_key = next((k for k in raw if "." + k.lower() in IMAGE_EXTENSIONS), None)
         if image_key is None or not caption:
-            logger.debug("skipping %s: no image or no caption", source)
-            return Sample(None, caption or "", source)
-        return _load(self.processor, raw[image_key], caption, source)
+            logger.debug("skipping %s: no image or no readable caption", source)
+            return Sample(None, caption or "", source, micro)
+        return _load(self.processor, raw[image_key], caption, source, micro)
 
-    def count_batches(self) -> int:
-        """Full global batches in one pass over the shards (reads the tar headers once)."""
-        count = sum(1 for _ in self._raw_samples())
-        return count // self.global_batch
+
+def _count_samples(shard: str) -> int:
+    """Samples in a tar shard, from its member headers (an uncompressed tar is not read, only seeked over)."""
+    from webdataset.tariterators import base_plus_ext
+
+    try:
+        with tarfile.open(shard) as tar:
+            keys = [base_plus_ext(member.name)[0] for member in tar if member.isfile()]
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"cannot read WebDataset shard {shard}: {err}") from err
+    return sum(1 for i, key in enumerate(keys) if key is not None and (i == 0 or key != keys[i - 1]))
 
 
 def _caption_of(raw: dict[str, Any]) -> str | None:
-    if "txt" in raw:
-        return raw["txt"].decode("utf-8").strip()
-    if "json" in raw:
-        value = json.loads(raw["json"]).get("caption")
-        return value.strip() if isinstance(value, str) else None
+    """The caption of a raw sample (`txt`, or `json` with a "caption"), or None if it has no usable one."""
+    try:
+        if "txt" in raw:
+            return raw["txt"].decode("utf-8").strip()
+        if "json" in raw:
+            value = json.loads(raw["json"])
+            caption = value.get("caption") if isinstance(value, dict) else None
+            return caption.strip() if isinstance(caption, str) else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
     return None
 
 
 # --- batches ---------------------------------------------------------------------------------------------
 @dataclass
 class Batch:
-    """Pixels (b, 3, H, W) and captions of the samples that loaded, plus the sources of those that did not."""
+    """This rank's share of a global batch: pixels (b, 3, H, W) and captions of the samples that loaded, the
+    micro-batch of each, and the sources of the samples that did not load."""
 
     pixel_values: torch.Tensor
     captions: list[str]
+    micro: list[int]
     failed: list[str]
 
 
 def collate(samples: list[Sample]) -> Batch:
     good = [s for s in samples if s.pixels is not None]
     pixels = torch.from_numpy(np.stack([s.pixels for s in good])) if good else torch.empty(0)
-    return Batch(pixels, [s.caption for s in good], [s.source for s in samples if s.pixels is None])
+    failed = [s.source for s in samples if s.pixels is None]
+    return Batch(pixels, [s.caption for s in good], [s.micro for s in good], failed)
 
 
 def build_source(
@@ -332,10 +385,14 @@ def build_source(
     *,
     templates: Sequence[str],
     seed: int,
+    global_batch: int,
+    accum: int,
+    rank: int,
+    world: int,
     image_column: str = "image",
     caption_column: str = "caption",
-) -> Dataset | WebDatasetSource | str:
-    """The dataset behind `data`, or the shard pattern for WebDataset (built per rank later)."""
+) -> Dataset | WebDatasetSource:
+    """The source behind `data`: a pairs file, a folder of class folders, or WebDataset shards."""
     path = Path(data)
     if path.suffix.lower() in PAIRS_SUFFIXES:
         if not path.is_file():
@@ -344,7 +401,7 @@ def build_source(
     if path.is_dir():
         return ClassFolderDataset(path, processor, templates, seed)
     if ".tar" in data:
-        return data
+        return WebDatasetSource(data, processor, global_batch, accum, rank, world, seed)
     raise DataError(
         f"cannot tell what {data!r} is: expected a .csv/.tsv/.jsonl pairs file, a folder of class folders, "
         "or WebDataset .tar shards"
@@ -355,6 +412,7 @@ def make_loader(
     source: Dataset | WebDatasetSource,
     *,
     global_batch: int,
+    accum: int,
     rank: int,
     world: int,
     seed: int,
@@ -362,18 +420,27 @@ def make_loader(
     start: int,
     workers: int,
 ) -> DataLoader:
-    """A DataLoader over this rank's share of the global batches of `epoch`, from batch `start` on."""
-    common = dict(num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+    """A DataLoader over this rank's share of the global batches of `epoch`, from batch `start` on.
+
+    Its generator is seeded from (seed, epoch), not drawn from the global RNG, so that a resumed run's random
+    state matches an uninterrupted one's.
+    """
+    options = dict(
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
+    )
     if isinstance(source, WebDatasetSource):
         source.set_position(epoch, start)
-        return DataLoader(source, batch_size=None, collate_fn=collate, **common)
-    sampler = GlobalBatchSampler(len(source), global_batch, rank, world, seed, epoch, start)
-    return DataLoader(source, batch_sampler=sampler, collate_fn=collate, **common)
+        return DataLoader(source, batch_size=None, **options)
+    sampler = GlobalBatchSampler(len(source), global_batch, accum, rank, world, seed, epoch, start)
+    return DataLoader(source, batch_sampler=sampler, **options)
 
 
 def batches_per_epoch(source: Dataset | WebDatasetSource, global_batch: int) -> int:
     if isinstance(source, WebDatasetSource):
-        return source.batches_per_epoch or source.count_batches()
+        return source.batches_per_epoch
     return len(source) // global_batch
 
 

@@ -3,10 +3,10 @@
     siglip train --data pairs.csv --model google/siglip-base-patch16-224 --output-dir runs/ft
     torchrun --nproc-per-node 4 -m siglip train --data 'shards/{000000..000099}.tar' ...
 
-Each optimizer step sees one global batch of `batch_size` pairs, split across processes (and into
-`grad_accum` micro-batches, each its own sigmoid-loss batch). The loss of every (micro-)batch is the loss of
-the whole global batch (`siglip_loss`, ring or all-gather), so N processes train exactly as one process
-with the same global batch would.
+Each optimizer step sees one global batch of `batch_size` pairs, cut into `grad_accum` micro-batches (each
+its own sigmoid-loss batch: accumulation saves memory but sees fewer negatives per pair), each split across
+the processes. The loss of a micro-batch is that of the whole micro-batch over all ranks (`siglip_loss`, ring
+or all-gather), so N processes train exactly as one process would.
 
 Checkpoints (`output_dir/checkpoints/step-XXXXXXXX/`) are complete model directories (`from_pretrained`
 loads them) plus `training_state.pt` (optimizer, scheduler, random states, data position). They are written
@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +34,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from ..configuration import SiglipConfig
 from ..loss import siglip_loss
 from ..modeling import SiglipModel
 from ..processing import SiglipProcessor
-from . import data as data_module
-from .data import Batch, ClassFolderDataset, DataError, WebDatasetSource
+from .data import (
+    Batch,
+    ClassFolderDataset,
+    DataError,
+    WebDatasetSource,
+    batches_per_epoch,
+    build_source,
+    make_loader,
+    missing_files,
+)
 
 logger = logging.getLogger("siglip")
 STATE_FILE = "training_state.pt"
@@ -78,7 +87,7 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay (not on norms, biases, logits)"})
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
-    grad_clip: float | None = field(default=1.0, metadata={"help": "clip the gradient norm (None: off)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: off)"})
     precision: str = field(
         default="auto",
         metadata={"help": "fp32, bf16 (autocast) or auto (bf16 on GPUs that have it, else fp32)"},
@@ -126,6 +135,12 @@ class TrainConfig:
                              "image-processor files (spiece.model, preprocessor_config.json, ...)")  # fmt: skip
         if self.lock_image and self.lock_text:
             raise ValueError("lock_image and lock_text together leave nothing to train")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+        if self.loss_chunk_size is not None and self.loss != "ring":
+            raise ValueError("loss_chunk_size bounds memory with the ring loss: pass loss='ring' too")
+        if self.eval_every and not self.eval_data:
+            raise ValueError("eval_every needs eval_data: a folder with one sub-folder of images per class")
 
 
 # --- processes -----------------------------------------------------------------------------------------
@@ -179,7 +194,9 @@ def _param_groups(model: SiglipModel, weight_decay: float) -> list[dict[str, Any
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _schedule(warmup: int, total: int):
+def _schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -211,28 +228,36 @@ def _save_checkpoint(
     root = _checkpoint_root(config)
     name = f"step-{state['step']:08d}"
     final = root / name
-    temporary = root / f".{name}.partial"
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    processor.save_pretrained(temporary)
-    torch.save(state, temporary / STATE_FILE)
-    _fsync_tree(temporary)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(temporary, final)
+    if not (final / STATE_FILE).is_file():  # (a finished run resumed saves its last step again: keep it)
+        temporary = root / f".{name}.partial"
+        shutil.rmtree(temporary, ignore_errors=True)
+        model.save_pretrained(temporary)
+        processor.save_pretrained(temporary)
+        torch.save(state, temporary / STATE_FILE)
+        _fsync(*temporary.iterdir(), temporary)
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of the same step
+        os.replace(temporary, final)
     pointer = root / ".latest.partial"
     pointer.write_text(name + "\n")
-    _fsync_tree(pointer)
+    _fsync(pointer)
     os.replace(pointer, root / "latest")
-    kept = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in kept[: -config.keep_checkpoints] if config.keep_checkpoints > 0 else []:
+    _fsync(root)  # the renames themselves
+    older = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name < name)
+    for old in (
+        older[: max(0, len(older) - (config.keep_checkpoints - 1))] if config.keep_checkpoints > 0 else []
+    ):
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def _fsync_tree(path: Path) -> None:
-    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
+def _fsync(*paths: Path) -> None:
+    """Flush files (and folders, whose entries record renames) to the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _random_states() -> dict[str, Any]:
@@ -274,26 +299,26 @@ def _freeze(model: SiglipModel, config: TrainConfig) -> None:
             param.requires_grad_(not locked)
 
 
-def _source(config: TrainConfig, processor: SiglipProcessor, dist_: _Dist):
-    built = data_module.build_source(
+def _source(config: TrainConfig, processor: SiglipProcessor, dist_: _Dist) -> Dataset | WebDatasetSource:
+    source = build_source(
         config.data,
         processor.image_processor,
         templates=config.templates,
         seed=config.seed,
+        global_batch=config.batch_size,
+        accum=config.grad_accum,
+        rank=dist_.rank,
+        world=dist_.world,
         image_column=config.image_column,
         caption_column=config.caption_column,
     )
-    if isinstance(built, str):
-        built = WebDatasetSource(
-            built, processor.image_processor, config.batch_size, dist_.rank, dist_.world, config.seed
-        )
-    missing, checked = data_module.missing_files(built)
+    missing, checked = missing_files(source)
     if missing:
         message = f"{len(missing)} of {checked} image files are missing (e.g. {missing[:3]})"
         if len(missing) > config.max_bad_fraction * checked:
             raise DataError(f"{message}: more than max_bad_fraction={config.max_bad_fraction}")
         logger.warning("%s; they are skipped", message)
-    return built
+    return source
 
 
 class _Metrics:
@@ -312,26 +337,37 @@ class _Metrics:
                 f.write(json.dumps(record) + "\n")
 
 
+def _start(config: TrainConfig, output: Path) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start); refuses to mix a fresh run into an old one's."""
+    if config.resume:
+        found = latest_checkpoint(output)
+        if found is None:
+            logger.warning("--resume: no checkpoint in %s yet; starting from the beginning", output)
+        return found
+    if any(_checkpoint_root(config).glob("step-*")):
+        raise DataError(
+            f"{output} already holds checkpoints of a run: pass --resume to continue it, or another --output-dir"
+        )
+    return None
+
+
 def train(config: TrainConfig) -> Path:
     """Run the training `config` describes; returns the directory of the final model (`output_dir/model`)."""
     dist_ = _init_distributed()
     output = Path(config.output_dir)
-    if dist_.main:
-        output.mkdir(parents=True, exist_ok=True)
-    resume_from = latest_checkpoint(output) if config.resume else None
-    if config.resume and resume_from is None:
-        logger.warning("--resume: no checkpoint in %s yet; starting from the beginning", output)
-
+    resume_from = _start(config, output)
     torch.manual_seed(config.seed)
     processor = SiglipProcessor.from_pretrained(resume_from or config.processor or config.model)
+    source = _source(config, processor, dist_)  # the data is checked before the model loads
+    per_epoch = batches_per_epoch(source, config.batch_size)
+    total_steps = config.steps or max(1, int(config.epochs * per_epoch))
+    if dist_.main:
+        output.mkdir(parents=True, exist_ok=True)
+
     model = _build_model(config, resume_from).to(dist_.device).train()
     _freeze(model, config)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    source = _source(config, processor, dist_)
-    per_epoch = data_module.batches_per_epoch(source, config.batch_size)
-    total_steps = config.steps or max(1, int(config.epochs * per_epoch))
-
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, config.beta2),
         fused=dist_.device.type == "cuda",
@@ -356,7 +392,6 @@ def train(config: TrainConfig) -> Path:
     )
     metrics = _Metrics(output / "metrics.jsonl", state["step"], dist_.main)
     bar = _progress(config, dist_, total_steps, state["step"])
-    budget = config.max_bad_fraction * max(per_epoch * config.batch_size, config.batch_size)
     clock, window = time.perf_counter(), 0
 
     for step, batch in _batches(config, source, dist_, state["step"], per_epoch, total_steps):
@@ -365,11 +400,8 @@ def train(config: TrainConfig) -> Path:
         seen, failed = _global_counts(len(batch.captions), len(batch.failed), dist_)
         state = {"step": step + 1, "seen": state["seen"] + seen, "failed": state["failed"] + failed}
         window += seen
-        if state["failed"] > budget:
-            raise DataError(
-                f"images that failed to load: {state['failed']} so far (e.g. {batch.failed[:3]}), more than "
-                f"max_bad_fraction={config.max_bad_fraction} of the data"
-            )
+        _check_failures(config, state, per_epoch, batch.failed)
+        record: dict[str, Any] = {}
         if state["step"] % config.log_every == 0 or state["step"] == total_steps:
             now = time.perf_counter()
             record = {
@@ -384,8 +416,9 @@ def train(config: TrainConfig) -> Path:
                 "failed_images": state["failed"],
             }
             clock, window = now, 0
-            if config.eval_every and config.eval_data and state["step"] % config.eval_every == 0:
-                record |= _evaluate(config, model, processor, dist_)
+        if config.eval_every and state["step"] % config.eval_every == 0:
+            record = {"step": state["step"], **record, **_evaluate(config, model, processor, dist_)}
+        if record:
             metrics.write(record)
         if bar is not None:
             bar.update(1)
@@ -400,21 +433,24 @@ def train(config: TrainConfig) -> Path:
         model.save_pretrained(final)
         processor.save_pretrained(final)
     _checkpoint(config, model, processor, optimizer, scheduler, state, dist_)
-    if dist_.world > 1:
-        dist.barrier()
     return final
 
 
 def _batches(
-    config: TrainConfig, source, dist_: _Dist, first_step: int, per_epoch: int, total_steps: int
+    config: TrainConfig,
+    source: Dataset | WebDatasetSource,
+    dist_: _Dist,
+    first_step: int,
+    per_epoch: int,
+    total_steps: int,
 ) -> Iterator[tuple[int, Batch]]:
-    """(step, this rank's batch) from `first_step` on, across epochs."""
+    """(step, this rank's share of the global batch) from `first_step` on, across epochs."""
     step = first_step
     while step < total_steps:
         epoch, start = divmod(step, per_epoch)
-        loader = data_module.make_loader(
-            source, global_batch=config.batch_size, rank=dist_.rank, world=dist_.world, seed=config.seed,
-            epoch=epoch, start=start, workers=config.workers,
+        loader = make_loader(
+            source, global_batch=config.batch_size, accum=config.grad_accum, rank=dist_.rank, world=dist_.world,
+            seed=config.seed, epoch=epoch, start=start, workers=config.workers,
         )  # fmt: skip
         for batch in loader:
             yield step, batch
@@ -432,25 +468,31 @@ def _train_step(
     dist_: _Dist,
     bf16: bool,
 ) -> float:
-    """Forward and backward of one global batch (in `grad_accum` micro-batches); returns the mean loss."""
+    """Forward and backward of one global batch, micro-batch by micro-batch; returns the mean loss.
+
+    Every rank runs every micro-batch, even one its share leaves empty (all its images failed, or a
+    micro-batch smaller than the world): the loss and DDP communicate, so all ranks must take part.
+    """
     length = model.config.text_config.max_position_embeddings
-    ids = processor.tokenizer(batch.captions, padding="max_length", truncation=True, max_length=length,
-                              return_tensors="pt")["input_ids"]  # fmt: skip
+    size = processor.image_processor.size
+    micro = torch.tensor(batch.micro, dtype=torch.long)
     total = 0.0
-    micro = np.array_split(np.arange(len(batch.captions)), config.grad_accum)
-    for i, rows in enumerate(micro):
-        last = i == len(micro) - 1
-        sync = (
-            embedder.no_sync()
-            if isinstance(embedder, nn.parallel.DistributedDataParallel) and not last
-            else nullcontext()
-        )
-        with sync:
+    for m in range(config.grad_accum):
+        rows = (micro == m).nonzero().flatten()
+        captions = [batch.captions[i] for i in rows.tolist()]
+        if captions:
+            pixels = batch.pixel_values[rows]
+            ids = processor.tokenizer(
+                captions, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+            )["input_ids"]
+        else:
+            pixels = torch.zeros(0, 3, size["height"], size["width"])
+            ids = torch.zeros(0, length, dtype=torch.long)
+        last = m == config.grad_accum - 1
+        ddp = isinstance(embedder, nn.parallel.DistributedDataParallel)
+        with embedder.no_sync() if ddp and not last else nullcontext():
             with torch.autocast(dist_.device.type, dtype=torch.bfloat16, enabled=bf16):
-                image, text = embedder(
-                    ids[rows].to(dist_.device, non_blocking=True),
-                    batch.pixel_values[rows].to(dist_.device, non_blocking=True),
-                )
+                image, text = embedder(ids.to(dist_.device), pixels.to(dist_.device))
             loss = siglip_loss(
                 image.float(), text.float(), model.logit_scale, model.logit_bias,
                 mode="local" if dist_.world == 1 else config.loss, chunk_size=config.loss_chunk_size,
@@ -460,9 +502,11 @@ def _train_step(
     return total / config.grad_accum
 
 
-def _optimizer_step(config: TrainConfig, model: SiglipModel, optimizer, scheduler) -> float:
+def _optimizer_step(
+    config: TrainConfig, model: SiglipModel, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
-    max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
+    max_norm = config.grad_clip or float("inf")  # with inf the norm is measured, nothing is clipped
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -478,8 +522,27 @@ def _global_counts(seen: int, failed: int, dist_: _Dist) -> tuple[int, int]:
     return int(counts[0]), int(counts[1])
 
 
-def _checkpoint(config, model, processor, optimizer, scheduler, state, dist_: _Dist) -> None:
-    randoms = [None] * dist_.world
+def _check_failures(config: TrainConfig, state: dict[str, int], per_epoch: int, examples: list[str]) -> None:
+    """Stop when more than `max_bad_fraction` of the images tried failed (over at least one epoch's worth)."""
+    tried = max(state["seen"] + state["failed"], per_epoch * config.batch_size)
+    if state["failed"] > config.max_bad_fraction * tried:
+        raise DataError(
+            f"images that failed to load: {state['failed']} of {state['seen'] + state['failed']} so far (e.g. "
+            f"{examples[:3]}), more than max_bad_fraction={config.max_bad_fraction}"
+        )
+
+
+def _checkpoint(
+    config: TrainConfig,
+    model: SiglipModel,
+    processor: SiglipProcessor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, int],
+    dist_: _Dist,
+) -> None:
+    """Every rank's random states, written by the main process with the rest of the training state."""
+    randoms: list[Any] = [None] * dist_.world
     if dist_.world > 1:
         dist.all_gather_object(randoms, _random_states())
     else:
@@ -508,17 +571,14 @@ def _evaluate(
         model.eval()
         dataset = ClassFolderDataset(config.eval_data, processor.image_processor, ["{}"])
         classes = class_embeddings(model, processor.tokenizer, dataset.class_names, config.eval_templates)
-        correct = total = 0
-        loader = torch.utils.data.DataLoader(
-            [(i, 0) for i in range(len(dataset))], batch_size=256, collate_fn=lambda keys: keys
+        keys = [(i, 0, 0) for i in range(len(dataset))]
+        loader = DataLoader(
+            dataset, sampler=keys, batch_size=256, num_workers=config.workers, collate_fn=list
         )
-        for keys in loader:
-            samples = [dataset[k] for k in keys]
-            good = [
-                (s, dataset.labels[i])
-                for s, (i, _) in zip(samples, keys, strict=True)
-                if s.pixels is not None
-            ]
+        correct = total = 0
+        for start, samples in zip(range(0, len(keys), 256), loader, strict=True):
+            labels = dataset.labels[start : start + len(samples)]
+            good = [(s, label) for s, label in zip(samples, labels, strict=True) if s.pixels is not None]
             pixels = torch.from_numpy(np.stack([s.pixels for s, _ in good]))
             predicted = (image_embeddings(model, pixels) @ classes.t()).argmax(dim=-1).cpu()
             correct += int((predicted == torch.tensor([label for _, label in good])).sum())
@@ -530,7 +590,7 @@ def _evaluate(
     return result
 
 
-def _progress(config: TrainConfig, dist_: _Dist, total: int, start: int):
+def _progress(config: TrainConfig, dist_: _Dist, total: int, start: int) -> Any:
     if not (config.progress and dist_.main):
         return None
     from tqdm.auto import tqdm
