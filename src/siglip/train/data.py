@@ -57,20 +57,42 @@ class Sample:
     micro: int = 0
 
 
-def share(batch: Sequence[Any], rank: int, world: int, accum: int) -> list[tuple[int, Any]]:
-    """This rank's part of a global batch, as (micro-batch index, item) pairs.
+@dataclass(frozen=True)
+class BatchLayout:
+    """How an epoch's stream is cut: global batches of `global_batch` pairs, each in `accum` micro-batches
+    split across `world` ranks, of which this process is `rank`; `seed` fixes every epoch's order."""
 
-    The batch is cut into `accum` contiguous micro-batches, and each micro-batch into `world` contiguous
-    slices (sizes differ by at most one; a rank's slice may be empty when a micro-batch is smaller than the
-    world). One process with `accum` micro-batches sees the very micro-batches N processes share.
-    """
-    part = []
-    micro_bounds = np.linspace(0, len(batch), accum + 1).round().astype(int)
-    for m in range(accum):
-        micro = batch[micro_bounds[m] : micro_bounds[m + 1]]
-        bounds = np.linspace(0, len(micro), world + 1).round().astype(int)
-        part += [(m, item) for item in micro[bounds[rank] : bounds[rank + 1]]]
-    return part
+    global_batch: int
+    accum: int = 1
+    rank: int = 0
+    world: int = 1
+    seed: int = 0
+
+    def batches(self, samples: int, what: str) -> int:
+        """Full global batches in `samples` samples (the last incomplete one is dropped); none is an error."""
+        if samples < self.global_batch:
+            raise DataError(
+                f"{what} hold {samples} samples, fewer than one global batch of {self.global_batch}"
+            )
+        return samples // self.global_batch
+
+    def share(self, batch: Sequence[Any]) -> list[tuple[int, Any]]:
+        """This rank's part of a global batch, as (micro-batch index, item) pairs.
+
+        The batch is cut into `accum` contiguous micro-batches, and each micro-batch into `world` contiguous
+        slices (sizes differ by at most one; a rank's slice may be empty when a micro-batch is smaller than
+        the world). One process with `accum` micro-batches sees the very micro-batches N processes share.
+        """
+        part = []
+        micro_bounds = np.linspace(0, len(batch), self.accum + 1).round().astype(int)
+        for m in range(self.accum):
+            micro = batch[micro_bounds[m] : micro_bounds[m + 1]]
+            bounds = np.linspace(0, len(micro), self.world + 1).round().astype(int)
+            part += [(m, item) for item in micro[bounds[self.rank] : bounds[self.rank + 1]]]
+        return part
+
+    def epoch_seed(self, epoch: int) -> int:
+        return self.seed * 100003 + epoch
 
 
 # --- map-style sources -----------------------------------------------------------------------------------
@@ -206,49 +228,26 @@ def _load(
 
 
 class GlobalBatchSampler(Sampler):
-    """This rank's share (see `share`) of each global batch of a seeded per-epoch permutation.
+    """This rank's share (`BatchLayout.share`) of each global batch of a seeded per-epoch permutation.
 
     Global batch k of epoch e is `permutation(seed, e)[k * B : (k + 1) * B]`; iteration starts at batch
-    `start`. The last incomplete global batch is dropped. Yields (index, epoch, micro-batch) keys.
+    `start`. Yields (index, epoch, micro-batch) keys.
     """
 
-    def __init__(
-        self,
-        size: int,
-        global_batch: int,
-        accum: int,
-        rank: int,
-        world: int,
-        seed: int,
-        epoch: int,
-        start: int,
-    ) -> None:
-        self.size, self.global_batch, self.accum, self.rank, self.world = (
-            size,
-            global_batch,
-            accum,
-            rank,
-            world,
-        )
-        self.seed, self.epoch, self.start = seed, epoch, start
-        self.batches_per_epoch = size // global_batch
-        if self.batches_per_epoch == 0:
-            raise DataError(f"{size} samples are fewer than one global batch of {global_batch}")
+    def __init__(self, size: int, layout: BatchLayout, epoch: int, start: int) -> None:
+        self.size, self.layout, self.epoch, self.start = size, layout, epoch, start
+        self.batches_per_epoch = layout.batches(size, "the data")
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        order = torch.randperm(
-            self.size, generator=torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        )
+        generator = torch.Generator().manual_seed(self.layout.epoch_seed(self.epoch))
+        order = torch.randperm(self.size, generator=generator)
+        size = self.layout.global_batch
         for k in range(self.start, self.batches_per_epoch):
-            batch = order[k * self.global_batch : (k + 1) * self.global_batch].tolist()
-            yield [(i, self.epoch, m) for m, i in share(batch, self.rank, self.world, self.accum)]
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100003 + epoch
+            batch = order[k * size : (k + 1) * size].tolist()
+            yield [(i, self.epoch, m) for m, i in self.layout.share(batch)]
 
 
 # --- WebDataset shards -----------------------------------------------------------------------------------
@@ -278,10 +277,7 @@ class WebDatasetSource(IterableDataset):
     fine-tuning; at very large scale, shard the data per node instead.
     """
 
-    def __init__(
-        self, pattern: str, processor: SiglipImageProcessor, global_batch: int, accum: int, rank: int,
-        world: int, seed: int,
-    ) -> None:  # fmt: skip
+    def __init__(self, pattern: str, processor: SiglipImageProcessor, layout: BatchLayout) -> None:
         try:
             import webdataset  # noqa: F401 (checked here so the error comes before training)
         except ImportError as err:
@@ -290,18 +286,10 @@ class WebDatasetSource(IterableDataset):
             ) from err
         self.shards = expand_shards(pattern)
         self.processor = processor
-        self.global_batch, self.accum, self.rank, self.world, self.seed = (
-            global_batch,
-            accum,
-            rank,
-            world,
-            seed,
+        self.layout = layout
+        self.batches_per_epoch = layout.batches(
+            sum(map(_count_samples, self.shards)), f"the shards {pattern}"
         )
-        self.batches_per_epoch = sum(map(_count_samples, self.shards)) // global_batch
-        if self.batches_per_epoch == 0:
-            raise DataError(
-                f"the shards {pattern} hold fewer samples than one global batch of {global_batch}"
-            )
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int) -> None:
@@ -311,7 +299,7 @@ class WebDatasetSource(IterableDataset):
         import webdataset as wds
 
         shards = list(self.shards)
-        random.Random(_epoch_seed(self.seed, self.epoch)).shuffle(shards)
+        random.Random(self.layout.epoch_seed(self.epoch)).shuffle(shards)
         for shard in shards:
             yield from wds.tariterators.tarfile_samples([{"url": shard}])
 
@@ -320,9 +308,9 @@ class WebDatasetSource(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         stream = self._raw_samples()
         for k in range(self.batches_per_epoch):
-            batch = [s for _, s in zip(range(self.global_batch), stream, strict=False)]
+            batch = [s for _, s in zip(range(self.layout.global_batch), stream, strict=False)]
             if k >= self.start and (k - self.start) % workers == worker:
-                yield [self._decode(raw, m) for m, raw in share(batch, self.rank, self.world, self.accum)]
+                yield [self._decode(raw, m) for m, raw in self.layout.share(batch)]
 
     def _decode(self, raw: dict[str, Any], micro: int) -> Sample:
         source = f"{raw.get('__url__')}:{raw.get('__key__')}"
@@ -384,11 +372,7 @@ def build_source(
     processor: SiglipImageProcessor,
     *,
     templates: Sequence[str],
-    seed: int,
-    global_batch: int,
-    accum: int,
-    rank: int,
-    world: int,
+    layout: BatchLayout,
     image_column: str = "image",
     caption_column: str = "caption",
 ) -> Dataset | WebDatasetSource:
@@ -399,9 +383,9 @@ def build_source(
             raise DataError(f"pairs file not found: {path}")
         return PairsDataset(path, processor, image_column, caption_column)
     if path.is_dir():
-        return ClassFolderDataset(path, processor, templates, seed)
+        return ClassFolderDataset(path, processor, templates, layout.seed)
     if ".tar" in data:
-        return WebDatasetSource(data, processor, global_batch, accum, rank, world, seed)
+        return WebDatasetSource(data, processor, layout)
     raise DataError(
         f"cannot tell what {data!r} is: expected a .csv/.tsv/.jsonl pairs file, a folder of class folders, "
         "or WebDataset .tar shards"
@@ -409,16 +393,7 @@ def build_source(
 
 
 def make_loader(
-    source: Dataset | WebDatasetSource,
-    *,
-    global_batch: int,
-    accum: int,
-    rank: int,
-    world: int,
-    seed: int,
-    epoch: int,
-    start: int,
-    workers: int,
+    source: Dataset | WebDatasetSource, layout: BatchLayout, *, epoch: int, start: int, workers: int
 ) -> DataLoader:
     """A DataLoader over this rank's share of the global batches of `epoch`, from batch `start` on.
 
@@ -429,19 +404,20 @@ def make_loader(
         num_workers=workers,
         prefetch_factor=4 if workers else None,
         collate_fn=collate,
-        generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)),
+        generator=torch.Generator().manual_seed(layout.epoch_seed(epoch)),
     )
     if isinstance(source, WebDatasetSource):
         source.set_position(epoch, start)
         return DataLoader(source, batch_size=None, **options)
-    sampler = GlobalBatchSampler(len(source), global_batch, accum, rank, world, seed, epoch, start)
+    sampler = GlobalBatchSampler(len(source), layout, epoch, start)
     return DataLoader(source, batch_sampler=sampler, **options)
 
 
-def batches_per_epoch(source: Dataset | WebDatasetSource, global_batch: int) -> int:
+def batches_per_epoch(source: Dataset | WebDatasetSource, layout: BatchLayout) -> int:
+    """Full global batches in one epoch of `source`; fewer samples than one batch is a `DataError`."""
     if isinstance(source, WebDatasetSource):
         return source.batches_per_epoch
-    return len(source) // global_batch
+    return layout.batches(len(source), "the data")
 
 
 def missing_files(source: Dataset | WebDatasetSource) -> tuple[list[str], int]:

@@ -42,6 +42,7 @@ from ..modeling import SiglipModel
 from ..processing import SiglipProcessor
 from .data import (
     Batch,
+    BatchLayout,
     ClassFolderDataset,
     DataError,
     WebDatasetSource,
@@ -299,16 +300,14 @@ def _freeze(model: SiglipModel, config: TrainConfig) -> None:
             param.requires_grad_(not locked)
 
 
-def _source(config: TrainConfig, processor: SiglipProcessor, dist_: _Dist) -> Dataset | WebDatasetSource:
+def _source(
+    config: TrainConfig, processor: SiglipProcessor, layout: BatchLayout
+) -> Dataset | WebDatasetSource:
     source = build_source(
         config.data,
         processor.image_processor,
         templates=config.templates,
-        seed=config.seed,
-        global_batch=config.batch_size,
-        accum=config.grad_accum,
-        rank=dist_.rank,
-        world=dist_.world,
+        layout=layout,
         image_column=config.image_column,
         caption_column=config.caption_column,
     )
@@ -358,8 +357,9 @@ def train(config: TrainConfig) -> Path:
     resume_from = _start(config, output)
     torch.manual_seed(config.seed)
     processor = SiglipProcessor.from_pretrained(resume_from or config.processor or config.model)
-    source = _source(config, processor, dist_)  # the data is checked before the model loads
-    per_epoch = batches_per_epoch(source, config.batch_size)
+    layout = BatchLayout(config.batch_size, config.grad_accum, dist_.rank, dist_.world, config.seed)
+    source = _source(config, processor, layout)  # the data is checked before the model loads
+    per_epoch = batches_per_epoch(source, layout)
     total_steps = config.steps or max(1, int(config.epochs * per_epoch))
     if dist_.main:
         output.mkdir(parents=True, exist_ok=True)
@@ -394,7 +394,7 @@ def train(config: TrainConfig) -> Path:
     bar = _progress(config, dist_, total_steps, state["step"])
     clock, window = time.perf_counter(), 0
 
-    for step, batch in _batches(config, source, dist_, state["step"], per_epoch, total_steps):
+    for step, batch in _batches(config, source, layout, state["step"], per_epoch, total_steps):
         loss = _train_step(config, embedder, model, processor, batch, dist_, bf16)
         grad_norm = _optimizer_step(config, model, optimizer, scheduler)
         seen, failed = _global_counts(len(batch.captions), len(batch.failed), dist_)
@@ -439,7 +439,7 @@ def train(config: TrainConfig) -> Path:
 def _batches(
     config: TrainConfig,
     source: Dataset | WebDatasetSource,
-    dist_: _Dist,
+    layout: BatchLayout,
     first_step: int,
     per_epoch: int,
     total_steps: int,
@@ -448,10 +448,7 @@ def _batches(
     step = first_step
     while step < total_steps:
         epoch, start = divmod(step, per_epoch)
-        loader = make_loader(
-            source, global_batch=config.batch_size, accum=config.grad_accum, rank=dist_.rank, world=dist_.world,
-            seed=config.seed, epoch=epoch, start=start, workers=config.workers,
-        )  # fmt: skip
+        loader = make_loader(source, layout, epoch=epoch, start=start, workers=config.workers)
         for batch in loader:
             yield step, batch
             step += 1
@@ -476,6 +473,7 @@ def _train_step(
     length = model.config.text_config.max_position_embeddings
     size = processor.image_processor.size
     micro = torch.tensor(batch.micro, dtype=torch.long)
+    ddp = isinstance(embedder, nn.parallel.DistributedDataParallel)  # gradients sync on the last micro-batch
     total = 0.0
     for m in range(config.grad_accum):
         rows = (micro == m).nonzero().flatten()
@@ -489,7 +487,6 @@ def _train_step(
             pixels = torch.zeros(0, 3, size["height"], size["width"])
             ids = torch.zeros(0, length, dtype=torch.long)
         last = m == config.grad_accum - 1
-        ddp = isinstance(embedder, nn.parallel.DistributedDataParallel)
         with embedder.no_sync() if ddp and not last else nullcontext():
             with torch.autocast(dist_.device.type, dtype=torch.bfloat16, enabled=bf16):
                 image, text = embedder(ids.to(dist_.device), pixels.to(dist_.device))
