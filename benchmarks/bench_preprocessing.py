@@ -16,38 +16,19 @@ compared first: a row is only timed when ours equals the reference exactly.
 from __future__ import annotations
 
 import argparse
-import io
 import random
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 import torch
 from PIL import Image
 
+from _common import make_jpegs, time_alternately, train_tokenizer
 from siglip import SiglipImageProcessor, SiglipTokenizer
-
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
-
-
-def train_tokenizer(directory: Path) -> Path:
-    from pydoc_data.topics import topics
-
-    lines = [line for text in topics.values() for line in text.splitlines() if line.strip()]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=4000, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
-    )  # fmt: skip
-    path = directory / "spiece.model"
-    path.write_bytes(model.getvalue())
-    return path
 
 
 def make_captions(count: int, seed: int = 0) -> list[str]:
@@ -62,30 +43,14 @@ def make_captions(count: int, seed: int = 0) -> list[str]:
     return captions
 
 
-def make_jpegs(directory: Path, count: int) -> list[Path]:
-    from skimage import data
-
-    paths = []
-    for i in range(count):
-        photo = Image.fromarray(getattr(data, PHOTOS[i % len(PHOTOS)])()).convert("RGB").resize((640, 480))
-        paths.append(directory / f"photo{i:03d}.jpg")
-        photo.save(paths[-1], "JPEG", quality=90)
-    return paths
-
-
 def compare(name: str, ours: Callable, theirs: Callable, repeats: int, items: int) -> dict[str, object]:
     """Check identical outputs, then time both alternately; returns one table row."""
     mine, reference = ours(), theirs()
     for key in reference:
         if not torch.equal(mine[key], reference[key]):
             raise SystemExit(f"{name}: outputs differ on {key}; not timing")
-    times: dict[str, list[float]] = {"ours": [], "theirs": []}
-    for _ in range(repeats):
-        for side, call in (("theirs", theirs), ("ours", ours)):
-            start = time.perf_counter()
-            call()
-            times[side].append(time.perf_counter() - start)
-    ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
+    seconds = time_alternately({"theirs": theirs, "ours": ours}, repeats, warmup=0)
+    ours_s, theirs_s = seconds["ours"], seconds["theirs"]
     return {"name": name, "ours": items / ours_s, "theirs": items / theirs_s, "speedup": theirs_s / ours_s}
 
 

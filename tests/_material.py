@@ -9,6 +9,8 @@ import torch
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 
 BUNDLED = "siglip-tiny-fashion"  # the model shipped in the package (Fashion-MNIST)
+FASHION_CLASSES = ["t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle boot"]  # fmt: skip
 
 
 def tiny_config(text_positions: int = 16, vocab_size: int = 1000) -> SiglipConfig:

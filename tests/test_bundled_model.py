@@ -12,23 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _material import FASHION_CLASSES as CLASSES
 from siglip import SiglipModel, SiglipProcessor, hub
 from siglip.zeroshot import class_embeddings, image_embeddings
 
 NAME = "siglip-tiny-fashion"
 DATASET = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = [
-    "t-shirt",
-    "trousers",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-]
 
 
 def test_bundled_files_are_small_and_complete():

@@ -23,6 +23,8 @@ from _material import CORRUPT_REASON
 from siglip import SiglipModel, pipeline
 from siglip.cli import main
 from siglip.cli._options import score_text
+from siglip.embeddings import default_device
+from siglip.inference import InferenceMode
 
 pytest_plugins = ["_fixtures"]
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket", "a man with a camera"]
@@ -238,6 +240,11 @@ def test_info(checkpoint):
         info["parameters"]["vision"] + info["parameters"]["text"] + 2 == loaded.num_parameters()
     )  # + scale, bias
     assert info["embedding_dims"] == loaded.config.text_config.projection_size
+    device = default_device()
+    assert info["inference"] == {
+        "device": str(device),
+        "precision": InferenceMode().resolve(device).precision,
+    }
     assert {"config.json", "model.safetensors", "spiece.model", "preprocessor_config.json"} <= set(
         info["files"]
     )

@@ -41,6 +41,7 @@ from .image_processing import (
     images_in,
     is_image_file,
 )
+from .inference import InferenceMode
 from .modeling import SiglipModel
 from .processing import SiglipProcessor
 from .store import FileState, VectorStore, replace_atomically
@@ -69,13 +70,6 @@ def require(module: str, extra: str, purpose: str) -> Any:
 def default_device() -> torch.device:
     """The first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """float32 on the CPU (bf16 matmuls are slow on CPUs without bf16 units); bf16 or fp16 on GPUs."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 # --- finding images -----------------------------------------------------------------------------------------
@@ -129,30 +123,42 @@ class Embedder:
     index or output file can name the model that made it.
     """
 
-    def __init__(self, model: SiglipModel, processor: SiglipProcessor, name: str = "") -> None:
+    def __init__(
+        self,
+        model: SiglipModel,
+        processor: SiglipProcessor,
+        name: str = "",
+        mode: InferenceMode | None = None,
+    ) -> None:
         self.model = model.eval()
         self.processor = processor
         self.name = name
+        self.mode = mode or InferenceMode(_precision_of(model))
 
     @classmethod
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike = DEFAULT_MODEL,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
+        precision: str = "auto",
+        compile: bool = False,
+        reduced_decode: bool = False,
     ) -> Embedder:
         """Load a bundled model by its short name, a local checkpoint directory, or a hub id.
 
-        `device` defaults to the GPU when there is one, else the CPU; `dtype` to float32 on the CPU and
-        bfloat16 (or float16) on a GPU.
+        `device` defaults to the GPU when there is one, else the CPU. `precision` and `compile` choose the
+        inference mode (see `siglip.inference.PRECISIONS`): "auto" runs bf16 where the hardware has bf16
+        matrix units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` decodes JPEG files at
+        a reduced scale when they are at least twice the model's image size (see `SiglipImageProcessor`).
         """
         device = torch.device(device) if device is not None else default_device()
-        dtype = dtype if dtype is not None else default_dtype(device)
+        mode = InferenceMode(precision, compile).resolve(device)
         name = model_name(name_or_path)
         with hint_bundled_models(name):
-            model = SiglipModel.from_pretrained(name, device=device, dtype=dtype)
+            model = SiglipModel.from_pretrained(name, device=device, dtype=mode.dtype)
             processor = SiglipProcessor.from_pretrained(name)
-        return cls(model, processor, name)
+        processor.image_processor.reduced_decode = reduced_decode
+        return cls(mode.apply(model), processor, name, mode)
 
     @property
     def dims(self) -> int:
@@ -166,7 +172,15 @@ class Embedder:
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) embeddings of a text or a list of texts (padded to the model's text length)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return zeroshot.text_embeddings(self.model, self.processor.tokenizer, texts, batch_size).cpu().numpy()
+        with self.mode.autocast(self.device):
+            vectors = zeroshot.text_embeddings(self.model, self.processor.tokenizer, texts, batch_size)
+        return vectors.cpu().numpy()
+
+    def class_embeddings(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """(C, D) unit-length embeddings of each label, averaged over `templates` (a prompt ensemble)."""
+        with self.mode.autocast(self.device):
+            vectors = zeroshot.class_embeddings(self.model, self.processor.tokenizer, labels, templates)
+        return vectors.cpu().numpy()
 
     def embed_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         """(N, D) embeddings of an image or a list of images: paths, PIL images, arrays, tensors or bytes.
@@ -179,8 +193,12 @@ class Embedder:
         chunks = []
         for start in range(0, len(images), batch_size):
             pixels = self.processor.image_processor(images[start : start + batch_size], return_tensors="pt")
-            chunks.append(zeroshot.image_embeddings(self.model, pixels["pixel_values"]).cpu().numpy())
+            chunks.append(self._image_vectors(pixels["pixel_values"]))
         return np.concatenate(chunks)
+
+    def _image_vectors(self, pixels: torch.Tensor) -> np.ndarray:
+        with self.mode.autocast(self.device):
+            return zeroshot.image_embeddings(self.model, pixels).cpu().numpy()
 
     def embed_files(
         self,
@@ -218,7 +236,7 @@ class Embedder:
         ) as bar:
             for indices, pixels, failed in loader:
                 vectors = (
-                    zeroshot.image_embeddings(self.model, pixels).cpu().numpy()
+                    self._image_vectors(pixels)
                     if len(indices)
                     else np.empty((0, self.dims), dtype=np.float32)
                 )
@@ -227,6 +245,11 @@ class Embedder:
                 if skipped:
                     bar.set_postfix(skipped=skipped)
                 yield EmbeddedBatch([files[i] for i in indices], vectors, [(files[i], r) for i, r in failed])
+
+
+def _precision_of(model: SiglipModel) -> str:
+    """The precision a model was given to `Embedder` in: its weights' dtype."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, "fp32")
 
 
 def model_name(name_or_path: str | os.PathLike) -> str:
@@ -281,9 +304,9 @@ def _collate(
 
 
 @lru_cache(maxsize=1)
-def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None) -> Embedder:
-    """`Embedder.from_pretrained(name, device)`, keeping the last model loaded for the next call."""
-    return Embedder.from_pretrained(name, device=device)
+def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, **options: Any) -> Embedder:
+    """`Embedder.from_pretrained(name, device, **options)`, keeping the last model loaded for the next call."""
+    return Embedder.from_pretrained(name, device=device, **options)
 
 
 def as_embedder(model: str | os.PathLike | Embedder, device: str | None = None) -> Embedder:
@@ -373,6 +396,7 @@ def embed_to_file(
             "dims": embedder.dims,
             "count": len(kept),
             "format": out.suffix[1:],
+            "precision": embedder.mode.precision,
         }
         if pa is not None:
             _write_parquet(pa, store, kept, out)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .embeddings import Embedder, NoImagesError, require, skipped_as_json
 from .train.data import ClassFolderDataset, PairsDataset
-from .zeroshot import DEFAULT_TEMPLATE, class_embeddings
+from .zeroshot import DEFAULT_TEMPLATE
 
 RECALL_KS = (1, 5, 10)
 
@@ -110,8 +110,7 @@ def evaluate_zeroshot(
     Unreadable images are skipped and listed in the report.
     """
     dataset = ClassFolderDataset(data, embedder.processor.image_processor, ["{}"])
-    tokenizer = embedder.processor.tokenizer
-    classes = class_embeddings(embedder.model, tokenizer, dataset.class_names, templates).cpu().numpy()
+    classes = embedder.class_embeddings(dataset.class_names, templates)
     label_of = dict(zip(dataset.images, dataset.labels, strict=True))
     scores, labels, skipped = [], [], []
     for batch in embedder.embed_files(dataset.images, batch_size, workers, progress):

@@ -41,6 +41,7 @@ from .embeddings import (
     require,
 )
 from .image_processing import ImageInput
+from .inference import InferenceMode
 from .store import VectorStore, replace_atomically
 
 logger = logging.getLogger("siglip")
@@ -74,7 +75,8 @@ class SearchIndex:
     """An image index in `directory` (see the module doc).
 
     Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
-    `Embedder.from_pretrained` takes, or an `Embedder`. `device` is where a model loaded by name runs.
+    `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile` and `reduced_decode`
+    are how a model loaded by name runs (see `Embedder.from_pretrained`); an `Embedder` runs as it was made.
     """
 
     def __init__(
@@ -82,9 +84,15 @@ class SearchIndex:
         directory: str | os.PathLike,
         model: str | os.PathLike | Embedder | None = None,
         device: str | None = None,
+        *,
+        precision: str = "auto",
+        compile: bool = False,
+        reduced_decode: bool = False,
     ) -> None:
+        InferenceMode(precision, compile)  # a bad option fails now, not when the model is first needed
         self.directory = Path(directory)
         self.device = device
+        self.load_options = {"precision": precision, "compile": compile, "reduced_decode": reduced_decode}
         records = self.directory / RECORDS_FILE
         self._embedder = model if isinstance(model, Embedder) else None
         name = model.name if isinstance(model, Embedder) else model_name(model) if model is not None else None
@@ -95,7 +103,7 @@ class SearchIndex:
                 f"no index at '{self.directory}': build one with `siglip index FOLDER --index {self.directory}`"
             )
         else:
-            self._embedder = self._embedder or load_embedder(name, device)
+            self._embedder = self._embedder or load_embedder(name, device, **self.load_options)
             self.directory.mkdir(parents=True, exist_ok=True)
             self.store = VectorStore(records, name, self._embedder.dims)
         self._faiss: Any = None
@@ -115,7 +123,7 @@ class SearchIndex:
     def embedder(self) -> Embedder:
         """The index's model (loaded on first use)."""
         if self._embedder is None:
-            self._embedder = load_embedder(self.store.model, self.device)
+            self._embedder = load_embedder(self.store.model, self.device, **self.load_options)
         return self._embedder
 
     def __len__(self) -> int:

@@ -17,7 +17,6 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -31,10 +30,14 @@ from .loss import sigmoid_loss
 
 logger = logging.getLogger("siglip")
 
-ACTIVATIONS = {
-    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),  # every released SigLIP (big_vision's nn.gelu)
-    "gelu": F.gelu,
-}
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh-approximated GELU: every released SigLIP uses it (big_vision's nn.gelu)."""
+    return F.gelu(x, approximate="tanh")
+
+
+# Plain functions, not partials: copy.deepcopy keeps them, so `activation is ACTIVATIONS[...]` stays true.
+ACTIVATIONS = {"gelu_pytorch_tanh": gelu_tanh, "gelu": F.gelu}
 
 
 # --------------------------------------------------------------------------------------------------------

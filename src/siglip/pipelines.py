@@ -65,8 +65,7 @@ class ZeroShotImageClassificationPipeline:
         templates = (
             [hypothesis_template] if isinstance(hypothesis_template, str) else list(hypothesis_template)
         )
-        model, tokenizer = self.embedder.model, self.embedder.processor.tokenizer
-        return zeroshot.class_embeddings(model, tokenizer, candidate_labels, templates).cpu().numpy()
+        return self.embedder.class_embeddings(candidate_labels, templates)
 
     def rank(
         self,

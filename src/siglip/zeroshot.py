@@ -64,7 +64,7 @@ def class_embeddings(
 def image_embeddings(model: SiglipModel, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, D) normalised image embeddings of preprocessed pixels."""
     with torch.inference_mode():
-        pixel_values = pixel_values.to(model.device, model.dtype)
+        pixel_values = pixel_values.to(model.device, model.dtype, non_blocking=True)
         return F.normalize(model.get_image_features(pixel_values).float(), dim=-1)
 
 

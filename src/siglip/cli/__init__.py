@@ -19,7 +19,7 @@ from ..hub import CheckpointError
 from ..image_processing import ImageInputError
 from ..train.data import DataError
 
-COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "info")
+COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info")
 USER_ERRORS = (
     CheckpointError,
     DataError,

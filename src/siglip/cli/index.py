@@ -7,7 +7,14 @@ import time
 
 from ..embeddings import DEFAULT_MODEL, find_images
 from ..index import SearchIndex
-from ._options import add_loader_options, add_model_options, loader_kwargs, rate_line, report_skipped
+from ._options import (
+    add_loader_options,
+    add_model_options,
+    loader_kwargs,
+    model_kwargs,
+    rate_line,
+    report_skipped,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     find_images(args.paths, allow_empty=True)  # before the model loads: a typo should cost no time
     model = args.model or (None if SearchIndex.exists(args.index) else DEFAULT_MODEL)
-    with SearchIndex(args.index, model, device=args.device) as index:
+    with SearchIndex(args.index, model, **model_kwargs(args)) as index:
         _ = index.embedder  # load the model first: the rate printed below is the indexing rate
         start = time.perf_counter()
         report = index.update(args.paths, **loader_kwargs(args))

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from ..configuration import SiglipConfig
-from ..embeddings import hint_bundled_models, model_name
+from ..embeddings import default_device, hint_bundled_models, model_name
 from ..hub import CONFIG_NAME, resolve_file
+from ..inference import InferenceMode
 from ..modeling import SiglipModel
 from ._options import print_json, table
 
@@ -35,6 +36,7 @@ def describe(name: str) -> dict[str, Any]:
         model = SiglipModel(config)
     location = resolve_file(name, CONFIG_NAME).parent
     vision, text = config.vision_config, config.text_config
+    device = default_device()
     return {
         "model": model_name(name),
         "location": str(location),
@@ -57,6 +59,7 @@ def describe(name: str) -> dict[str, Any]:
             "width": text.hidden_size,
         },
         "dtype": config.torch_dtype,
+        "inference": {"device": str(device), "precision": InferenceMode().resolve(device).precision},
         "files": {f.name: f.stat().st_size for f in sorted(location.iterdir()) if f.is_file()},
         "config": config.to_dict(),
     }
@@ -82,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
             f"{text['positions']} tokens, vocabulary {text['vocabulary']:,}, {text['layers']} layers, width {text['width']}",
         ],
         ["dtype", str(info["dtype"])],
+        [
+            "inference",
+            f"--precision auto runs {info['inference']['precision']} on {info['inference']['device']}",
+        ],
     ]
     print(table(rows))
     print("files")

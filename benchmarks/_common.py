@@ -1,0 +1,133 @@
+"""Helpers shared by the benchmark scripts: test photos, model shapes, alternating timing, machine line."""
+
+from __future__ import annotations
+
+import copy
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
+
+# Released shapes at their full depth (random weights: speed does not depend on the values).
+_BASE = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
+_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, num_hidden_layers=27)
+SHAPES: dict[str, dict] = {
+    "base16-224": dict(text_config=dict(_BASE), vision_config=dict(_BASE, image_size=224, patch_size=16)),
+    "so400m14-384": dict(
+        text_config=dict(_SO400M), vision_config=dict(_SO400M, image_size=384, patch_size=14)
+    ),
+}
+
+
+def make_jpegs(directory: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` distinct 640x480 JPEG photos: random crops (half the area or more) of scikit-image's photos."""
+    from skimage import data
+
+    rng = random.Random(seed)
+    sources = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in PHOTOS]
+    paths = []
+    for i in range(count):
+        photo = sources[i % len(sources)]
+        scale = rng.uniform(0.7, 1.0)
+        width, height = int(photo.width * scale), int(photo.height * scale)
+        left, top = rng.randint(0, photo.width - width), rng.randint(0, photo.height - height)
+        crop = photo.crop((left, top, left + width, top + height)).resize(
+            (640, 480), Image.Resampling.BICUBIC
+        )
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        paths.append(directory / f"photo{i:04d}.jpg")
+        crop.save(paths[-1], "JPEG", quality=90)
+    return paths
+
+
+def time_alternately(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each call, the calls taking turns (so drifts in machine speed hit all alike)."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -> float:
+    """This machine's matrix-product rate in GFLOP/s: the best of square products of `sizes`."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        # F.linear (a @ b.T), as the models call it: for bf16 on CPUs without bf16 units it takes oneDNN's
+        # path, ~20x faster than torch.mm's fallback there
+        product = {"mm": lambda a=a, b=b: torch.nn.functional.linear(a, b)}
+        seconds = min(time_alternately(product, 1, warmup=1)["mm"] for _ in range(repeats))
+        best = max(best, 2 * n**3 / seconds / 1e9)
+    return best
+
+
+def machine_line() -> str:
+    import transformers
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = (
+        [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if cpuinfo.exists()
+        else []
+    )
+    cpu = names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
+    bf16 = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return (
+        f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, bf16 units: "
+        f"{'yes' if bf16 else 'no'}; python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
+
+
+def train_tokenizer(directory: Path, extra: list[str] | tuple[str, ...] = ()) -> Path:
+    """A 4,000-piece SentencePiece model trained on CPython's documentation (`pydoc_data`) and `extra`."""
+    import io
+    from pydoc_data.topics import topics
+
+    import sentencepiece as spm
+
+    lines = [line for text in topics.values() for line in text.splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines + list(extra)), model_writer=model, vocab_size=4000, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )  # fmt: skip
+    path = directory / "spiece.model"
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def random_checkpoint(
+    shape: str, directory: Path, vocabulary: list[str] | tuple[str, ...] = ()
+) -> torch.nn.Module:
+    """Save a random-weight transformers SiglipModel of `shape` (seed 0) into `directory` with processor
+    files (a tokenizer trained by `train_tokenizer`, with `vocabulary`), and return it: the reference."""
+    import tempfile
+
+    import transformers
+
+    import siglip
+
+    torch.manual_seed(0)
+    model = transformers.SiglipModel(transformers.SiglipConfig(**copy.deepcopy(SHAPES[shape]))).eval()
+    model.save_pretrained(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = siglip.SiglipTokenizer(train_tokenizer(Path(tmp), vocabulary))
+        siglip.SiglipProcessor(siglip.SiglipImageProcessor(), tokenizer).save_pretrained(directory)
+    return model

@@ -1,0 +1,269 @@
+"""Inference modes: reduced precision, int8 quantisation, torch.compile, and ONNX export of both towers.
+
+    from siglip import SiglipModel
+    from siglip.inference import InferenceMode
+
+    mode = InferenceMode("int8").resolve("cpu")   # or "bf16", "bf16-autocast", "fp16", "fp32", "auto"
+    model = mode.apply(SiglipModel.from_pretrained("google/siglip-base-patch16-224"))
+    with mode.autocast(model.device):
+        image_features = model.get_image_features(pixel_values)
+
+What each costs against fp32 (embedding cosine, zero-shot agreement) and gains in speed is measured by
+`benchmarks/bench_models.py` and listed in BENCHMARKS.md. `"auto"` picks bf16 on hardware with bf16 matrix
+units (Ampere and newer GPUs, CPUs with AMX or AVX-512 BF16), fp16 on older GPUs and fp32 on other CPUs,
+where bf16 is emulated and slower than fp32. int8 is never chosen automatically: it trades accuracy for speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hub import staged_directory
+from .modeling import ACTIVATIONS, SiglipMLP, SiglipModel
+
+PRECISIONS = {
+    "auto": "bf16 where the hardware has bf16 matrix units, else fp16 on GPUs and fp32 on CPUs",
+    "fp32": "float32 weights and arithmetic: the reference numbers",
+    "bf16": "bfloat16 weights and arithmetic",
+    "bf16-autocast": "float32 weights; matrix products in bfloat16 (torch.autocast)",
+    "fp16": "float16 weights and arithmetic (GPUs)",
+    "int8": "linear layers in int8 with per-batch activation scales (CPU; torch dynamic quantisation)",
+}
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware (else bf16 is emulated: slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":  # Ampere (8.x) and newer; older GPUs only emulate bf16
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return False
+
+
+@dataclass(frozen=True)
+class InferenceMode:
+    """How a model runs for inference: `precision` (a key of PRECISIONS) and whether towers are compiled.
+
+    `compile=True` runs both towers through `torch.compile` with dynamic batch sizes: the first batch takes
+    20-45 s to compile for a base model on a 2-core CPU (less when PyTorch's cache is warm), then its image
+    tower runs 2-11% faster there (BENCHMARKS.md). A batch of one image or text compiles once more (torch specialises size 1).
+    Worth it for large collections, not for a handful of images.
+    """
+
+    precision: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+
+    def resolve(self, device: torch.device | str) -> InferenceMode:
+        """This mode with "auto" replaced by the precision chosen for `device`; refuses int8 off the CPU."""
+        device = torch.device(device)
+        if self.precision == "auto":
+            if native_bf16(device):
+                return replace(self, precision="bf16")
+            fp16_gpu = device.type == "cuda"
+            return replace(self, precision="fp16" if fp16_gpu else "fp32")
+        if self.precision == "int8" and device.type != "cpu":
+            raise ValueError(
+                f"precision 'int8' runs on the CPU only, not on {device}; use bf16 or fp16 there, or --device cpu"
+            )
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (and of the input pixels) in this mode."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager:
+        """The context to run the model in: bf16 autocast for "bf16-autocast", nothing otherwise."""
+        if self.precision != "bf16-autocast":
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+    def apply(self, model: SiglipModel) -> SiglipModel:
+        """Put a (float32) model into this mode, in place, and return it in eval mode.
+
+        The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads by
+        torch's dynamically quantised linear (weights int8 per tensor, activations quantised per batch); the
+        model can then no longer be saved as a checkpoint of the original format.
+        """
+        if self.precision == "auto":
+            raise ValueError("resolve the mode for a device before applying it")
+        model = model.eval().to(self.dtype)
+        if self.precision == "int8":
+            quantize_linear_layers(model)
+            use_fast_gelu(model)
+        if self.compile:
+            for tower in (model.text_model, model.vision_model):
+                tower.compile(dynamic=True)
+        return model
+
+
+def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh-approximated GELU, `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`, computed as the
+    equal `x * sigmoid(2u)` in place on a fresh buffer.
+
+    On the CPU, aten's tanh kernel makes the activation ~13% of an int8 base image tower's time; this form
+    takes ~25% less, and differs from aten by float32 rounding only (at most 2e-6). Inside autograd it defers to aten (whose backward is fused).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x, approximate="tanh")
+    two_c = 2 * math.sqrt(2 / math.pi)
+    out = x * x
+    out.mul_(two_c * 0.044715).add_(two_c).mul_(x).sigmoid_()
+    return out.mul_(x)
+
+
+def use_fast_gelu(model: nn.Module) -> None:
+    """Give the MLPs of `model` that use tanh-GELU `fast_gelu_tanh`, in place. Not for the fp32 mode, whose
+    numbers stay bit-identical to transformers: only for modes that are approximate anyway."""
+    for module in model.modules():
+        if isinstance(module, SiglipMLP) and module.activation is ACTIVATIONS["gelu_pytorch_tanh"]:
+            module.activation = fast_gelu_tanh
+
+
+def quantize_linear_layers(model: nn.Module) -> nn.Module:
+    """Replace the `nn.Linear` layers of `model` by int8 dynamically quantised ones, in place (CPU only)."""
+    with warnings.catch_warnings():
+        # torch marks its eager quantisation API deprecated in favour of torchao, which needs torch.compile
+        # to be fast on the CPU; the eager kernels (fbgemm) are what runs fast here without compiling.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+# --- ONNX export --------------------------------------------------------------------------------------------
+class _ImageFeatures(nn.Module):
+    def __init__(self, model: SiglipModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+
+class _TextFeatures(nn.Module):
+    def __init__(self, model: SiglipModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_text_features(input_ids)
+
+
+ONNX_FILES = {"vision": "vision_model.onnx", "text": "text_model.onnx"}
+
+
+def export_onnx(model: SiglipModel, directory: str | os.PathLike, opset: int = 17) -> dict[str, Path]:
+    """Export both towers of a float model to ONNX, with a dynamic batch axis.
+
+    Writes `vision_model.onnx` (input `pixel_values` (B, 3, S, S) float32 with S the model's image size ->
+    `image_embeds` (B, D), the unnormalised `get_image_features`) and `text_model.onnx` (`input_ids` (B, L)
+    int64 with L the model's text length, so pad to `max_length` -> `text_embeds` (B, D)). Only the batch
+    axis is dynamic. Both files appear only when both are written; the model is not changed. Needs the `onnx` and `onnxscript` packages (`siglip[onnx]`).
+    Returns {"vision": path, "text": path}.
+    """
+    if opset < 17:
+        raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
+    from .embeddings import require
+
+    require("onnxscript", "onnx", "ONNX export")
+    model = _float32_copy(model)
+    vision, text = model.config.vision_config, model.config.text_config
+    batch = torch.export.Dim("batch", min=1)
+    pixels = torch.zeros(2, vision.num_channels, vision.image_size, vision.image_size)
+    ids = torch.ones(2, text.max_position_embeddings, dtype=torch.long)
+    exports = [
+        (_ImageFeatures(model), pixels, "pixel_values", "image_embeds", ONNX_FILES["vision"]),
+        (_TextFeatures(model), ids, "input_ids", "text_embeds", ONNX_FILES["text"]),
+    ]
+    with staged_directory(directory, replaces=tuple(f"{name}*" for name in ONNX_FILES.values())) as staging:
+        for module, example, input_name, output_name, filename in exports:
+            with _quiet_exporter():
+                program = torch.onnx.export(
+                    module,
+                    (example,),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[input_name],
+                    output_names=[output_name],
+                    dynamic_shapes=({0: batch},),
+                    verbose=False,
+                )
+            program.save(str(staging / filename))  # > 2 GB: weights go to a `<file>.data` beside it
+    return {tower: Path(directory) / filename for tower, filename in ONNX_FILES.items()}
+
+
+def _float32_copy(model: SiglipModel) -> SiglipModel:
+    """The model in eval mode and float32: itself if it already is, else a copy (the caller's is left alone)."""
+    if model.dtype != torch.float32 or model.training:
+        model = copy.deepcopy(model).float().eval()
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's notes on its own internals (warnings, log records up to WARNING, prints)."""
+    level = logging.root.manager.disable
+    logging.disable(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(level)
+
+
+@dataclass
+class OnnxCheck:
+    """How far the ONNX towers (run by onnxruntime) are from PyTorch on the same inputs."""
+
+    max_abs_diff: dict[str, float]  # per tower, largest elementwise difference of the features
+    min_cosine: dict[str, float]  # per tower, lowest cosine between the two feature vectors of an input
+
+
+def check_onnx(model: SiglipModel, paths: dict[str, Path], batch: int = 3, seed: int = 0) -> OnnxCheck:
+    """Run both exported towers with onnxruntime on random inputs (a batch size unlike the export's) and
+    compare with the float32 PyTorch model. Needs `onnxruntime`."""
+    from .embeddings import require
+
+    ort = require("onnxruntime", "onnx", "checking an ONNX export")
+    model = _float32_copy(model)
+    vision, text = model.config.vision_config, model.config.text_config
+    generator = torch.Generator().manual_seed(seed)
+    size = (batch, vision.num_channels, vision.image_size, vision.image_size)
+    inputs = {
+        "vision": ("pixel_values", torch.rand(size, generator=generator) * 2 - 1, model.get_image_features),
+        "text": (
+            "input_ids",
+            torch.randint(text.vocab_size, (batch, text.max_position_embeddings), generator=generator),
+            model.get_text_features,
+        ),
+    }
+    diffs, cosines = {}, {}
+    for tower, (name, example, reference) in inputs.items():
+        session = ort.InferenceSession(str(paths[tower]), providers=["CPUExecutionProvider"])
+        ours = torch.from_numpy(session.run(None, {name: example.numpy()})[0])
+        with torch.inference_mode():
+            expected = reference(example)
+        diffs[tower] = (ours - expected).abs().max().item()
+        cosines[tower] = torch.nn.functional.cosine_similarity(ours, expected).min().item()
+    return OnnxCheck(diffs, cosines)

@@ -1,0 +1,294 @@
+"""Inference modes (precision, int8, torch.compile), ONNX export, the fast GELU and reduced JPEG decoding."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFile
+
+from _material import BUNDLED
+from _material import FASHION_CLASSES as LABELS
+from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
+from siglip.cli import main
+from siglip.inference import PRECISIONS, InferenceMode, check_onnx, export_onnx, fast_gelu_tanh
+from siglip.modeling import SiglipMLP
+
+pytest_plugins = ["_fixtures"]
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "fashion").glob("*.png"))
+
+
+def _reference_gelu(x: torch.Tensor) -> torch.Tensor:
+    """The textbook formula in float64: the oracle for both of our paths."""
+    x = x.double()
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+# --- the fast GELU ------------------------------------------------------------------------------------------
+def test_fast_gelu_matches_the_formula_and_aten():
+    x = torch.cat([torch.randn(100_000) * 3, torch.linspace(-30, 30, 10_001), torch.tensor([0.0, -0.0])])
+    with torch.inference_mode():
+        fast = fast_gelu_tanh(x)
+    expected = _reference_gelu(x)
+    assert (fast.double() - expected).abs().max().item() < 2e-6
+    assert (fast - F.gelu(x, approximate="tanh")).abs().max().item() < 2e-6
+    assert torch.isfinite(fast).all()
+
+
+def test_fast_gelu_leaves_autograd_to_aten():
+    x = torch.randn(1000, requires_grad=True)
+    fast_gelu_tanh(x).sum().backward()
+    expected = torch.autograd.grad(F.gelu(x, approximate="tanh").sum(), x)[0]
+    assert torch.equal(x.grad, expected)
+    with torch.no_grad():  # the fast path overwrites a fresh buffer, never its input
+        before = x.detach().clone()
+        fast_gelu_tanh(x.detach())
+        assert torch.equal(x.detach(), before)
+
+
+# --- inference modes ----------------------------------------------------------------------------------------
+def test_modes_are_checked_and_resolved(monkeypatch):
+    with pytest.raises(ValueError, match=r"precision must be one of .*'int4'"):
+        InferenceMode("int4")
+    monkeypatch.setattr("siglip.inference.native_bf16", lambda device: False)
+    assert InferenceMode().resolve("cpu").precision == "fp32"
+    monkeypatch.setattr("siglip.inference.native_bf16", lambda device: True)
+    assert InferenceMode().resolve("cpu").precision == "bf16"
+    assert InferenceMode("int8").resolve("cpu").precision == "int8"
+    with pytest.raises(ValueError, match=r"int8.*CPU only.*cuda"):
+        InferenceMode("int8").resolve("cuda")
+    with pytest.raises(ValueError, match="resolve"):
+        InferenceMode().apply(SiglipModel.from_pretrained(BUNDLED))
+    assert set(PRECISIONS) == {"auto", "fp32", "bf16", "bf16-autocast", "fp16", "int8"}
+
+
+def _examples() -> torch.Tensor:
+    processor = SiglipImageProcessor.from_pretrained(BUNDLED)
+    return processor([str(p) for p in EXAMPLES], return_tensors="pt")["pixel_values"]
+
+
+@pytest.fixture(scope="module")
+def fp32_features() -> tuple[torch.Tensor, torch.Tensor]:
+    model = SiglipModel.from_pretrained(BUNDLED).eval()
+    with torch.inference_mode():
+        return model.get_image_features(_examples()), model.get_text_features(_label_ids(model))
+
+
+def _label_ids(model: SiglipModel) -> torch.Tensor:
+    processor = SiglipProcessor.from_pretrained(BUNDLED)
+    return processor(text=[f"a photo of a {label}." for label in LABELS], return_tensors="pt")["input_ids"]
+
+
+@pytest.mark.parametrize(
+    ("precision", "min_cosine"), [("int8", 0.99), ("bf16", 0.99), ("bf16-autocast", 0.99), ("fp16", 0.99)]
+)
+def test_reduced_precision_stays_close_to_fp32(precision, min_cosine, fp32_features):
+    mode = InferenceMode(precision).resolve("cpu")
+    model = mode.apply(SiglipModel.from_pretrained(BUNDLED))
+    with torch.inference_mode(), mode.autocast("cpu"):
+        images = model.get_image_features(_examples().to(mode.dtype)).float()
+        texts = model.get_text_features(_label_ids(model)).float()
+    reference_images, reference_texts = fp32_features
+    assert F.cosine_similarity(images, reference_images).min().item() > min_cosine
+    assert F.cosine_similarity(texts, reference_texts).min().item() > min_cosine
+    assert not torch.equal(images, reference_images)  # the mode did change the arithmetic
+    # zero-shot: the same label wins for every example photo
+    ours = (F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T).argmax(-1)
+    theirs = (F.normalize(reference_images, dim=-1) @ F.normalize(reference_texts, dim=-1).T).argmax(-1)
+    assert torch.equal(ours, theirs)
+
+
+def test_int8_quantises_every_linear_layer_of_the_towers():
+    # a deep copy, as one makes to keep the float model: the activation must still be recognised
+    model = InferenceMode("int8").apply(copy.deepcopy(SiglipModel.from_pretrained(BUNDLED)))
+    quantised = torch.ao.nn.quantized.dynamic.Linear
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear | quantised)]
+    plain = [m for m in layers if not isinstance(m, quantised)]
+    # only the MAP head's out_proj stays float (nn.MultiheadAttention computes it through its own weights)
+    assert len(plain) == 1 and isinstance(plain[0], torch.nn.modules.linear.NonDynamicallyQuantizableLinear)
+    assert len(layers) > 20
+    # the activation is the fast one: this mode is approximate anyway (fp32 keeps aten's, bit-exact)
+    assert all(m.activation is fast_gelu_tanh for m in model.modules() if isinstance(m, SiglipMLP))
+    fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
+    assert not any(m.activation is fast_gelu_tanh for m in fp32.modules() if isinstance(m, SiglipMLP))
+
+
+def test_compiled_model_matches_eager_at_every_batch_size(fp32_features):
+    mode = InferenceMode("fp32", compile=True)
+    model = mode.apply(SiglipModel.from_pretrained(BUNDLED))
+    pixels = _examples()
+    with torch.inference_mode():
+        for batch in (len(pixels), 3):  # a second batch size must not need another compile to be right
+            got = model.get_image_features(pixels[:batch])
+            torch.testing.assert_close(got, fp32_features[0][:batch], rtol=1e-4, atol=1e-5)
+
+
+def test_embedder_runs_in_the_mode_it_was_given(fp32_features):
+    fp32 = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32")
+    int8 = Embedder.from_pretrained(BUNDLED, device="cpu", precision="int8")
+    assert fp32.mode == InferenceMode("fp32") and int8.mode.precision == "int8"
+    ours, reference = (
+        int8.embed_images([str(p) for p in EXAMPLES]),
+        fp32.embed_images([str(p) for p in EXAMPLES]),
+    )
+    assert (ours * reference).sum(-1).min() > 0.99
+    assert np.allclose(np.linalg.norm(ours, axis=-1), 1, atol=1e-5)
+    expected = F.normalize(fp32_features[0], dim=-1).numpy()
+    np.testing.assert_allclose(reference, expected, atol=1e-5)
+
+
+# --- ONNX ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[SiglipModel, dict[str, Path]]:
+    model = SiglipModel.from_pretrained(BUNDLED)
+    return model, export_onnx(model, tmp_path_factory.mktemp("onnx"))
+
+
+def test_onnx_towers_match_pytorch(exported):
+    import onnx
+
+    model, paths = exported
+    assert {p.name for p in paths.values()} == {"vision_model.onnx", "text_model.onnx"}
+    for path in paths.values():
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+        assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
+    check = check_onnx(model, paths, batch=5)  # the export used batch 2
+    assert max(check.max_abs_diff.values()) < 1e-4
+    assert min(check.min_cosine.values()) > 0.99999
+
+
+def test_onnx_export_refuses_old_opsets_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    model = SiglipModel.from_pretrained(BUNDLED)
+    with pytest.raises(ValueError, match=r"opset must be at least 17.*16"):
+        export_onnx(model, tmp_path, opset=16)
+
+    real_export, calls = torch.onnx.export, []
+
+    def fail_on_the_text_tower(*args, **kwargs):  # the vision tower is written first, then this fails
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("exporter crashed")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", fail_on_the_text_tower)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("kept")
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        export_onnx(model, tmp_path / "out")
+    assert len(calls) == 2
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]  # no vision_model.onnx alone
+
+
+def test_export_command(tmp_path, capsys):
+    assert main(["export", "--model", BUNDLED, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vision_model.onnx" in out and "text: onnxruntime vs PyTorch" in out
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"vision_model.onnx", "text_model.onnx", "spiece.model", "preprocessor_config.json"} <= names
+    # the processor files saved beside the ONNX files reproduce the checkpoint's preprocessing
+    ours = SiglipProcessor.from_pretrained(tmp_path)(
+        text=["a bag"], images=[str(EXAMPLES[0])], return_tensors="pt"
+    )
+    theirs = SiglipProcessor.from_pretrained(BUNDLED)(
+        text=["a bag"], images=[str(EXAMPLES[0])], return_tensors="pt"
+    )
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+
+
+def test_embed_command_takes_the_inference_options(photos, tmp_path):
+    directory, files = photos
+    out = tmp_path / "vectors.npy"
+    args = ["embed", str(directory), "--model", BUNDLED, "--out", str(out), "--no-progress"]
+    assert main([*args, "--precision", "int8", "--reduced-decode"]) == 0
+    fast = np.load(out)
+    out.unlink()
+    assert json.loads(Path(f"{out}.json").read_text())["precision"] == "int8"
+    assert main(args) == 0
+    exact = np.load(out)
+    assert fast.shape == exact.shape and len(fast) == len(files)
+    assert (fast * exact).sum(-1).min() > 0.98
+
+
+# --- reduced JPEG decoding ----------------------------------------------------------------------------------
+def _jpeg(width: int, height: int) -> bytes:
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((width, height)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_reduced_decode_scales_large_jpegs_only(monkeypatch):
+    processor = SiglipImageProcessor()  # 224 x 224
+    large, small = _jpeg(640, 480), _jpeg(400, 300)
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(image):
+        decoded.append(image.size)  # the size the decoder was set up for (after draft)
+        return real_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    full = processor(large, return_tensors="np")["pixel_values"]
+    reduced = processor(large, return_tensors="np", reduced_decode=True)["pixel_values"]
+    assert decoded[0] == (640, 480) and (320, 240) in decoded[1:]
+    difference = np.abs(full - reduced)
+    assert 0 < difference.mean() < 0.02  # values span [-1, 1]
+    # below twice the target size there is nothing to reduce: identical to a full decode
+    assert np.array_equal(
+        processor(small, return_tensors="np")["pixel_values"],
+        processor(small, return_tensors="np", reduced_decode=True)["pixel_values"],
+    )
+
+
+def test_reduced_decode_keeps_orientation_and_non_square_sizes(tmp_path):
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut()).resize((800, 600))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
+    path = tmp_path / "phone.jpg"
+    photo.save(path, "JPEG", quality=92, exif=exif)
+    for size in ({"height": 224, "width": 224}, {"height": 96, "width": 192}):
+        processor = SiglipImageProcessor(size=size)
+        full = processor(str(path), return_tensors="np")["pixel_values"]
+        reduced = processor(str(path), return_tensors="np", reduced_decode=True)["pixel_values"]
+        assert reduced.shape == full.shape == (1, 3, size["height"], size["width"])
+        assert 0 < np.abs(full - reduced).mean() < 0.02  # upright both times: a turned image differs by ~0.3
+
+
+def test_embedder_decodes_reduced_when_asked(photos):
+    _, files = photos
+    jpegs = [str(f) for f in files if f.suffix == ".jpg"]
+    exact = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32")
+    reduced = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32", reduced_decode=True)
+    assert (
+        reduced.processor.image_processor.reduced_decode
+        and not exact.processor.image_processor.reduced_decode
+    )
+    a, b = exact.embed_images(jpegs), reduced.embed_images(jpegs)
+    assert not np.array_equal(a, b)
+    assert (a * b).sum(-1).min() > 0.99
+
+
+def test_reduced_decode_leaves_other_formats_alone(tmp_path):
+    from skimage import data
+
+    path = tmp_path / "large.png"
+    Image.fromarray(data.astronaut()).save(path)
+    processor = SiglipImageProcessor(reduced_decode=True)
+    assert np.array_equal(
+        processor(str(path), return_tensors="np")["pixel_values"],
+        processor(str(path), return_tensors="np", reduced_decode=False)["pixel_values"],
+    )
+    assert "reduced_decode" not in processor.to_dict()  # a runtime choice, not a checkpoint setting
