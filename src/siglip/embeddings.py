@@ -21,7 +21,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -172,15 +172,11 @@ class Embedder:
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) embeddings of a text or a list of texts (padded to the model's text length)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        with self.mode.autocast(self.device):
-            vectors = zeroshot.text_embeddings(self.model, self.processor.tokenizer, texts, batch_size)
-        return vectors.cpu().numpy()
+        return self._in_mode(zeroshot.text_embeddings, self.processor.tokenizer, texts, batch_size)
 
     def class_embeddings(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """(C, D) unit-length embeddings of each label, averaged over `templates` (a prompt ensemble)."""
-        with self.mode.autocast(self.device):
-            vectors = zeroshot.class_embeddings(self.model, self.processor.tokenizer, labels, templates)
-        return vectors.cpu().numpy()
+        return self._in_mode(zeroshot.class_embeddings, self.processor.tokenizer, labels, templates)
 
     def embed_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         """(N, D) embeddings of an image or a list of images: paths, PIL images, arrays, tensors or bytes.
@@ -193,12 +189,13 @@ class Embedder:
         chunks = []
         for start in range(0, len(images), batch_size):
             pixels = self.processor.image_processor(images[start : start + batch_size], return_tensors="pt")
-            chunks.append(self._image_vectors(pixels["pixel_values"]))
+            chunks.append(self._in_mode(zeroshot.image_embeddings, pixels["pixel_values"]))
         return np.concatenate(chunks)
 
-    def _image_vectors(self, pixels: torch.Tensor) -> np.ndarray:
+    def _in_mode(self, embed: Callable[..., torch.Tensor], *args: Any) -> np.ndarray:
+        """`embed(model, *args)` (a `zeroshot` function) in this embedder's inference mode, as numpy."""
         with self.mode.autocast(self.device):
-            return zeroshot.image_embeddings(self.model, pixels).cpu().numpy()
+            return embed(self.model, *args).cpu().numpy()
 
     def embed_files(
         self,
@@ -236,7 +233,7 @@ class Embedder:
         ) as bar:
             for indices, pixels, failed in loader:
                 vectors = (
-                    self._image_vectors(pixels)
+                    self._in_mode(zeroshot.image_embeddings, pixels)
                     if len(indices)
                     else np.empty((0, self.dims), dtype=np.float32)
                 )

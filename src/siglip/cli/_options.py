@@ -24,7 +24,7 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEF
         "--precision",
         choices=list(PRECISIONS),
         default="auto",
-        help="inference precision: auto (bf16 on hardware with bf16 units, else fp32), fp32, bf16, "
+        help="inference precision: auto (bf16 on hardware with bf16 units, fp16 on older GPUs, else fp32), fp32, bf16, "
         "bf16-autocast, fp16 (GPU) or int8 (CPU: faster, less exact); see BENCHMARKS.md for the costs",
     )
     parser.add_argument(
