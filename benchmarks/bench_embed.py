@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bf16", action="store_true", help="also bf16 runs (slow without bf16 units)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="TEXT", help="only the siglip runs whose name contains one of these"
+    )
     args = parser.parse_args()
 
     import transformers
@@ -115,6 +118,12 @@ def main() -> None:
                 model_dir, paths, out, args.batch_size, precision="bf16"
             )
 
+        if args.only:  # the transformers fp32 loop always runs: it is what the others are measured against
+            runs = {
+                n: r
+                for n, r in runs.items()
+                if n.startswith("transformers loop, fp32") or any(t in n for t in args.only)
+            }
         results = {}
         for name, run in runs.items():
             start = time.perf_counter()

@@ -107,7 +107,9 @@ def test_reduced_precision_stays_close_to_fp32(precision, min_cosine, fp32_featu
 
 def test_int8_quantises_every_linear_layer_of_the_towers():
     # a deep copy, as one makes to keep the float model: the activation must still be recognised
+    engine = torch.backends.quantized.engine
     model = InferenceMode("int8").apply(copy.deepcopy(SiglipModel.from_pretrained(BUNDLED)))
+    assert torch.backends.quantized.engine == engine  # packing for oneDNN leaves the global setting alone
     quantised = torch.ao.nn.quantized.dynamic.Linear
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear | quantised)]
     plain = [m for m in layers if not isinstance(m, quantised)]

@@ -139,15 +139,26 @@ def use_fast_gelu(model: nn.Module) -> None:
 
 
 def quantize_linear_layers(model: nn.Module) -> nn.Module:
-    """Replace the `nn.Linear` layers of `model` by int8 dynamically quantised ones, in place (CPU only)."""
+    """Replace the `nn.Linear` layers of `model` by int8 dynamically quantised ones, in place (CPU only).
+
+    Weights are packed for oneDNN where torch has it: its int8 products ran the base image tower 6% faster
+    than the default x86/fbgemm packing on an AVX2 CPU, with the same accuracy. Each layer computes with the
+    library its weights were packed for, whatever `torch.backends.quantized.engine` says later.
+    """
+    engines = torch.backends.quantized.supported_engines
+    engine = torch.backends.quantized.engine
     with warnings.catch_warnings():
         # torch marks its eager quantisation API deprecated in favour of torchao, which needs torch.compile
-        # to be fast on the CPU; the eager kernels (fbgemm) are what runs fast here without compiling.
+        # to be fast on the CPU; the eager int8 kernels are what runs fast here without compiling.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        try:
+            torch.backends.quantized.engine = "onednn" if "onednn" in engines else engine
+            return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        finally:
+            torch.backends.quantized.engine = engine
 
 
 # --- ONNX export --------------------------------------------------------------------------------------------
