@@ -26,6 +26,11 @@ SHAPES: dict[str, dict] = {
 }
 
 
+def features_tensor(output: object) -> torch.Tensor:
+    """transformers 5 returns an output object from get_*_features; 4.x and siglip return the tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
 def make_jpegs(directory: Path, count: int, seed: int = 0) -> list[Path]:
     """`count` distinct 640x480 JPEG photos: random crops (half the area or more) of scikit-image's photos."""
     from skimage import data

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import siglip
-from _common import machine_line, make_jpegs, random_checkpoint
+from _common import features_tensor, machine_line, make_jpegs, random_checkpoint
 from siglip.embeddings import embed_to_file
 
 
@@ -46,8 +46,7 @@ def transformers_loop(
         )
         with torch.inference_mode():
             features = model.get_image_features(pixel_values=pixels)
-        features = features if isinstance(features, torch.Tensor) else features.pooler_output
-        chunks.append(F.normalize(features.float(), dim=-1).cpu().numpy())
+        chunks.append(F.normalize(features_tensor(features).float(), dim=-1).cpu().numpy())
     return np.concatenate(chunks)
 
 

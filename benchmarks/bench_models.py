@@ -40,7 +40,15 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import siglip
-from _common import SHAPES, machine_line, make_jpegs, matmul_peak, random_checkpoint, time_alternately
+from _common import (
+    SHAPES,
+    features_tensor,
+    machine_line,
+    make_jpegs,
+    matmul_peak,
+    random_checkpoint,
+    time_alternately,
+)
 from siglip.inference import InferenceMode, check_onnx, export_onnx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -73,15 +81,10 @@ def parts(
         return model(input_ids=ids, pixel_values=pixels).logits_per_image
 
     return {
-        "image": lambda: _tensor(model.get_image_features(pixel_values=pixels)),
-        "text": lambda: _tensor(model.get_text_features(input_ids=ids)),
+        "image": lambda: features_tensor(model.get_image_features(pixel_values=pixels)),
+        "text": lambda: features_tensor(model.get_text_features(input_ids=ids)),
         "full": full,
     }
-
-
-def _tensor(output: object) -> torch.Tensor:
-    """transformers 5 returns an output object from get_*_features; 4.x and siglip return the tensor."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 def gflop(call: Callable[[], object]) -> float:
@@ -197,9 +200,9 @@ def run_modes(args: argparse.Namespace, peaks: dict[str, float]) -> None:
             )
         calls.update({f"siglip {name}": lambda f=f: f(pixels) for name, f in modes.items()})
         with torch.inference_mode():
-            reference = _tensor(calls["transformers fp32"]()).float()
+            reference = features_tensor(calls["transformers fp32"]()).float()
             cosines = {
-                name: F.cosine_similarity(_tensor(call()).float(), reference).min().item()
+                name: F.cosine_similarity(features_tensor(call()).float(), reference).min().item()
                 for name, call in calls.items()
             }
             seconds = time_alternately(calls, args.repeats, warmup=1)

@@ -162,25 +162,34 @@ def quantize_linear_layers(model: nn.Module) -> nn.Module:
 
 
 # --- ONNX export --------------------------------------------------------------------------------------------
-class _ImageFeatures(nn.Module):
-    def __init__(self, model: SiglipModel) -> None:
+# tower -> (file, input, output, the SiglipModel method the graph computes)
+ONNX_TOWERS = {
+    "vision": ("vision_model.onnx", "pixel_values", "image_embeds", "get_image_features"),
+    "text": ("text_model.onnx", "input_ids", "text_embeds", "get_text_features"),
+}
+
+
+class _TowerFeatures(nn.Module):
+    """One tower's features as a module of one input: what the exporter traces."""
+
+    def __init__(self, model: SiglipModel, method: str) -> None:
         super().__init__()
         self.model = model
+        self.method = method
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
-
-
-class _TextFeatures(nn.Module):
-    def __init__(self, model: SiglipModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_text_features(input_ids)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(inputs)
 
 
-ONNX_FILES = {"vision": "vision_model.onnx", "text": "text_model.onnx"}
+def _example_inputs(model: SiglipModel, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random pixels in [-1, 1] and token ids of the model's sizes, per tower."""
+    vision, text = model.config.vision_config, model.config.text_config
+    generator = torch.Generator().manual_seed(seed)
+    size = (batch, vision.num_channels, vision.image_size, vision.image_size)
+    return {
+        "vision": torch.rand(size, generator=generator) * 2 - 1,
+        "text": torch.randint(text.vocab_size, (batch, text.max_position_embeddings), generator=generator),
+    }
 
 
 def export_onnx(model: SiglipModel, directory: str | os.PathLike, opset: int = 17) -> dict[str, Path]:
@@ -189,8 +198,8 @@ def export_onnx(model: SiglipModel, directory: str | os.PathLike, opset: int = 1
     Writes `vision_model.onnx` (input `pixel_values` (B, 3, S, S) float32 with S the model's image size ->
     `image_embeds` (B, D), the unnormalised `get_image_features`) and `text_model.onnx` (`input_ids` (B, L)
     int64 with L the model's text length, so pad to `max_length` -> `text_embeds` (B, D)). Only the batch
-    axis is dynamic. Both files appear only when both are written; the model is not changed. Needs the `onnx` and `onnxscript` packages (`siglip[onnx]`).
-    Returns {"vision": path, "text": path}.
+    axis is dynamic. Both files appear only when both are written; the model is not changed. Needs the
+    `onnx` and `onnxscript` packages (`siglip[onnx]`). Returns {"vision": path, "text": path}.
     """
     if opset < 17:
         raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
@@ -198,20 +207,15 @@ def export_onnx(model: SiglipModel, directory: str | os.PathLike, opset: int = 1
 
     require("onnxscript", "onnx", "ONNX export")
     model = _float32_copy(model)
-    vision, text = model.config.vision_config, model.config.text_config
     batch = torch.export.Dim("batch", min=1)
-    pixels = torch.zeros(2, vision.num_channels, vision.image_size, vision.image_size)
-    ids = torch.ones(2, text.max_position_embeddings, dtype=torch.long)
-    exports = [
-        (_ImageFeatures(model), pixels, "pixel_values", "image_embeds", ONNX_FILES["vision"]),
-        (_TextFeatures(model), ids, "input_ids", "text_embeds", ONNX_FILES["text"]),
-    ]
-    with staged_directory(directory, replaces=tuple(f"{name}*" for name in ONNX_FILES.values())) as staging:
-        for module, example, input_name, output_name, filename in exports:
+    examples = _example_inputs(model, batch=2, seed=0)
+    files = tuple(f"{filename}*" for filename, *_ in ONNX_TOWERS.values())
+    with staged_directory(directory, replaces=files) as staging:
+        for tower, (filename, input_name, output_name, method) in ONNX_TOWERS.items():
             with _quiet_exporter():
                 program = torch.onnx.export(
-                    module,
-                    (example,),
+                    _TowerFeatures(model, method),
+                    (examples[tower],),
                     dynamo=True,
                     opset_version=opset,
                     input_names=[input_name],
@@ -220,7 +224,7 @@ def export_onnx(model: SiglipModel, directory: str | os.PathLike, opset: int = 1
                     verbose=False,
                 )
             program.save(str(staging / filename))  # > 2 GB: weights go to a `<file>.data` beside it
-    return {tower: Path(directory) / filename for tower, filename in ONNX_FILES.items()}
+    return {tower: Path(directory) / filename for tower, (filename, *_) in ONNX_TOWERS.items()}
 
 
 def _float32_copy(model: SiglipModel) -> SiglipModel:
@@ -258,23 +262,13 @@ def check_onnx(model: SiglipModel, paths: dict[str, Path], batch: int = 3, seed:
 
     ort = require("onnxruntime", "onnx", "checking an ONNX export")
     model = _float32_copy(model)
-    vision, text = model.config.vision_config, model.config.text_config
-    generator = torch.Generator().manual_seed(seed)
-    size = (batch, vision.num_channels, vision.image_size, vision.image_size)
-    inputs = {
-        "vision": ("pixel_values", torch.rand(size, generator=generator) * 2 - 1, model.get_image_features),
-        "text": (
-            "input_ids",
-            torch.randint(text.vocab_size, (batch, text.max_position_embeddings), generator=generator),
-            model.get_text_features,
-        ),
-    }
     diffs, cosines = {}, {}
-    for tower, (name, example, reference) in inputs.items():
+    for tower, example in _example_inputs(model, batch, seed).items():
+        _, input_name, _, method = ONNX_TOWERS[tower]
         session = ort.InferenceSession(str(paths[tower]), providers=["CPUExecutionProvider"])
-        ours = torch.from_numpy(session.run(None, {name: example.numpy()})[0])
+        ours = torch.from_numpy(session.run(None, {input_name: example.numpy()})[0])
         with torch.inference_mode():
-            expected = reference(example)
+            expected = getattr(model, method)(example)
         diffs[tower] = (ours - expected).abs().max().item()
-        cosines[tower] = torch.nn.functional.cosine_similarity(ours, expected).min().item()
+        cosines[tower] = F.cosine_similarity(ours, expected).min().item()
     return OnnxCheck(diffs, cosines)

@@ -80,12 +80,13 @@ def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """How to load the model: `Embedder.from_pretrained` keywords from the command's options."""
+    """How to load the model: `Embedder.from_pretrained` keywords from the options of `add_model_options`
+    and `add_loader_options`."""
     return {
         "device": args.device,
         "precision": args.precision,
         "compile": args.compile,
-        "reduced_decode": getattr(args, "reduced_decode", False),
+        "reduced_decode": args.reduced_decode,
     }
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from ..embeddings import DEFAULT_MODEL, hint_bundled_models, model_name
+from ..embeddings import DEFAULT_MODEL, Embedder
 from ..inference import check_onnx, export_onnx
-from ..modeling import SiglipModel
-from ..processing import SiglipProcessor
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,12 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    name = model_name(args.model)
-    with hint_bundled_models(name):
-        model = SiglipModel.from_pretrained(name)
-        processor = SiglipProcessor.from_pretrained(name)
+    embedder = Embedder.from_pretrained(args.model, device="cpu", precision="fp32")
+    model = embedder.model
     paths = export_onnx(model, args.out, args.opset)
-    processor.save_pretrained(args.out)
+    embedder.processor.save_pretrained(args.out)
     print(f"wrote {paths['vision']} and {paths['text']} (opset {args.opset}) with the processor files")
     if importlib.util.find_spec("onnxruntime") is None:
         print("onnxruntime is not installed: the export was not checked (pip install 'siglip[onnx]')")
