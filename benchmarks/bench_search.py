@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from siglip import SearchIndex
-from siglip.hub import bundled_models
-from siglip.index import RECORDS_FILE
-from siglip.store import FileState, VectorStore
+from siglip.core.hub import bundled_models
+from siglip.tools.index import RECORDS_FILE
+from siglip.tools.store import FileState, VectorStore
 
 BATCH = 256
 CHUNK = 65_536  # vectors generated (and brute-forced) per chunk, so 1M x 768 never sits in memory twice

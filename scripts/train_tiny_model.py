@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
-from siglip.tokenization import canonicalize_text
-from siglip.zeroshot import class_embeddings, image_embeddings
+from siglip.core.tokenization import canonicalize_text
+from siglip.tools.zeroshot import class_embeddings, image_embeddings
 
 DATASET = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from siglip.loss import sigmoid_loss
+from siglip.core.loss import sigmoid_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

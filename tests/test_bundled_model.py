@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from _material import FASHION_CLASSES as CLASSES
-from siglip import SiglipModel, SiglipProcessor, hub
-from siglip.zeroshot import class_embeddings, image_embeddings
+from siglip import SiglipModel, SiglipProcessor
+from siglip.core import hub
+from siglip.tools.zeroshot import class_embeddings, image_embeddings
 
 NAME = "siglip-tiny-fashion"
 DATASET = Path("/usr/share/datasets/fashion-mnist")

@@ -1,6 +1,6 @@
 """The `siglip` command end to end, in subprocesses, on real photos: outputs parsed and checked against the API.
 
-Bad input is checked in process through `siglip.cli.main` (the same entry point, without the cost of a new
+Bad input is checked in process through `siglip.tools.cli.main` (the same entry point, without the cost of a new
 interpreter per case), except the offline hub case, which needs its own environment.
 """
 
@@ -21,10 +21,10 @@ from PIL import Image
 
 from _material import CORRUPT_REASON
 from siglip import SiglipModel, pipeline
-from siglip.cli import main
-from siglip.cli._options import score_text
-from siglip.embeddings import default_device
-from siglip.inference import InferenceMode
+from siglip.tools.cli import main
+from siglip.tools.cli._options import score_text
+from siglip.tools.embedder import default_device
+from siglip.tools.inference import InferenceMode
 
 pytest_plugins = ["_fixtures"]
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket", "a man with a camera"]

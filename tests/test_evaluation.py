@@ -11,7 +11,7 @@ from PIL import Image
 
 from _material import CORRUPT_REASON
 from siglip import evaluate_retrieval, evaluate_zeroshot
-from siglip.evaluation import (
+from siglip.tools.evaluation import (
     confusion_matrix,
     plot_confusion_matrix,
     recall_at_k,
@@ -19,7 +19,7 @@ from siglip.evaluation import (
     topk_accuracy,
     zeroshot_report,
 )
-from siglip.train.data import DataError
+from siglip.tools.training.data import DataError
 
 pytest_plugins = ["_fixtures"]
 

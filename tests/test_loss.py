@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from _loss_cases import global_batch, leaves, max_error, reference
 from _reference import TINY
 from siglip import SiglipConfig, SiglipModel, siglip_loss, sigmoid_loss
-from siglip.loss import _Ring
+from siglip.core.loss import _Ring
 
 
 def test_reference_is_the_labelled_sum_over_pairs():

@@ -24,8 +24,8 @@ from siglip import (
     find_images,
     pipeline,
 )
-from siglip.embeddings import NoImagesError
-from siglip.store import StoreError, VectorStore
+from siglip.tools.embedder import NoImagesError
+from siglip.tools.store import StoreError, VectorStore
 
 pytest_plugins = ["_fixtures"]
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket"]

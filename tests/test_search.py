@@ -17,9 +17,9 @@ from PIL import Image
 
 from _material import save_tiny_checkpoint, write_photos
 from siglip import Embedder, SearchIndex, find_images
-from siglip.embeddings import MissingDependencyError
-from siglip.index import RECORDS_FILE, VECTORS_FILE
-from siglip.store import FileState, StoreError
+from siglip.tools.embedder import MissingDependencyError
+from siglip.tools.index import RECORDS_FILE, VECTORS_FILE
+from siglip.tools.store import FileState, StoreError
 
 pytest_plugins = ["_fixtures"]
 
@@ -115,8 +115,8 @@ def test_an_index_refuses_another_model_and_a_missing_index(embedder, tmp_path, 
 # committed, the third is written but not committed.
 _KILLED_BUILD = """
 import os, signal, sys
-from siglip.cli import main
-from siglip.store import VectorStore
+from siglip.tools.cli import main
+from siglip.tools.store import VectorStore
 
 commits = 0
 original = VectorStore._bump_generation

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 from _reference import quiet_transformers
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
-from siglip.train import DataError, TrainConfig, latest_checkpoint, train
-from siglip.train.data import ClassFolderDataset
-from siglip.train.trainer import _param_groups, _schedule
+from siglip.tools.training import DataError, TrainConfig, latest_checkpoint, train
+from siglip.tools.training.data import ClassFolderDataset
+from siglip.tools.training.trainer import _param_groups, _schedule
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 TINY = dict(

@@ -1,22 +1,22 @@
 """SigLIP in PyTorch: transformers-compatible models and checkpoints, preprocessing, training and tools."""
 
-from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from .embeddings import Embedder, embed_images, embed_texts, embed_to_file, find_images
-from .evaluation import evaluate_retrieval, evaluate_zeroshot
-from .hub import CheckpointError, OfflineError
-from .image_processing import ImageInputError, SiglipImageProcessor
-from .index import Hit, SearchIndex
-from .loss import siglip_loss, sigmoid_loss
-from .modeling import (
+from .core.configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .core.hub import CheckpointError, OfflineError
+from .core.image_processing import ImageInputError, SiglipImageProcessor
+from .core.loss import siglip_loss, sigmoid_loss
+from .core.modeling import (
     SiglipForImageClassification,
     SiglipModel,
     SiglipPreTrainedModel,
     SiglipTextModel,
     SiglipVisionModel,
 )
-from .pipelines import ZeroShotImageClassificationPipeline, pipeline
-from .processing import SiglipProcessor
-from .tokenization import SiglipTokenizer
+from .core.processing import SiglipProcessor
+from .core.tokenization import SiglipTokenizer
+from .tools.embedder import Embedder, embed_images, embed_texts, embed_to_file, find_images
+from .tools.evaluation import evaluate_retrieval, evaluate_zeroshot
+from .tools.index import Hit, SearchIndex
+from .tools.pipelines import ZeroShotImageClassificationPipeline, pipeline
 
 __version__ = "0.1.0"
 

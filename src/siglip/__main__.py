@@ -1,5 +1,5 @@
 """`python -m siglip` (and `torchrun -m siglip train ...`)."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..embeddings import NoImagesError, find_images, skipped_as_json
+from ..embedder import NoImagesError, find_images, skipped_as_json
 from ..pipelines import ZeroShotImageClassificationPipeline
 from ..zeroshot import check_labels
 from ._options import (

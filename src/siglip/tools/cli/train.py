@@ -8,7 +8,7 @@ import os
 import types
 import typing
 
-from ..train.trainer import TrainConfig, train
+from ..training.trainer import TrainConfig, train
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -14,10 +14,10 @@ import logging
 import os
 import sys
 
-from ..embeddings import MissingDependencyError
-from ..hub import CheckpointError
-from ..image_processing import ImageInputError
-from ..train.data import DataError
+from ...core.hub import CheckpointError
+from ...core.image_processing import ImageInputError
+from ..embedder import MissingDependencyError
+from ..training.data import DataError
 
 COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info")
 USER_ERRORS = (

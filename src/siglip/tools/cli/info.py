@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from ..configuration import SiglipConfig
-from ..embeddings import default_device, hint_bundled_models, model_name
-from ..hub import CONFIG_NAME, resolve_file
+from ...core.configuration import SiglipConfig
+from ...core.hub import CONFIG_NAME, resolve_file
+from ...core.modeling import SiglipModel
+from ..embedder import default_device, hint_bundled_models, model_name
 from ..inference import InferenceMode
-from ..modeling import SiglipModel
 from ._options import print_json, table
 
 

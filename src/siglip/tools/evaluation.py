@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .embeddings import Embedder, NoImagesError, require, skipped_as_json
-from .train.data import ClassFolderDataset, PairsDataset
+from .embedder import Embedder, NoImagesError, require, skipped_as_json
+from .training.data import ClassFolderDataset, PairsDataset
 from .zeroshot import DEFAULT_TEMPLATE
 
 RECALL_KS = (1, 5, 10)

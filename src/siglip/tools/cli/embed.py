@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..embeddings import OUTPUT_FORMATS, embed_to_file, find_images, output_format
+from ..embedder import OUTPUT_FORMATS, embed_to_file, find_images, output_format
 from ._options import (
     add_loader_options,
     add_model_options,

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .modeling import SiglipModel
-from .tokenization import SiglipTokenizer
+from ..core.modeling import SiglipModel
+from ..core.tokenization import SiglipTokenizer
 
 DEFAULT_TEMPLATE = "This is a photo of {}."  # transformers' zero-shot-image-classification pipeline
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.image_processing import ImageInput
 from . import zeroshot
-from .embeddings import DEFAULT_MODEL, Embedder, as_embedder
-from .image_processing import ImageInput
+from .embedder import DEFAULT_MODEL, Embedder, as_embedder
 from .zeroshot import DEFAULT_TEMPLATE
 
 TASK = "zero-shot-image-classification"

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..embeddings import DEFAULT_MODEL, Embedder
+from ..embedder import DEFAULT_MODEL, Embedder
 from ..inference import PRECISIONS
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 

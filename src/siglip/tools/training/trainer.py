@@ -36,10 +36,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..configuration import SiglipConfig
-from ..loss import siglip_loss
-from ..modeling import SiglipModel
-from ..processing import SiglipProcessor
+from ...core.configuration import SiglipConfig
+from ...core.loss import siglip_loss
+from ...core.modeling import SiglipModel
+from ...core.processing import SiglipProcessor
 from .data import (
     Batch,
     BatchLayout,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from ..embeddings import DEFAULT_MODEL, Embedder
+from ..embedder import DEFAULT_MODEL, Embedder
 from ..inference import check_onnx, export_onnx
 
 

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .embeddings import (
+from ..core.image_processing import ImageInput
+from .embedder import (
     Embedder,
     NoImagesError,
     find_images,
@@ -40,7 +41,6 @@ from .embeddings import (
     pending_files,
     require,
 )
-from .image_processing import ImageInput
 from .inference import InferenceMode
 from .store import VectorStore, replace_atomically
 

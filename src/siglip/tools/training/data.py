@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from ..image_processing import IMAGE_EXTENSIONS, ImageInputError, SiglipImageProcessor, images_in
+from ...core.image_processing import IMAGE_EXTENSIONS, ImageInputError, SiglipImageProcessor, images_in
 
 logger = logging.getLogger("siglip")
 

@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import zeroshot
-from .hub import CheckpointError, bundled_models
-from .image_processing import (
+from ..core.hub import CheckpointError, bundled_models
+from ..core.image_processing import (
     IMAGE_EXTENSIONS,
     ImageInput,
     ImageInputError,
@@ -41,9 +40,10 @@ from .image_processing import (
     images_in,
     is_image_file,
 )
+from ..core.modeling import SiglipModel
+from ..core.processing import SiglipProcessor
+from . import zeroshot
 from .inference import InferenceMode
-from .modeling import SiglipModel
-from .processing import SiglipProcessor
 from .store import FileState, VectorStore, replace_atomically
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
@@ -147,7 +147,7 @@ class Embedder:
         """Load a bundled model by its short name, a local checkpoint directory, or a hub id.
 
         `device` defaults to the GPU when there is one, else the CPU. `precision` and `compile` choose the
-        inference mode (see `siglip.inference.PRECISIONS`): "auto" runs bf16 where the hardware has bf16
+        inference mode (see `siglip.tools.inference.PRECISIONS`): "auto" runs bf16 where the hardware has bf16
         matrix units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` decodes JPEG files at
         a reduced scale when they are at least twice the model's image size (see `SiglipImageProcessor`).
         """

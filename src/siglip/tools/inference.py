@@ -1,7 +1,7 @@
 """Inference modes: reduced precision, int8 quantisation, torch.compile, and ONNX export of both towers.
 
     from siglip import SiglipModel
-    from siglip.inference import InferenceMode
+    from siglip.tools.inference import InferenceMode
 
     mode = InferenceMode("int8").resolve("cpu")   # or "bf16", "bf16-autocast", "fp16", "fp32", "auto"
     model = mode.apply(SiglipModel.from_pretrained("google/siglip-base-patch16-224"))
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hub import staged_directory
-from .modeling import ACTIVATIONS, SiglipMLP, SiglipModel
+from ..core.hub import staged_directory
+from ..core.modeling import ACTIVATIONS, SiglipMLP, SiglipModel
 
 PRECISIONS = {
     "auto": "bf16 where the hardware has bf16 matrix units, else fp16 on GPUs and fp32 on CPUs",
@@ -203,7 +203,7 @@ def export_onnx(model: SiglipModel, directory: str | os.PathLike, opset: int = 1
     """
     if opset < 17:
         raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
-    from .embeddings import require
+    from .embedder import require
 
     require("onnxscript", "onnx", "ONNX export")
     model = _float32_copy(model)
@@ -258,7 +258,7 @@ class OnnxCheck:
 def check_onnx(model: SiglipModel, paths: dict[str, Path], batch: int = 3, seed: int = 0) -> OnnxCheck:
     """Run both exported towers with onnxruntime on random inputs (a batch size unlike the export's) and
     compare with the float32 PyTorch model. Needs `onnxruntime`."""
-    from .embeddings import require
+    from .embedder import require
 
     ort = require("onnxruntime", "onnx", "checking an ONNX export")
     model = _float32_copy(model)
