@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
-from siglip.core.tokenization import canonicalize_text
-from siglip.tools.zeroshot import class_embeddings, image_embeddings
+from siglip.core.siglip.tokenization import canonicalize_text
+from siglip.tools.zeroshot import class_embeddings
 
 DATASET = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +132,8 @@ def evaluate(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
     predictions, predictions_single = [], []
     for start in range(0, len(images), 500):
         pixels = processor(images=[Image.fromarray(x, mode="L") for x in images[start : start + 500]])
-        embeds = image_embeddings(model, pixels["pixel_values"])
+        with torch.inference_mode():
+            embeds = model.encode_images(pixels["pixel_values"])
         predictions.append((embeds @ classes.t()).argmax(-1))
         predictions_single.append((embeds @ single.t()).argmax(-1))
     predicted = torch.cat(predictions).numpy()

@@ -5,10 +5,16 @@ documentation text that ships with every Python (`pydoc_data.topics`), in well u
 """
 
 import io
+import os
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
+
+# `--precision auto` (every tool's default) means bf16 on CPUs with AVX-512 BF16 or AMX; the tool tests compare
+# against float32 computations, so they run with `auto` resolved as on a CPU without bf16 units, here and in
+# the commands they start. The resolution itself is tested with the probe mocked (test_inference.py).
+os.environ["SIGLIP_BF16_UNITS"] = "0"
 
 # nmt_nfkc is SentencePiece's default and what the released SigLIP vocabularies use; "identity" keeps the input
 # as it is, which exposes whitespace corner cases the NFKC normaliser would hide.

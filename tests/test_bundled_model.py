@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from _material import FASHION_CLASSES as CLASSES
 from siglip import SiglipModel, SiglipProcessor
 from siglip.core import hub
-from siglip.tools.zeroshot import class_embeddings, image_embeddings
+from siglip.tools.zeroshot import class_embeddings
 
 NAME = "siglip-tiny-fashion"
 DATASET = Path("/usr/share/datasets/fashion-mnist")
@@ -58,6 +59,7 @@ def test_zero_shot_accuracy_on_fashion_mnist():
     # Prompts the training never saw (scripts/train_tiny_model.py holds out these templates).
     classes = class_embeddings(model, processor.tokenizer, CLASSES, ["a product shot of a {}.", "the {}."])
     pixels = processor(images=[Image.fromarray(x, mode="L") for x in images])["pixel_values"]
-    predicted = (image_embeddings(model, pixels) @ classes.t()).argmax(-1).numpy()
+    with torch.inference_mode():
+        predicted = (model.encode_images(pixels) @ classes.t()).argmax(-1).numpy()
     accuracy = float((predicted == labels).mean())
     assert accuracy >= 0.80, accuracy

@@ -73,14 +73,14 @@ SPARSE_GIANT_OPT = {
 
 
 def _model_fields(config) -> list[str]:
-    base = {f.name for f in dataclasses.fields(siglip.core.configuration.PretrainedConfig)}
+    base = {f.name for f in dataclasses.fields(siglip.core.config.PretrainedConfig)}
     return [f.name for f in dataclasses.fields(config) if f.name not in base]
 
 
 def _assert_same_values(ours, theirs) -> None:
     for name in _model_fields(ours):
         value = getattr(ours, name)
-        if isinstance(value, siglip.core.configuration.PretrainedConfig):
+        if isinstance(value, siglip.core.config.PretrainedConfig):
             _assert_same_values(value, getattr(theirs, name))
         else:
             assert value == getattr(theirs, name), (

@@ -17,9 +17,10 @@ from PIL import Image, ImageFile
 from _material import BUNDLED
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
-from siglip.core.modeling import SiglipMLP
+from siglip.core.siglip.modeling import SiglipMLP
 from siglip.tools.cli import main
-from siglip.tools.inference import PRECISIONS, InferenceMode, check_onnx, export_onnx, fast_gelu_tanh
+from siglip.tools.inference import InferenceMode, check_onnx, export_onnx, fast_gelu_tanh
+from siglip.tools.precision import PRECISIONS
 
 pytest_plugins = ["_fixtures"]
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "fashion").glob("*.png"))
@@ -57,9 +58,9 @@ def test_fast_gelu_leaves_autograd_to_aten():
 def test_modes_are_checked_and_resolved(monkeypatch):
     with pytest.raises(ValueError, match=r"precision must be one of .*'int4'"):
         InferenceMode("int4")
-    monkeypatch.setattr("siglip.tools.inference.native_bf16", lambda device: False)
+    monkeypatch.setattr("siglip.tools.precision.native_bf16", lambda device: False)
     assert InferenceMode().resolve("cpu").precision == "fp32"
-    monkeypatch.setattr("siglip.tools.inference.native_bf16", lambda device: True)
+    monkeypatch.setattr("siglip.tools.precision.native_bf16", lambda device: True)
     assert InferenceMode().resolve("cpu").precision == "bf16"
     assert InferenceMode("int8").resolve("cpu").precision == "int8"
     with pytest.raises(ValueError, match=r"int8.*CPU only.*cuda"):

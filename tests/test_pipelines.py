@@ -24,7 +24,7 @@ from siglip import (
     find_images,
     pipeline,
 )
-from siglip.tools.embedder import NoImagesError
+from siglip.errors import NoImagesError
 from siglip.tools.store import StoreError, VectorStore
 
 pytest_plugins = ["_fixtures"]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from _material import save_tiny_checkpoint, write_photos
 from siglip import Embedder, SearchIndex, find_images
-from siglip.tools.embedder import MissingDependencyError
+from siglip.errors import MissingDependencyError
 from siglip.tools.index import RECORDS_FILE, VECTORS_FILE
 from siglip.tools.store import FileState, StoreError
 

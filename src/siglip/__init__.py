@@ -1,20 +1,30 @@
-"""SigLIP in PyTorch: transformers-compatible models and checkpoints, preprocessing, training and tools."""
+"""SigLIP in PyTorch: transformers-compatible models and checkpoints, preprocessing, training and tools.
 
-from .core.configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from .core.hub import CheckpointError, OfflineError
-from .core.image_processing import ImageInputError, SiglipImageProcessor
+Two halves, each importable on its own:
+- `siglip.core`: the transformers SigLIP API (configs, models, tokenizer, image processor, processor,
+  checkpoint files, the sigmoid loss). It knows nothing of the tools.
+- `siglip.tools`: what is built on it (embeddings, search index, zero-shot pipeline, evaluation, inference
+  modes, training, the `siglip` command).
+Every error raised on purpose is a `siglip.errors.SiglipError`.
+"""
+
 from .core.loss import siglip_loss, sigmoid_loss
-from .core.modeling import (
+from .core.siglip.configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .core.siglip.image_processing import SiglipImageProcessor
+from .core.siglip.modeling import (
     SiglipForImageClassification,
     SiglipModel,
     SiglipPreTrainedModel,
     SiglipTextModel,
     SiglipVisionModel,
 )
-from .core.processing import SiglipProcessor
-from .core.tokenization import SiglipTokenizer
-from .tools.embedder import Embedder, embed_images, embed_texts, embed_to_file, find_images
+from .core.siglip.processing import SiglipProcessor
+from .core.siglip.tokenization import SiglipTokenizer
+from .errors import CheckpointError, ImageInputError, OfflineError, SiglipError
+from .tools.embedder import Embedder, embed_images, embed_texts
+from .tools.embedding_files import embed_to_file
 from .tools.evaluation import evaluate_retrieval, evaluate_zeroshot
+from .tools.files import find_images
 from .tools.index import Hit, SearchIndex
 from .tools.pipelines import ZeroShotImageClassificationPipeline, pipeline
 
@@ -28,6 +38,7 @@ __all__ = [
     "OfflineError",
     "SearchIndex",
     "SiglipConfig",
+    "SiglipError",
     "SiglipForImageClassification",
     "SiglipImageProcessor",
     "SiglipModel",

@@ -9,15 +9,19 @@ image-processor classes share one set of rules and one set of error messages.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..errors import CheckpointError, OfflineError
 
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -30,14 +34,6 @@ BUNDLED_DIR = Path(__file__).parent.parent / "models"
 
 # In order of preference: the first one a checkpoint has is the one loaded.
 _WEIGHT_CANDIDATES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
-
-
-class CheckpointError(OSError):
-    """A checkpoint could not be found, read or matched to the model. The message says which and why."""
-
-
-class OfflineError(CheckpointError):
-    """A hub file is needed that is not cached while the hub cannot be reached."""
 
 
 def _offline_message(repo_id: str, filename: str) -> str:
@@ -56,117 +52,174 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
 
 
-def resolve_file(
-    name_or_path: str | os.PathLike,
-    filename: str,
-    *,
-    required: bool = True,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-) -> Path | None:
-    """Return the local path of `filename` in a checkpoint directory or hub repository.
+@dataclass(frozen=True)
+class HubOptions:
+    """How files of a hub repository are fetched: huggingface_hub's own options, with its defaults."""
+
+    revision: str | None = None
+    cache_dir: str | os.PathLike | None = None
+    local_files_only: bool = False
+    token: str | bool | None = None
+
+    @classmethod
+    def pop_from(cls, kwargs: dict[str, Any]) -> HubOptions | None:
+        """The options among `from_pretrained` keyword arguments, removed from `kwargs` (None if none)."""
+        given = {f.name: kwargs.pop(f.name) for f in fields(cls) if f.name in kwargs}
+        return cls(**given) if given else None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the files of a checkpoint are: a local folder (a path, or a model bundled with siglip) or a hub
+    repository, decided once by `locate`. Every `from_pretrained` takes one in place of a name, so a model and
+    its processor loaded together resolve the name once."""
+
+    name: str  # as the user gave it
+    directory: Path | None  # the local folder; None for a hub repository
+    options: HubOptions = HubOptions()
+
+    @property
+    def record_name(self) -> str:
+        """How an index or output file records this model: a local folder by its absolute path, else the name."""
+        return os.path.abspath(self.name) if os.path.isdir(self.name) else self.name
+
+    def file(self, filename: str, *, required: bool = True) -> Path | None:
+        """The local path of `filename` in this checkpoint (downloaded or taken from the cache for a hub id).
+
+        A file the checkpoint does not have gives `None` when `required` is False and a `CheckpointError`
+        otherwise. When the hub cannot be reached and the file is not cached, an `OfflineError` says so and
+        how to use a local directory instead.
+        """
+        if self.directory is not None:
+            candidate = self.directory / filename
+            if candidate.is_file():
+                return candidate
+            if required:
+                raise CheckpointError(f"Checkpoint directory '{self.directory}' has no '{filename}'.")
+            return None
+        try:
+            return self._hub_file(filename, required)
+        except CheckpointError as err:
+            if "/" in self.name:
+                raise
+            raise type(err)(f"{err}{_bundled_hint(self.name)}") from err
+
+    def _hub_file(self, filename: str, required: bool) -> Path | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        repo_id, options = self.name, self.options
+        try:
+            return Path(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=options.revision,
+                    cache_dir=options.cache_dir,
+                    local_files_only=options.local_files_only,
+                    token=options.token,
+                    library_name="siglip",
+                )
+            )
+        except GatedRepoError as err:
+            raise CheckpointError(
+                f"'{repo_id}' is a gated hub repository: accept its terms on the hub and log in (`hf auth login`)."
+            ) from err
+        except RepositoryNotFoundError as err:
+            raise CheckpointError(
+                f"'{repo_id}' is neither a local directory nor a hub repository you can access."
+            ) from err
+        except RevisionNotFoundError as err:
+            raise CheckpointError(
+                f"Hub repository '{repo_id}' has no revision '{options.revision}'."
+            ) from err
+        except LocalEntryNotFoundError as err:  # (a subclass of EntryNotFoundError: catch it first)
+            if not required and _cached_as_missing(repo_id, filename, options):
+                return None
+            raise OfflineError(_offline_message(repo_id, filename)) from err
+        except EntryNotFoundError as err:
+            if required:
+                raise CheckpointError(f"Hub repository '{repo_id}' has no file '{filename}'.") from err
+            return None
+        except HFValidationError as err:
+            raise CheckpointError(f"No such directory, and not a valid hub id: '{repo_id}'.") from err
+
+    def weight_files(self) -> list[Path]:
+        """The weight files: one safetensors file, its shards, or legacy pickles (safetensors preferred).
+
+        A checkpoint with none of the known files, or offline with none of them cached, raises a
+        `CheckpointError` that lists what was looked for.
+        """
+        offline_error: OfflineError | None = None
+        for name in _WEIGHT_CANDIDATES:
+            try:
+                found = self.file(name, required=False)
+            except OfflineError as err:  # this one is not cached; another format may be
+                offline_error = err
+                continue
+            if found is None:
+                continue
+            if not name.endswith(".index.json"):
+                return [found]
+            index = read_json(found)
+            if not isinstance(index.get("weight_map"), dict):
+                raise CheckpointError(f"Shard index '{found}' has no 'weight_map'.")
+            return [self.file(shard) for shard in sorted(set(index["weight_map"].values()))]
+        if offline_error is not None:
+            raise offline_error
+        raise CheckpointError(f"'{self.name}' has no weights: looked for {', '.join(_WEIGHT_CANDIDATES)}.")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def locate(name_or_path: str | os.PathLike | Checkpoint, options: HubOptions | None = None) -> Checkpoint:
+    """Decide once where a checkpoint named by the user lives.
 
     `name_or_path` is a local directory, the short name of a bundled model (`bundled_models()`) or a hub id
-    such as `google/siglip-base-patch16-224`. A file the
-    checkpoint does not have gives `None` when `required` is False and a `CheckpointError` otherwise. When the
-    hub cannot be reached and the file is not cached, the error says so and how to use a local directory.
+    such as `google/siglip-base-patch16-224`; a `Checkpoint` is returned as it is. Nothing is downloaded here:
+    `Checkpoint.file` fetches each file when it is needed.
     """
-    path = Path(os.path.expanduser(os.fspath(name_or_path)))
-    if not path.exists() and os.fspath(name_or_path) in bundled_models():
-        path = BUNDLED_DIR / os.fspath(name_or_path)
+    if isinstance(name_or_path, Checkpoint):
+        if options is not None and options != name_or_path.options:
+            raise TypeError("hub options were given for a Checkpoint that already has its own")
+        return name_or_path
+    name = os.fspath(name_or_path)
+    options = options or HubOptions()
+    path = Path(os.path.expanduser(name))
+    if not path.exists() and name in bundled_models():
+        path = BUNDLED_DIR / name
     if path.is_dir():
-        candidate = path / filename
-        if candidate.is_file():
-            return candidate
-        if required:
-            raise CheckpointError(f"Checkpoint directory '{path}' has no '{filename}'.")
-        return None
+        return Checkpoint(name, path, options)
     if path.exists():
         raise CheckpointError(f"'{path}' is a file; pass the directory that holds the checkpoint files.")
-    repo_id = os.fspath(name_or_path)
-    if repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
-        raise CheckpointError(f"No such directory: '{repo_id}' (and it is not a hub id like 'org/name').")
-
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        return Path(
-            hf_hub_download(
-                repo_id,
-                filename,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                token=token,
-                library_name="siglip",
-            )
-        )
-    except GatedRepoError as err:
-        raise CheckpointError(
-            f"'{repo_id}' is a gated hub repository: accept its terms on the hub and log in (`hf auth login`)."
-        ) from err
-    except RepositoryNotFoundError as err:
-        raise CheckpointError(
-            f"'{repo_id}' is neither a local directory nor a hub repository you can access."
-        ) from err
-    except RevisionNotFoundError as err:
-        raise CheckpointError(f"Hub repository '{repo_id}' has no revision '{revision}'.") from err
-    except LocalEntryNotFoundError as err:  # (a subclass of EntryNotFoundError: catch it first)
-        if not required and _cached_as_missing(repo_id, filename, revision, cache_dir):
-            return None
-        raise OfflineError(_offline_message(repo_id, filename)) from err
-    except EntryNotFoundError as err:
-        if required:
-            raise CheckpointError(f"Hub repository '{repo_id}' has no file '{filename}'.") from err
-        return None
-    except HFValidationError as err:
-        raise CheckpointError(f"No such directory, and not a valid hub id: '{repo_id}'.") from err
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CheckpointError(f"No such directory: '{name}' (and it is not a hub id like 'org/name').")
+    return Checkpoint(name, None, options)
 
 
-def _cached_as_missing(repo_id: str, filename: str, revision: str | None, cache_dir: Any) -> bool:
+def _bundled_hint(name: str) -> str:
+    """For a short name that is not a model: the models shipped with siglip, and the closest one."""
+    available = bundled_models()
+    close = difflib.get_close_matches(name, available, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"{hint} Models shipped with siglip: {', '.join(available) or 'none'}."
+
+
+def _cached_as_missing(repo_id: str, filename: str, options: HubOptions) -> bool:
     """True when an earlier online lookup recorded that the repository does not have `filename`."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.file_download import _CACHED_NO_EXIST
 
-    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=options.cache_dir, revision=options.revision)
     return found is _CACHED_NO_EXIST
-
-
-def resolve_weight_files(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> list[Path]:
-    """Return the weight files of a checkpoint: one safetensors file, its shards, or legacy pickles.
-
-    Safetensors are preferred over `pytorch_model.bin`. A checkpoint with none of the known files, or offline
-    with none of them cached, raises a `CheckpointError` that lists what was looked for.
-    """
-    offline_error: OfflineError | None = None
-    for name in _WEIGHT_CANDIDATES:
-        try:
-            found = resolve_file(name_or_path, name, required=False, **hub_kwargs)
-        except OfflineError as err:  # this one is not cached; another format may be
-            offline_error = err
-            continue
-        if found is None:
-            continue
-        if not name.endswith(".index.json"):
-            return [found]
-        index = read_json(found)
-        if not isinstance(index.get("weight_map"), dict):
-            raise CheckpointError(f"Shard index '{found}' has no 'weight_map'.")
-        shards = sorted(set(index["weight_map"].values()))
-        return [resolve_file(name_or_path, shard, **hub_kwargs) for shard in shards]
-    if offline_error is not None:
-        raise offline_error
-    raise CheckpointError(f"'{name_or_path}' has no weights: looked for {', '.join(_WEIGHT_CANDIDATES)}.")
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

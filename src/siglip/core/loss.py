@@ -28,6 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ..errors import UsageError
+
 Mode = Literal["local", "all_gather", "ring"]
 MODES: tuple[str, ...] = ("local", "all_gather", "ring")
 
@@ -45,6 +47,20 @@ def sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
         )
     logits = logits_per_text.to(_compute_dtype(logits_per_text), copy=True)
     return -F.logsigmoid(_times_labels_(logits, 0)).sum(dim=-1).mean()
+
+
+def check_chunk_size(chunk_size: int | None, mode: str, name: str = "chunk_size") -> None:
+    """The rule for a chunk size: None, or a positive int with mode "local" or "ring" (all_gather builds the
+    b x B logits at once, which chunks cannot bound). `name` is how the caller calls the option."""
+    if chunk_size is None:
+        return
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise UsageError(f"{name} must be a positive int or None, got {chunk_size!r}")
+    if mode == "all_gather":
+        raise UsageError(
+            f"{name} bounds memory with the ring loss (mode 'ring', or 'local' on one process); all_gather "
+            "builds b x B logits at once: use the ring loss"
+        )
 
 
 def siglip_loss(
@@ -91,12 +107,7 @@ def siglip_loss(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    if mode == "all_gather" and chunk_size is not None:
-        raise ValueError(
-            "chunk_size bounds memory with mode='local' or 'ring'; all_gather builds b x B logits"
-        )
+    check_chunk_size(chunk_size, mode)
     if mode != "local" and not dist.is_initialized():
         raise ValueError(f"mode={mode!r} needs an initialised torch.distributed process group")
     if mode != "local" and group is None:

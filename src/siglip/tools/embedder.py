@@ -7,102 +7,41 @@
     ranking = (vectors @ query.T).ravel().argsort()[::-1]
 
 Files and folders go through `embed_files`: images are decoded and preprocessed by DataLoader worker processes
-while the model runs, and unreadable files are skipped and reported rather than stopping the run.
-`embed_to_file` writes a Parquet or .npy file and resumes an interrupted run where it stopped.
+while the model runs, and unreadable files are skipped and reported rather than stopping the run
+(`siglip.tools.embedding_files.embed_to_file` writes them to Parquet or .npy). Every embedding comes from the
+model's `encode_images` / `encode_texts`: unit length, float32.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import glob
-import importlib
-import json
 import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.hub import CheckpointError, bundled_models
-from ..core.image_processing import (
-    IMAGE_EXTENSIONS,
-    ImageInput,
-    ImageInputError,
-    SiglipImageProcessor,
-    images_in,
-    is_image_file,
-)
-from ..core.modeling import SiglipModel
-from ..core.processing import SiglipProcessor
+from ..core.hub import locate
+from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
+from ..core.siglip.modeling import SiglipModel
+from ..core.siglip.processing import SiglipProcessor
+from ..errors import ImageInputError
 from . import zeroshot
+from .data import Sample, collate, load_sample
 from .inference import InferenceMode
-from .store import FileState, VectorStore, replace_atomically
+from .store import FileState
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
-
-
-class NoImagesError(ValueError):
-    """A path or pattern names no image file."""
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency is not installed; the message names the pip extra that brings it."""
-
-
-def require(module: str, extra: str, purpose: str) -> Any:
-    """Import an optional dependency, or fail with the `pip install` line that brings it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise MissingDependencyError(
-            f"{purpose} needs the '{module}' package: pip install 'siglip[{extra}]'"
-        ) from err
 
 
 def default_device() -> torch.device:
     """The first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# --- finding images -----------------------------------------------------------------------------------------
-def find_images(paths: Sequence[str | os.PathLike], allow_empty: bool = False) -> list[str]:
-    """The image files named by `paths`, in order and without duplicates.
-
-    A file is taken as it is (whatever its extension); a folder is searched recursively for files with an
-    image extension (hidden files and folders left out), sorted; a glob pattern (`photos/*.jpg`, `**/*.png`)
-    gives the image files it matches. A path that does not exist raises `FileNotFoundError`, and a folder or
-    pattern without images raises `NoImagesError` (unless `allow_empty`), both naming it.
-    """
-    if not paths:
-        raise NoImagesError("no images given: pass image files, folders or glob patterns")
-    found: dict[str, None] = {}
-    for arg in map(os.fspath, paths):
-        if os.path.isfile(arg):
-            found[arg] = None
-        elif os.path.isdir(arg):
-            images = images_in(arg)
-            if not images and not allow_empty:
-                raise NoImagesError(f"folder '{arg}' contains no image files ({' '.join(IMAGE_EXTENSIONS)})")
-            found.update(dict.fromkeys(images))
-        elif glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-            images = [
-                p for m in matches for p in (images_in(m) if os.path.isdir(m) else [m]) if is_image_file(p)
-            ]
-            if not images and not allow_empty:
-                raise NoImagesError(f"pattern '{arg}' matches no image files")
-            found.update(dict.fromkeys(images))
-        else:
-            raise FileNotFoundError(f"no such file or folder: '{arg}'")
-    return list(found)
 
 
 # --- the model ----------------------------------------------------------------------------------------------
@@ -147,18 +86,17 @@ class Embedder:
         """Load a bundled model by its short name, a local checkpoint directory, or a hub id.
 
         `device` defaults to the GPU when there is one, else the CPU. `precision` and `compile` choose the
-        inference mode (see `siglip.tools.inference.PRECISIONS`): "auto" runs bf16 where the hardware has bf16
-        matrix units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` decodes JPEG files at
-        a reduced scale when they are at least twice the model's image size (see `SiglipImageProcessor`).
+        inference mode (see `siglip.tools.precision`): "auto" runs bf16 where the hardware has bf16 matrix
+        units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` decodes JPEG files at a reduced scale
+        when they are at least twice the model's image size (see `SiglipImageProcessor`).
         """
         device = torch.device(device) if device is not None else default_device()
         mode = InferenceMode(precision, compile).resolve(device)
-        name = model_name(name_or_path)
-        with hint_bundled_models(name):
-            model = SiglipModel.from_pretrained(name, device=device, dtype=mode.dtype)
-            processor = SiglipProcessor.from_pretrained(name)
+        checkpoint = locate(name_or_path)  # once, for the model and its processor
+        model = SiglipModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
+        processor = SiglipProcessor.from_pretrained(checkpoint)
         processor.image_processor.reduced_decode = reduced_decode
-        return cls(mode.apply(model), processor, name, mode)
+        return cls(mode.apply(model), processor, checkpoint.record_name, mode)
 
     @property
     def dims(self) -> int:
@@ -189,12 +127,16 @@ class Embedder:
         chunks = []
         for start in range(0, len(images), batch_size):
             pixels = self.processor.image_processor(images[start : start + batch_size], return_tensors="pt")
-            chunks.append(self._in_mode(zeroshot.image_embeddings, pixels["pixel_values"]))
+            chunks.append(self.encode_pixels(pixels["pixel_values"]))
         return np.concatenate(chunks)
 
+    def encode_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """(B, D) unit-length embeddings of preprocessed pixels, in this embedder's inference mode."""
+        return self._in_mode(SiglipModel.encode_images, pixel_values)
+
     def _in_mode(self, embed: Callable[..., torch.Tensor], *args: Any) -> np.ndarray:
-        """`embed(model, *args)` (a `zeroshot` function) in this embedder's inference mode, as numpy."""
-        with self.mode.autocast(self.device):
+        """`embed(model, *args)` without autograd, in this embedder's inference mode, as numpy."""
+        with torch.inference_mode(), self.mode.autocast(self.device):
             return embed(self.model, *args).cpu().numpy()
 
     def embed_files(
@@ -222,7 +164,7 @@ class Embedder:
             _ImageFiles(files, self.processor.image_processor),
             batch_size=batch_size,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if workers else None,  # keep batches ready so the model never waits
         )
@@ -231,17 +173,21 @@ class Embedder:
         with tqdm(
             total=len(files), unit="img", desc="embedding", disable=not show, dynamic_ncols=True
         ) as bar:
-            for indices, pixels, failed in loader:
+            for batch in loader:
                 vectors = (
-                    self._in_mode(zeroshot.image_embeddings, pixels)
-                    if len(indices)
+                    self.encode_pixels(batch.pixel_values)
+                    if batch.loaded
                     else np.empty((0, self.dims), dtype=np.float32)
                 )
-                skipped += len(failed)
-                bar.update(len(indices) + len(failed))
+                skipped += len(batch.failed)
+                bar.update(len(batch.loaded) + len(batch.failed))
                 if skipped:
                     bar.set_postfix(skipped=skipped)
-                yield EmbeddedBatch([files[i] for i in indices], vectors, [(files[i], r) for i, r in failed])
+                yield EmbeddedBatch(
+                    [files[s.index] for s in batch.loaded],
+                    vectors,
+                    [(files[s.index], s.reason) for s in batch.failed],
+                )
 
 
 def _precision_of(model: SiglipModel) -> str:
@@ -249,32 +195,12 @@ def _precision_of(model: SiglipModel) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, "fp32")
 
 
-def model_name(name_or_path: str | os.PathLike) -> str:
-    """How an index or output file records a model: a local directory by its absolute path, else the name."""
-    name = os.fspath(name_or_path)
-    return os.path.abspath(name) if os.path.isdir(name) else name
-
-
 def _stderr_is_terminal() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
 
 
-@contextlib.contextmanager
-def hint_bundled_models(name: str) -> Iterator[None]:
-    """Add the names of the bundled models (and the closest one) to a `CheckpointError` for a short name."""
-    try:
-        yield
-    except CheckpointError as err:
-        if "/" in name or os.path.exists(name):
-            raise
-        available = bundled_models()
-        close = difflib.get_close_matches(name, available, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise type(err)(f"{err}{hint} Models shipped with siglip: {', '.join(available) or 'none'}.") from err
-
-
 class _ImageFiles(Dataset):
-    """Pixels of image files, or the reason a file cannot be used (runs in DataLoader workers)."""
+    """Image files decoded and preprocessed, or the reason each cannot be used (runs in DataLoader workers)."""
 
     def __init__(self, files: list[FileState], processor: SiglipImageProcessor) -> None:
         self.files = files
@@ -283,21 +209,9 @@ class _ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+    def __getitem__(self, index: int) -> Sample:
         path = self.files[index].path
-        try:
-            return index, self.processor(path, return_tensors="np")["pixel_values"][0], None
-        except (ImageInputError, OSError) as err:
-            # the processor names the image "images[0] ('path')"; the caller lists the path itself
-            return index, None, str(err).removeprefix(f"images[0] ('{path}')").lstrip(": ")
-
-
-def _collate(
-    items: list[tuple[int, np.ndarray | None, str | None]],
-) -> tuple[list[int], torch.Tensor, list[tuple[int, str]]]:
-    good = [(i, p) for i, p, _ in items if p is not None]
-    pixels = torch.from_numpy(np.stack([p for _, p in good])) if good else torch.empty(0)
-    return [i for i, _ in good], pixels, [(i, reason) for i, p, reason in items if p is None]
+        return load_sample(self.processor, path, path, index=index)
 
 
 @lru_cache(maxsize=1)
@@ -333,138 +247,3 @@ def embed_texts(
 ) -> np.ndarray:
     """(N, D) unit-length embeddings of texts, comparable with `embed_images` by dot product."""
     return as_embedder(model, device).embed_texts(texts, batch_size)
-
-
-# --- embeddings of files, written to Parquet or .npy ---------------------------------------------------------
-@dataclass
-class EmbedReport:
-    """What `embed_to_file` did."""
-
-    out: Path
-    manifest: Path
-    count: int  # rows written
-    embedded: int  # images embedded by this run (the others were done by an interrupted earlier one)
-    failed: int  # unreadable files found by this run
-    skipped: list[tuple[str, str]]  # all unreadable files: (path, reason)
-
-
-OUTPUT_FORMATS = (".parquet", ".npy")
-
-
-def output_format(out: str | os.PathLike) -> str:
-    """The format of an output path by its extension (one of OUTPUT_FORMATS), or a ValueError naming it."""
-    suffix = Path(out).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise ValueError(f"--out '{out}' must end with {' or '.join(OUTPUT_FORMATS)}")
-    return suffix
-
-
-def embed_to_file(
-    paths: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    embedder: Embedder,
-    batch_size: int = 32,
-    workers: int | None = None,
-    progress: bool | None = None,
-) -> EmbedReport:
-    """Embed the images named by `paths` (files, folders, globs) into `out`, a `.parquet` or `.npy` file.
-
-    Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
-    with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
-    count, unreadable files and why). Finished batches are kept in `<out>.partial` (SQLite) as they complete:
-    rerunning an interrupted command embeds only what is left. The output appears only when complete.
-    """
-    out = Path(out)
-    pa = require("pyarrow", "parquet", "writing Parquet") if output_format(out) == ".parquet" else None
-    files = find_images(paths)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    journal = out.with_name(out.name + ".partial")
-    with VectorStore(journal, embedder.name, embedder.dims) as store:
-        embedded = failed = 0
-        for batch in embedder.embed_files(pending_files(store, files), batch_size, workers, progress):
-            store.record(batch.files, batch.vectors, batch.failed)
-            embedded, failed = embedded + len(batch.files), failed + len(batch.failed)
-        listed = set(files)
-        skipped = [(p, r) for p, r in store.skipped() if p in listed]
-        unusable = {p for p, _ in skipped}
-        kept = [f for f in files if f not in unusable]
-        manifest = {
-            "model": embedder.name,
-            "dims": embedder.dims,
-            "count": len(kept),
-            "format": out.suffix[1:],
-            "precision": embedder.mode.precision,
-        }
-        if pa is not None:
-            _write_parquet(pa, store, kept, out)
-        else:
-            _write_npy(store, kept, out)
-            manifest["paths"] = kept
-        manifest["skipped"] = skipped_as_json(skipped)
-        manifest_path = out.with_suffix(out.suffix + ".json")
-        replace_atomically(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{journal}{suffix}").unlink(missing_ok=True)
-    return EmbedReport(out, manifest_path, len(kept), embedded, failed, skipped)
-
-
-def skipped_as_json(skipped: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
-    """Unreadable files as JSON output lists them."""
-    return [{"path": path, "reason": reason} for path, reason in skipped]
-
-
-def pending_files(store: VectorStore, files: list[str]) -> list[FileState]:
-    """The files `store` lacks in their current state; those that vanished since listing are recorded skipped."""
-    states, vanished = [], []
-    for path in files:
-        try:
-            states.append(FileState.of(path))
-        except OSError as err:
-            vanished.append((FileState(path, -1, -1), f"cannot be read: {err.strerror}"))
-    if vanished:
-        store.record([], np.empty((0, store.dims), np.float32), vanished)
-    return store.pending(states)
-
-
-def _write_parquet(pa: Any, store: VectorStore, paths: list[str], out: Path) -> None:
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
-        [
-            ("path", pa.string()),
-            ("vector", pa.list_(pa.float32(), store.dims)),
-            ("model", pa.string()),
-            ("dims", pa.int32()),
-        ]
-    )
-
-    def write(tmp: Path) -> None:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for chunk, vectors in store.in_order(paths):
-                n = len(chunk)
-                writer.write_table(
-                    pa.table(
-                        [
-                            pa.array(chunk, pa.string()),
-                            pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), store.dims),
-                            pa.array([store.model] * n, pa.string()),
-                            pa.array([store.dims] * n, pa.int32()),
-                        ],
-                        schema=schema,
-                    )
-                )
-
-    replace_atomically(out, write)
-
-
-def _write_npy(store: VectorStore, paths: list[str], out: Path) -> None:
-    def write(tmp: Path) -> None:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), store.dims))
-        row = 0
-        for chunk, vectors in store.in_order(paths):
-            matrix[row : row + len(chunk)] = vectors
-            row += len(chunk)
-        matrix.flush()
-        del matrix
-
-    replace_atomically(out, write)

@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import Embedder, NoImagesError, require, skipped_as_json
-from .training.data import ClassFolderDataset, PairsDataset
+from ..errors import NoImagesError
+from .data import ClassFolders, PairsFile
+from .deps import require
+from .embedder import Embedder
+from .files import skipped_as_json
 from .zeroshot import DEFAULT_TEMPLATE
 
 RECALL_KS = (1, 5, 10)
@@ -109,7 +112,7 @@ def evaluate_zeroshot(
     Class names are the folder names with `_` read as a space; each class is the ensemble of `templates`.
     Unreadable images are skipped and listed in the report.
     """
-    dataset = ClassFolderDataset(data, embedder.processor.image_processor, ["{}"])
+    dataset = ClassFolders(data)
     classes = embedder.class_embeddings(dataset.class_names, templates)
     label_of = dict(zip(dataset.images, dataset.labels, strict=True))
     scores, labels, skipped = [], [], []
@@ -210,7 +213,7 @@ def evaluate_retrieval(
     An image may appear on several rows (one per caption). Captions of missing or unreadable images are left
     out, and those images listed in the report.
     """
-    pairs = PairsDataset(data, embedder.processor.image_processor, image_column, caption_column)
+    pairs = PairsFile(data, image_column, caption_column)
     unique = list(dict.fromkeys(pairs.images))
     vectors, readable, skipped = [], [], [(p, "no such file") for p in pairs.missing]
     for batch in embedder.embed_files(unique, batch_size, workers, progress):

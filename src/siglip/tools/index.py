@@ -30,19 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..core.image_processing import ImageInput
-from .embedder import (
-    Embedder,
-    NoImagesError,
-    find_images,
-    load_embedder,
-    model_name,
-    pending_files,
-    require,
-)
+from ..core.hub import locate
+from ..core.siglip.image_processing import ImageInput
+from ..core.siglip.modeling import l2_normalize
+from ..errors import InputNotFoundError, NoImagesError, UsageError
+from .deps import require
+from .embedder import Embedder, load_embedder
+from .files import find_images
 from .inference import InferenceMode
-from .store import VectorStore, replace_atomically
+from .store import VectorStore, pending_files, replace_atomically
 
 logger = logging.getLogger("siglip")
 
@@ -95,11 +93,17 @@ class SearchIndex:
         self.load_options = {"precision": precision, "compile": compile, "reduced_decode": reduced_decode}
         records = self.directory / RECORDS_FILE
         self._embedder = model if isinstance(model, Embedder) else None
-        name = model.name if isinstance(model, Embedder) else model_name(model) if model is not None else None
+        name = (
+            model.name
+            if isinstance(model, Embedder)
+            else locate(model).record_name
+            if model is not None
+            else None
+        )
         if records.exists():
             self.store = VectorStore(records, name)  # refuses another model than the index's
         elif name is None:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"no index at '{self.directory}': build one with `siglip index FOLDER --index {self.directory}`"
             )
         else:
@@ -219,12 +223,14 @@ class SearchIndex:
         """The `k` nearest images by cosine similarity for each query vector ((D,) or (N, D)), best first."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.store.dims:
-            raise ValueError(
+            raise UsageError(
                 f"query vectors must have {self.store.dims} dimensions, got shape {queries.shape}"
             )
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-12)
+            raise UsageError(f"k must be at least 1, got {k}")
+        if not np.linalg.norm(queries, axis=1).all():
+            raise UsageError("a query vector is all zeros: it has no direction to search in")
+        queries = l2_normalize(torch.from_numpy(queries)).numpy()
         index = self.sync()
         if index.ntotal == 0:
             return [[] for _ in queries]

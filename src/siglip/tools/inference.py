@@ -32,26 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.hub import staged_directory
-from ..core.modeling import ACTIVATIONS, SiglipMLP, SiglipModel
-
-PRECISIONS = {
-    "auto": "bf16 where the hardware has bf16 matrix units, else fp16 on GPUs and fp32 on CPUs",
-    "fp32": "float32 weights and arithmetic: the reference numbers",
-    "bf16": "bfloat16 weights and arithmetic",
-    "bf16-autocast": "float32 weights; matrix products in bfloat16 (torch.autocast)",
-    "fp16": "float16 weights and arithmetic (GPUs)",
-    "int8": "linear layers in int8 with per-batch activation scales (CPU; torch dynamic quantisation)",
-}
-
-
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether `device` multiplies bf16 matrices in hardware (else bf16 is emulated: slower than fp32)."""
-    device = torch.device(device)
-    if device.type == "cuda":  # Ampere (8.x) and newer; older GPUs only emulate bf16
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == "cpu":
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    return False
+from ..core.siglip.modeling import ACTIVATIONS, SiglipMLP, SiglipModel
+from ..errors import UsageError
+from .deps import require
+from .precision import as_precision, check_precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -68,33 +52,20 @@ class InferenceMode:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        check_precision(self.precision)
 
     def resolve(self, device: torch.device | str) -> InferenceMode:
         """This mode with "auto" replaced by the precision chosen for `device`; refuses int8 off the CPU."""
-        device = torch.device(device)
-        if self.precision == "auto":
-            if native_bf16(device):
-                return replace(self, precision="bf16")
-            fp16_gpu = device.type == "cuda"
-            return replace(self, precision="fp16" if fp16_gpu else "fp32")
-        if self.precision == "int8" and device.type != "cpu":
-            raise ValueError(
-                f"precision 'int8' runs on the CPU only, not on {device}; use bf16 or fp16 there, or --device cpu"
-            )
-        return self
+        return replace(self, precision=resolve_precision(self.precision, device).name)
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the weights (and of the input pixels) in this mode."""
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        return as_precision(self.precision).weights
 
     def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager:
         """The context to run the model in: bf16 autocast for "bf16-autocast", nothing otherwise."""
-        if self.precision != "bf16-autocast":
-            return contextlib.nullcontext()
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        return as_precision(self.precision).context(device)
 
     def apply(self, model: SiglipModel) -> SiglipModel:
         """Put a (float32) model into this mode, in place, and return it in eval mode.
@@ -103,8 +74,6 @@ class InferenceMode:
         torch's dynamically quantised linear (weights int8 per tensor, activations quantised per batch); the
         model can then no longer be saved as a checkpoint of the original format.
         """
-        if self.precision == "auto":
-            raise ValueError("resolve the mode for a device before applying it")
         model = model.eval().to(self.dtype)
         if self.precision == "int8":
             quantize_linear_layers(model)
@@ -202,9 +171,7 @@ def export_onnx(model: SiglipModel, directory: str | os.PathLike, opset: int = 1
     `onnx` and `onnxscript` packages (`siglip[onnx]`). Returns {"vision": path, "text": path}.
     """
     if opset < 17:
-        raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
-    from .embedder import require
-
+        raise UsageError(f"opset must be at least 17 (LayerNormalization), got {opset}")
     require("onnxscript", "onnx", "ONNX export")
     model = _float32_copy(model)
     batch = torch.export.Dim("batch", min=1)
@@ -258,8 +225,6 @@ class OnnxCheck:
 def check_onnx(model: SiglipModel, paths: dict[str, Path], batch: int = 3, seed: int = 0) -> OnnxCheck:
     """Run both exported towers with onnxruntime on random inputs (a batch size unlike the export's) and
     compare with the float32 PyTorch model. Needs `onnxruntime`."""
-    from .embedder import require
-
     ort = require("onnxruntime", "onnx", "checking an ONNX export")
     model = _float32_copy(model)
     diffs, cosines = {}, {}

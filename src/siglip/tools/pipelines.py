@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.image_processing import ImageInput
+from ..core.siglip.image_processing import ImageInput
+from ..errors import UsageError
 from . import zeroshot
 from .embedder import DEFAULT_MODEL, Embedder, as_embedder
 from .zeroshot import DEFAULT_TEMPLATE
@@ -93,5 +94,5 @@ def pipeline(
     """A pipeline for `task` (only "zero-shot-image-classification") with `model`: a bundled short name,
     a local directory, a hub id, or a loaded `Embedder`. Mirrors `transformers.pipeline`."""
     if task != TASK:
-        raise ValueError(f"unknown task {task!r}: siglip pipelines support {TASK!r}")
+        raise UsageError(f"unknown task {task!r}: siglip pipelines support {TASK!r}")
     return ZeroShotImageClassificationPipeline(as_embedder(model, device))

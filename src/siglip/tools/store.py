@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import StoreError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
@@ -38,10 +40,6 @@ CREATE TABLE IF NOT EXISTS skipped (
 );
 """
 _CHUNK = 4096  # rows per query when streaming vectors out
-
-
-class StoreError(ValueError):
-    """A store cannot be used as asked (another model, a damaged file); the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -250,3 +248,16 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def pending_files(store: VectorStore, files: list[str]) -> list[FileState]:
+    """The files `store` lacks in their current state; those that vanished since listing are recorded skipped."""
+    states, vanished = [], []
+    for path in files:
+        try:
+            states.append(FileState.of(path))
+        except OSError as err:
+            vanished.append((FileState(path, -1, -1), f"cannot be read: {err.strerror}"))
+    if vanished:
+        store.record([], np.empty((0, store.dims), np.float32), vanished)
+    return store.pending(states)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ..core.modeling import SiglipModel
-from ..core.tokenization import SiglipTokenizer
+from ..core.siglip.modeling import SiglipModel, l2_normalize
+from ..core.siglip.processing import fixed_length_ids
+from ..core.siglip.tokenization import SiglipTokenizer
+from ..errors import UsageError
 
 DEFAULT_TEMPLATE = "This is a photo of {}."  # transformers' zero-shot-image-classification pipeline
 
@@ -21,26 +22,22 @@ DEFAULT_TEMPLATE = "This is a photo of {}."  # transformers' zero-shot-image-cla
 def text_embeddings(
     model: SiglipModel, tokenizer: SiglipTokenizer, texts: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
-    """(len(texts), D) normalised text embeddings (float32, on the model's device).
+    """(len(texts), D) unit-length text embeddings (float32, on the model's device), `batch_size` at a time.
 
-    Text is padded to the model's own number of text positions (64, or 16 for so400m-224), as the
-    checkpoints were trained: SigLIP pools the last position, so shorter padding gives wrong embeddings.
+    Text is padded to the model's own number of text positions (`fixed_length_ids`), as the checkpoints were
+    trained: SigLIP pools the last position, so shorter padding gives wrong embeddings.
     """
     if not texts:
-        raise ValueError("no texts to embed: pass at least one string")
-    length = model.config.text_config.max_position_embeddings
-    embeds = []
+        raise UsageError("no texts to embed: pass at least one string")
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            ids = tokenizer(
-                list(texts[start : start + batch_size]),
-                padding="max_length",
-                truncation=True,
-                max_length=length,
-                return_tensors="pt",
-            )["input_ids"]
-            embeds.append(F.normalize(model.get_text_features(ids.to(model.device)).float(), dim=-1))
-    return torch.cat(embeds)
+        return torch.cat(
+            [
+                model.encode_texts(
+                    fixed_length_ids(tokenizer, texts[start : start + batch_size], model.config.text_config)
+                )
+                for start in range(0, len(texts), batch_size)
+            ]
+        )
 
 
 def class_embeddings(
@@ -50,7 +47,7 @@ def class_embeddings(
     templates: Sequence[str] = (DEFAULT_TEMPLATE,),
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """(len(labels), D) normalised class embeddings: per label, the normalised mean of its prompts' embeddings.
+    """(len(labels), D) unit-length class embeddings: per label, the normalised mean of its prompts' embeddings.
 
     Each template must contain `{}`, replaced by the label (`str.format`, as transformers' pipeline does).
     """
@@ -58,14 +55,7 @@ def class_embeddings(
     check_templates(templates)
     prompts = [t.format(label) for label in labels for t in templates]
     per_prompt = text_embeddings(model, tokenizer, prompts, batch_size).view(len(labels), len(templates), -1)
-    return F.normalize(per_prompt.mean(dim=1), dim=-1)
-
-
-def image_embeddings(model: SiglipModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(B, D) normalised image embeddings of preprocessed pixels."""
-    with torch.inference_mode():
-        pixel_values = pixel_values.to(model.device, model.dtype, non_blocking=True)
-        return F.normalize(model.get_image_features(pixel_values).float(), dim=-1)
+    return l2_normalize(per_prompt.mean(dim=1))
 
 
 def scores(model: SiglipModel, image_embeds: torch.Tensor, class_embeds: torch.Tensor) -> torch.Tensor:
@@ -78,23 +68,23 @@ def scores(model: SiglipModel, image_embeds: torch.Tensor, class_embeds: torch.T
 def check_labels(labels: Sequence[str]) -> None:
     """Refuse an empty label list, blank labels and non-strings, naming the culprit."""
     if isinstance(labels, str) or not labels:
-        raise ValueError("the label list is empty: pass at least one class name, e.g. ['cat', 'dog']")
+        raise UsageError("the label list is empty: pass at least one class name, e.g. ['cat', 'dog']")
     for i, label in enumerate(labels):
         if not isinstance(label, str) or not label.strip():
-            raise ValueError(f"label {i} is {label!r}: every label must be a non-empty string")
+            raise UsageError(f"label {i} is {label!r}: every label must be a non-empty string")
 
 
 def check_templates(templates: Sequence[str]) -> None:
     """Refuse templates without `{}` or with other replacement fields, which `str.format` cannot fill."""
     if isinstance(templates, str) or not templates:
-        raise ValueError("no prompt template: pass at least one, e.g. 'This is a photo of {}.'")
+        raise UsageError("no prompt template: pass at least one, e.g. 'This is a photo of {}.'")
     for template in templates:
         try:
             ok = isinstance(template, str) and "\0" in template.format("\0")
         except (IndexError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise ValueError(
+            raise UsageError(
                 f"prompt template {template!r} must contain '{{}}' (where the label goes) and no other "
                 "braces; write literal braces as '{{' and '}}'"
             )

@@ -2,7 +2,8 @@
 
 Every command lives in its own module of this package and registers itself through `add_parser(subparsers)`,
 which sets `run` (a function of the parsed arguments returning an exit code) as the parser's default.
-A user error (a missing file, a bad checkpoint, bad data) ends with one line on stderr and exit code 2; set
+A user error (a `SiglipError`: a missing file, a bad checkpoint, bad data, a bad option) ends with one line on
+stderr and exit code 2; any other exception is a bug and keeps its traceback. Set
 SIGLIP_DEBUG=1 to see the traceback.
 """
 
@@ -14,20 +15,9 @@ import logging
 import os
 import sys
 
-from ...core.hub import CheckpointError
-from ...core.image_processing import ImageInputError
-from ..embedder import MissingDependencyError
-from ..training.data import DataError
+from ...errors import SiglipError
 
 COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info")
-USER_ERRORS = (
-    CheckpointError,
-    DataError,
-    ImageInputError,
-    FileNotFoundError,
-    ValueError,
-    MissingDependencyError,
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("siglip").setLevel(logging.INFO)
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as err:
+    except SiglipError as err:
         if os.environ.get("SIGLIP_DEBUG"):
             raise
         print(f"siglip {args.command}: error: {err}", file=sys.stderr)

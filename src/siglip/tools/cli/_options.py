@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..embedder import DEFAULT_MODEL, Embedder
-from ..inference import PRECISIONS
+from ..precision import PRECISIONS
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 
 

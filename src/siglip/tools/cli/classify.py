@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..embedder import NoImagesError, find_images, skipped_as_json
+from ...errors import NoImagesError
+from ..files import find_images, skipped_as_json
 from ..pipelines import ZeroShotImageClassificationPipeline
 from ..zeroshot import check_labels
 from ._options import (

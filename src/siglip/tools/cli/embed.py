@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..embedder import OUTPUT_FORMATS, embed_to_file, find_images, output_format
+from ..embedding_files import OUTPUT_FORMATS, embed_to_file, output_format
+from ..files import find_images
 from ._options import (
     add_loader_options,
     add_model_options,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..embedder import require
+from ..deps import require
 from ..evaluation import evaluate_retrieval, evaluate_zeroshot, plot_confusion_matrix
 from ._options import (
     add_loader_options,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..embedder import DEFAULT_MODEL, find_images
+from ..embedder import DEFAULT_MODEL
+from ..files import find_images
 from ..index import SearchIndex
 from ._options import (
     add_loader_options,

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from ...core.configuration import SiglipConfig
-from ...core.hub import CONFIG_NAME, resolve_file
-from ...core.modeling import SiglipModel
-from ..embedder import default_device, hint_bundled_models, model_name
+from ...core.hub import CONFIG_NAME, locate
+from ...core.siglip.configuration import SiglipConfig
+from ...core.siglip.modeling import SiglipModel
+from ..embedder import default_device
 from ..inference import InferenceMode
 from ._options import print_json, table
 
@@ -30,15 +30,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def describe(name: str) -> dict[str, Any]:
     """Config summary, parameter counts and local files of a model (no weights are read)."""
-    with hint_bundled_models(name):
-        config = SiglipConfig.from_pretrained(name)
+    checkpoint = locate(name)
+    config = SiglipConfig.from_pretrained(checkpoint)
     with torch.device("meta"):  # shapes only: exact counts, no memory, no download of the weights
         model = SiglipModel(config)
-    location = resolve_file(name, CONFIG_NAME).parent
+    location = checkpoint.file(CONFIG_NAME).parent
     vision, text = config.vision_config, config.text_config
     device = default_device()
     return {
-        "model": model_name(name),
+        "model": checkpoint.record_name,
         "location": str(location),
         "parameters": {
             "total": model.num_parameters(),

@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ...errors import UsageError
 from ..index import SearchIndex, results_html
 from ._options import print_json, score_text, table
 
@@ -29,9 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
-        raise ValueError("give a text to search for, or --image QUERY.jpg (one of the two)")
+        raise UsageError("give a text to search for, or --image QUERY.jpg (one of the two)")
     if args.k < 1:
-        raise ValueError(f"-k must be at least 1, got {args.k}")
+        raise UsageError(f"-k must be at least 1, got {args.k}")
     with SearchIndex(args.index, device=args.device) as index:
         hits = (
             index.search_text(args.text, args.k)

@@ -20,7 +20,6 @@ choices (the caption template) depend only on (seed, epoch, index), never on whi
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import logging
@@ -35,26 +34,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from ...core.image_processing import IMAGE_EXTENSIONS, ImageInputError, SiglipImageProcessor, images_in
+from ...core.siglip.image_processing import SiglipImageProcessor
+from ...errors import DataError
+from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample
+from ..files import IMAGE_EXTENSIONS
 
 logger = logging.getLogger("siglip")
-
-PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
-
-
-class DataError(ValueError):
-    """The training data cannot be used; the message names the file, row or column."""
-
-
-@dataclass
-class Sample:
-    """One decoded sample of micro-batch `micro`: pixels (3, H, W) and caption; `pixels` is None when the
-    image (or its caption) failed to load."""
-
-    pixels: np.ndarray | None
-    caption: str
-    source: str
-    micro: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,10 +82,9 @@ class BatchLayout:
 
 # --- map-style sources -----------------------------------------------------------------------------------
 class PairsDataset(Dataset):
-    """(image path, caption) rows of a CSV, TSV or JSONL file.
+    """The (image, caption) rows of a pairs file (`PairsFile`), loaded for training.
 
-    Rows with a missing image file are dropped before training (and counted); a wrong column name, an empty
-    caption or an unreadable file is a `DataError` naming the row.
+    Rows with a missing image file are dropped before training (and counted in `missing`).
     """
 
     def __init__(
@@ -110,30 +94,9 @@ class PairsDataset(Dataset):
         image_column: str = "image",
         caption_column: str = "caption",
     ) -> None:
-        self.path = Path(path)
+        self.pairs = PairsFile(path, image_column, caption_column)
         self.processor = processor
-        rows = _read_rows(self.path)
-        if not rows:
-            raise DataError(f"{self.path} has no rows")
-        for column in (image_column, caption_column):
-            if column not in rows[0]:
-                raise DataError(
-                    f"{self.path} has no column {column!r} (columns: {sorted(rows[0])}); set "
-                    "--image-column / --caption-column"
-                )
-        self.images: list[str] = []
-        self.captions: list[str] = []
-        self.missing: list[str] = []
-        for number, row in enumerate(rows, start=1):
-            caption = row.get(caption_column)
-            if not isinstance(caption, str) or not caption.strip():
-                raise DataError(f"{self.path} row {number}: empty or missing caption ({caption!r})")
-            image = (self.path.parent / str(row.get(image_column) or "")).resolve()
-            if not image.is_file():
-                self.missing.append(str(image))
-                continue
-            self.images.append(str(image))
-            self.captions.append(caption)
+        self.images, self.captions, self.missing = self.pairs.images, self.pairs.captions, self.pairs.missing
 
     def __len__(self) -> int:
         return len(self.images)
@@ -143,14 +106,14 @@ class PairsDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> Sample:
         index, epoch, micro = key
-        return _load(self.processor, self.images[index], self.caption(index, epoch), micro=micro)
+        image = self.images[index]
+        return load_sample(self.processor, image, image, caption=self.caption(index, epoch), micro=micro)
 
 
 class ClassFolderDataset(Dataset):
-    """Images in one folder per class, captioned by templates filled with the class name.
+    """Images in one folder per class (`ClassFolders`), captioned by templates filled with the class name.
 
-    `class_names` maps folder names to the names put in the captions (default: the folder name with `_`
-    read as a space). Each sample draws its template from `seed`, the epoch and its index.
+    Each sample draws its template from `seed`, the epoch and its index.
     """
 
     def __init__(
@@ -161,27 +124,16 @@ class ClassFolderDataset(Dataset):
         seed: int = 0,
         class_names: dict[str, str] | None = None,
     ) -> None:
-        self.root = Path(root)
-        self.processor = processor
         if not templates or any("{}" not in t for t in templates):
             raise DataError(
                 f"class-folder data needs caption templates containing '{{}}', got {list(templates)}"
             )
+        self.folders = ClassFolders(root, class_names)
+        self.processor = processor
         self.templates = list(templates)
         self.seed = seed
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not folders:
-            raise DataError(f"{self.root} has no class sub-folders")
-        self.classes = [p.name for p in folders]
-        names = class_names or {}
-        self.class_names = [names.get(c, c.replace("_", " ")) for c in self.classes]
-        self.images, self.labels = [], []
-        for label, folder in enumerate(folders):
-            files = images_in(folder)
-            self.images += files
-            self.labels += [label] * len(files)
-        if not self.images:
-            raise DataError(f"{self.root} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.images, self.labels = self.folders.images, self.folders.labels
+        self.classes, self.class_names = self.folders.classes, self.folders.class_names
 
     def __len__(self) -> int:
         return len(self.images)
@@ -192,39 +144,8 @@ class ClassFolderDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> Sample:
         index, epoch, micro = key
-        return _load(self.processor, self.images[index], self.caption(index, epoch), micro=micro)
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    try:
-        if path.suffix == ".jsonl":
-            rows = []
-            with open(path, encoding="utf-8") as f:
-                for number, line in enumerate(f, start=1):
-                    if line.strip():
-                        row = json.loads(line)
-                        if not isinstance(row, dict):
-                            raise DataError(f"{path} line {number} is not a JSON object")
-                        rows.append(row)
-            return rows
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from err
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
-
-
-def _load(
-    processor: SiglipImageProcessor, image: Any, caption: str, source: str | None = None, micro: int = 0
-) -> Sample:
-    source = source or str(image)
-    try:
-        pixels = processor(image, return_tensors="np")["pixel_values"][0]
-    except (ImageInputError, TypeError, OSError) as err:
-        logger.debug("skipping %s: %s", source, err)
-        return Sample(None, caption, source, micro)
-    return Sample(pixels, caption, source, micro)
+        image = self.images[index]
+        return load_sample(self.processor, image, image, caption=self.caption(index, epoch), micro=micro)
 
 
 class GlobalBatchSampler(Sampler):
@@ -318,8 +239,8 @@ class WebDatasetSource(IterableDataset):
         image_key = next((k for k in raw if "." + k.lower() in IMAGE_EXTENSIONS), None)
         if image_key is None or not caption:
             logger.debug("skipping %s: no image or no readable caption", source)
-            return Sample(None, caption or "", source, micro)
-        return _load(self.processor, raw[image_key], caption, source, micro)
+            return Sample(None, source, "no image or no readable caption", caption=caption or "", micro=micro)
+        return load_sample(self.processor, raw[image_key], source, caption=caption, micro=micro)
 
 
 def _count_samples(shard: str) -> int:
@@ -346,25 +267,6 @@ def _caption_of(raw: dict[str, Any]) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return None
-
-
-# --- batches ---------------------------------------------------------------------------------------------
-@dataclass
-class Batch:
-    """This rank's share of a global batch: pixels (b, 3, H, W) and captions of the samples that loaded, the
-    micro-batch of each, and the sources of the samples that did not load."""
-
-    pixel_values: torch.Tensor
-    captions: list[str]
-    micro: list[int]
-    failed: list[str]
-
-
-def collate(samples: list[Sample]) -> Batch:
-    good = [s for s in samples if s.pixels is not None]
-    pixels = torch.from_numpy(np.stack([s.pixels for s in good])) if good else torch.empty(0)
-    failed = [s.source for s in samples if s.pixels is None]
-    return Batch(pixels, [s.caption for s in good], [s.micro for s in good], failed)
 
 
 def build_source(

@@ -34,17 +34,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ...core.configuration import SiglipConfig
-from ...core.loss import siglip_loss
-from ...core.modeling import SiglipModel
-from ...core.processing import SiglipProcessor
+from ...core.loss import check_chunk_size, siglip_loss
+from ...core.siglip.configuration import SiglipConfig
+from ...core.siglip.modeling import SiglipModel
+from ...core.siglip.processing import SiglipProcessor, fixed_length_ids
+from ...errors import DataError, UsageError
+from ..data import Batch
+from ..embedder import Embedder
+from ..evaluation import evaluate_zeroshot
+from ..precision import Precision, check_precision, resolve_precision
 from .data import (
-    Batch,
     BatchLayout,
-    ClassFolderDataset,
-    DataError,
     WebDatasetSource,
     batches_per_epoch,
     build_source,
@@ -91,7 +93,10 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: off)"})
     precision: str = field(
         default="auto",
-        metadata={"help": "fp32, bf16 (autocast) or auto (bf16 on GPUs that have it, else fp32)"},
+        metadata={
+            "help": "fp32, bf16-autocast (float32 weights, bf16 products), bf16 (bf16 weights) or auto "
+            "(bf16-autocast on hardware with bf16 units, else fp32); see siglip.tools.precision"
+        },
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute layers in backward"})
     lock_image: bool = field(default=False, metadata={"help": "freeze the image tower (LiT)"})
@@ -120,28 +125,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.config is None):
-            raise ValueError(
+            raise UsageError(
                 "pass exactly one of model (a checkpoint to start from) or config (from scratch)"
             )
         if self.loss not in ("all_gather", "ring"):
-            raise ValueError(f"loss must be 'all_gather' or 'ring', got {self.loss!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+            raise UsageError(f"loss must be 'all_gather' or 'ring', got {self.loss!r}")
+        check_precision(self.precision, training=True)
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
-            raise ValueError(
+            raise UsageError(
                 f"batch_size {self.batch_size} must be a positive multiple of grad_accum {self.grad_accum}"
             )
         if self.config is not None and self.processor is None:
-            raise ValueError("training from a config needs processor: a directory with the tokenizer and "
+            raise UsageError("training from a config needs processor: a directory with the tokenizer and "
                              "image-processor files (spiece.model, preprocessor_config.json, ...)")  # fmt: skip
         if self.lock_image and self.lock_text:
-            raise ValueError("lock_image and lock_text together leave nothing to train")
+            raise UsageError("lock_image and lock_text together leave nothing to train")
         if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
-        if self.loss_chunk_size is not None and self.loss != "ring":
-            raise ValueError("loss_chunk_size bounds memory with the ring loss: pass loss='ring' too")
+            raise UsageError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+        check_chunk_size(self.loss_chunk_size, self.loss, "loss_chunk_size")
         if self.eval_every and not self.eval_data:
-            raise ValueError("eval_every needs eval_data: a folder with one sub-folder of images per class")
+            raise UsageError("eval_every needs eval_data: a folder with one sub-folder of images per class")
 
 
 # --- processes -----------------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ def _init_distributed() -> _Dist:
     return _Dist(dist.get_rank() if world > 1 else 0, world, device)
 
 
-class _Embedder(nn.Module):
+class _Towers(nn.Module):
     """What DDP wraps: both towers to normalised embeddings (the loss uses the model's logit parameters)."""
 
     def __init__(self, model: SiglipModel) -> None:
@@ -179,9 +182,7 @@ class _Embedder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.model.get_image_features(pixel_values)
-        text = self.model.get_text_features(input_ids)
-        return image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+        return self.model.encode_images(pixel_values), self.model.encode_texts(input_ids)
 
 
 def _param_groups(model: SiglipModel, weight_decay: float) -> list[dict[str, Any]]:
@@ -364,7 +365,8 @@ def train(config: TrainConfig) -> Path:
     if dist_.main:
         output.mkdir(parents=True, exist_ok=True)
 
-    model = _build_model(config, resume_from).to(dist_.device).train()
+    precision = resolve_precision(config.precision, dist_.device, training=True)
+    model = _build_model(config, resume_from).to(dist_.device, precision.weights).train()
     _freeze(model, config)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -382,25 +384,22 @@ def train(config: TrainConfig) -> Path:
         state = {k: saved[k] for k in ("step", "seen", "failed")}
         logger.info("resumed from %s at step %d", resume_from, state["step"])
 
-    embedder: nn.Module = _Embedder(model)
+    towers: nn.Module = _Towers(model)
     if dist_.world > 1:
-        embedder = nn.parallel.DistributedDataParallel(
-            embedder, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None
+        towers = nn.parallel.DistributedDataParallel(
+            towers, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None
         )
-    bf16 = config.precision == "bf16" or (
-        config.precision == "auto" and dist_.device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
     metrics = _Metrics(output / "metrics.jsonl", state["step"], dist_.main)
     bar = _progress(config, dist_, total_steps, state["step"])
     clock, window = time.perf_counter(), 0
 
     for step, batch in _batches(config, source, layout, state["step"], per_epoch, total_steps):
-        loss = _train_step(config, embedder, model, processor, batch, dist_, bf16)
+        loss = _train_step(config, towers, model, processor, batch, dist_, precision)
         grad_norm = _optimizer_step(config, model, optimizer, scheduler)
         seen, failed = _global_counts(len(batch.captions), len(batch.failed), dist_)
         state = {"step": step + 1, "seen": state["seen"] + seen, "failed": state["failed"] + failed}
         window += seen
-        _check_failures(config, state, per_epoch, batch.failed)
+        _check_failures(config, state, per_epoch, [s.source for s in batch.failed])
         record: dict[str, Any] = {}
         if state["step"] % config.log_every == 0 or state["step"] == total_steps:
             now = time.perf_counter()
@@ -458,40 +457,38 @@ def _batches(
 
 def _train_step(
     config: TrainConfig,
-    embedder: nn.Module,
+    towers: nn.Module,
     model: SiglipModel,
     processor: SiglipProcessor,
     batch: Batch,
     dist_: _Dist,
-    bf16: bool,
+    precision: Precision,
 ) -> float:
     """Forward and backward of one global batch, micro-batch by micro-batch; returns the mean loss.
 
     Every rank runs every micro-batch, even one its share leaves empty (all its images failed, or a
     micro-batch smaller than the world): the loss and DDP communicate, so all ranks must take part.
     """
-    length = model.config.text_config.max_position_embeddings
+    text_config = model.config.text_config
     size = processor.image_processor.size
     micro = torch.tensor(batch.micro, dtype=torch.long)
-    ddp = isinstance(embedder, nn.parallel.DistributedDataParallel)  # gradients sync on the last micro-batch
+    ddp = isinstance(towers, nn.parallel.DistributedDataParallel)  # gradients sync on the last micro-batch
     total = 0.0
     for m in range(config.grad_accum):
         rows = (micro == m).nonzero().flatten()
         captions = [batch.captions[i] for i in rows.tolist()]
         if captions:
             pixels = batch.pixel_values[rows]
-            ids = processor.tokenizer(
-                captions, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
-            )["input_ids"]
+            ids = fixed_length_ids(processor.tokenizer, captions, text_config)
         else:
             pixels = torch.zeros(0, 3, size["height"], size["width"])
-            ids = torch.zeros(0, length, dtype=torch.long)
+            ids = torch.zeros(0, text_config.max_position_embeddings, dtype=torch.long)
         last = m == config.grad_accum - 1
-        with embedder.no_sync() if ddp and not last else nullcontext():
-            with torch.autocast(dist_.device.type, dtype=torch.bfloat16, enabled=bf16):
-                image, text = embedder(ids.to(dist_.device), pixels.to(dist_.device))
+        with towers.no_sync() if ddp and not last else nullcontext():
+            with precision.context(dist_.device):
+                image, text = towers(ids.to(dist_.device), pixels.to(dist_.device))
             loss = siglip_loss(
-                image.float(), text.float(), model.logit_scale, model.logit_bias,
+                image, text, model.logit_scale, model.logit_bias,
                 mode="local" if dist_.world == 1 else config.loss, chunk_size=config.loss_chunk_size,
             )  # fmt: skip
             (loss / config.grad_accum).backward()
@@ -560,28 +557,16 @@ def _checkpoint(
 def _evaluate(
     config: TrainConfig, model: SiglipModel, processor: SiglipProcessor, dist_: _Dist
 ) -> dict[str, float]:
-    """Zero-shot top-1 on a folder of class folders (main process; the others wait)."""
-    from ..zeroshot import class_embeddings, image_embeddings
-
+    """Zero-shot top-1 on a folder of class folders, as `siglip eval zeroshot` computes it (main process;
+    the others wait)."""
     result: dict[str, float] = {}
     if dist_.main:
-        model.eval()
-        dataset = ClassFolderDataset(config.eval_data, processor.image_processor, ["{}"])
-        classes = class_embeddings(model, processor.tokenizer, dataset.class_names, config.eval_templates)
-        keys = [(i, 0, 0) for i in range(len(dataset))]
-        loader = DataLoader(
-            dataset, sampler=keys, batch_size=256, num_workers=config.workers, collate_fn=list
-        )
-        correct = total = 0
-        for start, samples in zip(range(0, len(keys), 256), loader, strict=True):
-            labels = dataset.labels[start : start + len(samples)]
-            good = [(s, label) for s, label in zip(samples, labels, strict=True) if s.pixels is not None]
-            pixels = torch.from_numpy(np.stack([s.pixels for s, _ in good]))
-            predicted = (image_embeddings(model, pixels) @ classes.t()).argmax(dim=-1).cpu()
-            correct += int((predicted == torch.tensor([label for _, label in good])).sum())
-            total += len(good)
+        report = evaluate_zeroshot(
+            config.eval_data, Embedder(model, processor), config.eval_templates, batch_size=256,
+            workers=config.workers, progress=False,
+        )  # fmt: skip
         model.train()
-        result = {"eval_top1": correct / max(total, 1)}
+        result = {"eval_top1": report.top1}
     if dist_.world > 1:
         dist.barrier()
     return result

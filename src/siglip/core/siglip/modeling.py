@@ -11,24 +11,30 @@ Tokens to pooled text vector:
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import hub
+from ..loss import sigmoid_loss
+from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, ModelOutput, SiglipOutput
+from ..pretrained import PreTrainedModel
 from .configuration import PretrainedConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from .loss import sigmoid_loss
 
-logger = logging.getLogger("siglip")
+__all__ = [
+    "BaseModelOutputWithPooling",
+    "ImageClassifierOutput",
+    "ModelOutput",
+    "SiglipForImageClassification",
+    "SiglipModel",
+    "SiglipOutput",
+    "SiglipPreTrainedModel",
+    "SiglipTextModel",
+    "SiglipVisionModel",
+    "l2_normalize",
+]
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -40,74 +46,24 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"gelu_pytorch_tanh": gelu_tanh, "gelu": F.gelu}
 
 
-# --------------------------------------------------------------------------------------------------------
-# Outputs: dataclasses that also index like transformers' ModelOutput (by name, by position, to_tuple()).
-# --------------------------------------------------------------------------------------------------------
-class ModelOutput:
-    """Base of the output dataclasses. Fields that are None are skipped when indexing by position."""
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """`x / ||x||` along the last axis: how every embedding siglip returns is made unit-length.
 
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
-    def values(self) -> list[Any]:
-        return [getattr(self, k) for k in self.keys()]
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(k, getattr(self, k)) for k in self.keys()]
-
-    def __getitem__(self, key: str | int | slice) -> Any:
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        """The non-None fields in order; nested outputs become tuples too."""
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+    No epsilon, as transformers computes it (a zero vector gives NaN rather than a silent zero).
+    """
+    return x / x.norm(p=2, dim=-1, keepdim=True)
 
 
-@dataclass
-class BaseModelOutputWithPooling(ModelOutput):
-    """A tower's output.
+class Embedding(nn.Embedding):
+    """`nn.Embedding` that leaves its table uninitialised on the meta device.
 
-    `last_hidden_state` (B, N, D) is after the final LayerNorm; `pooler_output` is the pooled vector (B, D')
-    (None for a vision tower without head); `hidden_states` are the embedding output and every layer's output
-    (L + 1 tensors, the last before the final LayerNorm); `attentions` are L maps (B, heads, N, N).
+    `from_pretrained` builds models on the meta device and replaces every tensor; torch's `normal_` on a meta
+    tensor would import torch._dynamo there (a one-off second). On a real device it initialises as usual.
     """
 
-    last_hidden_state: torch.Tensor
-    pooler_output: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class SiglipOutput(ModelOutput):
-    """`SiglipModel` output. `logits_per_image` (images, texts) = `logits_per_text.T`; probabilities are
-    `torch.sigmoid(logits_per_image)` (not softmax). `text_embeds`/`image_embeds` are L2-normalised."""
-
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-
-
-@dataclass
-class ImageClassifierOutput(ModelOutput):
-    """`SiglipForImageClassification` output: `logits` (B, num_labels) and the loss when labels are given."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -222,8 +178,8 @@ class SiglipEncoder(nn.Module):
 class SiglipTextEmbeddings(nn.Module):
     def __init__(self, config: SiglipTextConfig) -> None:
         super().__init__()
-        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_embedding = Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = Embedding(config.max_position_embeddings, config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         length, max_length = input_ids.shape[-1], self.position_embedding.num_embeddings
@@ -287,7 +243,7 @@ class SiglipVisionEmbeddings(nn.Module):
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
         self.num_positions = (config.image_size // config.patch_size) ** 2
-        self.position_embedding = nn.Embedding(self.num_positions, config.hidden_size)
+        self.position_embedding = Embedding(self.num_positions, config.hidden_size)
 
     def position_grid(self, height: int, width: int) -> torch.Tensor:
         """Position embeddings for a (height x width) pixel input: the learned square grid resized bicubically.
@@ -415,312 +371,14 @@ def _init_module(module: nn.Module, config: PretrainedConfig) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Public models
 # --------------------------------------------------------------------------------------------------------
-class SiglipPreTrainedModel(nn.Module):
-    """Base class: construction from a config, `from_pretrained` / `save_pretrained`, gradient checkpointing."""
+class SiglipPreTrainedModel(PreTrainedModel):
+    """Base of the SigLIP models: `from_pretrained` / `save_pretrained` (see `PreTrainedModel`) and
+    big_vision's initialisation for training from scratch."""
 
-    config_class: ClassVar[type[PretrainedConfig]] = SiglipConfig
-    main_input_name: ClassVar[str] = "pixel_values"
-    supports_gradient_checkpointing: ClassVar[bool] = True
-    # Parameter prefixes a checkpoint may lack; they are freshly initialised (with a warning) when absent.
-    _new_head_prefixes: ClassVar[tuple[str, ...]] = ()
+    config_class = SiglipConfig
 
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__()
-        if not isinstance(config, self.config_class):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
-            )
-        self.config = config
-
-    def post_init(self) -> None:
-        """Initialise all weights, unless built on the meta device (`from_pretrained` replaces them all)."""
-        if next(self.parameters()).device.type != "meta":
-            self.init_weights()
-
-    def init_weights(self, modules: list[nn.Module] | None = None) -> None:
-        """(Re-)initialise the given modules, or the whole model, as a model trained from scratch starts."""
-        for module in modules if modules is not None else [self]:
-            module.apply(lambda m: _init_module(m, self.config))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(p for p in self.parameters() if p.is_floating_point()).dtype
-
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute each encoder layer in backward instead of storing its activations (training only)."""
-        for module in self.modules():
-            if isinstance(module, SiglipEncoder):
-                module.gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        for module in self.modules():
-            if isinstance(module, SiglipEncoder):
-                module.gradient_checkpointing = False
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
-
-    # --- checkpoint I/O -----------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        config: PretrainedConfig | None = None,
-        dtype: torch.dtype | str | None = None,
-        torch_dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
-        device_map: torch.device | str | None = None,
-        attn_implementation: str | None = None,
-        ignore_mismatched_sizes: bool = False,
-        low_cpu_mem_usage: bool = True,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        **config_kwargs: Any,
-    ) -> SiglipPreTrainedModel:
-        """Load a model from a checkpoint directory or a hub id (e.g. `google/siglip-base-patch16-224`).
-
-        Reads `config.json` and `model.safetensors` (or a sharded index, or a legacy `pytorch_model.bin`
-        opened without executing pickled code). A tower model also loads from a full `SiglipModel` checkpoint
-        and from tower checkpoints with or without the `text_model.` / `vision_model.` prefix.
-
-        Args:
-            dtype / torch_dtype: weights dtype (`torch.float32` by default, "auto" for the checkpoint's own);
-                each tensor is cast as it is read, so a change of dtype costs no second copy of the model.
-            device: where to put the weights (they are read straight onto it). `device_map` is accepted as
-                its alias when it names one device ("cuda:0"); spreading a model over devices is not done.
-            attn_implementation: "sdpa" (default) or "eager".
-            ignore_mismatched_sizes: re-initialise, with a warning, weights whose shape differs from the
-                config (e.g. a classifier with another number of labels) instead of raising.
-            low_cpu_mem_usage: accepted for transformers compatibility; loading is always low-memory (the
-                model is built on the meta device and the weights are assigned into it).
-            revision, cache_dir, local_files_only, token: passed to huggingface_hub for hub ids.
-            **config_kwargs: override config values, e.g. `num_labels=10`; a name the config does not have
-                is a `TypeError`, as in transformers.
-
-        Missing, unexpected or mis-shaped weights raise a `CheckpointError` that lists them; only a head
-        this class adds on top of a checkpoint (the classifier) is initialised when absent, with a warning.
-        The model is returned in eval mode.
-        """
-        hub_kwargs = dict(
-            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
-        )
-        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one of them")
-        dtype = dtype if dtype is not None else torch_dtype
-        device = _single_device(device, device_map)
-        if config is None:
-            config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        _override(config, config_kwargs)
-        if attn_implementation is not None:
-            config.attn_implementation = attn_implementation
-        files = hub.resolve_weight_files(pretrained_model_name_or_path, **hub_kwargs)
-        if dtype == "auto":  # the config's dtype; without one, the weights' own (cast=None)
-            cast = _as_dtype(config.torch_dtype) if config.torch_dtype else None
-        else:
-            cast = _as_dtype(dtype) if dtype is not None else torch.float32
-        state_dict = hub.load_state_dict(files, device=device, dtype=cast)
-        dtype = cast or next(v.dtype for v in state_dict.values() if v.is_floating_point())
-
-        with _empty_construction():  # no memory and no init cost: every tensor is replaced below
-            model = cls(config)
-        state_dict, to_initialise = _match_state_dict(
-            model, state_dict, ignore_mismatched_sizes, source=str(pretrained_model_name_or_path)
-        )
-        if to_initialise:  # materialise and initialise their modules; loaded siblings are assigned next
-            owners = _owning_modules(model, to_initialise)
-            for module in owners:
-                module.to_empty(device=device)
-            model.init_weights(owners)
-        model.load_state_dict(state_dict, strict=False, assign=True)
-        model.to(dtype)
-        model.config.torch_dtype = _as_dtype_name(dtype)
-        return model.eval()
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        *,
-        max_shard_size: int | str = "5GB",
-        is_main_process: bool = True,
-        state_dict: dict[str, torch.Tensor] | None = None,
-        safe_serialization: bool = True,
-    ) -> None:
-        """Write `config.json` and `model.safetensors` (sharded with an index above `max_shard_size`).
-
-        The files are written to a temporary folder first and moved into place only when complete; weight
-        files of an earlier save that the new one does not overwrite are removed. transformers'
-        `from_pretrained` reads the result. As in transformers, `is_main_process=False` writes nothing (for
-        the other processes of a distributed run) and `state_dict` replaces the model's own tensors.
-        Only safetensors are written: `safe_serialization=False` (pickles) is refused.
-        """
-        if not safe_serialization:
-            raise ValueError(
-                "siglip writes safetensors only; pickled pytorch_model.bin files are not written"
-            )
-        if not is_main_process:
-            return
-        self.config.architectures = [type(self).__name__]
-        self.config.torch_dtype = _as_dtype_name(self.dtype)
-        with hub.staged_directory(save_directory, replaces=hub.WEIGHT_FILE_PATTERNS) as staging:
-            self.config.to_json_file(staging / hub.CONFIG_NAME)
-            hub.save_state_dict(
-                self.state_dict() if state_dict is None else state_dict,
-                staging,
-                max_shard_size=max_shard_size,
-            )
-
-
-@contextlib.contextmanager
-def _empty_construction() -> Iterator[None]:
-    """Build modules on the meta device with torch's default initialisers switched off.
-
-    Initialisers on meta tensors are not free: the first one imports torch._dynamo (about 2 s). The switch
-    is process-wide while the model is built (as transformers' `no_init_weights`): another thread
-    initialising modules at that moment would get uninitialised weights.
-    """
-    names = (
-        "uniform_",
-        "normal_",
-        "trunc_normal_",
-        "constant_",
-        "ones_",
-        "zeros_",
-        "xavier_uniform_",
-        "kaiming_uniform_",
-    )
-    saved = {name: getattr(nn.init, name) for name in names}
-    try:
-        for name in names:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        with torch.device("meta"):
-            yield
-    finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
-
-
-def _single_device(device: torch.device | str | None, device_map: Any) -> torch.device:
-    """`device`, or transformers' `device_map` when it names a single device."""
-    if device_map is not None:
-        if device is not None:
-            raise ValueError("pass device or device_map, not both")
-        if not isinstance(device_map, str | torch.device | int) or device_map in (
-            "auto",
-            "balanced",
-            "sequential",
-        ):
-            raise ValueError(
-                f"device_map={device_map!r}: siglip puts a model on one device; pass device='cuda:0' (or 'cpu')"
-            )
-        device = device_map
-    return torch.device(device) if device is not None else torch.device("cpu")
-
-
-def _override(config: PretrainedConfig, overrides: dict[str, Any]) -> None:
-    """Set config values given to `from_pretrained`; names the config does not have are a TypeError."""
-    unknown = sorted(key for key in overrides if not hasattr(config, key))
-    if unknown:
-        raise TypeError(
-            f"from_pretrained() got unexpected keyword arguments {unknown}: they are neither loading options "
-            f"nor fields of {type(config).__name__}"
-        )
-    for key, value in overrides.items():
-        setattr(config, key, value)
-
-
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return resolved
-
-
-def _as_dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _match_state_dict(
-    model: SiglipPreTrainedModel,
-    state_dict: dict[str, torch.Tensor],
-    ignore_mismatched_sizes: bool,
-    source: str,
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Map checkpoint keys onto the model's and check them; returns the matched weights and keys to initialise.
-
-    Accepted differences: a tower checkpoint saved without its `text_model.` / `vision_model.` prefix
-    (transformers 5), a full SigLIP checkpoint loaded into one tower (the other tower and the logit
-    parameters are ignored), stale `position_ids` buffers. Anything else missing, unexpected or mis-shaped is
-    an error that lists the keys.
-    """
-    expected = model.state_dict()  # meta tensors: names and shapes only
-    towers = {
-        name.split(".")[0] + "." for name in expected if name.startswith(("text_model.", "vision_model."))
-    }
-    ignorable = {"text_model.", "vision_model.", "logit_scale", "logit_bias"} - towers
-    if "classifier.weight" not in expected:  # a tower loaded from a SiglipForImageClassification checkpoint
-        ignorable.add("classifier.")
-    ignorable = tuple(ignorable)
-    matched: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    mismatched: dict[str, str] = {}
-    for key, tensor in state_dict.items():
-        name = key
-        if name not in expected and len(towers) == 1:
-            name = next(iter(towers)) + key  # an un-prefixed tower checkpoint
-        if name not in expected:
-            if not key.startswith(ignorable) and not key.endswith("position_ids"):
-                unexpected.append(key)
-        elif tensor.shape != expected[name].shape:
-            mismatched[name] = f"{key}: checkpoint {tuple(tensor.shape)}, model {tuple(expected[name].shape)}"
-        else:
-            matched[name] = tensor
-    missing = [k for k in expected if k not in matched]
-    allowed = {k for k in missing if k.startswith(model._new_head_prefixes)}
-    if ignore_mismatched_sizes:
-        allowed |= set(mismatched)
-    problems = []
-    if mismatched and not ignore_mismatched_sizes:
-        problems.append(
-            "mis-shaped weights (pass ignore_mismatched_sizes=True to re-initialise them):\n  "
-            + "\n  ".join(mismatched.values())
-        )
-    if unexpected:
-        problems.append("unexpected weights:\n  " + "\n  ".join(unexpected))
-    if hard_missing := [k for k in missing if k not in allowed and k not in mismatched]:
-        problems.append("missing weights:\n  " + "\n  ".join(hard_missing))
-    if problems:
-        raise hub.CheckpointError(
-            f"Checkpoint '{source}' does not fit {type(model).__name__} ({model.config.model_type} config):\n"
-            + "\n".join(problems)
-        )
-    if missing:
-        logger.warning(
-            "%s: weights not in checkpoint '%s' (or of another shape) start from a fresh initialisation; "
-            "train them before use: %s",
-            type(model).__name__,
-            source,
-            ", ".join(missing),
-        )
-    return matched, missing
-
-
-def _owning_modules(model: nn.Module, keys: list[str]) -> list[nn.Module]:
-    """The modules that directly own the given parameters."""
-    names = {key.rsplit(".", 1)[0] if "." in key else "" for key in keys}
-    return [model.get_submodule(name) for name in sorted(names)]
+    def _init_weights(self, module: nn.Module) -> None:
+        _init_module(module, self.config)
 
 
 class SiglipTextModel(SiglipPreTrainedModel):
@@ -756,10 +414,9 @@ class SiglipTextModel(SiglipPreTrainedModel):
             input_ids,
             attention_mask,
             position_ids,
-            _flag(output_attentions, self.config.output_attentions),
-            _flag(output_hidden_states, self.config.output_hidden_states),
+            *self._output_flags(output_attentions, output_hidden_states),
         )
-        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+        return self._returned(out, return_dict)
 
 
 class SiglipVisionModel(SiglipPreTrainedModel):
@@ -785,15 +442,10 @@ class SiglipVisionModel(SiglipPreTrainedModel):
     ) -> BaseModelOutputWithPooling | tuple:
         out = self.vision_model(
             pixel_values,
-            _flag(output_attentions, self.config.output_attentions),
-            _flag(output_hidden_states, self.config.output_hidden_states),
+            *self._output_flags(output_attentions, output_hidden_states),
             interpolate_pos_encoding,
         )
-        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
-
-
-def _flag(value: bool | None, default: bool) -> bool:
-    return default if value is None else value
+        return self._returned(out, return_dict)
 
 
 class SiglipModel(SiglipPreTrainedModel):
@@ -845,6 +497,28 @@ class SiglipModel(SiglipPreTrainedModel):
             self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         )
 
+    def encode_images(
+        self, pixel_values: torch.Tensor, *, normalize: bool = True, interpolate_pos_encoding: bool = False
+    ) -> torch.Tensor:
+        """Image embeddings (B, D) in float32, unit-length unless `normalize=False`.
+
+        The one embedding contract every tool calls (embedder, index, zero-shot, evaluation, training):
+        `get_image_features`, cast to float32 (so a bf16 or fp16 model is normalised at full precision), then
+        `l2_normalize`. Pixels are cast to the model's dtype and device.
+        """
+        pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        features = self.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        return l2_normalize(features.float()) if normalize else features.float()
+
+    def encode_texts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = True
+    ) -> torch.Tensor:
+        """Text embeddings (B, D) in float32, unit-length unless `normalize=False`; the text counterpart of
+        `encode_images`. Build `input_ids` with `fixed_length_ids` (the checkpoints pool the last position)."""
+        input_ids = input_ids.to(self.device)
+        features = self.get_text_features(input_ids, attention_mask)
+        return l2_normalize(features.float()) if normalize else features.float()
+
     def _image_pooled(self, vision_output: BaseModelOutputWithPooling) -> torch.Tensor:
         if vision_output.pooler_output is None:
             raise ValueError(
@@ -870,8 +544,7 @@ class SiglipModel(SiglipPreTrainedModel):
                 "SiglipModel.forward needs both input_ids and pixel_values; for one modality use "
                 "get_text_features / get_image_features"
             )
-        output_attentions = _flag(output_attentions, self.config.output_attentions)
-        output_hidden_states = _flag(output_hidden_states, self.config.output_hidden_states)
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
         vision_out = self.vision_model(
             pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding
         )
@@ -879,9 +552,9 @@ class SiglipModel(SiglipPreTrainedModel):
             input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
         )
         image_embeds = self._image_pooled(vision_out)
-        image_embeds = image_embeds / image_embeds.norm(p=2, dim=-1, keepdim=True)  # no eps, as the reference
+        image_embeds = l2_normalize(image_embeds)
         text_embeds = text_out.pooler_output
-        text_embeds = text_embeds / text_embeds.norm(p=2, dim=-1, keepdim=True)
+        text_embeds = l2_normalize(text_embeds)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias
         out = SiglipOutput(
             loss=sigmoid_loss(logits_per_text) if return_loss else None,
@@ -892,7 +565,7 @@ class SiglipModel(SiglipPreTrainedModel):
             text_model_output=text_out,
             vision_model_output=vision_out,
         )
-        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+        return self._returned(out, return_dict)
 
 
 class SiglipForImageClassification(SiglipPreTrainedModel):
@@ -928,14 +601,13 @@ class SiglipForImageClassification(SiglipPreTrainedModel):
     ) -> ImageClassifierOutput | tuple:
         vision_out = self.vision_model(
             pixel_values,
-            _flag(output_attentions, self.config.output_attentions),
-            _flag(output_hidden_states, self.config.output_hidden_states),
+            *self._output_flags(output_attentions, output_hidden_states),
             interpolate_pos_encoding,
         )
         logits = self.classifier(vision_out.last_hidden_state.mean(dim=1))
         loss = self._loss(logits, labels) if labels is not None else None
         out = ImageClassifierOutput(loss, logits, vision_out.hidden_states, vision_out.attentions)
-        return out if _flag(return_dict, self.config.return_dict) else out.to_tuple()
+        return self._returned(out, return_dict)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)

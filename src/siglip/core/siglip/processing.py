@@ -18,11 +18,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from .hub import staged_directory
-from .image_processing import BatchFeature, ImageInput, SiglipImageProcessor
+from ..features import BatchFeature
+from ..hub import Checkpoint, HubOptions, locate, staged_directory
+from .configuration import SiglipTextConfig
+from .image_processing import ImageInput, SiglipImageProcessor
 from .tokenization import SiglipTokenizer
 
-__all__ = ["BatchFeature", "SiglipProcessor"]
+__all__ = ["BatchFeature", "SiglipProcessor", "fixed_length_ids"]
+
+
+def fixed_length_ids(
+    tokenizer: SiglipTokenizer, texts: Sequence[str], text_config: SiglipTextConfig
+) -> torch.Tensor:
+    """(N, L) token ids of `texts` as the text tower of `text_config` was trained on them: padded with `</s>`
+    and truncated (keeping `</s>` last) to its L = `max_position_embeddings` positions (64; 16 for so400m-224).
+
+    The one place the tools build text input for a model: SigLIP pools the last position, so any shorter
+    padding gives wrong embeddings.
+    """
+    return tokenizer(
+        list(texts),
+        padding="max_length",
+        truncation=True,
+        max_length=text_config.max_position_embeddings,
+        return_tensors="pt",
+    )["input_ids"]
 
 
 class SiglipProcessor:
@@ -126,24 +146,20 @@ class SiglipProcessor:
 
     @classmethod
     def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
+        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
     ) -> SiglipProcessor:
         """Load the tokenizer and image processor files of a checkpoint directory or hub id.
 
-        `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub.
+        `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; the name is resolved
+        once for both.
         """
-        hub_kwargs = dict(
-            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
-        )
+        checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
+        if kwargs:
+            raise TypeError(
+                f"SiglipProcessor.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}"
+            )
         return cls(
-            SiglipImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub_kwargs),
-            SiglipTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs),
+            SiglipImageProcessor.from_pretrained(checkpoint), SiglipTokenizer.from_pretrained(checkpoint)
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:

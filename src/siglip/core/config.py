@@ -1,8 +1,7 @@
-"""SigLIP configurations: the same field names, defaults and `config.json` files as transformers.
+"""`PretrainedConfig`: the fields every transformers config has, and reading and writing `config.json`.
 
-Released checkpoints store sparse `config.json` files (only the keys that differ from the defaults), so every
-default below must equal transformers'. Keys we do not know are kept as attributes and written back, so a file
-round-trips through us unchanged in meaning.
+Each model family's configs derive from it. Keys a config class does not know are kept as attributes and
+written back, so a file round-trips through us unchanged in meaning.
 """
 
 from __future__ import annotations
@@ -11,16 +10,16 @@ import copy
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from .hub import CONFIG_NAME, CheckpointError, read_json, resolve_file, staged_directory
+from ..errors import CheckpointError
+from .hub import CONFIG_NAME, Checkpoint, HubOptions, locate, read_json, staged_directory
 
 # Keys transformers writes for its own bookkeeping; they describe the writer, not the model.
 _BOOKKEEPING_KEYS = ("transformers_version", "_name_or_path", "_commit_hash", "siglip_version")
-_HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
@@ -42,7 +41,8 @@ class PretrainedConfig:
     """
 
     model_type: ClassVar[str] = ""
-    base_config_key: ClassVar[str | None] = None
+    base_config_key: ClassVar[str | None] = None  # a tower config: its key in the two-tower config
+    parent_model_type: ClassVar[str | None] = None  # a tower config: the two-tower config's model_type
 
     output_hidden_states: bool = False
     output_attentions: bool = False
@@ -152,7 +152,7 @@ class PretrainedConfig:
         """
         config_dict = dict(config_dict)
         found_type = config_dict.get("model_type")
-        if cls.base_config_key and found_type == SiglipConfig.model_type:
+        if cls.base_config_key and found_type == cls.parent_model_type:
             config_dict = dict(config_dict.get(cls.base_config_key) or {})
             found_type = config_dict.get("model_type")
         if found_type not in (None, cls.model_type):
@@ -173,20 +173,20 @@ class PretrainedConfig:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
     ) -> PretrainedConfig:
         """Load from a checkpoint directory or hub id (`revision`, `cache_dir`, `local_files_only`, `token`).
 
         Other keyword arguments override values of the file, e.g. `num_labels=10`.
         """
-        hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-        path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, **hub_kwargs)
+        checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
+        path = checkpoint.file(CONFIG_NAME)
         try:
             config = cls.from_dict(read_json(path), **kwargs)
         except (TypeError, ValueError) as err:
             overrides = f" with overrides {kwargs}" if kwargs else ""
             raise CheckpointError(f"Invalid config '{path}'{overrides}: {err}") from err
-        config.name_or_path = os.fspath(pretrained_model_name_or_path)
+        config.name_or_path = checkpoint.name
         return config
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -197,122 +197,3 @@ class PretrainedConfig:
     def to_json_file(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(self.to_json_string())
-
-
-@dataclass(init=False)
-class SiglipTextConfig(PretrainedConfig):
-    """Text tower configuration (defaults are `google/siglip-base-patch16-224`).
-
-    `max_position_embeddings` is the text length the model was trained with (64; 16 for so400m-224).
-    `projection_size` is the width of the text head's output; it defaults to `hidden_size` (1536 for the
-    SigLIP 2 giant-opt text head). `bos_token_id` and `eos_token_id` are CLIP leftovers that SigLIP never uses.
-    """
-
-    model_type: ClassVar[str] = "siglip_text_model"
-    base_config_key: ClassVar[str | None] = "text_config"
-
-    vocab_size: int = 32000
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    max_position_embeddings: int = 64
-    hidden_act: str = "gelu_pytorch_tanh"
-    layer_norm_eps: float = 1e-6
-    attention_dropout: float = 0.0
-    pad_token_id: int | None = 1
-    bos_token_id: int | None = 49406
-    eos_token_id: int | None = 49407
-    projection_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.projection_size is None:
-            self.projection_size = self.hidden_size
-        _check_heads(self)
-
-
-@dataclass(init=False)
-class SiglipVisionConfig(PretrainedConfig):
-    """Vision tower configuration (defaults are `google/siglip-base-patch16-224`).
-
-    The image is cut into `(image_size // patch_size) ** 2` patches, each with a learned position embedding.
-    `vision_use_head=False` drops the attention-pooling head (PaliGemma-style towers): `pooler_output` is None.
-    """
-
-    model_type: ClassVar[str] = "siglip_vision_model"
-    base_config_key: ClassVar[str | None] = "vision_config"
-
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    num_channels: int = 3
-    image_size: int = 224
-    patch_size: int = 16
-    hidden_act: str = "gelu_pytorch_tanh"
-    layer_norm_eps: float = 1e-6
-    attention_dropout: float = 0.0
-    vision_use_head: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size"):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):  # transformers' type allows a pair; SigLIP uses squares
-                if len(value) != 2 or value[0] != value[1]:
-                    raise ValueError(f"{name} must be one int (square), got {value!r}")
-                setattr(self, name, int(value[0]))
-        if self.image_size < self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
-        _check_heads(self)
-
-
-def _check_heads(config: SiglipTextConfig | SiglipVisionConfig) -> None:
-    if config.hidden_size % config.num_attention_heads:
-        raise ValueError(
-            f"hidden_size {config.hidden_size} is not divisible by num_attention_heads "
-            f"{config.num_attention_heads}"
-        )
-
-
-def _sub_config(value: Any, config_cls: type[PretrainedConfig]) -> PretrainedConfig:
-    if value is None:
-        return config_cls()
-    if isinstance(value, config_cls):
-        return value
-    if isinstance(value, dict):
-        return config_cls.from_dict(value)
-    raise TypeError(f"expected a {config_cls.__name__} or a dict, got {type(value).__name__}")
-
-
-@dataclass(init=False)
-class SiglipConfig(PretrainedConfig):
-    """Configuration of the two-tower `SiglipModel`: a text config, a vision config and `initializer_factor`.
-
-    `text_config` / `vision_config` may be config objects, dictionaries (as in `config.json`) or None for
-    the defaults. `num_labels` / `id2label` are used by `SiglipForImageClassification`.
-    """
-
-    model_type: ClassVar[str] = "siglip"
-
-    text_config: SiglipTextConfig = field(default_factory=SiglipTextConfig)
-    vision_config: SiglipVisionConfig = field(default_factory=SiglipVisionConfig)
-    initializer_factor: float = 1.0
-
-    def __init__(
-        self,
-        text_config: SiglipTextConfig | dict | None = None,
-        vision_config: SiglipVisionConfig | dict | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(text_config=text_config, vision_config=vision_config, **kwargs)
-
-    def __post_init__(self) -> None:
-        self.text_config = _sub_config(self.text_config, SiglipTextConfig)
-        self.vision_config = _sub_config(self.vision_config, SiglipVisionConfig)
-
-    @classmethod
-    def from_text_vision_configs(
-        cls, text_config: SiglipTextConfig, vision_config: SiglipVisionConfig, **kwargs: Any
-    ) -> SiglipConfig:
-        """Combine two tower configs into a `SiglipConfig`."""
-        return cls(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), **kwargs)

@@ -33,8 +33,9 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from .hub import CheckpointError, read_json, resolve_file, staged_directory
-from .image_processing import BatchFeature, write_json
+from ...errors import CheckpointError
+from ..features import BatchFeature, write_json
+from ..hub import Checkpoint, HubOptions, locate, read_json, staged_directory
 
 VOCAB_FILE = "spiece.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -412,14 +413,7 @@ class SiglipTokenizer:
     # --- files --------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        **kwargs: Any,
+        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
     ) -> SiglipTokenizer:
         """Load `spiece.model`, `tokenizer_config.json` and `special_tokens_map.json` from a directory or hub id.
 
@@ -427,16 +421,14 @@ class SiglipTokenizer:
         arguments override the values of the config file (e.g. `model_max_length=16`). Settings this class
         does not implement (left padding, extra special tokens, ...) raise a `CheckpointError`.
         """
-        hub_kwargs = dict(
-            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
-        )
-        vocab_file = resolve_file(pretrained_model_name_or_path, VOCAB_FILE, **hub_kwargs)
+        checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
+        vocab_file = checkpoint.file(VOCAB_FILE)
         config: dict[str, Any] = {}
         for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):  # the config file wins
-            path = resolve_file(pretrained_model_name_or_path, name, required=False, **hub_kwargs)
+            path = checkpoint.file(name, required=False)
             if path is not None:
                 config.update(read_json(path))
-        _check_supported(config, pretrained_model_name_or_path)
+        _check_supported(config, checkpoint)
         init_kwargs = {
             key: _token_content(config[key]) for key in _CONFIG_KEYS if config.get(key) is not None
         }

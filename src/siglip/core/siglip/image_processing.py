@@ -18,7 +18,6 @@ bad input raises an `ImageInputError` that names the image.
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .hub import CheckpointError, read_json, resolve_file, staged_directory
+from ...errors import CheckpointError, ImageInputError
+from ..features import BatchFeature, write_json
+from ..hub import Checkpoint, HubOptions, locate, read_json, staged_directory
 
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers 5 saves the image settings only here
@@ -43,38 +44,6 @@ _MODES_16_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _UNSUPPORTED_STEPS = ("do_center_crop", "do_pad")
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | bytes
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-class ImageInputError(ValueError):
-    """An input image cannot be read or used. The message names it: batch index, and path when it has one."""
-
-
-class BatchFeature(dict):
-    """Model inputs by name, as returned by the tokenizer, the image processor and the processor.
-
-    A dict (`inputs["pixel_values"]`, `model(**inputs)`) that also reads by attribute (`inputs.input_ids`).
-    `to(device)` / `to(dtype)` move every tensor and cast only the floating ones (ids stay int64), in place,
-    and return the same object, as transformers' `BatchFeature` does.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"{type(self).__name__} has no {name!r}; keys: {list(self)}") from None
-
-    def to(self, *args: Any, **kwargs: Any) -> BatchFeature:
-        device = kwargs.get("device")
-        if device is None and args and not isinstance(args[0], torch.dtype):
-            device = args[0]
-        for key, value in self.items():
-            if isinstance(value, torch.Tensor):
-                if value.is_floating_point():
-                    self[key] = value.to(*args, **kwargs)
-                elif device is not None:
-                    self[key] = value.to(device=device, non_blocking=kwargs.get("non_blocking", False))
-        return self
 
 
 @dataclass(frozen=True)
@@ -299,14 +268,7 @@ class SiglipImageProcessor:
 
     @classmethod
     def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        **kwargs: Any,
+        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
     ) -> SiglipImageProcessor:
         """Load `preprocessor_config.json` from a directory or hub id (or the `image_processor` entry of the
         `processor_config.json` transformers 5 writes instead).
@@ -314,22 +276,16 @@ class SiglipImageProcessor:
         `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; other keyword
         arguments override values of the file, e.g. `size={"height": 384, "width": 384}`.
         """
-        hub_kwargs = dict(
-            revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
-        )
-        path = resolve_file(
-            pretrained_model_name_or_path, PREPROCESSOR_CONFIG_FILE, required=False, **hub_kwargs
-        )
+        checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
+        path = checkpoint.file(PREPROCESSOR_CONFIG_FILE, required=False)
         if path is not None:
             config = read_json(path)
         else:
-            path = resolve_file(
-                pretrained_model_name_or_path, PROCESSOR_CONFIG_FILE, required=False, **hub_kwargs
-            )
+            path = checkpoint.file(PROCESSOR_CONFIG_FILE, required=False)
             config = read_json(path).get("image_processor") if path is not None else None
             if not isinstance(config, dict):
                 raise CheckpointError(
-                    f"'{pretrained_model_name_or_path}' has no {PREPROCESSOR_CONFIG_FILE} (nor image settings in "
+                    f"'{checkpoint}' has no {PREPROCESSOR_CONFIG_FILE} (nor image settings in "
                     f"{PROCESSOR_CONFIG_FILE})"
                 )
         try:
@@ -351,26 +307,6 @@ class SiglipImageProcessor:
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "image_processor_type")
         return f"{type(self).__name__}({settings})"
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    """An image by its extension, and not hidden (`._photo.jpg` is macOS metadata, not a photo)."""
-    name = os.path.basename(path)
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-def images_in(folder: str | os.PathLike) -> list[str]:
-    """The image files below `folder`, recursively and sorted, leaving out hidden files and folders."""
-    images = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .thumbnails, .git, .ipynb_checkpoints, ...
-        images += [os.path.join(root, f) for f in files if is_image_file(f)]
-    return sorted(images)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write a config file the way transformers does (sorted keys, 2-space indent)."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --- argument checks ----------------------------------------------------------------------------------------

@@ -1,0 +1,167 @@
+"""The data layer shared by the embedder, training and evaluation: labelled and captioned collections, and
+decode-or-skip loading of their images.
+
+- `ClassFolders`: a folder with one sub-folder of images per class (zero-shot evaluation, class-folder
+  training); class names are the folder names with `_` read as a space.
+- `PairsFile`: a `.csv`, `.tsv` or `.jsonl` file of (image path, caption) rows (retrieval evaluation, pairs
+  training); relative paths are relative to the file.
+- `load_sample` decodes and preprocesses one image or records why it cannot be used, never raising for a bad
+  image; `collate` stacks the samples that loaded and keeps the others aside. Every loop over image files
+  (DataLoader workers included) goes through these two.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.siglip.image_processing import SiglipImageProcessor
+from ..errors import DataError, ImageInputError
+from .files import IMAGE_EXTENSIONS, images_in
+
+logger = logging.getLogger("siglip")
+
+PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+# --- decode or skip ------------------------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One image after loading: pixels (3, H, W), or None with the `reason` it could not be used; `index`
+    (its position in the caller's list), `caption` and `micro` (its micro-batch) travel with it."""
+
+    pixels: np.ndarray | None
+    source: str
+    reason: str = ""
+    index: int = 0
+    caption: str = ""
+    micro: int = 0
+
+
+def load_sample(processor: SiglipImageProcessor, image: Any, source: str, **fields: Any) -> Sample:
+    """`image` (a path, bytes, ...) preprocessed, or a `Sample` without pixels saying why it cannot be used."""
+    try:
+        pixels = processor(image, return_tensors="np")["pixel_values"][0]
+    except (ImageInputError, TypeError, OSError) as err:
+        logger.debug("skipping %s: %s", source, err)
+        # the processor names the image "images[0] ('path')"; callers list the source themselves
+        reason = str(err).removeprefix(f"images[0] ('{source}')").lstrip(": ")
+        return Sample(None, source, reason, **fields)
+    return Sample(pixels, source, **fields)
+
+
+@dataclass
+class Batch:
+    """The samples of a batch that loaded, their pixels stacked (b, 3, H, W), and those that did not."""
+
+    pixel_values: torch.Tensor
+    loaded: list[Sample]
+    failed: list[Sample]
+
+    @property
+    def captions(self) -> list[str]:
+        return [s.caption for s in self.loaded]
+
+    @property
+    def micro(self) -> list[int]:
+        return [s.micro for s in self.loaded]
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Stack the pixels of the samples that loaded; the others go to `failed`."""
+    loaded = [s for s in samples if s.pixels is not None]
+    pixels = torch.from_numpy(np.stack([s.pixels for s in loaded])) if loaded else torch.empty(0)
+    return Batch(pixels, loaded, [s for s in samples if s.pixels is None])
+
+
+# --- collections ----------------------------------------------------------------------------------------
+class ClassFolders:
+    """Images in one folder per class: `images` with their class `labels`, and the `class_names`.
+
+    `class_names` maps folder names to the names used in captions and prompts (default: the folder name with
+    `_` read as a space).
+    """
+
+    def __init__(self, root: str | Path, class_names: dict[str, str] | None = None) -> None:
+        self.root = Path(root)
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise DataError(f"{self.root} has no class sub-folders")
+        self.classes = [p.name for p in folders]
+        names = class_names or {}
+        self.class_names = [names.get(c, c.replace("_", " ")) for c in self.classes]
+        self.images: list[str] = []
+        self.labels: list[int] = []
+        for label, folder in enumerate(folders):
+            files = images_in(folder)
+            self.images += files
+            self.labels += [label] * len(files)
+        if not self.images:
+            raise DataError(f"{self.root} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class PairsFile:
+    """(image path, caption) rows of a CSV, TSV or JSONL file: `images`, `captions`, and `missing` (the image
+    files that do not exist, whose rows are dropped). A wrong column name, an empty caption or an unreadable
+    file is a `DataError` naming the file and the row.
+    """
+
+    def __init__(
+        self, path: str | Path, image_column: str = "image", caption_column: str = "caption"
+    ) -> None:
+        self.path = Path(path)
+        rows = _read_rows(self.path)
+        if not rows:
+            raise DataError(f"{self.path} has no rows")
+        for column in (image_column, caption_column):
+            if column not in rows[0]:
+                raise DataError(
+                    f"{self.path} has no column {column!r} (columns: {sorted(rows[0])}); set "
+                    "--image-column / --caption-column"
+                )
+        self.images: list[str] = []
+        self.captions: list[str] = []
+        self.missing: list[str] = []
+        for number, row in enumerate(rows, start=1):
+            caption = row.get(caption_column)
+            if not isinstance(caption, str) or not caption.strip():
+                raise DataError(f"{self.path} row {number}: empty or missing caption ({caption!r})")
+            image = (self.path.parent / str(row.get(image_column) or "")).resolve()
+            if not image.is_file():
+                self.missing.append(str(image))
+                continue
+            self.images.append(str(image))
+            self.captions.append(caption)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, start=1):
+                    if line.strip():
+                        row = json.loads(line)
+                        if not isinstance(row, dict):
+                            raise DataError(f"{path} line {number} is not a JSON object")
+                        rows.append(row)
+            return rows
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from err
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read {path}: {err}") from err

@@ -1,0 +1,138 @@
+"""Embeddings of image files written to one Parquet or .npy file, resumable: `embed_to_file` (`siglip embed`).
+
+Finished batches are journalled in `<out>.partial` (a SQLite `VectorStore`) as they complete, so rerunning an
+interrupted command embeds only what is left; the output file and its manifest appear only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from .deps import require
+from .embedder import Embedder
+from .files import find_images, skipped_as_json
+from .store import VectorStore, pending_files, replace_atomically
+
+
+@dataclass
+class EmbedReport:
+    """What `embed_to_file` did."""
+
+    out: Path
+    manifest: Path
+    count: int  # rows written
+    embedded: int  # images embedded by this run (the others were done by an interrupted earlier one)
+    failed: int  # unreadable files found by this run
+    skipped: list[tuple[str, str]]  # all unreadable files: (path, reason)
+
+
+OUTPUT_FORMATS = (".parquet", ".npy")
+
+
+def output_format(out: str | os.PathLike) -> str:
+    """The format of an output path by its extension (one of OUTPUT_FORMATS), or a ValueError naming it."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UsageError(f"--out '{out}' must end with {' or '.join(OUTPUT_FORMATS)}")
+    return suffix
+
+
+def embed_to_file(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    embedder: Embedder,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> EmbedReport:
+    """Embed the images named by `paths` (files, folders, globs) into `out`, a `.parquet` or `.npy` file.
+
+    Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
+    with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
+    count, unreadable files and why). Finished batches are kept in `<out>.partial` (SQLite) as they complete:
+    rerunning an interrupted command embeds only what is left. The output appears only when complete.
+    """
+    out = Path(out)
+    pa = require("pyarrow", "parquet", "writing Parquet") if output_format(out) == ".parquet" else None
+    files = find_images(paths)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    journal = out.with_name(out.name + ".partial")
+    with VectorStore(journal, embedder.name, embedder.dims) as store:
+        embedded = failed = 0
+        for batch in embedder.embed_files(pending_files(store, files), batch_size, workers, progress):
+            store.record(batch.files, batch.vectors, batch.failed)
+            embedded, failed = embedded + len(batch.files), failed + len(batch.failed)
+        listed = set(files)
+        skipped = [(p, r) for p, r in store.skipped() if p in listed]
+        unusable = {p for p, _ in skipped}
+        kept = [f for f in files if f not in unusable]
+        manifest = {
+            "model": embedder.name,
+            "dims": embedder.dims,
+            "count": len(kept),
+            "format": out.suffix[1:],
+            "precision": embedder.mode.precision,
+        }
+        if pa is not None:
+            _write_parquet(pa, store, kept, out)
+        else:
+            _write_npy(store, kept, out)
+            manifest["paths"] = kept
+        manifest["skipped"] = skipped_as_json(skipped)
+        manifest_path = out.with_suffix(out.suffix + ".json")
+        replace_atomically(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    return EmbedReport(out, manifest_path, len(kept), embedded, failed, skipped)
+
+
+def _write_parquet(pa: Any, store: VectorStore, paths: list[str], out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("path", pa.string()),
+            ("vector", pa.list_(pa.float32(), store.dims)),
+            ("model", pa.string()),
+            ("dims", pa.int32()),
+        ]
+    )
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for chunk, vectors in store.in_order(paths):
+                n = len(chunk)
+                writer.write_table(
+                    pa.table(
+                        [
+                            pa.array(chunk, pa.string()),
+                            pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), store.dims),
+                            pa.array([store.model] * n, pa.string()),
+                            pa.array([store.dims] * n, pa.int32()),
+                        ],
+                        schema=schema,
+                    )
+                )
+
+    replace_atomically(out, write)
+
+
+def _write_npy(store: VectorStore, paths: list[str], out: Path) -> None:
+    def write(tmp: Path) -> None:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), store.dims))
+        row = 0
+        for chunk, vectors in store.in_order(paths):
+            matrix[row : row + len(chunk)] = vectors
+            row += len(chunk)
+        matrix.flush()
+        del matrix
+
+    replace_atomically(out, write)
