@@ -189,8 +189,12 @@ class Embedder:
         chunks = []
         for start in range(0, len(images), batch_size):
             pixels = self.processor.image_processor(images[start : start + batch_size], return_tensors="pt")
-            chunks.append(self._in_mode(zeroshot.image_embeddings, pixels["pixel_values"]))
+            chunks.append(self.embed_pixels(pixels["pixel_values"]))
         return np.concatenate(chunks)
+
+    def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """(N, D) embeddings of preprocessed pixels: the image processor's (N, 3, H, W) `pixel_values`."""
+        return self._in_mode(zeroshot.image_embeddings, pixel_values)
 
     def _in_mode(self, embed: Callable[..., torch.Tensor], *args: Any) -> np.ndarray:
         """`embed(model, *args)` (a `zeroshot` function) in this embedder's inference mode, as numpy."""
@@ -233,7 +237,7 @@ class Embedder:
         ) as bar:
             for indices, pixels, failed in loader:
                 vectors = (
-                    self._in_mode(zeroshot.image_embeddings, pixels)
+                    self.embed_pixels(pixels)
                     if len(indices)
                     else np.empty((0, self.dims), dtype=np.float32)
                 )
