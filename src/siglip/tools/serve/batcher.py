@@ -111,8 +111,7 @@ class Batcher(Generic[T, R]):
         self._closing = True
         if self._queue is None or self._worker is None:
             return
-        while not self._queue.empty() and not self._worker.done():
-            await asyncio.sleep(0.005)
+        await self._queue.join()
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
@@ -137,6 +136,8 @@ class Batcher(Generic[T, R]):
             live = [p for p in batch if not p.future.done()]  # timed-out callers are gone
             if live:
                 await self._run(loop, live)
+            for _ in batch:
+                self._queue.task_done()
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]]) -> None:
         start = loop.time()

@@ -19,7 +19,7 @@ from .errors import ApiError, validation_message
 
 # Formats an upload may be in, recognised from its bytes (Pillow's other readers, e.g. EPS, which runs
 # Ghostscript, are never tried on client data).
-IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 FILE_FIELD = "file"  # the multipart field of uploaded images
 
 Params = TypeVar("Params", bound=BaseModel)

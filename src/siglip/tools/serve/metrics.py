@@ -15,7 +15,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-    """Request counts, request latency, batch sizes and times, and queue depth, in their own registry."""
+    """Request counts, requests in flight, request latency, batch sizes and times, and queue depth, in their own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -29,6 +29,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.in_flight = Gauge("siglip_requests_in_flight", "Requests being answered", registry=self.registry)
         self.batch_size = Histogram(
             "siglip_batch_size",
             "Items per model call",
@@ -81,6 +82,7 @@ class Guard:
             return
         start = time.perf_counter()
         status = 500
+        received, too_large = 0, False
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -89,23 +91,34 @@ class Guard:
                 message["headers"] = [*message.get("headers", []), *_PROTECTIVE_HEADERS]
             await send(message)
 
-        received = 0
+        async def send_unless_too_large(message: Message) -> None:
+            if not too_large:  # else the app's answer (to a body it could not read) gives way to the 413
+                await send_with_headers(message)
 
         async def receive_limited() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_body:
+                too_large = True
                 raise ApiError(413, self._too_large())
             return message
 
+        self.metrics.in_flight.inc()
         try:
             length = dict(scope["headers"]).get(b"content-length", b"")
             if length.isdigit() and int(length) > self.max_body:
-                await error_response(413, self._too_large())(scope, receive, send_with_headers)
+                too_large = True
             else:
-                await self.app(scope, receive_limited, send_with_headers)
+                try:
+                    await self.app(scope, receive_limited, send_unless_too_large)
+                except Exception:
+                    if not too_large:
+                        raise
+            if too_large:
+                await error_response(413, self._too_large())(scope, receive, send_with_headers)
         finally:
+            self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
