@@ -9,9 +9,6 @@ import io
 import itertools
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from _material import BUNDLED, write_photos
+from _serving import start_server
 from siglip import Embedder, SearchIndex, pipeline
 from siglip.tools.cli import main
 from siglip.tools.index import thumbnail_jpeg
@@ -120,7 +118,7 @@ def test_image_embeddings_from_uploads_and_base64_equal_embed_images(client, emb
 
 
 def test_classify_equals_the_pipeline(client, embedder, material):
-    photo = material[1][1].read_bytes()  # chelsea the cat
+    photo = next(f for f in material[1] if f.name == "chelsea.jpg").read_bytes()
     classifier = pipeline(model=embedder)
     templates = ["a photo of {}.", "a picture of {}"]
 
@@ -157,7 +155,7 @@ def test_search_by_text_image_and_id_equals_the_index(client, index, material):
     _assert_same_hits(by_text["results"], index.search_text("a cat on a sofa", k=3), index)
     assert by_text["query"] == {"text": "a cat on a sofa"}
 
-    rocket = files[3].read_bytes()
+    rocket = next(f for f in files if f.name == "rocket.jpg").read_bytes()
     by_image = client.post("/v1/search", files={"file": ("q.jpg", rocket)}, data={"k": "10"}).json()
     _assert_same_hits(by_image["results"], index.search_image(rocket, k=10), index)
     assert len(by_image["results"]) == len(files)  # k beyond the index size gives all
@@ -475,36 +473,6 @@ def test_the_batcher_bounds_its_queue_drops_timed_out_items_and_drains_on_stop()
 
 
 # --- the real server ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(index: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """`siglip serve` on a free loopback port, once it is ready: (process, base URL)."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "siglip", "serve", "--model", BUNDLED, "--index", str(index), "--port", str(port),
-         "--precision", "fp32", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the server did not become ready in 120 s")
-
-
 def _wait_for_requests_in_flight(url: str, count: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

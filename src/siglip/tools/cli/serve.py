@@ -81,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..serve import ServeSettings, create_app, is_loopback
+    from ..serve import ServeSettings, is_loopback
 
     if not is_loopback(args.host) and not args.api_key:
         raise ValueError(
@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_wait_ms < 0 or args.timeout <= 0:
         raise ValueError("--max-wait-ms must be >= 0 and --timeout > 0")
     uvicorn = require("uvicorn", "serve", "siglip serve")
+    for module in ("fastapi", "fastapi_offline", "multipart", "prometheus_client"):
+        require(module, "serve", "siglip serve")
+    from ..serve.app import create_app
+
     settings = ServeSettings(
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,

@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import ipaddress
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -47,8 +45,8 @@ from .batcher import Batcher
 from .errors import ApiError, install_error_handlers
 from .inputs import Upload, check_image, parse_id, read_request
 from .metrics import Guard, Metrics
+from .settings import ServeSettings
 
-API_KEY_ENV = "SIGLIP_API_KEY"
 API_KEY_COOKIE = "siglip_api_key"  # set by the page when the user types a key
 MAX_TEXT_CHARS = 10_000
 _CSP = (
@@ -56,33 +54,6 @@ _CSP = (
     "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """How the server batches, what it accepts, and who may call it (the options of `siglip serve`)."""
-
-    max_batch_size: int = 32  # items per model call
-    max_wait_ms: float = 5.0  # how long a batch waits for more items after its first
-    max_queue: int = 512  # items waiting; past it, 503 with Retry-After
-    timeout_s: float = 30.0  # a request not answered by then gets 503
-    max_items: int = 64  # texts or images in one request
-    max_upload_bytes: int = 20 * 2**20  # request body
-    max_pixels: int = 40_000_000  # decoded pixels of one image
-    max_k: int = 1000  # search results
-    thumbnail_size: int = 256
-    api_key: str | None = None  # when set, required on every /v1 route and /metrics
-    cors_origins: tuple[str, ...] = field(default_factory=tuple)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names only this machine (127.0.0.0/8, ::1 or localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- request and response bodies -------------------------------------------------------------------------
