@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ... import Embedder, SearchIndex, ZeroShotImageClassificationPipeline, __version__
+from ... import Embedder, ImageInputError, SearchIndex, ZeroShotImageClassificationPipeline, __version__
 from ..index import thumbnail_jpeg
 from ..zeroshot import DEFAULT_TEMPLATE
 from .batcher import Batcher
@@ -186,14 +186,11 @@ class Service:
     def _pixels(self, upload: Upload) -> np.ndarray:
         check_image(upload, self.settings.max_pixels)
         try:
-            return self.embedder.processor.image_processor(upload.data, return_tensors="np")["pixel_values"][
-                0
-            ]
-        except (
-            ValueError
-        ) as err:  # ImageInputError: it names "images[0] (bytes)", the client knows its upload
+            pixels = self.embedder.processor.image_processor(upload.data, return_tensors="np")
+        except ImageInputError as err:  # it names the image "images[0] (bytes)"; the client's name is better
             reason = str(err).removeprefix("images[0] (bytes)").lstrip(": ")
             raise ApiError(422, f"{upload.name} {reason}") from None
+        return pixels["pixel_values"][0]
 
     async def label_embeddings(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         return await self.on_model(self._labels, tuple(labels), tuple(templates))
