@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
     print(machine_line())
+    memory = ""
     with tempfile.TemporaryDirectory() as tmp:
         models = {
             "tiny": TINY,
@@ -193,13 +194,15 @@ def main() -> None:
                         before = rss_mib(process.pid)
                         result = asyncio.run(load(url, 32, 3600, args.rss_requests))
                         after = rss_mib(process.pid)
-                        print(
-                            f"\nRSS of the {name} server over {result['count']} more requests (32 clients, "
-                            f"{result['errors']} errors): {before:.0f} MiB before, {after:.0f} MiB after\n",
-                            flush=True,
+                        memory = (
+                            f"RSS of the {name} server over {result['count']} more requests (32 clients, "
+                            f"{result['errors']} errors): {before:.0f} MiB before, {after:.0f} MiB after"
                         )
                 finally:
                     stop(process)
+            if memory:
+                print(f"\n{memory}")
+                memory = ""
 
 
 if __name__ == "__main__":

@@ -237,9 +237,7 @@ class Embedder:
         ) as bar:
             for indices, pixels, failed in loader:
                 vectors = (
-                    self.embed_pixels(pixels)
-                    if len(indices)
-                    else np.empty((0, self.dims), dtype=np.float32)
+                    self.embed_pixels(pixels) if len(indices) else np.empty((0, self.dims), dtype=np.float32)
                 )
                 skipped += len(failed)
                 bar.update(len(indices) + len(failed))
