@@ -127,10 +127,10 @@ class Embedder:
         chunks = []
         for start in range(0, len(images), batch_size):
             pixels = self.processor.image_processor(images[start : start + batch_size], return_tensors="pt")
-            chunks.append(self.encode_pixels(pixels["pixel_values"]))
+            chunks.append(self.embed_pixels(pixels["pixel_values"]))
         return np.concatenate(chunks)
 
-    def encode_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
+    def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
         """(B, D) unit-length embeddings of preprocessed pixels, in this embedder's inference mode."""
         return self._in_mode(SiglipModel.encode_images, pixel_values)
 
@@ -175,7 +175,7 @@ class Embedder:
         ) as bar:
             for batch in loader:
                 vectors = (
-                    self.encode_pixels(batch.pixel_values)
+                    self.embed_pixels(batch.pixel_values)
                     if batch.loaded
                     else np.empty((0, self.dims), dtype=np.float32)
                 )

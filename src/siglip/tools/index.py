@@ -51,10 +51,11 @@ _VECTORS_GENERATION = "vectors_generation"  # meta key: the records generation v
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: an image path and its cosine similarity to the query."""
+    """One search result: an image path, its cosine similarity to the query and its id in the index."""
 
     path: str
     score: float
+    id: int | None = None  # how `siglip serve` addresses the image
 
 
 @dataclass
@@ -237,9 +238,13 @@ class SearchIndex:
         scores, ids = index.search(queries, min(k, index.ntotal))
         paths = self.store.paths_of(ids[ids >= 0])
         return [
-            [Hit(paths[i], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i in paths]
+            [Hit(paths[i], float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i in paths]
             for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
+
+    def entry(self, image_id: int) -> tuple[str, np.ndarray] | None:
+        """(path, embedding) of the indexed image with this id, or None when the index has no such id."""
+        return self.store.entry(image_id)
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
         """The `k` images that best match `text`."""
@@ -296,14 +301,20 @@ def _card(rank: int, hit: Hit) -> str:
 
 def _thumbnail(path: str) -> str | None:
     """A JPEG data URI of a small upright copy of the image, or None when it cannot be read."""
+    jpeg = thumbnail_jpeg(path)
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
+    """A JPEG of an upright copy of the image at most `size` pixels a side, or None when it cannot be read."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
-            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            image.thumbnail((size, size))
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="JPEG", quality=80)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()

@@ -212,6 +212,11 @@ class VectorStore:
             found.update(self._db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk))
         return found
 
+    def entry(self, image_id: int) -> tuple[str, np.ndarray] | None:
+        """(path, vector) of the row with this id, or None when there is none."""
+        row = self._db.execute("SELECT path, vector FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        return None if row is None else (row[0], self._unpack([row[1]])[0])
+
     def in_order(self, paths: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray]]:
         """(paths, vectors) chunks of the stored embeddings of `paths`, in that order (absent ones left out)."""
         with self.transaction():

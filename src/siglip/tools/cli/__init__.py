@@ -17,7 +17,7 @@ import sys
 
 from ...errors import SiglipError
 
-COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info")
+COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

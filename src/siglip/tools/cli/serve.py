@@ -1,0 +1,138 @@
+"""`siglip serve`: an HTTP API and a web page for embeddings, zero-shot classification and search."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from ...errors import UsageError
+from ..deps import require
+from ..embedder import DEFAULT_MODEL, Embedder
+from ._options import _positive, add_model_options, model_kwargs
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..serve import API_KEY_ENV, ServeSettings
+
+    defaults = ServeSettings()
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve an HTTP API and a web page (search, classification, embeddings)",
+        description="A long-running service: one model load, concurrent requests batched together. "
+        "The page is at http://HOST:PORT/, the API docs at /docs. Stop it with Ctrl+C or SIGTERM "
+        "(requests in flight are answered first).",
+    )
+    add_model_options(parser, default=None)
+    parser.add_argument("--index", help="index folder made by `siglip index`, to search (default: none)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"key required on every API route (default: ${API_KEY_ENV}); needed to bind a non-loopback address",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN call the API (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=_positive,
+        default=defaults.max_batch_size,
+        help="items per model call (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help="how long a batch waits for more requests (default: %(default)s ms)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=_positive,
+        default=defaults.max_queue,
+        help="items waiting before 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=defaults.timeout_s,
+        help="seconds before a request gets 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=_positive,
+        default=defaults.max_upload_bytes,
+        help="request body limit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=defaults.max_pixels,
+        help="decoded pixels of an image (default: %(default)s)",
+    )
+    parser.set_defaults(run=run, reduced_decode=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..serve import ServeSettings, is_loopback
+
+    if not is_loopback(args.host) and not args.api_key:
+        raise UsageError(
+            f"binding {args.host} exposes the server to other machines: give --api-key KEY (or set SIGLIP_API_KEY)"
+        )
+    if args.max_wait_ms < 0 or args.timeout <= 0:
+        raise UsageError("--max-wait-ms must be >= 0 and --timeout > 0")
+    uvicorn = require("uvicorn", "serve", "siglip serve")
+    for module in ("fastapi", "fastapi_offline", "multipart", "prometheus_client"):
+        require(module, "serve", "siglip serve")
+    from ..serve.app import create_app
+
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        max_upload_bytes=args.max_upload_bytes,
+        max_pixels=args.max_pixels,
+        api_key=args.api_key,
+        cors_origins=tuple(args.cors_origins),
+    )
+    embedder = Embedder.from_pretrained(_model_of(args), **model_kwargs(args))
+    app = create_app(embedder, args.index, settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+            access_log=False,
+            log_level="info",
+        )
+    )
+    # uvicorn handles SIGTERM by finishing the requests in flight, then raises it again once it is done; by
+    # then there is nothing left to do, so that second delivery must not kill the process with status -15.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run()
+    print("siglip serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _model_of(args: argparse.Namespace) -> str:
+    """--model, else the model the index was built with, else the default model."""
+    if args.model:
+        return args.model
+    if args.index:
+        from ..index import SearchIndex
+
+        with SearchIndex(args.index) as index:
+            return index.model
+    return DEFAULT_MODEL

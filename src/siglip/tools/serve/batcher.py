@@ -1,0 +1,157 @@
+"""Dynamic batching: items submitted by concurrent requests are gathered into one call of a batch function.
+
+    batcher = Batcher(lambda texts: embedder.embed_texts(texts), executor, max_batch_size=32, max_wait_s=0.005)
+    batcher.start()
+    vectors = await batcher.submit(["a cat", "a dog"])   # one result per item, in order
+
+A worker task takes the first waiting item, then keeps taking items until the batch holds `max_batch_size`
+of them or `max_wait_s` has passed since the first, and runs the batch function on `executor` (a thread, so
+the event loop keeps accepting requests while the model runs). Items that arrive while a batch runs wait
+for the next one, so under load batches fill without waiting at all (the max-batch-size / max-queue-delay
+scheme of Triton, TorchServe and LitServe).
+
+The queue is bounded: a submit that does not fit raises `QueueFull` at once rather than waiting. A submit
+that is not answered within `timeout_s` raises `Timeout`, and its items are dropped from any batch not yet
+started. `stop()` refuses new items, lets every queued one be answered, then ends the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue cannot take the items now (or it is shutting down); try again later."""
+
+
+class Timeout(RuntimeError):
+    """The items were not answered in time."""
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+
+
+class Batcher(Generic[T, R]):
+    """Gathers items from concurrent `submit` calls into calls of `run_batch` (see the module doc).
+
+    `run_batch` takes a list of items and returns one result per item, in order; an exception it raises is
+    the result of every item of that batch. `on_batch(size, seconds)` is told of every batch run.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Sequence[R]],
+        executor: Executor,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.005,
+        max_queue: int = 256,
+        timeout_s: float = 30.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError(
+                f"max_batch_size and max_queue must be at least 1, got {max_batch_size}, {max_queue}"
+            )
+        if max_wait_s < 0 or timeout_s <= 0:
+            raise ValueError(f"max_wait_s must be >= 0 and timeout_s > 0, got {max_wait_s}, {timeout_s}")
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending[T, R]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a batch."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def start(self) -> None:
+        """Start the worker on the running event loop."""
+        self._queue = asyncio.Queue()
+        self._closing = False
+        self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """The results of `items` (one per item, in order), computed in batches with other callers' items.
+
+        Raises `QueueFull` when the queue has no room for all of them (or the batcher is stopping), `Timeout`
+        when they are not answered within `timeout_s`, and whatever `run_batch` raised for their batch.
+        """
+        if self._queue is None or self._worker is None or self._worker.done() or self._closing:
+            raise QueueFull("the server is shutting down")
+        if self._queue.qsize() + len(items) > self.max_queue:
+            raise QueueFull(f"the queue is full ({self.max_queue} items waiting)")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures, strict=True):
+            self._queue.put_nowait(_Pending(item, future))
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
+        except TimeoutError:
+            raise Timeout(f"no answer within {self.timeout_s:g} s") from None
+
+    async def stop(self) -> None:
+        """Refuse new items, answer the queued ones, then end the worker."""
+        self._closing = True
+        if self._queue is None or self._worker is None:
+            return
+        await self._queue.join()
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
+            live = [p for p in batch if not p.future.done()]  # timed-out callers are gone
+            if live:
+                await self._run(loop, live)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]]) -> None:
+        start = loop.time()
+        try:
+            results = await loop.run_in_executor(self.executor, self.run_batch, [p.item for p in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"the batch function gave {len(results)} results for {len(batch)} items")
+        except Exception as err:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(err)
+        else:
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), loop.time() - start)

@@ -1,0 +1,160 @@
+"""The page of `siglip serve` in real headless Chromium (Debian's `chromium`, driven by Playwright): search by
+text and by image, thumbnails that load, the full image, classification bars, errors, a phone-width window.
+
+Screenshots go to $SIGLIP_SCREENSHOTS when set (README's picture is made so), else to the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from _material import BUNDLED, write_photos
+from _serving import start_server
+from siglip import Embedder, SearchIndex, pipeline
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs Playwright: see .ci/run")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="the browser test needs Debian's chromium: see .ci/run"
+)
+LABELS = ["a cat", "a rocket", "a cup of coffee"]
+ALL_LOADED = "s => [...document.querySelectorAll(s)].every(i => i.complete && i.naturalWidth > 0)"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(base URL, index, photos) of a server over an index of the scikit-image photos."""
+    root = tmp_path_factory.mktemp("browser")
+    files = write_photos(root / "photos", corrupt=False)
+    embedder = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32")
+    index = SearchIndex(root / "index", embedder)
+    index.update([root / "photos"], workers=0, progress=False)
+    process, url = start_server(root / "index")
+    yield url, index, files
+    process.terminate()
+    process.wait(30)
+    index.close()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(served[0])
+        yield page
+        browser.close()
+        expected = (
+            "Failed to load resource: the server responded with a status of 415 (Unsupported Media Type)"
+        )
+        assert [e for e in errors if e != expected] == []  # no script errors, no CSP violations, no 404s
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    directory = Path(os.environ.get("SIGLIP_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _names(page) -> list[str]:
+    return page.eval_on_selector_all("#results img", "imgs => imgs.map(i => i.alt)")
+
+
+def test_search_by_text_shows_loaded_thumbnails_in_the_index_order(page, served, shots):
+    _, index, files = served
+    sync_api.expect(page.locator("#about")).to_have_text(f"Model {BUNDLED} · {len(files)} images indexed")
+    page.get_by_label("Describe what you are looking for").fill("a cat on a sofa")
+    page.keyboard.press("Enter")
+    sync_api.expect(page.locator("#results img")).to_have_count(len(files))
+    page.wait_for_function(ALL_LOADED, arg="#results img")
+    assert _names(page) == [Path(h.path).name for h in index.search_text("a cat on a sofa", k=24)]
+    sync_api.expect(page.locator("#search-message")).to_contain_text("5 results for “a cat on a sofa”")
+    page.screenshot(path=shots / "serve-search.png", full_page=True)
+
+    page.locator("#results button.thumb").first.click()  # the full image, in a dialog
+    page.wait_for_function(ALL_LOADED, arg="#viewer-image")
+    assert (
+        page.eval_on_selector("#viewer-image", "i => i.naturalWidth") > 256
+    )  # the original, not a thumbnail
+    page.keyboard.press("Escape")
+    sync_api.expect(page.locator("#viewer")).not_to_be_visible()
+
+
+def test_search_by_an_uploaded_image_and_by_similar(page, served, shots):
+    _, index, files = served
+    rocket = next(f for f in files if f.name == "rocket.jpg")
+    page.set_input_files("#search-file", str(rocket))
+    sync_api.expect(page.locator("#search-message")).to_contain_text(f"5 results like {rocket.name}")
+    page.wait_for_function(ALL_LOADED, arg="#results img")
+    assert _names(page) == [Path(h.path).name for h in index.search_image(str(rocket), k=24)]
+    assert _names(page)[0] == rocket.name
+    page.screenshot(path=shots / "serve-search-by-image.png", full_page=True)
+
+    page.get_by_role("button", name="Similar images").nth(2).click()
+    third = index.search_image(str(rocket), k=24)[2]
+    sync_api.expect(page.locator("#search-message")).to_contain_text(
+        f"5 results like {Path(third.path).name}"
+    )
+    assert _names(page) == [Path(h.path).name for h in index.search(index.entry(third.id)[1], k=24)[0]]
+
+
+def test_classify_a_dropped_image_shows_the_pipeline_probabilities_as_bars(page, served, shots):
+    _, index, files = served
+    cat = next(f for f in files if f.name == "chelsea.jpg")
+    data = base64.b64encode(cat.read_bytes()).decode("ascii")
+    transfer = page.evaluate_handle(
+        """b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                    const dt = new DataTransfer(); dt.items.add(new File([bytes], "cat.jpg", {type: "image/jpeg"}));
+                    return dt; }""",
+        data,
+    )
+    page.dispatch_event("#classify-drop", "drop", {"dataTransfer": transfer})
+    sync_api.expect(page.locator("#classify-preview")).to_be_visible()
+    page.fill("#labels", ", ".join(LABELS))
+    page.get_by_role("button", name="Classify").click()
+    sync_api.expect(page.locator("#bars li")).to_have_count(len(LABELS))
+
+    expected = pipeline(model=index.embedder)(str(cat), candidate_labels=LABELS)
+    shown = page.eval_on_selector_all(
+        "#bars .bar",
+        "bars => bars.map(b => [b.getAttribute('aria-label'), +b.getAttribute('aria-valuenow')])",
+    )
+    assert [label for label, _ in shown] == [r["label"] for r in expected]
+    assert [score for _, score in shown] == pytest.approx([r["score"] for r in expected], rel=1e-4)
+    widths = page.eval_on_selector_all("#bars .bar", "bars => bars.map(b => b.getBoundingClientRect().width)")
+    track = page.eval_on_selector("#bars .track", "t => t.getBoundingClientRect().width")
+    assert widths == pytest.approx([max(2, track * r["score"]) for r in expected], abs=1.5)
+    page.locator("#classify-form").scroll_into_view_if_needed()
+    page.screenshot(path=shots / "serve-classify.png", full_page=True)
+
+
+def test_errors_are_shown_as_text_and_the_page_fits_a_phone(page, served, shots, tmp_path):
+    page.fill("#search-text", "<img src=x onerror=alert(1)>")
+    page.keyboard.press("Enter")
+    sync_api.expect(page.locator("#search-message")).to_contain_text("for “<img src=x onerror=alert(1)>”")
+    assert page.locator("#search-message img").count() == 0  # shown as text, never as markup
+
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("not an image at all")
+    page.set_input_files("#search-file", str(fake))
+    message = page.locator("#search-message.error")
+    sync_api.expect(message).to_contain_text("upload 'photo.jpg' is not an image")
+    page.fill("#labels", " , ")
+    page.get_by_role("button", name="Classify").click()
+    sync_api.expect(page.locator("#classify-message.error")).to_have_text("Type at least one label.")
+
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.fill("#search-text", "a rocket")
+    page.keyboard.press("Enter")
+    page.wait_for_function(ALL_LOADED, arg="#results img")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+    page.screenshot(path=shots / "serve-phone.png", full_page=True)
