@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..core.siglip.image_processing import SiglipImageProcessor
 from ..errors import DataError, ImageInputError
@@ -29,15 +30,18 @@ from .files import IMAGE_EXTENSIONS, images_in
 logger = logging.getLogger("siglip")
 
 PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
+ImageProcessor = SiglipImageProcessor  # any image processor of the families: one image in, a BatchFeature out
 
 
 # --- decode or skip ------------------------------------------------------------------------------------
 @dataclass
 class Sample:
-    """One image after loading: pixels (3, H, W), or None with the `reason` it could not be used; `index`
-    (its position in the caller's list), `caption` and `micro` (its micro-batch) travel with it."""
+    """One image after loading: its model inputs (`pixel_values`, and for NaFlex models
+    `pixel_attention_mask` and `spatial_shapes`, each without the batch axis), or None with the `reason` it
+    could not be used; `index` (its position in the caller's list), `caption` and `micro` (its micro-batch)
+    travel with it."""
 
-    pixels: np.ndarray | None
+    inputs: dict[str, np.ndarray] | None
     source: str
     reason: str = ""
     index: int = 0
@@ -45,23 +49,24 @@ class Sample:
     micro: int = 0
 
 
-def load_sample(processor: SiglipImageProcessor, image: Any, source: str, **fields: Any) -> Sample:
-    """`image` (a path, bytes, ...) preprocessed, or a `Sample` without pixels saying why it cannot be used."""
+def load_sample(processor: ImageProcessor, image: Any, source: str, **fields: Any) -> Sample:
+    """`image` (a path, bytes, ...) preprocessed, or a `Sample` without inputs saying why it cannot be used."""
     try:
-        pixels = processor(image, return_tensors="np")["pixel_values"][0]
+        features = processor(image, return_tensors="np")
     except (ImageInputError, TypeError, OSError) as err:
         logger.debug("skipping %s: %s", source, err)
         # the processor names the image "images[0] ('path')"; callers list the source themselves
         reason = str(err).removeprefix(f"images[0] ('{source}')").lstrip(": ")
         return Sample(None, source, reason, **fields)
-    return Sample(pixels, source, **fields)
+    return Sample({name: value[0] for name, value in features.items()}, source, **fields)
 
 
 @dataclass
 class Batch:
-    """The samples of a batch that loaded, their pixels stacked (b, 3, H, W), and those that did not."""
+    """The samples of a batch that loaded, their model inputs stacked (`inputs`, each with a batch axis), and
+    the samples that did not load."""
 
-    pixel_values: torch.Tensor
+    inputs: dict[str, torch.Tensor]
     loaded: list[Sample]
     failed: list[Sample]
 
@@ -75,10 +80,18 @@ class Batch:
 
 
 def collate(samples: list[Sample]) -> Batch:
-    """Stack the pixels of the samples that loaded; the others go to `failed`."""
-    loaded = [s for s in samples if s.pixels is not None]
-    pixels = torch.from_numpy(np.stack([s.pixels for s in loaded])) if loaded else torch.empty(0)
-    return Batch(pixels, loaded, [s for s in samples if s.pixels is None])
+    """Stack the inputs of the samples that loaded; the others go to `failed`."""
+    loaded = [s for s in samples if s.inputs is not None]
+    names = loaded[0].inputs if loaded else {}
+    inputs = {name: torch.from_numpy(np.stack([s.inputs[name] for s in loaded])) for name in names}
+    return Batch(inputs, loaded, [s for s in samples if s.inputs is None])
+
+
+def empty_inputs(processor: ImageProcessor) -> dict[str, torch.Tensor]:
+    """Model inputs for a batch of no image, shaped as `processor` shapes them (for a rank whose share of a
+    batch is empty: it must still run the model, which communicates)."""
+    blank = processor(Image.new("RGB", (64, 64)), return_tensors="pt")
+    return {name: value[:0] for name, value in blank.items()}
 
 
 # --- collections ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -126,13 +126,14 @@ class Embedder:
             raise ImageInputError("no images to embed: pass at least one")
         chunks = []
         for start in range(0, len(images), batch_size):
-            pixels = self.processor.image_processor(images[start : start + batch_size], return_tensors="pt")
-            chunks.append(self.embed_pixels(pixels["pixel_values"]))
+            inputs = self.processor.image_processor(images[start : start + batch_size], return_tensors="pt")
+            chunks.append(self.embed_inputs(inputs))
         return np.concatenate(chunks)
 
-    def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """(B, D) unit-length embeddings of preprocessed pixels, in this embedder's inference mode."""
-        return self._in_mode(SiglipModel.encode_images, pixel_values)
+    def embed_inputs(self, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """(B, D) unit-length embeddings of preprocessed images: the image processor's output for a batch
+        (`pixel_values`, plus `pixel_attention_mask` and `spatial_shapes` for NaFlex models)."""
+        return self._in_mode(lambda model: model.encode_images(**inputs))
 
     def _in_mode(self, embed: Callable[..., torch.Tensor], *args: Any) -> np.ndarray:
         """`embed(model, *args)` without autograd, in this embedder's inference mode, as numpy."""
@@ -175,7 +176,7 @@ class Embedder:
         ) as bar:
             for batch in loader:
                 vectors = (
-                    self.embed_pixels(batch.pixel_values)
+                    self.embed_inputs(batch.inputs)
                     if batch.loaded
                     else np.empty((0, self.dims), dtype=np.float32)
                 )

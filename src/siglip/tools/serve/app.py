@@ -168,8 +168,9 @@ class Service:
     def _embed_texts(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.embedder.embed_texts(texts, batch_size=len(texts)))
 
-    def _embed_pixels(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.embedder.embed_pixels(torch.from_numpy(np.stack(pixels))))
+    def _embed_pixels(self, images: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        inputs = {name: torch.from_numpy(np.stack([image[name] for image in images])) for name in images[0]}
+        return list(self.embedder.embed_inputs(inputs))
 
     def _label_embeddings(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> np.ndarray:
         return self.classifier.label_embeddings(labels, templates)
@@ -186,14 +187,15 @@ class Service:
         pixels = await asyncio.gather(*(run_in_threadpool(self._pixels, upload) for upload in uploads))
         return np.stack(await self.images.submit(list(pixels)))
 
-    def _pixels(self, upload: Upload) -> np.ndarray:
+    def _pixels(self, upload: Upload) -> dict[str, np.ndarray]:
+        """The model inputs of one uploaded image, without the batch axis."""
         check_image(upload, self.settings.max_pixels)
         try:
-            pixels = self.embedder.processor.image_processor(upload.data, return_tensors="np")
+            features = self.embedder.processor.image_processor(upload.data, return_tensors="np")
         except ImageInputError as err:  # it names the image "images[0] (bytes)"; the client's name is better
             reason = str(err).removeprefix("images[0] (bytes)").lstrip(": ")
             raise ApiError(422, f"{upload.name} {reason}") from None
-        return pixels["pixel_values"][0]
+        return {name: value[0] for name, value in features.items()}
 
     async def label_embeddings(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         return await self.on_model(self._labels, tuple(labels), tuple(templates))

@@ -41,7 +41,7 @@ from ...core.siglip.configuration import SiglipConfig
 from ...core.siglip.modeling import SiglipModel
 from ...core.siglip.processing import SiglipProcessor, fixed_length_ids
 from ...errors import DataError, UsageError
-from ..data import Batch
+from ..data import Batch, empty_inputs
 from ..embedder import Embedder
 from ..evaluation import evaluate_zeroshot
 from ..precision import Precision, check_precision, resolve_precision
@@ -180,9 +180,9 @@ class _Towers(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor
+        self, input_ids: torch.Tensor, image_inputs: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode_images(pixel_values), self.model.encode_texts(input_ids)
+        return self.model.encode_images(**image_inputs), self.model.encode_texts(input_ids)
 
 
 def _param_groups(model: SiglipModel, weight_decay: float) -> list[dict[str, Any]]:
@@ -470,7 +470,6 @@ def _train_step(
     micro-batch smaller than the world): the loss and DDP communicate, so all ranks must take part.
     """
     text_config = model.config.text_config
-    size = processor.image_processor.size
     micro = torch.tensor(batch.micro, dtype=torch.long)
     ddp = isinstance(towers, nn.parallel.DistributedDataParallel)  # gradients sync on the last micro-batch
     total = 0.0
@@ -478,15 +477,16 @@ def _train_step(
         rows = (micro == m).nonzero().flatten()
         captions = [batch.captions[i] for i in rows.tolist()]
         if captions:
-            pixels = batch.pixel_values[rows]
+            images = {name: value[rows] for name, value in batch.inputs.items()}
             ids = fixed_length_ids(processor.tokenizer, captions, text_config)
         else:
-            pixels = torch.zeros(0, 3, size["height"], size["width"])
+            images = empty_inputs(processor.image_processor)
             ids = torch.zeros(0, text_config.max_position_embeddings, dtype=torch.long)
         last = m == config.grad_accum - 1
         with towers.no_sync() if ddp and not last else nullcontext():
             with precision.context(dist_.device):
-                image, text = towers(ids.to(dist_.device), pixels.to(dist_.device))
+                images = {name: value.to(dist_.device) for name, value in images.items()}
+                image, text = towers(ids.to(dist_.device), images)
             loss = siglip_loss(
                 image, text, model.logit_scale, model.logit_bias,
                 mode="local" if dist_.world == 1 else config.loss, chunk_size=config.loss_chunk_size,
