@@ -38,6 +38,7 @@ from ...core.siglip.image_processing import SiglipImageProcessor
 from ...errors import DataError
 from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample
 from ..files import IMAGE_EXTENSIONS
+from ..zeroshot import check_templates
 
 logger = logging.getLogger("siglip")
 
@@ -124,10 +125,7 @@ class ClassFolderDataset(Dataset):
         seed: int = 0,
         class_names: dict[str, str] | None = None,
     ) -> None:
-        if not templates or any("{}" not in t for t in templates):
-            raise DataError(
-                f"class-folder data needs caption templates containing '{{}}', got {list(templates)}"
-            )
+        check_templates(templates)
         self.folders = ClassFolders(root, class_names)
         self.processor = processor
         self.templates = list(templates)

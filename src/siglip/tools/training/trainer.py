@@ -45,6 +45,7 @@ from ..data import Batch, empty_inputs
 from ..embedder import Embedder
 from ..evaluation import evaluate_zeroshot
 from ..precision import Precision, check_precision, resolve_precision
+from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 from .data import (
     BatchLayout,
     WebDatasetSource,
@@ -115,7 +116,7 @@ class TrainConfig:
     )
     eval_every: int = field(default=0, metadata={"help": "steps between zero-shot evaluations (0: off)"})
     eval_templates: list[str] = field(
-        default_factory=lambda: ["a photo of a {}."], metadata={"help": "prompt templates of the evaluation"}
+        default_factory=lambda: [DEFAULT_TEMPLATE], metadata={"help": "prompt templates of the evaluation"}
     )
     max_bad_fraction: float = field(
         default=0.01, metadata={"help": "stop when more images than this fraction are missing or unreadable"}
@@ -143,6 +144,8 @@ class TrainConfig:
         if self.grad_clip < 0:
             raise UsageError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
         check_chunk_size(self.loss_chunk_size, self.loss, "loss_chunk_size")
+        check_templates(self.templates)
+        check_templates(self.eval_templates)
         if self.eval_every and not self.eval_data:
             raise UsageError("eval_every needs eval_data: a folder with one sub-folder of images per class")
 
