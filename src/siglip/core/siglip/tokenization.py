@@ -48,6 +48,7 @@ VOCAB_FILE = "spiece.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 SPIECE_UNDERLINE = "▁"
+_GEMMA_FILES = ("tokenizer.json", "tokenizer.model")  # what SigLIP 2 checkpoints ship instead
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")  # ASCII only: ’ “ ” — are kept
 _CONFIG_KEYS = ("eos_token", "unk_token", "pad_token", "model_max_length", "do_lower_case", "model_input_names",
@@ -361,7 +362,16 @@ class SiglipTokenizer:
         does not implement (left padding, extra special tokens, ...) raise a `CheckpointError`.
         """
         checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
-        vocab_file = checkpoint.file(VOCAB_FILE)
+        vocab_file = checkpoint.file(VOCAB_FILE, required=False)
+        if vocab_file is None:
+            gemma = [name for name in _GEMMA_FILES if checkpoint.file(name, required=False) is not None]
+            if gemma:
+                raise CheckpointError(
+                    f"'{checkpoint}' has no '{VOCAB_FILE}': its '{gemma[0]}' is a Gemma (SigLIP 2) tokenizer, "
+                    "which SiglipTokenizer cannot read; load it with siglip's GemmaTokenizer (Siglip2Tokenizer "
+                    "for NaFlex checkpoints) or load_tokenizer(), which picks the class"
+                )
+            vocab_file = checkpoint.file(VOCAB_FILE)  # raises, naming the missing file
         config: dict[str, Any] = {}
         for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):  # the config file wins
             path = checkpoint.file(name, required=False)

@@ -9,9 +9,12 @@ library, with the ids, masks, padding and truncation transformers 5.24 gives for
 Lowercasing, the one rule (`needs_lowercase`): SigLIP 2 was trained on lowercased text (big_vision:
 `lower | tok(model="gemma", bos="no", eos="sticky", length=64)`); without lowercasing, zero-shot accuracy
 drops (big_vision issues 166 and 187). The tokenizers stay identical to transformers' (a `GemmaTokenizer`
-keeps case), so code that feeds a SigLIP 2 model text lowercases it first when `needs_lowercase(tokenizer)`
-says so: True for a `GemmaTokenizer`, False for a `Siglip2Tokenizer` (it lowercases itself) and for a SigLIP 1
-`SiglipTokenizer` (its canonicalisation lowercases).
+keeps case), so code that feeds a SigLIP 2 model text lowercases it first with `lowercase` when
+`needs_lowercase(tokenizer)` says so: True for a `GemmaTokenizer`, False for a `Siglip2Tokenizer` (it
+lowercases itself) and for a SigLIP 1 `SiglipTokenizer` (its canonicalisation lowercases). `lowercase` is the
+`tokenizers` Lowercase normaliser `Siglip2Tokenizer` applies, character by character: it differs from
+`str.lower` (which writes a word-final "Σ" as "ς"), and with it a `GemmaTokenizer` gives exactly the ids of a
+`Siglip2Tokenizer` on the same files (special tokens such as "<eos>" written in the text aside).
 
 How transformers 5.24 builds these tokenizers, and so how this module does (`from_pretrained`):
 1. The BPE model (vocabulary and merges) comes from `tokenizer.json` when present, else from `tokenizer.model`
@@ -55,7 +58,7 @@ from ..text import (
     warn_if_too_long,
 )
 
-__all__ = ["GemmaTokenizer", "Siglip2Tokenizer", "needs_lowercase"]
+__all__ = ["GemmaTokenizer", "Siglip2Tokenizer", "lowercase", "needs_lowercase"]
 
 TOKENIZER_FILE = "tokenizer.json"
 SPM_FILE = "tokenizer.model"
@@ -64,6 +67,7 @@ SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 _NAMED_TOKENS = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
                  "mask_token": "<mask>"}  # the named special tokens and their defaults  # fmt: skip
 _SIDES = ("right", "left")
+_LOWERCASE = normalizers.Lowercase()
 _SPM_CONTROL, _SPM_USER_DEFINED, _SPM_BPE = 3, 4, 2  # SentencePiece's piece types and model type
 
 
@@ -74,6 +78,11 @@ def needs_lowercase(tokenizer: Any) -> bool:
     and ours matches it, while the model was trained on lowercased text. See the module docstring.
     """
     return isinstance(tokenizer, GemmaTokenizer) and not tokenizer.lowercases
+
+
+def lowercase(text: str) -> str:
+    """`text` lowercased exactly as `Siglip2Tokenizer` does (the `tokenizers` Lowercase normaliser)."""
+    return _LOWERCASE.normalize_str(text)
 
 
 class GemmaTokenizer:
@@ -144,7 +153,7 @@ class GemmaTokenizer:
         )
         backend.add_tokens(_tokens_to_add(added_tokens, [*named.values(), *extra_special_tokens], named))
         if self.lowercases:  # after the added tokens, as transformers' Siglip2Tokenizer does
-            backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), backend.normalizer])
+            backend.normalizer = normalizers.Sequence([_LOWERCASE, backend.normalizer])
         self._tokenizer = backend
         self._lock = threading.Lock()  # each call sets the backend's truncation
 
