@@ -30,7 +30,9 @@ from siglip.core.siglip.image_processing import SiglipImageProcessor
 from siglip.core.siglip2.tokenization import GemmaTokenizer, Siglip2Tokenizer, lowercase, needs_lowercase
 from siglip.core.tokenizers import load_tokenizer
 
-pytestmark = pytest.mark.filterwarnings("ignore:A sequence has", "ignore:max_length is ignored")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:A sequence has", "ignore:max_length is ignored", "ignore:`max_length` is ignored"
+)
 
 USER_DEFINED = ["<mask>", "<start_of_turn>", "<end_of_turn>", "\n\n", "<table>", "▁▁"]
 EDGE_CASES = [

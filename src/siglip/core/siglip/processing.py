@@ -171,7 +171,7 @@ class SiglipProcessor:
         tokenizer = load_tokenizer(checkpoint)
         if tokenizer.model_max_length > LARGE_INTEGER:
             config_file = checkpoint.file("config.json", required=False)
-            text_config = read_json(config_file).get("text_config") or {} if config_file is not None else {}
+            text_config = (read_json(config_file).get("text_config") or {}) if config_file is not None else {}
             tokenizer.model_max_length = int(
                 text_config.get("max_position_embeddings", SiglipTextConfig().max_position_embeddings)
             )
