@@ -19,7 +19,10 @@ import numpy as np
 import torch
 
 from ..features import BatchFeature
-from ..hub import Checkpoint, HubOptions, locate, staged_directory
+from ..hub import Checkpoint, HubOptions, locate, read_json, staged_directory
+from ..siglip2.tokenization import GemmaTokenizer
+from ..text import LARGE_INTEGER
+from ..tokenizers import Tokenizer, load_tokenizer
 from .configuration import SiglipTextConfig
 from .image_processing import ImageInput, SiglipImageProcessor
 from .tokenization import SiglipTokenizer
@@ -28,7 +31,7 @@ __all__ = ["BatchFeature", "SiglipProcessor", "fixed_length_ids"]
 
 
 def fixed_length_ids(
-    tokenizer: SiglipTokenizer, texts: Sequence[str], text_config: SiglipTextConfig
+    tokenizer: Tokenizer, texts: Sequence[str], text_config: SiglipTextConfig
 ) -> torch.Tensor:
     """(N, L) token ids of `texts` as the text tower of `text_config` was trained on them: padded with `</s>`
     and truncated (keeping `</s>` last) to its L = `max_position_embeddings` positions (64; 16 for so400m-224).
@@ -46,20 +49,24 @@ def fixed_length_ids(
 
 
 class SiglipProcessor:
-    """A `SiglipTokenizer` and a `SiglipImageProcessor` as one preprocessing step for `SiglipModel`.
+    """A tokenizer and a `SiglipImageProcessor` as one preprocessing step for `SiglipModel`.
+
+    The tokenizer is a `SiglipTokenizer` (SigLIP 1) or a `GemmaTokenizer` (SigLIP 2 fixed-resolution
+    checkpoints, which load into `SiglipModel` too).
 
     `processor(text=..., images=...)` returns a `BatchFeature` with `input_ids` (plus `attention_mask` when
     the tokenizer's `model_input_names` lists it; released checkpoints do not) and `pixel_values`, ready for
     `model(**inputs)`. Text is padded to `max_length` by default: see `__call__`.
     """
 
-    def __init__(self, image_processor: SiglipImageProcessor, tokenizer: SiglipTokenizer) -> None:
+    def __init__(self, image_processor: SiglipImageProcessor, tokenizer: Tokenizer) -> None:
         in_order = isinstance(image_processor, SiglipImageProcessor) and isinstance(
-            tokenizer, SiglipTokenizer
+            tokenizer, SiglipTokenizer | GemmaTokenizer
         )
         if not in_order:
             raise TypeError(
-                "SiglipProcessor(image_processor, tokenizer) takes a SiglipImageProcessor and a SiglipTokenizer, "
+                "SiglipProcessor(image_processor, tokenizer) takes a SiglipImageProcessor and a SiglipTokenizer or "
+                "GemmaTokenizer, "
                 f"in that order; got {type(image_processor).__name__} and {type(tokenizer).__name__}"
             )
         self.image_processor = image_processor
@@ -132,7 +139,7 @@ class SiglipProcessor:
         skip_special_tokens: bool = False,
         **kwargs: Any,
     ) -> str | list[str]:
-        """`SiglipTokenizer.decode`."""
+        """The tokenizer's `decode`."""
         return self.tokenizer.decode(token_ids, skip_special_tokens, **kwargs)
 
     def batch_decode(
@@ -141,7 +148,7 @@ class SiglipProcessor:
         skip_special_tokens: bool = False,
         **kwargs: Any,
     ) -> list[str]:
-        """`SiglipTokenizer.batch_decode`."""
+        """The tokenizer's `batch_decode`."""
         return self.tokenizer.batch_decode(sequences, skip_special_tokens, **kwargs)
 
     @classmethod
@@ -151,16 +158,24 @@ class SiglipProcessor:
         """Load the tokenizer and image processor files of a checkpoint directory or hub id.
 
         `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; the name is resolved
-        once for both.
+        once for both. The tokenizer class follows the checkpoint (`load_tokenizer`). SigLIP 2 tokenizer
+        configs may leave `model_max_length` unset; it is then the text tower's number of positions
+        (`config.json`'s `text_config.max_position_embeddings`, 64 without one), so text is padded to 64 by
+        default as for SigLIP 1.
         """
         checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
         if kwargs:
             raise TypeError(
                 f"SiglipProcessor.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}"
             )
-        return cls(
-            SiglipImageProcessor.from_pretrained(checkpoint), SiglipTokenizer.from_pretrained(checkpoint)
-        )
+        tokenizer = load_tokenizer(checkpoint)
+        if tokenizer.model_max_length > LARGE_INTEGER:
+            config_file = checkpoint.file("config.json", required=False)
+            text_config = (read_json(config_file).get("text_config") or {}) if config_file is not None else {}
+            tokenizer.model_max_length = int(
+                text_config.get("max_position_embeddings", SiglipTextConfig().max_position_embeddings)
+            )
+        return cls(SiglipImageProcessor.from_pretrained(checkpoint), tokenizer)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write the tokenizer and image processor files into `save_directory`, all or nothing."""

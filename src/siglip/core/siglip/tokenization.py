@@ -20,11 +20,9 @@ with `padding="max_length", truncation=True` (`SiglipProcessor` does so by defau
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import string
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,18 +34,23 @@ import torch
 from ...errors import CheckpointError
 from ..features import BatchFeature, write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json, staged_directory
+from ..text import (
+    check_pairs,
+    check_texts,
+    ids_to_decode,
+    pack,
+    padding_width,
+    resolve_strategies,
+    warn_if_too_long,
+)
 
 VOCAB_FILE = "spiece.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 SPIECE_UNDERLINE = "▁"
+_GEMMA_FILES = ("tokenizer.json", "tokenizer.model")  # what SigLIP 2 checkpoints ship instead
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")  # ASCII only: ’ “ ” — are kept
-_PADDING = {False: "do_not_pad", "do_not_pad": "do_not_pad", True: "longest", "longest": "longest",
-            "max_length": "max_length"}  # fmt: skip
-_TRUNCATION = {None: "do_not_truncate", False: "do_not_truncate", "do_not_truncate": "do_not_truncate",
-               True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
-               "only_second": "only_second"}  # fmt: skip
 _CONFIG_KEYS = ("eos_token", "unk_token", "pad_token", "model_max_length", "do_lower_case", "model_input_names",
                 "clean_up_tokenization_spaces", "sp_model_kwargs")  # fmt: skip
 # tokenizer_config.json settings we do not implement, with the only value we accept (absent is fine too).
@@ -165,7 +168,7 @@ class SiglipTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """SentencePiece pieces of `text` (no `</s>` added), as transformers' `tokenize`."""
-        return self._encode_texts(_check_texts([text], "text"), out_type=str)[0]
+        return self._encode_texts(check_texts([text], "text"), out_type=str)[0]
 
     def _encode_texts(self, texts: list[str], out_type: type) -> list[list]:
         """Pieces (`out_type=str`) or ids (`out_type=int`) of each text, without special tokens added.
@@ -237,33 +240,12 @@ class SiglipTokenizer:
         one row per text; tensors need equal lengths, so pad, or the call raises. A non-string text or an
         empty batch raises with the offending index.
         """
-        padding_strategy = _lookup(_PADDING, padding, "padding")
-        truncation_strategy = _lookup(_TRUNCATION, truncation, "truncation")
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
-        if max_length is not None and padding is False and truncation is None:
-            truncation_strategy = "longest_first"  # transformers' rule: max_length alone means truncate
-        if (
-            padding_strategy == "longest"
-            and max_length is not None
-            and truncation_strategy == "do_not_truncate"
-        ):
-            warnings.warn(
-                "max_length is ignored with padding=True and no truncation; use padding='max_length' to pad to it",
-                stacklevel=2,
-            )
-        if max_length is None and (
-            padding_strategy == "max_length" or truncation_strategy != "do_not_truncate"
-        ):
-            max_length = self.model_max_length
-
+        padding_strategy, truncation_strategy, max_length = resolve_strategies(
+            padding, truncation, max_length, self.model_max_length, return_tensors
+        )
         batched = not isinstance(text, str)
-        texts = _check_texts(text, "text")
-        pairs = None
-        if text_pair is not None:
-            pairs = _check_texts(text_pair, "text_pair")
-            if batched == isinstance(text_pair, str) or len(pairs) != len(texts):
-                raise ValueError(f"text_pair must match text: {len(texts)} text(s), got {text_pair!r:.80}")
+        texts = check_texts(text, "text")
+        pairs = None if text_pair is None else check_pairs(texts, text_pair, batched)
         encoded = self._encode_texts(texts + (pairs or []), out_type=int)
         firsts, seconds = encoded[: len(texts)], (encoded[len(texts) :] if pairs else [None] * len(texts))
         num_special = (1 if pairs is None else 2) if add_special_tokens else 0
@@ -272,17 +254,17 @@ class SiglipTokenizer:
             for ids, pair_ids in zip(firsts, seconds, strict=True)
         ]
 
-        longest = max(map(len, sequences))
-        if max_length is None and longest > self.model_max_length:
-            warnings.warn(
-                f"A sequence has {longest} tokens, more than model_max_length={self.model_max_length}, the "
-                "number of positions of the text model; pass truncation=True (and padding='max_length')",
-                stacklevel=2,
-            )
-        width = {"do_not_pad": None, "longest": longest, "max_length": max_length}[padding_strategy]
+        warn_if_too_long(sequences, max_length, self.model_max_length)
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names
-        return self._pack(sequences, width, batched, return_tensors, return_attention_mask)
+        return pack(
+            sequences,
+            padding_width(sequences, padding_strategy, max_length),
+            self.pad_token_id,
+            batched=batched,
+            return_tensors=return_tensors,
+            return_attention_mask=return_attention_mask,
+        )
 
     def _build(
         self,
@@ -301,42 +283,6 @@ class SiglipTokenizer:
                 if sequence is not None and (not sequence or sequence[-1] != self.eos_token_id):
                     sequence.append(self.eos_token_id)
         return ids if pair_ids is None else ids + pair_ids
-
-    def _pack(
-        self,
-        sequences: list[list[int]],
-        width: int | None,
-        batched: bool,
-        return_tensors: str | None,
-        return_attention_mask: bool,
-    ) -> BatchFeature:
-        """Pad the sequences on the right to `width` (None: no padding) and convert to the requested type."""
-        if return_tensors is None:
-            pad = width or 0
-            ids = [s + [self.pad_token_id] * (pad - len(s)) for s in sequences]
-            features = {"input_ids": ids}
-            if return_attention_mask:
-                features["attention_mask"] = [[1] * len(s) + [0] * (pad - len(s)) for s in sequences]
-            return BatchFeature({k: v if batched else v[0] for k, v in features.items()})
-
-        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-        if lengths.max() > (width or lengths.min()):
-            raise ValueError(
-                f"Cannot make one tensor from sequences of {lengths.min()} to {lengths.max()} tokens; pass "
-                "padding='max_length' and truncation=True (what SigLIP checkpoints expect)"
-            )
-        width = width or int(lengths.max())
-        keep = np.arange(width) < lengths[:, None]
-        ids = np.full((len(sequences), width), self.pad_token_id, dtype=np.int64)
-        ids[keep] = np.fromiter(
-            itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum())
-        )
-        features = {"input_ids": ids}
-        if return_attention_mask:
-            features["attention_mask"] = keep.astype(np.int64)
-        if return_tensors == "pt":
-            features = {k: torch.from_numpy(v) for k, v in features.items()}
-        return BatchFeature(features)
 
     def encode(
         self,
@@ -373,14 +319,8 @@ class SiglipTokenizer:
         Special tokens are written verbatim unless `skip_special_tokens`. The canonicalisation is not
         undone: decoded text is lower-case and without ASCII punctuation.
         """
-        ids = token_ids.tolist() if isinstance(token_ids, np.ndarray | torch.Tensor) else token_ids
-        if isinstance(ids, int | np.integer):
-            ids = [ids]
-        if isinstance(ids, str) or not isinstance(ids, Sequence):
-            raise TypeError(
-                f"token_ids must be ids (a list, array or tensor of ints), got {type(token_ids).__name__}"
-            )
-        if ids and not isinstance(ids[0], int | np.integer):
+        ids, is_batch = ids_to_decode(token_ids)
+        if is_batch:
             return self.batch_decode(ids, skip_special_tokens, clean_up_tokenization_spaces)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
@@ -422,7 +362,16 @@ class SiglipTokenizer:
         does not implement (left padding, extra special tokens, ...) raise a `CheckpointError`.
         """
         checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
-        vocab_file = checkpoint.file(VOCAB_FILE)
+        vocab_file = checkpoint.file(VOCAB_FILE, required=False)
+        if vocab_file is None:
+            gemma = [name for name in _GEMMA_FILES if checkpoint.file(name, required=False) is not None]
+            if gemma:
+                raise CheckpointError(
+                    f"'{checkpoint}' has no '{VOCAB_FILE}': its '{gemma[0]}' is a Gemma (SigLIP 2) tokenizer, "
+                    "which SiglipTokenizer cannot read; load it with siglip's GemmaTokenizer (Siglip2Tokenizer "
+                    "for NaFlex checkpoints) or load_tokenizer(), which picks the class"
+                )
+            vocab_file = checkpoint.file(VOCAB_FILE)  # raises, naming the missing file
         config: dict[str, Any] = {}
         for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):  # the config file wins
             path = checkpoint.file(name, required=False)
@@ -471,27 +420,6 @@ class SiglipTokenizer:
             f"{type(self).__name__}(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
             f"do_lower_case={self.do_lower_case}, model_input_names={self.model_input_names})"
         )
-
-
-def _lookup(options: dict, value: Any, name: str) -> str:
-    try:
-        return options[value]
-    except (KeyError, TypeError):
-        raise ValueError(f"{name} must be one of {sorted(map(repr, options))}, got {value!r}") from None
-
-
-def _check_texts(texts: Any, name: str) -> list[str]:
-    """The texts of a call as a list; anything but strings, or an empty batch, raises naming the index."""
-    if isinstance(texts, str):
-        return [texts]
-    if not isinstance(texts, Sequence | np.ndarray):
-        raise TypeError(f"{name} must be a string or a list of strings, got {type(texts).__name__}")
-    if len(texts) == 0:
-        raise ValueError(f"{name} is an empty batch: pass at least one string")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"{name}[{i}] is {type(t).__name__} ({t!r:.40}), expected a string")
-    return list(texts)
 
 
 def _truncate(

@@ -1,0 +1,172 @@
+"""What every tokenizer of siglip shares: transformers' rules for the padding and truncation options, the
+checks on the texts of a call, and the packing of token ids into lists, numpy arrays or torch tensors.
+
+`SiglipTokenizer` (SentencePiece, SigLIP 1) and `GemmaTokenizer` / `Siglip2Tokenizer` (the `tokenizers`
+library, SigLIP 2) encode differently but take the same call options and return the same `BatchFeature`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .features import BatchFeature
+
+# transformers' "no limit" value of `model_max_length` (1e30); above LARGE_INTEGER a tokenizer has no limit
+# of its own, and padding="max_length" / truncation without `max_length` then do nothing, as in transformers.
+VERY_LARGE_INTEGER = int(1e30)
+LARGE_INTEGER = int(1e20)
+
+PADDING = {False: "do_not_pad", "do_not_pad": "do_not_pad", True: "longest", "longest": "longest",
+           "max_length": "max_length"}  # fmt: skip
+TRUNCATION = {None: "do_not_truncate", False: "do_not_truncate", "do_not_truncate": "do_not_truncate",
+              True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
+              "only_second": "only_second"}  # fmt: skip
+
+
+def lookup(options: dict, value: Any, name: str) -> str:
+    """`options[value]`, or a ValueError naming the argument and what it accepts."""
+    try:
+        return options[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"{name} must be one of {sorted(map(repr, options))}, got {value!r}") from None
+
+
+def resolve_strategies(
+    padding: bool | str,
+    truncation: bool | str | None,
+    max_length: int | None,
+    model_max_length: int,
+    return_tensors: str | None,
+) -> tuple[str, str, int | None]:
+    """(padding strategy, truncation strategy, max_length) of a call, by transformers' rules.
+
+    `max_length` alone turns truncation on; padding to `"max_length"` or truncating without a `max_length`
+    uses `model_max_length`, unless that is unset (above 1e20), in which case that padding / truncation is
+    dropped, as transformers does.
+    """
+    padding_strategy = lookup(PADDING, padding, "padding")
+    truncation_strategy = lookup(TRUNCATION, truncation, "truncation")
+    if return_tensors not in (None, "pt", "np"):
+        raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
+    if max_length is not None and padding is False and truncation is None:
+        truncation_strategy = "longest_first"  # transformers' rule: max_length alone means truncate
+    if padding_strategy == "longest" and max_length is not None and truncation_strategy == "do_not_truncate":
+        warnings.warn(
+            "max_length is ignored with padding=True and no truncation; use padding='max_length' to pad to it",
+            stacklevel=3,
+        )
+    if max_length is None:
+        unlimited = model_max_length > LARGE_INTEGER
+        if padding_strategy == "max_length":
+            padding_strategy = "do_not_pad" if unlimited else padding_strategy
+            max_length = None if unlimited else model_max_length
+        if truncation_strategy != "do_not_truncate":
+            truncation_strategy = "do_not_truncate" if unlimited else truncation_strategy
+            max_length = None if unlimited else model_max_length
+    return padding_strategy, truncation_strategy, max_length
+
+
+def check_texts(texts: Any, name: str) -> list[str]:
+    """The texts of a call as a list; anything but strings, or an empty batch, raises naming the index."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, Sequence | np.ndarray):
+        raise TypeError(f"{name} must be a string or a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise ValueError(f"{name} is an empty batch: pass at least one string")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] is {type(t).__name__} ({t!r:.40}), expected a string")
+    return list(texts)
+
+
+def check_pairs(texts: list[str], text_pair: Any, batched: bool) -> list[str]:
+    """The second sequences of a call, one per text (a string for a single text, a list for a batch)."""
+    pairs = check_texts(text_pair, "text_pair")
+    if batched == isinstance(text_pair, str) or len(pairs) != len(texts):
+        raise ValueError(f"text_pair must match text: {len(texts)} text(s), got {text_pair!r:.80}")
+    return pairs
+
+
+def warn_if_too_long(sequences: list[list[int]], max_length: int | None, model_max_length: int) -> None:
+    """transformers' warning for a sequence longer than the model's positions when no max_length was given."""
+    longest = max(map(len, sequences))
+    if max_length is None and longest > model_max_length:
+        warnings.warn(
+            f"A sequence has {longest} tokens, more than model_max_length={model_max_length}, the "
+            "number of positions of the text model; pass truncation=True (and padding='max_length')",
+            stacklevel=3,
+        )
+
+
+def padding_width(sequences: list[list[int]], padding_strategy: str, max_length: int | None) -> int | None:
+    """The length a padding strategy pads to (None: no padding)."""
+    if padding_strategy == "longest":
+        return max(map(len, sequences))
+    return max_length if padding_strategy == "max_length" else None
+
+
+def pack(
+    sequences: list[list[int]],
+    width: int | None,
+    pad_id: int,
+    *,
+    batched: bool,
+    return_tensors: str | None,
+    return_attention_mask: bool,
+    padding_side: str = "right",
+) -> BatchFeature:
+    """Pad the sequences to `width` (None: no padding) on `padding_side` and convert to the requested type.
+
+    Lists of ints for `return_tensors=None` (one list, not a batch of one, when not `batched`); int64 numpy
+    arrays or torch tensors of shape (batch, length) otherwise, which need equal lengths after padding.
+    """
+    left = padding_side == "left"
+    if return_tensors is None:
+        pad = width or 0
+        ids, masks = [], []
+        for s in sequences:
+            fill = pad - len(s)
+            ids.append([pad_id] * fill + s if left else s + [pad_id] * fill)
+            if return_attention_mask:
+                masks.append([0] * fill + [1] * len(s) if left else [1] * len(s) + [0] * fill)
+        features = {"input_ids": ids, **({"attention_mask": masks} if return_attention_mask else {})}
+        return BatchFeature({k: v if batched else v[0] for k, v in features.items()})
+
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    if lengths.max() > (width or lengths.min()):
+        raise ValueError(
+            f"Cannot make one tensor from sequences of {lengths.min()} to {lengths.max()} tokens; pass "
+            "padding='max_length' and truncation=True (what SigLIP checkpoints expect)"
+        )
+    width = width or int(lengths.max())
+    positions = np.arange(width)
+    keep = positions >= (width - lengths)[:, None] if left else positions < lengths[:, None]
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    ids[keep] = np.fromiter(
+        itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum())
+    )
+    features = {"input_ids": ids}
+    if return_attention_mask:
+        features["attention_mask"] = keep.astype(np.int64)
+    if return_tensors == "pt":
+        features = {k: torch.from_numpy(v) for k, v in features.items()}
+    return BatchFeature(features)
+
+
+def ids_to_decode(token_ids: Any) -> tuple[list, bool]:
+    """The ids given to `decode` as a list, and whether they are a batch (2-D) rather than one sequence."""
+    ids = token_ids.tolist() if isinstance(token_ids, np.ndarray | torch.Tensor) else token_ids
+    if isinstance(ids, int | np.integer):
+        ids = [ids]
+    if isinstance(ids, str) or not isinstance(ids, Sequence):
+        raise TypeError(
+            f"token_ids must be ids (a list, array or tensor of ints), got {type(token_ids).__name__}"
+        )
+    return list(ids), bool(ids) and not isinstance(ids[0], int | np.integer)
