@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import sentencepiece as spm
 import torch
 
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 
+GEMMA_USER_DEFINED = ["<mask>", "<start_of_turn>", "<end_of_turn>", "\n\n", "<table>", "▁▁"]
 BUNDLED = "siglip-tiny-fashion"  # the model shipped in the package (Fashion-MNIST)
 FASHION_CLASSES = ["t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot"]  # fmt: skip
@@ -64,3 +67,40 @@ def write_photos(directory: Path, corrupt: bool = True) -> list[Path]:
     if corrupt:
         (directory / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
     return sorted(files, key=str)
+
+
+def train_gemma_like() -> bytes:
+    """A SentencePiece BPE with byte fallback and Gemma's special-token layout (pad 0, eos 1, bos 2, unk 3,
+    user-defined `<mask>`, ...), trained in well under a second on `pydoc_data.topics`: `tokenizer.model`."""
+    from pydoc_data.topics import topics
+
+    lines = [line for text in topics.values() for line in text.splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=2000, model_type="bpe",
+        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+        byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=GEMMA_USER_DEFINED, num_threads=2, minloglevel=2,
+    )  # fmt: skip
+    return model.getvalue()
+
+
+def save_tiny_fixres_siglip2(directory: Path, seed: int = 0) -> Path:
+    """A fixed-resolution SigLIP 2 checkpoint as the hub has them (model_type "siglip", a Gemma tokenizer that
+    does not lowercase, 64 text positions), with tiny towers and random weights."""
+    import json
+
+    from siglip import GemmaTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.model").write_bytes(train_gemma_like())
+    tokenizer_config = {"add_bos_token": False, "add_eos_token": True, "padding_side": "right",
+                        "model_max_length": 64, "model_input_names": ["input_ids"],
+                        "tokenizer_class": "GemmaTokenizer"}  # fmt: skip
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    tokenizer = GemmaTokenizer.from_pretrained(directory)
+    torch.manual_seed(seed)
+    SiglipModel(tiny_config(text_positions=64, vocab_size=len(tokenizer))).save_pretrained(directory)
+    SiglipProcessor(SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(directory)
+    return directory

@@ -11,7 +11,6 @@ model_input_names=["input_ids"])` with Gemma's `added_tokens_decoder` and no `mo
 with `model_max_length: 64` and as transformers 5.24 saves them.
 """
 
-import io
 import itertools
 import json
 import random
@@ -21,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
 import transformers
 
+from _material import train_gemma_like
 from siglip import CheckpointError, SiglipProcessor, SiglipTokenizer
 from siglip.core.siglip.image_processing import SiglipImageProcessor
 from siglip.core.siglip2.tokenization import GemmaTokenizer, Siglip2Tokenizer, lowercase, needs_lowercase
@@ -34,7 +33,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:A sequence has", "ignore:max_length is ignored", "ignore:`max_length` is ignored"
 )
 
-USER_DEFINED = ["<mask>", "<start_of_turn>", "<end_of_turn>", "\n\n", "<table>", "▁▁"]
 EDGE_CASES = [
     "",
     " ",
@@ -90,21 +88,6 @@ EDGE_CASES = [
 ]
 
 
-def _train_gemma_like() -> bytes:
-    from pydoc_data.topics import topics
-
-    lines = [line for text in topics.values() for line in text.splitlines() if line.strip()]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=2000, model_type="bpe",
-        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
-        unk_piece="<unk>", user_defined_symbols=USER_DEFINED, num_threads=2, minloglevel=2,
-    )  # fmt: skip
-    return model.getvalue()
-
-
 def _strings() -> list[str]:
     """300+ strings: the edge cases, documentation lines in every case, and random unicode."""
     from pydoc_data.topics import topics
@@ -144,7 +127,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gemma")
     spm_dir = root / "spm"
     spm_dir.mkdir()
-    (spm_dir / "tokenizer.model").write_bytes(_train_gemma_like())
+    (spm_dir / "tokenizer.model").write_bytes(train_gemma_like())
     base = {"add_bos_token": False, "add_eos_token": True, "padding_side": "right", "model_max_length": 64,
             "model_input_names": ["input_ids"], "tokenizer_class": "GemmaTokenizer"}  # fmt: skip
     (spm_dir / "tokenizer_config.json").write_text(json.dumps(base))

@@ -8,6 +8,7 @@ Two halves, each importable on its own:
 Every error raised on purpose is a `siglip.errors.SiglipError`.
 """
 
+from .core.auto import AutoConfig, AutoModel, AutoProcessor
 from .core.loss import siglip_loss, sigmoid_loss
 from .core.siglip.configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from .core.siglip.image_processing import SiglipImageProcessor
@@ -20,6 +21,8 @@ from .core.siglip.modeling import (
 )
 from .core.siglip.processing import SiglipProcessor
 from .core.siglip.tokenization import SiglipTokenizer
+from .core.siglip2.tokenization import GemmaTokenizer, Siglip2Tokenizer
+from .core.tokenizers import load_tokenizer
 from .errors import CheckpointError, ImageInputError, OfflineError, SiglipError
 from .tools.embedder import Embedder, embed_images, embed_texts
 from .tools.embedding_files import embed_to_file
@@ -31,12 +34,17 @@ from .tools.pipelines import ZeroShotImageClassificationPipeline, pipeline
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoConfig",
+    "AutoModel",
+    "AutoProcessor",
     "CheckpointError",
     "Embedder",
+    "GemmaTokenizer",
     "Hit",
     "ImageInputError",
     "OfflineError",
     "SearchIndex",
+    "Siglip2Tokenizer",
     "SiglipConfig",
     "SiglipError",
     "SiglipForImageClassification",
@@ -56,6 +64,7 @@ __all__ = [
     "evaluate_retrieval",
     "evaluate_zeroshot",
     "find_images",
+    "load_tokenizer",
     "pipeline",
     "siglip_loss",
     "sigmoid_loss",

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.auto import AutoModel, AutoProcessor, Processor, TwoTowerModel
 from ..core.hub import locate
 from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
-from ..core.siglip.modeling import SiglipModel
-from ..core.siglip.processing import SiglipProcessor
 from ..errors import ImageInputError
 from . import zeroshot
 from .data import Sample, collate, load_sample
@@ -64,8 +63,8 @@ class Embedder:
 
     def __init__(
         self,
-        model: SiglipModel,
-        processor: SiglipProcessor,
+        model: TwoTowerModel,
+        processor: Processor,
         name: str = "",
         mode: InferenceMode | None = None,
     ) -> None:
@@ -93,8 +92,8 @@ class Embedder:
         device = torch.device(device) if device is not None else default_device()
         mode = InferenceMode(precision, compile).resolve(device)
         checkpoint = locate(name_or_path)  # once, for the model and its processor
-        model = SiglipModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
-        processor = SiglipProcessor.from_pretrained(checkpoint)
+        model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
+        processor = AutoProcessor.from_pretrained(checkpoint)
         processor.image_processor.reduced_decode = reduced_decode
         return cls(mode.apply(model), processor, checkpoint.record_name, mode)
 
@@ -191,7 +190,7 @@ class Embedder:
                 )
 
 
-def _precision_of(model: SiglipModel) -> str:
+def _precision_of(model: TwoTowerModel) -> str:
     """The precision a model was given to `Embedder` in: its weights' dtype."""
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, "fp32")
 

@@ -20,7 +20,7 @@ import torch
 
 from ..features import BatchFeature
 from ..hub import Checkpoint, HubOptions, locate, read_json, staged_directory
-from ..siglip2.tokenization import GemmaTokenizer
+from ..siglip2.tokenization import GemmaTokenizer, lowercase, needs_lowercase
 from ..text import LARGE_INTEGER
 from ..tokenizers import Tokenizer, load_tokenizer
 from .configuration import SiglipTextConfig
@@ -33,14 +33,17 @@ __all__ = ["BatchFeature", "SiglipProcessor", "fixed_length_ids"]
 def fixed_length_ids(
     tokenizer: Tokenizer, texts: Sequence[str], text_config: SiglipTextConfig
 ) -> torch.Tensor:
-    """(N, L) token ids of `texts` as the text tower of `text_config` was trained on them: padded with `</s>`
-    and truncated (keeping `</s>` last) to its L = `max_position_embeddings` positions (64; 16 for so400m-224).
+    """(N, L) token ids of `texts` as the text tower of `text_config` was trained on them: padded and truncated
+    (keeping the end-of-text token last) to its L = `max_position_embeddings` positions (64; 16 for
+    so400m-224), and lowercased first where the model was trained on lowercased text that its tokenizer does
+    not lowercase (SigLIP 2 through a `GemmaTokenizer`: see `siglip.core.siglip2.tokenization`).
 
     The one place the tools build text input for a model: SigLIP pools the last position, so any shorter
     padding gives wrong embeddings.
     """
+    texts = [lowercase(text) for text in texts] if needs_lowercase(tokenizer) else list(texts)
     return tokenizer(
-        list(texts),
+        texts,
         padding="max_length",
         truncation=True,
         max_length=text_config.max_position_embeddings,

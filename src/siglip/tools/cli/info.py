@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
+from ...core.auto import AutoConfig, AutoModel
 from ...core.hub import CONFIG_NAME, locate
-from ...core.siglip.configuration import SiglipConfig
-from ...core.siglip.modeling import SiglipModel
 from ..embedder import default_device
 from ..inference import InferenceMode
 from ._options import print_json, table
@@ -31,9 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def describe(name: str) -> dict[str, Any]:
     """Config summary, parameter counts and local files of a model (no weights are read)."""
     checkpoint = locate(name)
-    config = SiglipConfig.from_pretrained(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint)
     with torch.device("meta"):  # shapes only: exact counts, no memory, no download of the weights
-        model = SiglipModel(config)
+        model = AutoModel.from_config(config)
     location = checkpoint.file(CONFIG_NAME).parent
     vision, text = config.vision_config, config.text_config
     device = default_device()

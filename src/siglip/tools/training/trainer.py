@@ -36,10 +36,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
+from ...core.auto import AutoConfig, AutoModel, AutoProcessor, Processor, TwoTowerModel
 from ...core.loss import check_chunk_size, siglip_loss
-from ...core.siglip.configuration import SiglipConfig
-from ...core.siglip.modeling import SiglipModel
-from ...core.siglip.processing import SiglipProcessor, fixed_length_ids
+from ...core.siglip.processing import fixed_length_ids
 from ...errors import DataError, UsageError
 from ..data import Batch, empty_inputs
 from ..embedder import Embedder
@@ -178,7 +177,7 @@ def _init_distributed() -> _Dist:
 class _Towers(nn.Module):
     """What DDP wraps: both towers to normalised embeddings (the loss uses the model's logit parameters)."""
 
-    def __init__(self, model: SiglipModel) -> None:
+    def __init__(self, model: TwoTowerModel) -> None:
         super().__init__()
         self.model = model
 
@@ -188,7 +187,7 @@ class _Towers(nn.Module):
         return self.model.encode_images(**image_inputs), self.model.encode_texts(input_ids)
 
 
-def _param_groups(model: SiglipModel, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(model: TwoTowerModel, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay matrices and embeddings; no decay on norms, biases and the logit parameters."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -227,7 +226,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def _save_checkpoint(
-    config: TrainConfig, model: SiglipModel, processor: SiglipProcessor, state: dict[str, Any]
+    config: TrainConfig, model: TwoTowerModel, processor: Processor, state: dict[str, Any]
 ) -> Path:
     """Write a checkpoint atomically: a temporary folder renamed when complete, then the `latest` pointer."""
     root = _checkpoint_root(config)
@@ -289,23 +288,23 @@ def _set_random_states(states: dict[str, Any]) -> None:
 
 
 # --- the run -------------------------------------------------------------------------------------------
-def _build_model(config: TrainConfig, resume_from: Path | None) -> SiglipModel:
+def _build_model(config: TrainConfig, resume_from: Path | None) -> TwoTowerModel:
     if resume_from is not None:
-        return SiglipModel.from_pretrained(resume_from)
+        return AutoModel.from_pretrained(resume_from)
     if config.model is not None:
-        return SiglipModel.from_pretrained(config.model)
-    return SiglipModel(SiglipConfig.from_pretrained(config.config) if Path(config.config).is_dir()
-                       else SiglipConfig.from_json_file(config.config))  # fmt: skip
+        return AutoModel.from_pretrained(config.model)
+    return AutoModel.from_config(AutoConfig.from_pretrained(config.config) if Path(config.config).is_dir()
+                                 else AutoConfig.from_json_file(config.config))  # fmt: skip
 
 
-def _freeze(model: SiglipModel, config: TrainConfig) -> None:
+def _freeze(model: TwoTowerModel, config: TrainConfig) -> None:
     for tower, locked in ((model.vision_model, config.lock_image), (model.text_model, config.lock_text)):
         for param in tower.parameters():
             param.requires_grad_(not locked)
 
 
 def _source(
-    config: TrainConfig, processor: SiglipProcessor, layout: BatchLayout
+    config: TrainConfig, processor: Processor, layout: BatchLayout
 ) -> Dataset | WebDatasetSource:
     source = build_source(
         config.data,
@@ -360,7 +359,7 @@ def train(config: TrainConfig) -> Path:
     output = Path(config.output_dir)
     resume_from = _start(config, output)
     torch.manual_seed(config.seed)
-    processor = SiglipProcessor.from_pretrained(resume_from or config.processor or config.model)
+    processor = AutoProcessor.from_pretrained(resume_from or config.processor or config.model)
     layout = BatchLayout(config.batch_size, config.grad_accum, dist_.rank, dist_.world, config.seed)
     source = _source(config, processor, layout)  # the data is checked before the model loads
     per_epoch = batches_per_epoch(source, layout)
@@ -461,8 +460,8 @@ def _batches(
 def _train_step(
     config: TrainConfig,
     towers: nn.Module,
-    model: SiglipModel,
-    processor: SiglipProcessor,
+    model: TwoTowerModel,
+    processor: Processor,
     batch: Batch,
     dist_: _Dist,
     precision: Precision,
@@ -500,7 +499,7 @@ def _train_step(
 
 
 def _optimizer_step(
-    config: TrainConfig, model: SiglipModel, optimizer: torch.optim.Optimizer, scheduler: Any
+    config: TrainConfig, model: TwoTowerModel, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = config.grad_clip or float("inf")  # with inf the norm is measured, nothing is clipped
@@ -531,8 +530,8 @@ def _check_failures(config: TrainConfig, state: dict[str, int], per_epoch: int, 
 
 def _checkpoint(
     config: TrainConfig,
-    model: SiglipModel,
-    processor: SiglipProcessor,
+    model: TwoTowerModel,
+    processor: Processor,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, int],
@@ -558,7 +557,7 @@ def _checkpoint(
 
 
 def _evaluate(
-    config: TrainConfig, model: SiglipModel, processor: SiglipProcessor, dist_: _Dist
+    config: TrainConfig, model: TwoTowerModel, processor: Processor, dist_: _Dist
 ) -> dict[str, float]:
     """Zero-shot top-1 on a folder of class folders, as `siglip eval zeroshot` computes it (main process;
     the others wait)."""
