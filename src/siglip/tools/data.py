@@ -86,7 +86,8 @@ class ClassFolders:
     """Images in one folder per class: `images` with their class `labels`, and the `class_names`.
 
     `class_names` maps folder names to the names used in captions and prompts (default: the folder name with
-    `_` read as a space).
+    `_` read as a space). Each class folder is searched as every command searches a folder (`images_in`);
+    what that leaves out is listed in `skipped` as (path, reason).
     """
 
     def __init__(self, root: str | Path, class_names: dict[str, str] | None = None) -> None:
@@ -99,10 +100,12 @@ class ClassFolders:
         self.class_names = [names.get(c, c.replace("_", " ")) for c in self.classes]
         self.images: list[str] = []
         self.labels: list[int] = []
+        self.skipped: list[tuple[str, str]] = []
         for label, folder in enumerate(folders):
-            files = images_in(folder)
-            self.images += files
-            self.labels += [label] * len(files)
+            scan = images_in(folder)
+            self.images += scan.files
+            self.labels += [label] * len(scan.files)
+            self.skipped += scan.skipped
         if not self.images:
             raise DataError(f"{self.root} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
 

@@ -30,7 +30,7 @@ from ..core.hub import locate
 from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
 from ..core.siglip.modeling import SiglipModel
 from ..core.siglip.processing import SiglipProcessor
-from ..errors import ImageInputError
+from ..errors import ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample
 from .inference import InferenceMode
@@ -42,6 +42,31 @@ DEFAULT_MODEL = "google/siglip-base-patch16-224"
 def default_device() -> torch.device:
     """The first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a `torch.device` this machine has (None: `default_device()`), else a `UsageError`."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"device {device!r} needs CUDA, which this machine or torch build lacks: use cpu"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise UsageError(
+                f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {device!r}: Apple's MPS is not available here: use cpu")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return resolved
 
 
 # --- the model ----------------------------------------------------------------------------------------------
@@ -90,7 +115,7 @@ class Embedder:
         units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` decodes JPEG files at a reduced scale
         when they are at least twice the model's image size (see `SiglipImageProcessor`).
         """
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         mode = InferenceMode(precision, compile).resolve(device)
         checkpoint = locate(name_or_path)  # once, for the model and its processor
         model = SiglipModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
