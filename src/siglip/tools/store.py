@@ -112,16 +112,20 @@ def store_error(path: Path, err: sqlite3.Error) -> StoreError:
     """A `StoreError` for an SQLite failure on the store at `path`: what happened and what to do."""
     text = str(err)
     if "disk is full" in text or "disk I/O error" in text:
-        fix = "free some disk space and run the command again: the work committed so far is kept"
-    elif "malformed" in text or "not a database" in text or "encrypted" in text:
-        fix = "it is damaged; delete it (and the files beside it) and build it again"
-    elif "readonly" in text:
-        fix = "it is read-only: copy it to a writable place to change it"
-    elif "locked" in text or "busy" in text:
-        fix = "another process is writing it: wait for that one to finish"
-    else:
-        fix = "it may be damaged, or not a siglip store"
-    return StoreError(f"'{path}': {text}; {fix}")
+        return StoreError(
+            f"cannot write '{path}' ({text}): free some disk space and run the command again; the work "
+            "committed so far is kept"
+        )
+    if "malformed" in text or "not a database" in text or "encrypted" in text:
+        return StoreError(
+            f"'{path}' is not a siglip store, or it is damaged ({text}): delete it (with its -wal and -shm "
+            "files) and build it again"
+        )
+    if "readonly" in text:
+        return StoreError(f"'{path}' is read-only ({text}): copy it to a writable place to change it")
+    if "locked" in text or "busy" in text:
+        return StoreError(f"'{path}' is being written by another process ({text}): wait for it to finish")
+    return StoreError(f"'{path}' cannot be used ({text}): it may be damaged, or not a siglip store")
 
 
 class VectorStore:
