@@ -6,6 +6,7 @@ where a separate process is the point (a read-only mount, two concurrent runs, t
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -406,3 +407,68 @@ def test_an_unreachable_hub_fails_in_seconds_with_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "hub cannot be reached" in done.stderr, done.stderr
     assert time.monotonic() - start < 15
+
+
+# --- 6. input formats as other tools write them ------------------------------------------------------------
+def test_pairs_files_as_spreadsheets_write_them(tmp_path):
+    from siglip.errors import DataError
+    from siglip.tools.data import PairsFile
+
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    text = 'image,caption\r\na.jpg,"a cat,\r\non two lines"\r\nb.jpg,"a ""quoted"" dog"\r\n'
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8"
+    pairs = PairsFile(tmp_path / "excel.csv")
+    assert pairs.images == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
+    assert pairs.captions == ["a cat,\r\non two lines", 'a "quoted" dog']
+
+    (tmp_path / "gap.csv").write_bytes(b"\xef\xbb\xbf" + (text + "a.jpg,\r\n").encode())
+    with pytest.raises(DataError, match=r"gap.csv line 5: empty or missing caption"):
+        PairsFile(tmp_path / "gap.csv")
+    (tmp_path / "rows.jsonl").write_bytes(
+        b'\xef\xbb\xbf{"image": "a.jpg", "caption": "x"}\r\n\r\n{"image": \r\n'
+    )
+    with pytest.raises(DataError, match=r"rows.jsonl line 3: not valid JSON"):
+        PairsFile(tmp_path / "rows.jsonl")
+
+
+# --- 7. honest results ----------------------------------------------------------------------------------------
+def test_texts_longer_than_the_model_reads_are_truncated_with_a_warning(embedder, caplog):
+    positions = embedder.model.config.text_config.max_position_embeddings
+    long = "a photo of " + "a very " * positions + "red dress"
+    with caplog.at_level("WARNING", logger="siglip"):
+        vectors = embedder.embed_texts([long, long.replace("red", "blue")])
+    assert "truncated" in caplog.text and str(positions) in caplog.text
+    np.testing.assert_array_equal(vectors[0], vectors[1])  # why the warning matters
+
+
+def test_nan_weights_are_an_error_not_a_score(tmp_path, photos, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(locate(BUNDLED).directory, model)
+    weights = load_file(model / "model.safetensors")
+    name = next(n for n in weights if n.startswith("text_model") and n.endswith("weight"))
+    weights[name][0] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    directory, _ = photos
+    line = _one_line_error(capsys, "classify", directory, "--labels", "cat", "--model", model, *QUIET)
+    assert "NaN" in line and name in line
+
+
+def test_an_empty_query_and_duplicate_labels_are_refused(embedder, photos, tmp_path, capsys):
+    directory, _ = photos
+    with SearchIndex(tmp_path / "index", embedder) as index:
+        index.update([directory / "rocket.jpg"], workers=0, progress=False)
+    line = _one_line_error(capsys, "search", " ", "--index", tmp_path / "index")
+    assert "search text" in line
+    line = _one_line_error(capsys, "classify", directory, "--labels", "cat", "dog", "cat")
+    assert "'cat' is given twice" in line
+
+
+def test_thumbnails_of_16_bit_images_look_like_the_image(tmp_path):
+    from siglip.tools.index import thumbnail_jpeg
+
+    grey = np.full((64, 64), 32896, dtype=np.uint16)  # mid-grey on 16 bits: 128 on 8
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    thumbnail = Image.open(io.BytesIO(thumbnail_jpeg(str(tmp_path / "grey16.png"))))
+    assert abs(np.asarray(thumbnail.convert("L")).mean() - 128) < 3

@@ -30,7 +30,7 @@ from ..core.hub import locate
 from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
 from ..core.siglip.modeling import SiglipModel
 from ..core.siglip.processing import SiglipProcessor
-from ..errors import ImageInputError, UsageError
+from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample
 from .inference import InferenceMode
@@ -162,7 +162,12 @@ class Embedder:
     def _in_mode(self, embed: Callable[..., torch.Tensor], *args: Any) -> np.ndarray:
         """`embed(model, *args)` without autograd, in this embedder's inference mode, as numpy."""
         with torch.inference_mode(), self.mode.autocast(self.device):
-            return embed(self.model, *args).cpu().numpy()
+            vectors = embed(self.model, *args).cpu().numpy()
+        if not np.isfinite(vectors).all():
+            raise CheckpointError(
+                f"model '{self.name}' gave NaN or infinite embeddings: {_non_finite(self.model)}"
+            )
+        return vectors
 
     def embed_files(
         self,
@@ -213,6 +218,14 @@ class Embedder:
                     vectors,
                     [(files[s.index], s.reason) for s in batch.failed],
                 )
+
+
+def _non_finite(model: SiglipModel) -> str:
+    """Why a model's outputs are not finite: the first weight that is not, or else an overflow."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"its weight {name!r} holds NaN or infinite values; the checkpoint is damaged"
+    return "its weights are finite, so the computation overflowed: try --precision fp32"
 
 
 def _precision_of(model: SiglipModel) -> str:

@@ -41,9 +41,16 @@ import numpy as np
 import torch
 
 from ..core.hub import locate
-from ..core.siglip.image_processing import ImageInput
+from ..core.siglip.image_processing import ImageInput, _pil_to_rgb
 from ..core.siglip.modeling import l2_normalize
-from ..errors import CheckpointError, InputNotFoundError, NoImagesError, StoreError, UsageError
+from ..errors import (
+    CheckpointError,
+    ImageInputError,
+    InputNotFoundError,
+    NoImagesError,
+    StoreError,
+    UsageError,
+)
 from .deps import require
 from .embedder import Embedder, load_embedder
 from .files import scan_images
@@ -331,7 +338,9 @@ class SearchIndex:
         return self.store.entry(image_id)
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        """The `k` images that best match `text`."""
+        """The `k` images that best match `text` (a non-blank string)."""
+        if not isinstance(text, str) or not text.strip():
+            raise UsageError(f"the search text is {text!r}: give some words to look for")
         return self.search(self.embedder.embed_texts([text]), k)[0]
 
     def search_image(self, image: ImageInput, k: int = 10) -> list[Hit]:
@@ -432,8 +441,11 @@ def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             image.thumbnail((size, size))
+            rgb, _ = _pil_to_rgb(
+                image, path
+            )  # as the model sees it: 16-bit grey scaled, not clipped to white
             buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError, Image.DecompressionBombError):
+            rgb.save(buffer, format="JPEG", quality=80)
+    except (OSError, ValueError, Image.DecompressionBombError, ImageInputError):
         return None
     return buffer.getvalue()
