@@ -171,6 +171,11 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             reader.fieldnames  # noqa: B018 (reads the header, so that line_num counts it)
             rows, number = [], reader.line_num + 1
             for row in reader:
+                if None in row:  # DictReader's key for the fields beyond the header's
+                    raise DataError(
+                        f"{path} line {number} has {len(reader.fieldnames) + len(row[None])} fields, the header "
+                        f"{len(reader.fieldnames)}: quote fields that contain the delimiter"
+                    )
                 rows.append((number, row))
                 number = reader.line_num + 1
             return rows
