@@ -345,16 +345,19 @@ def test_devices_this_machine_lacks_are_refused_in_one_line(device, photos, caps
 def test_a_damaged_index_is_one_line_for_index_and_search(embedder, tmp_path, capsys):
     photos = tmp_path / "photos"
     write_photos(photos, corrupt=False)
+    for i in range(40):  # rows over several pages
+        Image.new("RGB", (24, 24), (6 * i, 90, 30)).save(photos / f"swatch-{i:02d}.png")
     with SearchIndex(tmp_path / "index", embedder) as index:
         index.update([photos], workers=0, progress=False)
     records = tmp_path / "index" / RECORDS_FILE
     with sqlite3.connect(records) as db:
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size, pages = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count"))
     data = bytearray(records.read_bytes())
-    data[page_size:] = (
-        np.random.default_rng(0).integers(0, 256, len(data) - page_size, dtype=np.uint8).tobytes()
-    )
-    records.write_bytes(bytes(data))  # every page but the first is garbage
+    start = (pages - 2) * page_size  # the last two pages (embeddings): the store still opens
+    data[start:] = np.random.default_rng(0).integers(0, 256, len(data) - start, dtype=np.uint8).tobytes()
+    records.write_bytes(bytes(data))
+    (tmp_path / "index" / "vectors.faiss").unlink()  # search must read every embedding
     line = _one_line_error(capsys, "search", "a cat", "--index", tmp_path / "index")
     assert "damaged" in line and str(records) in line
     line = _one_line_error(capsys, "index", photos, "--index", tmp_path / "index", *QUIET)
