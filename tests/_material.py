@@ -102,5 +102,7 @@ def save_tiny_fixres_siglip2(directory: Path, seed: int = 0) -> Path:
     tokenizer = GemmaTokenizer.from_pretrained(directory)
     torch.manual_seed(seed)
     SiglipModel(tiny_config(text_positions=64, vocab_size=len(tokenizer))).save_pretrained(directory)
-    SiglipProcessor(SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(directory)
+    SiglipProcessor(SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(
+        directory
+    )
     return directory

@@ -262,7 +262,7 @@ def test_pairs_file_with_bad_rows(start, colours, tmp_path):
     with pytest.raises(DataError, match=r"has no column 'caption' \(columns: \['image', 'text'\]\)"):
         train(_config(start, _pairs(tmp_path, colours, [{"image": r["image"], "text": r["caption"]} for r in rows]),
                       tmp_path / "o"))  # fmt: skip
-    with pytest.raises(DataError, match="row 3: empty or missing caption"):
+    with pytest.raises(DataError, match="line 3: empty or missing caption"):
         bad = [dict(r) for r in rows]
         bad[2]["caption"] = ""
         train(_config(start, _pairs(tmp_path, colours, bad, ".jsonl"), tmp_path / "o"))

@@ -4,16 +4,24 @@ A model is named by a local directory or a Hugging Face hub id (resolved through
 cache, `HF_HUB_OFFLINE`, revisions and tokens behave as users expect). Everything that touches the
 file system or the network for `from_pretrained` / `save_pretrained` lives here, so the model, tokenizer and
 image-processor classes share one set of rules and one set of error messages.
+
+Before the first hub request of a process, one TCP connection to the hub (3 s at most) tells whether it can
+be reached; when it cannot, files come from the cache only, so that a machine without network fails in
+seconds with one message rather than after huggingface_hub's retries (set HF_HUB_OFFLINE=1 to skip the look).
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -123,7 +131,7 @@ class Checkpoint:
                     filename,
                     revision=options.revision,
                     cache_dir=options.cache_dir,
-                    local_files_only=options.local_files_only,
+                    local_files_only=options.local_files_only or not hub_reachable(),
                     token=options.token,
                     library_name="siglip",
                 )
@@ -178,6 +186,25 @@ class Checkpoint:
 
     def __str__(self) -> str:
         return self.name
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """Whether the hub accepts a connection within 3 s (looked at once per process; False when HF_HUB_OFFLINE
+    is set). Behind a proxy, the proxy decides: the hub counts as reachable."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    if urllib.request.getproxies().get(endpoint.scheme):
+        return True
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=3).close()
+    except OSError:
+        return False
+    return True
 
 
 def locate(name_or_path: str | os.PathLike | Checkpoint, options: HubOptions | None = None) -> Checkpoint:

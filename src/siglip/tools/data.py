@@ -99,7 +99,8 @@ class ClassFolders:
     """Images in one folder per class: `images` with their class `labels`, and the `class_names`.
 
     `class_names` maps folder names to the names used in captions and prompts (default: the folder name with
-    `_` read as a space).
+    `_` read as a space). Each class folder is searched as every command searches a folder (`images_in`);
+    what that leaves out is listed in `skipped` as (path, reason).
     """
 
     def __init__(self, root: str | Path, class_names: dict[str, str] | None = None) -> None:
@@ -112,10 +113,12 @@ class ClassFolders:
         self.class_names = [names.get(c, c.replace("_", " ")) for c in self.classes]
         self.images: list[str] = []
         self.labels: list[int] = []
+        self.skipped: list[tuple[str, str]] = []
         for label, folder in enumerate(folders):
-            files = images_in(folder)
-            self.images += files
-            self.labels += [label] * len(files)
+            scan = images_in(folder)
+            self.images += scan.files
+            self.labels += [label] * len(scan.files)
+            self.skipped += scan.skipped
         if not self.images:
             raise DataError(f"{self.root} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
 
@@ -126,7 +129,9 @@ class ClassFolders:
 class PairsFile:
     """(image path, caption) rows of a CSV, TSV or JSONL file: `images`, `captions`, and `missing` (the image
     files that do not exist, whose rows are dropped). A wrong column name, an empty caption or an unreadable
-    file is a `DataError` naming the file and the row.
+    file is a `DataError` naming the file and the line. Files are read as spreadsheets and other programs
+    write them: UTF-8 with or without a byte-order mark, CRLF line ends, quoted fields (a quoted caption may
+    span lines; errors give the line where its row starts).
     """
 
     def __init__(
@@ -137,18 +142,18 @@ class PairsFile:
         if not rows:
             raise DataError(f"{self.path} has no rows")
         for column in (image_column, caption_column):
-            if column not in rows[0]:
+            if column not in rows[0][1]:
                 raise DataError(
-                    f"{self.path} has no column {column!r} (columns: {sorted(rows[0])}); set "
+                    f"{self.path} has no column {column!r} (columns: {sorted(rows[0][1])}); set "
                     "--image-column / --caption-column"
                 )
         self.images: list[str] = []
         self.captions: list[str] = []
         self.missing: list[str] = []
-        for number, row in enumerate(rows, start=1):
+        for line, row in rows:
             caption = row.get(caption_column)
             if not isinstance(caption, str) or not caption.strip():
-                raise DataError(f"{self.path} row {number}: empty or missing caption ({caption!r})")
+                raise DataError(f"{self.path} line {line}: empty or missing caption ({caption!r})")
             image = (self.path.parent / str(row.get(image_column) or "")).resolve()
             if not image.is_file():
                 self.missing.append(str(image))
@@ -160,21 +165,40 @@ class PairsFile:
         return len(self.images)
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of each row of a CSV, TSV or JSONL file (the line where the row starts)."""
+    number = 0
     try:
-        if path.suffix == ".jsonl":
-            rows = []
-            with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            if path.suffix == ".jsonl":
+                rows = []
                 for number, line in enumerate(f, start=1):
                     if line.strip():
                         row = json.loads(line)
                         if not isinstance(row, dict):
                             raise DataError(f"{path} line {number} is not a JSON object")
-                        rows.append(row)
+                        rows.append((number, row))
+                return rows
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",", strict=True)
+            reader.fieldnames  # noqa: B018 (reads the header, so that line_num counts it)
+            rows, number = [], reader.line_num + 1
+            for row in reader:
+                if None in row:  # DictReader's key for the fields beyond the header's
+                    raise DataError(
+                        f"{path} line {number} has {len(reader.fieldnames) + len(row[None])} fields, the header "
+                        f"{len(reader.fieldnames)}: quote fields that contain the delimiter"
+                    )
+                rows.append((number, row))
+                number = reader.line_num + 1
             return rows
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
     except json.JSONDecodeError as err:
-        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from err
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path} line {number}: not valid JSON ({err.msg})") from err
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start} of a line); save it as UTF-8"
+        ) from err
+    except csv.Error as err:
+        raise DataError(f"{path} line {number}: {err}") from err
+    except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from err

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.auto import AutoModel, AutoProcessor, Processor, TwoTowerModel
 from ..core.hub import locate
 from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
-from ..errors import ImageInputError
+from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample
 from .inference import InferenceMode
@@ -41,6 +41,31 @@ DEFAULT_MODEL = "google/siglip-base-patch16-224"
 def default_device() -> torch.device:
     """The first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a `torch.device` this machine has (None: `default_device()`), else a `UsageError`."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"device {device!r} needs CUDA, which this machine or torch build lacks: use cpu"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise UsageError(
+                f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {device!r}: Apple's MPS is not available here: use cpu")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return resolved
 
 
 # --- the model ----------------------------------------------------------------------------------------------
@@ -89,7 +114,7 @@ class Embedder:
         units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` decodes JPEG files at a reduced scale
         when they are at least twice the model's image size (see `SiglipImageProcessor`).
         """
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         mode = InferenceMode(precision, compile).resolve(device)
         checkpoint = locate(name_or_path)  # once, for the model and its processor
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
@@ -137,7 +162,12 @@ class Embedder:
     def _in_mode(self, embed: Callable[..., torch.Tensor], *args: Any) -> np.ndarray:
         """`embed(model, *args)` without autograd, in this embedder's inference mode, as numpy."""
         with torch.inference_mode(), self.mode.autocast(self.device):
-            return embed(self.model, *args).cpu().numpy()
+            vectors = embed(self.model, *args).cpu().numpy()
+        if not np.isfinite(vectors).all():
+            raise CheckpointError(
+                f"model '{self.name}' gave NaN or infinite embeddings: {_non_finite(self.model)}"
+            )
+        return vectors
 
     def embed_files(
         self,
@@ -188,6 +218,14 @@ class Embedder:
                     vectors,
                     [(files[s.index], s.reason) for s in batch.failed],
                 )
+
+
+def _non_finite(model: TwoTowerModel) -> str:
+    """Why a model's outputs are not finite: the first weight that is not, or else an overflow."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"its weight {name!r} holds NaN or infinite values; the checkpoint is damaged"
+    return "its weights are finite, so the computation overflowed: try --precision fp32"
 
 
 def _precision_of(model: TwoTowerModel) -> str:

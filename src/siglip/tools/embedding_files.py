@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import UsageError
 from .deps import require
 from .embedder import Embedder
-from .files import find_images, skipped_as_json
+from .files import ImageScan, scan_images, skipped_as_json
 from .store import VectorStore, pending_files, replace_atomically
 
 
@@ -40,13 +40,15 @@ OUTPUT_FORMATS = (".parquet", ".npy")
 def output_format(out: str | os.PathLike) -> str:
     """The format of an output path by its extension (one of OUTPUT_FORMATS), or a ValueError naming it."""
     suffix = Path(out).suffix.lower()
+    if Path(out).is_dir():
+        raise UsageError(f"--out '{out}' is an existing folder; give the name of a file to write")
     if suffix not in OUTPUT_FORMATS:
         raise UsageError(f"--out '{out}' must end with {' or '.join(OUTPUT_FORMATS)}")
     return suffix
 
 
 def embed_to_file(
-    paths: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike] | ImageScan,
     out: str | os.PathLike,
     embedder: Embedder,
     batch_size: int = 32,
@@ -59,10 +61,12 @@ def embed_to_file(
     with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
     count, unreadable files and why). Finished batches are kept in `<out>.partial` (SQLite) as they complete:
     rerunning an interrupted command embeds only what is left. The output appears only when complete.
+    `paths` may also be the `ImageScan` of a scan already made; the entries it left out are listed as skipped.
     """
     out = Path(out)
     pa = require("pyarrow", "parquet", "writing Parquet") if output_format(out) == ".parquet" else None
-    files = find_images(paths)
+    scan = paths if isinstance(paths, ImageScan) else scan_images(paths)
+    files = scan.files
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = out.with_name(out.name + ".partial")
     with VectorStore(journal, embedder.name, embedder.dims) as store:
@@ -71,8 +75,8 @@ def embed_to_file(
             store.record(batch.files, batch.vectors, batch.failed)
             embedded, failed = embedded + len(batch.files), failed + len(batch.failed)
         listed = set(files)
-        skipped = [(p, r) for p, r in store.skipped() if p in listed]
-        unusable = {p for p, _ in skipped}
+        skipped = scan.skipped + [(p, r) for p, r in store.skipped() if p in listed]
+        unusable = {p for p, _ in skipped}  # files that vanished or failed to decode
         kept = [f for f in files if f not in unusable]
         manifest = {
             "model": embedder.name,

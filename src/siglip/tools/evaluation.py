@@ -115,7 +115,7 @@ def evaluate_zeroshot(
     dataset = ClassFolders(data)
     classes = embedder.class_embeddings(dataset.class_names, templates)
     label_of = dict(zip(dataset.images, dataset.labels, strict=True))
-    scores, labels, skipped = [], [], []
+    scores, labels, skipped = [], [], list(dataset.skipped)
     for batch in embedder.embed_files(dataset.images, batch_size, workers, progress):
         scores.append(batch.vectors @ classes.T)  # cosine: same ranking as the sigmoid scores
         labels += [label_of[f.path] for f in batch.files]

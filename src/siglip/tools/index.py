@@ -5,7 +5,7 @@
     index.update(["~/Pictures"])                    # embeds only new or changed files, drops deleted ones
     index.search_text("a dog on the beach", k=10)   # [Hit(path=..., score=0.13), ...]
 
-An index is a folder with two files:
+An index is a folder with two files (and `update.lock`, which makes a second `update` wait for the first):
 - `index.sqlite`, the records (a `VectorStore`): per image its absolute path, size, modification time and
   embedding, written one batch per transaction, so `kill -9` during a build loses at most the batch in
   flight and a rerun completes the build, with exactly one entry per file;
@@ -15,15 +15,23 @@ An index is a folder with two files:
 
 Search is exact: cosine similarity (inner product of unit vectors) against every image, the ranking a
 brute-force computation gives.
+
+The records name the model and hold a fingerprint of its weights (SHA-256): weights changed behind the same
+name are refused (their embeddings would not be comparable), and a model folder that moved can be given again
+by its new path. An index on read-only media is searched with its vectors caught up in memory.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
+import hashlib
 import html
 import io
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +41,19 @@ import numpy as np
 import torch
 
 from ..core.hub import locate
-from ..core.siglip.image_processing import ImageInput
+from ..core.siglip.image_processing import ImageInput, _pil_to_rgb
 from ..core.siglip.modeling import l2_normalize
-from ..errors import InputNotFoundError, NoImagesError, UsageError
+from ..errors import (
+    CheckpointError,
+    ImageInputError,
+    InputNotFoundError,
+    NoImagesError,
+    StoreError,
+    UsageError,
+)
 from .deps import require
 from .embedder import Embedder, load_embedder
-from .files import find_images
+from .files import scan_images
 from .inference import InferenceMode
 from .store import VectorStore, pending_files, replace_atomically
 
@@ -46,7 +61,9 @@ logger = logging.getLogger("siglip")
 
 RECORDS_FILE = "index.sqlite"
 VECTORS_FILE = "vectors.faiss"
+LOCK_FILE = "update.lock"
 _VECTORS_GENERATION = "vectors_generation"  # meta key: the records generation vectors.faiss matches
+_WEIGHTS = "weights_sha256"  # meta key: the fingerprint of the model's weights
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,8 @@ class SearchIndex:
     ) -> None:
         InferenceMode(precision, compile)  # a bad option fails now, not when the model is first needed
         self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UsageError(f"index '{self.directory}' is a file, not an index folder: give another path")
         self.device = device
         self.load_options = {"precision": precision, "compile": compile, "reduced_decode": reduced_decode}
         records = self.directory / RECORDS_FILE
@@ -101,8 +120,11 @@ class SearchIndex:
             if model is not None
             else None
         )
+        self._weights_checked = False
         if records.exists():
-            self.store = VectorStore(records, name)  # refuses another model than the index's
+            self.store = VectorStore(records)
+            if name is not None:
+                self._check_model(name)
         elif name is None:
             raise InputNotFoundError(
                 f"no index at '{self.directory}': build one with `siglip index FOLDER --index {self.directory}`"
@@ -111,6 +133,10 @@ class SearchIndex:
             self._embedder = self._embedder or load_embedder(name, device, **self.load_options)
             self.directory.mkdir(parents=True, exist_ok=True)
             self.store = VectorStore(records, name, self._embedder.dims)
+            fingerprint = _fingerprint(name)
+            if fingerprint is not None:
+                self.store.set_meta(_WEIGHTS, fingerprint)
+            self._weights_checked = True
         self._faiss: Any = None
         self._faiss_generation = -1
 
@@ -128,8 +154,43 @@ class SearchIndex:
     def embedder(self) -> Embedder:
         """The index's model (loaded on first use)."""
         if self._embedder is None:
-            self._embedder = load_embedder(self.store.model, self.device, **self.load_options)
+            try:
+                self._embedder = load_embedder(self.store.model, self.device, **self.load_options)
+            except CheckpointError as err:
+                raise type(err)(f"{err} If the model moved, give its new place with --model.") from err
+        if not self._weights_checked:
+            self._check_model(self.store.model)
         return self._embedder
+
+    def _check_model(self, name: str) -> None:
+        """Accept `name` as the index's model when its weights are the ones the index was built with.
+
+        The same weights under another name (a model folder that moved) become the recorded name; other
+        weights, behind the same name or another, are refused. An index made before fingerprints were
+        recorded compares names, and records the fingerprint.
+        """
+        recorded = self.store.get_meta(_WEIGHTS)
+        fingerprint = _fingerprint(name)
+        same_name = name == self.store.model
+        if recorded is not None and fingerprint == recorded:
+            if not same_name and not self.store.read_only:
+                logger.info("the index's model is now at %s (it was %s)", name, self.store.model)
+                self.store.rename_model(name)
+        elif same_name and recorded is None:
+            if fingerprint is not None and not self.store.read_only:
+                self.store.set_meta(_WEIGHTS, fingerprint)
+        elif same_name and fingerprint is not None:
+            raise StoreError(
+                f"the weights of model '{name}' changed since the index '{self.directory}' was built "
+                f"(fingerprint {fingerprint[:12]}, not {recorded[:12]}): their embeddings are not comparable; "
+                "build a new index with another --index, or restore the weights"
+            )
+        elif not same_name:
+            raise StoreError(
+                f"'{self.store.path}' holds embeddings of model '{self.store.model}', not '{name}': use that "
+                "model, or another --index for this one"
+            )
+        self._weights_checked = True
 
     def __len__(self) -> int:
         return len(self.store)
@@ -144,18 +205,46 @@ class SearchIndex:
     ) -> UpdateReport:
         """Bring the index up to date with the images under `paths` (folders, files, globs).
 
-        New files and files whose size or modification time changed are embedded; entries under the given
-        folders whose file is gone are removed; unreadable files are recorded (and retried once changed).
+        New files and files whose size or modification time changed are embedded. Entries whose file is gone
+        are removed, wherever they came from, and so are entries under the given folders that are no longer
+        image files there (a folder that could not be searched keeps its entries). Unreadable files are
+        recorded, and retried once changed (a chmod included); entries the scan left out are reported too.
         """
-        files = [os.path.abspath(f) for f in find_images(paths, allow_empty=True)]
+        self.store.check_writable()
+        with self._update_lock():
+            return self._update(paths, batch_size, workers, progress)
+
+    @contextlib.contextmanager
+    def _update_lock(self) -> Any:
+        """Hold `update.lock`: a second update of this index (another process too) waits for the first, then
+        finds its work done."""
+        with open(self.directory / LOCK_FILE, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.warning(
+                    "another update of index '%s' is running: waiting for it to finish", self.directory
+                )
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # the lock goes with the file's closing (and with the process, if it is killed)
+
+    def _update(
+        self, paths: Sequence[str | os.PathLike], batch_size: int, workers: int | None, progress: bool | None
+    ) -> UpdateReport:
+        scan = scan_images(paths, allow_empty=True)
+        files = [os.path.abspath(f) for f in scan.files]
         roots = tuple(os.path.join(os.path.abspath(p), "") for p in map(os.fspath, paths) if os.path.isdir(p))
+        unsearched = tuple(os.path.join(os.path.abspath(p), "") for p, _ in scan.skipped)
         states = self.store.states()
-        if not files and not any(p.startswith(roots) for p in states):
+        if not files and not scan.skipped and not any(p.startswith(roots) for p in states):
             raise NoImagesError(f"no image files in {', '.join(map(os.fspath, paths))}")
         listed = set(files)
-        report = UpdateReport(
-            removed=self.store.remove(p for p in states if p.startswith(roots) and p not in listed)
-        )
+        gone = [
+            p
+            for p in states
+            if p not in listed and not p.startswith(unsearched) and (p.startswith(roots) or _deleted(p))
+        ]
+        report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         todo = pending_files(self.store, files)
         report.unchanged = len(files) - len(todo)
         for batch in self.embedder.embed_files(todo, batch_size, workers, progress):
@@ -183,15 +272,17 @@ class SearchIndex:
         fresh = self.store.get_meta(_VECTORS_GENERATION) == str(generation)
         index = self._read_vectors(faiss, path) if fresh else None
         if index is None:
-            with self.store.transaction():
+            read_only = self.store.read_only  # read-only media: caught up in memory, not saved
+            with contextlib.nullcontext() if read_only else self.store.transaction():
                 generation = self.store.generation  # another process may have synced while we waited
                 index = self._read_vectors(faiss, path)
                 if index is None or self.store.get_meta(_VECTORS_GENERATION) != str(generation):
                     index = self._catch_up(
                         faiss, index or faiss.IndexIDMap2(faiss.IndexFlatIP(self.store.dims))
                     )
-                    replace_atomically(path, lambda tmp: faiss.write_index(index, os.fspath(tmp)))
-                    self.store.set_meta(_VECTORS_GENERATION, str(generation))
+                    if not read_only:  # written with Python's I/O, so that a full disk is an OSError
+                        replace_atomically(path, lambda tmp: tmp.write_bytes(faiss.serialize_index(index)))
+                        self.store.set_meta(_VECTORS_GENERATION, str(generation))
         self._faiss, self._faiss_generation = index, generation
         return index
 
@@ -247,7 +338,9 @@ class SearchIndex:
         return self.store.entry(image_id)
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        """The `k` images that best match `text`."""
+        """The `k` images that best match `text` (a non-blank string)."""
+        if not isinstance(text, str) or not text.strip():
+            raise UsageError(f"the search text is {text!r}: give some words to look for")
         return self.search(self.embedder.embed_texts([text]), k)[0]
 
     def search_image(self, image: ImageInput, k: int = 10) -> list[Hit]:
@@ -262,6 +355,41 @@ class SearchIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _fingerprint(name: str) -> str | None:
+    """SHA-256 over the SHA-256 of each weight file of model `name`, or None when it has no weight files
+    to read (an `Embedder` made in memory)."""
+    try:
+        files = locate(name).weight_files()
+    except CheckpointError:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(_file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    real = path.resolve()
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name  # the hub cache names a large file's blob by its SHA-256, checked on download
+    digest = hashlib.sha256()
+    with open(real, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _deleted(path: str) -> bool:
+    """Whether `path` no longer exists (a file that cannot be reached for another reason is not deleted)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 # --- a page of results ------------------------------------------------------------------------------------
@@ -313,8 +441,11 @@ def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             image.thumbnail((size, size))
+            rgb, _ = _pil_to_rgb(
+                image, path
+            )  # as the model sees it: 16-bit grey scaled, not clipped to white
             buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError, Image.DecompressionBombError):
+            rgb.save(buffer, format="JPEG", quality=80)
+    except (OSError, ValueError, Image.DecompressionBombError, ImageInputError):
         return None
     return buffer.getvalue()

@@ -8,20 +8,30 @@ Every write is a single transaction: a process killed at any moment (even `kill 
 committed and none of the one it was writing. A path is stored at most once (a UNIQUE key); a changed file
 gets a new row id, and ids are never reused (AUTOINCREMENT), which lets derived vector indexes catch up from
 the ids alone.
+
+A file that could not be read is retried when its size, modification time or status-change time changed (a
+`chmod` that makes it readable changes the last). A store on read-only media (or in a folder the user cannot
+write) is opened read-only: it answers every read, and a write is a `StoreError` saying why. Every SQLite
+failure (a full disk, a damaged page) is a `StoreError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from ..errors import StoreError
+from .files import os_error_reason
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,49 +46,124 @@ CREATE TABLE IF NOT EXISTS skipped (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    ctime_ns INTEGER NOT NULL DEFAULT -1
 );
 """
+_ADD_CTIME = "ALTER TABLE skipped ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT -1"  # stores made before it
 _CHUNK = 4096  # rows per query when streaming vectors out
 
 
 @dataclass(frozen=True)
 class FileState:
-    """A file as last seen: a changed size or modification time means it must be embedded again."""
+    """A file as last seen: a changed size or modification time means it must be embedded again; for a file
+    that could not be read, a changed status-change time (`ctime_ns`: permissions, owner) too."""
 
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int = -1
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> FileState:
         """The current state of `path` (raises `OSError` when it cannot be stat-ed)."""
         st = os.stat(path)
-        return cls(os.fspath(path), st.st_size, st.st_mtime_ns)
+        return cls(os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Seen(NamedTuple):
+    """A file as a store last saw it: embedded, or recorded as unreadable."""
+
+    size: int
+    mtime_ns: int
+    embedded: bool
+    ctime_ns: int = -1
+
+    def current(self, file: FileState) -> bool:
+        """Whether `file` is still as seen: same size and modification time, and for an unreadable file the
+        same status-change time (a `chmod` may have made it readable)."""
+        same = (self.size, self.mtime_ns) == (file.size, file.mtime_ns)
+        return same and (self.embedded or self.ctime_ns == file.ctime_ns)
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _sqlite_errors(method: _Method) -> _Method:
+    """Turn the SQLite errors of a `VectorStore` method (or generator) into a `StoreError` naming the file."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: VectorStore, *args: Any, **kwargs: Any) -> Any:
+            with self._translated_errors():
+                yield from method(self, *args, **kwargs)
+
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def wrapper(self: VectorStore, *args: Any, **kwargs: Any) -> Any:
+        with self._translated_errors():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def store_error(path: Path, err: sqlite3.Error) -> StoreError:
+    """A `StoreError` for an SQLite failure on the store at `path`: what happened and what to do."""
+    text = str(err)
+    if "disk is full" in text or "disk I/O error" in text:
+        return StoreError(
+            f"cannot write '{path}' ({text}): free some disk space and run the command again; the work "
+            "committed so far is kept"
+        )
+    if "malformed" in text or "not a database" in text or "encrypted" in text:
+        return StoreError(
+            f"'{path}' is not a siglip store, or it is damaged ({text}): delete it (with its -wal and -shm "
+            "files) and build it again"
+        )
+    if "readonly" in text:
+        return StoreError(f"'{path}' is read-only ({text}): copy it to a writable place to change it")
+    if "locked" in text or "busy" in text:
+        return StoreError(f"'{path}' is being written by another process ({text}): wait for it to finish")
+    return StoreError(f"'{path}' cannot be used ({text}): it may be damaged, or not a siglip store")
 
 
 class VectorStore:
     """Image paths, their file state and normalised embeddings in one SQLite file (see the module doc).
 
     Opening an existing store checks that it was made with `model` (when given); creating one needs `model`
-    and `dims`.
+    and `dims`. An existing store that cannot be written (read-only media or permissions) is opened read-only
+    (`read_only`).
     """
 
     def __init__(self, path: str | os.PathLike, model: str | None = None, dims: int | None = None) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"'{self.path}' is a folder, not a store file: give another path")
         if not self.path.exists() and (model is None or dims is None):
             raise StoreError(f"no store at '{self.path}'")
+        self.read_only = self.path.exists() and not _writable(self.path)
         try:
-            # transactions are explicit; a writer waits up to 10 minutes for another's (a long vector sync)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=600)
-            self._db.execute("PRAGMA journal_mode=WAL")  # readers (search) do not wait for a running build
-            self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process, and fast
-            with self.transaction():
-                if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-                    self._create(model, dims)
+            if self.read_only:  # immutable: SQLite then needs no -wal/-shm files, which it could not create
+                uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?immutable=1"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
                 stored = dict(self._db.execute("SELECT key, value FROM meta"))
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"'{self.path}' is not a siglip store, or it is damaged: {err}") from err
+            else:
+                # transactions are explicit; a writer waits up to 10 minutes for another's (a long vector sync)
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=600)
+                self._db.execute(
+                    "PRAGMA journal_mode=WAL"
+                )  # readers (search) do not wait for a running build
+                self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process, and fast
+                with self.transaction():
+                    if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                        self._create(model, dims)
+                    columns = {row[1] for row in self._db.execute("PRAGMA table_info(skipped)")}
+                    if "ctime_ns" not in columns:
+                        self._db.execute(_ADD_CTIME)
+                    stored = dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.Error as err:
+            raise store_error(self.path, err) from err
         if model is not None and model != stored["model"]:
             raise StoreError(
                 f"'{self.path}' holds embeddings of model '{stored['model']}', not '{model}': use that model, "
@@ -101,26 +186,51 @@ class VectorStore:
 
     # --- transactions --------------------------------------------------------------------------------------
     @contextlib.contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise store_error(self.path, err) from err
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Run the block as one transaction holding the store's write lock (other writers, other processes
         included, wait for it; readers do not): committed at the end, rolled back on an exception."""
-        self._db.execute("BEGIN IMMEDIATE")  # take the write lock now: writers queue, never interleave
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        self.check_writable()
+        with self._translated_errors():
+            self._db.execute("BEGIN IMMEDIATE")  # take the write lock now: writers queue, never interleave
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may have rolled back itself (a full disk)
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def check_writable(self) -> None:
+        """Raise a `StoreError` when the store was opened read-only."""
+        if self.read_only:
+            raise StoreError(
+                f"'{self.path}' is on read-only media or in a folder you cannot write: it can be searched, "
+                "not changed; copy it to a writable place to update it"
+            )
+
+    def rename_model(self, model: str) -> None:
+        """Record that the store's model is now called `model` (a model folder that moved)."""
+        self.set_meta("model", model)
+        self.model = model
 
     def _bump_generation(self) -> None:
         """Count a change; called last inside every write transaction (derived indexes compare it)."""
         self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
     @property
+    @_sqlite_errors
     def generation(self) -> int:
         """Number of committed changes so far."""
         return int(self.get_meta("generation"))
 
+    @_sqlite_errors
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -152,8 +262,8 @@ class VectorStore:
                 [(f.path, f.size, f.mtime_ns, v.tobytes()) for f, v in zip(done, vectors, strict=True)],
             )
             self._db.executemany(
-                "INSERT INTO skipped VALUES (?, ?, ?, ?)",
-                [(f.path, f.size, f.mtime_ns, r) for f, r in failed],
+                "INSERT INTO skipped (path, size, mtime_ns, reason, ctime_ns) VALUES (?, ?, ?, ?, ?)",
+                [(f.path, f.size, f.mtime_ns, r, f.ctime_ns) for f, r in failed],
             )
             self._bump_generation()
 
@@ -171,37 +281,44 @@ class VectorStore:
         return removed
 
     # --- reading -------------------------------------------------------------------------------------------
+    @_sqlite_errors
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
-    def states(self) -> dict[str, tuple[int, int, bool]]:
-        """path -> (size, mtime_ns, embedded) of every file seen, embedded or skipped."""
-        states = {p: (s, m, True) for p, s, m in self._db.execute("SELECT path, size, mtime_ns FROM images")}
-        states.update(
-            (p, (s, m, False)) for p, s, m in self._db.execute("SELECT path, size, mtime_ns FROM skipped")
-        )
+    @_sqlite_errors
+    def states(self) -> dict[str, Seen]:
+        """path -> `Seen` of every file seen, embedded or skipped."""
+        states = {
+            p: Seen(s, m, True) for p, s, m in self._db.execute("SELECT path, size, mtime_ns FROM images")
+        }
+        query = "SELECT path, size, mtime_ns, ctime_ns FROM skipped"
+        states.update((p, Seen(s, m, False, c)) for p, s, m, c in self._db.execute(query))
         return states
 
     def pending(self, files: Iterable[FileState]) -> list[FileState]:
         """The files not yet stored (embedded or skipped) in their current state, in the given order."""
         states = self.states()
-        return [f for f in files if states.get(f.path, (None, None))[:2] != (f.size, f.mtime_ns)]
+        return [f for f in files if f.path not in states or not states[f.path].current(f)]
 
+    @_sqlite_errors
     def skipped(self) -> list[tuple[str, str]]:
         """(path, reason) of the files that could not be read, by path."""
         return self._db.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
 
+    @_sqlite_errors
     def ids(self) -> np.ndarray:
         """Row ids of all embeddings (int64, ascending)."""
         ids = self._db.execute("SELECT id FROM images ORDER BY id").fetchall()
         return np.array([i for (i,) in ids], dtype=np.int64)
 
+    @_sqlite_errors
     def vectors_from(self, first_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) chunks of the rows with id >= `first_id`, by id."""
         cursor = self._db.execute("SELECT id, vector FROM images WHERE id >= ? ORDER BY id", (first_id,))
         while rows := cursor.fetchmany(_CHUNK):
             yield np.array([i for i, _ in rows], dtype=np.int64), self._unpack([v for _, v in rows])
 
+    @_sqlite_errors
     def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
         """id -> path for the given row ids (those that still exist)."""
         ids = [int(i) for i in ids]
@@ -212,11 +329,13 @@ class VectorStore:
             found.update(self._db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk))
         return found
 
+    @_sqlite_errors
     def entry(self, image_id: int) -> tuple[str, np.ndarray] | None:
         """(path, vector) of the row with this id, or None when there is none."""
         row = self._db.execute("SELECT path, vector FROM images WHERE id = ?", (int(image_id),)).fetchone()
         return None if row is None else (row[0], self._unpack([row[1]])[0])
 
+    @_sqlite_errors
     def in_order(self, paths: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray]]:
         """(paths, vectors) chunks of the stored embeddings of `paths`, in that order (absent ones left out)."""
         with self.transaction():
@@ -242,6 +361,13 @@ class VectorStore:
         self.close()
 
 
+def _writable(path: Path) -> bool:
+    """Whether the store file and its folder (where SQLite keeps its -wal and -shm files) can be written."""
+    folder = path.parent
+    mounted_read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    return not mounted_read_only and os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+
+
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(tmp)` on a temporary file next to `path`, then move it over `path` in one step.
 
@@ -262,7 +388,7 @@ def pending_files(store: VectorStore, files: list[str]) -> list[FileState]:
         try:
             states.append(FileState.of(path))
         except OSError as err:
-            vanished.append((FileState(path, -1, -1), f"cannot be read: {err.strerror}"))
+            vanished.append((FileState(path, -1, -1), f"cannot be read: {os_error_reason(err)}"))
     if vanished:
         store.record([], np.empty((0, store.dims), np.float32), vanished)
     return store.pending(states)

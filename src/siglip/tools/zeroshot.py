@@ -72,6 +72,8 @@ def check_labels(labels: Sequence[str]) -> None:
     for i, label in enumerate(labels):
         if not isinstance(label, str) or not label.strip():
             raise UsageError(f"label {i} is {label!r}: every label must be a non-empty string")
+        if label in labels[:i]:
+            raise UsageError(f"label {label!r} is given twice: each label must be different")
 
 
 def check_templates(templates: Sequence[str]) -> None:

@@ -413,7 +413,11 @@ def _open(source: str | os.PathLike | io.BytesIO, name: str, steps: _Steps) -> I
             f"{name} is too large ({err}): more than PIL.Image.MAX_IMAGE_PIXELS={limit}, refused as a possible "
             "decompression bomb; raise that limit if the file is trusted"
         ) from None
-    except (OSError, SyntaxError, ValueError) as err:  # unreadable, truncated or corrupt
+    except OSError as err:
+        if err.errno is not None:  # the file system refused (permission, a folder, I/O error): not the data
+            raise ImageInputError(f"{name} cannot be opened: {(err.strerror or str(err)).lower()}") from None
+        raise ImageInputError(f"{name} cannot be read (truncated or corrupt file?): {err}") from err
+    except (SyntaxError, ValueError) as err:  # truncated or corrupt
         raise ImageInputError(f"{name} cannot be read (truncated or corrupt file?): {err}") from err
 
 

@@ -10,6 +10,7 @@ works, with a warning.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from .configuration import SiglipTextConfig
 from .image_processing import ImageInput, SiglipImageProcessor
 from .tokenization import SiglipTokenizer
 
+logger = logging.getLogger("siglip")
+
 __all__ = ["BatchFeature", "SiglipProcessor", "fixed_length_ids"]
 
 
@@ -39,9 +42,20 @@ def fixed_length_ids(
     not lowercase (SigLIP 2 through a `GemmaTokenizer`: see `siglip.core.siglip2.tokenization`).
 
     The one place the tools build text input for a model: SigLIP pools the last position, so any shorter
-    padding gives wrong embeddings.
+    padding gives wrong embeddings. A text longer than L is cut with a warning: two texts that differ only
+    after their first L tokens get the same embedding.
     """
     texts = [lowercase(text) for text in texts] if needs_lowercase(tokenizer) else list(texts)
+    limit = text_config.max_position_embeddings
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    cut = [i for i, n in enumerate(lengths) if n > limit]
+    if cut:
+        first = cut[0]
+        logger.warning(
+            "%d text(s) longer than the model's %d text positions were truncated, e.g. %r (%d tokens): texts "
+            "that differ only after the cut score the same",
+            len(cut), limit, texts[first], lengths[first],
+        )  # fmt: skip
     return tokenizer(
         texts,
         padding="max_length",

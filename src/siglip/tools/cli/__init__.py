@@ -2,26 +2,40 @@
 
 Every command lives in its own module of this package and registers itself through `add_parser(subparsers)`,
 which sets `run` (a function of the parsed arguments returning an exit code) as the parser's default.
-A user error (a `SiglipError`: a missing file, a bad checkpoint, bad data, a bad option) ends with one line on
-stderr and exit code 2; any other exception is a bug and keeps its traceback. Set
-SIGLIP_DEBUG=1 to see the traceback.
+Exit status: 0 when the command did its work, files it had to leave out included (they are listed on stderr,
+and in the `skipped` list of `--json` output); 2 for a user error, printed as one line on stderr: a
+`SiglipError` (a missing file, a bad checkpoint, bad data, a bad option, rejected while parsing), or a
+failure of the system under the command (an `OSError` with an errno: a full disk, permission denied, a
+read-only file system). Any other exception is a bug and keeps its traceback. SIGLIP_DEBUG=1 shows the
+traceback of a user error too. 130 after Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from ...errors import SiglipError
+from ..files import display_path
 
 COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "serve")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument is one line (`siglip search: error: argument -k: ...`), as
+    every other user error, with a pointer to --help instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="siglip", description="SigLIP models from the command line.")
+    parser = Parser(prog="siglip", description="SigLIP models from the command line.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
@@ -32,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("siglip").setLevel(logging.INFO)
+    logging.getLogger("huggingface_hub").propagate = False  # it prints its own lines: once, not twice
     try:
         return int(args.run(args) or 0)
     except SiglipError as err:
@@ -42,6 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`siglip ... | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:
+        if err.errno is None or os.environ.get("SIGLIP_DEBUG"):
+            raise
+        print(f"siglip {args.command}: error: {_system_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"siglip {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _system_error(err: OSError) -> str:
+    """One line for a failed system call: what failed, on which file, and the fix when there is one."""
+    where = f" ('{display_path(os.fsdecode(err.filename))}')" if err.filename is not None else ""
+    text = f"{err.strerror or err}{where}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += "; free some space and run the command again (finished work is kept)"
+    return text

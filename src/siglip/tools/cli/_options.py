@@ -1,14 +1,24 @@
-"""Options and output helpers shared by the commands that run a model (classify, embed, index, search, eval)."""
+"""Options and output helpers shared by the commands that run a model (classify, embed, index, search, eval).
+
+Every numeric, enumerated, device or path option is checked while the command line is parsed, by the types
+below (`integer`, `real`, `device`, `output_file`, `output_folder`), so that no value outside its meaning
+reaches the work, and a mistake costs no time.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..embedder import DEFAULT_MODEL, Embedder
+from ...errors import UsageError
+from ..embedder import DEFAULT_MODEL, Embedder, resolve_device
+from ..files import display_path
 from ..precision import PRECISIONS
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 
@@ -19,7 +29,7 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEF
     parser.add_argument(
         "--model", default=default, help=f"bundled model name, local checkpoint folder or hub id ({shown})"
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_device_option(parser)
     parser.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -34,14 +44,21 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEF
     )
 
 
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """--device, checked against the devices this machine has."""
+    parser.add_argument(
+        "--device", type=device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)"
+    )
+
+
 def add_loader_options(parser: argparse.ArgumentParser) -> None:
     """--batch-size, --workers and --no-progress, for commands that read many image files."""
     parser.add_argument(
-        "--batch-size", type=_positive, default=32, help="images per model call (default: 32)"
+        "--batch-size", type=integer(1), default=32, help="images per model call (default: 32)"
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=integer(0),
         default=None,
         help="image-decoding processes (default: one per core, at most 8)",
     )
@@ -94,17 +111,22 @@ def load_model(args: argparse.Namespace) -> Embedder:
     return Embedder.from_pretrained(args.model, **model_kwargs(args))
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    """`data` as JSON on stdout, valid for any file name: the bytes of a name that is not UTF-8 (which Python
+    holds as lone surrogates) are written as `\\udcXX` escapes, which `json.loads` and `os.fsencode` undo."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    sys.stdout.write(_SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n")
 
 
 def report_skipped(command: str, skipped: Sequence[tuple[str, str]]) -> None:
-    """List unreadable files on stderr: they were left out, the command went on."""
+    """List the files left out on stderr (names printed safely): the command went on without them."""
     if skipped:
         print(f"siglip {command}: skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
         for path, reason in skipped:
-            print(f"  {path}: {reason}", file=sys.stderr)
+            print(f"  {display_path(path)}: {reason}", file=sys.stderr)
 
 
 def score_text(score: float) -> str:
@@ -144,8 +166,60 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+# --- option types: each rejects, while parsing, a value outside the option's meaning --------------------------
+def integer(low: int, high: float = math.inf) -> Callable[[str], int]:
+    """An option type: a whole number from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or value > high:
+            upper = "" if math.isinf(high) else f" and at most {high:g}"
+            raise argparse.ArgumentTypeError(f"must be at least {low}{upper}, got {value}")
+        return value
+
+    return parse
+
+
+def real(low: float, high: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An option type: a finite number from `low` (excluded when `above`) to `high` (included)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
+            lower = f"above {low:g}" if above else f"at least {low:g}"
+            upper = "" if math.isinf(high) else f" and at most {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {lower}{upper}, got {text}")
+        return value
+
+    return parse
+
+
+def device(text: str) -> str:
+    """An option type: a device torch knows and this machine has."""
+    try:
+        resolve_device(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def output_file(text: str) -> str:
+    """An option type: a file to write, which must not be an existing folder."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is an existing folder; give the name of a file to write")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """An option type: a folder to write into (created if needed), which must not be an existing file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is an existing file; give a folder (it is created if needed)"
+        )
+    return text

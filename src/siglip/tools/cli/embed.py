@@ -6,7 +6,7 @@ import argparse
 import time
 
 from ..embedding_files import OUTPUT_FORMATS, embed_to_file, output_format
-from ..files import find_images
+from ..files import scan_images
 from ._options import (
     add_loader_options,
     add_model_options,
@@ -36,12 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     output_format(args.out)  # before the model loads: a typo should cost no time
-    files = find_images(args.paths)
+    scan = scan_images(args.paths)
     embedder = load_model(args)
     start = time.perf_counter()
-    report = embed_to_file(files, args.out, embedder, **loader_kwargs(args))
+    report = embed_to_file(scan, args.out, embedder, **loader_kwargs(args))
     seconds = time.perf_counter() - start
-    earlier = report.count + len(report.skipped) - report.embedded - report.failed
+    earlier = report.count + len(report.skipped) - len(scan.skipped) - report.embedded - report.failed
     print(
         f"wrote {report.count} embeddings ({embedder.dims}-d, model {embedder.name}) to {report.out}; "
         f"manifest {report.manifest}"

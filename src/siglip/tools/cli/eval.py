@@ -12,6 +12,7 @@ from ._options import (
     add_template_option,
     load_model,
     loader_kwargs,
+    output_file,
     print_json,
     report_skipped,
     table,
@@ -31,7 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     zeroshot.add_argument("--data", required=True, help="folder of class folders")
     add_template_option(zeroshot)
     zeroshot.add_argument(
-        "--plot", default="confusion-matrix.png", help="confusion-matrix PNG (default: confusion-matrix.png)"
+        "--plot",
+        type=output_file,
+        default="confusion-matrix.png",
+        help="confusion-matrix PNG (default: confusion-matrix.png)",
     )
     zeroshot.set_defaults(run=run_zeroshot)
 

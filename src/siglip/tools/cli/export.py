@@ -7,6 +7,7 @@ import importlib.util
 
 from ..embedder import DEFAULT_MODEL, Embedder
 from ..inference import check_onnx, export_onnx
+from ._options import integer, output_folder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,8 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_MODEL,
         help=f"bundled model name, local folder or hub id (default: {DEFAULT_MODEL})",
     )
-    parser.add_argument("--out", required=True, help="output folder (created if needed)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 (default: 17)")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder (created if needed)")
+    parser.add_argument("--opset", type=integer(17), default=17, help="ONNX opset, at least 17 (default: 17)")
     parser.set_defaults(run=run)
 
 

@@ -6,13 +6,14 @@ import argparse
 import time
 
 from ..embedder import DEFAULT_MODEL
-from ..files import find_images
+from ..files import check_inputs
 from ..index import SearchIndex
 from ._options import (
     add_loader_options,
     add_model_options,
     loader_kwargs,
     model_kwargs,
+    output_folder,
     rate_line,
     report_skipped,
 )
@@ -29,14 +30,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image folders, files or glob patterns")
-    parser.add_argument("--index", required=True, help="index folder (created if needed)")
+    parser.add_argument("--index", required=True, type=output_folder, help="index folder (created if needed)")
     add_model_options(parser, default=None)
     add_loader_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    find_images(args.paths, allow_empty=True)  # before the model loads: a typo should cost no time
+    check_inputs(args.paths)  # before the model loads: a typo should cost no time
     model = args.model or (None if SearchIndex.exists(args.index) else DEFAULT_MODEL)
     with SearchIndex(args.index, model, **model_kwargs(args)) as index:
         _ = index.embedder  # load the model first: the rate printed below is the indexing rate

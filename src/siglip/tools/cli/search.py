@@ -8,8 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ...errors import UsageError
+from ..files import display_path
 from ..index import SearchIndex, results_html
-from ._options import print_json, score_text, table
+from ._options import add_device_option, integer, output_file, print_json, score_text, table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,19 +22,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("text", nargs="?", help="what to look for")
     parser.add_argument("--image", help="search by this image instead of a text")
     parser.add_argument("--index", required=True, help="index folder made by `siglip index`")
-    parser.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    parser.add_argument("--html", metavar="OUT.html", help="also write a page of thumbnails")
+    parser.add_argument("-k", type=integer(1), default=10, help="number of results (default: 10)")
+    parser.add_argument(
+        "--html", type=output_file, metavar="OUT.html", help="also write a page of thumbnails"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the index's model, at its new place if it moved (default: the one the index was built with)",
+    )
+    add_device_option(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise UsageError("give a text to search for, or --image QUERY.jpg (one of the two)")
-    if args.k < 1:
-        raise UsageError(f"-k must be at least 1, got {args.k}")
-    with SearchIndex(args.index, device=args.device) as index:
+    with SearchIndex(args.index, args.model, device=args.device) as index:
         hits = (
             index.search_text(args.text, args.k)
             if args.image is None
@@ -45,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"query": query, "results": [asdict(hit) for hit in hits]})
     else:
-        rows = [[str(rank), score_text(hit.score), hit.path] for rank, hit in enumerate(hits, start=1)]
+        rows = [
+            [str(rank), score_text(hit.score), display_path(hit.path)]
+            for rank, hit in enumerate(hits, start=1)
+        ]
         print(table(rows, ["rank", "score", "path"]))
     if args.html:
         print(f"wrote {args.html}", file=sys.stderr)

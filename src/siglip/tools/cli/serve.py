@@ -10,7 +10,7 @@ import sys
 from ...errors import UsageError
 from ..deps import require
 from ..embedder import DEFAULT_MODEL, Embedder
-from ._options import _positive, add_model_options, model_kwargs
+from ._options import add_model_options, integer, model_kwargs, real
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
     )
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--port", type=integer(0, 65535), default=8000, help="port (default: 8000)")
     parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
@@ -45,37 +45,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-batch-size",
-        type=_positive,
+        type=integer(1),
         default=defaults.max_batch_size,
         help="items per model call (default: %(default)s)",
     )
     parser.add_argument(
         "--max-wait-ms",
-        type=float,
+        type=real(0),
         default=defaults.max_wait_ms,
         help="how long a batch waits for more requests (default: %(default)s ms)",
     )
     parser.add_argument(
         "--max-queue",
-        type=_positive,
+        type=integer(1),
         default=defaults.max_queue,
         help="items waiting before 503 (default: %(default)s)",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=real(0, above=True),
         default=defaults.timeout_s,
         help="seconds before a request gets 503 (default: %(default)s)",
     )
     parser.add_argument(
         "--max-upload-bytes",
-        type=_positive,
+        type=integer(1),
         default=defaults.max_upload_bytes,
         help="request body limit (default: %(default)s)",
     )
     parser.add_argument(
         "--max-pixels",
-        type=_positive,
+        type=integer(1),
         default=defaults.max_pixels,
         help="decoded pixels of an image (default: %(default)s)",
     )

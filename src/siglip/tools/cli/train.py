@@ -8,7 +8,32 @@ import os
 import types
 import typing
 
+from ..precision import TRAINING_PRECISIONS
 from ..training.trainer import TrainConfig, train
+from ._options import integer, output_folder, real
+
+# What each option of TrainConfig may be, checked while parsing (TrainConfig checks how options combine).
+_VALUES: dict[str, dict[str, typing.Any]] = {
+    "output_dir": {"type": output_folder},
+    "batch_size": {"type": integer(1)},
+    "grad_accum": {"type": integer(1)},
+    "epochs": {"type": real(0, above=True)},
+    "steps": {"type": integer(1)},
+    "lr": {"type": real(0, above=True)},
+    "warmup_steps": {"type": integer(0)},
+    "weight_decay": {"type": real(0)},
+    "beta2": {"type": real(0, 1)},
+    "grad_clip": {"type": real(0)},
+    "precision": {"choices": TRAINING_PRECISIONS},
+    "loss": {"choices": ("all_gather", "ring")},
+    "loss_chunk_size": {"type": integer(1)},
+    "workers": {"type": integer(0)},
+    "log_every": {"type": integer(1)},
+    "save_every": {"type": integer(0)},
+    "keep_checkpoints": {"type": integer(1)},
+    "eval_every": {"type": integer(0)},
+    "max_bad_fraction": {"type": real(0, 1)},
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             default = None if required else f.default
             parser.add_argument(
                 flag,
-                type=scalar,
+                **{"type": scalar, **_VALUES.get(f.name, {})},
                 required=required,
                 default=default,
                 help=f"{help_text} (default: {default})",

@@ -303,9 +303,7 @@ def _freeze(model: TwoTowerModel, config: TrainConfig) -> None:
             param.requires_grad_(not locked)
 
 
-def _source(
-    config: TrainConfig, processor: Processor, layout: BatchLayout
-) -> Dataset | WebDatasetSource:
+def _source(config: TrainConfig, processor: Processor, layout: BatchLayout) -> Dataset | WebDatasetSource:
     source = build_source(
         config.data,
         processor.image_processor,

@@ -1,0 +1,107 @@
+"""Fault injection: `kill -9` at random points of `siglip index` and `siglip embed`, then a rerun whose result
+equals a clean run's. The points are drawn from a fixed seed (the same on every run, so CI is stable) over
+the length of a clean run, so kills land in start-up, embedding and writing alike.
+
+After each kill the committed state must be consistent (every stored embedding equals the clean one, one
+entry per file); the next run resumes from it; the last run completes and must equal the clean result. A full
+disk, a read-only index, two concurrent runs and a damaged SQLite page are in test_hardening.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _material import BUNDLED, write_photos
+from siglip import SearchIndex
+from siglip.tools.index import RECORDS_FILE
+from siglip.tools.store import VectorStore
+
+KILLS = 10  # per command: 20 in all
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faults")
+    write_photos(root, corrupt=True)
+    for i in range(20):
+        Image.new("RGB", (40, 40), (5 * i, 255 - 5 * i, 90)).save(root / f"swatch-{i:02d}.png")
+    return root
+
+
+def _command(kind: str, collection: Path, target: Path) -> list[str]:
+    out = ["--index", str(target)] if kind == "index" else ["--out", str(target)]
+    return [sys.executable, "-m", "siglip", kind, str(collection), *out, "--model", BUNDLED,
+            "--batch-size", "4", "--workers", "0", "--no-progress"]  # fmt: skip
+
+
+def _vectors(kind: str, target: Path) -> dict[str, np.ndarray]:
+    """path -> embedding of a finished output, or of what an interrupted run committed."""
+    if kind == "index":
+        store = VectorStore(target / RECORDS_FILE)
+    else:
+        journal = target.with_name(target.name + ".partial")
+        if target.exists():
+            paths = json.loads(target.with_suffix(target.suffix + ".json").read_text())["paths"]
+            return dict(zip(paths, np.load(target), strict=True))
+        if not journal.exists():
+            return {}
+        store = VectorStore(journal)
+    with store:
+        paths = store.paths_of(store.ids())
+        return {paths[int(i)]: v for ids, vs in store.vectors_from(0) for i, v in zip(ids, vs, strict=True)}
+
+
+def _assert_consistent(partial: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> None:
+    assert set(partial) <= set(clean)
+    for path, vector in partial.items():
+        np.testing.assert_allclose(vector, clean[path], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["index", "embed"])
+def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(kind, collection, tmp_path):
+    clean_target = tmp_path / ("clean.index" if kind == "index" else "clean.npy")
+    start = time.monotonic()
+    subprocess.run(
+        _command(kind, collection, clean_target), env=ENV, check=True, capture_output=True, timeout=300
+    )
+    duration = time.monotonic() - start
+    clean = _vectors(kind, clean_target)
+    assert len(clean) == len(list(collection.glob("**/*.*"))) - 1  # all but broken.jpg
+
+    target = tmp_path / ("killed.index" if kind == "index" else "killed.npy")
+    rng = np.random.default_rng(16)
+    for delay in rng.uniform(0.3 * duration, duration, KILLS):
+        run = subprocess.Popen(_command(kind, collection, target), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(delay)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
+        if (
+            (target / RECORDS_FILE).exists()
+            or target.exists()
+            or target.with_name(target.name + ".partial").exists()
+        ):
+            _assert_consistent(_vectors(kind, target), clean)
+    done = subprocess.run(
+        _command(kind, collection, target), env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    final = _vectors(kind, target)
+    assert set(final) == set(clean)
+    _assert_consistent(final, clean)
+    if kind == "index":
+        with SearchIndex(target) as index, SearchIndex(clean_target) as reference:
+            assert [h.path for h in index.search_text("a red swatch", k=5)] == [
+                h.path for h in reference.search_text("a red swatch", k=5)
+            ]
