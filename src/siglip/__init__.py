@@ -20,6 +20,16 @@ from .core.siglip.modeling import (
 )
 from .core.siglip.processing import SiglipProcessor
 from .core.siglip.tokenization import SiglipTokenizer
+from .core.siglip2.configuration import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
+from .core.siglip2.image_processing import Siglip2ImageProcessor
+from .core.siglip2.modeling import (
+    Siglip2ForImageClassification,
+    Siglip2Model,
+    Siglip2PreTrainedModel,
+    Siglip2TextModel,
+    Siglip2VisionModel,
+)
+from .core.siglip2.processing import Siglip2Processor
 from .errors import CheckpointError, ImageInputError, OfflineError, SiglipError
 from .tools.embedder import Embedder, embed_images, embed_texts
 from .tools.embedding_files import embed_to_file
@@ -37,6 +47,16 @@ __all__ = [
     "ImageInputError",
     "OfflineError",
     "SearchIndex",
+    "Siglip2Config",
+    "Siglip2ForImageClassification",
+    "Siglip2ImageProcessor",
+    "Siglip2Model",
+    "Siglip2PreTrainedModel",
+    "Siglip2Processor",
+    "Siglip2TextConfig",
+    "Siglip2TextModel",
+    "Siglip2VisionConfig",
+    "Siglip2VisionModel",
     "SiglipConfig",
     "SiglipError",
     "SiglipForImageClassification",
