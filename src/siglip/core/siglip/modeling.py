@@ -295,7 +295,9 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pool (B, N, D) tokens to (B, D). `key_mask`: an additive (B, 1, 1, N) mask from `_key_padding_mask`
         (NaFlex padding patches), or None."""
-        probe = self.probe.expand(x.shape[0], -1, -1)
+        # a contiguous copy per image, as transformers makes it: an expanded (stride 0) probe takes another
+        # matrix-product path in the attention's input projection and can differ in the last bit
+        probe = self.probe.repeat(x.shape[0], 1, 1)
         if key_mask is not None:  # nn.MultiheadAttention takes a float mask of (B * heads, 1, N)
             heads = self.attention.num_heads
             key_mask = key_mask.expand(-1, heads, -1, -1).reshape(-1, 1, x.shape[1])
