@@ -2,11 +2,11 @@
 and clear errors for inputs and checkpoints of the wrong kind.
 
 Parity runs the released NaFlex widths (base, so400m) at max_num_patches 256, 576 and 1024 with the depth cut
-(2 layers at 256, 1 above, for CI time), on one batch that mixes extreme aspect ratios. The forward pass is
+(2 layers for base-256, 1 elsewhere, for CI time), on one batch that mixes extreme aspect ratios. The forward pass is
 bit-identical to transformers (the same operations in the same order: the text tower, encoder, attention and
 pooling head are SigLIP's shared modules, the position resize is the same float32 matrix product); gradients
-are compared within 1e-5 of each tensor's largest magnitude, because our loss (`sigmoid_loss`) orders its
-arithmetic differently from transformers' inline loss, which can move the last bit of the gradients.
+are compared within 1e-5 of each tensor's largest magnitude (they came out bit-identical too, but our loss,
+`sigmoid_loss`, orders its arithmetic differently from transformers' inline loss, so the last bit may move).
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ GRAD_REL = 1e-5
 _BASE = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
 _SO400M = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16)
 # Released NaFlex widths; the text tower is SigLIP's (tested at the 256,000-piece Gemma vocabulary in
-# test_modeling_parity.py), so a small vocabulary keeps memory low except in one so400m case.
+# test_modeling_parity.py), so a small vocabulary keeps memory and time low here.
 WIDTHS = {"base": _BASE, "so400m": _SO400M}
 CASES = [
     ("base", 256, 2, 1000),
     ("base", 576, 1, 1000),
     ("base", 1024, 1, 1000),
-    ("so400m", 256, 2, 256000),
+    ("so400m", 256, 1, 1000),
     ("so400m", 576, 1, 1000),
     ("so400m", 1024, 1, 1000),
 ]
