@@ -4,6 +4,9 @@ both libraries read, and clear errors for what NaFlex cannot represent.
 
 transformers' torchvision backend (`Siglip2ImageProcessor` there) is not compared: the test environment has
 no torchvision (its CUDA build breaks transformers with the CPU torch).
+
+One deliberate difference: transformers' `Siglip2ImageProcessorPil` does not convert to RGB unless
+`do_convert_rgb=True` and raises on grey, RGBA, palette or CMYK images; ours converts them as SigLIP's does.
 """
 
 import io
@@ -44,7 +47,10 @@ def ours():
 
 @pytest.fixture(scope="module")
 def theirs():
-    return transformers.Siglip2ImageProcessorPil()
+    # transformers' Siglip2 processor leaves do_convert_rgb unset (None) and then fails on any image that is not
+    # RGB ("mean must have 1 elements"); ours always converts, as SigLIP's does, and writes do_convert_rgb=True
+    # into the files it saves, so the comparison turns conversion on.
+    return transformers.Siglip2ImageProcessorPil(do_convert_rgb=True)
 
 
 def _assert_identical(ours_out, theirs_out, name=""):
@@ -185,7 +191,7 @@ def processors(spiece_model):
         Siglip2ImageProcessor(), SiglipTokenizer(spiece_model, model_input_names=["input_ids"])
     )
     theirs = transformers.Siglip2Processor(
-        image_processor=transformers.Siglip2ImageProcessorPil(),
+        image_processor=transformers.Siglip2ImageProcessorPil(do_convert_rgb=True),
         tokenizer=transformers.SiglipTokenizer(str(spiece_model), model_input_names=["input_ids"]),
     )
     return ours, theirs

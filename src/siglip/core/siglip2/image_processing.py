@@ -103,7 +103,9 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             orientation, in-memory PIL images are used as given; one thread per core).
 
     Accepted images and conversion to RGB: as `SiglipImageProcessor` (its documented differences from
-    transformers for 16-bit grey, transparent files and bad input apply here too). An image of any size from
+    transformers for 16-bit grey, transparent files and bad input apply here too). Deliberate difference:
+    transformers' `Siglip2ImageProcessorPil` leaves `do_convert_rgb` unset and then fails on grey, RGBA,
+    palette or CMYK images; ours always converts (and saves `do_convert_rgb: true`, which transformers honours). An image of any size from
     1 x 1 pixel up is resized to at least one patch, as transformers does; an empty image, or with
     `do_resize=False` one that is not a whole number of patches, raises `ImageInputError` naming it.
     """
