@@ -290,3 +290,17 @@ def test_text_model_is_the_siglip_text_tower(tmp_path):
     ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         _exact(ours(ids, mask).pooler_output, theirs(ids, attention_mask=mask).pooler_output, "masked text")
+
+
+def test_towers_and_classifier_load_from_a_two_tower_checkpoint(tiny_images, tmp_path):
+    theirs = _reference("Siglip2Model", TINY)
+    theirs.save_pretrained(tmp_path)
+    with torch.no_grad():
+        vision = Siglip2VisionModel.from_pretrained(tmp_path)
+        _exact(
+            vision(**tiny_images).pooler_output,
+            theirs.get_image_features(**tiny_images).pooler_output,
+            "tower",
+        )
+        classifier = Siglip2ForImageClassification.from_pretrained(tmp_path, num_labels=4)  # a fresh head
+        assert classifier(**tiny_images).logits.shape == (5, 4)
