@@ -65,6 +65,14 @@ class _Steps:
         """(height, width) to resize an image of `height` x `width` pixels to, or None for no resize."""
         return self.size
 
+    def from_uint8(self, image: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """The output of a resized (H, W, 3) uint8 image: (3, H, W) pixels through the per-channel table."""
+        return _apply_table(image, table)
+
+    def from_float(self, image: np.ndarray) -> np.ndarray:
+        """The output of a resized (H, W, 3) image of another dtype: (3, H, W) rescaled, normalised pixels."""
+        return np.ascontiguousarray(self.rescale_normalize(image).transpose(2, 0, 1))
+
     def rescale_normalize(self, x: np.ndarray) -> np.ndarray:
         """transformers' arithmetic on a channels-last array: rescale in float64 -> float32, then normalise.
 
@@ -161,8 +169,9 @@ class BaseImageProcessor:
 
 
 def process_images(images: Any, steps: _Steps, num_threads: int | None) -> list[np.ndarray]:
-    """(3, H, W) pixels of each image of a call (an image, a list or a 4-D batch), decoded, converted, resized
-    and normalised by `steps` on a thread pool; the warnings worth giving are given once per kind."""
+    """The pixels of each image of a call (an image, a list or a 4-D batch), decoded, converted, resized and
+    normalised by `steps` on a thread pool ((3, H, W) arrays, or what `steps.from_uint8` / `from_float` make);
+    the warnings worth giving are given once per kind."""
     items = _as_list(images)
     # Each distinct object is processed once: a lazily opened PIL image listed twice must not be
     # decoded by two threads at the same time.
@@ -398,7 +407,7 @@ def _process_image(
         size = steps.target_size(image.height, image.width, name)
         if size is not None:
             image = image.resize(size[::-1], resample=steps.resample)
-        return _apply_table(np.asarray(image), table), note
+        return steps.from_uint8(np.asarray(image), table), note
 
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -413,8 +422,8 @@ def _process_image(
     if size is not None:
         pixels = _resize_array(pixels, name, size, steps.resample)
     if pixels.dtype == np.uint8:
-        return _apply_table(pixels, table), note
-    return np.ascontiguousarray(steps.rescale_normalize(pixels).transpose(2, 0, 1)), note
+        return steps.from_uint8(pixels, table), note
+    return steps.from_float(pixels), note
 
 
 def _open(source: str | os.PathLike | io.BytesIO, name: str, steps: _Steps) -> Image.Image:

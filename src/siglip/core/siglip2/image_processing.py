@@ -85,6 +85,24 @@ class _NaflexSteps(_Steps):
             )
         return None
 
+    def from_uint8(self, image: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """(h, w, p * p * 3) patches of a resized uint8 image: the uint8 pixels are put in patch order first
+        (a quarter of the bytes to move), then looked up in the (channel, value) table in one gather."""
+        patches = _patches(image, self.patch_size)
+        offsets = np.tile(np.arange(3, dtype=np.uint16) * 256, self.patch_size**2)  # channel c -> row c
+        return np.take(table.reshape(-1), patches.astype(np.uint16) + offsets)
+
+    def from_float(self, image: np.ndarray) -> np.ndarray:
+        """(h, w, p * p * 3) patches of a resized image of another dtype, rescaled and normalised."""
+        return _patches(self.rescale_normalize(image), self.patch_size)
+
+
+def _patches(image: np.ndarray, p: int) -> np.ndarray:
+    """(H, W, C) -> (H / p, W / p, p * p * C): row-major patches, each flattened as (patch row, column, C)."""
+    height, width, channels = image.shape
+    grid = image.reshape(height // p, p, width // p, p, channels).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(height // p, width // p, p * p * channels)
+
 
 class Siglip2ImageProcessor(BaseImageProcessor):
     """Image preprocessing of SigLIP 2 NaFlex checkpoints, identical to transformers' `Siglip2ImageProcessorPil`.
@@ -191,10 +209,8 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         values = np.zeros((len(pixels), length, 3 * p * p), dtype=np.float32)
         masks = np.zeros((len(pixels), length), dtype=np.int32)
         shapes = np.empty((len(pixels), 2), dtype=np.int64)
-        for i, image in enumerate(pixels):
-            h, w = image.shape[1] // p, image.shape[2] // p
-            # (3, h*p, w*p) -> (h, w, p, p, 3) -> (h*w, p*p*3): row-major patches of (py, px, channel)
-            patches = image.reshape(3, h, p, w, p).transpose(1, 3, 2, 4, 0)
+        for i, patches in enumerate(pixels):  # (h, w, p * p * 3) each
+            h, w = patches.shape[:2]
             values[i, : h * w] = patches.reshape(h * w, -1)
             masks[i, : h * w] = 1
             shapes[i] = h, w
