@@ -182,7 +182,7 @@ def test_bad_configs_name_the_problem(tmp_path):
         SiglipTextConfig(hidden_size=100)
     with pytest.raises(ValueError, match="image_size 8 is smaller than patch_size 16"):
         SiglipVisionConfig(image_size=8)
-    with pytest.raises(ValueError, match=r"siglip2.*not supported yet"):
+    with pytest.raises(ValueError, match=r"'siglip2'.*SigLIP 2 NaFlex.*siglip\.Siglip2Model"):
         SiglipConfig.from_dict({"model_type": "siglip2"})
     with pytest.raises(ValueError, match=r"expects model_type 'siglip_vision_model'.*'siglip_text_model'"):
         SiglipVisionConfig.from_dict({"model_type": "siglip_text_model"})

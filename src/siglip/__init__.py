@@ -21,6 +21,16 @@ from .core.siglip.modeling import (
 )
 from .core.siglip.processing import SiglipProcessor
 from .core.siglip.tokenization import SiglipTokenizer
+from .core.siglip2.configuration import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
+from .core.siglip2.image_processing import Siglip2ImageProcessor
+from .core.siglip2.modeling import (
+    Siglip2ForImageClassification,
+    Siglip2Model,
+    Siglip2PreTrainedModel,
+    Siglip2TextModel,
+    Siglip2VisionModel,
+)
+from .core.siglip2.processing import Siglip2Processor
 from .core.siglip2.tokenization import GemmaTokenizer, Siglip2Tokenizer
 from .core.tokenizers import load_tokenizer
 from .errors import CheckpointError, ImageInputError, OfflineError, SiglipError
@@ -44,7 +54,17 @@ __all__ = [
     "ImageInputError",
     "OfflineError",
     "SearchIndex",
+    "Siglip2Config",
+    "Siglip2ForImageClassification",
+    "Siglip2ImageProcessor",
+    "Siglip2Model",
+    "Siglip2PreTrainedModel",
+    "Siglip2Processor",
+    "Siglip2TextConfig",
+    "Siglip2TextModel",
     "Siglip2Tokenizer",
+    "Siglip2VisionConfig",
+    "Siglip2VisionModel",
     "SiglipConfig",
     "SiglipError",
     "SiglipForImageClassification",

@@ -26,6 +26,9 @@ from .siglip.configuration import SiglipConfig
 from .siglip.image_processing import PREPROCESSOR_CONFIG_FILE
 from .siglip.modeling import SiglipModel
 from .siglip.processing import SiglipProcessor
+from .siglip2.configuration import Siglip2Config
+from .siglip2.modeling import Siglip2Model
+from .siglip2.processing import Siglip2Processor
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,12 @@ class Family:
 
 
 # What the tools take: a two-tower model and its processor, of any family.
-TwoTowerModel = SiglipModel
-Processor = SiglipProcessor
+TwoTowerModel = SiglipModel | Siglip2Model
+Processor = SiglipProcessor  # Siglip2Processor is a SiglipProcessor
 
 FAMILIES: dict[str, Family] = {
     "siglip": Family(SiglipConfig, SiglipModel, SiglipProcessor),
+    "siglip2": Family(Siglip2Config, Siglip2Model, Siglip2Processor),
 }
 
 

@@ -31,6 +31,37 @@ def _dtype_name(dtype: Any) -> str | None:
     raise TypeError(f"torch_dtype must be a torch.dtype or its name, got {dtype!r}")
 
 
+# model_type -> family prefix of its classes, to name the right class when a checkpoint meets the wrong one
+_FAMILIES = {
+    "siglip": "Siglip",
+    "siglip_text_model": "Siglip",
+    "siglip_vision_model": "Siglip",
+    "siglip2": "Siglip2",
+    "siglip2_text_model": "Siglip2",
+    "siglip2_vision_model": "Siglip2",
+}
+
+
+def _family_hint(class_name: str, found_type: str | None) -> str:
+    """ ". This is a ... checkpoint: use X" when `found_type` belongs to the other SigLIP family, else "."."""
+    family = _FAMILIES.get(found_type)
+    for own in ("Siglip2", "Siglip"):
+        if class_name.startswith(own):
+            break
+    else:
+        return "."
+    if family is None or family == own:
+        return "."
+    config_name = family + class_name.removeprefix(own)  # e.g. SiglipVisionConfig -> Siglip2VisionConfig
+    model_name = config_name.removesuffix("Config") + "Model"
+    what = (
+        "a SigLIP 2 NaFlex checkpoint (native aspect ratio, variable number of patches)"
+        if family == "Siglip2"
+        else "a SigLIP checkpoint (SigLIP 1 or SigLIP 2 fixed resolution)"
+    )
+    return f". This is {what}: load it with siglip.{model_name} (its config class is siglip.{config_name})."
+
+
 @dataclass(init=False)
 class PretrainedConfig:
     """Fields every transformers config has, plus loading, saving and unknown-key bookkeeping.
@@ -158,11 +189,7 @@ class PretrainedConfig:
         if found_type not in (None, cls.model_type):
             raise ValueError(
                 f"{cls.__name__} expects model_type '{cls.model_type}', but the config has '{found_type}'"
-                + (
-                    ". SigLIP 2 NaFlex checkpoints (model_type 'siglip2') are not supported yet."
-                    if found_type in ("siglip2", "siglip2_text_model", "siglip2_vision_model")
-                    else "."
-                )
+                + _family_hint(cls.__name__, found_type)
             )
         config_dict.update(kwargs)
         return cls(**config_dict)

@@ -24,13 +24,16 @@ import torch
 from PIL import Image
 
 from ..core.siglip.image_processing import SiglipImageProcessor
+from ..core.siglip2.image_processing import Siglip2ImageProcessor
 from ..errors import DataError, ImageInputError
 from .files import IMAGE_EXTENSIONS, images_in
 
 logger = logging.getLogger("siglip")
 
 PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
-ImageProcessor = SiglipImageProcessor  # any image processor of the families: one image in, a BatchFeature out
+ImageProcessor = (
+    SiglipImageProcessor | Siglip2ImageProcessor
+)  # one image in, a BatchFeature of model inputs out
 
 
 # --- decode or skip ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ round-trips through us unchanged in meaning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..config import PretrainedConfig
@@ -101,7 +101,40 @@ def _sub_config(value: Any, config_cls: type[PretrainedConfig]) -> PretrainedCon
 
 
 @dataclass(init=False)
-class SiglipConfig(PretrainedConfig):
+class TwoTowerConfig(PretrainedConfig):
+    """What the two-tower configs share (`SiglipConfig`, `Siglip2Config`): a text config, a vision config and
+    `initializer_factor`. Each family names its tower config classes in `text_config_class` /
+    `vision_config_class`; the towers may be given as config objects, dictionaries or None (the defaults)."""
+
+    text_config_class: ClassVar[type[PretrainedConfig]]
+    vision_config_class: ClassVar[type[PretrainedConfig]]
+
+    text_config: PretrainedConfig | None = None
+    vision_config: PretrainedConfig | None = None
+    initializer_factor: float = 1.0
+
+    def __init__(
+        self,
+        text_config: PretrainedConfig | dict | None = None,
+        vision_config: PretrainedConfig | dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(text_config=text_config, vision_config=vision_config, **kwargs)
+
+    def __post_init__(self) -> None:
+        self.text_config = _sub_config(self.text_config, self.text_config_class)
+        self.vision_config = _sub_config(self.vision_config, self.vision_config_class)
+
+    @classmethod
+    def from_text_vision_configs(
+        cls, text_config: PretrainedConfig, vision_config: PretrainedConfig, **kwargs: Any
+    ) -> TwoTowerConfig:
+        """Combine two tower configs into a two-tower config of this class."""
+        return cls(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), **kwargs)
+
+
+@dataclass(init=False)
+class SiglipConfig(TwoTowerConfig):
     """Configuration of the two-tower `SiglipModel`: a text config, a vision config and `initializer_factor`.
 
     `text_config` / `vision_config` may be config objects, dictionaries (as in `config.json`) or None for
@@ -109,26 +142,8 @@ class SiglipConfig(PretrainedConfig):
     """
 
     model_type: ClassVar[str] = "siglip"
+    text_config_class: ClassVar[type[PretrainedConfig]] = SiglipTextConfig
+    vision_config_class: ClassVar[type[PretrainedConfig]] = SiglipVisionConfig
 
-    text_config: SiglipTextConfig = field(default_factory=SiglipTextConfig)
-    vision_config: SiglipVisionConfig = field(default_factory=SiglipVisionConfig)
-    initializer_factor: float = 1.0
-
-    def __init__(
-        self,
-        text_config: SiglipTextConfig | dict | None = None,
-        vision_config: SiglipVisionConfig | dict | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(text_config=text_config, vision_config=vision_config, **kwargs)
-
-    def __post_init__(self) -> None:
-        self.text_config = _sub_config(self.text_config, SiglipTextConfig)
-        self.vision_config = _sub_config(self.vision_config, SiglipVisionConfig)
-
-    @classmethod
-    def from_text_vision_configs(
-        cls, text_config: SiglipTextConfig, vision_config: SiglipVisionConfig, **kwargs: Any
-    ) -> SiglipConfig:
-        """Combine two tower configs into a `SiglipConfig`."""
-        return cls(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), **kwargs)
+    text_config: SiglipTextConfig | None = None
+    vision_config: SiglipVisionConfig | None = None

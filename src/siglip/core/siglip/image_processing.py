@@ -61,6 +61,18 @@ class _Steps:
     input_data_format: str | None
     reduced_decode: bool
 
+    def target_size(self, height: int, width: int, name: str) -> tuple[int, int] | None:
+        """(height, width) to resize an image of `height` x `width` pixels to, or None for no resize."""
+        return self.size
+
+    def from_uint8(self, image: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """The output of a resized (H, W, 3) uint8 image: (3, H, W) pixels through the per-channel table."""
+        return _apply_table(image, table)
+
+    def from_float(self, image: np.ndarray) -> np.ndarray:
+        """The output of a resized (H, W, 3) image of another dtype: (3, H, W) rescaled, normalised pixels."""
+        return np.ascontiguousarray(self.rescale_normalize(image).transpose(2, 0, 1))
+
     def rescale_normalize(self, x: np.ndarray) -> np.ndarray:
         """transformers' arithmetic on a channels-last array: rescale in float64 -> float32, then normalise.
 
@@ -80,7 +92,108 @@ class _Steps:
         return np.ascontiguousarray(self.rescale_normalize(values).T)
 
 
-class SiglipImageProcessor:
+class BaseImageProcessor:
+    """The half of an image processor that is not pixels: calling, its config files and `repr`.
+
+    A subclass defines `__init__` (its settings), `preprocess`, `to_dict` (the settings as
+    `preprocessor_config.json` stores them) and `_config_keys` (the keys of that file its `__init__` takes).
+    """
+
+    _config_keys: tuple[str, ...] = ()
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> BatchFeature:
+        """Same as `preprocess`."""
+        return self.preprocess(images, **kwargs)
+
+    def preprocess(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> BatchFeature:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], **kwargs: Any) -> BaseImageProcessor:
+        """Build from a `preprocessor_config.json` dictionary; `kwargs` override its values.
+
+        Bookkeeping keys and settings of other transformers versions (`do_convert_rgb`, ...) are ignored;
+        a config that turns on a step SigLIP does not have (center crop, padding) raises a `ValueError`.
+        """
+        steps_on = [key for key in _UNSUPPORTED_STEPS if config.get(key)]
+        if steps_on:
+            raise ValueError(f"{', '.join(steps_on)} is not part of SigLIP's preprocessing and not supported")
+        names = cls._config_keys
+        return cls(**{**{k: config[k] for k in names if k in config}, **kwargs})
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
+    ) -> BaseImageProcessor:
+        """Load `preprocessor_config.json` from a directory or hub id (or the `image_processor` entry of the
+        `processor_config.json` transformers 5 writes instead).
+
+        `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; other keyword
+        arguments override values of the file, e.g. `size={"height": 384, "width": 384}` (SigLIP) or
+        `max_num_patches=576` (SigLIP 2).
+        """
+        checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
+        path = checkpoint.file(PREPROCESSOR_CONFIG_FILE, required=False)
+        if path is not None:
+            config = read_json(path)
+        else:
+            path = checkpoint.file(PROCESSOR_CONFIG_FILE, required=False)
+            config = read_json(path).get("image_processor") if path is not None else None
+            if not isinstance(config, dict):
+                raise CheckpointError(
+                    f"'{checkpoint}' has no {PREPROCESSOR_CONFIG_FILE} (nor image settings in "
+                    f"{PROCESSOR_CONFIG_FILE})"
+                )
+        try:
+            return cls.from_dict(config, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"Invalid image processor config '{path}': {err}") from err
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write `preprocessor_config.json` into `save_directory` (created if needed)."""
+        with staged_directory(save_directory) as staging:
+            self._write_files(staging)
+
+    def _write_files(self, directory: Path, processor_class: str | None = None) -> None:
+        config = self.to_dict()
+        if processor_class is not None:
+            config["processor_class"] = processor_class
+        write_json(directory / PREPROCESSOR_CONFIG_FILE, config)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "image_processor_type")
+        return f"{type(self).__name__}({settings})"
+
+
+def process_images(images: Any, steps: _Steps, num_threads: int | None) -> list[np.ndarray]:
+    """The pixels of each image of a call (an image, a list or a 4-D batch), decoded, converted, resized and
+    normalised by `steps` on a thread pool ((3, H, W) arrays, or what `steps.from_uint8` / `from_float` make);
+    the warnings worth giving are given once per kind."""
+    items = _as_list(images)
+    # Each distinct object is processed once: a lazily opened PIL image listed twice must not be
+    # decoded by two threads at the same time.
+    first_index: dict[int, int] = {}
+    for i, item in enumerate(items):
+        first_index.setdefault(id(item), i)
+    todo = sorted(set(first_index.values()))
+    work = partial(_process_image, steps=steps, table=steps.lookup_table())
+    # inside a DataLoader worker, the workers already run in parallel
+    in_data_loader = torch.utils.data.get_worker_info() is not None
+    threads = min(len(todo), num_threads or (1 if in_data_loader else os.cpu_count() or 1))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            done = dict(zip(todo, pool.map(work, [items[i] for i in todo], todo), strict=True))
+    else:
+        done = {i: work(items[i], i) for i in todo}
+    results = [done[first_index[id(item)]] for item in items]
+    _warn_about([note for _, note in results], stacklevel=4)
+    return [p for p, _ in results]
+
+
+class SiglipImageProcessor(BaseImageProcessor):
     """Image preprocessing of SigLIP checkpoints, identical to transformers' PIL-backend `SiglipImageProcessor`.
 
     Args:
@@ -120,6 +233,8 @@ class SiglipImageProcessor:
     """
 
     model_input_names = ("pixel_values",)
+    _config_keys = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                    "image_std", "exif_transpose")  # fmt: skip
 
     def __init__(
         self,
@@ -147,10 +262,6 @@ class SiglipImageProcessor:
         self.exif_transpose = exif_transpose
         self.num_threads = num_threads
         self.reduced_decode = reduced_decode
-
-    def __call__(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> BatchFeature:
-        """Same as `preprocess`."""
-        return self.preprocess(images, **kwargs)
 
     def preprocess(
         self,
@@ -200,26 +311,7 @@ class SiglipImageProcessor:
             input_data_format=input_data_format,
             reduced_decode=self.reduced_decode if reduced_decode is None else reduced_decode,
         )
-        items = _as_list(images)
-        # Each distinct object is processed once: a lazily opened PIL image listed twice must not be
-        # decoded by two threads at the same time.
-        first_index: dict[int, int] = {}
-        for i, item in enumerate(items):
-            first_index.setdefault(id(item), i)
-        todo = sorted(set(first_index.values()))
-        work = partial(_process_image, steps=steps, table=steps.lookup_table())
-        # inside a DataLoader worker, the workers already run in parallel
-        in_data_loader = torch.utils.data.get_worker_info() is not None
-        threads = min(len(todo), self.num_threads or (1 if in_data_loader else os.cpu_count() or 1))
-        if threads > 1:
-            with ThreadPoolExecutor(threads) as pool:
-                done = dict(zip(todo, pool.map(work, [items[i] for i in todo], todo), strict=True))
-        else:
-            done = {i: work(items[i], i) for i in todo}
-        results = [done[first_index[id(item)]] for item in items]
-        _warn_about([note for _, note in results])
-
-        pixels = [p for p, _ in results]
+        pixels = process_images(images, steps, self.num_threads)
         if return_tensors is None:
             if data_format == "channels_last":
                 pixels = [np.ascontiguousarray(p.transpose(1, 2, 0)) for p in pixels]
@@ -251,62 +343,6 @@ class SiglipImageProcessor:
             "rescale_factor": self.rescale_factor,
             "size": dict(self.size),
         }
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any], **kwargs: Any) -> SiglipImageProcessor:
-        """Build from a `preprocessor_config.json` dictionary; `kwargs` override its values.
-
-        Bookkeeping keys and settings of other transformers versions (`do_convert_rgb`, ...) are ignored;
-        a config that turns on a step SigLIP does not have (center crop, padding) raises a `ValueError`.
-        """
-        steps_on = [key for key in _UNSUPPORTED_STEPS if config.get(key)]
-        if steps_on:
-            raise ValueError(f"{', '.join(steps_on)} is not part of SigLIP's preprocessing and not supported")
-        names = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
-                 "image_std", "exif_transpose")  # fmt: skip
-        return cls(**{**{k: config[k] for k in names if k in config}, **kwargs})
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
-    ) -> SiglipImageProcessor:
-        """Load `preprocessor_config.json` from a directory or hub id (or the `image_processor` entry of the
-        `processor_config.json` transformers 5 writes instead).
-
-        `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; other keyword
-        arguments override values of the file, e.g. `size={"height": 384, "width": 384}`.
-        """
-        checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
-        path = checkpoint.file(PREPROCESSOR_CONFIG_FILE, required=False)
-        if path is not None:
-            config = read_json(path)
-        else:
-            path = checkpoint.file(PROCESSOR_CONFIG_FILE, required=False)
-            config = read_json(path).get("image_processor") if path is not None else None
-            if not isinstance(config, dict):
-                raise CheckpointError(
-                    f"'{checkpoint}' has no {PREPROCESSOR_CONFIG_FILE} (nor image settings in "
-                    f"{PROCESSOR_CONFIG_FILE})"
-                )
-        try:
-            return cls.from_dict(config, **kwargs)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"Invalid image processor config '{path}': {err}") from err
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write `preprocessor_config.json` into `save_directory` (created if needed)."""
-        with staged_directory(save_directory) as staging:
-            self._write_files(staging)
-
-    def _write_files(self, directory: Path, processor_class: str | None = None) -> None:
-        config = self.to_dict()
-        if processor_class is not None:
-            config["processor_class"] = processor_class
-        write_json(directory / PREPROCESSOR_CONFIG_FILE, config)
-
-    def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "image_processor_type")
-        return f"{type(self).__name__}({settings})"
 
 
 # --- argument checks ----------------------------------------------------------------------------------------
@@ -368,9 +404,10 @@ def _process_image(
     if isinstance(image, Image.Image):
         image, note = _pil_to_rgb(image, name)
         _check_not_empty(image.height, image.width, name)
-        if steps.size is not None:
-            image = image.resize(steps.size[::-1], resample=steps.resample)
-        return _apply_table(np.asarray(image), table), note
+        size = steps.target_size(image.height, image.width, name)
+        if size is not None:
+            image = image.resize(size[::-1], resample=steps.resample)
+        return steps.from_uint8(np.asarray(image), table), note
 
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -381,11 +418,12 @@ def _process_image(
     note = "unit_float" if steps.do_rescale and _is_unit_float(image) else None
     pixels = _array_to_rgb(image, name, steps.input_data_format)
     _check_not_empty(pixels.shape[0], pixels.shape[1], name)
-    if steps.size is not None:
-        pixels = _resize_array(pixels, name, steps)
+    size = steps.target_size(pixels.shape[0], pixels.shape[1], name)
+    if size is not None:
+        pixels = _resize_array(pixels, name, size, steps.resample)
     if pixels.dtype == np.uint8:
-        return _apply_table(pixels, table), note
-    return np.ascontiguousarray(steps.rescale_normalize(pixels).transpose(2, 0, 1)), note
+        return steps.from_uint8(pixels, table), note
+    return steps.from_float(pixels), note
 
 
 def _open(source: str | os.PathLike | io.BytesIO, name: str, steps: _Steps) -> Image.Image:
@@ -474,8 +512,10 @@ def _array_to_rgb(image: np.ndarray, name: str, data_format: str | None) -> np.n
     return (composite if floating else np.round(composite)).astype(image.dtype)
 
 
-def _resize_array(image: np.ndarray, name: str, steps: _Steps) -> np.ndarray:
-    """Resize an (H, W, 3) array through a uint8 PIL image, as transformers does.
+def _resize_array(
+    image: np.ndarray, name: str, size: tuple[int, int], resample: Image.Resampling
+) -> np.ndarray:
+    """Resize an (H, W, 3) array to `size` (height, width) through a uint8 PIL image, as transformers does.
 
     Whole numbers 0..255 (any dtype) are resized as they are and stay uint8; floats in [0, 1] are scaled by
     255 and truncated to uint8, resized, and scaled back to float32 [0, 1]. Anything else cannot be an image.
@@ -492,7 +532,7 @@ def _resize_array(image: np.ndarray, name: str, steps: _Steps) -> np.ndarray:
             raise ImageInputError(
                 f"{name} has values from {low} to {high}: expected uint8, whole numbers 0..255 or floats in [0, 1]"
             )
-    resized = np.asarray(Image.fromarray(image).resize(steps.size[::-1], resample=steps.resample))
+    resized = np.asarray(Image.fromarray(image).resize(size[::-1], resample=resample))
     return (resized.astype(np.float64) * (1 / 255)).astype(np.float32) if to_unit else resized
 
 
@@ -517,9 +557,9 @@ _WARNINGS = {
 }
 
 
-def _warn_about(notes: list[str | None]) -> None:
+def _warn_about(notes: list[str | None], stacklevel: int = 3) -> None:
     """One warning per kind of problem, listing the images it concerns."""
     for kind, message in _WARNINGS.items():
         indices = [i for i, note in enumerate(notes) if note == kind]
         if indices:
-            warnings.warn(f"images {indices}: {message}", stacklevel=3)
+            warnings.warn(f"images {indices}: {message}", stacklevel=stacklevel)

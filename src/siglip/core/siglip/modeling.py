@@ -292,18 +292,30 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = SiglipMLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probe = self.probe.expand(x.shape[0], -1, -1)
-        pooled = self.attention(probe, x, x)[0]
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pool (B, N, D) tokens to (B, D). `key_mask`: an additive (B, 1, 1, N) mask from `_key_padding_mask`
+        (NaFlex padding patches), or None."""
+        # a contiguous copy per image, as transformers makes it: an expanded (stride 0) probe takes another
+        # matrix-product path in the attention's input projection and can differ in the last bit
+        probe = self.probe.repeat(x.shape[0], 1, 1)
+        if key_mask is not None:  # nn.MultiheadAttention takes a float mask of (B * heads, 1, N)
+            heads = self.attention.num_heads
+            key_mask = key_mask.expand(-1, heads, -1, -1).reshape(-1, 1, x.shape[1])
+        pooled = self.attention(probe, x, x, attn_mask=key_mask)[0]
         pooled = pooled + self.mlp(self.layernorm(pooled))
         return pooled[:, 0]
 
 
 class SiglipVisionTransformer(nn.Module):
+    """Patch embeddings -> encoder -> post LayerNorm -> MAP head. SigLIP 2 NaFlex swaps the embeddings
+    (`embeddings_class`) and passes a padding mask; everything after the embeddings is `_encode`."""
+
+    embeddings_class: type[nn.Module] = SiglipVisionEmbeddings
+
     def __init__(self, config: SiglipVisionConfig) -> None:
         super().__init__()
         self.config = config
-        self.embeddings = SiglipVisionEmbeddings(config)
+        self.embeddings = self.embeddings_class(config)
         self.encoder = SiglipEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.head = SiglipMultiheadAttentionPoolingHead(config) if config.vision_use_head else None
@@ -318,9 +330,20 @@ class SiglipVisionTransformer(nn.Module):
         if pixel_values is None:
             raise ValueError("pixel_values are required")
         x = self.embeddings(pixel_values, interpolate_pos_encoding)
-        x, hidden_states, attentions = self.encoder(x, None, output_attentions, output_hidden_states)
+        return self._encode(x, None, output_attentions, output_hidden_states)
+
+    def _encode(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> BaseModelOutputWithPooling:
+        """Embedded patches (B, N, D) to the tower's output; `key_mask` (additive, (B, 1, 1, N)) hides padding
+        patches from the encoder's keys and from the pooling head."""
+        x, hidden_states, attentions = self.encoder(x, key_mask, output_attentions, output_hidden_states)
         x = self.post_layernorm(x)
-        pooled = self.head(x) if self.head is not None else None
+        pooled = self.head(x, key_mask) if self.head is not None else None
         return BaseModelOutputWithPooling(x, pooled, hidden_states, attentions)
 
 
@@ -350,12 +373,12 @@ def _init_module(module: nn.Module, config: PretrainedConfig) -> None:
         nn.init.xavier_uniform_(module.probe)
         nn.init.xavier_uniform_(module.attention.in_proj_weight)
         nn.init.zeros_(module.attention.in_proj_bias)
-    elif isinstance(module, SiglipModel):
+    elif isinstance(module, TwoTowerMixin):
         # big_vision's starting temperature 10 and bias -10 (transformers starts both at 0, which makes the
         # first steps of from-scratch training fight N - 1 negatives per positive).
         nn.init.constant_(module.logit_scale, math.log(10.0))
         nn.init.constant_(module.logit_bias, -10.0)
-    elif isinstance(module, SiglipForImageClassification) and isinstance(module.classifier, nn.Linear):
+    elif isinstance(module, ClassifierMixin) and isinstance(module.classifier, nn.Linear):
         std = config.vision_config.hidden_size**-0.5 * config.initializer_factor
         nn.init.normal_(module.classifier.weight, std=std)
         nn.init.zeros_(module.classifier.bias)
@@ -371,6 +394,106 @@ def _init_module(module: nn.Module, config: PretrainedConfig) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Public models
 # --------------------------------------------------------------------------------------------------------
+class TwoTowerMixin:
+    """What the two-tower models share (`SiglipModel`, `Siglip2Model`): the text side of the embedding
+    contract, the logits, the loss and the output. The class sets `text_model`, `vision_model`, `logit_scale`
+    and `logit_bias`; `_output_class` is the output dataclass it returns."""
+
+    _output_class: type[SiglipOutput] = SiglipOutput
+    text_model: SiglipTextTransformer
+    logit_scale: nn.Parameter
+    logit_bias: nn.Parameter
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.embeddings.token_embedding
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> torch.Tensor:
+        """Text embeddings (B, projection_size): the text head's output, not normalised.
+
+        The output flags are accepted for transformers compatibility; only the pooled tensor is returned.
+        """
+        return self.text_model(input_ids, attention_mask, position_ids).pooler_output
+
+    def encode_texts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = True
+    ) -> torch.Tensor:
+        """Text embeddings (B, D) in float32, unit-length unless `normalize=False`; the text counterpart of
+        `encode_images`. Build `input_ids` with `fixed_length_ids` (the checkpoints pool the last position)."""
+        input_ids = input_ids.to(self.device)
+        features = self.get_text_features(input_ids, attention_mask)
+        return l2_normalize(features.float()) if normalize else features.float()
+
+    def _image_pooled(self, vision_output: BaseModelOutputWithPooling) -> torch.Tensor:
+        if vision_output.pooler_output is None:
+            vision_class = type(self).__name__.removesuffix("Model") + "VisionModel"
+            raise ValueError(
+                "this vision tower has no pooling head (vision_use_head=False), so it gives no image embedding; "
+                f"use {vision_class} and its last_hidden_state"
+            )
+        return vision_output.pooler_output
+
+    def _contrastive_output(
+        self,
+        text_out: BaseModelOutputWithPooling,
+        vision_out: BaseModelOutputWithPooling,
+        return_loss: bool | None,
+        return_dict: bool | None,
+    ) -> SiglipOutput | tuple:
+        """Normalised embeddings, `exp(logit_scale) * cos + logit_bias` logits and (optionally) the loss."""
+        image_embeds = self._image_pooled(vision_out)
+        image_embeds = l2_normalize(image_embeds)
+        text_embeds = text_out.pooler_output
+        text_embeds = l2_normalize(text_embeds)
+        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias
+        out = self._output_class(
+            loss=sigmoid_loss(logits_per_text) if return_loss else None,
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_out,
+            vision_model_output=vision_out,
+        )
+        return self._returned(out, return_dict)
+
+
+class ClassifierMixin:
+    """What the image classifiers share (`SiglipForImageClassification`, `Siglip2ForImageClassification`):
+    the loss chosen by `config.problem_type` as transformers chooses it. The class sets `classifier` and
+    `num_labels`."""
+
+    classifier: nn.Module
+    num_labels: int
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(logits.device)
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if self.num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+        if problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if problem_type == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        raise ValueError(f"unknown problem_type {problem_type!r}")
+
+
 class SiglipPreTrainedModel(PreTrainedModel):
     """Base of the SigLIP models: `from_pretrained` / `save_pretrained` (see `PreTrainedModel`) and
     big_vision's initialisation for training from scratch."""
@@ -448,7 +571,7 @@ class SiglipVisionModel(SiglipPreTrainedModel):
         return self._returned(out, return_dict)
 
 
-class SiglipModel(SiglipPreTrainedModel):
+class SiglipModel(TwoTowerMixin, SiglipPreTrainedModel):
     """Both towers plus the learned `logit_scale` (log temperature) and `logit_bias`.
 
     `logits_per_text = exp(logit_scale) * cos(text, image) + logit_bias`; probabilities are
@@ -465,24 +588,6 @@ class SiglipModel(SiglipPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.empty(1))
         self.logit_bias = nn.Parameter(torch.empty(1))
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.embeddings.token_embedding
-
-    def get_text_features(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> torch.Tensor:
-        """Text embeddings (B, projection_size): the text head's output, not normalised.
-
-        The output flags are accepted for transformers compatibility; only the pooled tensor is returned.
-        """
-        return self.text_model(input_ids, attention_mask, position_ids).pooler_output
 
     def get_image_features(
         self,
@@ -510,23 +615,6 @@ class SiglipModel(SiglipPreTrainedModel):
         features = self.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         return l2_normalize(features.float()) if normalize else features.float()
 
-    def encode_texts(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = True
-    ) -> torch.Tensor:
-        """Text embeddings (B, D) in float32, unit-length unless `normalize=False`; the text counterpart of
-        `encode_images`. Build `input_ids` with `fixed_length_ids` (the checkpoints pool the last position)."""
-        input_ids = input_ids.to(self.device)
-        features = self.get_text_features(input_ids, attention_mask)
-        return l2_normalize(features.float()) if normalize else features.float()
-
-    def _image_pooled(self, vision_output: BaseModelOutputWithPooling) -> torch.Tensor:
-        if vision_output.pooler_output is None:
-            raise ValueError(
-                "this vision tower has no pooling head (vision_use_head=False), so it gives no image embedding; "
-                "use SiglipVisionModel and its last_hidden_state"
-            )
-        return vision_output.pooler_output
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -551,24 +639,10 @@ class SiglipModel(SiglipPreTrainedModel):
         text_out = self.text_model(
             input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
         )
-        image_embeds = self._image_pooled(vision_out)
-        image_embeds = l2_normalize(image_embeds)
-        text_embeds = text_out.pooler_output
-        text_embeds = l2_normalize(text_embeds)
-        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias
-        out = SiglipOutput(
-            loss=sigmoid_loss(logits_per_text) if return_loss else None,
-            logits_per_image=logits_per_text.t(),
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            image_embeds=image_embeds,
-            text_model_output=text_out,
-            vision_model_output=vision_out,
-        )
-        return self._returned(out, return_dict)
+        return self._contrastive_output(text_out, vision_out, return_loss, return_dict)
 
 
-class SiglipForImageClassification(SiglipPreTrainedModel):
+class SiglipForImageClassification(ClassifierMixin, SiglipPreTrainedModel):
     """A linear classifier on the mean of the vision tower's final patch tokens (not the MAP pooler).
 
     Loading a `SiglipModel` checkpoint gives a freshly initialised `classifier` (with a warning) to train.
@@ -608,23 +682,3 @@ class SiglipForImageClassification(SiglipPreTrainedModel):
         loss = self._loss(logits, labels) if labels is not None else None
         out = ImageClassifierOutput(loss, logits, vision_out.hidden_states, vision_out.attentions)
         return self._returned(out, return_dict)
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        labels = labels.to(logits.device)
-        problem_type = self.config.problem_type
-        if problem_type is None:
-            if self.num_labels == 1:
-                problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                problem_type = "single_label_classification"
-            else:
-                problem_type = "multi_label_classification"
-        if problem_type == "regression":
-            if self.num_labels == 1:
-                return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-            return F.mse_loss(logits, labels.to(logits.dtype))
-        if problem_type == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        if problem_type == "multi_label_classification":
-            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        raise ValueError(f"unknown problem_type {problem_type!r}")

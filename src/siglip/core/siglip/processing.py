@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -76,15 +76,19 @@ class SiglipProcessor:
     `model(**inputs)`. Text is padded to `max_length` by default: see `__call__`.
     """
 
+    image_processor_class: ClassVar[type] = SiglipImageProcessor
+    tokenizer_description: ClassVar[str] = "a SiglipTokenizer or GemmaTokenizer"
+    default_max_length: ClassVar[int | None] = None  # None: the tokenizer's model_max_length
+
     def __init__(self, image_processor: SiglipImageProcessor, tokenizer: Tokenizer) -> None:
-        in_order = isinstance(image_processor, SiglipImageProcessor) and isinstance(
-            tokenizer, SiglipTokenizer | GemmaTokenizer
+        in_order = isinstance(image_processor, self.image_processor_class) and self._accepts_tokenizer(
+            tokenizer
         )
         if not in_order:
             raise TypeError(
-                "SiglipProcessor(image_processor, tokenizer) takes a SiglipImageProcessor and a SiglipTokenizer or "
-                "GemmaTokenizer, "
-                f"in that order; got {type(image_processor).__name__} and {type(tokenizer).__name__}"
+                f"{type(self).__name__}(image_processor, tokenizer) takes a {self.image_processor_class.__name__} "
+                f"and {self.tokenizer_description}, in that order; got {type(image_processor).__name__} and "
+                f"{type(tokenizer).__name__}"
             )
         self.image_processor = image_processor
         self.tokenizer = tokenizer
@@ -113,7 +117,8 @@ class SiglipProcessor:
             padding: None (default) pads to `max_length`, which is what the checkpoints need. Anything else
                 (`True`, `"longest"`, `False`) is passed to the tokenizer, with a warning.
             truncation: truncate to `max_length`, keeping `</s>` last (default True).
-            max_length: default `tokenizer.model_max_length` (the model's number of text positions).
+            max_length: default `tokenizer.model_max_length` (the model's number of text positions); 64 for
+                `Siglip2Processor`, as transformers'.
             return_tensors: `"pt"` (default, as transformers 4.x), `"np"` or None.
             **kwargs: `add_special_tokens` and `return_attention_mask` go to the tokenizer, everything
                 else (`size`, `resample`, `do_rescale`, ...) to the image processor.
@@ -139,7 +144,7 @@ class SiglipProcessor:
                     text,
                     padding=padding,
                     truncation=truncation,
-                    max_length=max_length,
+                    max_length=self.default_max_length if max_length is None else max_length,
                     return_tensors=return_tensors,
                     **text_kwargs,
                 )
@@ -185,6 +190,16 @@ class SiglipProcessor:
             raise TypeError(
                 f"SiglipProcessor.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}"
             )
+        return cls(cls.image_processor_class.from_pretrained(checkpoint), cls._load_tokenizer(checkpoint))
+
+    @classmethod
+    def _accepts_tokenizer(cls, tokenizer: Any) -> bool:
+        return isinstance(tokenizer, SiglipTokenizer | GemmaTokenizer)
+
+    @classmethod
+    def _load_tokenizer(cls, checkpoint: Checkpoint) -> Tokenizer:
+        """The checkpoint's tokenizer, of the class its files name (`load_tokenizer`); without a
+        `model_max_length` (SigLIP 2 configs), the text tower's number of positions."""
         tokenizer = load_tokenizer(checkpoint)
         if tokenizer.model_max_length > LARGE_INTEGER:
             config_file = checkpoint.file("config.json", required=False)
@@ -192,12 +207,15 @@ class SiglipProcessor:
             tokenizer.model_max_length = int(
                 text_config.get("max_position_embeddings", SiglipTextConfig().max_position_embeddings)
             )
-        return cls(SiglipImageProcessor.from_pretrained(checkpoint), tokenizer)
+        return tokenizer
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write the tokenizer and image processor files into `save_directory`, all or nothing."""
         with staged_directory(save_directory) as staging:
-            self.tokenizer._write_files(staging, processor_class=type(self).__name__)
+            if hasattr(self.tokenizer, "_write_files"):  # ours: records the processor class, as transformers
+                self.tokenizer._write_files(staging, processor_class=type(self).__name__)
+            else:
+                self.tokenizer.save_pretrained(staging)
             self.image_processor._write_files(staging, processor_class=type(self).__name__)
 
     def __repr__(self) -> str:

@@ -1,0 +1,102 @@
+"""SigLIP 2 NaFlex speed: siglip against transformers, the same weights and inputs, in one process.
+
+    python benchmarks/bench_naflex.py tower [--patches 256 1024] [--batch 8] [--layers 12] [--repeats 3]
+    python benchmarks/bench_naflex.py processor [--patches 256 1024] [--images 32] [--repeats 5]
+
+- tower: a random-weight NaFlex base image tower (transformers `Siglip2VisionModel`, saved and loaded by
+  `siglip.Siglip2VisionModel`), fp32, no grad, on a batch of mixed aspect ratios; outputs are checked to be
+  identical first, then both run alternately. Medians and the speed-up.
+- processor: `Siglip2ImageProcessor` against transformers' `Siglip2ImageProcessorPil` on decoded PIL photos of
+  mixed sizes (640x480, 480x640, 1280x320, 300x300 crops of scikit-image's photos); outputs are checked to be
+  identical first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import siglip
+from _common import machine_line, make_jpegs, time_alternately
+
+SIZES = [(640, 480), (480, 640), (1280, 320), (300, 300)]  # width, height
+
+
+def _photos(count: int) -> list[Image.Image]:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), count)
+        photos = [Image.open(p).convert("RGB") for p in paths]
+    return [photo.resize(SIZES[i % len(SIZES)]) for i, photo in enumerate(photos)]
+
+
+def bench_tower(args: argparse.Namespace) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.Siglip2VisionConfig(num_hidden_layers=args.layers)
+    theirs = transformers.Siglip2VisionModel(config).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs.save_pretrained(tmp)
+        ours = siglip.Siglip2VisionModel.from_pretrained(tmp)
+    photos = _photos(args.batch)
+    print("| max_num_patches | batch | transformers (s) | siglip (s) | speed-up |\n|---|---|---|---|---|")
+    for patches in args.patches:
+        inputs = siglip.Siglip2ImageProcessor(max_num_patches=patches)(photos, return_tensors="pt")
+        with torch.no_grad():
+            assert torch.equal(ours(**inputs).pooler_output, theirs(**inputs).pooler_output)
+            calls = {"transformers": lambda x=inputs: theirs(**x), "siglip": lambda x=inputs: ours(**x)}
+            times = time_alternately(calls, args.repeats)
+        print(
+            f"| {patches} | {args.batch} | {times['transformers']:.3f} | {times['siglip']:.3f} | "
+            f"{times['transformers'] / times['siglip']:.2f}x |"
+        )
+
+
+def bench_processor(args: argparse.Namespace) -> None:
+    import transformers
+
+    photos = _photos(args.images)
+    theirs = transformers.Siglip2ImageProcessorPil(do_convert_rgb=True)
+    print(
+        "| max_num_patches | images | transformers PIL (ms/image) | siglip (ms/image) | speed-up |\n"
+        "|---|---|---|---|---|"
+    )
+    for patches in args.patches:
+        ours = siglip.Siglip2ImageProcessor(max_num_patches=patches)
+        a = ours(photos, return_tensors="pt")
+        b = theirs(photos, max_num_patches=patches, return_tensors="pt")
+        assert all(torch.equal(a[k], b[k]) for k in b)
+        calls = {
+            "transformers": lambda p=patches: theirs(photos, max_num_patches=p, return_tensors="pt"),
+            "siglip": lambda o=ours: o(photos, return_tensors="pt"),
+        }
+        times = time_alternately(calls, args.repeats)
+        per = {k: 1000 * v / len(photos) for k, v in times.items()}
+        print(
+            f"| {patches} | {len(photos)} | {per['transformers']:.2f} | {per['siglip']:.2f} | "
+            f"{times['transformers'] / times['siglip']:.2f}x |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=["tower", "processor"])
+    parser.add_argument("--patches", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(machine_line())
+    {"tower": bench_tower, "processor": bench_processor}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
