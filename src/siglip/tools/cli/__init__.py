@@ -19,7 +19,7 @@ from ...core.image_processing import ImageInputError
 from ..embedder import MissingDependencyError
 from ..training.data import DataError
 
-COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info")
+COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "convert")
 USER_ERRORS = (
     CheckpointError,
     DataError,
