@@ -141,7 +141,7 @@ class _Layers:
                     f"'{self.tensors.source}': tensor '{key}' {tuple(self.stacked[key].shape)} does not stack "
                     f"{self.depth} layers."
                 )
-        return self.stacked[key][layer]
+        return self.stacked[key][layer].clone()  # a slice of the stack would share its storage
 
 
 def _dense(kernel: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,11 @@ VARIANTS = {
 HEADS_BY_WIDTH = {width: heads for width, _, _, heads in VARIANTS.values()}
 # timm towers built with `act_layer='gelu_tanh'` (those added for SigLIP 2); the others use the exact GELU.
 TANH_TOWERS = frozenset(
-    {"vit_base_patch32_siglip_256", "vit_large_patch16_siglip_512", "vit_so400m_patch16_siglip_256",
-     "vit_so400m_patch16_siglip_384", "vit_so400m_patch16_siglip_512", "vit_giantopt_patch16_siglip_256",
-     "vit_giantopt_patch16_siglip_384", "vit_base_patch32_siglip_gap_256"}
+    f"vit_{tower}_siglip_{pool}{res}"
+    for tower, sizes in (("base_patch32", (256,)), ("large_patch16", (512,)), ("so400m_patch16", (256, 384, 512)),
+                         ("giantopt_patch16", (256, 384)))
+    for res in sizes
+    for pool in ("", "gap_")
 )  # fmt: skip
 # The released towers (timm 1.0.31): variant, patch and image size of each, MAP head (`_gap`: none).
 TOWERS = (
