@@ -1,6 +1,7 @@
 """SigLIP in PyTorch: transformers-compatible models and checkpoints, preprocessing, training and tools."""
 
 from .core.configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .core.convert import ConversionError, convert, to_open_clip
 from .core.hub import CheckpointError, OfflineError
 from .core.image_processing import ImageInputError, SiglipImageProcessor
 from .core.loss import siglip_loss, sigmoid_loss
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ConversionError",
     "Embedder",
     "Hit",
     "ImageInputError",
@@ -39,6 +41,7 @@ __all__ = [
     "SiglipVisionConfig",
     "SiglipVisionModel",
     "ZeroShotImageClassificationPipeline",
+    "convert",
     "embed_images",
     "embed_texts",
     "embed_to_file",
@@ -48,4 +51,5 @@ __all__ = [
     "pipeline",
     "siglip_loss",
     "sigmoid_loss",
+    "to_open_clip",
 ]
