@@ -106,3 +106,30 @@ def save_tiny_fixres_siglip2(directory: Path, seed: int = 0) -> Path:
         directory
     )
     return directory
+
+
+def save_tiny_naflex(directory: Path, seed: int = 0) -> Path:
+    """A SigLIP 2 NaFlex checkpoint as the hub has them (model_type "siglip2", a lowercasing Siglip2Tokenizer,
+    64 text positions), with tiny towers (patches of 8 pixels, a 4 x 4 position grid, at most 64 patches per
+    image) and random weights."""
+    import json
+
+    from siglip import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor, Siglip2Tokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.model").write_bytes(train_gemma_like())
+    tokenizer_config = {"add_bos_token": False, "add_eos_token": True, "padding_side": "right",
+                        "model_input_names": ["input_ids"], "tokenizer_class": "Siglip2Tokenizer"}  # fmt: skip
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    tokenizer = Siglip2Tokenizer.from_pretrained(directory)
+    layer = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)
+    config = Siglip2Config(
+        text_config=dict(layer, vocab_size=len(tokenizer), max_position_embeddings=64),
+        vision_config=dict(layer, patch_size=8, num_patches=16),
+    )
+    torch.manual_seed(seed)
+    Siglip2Model(config).save_pretrained(directory)
+    Siglip2Processor(Siglip2ImageProcessor(patch_size=8, max_num_patches=64), tokenizer).save_pretrained(
+        directory
+    )
+    return directory

@@ -9,6 +9,7 @@ Every error raised on purpose is a `siglip.errors.SiglipError`.
 """
 
 from .core.auto import AutoConfig, AutoModel, AutoProcessor
+from .core.convert import ConversionError, convert, to_open_clip
 from .core.loss import siglip_loss, sigmoid_loss
 from .core.siglip.configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from .core.siglip.image_processing import SiglipImageProcessor
@@ -48,6 +49,7 @@ __all__ = [
     "AutoModel",
     "AutoProcessor",
     "CheckpointError",
+    "ConversionError",
     "Embedder",
     "GemmaTokenizer",
     "Hit",
@@ -78,6 +80,7 @@ __all__ = [
     "SiglipVisionConfig",
     "SiglipVisionModel",
     "ZeroShotImageClassificationPipeline",
+    "convert",
     "embed_images",
     "embed_texts",
     "embed_to_file",
@@ -88,4 +91,5 @@ __all__ = [
     "pipeline",
     "siglip_loss",
     "sigmoid_loss",
+    "to_open_clip",
 ]

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.auto import AutoModel, AutoProcessor, Processor, TwoTowerModel
 from ..core.hub import locate
 from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
+from ..core.siglip2.image_processing import Siglip2ImageProcessor
 from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample
@@ -106,20 +107,24 @@ class Embedder:
         precision: str = "auto",
         compile: bool = False,
         reduced_decode: bool = False,
+        max_num_patches: int | None = None,
     ) -> Embedder:
-        """Load a bundled model by its short name, a local checkpoint directory, or a hub id.
+        """Load a bundled model by its short name, a local checkpoint directory, or a hub id, of either
+        family (SigLIP, SigLIP 2 fixed-resolution or NaFlex: `AutoModel` reads `config.json`).
 
         `device` defaults to the GPU when there is one, else the CPU. `precision` and `compile` choose the
         inference mode (see `siglip.tools.precision`): "auto" runs bf16 where the hardware has bf16 matrix
-        units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` decodes JPEG files at a reduced scale
-        when they are at least twice the model's image size (see `SiglipImageProcessor`).
+        units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` and `max_num_patches` set the image
+        processor (see `configure_images`).
         """
         device = resolve_device(device)
         mode = InferenceMode(precision, compile).resolve(device)
         checkpoint = locate(name_or_path)  # once, for the model and its processor
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
         processor = AutoProcessor.from_pretrained(checkpoint)
-        processor.image_processor.reduced_decode = reduced_decode
+        configure_images(
+            processor, checkpoint, reduced_decode=reduced_decode, max_num_patches=max_num_patches
+        )
         return cls(mode.apply(model), processor, checkpoint.record_name, mode)
 
     @property
@@ -226,6 +231,36 @@ def _non_finite(model: TwoTowerModel) -> str:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             return f"its weight {name!r} holds NaN or infinite values; the checkpoint is damaged"
     return "its weights are finite, so the computation overflowed: try --precision fp32"
+
+
+def configure_images(
+    processor: Processor, model: object, *, reduced_decode: bool = False, max_num_patches: int | None = None
+) -> None:
+    """Set the image options of the tools on a loaded processor, refusing those its model family lacks.
+
+    `reduced_decode` (fixed-size models): decode JPEG files at a reduced scale when they are at least twice the
+    model's image size (see `SiglipImageProcessor`). `max_num_patches` (NaFlex models): the patch budget of
+    each image, default the checkpoint's (256 for the released ones; more patches, more detail and time).
+    `model` names the checkpoint in the errors.
+    """
+    images = processor.image_processor
+    naflex = isinstance(images, Siglip2ImageProcessor)
+    if max_num_patches is not None:
+        if not naflex:
+            raise UsageError(
+                f"--max-num-patches applies to SigLIP 2 NaFlex models; '{model}' resizes every image to "
+                f"{images.size['height']}x{images.size['width']}"
+            )
+        if isinstance(max_num_patches, bool) or not isinstance(max_num_patches, int) or max_num_patches < 1:
+            raise UsageError(f"max_num_patches must be a whole number of at least 1, got {max_num_patches!r}")
+        images.max_num_patches = max_num_patches
+    if reduced_decode:
+        if naflex:
+            raise UsageError(
+                f"--reduced-decode applies to fixed-size models; '{model}' is a NaFlex model, which resizes each "
+                "image to its own patch grid"
+            )
+        images.reduced_decode = True
 
 
 def _precision_of(model: TwoTowerModel) -> str:

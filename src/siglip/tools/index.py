@@ -91,8 +91,9 @@ class SearchIndex:
     """An image index in `directory` (see the module doc).
 
     Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
-    `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile` and `reduced_decode`
-    are how a model loaded by name runs (see `Embedder.from_pretrained`); an `Embedder` runs as it was made.
+    `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile`, `reduced_decode` and
+    `max_num_patches` are how a model loaded by name runs (see `Embedder.from_pretrained`); an `Embedder` runs as
+    it was made.
     """
 
     def __init__(
@@ -104,13 +105,19 @@ class SearchIndex:
         precision: str = "auto",
         compile: bool = False,
         reduced_decode: bool = False,
+        max_num_patches: int | None = None,
     ) -> None:
         InferenceMode(precision, compile)  # a bad option fails now, not when the model is first needed
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"index '{self.directory}' is a file, not an index folder: give another path")
         self.device = device
-        self.load_options = {"precision": precision, "compile": compile, "reduced_decode": reduced_decode}
+        self.load_options = {
+            "precision": precision,
+            "compile": compile,
+            "reduced_decode": reduced_decode,
+            "max_num_patches": max_num_patches,
+        }
         records = self.directory / RECORDS_FILE
         self._embedder = model if isinstance(model, Embedder) else None
         name = (

@@ -172,6 +172,11 @@ def export_onnx(model: SiglipModel, directory: str | os.PathLike, opset: int = 1
     """
     if opset < 17:
         raise UsageError(f"opset must be at least 17 (LayerNormalization), got {opset}")
+    if not hasattr(model.config.vision_config, "image_size"):
+        raise UsageError(
+            "ONNX export covers fixed-resolution models; a SigLIP 2 NaFlex model resizes its position grid to "
+            "each image's own patch grid, which the exporter cannot trace as a graph of dynamic shape"
+        )
     require("onnxscript", "onnx", "ONNX export")
     model = _float32_copy(model)
     batch = torch.export.Dim("batch", min=1)

@@ -23,7 +23,7 @@ from typing import NoReturn
 from ...errors import SiglipError
 from ..files import display_path
 
-COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "serve")
+COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "serve", "convert")
 
 
 class Parser(argparse.ArgumentParser):

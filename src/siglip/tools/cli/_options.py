@@ -42,6 +42,14 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEF
         action="store_true",
         help="torch.compile the model: up to ~10%% faster on CPUs, after a compile of 20-45 s (base model)",
     )
+    parser.add_argument(
+        "--max-num-patches",
+        type=integer(1),
+        default=None,
+        metavar="N",
+        help="SigLIP 2 NaFlex models: patches per image (default: the checkpoint's, 256 for the released "
+        "ones; 576 or 1024 see more detail, at more cost)",
+    )
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +112,7 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "precision": args.precision,
         "compile": args.compile,
         "reduced_decode": args.reduced_decode,
+        "max_num_patches": args.max_num_patches,
     }
 
 

@@ -46,7 +46,8 @@ def describe(name: str) -> dict[str, Any]:
         },
         "embedding_dims": text.projection_size,
         "image": {
-            "size": vision.image_size,
+            "size": getattr(vision, "image_size", None),  # None: NaFlex, each image at its own patch grid
+            "positions": getattr(vision, "num_patches", None),
             "patch": vision.patch_size,
             "layers": vision.num_hidden_layers,
             "width": vision.hidden_size,
@@ -77,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
         ["embedding", f"{info['embedding_dims']} dims"],
         [
             "image",
-            f"{image['size']} x {image['size']} pixels, patch {image['patch']}, {image['layers']} layers, width {image['width']}",
+            (
+                f"{image['size']} x {image['size']} pixels"
+                if image["size"]
+                else f"NaFlex: native aspect ratio, a {image['positions']}-position grid resized per image"
+            )
+            + f", patch {image['patch']}, {image['layers']} layers, width {image['width']}",
         ],
         [
             "text",

@@ -41,7 +41,7 @@ from ...core.loss import check_chunk_size, siglip_loss
 from ...core.siglip.processing import fixed_length_ids
 from ...errors import DataError, UsageError
 from ..data import Batch, empty_inputs
-from ..embedder import Embedder
+from ..embedder import Embedder, configure_images
 from ..evaluation import evaluate_zeroshot
 from ..precision import Precision, check_precision, resolve_precision
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
@@ -116,6 +116,10 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"help": "steps between zero-shot evaluations (0: off)"})
     eval_templates: list[str] = field(
         default_factory=lambda: [DEFAULT_TEMPLATE], metadata={"help": "prompt templates of the evaluation"}
+    )
+    max_num_patches: int | None = field(
+        default=None,
+        metadata={"help": "SigLIP 2 NaFlex models: patches per image (default: the checkpoint's)"},
     )
     max_bad_fraction: float = field(
         default=0.01, metadata={"help": "stop when more images than this fraction are missing or unreadable"}
@@ -358,6 +362,7 @@ def train(config: TrainConfig) -> Path:
     resume_from = _start(config, output)
     torch.manual_seed(config.seed)
     processor = AutoProcessor.from_pretrained(resume_from or config.processor or config.model)
+    configure_images(processor, config.model or config.config, max_num_patches=config.max_num_patches)
     layout = BatchLayout(config.batch_size, config.grad_accum, dist_.rank, dist_.world, config.seed)
     source = _source(config, processor, layout)  # the data is checked before the model loads
     per_epoch = batches_per_epoch(source, layout)
