@@ -2,10 +2,15 @@
 
     python benchmarks/bench_naflex.py tower [--patches 256 1024] [--batch 8] [--layers 12] [--repeats 3]
     python benchmarks/bench_naflex.py processor [--patches 256 1024] [--images 32] [--repeats 5]
+    python benchmarks/bench_naflex.py embed [--images 64] [--layers 12] [--batch 8]
 
 - tower: a random-weight NaFlex base image tower (transformers `Siglip2VisionModel`, saved and loaded by
   `siglip.Siglip2VisionModel`), fp32, no grad, on a batch of mixed aspect ratios; outputs are checked to be
   identical first, then both run alternately. Medians and the speed-up.
+- embed: a folder of JPEGs of mixed aspect ratios (the SIZES below) embedded by `Embedder.embed_files` (decode
+  workers, one padded batch of mixed aspect ratios per model call) with a random-weight NaFlex base model, fp32
+  and int8, against a transformers loop (PIL decode, `Siglip2ImageProcessorPil`, `get_image_features`, one
+  batch at a time); images/s, and the fraction of patch slots that are padding.
 - processor: `Siglip2ImageProcessor` against transformers' `Siglip2ImageProcessorPil` on decoded PIL photos of
   mixed sizes (640x480, 480x640, 1280x320, 300x300 crops of scikit-image's photos); outputs are checked to be
   identical first.
@@ -83,11 +88,69 @@ def bench_processor(args: argparse.Namespace) -> None:
         )
 
 
+def bench_embed(args: argparse.Namespace) -> None:
+    import time
+
+    import numpy as np
+    import transformers
+
+    from _common import train_tokenizer
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.Siglip2Config(vision_config={"num_hidden_layers": args.layers},
+                                        text_config={"num_hidden_layers": 1, "vocab_size": 4000})  # fmt: skip
+    theirs = transformers.Siglip2Model(config).eval()
+    their_processor = transformers.Siglip2ImageProcessorPil(do_convert_rgb=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, folder = Path(tmp) / "model", Path(tmp) / "photos"
+        folder.mkdir()
+        theirs.save_pretrained(checkpoint)
+        tokenizer = siglip.SiglipTokenizer(train_tokenizer(Path(tmp)))
+        siglip.Siglip2Processor(siglip.Siglip2ImageProcessor(), tokenizer).save_pretrained(checkpoint)
+        for i, photo in enumerate(_photos(args.images)):
+            photo.save(folder / f"{i:04d}.jpg", quality=90)
+        files = sorted(str(p) for p in folder.iterdir())
+
+        def transformers_loop() -> np.ndarray:
+            out = []
+            for start in range(0, len(files), args.batch):
+                images = [Image.open(f).convert("RGB") for f in files[start : start + args.batch]]
+                with torch.no_grad():
+                    features = theirs.get_image_features(**their_processor(images, return_tensors="pt"))
+                features = getattr(features, "pooler_output", features)
+                out.append(torch.nn.functional.normalize(features, dim=-1).numpy())
+            return np.concatenate(out)
+
+        rows = []
+        start = time.perf_counter()
+        reference = transformers_loop()
+        rows.append(("transformers loop, fp32", time.perf_counter() - start, 1.0))
+        for precision in ("fp32", "int8"):
+            embedder = siglip.Embedder.from_pretrained(checkpoint, device="cpu", precision=precision)
+            start = time.perf_counter()
+            vectors = np.concatenate([b.vectors for b in embedder.embed_files(files, batch_size=args.batch)])
+            seconds = time.perf_counter() - start
+            cosine = float((vectors * reference).sum(axis=1).min())
+            rows.append((f"siglip embed_files, {precision}", seconds, cosine))
+        masks = siglip.Siglip2ImageProcessor()([Image.open(f) for f in files], return_tensors="pt")
+        padding = 1 - masks["pixel_attention_mask"].float().mean().item()
+    print(f"{len(files)} JPEGs of {len(SIZES)} aspect ratios, base NaFlex image tower ({args.layers} layers), "
+          f"batch {args.batch}, 256 patches; {padding:.1%} of the patch slots are padding")  # fmt: skip
+    print(
+        "| job | seconds | images/s | vs transformers | min cosine to transformers |\n|---|---|---|---|---|"
+    )
+    for name, seconds, cosine in rows:
+        print(
+            f"| {name} | {seconds:.1f} | {len(files) / seconds:.2f} | {rows[0][1] / seconds:.2f}x | {cosine:.5f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["tower", "processor"])
+    parser.add_argument("what", choices=["tower", "processor", "embed"])
     parser.add_argument("--patches", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--layers", type=int, default=12)
@@ -95,7 +158,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(machine_line())
-    {"tower": bench_tower, "processor": bench_processor}[args.what](args)
+    {"tower": bench_tower, "processor": bench_processor, "embed": bench_embed}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,17 @@ def test_every_command_runs_on_the_checkpoint(checkpoints, images, family, tmp_p
     trained = AutoModel.from_pretrained(run / "model")
     assert type(trained) is type(embedder.model)
     assert not torch.equal(trained.logit_bias, embedder.model.logit_bias)  # it trained
+
+
+def test_inference_modes_run_naflex(checkpoints, images):
+    """int8 quantises the NaFlex patch embedding (a Linear) too; bf16 casts the patches to the weights."""
+    reference = Embedder.from_pretrained(checkpoints["naflex"], device="cpu", precision="fp32").embed_images(
+        images
+    )
+    for precision in ("int8", "bf16"):
+        vectors = Embedder.from_pretrained(
+            checkpoints["naflex"], device="cpu", precision=precision
+        ).embed_images(images)
+        cosine = (vectors * reference).sum(axis=1)
+        assert cosine.min() > 0.99, (precision, cosine)
+        assert not np.array_equal(vectors, reference)
