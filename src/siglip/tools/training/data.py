@@ -2,8 +2,9 @@
 
 Three sources, chosen by the `data` argument:
 - a `.csv`, `.tsv` or `.jsonl` file of (image path, caption) rows; relative paths are relative to the file;
+  an optional group column labels the pairs (rows of one group are positives for each other in the loss);
 - a directory with one sub-folder of images per class; each sample's caption is a template (`"a photo of
-  a {}."`) filled with the class name (the folder name, `_` read as a space);
+  a {}."`) filled with the class name (the folder name, `_` read as a space), and its label is the class;
 - WebDataset `.tar` shards (a path, a glob or a brace pattern such as `shards/{000000..000099}.tar`), each
   sample an image (`jpg`, `png`, `webp`, ...) plus a caption (`txt`, or `json` with a "caption" field).
 
@@ -27,7 +28,7 @@ import logging
 import random
 import tarfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,15 @@ class DataError(ValueError):
 
 @dataclass
 class Sample:
-    """One decoded sample of micro-batch `micro`: pixels (3, H, W) and caption; `pixels` is None when the
-    image (or its caption) failed to load."""
+    """One decoded sample of micro-batch `micro`: pixels (3, H, W), caption and label (a class or group id,
+    the same on every rank; None when the source has none); `pixels` is None when the image (or its caption)
+    failed to load."""
 
     pixels: np.ndarray | None
     caption: str
     source: str
     micro: int = 0
+    label: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class PairsDataset(Dataset):
     """(image path, caption) rows of a CSV, TSV or JSONL file.
 
     Rows with a missing image file are dropped before training (and counted); a wrong column name, an empty
-    caption or an unreadable file is a `DataError` naming the row.
+    caption or an unreadable file is a `DataError` naming the row. With `group_column`, each sample's label
+    is the index of its group value among the file's distinct values, in order of first appearance.
     """
 
     def __init__(
@@ -109,20 +113,23 @@ class PairsDataset(Dataset):
         processor: SiglipImageProcessor,
         image_column: str = "image",
         caption_column: str = "caption",
+        group_column: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.processor = processor
         rows = _read_rows(self.path)
         if not rows:
             raise DataError(f"{self.path} has no rows")
-        for column in (image_column, caption_column):
+        for column in (image_column, caption_column, *([group_column] if group_column else [])):
             if column not in rows[0]:
                 raise DataError(
                     f"{self.path} has no column {column!r} (columns: {sorted(rows[0])}); set "
-                    "--image-column / --caption-column"
+                    "--image-column / --caption-column / --group-column"
                 )
         self.images: list[str] = []
         self.captions: list[str] = []
+        self.labels: list[int] | None = None if group_column is None else []
+        groups: dict[str, int] = {}
         self.missing: list[str] = []
         for number, row in enumerate(rows, start=1):
             caption = row.get(caption_column)
@@ -134,6 +141,8 @@ class PairsDataset(Dataset):
                 continue
             self.images.append(str(image))
             self.captions.append(caption)
+            if self.labels is not None:
+                self.labels.append(groups.setdefault(str(row.get(group_column)), len(groups)))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -143,7 +152,8 @@ class PairsDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> Sample:
         index, epoch, micro = key
-        return _load(self.processor, self.images[index], self.caption(index, epoch), micro=micro)
+        label = None if self.labels is None else self.labels[index]
+        return _load(self.processor, self.images[index], self.caption(index, epoch), micro=micro, label=label)
 
 
 class ClassFolderDataset(Dataset):
@@ -192,7 +202,8 @@ class ClassFolderDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> Sample:
         index, epoch, micro = key
-        return _load(self.processor, self.images[index], self.caption(index, epoch), micro=micro)
+        caption = self.caption(index, epoch)
+        return _load(self.processor, self.images[index], caption, micro=micro, label=self.labels[index])
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -216,15 +227,20 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _load(
-    processor: SiglipImageProcessor, image: Any, caption: str, source: str | None = None, micro: int = 0
+    processor: SiglipImageProcessor,
+    image: Any,
+    caption: str,
+    source: str | None = None,
+    micro: int = 0,
+    label: int | None = None,
 ) -> Sample:
     source = source or str(image)
     try:
         pixels = processor(image, return_tensors="np")["pixel_values"][0]
     except (ImageInputError, TypeError, OSError) as err:
         logger.debug("skipping %s: %s", source, err)
-        return Sample(None, caption, source, micro)
-    return Sample(pixels, caption, source, micro)
+        return Sample(None, caption, source, micro, label)
+    return Sample(pixels, caption, source, micro, label)
 
 
 class GlobalBatchSampler(Sampler):
@@ -351,20 +367,21 @@ def _caption_of(raw: dict[str, Any]) -> str | None:
 # --- batches ---------------------------------------------------------------------------------------------
 @dataclass
 class Batch:
-    """This rank's share of a global batch: pixels (b, 3, H, W) and captions of the samples that loaded, the
-    micro-batch of each, and the sources of the samples that did not load."""
+    """This rank's share of a global batch: pixels (b, 3, H, W), captions and labels of the samples that
+    loaded, the micro-batch of each, and the sources of the samples that did not load."""
 
     pixel_values: torch.Tensor
     captions: list[str]
     micro: list[int]
     failed: list[str]
+    labels: list[int | None] = field(default_factory=list)
 
 
 def collate(samples: list[Sample]) -> Batch:
     good = [s for s in samples if s.pixels is not None]
     pixels = torch.from_numpy(np.stack([s.pixels for s in good])) if good else torch.empty(0)
     failed = [s.source for s in samples if s.pixels is None]
-    return Batch(pixels, [s.caption for s in good], [s.micro for s in good], failed)
+    return Batch(pixels, [s.caption for s in good], [s.micro for s in good], failed, [s.label for s in good])
 
 
 def build_source(
@@ -375,13 +392,16 @@ def build_source(
     layout: BatchLayout,
     image_column: str = "image",
     caption_column: str = "caption",
+    group_column: str | None = None,
 ) -> Dataset | WebDatasetSource:
     """The source behind `data`: a pairs file, a folder of class folders, or WebDataset shards."""
     path = Path(data)
     if path.suffix.lower() in PAIRS_SUFFIXES:
         if not path.is_file():
             raise DataError(f"pairs file not found: {path}")
-        return PairsDataset(path, processor, image_column, caption_column)
+        return PairsDataset(path, processor, image_column, caption_column, group_column)
+    if group_column is not None:
+        raise DataError(f"a group column labels the rows of a pairs file; {data!r} is not one")
     if path.is_dir():
         return ClassFolderDataset(path, processor, templates, layout.seed)
     if ".tar" in data:
