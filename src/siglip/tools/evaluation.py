@@ -244,7 +244,7 @@ def plot_reliability_diagram(report: ZeroShotReport, path: str | os.PathLike) ->
         f"{report.median_true_class_probability:.2f}",
         fontsize=10,
     )
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     counts.bar(bins.edges[:-1], bins.count, width=width, align="edge", color="grey", edgecolor="white")
     counts.set(xlabel="top-1 probability (confidence)", ylabel="images")
     fig.tight_layout()
