@@ -72,11 +72,6 @@ def siglip_loss(
     Args:
         image_embeds, text_embeds: this rank's (b, D) embeddings; row i of each is a matching pair. Ranks may
             hold different batch sizes b, but the same width D.
-        labels: None (image i and text j match only when they are the same pair, i == j), or this rank's (b,)
-            integer labels, one per pair: image i and text j (of any rank) match when their pairs' labels are
-            equal, e.g. a class id, or one id per distinct caption. Labels must agree across ranks (the same
-            class has the same id everywhere) and be given on every rank or on none. Unique labels give
-            exactly the loss of None.
         logit_scale: the log temperature t, shape (1,); the logits are `exp(t) <x, y> + logit_bias`.
         logit_bias: the bias b, shape (1,).
         mode: "local" (this process's batch only, no communication, as transformers' `return_loss`), "ring"
@@ -84,6 +79,11 @@ def siglip_loss(
         chunk_size: with "local" or "ring", build the logits `chunk_size x chunk_size` at a time in forward
             and backward, so that memory grows as O(b D) instead of O(b^2) or O(b B). None: whole blocks.
         group: the process group for "ring" and "all_gather"; None is the default group.
+        labels: None (image i and text j match only when they are the same pair, i == j), or this rank's (b,)
+            integer labels, one per pair: image i and text j (of any rank) match when their pairs' labels are
+            equal, e.g. a class id, or one id per distinct caption. Labels must agree across ranks (the same
+            class has the same id everywhere) and be given on every rank or on none. Unique labels give
+            exactly the loss of None.
 
     Returns:
         `-(1/B) sum_ij log sigmoid(l_ij z_ij)` over all B = sum of b images and B texts of the global batch
@@ -101,9 +101,8 @@ def siglip_loss(
     Raises:
         ValueError, on every rank, when the ranks' inputs do not fit together (2-D, as many images as texts,
         one width, one value in each of logit_scale and logit_bias, one integer label per pair on every rank
-        or labels on none) or hold a NaN or infinity. The check costs
-        one small all_gather before the exchange, so a bad rank fails everywhere instead of leaving the other
-        ranks waiting.
+        or labels on none) or hold a NaN or infinity. The check costs one small all_gather before the
+        exchange, so a bad rank fails everywhere instead of leaving the other ranks waiting.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -191,7 +190,7 @@ def _naive_nll_sum(x, y, logit_scale, logit_bias, positives: Positives) -> torch
     return -F.logsigmoid(_times_labels_(logits, positives)).sum()
 
 
-class Block(NamedTuple):
+class _Block(NamedTuple):
     """A rank's texts as they meet this rank's images: embeddings, labels (None: unlabelled) and whether they
     are this rank's own texts."""
 
@@ -210,7 +209,7 @@ class _Images(NamedTuple):
     chunk: int | None
     labels: torch.Tensor | None
 
-    def tiles(self, texts: Block) -> Iterator[tuple[slice, slice, Positives]]:
+    def tiles(self, texts: _Block) -> Iterator[tuple[slice, slice, Positives]]:
         """(image rows, text rows, the tile's `Positives`) of each tile of logits against a block of texts."""
         embeds, labels, own = texts
         rows, cols = self.chunk or max(len(self.embeds), 1), self.chunk or max(len(embeds), 1)
@@ -233,7 +232,7 @@ class _Images(NamedTuple):
 
 
 @torch.no_grad()
-def _nll_sum(images: _Images, texts: Block) -> torch.Tensor:
+def _nll_sum(images: _Images, texts: _Block) -> torch.Tensor:
     """Sum of -log sigmoid(l z) = softplus(-l z) over the logits of `images` against `texts`, tile by tile.
 
     softplus needs no sign flip of the whole tile and no buffer beside its output, unlike logsigmoid; it
@@ -247,7 +246,7 @@ def _nll_sum(images: _Images, texts: Block) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _nll_backward_(images: _Images, texts: Block, grad, grad_sx, grad_texts) -> torch.Tensor:
+def _nll_backward_(images: _Images, texts: _Block, grad, grad_sx, grad_texts) -> torch.Tensor:
     """Add `grad` times the gradient of `_nll_sum` w.r.t. the scaled images exp(t) x and the texts to
     `grad_sx` and `grad_texts`; return the gradient w.r.t. the bias. Recomputes each tile of logits."""
     grad_bias = images.bias.new_zeros(())
@@ -330,7 +329,7 @@ class _BlockwiseLoss(torch.autograd.Function):
         ctx.ring, ctx.chunk = ring, chunk
         bias = logit_bias.to(_compute_dtype(image_embeds))
         images = _Images(image_embeds, logit_scale, bias, chunk, labels)
-        total = _nll_sum(images, Block(text_embeds, labels, own=True))
+        total = _nll_sum(images, _Block(text_embeds, labels, own=True))
         flows = [_setting_off(text_embeds, labels)] * 2
         for step in range(1, ring.steps + 1):
             flows = ring.shift(step, flows)
@@ -346,7 +345,7 @@ class _BlockwiseLoss(torch.autograd.Function):
         with _without_autocast(x.device):
             images = _Images(x, logit_scale, logit_bias.to(dtype), ctx.chunk, labels)
             grad_sx, grad_y = torch.zeros_like(x, dtype=dtype), torch.zeros_like(y, dtype=dtype)
-            grad_bias = _nll_backward_(images, Block(y, labels, own=True), grad, grad_sx, grad_y)
+            grad_bias = _nll_backward_(images, _Block(y, labels, own=True), grad, grad_sx, grad_y)
             # Texts set off bare; the first rank they reach starts their gradient, later ones add to it.
             bare = _setting_off(y, labels)
             carried = [bare] * 2
@@ -380,9 +379,9 @@ def _setting_off(texts: torch.Tensor, labels: torch.Tensor | None) -> tuple[torc
     return (texts,) if labels is None else (texts, labels)
 
 
-def _visiting(flow: tuple[torch.Tensor, ...], labels: torch.Tensor | None) -> Block:
+def _visiting(flow: tuple[torch.Tensor, ...], labels: torch.Tensor | None) -> _Block:
     """Another rank's texts that the ring brings: `_setting_off`'s tuple (then maybe a carried gradient)."""
-    return Block(flow[0], None if labels is None else flow[1], own=False)
+    return _Block(flow[0], None if labels is None else flow[1], own=False)
 
 
 class _AllGather(torch.autograd.Function):
