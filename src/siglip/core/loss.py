@@ -39,6 +39,9 @@ MODES: tuple[str, ...] = ("local", "all_gather", "ring")
 # Where a block (or tile) of logits has its positive pairs: on the diagonal with this offset (an int), where
 # `_minus_labels` of the rows' and columns' labels holds -1 (a tensor of signs), or nowhere (None).
 Positives = int | torch.Tensor | None
+# A tile's positives as `_Images.tiles` describes them: labels are (rows' labels, columns' labels), which
+# `_signs` turns into the tile's signs only when the tile is computed.
+TilePositives = int | tuple[torch.Tensor, torch.Tensor] | None
 
 
 def sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -209,16 +212,14 @@ class _Images(NamedTuple):
     chunk: int | None
     labels: torch.Tensor | None
 
-    def tiles(self, texts: _Block) -> Iterator[tuple[slice, slice, Positives]]:
-        """(image rows, text rows, the tile's `Positives`) of each tile of logits against a block of texts."""
+    def tiles(self, texts: _Block) -> Iterator[tuple[slice, slice, TilePositives]]:
+        """(image rows, text rows, the tile's positives) of each tile of logits against a block of texts."""
         embeds, labels, own = texts
         rows, cols = self.chunk or max(len(self.embeds), 1), self.chunk or max(len(embeds), 1)
         for i in range(0, len(self.embeds), rows):
             for j in range(0, len(embeds), cols):
                 if self.labels is not None:
-                    tile: Positives = _minus_labels(
-                        self.labels[i : i + rows], labels[j : j + cols], self.bias.dtype
-                    )
+                    tile: TilePositives = (self.labels[i : i + rows], labels[j : j + cols])
                 else:  # only this rank's own block holds positives, on its diagonal
                     tile = i - j if own else None
                 yield slice(i, i + rows), slice(j, j + cols), tile
@@ -240,9 +241,14 @@ def _nll_sum(images: _Images, texts: _Block) -> torch.Tensor:
     """
     total = images.bias.new_zeros(())
     for rows, cols, positives in images.tiles(texts):
-        _, _, logits = images.tile(texts.embeds, rows, cols)
-        total += F.softplus(_negate_positives_(logits, positives)).sum()
+        total += _tile_nll_sum(images, texts.embeds, rows, cols, positives)
     return total
+
+
+def _tile_nll_sum(images: _Images, texts, rows, cols, positives: TilePositives) -> torch.Tensor:
+    """One tile's part of `_nll_sum`. Its temporaries die with the call, so one tile's exist at a time."""
+    _, _, logits = images.tile(texts, rows, cols)
+    return F.softplus(_negate_positives_(logits, _signs(positives, logits.dtype))).sum()
 
 
 @torch.no_grad()
@@ -251,13 +257,24 @@ def _nll_backward_(images: _Images, texts: _Block, grad, grad_sx, grad_texts) ->
     `grad_sx` and `grad_texts`; return the gradient w.r.t. the bias. Recomputes each tile of logits."""
     grad_bias = images.bias.new_zeros(())
     for rows, cols, positives in images.tiles(texts):
-        sx, tile_texts, logits = images.tile(texts.embeds, rows, cols)
-        # d/dz of -log sigmoid(l z) is -l sigmoid(-l z): exact even where sigmoid(l z) rounds to 1
-        g = _negate_positives_(_negate_positives_(logits, positives).sigmoid_(), positives).mul_(grad)
-        grad_bias += g.sum()
-        grad_sx[rows].addmm_(g, tile_texts)
-        grad_texts[cols].addmm_(g.T, sx)
+        grad_bias += _tile_backward_(images, texts.embeds, rows, cols, positives, grad, grad_sx, grad_texts)
     return grad_bias
+
+
+def _tile_backward_(images: _Images, texts, rows, cols, positives, grad, grad_sx, grad_texts) -> torch.Tensor:
+    """One tile's part of `_nll_backward_` (its temporaries die with the call)."""
+    sx, tile_texts, logits = images.tile(texts, rows, cols)
+    signs = _signs(positives, logits.dtype)
+    # d/dz of -log sigmoid(l z) is -l sigmoid(-l z): exact even where sigmoid(l z) rounds to 1
+    g = _negate_positives_(_negate_positives_(logits, signs).sigmoid_(), signs).mul_(grad)
+    grad_sx[rows].addmm_(g, tile_texts)
+    grad_texts[cols].addmm_(g.T, sx)
+    return g.sum()
+
+
+def _signs(positives: TilePositives, dtype: torch.dtype) -> Positives:
+    """A tile's positives for `_negate_positives_`: labels become the tile's signs (`_minus_labels`)."""
+    return _minus_labels(*positives, dtype) if isinstance(positives, tuple) else positives
 
 
 class _Ring:
