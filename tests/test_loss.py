@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import siglip.core.loss
 from _loss_cases import class_labels, global_batch, leaves, max_error, reference
 from _reference import TINY
 from siglip import SiglipConfig, SiglipModel, siglip_loss, sigmoid_loss
@@ -75,6 +76,14 @@ def test_labels_match_the_label_matrix_reference(batch_size, chunk_size, classes
     # One class (every pair positive) to one label per pair (shuffled, so positives are off the diagonal).
     labels = class_labels(batch_size, classes)
     _assert_matches_reference(global_batch(batch_size, width=16), chunk_size, tol=1e-10, labels=labels)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3, 16])
+def test_labels_signed_in_strips_that_do_not_divide(chunk_size, monkeypatch):
+    # Strips of 7 elements: one row at a time of a 16-wide tile, 2 rows of a 3-wide one, 0 (so 1) of 130.
+    monkeypatch.setattr(siglip.core.loss, "SIGN_STRIP", 7)
+    labels = class_labels(130, 10)
+    _assert_matches_reference(global_batch(130, width=16), chunk_size, tol=1e-10, labels=labels)
 
 
 @pytest.mark.parametrize("chunk_size", [None, 16])

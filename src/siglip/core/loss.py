@@ -36,12 +36,11 @@ from torch.autograd.function import once_differentiable
 
 Mode = Literal["local", "all_gather", "ring"]
 MODES: tuple[str, ...] = ("local", "all_gather", "ring")
-# Where a block (or tile) of logits has its positive pairs: on the diagonal with this offset (an int), where
-# `_minus_labels` of the rows' and columns' labels holds -1 (a tensor of signs), or nowhere (None).
-Positives = int | torch.Tensor | None
-# A tile's positives as `_Images.tiles` describes them: labels are (rows' labels, columns' labels), which
-# `_signs` turns into the tile's signs only when the tile is computed.
-TilePositives = int | tuple[torch.Tensor, torch.Tensor] | None
+# Where a block (or tile) of logits has its positive pairs: on the diagonal with this offset (an int), where the
+# rows' labels equal the columns' (a pair of label vectors), or nowhere (None).
+Positives = int | tuple[torch.Tensor, torch.Tensor] | None
+# Labelled logits are signed a strip of rows at a time, so the signs never take more than this many elements.
+SIGN_STRIP = 2**18
 
 
 def sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -138,12 +137,10 @@ def _loss_sum(x, y, logit_scale, logit_bias, labels, mode, chunk, group, sizes) 
         if labels is None:
             positives: Positives = sum(sizes[:rank])
         else:
-            text_labels = _all_gather(labels[:, None], group, sizes).flatten()
-            positives = _minus_labels(labels, text_labels, _compute_dtype(x))
+            positives = (labels, _all_gather(labels[:, None], group, sizes).flatten())
         return _naive_nll_sum(x, texts, logit_scale, logit_bias, positives)
     if chunk is None and mode != "ring":
-        positives = 0 if labels is None else _minus_labels(labels, labels, _compute_dtype(x))
-        return _naive_nll_sum(x, y, logit_scale, logit_bias, positives)
+        return _naive_nll_sum(x, y, logit_scale, logit_bias, 0 if labels is None else (labels, labels))
     return _BlockwiseLoss.apply(x, y, logit_scale, logit_bias, labels, _Ring(group, sizes), chunk)
 
 
@@ -157,11 +154,15 @@ def _without_autocast(device: torch.device):
 
 def _negate_positives_(t: torch.Tensor, positives: Positives) -> torch.Tensor:
     """Multiply `t` in place by minus the labels: negate the positive pairs (`Positives`) and keep the rest.
-    A diagonal is flipped in place, building no label matrix; labelled pairs are multiplied by their signs."""
+    A diagonal is flipped in place, building no label matrix; labelled pairs are multiplied by their signs,
+    built a strip of rows at a time (at most SIGN_STRIP of them exist at once)."""
     if isinstance(positives, int):
         t.diagonal(positives).neg_()
     elif positives is not None:
-        t.mul_(positives)
+        rows, cols = positives
+        strip = max(1, SIGN_STRIP // max(len(cols), 1))
+        for i in range(0, len(rows), strip):
+            t[i : i + strip].mul_(_minus_labels(rows[i : i + strip], cols, t.dtype))
     return t
 
 
@@ -212,14 +213,14 @@ class _Images(NamedTuple):
     chunk: int | None
     labels: torch.Tensor | None
 
-    def tiles(self, texts: _Block) -> Iterator[tuple[slice, slice, TilePositives]]:
+    def tiles(self, texts: _Block) -> Iterator[tuple[slice, slice, Positives]]:
         """(image rows, text rows, the tile's positives) of each tile of logits against a block of texts."""
         embeds, labels, own = texts
         rows, cols = self.chunk or max(len(self.embeds), 1), self.chunk or max(len(embeds), 1)
         for i in range(0, len(self.embeds), rows):
             for j in range(0, len(embeds), cols):
                 if self.labels is not None:
-                    tile: TilePositives = (self.labels[i : i + rows], labels[j : j + cols])
+                    tile: Positives = (self.labels[i : i + rows], labels[j : j + cols])
                 else:  # only this rank's own block holds positives, on its diagonal
                     tile = i - j if own else None
                 yield slice(i, i + rows), slice(j, j + cols), tile
@@ -245,10 +246,10 @@ def _nll_sum(images: _Images, texts: _Block) -> torch.Tensor:
     return total
 
 
-def _tile_nll_sum(images: _Images, texts, rows, cols, positives: TilePositives) -> torch.Tensor:
+def _tile_nll_sum(images: _Images, texts, rows, cols, positives: Positives) -> torch.Tensor:
     """One tile's part of `_nll_sum`. Its temporaries die with the call, so one tile's exist at a time."""
     _, _, logits = images.tile(texts, rows, cols)
-    return F.softplus(_negate_positives_(logits, _signs(positives, logits.dtype))).sum()
+    return F.softplus(_negate_positives_(logits, positives)).sum()
 
 
 @torch.no_grad()
@@ -264,17 +265,11 @@ def _nll_backward_(images: _Images, texts: _Block, grad, grad_sx, grad_texts) ->
 def _tile_backward_(images: _Images, texts, rows, cols, positives, grad, grad_sx, grad_texts) -> torch.Tensor:
     """One tile's part of `_nll_backward_` (its temporaries die with the call)."""
     sx, tile_texts, logits = images.tile(texts, rows, cols)
-    signs = _signs(positives, logits.dtype)
     # d/dz of -log sigmoid(l z) is -l sigmoid(-l z): exact even where sigmoid(l z) rounds to 1
-    g = _negate_positives_(_negate_positives_(logits, signs).sigmoid_(), signs).mul_(grad)
+    g = _negate_positives_(_negate_positives_(logits, positives).sigmoid_(), positives).mul_(grad)
     grad_sx[rows].addmm_(g, tile_texts)
     grad_texts[cols].addmm_(g.T, sx)
     return g.sum()
-
-
-def _signs(positives: TilePositives, dtype: torch.dtype) -> Positives:
-    """A tile's positives for `_negate_positives_`: labels become the tile's signs (`_minus_labels`)."""
-    return _minus_labels(*positives, dtype) if isinstance(positives, tuple) else positives
 
 
 class _Ring:
