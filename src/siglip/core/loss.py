@@ -39,8 +39,9 @@ MODES: tuple[str, ...] = ("local", "all_gather", "ring")
 # Where a block (or tile) of logits has its positive pairs: on the diagonal with this offset (an int), where the
 # rows' labels equal the columns' (a pair of label vectors), or nowhere (None).
 Positives = int | tuple[torch.Tensor, torch.Tensor] | None
-# Labelled logits are signed a strip of rows at a time, so the signs never take more than this many elements.
-SIGN_STRIP = 2**18
+# Labelled logits are signed a strip of rows at a time, while the strip is in cache: the signs never take more
+# than this many elements (64 KiB in float32).
+SIGN_STRIP = 2**14
 
 
 def sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -159,11 +160,28 @@ def _negate_positives_(t: torch.Tensor, positives: Positives) -> torch.Tensor:
     if isinstance(positives, int):
         t.diagonal(positives).neg_()
     elif positives is not None:
-        rows, cols = positives
-        strip = max(1, SIGN_STRIP // max(len(cols), 1))
-        for i in range(0, len(rows), strip):
-            t[i : i + strip].mul_(_minus_labels(rows[i : i + strip], cols, t.dtype))
+        for strip, signs in _label_strips(t, *positives):
+            strip.mul_(signs)
     return t
+
+
+def _signed_sigmoid_(t: torch.Tensor, positives: Positives) -> torch.Tensor:
+    """Replace `t` in place by -l sigmoid(-l t), the derivative of -log sigmoid(l t): exact even where
+    sigmoid(l t) rounds to 1. Labelled strips are signed, squashed and signed again while in cache."""
+    if not isinstance(positives, tuple):
+        return _negate_positives_(_negate_positives_(t, positives).sigmoid_(), positives)
+    for strip, signs in _label_strips(t, *positives):
+        strip.mul_(signs).sigmoid_().mul_(signs)
+    return t
+
+
+def _label_strips(
+    t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """(a strip of rows of `t`, its signs `_minus_labels`) for strips of at most SIGN_STRIP elements."""
+    strip = max(1, SIGN_STRIP // max(len(cols), 1))
+    for i in range(0, len(rows), strip):
+        yield t[i : i + strip], _minus_labels(rows[i : i + strip], cols, t.dtype)
 
 
 def _minus_labels(rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -265,8 +283,7 @@ def _nll_backward_(images: _Images, texts: _Block, grad, grad_sx, grad_texts) ->
 def _tile_backward_(images: _Images, texts, rows, cols, positives, grad, grad_sx, grad_texts) -> torch.Tensor:
     """One tile's part of `_nll_backward_` (its temporaries die with the call)."""
     sx, tile_texts, logits = images.tile(texts, rows, cols)
-    # d/dz of -log sigmoid(l z) is -l sigmoid(-l z): exact even where sigmoid(l z) rounds to 1
-    g = _negate_positives_(_negate_positives_(logits, positives).sigmoid_(), positives).mul_(grad)
+    g = _signed_sigmoid_(logits, positives).mul_(grad)
     grad_sx[rows].addmm_(g, tile_texts)
     grad_texts[cols].addmm_(g.T, sx)
     return g.sum()
