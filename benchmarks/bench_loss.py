@@ -2,8 +2,11 @@
 
     python benchmarks/bench_loss.py                       # everything (minutes on 2 cores)
     python benchmarks/bench_loss.py --batch-sizes 4096    # a quick look
-    python benchmarks/bench_loss.py --batch-sizes 16384 --losses memory-bounded "memory-bounded, labels" \
-        --repeats 3 --skip-ring                           # the cost of labels
+    MALLOC_MMAP_THRESHOLD_=131072 python benchmarks/bench_loss.py --batch-sizes 16384 \
+        --losses memory-bounded "memory-bounded, labels" --repeats 2 --skip-ring    # the cost of labels
+
+(MALLOC_MMAP_THRESHOLD_ makes glibc hand blocks over 128 KiB back to the system when freed, so the peak counts
+live tensors rather than heap the allocator keeps after many small blocks, such as labels' sign strips.)
 
 Part 1, one process, B pairs of width D: the naive reference (`sigmoid_loss` of the B x B logits under
 autograd, as `SiglipModel(return_loss=True)` computes it), `siglip_loss` without chunks (the same logits, with
