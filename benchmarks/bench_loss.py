@@ -2,10 +2,16 @@
 
     python benchmarks/bench_loss.py                       # everything (minutes on 2 cores)
     python benchmarks/bench_loss.py --batch-sizes 4096    # a quick look
+    MALLOC_MMAP_THRESHOLD_=131072 python benchmarks/bench_loss.py --batch-sizes 16384 \
+        --losses memory-bounded "memory-bounded, labels" --repeats 2 --skip-ring    # the cost of labels
+
+(MALLOC_MMAP_THRESHOLD_ makes glibc hand blocks over 128 KiB back to the system when freed, so the peak counts
+live tensors rather than heap the allocator keeps after many small blocks, such as labels' sign strips.)
 
 Part 1, one process, B pairs of width D: the naive reference (`sigmoid_loss` of the B x B logits under
 autograd, as `SiglipModel(return_loss=True)` computes it), `siglip_loss` without chunks (the same logits, with
-fewer B x B temporaries) and the memory-bounded `siglip_loss(chunk_size=...)`.
+fewer B x B temporaries), the memory-bounded `siglip_loss(chunk_size=...)`, and the same with labels
+(`LABEL_CLASSES` classes drawn at random, so about B / LABEL_CLASSES positives per row).
 Each configuration runs in a fresh subprocess; its peak memory is the kernel's resident-set high-water mark
 (VmHWM, reset through /proc/self/clear_refs after a warm-up) minus the resident set just before the timed
 forward + backward, so it counts every byte the loss allocates (torch's CPU tensors live outside Python's
@@ -61,11 +67,25 @@ def _reference(images, texts, logit_scale, logit_bias) -> torch.Tensor:
     return sigmoid_loss(texts @ images.T * logit_scale.exp() + logit_bias)
 
 
+LABEL_CLASSES = 1000
+
+
+def _labelled(chunk: int):
+    """The memory-bounded loss with a label per pair out of LABEL_CLASSES (made inside the timed step)."""
+
+    def loss(images, texts, logit_scale, logit_bias):
+        labels = torch.randint(LABEL_CLASSES, (len(images),), generator=torch.Generator().manual_seed(0))
+        return siglip_loss(images, texts, logit_scale, logit_bias, chunk_size=chunk, labels=labels)
+
+    return loss
+
+
 # name: (loss function given the chunk size, how its peak grows with B)
 LOSSES = {
     "reference": (lambda chunk: _reference, 2),
     "siglip_loss": (lambda chunk: siglip_loss, 2),
     "memory-bounded": (lambda chunk: functools.partial(siglip_loss, chunk_size=chunk), 1),
+    "memory-bounded, labels": (_labelled, 1),
 }
 
 
@@ -78,20 +98,21 @@ def _step(inputs: list[torch.Tensor], loss_fn) -> float:
     return time.perf_counter() - start
 
 
-def measure_one(name: str, batch: int, width: int, chunk: int) -> dict:
-    """Time and peak extra memory of one forward + backward in this process, after a small warm-up."""
+def measure_one(name: str, batch: int, width: int, chunk: int, repeats: int = 1) -> dict:
+    """Time (the fastest of `repeats`, the least disturbed by other work on the machine) and peak extra memory
+    of one forward + backward in this process, after a small warm-up."""
     loss_fn = LOSSES[name][0](chunk)
     _step(_inputs(256, width), LOSSES[name][0](min(chunk, 128)))
     start = _status_mib("VmRSS")
     inputs = _inputs(batch, width)
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
     before = _status_mib("VmRSS")
-    seconds = _step(inputs, loss_fn)
+    seconds = min(_step(inputs, loss_fn) for _ in range(repeats))
     return dict(seconds=seconds, inputs_mib=before - start, peak_mib=_status_mib("VmHWM") - before)
 
 
-def _run_isolated(name: str, batch: int, width: int, chunk: int) -> dict:
-    args = [sys.executable, __file__, "--one", name, str(batch), str(width), str(chunk)]
+def _run_isolated(name: str, batch: int, width: int, chunk: int, repeats: int) -> dict:
+    args = [sys.executable, __file__, "--one", name, str(batch), str(width), str(chunk), str(repeats)]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -102,7 +123,15 @@ def _largest_batch(runs: dict[int, dict], budget_mib: float, power: int) -> int:
     return int(batch * (budget_mib / (run["inputs_mib"] + run["peak_mib"])) ** (1 / power))
 
 
-def single_process(batch_sizes: list[int], width: int, chunk: int, naive_max: int, budget_gib: float) -> str:
+def single_process(
+    batch_sizes: list[int],
+    width: int,
+    chunk: int,
+    naive_max: int,
+    budget_gib: float,
+    losses: list[str],
+    repeats: int,
+) -> str:
     lines = [
         f"Forward + backward on one process, D = {width}, float32, memory-bounded chunk {chunk}; peak = what the "
         "loss adds to the inputs\n",
@@ -111,11 +140,11 @@ def single_process(batch_sizes: list[int], width: int, chunk: int, naive_max: in
     ]
     runs = {name: {} for name in LOSSES}
     for batch in batch_sizes:
-        for name in LOSSES:
+        for name in losses:
             if batch > naive_max and LOSSES[name][1] == 2:
                 lines.append(f"| {batch} | {name} | not run | | | |")
                 continue
-            run = runs[name][batch] = _run_isolated(name, batch, width, chunk)
+            run = runs[name][batch] = _run_isolated(name, batch, width, chunk, repeats)
             ref = runs["reference"].get(batch)
             ratios = (
                 f"{run['peak_mib'] / ref['peak_mib']:.1%} | {run['seconds'] / ref['seconds']:.2f}x"
@@ -124,9 +153,17 @@ def single_process(batch_sizes: list[int], width: int, chunk: int, naive_max: in
             )
             lines.append(f"| {batch} | {name} | {run['peak_mib']:.0f} | {run['seconds']:.2f} | {ratios} |")
             print(lines[-1], file=sys.stderr, flush=True)
+    for batch, labelled in runs["memory-bounded, labels"].items():
+        if batch in runs["memory-bounded"]:
+            plain = runs["memory-bounded"][batch]
+            lines.append(
+                f"\nB = {batch}, labels against none: time {labelled['seconds'] / plain['seconds']:.3f}x, "
+                f"peak {labelled['peak_mib']:.0f} MiB against {plain['peak_mib']:.0f} MiB"
+            )
     largest = [
-        f"{name} {_largest_batch(runs[name], budget_gib * 1024, power)}"
-        for name, (_, power) in LOSSES.items()
+        f"{name} {_largest_batch(runs[name], budget_gib * 1024, LOSSES[name][1])}"
+        for name in losses
+        if runs[name]
     ]
     lines.append(
         f"\nLargest B within {budget_gib:g} GiB, inputs included (extrapolated from the largest run): "
@@ -195,13 +232,20 @@ def main() -> None:
     parser.add_argument("--per-rank", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--skip-ring", action="store_true")
-    parser.add_argument("--one", nargs=4, metavar=("LOSS", "B", "D", "CHUNK"), help=argparse.SUPPRESS)
+    parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES))
+    parser.add_argument("--repeats", type=int, default=1, help="steps per run, the fastest counts")
+    parser.add_argument("--one", nargs=5, metavar=("LOSS", "B", "D", "CHUNK", "R"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        name, batch, width, chunk = args.one
-        print(json.dumps(measure_one(name, int(batch), int(width), int(chunk))))
+        name, batch, width, chunk, repeats = args.one
+        print(json.dumps(measure_one(name, int(batch), int(width), int(chunk), int(repeats))))
         return
-    print(single_process(args.batch_sizes, args.width, args.chunk, args.naive_max_batch, args.budget_gib))
+    print(
+        single_process(
+            args.batch_sizes, args.width, args.chunk, args.naive_max_batch, args.budget_gib, args.losses,
+            args.repeats,
+        )
+    )  # fmt: skip
     if not args.skip_ring:
         print()
         print(ring_vs_all_gather(args.world, args.per_rank, args.width, args.steps))

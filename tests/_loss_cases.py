@@ -31,11 +31,29 @@ def leaves(batch: Batch) -> Batch:
     return tuple(t.detach().clone().requires_grad_() for t in batch)
 
 
-def reference(batch: Batch) -> tuple[torch.Tensor, Batch]:
-    """Loss and gradients (images, texts, scale, bias) of the whole batch, computed as `SiglipModel` does."""
+def class_labels(n: int, classes: int = 3, seed: int = 0) -> torch.Tensor:
+    """Labels of `n` pairs drawn from `classes` classes (so most rows have several positives), or ids
+    0..n-1 in a random order when `classes` is None (one positive per row)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randperm(n, generator=gen) if classes is None else torch.randint(classes, (n,), generator=gen)
+    )
+
+
+def reference(batch: Batch, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Batch]:
+    """Loss and gradients (images, texts, scale, bias) of the whole batch: without labels computed as
+    `SiglipModel` does; with labels from the label matrix `2 [c_i == c_j] - 1`, in float64."""
     images, texts, logit_scale, logit_bias = inputs = leaves(batch)
-    loss = sigmoid_loss(texts @ images.T * logit_scale.exp() + logit_bias)
+    loss = reference_loss(texts @ images.T * logit_scale.exp() + logit_bias, labels)
     return loss.detach(), torch.autograd.grad(loss, inputs)
+
+
+def reference_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The loss of square `logits`: `sigmoid_loss` without labels, else from the label matrix in float64."""
+    if labels is None:
+        return sigmoid_loss(logits)
+    matrix = 2.0 * (labels[:, None] == labels[None, :]).double() - 1.0
+    return -F.logsigmoid(matrix * logits.double()).sum() / len(labels)
 
 
 def max_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:

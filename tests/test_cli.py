@@ -213,6 +213,12 @@ def test_eval_zeroshot_and_retrieval(checkpoint, embedder, photos, tmp_path):
         c: float(h) for c, h in zip(["astronaut", "cat", "coffee"], hits, strict=True)
     }
     assert report["plot"] == str(plot) and Image.open(plot).format == "PNG"
+    reliability_plot = tmp_path / "reliability-diagram.png"  # beside the confusion matrix
+    assert (
+        report["reliability_plot"] == str(reliability_plot) and Image.open(reliability_plot).format == "PNG"
+    )
+    assert 0 <= report["ece"] <= 1 and 0 <= report["median_true_class_probability"] <= 1
+    assert sum(report["reliability"]["count"]) == 3
 
     captions = ["Color image of the astronaut Eileen Collins.", "Chelsea the cat.", "Coffee cup."]
     (tmp_path / "pairs.jsonl").write_text(

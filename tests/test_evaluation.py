@@ -13,8 +13,11 @@ from _material import CORRUPT_REASON
 from siglip import evaluate_retrieval, evaluate_zeroshot
 from siglip.tools.evaluation import (
     confusion_matrix,
+    expected_calibration_error,
     plot_confusion_matrix,
+    plot_reliability_diagram,
     recall_at_k,
+    reliability,
     retrieval_report,
     topk_accuracy,
     zeroshot_report,
@@ -51,10 +54,44 @@ def test_metrics_agree_with_plain_loops():
     ]
 
 
+def _ece_by_loops(confidence, correct, bins):
+    """ECE one bin at a time: bin k holds confidences in [k / bins, (k + 1) / bins), the last bin also 1."""
+    total = 0.0
+    for k in range(bins):
+        members = [
+            i
+            for i, c in enumerate(confidence)
+            if k / bins <= c < (k + 1) / bins or (k == bins - 1 and c == 1)
+        ]
+        if members:
+            accuracy = sum(correct[i] for i in members) / len(members)
+            mean_confidence = sum(confidence[i] for i in members) / len(members)
+            total += len(members) / len(confidence) * abs(accuracy - mean_confidence)
+    return total
+
+
+def test_calibration_metrics_agree_with_plain_loops():
+    rng = np.random.default_rng(0)
+    confidence = np.concatenate([rng.random(200), [0.0, 1.0, 0.5]])
+    correct = rng.random(len(confidence)) < confidence  # roughly calibrated
+    for bins in (1, 10, 15):
+        assert expected_calibration_error(confidence, correct, bins) == pytest.approx(
+            _ece_by_loops(confidence, correct, bins)
+        )
+    # by hand: two bins of two; |1/2 - 0.2| and |1 - 0.9|, each weighted 1/2
+    by_hand = reliability(np.array([0.1, 0.3, 0.85, 0.95]), np.array([True, False, True, True]), bins=2)
+    assert by_hand.count.tolist() == [2, 2] and by_hand.accuracy.tolist() == [0.5, 1.0]
+    assert by_hand.ece == pytest.approx((0.3 + 0.1) / 2)
+    perfect = reliability(np.array([1.0, 1.0]), np.array([True, True]))  # empty bins count for nothing
+    assert perfect.ece == 0.0 and np.isnan(perfect.accuracy[0]) and perfect.to_dict()["accuracy"][0] is None
+
+
 def test_zeroshot_report_per_class_recall_and_top5_with_few_classes():
     scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
     report = zeroshot_report(scores, np.array([0, 1, 1, 2]), ["cat", "dog", "car"])
     assert (report.top1, report.top5) == (0.75, 1.0)  # top-5 of 3 classes counts all of them
+    assert report.median_true_class_probability == pytest.approx(0.7)  # median of 0.9, 0.7, 0.3, 0.7
+    assert report.ece == pytest.approx(_ece_by_loops([0.9, 0.7, 0.6, 0.7], [True, True, False, True], 15))
     assert report.per_class_recall == {"cat": 1.0, "dog": 0.5, "car": 1.0}
     assert report.mean_per_class_recall == pytest.approx(2.5 / 3)
     empty_class = zeroshot_report(scores[:2], np.array([0, 1]), ["cat", "dog", "car"])
@@ -88,11 +125,13 @@ def test_evaluate_zeroshot_equals_hand_computation(embedder, photos, tmp_path):
     ]
     images = [p for p in images if p.name != "broken.jpg"]
     labels = np.array([classes.index(p.parent.name.replace("_", " ")) for p in images])
-    scores = (
-        embedder.embed_images([str(p) for p in images])
+    cosines = (
+        embedder.embed_images([str(p) for p in images], batch_size=2)
         @ embedder.embed_texts([f"a photo of {c}." for c in classes]).T
     )
-    predicted = scores.argmax(axis=1)
+    scale, bias = embedder.model.logit_scale.float().exp().item(), embedder.model.logit_bias.float().item()
+    probabilities = 1 / (1 + np.exp(-(cosines * scale + bias)))  # the model's weights may be bf16: not exp(t)
+    predicted = cosines.argmax(axis=1)
 
     assert report.classes == classes and report.count == 5
     assert report.top1 == pytest.approx(np.mean(predicted == labels))
@@ -102,10 +141,15 @@ def test_evaluate_zeroshot_equals_hand_computation(embedder, photos, tmp_path):
     assert report.confusion.sum() == 5 and np.trace(report.confusion) == np.sum(predicted == labels)
     assert [p for p, _ in report.skipped] == [str(root / "rocket" / "broken.jpg")]
     assert report.skipped[0][1].startswith(CORRUPT_REASON)
+    true_class = probabilities[np.arange(5), labels]
+    assert report.median_true_class_probability == pytest.approx(np.median(true_class), rel=1e-5)
+    confidence = probabilities.max(axis=1)
+    assert report.ece == pytest.approx(_ece_by_loops(confidence, predicted == labels, 15), rel=1e-5)
 
-    png = plot_confusion_matrix(report, tmp_path / "confusion.png")
-    with Image.open(png) as plot:
-        assert plot.format == "PNG" and plot.width > 300 and plot.height > 300
+    for draw in (plot_confusion_matrix, plot_reliability_diagram):
+        png = draw(report, tmp_path / f"{draw.__name__}.png")
+        with Image.open(png) as plot:
+            assert plot.format == "PNG" and plot.width > 300 and plot.height > 300
 
 
 def test_evaluate_zeroshot_bad_data(embedder, tmp_path):

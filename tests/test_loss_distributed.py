@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from _loss_cases import global_batch, leaves, max_error, reference
-from siglip import siglip_loss, sigmoid_loss
+from _loss_cases import class_labels, global_batch, leaves, max_error, reference, reference_loss
+from siglip import siglip_loss
 
 WORLDS = (1, 2, 3, 4)
 TOL = 1e-5
@@ -41,19 +41,35 @@ MATCH_CASES = {
     "ring-chunk2-empty-rank": dict(mode="ring", chunk_size=2, uneven="empty"),
     "all_gather-empty-rank": dict(mode="all_gather", uneven="empty"),
     "ring-chunk2-bf16-autocast": dict(mode="ring", chunk_size=2, uneven=True, autocast=True),
+    # labels: 3 classes over the global batch, so every block of the ring holds positives
+    "ring-labels": dict(mode="ring", labelled=True),
+    "ring-chunk4-uneven-labels": dict(mode="ring", chunk_size=4, uneven=True, labelled=True),
+    "ring-chunk2-empty-rank-labels": dict(mode="ring", chunk_size=2, uneven="empty", labelled=True),
+    "all_gather-uneven-labels": dict(mode="all_gather", uneven=True, labelled=True),
+    "all_gather-empty-rank-labels": dict(mode="all_gather", uneven="empty", labelled=True),
+    "ring-chunk4-uneven-float32-labels": dict(
+        mode="ring", chunk_size=4, uneven=True, dtype=torch.float32, labelled=True
+    ),
 }
-# Which rank spoils its (images, texts), how, and what every rank must then be told.
+# (mode, chunk size) whose loss and gradients with unique labels must equal those without, bit for bit
+UNIQUE_LABEL_CASES = (("ring", None), ("ring", 2), ("all_gather", None))
+# Which rank spoils its (images, texts, labels), how, and what every rank must then be told.
 ERROR_CASES = {
     "batch-mismatch": (
         -1,
-        lambda i, t: (i, t[:3]),
+        lambda i, t, c: (i, t[:3], c),
         "as many images as texts.* 4 images and 3 texts on rank {last}",
     ),
-    "width-mismatch": (-1, lambda i, t: (i[:, :6], t[:, :6]), r"one width; got widths \[8, .*6\]"),
+    "width-mismatch": (-1, lambda i, t, c: (i[:, :6], t[:, :6], c), r"one width; got widths \[8, .*6\]"),
     "non-finite": (
         0,
-        lambda i, t: (i, t.index_fill(1, torch.tensor([2]), math.nan)),
+        lambda i, t, c: (i, t.index_fill(1, torch.tensor([2]), math.nan), c),
         "non-finite .* on rank 0",
+    ),
+    "labels-on-one-rank": (
+        -1,
+        lambda i, t, c: (i, t, torch.arange(4)),
+        r"labels must be given on every rank or on none; given on ranks \[{last}\]",
     ),
 }
 
@@ -69,19 +85,31 @@ def _own(sizes: list[int], rank: int) -> slice:
 
 
 def _match(
-    rank, world, mode, chunk_size=None, uneven=False, dtype=torch.float64, autocast=False, column_major=False
+    rank,
+    world,
+    mode,
+    chunk_size=None,
+    uneven=False,
+    dtype=torch.float64,
+    autocast=False,
+    column_major=False,
+    labelled=False,
 ) -> dict:
     """Errors of this rank's loss and (DDP-averaged) gradients against the whole batch's on one process."""
     sizes = _sizes(world, uneven)
     batch = global_batch(sum(sizes), dtype=torch.float32 if autocast else dtype)
+    labels = class_labels(sum(sizes), 3) if labelled else None
     if autocast:  # bf16 embeddings from the towers, float32 parameters
         batch = (batch[0].bfloat16(), batch[1].bfloat16(), *batch[2:])
-    ref_loss, ref_grads = reference(tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in batch))
+    ref_loss, ref_grads = reference(
+        tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in batch), labels
+    )
     own = _own(sizes, rank)
     images, texts, scale, bias = inputs = leaves((batch[0][own], batch[1][own], *batch[2:]))
+    own_labels = None if labels is None else labels[own]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         sent = texts.T.contiguous().T if column_major else texts  # send/receive want contiguous tensors
-        loss = siglip_loss(images, sent, scale, bias, mode=mode, chunk_size=chunk_size)
+        loss = siglip_loss(images, sent, scale, bias, mode=mode, chunk_size=chunk_size, labels=own_labels)
     loss.backward()
     # What DDP makes of it: the mean over ranks. The embeddings' gradients are each rank's alone (W x the
     # reference); the scalars' are shares of it.
@@ -89,12 +117,34 @@ def _match(
     dist.all_reduce(scalars)
     grads = (images.grad / world, texts.grad / world, *scalars.split(1))
     refs = (ref_grads[0][own], ref_grads[1][own], *ref_grads[2:])
-    errors = {"loss": max_error(loss, ref_loss)}
+    # float32 errors relative to the magnitude past 1 (with labels, the loss and dL/dt reach about 100)
+    errors = {"loss": max_error(loss, ref_loss) / max(1.0, _largest(ref_loss))}
     for name, ours, theirs, t in zip(("images", "texts", "scale", "bias"), grads, refs, inputs, strict=True):
         # bf16 gradients are float32 ones rounded (W times larger, before the mean): allow one bf16 epsilon
-        tol = theirs.abs().max().item() * 2**-7 if t.dtype == torch.bfloat16 else TOL
+        tol = _largest(theirs) * 2**-7 if t.dtype == torch.bfloat16 else TOL * max(1.0, _largest(theirs))
         errors[name] = max_error(ours, theirs) / tol * TOL
     return errors
+
+
+def _largest(t: torch.Tensor) -> float:
+    return t.abs().max().item() if t.numel() else 0.0
+
+
+def _unique_labels_bit_identical(rank, world) -> dict[str, bool]:
+    """Whether the loss and gradients with unique (global) labels equal those without labels exactly."""
+    sizes = _sizes(world, uneven=True)
+    batch = global_batch(sum(sizes), dtype=torch.float32)
+    own = _own(sizes, rank)
+    identical = {}
+    for mode, chunk_size in UNIQUE_LABEL_CASES:
+        results = []
+        for labels in (None, torch.arange(sum(sizes))[own] * 3 + 1):
+            inputs = leaves((batch[0][own], batch[1][own], *batch[2:]))
+            loss = siglip_loss(*inputs, mode=mode, chunk_size=chunk_size, labels=labels)
+            loss.backward()
+            results.append((loss, *(t.grad for t in inputs)))
+        identical[f"{mode}-chunk{chunk_size}"] = all(map(torch.equal, *results))
+    return identical
 
 
 class _TwoTowers(nn.Module):
@@ -116,29 +166,33 @@ def _ddp(rank, world) -> dict:
     torch.manual_seed(0)
     model = _TwoTowers().double()
     pixels, tokens = torch.randn(sum(sizes), 5).double(), torch.randn(sum(sizes), 7).double()
-    single = copy.deepcopy(model)
-    images, texts = single(pixels, tokens)
-    sigmoid_loss(texts @ images.T * single.logit_scale.exp() + single.logit_bias).backward()
     ddp, own, errors = DistributedDataParallel(model), _own(sizes, rank), {}
-    for mode, chunk_size in (("ring", 3), ("all_gather", None)):
-        ddp.zero_grad()
-        images, texts = ddp(pixels[own], tokens[own])
-        siglip_loss(
-            images, texts, model.logit_scale, model.logit_bias, mode=mode, chunk_size=chunk_size
-        ).backward()
-        for (name, ours), theirs in zip(model.named_parameters(), single.parameters(), strict=True):
-            errors[f"{mode}:{name}"] = max_error(ours.grad, theirs.grad)
+    for labels in (None, class_labels(sum(sizes), 3)):
+        single = copy.deepcopy(model)
+        images, texts = single(pixels, tokens)
+        reference_loss(texts @ images.T * single.logit_scale.exp() + single.logit_bias, labels).backward()
+        for mode, chunk_size in (("ring", 3), ("all_gather", None)):
+            ddp.zero_grad()
+            images, texts = ddp(pixels[own], tokens[own])
+            siglip_loss(
+                images, texts, model.logit_scale, model.logit_bias, mode=mode, chunk_size=chunk_size,
+                labels=None if labels is None else labels[own],
+            ).backward()  # fmt: skip
+            for (name, ours), theirs in zip(model.named_parameters(), single.parameters(), strict=True):
+                key = f"{mode}{'-labels' if labels is not None else ''}:{name}"
+                errors[key] = max_error(ours.grad, theirs.grad)
     return errors
 
 
 def _error_message(rank, world, case: str) -> str:
     """What this rank raises when one rank spoils its input as ERROR_CASES[case] says."""
     images, texts, scale, bias = global_batch(4)
+    labels = None
     spoiler, spoil, _ = ERROR_CASES[case]
     if rank == spoiler % world:
-        images, texts = spoil(images, texts)
+        images, texts, labels = spoil(images, texts, labels)
     try:
-        siglip_loss(images, texts, scale, bias, mode="ring")
+        siglip_loss(images, texts, scale, bias, mode="ring", labels=labels)
     except ValueError as e:
         return str(e)
     return "no error"
@@ -154,6 +208,7 @@ def _worker(rank: int, world: int, store: str, results: str) -> None:
         report = {case: _error_message(rank, world, case) for case in ERROR_CASES if world > 1}
         report |= {case: _match(rank, world, **options) for case, options in MATCH_CASES.items()}
         report["ddp"] = _ddp(rank, world)
+        report["unique-labels"] = _unique_labels_bit_identical(rank, world)
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(report, gathered)
         if rank == 0:
@@ -191,6 +246,11 @@ def test_loss_and_gradients_match_the_whole_batch(reports, case):
 
 def test_ddp_gradients_are_the_whole_batch_gradients(reports):
     assert not _over_tolerance(reports, "ddp")
+
+
+@pytest.mark.parametrize("case", [f"{mode}-chunk{chunk}" for mode, chunk in UNIQUE_LABEL_CASES])
+def test_unique_labels_are_bit_identical_to_no_labels(reports, case):
+    assert all(report["unique-labels"][case] for report in reports)
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)

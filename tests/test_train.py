@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 
 from _reference import quiet_transformers
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
-from siglip.tools.training import DataError, TrainConfig, latest_checkpoint, train
+from siglip.tools.embedder import Embedder
+from siglip.tools.evaluation import evaluate_zeroshot
+from siglip.tools.training import DataError, TrainConfig, latest_checkpoint, train, trainer
 from siglip.tools.training.data import ClassFolderDataset
 from siglip.tools.training.trainer import _param_groups, _schedule
 
@@ -87,6 +89,61 @@ def test_training_lowers_the_loss_and_learns_the_classes(start, colours, tmp_pat
     model = SiglipModel.from_pretrained(final)  # the final model is a complete checkpoint directory
     assert SiglipProcessor.from_pretrained(final).tokenizer.model_max_length == 12
     assert model.config.text_config.vocab_size == 1000
+
+
+def test_class_labels_raise_the_true_class_probability(start, colours, tmp_path):
+    # Without labels each image meets the other captions of its colour as negatives, which holds every
+    # probability low; with class labels they are positives and the true class's probability rises.
+    reports = {}
+    for labelled in (True, False):
+        final = train(_config(start, colours, tmp_path / str(labelled), steps=30, class_labels=labelled))
+        embedder = Embedder.from_pretrained(final, device="cpu", precision="fp32")
+        reports[labelled] = evaluate_zeroshot(colours, embedder, ["a photo of {}"], workers=0, progress=False)
+    assert reports[True].top1 >= 0.9
+    with_labels, without = (reports[k].median_true_class_probability for k in (True, False))
+    assert with_labels > 0.5 > without and with_labels > 2 * without, (with_labels, without)
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "expected"),
+    [
+        ("folders", {}, "colour"),  # class ids by default
+        ("folders", dict(class_labels=False), None),
+        ("pairs", {}, None),
+        ("pairs", dict(group_column="colour"), "colour"),
+        ("pairs", dict(group_identical_captions=True), "caption"),
+    ],
+)
+def test_labels_reach_the_loss(start, colours, tmp_path, monkeypatch, data, options, expected):
+    """What `siglip_loss` is given per micro-batch: no labels, or labels equal exactly where `expected` is."""
+    calls = []
+
+    def recording_loss(*args, labels=None, **kwargs):
+        calls.append(labels)
+        return siglip_loss(*args, labels=labels, **kwargs)
+
+    siglip_loss = trainer.siglip_loss
+    monkeypatch.setattr(trainer, "siglip_loss", recording_loss)
+    rows = [{**r, "colour": Path(r["image"]).parent.name} for r in _colour_rows(colours)]
+    for r in rows[::2]:  # two captions per colour: equal captions are a finer grouping than colours
+        r["caption"] = "a patch of " + r["colour"]
+    source = colours if data == "folders" else _pairs(tmp_path, colours, rows)
+    out = tmp_path / "run"
+    train(_config(start, source, out, steps=2, batch_size=48, grad_accum=2, lr=0.0, workers=0, **options))
+    assert len(calls) == 4  # 2 steps x 2 micro-batches
+    if expected is None:
+        assert calls == [None] * 4
+        return
+    # Which rows each micro-batch held, in the order the loader gives them (the same seeded order).
+    layout = trainer.BatchLayout(48, 2, seed=1)
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(layout.epoch_seed(0))).tolist()
+    key_of = (
+        ClassFolderDataset(colours, None, ["{}"]).labels if data == "folders" else [r[expected] for r in rows]
+    )
+    for m, labels in enumerate(calls):
+        truth = [key_of[i] for i in order[m * 24 : (m + 1) * 24]]
+        same_truth = torch.tensor([[a == b for b in truth] for a in truth])
+        assert labels.dtype == torch.long and torch.equal(labels[:, None] == labels[None, :], same_truth)
 
 
 def test_lock_image_keeps_the_image_tower(start, colours, tmp_path):
@@ -350,3 +407,7 @@ def test_config_errors(start, tmp_path):
         TrainConfig(data="x", output_dir="y", model="m", grad_clip=-1)
     with pytest.raises(ValueError, match="eval_every needs eval_data"):
         TrainConfig(data="x", output_dir="y", model="m", eval_every=5)
+    with pytest.raises(ValueError, match="one of group_column or group_identical_captions"):
+        TrainConfig(data="x", output_dir="y", model="m", group_column="g", group_identical_captions=True)
+    with pytest.raises(DataError, match="a group column labels the rows of a pairs file"):
+        train(_config(start, tmp_path, tmp_path / "out", group_column="g"))

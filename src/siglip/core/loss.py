@@ -3,7 +3,9 @@
 Every image-text pair is an independent binary classification: the matching pair (the diagonal) is positive,
 every other pair negative. With logits `z_ij = exp(t) <x_i, y_j> + b` and labels `l_ij = 2 [i == j] - 1`, the
 loss is `-(1/N) sum_ij log sigmoid(l_ij z_ij)`: a sum over one axis, a mean over the other (big_vision's
-`sum / batch`).
+`sum / batch`). Unlike softmax, the sigmoid takes any number of positives per row exactly: with a label per
+pair (`siglip_loss(labels=...)`: a class id, or one id for identical captions), `l_ij = 2 [c_i == c_j] - 1`,
+so pairs of one class are positives rather than false negatives.
 
 `sigmoid_loss` is that definition on a square block of logits (what `SiglipModel(return_loss=True)` returns).
 `siglip_loss` computes it from embeddings, also for a global batch spread over the ranks of a
@@ -16,6 +18,10 @@ its images while the texts travel, and the logits never need to exist all at onc
 - `mode="all_gather"`: the simple baseline; gathers every text and builds this rank's b x B logits at once.
 - `chunk_size`: with `mode="local"` or `"ring"`, logits exist one `chunk_size x chunk_size` tile at a time in
   both passes (a custom autograd function recomputes them in backward), so memory is O(b D), not O(b B).
+
+With labels, every block may hold positives: the labels travel round the ring (or are gathered) with the texts,
+and each tile compares its rows' labels with its columns'. Without labels only a rank's own block has
+positives, on its diagonal, which is negated in place without building any label matrix.
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ from ..errors import UsageError
 
 Mode = Literal["local", "all_gather", "ring"]
 MODES: tuple[str, ...] = ("local", "all_gather", "ring")
+# Where a block (or tile) of logits has its positive pairs: on the diagonal with this offset (an int), where the
+# rows' labels equal the columns' (a pair of label vectors), or nowhere (None).
+Positives = int | tuple[torch.Tensor, torch.Tensor] | None
+# Labelled logits are signed a strip of rows at a time, while the strip is in cache: the signs never take more
+# than this many elements (64 KiB in float32).
+SIGN_STRIP = 2**14
 
 
 def sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -72,6 +84,7 @@ def siglip_loss(
     mode: Mode = "local",
     chunk_size: int | None = None,
     group: dist.ProcessGroup | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The sigmoid loss of the global batch, from this rank's L2-normalised embeddings.
 
@@ -85,6 +98,11 @@ def siglip_loss(
         chunk_size: with "local" or "ring", build the logits `chunk_size x chunk_size` at a time in forward
             and backward, so that memory grows as O(b D) instead of O(b^2) or O(b B). None: whole blocks.
         group: the process group for "ring" and "all_gather"; None is the default group.
+        labels: None (image i and text j match only when they are the same pair, i == j), or this rank's (b,)
+            integer labels, one per pair: image i and text j (of any rank) match when their pairs' labels are
+            equal, e.g. a class id, or one id per distinct caption. Labels must agree across ranks (the same
+            class has the same id everywhere) and be given on every rank or on none. Unique labels give
+            exactly the loss of None.
 
     Returns:
         `-(1/B) sum_ij log sigmoid(l_ij z_ij)` over all B = sum of b images and B texts of the global batch
@@ -101,9 +119,9 @@ def siglip_loss(
 
     Raises:
         ValueError, on every rank, when the ranks' inputs do not fit together (2-D, as many images as texts,
-        one width, one value in each of logit_scale and logit_bias) or hold a NaN or infinity. The check costs
-        one small all_gather before the exchange, so a bad rank fails everywhere instead of leaving the other
-        ranks waiting.
+        one width, one value in each of logit_scale and logit_bias, one integer label per pair on every rank
+        or labels on none) or hold a NaN or infinity. The check costs one small all_gather before the
+        exchange, so a bad rank fails everywhere instead of leaving the other ranks waiting.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -112,22 +130,30 @@ def siglip_loss(
         raise ValueError(f"mode={mode!r} needs an initialised torch.distributed process group")
     if mode != "local" and group is None:
         group = dist.group.WORLD
-    sizes = _batch_sizes(image_embeds, text_embeds, logit_scale, logit_bias, group)
+    sizes = _batch_sizes(image_embeds, text_embeds, logit_scale, logit_bias, labels, group)
+    if labels is not None:  # one dtype on every rank, for the exchange
+        labels = labels.to(image_embeds.device, torch.long)
     with _without_autocast(image_embeds.device):
-        loss = _loss_sum(image_embeds, text_embeds, logit_scale, logit_bias, mode, chunk_size, group, sizes)
+        loss = _loss_sum(
+            image_embeds, text_embeds, logit_scale, logit_bias, labels, mode, chunk_size, group, sizes
+        )
         loss = loss / sum(sizes)
         return _SumOverRanks.apply(loss, group) if len(sizes) > 1 else loss
 
 
-def _loss_sum(x, y, logit_scale, logit_bias, mode, chunk, group, sizes) -> torch.Tensor:
+def _loss_sum(x, y, logit_scale, logit_bias, labels, mode, chunk, group, sizes) -> torch.Tensor:
     """Sum of the pair losses of this rank's images against the global batch's texts."""
     if mode == "all_gather" and len(sizes) > 1:
         rank = dist.get_rank(group)
         texts = _AllGather.apply(y, group, sizes)
-        return _naive_nll_sum(x, texts, logit_scale, logit_bias, sum(sizes[:rank]))
+        if labels is None:
+            positives: Positives = sum(sizes[:rank])
+        else:
+            positives = (labels, _all_gather(labels[:, None], group, sizes).flatten())
+        return _naive_nll_sum(x, texts, logit_scale, logit_bias, positives)
     if chunk is None and mode != "ring":
-        return _naive_nll_sum(x, y, logit_scale, logit_bias, 0)
-    return _BlockwiseLoss.apply(x, y, logit_scale, logit_bias, _Ring(group, sizes), chunk)
+        return _naive_nll_sum(x, y, logit_scale, logit_bias, 0 if labels is None else (labels, labels))
+    return _BlockwiseLoss.apply(x, y, logit_scale, logit_bias, labels, _Ring(group, sizes), chunk)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -138,15 +164,45 @@ def _without_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def _negate_positives_(t: torch.Tensor, positives: int | None) -> torch.Tensor:
-    """Multiply `t` in place by minus the labels: negate the positive pairs, which lie on the diagonal with
-    offset `positives` (none if None), and keep the rest. Flipping signs builds no label matrix."""
-    if positives is not None:
+def _negate_positives_(t: torch.Tensor, positives: Positives) -> torch.Tensor:
+    """Multiply `t` in place by minus the labels: negate the positive pairs (`Positives`) and keep the rest.
+    A diagonal is flipped in place, building no label matrix; labelled pairs are multiplied by their signs,
+    built a strip of rows at a time (at most SIGN_STRIP of them exist at once)."""
+    if isinstance(positives, int):
         t.diagonal(positives).neg_()
+    elif positives is not None:
+        for strip, signs in _label_strips(t, *positives):
+            strip.mul_(signs)
     return t
 
 
-def _times_labels_(logits: torch.Tensor, positives: int | None) -> torch.Tensor:
+def _signed_sigmoid_(t: torch.Tensor, positives: Positives) -> torch.Tensor:
+    """Replace `t` in place by -l sigmoid(-l t), the derivative of -log sigmoid(l t): exact even where
+    sigmoid(l t) rounds to 1. Labelled strips are signed, squashed and signed again while in cache."""
+    if not isinstance(positives, tuple):
+        return _negate_positives_(_negate_positives_(t, positives).sigmoid_(), positives)
+    for strip, signs in _label_strips(t, *positives):
+        strip.mul_(signs).sigmoid_().mul_(signs)
+    return t
+
+
+def _label_strips(
+    t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """(a strip of rows of `t`, its signs `_minus_labels`) for strips of at most SIGN_STRIP elements."""
+    strip = max(1, SIGN_STRIP // max(len(cols), 1))
+    for i in range(0, len(rows), strip):
+        yield t[i : i + strip], _minus_labels(rows[i : i + strip], cols, t.dtype)
+
+
+def _minus_labels(rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Minus the labels of the pairs of images labelled `rows` and texts labelled `cols`: -1 where the labels
+    are equal (positives), +1 elsewhere (negatives)."""
+    one = torch.ones((), dtype=dtype, device=rows.device)
+    return torch.where(rows[:, None] == cols, -one, one)
+
+
+def _times_labels_(logits: torch.Tensor, positives: Positives) -> torch.Tensor:
     """Multiply `logits` in place by the labels: +1 on the positive pairs, -1 everywhere else."""
     return _negate_positives_(logits.neg_(), positives)
 
@@ -160,28 +216,43 @@ def _logits(scaled_images: torch.Tensor, texts: torch.Tensor, bias: torch.Tensor
     return torch.addmm(bias, scaled_images, texts.to(scaled_images.dtype).T)
 
 
-def _naive_nll_sum(x, y, logit_scale, logit_bias, positives: int) -> torch.Tensor:
+def _naive_nll_sum(x, y, logit_scale, logit_bias, positives: Positives) -> torch.Tensor:
     """All of this rank's logits at once, differentiated by autograd (which keeps them for backward)."""
     sx = _scaled(x, logit_scale)
     logits = _logits(sx, y, logit_bias.to(sx.dtype))
     return -F.logsigmoid(_times_labels_(logits, positives)).sum()
 
 
+class _Block(NamedTuple):
+    """A rank's texts as they meet this rank's images: embeddings, labels (None: unlabelled) and whether they
+    are this rank's own texts."""
+
+    embeds: torch.Tensor
+    labels: torch.Tensor | None
+    own: bool
+
+
 class _Images(NamedTuple):
-    """This rank's images with what their logits need: the log temperature, the bias (in the compute dtype)
-    and the tile size (None: whole blocks)."""
+    """This rank's images with what their logits need: the log temperature, the bias (in the compute dtype),
+    the tile size (None: whole blocks) and the pairs' labels (None: the diagonal pairs match)."""
 
     embeds: torch.Tensor
     logit_scale: torch.Tensor
     bias: torch.Tensor
     chunk: int | None
+    labels: torch.Tensor | None
 
-    def tiles(self, texts: torch.Tensor, positives: int | None) -> Iterator[tuple[slice, slice, int | None]]:
-        """(image rows, text rows, the positives' diagonal within the tile) of each tile of logits."""
-        rows, cols = self.chunk or max(len(self.embeds), 1), self.chunk or max(len(texts), 1)
+    def tiles(self, texts: _Block) -> Iterator[tuple[slice, slice, Positives]]:
+        """(image rows, text rows, the tile's positives) of each tile of logits against a block of texts."""
+        embeds, labels, own = texts
+        rows, cols = self.chunk or max(len(self.embeds), 1), self.chunk or max(len(embeds), 1)
         for i in range(0, len(self.embeds), rows):
-            for j in range(0, len(texts), cols):
-                yield slice(i, i + rows), slice(j, j + cols), None if positives is None else positives + i - j
+            for j in range(0, len(embeds), cols):
+                if self.labels is not None:
+                    tile: Positives = (self.labels[i : i + rows], labels[j : j + cols])
+                else:  # only this rank's own block holds positives, on its diagonal
+                    tile = i - j if own else None
+                yield slice(i, i + rows), slice(j, j + cols), tile
 
     def tile(self, texts: torch.Tensor, rows: slice, cols: slice) -> tuple[torch.Tensor, ...]:
         """The scaled images, the texts and the logits of one tile. Scaling a tile's rows here rather than all
@@ -192,32 +263,41 @@ class _Images(NamedTuple):
 
 
 @torch.no_grad()
-def _nll_sum(images: _Images, texts: torch.Tensor, positives: int | None) -> torch.Tensor:
+def _nll_sum(images: _Images, texts: _Block) -> torch.Tensor:
     """Sum of -log sigmoid(l z) = softplus(-l z) over the logits of `images` against `texts`, tile by tile.
 
     softplus needs no sign flip of the whole tile and no buffer beside its output, unlike logsigmoid; it
     returns x itself past x = 20, which differs from log(1 + e^x) by under e^-20, below float32 resolution.
     """
     total = images.bias.new_zeros(())
-    for rows, cols, diagonal in images.tiles(texts, positives):
-        _, _, logits = images.tile(texts, rows, cols)
-        total += F.softplus(_negate_positives_(logits, diagonal)).sum()
+    for rows, cols, positives in images.tiles(texts):
+        total += _tile_nll_sum(images, texts.embeds, rows, cols, positives)
     return total
 
 
+def _tile_nll_sum(images: _Images, texts, rows, cols, positives: Positives) -> torch.Tensor:
+    """One tile's part of `_nll_sum`. Its temporaries die with the call, so one tile's exist at a time."""
+    _, _, logits = images.tile(texts, rows, cols)
+    return F.softplus(_negate_positives_(logits, positives)).sum()
+
+
 @torch.no_grad()
-def _nll_backward_(images: _Images, texts, positives, grad, grad_sx, grad_texts) -> torch.Tensor:
+def _nll_backward_(images: _Images, texts: _Block, grad, grad_sx, grad_texts) -> torch.Tensor:
     """Add `grad` times the gradient of `_nll_sum` w.r.t. the scaled images exp(t) x and the texts to
     `grad_sx` and `grad_texts`; return the gradient w.r.t. the bias. Recomputes each tile of logits."""
     grad_bias = images.bias.new_zeros(())
-    for rows, cols, diagonal in images.tiles(texts, positives):
-        sx, tile_texts, logits = images.tile(texts, rows, cols)
-        # d/dz of -log sigmoid(l z) is -l sigmoid(-l z): exact even where sigmoid(l z) rounds to 1
-        g = _negate_positives_(_negate_positives_(logits, diagonal).sigmoid_(), diagonal).mul_(grad)
-        grad_bias += g.sum()
-        grad_sx[rows].addmm_(g, tile_texts)
-        grad_texts[cols].addmm_(g.T, sx)
+    for rows, cols, positives in images.tiles(texts):
+        grad_bias += _tile_backward_(images, texts.embeds, rows, cols, positives, grad, grad_sx, grad_texts)
     return grad_bias
+
+
+def _tile_backward_(images: _Images, texts, rows, cols, positives, grad, grad_sx, grad_texts) -> torch.Tensor:
+    """One tile's part of `_nll_backward_` (its temporaries die with the call)."""
+    sx, tile_texts, logits = images.tile(texts, rows, cols)
+    g = _signed_sigmoid_(logits, positives).mul_(grad)
+    grad_sx[rows].addmm_(g, tile_texts)
+    grad_texts[cols].addmm_(g.T, sx)
+    return g.sum()
 
 
 class _Ring:
@@ -279,40 +359,45 @@ class _BlockwiseLoss(torch.autograd.Function):
     """Sum of the pair losses of this rank's images against every rank's texts, which the ring brings by.
 
     Only the inputs are saved (O(b D)); backward sends the texts round again and recomputes every tile of
-    logits, each carrying the gradient its visits add to it. With a ring of one process this is the
-    memory-bounded loss of the local batch.
+    logits, each carrying the gradient its visits add to it. Labels, if any, travel with their texts. With a
+    ring of one process this is the memory-bounded loss of the local batch.
     """
 
     @staticmethod
-    def forward(ctx, image_embeds, text_embeds, logit_scale, logit_bias, ring: _Ring, chunk: int | None):
-        ctx.save_for_backward(image_embeds, text_embeds, logit_scale, logit_bias)
+    def forward(ctx, image_embeds, text_embeds, logit_scale, logit_bias, labels, ring: _Ring, chunk):
+        ctx.save_for_backward(image_embeds, text_embeds, logit_scale, logit_bias, labels)
         ctx.ring, ctx.chunk = ring, chunk
-        images = _Images(image_embeds, logit_scale, logit_bias.to(_compute_dtype(image_embeds)), chunk)
-        total = _nll_sum(images, text_embeds, 0)  # own texts: the only block with positives
-        flows = [(text_embeds,)] * 2
+        bias = logit_bias.to(_compute_dtype(image_embeds))
+        images = _Images(image_embeds, logit_scale, bias, chunk, labels)
+        total = _nll_sum(images, _Block(text_embeds, labels, own=True))
+        flows = [_setting_off(text_embeds, labels)] * 2
         for step in range(1, ring.steps + 1):
             flows = ring.shift(step, flows)
-            for (texts,) in flows:
-                total += _nll_sum(images, texts, None)
+            for flow in flows:
+                total += _nll_sum(images, _visiting(flow, labels))
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, y, logit_scale, logit_bias = ctx.saved_tensors
+        x, y, logit_scale, logit_bias, labels = ctx.saved_tensors
         ring, dtype = ctx.ring, _compute_dtype(x)
         with _without_autocast(x.device):
-            images = _Images(x, logit_scale, logit_bias.to(dtype), ctx.chunk)
+            images = _Images(x, logit_scale, logit_bias.to(dtype), ctx.chunk, labels)
             grad_sx, grad_y = torch.zeros_like(x, dtype=dtype), torch.zeros_like(y, dtype=dtype)
-            grad_bias = _nll_backward_(images, y, 0, grad, grad_sx, grad_y)
+            grad_bias = _nll_backward_(images, _Block(y, labels, own=True), grad, grad_sx, grad_y)
             # Texts set off bare; the first rank they reach starts their gradient, later ones add to it.
-            carried = [(y,)] * 2
+            bare = _setting_off(y, labels)
+            carried = [bare] * 2
             for step in range(1, ring.steps + 1):
-                for i, (texts, *carried_grad) in enumerate(ring.shift(step, carried)):
-                    grad_texts = carried_grad[0] if carried_grad else torch.zeros_like(texts, dtype=dtype)
-                    grad_bias += _nll_backward_(images, texts, None, grad, grad_sx, grad_texts)
-                    carried[i] = (texts, grad_texts)
-            for g in ring.send_home([g for _, g in carried[: ring.directions(1)]]):
+                for i, flow in enumerate(ring.shift(step, carried)):
+                    texts = _visiting(flow, labels)
+                    grad_texts = (
+                        flow[-1] if len(flow) > len(bare) else torch.zeros_like(texts.embeds, dtype=dtype)
+                    )
+                    grad_bias += _nll_backward_(images, texts, grad, grad_sx, grad_texts)
+                    carried[i] = (*flow[: len(bare)], grad_texts)
+            for g in ring.send_home([flow[-1] for flow in carried[: ring.directions(1)]]):
                 grad_y += g
             # Chain rule through sx = exp(t) x: dL/dt = <dL/dsx, sx> = exp(t) <dL/dsx, x>, dL/dx = exp(t) dL/dsx.
             scale = logit_scale.to(dtype).exp()
@@ -325,7 +410,18 @@ class _BlockwiseLoss(torch.autograd.Function):
             grad_bias.to(logit_bias.dtype).view_as(logit_bias),
             None,
             None,
+            None,
         )
+
+
+def _setting_off(texts: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """What a rank sends round the ring: its texts, with their labels if labelled."""
+    return (texts,) if labels is None else (texts, labels)
+
+
+def _visiting(flow: tuple[torch.Tensor, ...], labels: torch.Tensor | None) -> _Block:
+    """Another rank's texts that the ring brings: `_setting_off`'s tuple (then maybe a carried gradient)."""
+    return _Block(flow[0], None if labels is None else flow[1], own=False)
 
 
 class _AllGather(torch.autograd.Function):
@@ -334,10 +430,7 @@ class _AllGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, texts, group, sizes: list[int]):
         ctx.group, ctx.sizes = group, sizes
-        # Collectives want equal shapes: pad every rank's block to the largest and strip the padding after.
-        parts = [texts.new_empty((max(sizes), texts.shape[1])) for _ in sizes]
-        dist.all_gather(parts, _pad_rows(texts, max(sizes)), group=group)
-        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+        return _all_gather(texts, group, sizes)
 
     @staticmethod
     @once_differentiable
@@ -367,11 +460,19 @@ class _SumOverRanks(torch.autograd.Function):
         return grad, None
 
 
+def _all_gather(t: torch.Tensor, group, sizes: list[int]) -> torch.Tensor:
+    """Every rank's rows of `t` (b, ...) in rank order, for ranks holding `sizes[r]` rows each."""
+    # Collectives want equal shapes: pad every rank's block to the largest and strip the padding after.
+    parts = [t.new_empty((max(sizes), *t.shape[1:])) for _ in sizes]
+    dist.all_gather(parts, _pad_rows(t, max(sizes)), group=group)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return F.pad(t, (0, 0, 0, rows - len(t)))
 
 
-def _batch_sizes(x, y, logit_scale, logit_bias, group: dist.ProcessGroup | None) -> list[int]:
+def _batch_sizes(x, y, logit_scale, logit_bias, labels, group: dist.ProcessGroup | None) -> list[int]:
     """Every rank's batch size, once all ranks' inputs are known to fit together.
 
     One small all_gather of each rank's shapes and a finiteness flag: a problem on any rank raises the same
@@ -381,9 +482,12 @@ def _batch_sizes(x, y, logit_scale, logit_bias, group: dist.ProcessGroup | None)
     n_images, width_images = x.shape if matrices else (0, 0)
     n_texts, width_texts = y.shape if matrices else (0, 0)
     scalars = logit_scale.numel() == 1 and logit_bias.numel() == 1
+    labelled = labels is not None
+    # -1: not a vector of integers
+    n_labels = len(labels) if labelled and labels.ndim == 1 and not _not_integer(labels.dtype) else -1
     finite = torch.stack([t.isfinite().all() for t in (x, y, logit_scale, logit_bias)]).all()
-    shapes = torch.tensor([matrices, n_images, n_texts, width_images, width_texts, scalars], device=x.device)
-    stats = torch.cat([shapes, finite.view(1).long()])
+    shapes = [matrices, n_images, n_texts, width_images, width_texts, scalars, labelled, n_labels]
+    stats = torch.cat([torch.tensor(shapes, device=x.device), finite.view(1).long()])
     world = dist.get_world_size(group) if group is not None else 1
     if world > 1:
         gathered = [torch.empty_like(stats) for _ in range(world)]
@@ -396,9 +500,15 @@ def _batch_sizes(x, y, logit_scale, logit_bias, group: dist.ProcessGroup | None)
     return [n_images for _, n_images, *_ in rows]
 
 
+def _not_integer(dtype: torch.dtype) -> bool:
+    """Floating-point, complex or bool: not a dtype for labels."""
+    return dtype.is_floating_point or dtype.is_complex or dtype == torch.bool
+
+
 def _input_problem(rows: list[list[int]]) -> str | None:
     """What is wrong with the ranks' inputs, described by `_batch_sizes`' statistics; None if nothing."""
-    for rank, (matrices, n_images, n_texts, width_images, width_texts, scalars, finite) in enumerate(rows):
+    for rank, row in enumerate(rows):
+        matrices, n_images, n_texts, width_images, width_texts, scalars, labelled, n_labels, finite = row
         where = f" on rank {rank}" if len(rows) > 1 else ""
         if not matrices:
             return f"image_embeds and text_embeds must be 2-D (batch, width){where}"
@@ -413,10 +523,19 @@ def _input_problem(rows: list[list[int]]) -> str | None:
             )
         if not scalars:
             return f"logit_scale and logit_bias must hold one value each{where}"
+        if labelled and n_labels < 0:
+            return f"labels must be a vector of integers (one per image-text pair){where}"
+        if labelled and n_labels != n_images:
+            return (
+                f"labels must hold one label per image-text pair; got {n_labels} for {n_images} pairs{where}"
+            )
         if not finite:
             return f"non-finite values (NaN or infinity) in the loss inputs{where}"
     if sum(row[1] for row in rows) == 0:  # one rank may hold no pairs (all its images failed), not every one
         return "the batch is empty: no image-text pair on any rank"
+    if len({row[6] for row in rows}) > 1:
+        given = [rank for rank, row in enumerate(rows) if row[6]]
+        return f"labels must be given on every rank or on none; given on ranks {given} of 0..{len(rows) - 1}"
     widths = [row[3] for row in rows]
     if len(set(widths)) > 1:
         return f"the ranks' embeddings must have one width; got widths {widths} on ranks 0..{len(rows) - 1}"

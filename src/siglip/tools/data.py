@@ -41,8 +41,8 @@ ImageProcessor = (
 class Sample:
     """One image after loading: its model inputs (`pixel_values`, and for NaFlex models
     `pixel_attention_mask` and `spatial_shapes`, each without the batch axis), or None with the `reason` it
-    could not be used; `index` (its position in the caller's list), `caption` and `micro` (its micro-batch)
-    travel with it."""
+    could not be used; `index` (its position in the caller's list), `caption`, `micro` (its micro-batch) and
+    `label` (a class or group id, the same on every rank; None when the source has none) travel with it."""
 
     inputs: dict[str, np.ndarray] | None
     source: str
@@ -50,6 +50,7 @@ class Sample:
     index: int = 0
     caption: str = ""
     micro: int = 0
+    label: int | None = None
 
 
 def load_sample(processor: ImageProcessor, image: Any, source: str, **fields: Any) -> Sample:
@@ -80,6 +81,10 @@ class Batch:
     @property
     def micro(self) -> list[int]:
         return [s.micro for s in self.loaded]
+
+    @property
+    def labels(self) -> list[int | None]:
+        return [s.label for s in self.loaded]
 
 
 def collate(samples: list[Sample]) -> Batch:
@@ -131,28 +136,35 @@ class ClassFolders:
 
 class PairsFile:
     """(image path, caption) rows of a CSV, TSV or JSONL file: `images`, `captions`, and `missing` (the image
-    files that do not exist, whose rows are dropped). A wrong column name, an empty caption or an unreadable
+    files that do not exist, whose rows are dropped); with `group_column`, `groups`: each kept row's group as
+    the index of its value among the file's distinct values, in order of first appearance (else None). A wrong column name, an empty caption or an unreadable
     file is a `DataError` naming the file and the line. Files are read as spreadsheets and other programs
     write them: UTF-8 with or without a byte-order mark, CRLF line ends, quoted fields (a quoted caption may
     span lines; errors give the line where its row starts).
     """
 
     def __init__(
-        self, path: str | Path, image_column: str = "image", caption_column: str = "caption"
+        self,
+        path: str | Path,
+        image_column: str = "image",
+        caption_column: str = "caption",
+        group_column: str | None = None,
     ) -> None:
         self.path = Path(path)
         rows = _read_rows(self.path)
         if not rows:
             raise DataError(f"{self.path} has no rows")
-        for column in (image_column, caption_column):
+        for column in (image_column, caption_column, *([group_column] if group_column else [])):
             if column not in rows[0][1]:
                 raise DataError(
                     f"{self.path} has no column {column!r} (columns: {sorted(rows[0][1])}); set "
-                    "--image-column / --caption-column"
+                    "--image-column / --caption-column / --group-column"
                 )
         self.images: list[str] = []
         self.captions: list[str] = []
         self.missing: list[str] = []
+        self.groups: list[int] | None = None if group_column is None else []
+        group_ids: dict[str, int] = {}
         for line, row in rows:
             caption = row.get(caption_column)
             if not isinstance(caption, str) or not caption.strip():
@@ -163,6 +175,8 @@ class PairsFile:
                 continue
             self.images.append(str(image))
             self.captions.append(caption)
+            if self.groups is not None:
+                self.groups.append(group_ids.setdefault(str(row.get(group_column)), len(group_ids)))
 
     def __len__(self) -> int:
         return len(self.images)

@@ -3,6 +3,9 @@
 Metrics are computed as CLIP_benchmark computes them:
 - zero-shot: top-1 and top-5 accuracy (top-k with k = min(5, classes)), per-class recall and its mean
   (balanced accuracy), and the confusion matrix; classes are prompt-ensembled label embeddings;
+- calibration of the zero-shot probabilities `sigmoid(exp(t) cos + b)` (each class scored independently):
+  the expected calibration error of the top-1 probability over equal-width confidence bins (Guo et al. 2017)
+  with its reliability diagram, and the median probability given to the true class;
 - retrieval: recall@k in the CLIP-paper sense, the fraction of queries with at least one correct item among
   their k best, for text -> image (each caption has one image) and image -> text (an image may have
   several captions); k larger than the number of candidates counts all of them.
@@ -17,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import NoImagesError
 from .data import ClassFolders, PairsFile
 from .deps import require
 from .embedder import Embedder
 from .files import skipped_as_json
-from .zeroshot import DEFAULT_TEMPLATE
+from .zeroshot import DEFAULT_TEMPLATE, scores
 
 RECALL_KS = (1, 5, 10)
+CALIBRATION_BINS = 15
 
 
 # --- metrics (plain numpy, independent of the model) ------------------------------------------------------
@@ -50,10 +55,54 @@ def recall_at_k(scores: np.ndarray, positives: np.ndarray, k: int) -> float:
     return float(np.take_along_axis(positives, best, axis=1).any(axis=1).mean())
 
 
+@dataclass
+class Reliability:
+    """Predictions grouped by confidence into equal-width bins of [0, 1]: per bin, how many, their mean
+    confidence and their accuracy (NaN for an empty bin)."""
+
+    edges: np.ndarray  # (bins + 1,)
+    count: np.ndarray  # (bins,)
+    confidence: np.ndarray  # (bins,)
+    accuracy: np.ndarray  # (bins,)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: the count-weighted mean of |accuracy - confidence| over the bins."""
+        filled = self.count > 0
+        gaps = np.abs(self.accuracy[filled] - self.confidence[filled])
+        return float((self.count[filled] * gaps).sum() / self.count.sum())
+
+    def to_dict(self) -> dict[str, list]:
+        return {
+            "edges": self.edges.tolist(),
+            "count": self.count.tolist(),
+            "confidence": [None if np.isnan(c) else c for c in self.confidence.tolist()],
+            "accuracy": [None if np.isnan(a) else a for a in self.accuracy.tolist()],
+        }
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> Reliability:
+    """Bin predictions of `confidence` (N,) in [0, 1], right (`correct`, bool (N,)) or not, into `bins`
+    equal-width bins; bin k holds confidences in [k / bins, (k + 1) / bins), the last one also 1."""
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore"):  # empty bins: 0 / 0 = NaN
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(index, weights=correct.astype(np.float64), minlength=bins) / count
+    return Reliability(np.linspace(0.0, 1.0, bins + 1), count, mean_confidence, accuracy)
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
+    """ECE of predictions of `confidence` (N,) that are `correct` (bool (N,)), over `bins` equal-width bins."""
+    return reliability(confidence, correct, bins).ece
+
+
 # --- zero-shot classification -----------------------------------------------------------------------------
 @dataclass
 class ZeroShotReport:
-    """Zero-shot results on a folder of class folders."""
+    """Zero-shot results on a folder of class folders, with the calibration of the probabilities."""
 
     classes: list[str]
     top1: float
@@ -62,6 +111,9 @@ class ZeroShotReport:
     per_class_recall: dict[str, float | None]  # None: no readable image of that class
     confusion: np.ndarray  # (C, C) counts, row = true class
     count: int  # images evaluated
+    ece: float  # expected calibration error of the top-1 probability
+    median_true_class_probability: float
+    reliability: Reliability  # of the top-1 probability
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,32 +121,43 @@ class ZeroShotReport:
             "top1": self.top1,
             "top5": self.top5,
             "mean_per_class_recall": self.mean_per_class_recall,
+            "ece": self.ece,
+            "median_true_class_probability": self.median_true_class_probability,
             "per_class_recall": self.per_class_recall,
             "count": self.count,
             "classes": self.classes,
             "confusion": self.confusion.tolist(),
+            "reliability": self.reliability.to_dict(),
             "skipped": skipped_as_json(self.skipped),
         }
 
 
 def zeroshot_report(
-    scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], skipped: Sequence[tuple[str, str]] = ()
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> ZeroShotReport:
-    """The metrics of image-by-class `scores` (N, C) against the true `labels` (N,)."""
-    confusion = confusion_matrix(labels, scores.argmax(axis=1), len(classes))
+    """The metrics of image-by-class `probabilities` (N, C) against the true `labels` (N,)."""
+    predicted = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(labels, predicted, len(classes))
     per_class = confusion.sum(axis=1)
     recall = {
         c: float(confusion[i, i] / per_class[i]) if per_class[i] else None for i, c in enumerate(classes)
     }
     present = [r for r in recall.values() if r is not None]
+    bins = reliability(probabilities.max(axis=1), predicted == labels)
     return ZeroShotReport(
         classes=list(classes),
-        top1=topk_accuracy(scores, labels, 1),
-        top5=topk_accuracy(scores, labels, 5),
+        top1=topk_accuracy(probabilities, labels, 1),
+        top5=topk_accuracy(probabilities, labels, 5),
         mean_per_class_recall=float(np.mean(present)),
         per_class_recall=recall,
         confusion=confusion,
         count=len(labels),
+        ece=bins.ece,
+        median_true_class_probability=float(np.median(probabilities[np.arange(len(labels)), labels])),
+        reliability=bins,
         skipped=list(skipped),
     )
 
@@ -110,28 +173,35 @@ def evaluate_zeroshot(
     """Zero-shot classification of `data`, a folder with one sub-folder of images per class.
 
     Class names are the folder names with `_` read as a space; each class is the ensemble of `templates`.
-    Unreadable images are skipped and listed in the report.
+    An image's probability for a class is the model's `sigmoid(exp(t) cos + b)`. Unreadable images are
+    skipped and listed in the report.
     """
     dataset = ClassFolders(data)
-    classes = embedder.class_embeddings(dataset.class_names, templates)
+    classes = torch.from_numpy(embedder.class_embeddings(dataset.class_names, templates))
     label_of = dict(zip(dataset.images, dataset.labels, strict=True))
-    scores, labels, skipped = [], [], list(dataset.skipped)
+    probabilities, labels, skipped = [], [], list(dataset.skipped)
     for batch in embedder.embed_files(dataset.images, batch_size, workers, progress):
-        scores.append(batch.vectors @ classes.T)  # cosine: same ranking as the sigmoid scores
+        probabilities.append(scores(embedder.model, torch.from_numpy(batch.vectors), classes).numpy())
         labels += [label_of[f.path] for f in batch.files]
         skipped += [(f.path, reason) for f, reason in batch.failed]
     if not labels:
         raise NoImagesError(f"none of the {len(dataset)} images in '{data}' could be read")
-    return zeroshot_report(np.concatenate(scores), np.array(labels), dataset.class_names, skipped)
+    return zeroshot_report(np.concatenate(probabilities), np.array(labels), dataset.class_names, skipped)
 
 
-def plot_confusion_matrix(report: ZeroShotReport, path: str | os.PathLike) -> Path:
-    """Write the confusion matrix as a PNG heat map: rows normalised to recall, counts written in small ones."""
-    require("matplotlib", "eval", "the confusion-matrix plot")
+def _pyplot(purpose: str) -> Any:
+    require("matplotlib", "eval", purpose)
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(report: ZeroShotReport, path: str | os.PathLike) -> Path:
+    """Write the confusion matrix as a PNG heat map: rows normalised to recall, counts written in small ones."""
+    plt = _pyplot("the confusion-matrix plot")
 
     confusion = report.confusion
     n = len(report.classes)
@@ -149,6 +219,37 @@ def plot_confusion_matrix(report: ZeroShotReport, path: str | os.PathLike) -> Pa
         for (i, j), count in np.ndenumerate(confusion):
             color = "white" if rates[i, j] > 0.5 else "black"
             ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability_diagram(report: ZeroShotReport, path: str | os.PathLike) -> Path:
+    """Write the reliability diagram of the top-1 probability as a PNG: per confidence bin, the accuracy
+    (bars) against the mean confidence (the diagonal is perfect calibration), and how many images fell in it."""
+    plt = _pyplot("the reliability diagram")
+    bins = report.reliability
+    width = np.diff(bins.edges)
+    filled = bins.count > 0
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.bar(bins.edges[:-1][filled], bins.accuracy[filled], width=width[filled], align="edge",
+           color="tab:blue", edgecolor="white", label="accuracy")  # fmt: skip
+    ax.plot(bins.confidence[filled], bins.accuracy[filled], "o", color="tab:orange", markersize=4,
+            label="(mean confidence, accuracy)")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy of the top-1 class")
+    ax.set_title(
+        f"top-1 {report.top1:.1%}, ECE {report.ece:.3f}, median true-class p "
+        f"{report.median_true_class_probability:.2f}",
+        fontsize=10,
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    counts.bar(bins.edges[:-1], bins.count, width=width, align="edge", color="grey", edgecolor="white")
+    counts.set(xlabel="top-1 probability (confidence)", ylabel="images")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -100,7 +100,9 @@ class Siglip2VisionEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, spatial_shapes: torch.Tensor) -> torch.Tensor:
         _check_patch_inputs(pixel_values, spatial_shapes, self.patch_embedding.in_features)
-        patches = self.patch_embedding(pixel_values.to(self.position_embedding.weight.dtype))  # (int8: no .weight)
+        patches = self.patch_embedding(
+            pixel_values.to(self.position_embedding.weight.dtype)
+        )  # (int8: no .weight)
         return patches + self.resized_positions(spatial_shapes, pixel_values.shape[1])
 
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..deps import require
-from ..evaluation import evaluate_retrieval, evaluate_zeroshot, plot_confusion_matrix
+from ..evaluation import (
+    CALIBRATION_BINS,
+    evaluate_retrieval,
+    evaluate_zeroshot,
+    plot_confusion_matrix,
+    plot_reliability_diagram,
+)
 from ._options import (
     add_loader_options,
     add_model_options,
@@ -26,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     zeroshot = tasks.add_parser(
         "zeroshot",
-        help="top-1/top-5 accuracy and per-class recall on a folder of class folders",
+        help="top-1/top-5 accuracy, per-class recall and calibration on a folder of class folders",
         description="DATA holds one folder of images per class; the folder name (with _ as space) is the label.",
     )
     zeroshot.add_argument("--data", required=True, help="folder of class folders")
@@ -36,6 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=output_file,
         default="confusion-matrix.png",
         help="confusion-matrix PNG (default: confusion-matrix.png)",
+    )
+    zeroshot.add_argument(
+        "--reliability-plot",
+        help="reliability-diagram PNG (default: reliability-diagram.png beside the confusion matrix)",
     )
     zeroshot.set_defaults(run=run_zeroshot)
 
@@ -62,8 +73,11 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     require("matplotlib", "eval", "the confusion-matrix plot")  # fail before the work, not after
     report = evaluate_zeroshot(args.data, load_model(args), templates, **loader_kwargs(args))
     plot = plot_confusion_matrix(report, args.plot)
+    reliability_plot = plot_reliability_diagram(
+        report, args.reliability_plot or Path(args.plot).with_name("reliability-diagram.png")
+    )
     if args.json:
-        print_json({**report.to_dict(), "plot": str(plot)})
+        print_json({**report.to_dict(), "plot": str(plot), "reliability_plot": str(reliability_plot)})
     else:
         print(f"{report.count} images, {len(report.classes)} classes")
         print(
@@ -74,7 +88,12 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             for i, (name, recall) in enumerate(report.per_class_recall.items())
         ]
         print(table(rows, ["class", "recall", "images"]))
+        print(
+            f"calibration of the top-1 probability: ECE {report.ece:.4f} ({CALIBRATION_BINS} bins); "
+            f"median probability of the true class {report.median_true_class_probability:.4f}"
+        )
         print(f"confusion matrix: {plot}")
+        print(f"reliability diagram: {reliability_plot}")
     report_skipped("eval", report.skipped)
     return 0
 

@@ -2,8 +2,9 @@
 
 Three sources, chosen by the `data` argument:
 - a `.csv`, `.tsv` or `.jsonl` file of (image path, caption) rows; relative paths are relative to the file;
+  an optional group column labels the pairs (rows of one group are positives for each other in the loss);
 - a directory with one sub-folder of images per class; each sample's caption is a template (`"a photo of
-  a {}."`) filled with the class name (the folder name, `_` read as a space);
+  a {}."`) filled with the class name (the folder name, `_` read as a space), and its label is the class;
 - WebDataset `.tar` shards (a path, a glob or a brace pattern such as `shards/{000000..000099}.tar`), each
   sample an image (`jpg`, `png`, `webp`, ...) plus a caption (`txt`, or `json` with a "caption" field).
 
@@ -85,7 +86,9 @@ class BatchLayout:
 class PairsDataset(Dataset):
     """The (image, caption) rows of a pairs file (`PairsFile`), loaded for training.
 
-    Rows with a missing image file are dropped before training (and counted in `missing`).
+    Rows with a missing image file are dropped before training (and counted in `missing`). With
+    `group_column`, each sample's label is the index of its group value among the file's distinct
+    values, in order of first appearance.
     """
 
     def __init__(
@@ -94,10 +97,12 @@ class PairsDataset(Dataset):
         processor: SiglipImageProcessor,
         image_column: str = "image",
         caption_column: str = "caption",
+        group_column: str | None = None,
     ) -> None:
-        self.pairs = PairsFile(path, image_column, caption_column)
+        self.pairs = PairsFile(path, image_column, caption_column, group_column)
         self.processor = processor
         self.images, self.captions, self.missing = self.pairs.images, self.pairs.captions, self.pairs.missing
+        self.labels = self.pairs.groups
 
     def __len__(self) -> int:
         return len(self.images)
@@ -107,8 +112,9 @@ class PairsDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> Sample:
         index, epoch, micro = key
-        image = self.images[index]
-        return load_sample(self.processor, image, image, caption=self.caption(index, epoch), micro=micro)
+        image, label = self.images[index], None if self.labels is None else self.labels[index]
+        caption = self.caption(index, epoch)
+        return load_sample(self.processor, image, image, caption=caption, micro=micro, label=label)
 
 
 class ClassFolderDataset(Dataset):
@@ -142,8 +148,10 @@ class ClassFolderDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> Sample:
         index, epoch, micro = key
-        image = self.images[index]
-        return load_sample(self.processor, image, image, caption=self.caption(index, epoch), micro=micro)
+        image, caption = self.images[index], self.caption(index, epoch)
+        return load_sample(
+            self.processor, image, image, caption=caption, micro=micro, label=self.labels[index]
+        )
 
 
 class GlobalBatchSampler(Sampler):
@@ -275,13 +283,16 @@ def build_source(
     layout: BatchLayout,
     image_column: str = "image",
     caption_column: str = "caption",
+    group_column: str | None = None,
 ) -> Dataset | WebDatasetSource:
     """The source behind `data`: a pairs file, a folder of class folders, or WebDataset shards."""
     path = Path(data)
     if path.suffix.lower() in PAIRS_SUFFIXES:
         if not path.is_file():
             raise DataError(f"pairs file not found: {path}")
-        return PairsDataset(path, processor, image_column, caption_column)
+        return PairsDataset(path, processor, image_column, caption_column, group_column)
+    if group_column is not None:
+        raise DataError(f"a group column labels the rows of a pairs file; {data!r} is not one")
     if path.is_dir():
         return ClassFolderDataset(path, processor, templates, layout.seed)
     if ".tar" in data:

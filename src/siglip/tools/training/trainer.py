@@ -8,6 +8,11 @@ its own sigmoid-loss batch: accumulation saves memory but sees fewer negatives p
 the processes. The loss of a micro-batch is that of the whole micro-batch over all ranks (`siglip_loss`, ring
 or all-gather), so N processes train exactly as one process would.
 
+Labels: where the data says which pairs belong together, the loss counts every image-text pair of one label as
+positive instead of as a false negative (`siglip_loss(labels=...)`): the class of class-folder data (unless
+`--no-class-labels`), a pairs file's `--group-column`, or, with `--group-identical-captions`, captions whose
+tokens are identical.
+
 Checkpoints (`output_dir/checkpoints/step-XXXXXXXX/`) are complete model directories (`from_pretrained`
 loads them) plus `training_state.pt` (optimizer, scheduler, random states, data position). They are written
 under a temporary name and renamed when complete, and `output_dir/checkpoints/latest` names the newest; a
@@ -17,6 +22,7 @@ run killed at any moment resumes (`--resume`) from the last complete one and con
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -47,6 +53,7 @@ from ..precision import Precision, check_precision, resolve_precision
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 from .data import (
     BatchLayout,
+    ClassFolderDataset,
     WebDatasetSource,
     batches_per_epoch,
     build_source,
@@ -80,6 +87,19 @@ class TrainConfig:
     )
     image_column: str = field(default="image", metadata={"help": "pairs-file column with image paths"})
     caption_column: str = field(default="caption", metadata={"help": "pairs-file column with captions"})
+    class_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "class folders: every pair of one class is a positive, not only the image's caption"
+        },
+    )
+    group_column: str | None = field(
+        default=None, metadata={"help": "pairs-file column whose equal values make pairs positives"}
+    )
+    group_identical_captions: bool = field(
+        default=False,
+        metadata={"help": "pairs and shards: captions that tokenize identically make pairs positives"},
+    )
     batch_size: int = field(default=256, metadata={"help": "global batch per optimizer step, all processes"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (each its own loss batch)"})
     epochs: float = field(default=1.0, metadata={"help": "length of the run in passes over the data"})
@@ -149,6 +169,8 @@ class TrainConfig:
         check_chunk_size(self.loss_chunk_size, self.loss, "loss_chunk_size")
         check_templates(self.templates)
         check_templates(self.eval_templates)
+        if self.group_column is not None and self.group_identical_captions:
+            raise UsageError("pass one of group_column or group_identical_captions: each labels the pairs")
         if self.eval_every and not self.eval_data:
             raise UsageError("eval_every needs eval_data: a folder with one sub-folder of images per class")
 
@@ -315,6 +337,7 @@ def _source(config: TrainConfig, processor: Processor, layout: BatchLayout) -> D
         layout=layout,
         image_column=config.image_column,
         caption_column=config.caption_column,
+        group_column=config.group_column,
     )
     missing, checked = missing_files(source)
     if missing:
@@ -365,6 +388,9 @@ def train(config: TrainConfig) -> Path:
     configure_images(processor, config.model or config.config, max_num_patches=config.max_num_patches)
     layout = BatchLayout(config.batch_size, config.grad_accum, dist_.rank, dist_.world, config.seed)
     source = _source(config, processor, layout)  # the data is checked before the model loads
+    labelled = config.group_column is not None or (
+        isinstance(source, ClassFolderDataset) and config.class_labels
+    )
     per_epoch = batches_per_epoch(source, layout)
     total_steps = config.steps or max(1, int(config.epochs * per_epoch))
     if dist_.main:
@@ -399,7 +425,7 @@ def train(config: TrainConfig) -> Path:
     clock, window = time.perf_counter(), 0
 
     for step, batch in _batches(config, source, layout, state["step"], per_epoch, total_steps):
-        loss = _train_step(config, towers, model, processor, batch, dist_, precision)
+        loss = _train_step(config, towers, model, processor, batch, dist_, precision, labelled)
         grad_norm = _optimizer_step(config, model, optimizer, scheduler)
         seen, failed = _global_counts(len(batch.captions), len(batch.failed), dist_)
         state = {"step": step + 1, "seen": state["seen"] + seen, "failed": state["failed"] + failed}
@@ -468,11 +494,13 @@ def _train_step(
     batch: Batch,
     dist_: _Dist,
     precision: Precision,
+    labelled: bool,
 ) -> float:
     """Forward and backward of one global batch, micro-batch by micro-batch; returns the mean loss.
 
     Every rank runs every micro-batch, even one its share leaves empty (all its images failed, or a
     micro-batch smaller than the world): the loss and DDP communicate, so all ranks must take part.
+    `labelled`: the samples' labels (class or group ids) say which pairs are positives.
     """
     text_config = model.config.text_config
     micro = torch.tensor(batch.micro, dtype=torch.long)
@@ -487,6 +515,12 @@ def _train_step(
         else:
             images = empty_inputs(processor.image_processor)
             ids = torch.zeros(0, text_config.max_position_embeddings, dtype=torch.long)
+        if labelled:
+            labels: torch.Tensor | None = torch.tensor(
+                [batch.labels[i] for i in rows.tolist()], dtype=torch.long
+            )
+        else:
+            labels = _token_groups(ids) if config.group_identical_captions else None
         last = m == config.grad_accum - 1
         with towers.no_sync() if ddp and not last else nullcontext():
             with precision.context(dist_.device):
@@ -495,10 +529,18 @@ def _train_step(
             loss = siglip_loss(
                 image, text, model.logit_scale, model.logit_bias,
                 mode="local" if dist_.world == 1 else config.loss, chunk_size=config.loss_chunk_size,
+                labels=None if labels is None else labels.to(dist_.device),
             )  # fmt: skip
             (loss / config.grad_accum).backward()
         total += loss.item()
     return total / config.grad_accum
+
+
+def _token_groups(ids: torch.Tensor) -> torch.Tensor:
+    """One label per distinct row of token ids (captions that give the same text embedding), equal on every
+    rank without communication: the first 8 bytes of the row's BLAKE2 hash."""
+    digests = [hashlib.blake2b(row.numpy().tobytes(), digest_size=8).digest() for row in ids.cpu()]
+    return torch.tensor([int.from_bytes(d, "little", signed=True) for d in digests], dtype=torch.long)
 
 
 def _optimizer_step(
