@@ -467,11 +467,22 @@ class TwoTowerMixin:
 
 class ClassifierMixin:
     """What the image classifiers share (`SiglipForImageClassification`, `Siglip2ForImageClassification`):
-    the loss chosen by `config.problem_type` as transformers chooses it. The class sets `classifier` and
-    `num_labels`."""
+    a vision tower of the class's `vision_transformer_class`, a linear `classifier` on its pooled tokens, and
+    the loss chosen by `config.problem_type` as transformers chooses it."""
 
-    classifier: nn.Module
-    num_labels: int
+    vision_transformer_class: type[nn.Module]
+    _new_head_prefixes = ("classifier.",)
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vision_model = self.vision_transformer_class(config.vision_config)
+        hidden = config.vision_config.hidden_size
+        self.classifier = nn.Linear(hidden, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)
@@ -651,18 +662,7 @@ class SiglipForImageClassification(ClassifierMixin, SiglipPreTrainedModel):
     """
 
     config_class = SiglipConfig
-    _new_head_prefixes = ("classifier.",)
-
-    def __init__(self, config: SiglipConfig) -> None:
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.vision_model = SiglipVisionTransformer(config.vision_config)
-        hidden = config.vision_config.hidden_size
-        self.classifier = nn.Linear(hidden, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.embeddings.patch_embedding
+    vision_transformer_class = SiglipVisionTransformer
 
     def forward(
         self,

@@ -300,18 +300,7 @@ class Siglip2ForImageClassification(ClassifierMixin, Siglip2PreTrainedModel):
     """
 
     config_class = Siglip2Config
-    _new_head_prefixes = ("classifier.",)
-
-    def __init__(self, config: Siglip2Config) -> None:
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.vision_model = Siglip2VisionTransformer(config.vision_config)
-        hidden = config.vision_config.hidden_size
-        self.classifier = nn.Linear(hidden, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.embeddings.patch_embedding
+    vision_transformer_class = Siglip2VisionTransformer
 
     def forward(
         self,
