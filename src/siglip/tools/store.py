@@ -7,7 +7,8 @@ journal of `siglip embed` (an interrupted run resumes from it) and the record ha
 Every write is a single transaction: a process killed at any moment (even `kill -9`) leaves the batches it
 committed and none of the one it was writing. A path is stored at most once (a UNIQUE key); a changed file
 gets a new row id, and ids are never reused (AUTOINCREMENT), which lets derived vector indexes catch up from
-the ids alone.
+the ids alone. A derived index that holds the vectors itself takes them over (`release_vectors`), so that a
+search index stores each vector once: the rows keep their path and file state.
 """
 
 from __future__ import annotations
@@ -158,11 +159,12 @@ class VectorStore:
             self._bump_generation()
 
     def remove(self, paths: Iterable[str]) -> int:
-        """Forget `paths` (embedded or skipped) in one transaction; returns how many embeddings went."""
+        """Forget `paths` (embedded or skipped) in one transaction (the running one if there is one); returns
+        how many embeddings went."""
         rows = [(p,) for p in paths]
         if not rows:
             return 0
-        with self.transaction():
+        with contextlib.nullcontext() if self._db.in_transaction else self.transaction():
             before = self._db.total_changes
             self._db.executemany("DELETE FROM images WHERE path = ?", rows)
             removed = self._db.total_changes - before
@@ -197,10 +199,34 @@ class VectorStore:
         return np.array([i for (i,) in ids], dtype=np.int64)
 
     def vectors_from(self, first_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) chunks of the rows with id >= `first_id`, by id."""
-        cursor = self._db.execute("SELECT id, vector FROM images WHERE id >= ? ORDER BY id", (first_id,))
+        """(ids, vectors) chunks of the rows with id >= `first_id` that still hold their vector, by id."""
+        cursor = self._db.execute(
+            "SELECT id, vector FROM images WHERE id >= ? AND length(vector) > 0 ORDER BY id", (first_id,)
+        )
         while rows := cursor.fetchmany(_CHUNK):
             yield np.array([i for i, _ in rows], dtype=np.int64), self._unpack([v for _, v in rows])
+
+    def released_ids(self) -> np.ndarray:
+        """Row ids whose vector was handed over to a derived index (`release_vectors`), ascending."""
+        ids = self._db.execute("SELECT id FROM images WHERE length(vector) = 0 ORDER BY id").fetchall()
+        return np.array([i for (i,) in ids], dtype=np.int64)
+
+    def release_vectors(self) -> None:
+        """Drop the vectors of all rows, in the running transaction: call it once a derived index that holds
+        them is safely on disk, so that each vector is stored once. Rows keep their path and file state."""
+        if not self._db.in_transaction:
+            raise StoreError(
+                "release_vectors must run inside the transaction that saved the vectors elsewhere"
+            )
+        self._db.execute("UPDATE images SET vector = x'' WHERE length(vector) > 0")
+
+    def compact(self) -> None:
+        """Give the space of released vectors back to the file system when it is most of the file."""
+        pages, free = (
+            self._db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count")
+        )
+        if free > pages // 2:
+            self._db.execute("VACUUM")
 
     def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
         """id -> path for the given row ids (those that still exist)."""
@@ -211,11 +237,6 @@ class VectorStore:
             marks = ",".join("?" * len(chunk))
             found.update(self._db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk))
         return found
-
-    def entry(self, image_id: int) -> tuple[str, np.ndarray] | None:
-        """(path, vector) of the row with this id, or None when there is none."""
-        row = self._db.execute("SELECT path, vector FROM images WHERE id = ?", (int(image_id),)).fetchone()
-        return None if row is None else (row[0], self._unpack([row[1]])[0])
 
     def in_order(self, paths: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray]]:
         """(paths, vectors) chunks of the stored embeddings of `paths`, in that order (absent ones left out)."""
