@@ -211,16 +211,18 @@ class SearchIndex:
         fresh = self.store.get_meta(_VECTORS_GENERATION) == str(generation)
         index = self._read_vectors(faiss, path, mmap=True) if fresh else None
         if index is None:
+            released = 0
             with self.store.transaction():
                 index = self._read_vectors(faiss, path, mmap=False)
                 if index is None or self.store.get_meta(_VECTORS_GENERATION) != str(self.store.generation):
                     index, info = self._catch_up(index)
                     replace_atomically(path, lambda tmp: faiss.write_index(index, os.fspath(tmp)))
-                    self.store.release_vectors()  # only now: the file on disk holds them
+                    released = self.store.release_vectors()  # only now: the file on disk holds them
                     self.store.set_meta(_BUILD_INFO, info.to_json())
                     self.store.set_meta(_VECTORS_GENERATION, str(self.store.generation))
                 generation = self.store.generation
-            self.store.compact()
+            if released > self.store.path.stat().st_size // 2:
+                self.store.compact()
         info = self.build_info
         ann.apply_search_params(index, info.search_params if info else "")
         self._faiss, self._faiss_generation = index, generation

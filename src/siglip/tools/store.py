@@ -211,22 +211,21 @@ class VectorStore:
         ids = self._db.execute("SELECT id FROM images WHERE length(vector) = 0 ORDER BY id").fetchall()
         return np.array([i for (i,) in ids], dtype=np.int64)
 
-    def release_vectors(self) -> None:
+    def release_vectors(self) -> int:
         """Drop the vectors of all rows, in the running transaction: call it once a derived index that holds
-        them is safely on disk, so that each vector is stored once. Rows keep their path and file state."""
+        them is safely on disk, so that each vector is stored once. Rows keep their path and file state.
+        Returns the bytes released (see `compact`)."""
         if not self._db.in_transaction:
             raise StoreError(
                 "release_vectors must run inside the transaction that saved the vectors elsewhere"
             )
+        released = self._db.execute("SELECT COALESCE(SUM(length(vector)), 0) FROM images").fetchone()[0]
         self._db.execute("UPDATE images SET vector = x'' WHERE length(vector) > 0")
+        return released
 
     def compact(self) -> None:
-        """Give the space of released vectors back to the file system when it is most of the file."""
-        pages, free = (
-            self._db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count")
-        )
-        if free > pages // 2:
-            self._db.execute("VACUUM")
+        """Rewrite the file without its free space (VACUUM), e.g. after releasing most of its vectors."""
+        self._db.execute("VACUUM")
 
     def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
         """id -> path for the given row ids (those that still exist)."""
