@@ -46,7 +46,7 @@ from .deps import require
 from .embedder import Embedder, load_embedder
 from .files import find_images
 from .inference import InferenceMode
-from .store import VectorStore, pending_files, replace_atomically
+from .store import FileState, VectorStore, pending_files, replace_atomically
 
 logger = logging.getLogger("siglip")
 
@@ -196,6 +196,30 @@ class SearchIndex:
         text = self.store.get_meta(_BUILD_INFO)
         return ann.BuildInfo.from_json(text) if text else None
 
+    def import_embeddings(self, source: str | os.PathLike) -> UpdateReport:
+        """Add or update the images of an embeddings Parquet file, or a folder of them (the shards of
+        `siglip embed --engine ray`), without embedding again; one transaction per row group, so an
+        interrupted import resumes when run again. Files that still exist keep their size and modification
+        time, so a later `update` of their folder finds them unchanged."""
+        from .embedding_shards import read_embeddings
+
+        states = self.store.states()
+        report = UpdateReport()
+        for paths, vectors, failed in read_embeddings(source, self.store.model, self.store.dims):
+            files = [_state_of(p) for p in paths]
+            todo = set(map(id, self.store.pending(files)))
+            keep = np.array([id(f) in todo for f in files], dtype=bool)
+            unreadable = [(_state_of(p), reason) for p, reason in failed]
+            self.store.record([f for f, k in zip(files, keep, strict=True) if k], vectors[keep], unreadable)
+            updated = sum(states.get(f.path, (0, 0, False))[2] for f, k in zip(files, keep, strict=True) if k)
+            report.updated += updated
+            report.added += int(keep.sum()) - updated
+            report.unchanged += len(files) - int(keep.sum())
+            report.skipped += failed
+        self.sync()
+        report.total = len(self.store)
+        return report
+
     def sync(self) -> Any:
         """The faiss index, brought up to date with the records (and saved) when they changed.
 
@@ -337,6 +361,14 @@ class SearchIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _state_of(path: str) -> FileState:
+    """The file's state, or an unknown one (-1) for a URI or a file this machine cannot see."""
+    try:
+        return FileState.of(path)
+    except OSError:
+        return FileState(path, -1, -1)
 
 
 # --- a page of results ------------------------------------------------------------------------------------

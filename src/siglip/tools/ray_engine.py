@@ -15,6 +15,10 @@ How the work is split (Ray Data, streaming):
   Its Parquet metadata records the model, its fingerprint (SHA-256 of the checkpoint files), the precision,
   the unreadable files and the nodes that embedded it.
 
+The vectors are those of an in-process run over the same list with the same batch size, precision and
+threads per model call, bit for bit (a CPU actor has CPUs / (2 x actors) threads; float sums can differ in
+the last bit between thread counts).
+
 Resume: the shard plan (`_plan.json`) is fixed by the first run; a rerun, after a crash or `kill -9` of the
 driver, embeds only the shards that have no committed file. Every path and URI must be readable from every
 node (shared storage), as must the model (a bundled name, a path on shared storage or a hub id).
@@ -40,6 +44,7 @@ from ..errors import UsageError
 from .data import Sample, collate, load_sample
 from .deps import require
 from .embedding_files import parquet_schema, parquet_table
+from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
 from .store import replace_atomically
 
@@ -47,7 +52,6 @@ logger = logging.getLogger("siglip")
 
 PLAN_FILE = "_plan.json"  # leading _ or .: not data to pyarrow or Ray Data readers of the folder
 MANIFEST_FILE = "_manifest.json"
-SHARD_METADATA = b"siglip"  # Parquet schema metadata key of a shard's JSON record
 LIST_SUFFIXES = (".txt", ".parquet")
 
 
@@ -125,6 +129,8 @@ def embed_with_ray(
     address: str | None = None,
     actors: int | None = None,
     progress: bool | None = None,
+    compile: bool = False,
+    reduced_decode: bool = False,
 ) -> RayEmbedReport:
     """Embed the images named by `inputs` into Parquet shards in the folder `out` on Ray (see the module doc).
 
@@ -133,7 +139,7 @@ def embed_with_ray(
 
     `address` joins a running cluster ("auto", "ray://host:port"); without it a local one starts (or the one
     this process already started is used). `actors` is the size of the model actor pool (default: one per
-    GPU, else one per 4 CPUs).
+    GPU, else one per 4 CPUs). `compile` and `reduced_decode` are as for `Embedder.from_pretrained`.
     """
     ray = require("ray", "ray", "siglip embed --engine ray")
     pa = require("pyarrow", "ray", "siglip embed --engine ray")
@@ -164,6 +170,7 @@ def embed_with_ray(
         actors = actors or gpus or max(1, int(resources.get("CPU", 1)) // 4)
         threads = 0 if gpus else max(1, int(resources.get("CPU", 1)) // (2 * actors))
         processor = SiglipImageProcessor.from_pretrained(checkpoint)
+        processor.reduced_decode = reduced_decode
         schema = parquet_schema(pa, dims)
         rows = [
             {"shard": s, "batch": b, "paths": json.dumps(files[start : start + batch_size])}
@@ -182,7 +189,12 @@ def embed_with_ray(
         ds = ds.map(_Decode(processor), num_cpus=1, scheduling_strategy="DEFAULT")
         ds = ds.map(
             _EmbedActor,
-            fn_constructor_kwargs={"model": name, "precision": precision, "threads": threads},
+            fn_constructor_kwargs={
+                "model": name,
+                "precision": precision,
+                "compile": compile,
+                "threads": threads,
+            },
             concurrency=actors,
             num_gpus=1 if gpus else 0,
             num_cpus=0 if gpus else threads,
@@ -236,17 +248,10 @@ def _shard_path(out: Path, shard: int) -> Path:
     return out / f"part-{shard:05d}.parquet"
 
 
-def shard_record(path: Path) -> dict[str, Any]:
-    """The JSON record a committed shard carries in its Parquet metadata."""
-    pq = require("pyarrow.parquet", "parquet", "reading embedding shards")
-    metadata = pq.read_schema(path).metadata or {}
-    if SHARD_METADATA not in metadata:
-        raise UsageError(f"{path} is not a shard of `siglip embed --engine ray`")
-    return json.loads(metadata[SHARD_METADATA])
-
-
 def _check_shard(path: Path, fingerprint: str) -> None:
     record = shard_record(path)
+    if record is None:
+        raise UsageError(f"{path} is not a shard of `siglip embed --engine ray`: write to another folder")
     if record["fingerprint"] != fingerprint:
         raise UsageError(
             f"{path} was embedded by other weights (model {record['model']}, fingerprint "
@@ -294,7 +299,7 @@ def _finish(
     nodes: set[str],
 ) -> RayEmbedReport:
     """Write the manifest of a complete run (all shards committed) and report."""
-    records = [shard_record(_shard_path(out, i)) for i in range(plan["shards"])]
+    records = [shard_record(_shard_path(out, i)) or {} for i in range(plan["shards"])]
     skipped = [tuple(s) for r in records for s in r["skipped"]]
     manifest = {
         "model": model,
@@ -346,7 +351,7 @@ class _Decode:
 class _EmbedActor:
     """A Ray actor: the model, loaded once, embedding one decoded batch a call."""
 
-    def __init__(self, model: str, precision: str, threads: int) -> None:
+    def __init__(self, model: str, precision: str, compile: bool, threads: int) -> None:
         import ray
         import torch
 
@@ -354,7 +359,7 @@ class _EmbedActor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.embedder = Embedder.from_pretrained(model, precision=precision)
+        self.embedder = Embedder.from_pretrained(model, precision=precision, compile=compile)
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:

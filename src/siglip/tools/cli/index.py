@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ...errors import UsageError
 from ..ann import INDEX_TYPES, STORAGES
 from ..embedder import DEFAULT_MODEL
 from ..files import find_images
@@ -29,8 +30,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "interrupted build completes when run again."
         ),
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image folders, files or glob patterns")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image folders, files or glob patterns")
     parser.add_argument("--index", required=True, help="index folder (created if needed)")
+    parser.add_argument(
+        "--from-embeddings",
+        metavar="SOURCE",
+        help="add the embeddings of a `siglip embed` Parquet file or a folder of `--engine ray` shards, without "
+        "embedding again (the model is theirs)",
+    )
     parser.add_argument(
         "--index-type",
         choices=INDEX_TYPES,
@@ -51,6 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_embeddings:
+        return _run_from_embeddings(args)
+    if not args.paths:
+        raise UsageError("give image folders, files or patterns to index, or --from-embeddings SOURCE")
     find_images(args.paths, allow_empty=True)  # before the model loads: a typo should cost no time
     model = args.model or (None if SearchIndex.exists(args.index) else DEFAULT_MODEL)
     kinds = {"index_type": args.index_type, "storage": args.storage}
@@ -65,5 +76,24 @@ def run(args: argparse.Namespace) -> int:
             f"(model {index.model})"
         )
         print(rate_line(report.added + report.updated, len(report.skipped), seconds))
+    report_skipped("index", report.skipped)
+    return 0
+
+
+def _run_from_embeddings(args: argparse.Namespace) -> int:
+    from ..embedding_shards import embeddings_model
+
+    if args.paths:
+        raise UsageError("give either image PATHs or --from-embeddings, not both")
+    model = args.model or (None if SearchIndex.exists(args.index) else embeddings_model(args.from_embeddings))
+    kinds = {"index_type": args.index_type, "storage": args.storage}
+    with SearchIndex(args.index, model, **model_kwargs(args), **kinds) as index:
+        start = time.perf_counter()
+        report = index.import_embeddings(args.from_embeddings)
+        seconds = time.perf_counter() - start
+        print(
+            f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged from "
+            f"{args.from_embeddings} in {seconds:.1f} s; the index holds {report.total} images (model {index.model})"
+        )
     report_skipped("index", report.skipped)
     return 0
