@@ -13,27 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _vectors import clustered
 from siglip import SearchIndex
 from siglip.tools import ann
 from siglip.tools.index import RECORDS_FILE, VECTORS_FILE
 from siglip.tools.store import FileState, VectorStore
 
 faiss = pytest.importorskip("faiss")
-
-
-def clustered(n: int, dims: int, seed: int = 0, clusters: int = 100, rank: int = 32) -> np.ndarray:
-    """Unit vectors in `clusters` clusters, each spread over its own `rank`-dimensional subspace plus
-    isotropic noise: neighbourhoods with structure, as image embeddings have (IVF cells cut clusters)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dims), dtype=np.float32)
-    spreads = rng.standard_normal((clusters, rank, dims), dtype=np.float32) * 0.5
-    labels = rng.integers(0, clusters, n)
-    x = centres[labels] + 0.3 * rng.standard_normal((n, dims), dtype=np.float32)
-    latent = rng.standard_normal((n, rank), dtype=np.float32)
-    for c in range(clusters):
-        members = labels == c
-        x[members] += latent[members] @ spreads[c]
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _new_index(directory: Path, vectors: np.ndarray, **settings: str) -> SearchIndex:

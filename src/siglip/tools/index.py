@@ -330,7 +330,7 @@ class SearchIndex:
         index = self.sync()
         if index.ntotal == 0:
             return [[] for _ in queries]
-        scores, ids = index.search(queries, min(k, index.ntotal))
+        scores, ids = ann.search(index, queries, min(k, index.ntotal))
         paths = self.store.paths_of(ids[ids >= 0])
         return [
             [Hit(paths[i], float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i in paths]
