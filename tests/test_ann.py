@@ -3,6 +3,7 @@ memory-mapped opening, and a build killed with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -165,3 +166,18 @@ def test_a_build_killed_with_sigkill_leaves_the_old_index_usable(tmp_path):
         assert {h.path for h in now[1]} & {h.path for h in old[1]}
         exact = _exact_top(vectors, queries, 10)
         assert ann.recall_at_k(_top_rows(survivor, queries, 10), exact) >= 0.9
+
+
+def test_siglip_info_shows_the_type_and_the_recall_of_an_index(tmp_path, capsys):
+    from siglip.tools.cli import main
+
+    vectors = clustered(3000, 64, clusters=10, rank=8)
+    with _new_index(tmp_path / "index", vectors, index_type="ivf") as index:
+        index.sync()
+        recall = index.build_info.recall_at_10
+    assert main(["info", str(tmp_path / "index")]) == 0
+    shown = capsys.readouterr().out
+    assert "IVF64,SQfp16" in shown and f"{recall:.4f} against exact search (300 held-out queries" in shown
+    assert main(["info", str(tmp_path / "index"), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["images"] == 3000 and described["build"]["recall_at_10"] == recall
