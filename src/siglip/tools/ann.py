@@ -198,8 +198,8 @@ def build(
 ) -> tuple[Any, BuildInfo]:
     """Build a `plan` index of the `n` vectors `chunks()` yields, tune it to `target` recall@10 and measure.
 
-    `chunks` is called once per pass (twice for types that train: a sample first); memory holds one chunk,
-    the training sample and the held-out queries, never all vectors.
+    `chunks` is called once per pass (two passes: the held-out queries and the training sample, then the
+    rest); memory holds one chunk, the training sample and the queries, never all vectors.
     """
     faiss = _faiss()
     rng = np.random.default_rng(0)
@@ -211,11 +211,13 @@ def build(
     role[picked[:queries]] = 1
     role[picked[queries:]] = 2
     index = new_index(plan, dims)
+    picks = [(ids[role[at] == 1], v[role[at] == 1], v[role[at] == 2]) for at, ids, v in _positions(chunks())]
+    query_ids = np.concatenate([i for i, _, _ in picks]) if picks else np.empty(0, np.int64)
+    query_vectors, sample = (np.concatenate([p[j] for p in picks]) if picks else None for j in (1, 2))
+    del picks
     if trains:
-        sample = np.concatenate([v[role[at] > 0] for at, _, v in _positions(chunks())])
         index.train(sample)
-        del sample
-    query_ids, query_vectors = _gather(chunks(), role == 1)
+    del sample
     heap = faiss.ResultHeap(len(query_ids), RECALL_K, keep_max=True) if queries else None
     for at, ids, vectors in _positions(chunks()):
         rest = role[at] != 1
@@ -277,16 +279,6 @@ def _positions(
     for ids, vectors in chunks:
         yield np.arange(offset, offset + len(ids)), ids, np.ascontiguousarray(vectors, dtype=np.float32)
         offset += len(ids)
-
-
-def _gather(
-    chunks: Iterable[tuple[np.ndarray, np.ndarray]], wanted: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ids and vectors at the `wanted` positions of the stream."""
-    parts = [(ids[wanted[at]], vectors[wanted[at]]) for at, ids, vectors in _positions(chunks)]
-    if not parts:
-        return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-    return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
 
 
 def _faiss() -> Any:
