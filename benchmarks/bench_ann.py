@@ -143,7 +143,8 @@ def main() -> None:
             text=True,
         )
         if out.returncode:
-            print(f"| {spec} | failed: {out.stderr.strip().splitlines()[-1]} |", flush=True)
+            reason = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            print(f"| {spec} | failed: {reason} |", flush=True)
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {r['type']} | {r['factory']} | {r['params'] or 'exact'} | {r['build_s']} | {r['build_peak_gib']} | "

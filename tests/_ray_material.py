@@ -11,7 +11,7 @@ from _material import BUNDLED, PHOTOS
 
 BATCH = 8  # images per model call, in both engines
 SHARD = 24  # images per shard: 9 shards of 200 files
-ACTOR_THREADS = 1  # what a CPU actor gets on the test clusters: CPUs // (2 * actors)
+ACTOR_THREADS = 2  # what a CPU actor gets on the test clusters: CPUs // actors
 
 
 def write_200_photos(directory: Path) -> list[Path]:
@@ -36,8 +36,8 @@ def write_200_photos(directory: Path) -> list[Path]:
 
 
 def in_process(photos: Path, out: Path) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-    """(paths, vectors, unreadable) of the in-process job over `photos`, in fp32, with one thread per model
-    call as the Ray tests' CPU actors have (float sums may differ in the last bit across thread counts)."""
+    """(paths, vectors, unreadable) of the in-process job over `photos`, in fp32, with the threads per model
+    call that the Ray tests' CPU actors have (float sums may differ in the last bit across thread counts)."""
     import torch
 
     from siglip import Embedder

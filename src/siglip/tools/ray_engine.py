@@ -16,8 +16,8 @@ How the work is split (Ray Data, streaming):
   the unreadable files and the nodes that embedded it.
 
 The vectors are those of an in-process run over the same list with the same batch size, precision and
-threads per model call, bit for bit (a CPU actor has CPUs / (2 x actors) threads; float sums can differ in
-the last bit between thread counts).
+threads per model call, bit for bit (a CPU actor runs CPUs / actors threads; float sums can differ in the
+last bit between thread counts).
 
 Resume: the shard plan (`_plan.json`) is fixed by the first run; a rerun, after a crash or `kill -9` of the
 driver, embeds only the shards that have no committed file. Every path and URI must be readable from every
@@ -168,7 +168,13 @@ def embed_with_ray(
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         actors = actors or gpus or max(1, int(resources.get("CPU", 1)) // 4)
-        threads = 0 if gpus else max(1, int(resources.get("CPU", 1)) // (2 * actors))
+        cpus = resources.get("CPU", 1)
+        # GPU actors: the GPU runs the model, every core decodes. CPU actors: the model is the bottleneck
+        # (decoding is ~2% of a CPU job), so each actor threads over its share of all cores and holds all
+        # but half a CPU of it in Ray's accounting, which leaves room for the decoding tasks of half a CPU.
+        threads = 0 if gpus else max(1, int(cpus) // actors)
+        decode_cpus = 1 if gpus else 0.5
+        actor_cpus = 0 if gpus else max(0.5, cpus / actors - decode_cpus)
         processor = SiglipImageProcessor.from_pretrained(checkpoint)
         processor.reduced_decode = reduced_decode
         schema = parquet_schema(pa, dims)
@@ -185,8 +191,9 @@ def embed_with_ray(
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours is below
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        # decoding stays in CPU tasks: the two steps' differing scheduling keeps Ray from fusing them
-        ds = ds.map(_Decode(processor), num_cpus=1, scheduling_strategy="DEFAULT")
+        # decoding stays in CPU tasks: the two steps' differing scheduling keeps Ray from fusing them (Ray
+        # 2.64 drops scheduling_strategy here, hence the `ray` extra's upper bound)
+        ds = ds.map(_Decode(processor), num_cpus=decode_cpus, scheduling_strategy="DEFAULT")
         ds = ds.map(
             _EmbedActor,
             fn_constructor_kwargs={
@@ -195,9 +202,9 @@ def embed_with_ray(
                 "compile": compile,
                 "threads": threads,
             },
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=1 if gpus else 0,
-            num_cpus=0 if gpus else threads,
+            num_cpus=actor_cpus,
             scheduling_strategy="SPREAD",  # the actors over the nodes
         )
         gathered: dict[int, dict[int, dict[str, Any]]] = {s: {} for s in pending}
