@@ -9,6 +9,8 @@
    transformers, alternating, medians, with the device synchronised around each call.
 3. Pipeline: `embed_to_file` (what `siglip embed` runs) on `--images` 640x480 JPEGs in its default mode
    (bf16 on such GPUs), decoding workers and pinned memory included, against the transformers loop.
+4. Ray (when `ray` is installed): `siglip embed --engine ray` on a local cluster of this machine (one model
+   actor per GPU, decoding in CPU tasks) on the same JPEGs, against the in-process job (bench_ray.py).
 Prints a markdown block for BENCHMARKS.md, naming the device.
 """
 
@@ -25,6 +27,7 @@ import torch
 import siglip
 from _common import make_jpegs, random_checkpoint, time_alternately
 from bench_embed import siglip_embed, transformers_loop
+from bench_ray import compare
 
 
 def synchronised(call, device: torch.device):
@@ -116,6 +119,17 @@ def main() -> None:
             f"| transformers loop ({str(half)[6:]}, batch 64), {len(paths)} JPEGs | {len(paths) / loop:,.1f} images/s |"
         )
         print(f"| siglip embed, default mode, {len(paths)} JPEGs | {len(paths) / embed:,.1f} images/s |")
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print("| siglip embed --engine ray | not run: pip install 'siglip[ray]' |")
+            return
+        seconds = compare(model_dir, paths, tmp, 64, args.device)
+        for engine in ("in-process", "ray"):
+            print(f"| siglip embed, {engine} job (model load included), {len(paths)} JPEGs | "
+                  f"{len(paths) / seconds[engine]:,.1f} images/s |")  # fmt: skip
+        print(f"| Ray overhead (cluster start {seconds['cluster start']:.1f} s not included) | "
+              f"{seconds['ray'] / seconds['in-process'] - 1:+.1%} |")  # fmt: skip
 
 
 if __name__ == "__main__":

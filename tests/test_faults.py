@@ -47,8 +47,10 @@ def _command(kind: str, collection: Path, target: Path) -> list[str]:
 
 def _vectors(kind: str, target: Path) -> dict[str, np.ndarray]:
     """path -> embedding of a finished output, or of what an interrupted run committed."""
-    if kind == "index":
-        store = VectorStore(target / RECORDS_FILE)
+    if kind == "index":  # the vectors live in vectors.faiss once synced, in the records until then
+        with SearchIndex(target) as index:
+            paths = index.store.paths_of(index.store.ids())
+            return {path: index.entry(i)[1] for i, path in paths.items()}
     else:
         journal = target.with_name(target.name + ".partial")
         if target.exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
@@ -54,13 +53,17 @@ def test_search_equals_a_brute_force_cosine_ranking(embedder, tmp_path):
     _assert_same_ranking(index.search(queries[0] * 7.5, k=3)[0], _brute_force(vectors, paths, queries[0], 3))
     assert len(index.search(queries[0], k=10_000)[0]) == 500  # k beyond the size gives everything
 
-    # the faiss file is derived: deleted, it is rebuilt from the records with the same answers
-    index.close()
-    (tmp_path / "index" / VECTORS_FILE).unlink()
     reopened = SearchIndex(tmp_path / "index")
     _assert_same_ranking(reopened.search(queries[1], k=5)[0], _brute_force(vectors, paths, queries[1], 5))
     with pytest.raises(ValueError, match=f"must have {embedder.dims} dimensions"):
         reopened.search(np.ones(3, dtype=np.float32))
+
+    # the faiss file holds the vectors (stored once): deleted, their records drop out, to be embedded again
+    reopened.close()
+    index.close()
+    (tmp_path / "index" / VECTORS_FILE).unlink()
+    with SearchIndex(tmp_path / "index") as emptied:
+        assert emptied.search(queries[1], k=5) == [[]] and len(emptied) == 0
 
 
 def _embeddings_by_hand(embedder: Embedder, files: list[Path]) -> dict[str, np.ndarray]:
@@ -88,7 +91,7 @@ def test_update_embeds_new_and_changed_files_and_drops_deleted_ones(embedder, tm
     now = find_images([photos])
     now.remove(str(photos / "broken.jpg"))
     expected = _embeddings_by_hand(embedder, [Path(p) for p in now])
-    stored = {p: v for chunk in index.store.in_order(now) for p, v in zip(*chunk, strict=True)}
+    stored = {path: index.entry(i)[1] for i, path in index.store.paths_of(index.store.ids()).items()}
     assert sorted(stored) == sorted(expected)
     for path in now:
         np.testing.assert_allclose(stored[path], expected[path], atol=1e-5)
@@ -166,7 +169,6 @@ def test_a_build_killed_mid_way_completes_on_rerun_with_one_entry_per_file(embed
     assert index.sync().ntotal == 12
     hits = index.search_image(files[5], k=12)
     assert sorted(h.path for h in hits) == sorted(files) and hits[0].path == files[5]
-    os.remove(tmp_path / "index" / VECTORS_FILE)  # a kill between the records and the vector file
     assert SearchIndex(tmp_path / "index").search_image(files[5], k=12) == hits
 
 

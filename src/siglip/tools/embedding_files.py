@@ -98,33 +98,41 @@ def embed_to_file(
     return EmbedReport(out, manifest_path, len(kept), embedded, failed, skipped)
 
 
-def _write_parquet(pa: Any, store: VectorStore, paths: list[str], out: Path) -> None:
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
+def parquet_schema(pa: Any, dims: int) -> Any:
+    """The columns of an embeddings Parquet file: path, vector (D float32), model, dims."""
+    return pa.schema(
         [
             ("path", pa.string()),
-            ("vector", pa.list_(pa.float32(), store.dims)),
+            ("vector", pa.list_(pa.float32(), dims)),
             ("model", pa.string()),
             ("dims", pa.int32()),
         ]
     )
 
+
+def parquet_table(pa: Any, schema: Any, model: str, paths: list[str], vectors: np.ndarray) -> Any:
+    """Rows of an embeddings Parquet file: one per path, with its vector."""
+    n, dims = len(paths), schema.field("vector").type.list_size
+    return pa.table(
+        [
+            pa.array(paths, pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dims),
+            pa.array([model] * n, pa.string()),
+            pa.array([dims] * n, pa.int32()),
+        ],
+        schema=schema,
+    )
+
+
+def _write_parquet(pa: Any, store: VectorStore, paths: list[str], out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema(pa, store.dims)
+
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema) as writer:
             for chunk, vectors in store.in_order(paths):
-                n = len(chunk)
-                writer.write_table(
-                    pa.table(
-                        [
-                            pa.array(chunk, pa.string()),
-                            pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), store.dims),
-                            pa.array([store.model] * n, pa.string()),
-                            pa.array([store.dims] * n, pa.int32()),
-                        ],
-                        schema=schema,
-                    )
-                )
+                writer.write_table(parquet_table(pa, schema, store.model, chunk, vectors))
 
     replace_atomically(out, write)
 

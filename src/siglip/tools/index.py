@@ -9,12 +9,17 @@ An index is a folder with two files (and `update.lock`, which makes a second `up
 - `index.sqlite`, the records (a `VectorStore`): per image its absolute path, size, modification time and
   embedding, written one batch per transaction, so `kill -9` during a build loses at most the batch in
   flight and a rerun completes the build, with exactly one entry per file;
-- `vectors.faiss`, a faiss index of the same embeddings keyed by record id, for fast search. It is derived
-  from the records: after every change it catches up by id difference (ids are never reused) and is
-  replaced atomically; a missing or damaged one is rebuilt.
+- `vectors.faiss`, a faiss index of the embeddings keyed by record id (see `siglip.tools.ann` for the
+  types: exact `flat`, `ivf`, `hnsw`, compressed `ivfpq`, or `auto` by size; fp32 or fp16 storage). After
+  every change it catches up by id difference (ids are never reused), or is rebuilt when the size calls for
+  another type or cell count or HNSW must drop vectors, and is replaced atomically. Only then do the records
+  release their copy of the vectors it took over (in one transaction): each vector is stored once, and a
+  `kill -9` at any moment leaves either the old file with the vectors still in the records, or the new one.
+  Searches open it memory-mapped. A missing or damaged file loses the vectors it held: their records are
+  dropped with a warning, and the next `update` embeds those images again.
 
-Search is exact: cosine similarity (inner product of unit vectors) against every image, the ranking a
-brute-force computation gives.
+Search is cosine similarity (inner product of unit vectors): exact for `flat`, else approximate, with the
+recall@10 measured against exact search at build time stored with the index (`build_info`, `siglip info`).
 
 The records name the model and hold a fingerprint of its weights (SHA-256): weights changed behind the same
 name are refused (their embeddings would not be comparable), and a model folder that moved can be given again
@@ -51,11 +56,12 @@ from ..errors import (
     StoreError,
     UsageError,
 )
+from . import ann
 from .deps import require
 from .embedder import Embedder, load_embedder
 from .files import scan_images
 from .inference import InferenceMode
-from .store import VectorStore, pending_files, replace_atomically
+from .store import FileState, VectorStore, pending_files, replace_atomically
 
 logger = logging.getLogger("siglip")
 
@@ -64,6 +70,12 @@ VECTORS_FILE = "vectors.faiss"
 LOCK_FILE = "update.lock"
 _VECTORS_GENERATION = "vectors_generation"  # meta key: the records generation vectors.faiss matches
 _WEIGHTS = "weights_sha256"  # meta key: the fingerprint of the model's weights
+_BUILD_INFO = "vectors_build"  # meta key: the ann.BuildInfo of vectors.faiss (JSON)
+_SETTINGS = (
+    "index_type",
+    "storage",
+)  # meta keys: the index type and storage asked for (ann.INDEX_TYPES, STORAGES)
+_LEGACY = ann.Plan("flat", "fp32", "Flat")  # vectors.faiss of an index made before the types existed
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,8 @@ class SearchIndex:
     Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
     `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile`, `reduced_decode` and
     `max_num_patches` are how a model loaded by name runs (see `Embedder.from_pretrained`); an `Embedder` runs as
-    it was made.
+    it was made. `index_type` and `storage` (see `siglip.tools.ann`; default: as stored, else "auto") are kept
+    with the index; changing them rebuilds the vector file at the next search or update.
     """
 
     def __init__(
@@ -106,8 +119,11 @@ class SearchIndex:
         compile: bool = False,
         reduced_decode: bool = False,
         max_num_patches: int | None = None,
+        index_type: str | None = None,
+        storage: str | None = None,
     ) -> None:
         InferenceMode(precision, compile)  # a bad option fails now, not when the model is first needed
+        ann.check_options(index_type or "auto", storage or "auto")
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"index '{self.directory}' is a file, not an index folder: give another path")
@@ -146,6 +162,11 @@ class SearchIndex:
             self._weights_checked = True
         self._faiss: Any = None
         self._faiss_generation = -1
+        for key, value in zip(_SETTINGS, (index_type, storage), strict=True):
+            if value is not None and value != (self.store.get_meta(key) or "auto"):
+                with self.store.transaction():
+                    self.store.set_meta(key, value)
+                    self.store.set_meta(_VECTORS_GENERATION, "-1")  # stale: rebuilt at the next sync
 
     @staticmethod
     def exists(directory: str | os.PathLike) -> bool:
@@ -264,6 +285,36 @@ class SearchIndex:
         report.total = len(self.store)
         return report
 
+    @property
+    def build_info(self) -> ann.BuildInfo | None:
+        """How the vector file was built and the recall@10 it reached (None before the first build)."""
+        text = self.store.get_meta(_BUILD_INFO)
+        return ann.BuildInfo.from_json(text) if text else None
+
+    def import_embeddings(self, source: str | os.PathLike) -> UpdateReport:
+        """Add or update the images of an embeddings Parquet file, or a folder of them (the shards of
+        `siglip embed --engine ray`), without embedding again; one transaction per row group, so an
+        interrupted import resumes when run again. Files that still exist keep their size and modification
+        time, so a later `update` of their folder finds them unchanged."""
+        from .embedding_shards import read_embeddings
+
+        states = self.store.states()
+        report = UpdateReport()
+        for paths, vectors, failed in read_embeddings(source, self.store.model, self.store.dims):
+            files = [_state_of(p) for p in paths]
+            todo = set(map(id, self.store.pending(files)))
+            keep = np.array([id(f) in todo for f in files], dtype=bool)
+            unreadable = [(_state_of(p), reason) for p, reason in failed]
+            self.store.record([f for f, k in zip(files, keep, strict=True) if k], vectors[keep], unreadable)
+            updated = sum(states.get(f.path, (0, 0, False))[2] for f, k in zip(files, keep, strict=True) if k)
+            report.updated += updated
+            report.added += int(keep.sum()) - updated
+            report.unchanged += len(files) - int(keep.sum())
+            report.skipped += failed
+        self.sync()
+        report.total = len(self.store)
+        return report
+
     def sync(self) -> Any:
         """The faiss index, brought up to date with the records (and saved) when they changed.
 
@@ -277,42 +328,85 @@ class SearchIndex:
         faiss = require("faiss", "search", "the search index")
         path = self.directory / VECTORS_FILE
         fresh = self.store.get_meta(_VECTORS_GENERATION) == str(generation)
-        index = self._read_vectors(faiss, path) if fresh else None
+        index = self._read_vectors(faiss, path, mmap=True) if fresh else None
         if index is None:
             read_only = self.store.read_only  # read-only media: caught up in memory, not saved
+            released = 0
             with contextlib.nullcontext() if read_only else self.store.transaction():
-                generation = self.store.generation  # another process may have synced while we waited
-                index = self._read_vectors(faiss, path)
-                if index is None or self.store.get_meta(_VECTORS_GENERATION) != str(generation):
-                    index = self._catch_up(
-                        faiss, index or faiss.IndexIDMap2(faiss.IndexFlatIP(self.store.dims))
-                    )
+                index = self._read_vectors(faiss, path, mmap=False)
+                if index is None or self.store.get_meta(_VECTORS_GENERATION) != str(self.store.generation):
+                    index, info = self._catch_up(index)
                     if not read_only:  # written with Python's I/O, so that a full disk is an OSError
                         replace_atomically(path, lambda tmp: tmp.write_bytes(faiss.serialize_index(index)))
-                        self.store.set_meta(_VECTORS_GENERATION, str(generation))
+                        released = self.store.release_vectors()  # only now: the file on disk holds them
+                        self.store.set_meta(_BUILD_INFO, info.to_json())
+                        self.store.set_meta(_VECTORS_GENERATION, str(self.store.generation))
+                generation = self.store.generation
+            if released > self.store.path.stat().st_size // 2:
+                self.store.compact()
+        info = self.build_info
+        ann.apply_search_params(index, info.search_params if info else "")
         self._faiss, self._faiss_generation = index, generation
         return index
 
-    def _catch_up(self, faiss: Any, index: Any) -> Any:
-        """Remove the ids the records no longer have and add the ones they gained (ids are never reused)."""
-        have = faiss.vector_to_array(index.id_map).astype(np.int64)
-        want = self.store.ids()
-        extra = np.setdiff1d(have, want)
-        if extra.size:
-            index.remove_ids(faiss.IDSelectorBatch(extra))
-        missing = np.setdiff1d(want, have)
-        if missing.size:  # ids only grow, so the missing ones are (nearly always) the newest rows
-            for ids, vectors in self.store.vectors_from(int(missing[0])):
-                keep = np.isin(ids, missing)
-                index.add_with_ids(vectors[keep], ids[keep])
-        return index
+    def _catch_up(self, index: Any) -> tuple[Any, ann.BuildInfo]:
+        """The vector index grown or shrunk to the records by id difference, or rebuilt when it must be.
 
-    @staticmethod
-    def _read_vectors(faiss: Any, path: Path) -> Any:
+        Runs inside the write transaction. Records whose vectors were released to a file that no longer has
+        them (it was deleted or damaged) are dropped, so that the next update embeds their images again.
+        """
+        have = ann.ids_of(index) if index is not None else np.empty(0, np.int64)
+        lost = np.setdiff1d(self.store.released_ids(), have)
+        if lost.size:
+            paths = self.store.paths_of(lost).values()
+            logger.warning(
+                "%s lost the vectors of %d images; they drop out of the index until the next update embeds "
+                "them again",
+                self.directory / VECTORS_FILE,
+                self.store.remove(paths),
+            )
+        want = self.store.ids()
+        info = self.build_info
+        current = ann.Plan(info.kind, info.storage, info.factory) if info else _LEGACY
+        settings = [self.store.get_meta(key) or "auto" for key in _SETTINGS]
+        wanted = ann.plan(*settings, len(want), self.store.dims)
+        extra = np.setdiff1d(have, want)
+        keep = np.intersect1d(have, want)
+        if (
+            index is None
+            or not ann.still_fits(current, wanted)
+            or (extra.size and not ann.can_remove(current.kind))
+        ):
+            old = index
+
+            def chunks() -> Any:
+                if old is not None:
+                    yield from ann.vectors_of(old, keep)
+                for ids, vectors in self.store.vectors_from(0):
+                    fresh = ~np.isin(ids, keep)  # a kill after the last save left these in both
+                    yield ids[fresh], vectors[fresh]
+
+            return ann.build(wanted, self.store.dims, len(want), chunks)
+        if extra.size:
+            ann.remove_ids(index, extra)
+        for ids, vectors in self.store.vectors_from(0):
+            fresh = ~np.isin(ids, keep)
+            index.add_with_ids(vectors[fresh], ids[fresh])
+        return index, info or ann.BuildInfo(
+            _LEGACY.kind, _LEGACY.storage, _LEGACY.factory, "", 1.0, 0, len(want)
+        )
+
+    def _read_vectors(self, faiss: Any, path: Path, mmap: bool) -> Any:
+        """The vector file (memory-mapped for searching, read whole for changing), or None when there is none
+        or it cannot be read."""
         if not path.exists():
             return None
+        info = self.build_info
+        flags = 0
+        if mmap:  # faiss maps inverted lists and flat codes with different flags
+            flags = faiss.IO_FLAG_MMAP if info and info.factory.startswith("IVF") else faiss.IO_FLAG_MMAP_IFC
         try:
-            return faiss.read_index(os.fspath(path))
+            return faiss.read_index(os.fspath(path), flags)
         except RuntimeError as err:
             logger.warning("rebuilding %s, which cannot be read: %s", path, err)
             return None
@@ -333,7 +427,7 @@ class SearchIndex:
         index = self.sync()
         if index.ntotal == 0:
             return [[] for _ in queries]
-        scores, ids = index.search(queries, min(k, index.ntotal))
+        scores, ids = ann.search(index, queries, min(k, index.ntotal))
         paths = self.store.paths_of(ids[ids >= 0])
         return [
             [Hit(paths[i], float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i in paths]
@@ -341,8 +435,12 @@ class SearchIndex:
         ]
 
     def entry(self, image_id: int) -> tuple[str, np.ndarray] | None:
-        """(path, embedding) of the indexed image with this id, or None when the index has no such id."""
-        return self.store.entry(image_id)
+        """(path, embedding) of the indexed image with this id, or None when the index has no such id.
+
+        The embedding comes from the vector file: fp16-rounded with fp16 storage, approximate for `ivfpq`.
+        """
+        path = self.store.paths_of([image_id]).get(int(image_id))
+        return None if path is None else (path, self.sync().reconstruct(int(image_id)))
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
         """The `k` images that best match `text` (a non-blank string)."""
@@ -397,6 +495,14 @@ def _deleted(path: str) -> bool:
     except OSError:
         return False
     return False
+
+
+def _state_of(path: str) -> FileState:
+    """The file's state, or an unknown one (-1) for a URI or a file this machine cannot see."""
+    try:
+        return FileState.of(path)
+    except OSError:
+        return FileState(path, -1, -1)
 
 
 # --- a page of results ------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ A file that could not be read is retried when its size, modification time or sta
 `chmod` that makes it readable changes the last). A store on read-only media (or in a folder the user cannot
 write) is opened read-only: it answers every read, and a write is a `StoreError` saying why. Every SQLite
 failure (a full disk, a damaged page) is a `StoreError` naming the file and what to do.
+
+A derived index that holds the vectors itself takes them over (`release_vectors`), so that a
+search index stores each vector once: the rows keep their path and file state.
 """
 
 from __future__ import annotations
@@ -268,11 +271,12 @@ class VectorStore:
             self._bump_generation()
 
     def remove(self, paths: Iterable[str]) -> int:
-        """Forget `paths` (embedded or skipped) in one transaction; returns how many embeddings went."""
+        """Forget `paths` (embedded or skipped) in one transaction (the running one if there is one); returns
+        how many embeddings went."""
         rows = [(p,) for p in paths]
         if not rows:
             return 0
-        with self.transaction():
+        with contextlib.nullcontext() if self._db.in_transaction else self.transaction():
             before = self._db.total_changes
             self._db.executemany("DELETE FROM images WHERE path = ?", rows)
             removed = self._db.total_changes - before
@@ -313,10 +317,36 @@ class VectorStore:
 
     @_sqlite_errors
     def vectors_from(self, first_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) chunks of the rows with id >= `first_id`, by id."""
-        cursor = self._db.execute("SELECT id, vector FROM images WHERE id >= ? ORDER BY id", (first_id,))
+        """(ids, vectors) chunks of the rows with id >= `first_id` that still hold their vector, by id."""
+        cursor = self._db.execute(
+            "SELECT id, vector FROM images WHERE id >= ? AND length(vector) > 0 ORDER BY id", (first_id,)
+        )
         while rows := cursor.fetchmany(_CHUNK):
             yield np.array([i for i, _ in rows], dtype=np.int64), self._unpack([v for _, v in rows])
+
+    @_sqlite_errors
+    def released_ids(self) -> np.ndarray:
+        """Row ids whose vector was handed over to a derived index (`release_vectors`), ascending."""
+        ids = self._db.execute("SELECT id FROM images WHERE length(vector) = 0 ORDER BY id").fetchall()
+        return np.array([i for (i,) in ids], dtype=np.int64)
+
+    @_sqlite_errors
+    def release_vectors(self) -> int:
+        """Drop the vectors of all rows, in the running transaction: call it once a derived index that holds
+        them is safely on disk, so that each vector is stored once. Rows keep their path and file state.
+        Returns the bytes released (see `compact`)."""
+        if not self._db.in_transaction:
+            raise StoreError(
+                "release_vectors must run inside the transaction that saved the vectors elsewhere"
+            )
+        released = self._db.execute("SELECT COALESCE(SUM(length(vector)), 0) FROM images").fetchone()[0]
+        self._db.execute("UPDATE images SET vector = x'' WHERE length(vector) > 0")
+        return released
+
+    @_sqlite_errors
+    def compact(self) -> None:
+        """Rewrite the file without its free space (VACUUM), e.g. after releasing most of its vectors."""
+        self._db.execute("VACUUM")
 
     @_sqlite_errors
     def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
@@ -328,12 +358,6 @@ class VectorStore:
             marks = ",".join("?" * len(chunk))
             found.update(self._db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk))
         return found
-
-    @_sqlite_errors
-    def entry(self, image_id: int) -> tuple[str, np.ndarray] | None:
-        """(path, vector) of the row with this id, or None when there is none."""
-        row = self._db.execute("SELECT path, vector FROM images WHERE id = ?", (int(image_id),)).fetchone()
-        return None if row is None else (row[0], self._unpack([row[1]])[0])
 
     @_sqlite_errors
     def in_order(self, paths: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray]]:

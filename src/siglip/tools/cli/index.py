@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ...errors import UsageError
+from ..ann import INDEX_TYPES, STORAGES
 from ..embedder import DEFAULT_MODEL
 from ..files import check_inputs
 from ..index import SearchIndex
@@ -29,17 +31,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "interrupted build completes when run again."
         ),
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image folders, files or glob patterns")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image folders, files or glob patterns")
     parser.add_argument("--index", required=True, type=output_folder, help="index folder (created if needed)")
+    parser.add_argument(
+        "--from-embeddings",
+        metavar="SOURCE",
+        help="add the embeddings of a `siglip embed` Parquet file or a folder of `--engine ray` shards, without "
+        "embedding again (the model is theirs)",
+    )
+    parser.add_argument(
+        "--index-type",
+        choices=INDEX_TYPES,
+        default=None,
+        help="search structure: exact flat, ivf, hnsw, compressed ivfpq, or auto by size (default: as the "
+        "index has it, else auto); the recall@10 each build reaches is shown by `siglip info INDEX`",
+    )
+    parser.add_argument(
+        "--storage",
+        choices=STORAGES,
+        default=None,
+        help="vector precision in the index: fp32, fp16 (half the size), or auto: fp32 for flat, fp16 for "
+        "the approximate types (default: as the index has it, else auto)",
+    )
     add_model_options(parser, default=None)
     add_loader_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_embeddings:
+        return _run_from_embeddings(args)
+    if not args.paths:
+        raise UsageError("give image folders, files or patterns to index, or --from-embeddings SOURCE")
     check_inputs(args.paths)  # before the model loads: a typo should cost no time
     model = args.model or (None if SearchIndex.exists(args.index) else DEFAULT_MODEL)
-    with SearchIndex(args.index, model, **model_kwargs(args)) as index:
+    kinds = {"index_type": args.index_type, "storage": args.storage}
+    with SearchIndex(args.index, model, **model_kwargs(args), **kinds) as index:
         _ = index.embedder  # load the model first: the rate printed below is the indexing rate
         start = time.perf_counter()
         report = index.update(args.paths, **loader_kwargs(args))
@@ -50,5 +77,24 @@ def run(args: argparse.Namespace) -> int:
             f"(model {index.model})"
         )
         print(rate_line(report.added + report.updated, len(report.skipped), seconds))
+    report_skipped("index", report.skipped)
+    return 0
+
+
+def _run_from_embeddings(args: argparse.Namespace) -> int:
+    from ..embedding_shards import embeddings_model
+
+    if args.paths:
+        raise UsageError("give either image PATHs or --from-embeddings, not both")
+    model = args.model or (None if SearchIndex.exists(args.index) else embeddings_model(args.from_embeddings))
+    kinds = {"index_type": args.index_type, "storage": args.storage}
+    with SearchIndex(args.index, model, **model_kwargs(args), **kinds) as index:
+        start = time.perf_counter()
+        report = index.import_embeddings(args.from_embeddings)
+        seconds = time.perf_counter() - start
+        print(
+            f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged from "
+            f"{args.from_embeddings} in {seconds:.1f} s; the index holds {report.total} images (model {index.model})"
+        )
     report_skipped("index", report.skipped)
     return 0

@@ -1,4 +1,5 @@
-"""`siglip info`: what a model is (config, parameter count) and where its files are."""
+"""`siglip info`: what a model is (config, parameter count) and where its files are; or what a search index
+holds (type, storage, recall measured at build, sizes)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ from ._options import print_json, table
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "info",
-        help="config, parameter count and files of a model",
-        description="Describe a model without loading its weights: bundled name, local folder or hub id.",
+        help="config, parameter count and files of a model, or what a search index holds",
+        description="Describe a model without loading its weights (bundled name, local folder or hub id), or "
+        "a search index folder: its type, storage, the recall@10 measured against exact search when it was "
+        "built, and its size on disk.",
     )
     parser.add_argument(
-        "model", metavar="MODEL", help="bundled model name, local checkpoint folder or hub id"
+        "model",
+        metavar="MODEL|INDEX",
+        help="bundled model name, local checkpoint folder or hub id; or an index folder",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(run=run)
@@ -65,7 +70,56 @@ def describe(name: str) -> dict[str, Any]:
     }
 
 
+def describe_index(directory: str) -> dict[str, Any]:
+    """Model, size, build info (type, recall) and files of a search index."""
+    from dataclasses import asdict
+
+    from ..index import SearchIndex
+
+    with SearchIndex(directory) as index:
+        index.sync()  # the recall shown is the current file's
+        build = index.build_info
+        return {
+            "index": str(index.directory),
+            "model": index.model,
+            "images": len(index),
+            "dims": index.store.dims,
+            "build": asdict(build) if build else None,
+            "files": {f.name: f.stat().st_size for f in sorted(index.directory.iterdir()) if f.is_file()},
+        }
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    info = describe_index(args.model)
+    if args.json:
+        print_json(info)
+        return 0
+    build = info["build"]
+    recall = (
+        f"{build['recall_at_10']:.4f} against exact search ({build['recall_queries']} held-out queries, "
+        f"{build['vectors_at_build']:,} vectors at build)"
+        if build and build["recall_at_10"] is not None
+        else "not measured (too few vectors)"
+    )
+    rows = [
+        ["index", info["index"]],
+        ["model", info["model"]],
+        ["images", f"{info['images']:,} ({info['dims']}-d)"],
+        ["type", f"{build['kind']} ({build['factory']}), storage {build['storage']}" if build else "-"],
+        ["search", (build["search_params"] or "exhaustive") if build else "-"],
+        ["recall@10", recall],
+    ]
+    print(table(rows))
+    print("files")
+    print(table([[f"  {name}", _size(size)] for name, size in info["files"].items()]))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..index import SearchIndex
+
+    if SearchIndex.exists(args.model):
+        return _run_index(args)
     info = describe(args.model)
     if args.json:
         print_json(info)

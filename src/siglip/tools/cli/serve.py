@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
+from typing import Any
 
 from ...errors import UsageError
 from ..deps import require
@@ -79,6 +81,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.max_pixels,
         help="decoded pixels of an image (default: %(default)s)",
     )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="deploy on Ray Serve: --replicas copies of the app, each with its own batching "
+        "(pip install 'siglip[ray]')",
+    )
+    parser.add_argument(
+        "--replicas", type=integer(1), default=1, help="replicas with --ray (default: 1; one per GPU)"
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join with --ray (default: start a local one)"
+    )
     parser.set_defaults(run=run, reduced_decode=False)
 
 
@@ -106,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         cors_origins=tuple(args.cors_origins),
     )
+    if args.ray:
+        return _run_on_ray(args, settings)
     embedder = Embedder.from_pretrained(_model_of(args), **model_kwargs(args))
     app = create_app(embedder, args.index, settings)
     server = uvicorn.Server(
@@ -122,6 +138,38 @@ def run(args: argparse.Namespace) -> int:
     # then there is nothing left to do, so that second delivery must not kill the process with status -15.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
+    print("siglip serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace, settings: Any) -> int:
+    """Deploy on Ray Serve and wait for Ctrl+C or SIGTERM, then take the deployment down."""
+    import threading
+
+    from ..serve import ray_serve
+
+    options = model_kwargs(args)
+    if options.pop("device", None):
+        raise UsageError("with --ray, each replica uses its GPU (or a CPU): drop --device")
+    ray_serve.deploy(
+        _model_of(args),
+        args.index,
+        settings,
+        replicas=args.replicas,
+        host=args.host,
+        port=args.port,
+        address=args.ray_address,
+        model_options=options,
+    )
+    print(
+        f"siglip serve: {args.replicas} replicas on Ray Serve at http://{args.host}:{args.port}/",
+        file=sys.stderr,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    ray_serve.shutdown()
     print("siglip serve: stopped", file=sys.stderr)
     return 0
 

@@ -1,0 +1,156 @@
+"""Search index types on synthetic clustered embeddings: build time, query p50/p99, recall@10, RAM and disk.
+
+    python benchmarks/bench_ann.py --n 1000000                       # flat, ivf, ivfpq at 1M (768-d)
+    python benchmarks/bench_ann.py --n 200000 --types hnsw           # one type at another size
+    python benchmarks/bench_ann.py --n 10000000 --types ivfpq        # streamed: the vectors never all in RAM
+
+The vectors (tests/_vectors.py: 100 clusters, each over its own 32-d subspace, plus noise) are made part by
+part into a memory-mapped .npy under --work. Each type is built in its own process through `SearchIndex`
+(the records, the drain into the vector file, recall measured at build) so that its peak memory is its own,
+then reopened (memory-mapped) and asked 1,000 held-out queries one at a time; recall@10 is against an exact
+ranking of the same queries by faiss.knn over all vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _vectors import clustered
+
+PART = 100_000
+
+
+def make_vectors(work: Path, n: int, dims: int, queries: int) -> None:
+    """vectors.npy (n x dims, part by part), queries.npy and truth.npy (exact top 10 of each query)."""
+    import faiss
+
+    if (work / "truth.npy").exists() and np.load(work / "vectors.npy", mmap_mode="r").shape == (n, dims):
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    vectors = np.lib.format.open_memmap(work / "vectors.npy", "w+", np.float32, (n, dims))
+    asked = clustered(queries, dims, part=10**6)
+    heap = faiss.ResultHeap(queries, 10, keep_max=True)
+    for start in range(0, n, PART):
+        part = clustered(min(PART, n - start), dims, part=start // PART)
+        vectors[start : start + len(part)] = part
+        scores, ids = faiss.knn(asked, part, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, ids + start)
+    heap.finalize()
+    vectors.flush()
+    np.save(work / "queries.npy", asked)
+    np.save(work / "truth.npy", heap.I)
+
+
+def child(work: Path, kind: str, storage: str) -> dict:
+    """Build one index type from vectors.npy, reopen it and time single queries (runs in its own process)."""
+    from siglip import SearchIndex
+    from siglip.tools import ann
+    from siglip.tools.index import RECORDS_FILE
+    from siglip.tools.store import FileState, VectorStore
+
+    vectors = np.load(work / "vectors.npy", mmap_mode="r")
+    n, dims = vectors.shape
+    folder = work / f"index-{kind}-{storage}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    VectorStore(folder / RECORDS_FILE, "synthetic", dims).close()
+    start = time.perf_counter()
+    with SearchIndex(folder, index_type=kind, storage=storage) as index:
+        for at in range(0, n, 20_000):
+            part = np.asarray(vectors[at : at + 20_000])
+            index.store.record([FileState(f"/v/{at + i}.jpg", 1, 1) for i in range(len(part))], part)
+        index.sync()
+        info = index.build_info
+    build_s = time.perf_counter() - start
+    build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is in KiB)
+    del vectors
+    anon_before = _anon_gib()
+    queries, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
+    with SearchIndex(folder) as index:
+        index.search(queries[0], 10)  # opens the file (memory-mapped)
+        times, found = [], []
+        for query in queries:
+            t = time.perf_counter()
+            hits = index.search(query, 10)[0]
+            times.append(time.perf_counter() - t)
+            found.append([int(h.path[3:-4]) for h in hits])
+    disk = sum(f.stat().st_size for f in folder.iterdir()) / 2**30
+    result = {
+        "type": kind,
+        "factory": info.factory,
+        "params": info.search_params,
+        "n": n,
+        "build_s": round(build_s, 1),
+        "build_peak_gib": round(build_peak, 2),
+        "search_anon_gib": round(_anon_gib() - anon_before, 3),
+        "p50_ms": round(statistics.median(times) * 1e3, 2),
+        "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
+        "recall_at_10": round(ann.recall_at_k(np.array(found), truth), 4),
+        "recall_at_build": info.recall_at_10,
+        "disk_gib": round(disk, 3),
+        "fp16_vectors_gib": round(n * dims * 2 / 2**30, 3),
+    }
+    shutil.rmtree(folder)
+    return result
+
+
+def _anon_gib() -> float:
+    """Anonymous resident memory (not the page cache of mapped files) of this process, GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dims", type=int, default=768)
+    parser.add_argument("--types", default="flat,ivf,ivfpq", help="comma-separated kind[:storage]")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/siglip-bench-ann"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.work, *args.child.split(":"))))
+        return
+    start = time.perf_counter()
+    make_vectors(args.work, args.n, args.dims, args.queries)
+    print(f"# {args.n:,} clustered {args.dims}-d vectors made in {time.perf_counter() - start:.0f} s; "
+          f"{os.cpu_count()} CPU cores", flush=True)  # fmt: skip
+    print("| type | factory | search | build s | build peak GiB | search RAM GiB | p50 ms | p99 ms | "
+          "recall@10 | recall at build | disk GiB | fp16 vectors GiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for spec in args.types.split(","):
+        kind, _, storage = spec.partition(":")
+        out = subprocess.run(
+            [sys.executable, __file__, "--work", str(args.work), "--child", f"{kind}:{storage or 'auto'}"],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode:
+            reason = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            print(f"| {spec} | failed: {reason} |", flush=True)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {r['type']} | {r['factory']} | {r['params'] or 'exact'} | {r['build_s']} | {r['build_peak_gib']} | "
+              f"{r['search_anon_gib']} | {r['p50_ms']} | {r['p99_ms']} | {r['recall_at_10']} | "
+              f"{r['recall_at_build']} | {r['disk_gib']} | {r['fp16_vectors_gib']} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Approximate nearest-neighbour indexes over faiss: the index types, their automatic choice by size, and the
+recall each build reaches against exact search.
+
+Types (cosine similarity as the inner product of unit vectors):
+- `flat`: exact search over every vector.
+- `ivf`: an inverted file of `nlist` k-means cells (about 4 sqrt(N), a power of two); a query scans `nprobe`
+  cells. Vectors added later join their cell without retraining; removals are in place.
+- `hnsw`: a graph (32 links a node); fast at any size but it cannot remove vectors, so a removal rebuilds it.
+- `ivfpq`: `ivf` with each vector compressed by product quantization to dims/8 bytes (96 bytes at 768-d,
+  16x smaller than fp16): the type for tens of millions of vectors in bounded memory, at lower recall.
+
+A trained type (`ivf`, `ivfpq`) starts as `flat` while there are too few vectors to train it (1,000 and
+10,000). `auto` (autofaiss-style, by size): `flat` below 50,000 vectors, `ivf` while the fp16 vectors take under
+8 GiB (about 5.5 million at 768-d), `ivfpq` above. Storage `auto` keeps exact types in fp32 and approximate
+ones in fp16 (its rounding, about 1e-4, is far below their approximation error).
+
+Every build measures recall@10 against exact search on a held-out sample of the indexed vectors (added to
+the index only after the measurement, so that they are queries it has not seen), after choosing the smallest search effort (`nprobe`, `efSearch`) that
+reaches the target recall (plus a margin for the sample's error). faiss does the rest: `index_factory`, training, `ParameterSpace`, `ResultHeap`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from .deps import require
+
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+STORAGES = ("auto", "fp32", "fp16")
+TARGET_RECALL = 0.95
+TUNE_MARGIN = 0.01  # tune to the target plus this: the sample's recall is an estimate (+-0.01 at 500 queries)
+RECALL_K = 10
+FLAT_BELOW = 50_000  # auto: exact search up to here (about 5 ms a query at 768-d on one core)
+PQ_FROM_BYTES = 8 << 30  # auto: product quantization once the fp16 vectors would take this much
+RECALL_QUERIES = 500  # held-out queries per recall measurement
+TRAIN_PER_CELL = 40  # k-means training points per IVF cell (faiss warns below 39)
+HNSW_LINKS = 32
+SERIAL_BELOW = 16  # queries searched in one thread below this many (see `search`)
+TRAINS_FROM = {"ivf": 1_000, "ivfpq": 10_000}  # fewer vectors than this: such an index starts as `flat`
+
+Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids int64, vectors f32)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to build: the type, the storage precision and the faiss factory string."""
+
+    kind: str
+    storage: str
+    factory: str
+
+    @property
+    def nlist(self) -> int:
+        """IVF cells (0 for types without them)."""
+        return int(self.factory[3:].split(",")[0]) if self.factory.startswith("IVF") else 0
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """How an index was built and the recall it reached: stored with the index, shown by `siglip info`."""
+
+    kind: str
+    storage: str
+    factory: str
+    search_params: str  # faiss ParameterSpace string, e.g. "nprobe=16"
+    recall_at_10: float | None  # None: too few vectors to measure
+    recall_queries: int
+    vectors_at_build: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> BuildInfo:
+        return cls(**json.loads(text))
+
+
+def check_options(kind: str, storage: str) -> None:
+    """A `UsageError` naming the choices when `kind` or `storage` is not one."""
+    if kind not in INDEX_TYPES:
+        raise UsageError(f"index type must be one of {', '.join(INDEX_TYPES)}, got {kind!r}")
+    if storage not in STORAGES:
+        raise UsageError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+
+
+def plan(kind: str, storage: str, n: int, dims: int) -> Plan:
+    """The index to build for `n` vectors of `dims` dimensions (see the module doc for `auto`)."""
+    check_options(kind, storage)
+    if kind == "auto":
+        kind = "flat" if n < FLAT_BELOW else "ivf" if n * dims * 2 < PQ_FROM_BYTES else "ivfpq"
+    if n < TRAINS_FROM.get(kind, 0):  # too few vectors to train on: exact until there are enough
+        kind = "flat"
+    if storage == "auto":
+        storage = "fp32" if kind == "flat" else "fp16"
+    codes = "Flat" if storage == "fp32" else "SQfp16"
+    nlist = 2 ** min(  # about 4 sqrt(n) cells, with enough training points for each
+        round(math.log2(4 * math.sqrt(max(n, 1)))), int(math.log2(max(n // TRAIN_PER_CELL, 1)))
+    )
+    factory = {
+        "flat": codes,
+        "ivf": f"IVF{nlist},{codes}",
+        "hnsw": f"HNSW{HNSW_LINKS},{codes}",
+        "ivfpq": f"IVF{nlist},PQ{_pq_bytes(dims)}np",  # np: no polysemous training (10x slower, unused)
+    }[kind]
+    return Plan(kind, "pq" if kind == "ivfpq" else storage, factory)
+
+
+def _pq_bytes(dims: int) -> int:
+    """PQ sub-quantizers (one byte each): dims/8, rounded down to a divisor of dims."""
+    m = max(1, dims // 8)
+    while dims % m:
+        m -= 1
+    return m
+
+
+def still_fits(current: Plan, wanted: Plan) -> bool:
+    """Whether an index built as `current` may keep growing instead of being rebuilt as `wanted`: same type
+    and storage, and for IVF types a cell count within 2x of the one this size calls for."""
+    if (current.kind, current.storage) != (wanted.kind, wanted.storage):
+        return False
+    return current.nlist == wanted.nlist or (current.nlist > 0 and 0.5 <= wanted.nlist / current.nlist <= 2)
+
+
+def can_remove(kind: str) -> bool:
+    """Whether vectors can be removed in place (HNSW graphs cannot: a removal rebuilds)."""
+    return kind != "hnsw"
+
+
+def new_index(plan: Plan, dims: int) -> Any:
+    """An empty faiss index for `plan`, addressed by int64 ids and able to give back vectors by id."""
+    faiss = _faiss()
+    index = faiss.index_factory(dims, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    if plan.nlist:
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # ids in the lists; reconstruct by id
+        return index
+    return faiss.IndexIDMap2(index)
+
+
+def ids_of(index: Any) -> np.ndarray:
+    """The ids an index holds (int64, sorted)."""
+    faiss = _faiss()
+    if isinstance(index, faiss.IndexIDMap2):
+        return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+    invlists = faiss.extract_index_ivf(index).invlists
+    ids = [
+        faiss.rev_swig_ptr(invlists.get_ids(cell), invlists.list_size(cell)).copy()
+        for cell in range(invlists.nlist)
+        if invlists.list_size(cell)
+    ]
+    return np.sort(np.concatenate(ids).astype(np.int64)) if ids else np.empty(0, np.int64)
+
+
+def remove_ids(index: Any, ids: np.ndarray) -> None:
+    """Remove vectors by id (not for `hnsw`: see `can_remove`)."""
+    faiss = _faiss()
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    index.remove_ids(
+        faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
+    )  # IVF's id hashtable needs an array
+
+
+def vectors_of(index: Any, ids: np.ndarray, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) chunks of the vectors an index holds for `ids` (approximate for `ivfpq`)."""
+    for start in range(0, len(ids), chunk):
+        part = np.ascontiguousarray(ids[start : start + chunk], dtype=np.int64)
+        yield part, index.reconstruct_batch(part)
+
+
+def apply_search_params(index: Any, params: str) -> None:
+    """Set search-time parameters (e.g. "nprobe=16") on an index, as faiss's ParameterSpace reads them."""
+    if params:
+        _faiss().ParameterSpace().set_index_parameters(index, params)
+
+
+def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`index.search`, single-threaded for a few queries: waking OpenMP threads for one query costs more
+    than the query (about 12 ms against 0.02 ms for HNSW on a busy 2-core machine); batches stay parallel."""
+    faiss = _faiss()
+    if len(queries) >= SERIAL_BELOW:
+        return index.search(queries, k)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def build(
+    plan: Plan, dims: int, n: int, chunks: Chunks, target: float = TARGET_RECALL
+) -> tuple[Any, BuildInfo]:
+    """Build a `plan` index of the `n` vectors `chunks()` yields, tune it to `target` recall@10 and measure.
+
+    `chunks` is called once per pass (two passes: the held-out queries and the training sample, then the
+    rest); memory holds one chunk, the training sample and the queries, never all vectors.
+    """
+    faiss = _faiss()
+    rng = np.random.default_rng(0)
+    queries = min(RECALL_QUERIES, n // 10) if n > RECALL_K * 10 else 0
+    trains = plan.kind != "flat" and plan.kind != "hnsw"
+    train = min(n - queries, max(TRAIN_PER_CELL * plan.nlist, 65_536 if plan.kind == "ivfpq" else 0))
+    picked = rng.choice(n, size=queries + (train if trains else 0), replace=False)
+    role = np.zeros(n, np.int8)  # 1: held-out query, 2: training sample
+    role[picked[:queries]] = 1
+    role[picked[queries:]] = 2
+    index = new_index(plan, dims)
+    picks = [(ids[role[at] == 1], v[role[at] == 1], v[role[at] == 2]) for at, ids, v in _positions(chunks())]
+    query_ids = np.concatenate([i for i, _, _ in picks]) if picks else np.empty(0, np.int64)
+    query_vectors, sample = (np.concatenate([p[j] for p in picks]) if picks else None for j in (1, 2))
+    del picks
+    if trains:
+        index.train(sample)
+    del sample
+    heap = faiss.ResultHeap(len(query_ids), RECALL_K, keep_max=True) if queries else None
+    for at, ids, vectors in _positions(chunks()):
+        rest = role[at] != 1
+        ids, vectors = ids[rest], vectors[rest]
+        index.add_with_ids(vectors, ids)
+        if heap is not None and len(ids):
+            scores, positions = _exact(query_vectors, vectors)
+            heap.add_result(scores, np.where(positions >= 0, ids[positions], -1))
+    if heap is None:
+        return index, BuildInfo(plan.kind, plan.storage, plan.factory, "", None, 0, n)
+    heap.finalize()
+    params, recall = _tune(index, plan.kind, query_vectors, heap.I, target)
+    index.add_with_ids(query_vectors, query_ids)  # measured: now they join the index
+    return index, BuildInfo(plan.kind, plan.storage, plan.factory, params, recall, queries, n)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row of `truth` (the exact top k) that `found` (top k) contains."""
+    k = truth.shape[1]
+    return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth, strict=True)]))
+
+
+def _tune(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[str, float]:
+    """The smallest search effort reaching `target` recall@10 with a margin (else the largest tried) and its
+    recall."""
+    if kind == "flat":
+        efforts = [""]
+    elif kind == "hnsw":
+        efforts = [f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512)]
+    else:
+        nlist = _faiss().extract_index_ivf(index).nlist
+        efforts = [f"nprobe={p}" for p in (1, 2, 4, 8, 16, 32, 64, 128, 256) if p <= nlist]
+        efforts += [] if nlist <= 256 or kind == "ivfpq" else [f"nprobe={min(nlist, 512)}"]
+    recall = 0.0
+    for params in efforts:
+        apply_search_params(index, params)
+        _, found = index.search(queries, RECALL_K)
+        recall = recall_at_k(found, truth)
+        if recall >= target + TUNE_MARGIN:
+            break
+    return params, round(recall, 4)
+
+
+def _exact(queries: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top RECALL_K (scores, positions) of `queries` within one chunk (padded with -1 when short)."""
+    k = min(RECALL_K, len(vectors))
+    scores, positions = _faiss().knn(queries, vectors, k, metric=_faiss().METRIC_INNER_PRODUCT)
+    pad = RECALL_K - k
+    return np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(
+        positions, ((0, 0), (0, pad)), constant_values=-1
+    )
+
+
+def _positions(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(positions in the whole stream, ids, vectors) of each chunk."""
+    offset = 0
+    for ids, vectors in chunks:
+        yield np.arange(offset, offset + len(ids)), ids, np.ascontiguousarray(vectors, dtype=np.float32)
+        offset += len(ids)
+
+
+def _faiss() -> Any:
+    return require("faiss", "search", "the search index")

@@ -1,0 +1,396 @@
+"""`siglip embed --engine ray`: the embedding job on a Ray cluster, writing Parquet shards that a rerun resumes.
+
+    report = embed_with_ray(["/data/photos"], "/data/embeddings", "google/siglip-base-patch16-224")
+
+How the work is split (Ray Data, streaming):
+- the driver lists the inputs (folders, files and globs by the one discovery rule; `.txt` lists of paths or
+  URIs, one a line; `.parquet` lists with a `path` column) and cuts the list into shards of `shard_size`
+  files, each cut into batches of `batch_size`: the batches an in-process run over the same list makes;
+- CPU tasks read and decode a batch (`load_sample`, as the in-process job; URIs such as `s3://...` through
+  fsspec and its filesystem package), unreadable files set aside with their reason;
+- an actor pool runs the model, one actor per GPU (`num_gpus=1`), or CPU actors with a share of the cores
+  when the cluster has no GPU; each actor loads the model once and embeds one decoded batch a call;
+- the driver gathers a shard's batches and commits the shard: `part-NNNNN.parquet` (columns path, vector,
+  model, dims: the schema of the one-machine job) written to a temporary name and renamed in one step.
+  Its Parquet metadata records the model, its fingerprint (SHA-256 of the checkpoint files), the precision,
+  the unreadable files and the nodes that embedded it.
+
+The vectors are those of an in-process run over the same list with the same batch size, precision and
+threads per model call, bit for bit (a CPU actor runs CPUs / actors threads; float sums can differ in the
+last bit between thread counts).
+
+Resume: the shard plan (`_plan.json`) is fixed by the first run; a rerun, after a crash or `kill -9` of the
+driver, embeds only the shards that have no committed file. Every path and URI must be readable from every
+node (shared storage), as must the model (a bundled name, a path on shared storage or a hub id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.auto import AutoConfig, AutoProcessor
+from ..core.hub import CONFIG_NAME, locate
+from ..errors import UsageError
+from .data import ImageProcessor, Sample, collate, load_sample
+from .deps import require
+from .embedder import configure_images
+from .embedding_files import parquet_schema, parquet_table
+from .embedding_shards import SHARD_METADATA, shard_record
+from .files import find_images, skipped_as_json
+from .store import replace_atomically
+
+logger = logging.getLogger("siglip")
+
+PLAN_FILE = "_plan.json"  # leading _ or .: not data to pyarrow or Ray Data readers of the folder
+MANIFEST_FILE = "_manifest.json"
+LIST_SUFFIXES = (".txt", ".parquet")
+
+
+@dataclass
+class RayEmbedReport:
+    """What `embed_with_ray` did."""
+
+    out: Path
+    manifest: Path
+    count: int  # rows in all shards
+    embedded: int  # images embedded by this run
+    failed: int  # unreadable files found by this run
+    shards: int  # shards in the plan
+    resumed: int  # shards an earlier run had committed
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # all unreadable files: (path, reason)
+    nodes: int = 0  # nodes whose actors embedded this run's shards
+
+
+def list_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """The images named by `inputs`: folders, files and globs (see `find_images`), `.txt` lists (one path or
+    URI a line) and `.parquet` lists (a `path` column), and URIs (`scheme://...`), in order, without
+    duplicates. A listed relative path is relative to its list file."""
+    found: dict[str, None] = {}
+    local: list[str] = []
+
+    def flush() -> None:
+        found.update(dict.fromkeys(find_images(local)) if local else {})
+        local.clear()
+
+    for item in map(os.fspath, inputs):
+        if "://" in item:
+            flush()
+            found[item] = None
+        elif item.lower().endswith(LIST_SUFFIXES) and os.path.isfile(item):
+            flush()
+            found.update(dict.fromkeys(_listed(Path(item))))
+        else:
+            local.append(item)
+    flush()
+    return list(found)
+
+
+def _listed(path: Path) -> list[str]:
+    if path.suffix.lower() == ".parquet":
+        pq = require("pyarrow.parquet", "parquet", "reading a Parquet list of images")
+        table = pq.read_table(path)
+        if "path" not in table.column_names:
+            raise UsageError(f"{path} has no 'path' column (columns: {table.column_names})")
+        entries = [str(p) for p in table.column("path").to_pylist() if p]
+    else:
+        entries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [e if "://" in e else os.path.normpath(path.parent / e) for e in entries]
+
+
+def model_fingerprint(name: str) -> str:
+    """SHA-256 of a checkpoint's files (names and contents): which weights made a set of embeddings."""
+    folder = locate(name).file(CONFIG_NAME).parent
+    digest = hashlib.sha256()
+    for file in sorted(f for f in folder.iterdir() if f.is_file()):
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def embed_with_ray(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    model: str,
+    *,
+    precision: str = "auto",
+    batch_size: int = 32,
+    shard_size: int = 10_000,
+    address: str | None = None,
+    actors: int | None = None,
+    progress: bool | None = None,
+    compile: bool = False,
+    reduced_decode: bool = False,
+) -> RayEmbedReport:
+    """Embed the images named by `inputs` into Parquet shards in the folder `out` on Ray (see the module doc).
+
+    `precision` is resolved by each actor on its device, as `Embedder.from_pretrained` does; the manifest
+    lists the precisions the shards were made in.
+
+    `address` joins a running cluster ("auto", "ray://host:port"); without it a local one starts (or the one
+    this process already started is used). `actors` is the size of the model actor pool (default: one per
+    GPU, else one per 4 CPUs). `compile` and `reduced_decode` are as for `Embedder.from_pretrained`.
+    """
+    ray = require("ray", "ray", "siglip embed --engine ray")
+    pa = require("pyarrow", "ray", "siglip embed --engine ray")
+    if batch_size < 1 or shard_size < 1:
+        raise UsageError("--batch-size and --shard-size must be at least 1")
+    files = list_inputs(inputs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shard_size = -(-shard_size // batch_size) * batch_size  # whole batches: those of an in-process run
+    plan = _plan(out, files, shard_size, batch_size)
+    checkpoint = locate(model)
+    name = checkpoint.record_name
+    dims = AutoConfig.from_pretrained(checkpoint).text_config.projection_size
+    fingerprint = model_fingerprint(name)
+    done = {i for i in range(plan["shards"]) if _shard_path(out, i).exists()}
+    for i in done:
+        _check_shard(_shard_path(out, i), fingerprint)
+    pending = [i for i in range(plan["shards"]) if i not in done]
+    embedded = failed = 0
+    nodes: set[str] = set()
+    if pending:
+        if not ray.is_initialized():
+            ray.init(
+                address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+            )
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        actors = actors or gpus or max(1, int(resources.get("CPU", 1)) // 4)
+        cpus = resources.get("CPU", 1)
+        # GPU actors: the GPU runs the model, every core decodes. CPU actors: the model is the bottleneck
+        # (decoding is ~2% of a CPU job), so each actor threads over its share of all cores and holds all
+        # but half a CPU of it in Ray's accounting, which leaves room for the decoding tasks of half a CPU.
+        threads = 0 if gpus else max(1, int(cpus) // actors)
+        decode_cpus = 1 if gpus else 0.5
+        actor_cpus = 0 if gpus else max(0.5, cpus / actors - decode_cpus)
+        processor = AutoProcessor.from_pretrained(checkpoint)
+        configure_images(processor, checkpoint, reduced_decode=reduced_decode)
+        schema = parquet_schema(pa, dims)
+        rows = [
+            {"shard": s, "batch": b, "paths": json.dumps(files[start : start + batch_size])}
+            for s in pending
+            for b, start in enumerate(
+                range(s * shard_size, min((s + 1) * shard_size, len(files)), batch_size)
+            )
+        ]
+        batches_in = {
+            s: len(range(s * shard_size, min((s + 1) * shard_size, len(files)), batch_size)) for s in pending
+        }
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours is below
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        # decoding stays in CPU tasks: the two steps' differing scheduling keeps Ray from fusing them (Ray
+        # 2.64 drops scheduling_strategy here, hence the `ray` extra's upper bound)
+        ds = ds.map(_Decode(processor.image_processor), num_cpus=decode_cpus, scheduling_strategy="DEFAULT")
+        ds = ds.map(
+            _EmbedActor,
+            fn_constructor_kwargs={
+                "model": name,
+                "precision": precision,
+                "compile": compile,
+                "threads": threads,
+            },
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if gpus else 0,
+            num_cpus=actor_cpus,
+            scheduling_strategy="SPREAD",  # the actors over the nodes
+        )
+        gathered: dict[int, dict[int, dict[str, Any]]] = {s: {} for s in pending}
+        from tqdm.auto import tqdm
+
+        show = progress if progress is not None else False
+        with tqdm(total=len(rows), unit="batch", desc="embedding (ray)", disable=not show) as bar:
+            for row in ds.iter_rows():
+                shard, batch = int(row["shard"]), int(row["batch"])
+                gathered[shard][batch] = row
+                bar.update(1)
+                if len(gathered[shard]) < batches_in[shard]:
+                    continue
+                complete = gathered.pop(shard)
+                parts = [complete[b] for b in range(batches_in[shard])]
+                record = _commit_shard(pa, schema, out, shard, name, fingerprint, parts)
+                embedded += record["count"]
+                failed += len(record["skipped"])
+                nodes.update(record["nodes"])
+    return _finish(out, plan, name, dims, fingerprint, embedded, failed, len(done), nodes)
+
+
+def _plan(out: Path, files: list[str], shard_size: int, batch_size: int) -> dict[str, Any]:
+    """The shard plan of `out`: made by the first run, checked by the next ones (same inputs, same cuts)."""
+    digest = hashlib.sha256("\n".join(files).encode()).hexdigest()
+    plan = {
+        "files": len(files),
+        "files_sha256": digest,
+        "shard_size": shard_size,
+        "batch_size": batch_size,
+        "shards": -(-len(files) // shard_size),
+    }
+    path = out / PLAN_FILE
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        if earlier != plan:
+            raise UsageError(
+                f"'{out}' holds a run over other inputs or with other --batch-size/--shard-size "
+                f"({earlier['files']} files, shards of {earlier['shard_size']}): rerun it as it was, or "
+                "write to another folder"
+            )
+        return plan
+    replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(plan, indent=2) + "\n"))
+    return plan
+
+
+def _shard_path(out: Path, shard: int) -> Path:
+    return out / f"part-{shard:05d}.parquet"
+
+
+def _check_shard(path: Path, fingerprint: str) -> None:
+    record = shard_record(path)
+    if record is None:
+        raise UsageError(f"{path} is not a shard of `siglip embed --engine ray`: write to another folder")
+    if record["fingerprint"] != fingerprint:
+        raise UsageError(
+            f"{path} was embedded by other weights (model {record['model']}, fingerprint "
+            f"{record['fingerprint'][:12]}): use that model, or write to another folder"
+        )
+
+
+def _commit_shard(
+    pa: Any, schema: Any, out: Path, shard: int, model: str, fingerprint: str, parts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Write one shard from its embedded batches, in order, atomically; returns its record."""
+    import pyarrow.parquet as pq
+
+    paths = [p for part in parts for p in json.loads(part["paths"])]
+    vectors = np.concatenate(
+        [
+            np.asarray(part["vectors"], np.float32).reshape(-1, schema.field("vector").type.list_size)
+            for part in parts
+        ]
+    )
+    skipped = [tuple(f) for part in parts for f in json.loads(part["failed"])]
+    record = {
+        "model": model,
+        "fingerprint": fingerprint,
+        "precision": parts[0]["precision"],
+        "count": len(paths),
+        "skipped": skipped,
+        "nodes": sorted({part["node"] for part in parts}),
+    }
+    table = parquet_table(pa, schema, model, paths, vectors)
+    table = table.replace_schema_metadata({SHARD_METADATA: json.dumps(record)})
+    replace_atomically(_shard_path(out, shard), lambda tmp: pq.write_table(table, tmp))
+    return record
+
+
+def _finish(
+    out: Path,
+    plan: dict[str, Any],
+    model: str,
+    dims: int,
+    fingerprint: str,
+    embedded: int,
+    failed: int,
+    resumed: int,
+    nodes: set[str],
+) -> RayEmbedReport:
+    """Write the manifest of a complete run (all shards committed) and report."""
+    records = [shard_record(_shard_path(out, i)) or {} for i in range(plan["shards"])]
+    skipped = [tuple(s) for r in records for s in r["skipped"]]
+    manifest = {
+        "model": model,
+        "fingerprint": fingerprint,
+        "dims": dims,
+        "precision": sorted({r["precision"] for r in records}),
+        "count": sum(r["count"] for r in records),
+        "format": "parquet",
+        "shards": [_shard_path(out, i).name for i in range(plan["shards"])],
+        "skipped": skipped_as_json(skipped),
+    }
+    path = out / MANIFEST_FILE
+    replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    return RayEmbedReport(
+        out, path, manifest["count"], embedded, failed, plan["shards"], resumed, skipped, len(nodes)
+    )
+
+
+_INPUT = "input_"  # column-name prefix of the model inputs a decode task hands to the model actors
+
+
+class _Decode:
+    """A Ray task body: read and preprocess one batch of files (as the in-process DataLoader workers do)."""
+
+    def __init__(self, processor: ImageProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        paths = json.loads(row["paths"])
+        batch = collate([self._sample(p, i) for i, p in enumerate(paths)])
+        return {
+            "shard": row["shard"],
+            "batch": row["batch"],
+            "paths": json.dumps([s.source for s in batch.loaded]),
+            "failed": json.dumps([(s.source, s.reason) for s in batch.failed]),
+            # the model inputs, a column each (pixel_values; NaFlex adds pixel_attention_mask, spatial_shapes)
+            **{_INPUT + name: value.numpy() for name, value in batch.inputs.items()},
+        }
+
+    def _sample(self, source: str, index: int) -> Sample:
+        """A local path goes to the processor as it is; a URI is read through fsspec first."""
+        if "://" not in source:
+            return load_sample(self.processor, source, source, index=index)
+        fsspec = require("fsspec", "ray", f"reading {source}")
+        try:
+            with fsspec.open(source, "rb") as f:
+                data = f.read()
+        except (OSError, ValueError, ImportError) as err:
+            return Sample(None, source, f"cannot be read: {err}", index=index)
+        return load_sample(self.processor, data, source, index=index)
+
+
+class _EmbedActor:
+    """A Ray actor: the model, loaded once, embedding one decoded batch a call."""
+
+    def __init__(self, model: str, precision: str, compile: bool, threads: int) -> None:
+        import ray
+        import torch
+
+        from .embedder import Embedder
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.embedder = Embedder.from_pretrained(model, precision=precision, compile=compile)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        inputs = {
+            key.removeprefix(_INPUT): torch.from_numpy(np.ascontiguousarray(value))
+            for key, value in row.items()
+            if key.startswith(_INPUT)
+        }
+        loaded = inputs and len(next(iter(inputs.values())))
+        vectors = (
+            self.embedder.embed_inputs(inputs) if loaded else np.empty((0, self.embedder.dims), np.float32)
+        )
+        return {
+            "shard": row["shard"],
+            "batch": row["batch"],
+            "paths": row["paths"],
+            "failed": row["failed"],
+            "vectors": vectors,
+            "node": self.node,
+            "precision": self.embedder.mode.precision,
+        }

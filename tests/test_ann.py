@@ -1,0 +1,183 @@
+"""Approximate index types: recall against exact search, save/open round trips, fp16 storage stored once,
+memory-mapped opening, and a build killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _vectors import clustered
+from siglip import SearchIndex
+from siglip.tools import ann
+from siglip.tools.index import RECORDS_FILE, VECTORS_FILE
+from siglip.tools.store import FileState, VectorStore
+
+faiss = pytest.importorskip("faiss")
+
+
+def _new_index(directory: Path, vectors: np.ndarray, **settings: str) -> SearchIndex:
+    """A search index holding `vectors` under paths /v/<row>.jpg, written as a build writes them."""
+    directory.mkdir()
+    VectorStore(directory / RECORDS_FILE, "synthetic", vectors.shape[1]).close()
+    index = SearchIndex(directory, **settings)
+    for start in range(0, len(vectors), 20_000):
+        part = vectors[start : start + 20_000]
+        index.store.record([FileState(f"/v/{start + i}.jpg", 1, 1) for i in range(len(part))], part)
+    return index
+
+
+def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    return faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+
+
+def _top_rows(index: SearchIndex, queries: np.ndarray, k: int) -> np.ndarray:
+    """Rows (0-based, as in the vectors given to `_new_index`) of the k best hits of each query."""
+    return np.array([[int(h.path[3:-4]) for h in hits] for hits in index.search(queries, k)])
+
+
+def test_the_default_index_of_100k_clustered_vectors_has_recall_at_10_of_at_least_095(tmp_path):
+    vectors, queries = np.split(clustered(100_300, 768), [100_000])  # queries: new, same distribution
+    index = _new_index(tmp_path / "index", vectors)
+    index.sync()
+    info = index.build_info
+    assert (info.kind, info.storage, info.vectors_at_build) == ("ivf", "fp16", 100_000)
+    assert info.recall_at_10 >= 0.95 and info.recall_queries == 500
+
+    # an independent check: new queries from the same distribution, against an exact ranking by numpy
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    recall = ann.recall_at_k(_top_rows(index, queries, 10), exact)
+    assert recall >= 0.95, recall
+    assert VectorStore(tmp_path / "index" / RECORDS_FILE).released_ids().size == 100_000  # stored once
+
+
+@pytest.mark.parametrize(
+    ("kind", "storage", "factory"),
+    [
+        ("flat", "auto", "Flat"),
+        ("flat", "fp16", "SQfp16"),
+        ("ivf", "auto", "IVF256,SQfp16"),
+        ("hnsw", "fp32", "HNSW32,Flat"),
+        ("ivfpq", "auto", "IVF256,PQ8np"),
+    ],
+)
+def test_each_type_round_trips_through_save_and_open_and_follows_changes(tmp_path, kind, storage, factory):
+    vectors, queries = np.split(clustered(12_020, 64, clusters=20, rank=8), [12_000])
+    index = _new_index(tmp_path / "index", vectors[:11_000], index_type=kind, storage=storage)
+    before = index.search(queries, 10)
+    info = index.build_info
+    assert info.factory == factory and info.recall_at_10 is not None
+    if kind in ("flat", "ivf", "hnsw"):  # the types that reach the target do; PQ recall is what it is
+        assert info.recall_at_10 >= 0.95
+    index.close()
+
+    reopened = SearchIndex(tmp_path / "index")
+    assert reopened.search(queries, 10) == before
+    assert reopened.build_info == info
+    recall = ann.recall_at_k(_top_rows(reopened, queries, 10), _exact_top(vectors[:11_000], queries, 10))
+    assert recall >= (0.6 if kind == "ivfpq" else 0.9)
+    path, vector = reopened.entry(before[0][0].id)
+    assert path == before[0][0].path
+    assert np.dot(vector, vectors[int(path[3:-4])]) > (0.9 if kind == "ivfpq" else 0.9999)
+
+    # updates: new vectors are found, removed ones are gone (HNSW by a rebuild)
+    reopened.store.record([FileState(f"/v/{i}.jpg", 1, 1) for i in range(11_000, 12_000)], vectors[11_000:])
+    gone = before[0][0].path
+    reopened.store.remove([gone])
+    assert reopened.search(vectors[11_500], 1)[0][0].path == "/v/11500.jpg"
+    assert gone not in {h.path for h in reopened.search(queries[0], 10)[0]}
+    assert reopened.sync().ntotal == 11_999
+    assert reopened.build_info.factory == factory
+
+
+def test_fp16_storage_keeps_each_vector_once_and_opens_memory_mapped(tmp_path):
+    vectors = clustered(60_000, 128, clusters=30, rank=8)
+    index = _new_index(tmp_path / "index", vectors)
+    index.sync()
+    assert index.build_info.factory.endswith("SQfp16")
+    index.close()
+    with sqlite3.connect(tmp_path / "index" / RECORDS_FILE) as db:
+        assert db.execute("SELECT SUM(length(vector)) FROM images").fetchone()[0] == 0
+    fp16_bytes = vectors.size * 2
+    disk = (tmp_path / "index" / VECTORS_FILE).stat().st_size
+    assert fp16_bytes < disk < fp16_bytes + 32 * len(vectors) + 2**20  # + ids, the id map and the centroids
+    assert (tmp_path / "index" / RECORDS_FILE).stat().st_size < 0.2 * fp16_bytes  # paths and states only
+
+    reopened = SearchIndex(tmp_path / "index")
+    reopened.search(vectors[0], 1)
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    if maps:
+        assert str(tmp_path / "index" / VECTORS_FILE) in maps
+
+
+_KILLED_BUILD = """
+import os, signal, sys
+import numpy as np
+from siglip import SearchIndex
+from siglip.tools import index as index_module
+from siglip.tools.store import FileState
+
+def killed_write(path, write):  # the new vector file is half written when the process dies
+    path.with_name(f".{path.name}.tmp").write_bytes(b"half a faiss file")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+index_module.replace_atomically = killed_write
+index = SearchIndex(sys.argv[1], index_type="hnsw")  # another type: the next sync rebuilds
+vectors = np.load(sys.argv[2])
+index.store.record([FileState(f"/v/{i}.jpg", 1, 1) for i in range(3000, 3500)], vectors[3000:3500])
+index.sync()
+"""
+
+
+def test_a_build_killed_with_sigkill_leaves_the_old_index_usable(tmp_path):
+    vectors, queries = np.split(clustered(3505, 64, clusters=10, rank=8), [3500])
+    np.save(tmp_path / "vectors.npy", vectors)
+    index = _new_index(tmp_path / "index", vectors[:3000], index_type="ivf")
+    old = index.search(queries, 10)
+    index.close()
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_KILLED_BUILD),
+            str(tmp_path / "index"),
+            str(tmp_path / "vectors.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    with SearchIndex(tmp_path / "index", index_type="ivf") as survivor:  # the old file, the new records
+        assert survivor.build_info.factory.startswith("IVF")
+        assert len(survivor) == 3500 and survivor.sync().ntotal == 3500
+        now = survivor.search(queries, 10)
+        assert [h.path for h in now[0]] != [] and survivor.search(vectors[3200], 1)[0][
+            0
+        ].path == "/v/3200.jpg"
+        assert {h.path for h in now[1]} & {h.path for h in old[1]}
+        exact = _exact_top(vectors, queries, 10)
+        assert ann.recall_at_k(_top_rows(survivor, queries, 10), exact) >= 0.9
+
+
+def test_siglip_info_shows_the_type_and_the_recall_of_an_index(tmp_path, capsys):
+    from siglip.tools.cli import main
+
+    vectors = clustered(3000, 64, clusters=10, rank=8)
+    with _new_index(tmp_path / "index", vectors, index_type="ivf") as index:
+        index.sync()
+        recall = index.build_info.recall_at_10
+    assert main(["info", str(tmp_path / "index")]) == 0
+    shown = capsys.readouterr().out
+    assert "IVF64,SQfp16" in shown and f"{recall:.4f} against exact search (300 held-out queries" in shown
+    assert main(["info", str(tmp_path / "index"), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["images"] == 3000 and described["build"]["recall_at_10"] == recall

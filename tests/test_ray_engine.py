@@ -1,0 +1,94 @@
+"""`siglip embed --engine ray` on a local Ray cluster (2 CPUs, no dashboard): the in-process job's output bit
+for bit, unreadable files listed alike, URIs and lists as inputs, and `siglip index --from-embeddings`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from _material import BUNDLED
+from _ray_material import BATCH, SHARD, in_process, read_parquet, write_200_photos
+from siglip import SearchIndex
+from siglip.tools.cli import main
+from siglip.tools.ray_engine import embed_with_ray, model_fingerprint
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ray") / "photos"
+    write_200_photos(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def oracle(photos, tmp_path_factory):
+    return in_process(photos, tmp_path_factory.mktemp("oracle") / "vectors.parquet")
+
+
+def test_the_ray_engine_writes_the_in_process_vectors_bit_for_bit(cluster, photos, oracle, tmp_path, capsys):
+    paths, vectors, skipped = oracle
+    out = tmp_path / "shards"
+    code = main(
+        ["embed", str(photos), "--out", str(out), "--engine", "ray", "--model", BUNDLED, "--precision", "fp32",
+         "--batch-size", str(BATCH), "--shard-size", str(SHARD), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    assert "wrote 200 embeddings in 9 shards" in capsys.readouterr().out
+    got_paths, got_vectors = read_parquet(out)
+    assert got_paths == paths and len(paths) == 200  # one row per readable file, in order
+    assert got_vectors.dtype == np.float32 and np.array_equal(got_vectors, vectors)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert [(s["path"], s["reason"]) for s in manifest["skipped"]] == skipped and len(skipped) == 2
+    assert manifest["precision"] == ["fp32"] and manifest["count"] == 200
+    assert manifest["fingerprint"] == model_fingerprint(BUNDLED)
+    assert sorted(p.name for p in out.glob("*.parquet")) == [f"part-{i:05d}.parquet" for i in range(9)]
+
+    again = embed_with_ray([photos], out, BUNDLED, precision="fp32", batch_size=BATCH, shard_size=SHARD)
+    assert (again.resumed, again.embedded, again.count) == (9, 0, 200)  # a rerun has nothing left to do
+
+
+def test_lists_and_uris_are_inputs(cluster, photos, oracle, tmp_path):
+    paths, vectors, _ = oracle
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"file://{p}\n" for p in paths[:10]) + f"file://{photos}/missing.jpg\n")
+    report = embed_with_ray([listing], tmp_path / "out", BUNDLED, precision="fp32", batch_size=BATCH)
+    got_paths, got_vectors = read_parquet(tmp_path / "out")
+    assert got_paths == [f"file://{p}" for p in paths[:10]]
+    np.testing.assert_allclose(
+        got_vectors, vectors[:10], atol=1e-6
+    )  # other batches than the oracle's: last bit
+    assert [p for p, _ in report.skipped] == [f"file://{photos}/missing.jpg"]
+    assert "No such file" in report.skipped[0][1] or "cannot be read" in report.skipped[0][1]
+
+
+def test_an_index_from_the_shards_answers_like_an_index_of_the_folder(cluster, photos, tmp_path, capsys):
+    out = tmp_path / "shards"
+    embed_with_ray([photos], out, BUNDLED, precision="fp32", batch_size=BATCH, shard_size=SHARD)
+    assert main(["index", "--index", str(tmp_path / "imported"), "--from-embeddings", str(out)]) == 0
+    assert "200 added" in capsys.readouterr().out
+    assert main(["index", str(photos), "--index", str(tmp_path / "direct"), "--model", BUNDLED, "--precision",
+                 "fp32", "--batch-size", str(BATCH), "--workers", "0", "--no-progress"]) == 0  # fmt: skip
+    with SearchIndex(tmp_path / "imported") as imported, SearchIndex(tmp_path / "direct") as direct:
+        assert len(imported) == len(direct) == 200
+        for query in ("a cat", "a rocket at night", "coffee"):
+            assert [h.path for h in imported.search_text(query, 20)] == [
+                h.path for h in direct.search_text(query, 20)
+            ]
+        first, second = (i.search_image(str(photos / "007.jpg"), 10) for i in (imported, direct))
+        assert [h.path for h in first] == [h.path for h in second] and first[0].path.endswith("007.jpg")
+        # the direct build ran 2 threads, the actor 1: the same vectors to the last bit or so
+        np.testing.assert_allclose([h.score for h in first], [h.score for h in second], atol=1e-6)
+        # the imported files kept their state: an update of the folder finds nothing to embed
+        report = imported.update([photos], workers=0, progress=False)
+        assert (report.added, report.updated, report.removed, report.unchanged) == (0, 0, 0, 202)
