@@ -47,7 +47,9 @@ def fixed_length_ids(
     """
     texts = [lowercase(text) for text in texts] if needs_lowercase(tokenizer) else list(texts)
     limit = text_config.max_position_embeddings
-    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    with warnings.catch_warnings():  # the tokenizer's own too-long warning: the one below says it, once
+        warnings.simplefilter("ignore", UserWarning)
+        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     cut = [i for i, n in enumerate(lengths) if n > limit]
     if cut:
         first = cut[0]
