@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -42,6 +43,14 @@ FP32_TOLERANCE = 2e-5
 FP64_TOLERANCE = 1e-10
 FP64_NAMES = ("ViT-B-16-SigLIP", "ViT-L-16-SigLIP-256", "ViT-SO400M-14-SigLIP", "ViT-gopt-16-SigLIP2-256")
 PARITY: dict[str, dict[str, float]] = {}  # printed at the end: the figures of the closing note
+
+
+@pytest.fixture(autouse=True)
+def _free_disk(tmp_path):
+    """Checkpoints at released widths are hundreds of MB each (tens of GB over the file): each test's go
+    when it ends, instead of staying in pytest's kept temporary folders."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
