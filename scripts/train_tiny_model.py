@@ -8,7 +8,8 @@ Steps (each printed with its wall time):
    format) and the 10,000 test images likewise (training reports zero-shot top-1 on them every 500 steps);
 2. train a SentencePiece vocabulary (SigLIP's id layout: pad 0, eos = `</s>` 1, unk 2) on the canonicalised
    training captions;
-3. write the starting point: a small SigLIP config, the tokenizer and a 28 x 28 image processor;
+3. write the starting point: a randomly initialised small SigLIP (its bias at the prior log-odds of a positive
+   pair), the tokenizer and a 28 x 28 image processor;
 4. `siglip train` from scratch: each image is captioned by one of TRAIN_TEMPLATES filled with its class name,
    and the loss counts every image-caption pair of one class as positive (class-folder labels);
 5. zero-shot evaluation on the 10,000 test images with EVAL_TEMPLATES, which training never saw (prompt
@@ -23,6 +24,7 @@ import argparse
 import gzip
 import io
 import json
+import math
 import shlex
 import shutil
 import subprocess
@@ -76,11 +78,12 @@ EVAL_TEMPLATES = [
 
 CONFIG = dict(
     text_config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                     max_position_embeddings=16),
+                     max_position_embeddings=32),
     vision_config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
                        image_size=28, patch_size=4),
 )  # fmt: skip
-TRAINING = ["--batch-size", "256", "--epochs", "6", "--lr", "1e-3", "--warmup-steps", "100",
+POSITIONS = CONFIG["text_config"]["max_position_embeddings"]
+TRAINING = ["--precision", "fp32", "--batch-size", "256", "--epochs", "6", "--lr", "1e-3", "--warmup-steps", "100",
             "--weight-decay", "1e-4", "--workers", "1", "--seed", "0", "--log-every", "50",
             "--save-every", "500", "--eval-every", "500"]  # fmt: skip
 
@@ -124,10 +127,26 @@ def train_vocabulary(path: Path) -> None:
 def write_start(start: Path) -> None:
     start.mkdir(parents=True, exist_ok=True)
     train_vocabulary(start / "spiece.model")
-    tokenizer = SiglipTokenizer(start / "spiece.model", model_max_length=16, model_input_names=["input_ids"])
+    tokenizer = SiglipTokenizer(
+        start / "spiece.model", model_max_length=POSITIONS, model_input_names=["input_ids"]
+    )
+    # Every caption must fit: a cut one loses its class name ("a low resolution photo of a ankle boot" is 26
+    # pieces of this small vocabulary), so captions of different classes would become one text.
+    captions = [t.format(c) for t in (*TRAIN_TEMPLATES, *EVAL_TEMPLATES) for c in CLASSES]
+    longest = max(captions, key=lambda caption: len(tokenizer(caption)["input_ids"]))
+    if (length := len(tokenizer(longest)["input_ids"])) > POSITIONS:
+        sys.exit(f"{longest!r} is {length} tokens, over the model's {POSITIONS} text positions")
     config = SiglipConfig(**CONFIG)
     config.text_config.vocab_size = tokenizer.vocab_size
-    config.save_pretrained(start)
+    # SigLIP starts the bias at -10, the log-odds of a positive pair when one caption in a big batch is the
+    # image's. With class labels one pair in len(CLASSES) is positive: starting at that prior instead saves
+    # the hundreds of steps AdamW needs to walk the bias there (about lr per step), which otherwise leave the
+    # probabilities too low at the end of a short run.
+    torch.manual_seed(0)
+    model = SiglipModel(config)
+    with torch.no_grad():
+        model.logit_bias.fill_(math.log(1 / (len(CLASSES) - 1)))
+    model.save_pretrained(start)
     SiglipProcessor(SiglipImageProcessor(size={"height": 28, "width": 28}), tokenizer).save_pretrained(start)
 
 
@@ -175,7 +194,7 @@ filled with its class name. It ships inside the `siglip` package so that everyth
 `SiglipModel.from_pretrained("siglip-tiny-fashion")`, `SiglipProcessor.from_pretrained("siglip-tiny-fashion")`,
 `siglip classify ... --model siglip-tiny-fashion`. It knows grey 28 x 28 pictures of clothing and nothing else.
 
-Vision tower: 28 x 28 pixels, 4 x 4 patches, 4 layers of width 128; text tower: 2 layers of width 128, 16
+Vision tower: 28 x 28 pixels, 4 x 4 patches, 4 layers of width 128; text tower: 2 layers of width 128, {POSITIONS}
 positions, a {results["vocab_size"]}-piece SentencePiece vocabulary trained on the captions.
 
 ## Zero-shot accuracy on the 10,000 test images
@@ -233,7 +252,7 @@ def main() -> None:
     done("export")
     write_start(args.work / "start")
     done("vocabulary")
-    command = ["siglip", "train", "--data", "train", "--config", "start", "--processor", "start",
+    command = ["siglip", "train", "--data", "train", "--model", "start",
                "--output-dir", "run", "--templates", *TRAIN_TEMPLATES, *TRAINING, "--eval-data", "test",
                "--eval-templates", *EVAL_TEMPLATES[:1], "--resume"]  # fmt: skip
     subprocess.run([sys.executable, "-m", "siglip", *command[1:]], check=True, cwd=args.work)
