@@ -181,3 +181,105 @@ def test_siglip_info_shows_the_type_and_the_recall_of_an_index(tmp_path, capsys)
     assert main(["info", str(tmp_path / "index"), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["images"] == 3000 and described["build"]["recall_at_10"] == recall
+
+
+def _embeddings_file(path: Path, vectors: np.ndarray) -> None:
+    """A `siglip embed` Parquet file of `vectors` under the paths of `_new_index`, in one row group."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from siglip.tools.embedding_files import parquet_schema, parquet_table
+
+    schema = parquet_schema(pa, vectors.shape[1])
+    table = parquet_table(pa, schema, "synthetic", [f"/v/{i}.jpg" for i in range(len(vectors))], vectors)
+    pq.write_table(table, path, row_group_size=len(vectors))
+
+
+def test_an_import_streams_the_vectors_in_bounded_reads_and_answers_like_the_records(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from siglip.tools import embedding_shards
+
+    vectors, queries = np.split(clustered(3020, 64, clusters=10, rank=8), [3000])
+    _embeddings_file(tmp_path / "vectors.parquet", vectors)
+    direct = _new_index(tmp_path / "direct", vectors, index_type="ivf")
+    direct.sync()
+    imported = _new_index(tmp_path / "imported", vectors[:0], index_type="ivf")
+    with sqlite3.connect(
+        tmp_path / "imported" / RECORDS_FILE
+    ) as db:  # any vector staged in the records fails
+        db.execute(
+            "CREATE TRIGGER no_staging BEFORE INSERT ON images WHEN length(NEW.vector) > 0 "
+            "BEGIN SELECT RAISE(ABORT, 'a vector was staged in the records'); END"
+        )
+    reads = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def counted(self, *args, **kwargs):
+        for batch in iter_batches(self, *args, **kwargs):
+            reads.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counted)
+    monkeypatch.setattr(embedding_shards, "READ_ROWS", 512)
+    report = imported.import_embeddings(tmp_path / "vectors.parquet")
+    assert (report.added, report.updated, report.unchanged, report.total) == (3000, 0, 0, 3000)
+    assert max(reads) == 512 and sum(reads) == 3 * 3000  # the paths, then the build: its sample, the rest
+    assert imported.build_info == direct.build_info  # the same build: same vectors, ids and sample
+    assert imported.search(queries, 10) == direct.search(queries, 10)
+
+    again = imported.import_embeddings(tmp_path / "vectors.parquet")
+    assert (again.added, again.unchanged, again.total) == (0, 3000, 3000)
+    assert imported.sync().ntotal == 3000
+
+
+_KILLED_IMPORT = """
+import os, signal, sys
+from siglip import SearchIndex
+from siglip.tools import index as index_module
+
+def killed_write(path, write):  # the new vector file is half written when the process dies
+    path.with_name(f".{path.name}.tmp").write_bytes(b"half a faiss file")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+index_module.replace_atomically = killed_write
+SearchIndex(sys.argv[1]).import_embeddings(sys.argv[2])
+"""
+
+
+def test_an_import_killed_with_sigkill_leaves_the_old_index_usable_and_a_rerun_completes(tmp_path):
+    vectors, queries = np.split(clustered(3505, 64, clusters=10, rank=8), [3500])
+    _embeddings_file(tmp_path / "vectors.parquet", vectors)
+    index = _new_index(tmp_path / "index", vectors[:3000], index_type="ivf")
+    old = index.search(queries, 10)
+    index.close()
+    script = [sys.executable, "-c", textwrap.dedent(_KILLED_IMPORT), str(tmp_path / "index")]
+    killed = subprocess.run([*script, str(tmp_path / "vectors.parquet")], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    with SearchIndex(tmp_path / "index") as survivor:  # as it was: the import's transaction never committed
+        assert len(survivor) == 3000 and survivor.search(queries, 10) == old
+        report = survivor.import_embeddings(tmp_path / "vectors.parquet")
+        # the first 3000 were recorded with another (made-up) file state: updated, under new ids
+        assert (report.added, report.updated, report.total) == (500, 3000, 3500)
+        assert survivor.search(vectors[3200], 1)[0][0].path == "/v/3200.jpg"
+        assert ann.recall_at_k(_top_rows(survivor, queries, 10), _exact_top(vectors, queries, 10)) >= 0.9
+
+
+def test_past_8192_cells_a_graph_finds_the_cells_and_the_index_still_round_trips():
+    assert ann.plan("auto", "auto", 1_000_000, 768).factory == "IVF4096,SQfp16"  # the 1M figures stand
+    big = ann.plan("ivfpq", "auto", 10_000_000, 768)
+    assert (big.factory, big.nlist) == ("IVF16384_HNSW32,PQ96np", 16384)
+
+    vectors, queries = np.split(clustered(12_020, 64, clusters=20, rank=8), [12_000])
+    plan = ann.Plan("ivf", "fp16", "IVF64_HNSW32,SQfp16")  # the same factory at a size a test affords
+    ids = np.arange(100, 12_100)
+    index, info = ann.build(plan, 64, 12_000, lambda: iter([(ids, vectors)]))
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer), faiss.IndexHNSWFlat)
+    assert info.recall_at_10 >= 0.95 and plan.nlist == 64
+    reopened = faiss.deserialize_index(faiss.serialize_index(index))
+    ann.apply_search_params(reopened, info.search_params)
+    ann.remove_ids(reopened, ids[:10])
+    assert np.array_equal(ann.ids_of(reopened), ids[10:])
+    found = ann.search(reopened, queries, 10)[1] - 100
+    assert ann.recall_at_k(found, _exact_top(vectors, queries, 10)) >= 0.9

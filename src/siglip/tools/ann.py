@@ -3,7 +3,8 @@ recall each build reaches against exact search.
 
 Types (cosine similarity as the inner product of unit vectors):
 - `flat`: exact search over every vector.
-- `ivf`: an inverted file of `nlist` k-means cells (about 4 sqrt(N), a power of two); a query scans `nprobe`
+- `ivf`: an inverted file of `nlist` k-means cells (about 4 sqrt(N), a power of two; from 8,192 cells, about
+  2 million vectors, the cells are found through an HNSW graph of their centroids); a query scans `nprobe`
   cells. Vectors added later join their cell without retraining; removals are in place.
 - `hnsw`: a graph (32 links a node); fast at any size but it cannot remove vectors, so a removal rebuilds it.
 - `ivfpq`: `ivf` with each vector compressed by product quantization to dims/8 bytes (96 bytes at 768-d,
@@ -42,6 +43,7 @@ PQ_FROM_BYTES = 8 << 30  # auto: product quantization once the fp16 vectors woul
 RECALL_QUERIES = 500  # held-out queries per recall measurement
 TRAIN_PER_CELL = 40  # k-means training points per IVF cell (faiss warns below 39)
 HNSW_LINKS = 32
+HNSW_QUANTIZER_FROM = 8192  # IVF cells from which a graph finds a vector's cells (from ~2.1M vectors)
 SERIAL_BELOW = 16  # queries searched in one thread below this many (see `search`)
 TRAINS_FROM = {"ivf": 1_000, "ivfpq": 10_000}  # fewer vectors than this: such an index starts as `flat`
 
@@ -59,7 +61,7 @@ class Plan:
     @property
     def nlist(self) -> int:
         """IVF cells (0 for types without them)."""
-        return int(self.factory[3:].split(",")[0]) if self.factory.startswith("IVF") else 0
+        return int(self.factory[3:].split(",")[0].split("_")[0]) if self.factory.startswith("IVF") else 0
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,15 @@ def plan(kind: str, storage: str, n: int, dims: int) -> Plan:
     nlist = 2 ** min(  # about 4 sqrt(n) cells, with enough training points for each
         round(math.log2(4 * math.sqrt(max(n, 1)))), int(math.log2(max(n // TRAIN_PER_CELL, 1)))
     )
+    # from HNSW_QUANTIZER_FROM cells, the cells are found through an HNSW graph of their centroids (as autofaiss
+    # does): exact assignment costs n x nlist dot products (10M x 16,384 at 768-d: ~45 min on 2 cores), in
+    # the k-means training as in the adding
+    ivf = f"IVF{nlist}" + (f"_HNSW{HNSW_LINKS}" if nlist >= HNSW_QUANTIZER_FROM else "")
     factory = {
         "flat": codes,
-        "ivf": f"IVF{nlist},{codes}",
+        "ivf": f"{ivf},{codes}",
         "hnsw": f"HNSW{HNSW_LINKS},{codes}",
-        "ivfpq": f"IVF{nlist},PQ{_pq_bytes(dims)}np",  # np: no polysemous training (10x slower, unused)
+        "ivfpq": f"{ivf},PQ{_pq_bytes(dims)}np",  # np: no polysemous training (10x slower, unused)
     }[kind]
     return Plan(kind, "pq" if kind == "ivfpq" else storage, factory)
 

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import InputNotFoundError, UsageError
 from .deps import require
 
+READ_ROWS = 16_384  # rows per read of a Parquet file: 48 MiB at 768-d, whatever its row groups
 SHARD_METADATA = b"siglip"  # Parquet schema metadata key of a shard's JSON record (model, skipped files, ...)
 
 
@@ -44,16 +45,15 @@ def embeddings_model(source: str | os.PathLike) -> str:
     return str(first.column("model")[0])
 
 
-def read_embeddings(
-    source: str | os.PathLike, model: str, dims: int
-) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
-    """(paths, vectors (N, dims) float32, unreadable files) chunks of the embeddings in `source`, one per
-    row group; the unreadable files a shard records come with its first chunk. Embeddings of another model
-    or size are refused before anything is read."""
+def open_embeddings(source: str | os.PathLike, model: str, dims: int) -> tuple[list[Path], int]:
+    """The Parquet files of `source` and the rows they hold; embeddings of another model or size are refused
+    before any vector is read."""
     pq = require("pyarrow.parquet", "parquet", "reading embeddings")
     files = embedding_files(source)
+    rows = 0
     for path in files:
-        schema = pq.read_schema(path)
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
         if "path" not in schema.names or "vector" not in schema.names:
             raise UsageError(f"{path} has no path and vector columns: not a file of `siglip embed`")
         models = set(pq.read_table(path, columns=["model"]).column("model").unique().to_pylist())
@@ -62,14 +62,27 @@ def read_embeddings(
         size = schema.field("vector").type.list_size
         if size != dims:
             raise UsageError(f"{path} holds {size}-d embeddings, the index {dims}-d")
+        rows += parquet.metadata.num_rows
+    return files, rows
+
+
+def read_embeddings(
+    files: list[Path], dims: int, vectors: bool = True
+) -> Iterator[tuple[list[str], np.ndarray | None, list[tuple[str, str]]]]:
+    """(paths, vectors (N, dims) float32, unreadable files) chunks of at most `READ_ROWS` rows of `files` (from
+    `open_embeddings`), in order, whatever their row groups; the unreadable files a shard records come with
+    its first chunk. `vectors=False` reads the paths alone (vectors None)."""
+    pq = require("pyarrow.parquet", "parquet", "reading embeddings")
+    columns = ["path", "vector"] if vectors else ["path"]
     for path in files:
         record = shard_record(path) or {}
         failed = [(p, reason) for p, reason in record.get("skipped", [])]
-        parquet = pq.ParquetFile(path)
-        for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=["path", "vector"])
-            vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dims)
-            yield table.column("path").to_pylist(), vectors.astype(np.float32, copy=False), failed
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=columns):
+            matrix = None
+            if vectors:
+                flat = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+                matrix = flat.reshape(-1, dims).astype(np.float32, copy=False)
+            yield batch.column("path").to_pylist(), matrix, failed
             failed = []
-        if not parquet.num_row_groups and failed:
-            yield [], np.empty((0, dims), np.float32), failed
+        if failed:  # a shard of unreadable files only
+            yield [], np.empty((0, dims), np.float32) if vectors else None, failed

@@ -293,24 +293,56 @@ class SearchIndex:
 
     def import_embeddings(self, source: str | os.PathLike) -> UpdateReport:
         """Add or update the images of an embeddings Parquet file, or a folder of them (the shards of
-        `siglip embed --engine ray`), without embedding again; one transaction per row group, so an
-        interrupted import resumes when run again. Files that still exist keep their size and modification
-        time, so a later `update` of their folder finds them unchanged."""
-        from .embedding_shards import read_embeddings
+        `siglip embed --engine ray`), without embedding again. Files that still exist keep their size and
+        modification time, so a later `update` of their folder finds them unchanged.
 
-        states = self.store.states()
-        report = UpdateReport()
-        for paths, vectors, failed in read_embeddings(source, self.store.model, self.store.dims):
-            files = [_state_of(p) for p in paths]
-            todo = set(map(id, self.store.pending(files)))
-            keep = np.array([id(f) in todo for f in files], dtype=bool)
-            unreadable = [(_state_of(p), reason) for p, reason in failed]
-            self.store.record([f for f, k in zip(files, keep, strict=True) if k], vectors[keep], unreadable)
-            updated = sum(states.get(f.path, (0, 0, False))[2] for f, k in zip(files, keep, strict=True) if k)
-            report.updated += updated
-            report.added += int(keep.sum()) - updated
-            report.unchanged += len(files) - int(keep.sum())
-            report.skipped += failed
+        The vectors stream from the files to the vector file in bounded reads (`read_embeddings`), never
+        through the records: a first pass records the paths, a second adds the vectors (a rebuild reads them
+        twice more: its sample, then the rest). One transaction: a killed import leaves the index as it was,
+        and a rerun starts it again.
+        """
+        from .embedding_shards import open_embeddings, read_embeddings
+
+        self.store.check_writable()
+        files, rows = open_embeddings(source, self.store.model, self.store.dims)
+        faiss = require("faiss", "search", "the search index")
+        with self._update_lock():
+            first = self.store.reserve_ids(rows)  # row r of the files, if new or changed, gets id first + r
+            states = self.store.states()
+            report = UpdateReport()
+            with self.store.transaction():
+                at = first
+                for paths, _, failed in read_embeddings(files, self.store.dims, vectors=False):
+                    entries = [_state_of(p) for p in paths]
+                    new = [
+                        (i, f)
+                        for i, f in enumerate(entries, at)
+                        if f.path not in states or not states[f.path].current(f)
+                    ]
+                    self.store.record_released(
+                        [f for _, f in new], [i for i, _ in new], [(_state_of(p), r) for p, r in failed]
+                    )
+                    report.updated += sum(states[f.path].embedded for _, f in new if f.path in states)
+                    report.unchanged += len(paths) - len(new)
+                    report.skipped += failed
+                    at += len(paths)
+                report.added = self.store.ids(first, first + rows).size - report.updated
+
+                def incoming() -> Any:  # the vectors of the rows recorded above (a later duplicate wins)
+                    at = first
+                    for _, vectors, _ in read_embeddings(files, self.store.dims):
+                        ids = np.arange(at, at + len(vectors))
+                        at += len(vectors)
+                        if len(ids):
+                            kept = np.isin(ids, self.store.ids(at - len(ids), at))
+                            yield ids[kept], vectors[kept]
+
+                path = self.directory / VECTORS_FILE
+                index, info = self._catch_up(
+                    self._read_vectors(faiss, path, mmap=False), (range(first, first + rows), incoming)
+                )
+                self._save_vectors(faiss, path, index, info)
+            self._faiss = None
         self.sync()
         report.total = len(self.store)
         return report
@@ -336,11 +368,8 @@ class SearchIndex:
                 index = self._read_vectors(faiss, path, mmap=False)
                 if index is None or self.store.get_meta(_VECTORS_GENERATION) != str(self.store.generation):
                     index, info = self._catch_up(index)
-                    if not read_only:  # written with Python's I/O, so that a full disk is an OSError
-                        replace_atomically(path, lambda tmp: tmp.write_bytes(faiss.serialize_index(index)))
-                        released = self.store.release_vectors()  # only now: the file on disk holds them
-                        self.store.set_meta(_BUILD_INFO, info.to_json())
-                        self.store.set_meta(_VECTORS_GENERATION, str(self.store.generation))
+                    if not read_only:
+                        released = self._save_vectors(faiss, path, index, info)
                 generation = self.store.generation
             if released > self.store.path.stat().st_size // 2:
                 self.store.compact()
@@ -349,14 +378,31 @@ class SearchIndex:
         self._faiss, self._faiss_generation = index, generation
         return index
 
-    def _catch_up(self, index: Any) -> tuple[Any, ann.BuildInfo]:
+    def _save_vectors(self, faiss: Any, path: Path, index: Any, info: ann.BuildInfo) -> int:
+        """Replace the vector file with `index`, inside the write transaction, and only then release the
+        records' copies of the vectors it holds; returns the bytes released."""
+        # written with Python's I/O, so that a full disk is an OSError
+        replace_atomically(path, lambda tmp: tmp.write_bytes(faiss.serialize_index(index)))
+        released = self.store.release_vectors()
+        self.store.set_meta(_BUILD_INFO, info.to_json())
+        self.store.set_meta(_VECTORS_GENERATION, str(self.store.generation))
+        return released
+
+    def _catch_up(
+        self, index: Any, incoming: tuple[range, ann.Chunks] | None = None
+    ) -> tuple[Any, ann.BuildInfo]:
         """The vector index grown or shrunk to the records by id difference, or rebuilt when it must be.
 
-        Runs inside the write transaction. Records whose vectors were released to a file that no longer has
-        them (it was deleted or damaged) are dropped, so that the next update embeds their images again.
+        Runs inside the write transaction. `incoming` is the id range of rows recorded without their vectors
+        (`record_released`) and a fresh pass over those vectors. Other records whose vectors were released
+        to a file that no longer has them (it was deleted or damaged) are dropped, so that the next update
+        embeds their images again.
         """
+        arriving, incoming_chunks = incoming or (range(0), lambda: iter(()))
         have = ann.ids_of(index) if index is not None else np.empty(0, np.int64)
-        lost = np.setdiff1d(self.store.released_ids(), have)
+        released = self.store.released_ids()
+        released = released[(released < arriving.start) | (released >= arriving.stop)]
+        lost = np.setdiff1d(released, have)
         if lost.size:
             paths = self.store.paths_of(lost).values()
             logger.warning(
@@ -385,6 +431,7 @@ class SearchIndex:
                 for ids, vectors in self.store.vectors_from(0):
                     fresh = ~np.isin(ids, keep)  # a kill after the last save left these in both
                     yield ids[fresh], vectors[fresh]
+                yield from incoming_chunks()
 
             return ann.build(wanted, self.store.dims, len(want), chunks)
         if extra.size:
@@ -392,6 +439,8 @@ class SearchIndex:
         for ids, vectors in self.store.vectors_from(0):
             fresh = ~np.isin(ids, keep)
             index.add_with_ids(vectors[fresh], ids[fresh])
+        for ids, vectors in incoming_chunks():
+            index.add_with_ids(vectors, ids)
         return index, info or ann.BuildInfo(
             _LEGACY.kind, _LEGACY.storage, _LEGACY.factory, "", 1.0, 0, len(want)
         )

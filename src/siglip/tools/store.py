@@ -256,19 +256,64 @@ class VectorStore:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(done) and vectors.shape[1] != self.dims:
             raise StoreError(f"'{self.path}' holds {self.dims}-d embeddings, got {vectors.shape[1]}-d")
-        paths = [(f.path,) for f in (*done, *(f for f, _ in failed))]
+        rows = [(f.path, f.size, f.mtime_ns, v.tobytes()) for f, v in zip(done, vectors, strict=True)]
         with self.transaction():
-            self._db.executemany("DELETE FROM images WHERE path = ?", paths)
-            self._db.executemany("DELETE FROM skipped WHERE path = ?", paths)
-            self._db.executemany(
-                "INSERT INTO images (path, size, mtime_ns, vector) VALUES (?, ?, ?, ?)",
-                [(f.path, f.size, f.mtime_ns, v.tobytes()) for f, v in zip(done, vectors, strict=True)],
+            self._replace(
+                "INSERT INTO images (path, size, mtime_ns, vector) VALUES (?, ?, ?, ?)", rows, done, failed
             )
-            self._db.executemany(
-                "INSERT INTO skipped (path, size, mtime_ns, reason, ctime_ns) VALUES (?, ?, ?, ?, ?)",
-                [(f.path, f.size, f.mtime_ns, r, f.ctime_ns) for f, r in failed],
+
+    def reserve_ids(self, count: int) -> int:
+        """Reserve `count` row ids for `record_released`, in a transaction of their own, and return the first.
+
+        Committed before the rows that use them: a transaction that adds rows and saves their vectors in a
+        derived index may be killed after the index file is replaced and before it commits, and the ids that
+        file then holds must never name other rows.
+        """
+        with self.transaction():
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+            first = (row[0] if row else 0) + 1
+            self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'images'")
+            self._db.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('images', ?)", (first + count - 1,)
             )
-            self._bump_generation()
+        return first
+
+    def record_released(
+        self, done: Sequence[FileState], ids: Sequence[int], failed: Sequence[tuple[FileState, str]] = ()
+    ) -> None:
+        """Store `done` under `ids` (from `reserve_ids`) without their vectors, which go straight to a derived
+        index saved in the same (running) transaction, and the `(file, reason)` of unreadable files. An
+        earlier entry of the same path is replaced, as by `record`."""
+        if not self._db.in_transaction:
+            raise StoreError(
+                "record_released must run inside the transaction that saves the vectors elsewhere"
+            )
+        rows = [(int(i), f.path, f.size, f.mtime_ns) for i, f in zip(ids, done, strict=True)]
+        self._replace(
+            "INSERT INTO images (id, path, size, mtime_ns, vector) VALUES (?, ?, ?, ?, x'')",
+            rows,
+            done,
+            failed,
+        )
+
+    def _replace(
+        self,
+        insert: str,
+        rows: list[tuple],
+        done: Sequence[FileState],
+        failed: Sequence[tuple[FileState, str]],
+    ) -> None:
+        """In the running transaction: drop the earlier entries of these paths, `insert` the `rows` of `done`,
+        record the unreadable files, and count the change."""
+        paths = [(f.path,) for f in (*done, *(f for f, _ in failed))]
+        self._db.executemany("DELETE FROM images WHERE path = ?", paths)
+        self._db.executemany("DELETE FROM skipped WHERE path = ?", paths)
+        self._db.executemany(insert, rows)
+        self._db.executemany(
+            "INSERT INTO skipped (path, size, mtime_ns, reason, ctime_ns) VALUES (?, ?, ?, ?, ?)",
+            [(f.path, f.size, f.mtime_ns, r, f.ctime_ns) for f, r in failed],
+        )
+        self._bump_generation()
 
     def remove(self, paths: Iterable[str]) -> int:
         """Forget `paths` (embedded or skipped) in one transaction (the running one if there is one); returns
@@ -310,9 +355,10 @@ class VectorStore:
         return self._db.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
 
     @_sqlite_errors
-    def ids(self) -> np.ndarray:
-        """Row ids of all embeddings (int64, ascending)."""
-        ids = self._db.execute("SELECT id FROM images ORDER BY id").fetchall()
+    def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Row ids of the embeddings with `start` <= id < `stop` (default: all), int64, ascending."""
+        query = "SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id"
+        ids = self._db.execute(query, (start, 2**63 - 1 if stop is None else stop)).fetchall()
         return np.array([i for (i,) in ids], dtype=np.int64)
 
     @_sqlite_errors
@@ -405,10 +451,14 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def pending_files(store: VectorStore, files: list[str]) -> list[FileState]:
-    """The files `store` lacks in their current state; those that vanished since listing are recorded skipped."""
+def pending_files(store: VectorStore, files: Sequence[str | FileState]) -> list[FileState]:
+    """The files `store` lacks in their current state; those that vanished since listing are recorded skipped.
+    A `FileState` given is taken as the file's current state (the samples of a shard carry the shard's)."""
     states, vanished = [], []
     for path in files:
+        if isinstance(path, FileState):
+            states.append(path)
+            continue
         try:
             states.append(FileState.of(path))
         except OSError as err:
