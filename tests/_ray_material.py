@@ -35,7 +35,7 @@ def write_200_photos(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.jpg"), key=str)
 
 
-def in_process(photos: Path, out: Path) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+def in_process(photos: Path | str, out: Path) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """(paths, vectors, unreadable) of the in-process job over `photos`, in fp32, with the threads per model
     call that the Ray tests' CPU actors have (float sums may differ in the last bit across thread counts)."""
     import torch
@@ -60,3 +60,30 @@ def read_parquet(source: Path) -> tuple[list[str], np.ndarray]:
     table = pq.read_table(source)
     vectors = table.column("vector").combine_chunks().flatten().to_numpy()
     return table.column("path").to_pylist(), vectors.reshape(table.num_rows, -1)
+
+
+def write_shards(photos: list[Path], directory: Path, shards: int = 3) -> tuple[str, dict[str, str]]:
+    """The `photos` packed in order into `shards` WebDataset shards (`KEY.jpg` and `KEY.txt` a sample, the key
+    the file's stem), plus a sample `captiononly` with no image at the end of the last; returns the brace
+    pattern, and each photo's expected sample name (`SHARD:KEY`)."""
+    import io
+    import tarfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, len(photos), shards + 1).round().astype(int)
+    names = {}
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    for s in range(shards):
+        with tarfile.open(directory / f"{s:06d}.tar", "w") as tar:
+            for photo in photos[bounds[s] : bounds[s + 1]]:
+                add(tar, f"{photo.stem}.jpg", photo.read_bytes())
+                add(tar, f"{photo.stem}.txt", f"photo {photo.stem}".encode())
+                names[str(photo)] = f"{directory / f'{s:06d}.tar'}:{photo.stem}"
+            if s == shards - 1:
+                add(tar, "captiononly.txt", b"a caption without its image")
+    return str(directory / f"{{000000..{shards - 1:06d}}}.tar"), names

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _material import BUNDLED
-from _ray_material import BATCH, SHARD, in_process, read_parquet, write_200_photos
+from _ray_material import BATCH, SHARD, in_process, read_parquet, write_200_photos, write_shards
 from siglip import SearchIndex
 from siglip.tools.cli import main
 from siglip.tools.ray_engine import embed_with_ray, model_fingerprint
@@ -29,6 +29,12 @@ def photos(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ray") / "photos"
     write_200_photos(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def shards(photos, tmp_path_factory):
+    """The 202 files of `photos` (corrupt ones included), in order, in 3 WebDataset shards."""
+    return write_shards(sorted(photos.glob("*.jpg"), key=str), tmp_path_factory.mktemp("ray") / "shards")
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +98,23 @@ def test_an_index_from_the_shards_answers_like_an_index_of_the_folder(cluster, p
         # the imported files kept their state: an update of the folder finds nothing to embed
         report = imported.update([photos], workers=0, progress=False)
         assert (report.added, report.updated, report.removed, report.unchanged) == (0, 0, 0, 202)
+
+
+def test_webdataset_shards_give_the_vectors_of_their_files_in_both_engines(cluster, shards, oracle, tmp_path):
+    pattern, names = shards
+    paths, vectors, skipped = oracle
+    expected = [names[p] for p in paths]  # the readable files, as samples
+    last = pattern.replace("{000000..000002}", "000002")
+    unreadable = {names[p] for p, _ in skipped} | {f"{last}:captiononly"}
+
+    local = in_process(pattern, tmp_path / "local.parquet")  # the in-process engine, reading the shards
+    assert local[0] == expected and np.array_equal(local[1], vectors)  # the files' vectors, bit for bit
+    assert {p for p, _ in local[2]} == unreadable and len(unreadable) == 3
+    assert dict(local[2])[f"{last}:captiononly"] == "no image in the sample"
+
+    report = embed_with_ray(
+        [pattern], tmp_path / "ray", BUNDLED, precision="fp32", batch_size=BATCH, shard_size=SHARD
+    )
+    got_paths, got_vectors = read_parquet(tmp_path / "ray")
+    assert got_paths == expected and np.array_equal(got_vectors, vectors)
+    assert sorted(report.skipped) == sorted(local[2]) and report.count == 200

@@ -35,6 +35,7 @@ from . import zeroshot
 from .data import Sample, collate, load_sample
 from .inference import InferenceMode
 from .store import FileState
+from .tar_shards import TarMember
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 
@@ -182,6 +183,7 @@ class Embedder:
         progress: bool | None = None,
     ) -> Iterator[EmbeddedBatch]:
         """Embed image files batch by batch, in order; unreadable files are reported in `failed`, not raised.
+        A `TarMember` (a sample of a WebDataset shard, see `siglip.tools.tar_shards`) is read from its shard.
 
         Files are decoded and preprocessed by `workers` DataLoader processes (default: one per CPU core, at
         most 8; 0 decodes in this process) ahead of the model. `progress` shows a bar with images/s on
@@ -283,8 +285,10 @@ class _ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> Sample:
-        path = self.files[index].path
-        return load_sample(self.processor, path, path, index=index)
+        file = self.files[index]
+        if isinstance(file, TarMember):  # a sample of a WebDataset shard
+            return file.load(self.processor, index=index)
+        return load_sample(self.processor, file.path, file.path, index=index)
 
 
 @lru_cache(maxsize=1)

@@ -18,8 +18,9 @@ import numpy as np
 from ..errors import UsageError
 from .deps import require
 from .embedder import Embedder
-from .files import ImageScan, scan_images, skipped_as_json
-from .store import VectorStore, pending_files, replace_atomically
+from .files import ImageScan, skipped_as_json
+from .store import FileState, VectorStore, pending_files, replace_atomically
+from .tar_shards import scan_inputs
 
 
 @dataclass
@@ -55,7 +56,8 @@ def embed_to_file(
     workers: int | None = None,
     progress: bool | None = None,
 ) -> EmbedReport:
-    """Embed the images named by `paths` (files, folders, globs) into `out`, a `.parquet` or `.npy` file.
+    """Embed the images named by `paths` (files, folders, globs, WebDataset shards: see `scan_inputs`) into
+    `out`, a `.parquet` or `.npy` file; a shard's samples are named `SHARD:KEY`.
 
     Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
     with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
@@ -65,8 +67,9 @@ def embed_to_file(
     """
     out = Path(out)
     pa = require("pyarrow", "parquet", "writing Parquet") if output_format(out) == ".parquet" else None
-    scan = paths if isinstance(paths, ImageScan) else scan_images(paths)
+    scan = paths if isinstance(paths, ImageScan) else scan_inputs(paths)
     files = scan.files
+    names = [f.path if isinstance(f, FileState) else f for f in files]  # a shard's sample is a FileState
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = out.with_name(out.name + ".partial")
     with VectorStore(journal, embedder.name, embedder.dims) as store:
@@ -74,10 +77,10 @@ def embed_to_file(
         for batch in embedder.embed_files(pending_files(store, files), batch_size, workers, progress):
             store.record(batch.files, batch.vectors, batch.failed)
             embedded, failed = embedded + len(batch.files), failed + len(batch.failed)
-        listed = set(files)
+        listed = set(names)
         skipped = scan.skipped + [(p, r) for p, r in store.skipped() if p in listed]
         unusable = {p for p, _ in skipped}  # files that vanished or failed to decode
-        kept = [f for f in files if f not in unusable]
+        kept = [p for p in names if p not in unusable]
         manifest = {
             "model": embedder.name,
             "dims": embedder.dims,

@@ -4,10 +4,11 @@
 
 How the work is split (Ray Data, streaming):
 - the driver lists the inputs (folders, files and globs by the one discovery rule; `.txt` lists of paths or
-  URIs, one a line; `.parquet` lists with a `path` column) and cuts the list into shards of `shard_size`
+  URIs, one a line; `.parquet` lists with a `path` column; the samples of WebDataset `.tar` shards, from
+  their tar headers, named `SHARD:KEY`) and cuts the list into shards of `shard_size`
   files, each cut into batches of `batch_size`: the batches an in-process run over the same list makes;
 - CPU tasks read and decode a batch (`load_sample`, as the in-process job; URIs such as `s3://...` through
-  fsspec and its filesystem package), unreadable files set aside with their reason;
+  fsspec and its filesystem package; a shard's sample by seeking to its image in the shard), unreadable files set aside with their reason;
 - an actor pool runs the model, one actor per GPU (`num_gpus=1`), or CPU actors with a share of the cores
   when the cluster has no GPU; each actor loads the model once and embeds one decoded batch a call;
 - the driver gathers a shard's batches and commits the shard: `part-NNNNN.parquet` (columns path, vector,
@@ -26,6 +27,7 @@ node (shared storage), as must the model (a bundled name, a path on shared stora
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -47,6 +49,7 @@ from .embedding_files import parquet_schema, parquet_table
 from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
 from .store import replace_atomically
+from .tar_shards import TarMember, expand_shards, is_shards, tar_samples
 
 logger = logging.getLogger("siglip")
 
@@ -70,11 +73,12 @@ class RayEmbedReport:
     nodes: int = 0  # nodes whose actors embedded this run's shards
 
 
-def list_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+def list_inputs(inputs: Sequence[str | os.PathLike]) -> list[str | TarMember]:
     """The images named by `inputs`: folders, files and globs (see `find_images`), `.txt` lists (one path or
-    URI a line) and `.parquet` lists (a `path` column), and URIs (`scheme://...`), in order, without
-    duplicates. A listed relative path is relative to its list file."""
-    found: dict[str, None] = {}
+    URI a line) and `.parquet` lists (a `path` column), URIs (`scheme://...`), and the samples of WebDataset
+    shards (see `siglip.tools.tar_shards`), in order, without duplicates. A listed relative path is relative
+    to its list file."""
+    found: dict[str | TarMember, None] = {}
     local: list[str] = []
 
     def flush() -> None:
@@ -85,6 +89,9 @@ def list_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
         if "://" in item:
             flush()
             found[item] = None
+        elif is_shards(item):
+            flush()
+            found.update(dict.fromkeys(m for shard in expand_shards(item) for m in tar_samples(shard)))
         elif item.lower().endswith(LIST_SUFFIXES) and os.path.isfile(item):
             flush()
             found.update(dict.fromkeys(_listed(Path(item))))
@@ -179,7 +186,11 @@ def embed_with_ray(
         configure_images(processor, checkpoint, reduced_decode=reduced_decode)
         schema = parquet_schema(pa, dims)
         rows = [
-            {"shard": s, "batch": b, "paths": json.dumps(files[start : start + batch_size])}
+            {
+                "shard": s,
+                "batch": b,
+                "paths": json.dumps([_entry(f) for f in files[start : start + batch_size]]),
+            }
             for s in pending
             for b, start in enumerate(
                 range(s * shard_size, min((s + 1) * shard_size, len(files)), batch_size)
@@ -227,9 +238,10 @@ def embed_with_ray(
     return _finish(out, plan, name, dims, fingerprint, embedded, failed, len(done), nodes)
 
 
-def _plan(out: Path, files: list[str], shard_size: int, batch_size: int) -> dict[str, Any]:
+def _plan(out: Path, files: list[str | TarMember], shard_size: int, batch_size: int) -> dict[str, Any]:
     """The shard plan of `out`: made by the first run, checked by the next ones (same inputs, same cuts)."""
-    digest = hashlib.sha256("\n".join(files).encode()).hexdigest()
+    names = (f.path if isinstance(f, TarMember) else f for f in files)
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     plan = {
         "files": len(files),
         "files_sha256": digest,
@@ -325,6 +337,11 @@ def _finish(
     )
 
 
+def _entry(file: str | TarMember) -> str | dict[str, Any]:
+    """How an input travels to the decoding tasks, as JSON: a path or URI, or a shard's sample as a dict."""
+    return dataclasses.asdict(file) if isinstance(file, TarMember) else file
+
+
 _INPUT = "input_"  # column-name prefix of the model inputs a decode task hands to the model actors
 
 
@@ -346,8 +363,11 @@ class _Decode:
             **{_INPUT + name: value.numpy() for name, value in batch.inputs.items()},
         }
 
-    def _sample(self, source: str, index: int) -> Sample:
-        """A local path goes to the processor as it is; a URI is read through fsspec first."""
+    def _sample(self, source: str | dict[str, Any], index: int) -> Sample:
+        """A local path goes to the processor as it is; a URI is read through fsspec first; a shard's sample
+        (a dict, see `_entry`) is read from its shard."""
+        if isinstance(source, dict):
+            return TarMember(**source).load(self.processor, index=index)
         if "://" not in source:
             return load_sample(self.processor, source, source, index=index)
         fsspec = require("fsspec", "ray", f"reading {source}")

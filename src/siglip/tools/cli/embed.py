@@ -6,7 +6,7 @@ import argparse
 import time
 
 from ..embedding_files import OUTPUT_FORMATS, embed_to_file, output_format
-from ..files import scan_images
+from ..tar_shards import scan_inputs
 from ._options import (
     add_loader_options,
     add_model_options,
@@ -33,8 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "paths",
         nargs="+",
         metavar="PATH",
-        help="image files, folders or glob patterns; with --engine ray also .txt or .parquet lists of paths "
-        "or URIs, and URIs (s3://... through fsspec)",
+        help="image files, folders or glob patterns, WebDataset .tar shards (a path, glob or "
+        "{000000..000099} pattern; rows named SHARD:KEY); with --engine ray also .txt or .parquet lists of "
+        "paths or URIs, and URIs (s3://... through fsspec)",
     )
     parser.add_argument(
         "--out",
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _run_on_ray(args)
     output_format(args.out)  # before the model loads: a typo should cost no time
-    scan = scan_images(args.paths)
+    scan = scan_inputs(args.paths)
     embedder = load_model(args)
     start = time.perf_counter()
     report = embed_to_file(scan, args.out, embedder, **loader_kwargs(args))

@@ -21,11 +21,9 @@ choices (the caption template) depend only on (seed, epoch, index), never on whi
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import random
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from ...core.siglip.image_processing import SiglipImageProcessor
 from ...errors import DataError
 from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample
-from ..files import IMAGE_EXTENSIONS
+from ..tar_shards import expand_shards, image_field, is_shards, sample_name, tar_samples
 from ..zeroshot import check_templates
 
 logger = logging.getLogger("siglip")
@@ -178,19 +176,6 @@ class GlobalBatchSampler(Sampler):
 
 
 # --- WebDataset shards -----------------------------------------------------------------------------------
-def expand_shards(pattern: str) -> list[str]:
-    """Shard paths of a path, glob or brace pattern (`{000000..000099}`), sorted."""
-    import braceexpand
-
-    shards: list[str] = []
-    for part in braceexpand.braceexpand(pattern):
-        shards += sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
-    missing = [s for s in shards if not Path(s).is_file()]
-    if not shards or missing:
-        raise DataError(f"WebDataset shards not found: {missing[:5] or pattern}")
-    return shards
-
-
 class WebDatasetSource(IterableDataset):
     """Samples of WebDataset tar shards, in a seeded per-epoch shard order.
 
@@ -215,7 +200,7 @@ class WebDatasetSource(IterableDataset):
         self.processor = processor
         self.layout = layout
         self.batches_per_epoch = layout.batches(
-            sum(map(_count_samples, self.shards)), f"the shards {pattern}"
+            sum(len(tar_samples(shard)) for shard in self.shards), f"the shards {pattern}"
         )
         self.epoch, self.start = 0, 0
 
@@ -240,25 +225,13 @@ class WebDatasetSource(IterableDataset):
                 yield [self._decode(raw, m) for m, raw in self.layout.share(batch)]
 
     def _decode(self, raw: dict[str, Any], micro: int) -> Sample:
-        source = f"{raw.get('__url__')}:{raw.get('__key__')}"
+        source = sample_name(raw.get("__url__"), raw.get("__key__"))
         caption = _caption_of(raw)
-        image_key = next((k for k in raw if "." + k.lower() in IMAGE_EXTENSIONS), None)
+        image_key = image_field(raw)
         if image_key is None or not caption:
             logger.debug("skipping %s: no image or no readable caption", source)
             return Sample(None, source, "no image or no readable caption", caption=caption or "", micro=micro)
         return load_sample(self.processor, raw[image_key], source, caption=caption, micro=micro)
-
-
-def _count_samples(shard: str) -> int:
-    """Samples in a tar shard, from its member headers (an uncompressed tar is not read, only seeked over)."""
-    from webdataset.tariterators import base_plus_ext
-
-    try:
-        with tarfile.open(shard) as tar:
-            keys = [base_plus_ext(member.name)[0] for member in tar if member.isfile()]
-    except (tarfile.TarError, OSError) as err:
-        raise DataError(f"cannot read WebDataset shard {shard}: {err}") from err
-    return sum(1 for i, key in enumerate(keys) if key is not None and (i == 0 or key != keys[i - 1]))
 
 
 def _caption_of(raw: dict[str, Any]) -> str | None:
@@ -295,7 +268,7 @@ def build_source(
         raise DataError(f"a group column labels the rows of a pairs file; {data!r} is not one")
     if path.is_dir():
         return ClassFolderDataset(path, processor, templates, layout.seed)
-    if ".tar" in data:
+    if is_shards(data):
         return WebDatasetSource(data, processor, layout)
     raise DataError(
         f"cannot tell what {data!r} is: expected a .csv/.tsv/.jsonl pairs file, a folder of class folders, "
