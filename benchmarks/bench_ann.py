@@ -2,18 +2,26 @@
 
     python benchmarks/bench_ann.py --n 1000000                       # flat, ivf, ivfpq at 1M (768-d)
     python benchmarks/bench_ann.py --n 200000 --types hnsw           # one type at another size
-    python benchmarks/bench_ann.py --n 10000000 --types ivfpq        # streamed: the vectors never all in RAM
+    python benchmarks/bench_ann.py --n 1000000 --types hnsw --streamed
+    python benchmarks/bench_ann.py --n 10000000 --types ivfpq --streamed  # 10M: the vectors never all in RAM
 
 The vectors (tests/_vectors.py: 100 clusters, each over its own 32-d subspace, plus noise) are made part by
 part into a memory-mapped .npy under --work. Each type is built in its own process through `SearchIndex`
 (the records, the drain into the vector file, recall measured at build) so that its peak memory is its own,
 then reopened (memory-mapped) and asked 1,000 held-out queries one at a time; recall@10 is against an exact
 ranking of the same queries by faiss.knn over all vectors.
+
+`--streamed` (for sizes whose vectors must never all be in memory or on disk: 10M x 768 fp32 is 30 GB) makes
+each part of the vectors again from its seed whenever the build reads it, and builds the vector file the way
+`SearchIndex` does (`ann.build`: the held-out sample and training sample in a first pass, the adds in a
+second) without the SQLite records; the exact top 10 of the queries is gathered part by part during the
+second pass. The index is written with `faiss.write_index` and reopened memory-mapped for the queries.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -106,6 +114,69 @@ def child(work: Path, kind: str, storage: str) -> dict:
     return result
 
 
+def streamed(work: Path, n: int, dims: int, kind: str, queries: int, factory: str | None) -> dict:
+    """Build `kind` over `n` vectors made part by part as the build reads them (see the module doc);
+    `factory` replaces the one `ann.plan` picks (to time at a small size the structure of a large one)."""
+    import faiss
+
+    from siglip.tools import ann
+
+    plan = ann.plan(kind, "auto", n, dims)
+    plan = ann.Plan(plan.kind, plan.storage, factory) if factory else plan
+    asked = clustered(queries, dims, part=10**6)
+    heap = faiss.ResultHeap(queries, 10, keep_max=True)
+    marks = []  # when each pass starts and ends
+
+    def chunks():
+        marks.append(time.perf_counter())
+        for start in range(0, n, PART):
+            part = clustered(min(PART, n - start), dims, part=start // PART)
+            if len(marks) == 3:  # the adding pass: the exact top 10 of the queries, part by part
+                scores, ids = faiss.knn(asked, part, 10, metric=faiss.METRIC_INNER_PRODUCT)
+                heap.add_result(scores, ids + start)
+            yield np.arange(start, start + len(part)), part
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    index, info = ann.build(plan, dims, n, chunks)
+    build_s = time.perf_counter() - start
+    marks.append(time.perf_counter())
+    heap.finalize()
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"streamed-{kind}.faiss"
+    faiss.write_index(index, str(path))
+    del index
+    build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    flags = faiss.IO_FLAG_MMAP if plan.nlist else faiss.IO_FLAG_MMAP_IFC
+    index = faiss.read_index(str(path), flags)
+    ann.apply_search_params(index, info.search_params)
+    times, found = [], []
+    for query in asked:
+        t = time.perf_counter()
+        found.append(ann.search(index, query[None], 10)[1][0])
+        times.append(time.perf_counter() - t)
+    result = {
+        "type": kind,
+        "factory": info.factory,
+        "params": info.search_params,
+        "n": n,
+        "build_s": round(build_s, 1),
+        # the steps: making the vectors and picking the samples; training; adding (and the exact top 10 of the
+        # queries, with making the vectors again); tuning the search effort
+        "steps_s": [round(b - a, 1) for a, b in itertools.pairwise(marks)],
+        "build_peak_gib": round(build_peak, 2),
+        "search_anon_gib": "n/a",
+        "p50_ms": round(statistics.median(times) * 1e3, 2),
+        "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
+        "recall_at_10": round(ann.recall_at_k(np.array(found), heap.I), 4),
+        "recall_at_build": info.recall_at_10,
+        "disk_gib": round(path.stat().st_size / 2**30, 3),
+        "fp16_vectors_gib": round(n * dims * 2 / 2**30, 3),
+    }
+    path.unlink()
+    return result
+
+
 def _anon_gib() -> float:
     """Anonymous resident memory (not the page cache of mapped files) of this process, GiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -123,22 +194,54 @@ def main() -> None:
     parser.add_argument("--types", default="flat,ivf,ivfpq", help="comma-separated kind[:storage]")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/siglip-bench-ann"))
+    parser.add_argument(
+        "--streamed", action="store_true", help="make the vectors part by part as the build reads them"
+    )
+    parser.add_argument(
+        "--factory", help="with --streamed: this faiss factory instead of the automatic one (one type)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.work, *args.child.split(":"))))
+        kind, storage = args.child.split(":")
+        result = (
+            streamed(args.work, args.n, args.dims, kind, args.queries, args.factory)
+            if args.streamed
+            else child(args.work, kind, storage)
+        )
+        print(json.dumps(result))
         return
-    start = time.perf_counter()
-    make_vectors(args.work, args.n, args.dims, args.queries)
-    print(f"# {args.n:,} clustered {args.dims}-d vectors made in {time.perf_counter() - start:.0f} s; "
-          f"{os.cpu_count()} CPU cores", flush=True)  # fmt: skip
+    if args.streamed:
+        print(
+            f"# {args.n:,} clustered {args.dims}-d vectors, streamed; {os.cpu_count()} CPU cores", flush=True
+        )
+    else:
+        start = time.perf_counter()
+        make_vectors(args.work, args.n, args.dims, args.queries)
+        print(f"# {args.n:,} clustered {args.dims}-d vectors made in {time.perf_counter() - start:.0f} s; "
+              f"{os.cpu_count()} CPU cores", flush=True)  # fmt: skip
     print("| type | factory | search | build s | build peak GiB | search RAM GiB | p50 ms | p99 ms | "
           "recall@10 | recall at build | disk GiB | fp16 vectors GiB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for spec in args.types.split(","):
         kind, _, storage = spec.partition(":")
         out = subprocess.run(
-            [sys.executable, __file__, "--work", str(args.work), "--child", f"{kind}:{storage or 'auto'}"],
+            [
+                sys.executable,
+                __file__,
+                "--work",
+                str(args.work),
+                "--child",
+                f"{kind}:{storage or 'auto'}",
+                "--n",
+                str(args.n),
+                "--dims",
+                str(args.dims),
+                "--queries",
+                str(args.queries),
+                *(["--streamed"] if args.streamed else []),
+                *(["--factory", args.factory] if args.factory else []),
+            ],
             capture_output=True,
             text=True,
         )
@@ -150,6 +253,7 @@ def main() -> None:
         print(f"| {r['type']} | {r['factory']} | {r['params'] or 'exact'} | {r['build_s']} | {r['build_peak_gib']} | "
               f"{r['search_anon_gib']} | {r['p50_ms']} | {r['p99_ms']} | {r['recall_at_10']} | "
               f"{r['recall_at_build']} | {r['disk_gib']} | {r['fp16_vectors_gib']} |", flush=True)  # fmt: skip
+        print(f"<!-- {json.dumps(r)} -->", flush=True)  # all the figures (the build's steps among them)
 
 
 if __name__ == "__main__":

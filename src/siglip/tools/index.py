@@ -16,7 +16,9 @@ An index is a folder with two files (and `update.lock`, which makes a second `up
   release their copy of the vectors it took over (in one transaction): each vector is stored once, and a
   `kill -9` at any moment leaves either the old file with the vectors still in the records, or the new one.
   Searches open it memory-mapped. A missing or damaged file loses the vectors it held: their records are
-  dropped with a warning, and the next `update` embeds those images again.
+  dropped with a warning, and the next `update` embeds those images again. An import of embeddings
+  (`import_embeddings`) never puts vectors in the records: it records the paths and adds the vectors to the
+  vector file in one transaction, under ids reserved beforehand.
 
 Search is cosine similarity (inner product of unit vectors): exact for `flat`, else approximate, with the
 recall@10 measured against exact search at build time stored with the index (`build_info`, `siglip info`).
@@ -37,7 +39,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,51 +303,61 @@ class SearchIndex:
         twice more: its sample, then the rest). One transaction: a killed import leaves the index as it was,
         and a rerun starts it again.
         """
-        from .embedding_shards import open_embeddings, read_embeddings
+        from .embedding_shards import open_embeddings
 
         self.store.check_writable()
         files, rows = open_embeddings(source, self.store.model, self.store.dims)
         faiss = require("faiss", "search", "the search index")
+        path = self.directory / VECTORS_FILE
         with self._update_lock():
             first = self.store.reserve_ids(rows)  # row r of the files, if new or changed, gets id first + r
-            states = self.store.states()
-            report = UpdateReport()
             with self.store.transaction():
-                at = first
-                for paths, _, failed in read_embeddings(files, self.store.dims, vectors=False):
-                    entries = [_state_of(p) for p in paths]
-                    new = [
-                        (i, f)
-                        for i, f in enumerate(entries, at)
-                        if f.path not in states or not states[f.path].current(f)
-                    ]
-                    self.store.record_released(
-                        [f for _, f in new], [i for i, _ in new], [(_state_of(p), r) for p, r in failed]
-                    )
-                    report.updated += sum(states[f.path].embedded for _, f in new if f.path in states)
-                    report.unchanged += len(paths) - len(new)
-                    report.skipped += failed
-                    at += len(paths)
-                report.added = self.store.ids(first, first + rows).size - report.updated
-
-                def incoming() -> Any:  # the vectors of the rows recorded above (a later duplicate wins)
-                    at = first
-                    for _, vectors, _ in read_embeddings(files, self.store.dims):
-                        ids = np.arange(at, at + len(vectors))
-                        at += len(vectors)
-                        if len(ids):
-                            kept = np.isin(ids, self.store.ids(at - len(ids), at))
-                            yield ids[kept], vectors[kept]
-
-                path = self.directory / VECTORS_FILE
+                report = self._record_imported_paths(files, first)
                 index, info = self._catch_up(
-                    self._read_vectors(faiss, path, mmap=False), (range(first, first + rows), incoming)
+                    self._read_vectors(faiss, path, mmap=False),
+                    (range(first, first + rows), lambda: self._imported_vectors(files, first)),
                 )
                 self._save_vectors(faiss, path, index, info)
             self._faiss = None
         self.sync()
         report.total = len(self.store)
         return report
+
+    def _record_imported_paths(self, files: list[Path], first: int) -> UpdateReport:
+        """An import's first pass, in its transaction: the new or changed rows of `files` recorded without
+        their vectors, row r under id `first` + r."""
+        from .embedding_shards import read_embeddings
+
+        states = self.store.states()
+        report = UpdateReport()
+        at = first
+        for paths, _, failed in read_embeddings(files, self.store.dims, vectors=False):
+            entries = [_state_of(p) for p in paths]
+            new = [
+                (i, f)
+                for i, f in enumerate(entries, at)
+                if f.path not in states or not states[f.path].current(f)
+            ]
+            unreadable = [(_state_of(p), reason) for p, reason in failed]
+            self.store.record_released([f for _, f in new], [i for i, _ in new], unreadable)
+            report.updated += sum(states[f.path].embedded for _, f in new if f.path in states)
+            report.unchanged += len(paths) - len(new)
+            report.skipped += failed
+            at += len(paths)
+        report.added = self.store.ids(first, at).size - report.updated
+        return report
+
+    def _imported_vectors(self, files: list[Path], first: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of the rows `_record_imported_paths` recorded (of a path given twice, the last)."""
+        from .embedding_shards import read_embeddings
+
+        at = first
+        for _, vectors, _ in read_embeddings(files, self.store.dims):
+            ids = np.arange(at, at + len(vectors))
+            at += len(vectors)
+            if len(ids):
+                kept = np.isin(ids, self.store.ids(at - len(ids), at))
+                yield ids[kept], vectors[kept]
 
     def sync(self) -> Any:
         """The faiss index, brought up to date with the records (and saved) when they changed.

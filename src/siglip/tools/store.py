@@ -358,7 +358,7 @@ class VectorStore:
     def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Row ids of the embeddings with `start` <= id < `stop` (default: all), int64, ascending."""
         query = "SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id"
-        ids = self._db.execute(query, (start, 2**63 - 1 if stop is None else stop)).fetchall()
+        ids = self._db.execute(query, (int(start), 2**63 - 1 if stop is None else int(stop))).fetchall()
         return np.array([i for (i,) in ids], dtype=np.int64)
 
     @_sqlite_errors
