@@ -32,8 +32,7 @@ def is_shards(arg: str | os.PathLike) -> bool:
 
 def expand_shards(pattern: str) -> list[str]:
     """Shard paths of a path, glob or brace pattern (`{000000..000099}`), sorted."""
-    import braceexpand
-
+    braceexpand = require("braceexpand", "train", "reading WebDataset shards")  # comes with webdataset
     shards: list[str] = []
     for part in braceexpand.braceexpand(pattern):
         shards += sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
