@@ -465,6 +465,21 @@ class TwoTowerMixin:
         return self._returned(out, return_dict)
 
 
+class VisionTowerMixin:
+    """What the vision-tower models share (`SiglipVisionModel`, `Siglip2VisionModel`): one `vision_model` of the
+    class's `vision_transformer_class`, built from the vision config itself."""
+
+    vision_transformer_class: type[nn.Module]
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.vision_model = self.vision_transformer_class(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
+
+
 class ClassifierMixin:
     """What the image classifiers share (`SiglipForImageClassification`, `Siglip2ForImageClassification`):
     a vision tower of the class's `vision_transformer_class`, a linear `classifier` on its pooled tokens, and
@@ -553,18 +568,11 @@ class SiglipTextModel(SiglipPreTrainedModel):
         return self._returned(out, return_dict)
 
 
-class SiglipVisionModel(SiglipPreTrainedModel):
+class SiglipVisionModel(VisionTowerMixin, SiglipPreTrainedModel):
     """The SigLIP vision tower. `pooler_output` is the attention-pooled image vector (unnormalised)."""
 
     config_class = SiglipVisionConfig
-
-    def __init__(self, config: SiglipVisionConfig) -> None:
-        super().__init__(config)
-        self.vision_model = SiglipVisionTransformer(config)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.embeddings.patch_embedding
+    vision_transformer_class = SiglipVisionTransformer
 
     def forward(
         self,
