@@ -195,3 +195,30 @@ def test_inference_modes_run_naflex(checkpoints, images):
         cosine = (vectors * reference).sum(axis=1)
         assert cosine.min() > 0.99, (precision, cosine)
         assert not np.array_equal(vectors, reference)
+
+
+def test_naflex_onnx_export_matches_the_model_at_any_batch_and_patch_budget(checkpoints, tmp_path, capsys):
+    """`siglip export` on a NaFlex checkpoint: the graph takes the image processor's three outputs, resizes
+    the position grid to each image's spatial_shapes itself, and runs at any batch size and max_num_patches.
+
+    Tolerance 1e-5 on features of magnitude ~2: onnxruntime sums in another order than PyTorch, and float32
+    rounding through two layers stays near 1e-6 (measured: at most 1.1e-6)."""
+    ort = pytest.importorskip("onnxruntime")
+    from siglip.tools.cli import main
+
+    assert main(["export", "--model", checkpoints["naflex"], "--out", str(tmp_path)]) == 0
+    assert "vision: onnxruntime vs PyTorch" in capsys.readouterr().out
+    session = ort.InferenceSession(str(tmp_path / "vision_model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                for h, w in ((1, 1), (1, 4000), (333, 517), (224, 224), (4000, 3))]  # fmt: skip
+    model = AutoModel.from_pretrained(checkpoints["naflex"]).eval()
+    processor = AutoProcessor.from_pretrained(tmp_path).image_processor  # as saved beside the graph
+    for max_num_patches, chosen in ((64, pictures), (24, pictures), (100, pictures[1:2])):
+        processor.max_num_patches = max_num_patches
+        inputs = processor(chosen, return_tensors="pt")
+        assert inputs["pixel_values"].shape[:2] == (len(chosen), max_num_patches)
+        ours = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})[0]
+        with torch.inference_mode():
+            expected = model.get_image_features(**inputs).numpy()
+        np.testing.assert_allclose(ours, expected, atol=1e-5)
