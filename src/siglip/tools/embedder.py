@@ -136,6 +136,15 @@ class Embedder:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What, besides the weights, decides the image embeddings: the resolved precision, and the patch
+        budget of a NaFlex model (None for fixed-size ones). An index records them (see `SearchIndex`)."""
+        return {
+            "precision": self.mode.precision,
+            "max_num_patches": getattr(self.processor.image_processor, "max_num_patches", None),
+        }
+
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) embeddings of a text or a list of texts (padded to the model's text length)."""
         texts = [texts] if isinstance(texts, str) else list(texts)

@@ -131,6 +131,7 @@ def embed_with_ray(
     progress: bool | None = None,
     compile: bool = False,
     reduced_decode: bool = False,
+    max_num_patches: int | None = None,
 ) -> RayEmbedReport:
     """Embed the images named by `inputs` into Parquet shards in the folder `out` on Ray (see the module doc).
 
@@ -139,7 +140,8 @@ def embed_with_ray(
 
     `address` joins a running cluster ("auto", "ray://host:port"); without it a local one starts (or the one
     this process already started is used). `actors` is the size of the model actor pool (default: one per
-    GPU, else one per 4 CPUs). `compile` and `reduced_decode` are as for `Embedder.from_pretrained`.
+    GPU, else one per 4 CPUs). `compile`, `reduced_decode` and `max_num_patches` are as for
+    `Embedder.from_pretrained`: the images are preprocessed by the decoding tasks, with the driver's processor.
     """
     ray = require("ray", "ray", "siglip embed --engine ray")
     pa = require("pyarrow", "ray", "siglip embed --engine ray")
@@ -176,7 +178,9 @@ def embed_with_ray(
         decode_cpus = 1 if gpus else 0.5
         actor_cpus = 0 if gpus else max(0.5, cpus / actors - decode_cpus)
         processor = AutoProcessor.from_pretrained(checkpoint)
-        configure_images(processor, checkpoint, reduced_decode=reduced_decode)
+        configure_images(
+            processor, checkpoint, reduced_decode=reduced_decode, max_num_patches=max_num_patches
+        )
         schema = parquet_schema(pa, dims)
         rows = [
             {"shard": s, "batch": b, "paths": json.dumps(files[start : start + batch_size])}
