@@ -129,3 +129,7 @@ def test_max_num_patches_reaches_the_ray_decoders(cluster, tmp_path, capsys):
     assert np.array_equal(vectors, expected)
     default = Embedder.from_pretrained(model, device="cpu", precision="fp32").embed_images(paths)
     assert not np.allclose(vectors, default, atol=1e-3)
+    capsys.readouterr()
+    assert main(["embed", str(tmp_path / "images"), "--out", str(out), "--engine", "ray", "--model", model,
+                 "--precision", "fp32", "--batch-size", "4"]) == 2  # fmt: skip
+    assert "patch budget 24" in capsys.readouterr().err  # a rerun at another budget would mix the shards

@@ -263,3 +263,5 @@ def test_an_index_embeds_as_it_was_built_and_refuses_other_settings(checkpoints,
     assert main(["index", *later, "--index", index, "--precision", "auto"]) == 0  # fp32 here, as recorded
     with pytest.raises(StoreError, match="max-num-patches 16, the model given runs with 64"):
         SearchIndex(index, default).update(images[5:6], workers=0)
+    with SearchIndex(index) as opened:
+        assert len(opened) == len(first + later)  # refused before any change

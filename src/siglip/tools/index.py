@@ -215,7 +215,7 @@ class SearchIndex:
         they are in the error ("asked for")."""
         recorded = self.embedding_settings or {}
         for key, value in settings.items():
-            if key in recorded and value is not None and value != recorded[key]:
+            if None not in (value, recorded.get(key)) and value != recorded[key]:
                 option = "--" + key.replace("_", "-")
                 raise StoreError(
                     f"index '{self.directory}' was built with {option} {recorded[key]}, {source} {value}: "
@@ -317,10 +317,10 @@ class SearchIndex:
             for p in states
             if p not in listed and not p.startswith(unsearched) and (p.startswith(roots) or _deleted(p))
         ]
-        report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         todo = pending_files(self.store, files)
-        if todo:  # an Embedder given as it is must embed as the index was built
+        if todo:  # before any change: an Embedder given as it is must embed as the index was built
             self._check_settings(self.embedder.settings, "the model given runs with")
+        report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         report.unchanged = len(files) - len(todo)
         for batch in self.embedder.embed_files(todo, batch_size, workers, progress):
             self.store.record(batch.files, batch.vectors, batch.failed)

@@ -149,7 +149,7 @@ FIXRES_TOWER = OnnxTower("vision_model.onnx", ("pixel_values",), "image_embeds",
 NAFLEX_TOWER = replace(FIXRES_TOWER, inputs=("pixel_values", "pixel_attention_mask", "spatial_shapes"))
 
 
-def onnx_towers(model: TwoTowerModel) -> dict[str, OnnxTower]:
+def _onnx_towers(model: TwoTowerModel) -> dict[str, OnnxTower]:
     """The towers `export_onnx` writes for `model`, by name ("vision", "text")."""
     return {"vision": NAFLEX_TOWER if _is_naflex(model) else FIXRES_TOWER, "text": TEXT_TOWER}
 
@@ -186,8 +186,8 @@ def _example_inputs(
         size = (batch, vision.num_channels, vision.image_size, vision.image_size)
         return {"vision": (torch.rand(size, generator=generator) * 2 - 1,), "text": (ids,)}
     patches = patches or vision.num_patches
-    side = max(math.isqrt(patches) - 1, 1)
-    grids = [(1, 1), (1, patches), (patches, 1), (side + 1, side + 1), (side, patches // side)]
+    side, narrow = math.isqrt(patches), max(math.isqrt(patches) - 1, 1)
+    grids = [(1, 1), (1, patches), (patches, 1), (side, side), (narrow, patches // narrow)]
     shapes = torch.tensor([grids[i % len(grids)] for i in range(batch)])
     mask = (torch.arange(patches) < shapes.prod(-1, keepdim=True)).int()
     size = (batch, patches, vision.num_channels * vision.patch_size**2)
@@ -219,7 +219,7 @@ def export_onnx(model: TwoTowerModel, directory: str | os.PathLike, opset: int =
         raise UsageError(f"opset must be at least 17 (LayerNormalization), got {opset}")
     require("onnxscript", "onnx", "ONNX export")
     model = _float32_copy(model)
-    towers = onnx_towers(model)
+    towers = _onnx_towers(model)
     examples = _example_inputs(model, batch=2, seed=0)
     with staged_directory(directory, replaces=tuple(f"{t.filename}*" for t in towers.values())) as staging:
         for name, tower in towers.items():
@@ -274,7 +274,7 @@ def check_onnx(model: TwoTowerModel, paths: dict[str, Path], batch: int = 3, see
     model = _float32_copy(model)
     patches = 2 * model.config.vision_config.num_patches if _is_naflex(model) else None
     diffs, cosines = {}, {}
-    for name, tower in onnx_towers(model).items():
+    for name, tower in _onnx_towers(model).items():
         example = _example_inputs(model, batch, seed, patches)[name]
         session = ort.InferenceSession(str(paths[name]), providers=["CPUExecutionProvider"])
         feed = {input_name: tensor.numpy() for input_name, tensor in zip(tower.inputs, example, strict=True)}
