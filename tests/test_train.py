@@ -456,6 +456,20 @@ def _siglip2_config(start: Path, data: Path, out: Path, **overrides) -> TrainCon
     return TrainConfig(**values)
 
 
+def _assert_same_training(reference: Path, result: Path) -> None:
+    """Two runs that sum the loss in other orders (chunks, ranks) end with the same weights and losses.
+
+    Adam turns the rounding noise of entries whose gradient is ~0 into steps of up to lr: a handful of the
+    300k entries then differ by ~1e-4 (measured: at most 6.4e-5, chunks or two ranks), while a chunk or a rank lost or
+    counted twice would move most of them by ~lr = 3e-3 at every step.
+    """
+    expected, got = _without_key_biases(reference), _without_key_biases(result)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=3e-4, msg=key)
+    losses = [r["loss"] for r in _metrics(reference)]
+    np.testing.assert_allclose([r["loss"] for r in _metrics(result)], losses, rtol=1e-5)
+
+
 class _Interrupted(Exception):
     """What the tests raise to stop a run right after a checkpoint, as a crash would."""
 
@@ -487,15 +501,8 @@ def test_siglip2_resumes_exactly_and_chunks_its_loss(
     assert all(torch.equal(result[k], reference[k]) for k in reference), "resumed run diverged"
     assert [r["loss"] for r in _metrics(tmp_path / "b")] == [r["loss"] for r in _metrics(tmp_path / "a")]
 
-    # Chunks sum the loss in another order. Adam turns the rounding noise of entries whose gradient is ~0
-    # into steps of up to lr: a handful of the 300k entries then differ by ~1e-4 (measured: at most 6e-5),
-    # while a chunk lost or counted twice would move most of them by ~lr = 3e-3 at every step.
     chunked = train(_siglip2_config(start, aspect_colours, tmp_path / "c", loss="ring", loss_chunk_size=3))
-    reference, result = _without_key_biases(tmp_path / "a"), _without_key_biases(tmp_path / "c")
-    for key, value in reference.items():
-        torch.testing.assert_close(result[key], value, rtol=1e-4, atol=3e-4, msg=key)
-    losses = [r["loss"] for r in _metrics(tmp_path / "a")]
-    np.testing.assert_allclose([r["loss"] for r in _metrics(tmp_path / "c")], losses, rtol=1e-5)
+    _assert_same_training(tmp_path / "a", tmp_path / "c")
     assert not torch.equal(
         _weights(chunked)["logit_bias"], load_file(start / "model.safetensors")["logit_bias"]
     )
@@ -513,8 +520,4 @@ def test_siglip2_two_processes_match_one(siglip2_starts, aspect_colours, tmp_pat
         "-m", "siglip", "train", *_siglip2_args(start, aspect_colours, tmp_path / "two", *loss),
     ])  # fmt: skip
     assert two.returncode == 0, two.stderr
-    reference, result = _without_key_biases(tmp_path / "one"), _without_key_biases(tmp_path / "two")
-    for key, value in reference.items():
-        torch.testing.assert_close(result[key], value, rtol=1e-4, atol=1e-5, msg=f"{family}: {key}")
-    losses_one = [r["loss"] for r in _metrics(tmp_path / "one")]
-    np.testing.assert_allclose([r["loss"] for r in _metrics(tmp_path / "two")], losses_one, rtol=1e-4)
+    _assert_same_training(tmp_path / "one", tmp_path / "two")

@@ -142,7 +142,7 @@ class Embedder:
         budget of a NaFlex model (None for fixed-size ones). An index records them (see `SearchIndex`)."""
         return {
             "precision": self.mode.precision,
-            "max_num_patches": getattr(self.processor.image_processor, "max_num_patches", None),
+            "max_num_patches": patch_budget(self.processor),
         }
 
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -270,6 +270,12 @@ def configure_images(
                 "image to its own patch grid"
             )
         images.reduced_decode = True
+
+
+def patch_budget(processor: Processor) -> int | None:
+    """The patches per image of a NaFlex model's processor (see `configure_images`); None for fixed-size ones."""
+    images = processor.image_processor
+    return images.max_num_patches if isinstance(images, Siglip2ImageProcessor) else None
 
 
 def _precision_of(model: TwoTowerModel) -> str:

@@ -42,7 +42,7 @@ from ..core.hub import CONFIG_NAME, locate
 from ..errors import UsageError
 from .data import ImageProcessor, Sample, collate, load_sample
 from .deps import require
-from .embedder import configure_images
+from .embedder import configure_images, patch_budget
 from .embedding_files import parquet_schema, parquet_table
 from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
@@ -155,8 +155,7 @@ def embed_with_ray(
     processor = AutoProcessor.from_pretrained(checkpoint)
     configure_images(processor, checkpoint, reduced_decode=reduced_decode, max_num_patches=max_num_patches)
     # a NaFlex budget is part of the plan: shards made at two budgets would not be comparable
-    budget = getattr(processor.image_processor, "max_num_patches", None)
-    plan = _plan(out, files, shard_size, batch_size, budget)
+    plan = _plan(out, files, shard_size, batch_size, patch_budget(processor))
     name = checkpoint.record_name
     dims = AutoConfig.from_pretrained(checkpoint).text_config.projection_size
     fingerprint = model_fingerprint(name)
