@@ -194,8 +194,11 @@ class SiglipTextEmbeddings(nn.Module):
 
 
 def _key_padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, T) with 1 = keep -> additive (B, 1, 1, T) mask on the keys, or None when nothing is masked."""
-    if attention_mask is None or bool(attention_mask.all()):
+    """(B, T) with 1 = keep -> additive (B, 1, 1, T) mask on the keys, or None when nothing is masked.
+
+    While exporting (ONNX) the mask is always built: whether anything is masked depends on the values, which
+    a graph of dynamic inputs cannot branch on."""
+    if attention_mask is None or (not torch.compiler.is_exporting() and bool(attention_mask.all())):
         return None
     blocked = (attention_mask == 0)[:, None, None, :]
     return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(

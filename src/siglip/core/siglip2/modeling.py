@@ -122,6 +122,8 @@ def _check_patch_inputs(
             f"spatial_shapes must be (batch, 2) patches high and wide, one row per image of pixel_values "
             f"{tuple(pixel_values.shape)}; got {shape}"
         )
+    if torch.compiler.is_exporting():
+        return  # the values are the graph's inputs, unknown while it is traced
     counts = spatial_shapes.prod(-1)
     if bool((spatial_shapes < 1).any()) or bool((counts > pixel_values.shape[1]).any()):
         raise ValueError(
