@@ -6,12 +6,18 @@ import copy
 import platform
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
+
+# The oracles (transformers, open_clip, timm) import beside the test extra's torchvision only with the tests'
+# shim: one module, shared (see tests/_torchvision.py).
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+import _torchvision  # noqa: F401
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 

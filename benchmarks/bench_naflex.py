@@ -6,7 +6,8 @@
 
 - tower: a random-weight NaFlex base image tower (transformers `Siglip2VisionModel`, saved and loaded by
   `siglip.Siglip2VisionModel`), fp32, no grad, on a batch of mixed aspect ratios; outputs are checked to be
-  identical first, then both run alternately. Medians and the speed-up.
+  identical first, then both run alternately, with our int8 mode (`InferenceMode("int8")`) beside them.
+  Medians, the speed-ups against transformers fp32, and int8's smallest cosine to the fp32 output.
 - embed: a folder of JPEGs of mixed aspect ratios (the SIZES below) embedded by `Embedder.embed_files` (decode
   workers, one padded batch of mixed aspect ratios per model call) with a random-weight NaFlex base model, fp32
   and int8, against a transformers loop (PIL decode, `Siglip2ImageProcessorPil`, `get_image_features`, one
@@ -19,14 +20,17 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import siglip
 from _common import machine_line, make_jpegs, time_alternately
+from siglip.tools.inference import InferenceMode
 
 SIZES = [(640, 480), (480, 640), (1280, 320), (300, 300)]  # width, height
 
@@ -48,17 +52,25 @@ def bench_tower(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         theirs.save_pretrained(tmp)
         ours = siglip.Siglip2VisionModel.from_pretrained(tmp)
+    int8 = InferenceMode(precision="int8").apply(copy.deepcopy(ours))
     photos = _photos(args.batch)
-    print("| max_num_patches | batch | transformers (s) | siglip (s) | speed-up |\n|---|---|---|---|---|")
+    print(
+        "| max_num_patches | batch | transformers fp32 (s) | siglip fp32 (s) | speed-up | siglip int8 (s) | "
+        "speed-up | int8 min cosine |\n|---|---|---|---|---|---|---|---|"
+    )
     for patches in args.patches:
         inputs = siglip.Siglip2ImageProcessor(max_num_patches=patches)(photos, return_tensors="pt")
         with torch.no_grad():
-            assert torch.equal(ours(**inputs).pooler_output, theirs(**inputs).pooler_output)
-            calls = {"transformers": lambda x=inputs: theirs(**x), "siglip": lambda x=inputs: ours(**x)}
+            reference = theirs(**inputs).pooler_output
+            assert torch.equal(ours(**inputs).pooler_output, reference)
+            cosine = F.cosine_similarity(int8(**inputs).pooler_output, reference).min().item()
+            calls = {name: lambda m=model, x=inputs: m(**x)
+                     for name, model in (("transformers", theirs), ("siglip", ours), ("int8", int8))}  # fmt: skip
             times = time_alternately(calls, args.repeats)
         print(
             f"| {patches} | {args.batch} | {times['transformers']:.3f} | {times['siglip']:.3f} | "
-            f"{times['transformers'] / times['siglip']:.2f}x |"
+            f"{times['transformers'] / times['siglip']:.2f}x | {times['int8']:.3f} | "
+            f"{times['transformers'] / times['int8']:.2f}x | {cosine:.5f} |"
         )
 
 

@@ -10,23 +10,13 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-import torch
 
 # `--precision auto` (every tool's default) means bf16 on CPUs with AVX-512 BF16 or AMX; the tool tests compare
 # against float32 computations, so they run with `auto` resolved as on a CPU without bf16 units, here and in
 # the commands they start. The resolution itself is tested with the probe mocked (test_inference.py).
 os.environ["SIGLIP_BF16_UNITS"] = "0"
 
-# torchvision 0.28.0, the release PyPI has for torch 2.13 (open_clip's and timm's dependency, the converter
-# oracles), is a CUDA build: its C++ operators do not load with the CPU torch the tests run, and its import then
-# fails on two missing operator schemas, taking down every import of transformers, open_clip and timm (they
-# import torchvision when it is installed). Declaring the two schemas lets them import; no test uses them.
-_TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")
-for _op in ("nms", "qnms"):
-    try:
-        _TORCHVISION_SCHEMAS.define(f"{_op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    except RuntimeError:  # a torchvision whose operators loaded (or an earlier definition): nothing to do
-        break
+import _torchvision  # noqa: F401  (before any transformers / open_clip / timm import; see the module)
 
 # nmt_nfkc is SentencePiece's default and what the released SigLIP vocabularies use; "identity" keeps the input
 # as it is, which exposes whitespace corner cases the NFKC normaliser would hide.

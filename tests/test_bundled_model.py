@@ -41,7 +41,7 @@ def test_loads_offline_by_short_name(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     params, length, size = map(int, done.stdout.split())
-    assert params < 1_250_000 and length == 16 and size == 28
+    assert params < 1_250_000 and length == 32 and size == 28
 
 
 def _idx(name: str, offset: int) -> np.ndarray:
@@ -63,3 +63,7 @@ def test_zero_shot_accuracy_on_fashion_mnist():
         probabilities = scores(model, model.encode_images(pixels), classes).numpy()
     accuracy = float((probabilities.argmax(-1) == labels).mean())
     assert accuracy >= 0.80, accuracy
+    # Trained with class labels (every caption of the image's class a positive), the true class gets a
+    # probability a person can believe; trained without them, it was about 0.05.
+    median_true_class = float(np.median(probabilities[np.arange(len(labels)), labels]))
+    assert median_true_class >= 0.4, median_true_class

@@ -118,3 +118,44 @@ def test_webdataset_shards_give_the_vectors_of_their_files_in_both_engines(clust
     got_paths, got_vectors = read_parquet(tmp_path / "ray")
     assert got_paths == expected and np.array_equal(got_vectors, vectors)
     assert sorted(report.skipped) == sorted(local[2]) and report.count == 200
+
+
+def test_max_num_patches_reaches_the_ray_decoders(cluster, tmp_path, capsys):
+    """A NaFlex checkpoint at a patch budget other than its own: the Ray job's vectors are the in-process
+    job's at that budget (same batches, same threads per model call), which differ from the default's."""
+    import torch
+    from PIL import Image
+
+    from _material import save_tiny_naflex
+    from _ray_material import ACTOR_THREADS
+    from siglip import Embedder
+
+    model = str(save_tiny_naflex(tmp_path / "naflex"))
+    rng = np.random.default_rng(0)
+    files = []
+    for i, (height, width) in enumerate(((1, 1), (1, 400), (333, 517), (224, 224), (90, 30), (40, 41))):
+        files.append(tmp_path / "images" / f"{i}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(files[-1])
+    out = tmp_path / "shards"
+    code = main(
+        ["embed", str(tmp_path / "images"), "--out", str(out), "--engine", "ray", "--model", model,
+         "--precision", "fp32", "--batch-size", "4", "--max-num-patches", "24", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    paths, vectors = read_parquet(out)
+    assert paths == [str(f) for f in files]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(ACTOR_THREADS)
+    try:
+        embedder = Embedder.from_pretrained(model, device="cpu", precision="fp32", max_num_patches=24)
+        expected = np.concatenate([embedder.embed_images(paths[:4]), embedder.embed_images(paths[4:])])
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(vectors, expected)
+    default = Embedder.from_pretrained(model, device="cpu", precision="fp32").embed_images(paths)
+    assert not np.allclose(vectors, default, atol=1e-3)
+    capsys.readouterr()
+    assert main(["embed", str(tmp_path / "images"), "--out", str(out), "--engine", "ray", "--model", model,
+                 "--precision", "fp32", "--batch-size", "4"]) == 2  # fmt: skip
+    assert "patch budget 24" in capsys.readouterr().err  # a rerun at another budget would mix the shards

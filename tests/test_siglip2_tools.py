@@ -195,3 +195,73 @@ def test_inference_modes_run_naflex(checkpoints, images):
         cosine = (vectors * reference).sum(axis=1)
         assert cosine.min() > 0.99, (precision, cosine)
         assert not np.array_equal(vectors, reference)
+
+
+def test_naflex_onnx_export_matches_the_model_at_any_batch_and_patch_budget(checkpoints, tmp_path, capsys):
+    """`siglip export` on a NaFlex checkpoint: the graph takes the image processor's three outputs, resizes
+    the position grid to each image's spatial_shapes itself, and runs at any batch size and max_num_patches.
+
+    Tolerance 1e-5 on features of magnitude ~2: onnxruntime sums in another order than PyTorch, and float32
+    rounding through two layers stays near 1e-6 (measured: at most 1.1e-6)."""
+    ort = pytest.importorskip("onnxruntime")
+    from siglip.tools.cli import main
+
+    assert main(["export", "--model", checkpoints["naflex"], "--out", str(tmp_path)]) == 0
+    assert "vision: onnxruntime vs PyTorch" in capsys.readouterr().out
+    session = ort.InferenceSession(str(tmp_path / "vision_model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                for h, w in ((1, 1), (1, 4000), (333, 517), (224, 224), (4000, 3))]  # fmt: skip
+    model = AutoModel.from_pretrained(checkpoints["naflex"]).eval()
+    processor = AutoProcessor.from_pretrained(tmp_path).image_processor  # as saved beside the graph
+    for max_num_patches, chosen in ((64, pictures), (24, pictures), (100, pictures[1:2])):
+        processor.max_num_patches = max_num_patches
+        inputs = processor(chosen, return_tensors="pt")
+        assert inputs["pixel_values"].shape[:2] == (len(chosen), max_num_patches)
+        ours = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})[0]
+        with torch.inference_mode():
+            expected = model.get_image_features(**inputs).numpy()
+        np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_an_index_embeds_as_it_was_built_and_refuses_other_settings(checkpoints, images, tmp_path, capsys):
+    """The index records precision and max_num_patches: a later update or image search without them embeds
+    alike (the vectors equal an Embedder made with those settings, not the checkpoint's default budget), and
+    other values, asked for or in a given Embedder, are refused before anything is embedded."""
+    from siglip import SearchIndex
+    from siglip.errors import StoreError
+    from siglip.tools.cli import main
+
+    model, index = checkpoints["naflex"], str(tmp_path / "index")
+    first, later = images[:3], images[3:5]
+    args = ["index", *first, "--index", index, "--model", model, "--max-num-patches", "16", "--workers", "0"]
+    assert main([*args, "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    assert main(["info", index, "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["embedding"] == {"precision": "fp32", "max_num_patches": 16}
+    assert main(["info", index]) == 0
+    assert "precision fp32, max_num_patches 16" in capsys.readouterr().out
+
+    assert main(["index", *later, "--index", index, "--workers", "0"]) == 0  # no options: the recorded ones
+    budget16 = Embedder.from_pretrained(model, device="cpu", precision="fp32", max_num_patches=16)
+    default = Embedder.from_pretrained(model, device="cpu", precision="fp32")
+    expected = budget16.embed_images(later)
+    assert not np.allclose(expected, default.embed_images(later), atol=1e-3)  # the budget matters
+    with SearchIndex(index) as opened:
+        assert opened.embedder.settings == {"precision": "fp32", "max_num_patches": 16}
+        hit = opened.search_image(later[1], k=1)[0]
+        assert hit.path == later[1] and hit.score == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(opened.entry(hit.id)[1], expected[1], atol=1e-6)  # flat fp32 storage
+
+    capsys.readouterr()
+    for option, value in (("--max-num-patches", "32"), ("--precision", "int8")):
+        assert main(["index", *later, "--index", index, option, value]) == 2
+        error = capsys.readouterr().err
+        recorded = "16" if option == "--max-num-patches" else "fp32"
+        assert f"was built with {option} {recorded}, asked for {value}" in error
+    assert main(["index", *later, "--index", index, "--precision", "auto"]) == 0  # fp32 here, as recorded
+    with pytest.raises(StoreError, match="max-num-patches 16, the model given runs with 64"):
+        SearchIndex(index, default).update(images[5:6], workers=0)
+    with SearchIndex(index) as opened:
+        assert len(opened) == len(first + later)  # refused before any change

@@ -8,6 +8,7 @@ library, SigLIP 2) encode differently but take the same call options and return 
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from .features import BatchFeature
+from .hub import staged_directory
 
 # transformers' "no limit" value of `model_max_length` (1e30); above LARGE_INTEGER a tokenizer has no limit
 # of its own, and padding="max_length" / truncation without `max_length` then do nothing, as in transformers.
@@ -170,3 +172,51 @@ def ids_to_decode(token_ids: Any) -> tuple[list, bool]:
             f"token_ids must be ids (a list, array or tensor of ints), got {type(token_ids).__name__}"
         )
     return list(ids), bool(ids) and not isinstance(ids[0], int | np.integer)
+
+
+class TokenizerBase:
+    """What `SiglipTokenizer` and `GemmaTokenizer` share around their own encoders: `encode`, the piece <-> id
+    look-ups' checks, and `save_pretrained` writing all files or none.
+
+    A subclass defines `__call__`, `__len__` (ids run from 0 to `len - 1`), `_token_to_id` and `_write_files`.
+    """
+
+    def encode(
+        self,
+        text: str,
+        text_pair: str | None = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+    ) -> list[int] | np.ndarray | torch.Tensor:
+        """The `input_ids` of one text (and optional pair), with the options of `__call__`."""
+        return self(
+            text,
+            text_pair,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_tensors=return_tensors,
+            return_attention_mask=False,
+        )["input_ids"]
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
+        """Id of a piece (or list of ids); a string that is not a piece gives the `<unk>` id."""
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(token) for token in tokens]
+
+    def _check_id(self, token_id: int) -> int:
+        if not 0 <= token_id < len(self):
+            raise ValueError(f"Token id {token_id} is outside the vocabulary (0 to {len(self) - 1})")
+        return token_id
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write the tokenizer's files (listed in the class's docstring), all or nothing; transformers loads
+        them back to the same ids."""
+        with staged_directory(save_directory) as staging:
+            self._write_files(staging)

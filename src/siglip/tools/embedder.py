@@ -137,6 +137,15 @@ class Embedder:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What, besides the weights, decides the image embeddings: the resolved precision, and the patch
+        budget of a NaFlex model (None for fixed-size ones). An index records them (see `SearchIndex`)."""
+        return {
+            "precision": self.mode.precision,
+            "max_num_patches": patch_budget(self.processor),
+        }
+
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) embeddings of a text or a list of texts (padded to the model's text length)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -263,6 +272,12 @@ def configure_images(
                 "image to its own patch grid"
             )
         images.reduced_decode = True
+
+
+def patch_budget(processor: Processor) -> int | None:
+    """The patches per image of a NaFlex model's processor (see `configure_images`); None for fixed-size ones."""
+    images = processor.image_processor
+    return images.max_num_patches if isinstance(images, Siglip2ImageProcessor) else None
 
 
 def _precision_of(model: TwoTowerModel) -> str:

@@ -25,7 +25,10 @@ recall@10 measured against exact search at build time stored with the index (`bu
 
 The records name the model and hold a fingerprint of its weights (SHA-256): weights changed behind the same
 name are refused (their embeddings would not be comparable), and a model folder that moved can be given again
-by its new path. An index on read-only media is searched with its vectors caught up in memory.
+by its new path. They also hold the settings the images were embedded with (`Embedder.settings`: precision,
+and a NaFlex model's `max_num_patches`): reopened, the index embeds as it was built unless told otherwise, and
+another value, asked for or in the `Embedder` that adds images, is refused, so that every vector in it was
+made alike. An index on read-only media is searched with its vectors caught up in memory.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import fcntl
 import hashlib
 import html
 import io
+import json
 import logging
 import os
 import re
@@ -60,7 +64,7 @@ from ..errors import (
 )
 from . import ann
 from .deps import require
-from .embedder import Embedder, load_embedder
+from .embedder import Embedder, load_embedder, resolve_device
 from .files import scan_images
 from .inference import InferenceMode
 from .store import FileState, VectorStore, pending_files, replace_atomically
@@ -73,6 +77,7 @@ LOCK_FILE = "update.lock"
 _VECTORS_GENERATION = "vectors_generation"  # meta key: the records generation vectors.faiss matches
 _WEIGHTS = "weights_sha256"  # meta key: the fingerprint of the model's weights
 _BUILD_INFO = "vectors_build"  # meta key: the ann.BuildInfo of vectors.faiss (JSON)
+_EMBEDDING = "embedding_settings"  # meta key: the Embedder.settings the images were embedded with (JSON)
 _SETTINGS = (
     "index_type",
     "storage",
@@ -107,8 +112,10 @@ class SearchIndex:
     Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
     `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile`, `reduced_decode` and
     `max_num_patches` are how a model loaded by name runs (see `Embedder.from_pretrained`); an `Embedder` runs as
-    it was made. `index_type` and `storage` (see `siglip.tools.ann`; default: as stored, else "auto") are kept
-    with the index; changing them rebuilds the vector file at the next search or update.
+    it was made. `precision` and `max_num_patches` default to those the index was built with ("auto" and the
+    checkpoint's for a new one); others than those are refused (`StoreError`). `index_type` and `storage` (see
+    `siglip.tools.ann`; default: as stored, else "auto") are kept with the index; changing them rebuilds the
+    vector file at the next search or update.
     """
 
     def __init__(
@@ -117,14 +124,14 @@ class SearchIndex:
         model: str | os.PathLike | Embedder | None = None,
         device: str | None = None,
         *,
-        precision: str = "auto",
+        precision: str | None = None,
         compile: bool = False,
         reduced_decode: bool = False,
         max_num_patches: int | None = None,
         index_type: str | None = None,
         storage: str | None = None,
     ) -> None:
-        InferenceMode(precision, compile)  # a bad option fails now, not when the model is first needed
+        InferenceMode(precision or "auto", compile)  # a bad option fails now, not when the model is needed
         ann.check_options(index_type or "auto", storage or "auto")
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
@@ -150,14 +157,17 @@ class SearchIndex:
             self.store = VectorStore(records)
             if name is not None:
                 self._check_model(name)
+            self._take_recorded_settings()
         elif name is None:
             raise InputNotFoundError(
                 f"no index at '{self.directory}': build one with `siglip index FOLDER --index {self.directory}`"
             )
         else:
+            self.load_options["precision"] = precision or "auto"
             self._embedder = self._embedder or load_embedder(name, device, **self.load_options)
             self.directory.mkdir(parents=True, exist_ok=True)
             self.store = VectorStore(records, name, self._embedder.dims)
+            self.store.set_meta(_EMBEDDING, json.dumps(self._embedder.settings))
             fingerprint = _fingerprint(name)
             if fingerprint is not None:
                 self.store.set_meta(_WEIGHTS, fingerprint)
@@ -179,6 +189,41 @@ class SearchIndex:
     def model(self) -> str:
         """The name of the model the index was built with."""
         return self.store.model
+
+    @property
+    def embedding_settings(self) -> dict[str, Any] | None:
+        """The `Embedder.settings` the images were embedded with (None: an index made before they were kept)."""
+        text = self.store.get_meta(_EMBEDDING)
+        return json.loads(text) if text else None
+
+    def _take_recorded_settings(self) -> None:
+        """Load the model as the index was built, refusing asked-for settings that differ from those."""
+        recorded = self.embedding_settings
+        if recorded is None:
+            self.load_options["precision"] = self.load_options["precision"] or "auto"
+            return
+        asked = dict(self.load_options)
+        if asked["precision"] is not None:  # "auto" is compared as what it means on this device
+            asked["precision"] = (
+                InferenceMode(asked["precision"]).resolve(resolve_device(self.device)).precision
+            )
+        self._check_settings(asked, "asked for")
+        for key, value in recorded.items():
+            if self.load_options[key] is None:
+                self.load_options[key] = value
+
+    def _check_settings(self, settings: dict[str, Any], source: str) -> None:
+        """Refuse `settings` (values None: not given) that differ from the recorded ones; `source` says whose
+        they are in the error ("asked for")."""
+        recorded = self.embedding_settings or {}
+        for key, value in settings.items():
+            if None not in (value, recorded.get(key)) and value != recorded[key]:
+                option = "--" + key.replace("_", "-")
+                raise StoreError(
+                    f"index '{self.directory}' was built with {option} {recorded[key]}, {source} {value}: "
+                    f"its embeddings would not be comparable; leave {option} out to use {recorded[key]}, or "
+                    "build another --index"
+                )
 
     @property
     def embedder(self) -> Embedder:
@@ -274,8 +319,10 @@ class SearchIndex:
             for p in states
             if p not in listed and not p.startswith(unsearched) and (p.startswith(roots) or _deleted(p))
         ]
-        report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         todo = pending_files(self.store, files)
+        if todo:  # before any change: an Embedder given as it is must embed as the index was built
+            self._check_settings(self.embedder.settings, "the model given runs with")
+        report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         report.unchanged = len(files) - len(todo)
         for batch in self.embedder.embed_files(todo, batch_size, workers, progress):
             self.store.record(batch.files, batch.vectors, batch.failed)

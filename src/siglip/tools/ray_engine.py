@@ -44,7 +44,7 @@ from ..core.hub import CONFIG_NAME, locate
 from ..errors import UsageError
 from .data import ImageProcessor, Sample, collate, load_sample
 from .deps import require
-from .embedder import configure_images
+from .embedder import configure_images, patch_budget
 from .embedding_files import parquet_schema, parquet_table
 from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
@@ -138,6 +138,7 @@ def embed_with_ray(
     progress: bool | None = None,
     compile: bool = False,
     reduced_decode: bool = False,
+    max_num_patches: int | None = None,
 ) -> RayEmbedReport:
     """Embed the images named by `inputs` into Parquet shards in the folder `out` on Ray (see the module doc).
 
@@ -146,7 +147,8 @@ def embed_with_ray(
 
     `address` joins a running cluster ("auto", "ray://host:port"); without it a local one starts (or the one
     this process already started is used). `actors` is the size of the model actor pool (default: one per
-    GPU, else one per 4 CPUs). `compile` and `reduced_decode` are as for `Embedder.from_pretrained`.
+    GPU, else one per 4 CPUs). `compile`, `reduced_decode` and `max_num_patches` are as for
+    `Embedder.from_pretrained`: the images are preprocessed by the decoding tasks, with the driver's processor.
     """
     ray = require("ray", "ray", "siglip embed --engine ray")
     pa = require("pyarrow", "ray", "siglip embed --engine ray")
@@ -156,8 +158,11 @@ def embed_with_ray(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shard_size = -(-shard_size // batch_size) * batch_size  # whole batches: those of an in-process run
-    plan = _plan(out, files, shard_size, batch_size)
     checkpoint = locate(model)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    configure_images(processor, checkpoint, reduced_decode=reduced_decode, max_num_patches=max_num_patches)
+    # a NaFlex budget is part of the plan: shards made at two budgets would not be comparable
+    plan = _plan(out, files, shard_size, batch_size, patch_budget(processor))
     name = checkpoint.record_name
     dims = AutoConfig.from_pretrained(checkpoint).text_config.projection_size
     fingerprint = model_fingerprint(name)
@@ -182,8 +187,6 @@ def embed_with_ray(
         threads = 0 if gpus else max(1, int(cpus) // actors)
         decode_cpus = 1 if gpus else 0.5
         actor_cpus = 0 if gpus else max(0.5, cpus / actors - decode_cpus)
-        processor = AutoProcessor.from_pretrained(checkpoint)
-        configure_images(processor, checkpoint, reduced_decode=reduced_decode)
         schema = parquet_schema(pa, dims)
         rows = [
             {
@@ -238,8 +241,11 @@ def embed_with_ray(
     return _finish(out, plan, name, dims, fingerprint, embedded, failed, len(done), nodes)
 
 
-def _plan(out: Path, files: list[str | TarMember], shard_size: int, batch_size: int) -> dict[str, Any]:
-    """The shard plan of `out`: made by the first run, checked by the next ones (same inputs, same cuts)."""
+def _plan(
+    out: Path, files: list[str | TarMember], shard_size: int, batch_size: int, max_num_patches: int | None
+) -> dict[str, Any]:
+    """The shard plan of `out`: made by the first run, checked by the next ones (same inputs, same cuts, and
+    for a NaFlex model the same patch budget)."""
     names = (f.path if isinstance(f, TarMember) else f for f in files)
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     plan = {
@@ -249,13 +255,16 @@ def _plan(out: Path, files: list[str | TarMember], shard_size: int, batch_size: 
         "batch_size": batch_size,
         "shards": -(-len(files) // shard_size),
     }
+    if max_num_patches is not None:  # (only then: the plans of fixed-size models stay as they were)
+        plan["max_num_patches"] = max_num_patches
     path = out / PLAN_FILE
     if path.exists():
         earlier = json.loads(path.read_text())
         if earlier != plan:
             raise UsageError(
-                f"'{out}' holds a run over other inputs or with other --batch-size/--shard-size "
-                f"({earlier['files']} files, shards of {earlier['shard_size']}): rerun it as it was, or "
+                f"'{out}' holds a run over other inputs or with other --batch-size/--shard-size/"
+                f"--max-num-patches ({earlier['files']} files, shards of {earlier['shard_size']}, patch budget "
+                f"{earlier.get('max_num_patches', '-')}): rerun it as it was, or "
                 "write to another folder"
             )
         return plan

@@ -540,7 +540,9 @@ def _apply_table(image: np.ndarray, table: np.ndarray) -> np.ndarray:
     """(3, H, W) output of an (H, W, 3) uint8 image: one lookup per pixel in the per-channel table."""
     out = np.empty((3, *image.shape[:2]), dtype=table.dtype)
     for c in range(3):
-        np.take(table[c], image[..., c], out=out[c])
+        # uint8 indices cannot leave the table, so mode="clip" changes nothing but lets numpy write straight
+        # into `out`; the default mode ("raise") goes through a buffer, ~5x slower here
+        np.take(table[c], image[..., c], out=out[c], mode="clip")
     return out
 
 

@@ -194,8 +194,11 @@ class SiglipTextEmbeddings(nn.Module):
 
 
 def _key_padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, T) with 1 = keep -> additive (B, 1, 1, T) mask on the keys, or None when nothing is masked."""
-    if attention_mask is None or bool(attention_mask.all()):
+    """(B, T) with 1 = keep -> additive (B, 1, 1, T) mask on the keys, or None when nothing is masked.
+
+    While exporting (ONNX) the mask is always built: whether anything is masked depends on the values, which
+    a graph of dynamic inputs cannot branch on."""
+    if attention_mask is None or (not torch.compiler.is_exporting() and bool(attention_mask.all())):
         return None
     blocked = (attention_mask == 0)[:, None, None, :]
     return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(
@@ -465,6 +468,21 @@ class TwoTowerMixin:
         return self._returned(out, return_dict)
 
 
+class VisionTowerMixin:
+    """What the vision-tower models share (`SiglipVisionModel`, `Siglip2VisionModel`): one `vision_model` of the
+    class's `vision_transformer_class`, built from the vision config itself."""
+
+    vision_transformer_class: type[nn.Module]
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.vision_model = self.vision_transformer_class(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
+
+
 class ClassifierMixin:
     """What the image classifiers share (`SiglipForImageClassification`, `Siglip2ForImageClassification`):
     a vision tower of the class's `vision_transformer_class`, a linear `classifier` on its pooled tokens, and
@@ -553,18 +571,11 @@ class SiglipTextModel(SiglipPreTrainedModel):
         return self._returned(out, return_dict)
 
 
-class SiglipVisionModel(SiglipPreTrainedModel):
+class SiglipVisionModel(VisionTowerMixin, SiglipPreTrainedModel):
     """The SigLIP vision tower. `pooler_output` is the attention-pooled image vector (unnormalised)."""
 
     config_class = SiglipVisionConfig
-
-    def __init__(self, config: SiglipVisionConfig) -> None:
-        super().__init__(config)
-        self.vision_model = SiglipVisionTransformer(config)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.embeddings.patch_embedding
+    vision_transformer_class = SiglipVisionTransformer
 
     def forward(
         self,

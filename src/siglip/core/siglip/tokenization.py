@@ -33,8 +33,9 @@ import torch
 
 from ...errors import CheckpointError
 from ..features import BatchFeature, write_json
-from ..hub import Checkpoint, HubOptions, locate, read_json, staged_directory
+from ..hub import Checkpoint, HubOptions, locate, read_json
 from ..text import (
+    TokenizerBase,
     check_pairs,
     check_texts,
     ids_to_decode,
@@ -65,7 +66,7 @@ def canonicalize_text(text: str, lower: bool = True) -> str:
     return " ".join(_PUNCTUATION.sub("", text).split())  # str.split() and re's \s agree on whitespace
 
 
-class SiglipTokenizer:
+class SiglipTokenizer(TokenizerBase):
     """Tokenizer of SigLIP (v1) checkpoints, with transformers' `SiglipTokenizer` API and ids.
 
     Args:
@@ -83,6 +84,7 @@ class SiglipTokenizer:
 
     Calling the tokenizer returns a `BatchFeature` with `input_ids` (and `attention_mask`): lists of ints
     by default, `return_tensors="pt"` / `"np"` for int64 tensors / arrays of shape (batch, length).
+    `save_pretrained` writes `spiece.model`, `tokenizer_config.json` and `special_tokens_map.json`.
     """
 
     def __init__(
@@ -138,11 +140,8 @@ class SiglipTokenizer:
     def get_vocab(self) -> dict[str, int]:
         return {self.sp_model.id_to_piece(i): i for i in range(self.vocab_size)}
 
-    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
-        """Id of a piece (or list of ids); a string that is not a piece gives the `<unk>` id."""
-        if isinstance(tokens, str):
-            return self._special_ids.get(tokens, self.sp_model.piece_to_id(tokens))
-        return [self.convert_tokens_to_ids(token) for token in tokens]
+    def _token_to_id(self, token: str) -> int:
+        return self._special_ids.get(token, self.sp_model.piece_to_id(token))
 
     def convert_ids_to_tokens(
         self, ids: int | Sequence[int], skip_special_tokens: bool = False
@@ -155,11 +154,6 @@ class SiglipTokenizer:
             for i in ids
             if not (skip_special_tokens and int(i) in self._special_tokens)
         ]
-
-    def _check_id(self, token_id: int) -> int:
-        if not 0 <= token_id < self.vocab_size:
-            raise ValueError(f"Token id {token_id} is outside the vocabulary (0 to {self.vocab_size - 1})")
-        return token_id
 
     # --- encoding -----------------------------------------------------------------------------------------
     def canonicalize_text(self, text: str) -> str:
@@ -284,29 +278,6 @@ class SiglipTokenizer:
                     sequence.append(self.eos_token_id)
         return ids if pair_ids is None else ids + pair_ids
 
-    def encode(
-        self,
-        text: str,
-        text_pair: str | None = None,
-        *,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        return_tensors: str | None = None,
-    ) -> list[int] | np.ndarray | torch.Tensor:
-        """The `input_ids` of one text (and optional pair), with the options of `__call__`."""
-        return self(
-            text,
-            text_pair,
-            add_special_tokens=add_special_tokens,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            return_tensors=return_tensors,
-            return_attention_mask=False,
-        )["input_ids"]
-
     # --- decoding -----------------------------------------------------------------------------------------
     def decode(
         self,
@@ -382,11 +353,6 @@ class SiglipTokenizer:
             key: _token_content(config[key]) for key in _CONFIG_KEYS if config.get(key) is not None
         }
         return cls(vocab_file, **{**init_kwargs, **kwargs})
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write `spiece.model`, `tokenizer_config.json` and `special_tokens_map.json` (transformers reads them)."""
-        with staged_directory(save_directory) as staging:
-            self._write_files(staging)
 
     def _write_files(self, directory: Path, processor_class: str | None = None) -> None:
         (directory / VOCAB_FILE).write_bytes(self.sp_model.serialized_model_proto())

@@ -30,6 +30,7 @@ from ..siglip.modeling import (
     SiglipTextTransformer,
     SiglipVisionTransformer,
     TwoTowerMixin,
+    VisionTowerMixin,
     _init_module,
     _key_padding_mask,
     l2_normalize,
@@ -121,6 +122,8 @@ def _check_patch_inputs(
             f"spatial_shapes must be (batch, 2) patches high and wide, one row per image of pixel_values "
             f"{tuple(pixel_values.shape)}; got {shape}"
         )
+    if torch.compiler.is_exporting():
+        return  # the values are the graph's inputs, unknown while it is traced
     counts = spatial_shapes.prod(-1)
     if bool((spatial_shapes < 1).any()) or bool((counts > pixel_values.shape[1]).any()):
         raise ValueError(
@@ -175,18 +178,11 @@ class Siglip2TextModel(SiglipTextModel):
     config_class = Siglip2TextConfig
 
 
-class Siglip2VisionModel(Siglip2PreTrainedModel):
+class Siglip2VisionModel(VisionTowerMixin, Siglip2PreTrainedModel):
     """The SigLIP 2 NaFlex vision tower. `pooler_output` is the attention-pooled image vector (unnormalised)."""
 
     config_class = Siglip2VisionConfig
-
-    def __init__(self, config: Siglip2VisionConfig) -> None:
-        super().__init__(config)
-        self.vision_model = Siglip2VisionTransformer(config)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.embeddings.patch_embedding
+    vision_transformer_class = Siglip2VisionTransformer
 
     def forward(
         self,

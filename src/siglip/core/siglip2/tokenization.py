@@ -46,9 +46,10 @@ from tokenizers.models import BPE
 
 from ...errors import CheckpointError
 from ..features import BatchFeature, write_json
-from ..hub import Checkpoint, HubOptions, locate, read_json, staged_directory
+from ..hub import Checkpoint, HubOptions, locate, read_json
 from ..text import (
     VERY_LARGE_INTEGER,
+    TokenizerBase,
     check_pairs,
     check_texts,
     ids_to_decode,
@@ -85,7 +86,7 @@ def lowercase(text: str) -> str:
     return _LOWERCASE.normalize_str(text)
 
 
-class GemmaTokenizer:
+class GemmaTokenizer(TokenizerBase):
     """Gemma's tokenizer as SigLIP 2 uses it, with transformers' `GemmaTokenizer` API and ids.
 
     Args:
@@ -107,6 +108,8 @@ class GemmaTokenizer:
 
     Calling the tokenizer returns a `BatchFeature` with `input_ids` (and `attention_mask`): lists of ints
     by default, `return_tensors="pt"` / `"np"` for int64 tensors / arrays of shape (batch, length).
+    `save_pretrained` writes `tokenizer.json` and `tokenizer_config.json` (and `tokenizer.model` if loaded from
+    one).
     """
 
     lowercases: ClassVar[bool] = False
@@ -220,12 +223,9 @@ class GemmaTokenizer:
         """Piece -> id, added tokens included."""
         return self._tokenizer.get_vocab(with_added_tokens=True)
 
-    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
-        """Id of a piece (or list of ids); a string that is not a piece gives the `<unk>` id."""
-        if isinstance(tokens, str):
-            token_id = self._tokenizer.token_to_id(tokens)
-            return self.unk_token_id if token_id is None else token_id
-        return [self.convert_tokens_to_ids(token) for token in tokens]
+    def _token_to_id(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        return self.unk_token_id if token_id is None else token_id
 
     def convert_ids_to_tokens(
         self, ids: int | Sequence[int], skip_special_tokens: bool = False
@@ -235,11 +235,6 @@ class GemmaTokenizer:
             return self._tokenizer.id_to_token(self._check_id(int(ids)))
         skip = set(self.all_special_ids) if skip_special_tokens else set()
         return [self._tokenizer.id_to_token(self._check_id(int(i))) for i in ids if int(i) not in skip]
-
-    def _check_id(self, token_id: int) -> int:
-        if not 0 <= token_id < len(self):
-            raise ValueError(f"Token id {token_id} is outside the vocabulary (0 to {len(self) - 1})")
-        return token_id
 
     # --- encoding -----------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[str]:
@@ -318,29 +313,6 @@ class GemmaTokenizer:
             return_attention_mask=return_attention_mask,
             padding_side=self.padding_side,
         )
-
-    def encode(
-        self,
-        text: str,
-        text_pair: str | None = None,
-        *,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        return_tensors: str | None = None,
-    ) -> list[int] | np.ndarray | torch.Tensor:
-        """The `input_ids` of one text (and optional pair), with the options of `__call__`."""
-        return self(
-            text,
-            text_pair,
-            add_special_tokens=add_special_tokens,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            return_tensors=return_tensors,
-            return_attention_mask=False,
-        )["input_ids"]
 
     # --- decoding -----------------------------------------------------------------------------------------
     def decode(
@@ -437,12 +409,6 @@ class GemmaTokenizer:
             model_input_names=config.get("model_input_names"),
             vocab_file=spm_file,
         )
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write `tokenizer.json` and `tokenizer_config.json` (and `tokenizer.model` if loaded from one),
-        all or nothing; transformers 5.24 loads them back to the same ids."""
-        with staged_directory(save_directory) as staging:
-            self._write_files(staging)
 
     def _write_files(self, directory: Path, processor_class: str | None = None) -> None:
         self._tokenizer.save(str(directory / TOKENIZER_FILE))

@@ -23,19 +23,24 @@ from ..precision import PRECISIONS
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 
 
-def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
-    """--model and --device."""
+def add_model_options(
+    parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, *, indexed: bool = False
+) -> None:
+    """--model, --device, --precision, --compile and --max-num-patches. `indexed`: for an index, whose
+    recorded precision and patch budget are the defaults (and the only values accepted) once it exists."""
     shown = f"default: {default}" if default else "default: the one the index was built with"
     parser.add_argument(
         "--model", default=default, help=f"bundled model name, local checkpoint folder or hub id ({shown})"
     )
     add_device_option(parser)
+    recorded = "; an existing index's own value, the only one it accepts" if indexed else ""
     parser.add_argument(
         "--precision",
         choices=list(PRECISIONS),
-        default="auto",
+        default=None if indexed else "auto",
         help="inference precision: auto (bf16 on hardware with bf16 units, fp16 on older GPUs, else fp32), fp32, bf16, "
-        "bf16-autocast, fp16 (GPU) or int8 (CPU: faster, less exact); see BENCHMARKS.md for the costs",
+        "bf16-autocast, fp16 (GPU) or int8 (CPU: faster, less exact); see BENCHMARKS.md for the costs "
+        f"(default: auto{recorded})",
     )
     parser.add_argument(
         "--compile",
@@ -48,7 +53,7 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEF
         default=None,
         metavar="N",
         help="SigLIP 2 NaFlex models: patches per image (default: the checkpoint's, 256 for the released "
-        "ones; 576 or 1024 see more detail, at more cost)",
+        f"ones{recorded}; 576 or 1024 see more detail, at more cost)",
     )
 
 

@@ -110,6 +110,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         compile=args.compile,
         reduced_decode=args.reduced_decode,
+        max_num_patches=args.max_num_patches,
     )
     seconds = time.perf_counter() - start
     print(

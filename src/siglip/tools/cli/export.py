@@ -15,9 +15,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="export a model's two towers to ONNX",
         description=(
-            "Write vision_model.onnx (pixel_values -> image_embeds) and text_model.onnx (input_ids -> "
-            "text_embeds), both with a dynamic batch axis, and the tokenizer and image-processor files, into "
-            "--out. With onnxruntime installed, both files are then run and compared with PyTorch."
+            "Write vision_model.onnx (pixel_values -> image_embeds; for a SigLIP 2 NaFlex model pixel_values, "
+            "pixel_attention_mask and spatial_shapes as its image processor makes them, at any number of "
+            "patches) and text_model.onnx (input_ids -> text_embeds), both with a dynamic batch axis, and the "
+            "tokenizer and image-processor files, into --out. With onnxruntime installed, both files are then "
+            "run and compared with PyTorch."
         ),
     )
     parser.add_argument(

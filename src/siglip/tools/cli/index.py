@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="vector precision in the index: fp32, fp16 (half the size), or auto: fp32 for flat, fp16 for "
         "the approximate types (default: as the index has it, else auto)",
     )
-    add_model_options(parser, default=None)
+    add_model_options(parser, default=None, indexed=True)
     add_loader_options(parser)
     parser.set_defaults(run=run)
 

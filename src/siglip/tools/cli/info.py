@@ -84,6 +84,7 @@ def describe_index(directory: str) -> dict[str, Any]:
             "model": index.model,
             "images": len(index),
             "dims": index.store.dims,
+            "embedding": index.embedding_settings,  # precision, max_num_patches; None: not recorded
             "build": asdict(build) if build else None,
             "files": {f.name: f.stat().st_size for f in sorted(index.directory.iterdir()) if f.is_file()},
         }
@@ -105,6 +106,7 @@ def _run_index(args: argparse.Namespace) -> int:
         ["index", info["index"]],
         ["model", info["model"]],
         ["images", f"{info['images']:,} ({info['dims']}-d)"],
+        ["embedded", _embedding_text(info["embedding"])],
         ["type", f"{build['kind']} ({build['factory']}), storage {build['storage']}" if build else "-"],
         ["search", (build["search_params"] or "exhaustive") if build else "-"],
         ["recall@10", recall],
@@ -113,6 +115,13 @@ def _run_index(args: argparse.Namespace) -> int:
     print("files")
     print(table([[f"  {name}", _size(size)] for name, size in info["files"].items()]))
     return 0
+
+
+def _embedding_text(settings: dict[str, Any] | None) -> str:
+    if settings is None:
+        return "precision and patch budget not recorded (an index made before they were kept)"
+    patches = settings["max_num_patches"]
+    return f"precision {settings['precision']}" + (f", max_num_patches {patches}" if patches else "")
 
 
 def run(args: argparse.Namespace) -> int:
