@@ -7,6 +7,10 @@ timm towers not built with `gelu_tanh`, where siglip (and transformers, and big_
 approximation: the as-is comparison then has a tolerance of 2e-3 (it is that approximation, propagated
 through 2 layers and the MAP head); with the oracle's GELUs switched to tanh the same conversion agrees to 2e-5
 in float32 and 1e-10 in float64, which shows that the rest is rounding.
+
+Back to open_clip, the user's path is also run at the released size: open_clip builds the model from its own
+configuration by name and loads our file strictly. big_vision npz files (SigLIP, and SigLIP 2 NaFlex, which
+open_clip 3.3 does not have) are compared with transformers models placed by this file's own mapping.
 """
 
 from __future__ import annotations
@@ -248,14 +252,25 @@ def test_round_trip_bit_identical():
             assert all(torch.equal(back[k], ours[k]) and back[k].dtype == dtype for k in ours), name
 
 
+def _random_siglip(config, folder: Path) -> SiglipModel:
+    """A SiglipModel of random values (std 0.02, LayerNorm scales near 1), saved in `folder` and loaded back,
+    without running its initialiser (over 30 s for a full-size B/16 on a shared CPU)."""
+    with torch.device("meta"):
+        model = SiglipModel(config)
+    torch.manual_seed(0)
+    state = {k: torch.randn(v.shape) * 0.02 + (1.0 if "norm" in k and k.endswith("weight") else 0.0)
+             for k, v in model.state_dict().items()}  # fmt: skip
+    model.load_state_dict(state, strict=True, assign=True)
+    model.save_pretrained(folder)
+    return SiglipModel.from_pretrained(folder).eval()
+
+
 def test_to_open_clip_loads_in_open_clip(tmp_path):
     """Ours -> open_clip folder: open_clip loads it (strict) and computes our embeddings; back is bit-identical."""
     arch = oc_table.arch("ViT-B-32-SigLIP2-256")  # the smallest released timm tower, at full depth
     config = arch.config(text_depth=DEPTH)
     config.text_config.vocab_size = VOCAB
-    torch.manual_seed(0)
-    model = SiglipModel(config).eval()
-    model.save_pretrained(tmp_path / "ours")
+    model = _random_siglip(config, tmp_path / "ours")
     (tmp_path / "ours" / "spiece.model").write_bytes(b"tokenizer")
     architecture = to_open_clip(tmp_path / "ours", tmp_path / "oc")
     assert architecture.family == "open_clip"
@@ -273,6 +288,32 @@ def test_to_open_clip_loads_in_open_clip(tmp_path):
     assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
     assert json.loads((tmp_path / "back" / "config.json").read_text())["text_config"] == json.loads(
         (tmp_path / "ours" / "config.json").read_text())["text_config"]  # fmt: skip
+
+
+@pytest.mark.slow  # full size: the smallest SigLIP and SigLIP 2 configurations
+@pytest.mark.parametrize("name", ["ViT-B-16-SigLIP", "ViT-B-32-SigLIP2-256"])
+def test_to_open_clip_loads_by_name(name, tmp_path):
+    """The user's path, at the released size: `siglip convert OURS --to-open-clip OUT`, then open_clip's
+    `create_model_and_transforms(name, pretrained=OUT/open_clip_model.safetensors)` (a strict load into the
+    model open_clip builds from its own configuration) computes our embeddings and logits."""
+    config = oc_table.arch(name).config()
+    model = _random_siglip(config, tmp_path / "ours")
+    assert main(["convert", str(tmp_path / "ours"), "--to-open-clip", str(tmp_path / "oc")]) == 0
+    oracle, _, _ = open_clip.create_model_and_transforms(
+        name, pretrained=str(tmp_path / "oc" / "open_clip_model.safetensors")
+    )
+    oracle.eval()
+    size, context = oracle.visual.image_size[0], oracle.text.context_length
+    torch.manual_seed(1)
+    pixels, ids = torch.randn(2, 3, size, size), torch.randint(0, config.text_config.vocab_size, (2, context))
+    ours = _siglip_outputs(model, pixels, ids)
+    figures = {"fp32 as is": max(_diffs(ours, _open_clip_outputs(oracle, pixels, ids)).values())}
+    exact_gelu = _tanh_gelu(oracle)
+    if exact_gelu:
+        figures["fp32 tanh GELU"] = max(_diffs(ours, _open_clip_outputs(oracle, pixels, ids)).values())
+    PARITY[f"to open_clip by name {name} (full size)"] = figures
+    assert figures["fp32 as is"] < (GELU_TOLERANCE if exact_gelu else FP32_TOLERANCE), figures
+    assert figures.get("fp32 tanh GELU", 0.0) < FP32_TOLERANCE, figures
 
 
 def test_to_open_clip_refuses_a_tower_timm_lacks(tmp_path):
