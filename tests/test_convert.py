@@ -7,6 +7,10 @@ timm towers not built with `gelu_tanh`, where siglip (and transformers, and big_
 approximation: the as-is comparison then has a tolerance of 2e-3 (it is that approximation, propagated
 through 2 layers and the MAP head); with the oracle's GELUs switched to tanh the same conversion agrees to 2e-5
 in float32 and 1e-10 in float64, which shows that the rest is rounding.
+
+Back to open_clip, the user's path is also run at the released size: open_clip builds the model from its own
+configuration by name and loads our file strictly. big_vision npz files (SigLIP, and SigLIP 2 NaFlex, which
+open_clip 3.3 does not have) are compared with transformers models placed by this file's own mapping.
 """
 
 from __future__ import annotations
@@ -248,14 +252,25 @@ def test_round_trip_bit_identical():
             assert all(torch.equal(back[k], ours[k]) and back[k].dtype == dtype for k in ours), name
 
 
+def _random_siglip(config, folder: Path) -> SiglipModel:
+    """A SiglipModel of random values (std 0.02, LayerNorm scales near 1), saved in `folder` and loaded back,
+    without running its initialiser (over 30 s for a full-size B/16 on a shared CPU)."""
+    with torch.device("meta"):
+        model = SiglipModel(config)
+    torch.manual_seed(0)
+    state = {k: torch.randn(v.shape) * 0.02 + (1.0 if "norm" in k and k.endswith("weight") else 0.0)
+             for k, v in model.state_dict().items()}  # fmt: skip
+    model.load_state_dict(state, strict=True, assign=True)
+    model.save_pretrained(folder)
+    return SiglipModel.from_pretrained(folder).eval()
+
+
 def test_to_open_clip_loads_in_open_clip(tmp_path):
     """Ours -> open_clip folder: open_clip loads it (strict) and computes our embeddings; back is bit-identical."""
     arch = oc_table.arch("ViT-B-32-SigLIP2-256")  # the smallest released timm tower, at full depth
     config = arch.config(text_depth=DEPTH)
     config.text_config.vocab_size = VOCAB
-    torch.manual_seed(0)
-    model = SiglipModel(config).eval()
-    model.save_pretrained(tmp_path / "ours")
+    model = _random_siglip(config, tmp_path / "ours")
     (tmp_path / "ours" / "spiece.model").write_bytes(b"tokenizer")
     architecture = to_open_clip(tmp_path / "ours", tmp_path / "oc")
     assert architecture.family == "open_clip"
@@ -273,6 +288,32 @@ def test_to_open_clip_loads_in_open_clip(tmp_path):
     assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
     assert json.loads((tmp_path / "back" / "config.json").read_text())["text_config"] == json.loads(
         (tmp_path / "ours" / "config.json").read_text())["text_config"]  # fmt: skip
+
+
+@pytest.mark.slow  # full size: the smallest SigLIP and SigLIP 2 configurations
+@pytest.mark.parametrize("name", ["ViT-B-16-SigLIP", "ViT-B-32-SigLIP2-256"])
+def test_to_open_clip_loads_by_name(name, tmp_path):
+    """The user's path, at the released size: `siglip convert OURS --to-open-clip OUT`, then open_clip's
+    `create_model_and_transforms(name, pretrained=OUT/open_clip_model.safetensors)` (a strict load into the
+    model open_clip builds from its own configuration) computes our embeddings and logits."""
+    config = oc_table.arch(name).config()
+    model = _random_siglip(config, tmp_path / "ours")
+    assert main(["convert", str(tmp_path / "ours"), "--to-open-clip", str(tmp_path / "oc")]) == 0
+    oracle, _, _ = open_clip.create_model_and_transforms(
+        name, pretrained=str(tmp_path / "oc" / "open_clip_model.safetensors")
+    )
+    oracle.eval()
+    size, context = oracle.visual.image_size[0], oracle.text.context_length
+    torch.manual_seed(1)
+    pixels, ids = torch.randn(2, 3, size, size), torch.randint(0, config.text_config.vocab_size, (2, context))
+    ours = _siglip_outputs(model, pixels, ids)
+    figures = {"fp32 as is": max(_diffs(ours, _open_clip_outputs(oracle, pixels, ids)).values())}
+    exact_gelu = _tanh_gelu(oracle)
+    if exact_gelu:
+        figures["fp32 tanh GELU"] = max(_diffs(ours, _open_clip_outputs(oracle, pixels, ids)).values())
+    PARITY[f"to open_clip by name {name} (full size)"] = figures
+    assert figures["fp32 as is"] < (GELU_TOLERANCE if exact_gelu else FP32_TOLERANCE), figures
+    assert figures.get("fp32 tanh GELU", 0.0) < FP32_TOLERANCE, figures
 
 
 def test_to_open_clip_refuses_a_tower_timm_lacks(tmp_path):
@@ -435,8 +476,9 @@ def _big_vision_tree(variant, patch, image, vocab, text_variant, length, head, *
     return tree
 
 
-def _transformers_from_tree(tree, patch, image, vocab, length, build=True):
-    """A transformers SiglipModel holding the tree's values, placed by this test's own mapping (einsum)."""
+def _transformers_from_tree(tree, patch, image, vocab, length, build=True, naflex=False):
+    """A transformers SiglipModel (Siglip2Model for NaFlex) holding the tree's values, placed by this test's
+    own mapping (einsum)."""
     per_layer = {k: v for k, v in tree.items() if "/encoderblock/" in k}
     for key, stacked in per_layer.items():  # unstack a scanned encoder
         del tree[key]
@@ -447,13 +489,16 @@ def _transformers_from_tree(tree, patch, image, vocab, length, build=True):
     heads = t["img/Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/bias"].shape[0]
     t_heads = t["txt/Encoder_0/encoderblock_0/MultiHeadDotProductAttention_0/query/bias"].shape[0]
     proj = t["txt/head/bias"].shape[0] if "txt/head/bias" in t else t_width
-    config = transformers.SiglipConfig(
-        vision_config=dict(hidden_size=width, intermediate_size=t["img/MAPHead_0/MlpBlock_0/Dense_0/bias"].shape[0],
-                           num_hidden_layers=DEPTH, num_attention_heads=heads, image_size=image, patch_size=patch),
-        text_config=dict(hidden_size=t_width, num_attention_heads=t_heads, num_hidden_layers=DEPTH, vocab_size=vocab,
-                         intermediate_size=t["txt/Encoder_0/encoderblock_0/MlpBlock_0/Dense_0/bias"].shape[0],
-                         max_position_embeddings=length, projection_size=proj),
-    )  # fmt: skip
+    vision = dict(hidden_size=width, intermediate_size=t["img/MAPHead_0/MlpBlock_0/Dense_0/bias"].shape[0],
+                  num_hidden_layers=DEPTH, num_attention_heads=heads, patch_size=patch)  # fmt: skip
+    text = dict(hidden_size=t_width, num_attention_heads=t_heads, num_hidden_layers=DEPTH, vocab_size=vocab,
+                intermediate_size=t["txt/Encoder_0/encoderblock_0/MlpBlock_0/Dense_0/bias"].shape[0],
+                max_position_embeddings=length, projection_size=proj)  # fmt: skip
+    if naflex:  # the position grid is (G, G, D)
+        grid = t["img/pos_embedding"].shape[0] * t["img/pos_embedding"].shape[1]
+        config = transformers.Siglip2Config(vision_config=dict(vision, num_patches=grid), text_config=text)
+    else:
+        config = transformers.SiglipConfig(vision_config=dict(vision, image_size=image), text_config=text)
     sd: dict[str, torch.Tensor] = {"logit_scale": t["t"], "logit_bias": t["b"]}
 
     def linear(dst, src):
@@ -487,10 +532,11 @@ def _transformers_from_tree(tree, patch, image, vocab, length, build=True):
             linear(f"{dst}.mlp.fc2", f"{src}/MlpBlock_0/Dense_1")
     norm("vision_model.post_layernorm", "img/Transformer/encoder_norm")
     norm("text_model.final_layer_norm", "txt/Encoder_0/encoder_norm")
-    sd["vision_model.embeddings.patch_embedding.weight"] = torch.einsum(
-        "yxco->ocyx", t["img/embedding/kernel"]
-    )
+    # NaFlex: a Dense over patches flattened (y, x, channel), the layout of transformers' processor; else a conv
+    pattern = "io->oi" if naflex else "yxco->ocyx"
+    sd["vision_model.embeddings.patch_embedding.weight"] = torch.einsum(pattern, t["img/embedding/kernel"])
     sd["vision_model.embeddings.patch_embedding.bias"] = t["img/embedding/bias"]
+    # (1, N, D), or NaFlex's (G, G, D) grid: either way rows in (row, column) order
     sd["vision_model.embeddings.position_embedding.weight"] = t["img/pos_embedding"].flatten(0, 1)
     sd["vision_model.head.probe"] = t["img/MAPHead_0/probe"]
     (q, k, v), (qb, kb, vb), out, out_b = attention("img/MAPHead_0/MultiHeadDotProductAttention_0")
@@ -512,7 +558,7 @@ def _transformers_from_tree(tree, patch, image, vocab, length, build=True):
     sd = {k: v.contiguous() for k, v in sd.items()}
     if not build:
         return None, sd
-    model = transformers.SiglipModel(config).eval()
+    model = (transformers.Siglip2Model if naflex else transformers.SiglipModel)(config).eval()
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not unexpected and all("position_ids" in k for k in missing)
     return model, sd
@@ -547,12 +593,102 @@ def test_big_vision_npz(shape, tmp_path):
     assert diff < 1e-4 * max(1.0, want.logits_per_image.abs().max().item())
 
 
-def test_big_vision_naflex_is_refused_clearly(tmp_path):
-    tree = _big_vision_tree("B", 16, 256, 1000, "B", 64, True, naflex=True)
-    np.savez(tmp_path / "naflex.npz", **tree)
-    with pytest.raises(ConversionError, match=r"naflex.npz.*img/embedding/kernel.*NaFlex.*Siglip2Model"):
-        convert(tmp_path / "naflex.npz", tmp_path / "out")
+# Released NaFlex shapes, google/siglip2-{base,so400m}-patch16-naflex: (variant = text variant, patch, text length);
+# a 16 x 16 position grid, a text head, the Gemma vocabulary (1000 pieces here: the embedding is a plain copy).
+BIG_VISION_NAFLEX = [("B", 16, 64), ("So400m", 16, 64)]
+# A batch of mixed aspect ratios (height, width): tall, wide, square, a strip.
+NAFLEX_SIZES = [(200, 40), (120, 300), (96, 96), (8, 500)]
+
+
+@pytest.mark.parametrize("shape", BIG_VISION_NAFLEX, ids=lambda s: f"naflex-{s[0]}-{s[1]}")
+def test_big_vision_naflex_npz(shape, tmp_path):
+    """A NaFlex npz converts to a Siglip2Model equal to a transformers Siglip2Model placed by the test's mapping;
+    transformers loads the converted folder (model and image processor) and computes the same on a batch of
+    mixed aspect ratios."""
+    from PIL import Image
+
+    from siglip import Siglip2ImageProcessor, Siglip2Model
+
+    variant, patch, length = shape
+    vocab = 1000
+    tree = _big_vision_tree(variant, patch, None, vocab, variant, length, True, scan=variant == "So400m",
+                            naflex=True)  # fmt: skip
+    np.savez(tmp_path / "ckpt.npz", **{f"params/{k}": v for k, v in tree.items()})
+    architecture = convert(tmp_path / "ckpt.npz", tmp_path / "out")
+    assert architecture.family == "big_vision"
+    assert architecture.name.startswith("SigLIP 2 NaFlex") and architecture.name.endswith(
+        f"/{patch} (16x16 position grid)"
+    )
+    reference, reference_sd = _transformers_from_tree(dict(tree), patch, None, vocab, length, naflex=True)
+    ours = Siglip2Model.from_pretrained(tmp_path / "out")
+    converted = ours.state_dict()
+    assert converted.keys() == reference_sd.keys()
+    assert all(torch.equal(converted[k], v) for k, v in reference_sd.items())
+
+    theirs = transformers.Siglip2Model.from_pretrained(tmp_path / "out").eval()  # transformers loads ours
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in NAFLEX_SIZES]
+    inputs = Siglip2ImageProcessor.from_pretrained(tmp_path / "out")(images, return_tensors="pt")
+    their_inputs = transformers.Siglip2ImageProcessorPil.from_pretrained(tmp_path / "out")(
+        images, return_tensors="pt"
+    )
+    assert all(torch.equal(inputs[k], their_inputs[k]) for k in inputs)
+    assert len({tuple(s) for s in inputs["spatial_shapes"].tolist()}) == len(NAFLEX_SIZES)  # aspects differ
+    torch.manual_seed(1)
+    ids = torch.randint(0, vocab, (2, length))
+    with torch.no_grad():
+        want = reference(input_ids=ids, **their_inputs)
+        got = ours(input_ids=ids, **inputs)
+        loaded = theirs(input_ids=ids, **their_inputs)
+    outputs = ("image_embeds", "text_embeds", "logits_per_image")
+    diffs = {k: _max_diff(getattr(got, k), getattr(want, k)) for k in outputs}
+    loaded_diffs = {k: _max_diff(getattr(loaded, k), getattr(want, k)) for k in outputs}
+    PARITY[f"big_vision NaFlex {variant}/{patch}"] = {
+        "fp32 ours": max(diffs.values()),
+        "fp32 transformers loading ours": max(loaded_diffs.values()),
+    }
+    assert max(diffs.values()) < FP32_TOLERANCE, diffs
+    assert max(loaded_diffs.values()) == 0.0, loaded_diffs  # the same transformers model, the same values
+
+    # The layout itself, from big_vision's side: its Dense embeds patches flattened (y, x, channel) (`BN(hw3)`
+    # in naflex_vit.py), i.e. it is the conv (P, P, 3, D) over the image; a patch-aligned image is not resized.
+    pixels = rng.integers(0, 256, (2 * patch, 3 * patch, 3), dtype=np.uint8)
+    one = Siglip2ImageProcessor.from_pretrained(tmp_path / "out")(
+        [Image.fromarray(pixels)], do_resize=False, return_tensors="pt"
+    )
+    assert one["spatial_shapes"].tolist() == [[2, 3]]
+    kernel = torch.from_numpy(tree["img/embedding/kernel"]).reshape(patch, patch, 3, -1)
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+    conv = torch.nn.functional.conv2d(image, torch.einsum("yxco->ocyx", kernel), stride=patch)
+    with torch.no_grad():
+        dense = ours.vision_model.embeddings.patch_embedding(one["pixel_values"][0, :6])
+    bias = torch.from_numpy(tree["img/embedding/bias"])
+    assert _max_diff(dense, conv.flatten(2)[0].T + bias) < FP32_TOLERANCE
+
+
+def test_big_vision_naflex_bad_shapes(tmp_path):
+    """A NaFlex embedding that is no RGB patch grid, and a NaFlex-only layer our model lacks: clear errors."""
+    tree = _big_vision_tree("B", 16, None, 1000, "B", 64, True, naflex=True)
+    np.savez(tmp_path / "grid.npz", **{**tree, "img/pos_embedding": tree["img/pos_embedding"][:, :8]})
+    with pytest.raises(ConversionError, match=r"grid.npz': tensors 'img/embedding/kernel' \(768, 768\) and "
+                       r"'img/pos_embedding' \(16, 8, 768\) are not a NaFlex embedding"):  # fmt: skip
+        convert(tmp_path / "grid.npz", tmp_path / "out")
+    # big_vision's optional patch LayerNorm (off in the released checkpoints) has no place in our model
+    ln = {f"img/patchln_pre/{leaf}": np.ones(768, np.float32) for leaf in ("scale", "bias")}
+    np.savez(tmp_path / "patchln.npz", **tree, **ln)
+    with pytest.raises(ConversionError, match=r"patchln.npz': 2 tensor\(s\) have no place .*'img/patchln"):
+        convert(tmp_path / "patchln.npz", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_naflex_to_open_clip_is_refused(tmp_path):
+    """open_clip has no NaFlex model: writing one for it is refused, naming the folder."""
+    from _material import save_tiny_naflex
+
+    save_tiny_naflex(tmp_path / "naflex")
+    with pytest.raises(ConversionError, match=r"naflex' is a SigLIP 2 NaFlex model.*open_clip has no NaFlex"):
+        to_open_clip(tmp_path / "naflex", tmp_path / "oc")
+    assert not (tmp_path / "oc").exists()
 
 
 # --- bad sources ---------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 `convert(src, to)` reads an open_clip SigLIP checkpoint (a weights file, an open_clip training checkpoint, or a
 folder with `open_clip_config.json`), a timm SigLIP image tower (a weights file, or a hub-style folder whose
-`config.json` names the `architecture`) or a big_vision `.npz`, detects its architecture, and writes a
-checkpoint folder that `siglip` and transformers load. `to_open_clip(src, out)` goes back: a `SiglipModel`
-folder becomes `open_clip_config.json` + `open_clip_model.safetensors` for `open_clip.create_model_and_transforms`.
+`config.json` names the `architecture`) or a big_vision `.npz` (SigLIP, or SigLIP 2 NaFlex: a `Siglip2Model`),
+detects its architecture, and writes a checkpoint folder that `siglip` and transformers load.
+`to_open_clip(src, out)` goes back: a `SiglipModel` folder becomes `open_clip_config.json` +
+`open_clip_model.safetensors` for `open_clip.create_model_and_transforms` (open_clip has no NaFlex model).
 
 The key remapping lives in pure functions (`open_clip.open_clip_to_siglip`, `timm.timm_to_siglip`,
 `big_vision.big_vision_to_siglip`, `open_clip.siglip_to_open_clip`); this module reads and writes the files.
@@ -30,6 +31,9 @@ from ..hub import staged_directory
 from ..siglip.configuration import SiglipConfig, SiglipVisionConfig
 from ..siglip.image_processing import SiglipImageProcessor
 from ..siglip.modeling import SiglipModel, SiglipVisionModel
+from ..siglip2.configuration import Siglip2Config
+from ..siglip2.image_processing import Siglip2ImageProcessor
+from ..siglip2.modeling import Siglip2Model
 from . import big_vision, open_clip, timm
 from ._rules import ConversionError, Converted, Tensors, check_shapes
 
@@ -42,6 +46,12 @@ OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.saf
                      "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")  # fmt: skip
 TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 OPEN_CLIP_OUTPUT = "open_clip_model.safetensors"
+Config = SiglipConfig | Siglip2Config | SiglipVisionConfig
+MODEL_CLASSES = {
+    SiglipConfig: SiglipModel,
+    Siglip2Config: Siglip2Model,
+    SiglipVisionConfig: SiglipVisionModel,
+}
 _TOKENIZER_HUB = {
     32000: "timm/ViT-B-16-SigLIP",
     250000: "timm/ViT-B-16-SigLIP-i18n-256",
@@ -55,7 +65,7 @@ class Architecture:
 
     family: str
     name: str
-    config: SiglipConfig | SiglipVisionConfig
+    config: Config
     notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -94,25 +104,32 @@ def convert(src: str | os.PathLike, to: str | os.PathLike, arch: str | None = No
         raise ConversionError(f"'{target}' already exists and is not an empty folder; choose a new one.")
     source = _read_source(Path(src), arch)
     architecture, converted = _convert(source, arch)
-    model_cls = SiglipModel if isinstance(architecture.config, SiglipConfig) else SiglipVisionModel
+    config = architecture.config
     tokenizer = [
         source.folder / n for n in TOKENIZER_FILES if source.folder and (source.folder / n).is_file()
     ]
-    if model_cls is SiglipModel and not tokenizer:
-        vocab = architecture.config.text_config.vocab_size
+    if not isinstance(config, SiglipVisionConfig) and not tokenizer:
+        vocab = config.text_config.vocab_size
         wanted = open_clip.TOKENIZERS.get(vocab, f"a tokenizer with a vocabulary of {vocab}")
+        if isinstance(config, Siglip2Config) and vocab == 256000:  # NaFlex: released with Siglip2Tokenizer
+            wanted = "the tokenizer files of google/siglip2-base-patch16-naflex (a Siglip2Tokenizer)"
         architecture.notes.append(f"the source carries no tokenizer: add to '{target}' {wanted}")
-    vision = architecture.config if model_cls is SiglipVisionModel else architecture.config.vision_config
     with _output(target) as staging:
         with torch.device("meta"):
-            model = model_cls(architecture.config)
+            model = MODEL_CLASSES[type(config)](config)
         model.load_state_dict(converted.tensors, strict=True, assign=True)
         model.save_pretrained(staging)
-        size = {"height": vision.image_size, "width": vision.image_size}
-        SiglipImageProcessor(size=size).save_pretrained(staging)
+        _image_processor(config).save_pretrained(staging)
         for file in tokenizer:
             shutil.copyfile(file, staging / file.name)
     return architecture
+
+
+def _image_processor(config: Config) -> SiglipImageProcessor | Siglip2ImageProcessor:
+    if isinstance(config, Siglip2Config):  # 256 patches per image, as the released NaFlex processors
+        return Siglip2ImageProcessor(patch_size=config.vision_config.patch_size)
+    vision = config if isinstance(config, SiglipVisionConfig) else config.vision_config
+    return SiglipImageProcessor(size={"height": vision.image_size, "width": vision.image_size})
 
 
 def detect(src: str | os.PathLike, arch: str | None = None) -> Architecture:
@@ -132,6 +149,12 @@ def to_open_clip(src: str | os.PathLike, out: str | os.PathLike) -> Architecture
     src_path, target = Path(src), Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ConversionError(f"'{target}' already exists and is not an empty folder; choose a new one.")
+    config_file = src_path / "config.json"
+    if config_file.is_file() and _json(config_file).get("model_type") == Siglip2Config.model_type:
+        raise ConversionError(
+            f"'{src_path}' is a SigLIP 2 NaFlex model (model_type 'siglip2'); open_clip has no NaFlex model "
+            "(its SigLIP 2 configurations are fixed-resolution), so it cannot be written for open_clip."
+        )
     config = SiglipConfig.from_pretrained(src_path)
     model = SiglipModel.from_pretrained(src_path, dtype="auto")
     vision = config.vision_config
@@ -237,9 +260,8 @@ def _convert(source: _Source, arch: str | None) -> tuple[Architecture, Converted
         architecture = Architecture("big_vision", big_vision.name(config), config)
     architecture.notes += converted.notes
     architecture.notes += [f"dropped '{key}': {why}" for key, why in converted.dropped.items()]
-    model_cls = SiglipModel if isinstance(config, SiglipConfig) else SiglipVisionModel
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in model_cls(config).state_dict().items()}
+        expected = {k: v.shape for k, v in MODEL_CLASSES[type(config)](config).state_dict().items()}
     check_shapes(converted, expected, str(source.path))
     return architecture, converted
 

@@ -12,19 +12,27 @@ Parameter names follow big_vision's Flax modules (`models/proj/image_text/two_to
 
 A block holds `LayerNorm_0`, `MultiHeadDotProductAttention_0/{query,key,value}` (kernel (D, H, d), bias (H, d)),
 `out` (kernel (H, d, D)), `LayerNorm_1`, `MlpBlock_0/Dense_{0,1}` (kernel (in, out)). Heads come from the
-attention kernels' shape, so every width converts. NaFlex checkpoints (SigLIP 2, `img/embedding/kernel` a Dense
-(P*P*C, D) and a 16x16 position grid) need a `Siglip2Model`, which siglip does not have yet.
+attention kernels' shape, so every width converts.
+
+SigLIP 2 NaFlex checkpoints (`models/proj/image_text/naflex_vit.py`) differ in the image embedding only, and
+convert to a `Siglip2Model`: `img/embedding/kernel` is a Dense (P*P*3, D) over patches flattened as (patch row,
+patch column, channel), the order `Siglip2ImageProcessor` produces, and `img/pos_embedding` is the learned grid
+itself, (G, G, D) indexed (row, column), which the model resizes to each image's patch grid. naflex_vit's
+optional patch LayerNorms (`patchln_pre`, `patchln_post`; off in the released checkpoints) have no place in
+a `Siglip2Model`: a checkpoint with them is refused, naming them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..siglip.configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from ..siglip2.configuration import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
 from ._rules import ConversionError, Converted, Tensors
 
 # (width, depth, MLP width, heads) of big_vision's variants, for naming a checkpoint.
@@ -64,49 +72,66 @@ def _heads(tensors: Tensors, key: str) -> int:
     return shape[-2]
 
 
-def config_from_big_vision(tensors: Tensors) -> SiglipConfig:
-    """Our config from the shapes of a big_vision SigLIP (FixRes) checkpoint."""
-    if is_naflex(tensors):
-        raise ConversionError(
-            f"'{tensors.source}': tensor 'img/embedding/kernel' {tensors.shape('img/embedding/kernel')} is a "
-            "Dense patch embedding: a SigLIP 2 NaFlex checkpoint, which needs a Siglip2Model (variable "
-            "resolution); siglip has no Siglip2Model yet, so NaFlex checkpoints cannot be converted."
-        )
-    patch, patch_w, channels, width = tensors.shape("img/embedding/kernel")
-    positions = tensors.shape("img/pos_embedding")
-    side = math.isqrt(positions[1])
-    if patch != patch_w or side * side != positions[1]:
-        raise ConversionError(
-            f"'{tensors.source}': tensors 'img/embedding/kernel' and 'img/pos_embedding' {positions} are not a "
-            "square grid of square patches."
-        )
+def config_from_big_vision(tensors: Tensors) -> SiglipConfig | Siglip2Config:
+    """Our config from the shapes of a big_vision checkpoint: SigLIP (FixRes) or, with a Dense patch
+    embedding, SigLIP 2 NaFlex."""
     depth, scanned = _blocks(tensors, "img/Transformer")
     block = "img/Transformer/encoderblock" + ("" if scanned else "_0")
-    vision = SiglipVisionConfig(
+    tower = dict(
+        hidden_size=tensors.shape("img/embedding/bias")[0],
+        intermediate_size=tensors.shape(f"{block}/MlpBlock_0/Dense_0/bias")[-1],
+        num_hidden_layers=depth,
+        num_attention_heads=_heads(tensors, f"{block}/MultiHeadDotProductAttention_0/query/bias"),
+    )
+    if is_naflex(tensors):
+        vision = Siglip2VisionConfig(**tower, **_naflex_grid(tensors))
+        return Siglip2Config(
+            text_config=_text_config(tensors, Siglip2TextConfig), vision_config=vision.to_dict()
+        )
+    kernel, positions = tensors.shape("img/embedding/kernel"), tensors.shape("img/pos_embedding")
+    side = math.isqrt(positions[1]) if len(positions) == 3 else 0
+    if len(kernel) != 4 or kernel[0] != kernel[1] or side == 0 or side * side != positions[1]:
+        raise ConversionError(
+            f"'{tensors.source}': tensors 'img/embedding/kernel' {kernel} and 'img/pos_embedding' {positions} "
+            "are not a conv over square patches (P, P, C, D) and a square grid of positions (1, N, D)."
+        )
+    patch, channels = kernel[0], kernel[2]
+    vision = SiglipVisionConfig(**tower, num_channels=channels, image_size=side * patch, patch_size=patch)
+    return SiglipConfig(text_config=_text_config(tensors, SiglipTextConfig), vision_config=vision.to_dict())
+
+
+def _naflex_grid(tensors: Tensors) -> dict[str, int]:
+    """`patch_size` and `num_patches` of a NaFlex image embedding: a Dense over RGB patches of P x P pixels
+    (NaFlex inputs are always RGB) and a square (G, G, D) position grid."""
+    features = tensors.shape("img/embedding/kernel")[0]
+    grid = tensors.shape("img/pos_embedding")
+    patch = math.isqrt(features // 3)
+    if 3 * patch * patch != features or len(grid) != 3 or grid[0] != grid[1]:
+        raise ConversionError(
+            f"'{tensors.source}': tensors 'img/embedding/kernel' {tensors.shape('img/embedding/kernel')} and "
+            f"'img/pos_embedding' {grid} are not a NaFlex embedding of RGB patches (P*P*3, D) with a square "
+            "position grid (G, G, D)."
+        )
+    return {"patch_size": patch, "num_patches": grid[0] * grid[1]}
+
+
+def _text_config(tensors: Tensors, config_class: type[SiglipTextConfig]) -> dict[str, Any]:
+    """The text tower's config (as a dict, for the two-tower config) from its shapes."""
+    depth, scanned = _blocks(tensors, "txt/Encoder_0")
+    block = "txt/Encoder_0/encoderblock" + ("" if scanned else "_0")
+    vocab, width = tensors.shape("txt/Embed_0/embedding")
+    return config_class(
+        vocab_size=vocab,
         hidden_size=width,
         intermediate_size=tensors.shape(f"{block}/MlpBlock_0/Dense_0/bias")[-1],
         num_hidden_layers=depth,
         num_attention_heads=_heads(tensors, f"{block}/MultiHeadDotProductAttention_0/query/bias"),
-        num_channels=channels,
-        image_size=side * patch,
-        patch_size=patch,
-    )
-    text_depth, text_scanned = _blocks(tensors, "txt/Encoder_0")
-    text_block = "txt/Encoder_0/encoderblock" + ("" if text_scanned else "_0")
-    vocab, text_width = tensors.shape("txt/Embed_0/embedding")
-    text = SiglipTextConfig(
-        vocab_size=vocab,
-        hidden_size=text_width,
-        intermediate_size=tensors.shape(f"{text_block}/MlpBlock_0/Dense_0/bias")[-1],
-        num_hidden_layers=text_depth,
-        num_attention_heads=_heads(tensors, f"{text_block}/MultiHeadDotProductAttention_0/query/bias"),
         max_position_embeddings=tensors.shape("txt/pos_embedding")[1],
-        projection_size=tensors.shape("txt/head/bias")[0] if "txt/head/bias" in tensors else text_width,
-    )
-    return SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+        projection_size=tensors.shape("txt/head/bias")[0] if "txt/head/bias" in tensors else width,
+    ).to_dict()
 
 
-def name(config: SiglipConfig) -> str:
+def name(config: SiglipConfig | Siglip2Config) -> str:
     """A checkpoint's name in big_vision's terms, e.g. "SigLIP 2 So400m/14 384" (or its dimensions)."""
     vision = config.vision_config
     shape = (
@@ -116,9 +141,12 @@ def name(config: SiglipConfig) -> str:
         vision.num_attention_heads,
     )
     variant = next((v for v, dims in VARIANTS.items() if dims == shape), None)
-    family = FAMILIES.get(config.text_config.vocab_size, "SigLIP")
     if variant is None:
         variant = f"width {vision.hidden_size} depth {vision.num_hidden_layers}"
+    if isinstance(config, Siglip2Config):
+        grid = math.isqrt(vision.num_patches)
+        return f"SigLIP 2 NaFlex {variant}/{vision.patch_size} ({grid}x{grid} position grid)"
+    family = FAMILIES.get(config.text_config.vocab_size, "SigLIP")
     return f"{family} {variant}/{vision.patch_size} {vision.image_size}"
 
 
@@ -205,8 +233,9 @@ def _put_all(result: Converted, tensors: dict[str, torch.Tensor], dst: str, orig
         result.put(dst + key, tensor, origin)
 
 
-def big_vision_to_siglip(tensors: Tensors, config: SiglipConfig) -> Converted:
-    """A big_vision SigLIP (FixRes) parameter tree (flattened, no `params/`) -> a `SiglipModel` state dict."""
+def big_vision_to_siglip(tensors: Tensors, config: SiglipConfig | Siglip2Config) -> Converted:
+    """A big_vision parameter tree (flattened, no `params/`) -> a `SiglipModel` state dict, or a `Siglip2Model`
+    one for a NaFlex checkpoint (`config` a `Siglip2Config`)."""
     result = Converted()
     take = tensors.take
     result.put("logit_scale", take("t").reshape(1), "t")
@@ -220,12 +249,14 @@ def big_vision_to_siglip(tensors: Tensors, config: SiglipConfig) -> Converted:
 
     # Image tower.
     vis = "vision_model."
-    result.put(f"{vis}embeddings.patch_embedding.weight", take("img/embedding/kernel").permute(3, 2, 0, 1).contiguous(),
-               "img/embedding/kernel")  # fmt: skip
+    kernel, positions = take("img/embedding/kernel"), take("img/pos_embedding")
+    if isinstance(config, Siglip2Config):  # a Dense over (row, column, channel) patches; the (G, G, D) grid
+        kernel, positions = _dense(kernel), positions.flatten(0, 1)  # row-major, as the model reshapes it
+    else:  # a conv kernel (HWIO); the positions (1, N, D)
+        kernel, positions = kernel.permute(3, 2, 0, 1).contiguous(), positions[0]
+    result.put(f"{vis}embeddings.patch_embedding.weight", kernel, "img/embedding/kernel")
     result.put(f"{vis}embeddings.patch_embedding.bias", take("img/embedding/bias"), "img/embedding/bias")
-    result.put(
-        f"{vis}embeddings.position_embedding.weight", take("img/pos_embedding")[0], "img/pos_embedding"
-    )
+    result.put(f"{vis}embeddings.position_embedding.weight", positions, "img/pos_embedding")
     _encoder(tensors, "img/Transformer", vis, "post_layernorm", result)
     head = "img/MAPHead_0"
     result.put(f"{vis}head.probe", take(f"{head}/probe"), f"{head}/probe")

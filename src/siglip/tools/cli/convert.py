@@ -12,8 +12,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "convert",
         help="convert open_clip / timm / big_vision checkpoints, or write ours for open_clip",
         description="Convert an open_clip SigLIP checkpoint (file, or folder with open_clip_config.json), a timm "
-        "SigLIP image tower or a big_vision .npz into a checkpoint folder that siglip and transformers load "
-        "(--to); or write a siglip checkpoint folder as an open_clip checkpoint (--to-open-clip).",
+        "SigLIP image tower or a big_vision .npz (SigLIP, or SigLIP 2 NaFlex) into a checkpoint folder that "
+        "siglip and transformers load (--to); or write a siglip checkpoint folder as an open_clip checkpoint "
+        "(--to-open-clip; not NaFlex, which open_clip lacks).",
     )
     parser.add_argument("src", metavar="SRC", help="the checkpoint file or folder to convert")
     target = parser.add_mutually_exclusive_group(required=True)
