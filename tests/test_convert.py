@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 from unittest import mock
@@ -373,6 +374,31 @@ def test_timm_classifier_is_dropped_by_name(tmp_path):
     torch.save(oracle.state_dict(), tmp_path / "tower.bin")
     architecture = convert(tmp_path / "tower.bin", tmp_path / "out")
     assert any(note.startswith("dropped 'head.weight'") for note in architecture.notes)
+
+
+def test_legacy_torch_files_convert_as_zip_files_do_and_pickled_code_is_refused(tmp_path, monkeypatch):
+    """torch's legacy format (a plain pickle, `_use_new_zipfile_serialization=False`) is read without running
+    code, as the zip format is."""
+    state = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, depth=DEPTH).state_dict()
+    for zipped in (True, False):
+        torch.save(state, tmp_path / f"tower-{zipped}.bin", _use_new_zipfile_serialization=zipped)
+        convert(tmp_path / f"tower-{zipped}.bin", tmp_path / f"out-{zipped}")
+    legacy = SiglipVisionModel.from_pretrained(tmp_path / "out-False").state_dict()
+    zipped = SiglipVisionModel.from_pretrained(tmp_path / "out-True").state_dict()
+    assert all(torch.equal(legacy[k], zipped[k]) for k in zipped)
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({**state, "head": _Exploit()}, tmp_path / "code.bin", _use_new_zipfile_serialization=False)
+    with pytest.raises(
+        ConversionError, match=r"code.bin' as plain tensors: it holds pickled code \(.*GLOBAL"
+    ):
+        convert(tmp_path / "code.bin", tmp_path / "out")
+    assert not (tmp_path / "exploited").exists() and not (tmp_path / "out").exists()
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch exploited",))
 
 
 # --- big_vision ---------------------------------------------------------------------------------------------

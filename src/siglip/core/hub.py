@@ -17,11 +17,13 @@ import difflib
 import functools
 import json
 import os
+import pickle
 import shutil
 import socket
 import tempfile
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -267,8 +269,8 @@ def load_state_dict(
     """Read the tensors of one or more weight files onto `device`, floating ones cast to `dtype` if given.
 
     Safetensors are memory-mapped and read tensor by tensor, each cast as it is read (so a change of dtype
-    never holds two copies of the model); `.bin` files are opened with `torch.load(weights_only=True)`,
-    which refuses pickled code.
+    never holds two copies of the model); `.bin` files (either `torch.save` format) are read by
+    `load_pickled_tensors`, which refuses pickled code.
     """
 
     def cast(tensor: torch.Tensor) -> torch.Tensor:
@@ -286,16 +288,36 @@ def load_state_dict(
             except (SafetensorError, OSError) as err:
                 raise CheckpointError(f"Cannot read safetensors file '{file}': {err}") from err
         else:
-            try:
-                loaded = torch.load(file, map_location=device, weights_only=True, mmap=True)
-            except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
-                raise CheckpointError(
-                    f"Cannot read '{file}' as plain tensors (pickled code is never executed): {err}"
-                ) from err
+            loaded = load_pickled_tensors(file, device)
             if not isinstance(loaded, dict):
                 raise CheckpointError(f"'{file}' does not hold a state dict.")
             state_dict.update({key: cast(value) for key, value in loaded.items()})
     return state_dict
+
+
+def load_pickled_tensors(
+    file: Path, device: str | torch.device = "cpu", error: type[CheckpointError] = CheckpointError
+) -> Any:
+    """What a `torch.save` file holds, in either format (the zip of torch >= 1.6 or the legacy plain pickle),
+    read with `torch.load(weights_only=True)`: tensors, containers and numbers only, never pickled code.
+
+    A file that holds code, or is damaged, raises a one-line `error` naming it.
+    """
+    with open(file, "rb") as f:
+        zipped = zipfile.is_zipfile(f)  # only the zip format can be memory-mapped
+    try:
+        return torch.load(file, map_location=device, weights_only=True, mmap=zipped)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError...
+        # torch's message is a page of advice on unsafe loading; its line naming a GLOBAL says what was found
+        found = next((line for line in str(err).splitlines() if "GLOBAL" in line), None)
+        if isinstance(err, pickle.UnpicklingError) and found:
+            found = found.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip().rstrip(".")
+            raise error(
+                f"Cannot read '{file}' as plain tensors: it holds pickled code ({found}), which siglip never "
+                "executes; re-save it as safetensors where you trust it"
+            ) from None
+        text = " ".join(str(err).split())
+        raise error(f"'{file}' cannot be read (truncated or not a checkpoint): {text}") from err
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..hub import staged_directory
+from ..hub import load_pickled_tensors, staged_directory
 from ..siglip.configuration import SiglipConfig, SiglipVisionConfig
 from ..siglip.image_processing import SiglipImageProcessor
 from ..siglip.modeling import SiglipModel, SiglipVisionModel
@@ -367,17 +367,19 @@ def _family(tensors: Tensors, path: Path) -> str:
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file; an unreadable (e.g. truncated) file gives an error naming it."""
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                return big_vision.strip_prefix({key: arrays[key] for key in arrays.files})
-        if path.suffix == ".safetensors":
+    if path.suffix not in (".npz", ".safetensors"):
+        # torch.save files, zip or legacy: read without running their pickled code
+        loaded = load_pickled_tensors(path, error=ConversionError)
+    else:
+        try:
+            if path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as arrays:
+                    return big_vision.strip_prefix({key: arrays[key] for key in arrays.files})
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zipfile, numpy, safetensors and the unpickler each raise their own types
-        raise ConversionError(f"'{path}' cannot be read (truncated or not a checkpoint): {err}") from err
+        except Exception as err:  # zipfile, numpy and safetensors each raise their own types
+            raise ConversionError(f"'{path}' cannot be read (truncated or not a checkpoint): {err}") from err
     if isinstance(loaded, dict) and isinstance(
         loaded.get("state_dict"), dict
     ):  # an open_clip training checkpoint
