@@ -345,5 +345,8 @@ def test_a_tower_loads_from_a_classifier_checkpoint(tmp_path):
 
 def test_mis_shaped_weights_name_the_way_out(tmp_path):
     _ours("SiglipForImageClassification", num_labels=3).save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="pass ignore_mismatched_sizes=True to re-initialise them"):
+    with pytest.raises(
+        CheckpointError,
+        match="pass ignore_mismatched_sizes=True in Python or --ignore-mismatched-sizes to `siglip train`",
+    ):
         siglip.SiglipForImageClassification.from_pretrained(tmp_path, num_labels=5)

@@ -475,3 +475,91 @@ def test_thumbnails_of_16_bit_images_look_like_the_image(tmp_path):
     assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
     thumbnail = Image.open(io.BytesIO(thumbnail_jpeg(str(tmp_path / "grey16.png"))))
     assert abs(np.asarray(thumbnail.convert("L")).mean() - 128) < 3
+
+
+# --- 9. messages name the fix the user can apply --------------------------------------------------------------
+@pytest.fixture
+def one_photo_index(embedder, photos, tmp_path) -> Path:
+    directory, _ = photos
+    with SearchIndex(tmp_path / "index", embedder) as index:
+        index.update([directory / "rocket.jpg"], workers=0, progress=False)
+    return tmp_path / "index"
+
+
+def test_the_decompression_bomb_limit_is_named_and_the_option_changes_it(
+    one_photo_index, photos, tmp_path, capsys, monkeypatch
+):
+    Image.new("RGB", (300, 200), "blue").save(tmp_path / "big.png")
+    search = ["search", "--image", tmp_path / "big.png", "--index", one_photo_index]
+    line = _one_line_error(capsys, *search, "--max-image-pixels", 59_999)
+    assert f"'{tmp_path / 'big.png'}' has 300 x 200 = 60000 pixels, more than the limit of 59999:" in line
+    assert "--max-image-pixels" in line
+    code, _out, err = _run(capsys, "embed", tmp_path / "big.png", photos[0] / "rocket.jpg", "--out",
+                           tmp_path / "v.npy", "--max-image-pixels", 59_999, "--model", BUNDLED, *QUIET)  # fmt: skip
+    assert code == 0 and "big.png: has 300 x 200 = 60000 pixels, more than the limit of 59999:" in err
+    # far over Pillow's own limit, which Pillow enforces itself at twice its value: the one limit is still ours
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert "more than the limit of 1000: refused" in _one_line_error(capsys, *search)
+    code, out, err = _run(capsys, *search, "--max-image-pixels", 60_000, "-k", 1)
+    assert code == 0 and "rocket.jpg" in out, err
+
+
+def test_cli_errors_name_the_image_file_not_its_place_in_a_python_call(one_photo_index, photos, capsys):
+    directory, _ = photos
+    for name, reason in (("broken.jpg", " cannot be read (truncated"), ("gone.jpg", ": no such file")):
+        line = _one_line_error(capsys, "search", "--image", directory / name, "--index", one_photo_index)
+        assert line.startswith(f"siglip search: error: '{directory / name}'{reason}")
+
+
+def test_the_mis_shaped_weights_hint_names_an_option_that_exists(photos, tmp_path, capsys):
+    from siglip.tools.cli import build_parser
+    from siglip.tools.training.trainer import TrainConfig, _build_model
+
+    model = tmp_path / "model"
+    shutil.copytree(locate(BUNDLED).directory, model)
+    config = json.loads((model / "config.json").read_text())
+    config["text_config"]["vocab_size"] += 7
+    (model / "config.json").write_text(json.dumps(config))
+    code, _out, err = _run(capsys, "classify", photos[0], "--labels", "cat", "--model", model)
+    assert code == 2 and "mis-shaped weights" in err
+    option = next(word.strip("`(),:") for word in err.split() if word.startswith("--"))
+    argv = ["train", "--data", "d", "--output-dir", tmp_path / "out", "--model", model, option]
+    args = build_parser().parse_args([str(a) for a in argv])  # the option exists, and it loads the model:
+    trained = _build_model(
+        TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}), None
+    )
+    assert trained.text_model.embeddings.token_embedding.num_embeddings == config["text_config"]["vocab_size"]
+    reference = load_file(model / "model.safetensors")  # every weight of the right shape as saved
+    name = next(n for n in reference if n.startswith("vision_model") and n.endswith("weight"))
+    torch.testing.assert_close(trained.state_dict()[name], reference[name], rtol=0, atol=0)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch exploited",))
+
+
+def _as_pickle_checkpoint(folder: Path, state: dict, zipped: bool) -> Path:
+    """The bundled model in `folder` with `pytorch_model.bin` (torch's zip format, or the legacy pickle)."""
+    shutil.copytree(locate(BUNDLED).directory, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin", _use_new_zipfile_serialization=zipped)
+    return folder
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_torch_checkpoints_of_both_formats_load_and_pickled_code_is_one_line(
+    zipped, photos, tmp_path, capsys, monkeypatch
+):
+    from siglip.core.auto import AutoModel
+
+    state = load_file(locate(BUNDLED).directory / "model.safetensors")
+    loaded = AutoModel.from_pretrained(_as_pickle_checkpoint(tmp_path / "plain", state, zipped)).state_dict()
+    for name, tensor in state.items():
+        torch.testing.assert_close(loaded[name], tensor, rtol=0, atol=0)
+
+    model = _as_pickle_checkpoint(tmp_path / "exploit", {**state, "logit_scale": _Exploit()}, zipped)
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_error(capsys, "classify", photos[0], "--labels", "cat", "--model", model)
+    assert f"'{model / 'pytorch_model.bin'}' as plain tensors: it holds pickled code" in line
+    assert "never executes" in line and not (tmp_path / "exploited").exists()

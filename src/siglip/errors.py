@@ -23,7 +23,26 @@ class OfflineError(CheckpointError):
 
 
 class ImageInputError(SiglipError, ValueError):
-    """An image cannot be read or used; the message names it (its index, and its path when it has one)."""
+    """An image cannot be read or used; the message names it (its index, and its path when it has one).
+
+    `subject` is that name as the message says it (`images[2] ('cat.jpg')`), `path` the image's file (None
+    for an image in memory); both are None when the error is about no one image.
+    """
+
+    subject: str | None = None
+    path: str | None = None
+
+    def renamed(self, name: str) -> str:
+        """The message with the image called `name` (a file name, an upload's name) instead of `subject`."""
+        text = str(self)
+        return (
+            name + text.removeprefix(self.subject) if self.subject and text.startswith(self.subject) else text
+        )
+
+    @property
+    def reason(self) -> str:
+        """What is wrong with the image, without its name: for lists that name each image themselves."""
+        return self.renamed("").lstrip(": ")
 
 
 class NoImagesError(SiglipError, ValueError):

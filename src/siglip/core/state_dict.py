@@ -68,8 +68,9 @@ def match_state_dict(
     problems = []
     if mismatched and not ignore_mismatched_sizes:
         problems.append(
-            "mis-shaped weights (pass ignore_mismatched_sizes=True to re-initialise them):\n  "
-            + "\n  ".join(mismatched.values())
+            "mis-shaped weights (config.json does not describe them: use the config saved with these weights; to "
+            "re-initialise them and train them instead, pass ignore_mismatched_sizes=True in Python or "
+            "--ignore-mismatched-sizes to `siglip train`):\n  " + "\n  ".join(mismatched.values())
         )
     if unexpected:
         problems.append("unexpected weights:\n  " + "\n  ".join(unexpected))

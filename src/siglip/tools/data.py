@@ -59,8 +59,7 @@ def load_sample(processor: ImageProcessor, image: Any, source: str, **fields: An
         features = processor(image, return_tensors="np")
     except (ImageInputError, TypeError, OSError) as err:
         logger.debug("skipping %s: %s", source, err)
-        # the processor names the image "images[0] ('path')"; callers list the source themselves
-        reason = str(err).removeprefix(f"images[0] ('{source}')").lstrip(": ")
+        reason = err.reason if isinstance(err, ImageInputError) else str(err)  # callers name the source
         return Sample(None, source, reason, **fields)
     return Sample({name: value[0] for name, value in features.items()}, source, **fields)
 

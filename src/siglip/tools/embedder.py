@@ -109,14 +109,15 @@ class Embedder:
         compile: bool = False,
         reduced_decode: bool = False,
         max_num_patches: int | None = None,
+        max_image_pixels: int | None = None,
     ) -> Embedder:
         """Load a bundled model by its short name, a local checkpoint directory, or a hub id, of either
         family (SigLIP, SigLIP 2 fixed-resolution or NaFlex: `AutoModel` reads `config.json`).
 
         `device` defaults to the GPU when there is one, else the CPU. `precision` and `compile` choose the
         inference mode (see `siglip.tools.precision`): "auto" runs bf16 where the hardware has bf16 matrix
-        units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode` and `max_num_patches` set the image
-        processor (see `configure_images`).
+        units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode`, `max_num_patches` and
+        `max_image_pixels` set the image processor (see `configure_images`).
         """
         device = resolve_device(device)
         mode = InferenceMode(precision, compile).resolve(device)
@@ -124,7 +125,11 @@ class Embedder:
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
         processor = AutoProcessor.from_pretrained(checkpoint)
         configure_images(
-            processor, checkpoint, reduced_decode=reduced_decode, max_num_patches=max_num_patches
+            processor,
+            checkpoint,
+            reduced_decode=reduced_decode,
+            max_num_patches=max_num_patches,
+            max_image_pixels=max_image_pixels,
         )
         return cls(mode.apply(model), processor, checkpoint.record_name, mode)
 
@@ -245,14 +250,20 @@ def _non_finite(model: TwoTowerModel) -> str:
 
 
 def configure_images(
-    processor: Processor, model: object, *, reduced_decode: bool = False, max_num_patches: int | None = None
+    processor: Processor,
+    model: object,
+    *,
+    reduced_decode: bool = False,
+    max_num_patches: int | None = None,
+    max_image_pixels: int | None = None,
 ) -> None:
     """Set the image options of the tools on a loaded processor, refusing those its model family lacks.
 
     `reduced_decode` (fixed-size models): decode JPEG files at a reduced scale when they are at least twice the
     model's image size (see `SiglipImageProcessor`). `max_num_patches` (NaFlex models): the patch budget of
     each image, default the checkpoint's (256 for the released ones; more patches, more detail and time).
-    `model` names the checkpoint in the errors.
+    `max_image_pixels`: image files with more pixels are refused as possible decompression bombs (default:
+    Pillow's `MAX_IMAGE_PIXELS`, about 89 million). `model` names the checkpoint in the errors.
     """
     images = processor.image_processor
     naflex = isinstance(images, Siglip2ImageProcessor)
@@ -272,6 +283,16 @@ def configure_images(
                 "image to its own patch grid"
             )
         images.reduced_decode = True
+    if max_image_pixels is not None:
+        if (
+            isinstance(max_image_pixels, bool)
+            or not isinstance(max_image_pixels, int)
+            or max_image_pixels < 1
+        ):
+            raise UsageError(
+                f"max_image_pixels must be a whole number of at least 1, got {max_image_pixels!r}"
+            )
+        images.max_image_pixels = max_image_pixels
 
 
 def patch_budget(processor: Processor) -> int | None:

@@ -110,9 +110,9 @@ class SearchIndex:
     """An image index in `directory` (see the module doc).
 
     Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
-    `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile`, `reduced_decode` and
-    `max_num_patches` are how a model loaded by name runs (see `Embedder.from_pretrained`); an `Embedder` runs as
-    it was made. `precision` and `max_num_patches` default to those the index was built with ("auto" and the
+    `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile`, `reduced_decode`,
+    `max_num_patches` and `max_image_pixels` are how a model loaded by name runs (see
+    `Embedder.from_pretrained`); an `Embedder` runs as it was made. `precision` and `max_num_patches` default to those the index was built with ("auto" and the
     checkpoint's for a new one); others than those are refused (`StoreError`). `index_type` and `storage` (see
     `siglip.tools.ann`; default: as stored, else "auto") are kept with the index; changing them rebuilds the
     vector file at the next search or update.
@@ -128,6 +128,7 @@ class SearchIndex:
         compile: bool = False,
         reduced_decode: bool = False,
         max_num_patches: int | None = None,
+        max_image_pixels: int | None = None,
         index_type: str | None = None,
         storage: str | None = None,
     ) -> None:
@@ -142,6 +143,7 @@ class SearchIndex:
             "compile": compile,
             "reduced_decode": reduced_decode,
             "max_num_patches": max_num_patches,
+            "max_image_pixels": max_image_pixels,
         }
         records = self.directory / RECORDS_FILE
         self._embedder = model if isinstance(model, Embedder) else None

@@ -139,6 +139,7 @@ def embed_with_ray(
     compile: bool = False,
     reduced_decode: bool = False,
     max_num_patches: int | None = None,
+    max_image_pixels: int | None = None,
 ) -> RayEmbedReport:
     """Embed the images named by `inputs` into Parquet shards in the folder `out` on Ray (see the module doc).
 
@@ -147,7 +148,7 @@ def embed_with_ray(
 
     `address` joins a running cluster ("auto", "ray://host:port"); without it a local one starts (or the one
     this process already started is used). `actors` is the size of the model actor pool (default: one per
-    GPU, else one per 4 CPUs). `compile`, `reduced_decode` and `max_num_patches` are as for
+    GPU, else one per 4 CPUs). `compile`, `reduced_decode`, `max_num_patches` and `max_image_pixels` are as for
     `Embedder.from_pretrained`: the images are preprocessed by the decoding tasks, with the driver's processor.
     """
     ray = require("ray", "ray", "siglip embed --engine ray")
@@ -160,7 +161,13 @@ def embed_with_ray(
     shard_size = -(-shard_size // batch_size) * batch_size  # whole batches: those of an in-process run
     checkpoint = locate(model)
     processor = AutoProcessor.from_pretrained(checkpoint)
-    configure_images(processor, checkpoint, reduced_decode=reduced_decode, max_num_patches=max_num_patches)
+    configure_images(
+        processor,
+        checkpoint,
+        reduced_decode=reduced_decode,
+        max_num_patches=max_num_patches,
+        max_image_pixels=max_image_pixels,
+    )
     # a NaFlex budget is part of the plan: shards made at two budgets would not be comparable
     plan = _plan(out, files, shard_size, batch_size, patch_budget(processor))
     name = checkpoint.record_name

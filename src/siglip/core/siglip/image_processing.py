@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ class _Steps:
     exif_transpose: bool | None
     input_data_format: str | None
     reduced_decode: bool
+    max_image_pixels: int | None  # None: Pillow's `Image.MAX_IMAGE_PIXELS`
 
     def target_size(self, height: int, width: int, name: str) -> tuple[int, int] | None:
         """(height, width) to resize an image of `height` x `width` pixels to, or None for no resize."""
@@ -213,6 +215,9 @@ class SiglipImageProcessor(BaseImageProcessor):
             224 x 224 model takes about half the time; the pixels differ slightly from a full decode (the
             embedding cost is measured in BENCHMARKS.md). Off by default, as transformers decodes fully;
             like `num_threads`, a runtime choice not saved with the settings.
+        max_image_pixels: image files (paths and bytes) with more pixels are refused before decoding, as
+            possible decompression bombs. None (default): Pillow's `PIL.Image.MAX_IMAGE_PIXELS` (about 89
+            million). A runtime choice, not saved with the settings.
 
     Accepted images: PIL images of any mode, numpy arrays and torch tensors (H x W, H x W x C or C x H x W
     with C in 1, 3, 4; uint8, integers in 0..255, or floats in [0, 1]; a 4-D array is a batch), file paths
@@ -228,7 +233,7 @@ class SiglipImageProcessor(BaseImageProcessor):
     - 2-D arrays are accepted as grey images.
     - A warning when float images already in [0, 1] meet `do_rescale=True` (transformers silently divides
       by 255 again), and when 32-bit grey values get clipped.
-    - Unreadable, truncated, non-image or oversized files (more pixels than `PIL.Image.MAX_IMAGE_PIXELS`, a
+    - Unreadable, truncated, non-image or oversized files (more pixels than `max_image_pixels`, a
       decompression-bomb guard), empty batches and zero-sized images raise `ImageInputError` naming the image.
     """
 
@@ -249,6 +254,7 @@ class SiglipImageProcessor(BaseImageProcessor):
         exif_transpose: bool | None = None,
         num_threads: int | None = None,
         reduced_decode: bool = False,
+        max_image_pixels: int | None = None,
     ) -> None:
         self.do_resize = bool(do_resize)
         height, width = _check_size({"height": 224, "width": 224} if size is None else size)
@@ -262,6 +268,7 @@ class SiglipImageProcessor(BaseImageProcessor):
         self.exif_transpose = exif_transpose
         self.num_threads = num_threads
         self.reduced_decode = reduced_decode
+        self.max_image_pixels = max_image_pixels
 
     def preprocess(
         self,
@@ -310,6 +317,7 @@ class SiglipImageProcessor(BaseImageProcessor):
             exif_transpose=self.exif_transpose if exif_transpose is None else exif_transpose,
             input_data_format=input_data_format,
             reduced_decode=self.reduced_decode if reduced_decode is None else reduced_decode,
+            max_image_pixels=self.max_image_pixels,
         )
         pixels = process_images(images, steps, self.num_threads)
         if return_tensors is None:
@@ -391,13 +399,32 @@ def _as_list(images: Any) -> list[Any]:
 def _process_image(
     image: ImageInput, index: int, steps: _Steps, table: np.ndarray
 ) -> tuple[np.ndarray, str | None]:
-    """Pixels (3, H, W) of one image, and the name of a problem worth a warning (or None)."""
-    name = f"images[{index}]"
+    """Pixels (3, H, W) of one image, and the name of a problem worth a warning (or None).
+
+    An `ImageInputError` records how its message names the image (`subject`) and the image's file (`path`),
+    so that a caller with a better name for it (a command line: the file) can say it instead.
+    """
+    name, path = f"images[{index}]", None
     if isinstance(image, str | os.PathLike):
-        name = f"{name} ('{os.fspath(image)}')"
+        path = os.fspath(image)
+        name = f"{name} ('{path}')"
+    elif isinstance(image, bytes | bytearray | memoryview):
+        name = f"{name} (bytes)"
+    try:
+        return _pixels_of(image, name, steps, table)
+    except ImageInputError as err:
+        err.subject, err.path = name, path
+        raise
+
+
+def _pixels_of(
+    image: ImageInput, name: str, steps: _Steps, table: np.ndarray
+) -> tuple[np.ndarray, str | None]:
+    """`_process_image` of an image called `name` in messages."""
+    if isinstance(image, str | os.PathLike):
         image = _open(image, name, steps)
     elif isinstance(image, bytes | bytearray | memoryview):
-        image = _open(io.BytesIO(image), f"{name} (bytes)", steps)
+        image = _open(io.BytesIO(image), name, steps)
     elif isinstance(image, Image.Image) and steps.exif_transpose:
         image = ImageOps.exif_transpose(image)
 
@@ -428,11 +455,16 @@ def _process_image(
 
 def _open(source: str | os.PathLike | io.BytesIO, name: str, steps: _Steps) -> Image.Image:
     """Decode a whole image file, turning every way it can fail into an `ImageInputError` naming it."""
-    limit = Image.MAX_IMAGE_PIXELS
+    limit = Image.MAX_IMAGE_PIXELS if steps.max_image_pixels is None else steps.max_image_pixels
+    if limit is not None and Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        # Pillow refuses at twice its own limit, inside `Image.open`, before the check below: a limit raised
+        # for this processor must raise Pillow's too (in the process that decodes: a worker's own copy)
+        Image.MAX_IMAGE_PIXELS = limit
     try:
         with Image.open(source) as image:
             if limit is not None and image.width * image.height > limit:
-                raise Image.DecompressionBombError(f"{image.width} x {image.height} pixels")
+                pixels = f"{image.width} x {image.height} = {image.width * image.height}"
+                raise Image.DecompressionBombError(pixels)
             if steps.reduced_decode and steps.size is not None and image.format in ("JPEG", "MPO"):
                 # libjpeg scales by 1/2, 1/4 or 1/8 while decoding; PIL picks the largest factor that keeps
                 # both sides >= the request. A square request stays valid if EXIF then turns the image.
@@ -446,10 +478,12 @@ def _open(source: str | os.PathLike | io.BytesIO, name: str, steps: _Steps) -> I
         raise ImageInputError(f"{name}: no such file") from None
     except UnidentifiedImageError:
         raise ImageInputError(f"{name} is not an image file Pillow can read") from None
-    except Image.DecompressionBombError as err:
+    except Image.DecompressionBombError as err:  # ours, or Pillow's own at twice its limit: say ours
+        pillows = re.search(r"\((\d+) pixels\)", str(err))
         raise ImageInputError(
-            f"{name} is too large ({err}): more than PIL.Image.MAX_IMAGE_PIXELS={limit}, refused as a possible "
-            "decompression bomb; raise that limit if the file is trusted"
+            f"{name} has {pillows[1] if pillows else err} pixels, more than the limit of {limit}: refused as a "
+            "possible decompression bomb; if the file is trusted, raise the limit (--max-image-pixels on the "
+            "command line, max_image_pixels of the image processor in Python)"
         ) from None
     except OSError as err:
         if err.errno is not None:  # the file system refused (permission, a folder, I/O error): not the data

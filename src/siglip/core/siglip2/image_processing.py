@@ -119,8 +119,9 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         patch_size: side of a patch in pixels (16; the model's `vision_config.patch_size`).
         max_num_patches: patches per image after padding (256; 576 and 1024 for more detail). Any positive
             number works with a NaFlex model: its position grid is resized to each image.
-        exif_transpose, num_threads: as for `SiglipImageProcessor` (files are turned upright by their EXIF
-            orientation, in-memory PIL images are used as given; one thread per core).
+        exif_transpose, num_threads, max_image_pixels: as for `SiglipImageProcessor` (files are turned upright
+            by their EXIF orientation, in-memory PIL images are used as given; one thread per core; files of
+            more pixels than Pillow's `MAX_IMAGE_PIXELS` are refused).
 
     Accepted images and conversion to RGB: as `SiglipImageProcessor` (its documented differences from
     transformers for 16-bit grey, transparent files and bad input apply here too). Deliberate difference:
@@ -147,6 +148,7 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         max_num_patches: int = 256,
         exif_transpose: bool | None = None,
         num_threads: int | None = None,
+        max_image_pixels: int | None = None,
     ) -> None:
         self.do_resize = bool(do_resize)
         self.resample = _check_resample(resample)
@@ -159,6 +161,7 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         self.max_num_patches = _check_positive(max_num_patches, "max_num_patches")
         self.exif_transpose = exif_transpose
         self.num_threads = num_threads
+        self.max_image_pixels = max_image_pixels
 
     def preprocess(
         self,
@@ -200,6 +203,7 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             exif_transpose=self.exif_transpose if exif_transpose is None else exif_transpose,
             input_data_format=input_data_format,
             reduced_decode=False,
+            max_image_pixels=self.max_image_pixels,
             resize=self.do_resize if do_resize is None else bool(do_resize),
             patch_size=self.patch_size if patch_size is None else _check_positive(patch_size, "patch_size"),
             max_num_patches=self.max_num_patches

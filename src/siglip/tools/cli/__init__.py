@@ -20,7 +20,7 @@ import os
 import sys
 from typing import NoReturn
 
-from ...errors import SiglipError
+from ...errors import ImageInputError, SiglipError
 from ..files import display_path
 
 COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "serve", "convert")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except SiglipError as err:
         if os.environ.get("SIGLIP_DEBUG"):
             raise
-        print(f"siglip {args.command}: error: {err}", file=sys.stderr)
+        print(f"siglip {args.command}: error: {_user_error(err)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`siglip ... | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"siglip {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _user_error(err: SiglipError) -> str:
+    """The message of a user error as a command says it: an image file by its name, not by its place in
+    the Python call that read it (`images[0] ('cat.jpg')`)."""
+    if isinstance(err, ImageInputError) and err.path is not None:
+        return err.renamed(f"'{display_path(err.path)}'")
+    return str(err)
 
 
 def _system_error(err: OSError) -> str:

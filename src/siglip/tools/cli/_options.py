@@ -65,7 +65,8 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_loader_options(parser: argparse.ArgumentParser) -> None:
-    """--batch-size, --workers and --no-progress, for commands that read many image files."""
+    """--batch-size, --workers, --no-progress, --reduced-decode and --max-image-pixels, for commands that
+    read many image files."""
     parser.add_argument(
         "--batch-size", type=integer(1), default=32, help="images per model call (default: 32)"
     )
@@ -80,6 +81,19 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
         "--reduced-decode",
         action="store_true",
         help="decode large JPEGs at 1/2, 1/4 or 1/8 scale (about 2x faster decoding, slightly different pixels)",
+    )
+    add_image_limit_option(parser)
+
+
+def add_image_limit_option(parser: argparse.ArgumentParser) -> None:
+    """--max-image-pixels: the decompression-bomb limit of the image files a command decodes."""
+    parser.add_argument(
+        "--max-image-pixels",
+        type=integer(1),
+        default=None,
+        metavar="N",
+        help="image files with more pixels are refused as possible decompression bombs (default: Pillow's "
+        "limit, about 89 million)",
     )
 
 
@@ -118,6 +132,7 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "compile": args.compile,
         "reduced_decode": args.reduced_decode,
         "max_num_patches": args.max_num_patches,
+        "max_image_pixels": args.max_image_pixels,
     }
 
 

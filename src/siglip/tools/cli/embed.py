@@ -111,6 +111,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
         compile=args.compile,
         reduced_decode=args.reduced_decode,
         max_num_patches=args.max_num_patches,
+        max_image_pixels=args.max_image_pixels,
     )
     seconds = time.perf_counter() - start
     print(

@@ -10,7 +10,15 @@ from pathlib import Path
 from ...errors import UsageError
 from ..files import display_path
 from ..index import SearchIndex, results_html
-from ._options import add_device_option, integer, output_file, print_json, score_text, table
+from ._options import (
+    add_device_option,
+    add_image_limit_option,
+    integer,
+    output_file,
+    print_json,
+    score_text,
+    table,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,13 +41,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the index's model, at its new place if it moved (default: the one the index was built with)",
     )
     add_device_option(parser)
+    add_image_limit_option(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise UsageError("give a text to search for, or --image QUERY.jpg (one of the two)")
-    with SearchIndex(args.index, args.model, device=args.device) as index:
+    with SearchIndex(
+        args.index, args.model, device=args.device, max_image_pixels=args.max_image_pixels
+    ) as index:
         hits = (
             index.search_text(args.text, args.k)
             if args.image is None

@@ -93,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--ray-address", default=None, help="Ray cluster to join with --ray (default: start a local one)"
     )
-    parser.set_defaults(run=run, reduced_decode=False)
+    parser.set_defaults(run=run, reduced_decode=False, max_image_pixels=None)  # --max-pixels checks uploads
 
 
 def run(args: argparse.Namespace) -> int:

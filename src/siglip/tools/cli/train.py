@@ -33,6 +33,7 @@ _VALUES: dict[str, dict[str, typing.Any]] = {
     "keep_checkpoints": {"type": integer(1)},
     "eval_every": {"type": integer(0)},
     "max_num_patches": {"type": integer(1)},
+    "max_image_pixels": {"type": integer(1)},
     "max_bad_fraction": {"type": real(0, 1)},
 }
 

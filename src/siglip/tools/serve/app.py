@@ -193,8 +193,7 @@ class Service:
         try:
             features = self.embedder.processor.image_processor(upload.data, return_tensors="np")
         except ImageInputError as err:  # it names the image "images[0] (bytes)"; the client's name is better
-            reason = str(err).removeprefix("images[0] (bytes)").lstrip(": ")
-            raise ApiError(422, f"{upload.name} {reason}") from None
+            raise ApiError(422, err.renamed(upload.name)) from None
         return {name: value[0] for name, value in features.items()}
 
     async def label_embeddings(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:

@@ -79,6 +79,12 @@ class TrainConfig:
     config: str | None = field(
         default=None, metadata={"help": "config.json (or its directory) to train from scratch instead"}
     )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={
+            "help": "re-initialise (and train) the weights of --model whose shape its config.json differs from"
+        },
+    )
     processor: str | None = field(
         default=None, metadata={"help": "tokenizer/preprocessor files (default: those of --model)"}
     )
@@ -140,6 +146,13 @@ class TrainConfig:
     max_num_patches: int | None = field(
         default=None,
         metadata={"help": "SigLIP 2 NaFlex models: patches per image (default: the checkpoint's)"},
+    )
+    max_image_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "image files with more pixels are refused as possible decompression bombs (default: "
+            "Pillow's limit, about 89 million)"
+        },
     )
     max_bad_fraction: float = field(
         default=0.01, metadata={"help": "stop when more images than this fraction are missing or unreadable"}
@@ -318,7 +331,7 @@ def _build_model(config: TrainConfig, resume_from: Path | None) -> TwoTowerModel
     if resume_from is not None:
         return AutoModel.from_pretrained(resume_from)
     if config.model is not None:
-        return AutoModel.from_pretrained(config.model)
+        return AutoModel.from_pretrained(config.model, ignore_mismatched_sizes=config.ignore_mismatched_sizes)
     return AutoModel.from_config(AutoConfig.from_pretrained(config.config) if Path(config.config).is_dir()
                                  else AutoConfig.from_json_file(config.config))  # fmt: skip
 
@@ -385,7 +398,12 @@ def train(config: TrainConfig) -> Path:
     resume_from = _start(config, output)
     torch.manual_seed(config.seed)
     processor = AutoProcessor.from_pretrained(resume_from or config.processor or config.model)
-    configure_images(processor, config.model or config.config, max_num_patches=config.max_num_patches)
+    configure_images(
+        processor,
+        config.model or config.config,
+        max_num_patches=config.max_num_patches,
+        max_image_pixels=config.max_image_pixels,
+    )
     layout = BatchLayout(config.batch_size, config.grad_accum, dist_.rank, dist_.world, config.seed)
     source = _source(config, processor, layout)  # the data is checked before the model loads
     labelled = config.group_column is not None or (
