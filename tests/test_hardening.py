@@ -316,6 +316,87 @@ def _no_space(self, data):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
 
 
+def _full_disk_at(monkeypatch, name: str) -> None:
+    """The disk fills while the output file `name` is written: its bytes are written, then the last flush
+    fails with ENOSPC and no file name, as pyarrow's writer and a closing file report it. Injected in
+    `replace_together`, through which every output file of embed, index and the Ray engine is written."""
+    from siglip.tools import embedding_files
+
+    real = store_module.replace_together
+
+    def filling(writes):
+        def fail_after(write):
+            def run(tmp):
+                write(tmp)
+                raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left")
+
+            return run
+
+        real({path: fail_after(write) if path.name == name else write for path, write in writes.items()})
+
+    for module in (store_module, embedding_files):
+        monkeypatch.setattr(module, "replace_together", filling)
+
+
+@pytest.fixture
+def swatches(tmp_path) -> Path:
+    (tmp_path / "swatches").mkdir()
+    for i in range(5):
+        Image.new("RGB", (32, 24), (50 * i, 90, 200 - 40 * i)).save(tmp_path / "swatches" / f"{i}.png")
+    return tmp_path / "swatches"
+
+
+@pytest.mark.parametrize("site", ["v.npy", "v.npy.json", "v.parquet", "v.parquet.json"])
+def test_a_full_disk_at_each_embedding_output_is_one_line_and_the_rerun_completes(
+    site, swatches, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "out" / site.removesuffix(".json")
+    argv = ["embed", swatches, "--out", out, "--model", BUNDLED, *QUIET]
+    _full_disk_at(monkeypatch, site)
+    line = _one_line_error(capsys, *argv)
+    assert f"No space left on device ('{out.parent / site}'); free some space" in line
+    # nothing half-written: neither the output nor its manifest, only the journal of the finished work
+    assert [p.name for p in out.parent.iterdir()] == [out.name + ".partial"]
+    monkeypatch.undo()  # space is back
+    code, _out, err = _run(capsys, *argv)
+    assert code == 0, err
+    assert [p.name for p in out.parent.iterdir()] == sorted([out.name, out.name + ".json"])
+    code, _out, err = _run(
+        capsys, "embed", swatches, "--out", tmp_path / out.name, "--model", BUNDLED, *QUIET
+    )
+    assert code == 0, err  # a clean run to compare with
+    assert out.read_bytes() == (tmp_path / out.name).read_bytes()
+    manifest = json.loads((out.parent / f"{out.name}.json").read_text())
+    assert manifest == json.loads((tmp_path / f"{out.name}.json").read_text())
+
+
+def test_a_full_disk_at_each_ray_engine_output_leaves_nothing_half_written(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    from siglip.tools import ray_engine
+    from siglip.tools.embedding_files import parquet_schema
+
+    schema = parquet_schema(pa, 4)
+    part = {"paths": json.dumps(["a.jpg", "b.jpg"]), "failed": "[]", "vectors": np.eye(2, 4, dtype=np.float32),
+            "node": "n1", "precision": "fp32"}  # fmt: skip
+    steps = {
+        ray_engine.PLAN_FILE: lambda: ray_engine._plan(tmp_path, ["a.jpg", "b.jpg"], 2, 2),
+        "part-00000.parquet": lambda: ray_engine._commit_shard(pa, schema, tmp_path, 0, "m", "f", [part]),
+        ray_engine.MANIFEST_FILE: lambda: ray_engine._finish(
+            tmp_path, {"shards": 1}, "m", 4, "f", 2, 0, 0, set()
+        ),
+    }
+    for name, step in steps.items():  # in the order a run writes them, each first on a full disk
+        _full_disk_at(monkeypatch, name)
+        with pytest.raises(OSError, match=rf"No space left on device: '{tmp_path / name}'") as caught:
+            step()
+        assert caught.value.errno == errno.ENOSPC
+        assert not (tmp_path / name).exists() and not (tmp_path / f".{name}.tmp").exists()
+        monkeypatch.undo()  # space is back
+        step()
+        assert (tmp_path / name).is_file()
+    assert json.loads((tmp_path / ray_engine.MANIFEST_FILE).read_text())["count"] == 2
+
+
 def test_output_paths_of_the_wrong_kind_are_refused_before_the_work(photos, tmp_path, capsys):
     directory, _ = photos
     (tmp_path / "out.npy").mkdir()

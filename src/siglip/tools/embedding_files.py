@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..errors import UsageError
 from .deps import require
 from .embedder import Embedder
 from .files import ImageScan, skipped_as_json
-from .store import FileState, VectorStore, pending_files, replace_atomically
+from .store import FileState, VectorStore, pending_files, replace_together
 from .tar_shards import scan_inputs
 
 
@@ -88,14 +89,20 @@ def embed_to_file(
             "format": out.suffix[1:],
             "precision": embedder.mode.precision,
         }
-        if pa is not None:
-            _write_parquet(pa, store, kept, out)
-        else:
-            _write_npy(store, kept, out)
+        if pa is None:
             manifest["paths"] = kept
+            write_data = partial(_write_npy, store, kept)
+        else:
+            write_data = partial(_write_parquet, pa, store, kept)
         manifest["skipped"] = skipped_as_json(skipped)
         manifest_path = out.with_suffix(out.suffix + ".json")
-        replace_atomically(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+        # the manifest, then the data: the output appears, with its manifest, only when both are written
+        replace_together(
+            {
+                manifest_path: lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"),
+                out: write_data,
+            }
+        )
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
     return EmbedReport(out, manifest_path, len(kept), embedded, failed, skipped)
@@ -128,26 +135,28 @@ def parquet_table(pa: Any, schema: Any, model: str, paths: list[str], vectors: n
 
 
 def _write_parquet(pa: Any, store: VectorStore, paths: list[str], out: Path) -> None:
+    """The vectors of `paths`, in order, as a Parquet file `out`, a chunk at a time."""
     import pyarrow.parquet as pq
 
     schema = parquet_schema(pa, store.dims)
-
-    def write(tmp: Path) -> None:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for chunk, vectors in store.in_order(paths):
-                writer.write_table(parquet_table(pa, schema, store.model, chunk, vectors))
-
-    replace_atomically(out, write)
+    with pq.ParquetWriter(out, schema) as writer:
+        for chunk, vectors in store.in_order(paths):
+            writer.write_table(parquet_table(pa, schema, store.model, chunk, vectors))
 
 
 def _write_npy(store: VectorStore, paths: list[str], out: Path) -> None:
-    def write(tmp: Path) -> None:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), store.dims))
-        row = 0
-        for chunk, vectors in store.in_order(paths):
-            matrix[row : row + len(chunk)] = vectors
-            row += len(chunk)
-        matrix.flush()
-        del matrix
+    """The vectors of `paths`, in order, as an (N, D) float32 `.npy` file `out`, a chunk at a time.
 
-    replace_atomically(out, write)
+    Plain writes, not a memory map: on a full disk a write fails with ENOSPC, where a store into a mapped
+    page of a sparse file kills the process with SIGBUS.
+    """
+    shape = (len(paths), store.dims)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+        "fortran_order": False,
+        "shape": shape,
+    }
+    with open(out, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for _chunk, vectors in store.in_order(paths):
+            f.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())

@@ -443,12 +443,31 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
     Readers see the old file or the new one, never a half-written one, even if the process is killed.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
+    replace_together({path: write})
+
+
+def replace_together(writes: dict[Path, Callable[[Path], object]]) -> None:
+    """`replace_atomically` for files that belong together (data and its manifest): each `write(tmp)` fills
+    a temporary file, and only once all are written are they moved into place, in the order given (so the
+    last one marks the set complete). A failed write (a full disk) leaves every file as it was, and its
+    `OSError` names the file being written rather than its temporary stand-in.
+    """
+    temporary = {path: path.with_name(f".{path.name}.tmp") for path in writes}
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for path, write in writes.items():
+            tmp = temporary[path]
+            try:
+                write(tmp)
+            except OSError as err:
+                # pyarrow's and a closing file's errors name no file (or the temporary one): name the output
+                if err.errno is None or err.filename not in (None, str(tmp), tmp):
+                    raise
+                raise OSError(err.errno, os.strerror(err.errno), str(path)) from err
+        for path, tmp in temporary.items():
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)
 
 
 def pending_files(store: VectorStore, files: Sequence[str | FileState]) -> list[FileState]:
