@@ -1,10 +1,11 @@
-"""Fault injection: `kill -9` at random points of `siglip index` and `siglip embed`, then a rerun whose result
-equals a clean run's. The points are drawn from a fixed seed (the same on every run, so CI is stable) over
-the length of a clean run, so kills land in start-up, embedding and writing alike.
+"""Fault injection: `kill -9` at random points of `siglip index`, `siglip embed` and `siglip train`, then a
+rerun whose result equals a clean run's. The points are drawn from a fixed seed (the same on every run, so CI
+is stable) over the length of a clean run, so kills land in start-up, work and writing alike.
 
 After each kill the committed state must be consistent (every stored embedding equals the clean one, one
-entry per file); the next run resumes from it; the last run completes and must equal the clean result. A full
-disk, a read-only index, two concurrent runs and a damaged SQLite page are in test_hardening.py.
+entry per file; every checkpoint equals the clean run's at that step); the next run resumes from it; the last
+run completes and must equal the clean result (a trained model bit for bit). A full disk, a read-only index,
+two concurrent runs and a damaged SQLite page are in test_hardening.py.
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from _material import BUNDLED, write_photos
 from siglip import SearchIndex
 from siglip.tools.index import RECORDS_FILE
 from siglip.tools.store import VectorStore
+from siglip.tools.training import latest_checkpoint
 
-KILLS = 10  # per command: 20 in all
+KILLS = 10  # per command: 20 in all for index and embed
+TRAIN_KILLS = 4  # each train process spends most of its life starting up: a few kills cover its steps
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+TRAIN_ENV = {**ENV, "OMP_NUM_THREADS": "1"}  # one thread: the same summation order in every run
+BATCH = 8  # pairs per training step
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +114,75 @@ def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(kind, collection,
             assert [h.path for h in index.search_text("a red swatch", k=5)] == [
                 h.path for h in reference.search_text("a red swatch", k=5)
             ]
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory) -> Path:
+    """Class folders of noisy colour patches: 4 classes x 6 images."""
+    root = tmp_path_factory.mktemp("classes")
+    rng = np.random.default_rng(0)
+    for name, rgb in {
+        "red": (220, 30, 30),
+        "green": (30, 200, 40),
+        "blue": (30, 40, 220),
+        "grey": (128,) * 3,
+    }.items():
+        (root / name).mkdir()
+        for i in range(6):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (28, 28, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def _train_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "siglip", "train", "--data", str(data), "--output-dir", str(out), "--model",
+            BUNDLED, "--batch-size", str(BATCH), "--steps", "12", "--save-every", "2", "--keep-checkpoints", "6",
+            "--lr", "1e-3", "--workers", "0", "--no-progress", "--log-every", "1", *extra]  # fmt: skip
+
+
+def _assert_same_weights(directory: Path, reference: Path) -> None:
+    weights, expected = load_file(directory / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected), (
+        f"{directory} differs from {reference}"
+    )
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _kill_after_step(command: list[str], out: Path, step: int, delay: float) -> None:
+    """Run `command` and kill -9 it `delay` seconds after the run logged `step` (at once if it had)."""
+    run = subprocess.Popen(command, env=TRAIN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    while run.poll() is None and not (metrics.exists() and len(metrics.read_text().splitlines()) >= step):
+        time.sleep(0.01)
+    time.sleep(delay)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+
+
+def test_kill_9_of_train_at_random_points_then_resume_equals_a_clean_run(classes, tmp_path):
+    clean = tmp_path / "clean"
+    subprocess.run(
+        _train_command(classes, clean), env=TRAIN_ENV, check=True, capture_output=True, timeout=300
+    )
+    seconds_per_step = np.mean([BATCH / r["samples_per_s"] for r in _metrics(clean)])
+
+    out = tmp_path / "killed"
+    command = _train_command(classes, out, "--resume")
+    rng = np.random.default_rng(16)
+    # each point: a step of the run, then a fraction of a step (mid-step, or mid-checkpoint every second step)
+    for step, fraction in zip(rng.integers(1, 12, TRAIN_KILLS), rng.uniform(0, 1, TRAIN_KILLS), strict=True):
+        _kill_after_step(command, out, int(step), fraction * seconds_per_step)
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is not None:  # what a killed run committed is what the clean run had at that step
+            _assert_same_weights(checkpoint, clean / "checkpoints" / checkpoint.name)
+    done = subprocess.run(command, env=TRAIN_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr  # the kills left checkpoints: the rerun continued one
+    _assert_same_weights(out / "model", clean / "model")
+    assert [(r["step"], r["loss"]) for r in _metrics(out)] == [
+        (r["step"], r["loss"]) for r in _metrics(clean)
+    ]

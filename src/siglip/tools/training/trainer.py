@@ -50,6 +50,7 @@ from ..data import Batch, empty_inputs
 from ..embedder import Embedder, configure_images
 from ..evaluation import evaluate_zeroshot
 from ..precision import Precision, check_precision, resolve_precision
+from ..store import replace_atomically
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 from .data import (
     BatchLayout,
@@ -82,7 +83,7 @@ class TrainConfig:
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={
-            "help": "re-initialise (and train) the weights of --model whose shape its config.json differs from"
+            "help": "re-initialise (and train) the weights of --model whose shape differs from its config.json"
         },
     )
     processor: str | None = field(
@@ -368,8 +369,8 @@ class _Metrics:
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= resumed_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            kept = "".join(ln + "\n" for ln in lines if json.loads(ln).get("step", 0) <= resumed_step)
+            replace_atomically(path, lambda tmp: tmp.write_text(kept))  # killed here: the old lines stay
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
