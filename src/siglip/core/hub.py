@@ -308,13 +308,16 @@ def load_pickled_tensors(
     try:
         return torch.load(file, map_location=device, weights_only=True, mmap=zipped)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError...
-        # torch's message is a page of advice on unsafe loading; its line naming a GLOBAL says what was found
-        found = next((line for line in str(err).splitlines() if "GLOBAL" in line), None)
+        # torch's message is a page of advice on unsafe loading; one of its lines says what was found
+        lines = str(err).splitlines()
+        found = next((ln for ln in lines if "GLOBAL" in ln), None) or next(
+            (ln for ln in lines if "WeightsUnpickler error:" in ln), None
+        )
         if isinstance(err, pickle.UnpicklingError) and found:
             found = found.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip().rstrip(".")
             raise error(
-                f"Cannot read '{file}' as plain tensors: it holds pickled code ({found}), which siglip never "
-                "executes; re-save it as safetensors where you trust it"
+                f"Cannot read '{file}' as plain tensors: it holds pickled code or objects ({found}), which siglip "
+                "never executes; re-save it as safetensors where you trust it"
             ) from None
         text = " ".join(str(err).split())
         raise error(f"'{file}' cannot be read (truncated or not a checkpoint): {text}") from err

@@ -217,7 +217,8 @@ class SiglipImageProcessor(BaseImageProcessor):
             like `num_threads`, a runtime choice not saved with the settings.
         max_image_pixels: image files (paths and bytes) with more pixels are refused before decoding, as
             possible decompression bombs. None (default): Pillow's `PIL.Image.MAX_IMAGE_PIXELS` (about 89
-            million). A runtime choice, not saved with the settings.
+            million). A larger value also raises Pillow's, in the process that decodes, since Pillow refuses
+            files of twice its own limit before this check. A runtime choice, not saved with the settings.
 
     Accepted images: PIL images of any mode, numpy arrays and torch tensors (H x W, H x W x C or C x H x W
     with C in 1, 3, 4; uint8, integers in 0..255, or floats in [0, 1]; a 4-D array is a batch), file paths
