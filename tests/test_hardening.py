@@ -603,6 +603,7 @@ def test_the_mis_shaped_weights_hint_names_an_option_that_exists(photos, tmp_pat
     (model / "config.json").write_text(json.dumps(config))
     code, _out, err = _run(capsys, "classify", photos[0], "--labels", "cat", "--model", model)
     assert code == 2 and "mis-shaped weights" in err
+    assert len(err.strip().splitlines()) == 1, err  # the per-weight listing folded into one line
     option = next(word.strip("`(),:") for word in err.split() if word.startswith("--"))
     argv = ["train", "--data", "d", "--output-dir", tmp_path / "out", "--model", model, option]
     args = build_parser().parse_args([str(a) for a in argv])  # the option exists, and it loads the model:

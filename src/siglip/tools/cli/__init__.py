@@ -68,11 +68,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_error(err: SiglipError) -> str:
-    """The message of a user error as a command says it: an image file by its name, not by its place in
-    the Python call that read it (`images[0] ('cat.jpg')`)."""
+    """The message of a user error as a command says it, on one line: an image file by its name, not by its
+    place in the Python call that read it (`images[0] ('cat.jpg')`), and a listing (the Python API's
+    checkpoint errors give a line per weight) folded into the line."""
     if isinstance(err, ImageInputError) and err.path is not None:
         return err.renamed(f"'{display_path(err.path)}'")
-    return str(err)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    message = lines[0] if lines else type(err).__name__
+    for line in lines[1:]:  # "heading:" runs on into its first item; the items are separated by "; "
+        message += (" " if message.endswith(":") else "; ") + line
+    return message
 
 
 def _system_error(err: OSError) -> str:
