@@ -301,6 +301,19 @@ def test_decompression_bombs_are_refused(ours, tmp_path, monkeypatch):
     assert ours(tmp_path / "bomb.png", return_tensors="np")["pixel_values"].shape[0] == 1
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_processor_raising_its_limit_leaves_other_processors_at_pillows(tmp_path, monkeypatch):
+    Image.new("RGB", (300, 200)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
+    trusting = SiglipImageProcessor(max_image_pixels=60_000)
+    assert trusting(tmp_path / "bomb.png", return_tensors="np")["pixel_values"].shape[0] == 1
+    assert Image.MAX_IMAGE_PIXELS == 60_000  # raised, as Pillow refuses at twice its own limit
+    with pytest.raises(ImageInputError, match="60000 pixels, more than the limit of 50000"):
+        SiglipImageProcessor()(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 70_000)  # set by the user afterwards: it is the default
+    assert SiglipImageProcessor()(tmp_path / "bomb.png", return_tensors="np")["pixel_values"].shape[0] == 1
+
+
 @pytest.mark.parametrize(
     "images, error, message",
     [

@@ -61,7 +61,7 @@ class _Steps:
     exif_transpose: bool | None
     input_data_format: str | None
     reduced_decode: bool
-    max_image_pixels: int | None  # None: Pillow's `Image.MAX_IMAGE_PIXELS`
+    max_image_pixels: int | None  # None: Pillow's `Image.MAX_IMAGE_PIXELS` (as before a processor raised it)
 
     def target_size(self, height: int, width: int, name: str) -> tuple[int, int] | None:
         """(height, width) to resize an image of `height` x `width` pixels to, or None for no resize."""
@@ -218,7 +218,8 @@ class SiglipImageProcessor(BaseImageProcessor):
         max_image_pixels: image files (paths and bytes) with more pixels are refused before decoding, as
             possible decompression bombs. None (default): Pillow's `PIL.Image.MAX_IMAGE_PIXELS` (about 89
             million). A larger value also raises Pillow's, in the process that decodes, since Pillow refuses
-            files of twice its own limit before this check. A runtime choice, not saved with the settings.
+            files of twice its own limit before this check; processors left at None still use the value
+            Pillow had before. A runtime choice, not saved with the settings.
 
     Accepted images: PIL images of any mode, numpy arrays and torch tensors (H x W, H x W x C or C x H x W
     with C in 1, 3, 4; uint8, integers in 0..255, or floats in [0, 1]; a 4-D array is a batch), file paths
@@ -454,12 +455,26 @@ def _pixels_of(
     return steps.from_float(pixels), note
 
 
+# (Pillow's limit before a processor raised it, the value it was raised to): see `_open`
+_raised_pillow_limit: tuple[int | None, int] | None = None
+
+
+def _pillow_limit() -> int | None:
+    """Pillow's `Image.MAX_IMAGE_PIXELS` as Pillow or the user set it, not as a processor raised it."""
+    if _raised_pillow_limit is not None and _raised_pillow_limit[1] == Image.MAX_IMAGE_PIXELS:
+        return _raised_pillow_limit[0]
+    return Image.MAX_IMAGE_PIXELS
+
+
 def _open(source: str | os.PathLike | io.BytesIO, name: str, steps: _Steps) -> Image.Image:
     """Decode a whole image file, turning every way it can fail into an `ImageInputError` naming it."""
-    limit = Image.MAX_IMAGE_PIXELS if steps.max_image_pixels is None else steps.max_image_pixels
+    global _raised_pillow_limit
+    limit = _pillow_limit() if steps.max_image_pixels is None else steps.max_image_pixels
     if limit is not None and Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         # Pillow refuses at twice its own limit, inside `Image.open`, before the check below: a limit raised
-        # for this processor must raise Pillow's too (in the process that decodes: a worker's own copy)
+        # for this processor must raise Pillow's too (in the process that decodes: a worker's own copy). The
+        # value before is kept: a processor without a limit of its own still refuses files above it.
+        _raised_pillow_limit = (_pillow_limit(), limit)
         Image.MAX_IMAGE_PIXELS = limit
     try:
         with Image.open(source) as image:

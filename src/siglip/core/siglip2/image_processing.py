@@ -121,7 +121,7 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             number works with a NaFlex model: its position grid is resized to each image.
         exif_transpose, num_threads, max_image_pixels: as for `SiglipImageProcessor` (files are turned upright
             by their EXIF orientation, in-memory PIL images are used as given; one thread per core; files of
-            more pixels than Pillow's `MAX_IMAGE_PIXELS` are refused).
+            more pixels than `max_image_pixels` are refused, by default Pillow's `MAX_IMAGE_PIXELS`).
 
     Accepted images and conversion to RGB: as `SiglipImageProcessor` (its documented differences from
     transformers for 16-bit grey, transparent files and bad input apply here too). Deliberate difference:
