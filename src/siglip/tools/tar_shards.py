@@ -32,7 +32,7 @@ def is_shards(arg: str | os.PathLike) -> bool:
 
 def expand_shards(pattern: str) -> list[str]:
     """Shard paths of a path, glob or brace pattern (`{000000..000099}`), sorted."""
-    braceexpand = require("braceexpand", "train", "reading WebDataset shards")  # comes with webdataset
+    braceexpand = require("braceexpand", "shards", "reading WebDataset shards")  # comes with webdataset
     shards: list[str] = []
     for part in braceexpand.braceexpand(pattern):
         shards += sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
@@ -81,7 +81,7 @@ def tar_samples(shard: str) -> list[TarMember]:
     Members are grouped into samples as webdataset groups them: consecutive files of one key (its
     `base_plus_ext`), names without a key left out.
     """
-    base_plus_ext = require("webdataset.tariterators", "train", "reading WebDataset shards").base_plus_ext
+    base_plus_ext = require("webdataset.tariterators", "shards", "reading WebDataset shards").base_plus_ext
     try:
         state = os.stat(shard)
         with tarfile.open(shard) as tar:
