@@ -6,6 +6,7 @@ where a separate process is the point (a read-only mount, two concurrent runs, t
 from __future__ import annotations
 
 import errno
+import gzip
 import io
 import json
 import os
@@ -23,12 +24,15 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from _material import BUNDLED, write_photos
+from _ray_material import write_shards
 from siglip import SearchIndex
 from siglip.core.hub import locate
 from siglip.errors import StoreError, UsageError
 from siglip.tools import store as store_module
 from siglip.tools.cli import main
+from siglip.tools.files import scan_images
 from siglip.tools.index import RECORDS_FILE
+from siglip.tools.tar_shards import is_shards, scan_inputs, tar_samples
 
 pytest_plugins = ["_fixtures"]
 QUIET = ("--workers", "0", "--no-progress")
@@ -144,6 +148,36 @@ def test_names_with_newlines_and_escape_codes_print_safely(tmp_path, capsys):
 
 
 # --- 2. nothing is silently skipped -------------------------------------------------------------------------
+def test_compressed_shards_are_one_line_naming_the_shard_not_a_list_of_unreadable_samples(
+    photos, tmp_path, capsys
+):
+    write_shards(photos[1], tmp_path / "shards", shards=1)
+    for name in ("photos.tar.gz", "gzipped.tar"):
+        (tmp_path / name).write_bytes(gzip.compress((tmp_path / "shards" / "000000.tar").read_bytes()))
+        line = _one_line_error(capsys, "embed", tmp_path / name, "--out", tmp_path / "v.npy", "--model", BUNDLED,
+                               *QUIET)  # fmt: skip
+        assert f"WebDataset shard {tmp_path / name}: not an uncompressed tar file" in line
+        assert "must be decompressed first" in line and not (tmp_path / "v.npy").exists()
+
+
+def test_a_shard_or_folder_named_twice_is_scanned_once(photos, tmp_path):
+    directory, _ = photos
+    write_shards(photos[1], tmp_path / "shards", shards=2)
+    first, second = (str(tmp_path / "shards" / f"00000{i}.tar") for i in (0, 1))
+    scan = scan_inputs([first, tmp_path / "shards" / "*.tar", directory, first, directory])
+    names = [getattr(f, "path", f) for f in scan.files]
+    expected = [m.path for m in tar_samples(first) + tar_samples(second)] + scan_images([directory]).files
+    assert names == expected and len(set(names)) == len(names)
+
+
+def test_only_names_ending_in_tar_are_shards(photos, tmp_path):
+    folder = tmp_path / "x.tarball"  # a folder of images, not a shard
+    shutil.copytree(photos[0], folder)
+    assert scan_inputs([folder]).files == scan_images([folder]).files != []
+    shards = ("s/{000000..000009}.tar", "s/*.tar", "{a.tar,b.tar}", "s/a.tar.gz")
+    assert all(map(is_shards, shards)) and not any(map(is_shards, (folder, "notes.tar.d/", "x.tart")))
+
+
 def test_unreadable_folders_and_files_are_reported_as_permission_denied(tmp_path, capsys, monkeypatch):
     root = tmp_path / "photos"
     readable = [str(p) for p in write_photos(root, corrupt=False)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+import re
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,14 @@ from .deps import require
 from .files import IMAGE_EXTENSIONS, ImageScan, os_error_reason, scan_images
 from .store import FileState
 
+# A shard name ends in `.tar` (a compressed one in `.tar.gz`..., refused with a message when read), also inside
+# a brace pattern (`{a.tar,b.tar}`): a folder such as `x.tarball/` is not a shard
+_SHARD_NAME = re.compile(r"\.tar(\.(gz|bz2|xz|zst))?($|[,}])")
+
 
 def is_shards(arg: str | os.PathLike) -> bool:
     """Whether a command-line input names WebDataset shards (a `.tar` path, glob or brace pattern)."""
-    return ".tar" in os.fspath(arg)
+    return _SHARD_NAME.search(os.fspath(arg)) is not None
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -76,16 +81,22 @@ class TarMember(FileState):
 
 
 def tar_samples(shard: str) -> list[TarMember]:
-    """The samples of a shard, in order, from its member headers (an uncompressed tar is seeked over, not read).
+    """The samples of a shard, in order, from its member headers (the tar is seeked over, not read).
 
     Members are grouped into samples as webdataset groups them: consecutive files of one key (its
-    `base_plus_ext`), names without a key left out.
+    `base_plus_ext`), names without a key left out. A compressed shard is refused: an image is read by
+    seeking to its offset in the file, which only an uncompressed tar has.
     """
     base_plus_ext = require("webdataset.tariterators", "shards", "reading WebDataset shards").base_plus_ext
     try:
         state = os.stat(shard)
-        with tarfile.open(shard) as tar:
+        with tarfile.open(shard, "r:") as tar:
             members = [(*base_plus_ext(m.name), m) for m in tar if m.isfile()]
+    except tarfile.ReadError as err:
+        raise DataError(
+            f"cannot read WebDataset shard {shard}: not an uncompressed tar file ({err}); a compressed shard "
+            "must be decompressed first (e.g. gunzip)"
+        ) from err
     except (tarfile.TarError, OSError) as err:
         raise DataError(f"cannot read WebDataset shard {shard}: {err}") from err
     samples = []
@@ -108,21 +119,25 @@ def tar_samples(shard: str) -> list[TarMember]:
 
 
 def scan_inputs(paths: Sequence[str | os.PathLike]) -> ImageScan:
-    """`scan_images(paths)`, with each WebDataset shard pattern giving its samples (`TarMember`s) in its place."""
-    scan, plain = ImageScan(), []
+    """`scan_images(paths)`, with each WebDataset shard pattern giving its samples (`TarMember`s) in its place;
+    like `scan_images`, a file or sample named twice (`a.tar 'a*.tar'`) is in the scan once."""
+    files: dict[str, str | FileState] = {}  # by name; a name given again keeps its first place
+    skipped: dict[tuple[str, str], None] = {}
+    plain: list[str] = []
 
     def flush() -> None:
         if plain:
             found = scan_images(plain)
-            scan.files.extend(found.files)
-            scan.skipped.extend(found.skipped)
+            files.update((path, path) for path in found.files)
+            skipped.update(dict.fromkeys(found.skipped))
             plain.clear()
 
     for arg in map(os.fspath, paths):
         if is_shards(arg):
             flush()
-            scan.files.extend(m for shard in expand_shards(arg) for m in tar_samples(shard))
+            members = (m for shard in expand_shards(arg) for m in tar_samples(shard))
+            files.update((m.path, m) for m in members)
         else:
             plain.append(arg)
     flush()
-    return scan
+    return ImageScan(list(files.values()), list(skipped))
