@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -168,6 +169,21 @@ def test_a_shard_or_folder_named_twice_is_scanned_once(photos, tmp_path):
     names = [getattr(f, "path", f) for f in scan.files]
     expected = [m.path for m in tar_samples(first) + tar_samples(second)] + scan_images([directory]).files
     assert names == expected and len(set(names)) == len(names)
+
+
+def test_shards_without_webdataset_name_an_extra_that_brings_it_and_ray_brings_it(
+    photos, tmp_path, capsys, monkeypatch
+):
+    write_shards(photos[1], tmp_path / "shards", shards=1)
+    for module in ("webdataset", "webdataset.tariterators", "braceexpand"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    line = _one_line_error(capsys, "embed", tmp_path / "shards" / "000000.tar", "--out", tmp_path / "v.npy",
+                           "--model", BUNDLED, *QUIET)  # fmt: skip
+    assert "reading WebDataset shards needs the" in line and line.endswith("pip install 'siglip[shards]'")
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    extras = tomllib.loads(pyproject)["project"]["optional-dependencies"]
+    assert [r for r in extras["shards"] if r.startswith("webdataset")]  # what the error installs reads shards
+    assert "siglip[shards]" in extras["ray"] and "siglip[shards]" in extras["train"]  # README's installs
 
 
 def test_only_names_ending_in_tar_are_shards(photos, tmp_path):
