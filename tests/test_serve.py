@@ -373,6 +373,31 @@ def test_a_non_loopback_bind_needs_an_api_key(capsys, monkeypatch):
     assert "binding 0.0.0.0 exposes the server to other machines: give --api-key" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, in the upload check
+def test_images_up_to_max_pixels_are_embedded_above_pillows_limit(embedder, tmp_path, monkeypatch):
+    """--max-pixels is the one limit: the processor (Pillow's limit by default) does not refuse below it."""
+    import uvicorn
+
+    Image.new("RGB", (300, 200), "blue").save(tmp_path / "big.png")
+    expected = embedder.embed_images([tmp_path / "big.png"])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # Pillow's limit (89 million), scaled down
+    answers = []
+
+    def serve_one_request(server: uvicorn.Server) -> None:  # in place of listening on a port
+        with TestClient(server.config.app) as client:
+            answers.append(
+                client.post(
+                    "/v1/embed/image", files={"file": ("big.png", (tmp_path / "big.png").read_bytes())}
+                )
+            )
+
+    monkeypatch.setattr(uvicorn.Server, "run", serve_one_request)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # serve's SIGTERM handler stays out of pytest
+    assert main(["serve", "--model", BUNDLED, "--precision", "fp32", "--max-pixels", "60000"]) == 0
+    assert answers[0].status_code == 200, answers[0].text
+    np.testing.assert_allclose(answers[0].json()["embeddings"], expected, atol=1e-5)
+
+
 def test_cors_is_off_unless_asked_for(embedder):
     preflight = {"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
     with TestClient(create_app(embedder)) as client:

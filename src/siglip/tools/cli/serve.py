@@ -93,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--ray-address", default=None, help="Ray cluster to join with --ray (default: start a local one)"
     )
-    parser.set_defaults(run=run, reduced_decode=False, max_image_pixels=None)  # --max-pixels checks uploads
+    parser.set_defaults(run=run, reduced_decode=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         cors_origins=tuple(args.cors_origins),
     )
+    # one pixel limit: an upload --max-pixels lets through must not be refused by the processor's default
+    # (Pillow's, about 89 million); both paths read it through model_kwargs
+    args.max_image_pixels = args.max_pixels
     if args.ray:
         return _run_on_ray(args, settings)
     embedder = Embedder.from_pretrained(_model_of(args), **model_kwargs(args))
