@@ -695,3 +695,18 @@ def test_torch_checkpoints_of_both_formats_load_and_pickled_code_is_one_line(
     line = _one_line_error(capsys, "classify", photos[0], "--labels", "cat", "--model", model)
     assert f"'{model / 'pytorch_model.bin'}' as plain tensors: it holds pickled code" in line
     assert "never executes" in line and not (tmp_path / "exploited").exists()
+
+
+def test_a_torch_checkpoint_that_cannot_be_opened_is_an_error_naming_it(tmp_path):
+    """Not the file system's raw OSError: the one-line error of the loader (or of the converter) calling it."""
+    from siglip.core.convert import ConversionError
+    from siglip.core.hub import load_pickled_tensors
+    from siglip.errors import CheckpointError
+
+    for error in (CheckpointError, ConversionError):
+        with pytest.raises(
+            error, match=f"'{tmp_path / 'gone.bin'}' cannot be opened: no such file or directory"
+        ):
+            load_pickled_tensors(tmp_path / "gone.bin", error=error)
+        with pytest.raises(error, match=f"'{tmp_path}' cannot be opened: is a directory"):
+            load_pickled_tensors(tmp_path, error=error)

@@ -303,11 +303,13 @@ def load_pickled_tensors(
 
     A file that holds code, or is damaged, raises a one-line `error` naming it.
     """
-    with open(file, "rb") as f:
-        zipped = zipfile.is_zipfile(f)  # only the zip format can be memory-mapped
     try:
+        with open(file, "rb") as f:
+            zipped = zipfile.is_zipfile(f)  # only the zip format can be memory-mapped
         return torch.load(file, map_location=device, weights_only=True, mmap=zipped)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError...
+        if isinstance(err, OSError) and err.errno is not None:  # the file system refused, not the data
+            raise error(f"'{file}' cannot be opened: {(err.strerror or str(err)).lower()}") from None
         # torch's message is a page of advice on unsafe loading; one of its lines says what was found
         lines = str(err).splitlines()
         found = next((ln for ln in lines if "GLOBAL" in ln), None) or next(
