@@ -286,13 +286,15 @@ def test_grad_clip_zero_turns_clipping_off(start, colours, tmp_path):
     assert records[-1]["loss"] < records[0]["loss"]  # and the run learns (clip 0 must not zero the gradients)
 
 
-def test_partial_checkpoints_are_ignored(start, colours, tmp_path):
+def test_partial_checkpoints_and_metrics_lines_are_ignored(start, colours, tmp_path):
     train(_config(start, colours, tmp_path, steps=4, save_every=2))
     root = tmp_path / "checkpoints"
     assert latest_checkpoint(tmp_path) == root / "step-00000004"
     # A crash while writing step 6 leaves a partial folder and no pointer update: resumption ignores it.
     (root / ".step-00000006.partial").mkdir()
     (root / ".latest.partial").write_text("step-00000006\n")
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # and a line cut short by a full disk: dropped on resume
+        f.write('{"step": 5, "lo')
     assert latest_checkpoint(tmp_path) == root / "step-00000004"
     train(_config(start, colours, tmp_path, steps=6, save_every=2, resume=True))
     assert [r["step"] for r in _metrics(tmp_path)] == list(range(1, 7))

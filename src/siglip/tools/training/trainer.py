@@ -362,6 +362,14 @@ def _source(config: TrainConfig, processor: Processor, layout: BatchLayout) -> D
     return source
 
 
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 class _Metrics:
     """metrics.jsonl on the main process; on resume, lines after the resumed step are dropped."""
 
@@ -369,6 +377,8 @@ class _Metrics:
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            if lines and not _is_json(lines[-1]):
+                lines.pop()  # cut short (a full disk, a kill mid-write): its step is logged again
             kept = "".join(ln + "\n" for ln in lines if json.loads(ln).get("step", 0) <= resumed_step)
             replace_atomically(path, lambda tmp: tmp.write_text(kept))  # killed here: the old lines stay
 
