@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from _reference import quiet_transformers
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+from siglip.tools.cli import main
 from siglip.tools.embedder import Embedder
 from siglip.tools.evaluation import evaluate_zeroshot
 from siglip.tools.training import DataError, TrainConfig, latest_checkpoint, train, trainer
@@ -396,7 +397,7 @@ def test_fine_tuned_transformers_checkpoint_loads_in_transformers(start, colours
     )
 
 
-def test_config_errors(start, tmp_path):
+def test_config_errors(start, tmp_path, capsys):
     with pytest.raises(ValueError, match="exactly one of model"):
         TrainConfig(data="x", output_dir="y")
     with pytest.raises(ValueError, match="multiple of grad_accum"):
@@ -411,6 +412,10 @@ def test_config_errors(start, tmp_path):
         TrainConfig(data="x", output_dir="y", model="m", eval_every=5)
     with pytest.raises(ValueError, match="one of group_column or group_identical_captions"):
         TrainConfig(data="x", output_dir="y", model="m", group_column="g", group_identical_captions=True)
+    argv = ["train", "--data", "x", "--output-dir", tmp_path / "out", "--config", start, "--processor", start]
+    assert main([str(a) for a in [*argv, "--ignore-mismatched-sizes"]]) == 2  # not silently ignored
+    message = "ignore_mismatched_sizes applies to the weights of model; config trains from scratch"
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
     with pytest.raises(DataError, match="a group column labels the rows of a pairs file"):
         train(_config(start, tmp_path, tmp_path / "out", group_column="g"))
 

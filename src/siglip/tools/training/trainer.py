@@ -173,6 +173,9 @@ class TrainConfig:
             raise UsageError(
                 f"batch_size {self.batch_size} must be a positive multiple of grad_accum {self.grad_accum}"
             )
+        if self.config is not None and self.ignore_mismatched_sizes:
+            raise UsageError("ignore_mismatched_sizes applies to the weights of model; config trains from scratch, "
+                             "with no weights to load")  # fmt: skip
         if self.config is not None and self.processor is None:
             raise UsageError("training from a config needs processor: a directory with the tokenizer and "
                              "image-processor files (spiece.model, preprocessor_config.json, ...)")  # fmt: skip
