@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -378,6 +379,12 @@ def test_webdataset_shards(start, colours, tmp_path):
     assert _metrics(out)[-1]["failed_images"] in (2, 4)  # the bad pair, once or twice in two epochs
     with pytest.raises(DataError, match="WebDataset shards not found"):
         train(_config(start, str(tmp_path / "nothing-{0000..0001}.tar"), tmp_path / "x"))
+    for shard in range(3):  # gzipped shards (webdataset reads them): counted as the plain ones are
+        plain = tmp_path / f"shard-{shard:04d}.tar"
+        (tmp_path / f"zipped-{shard:04d}.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    train(_config(start, str(tmp_path / "zipped-{0000..0002}.tar.gz"), tmp_path / "gz", steps=2,
+                  max_bad_fraction=0.05))  # fmt: skip
+    assert _metrics(tmp_path / "gz")[0]["epoch"] == pytest.approx(1 / 6)
 
 
 def test_fine_tuned_transformers_checkpoint_loads_in_transformers(start, colours, tmp_path):

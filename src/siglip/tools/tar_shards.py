@@ -87,22 +87,10 @@ def tar_samples(shard: str) -> list[TarMember]:
     `base_plus_ext`), names without a key left out. A compressed shard is refused: an image is read by
     seeking to its offset in the file, which only an uncompressed tar has.
     """
-    base_plus_ext = require("webdataset.tariterators", "shards", "reading WebDataset shards").base_plus_ext
-    try:
-        state = os.stat(shard)
-        with tarfile.open(shard, "r:") as tar:
-            members = [(*base_plus_ext(m.name), m) for m in tar if m.isfile()]
-    except tarfile.ReadError as err:
-        raise DataError(
-            f"cannot read WebDataset shard {shard}: not an uncompressed tar file ({err}); a compressed shard "
-            "must be decompressed first (e.g. gunzip)"
-        ) from err
-    except (tarfile.TarError, OSError) as err:
-        raise DataError(f"cannot read WebDataset shard {shard}: {err}") from err
+    grouped = _grouped_members(shard, compressed=False)
+    state = os.stat(shard)
     samples = []
-    keyed = (m for m in members if m[0] is not None)
-    for key, group in itertools.groupby(keyed, key=lambda m: m[0]):
-        by_field = {ext.lower(): member for _, ext, member in group}
+    for key, by_field in grouped:
         image = by_field.get(image_field(by_field) or "")
         samples.append(
             TarMember(
@@ -116,6 +104,34 @@ def tar_samples(shard: str) -> list[TarMember]:
             )
         )
     return samples
+
+
+def count_samples(shard: str) -> int:
+    """How many samples a shard holds, grouped as `tar_samples` groups them; compressed shards too (training
+    streams them through webdataset, which reads gzip)."""
+    return len(_grouped_members(shard, compressed=True))
+
+
+def _grouped_members(shard: str, compressed: bool) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
+    """(key, {extension: member}) of each sample of a shard, in order."""
+    base_plus_ext = require("webdataset.tariterators", "shards", "reading WebDataset shards").base_plus_ext
+    try:
+        with tarfile.open(shard, "r:*" if compressed else "r:") as tar:
+            members = [(*base_plus_ext(m.name), m) for m in tar if m.isfile()]
+    except tarfile.ReadError as err:
+        if compressed:
+            raise DataError(f"cannot read WebDataset shard {shard}: not a tar file ({err})") from err
+        raise DataError(
+            f"cannot read WebDataset shard {shard}: not an uncompressed tar file ({err}); a compressed shard "
+            "must be decompressed first (e.g. gunzip)"
+        ) from err
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"cannot read WebDataset shard {shard}: {err}") from err
+    keyed = (m for m in members if m[0] is not None)
+    return [
+        (key, {ext.lower(): member for _, ext, member in group})
+        for key, group in itertools.groupby(keyed, key=lambda m: m[0])
+    ]
 
 
 def scan_inputs(paths: Sequence[str | os.PathLike]) -> ImageScan:

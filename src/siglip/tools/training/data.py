@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from ...core.siglip.image_processing import SiglipImageProcessor
 from ...errors import DataError
 from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample
-from ..tar_shards import expand_shards, image_field, is_shards, sample_name, tar_samples
+from ..tar_shards import count_samples, expand_shards, image_field, is_shards, sample_name
 from ..zeroshot import check_templates
 
 logger = logging.getLogger("siglip")
@@ -200,7 +200,7 @@ class WebDatasetSource(IterableDataset):
         self.processor = processor
         self.layout = layout
         self.batches_per_epoch = layout.batches(
-            sum(len(tar_samples(shard)) for shard in self.shards), f"the shards {pattern}"
+            sum(count_samples(shard) for shard in self.shards), f"the shards {pattern}"
         )
         self.epoch, self.start = 0, 0
 
