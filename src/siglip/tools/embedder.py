@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..core.auto import AutoModel, AutoProcessor, Processor, TwoTowerModel
-from ..core.hub import locate
+from ..core.hub import Checkpoint, locate
 from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
 from ..core.siglip2.image_processing import Siglip2ImageProcessor
 from ..errors import CheckpointError, ImageInputError, UsageError
@@ -123,9 +123,7 @@ class Embedder:
         mode = InferenceMode(precision, compile).resolve(device)
         checkpoint = locate(name_or_path)  # once, for the model and its processor
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
-        processor = AutoProcessor.from_pretrained(checkpoint)
-        configure_images(
-            processor,
+        processor = load_processor(
             checkpoint,
             reduced_decode=reduced_decode,
             max_num_patches=max_num_patches,
@@ -247,6 +245,13 @@ def _non_finite(model: TwoTowerModel) -> str:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             return f"its weight {name!r} holds NaN or infinite values; the checkpoint is damaged"
     return "its weights are finite, so the computation overflowed: try --precision fp32"
+
+
+def load_processor(checkpoint: Checkpoint, **image_options: Any) -> Processor:
+    """The processor of `checkpoint`, its images set by `image_options` (see `configure_images`)."""
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    configure_images(processor, checkpoint, **image_options)
+    return processor
 
 
 def configure_images(

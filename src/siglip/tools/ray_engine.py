@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from ..core.auto import AutoConfig, AutoProcessor
+from ..core.auto import AutoConfig
 from ..core.hub import CONFIG_NAME, locate
 from ..errors import UsageError
 from .data import ImageProcessor, Sample, collate, load_sample
 from .deps import require
-from .embedder import configure_images, patch_budget
+from .embedder import load_processor, patch_budget
 from .embedding_files import parquet_schema, parquet_table
 from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
@@ -160,9 +160,7 @@ def embed_with_ray(
     out.mkdir(parents=True, exist_ok=True)
     shard_size = -(-shard_size // batch_size) * batch_size  # whole batches: those of an in-process run
     checkpoint = locate(model)
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    configure_images(
-        processor,
+    processor = load_processor(
         checkpoint,
         reduced_decode=reduced_decode,
         max_num_patches=max_num_patches,
