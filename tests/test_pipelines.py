@@ -257,6 +257,20 @@ def test_an_interrupted_embedding_run_resumes_without_redoing_finished_batches(
     np.testing.assert_allclose(np.load(out), embedder.embed_images([str(f) for f in files]), atol=1e-5)
 
 
+def test_a_journal_short_of_rows_writes_no_npy_file(embedder, photos, tmp_path, monkeypatch):
+    """The .npy header gives the row count before the rows are written: a journal that yields fewer rows than
+    the paths listed (a damaged one) must fail, not leave a file np.load refuses."""
+    directory, files = photos
+    in_order = VectorStore.in_order
+    monkeypatch.setattr(VectorStore, "in_order", lambda self, paths: in_order(self, paths[:-1]))
+    out = tmp_path / "vectors.npy"
+    with pytest.raises(
+        StoreError, match=f"vectors.npy.partial' gave {len(files) - 1} of the {len(files)} embeddings"
+    ):
+        embed_to_file([directory], out, embedder, batch_size=2, workers=0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.npy.partial"]  # kept for a rerun
+
+
 def test_resuming_with_another_model_is_refused(embedder, photos, tmp_path, spiece_model):
     directory, _ = photos
     other = Embedder.from_pretrained(save_tiny_checkpoint(tmp_path / "other", spiece_model, seed=1))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import StoreError, UsageError
 from .deps import require
 from .embedder import Embedder
 from .files import ImageScan, skipped_as_json
@@ -156,7 +156,13 @@ def _write_npy(store: VectorStore, paths: list[str], out: Path) -> None:
         "fortran_order": False,
         "shape": shape,
     }
+    written = 0
     with open(out, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
         for _chunk, vectors in store.in_order(paths):
             f.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+            written += len(vectors)
+    if written != len(paths):  # the header promised len(paths) rows: a short file would not load
+        raise StoreError(
+            f"'{store.path}' gave {written} of the {len(paths)} embeddings it recorded: delete it, run again"
+        )
