@@ -112,7 +112,8 @@ class SearchIndex:
     Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
     `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile`, `reduced_decode`,
     `max_num_patches` and `max_image_pixels` are how a model loaded by name runs (see
-    `Embedder.from_pretrained`); an `Embedder` runs as it was made. `precision` and `max_num_patches` default to those the index was built with ("auto" and the
+    `Embedder.from_pretrained`); an `Embedder` runs as it was made. `precision`, `max_num_patches` and
+    `reduced_decode` default to those the index was built with ("auto" and the
     checkpoint's for a new one); others than those are refused (`StoreError`). `index_type` and `storage` (see
     `siglip.tools.ann`; default: as stored, else "auto") are kept with the index; changing them rebuilds the
     vector file at the next search or update.
@@ -141,7 +142,7 @@ class SearchIndex:
         self.load_options = {
             "precision": precision,
             "compile": compile,
-            "reduced_decode": reduced_decode,
+            "reduced_decode": reduced_decode or None,  # False: not asked, the recorded value holds
             "max_num_patches": max_num_patches,
             "max_image_pixels": max_image_pixels,
         }
