@@ -220,6 +220,12 @@ def test_embed_to_file_writes_vectors_paths_and_a_manifest(embedder, photos, tmp
         len(files),
     )
     assert (report.count, report.embedded, report.failed) == (len(files), len(files), 1)
+    # what an index importing the file records: the precision, no patch budget, decoding at full scale
+    assert {k: manifest.get(k, "absent") for k in ("precision", "max_num_patches", "reduced_decode")} == {
+        "precision": embedder.mode.precision,
+        "max_num_patches": None,
+        "reduced_decode": False,
+    }
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [out.name, f"{out.name}.json"]
     )  # journal gone

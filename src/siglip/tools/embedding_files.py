@@ -62,8 +62,9 @@ def embed_to_file(
 
     Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
     with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
-    count, unreadable files and why). Finished batches are kept in `<out>.partial` (SQLite) as they complete:
-    rerunning an interrupted command embeds only what is left. The output appears only when complete.
+    count, `Embedder.settings`, unreadable files and why). Finished batches are kept in `<out>.partial`
+    (SQLite) as they complete: rerunning an interrupted command embeds only what is left. The output appears
+    only when complete.
     `paths` may also be the `ImageScan` of a scan already made; the entries it left out are listed as skipped.
     """
     out = Path(out)
@@ -87,7 +88,7 @@ def embed_to_file(
             "dims": embedder.dims,
             "count": len(kept),
             "format": out.suffix[1:],
-            "precision": embedder.mode.precision,
+            **embedder.settings,  # precision, image options: what an index importing them records
         }
         if pa is None:
             manifest["paths"] = kept
