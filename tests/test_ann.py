@@ -4,6 +4,7 @@ memory-mapped opening, and a build killed with SIGKILL."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -231,6 +232,78 @@ def test_an_import_streams_the_vectors_in_bounded_reads_and_answers_like_the_rec
     again = imported.import_embeddings(tmp_path / "vectors.parquet")
     assert (again.added, again.unchanged, again.total) == (0, 3000, 3000)
     assert imported.sync().ntotal == 3000
+
+
+def test_an_import_records_the_settings_of_its_embeddings_and_refuses_others(tmp_path):
+    """An empty index takes the settings `siglip embed` (manifest) or the Ray engine (shard record) made the
+    embeddings with, not those of the model it loaded; one holding images refuses others made otherwise."""
+    import pyarrow.parquet as pq
+
+    from siglip.errors import StoreError, UsageError
+    from siglip.tools.embedding_shards import SHARD_METADATA
+    from siglip.tools.index import _EMBEDDING
+
+    vectors = clustered(300, 64, clusters=5, rank=8)
+    made = {"precision": "bf16", "max_num_patches": None, "reduced_decode": True}
+    for folder in ("embed", "ray"):
+        (tmp_path / folder).mkdir()
+    _embeddings_file(tmp_path / "embed" / "vectors.parquet", vectors[:200])
+    (tmp_path / "embed" / "vectors.parquet.json").write_text(json.dumps({"model": "synthetic", **made}))
+    index = _new_index(tmp_path / "index", vectors[:0])
+    local = {"precision": "fp32", "max_num_patches": None, "reduced_decode": False}  # as a new index records
+    index.store.set_meta(_EMBEDDING, json.dumps(local))
+    index.import_embeddings(tmp_path / "embed")
+    assert index.embedding_settings == made and len(index) == 200
+
+    ray = tmp_path / "ray" / "part-00000.parquet"  # a Ray shard in fp32 of the rows 200..299
+    _embeddings_file(ray, vectors)
+    table = pq.read_table(ray).slice(200)
+    record = {"model": "synthetic", "skipped": [], **local}
+    pq.write_table(table.replace_schema_metadata({SHARD_METADATA: json.dumps(record)}), ray)
+    with pytest.raises(StoreError, match="built with --precision bf16, the embeddings were made with fp32"):
+        index.import_embeddings(ray.parent)
+    assert len(index) == 200 and index.embedding_settings == made
+
+    fresh = _new_index(tmp_path / "fresh", vectors[:0])
+    fresh.import_embeddings(ray.parent)
+    assert fresh.embedding_settings == local
+    (tmp_path / "embed" / "vectors.parquet.json").unlink()  # not recorded: None, which refuses nothing
+    unknown = _new_index(tmp_path / "unknown", vectors[:0])
+    unknown.import_embeddings(tmp_path / "embed")
+    assert unknown.embedding_settings == {"precision": None, "max_num_patches": None, "reduced_decode": None}
+    unknown.import_embeddings(ray.parent)
+    assert len(unknown) == 300 and SearchIndex(tmp_path / "unknown").load_options["precision"] == "auto"
+
+    (ray.parent / "vectors.parquet.json").write_text(json.dumps(made))  # a folder of embeddings made unlike
+    _embeddings_file(ray.parent / "vectors.parquet", vectors[:10])
+    with pytest.raises(UsageError, match=r"differing precision \['bf16', 'fp32'\]"):
+        _new_index(tmp_path / "mixed", vectors[:0]).import_embeddings(ray.parent)
+
+
+def test_an_embeddings_file_replaced_during_an_import_is_refused_and_the_index_kept(tmp_path, monkeypatch):
+    """The import reads its files in several passes (paths, then vectors): a file replaced between them would
+    pair the recorded paths with other rows' vectors; it is refused and the import rolled back."""
+    from siglip.errors import DataError
+
+    vectors = clustered(300, 64, clusters=5, rank=8)
+    source = tmp_path / "vectors.parquet"
+    _embeddings_file(source, vectors)
+    index = _new_index(tmp_path / "index", vectors[:0])
+    record_paths = SearchIndex._record_imported_paths
+
+    def then_replaced(self, files, first):
+        report = record_paths(self, files, first)
+        _embeddings_file(tmp_path / "other.parquet", vectors[::-1].copy())  # the same paths, rows reversed
+        os.replace(tmp_path / "other.parquet", source)
+        return report
+
+    monkeypatch.setattr(SearchIndex, "_record_imported_paths", then_replaced)
+    with pytest.raises(DataError, match=f"{source} changed while being imported"):
+        index.import_embeddings(source)
+    assert len(index) == 0
+    monkeypatch.undo()
+    index.import_embeddings(source)  # the file as it is now: its paths with their own vectors
+    assert index.search(vectors[0], 1)[0][0].path == "/v/299.jpg"
 
 
 _KILLED_IMPORT = """

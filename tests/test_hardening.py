@@ -430,7 +430,7 @@ def test_a_full_disk_at_each_ray_engine_output_leaves_nothing_half_written(tmp_p
             "node": "n1", "precision": "fp32"}  # fmt: skip
     steps = {
         ray_engine.PLAN_FILE: lambda: ray_engine._plan(tmp_path, ["a.jpg", "b.jpg"], 2, 2, None),
-        "part-00000.parquet": lambda: ray_engine._commit_shard(pa, schema, tmp_path, 0, "m", "f", [part]),
+        "part-00000.parquet": lambda: ray_engine._commit_shard(pa, schema, tmp_path, 0, "m", "f", {}, [part]),
         ray_engine.MANIFEST_FILE: lambda: ray_engine._finish(
             tmp_path, {"shards": 1}, "m", 4, "f", 2, 0, 0, set()
         ),

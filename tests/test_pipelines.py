@@ -220,6 +220,12 @@ def test_embed_to_file_writes_vectors_paths_and_a_manifest(embedder, photos, tmp
         len(files),
     )
     assert (report.count, report.embedded, report.failed) == (len(files), len(files), 1)
+    # what an index importing the file records: the precision, no patch budget, decoding at full scale
+    assert {k: manifest.get(k, "absent") for k in ("precision", "max_num_patches", "reduced_decode")} == {
+        "precision": embedder.mode.precision,
+        "max_num_patches": None,
+        "reduced_decode": False,
+    }
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [out.name, f"{out.name}.json"]
     )  # journal gone
@@ -255,6 +261,20 @@ def test_an_interrupted_embedding_run_resumes_without_redoing_finished_batches(
     assert seen == everything[4:]  # the first two batches (4 files, one of them broken) were not redone
     assert (report.count, report.embedded, report.failed) == (len(files), 2, 0)
     np.testing.assert_allclose(np.load(out), embedder.embed_images([str(f) for f in files]), atol=1e-5)
+
+
+def test_a_journal_short_of_rows_writes_no_npy_file(embedder, photos, tmp_path, monkeypatch):
+    """The .npy header gives the row count before the rows are written: a journal that yields fewer rows than
+    the paths listed (a damaged one) must fail, not leave a file np.load refuses."""
+    directory, files = photos
+    in_order = VectorStore.in_order
+    monkeypatch.setattr(VectorStore, "in_order", lambda self, paths: in_order(self, paths[:-1]))
+    out = tmp_path / "vectors.npy"
+    with pytest.raises(
+        StoreError, match=f"vectors.npy.partial' gave {len(files) - 1} of the {len(files)} embeddings"
+    ):
+        embed_to_file([directory], out, embedder, batch_size=2, workers=0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.npy.partial"]  # kept for a rerun
 
 
 def test_resuming_with_another_model_is_refused(embedder, photos, tmp_path, spiece_model):

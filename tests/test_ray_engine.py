@@ -155,6 +155,14 @@ def test_max_num_patches_reaches_the_ray_decoders(cluster, tmp_path, capsys):
     assert np.array_equal(vectors, expected)
     default = Embedder.from_pretrained(model, device="cpu", precision="fp32").embed_images(paths)
     assert not np.allclose(vectors, default, atol=1e-3)
+    # an index of the shards records their budget, not the checkpoint's its own model loads with
+    assert main(["index", "--index", str(tmp_path / "index"), "--from-embeddings", str(out)]) == 0
+    with SearchIndex(tmp_path / "index") as index:
+        assert index.embedding_settings == {
+            "precision": "fp32",
+            "max_num_patches": 24,
+            "reduced_decode": None,
+        }
     capsys.readouterr()
     assert main(["embed", str(tmp_path / "images"), "--out", str(out), "--engine", "ray", "--model", model,
                  "--precision", "fp32", "--batch-size", "4"]) == 2  # fmt: skip

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _material import save_tiny_checkpoint, write_photos
+from _material import BUNDLED, save_tiny_checkpoint, write_photos
 from siglip import Embedder, SearchIndex, find_images
 from siglip.errors import MissingDependencyError
+from siglip.tools.cli import main
 from siglip.tools.index import RECORDS_FILE, VECTORS_FILE
 from siglip.tools.store import FileState, StoreError
 
@@ -99,6 +100,30 @@ def test_update_embeds_new_and_changed_files_and_drops_deleted_ones(embedder, tm
     brute = _brute_force(np.stack(list(expected.values())), list(expected), query, 5)
     _assert_same_ranking(index.search_text("a cat", k=5), brute)
     assert index.search_image(str(files[1]), k=1)[0].path == str(files[1])
+
+
+def test_an_index_built_with_reduced_decode_keeps_it_and_refuses_a_model_without_it(
+    embedder, tmp_path, capsys
+):
+    """reduced_decode changes the pixels of large JPEG files: the index records it with the precision, a later
+    opening without the option decodes alike, and an Embedder that decodes otherwise adds nothing."""
+    files = write_photos(tmp_path / "photos")
+    directory = tmp_path / "index"
+    with SearchIndex(directory, BUNDLED, device="cpu", precision="fp32", reduced_decode=True) as index:
+        index.update([files[0]], workers=0, progress=False)
+    with SearchIndex(directory) as reopened:
+        assert reopened.embedding_settings == {
+            "precision": "fp32",
+            "max_num_patches": None,
+            "reduced_decode": True,
+        }
+        assert reopened.embedder.processor.image_processor.reduced_decode  # not asked for: as built
+    assert not embedder.processor.image_processor.reduced_decode and embedder.mode.precision == "fp32"
+    with pytest.raises(StoreError, match="built with --reduced-decode True, the model given runs with False"):
+        SearchIndex(directory, embedder).update([files[1]], workers=0, progress=False)
+    assert len(SearchIndex(directory)) == 1
+    assert main(["info", str(directory)]) == 0
+    assert "precision fp32, reduced JPEG decoding" in capsys.readouterr().out
 
 
 def test_an_index_refuses_another_model_and_a_missing_index(embedder, tmp_path, spiece_model):

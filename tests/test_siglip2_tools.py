@@ -239,7 +239,7 @@ def test_an_index_embeds_as_it_was_built_and_refuses_other_settings(checkpoints,
     capsys.readouterr()
     assert main(["info", index, "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
-    assert described["embedding"] == {"precision": "fp32", "max_num_patches": 16}
+    assert described["embedding"] == {"precision": "fp32", "max_num_patches": 16, "reduced_decode": None}
     assert main(["info", index]) == 0
     assert "precision fp32, max_num_patches 16" in capsys.readouterr().out
 
@@ -249,7 +249,11 @@ def test_an_index_embeds_as_it_was_built_and_refuses_other_settings(checkpoints,
     expected = budget16.embed_images(later)
     assert not np.allclose(expected, default.embed_images(later), atol=1e-3)  # the budget matters
     with SearchIndex(index) as opened:
-        assert opened.embedder.settings == {"precision": "fp32", "max_num_patches": 16}
+        assert opened.embedder.settings == {
+            "precision": "fp32",
+            "max_num_patches": 16,
+            "reduced_decode": None,
+        }
         hit = opened.search_image(later[1], k=1)[0]
         assert hit.path == later[1] and hit.score == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(opened.entry(hit.id)[1], expected[1], atol=1e-6)  # flat fp32 storage

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..core.auto import AutoModel, AutoProcessor, Processor, TwoTowerModel
-from ..core.hub import locate
+from ..core.hub import Checkpoint, locate
 from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
 from ..core.siglip2.image_processing import Siglip2ImageProcessor
 from ..errors import CheckpointError, ImageInputError, UsageError
@@ -123,9 +123,7 @@ class Embedder:
         mode = InferenceMode(precision, compile).resolve(device)
         checkpoint = locate(name_or_path)  # once, for the model and its processor
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
-        processor = AutoProcessor.from_pretrained(checkpoint)
-        configure_images(
-            processor,
+        processor = load_processor(
             checkpoint,
             reduced_decode=reduced_decode,
             max_num_patches=max_num_patches,
@@ -144,12 +142,9 @@ class Embedder:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """What, besides the weights, decides the image embeddings: the resolved precision, and the patch
-        budget of a NaFlex model (None for fixed-size ones). An index records them (see `SearchIndex`)."""
-        return {
-            "precision": self.mode.precision,
-            "max_num_patches": patch_budget(self.processor),
-        }
+        """What, besides the weights, decides the image embeddings: the resolved precision and the processor's
+        `image_settings`. An index records them (see `SearchIndex`)."""
+        return {"precision": self.mode.precision, **image_settings(self.processor)}
 
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) embeddings of a text or a list of texts (padded to the model's text length)."""
@@ -249,6 +244,13 @@ def _non_finite(model: TwoTowerModel) -> str:
     return "its weights are finite, so the computation overflowed: try --precision fp32"
 
 
+def load_processor(checkpoint: Checkpoint, **image_options: Any) -> Processor:
+    """The processor of `checkpoint`, its images set by `image_options` (see `configure_images`)."""
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    configure_images(processor, checkpoint, **image_options)
+    return processor
+
+
 def configure_images(
     processor: Processor,
     model: object,
@@ -299,6 +301,18 @@ def patch_budget(processor: Processor) -> int | None:
     """The patches per image of a NaFlex model's processor (see `configure_images`); None for fixed-size ones."""
     images = processor.image_processor
     return images.max_num_patches if isinstance(images, Siglip2ImageProcessor) else None
+
+
+def image_settings(processor: Processor) -> dict[str, Any]:
+    """The processor's options that change the pixels of an image (see `configure_images`): the patch budget
+    of a NaFlex model, and whether a fixed-size model decodes JPEG files reduced (each None where the model
+    family lacks it)."""
+    images = processor.image_processor
+    naflex = isinstance(images, Siglip2ImageProcessor)
+    return {
+        "max_num_patches": patch_budget(processor),
+        "reduced_decode": None if naflex else images.reduced_decode,
+    }
 
 
 def _precision_of(model: TwoTowerModel) -> str:

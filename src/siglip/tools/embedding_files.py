@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import StoreError, UsageError
 from .deps import require
 from .embedder import Embedder
 from .files import ImageScan, skipped_as_json
@@ -62,8 +62,9 @@ def embed_to_file(
 
     Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
     with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
-    count, unreadable files and why). Finished batches are kept in `<out>.partial` (SQLite) as they complete:
-    rerunning an interrupted command embeds only what is left. The output appears only when complete.
+    count, `Embedder.settings`, unreadable files and why). Finished batches are kept in `<out>.partial`
+    (SQLite) as they complete: rerunning an interrupted command embeds only what is left. The output appears
+    only when complete.
     `paths` may also be the `ImageScan` of a scan already made; the entries it left out are listed as skipped.
     """
     out = Path(out)
@@ -87,7 +88,7 @@ def embed_to_file(
             "dims": embedder.dims,
             "count": len(kept),
             "format": out.suffix[1:],
-            "precision": embedder.mode.precision,
+            **embedder.settings,  # precision, image options: what an index importing them records
         }
         if pa is None:
             manifest["paths"] = kept
@@ -156,7 +157,13 @@ def _write_npy(store: VectorStore, paths: list[str], out: Path) -> None:
         "fortran_order": False,
         "shape": shape,
     }
+    written = 0
     with open(out, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
         for _chunk, vectors in store.in_order(paths):
             f.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+            written += len(vectors)
+    if written != len(paths):  # the header promised len(paths) rows: a short file would not load
+        raise StoreError(
+            f"'{store.path}' gave {written} of the {len(paths)} embeddings it recorded: delete it, run again"
+        )

@@ -26,7 +26,8 @@ recall@10 measured against exact search at build time stored with the index (`bu
 The records name the model and hold a fingerprint of its weights (SHA-256): weights changed behind the same
 name are refused (their embeddings would not be comparable), and a model folder that moved can be given again
 by its new path. They also hold the settings the images were embedded with (`Embedder.settings`: precision,
-and a NaFlex model's `max_num_patches`): reopened, the index embeds as it was built unless told otherwise, and
+a NaFlex model's `max_num_patches`, a fixed-size model's `reduced_decode`; an index made by an import, those
+its embeddings record): reopened, the index embeds as it was built unless told otherwise, and
 another value, asked for or in the `Embedder` that adds images, is refused, so that every vector in it was
 made alike. An index on read-only media is searched with its vectors caught up in memory.
 """
@@ -46,7 +47,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -68,6 +69,9 @@ from .embedder import Embedder, load_embedder, resolve_device
 from .files import scan_images
 from .inference import InferenceMode
 from .store import FileState, VectorStore, pending_files, replace_atomically
+
+if TYPE_CHECKING:
+    from .embedding_shards import EmbeddingFile
 
 logger = logging.getLogger("siglip")
 
@@ -112,7 +116,8 @@ class SearchIndex:
     Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
     `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile`, `reduced_decode`,
     `max_num_patches` and `max_image_pixels` are how a model loaded by name runs (see
-    `Embedder.from_pretrained`); an `Embedder` runs as it was made. `precision` and `max_num_patches` default to those the index was built with ("auto" and the
+    `Embedder.from_pretrained`); an `Embedder` runs as it was made. `precision`, `max_num_patches` and
+    `reduced_decode` default to those the index was built with ("auto" and the
     checkpoint's for a new one); others than those are refused (`StoreError`). `index_type` and `storage` (see
     `siglip.tools.ann`; default: as stored, else "auto") are kept with the index; changing them rebuilds the
     vector file at the next search or update.
@@ -141,7 +146,7 @@ class SearchIndex:
         self.load_options = {
             "precision": precision,
             "compile": compile,
-            "reduced_decode": reduced_decode,
+            "reduced_decode": reduced_decode or None,  # False: not asked, the recorded value holds
             "max_num_patches": max_num_patches,
             "max_image_pixels": max_image_pixels,
         }
@@ -213,6 +218,7 @@ class SearchIndex:
         for key, value in recorded.items():
             if self.load_options[key] is None:
                 self.load_options[key] = value
+        self.load_options["precision"] = self.load_options["precision"] or "auto"  # None: not recorded
 
     def _check_settings(self, settings: dict[str, Any], source: str) -> None:
         """Refuse `settings` (values None: not given) that differ from the recorded ones; `source` says whose
@@ -350,17 +356,24 @@ class SearchIndex:
         The vectors stream from the files to the vector file in bounded reads (`read_embeddings`), never
         through the records: a first pass records the paths, a second adds the vectors (a rebuild reads them
         twice more: its sample, then the rest). One transaction: a killed import leaves the index as it was,
-        and a rerun starts it again.
+        and a rerun starts it again. Embeddings made with other settings than the index's
+        (`Embedder.settings`) are refused; an empty index takes theirs.
         """
         from .embedding_shards import open_embeddings
 
         self.store.check_writable()
-        files, rows = open_embeddings(source, self.store.model, self.store.dims)
+        files, made_with = open_embeddings(source, self.store.model, self.store.dims)
+        rows = sum(f.rows for f in files)
         faiss = require("faiss", "search", "the search index")
         path = self.directory / VECTORS_FILE
         with self._update_lock():
+            empty = len(self.store) == 0
+            if not empty:
+                self._check_settings(made_with, "the embeddings were made with")
             first = self.store.reserve_ids(rows)  # row r of the files, if new or changed, gets id first + r
             with self.store.transaction():
+                if empty:  # the index holds these embeddings alone: it embeds from now on as they were made
+                    self.store.set_meta(_EMBEDDING, json.dumps(made_with))
                 report = self._record_imported_paths(files, first)
                 index, info = self._catch_up(
                     self._read_vectors(faiss, path, mmap=False),
@@ -372,7 +385,7 @@ class SearchIndex:
         report.total = len(self.store)
         return report
 
-    def _record_imported_paths(self, files: list[Path], first: int) -> UpdateReport:
+    def _record_imported_paths(self, files: list[EmbeddingFile], first: int) -> UpdateReport:
         """An import's first pass, in its transaction: the new or changed rows of `files` recorded without
         their vectors, row r under id `first` + r."""
         from .embedding_shards import read_embeddings
@@ -396,7 +409,9 @@ class SearchIndex:
         report.added = self.store.ids(first, at).size - report.updated
         return report
 
-    def _imported_vectors(self, files: list[Path], first: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _imported_vectors(
+        self, files: list[EmbeddingFile], first: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of the rows `_record_imported_paths` recorded (of a path given twice, the last)."""
         from .embedding_shards import read_embeddings
 

@@ -13,8 +13,8 @@ How the work is split (Ray Data, streaming):
   when the cluster has no GPU; each actor loads the model once and embeds one decoded batch a call;
 - the driver gathers a shard's batches and commits the shard: `part-NNNNN.parquet` (columns path, vector,
   model, dims: the schema of the one-machine job) written to a temporary name and renamed in one step.
-  Its Parquet metadata records the model, its fingerprint (SHA-256 of the checkpoint files), the precision,
-  the unreadable files and the nodes that embedded it.
+  Its Parquet metadata records the model, its fingerprint (SHA-256 of the checkpoint files), the precision
+  and image settings (`Embedder.settings`), the unreadable files and the nodes that embedded it.
 
 The vectors are those of an in-process run over the same list with the same batch size, precision and
 threads per model call, bit for bit (a CPU actor runs CPUs / actors threads; float sums can differ in the
@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from ..core.auto import AutoConfig, AutoProcessor
+from ..core.auto import AutoConfig
 from ..core.hub import CONFIG_NAME, locate
 from ..errors import UsageError
 from .data import ImageProcessor, Sample, collate, load_sample
 from .deps import require
-from .embedder import configure_images, patch_budget
+from .embedder import image_settings, load_processor, patch_budget
 from .embedding_files import parquet_schema, parquet_table
 from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
@@ -160,9 +160,7 @@ def embed_with_ray(
     out.mkdir(parents=True, exist_ok=True)
     shard_size = -(-shard_size // batch_size) * batch_size  # whole batches: those of an in-process run
     checkpoint = locate(model)
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    configure_images(
-        processor,
+    processor = load_processor(
         checkpoint,
         reduced_decode=reduced_decode,
         max_num_patches=max_num_patches,
@@ -170,6 +168,7 @@ def embed_with_ray(
     )
     # a NaFlex budget is part of the plan: shards made at two budgets would not be comparable
     plan = _plan(out, files, shard_size, batch_size, patch_budget(processor))
+    images = image_settings(processor)  # the actors get preprocessed images: the driver's processor decides
     name = checkpoint.record_name
     dims = AutoConfig.from_pretrained(checkpoint).text_config.projection_size
     fingerprint = model_fingerprint(name)
@@ -241,7 +240,7 @@ def embed_with_ray(
                     continue
                 complete = gathered.pop(shard)
                 parts = [complete[b] for b in range(batches_in[shard])]
-                record = _commit_shard(pa, schema, out, shard, name, fingerprint, parts)
+                record = _commit_shard(pa, schema, out, shard, name, fingerprint, images, parts)
                 embedded += record["count"]
                 failed += len(record["skipped"])
                 nodes.update(record["nodes"])
@@ -295,9 +294,17 @@ def _check_shard(path: Path, fingerprint: str) -> None:
 
 
 def _commit_shard(
-    pa: Any, schema: Any, out: Path, shard: int, model: str, fingerprint: str, parts: list[dict[str, Any]]
+    pa: Any,
+    schema: Any,
+    out: Path,
+    shard: int,
+    model: str,
+    fingerprint: str,
+    images: dict[str, Any],
+    parts: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Write one shard from its embedded batches, in order, atomically; returns its record."""
+    """Write one shard from its embedded batches, in order, atomically; returns its record (with `images`,
+    the `image_settings` of the driver's processor)."""
     import pyarrow.parquet as pq
 
     paths = [p for part in parts for p in json.loads(part["paths"])]
@@ -312,6 +319,7 @@ def _commit_shard(
         "model": model,
         "fingerprint": fingerprint,
         "precision": parts[0]["precision"],
+        **images,
         "count": len(paths),
         "skipped": skipped,
         "nodes": sorted({part["node"] for part in parts}),

@@ -84,7 +84,7 @@ def describe_index(directory: str) -> dict[str, Any]:
             "model": index.model,
             "images": len(index),
             "dims": index.store.dims,
-            "embedding": index.embedding_settings,  # precision, max_num_patches; None: not recorded
+            "embedding": index.embedding_settings,  # Embedder.settings; None: not recorded
             "build": asdict(build) if build else None,
             "files": {f.name: f.stat().st_size for f in sorted(index.directory.iterdir()) if f.is_file()},
         }
@@ -121,7 +121,10 @@ def _embedding_text(settings: dict[str, Any] | None) -> str:
     if settings is None:
         return "precision and patch budget not recorded (an index made before they were kept)"
     patches = settings["max_num_patches"]
-    return f"precision {settings['precision']}" + (f", max_num_patches {patches}" if patches else "")
+    reduced = ", reduced JPEG decoding" if settings.get("reduced_decode") else ""  # absent: an older index
+    return (
+        f"precision {settings['precision']}" + (f", max_num_patches {patches}" if patches else "") + reduced
+    )
 
 
 def run(args: argparse.Namespace) -> int:
