@@ -178,8 +178,66 @@ class TokenizerBase:
     """What `SiglipTokenizer` and `GemmaTokenizer` share around their own encoders: `encode`, the piece <-> id
     look-ups' checks, and `save_pretrained` writing all files or none.
 
-    A subclass defines `__call__`, `__len__` (ids run from 0 to `len - 1`), `_token_to_id` and `_write_files`.
+    A subclass defines `_encode_ids` (the ids of each text, special tokens added and truncated), `__len__`
+    (ids run from 0 to `len - 1`), `_token_to_id`, `_write_files`, and the attributes `model_max_length`,
+    `model_input_names` and `pad_token_id`.
     """
+
+    padding_side = "right"
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        add_special_tokens: bool = True,
+    ) -> BatchFeature:
+        """Encode a text or a batch of texts (optionally paired with `text_pair`) into model inputs.
+
+        Args:
+            text: a string, or a list of strings (a batch).
+            text_pair: second sequences, one per text; a pair is encoded as `A <eos> B <eos>` (the class's
+                end-of-sequence token: `</s>` for SigLIP, `<eos>` for SigLIP 2).
+            padding: `"max_length"` (pad with the pad token to `max_length`, default `model_max_length`),
+                `True` / `"longest"` (to the longest of the batch) or `False` (none, the default as in
+                transformers). SigLIP and SigLIP 2 checkpoints need `"max_length"` (see the class).
+            truncation: `True` / `"longest_first"`, `"only_first"`, `"only_second"`, or `False` / `None`.
+                Truncation keeps the end-of-sequence token last. Passing `max_length` without `padding`
+                turns it on.
+            max_length: length for padding and truncation (default `model_max_length` when either needs one;
+                if that is unset, such padding or truncation is not done, as in transformers).
+            return_tensors: None (lists of ints), `"pt"` (torch int64) or `"np"` (numpy int64).
+            return_attention_mask: default: whether "attention_mask" is in `model_input_names`.
+            add_special_tokens: add the class's special tokens (default True).
+
+        A single string gives one sequence (lists of ints, or tensors of shape (1, length)). A batch gives
+        one row per text; tensors need equal lengths, so pad, or the call raises. A non-string text or an
+        empty batch raises with the offending index.
+        """
+        padding_strategy, truncation_strategy, max_length = resolve_strategies(
+            padding, truncation, max_length, self.model_max_length, return_tensors
+        )
+        batched = not isinstance(text, str)
+        texts = check_texts(text, "text")
+        pairs = None if text_pair is None else check_pairs(texts, text_pair, batched)
+        sequences = self._encode_ids(texts, pairs, add_special_tokens, truncation_strategy, max_length)
+        warn_if_too_long(sequences, max_length, self.model_max_length)
+        if return_attention_mask is None:
+            return_attention_mask = "attention_mask" in self.model_input_names
+        return pack(
+            sequences,
+            padding_width(sequences, padding_strategy, max_length),
+            self.pad_token_id,
+            batched=batched,
+            return_tensors=return_tensors,
+            return_attention_mask=return_attention_mask,
+            padding_side=self.padding_side,
+        )
 
     def encode(
         self,

@@ -32,17 +32,12 @@ import sentencepiece as spm
 import torch
 
 from ...errors import CheckpointError
-from ..features import BatchFeature, write_json
+from ..features import write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json
 from ..text import (
     TokenizerBase,
-    check_pairs,
     check_texts,
     ids_to_decode,
-    pack,
-    padding_width,
-    resolve_strategies,
-    warn_if_too_long,
 )
 
 VOCAB_FILE = "spiece.model"
@@ -83,7 +78,8 @@ class SiglipTokenizer(TokenizerBase):
         sp_model_kwargs: passed to `sentencepiece.SentencePieceProcessor` (e.g. sampling options).
 
     Calling the tokenizer returns a `BatchFeature` with `input_ids` (and `attention_mask`): lists of ints
-    by default, `return_tensors="pt"` / `"np"` for int64 tensors / arrays of shape (batch, length).
+    by default, `return_tensors="pt"` / `"np"` for int64 tensors / arrays of shape (batch, length). SigLIP
+    checkpoints need `padding="max_length"` (their text tower was trained on sequences padded with `</s>`).
     `save_pretrained` writes `spiece.model`, `tokenizer_config.json` and `special_tokens_map.json`.
     """
 
@@ -203,62 +199,21 @@ class SiglipTokenizer(TokenizerBase):
             results.append(tokens)
         return results
 
-    def __call__(
+    def _encode_ids(
         self,
-        text: str | Sequence[str],
-        text_pair: str | Sequence[str] | None = None,
-        *,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        return_tensors: str | None = None,
-        return_attention_mask: bool | None = None,
-        add_special_tokens: bool = True,
-    ) -> BatchFeature:
-        """Encode a text or a batch of texts (optionally paired with `text_pair`) into model inputs.
-
-        Args:
-            text: a string, or a list of strings (a batch).
-            text_pair: second sequences, one per text; a pair is encoded as `A </s> B </s>`.
-            padding: `"max_length"` (pad with `</s>` to `max_length`, which defaults to `model_max_length`),
-                `True` / `"longest"` (to the longest of the batch) or `False` (none, the default as in
-                transformers). SigLIP checkpoints need `"max_length"`.
-            truncation: `True` / `"longest_first"`, `"only_first"`, `"only_second"`, or `False` / `None`.
-                Truncation keeps `</s>` last. Passing `max_length` without `padding` turns it on.
-            max_length: length for padding and truncation (default `model_max_length` when either needs one).
-            return_tensors: None (lists of ints), `"pt"` (torch int64) or `"np"` (numpy int64).
-            return_attention_mask: default: whether "attention_mask" is in `model_input_names`.
-            add_special_tokens: append `</s>` (default True).
-
-        A single string gives one sequence (lists of ints, or tensors of shape (1, length)). A batch gives
-        one row per text; tensors need equal lengths, so pad, or the call raises. A non-string text or an
-        empty batch raises with the offending index.
-        """
-        padding_strategy, truncation_strategy, max_length = resolve_strategies(
-            padding, truncation, max_length, self.model_max_length, return_tensors
-        )
-        batched = not isinstance(text, str)
-        texts = check_texts(text, "text")
-        pairs = None if text_pair is None else check_pairs(texts, text_pair, batched)
+        texts: list[str],
+        pairs: list[str] | None,
+        add_special_tokens: bool,
+        truncation: str,
+        max_length: int | None,
+    ) -> list[list[int]]:
         encoded = self._encode_texts(texts + (pairs or []), out_type=int)
         firsts, seconds = encoded[: len(texts)], (encoded[len(texts) :] if pairs else [None] * len(texts))
         num_special = (1 if pairs is None else 2) if add_special_tokens else 0
-        sequences = [
-            self._build(ids, pair_ids, num_special, truncation_strategy, max_length)
+        return [
+            self._build(ids, pair_ids, num_special, truncation, max_length)
             for ids, pair_ids in zip(firsts, seconds, strict=True)
         ]
-
-        warn_if_too_long(sequences, max_length, self.model_max_length)
-        if return_attention_mask is None:
-            return_attention_mask = "attention_mask" in self.model_input_names
-        return pack(
-            sequences,
-            padding_width(sequences, padding_strategy, max_length),
-            self.pad_token_id,
-            batched=batched,
-            return_tensors=return_tensors,
-            return_attention_mask=return_attention_mask,
-        )
 
     def _build(
         self,

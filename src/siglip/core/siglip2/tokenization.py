@@ -45,18 +45,13 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import BPE
 
 from ...errors import CheckpointError
-from ..features import BatchFeature, write_json
+from ..features import write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json
 from ..text import (
     VERY_LARGE_INTEGER,
     TokenizerBase,
-    check_pairs,
     check_texts,
     ids_to_decode,
-    pack,
-    padding_width,
-    resolve_strategies,
-    warn_if_too_long,
 )
 
 __all__ = ["GemmaTokenizer", "Siglip2Tokenizer", "lowercase", "needs_lowercase"]
@@ -259,60 +254,16 @@ class GemmaTokenizer(TokenizerBase):
                     f"Cannot encode with truncation={truncation!r}, max_length={max_length}: {err}"
                 ) from err
 
-    def __call__(
+    def _encode_ids(
         self,
-        text: str | Sequence[str],
-        text_pair: str | Sequence[str] | None = None,
-        *,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        return_tensors: str | None = None,
-        return_attention_mask: bool | None = None,
-        add_special_tokens: bool = True,
-    ) -> BatchFeature:
-        """Encode a text or a batch of texts (optionally paired with `text_pair`) into model inputs.
-
-        Args:
-            text: a string, or a list of strings (a batch).
-            text_pair: second sequences, one per text; a pair is encoded as `A <eos> B <eos>` (SigLIP 2).
-            padding: `"max_length"` (pad with `<pad>` to `max_length`, default `model_max_length`),
-                `True` / `"longest"` (to the longest of the batch) or `False` (none, the default as in
-                transformers). SigLIP 2 checkpoints need `"max_length"` with `max_length=64`.
-            truncation: `True` / `"longest_first"`, `"only_first"`, `"only_second"`, or `False` / `None`.
-                Truncation keeps `<eos>` last. Passing `max_length` without `padding` turns it on.
-            max_length: length for padding and truncation (default `model_max_length` when either needs one;
-                if that is unset, such padding or truncation is not done, as in transformers).
-            return_tensors: None (lists of ints), `"pt"` (torch int64) or `"np"` (numpy int64).
-            return_attention_mask: default: whether "attention_mask" is in `model_input_names`.
-            add_special_tokens: add `<bos>` / `<eos>` as configured (default True).
-
-        A single string gives one sequence (lists of ints, or tensors of shape (1, length)). A batch gives
-        one row per text; tensors need equal lengths, so pad, or the call raises. A non-string text or an
-        empty batch raises with the offending index.
-        """
-        padding_strategy, truncation_strategy, max_length = resolve_strategies(
-            padding, truncation, max_length, self.model_max_length, return_tensors
-        )
-        batched = not isinstance(text, str)
-        texts = check_texts(text, "text")
-        inputs: list = texts
-        if text_pair is not None:
-            inputs = list(zip(texts, check_pairs(texts, text_pair, batched), strict=True))
-        encodings = self._encode(inputs, add_special_tokens, truncation_strategy, max_length)
-        sequences = [encoding.ids for encoding in encodings]
-        warn_if_too_long(sequences, max_length, self.model_max_length)
-        if return_attention_mask is None:
-            return_attention_mask = "attention_mask" in self.model_input_names
-        return pack(
-            sequences,
-            padding_width(sequences, padding_strategy, max_length),
-            self.pad_token_id,
-            batched=batched,
-            return_tensors=return_tensors,
-            return_attention_mask=return_attention_mask,
-            padding_side=self.padding_side,
-        )
+        texts: list[str],
+        pairs: list[str] | None,
+        add_special_tokens: bool,
+        truncation: str,
+        max_length: int | None,
+    ) -> list[list[int]]:
+        inputs: list = texts if pairs is None else list(zip(texts, pairs, strict=True))
+        return [encoding.ids for encoding in self._encode(inputs, add_special_tokens, truncation, max_length)]
 
     # --- decoding -----------------------------------------------------------------------------------------
     def decode(
