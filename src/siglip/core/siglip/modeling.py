@@ -397,6 +397,13 @@ def _init_module(module: nn.Module, config: PretrainedConfig) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Public models
 # --------------------------------------------------------------------------------------------------------
+def _embedding(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The last step of the embedding contract (`encode_images` / `encode_texts` of both families): float32,
+    so a bf16 or fp16 model is normalised at full precision, then unit-length unless `normalize=False`."""
+    features = features.float()
+    return l2_normalize(features) if normalize else features
+
+
 class TwoTowerMixin:
     """What the two-tower models share (`SiglipModel`, `Siglip2Model`): the text side of the embedding
     contract, the logits, the loss and the output. The class sets `text_model`, `vision_model`, `logit_scale`
@@ -432,7 +439,7 @@ class TwoTowerMixin:
         `encode_images`. Build `input_ids` with `fixed_length_ids` (the checkpoints pool the last position)."""
         input_ids = input_ids.to(self.device)
         features = self.get_text_features(input_ids, attention_mask)
-        return l2_normalize(features.float()) if normalize else features.float()
+        return _embedding(features, normalize)
 
     def _image_pooled(self, vision_output: BaseModelOutputWithPooling) -> torch.Tensor:
         if vision_output.pooler_output is None:
@@ -635,7 +642,7 @@ class SiglipModel(TwoTowerMixin, SiglipPreTrainedModel):
         """
         pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
         features = self.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        return l2_normalize(features.float()) if normalize else features.float()
+        return _embedding(features, normalize)
 
     def forward(
         self,

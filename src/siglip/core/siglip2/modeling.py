@@ -31,9 +31,9 @@ from ..siglip.modeling import (
     SiglipVisionTransformer,
     TwoTowerMixin,
     VisionTowerMixin,
+    _embedding,
     _init_module,
     _key_padding_mask,
-    l2_normalize,
 )
 from .configuration import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
 
@@ -257,7 +257,7 @@ class Siglip2Model(TwoTowerMixin, Siglip2PreTrainedModel):
         if pixel_attention_mask is not None:
             pixel_attention_mask = pixel_attention_mask.to(device, non_blocking=True)
         features = self.get_image_features(pixel_values, pixel_attention_mask, spatial_shapes.to(device))
-        return l2_normalize(features.float()) if normalize else features.float()
+        return _embedding(features, normalize)
 
     def forward(
         self,
