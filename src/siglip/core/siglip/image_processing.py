@@ -97,8 +97,8 @@ class _Steps:
 class BaseImageProcessor:
     """The half of an image processor that is not pixels: calling, its config files and `repr`.
 
-    A subclass defines `__init__` (its settings), `preprocess`, `to_dict` (the settings as
-    `preprocessor_config.json` stores them) and `_config_keys` (the keys of that file its `__init__` takes).
+    A subclass defines `__init__` (its settings), `preprocess`, `_family_settings` (what `to_dict` stores
+    beside the settings both families have) and `_config_keys` (the keys of that file its `__init__` takes).
     """
 
     _config_keys: tuple[str, ...] = ()
@@ -111,6 +111,24 @@ class BaseImageProcessor:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as `preprocessor_config.json` stores them (transformers reads this file), by name."""
+        settings = {
+            "do_convert_rgb": True,
+            "do_normalize": self.do_normalize,
+            "do_rescale": self.do_rescale,
+            "do_resize": self.do_resize,
+            "exif_transpose": self.exif_transpose,
+            "image_mean": list(self.image_mean),
+            "image_processor_type": type(self).__name__,
+            "image_std": list(self.image_std),
+            "resample": int(self.resample),
+            "rescale_factor": self.rescale_factor,
+            **self._family_settings(),
+        }
+        return dict(sorted(settings.items()))
+
+    def _family_settings(self) -> dict[str, Any]:
+        """The settings of `to_dict` that only this family has (the target size, the patch budget)."""
         raise NotImplementedError
 
     @classmethod
@@ -338,21 +356,8 @@ class SiglipImageProcessor(BaseImageProcessor):
         return BatchFeature(pixel_values=torch.from_numpy(batch) if return_tensors == "pt" else batch)
 
     # --- files --------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as `preprocessor_config.json` stores them (transformers reads this file)."""
-        return {
-            "do_convert_rgb": True,
-            "do_normalize": self.do_normalize,
-            "do_rescale": self.do_rescale,
-            "do_resize": self.do_resize,
-            "exif_transpose": self.exif_transpose,
-            "image_mean": list(self.image_mean),
-            "image_processor_type": type(self).__name__,
-            "image_std": list(self.image_std),
-            "resample": int(self.resample),
-            "rescale_factor": self.rescale_factor,
-            "size": dict(self.size),
-        }
+    def _family_settings(self) -> dict[str, Any]:
+        return {"size": dict(self.size)}
 
 
 # --- argument checks ----------------------------------------------------------------------------------------

@@ -230,22 +230,8 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             values, masks, shapes = (torch.from_numpy(a) for a in (values, masks, shapes))
         return BatchFeature(pixel_values=values, pixel_attention_mask=masks, spatial_shapes=shapes)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as `preprocessor_config.json` stores them (transformers reads this file)."""
-        return {
-            "do_convert_rgb": True,
-            "do_normalize": self.do_normalize,
-            "do_rescale": self.do_rescale,
-            "do_resize": self.do_resize,
-            "exif_transpose": self.exif_transpose,
-            "image_mean": list(self.image_mean),
-            "image_processor_type": type(self).__name__,
-            "image_std": list(self.image_std),
-            "max_num_patches": self.max_num_patches,
-            "patch_size": self.patch_size,
-            "resample": int(self.resample),
-            "rescale_factor": self.rescale_factor,
-        }
+    def _family_settings(self) -> dict[str, Any]:
+        return {"max_num_patches": self.max_num_patches, "patch_size": self.patch_size}
 
 
 def _check_positive(value: Any, name: str) -> int:
