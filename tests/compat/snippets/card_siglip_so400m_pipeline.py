@@ -1,0 +1,16 @@
+# Source: model card of google/siglip-so400m-patch14-384 (https://huggingface.co/google/siglip-so400m-patch14-384),
+#   pipeline example; the same code is in GitHub repo shrits-ai/ERA-V3-S23-assignment, siglip.py
+# Edits: re-typed; same calls, arguments, id and URL.
+import requests
+from PIL import Image
+
+from transformers import pipeline
+
+image_classifier = pipeline(task="zero-shot-image-classification", model="google/siglip-so400m-patch14-384")
+
+url = "http://images.cocodataset.org/val2017/000000039769.jpg"
+image = Image.open(requests.get(url, stream=True).raw)
+
+outputs = image_classifier(image, candidate_labels=["2 cats", "a plane", "a remote"])
+outputs = [{"score": round(output["score"], 4), "label": output["label"]} for output in outputs]
+print(outputs)

@@ -1,0 +1,31 @@
+# Source: GitHub repo vlongle/monitor_guided_pi, clip.py (the SigLIP2 docs' FixRes example with
+#   .to(model.device): float16 weights, device_map="auto", sdpa)
+# Edits: re-typed; same calls, arguments, id and URL.
+# Requires: accelerate  (transformers needs it for device_map=)
+import requests
+import torch
+from PIL import Image
+
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained(
+    "google/siglip2-base-patch16-224", dtype=torch.float16, device_map="auto", attn_implementation="sdpa"
+)
+processor = AutoProcessor.from_pretrained("google/siglip2-base-patch16-224")
+
+url = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/pipeline-cat-chonk.jpeg"
+image = Image.open(requests.get(url, stream=True).raw)
+candidate_labels = ["a Pallas cat", "a lion", "a Siberian tiger"]
+
+# the pipeline's prompt template, for the same results
+texts = [f"This is a photo of {label}." for label in candidate_labels]
+
+# padding="max_length" and max_length=64: how the model was trained
+inputs = processor(text=texts, images=image, padding="max_length", max_length=64, return_tensors="pt").to(model.device)
+
+with torch.no_grad():
+    outputs = model(**inputs)
+
+logits_per_image = outputs.logits_per_image
+probs = torch.sigmoid(logits_per_image)
+print(f"{probs[0][0]:.1%} that image 0 is '{candidate_labels[0]}'")
