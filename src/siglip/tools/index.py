@@ -53,8 +53,8 @@ import numpy as np
 import torch
 
 from ..core.hub import locate
-from ..core.siglip.image_processing import ImageInput, _pil_to_rgb
-from ..core.siglip.modeling import l2_normalize
+from ..core.two_tower.image_processing import ImageInput, pil_to_rgb
+from ..core.two_tower.modeling import l2_normalize
 from ..errors import (
     CheckpointError,
     ImageInputError,
@@ -679,9 +679,7 @@ def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             image.thumbnail((size, size))
-            rgb, _ = _pil_to_rgb(
-                image, path
-            )  # as the model sees it: 16-bit grey scaled, not clipped to white
+            rgb, _ = pil_to_rgb(image, path)  # as the model sees it: 16-bit grey scaled, not clipped to white
             buffer = io.BytesIO()
             rgb.save(buffer, format="JPEG", quality=80)
     except (OSError, ValueError, Image.DecompressionBombError, ImageInputError):
