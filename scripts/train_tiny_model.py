@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
-from siglip.core.siglip.tokenization import canonicalize_text
+from siglip.core.two_tower.sentencepiece import canonicalize_text
 from siglip.tools.evaluation import ZeroShotReport, plot_reliability_diagram, zeroshot_report
 from siglip.tools.zeroshot import class_embeddings, scores
 

@@ -238,7 +238,7 @@ def test_interrupted_save_leaves_the_directory_as_it_was(tmp_path, monkeypatch):
         (directory / "model.safetensors").write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(siglip.core.hub, "save_state_dict", crash)
+    monkeypatch.setattr(siglip.core.weights, "save_state_dict", crash)
     with pytest.raises(KeyboardInterrupt):
         _ours("SiglipModel", seed=2).save_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp folder, nothing changed

@@ -700,7 +700,7 @@ def test_torch_checkpoints_of_both_formats_load_and_pickled_code_is_one_line(
 def test_a_torch_checkpoint_that_cannot_be_opened_is_an_error_naming_it(tmp_path):
     """Not the file system's raw OSError: the one-line error of the loader (or of the converter) calling it."""
     from siglip.core.convert import ConversionError
-    from siglip.core.hub import load_pickled_tensors
+    from siglip.core.weights import load_pickled_tensors
     from siglip.errors import CheckpointError
 
     for error in (CheckpointError, ConversionError):

@@ -12,8 +12,8 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from siglip import CheckpointError, SiglipImageProcessor
-from siglip.core.siglip.image_processing import ImageInputError
-from siglip.core.siglip.processing import BatchFeature
+from siglip.core.features import BatchFeature
+from siglip.errors import ImageInputError
 
 PHOTOS = (
     "astronaut",

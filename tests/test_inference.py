@@ -17,7 +17,7 @@ from PIL import Image, ImageFile
 from _material import BUNDLED
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
-from siglip.core.siglip.modeling import SiglipMLP
+from siglip.core.two_tower.modeling import SiglipMLP
 from siglip.tools.cli import main
 from siglip.tools.inference import InferenceMode, check_onnx, export_onnx, fast_gelu_tanh
 from siglip.tools.precision import PRECISIONS

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from siglip import CheckpointError, SiglipTokenizer
-from siglip.core.siglip.tokenization import canonicalize_text
+from siglip.core.two_tower.sentencepiece import canonicalize_text
 
 # Our own length warnings fire on purpose in the parity sweeps; test_too_long_sequences_warn checks them.
 pytestmark = pytest.mark.filterwarnings("ignore:A sequence has", "ignore:max_length is ignored")

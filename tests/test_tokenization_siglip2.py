@@ -26,8 +26,8 @@ import transformers
 from _material import train_gemma_like
 from siglip import CheckpointError, SiglipProcessor, SiglipTokenizer
 from siglip.core.siglip.image_processing import SiglipImageProcessor
-from siglip.core.siglip2.tokenization import GemmaTokenizer, Siglip2Tokenizer, lowercase, needs_lowercase
-from siglip.core.tokenizers import load_tokenizer
+from siglip.core.two_tower.gemma import GemmaTokenizer, Siglip2Tokenizer, lowercase, needs_lowercase
+from siglip.core.two_tower.processing import load_tokenizer
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:A sequence has", "ignore:max_length is ignored", "ignore:`max_length` is ignored"

@@ -6,90 +6,66 @@ Two halves, each importable on its own:
 - `siglip.tools`: what is built on it (embeddings, search index, zero-shot pipeline, evaluation, inference
   modes, training, the `siglip` command).
 Every error raised on purpose is a `siglip.errors.SiglipError`.
+
+The names below are loaded on first use (PEP 562), so `import siglip` (or `import siglip.core`) loads no tool
+module: `siglip.SiglipModel` imports the model code only, `siglip.SearchIndex` the search index.
 """
 
-from .core.auto import AutoConfig, AutoModel, AutoProcessor
-from .core.convert import ConversionError, convert, to_open_clip
-from .core.loss import siglip_loss, sigmoid_loss
-from .core.siglip.configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from .core.siglip.image_processing import SiglipImageProcessor
-from .core.siglip.modeling import (
-    SiglipForImageClassification,
-    SiglipModel,
-    SiglipPreTrainedModel,
-    SiglipTextModel,
-    SiglipVisionModel,
-)
-from .core.siglip.processing import SiglipProcessor
-from .core.siglip.tokenization import SiglipTokenizer
-from .core.siglip2.configuration import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
-from .core.siglip2.image_processing import Siglip2ImageProcessor
-from .core.siglip2.modeling import (
-    Siglip2ForImageClassification,
-    Siglip2Model,
-    Siglip2PreTrainedModel,
-    Siglip2TextModel,
-    Siglip2VisionModel,
-)
-from .core.siglip2.processing import Siglip2Processor
-from .core.siglip2.tokenization import GemmaTokenizer, Siglip2Tokenizer
-from .core.tokenizers import load_tokenizer
-from .errors import CheckpointError, ImageInputError, OfflineError, SiglipError
-from .tools.embedder import Embedder, embed_images, embed_texts
-from .tools.embedding_files import embed_to_file
-from .tools.evaluation import evaluate_retrieval, evaluate_zeroshot
-from .tools.files import find_images
-from .tools.index import Hit, SearchIndex
-from .tools.pipelines import ZeroShotImageClassificationPipeline, pipeline
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AutoConfig",
-    "AutoModel",
-    "AutoProcessor",
-    "CheckpointError",
-    "ConversionError",
-    "Embedder",
-    "GemmaTokenizer",
-    "Hit",
-    "ImageInputError",
-    "OfflineError",
-    "SearchIndex",
-    "Siglip2Config",
-    "Siglip2ForImageClassification",
-    "Siglip2ImageProcessor",
-    "Siglip2Model",
-    "Siglip2PreTrainedModel",
-    "Siglip2Processor",
-    "Siglip2TextConfig",
-    "Siglip2TextModel",
-    "Siglip2Tokenizer",
-    "Siglip2VisionConfig",
-    "Siglip2VisionModel",
-    "SiglipConfig",
-    "SiglipError",
-    "SiglipForImageClassification",
-    "SiglipImageProcessor",
-    "SiglipModel",
-    "SiglipPreTrainedModel",
-    "SiglipProcessor",
-    "SiglipTextConfig",
-    "SiglipTextModel",
-    "SiglipTokenizer",
-    "SiglipVisionConfig",
-    "SiglipVisionModel",
-    "ZeroShotImageClassificationPipeline",
-    "convert",
-    "embed_images",
-    "embed_texts",
-    "embed_to_file",
-    "evaluate_retrieval",
-    "evaluate_zeroshot",
-    "find_images",
-    "load_tokenizer",
-    "pipeline",
-    "siglip_loss",
-    "sigmoid_loss",
-    "to_open_clip",
-]
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("AutoConfig", "AutoModel", "AutoProcessor"), "siglip.core.auto"),
+    **dict.fromkeys(("ConversionError", "convert", "to_open_clip"), "siglip.core.convert"),
+    **dict.fromkeys(("siglip_loss", "sigmoid_loss"), "siglip.core.loss"),
+    **dict.fromkeys(
+        ("SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig"), "siglip.core.siglip.configuration"
+    ),
+    "SiglipImageProcessor": "siglip.core.siglip.image_processing",
+    **dict.fromkeys(
+        ("SiglipForImageClassification", "SiglipModel", "SiglipPreTrainedModel", "SiglipTextModel"),
+        "siglip.core.siglip.modeling",
+    ),
+    "SiglipVisionModel": "siglip.core.siglip.modeling",
+    "SiglipProcessor": "siglip.core.siglip.processing",
+    **dict.fromkeys(
+        ("Siglip2Config", "Siglip2TextConfig", "Siglip2VisionConfig"), "siglip.core.siglip2.configuration"
+    ),
+    "Siglip2ImageProcessor": "siglip.core.siglip2.image_processing",
+    **dict.fromkeys(
+        ("Siglip2ForImageClassification", "Siglip2Model", "Siglip2PreTrainedModel", "Siglip2TextModel"),
+        "siglip.core.siglip2.modeling",
+    ),
+    "Siglip2VisionModel": "siglip.core.siglip2.modeling",
+    "Siglip2Processor": "siglip.core.siglip2.processing",
+    "SiglipTokenizer": "siglip.core.two_tower.sentencepiece",
+    **dict.fromkeys(("GemmaTokenizer", "Siglip2Tokenizer"), "siglip.core.two_tower.gemma"),
+    "load_tokenizer": "siglip.core.two_tower.processing",
+    **dict.fromkeys(("CheckpointError", "ImageInputError", "OfflineError", "SiglipError"), "siglip.errors"),
+    **dict.fromkeys(("Embedder", "embed_images", "embed_texts"), "siglip.tools.embedder"),
+    "embed_to_file": "siglip.tools.embedding_files",
+    **dict.fromkeys(("evaluate_retrieval", "evaluate_zeroshot"), "siglip.tools.evaluation"),
+    "find_images": "siglip.tools.files",
+    **dict.fromkeys(("Hit", "SearchIndex"), "siglip.tools.index"),
+    **dict.fromkeys(("ZeroShotImageClassificationPipeline", "pipeline"), "siglip.tools.pipelines"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'siglip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

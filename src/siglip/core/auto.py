@@ -23,12 +23,15 @@ from .config import PretrainedConfig
 from .hub import CONFIG_NAME, Checkpoint, HubOptions, locate, read_json
 from .pretrained import PreTrainedModel
 from .siglip.configuration import SiglipConfig
-from .siglip.image_processing import PREPROCESSOR_CONFIG_FILE
+from .siglip.image_processing import SiglipImageProcessor
 from .siglip.modeling import SiglipModel
 from .siglip.processing import SiglipProcessor
 from .siglip2.configuration import Siglip2Config
+from .siglip2.image_processing import Siglip2ImageProcessor
 from .siglip2.modeling import Siglip2Model
 from .siglip2.processing import Siglip2Processor
+from .two_tower.image_processing import PREPROCESSOR_CONFIG_FILE
+from .two_tower.processing import TwoTowerProcessor
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,10 @@ class Family:
 
 # What the tools take: a two-tower model and its processor, of any family.
 TwoTowerModel = SiglipModel | Siglip2Model
-Processor = SiglipProcessor  # Siglip2Processor is a SiglipProcessor
+Processor = TwoTowerProcessor  # SiglipProcessor or Siglip2Processor
+ImageProcessor = (
+    SiglipImageProcessor | Siglip2ImageProcessor
+)  # one image in, a BatchFeature of model inputs out
 
 FAMILIES: dict[str, Family] = {
     "siglip": Family(SiglipConfig, SiglipModel, SiglipProcessor),

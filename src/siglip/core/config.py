@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import CheckpointError
-from .hub import CONFIG_NAME, Checkpoint, HubOptions, locate, read_json, staged_directory
+from .hub import CONFIG_NAME, Checkpoint, HubOptions, locate, read_json
+from .staging import staged_directory
 
 # Keys transformers writes for its own bookkeeping; they describe the writer, not the model.
 _BOOKKEEPING_KEYS = ("transformers_version", "_name_or_path", "_commit_hash", "siglip_version")

@@ -1,9 +1,9 @@
-"""Where checkpoint files come from and how weights are read and written.
+"""Where checkpoint files come from: names, `Checkpoint`, `locate`, the hub options and the offline probe.
 
 A model is named by a local directory or a Hugging Face hub id (resolved through `huggingface_hub`, so its
-cache, `HF_HUB_OFFLINE`, revisions and tokens behave as users expect). Everything that touches the
-file system or the network for `from_pretrained` / `save_pretrained` lives here, so the model, tokenizer and
-image-processor classes share one set of rules and one set of error messages.
+cache, `HF_HUB_OFFLINE`, revisions and tokens behave as users expect). Every `from_pretrained` finds its files
+here, so the model, tokenizer and image-processor classes share one set of rules and one set of error
+messages. Reading and writing weights is `weights.py`; writing a folder all or nothing is `staging.py`.
 
 Before the first hub request of a process, one TCP connection to the hub (3 s at most) tells whether it can
 be reached; when it cannot, files come from the cache only, so that a machine without network fails in
@@ -12,38 +12,25 @@ seconds with one message rather than after huggingface_hub's retries (set HF_HUB
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
 import json
 import os
-import pickle
-import shutil
 import socket
-import tempfile
 import urllib.parse
 import urllib.request
-import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import CheckpointError, OfflineError
+from .weights import WEIGHT_CANDIDATES
 
 CONFIG_NAME = "config.json"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-WEIGHTS_NAME = "pytorch_model.bin"
-WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+
 
 # Models shipped inside the package, loadable by their short name with no network.
 BUNDLED_DIR = Path(__file__).parent.parent / "models"
-
-# In order of preference: the first one a checkpoint has is the one loaded.
-_WEIGHT_CANDIDATES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 
 
 def _offline_message(repo_id: str, filename: str) -> str:
@@ -168,7 +155,7 @@ class Checkpoint:
         `CheckpointError` that lists what was looked for.
         """
         offline_error: OfflineError | None = None
-        for name in _WEIGHT_CANDIDATES:
+        for name in WEIGHT_CANDIDATES:
             try:
                 found = self.file(name, required=False)
             except OfflineError as err:  # this one is not cached; another format may be
@@ -184,7 +171,7 @@ class Checkpoint:
             return [self.file(shard) for shard in sorted(set(index["weight_map"].values()))]
         if offline_error is not None:
             raise offline_error
-        raise CheckpointError(f"'{self.name}' has no weights: looked for {', '.join(_WEIGHT_CANDIDATES)}.")
+        raise CheckpointError(f"'{self.name}' has no weights: looked for {', '.join(WEIGHT_CANDIDATES)}.")
 
     def __str__(self) -> str:
         return self.name
@@ -261,118 +248,3 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"'{path}' should hold a JSON object, found {type(data).__name__}.")
     return data
-
-
-def load_state_dict(
-    files: list[Path], device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> dict[str, torch.Tensor]:
-    """Read the tensors of one or more weight files onto `device`, floating ones cast to `dtype` if given.
-
-    Safetensors are memory-mapped and read tensor by tensor, each cast as it is read (so a change of dtype
-    never holds two copies of the model); `.bin` files (either `torch.save` format) are read by
-    `load_pickled_tensors`, which refuses pickled code.
-    """
-
-    def cast(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-
-    from safetensors import SafetensorError, safe_open
-
-    state_dict: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            try:
-                with safe_open(file, framework="pt", device=str(device)) as f:
-                    for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                        state_dict[key] = cast(f.get_tensor(key))
-            except (SafetensorError, OSError) as err:
-                raise CheckpointError(f"Cannot read safetensors file '{file}': {err}") from err
-        else:
-            loaded = load_pickled_tensors(file, device)
-            if not isinstance(loaded, dict):
-                raise CheckpointError(f"'{file}' does not hold a state dict.")
-            state_dict.update({key: cast(value) for key, value in loaded.items()})
-    return state_dict
-
-
-def load_pickled_tensors(
-    file: Path, device: str | torch.device = "cpu", error: type[CheckpointError] = CheckpointError
-) -> Any:
-    """What a `torch.save` file holds, in either format (the zip of torch >= 1.6 or the legacy plain pickle),
-    read with `torch.load(weights_only=True)`: tensors, containers and numbers only, never pickled code.
-
-    A file that holds code, or is damaged, raises a one-line `error` naming it.
-    """
-    try:
-        with open(file, "rb") as f:
-            zipped = zipfile.is_zipfile(f)  # only the zip format can be memory-mapped
-        return torch.load(file, map_location=device, weights_only=True, mmap=zipped)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError...
-        if isinstance(err, OSError) and err.errno is not None:  # the file system refused, not the data
-            raise error(f"'{file}' cannot be opened: {(err.strerror or str(err)).lower()}") from None
-        # torch's message is a page of advice on unsafe loading; one of its lines says what was found
-        lines = str(err).splitlines()
-        found = next((ln for ln in lines if "GLOBAL" in ln), None) or next(
-            (ln for ln in lines if "WeightsUnpickler error:" in ln), None
-        )
-        if isinstance(err, pickle.UnpicklingError) and found:
-            found = found.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip().rstrip(".")
-            raise error(
-                f"Cannot read '{file}' as plain tensors: it holds pickled code or objects ({found}), which siglip "
-                "never executes; re-save it as safetensors where you trust it"
-            ) from None
-        text = " ".join(str(err).split())
-        raise error(f"'{file}' cannot be read (truncated or not a checkpoint): {text}") from err
-
-
-@contextlib.contextmanager
-def staged_directory(directory: str | os.PathLike, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Write files into a temporary folder, then move them into `directory` only if all were written.
-
-    An error while saving leaves `directory` as it was: never a half-written file. Files of `directory`
-    matching a `replaces` glob pattern that the new save does not contain (say, the `model.safetensors` of
-    an earlier save now written as shards) are removed, so that no stale file shadows the new ones.
-    """
-    target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"Cannot save into '{target}': it is a file.")
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
-    try:
-        yield staging
-        written = {item.name for item in staging.iterdir()}
-        stale = [p for pattern in replaces for p in target.glob(pattern) if p.name not in written]
-        for item in staging.iterdir():
-            if item.is_file():
-                item.chmod(_FILE_MODE)  # some writers (safetensors) create files only their owner can read
-            os.replace(item, target / item.name)
-        for item in stale:
-            item.unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)  # reading the umask means setting it: once, at import
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _file_mode()
-# Weight files of every layout: a new save removes those of an earlier one it does not overwrite.
-WEIGHT_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
-                        "pytorch_model.bin.index.json")  # fmt: skip
-
-
-def save_state_dict(
-    state_dict: dict[str, torch.Tensor], directory: Path, max_shard_size: int | str = "5GB"
-) -> None:
-    """Write `state_dict` as `model.safetensors`, or as shards with an index when larger than `max_shard_size`."""
-    from huggingface_hub import save_torch_state_dict
-
-    save_torch_state_dict(
-        {k: v.detach().contiguous() for k, v in state_dict.items()},
-        directory,
-        max_shard_size=max_shard_size,
-        metadata={"format": "pt"},
-    )

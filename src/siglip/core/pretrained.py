@@ -1,7 +1,7 @@
 """The checkpoint half of every model class: construction from a config, `from_pretrained` and
 `save_pretrained` in transformers' file format, and the switches transformers models share.
 
-Loading reads the weight files memory-mapped (`hub.load_state_dict`), builds the model on the meta device (no
+Loading reads the weight files memory-mapped (`weights.load_state_dict`), builds the model on the meta device (no
 memory, no initialisation), maps the checkpoint's keys onto the model's (`state_dict.match_state_dict`, a pure
 function) and assigns the tensors. The network itself lives in `modeling.py`.
 """
@@ -15,10 +15,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from . import hub
+from . import hub, weights
 from .config import PretrainedConfig
 from .hub import Checkpoint
 from .outputs import ModelOutput
+from .staging import staged_directory
 from .state_dict import match_state_dict, owning_modules
 
 logger = logging.getLogger("siglip")
@@ -151,7 +152,7 @@ class PreTrainedModel(nn.Module):
             cast = _as_dtype(config.torch_dtype) if config.torch_dtype else None
         else:
             cast = _as_dtype(dtype) if dtype is not None else torch.float32
-        state_dict = hub.load_state_dict(files, device=device, dtype=cast)
+        state_dict = weights.load_state_dict(files, device=device, dtype=cast)
         dtype = cast or next(v.dtype for v in state_dict.values() if v.is_floating_point())
 
         with torch.device("meta"):  # no memory and no init cost: every tensor is replaced below
@@ -205,9 +206,9 @@ class PreTrainedModel(nn.Module):
             return
         self.config.architectures = [type(self).__name__]
         self.config.torch_dtype = _as_dtype_name(self.dtype)
-        with hub.staged_directory(save_directory, replaces=hub.WEIGHT_FILE_PATTERNS) as staging:
+        with staged_directory(save_directory, replaces=weights.WEIGHT_FILE_PATTERNS) as staging:
             self.config.to_json_file(staging / hub.CONFIG_NAME)
-            hub.save_state_dict(
+            weights.save_state_dict(
                 self.state_dict() if state_dict is None else state_dict,
                 staging,
                 max_shard_size=max_shard_size,

@@ -23,17 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core.siglip.image_processing import SiglipImageProcessor
-from ..core.siglip2.image_processing import Siglip2ImageProcessor
+from ..core.auto import ImageProcessor
 from ..errors import DataError, ImageInputError
 from .files import IMAGE_EXTENSIONS, images_in
 
 logger = logging.getLogger("siglip")
 
 PAIRS_SUFFIXES = (".csv", ".tsv", ".jsonl")
-ImageProcessor = (
-    SiglipImageProcessor | Siglip2ImageProcessor
-)  # one image in, a BatchFeature of model inputs out
 
 
 # --- decode or skip ------------------------------------------------------------------------------------

@@ -26,10 +26,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.auto import AutoModel, AutoProcessor, Processor, TwoTowerModel
+from ..core.auto import (
+    AutoModel,
+    AutoProcessor,
+    ImageProcessor,
+    Processor,
+    Siglip2ImageProcessor,
+    TwoTowerModel,
+)
 from ..core.hub import Checkpoint, locate
-from ..core.siglip.image_processing import ImageInput, SiglipImageProcessor
-from ..core.siglip2.image_processing import Siglip2ImageProcessor
+from ..core.two_tower.image_processing import ImageInput
 from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample
@@ -327,7 +333,7 @@ def _stderr_is_terminal() -> bool:
 class _ImageFiles(Dataset):
     """Image files decoded and preprocessed, or the reason each cannot be used (runs in DataLoader workers)."""
 
-    def __init__(self, files: list[FileState], processor: SiglipImageProcessor) -> None:
+    def __init__(self, files: list[FileState], processor: ImageProcessor) -> None:
         self.files = files
         self.processor = processor
 

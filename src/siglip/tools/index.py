@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import html
 import io
@@ -51,10 +50,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from ..core.hub import locate
-from ..core.siglip.image_processing import ImageInput, _pil_to_rgb
-from ..core.siglip.modeling import l2_normalize
+from ..core.two_tower.image_processing import ImageInput, pil_to_rgb
+from ..core.two_tower.modeling import l2_normalize
 from ..errors import (
     CheckpointError,
     ImageInputError,
@@ -301,15 +301,18 @@ class SearchIndex:
     def _update_lock(self) -> Any:
         """Hold `update.lock`: a second update of this index (another process too) waits for the first, then
         finds its work done."""
-        with open(self.directory / LOCK_FILE, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                logger.warning(
-                    "another update of index '%s' is running: waiting for it to finish", self.directory
-                )
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            yield  # the lock goes with the file's closing (and with the process, if it is killed)
+        lock = FileLock(self.directory / LOCK_FILE)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.warning(
+                "another update of index '%s' is running: waiting for it to finish", self.directory
+            )
+            lock.acquire()
+        try:
+            yield  # an OS lock: it goes with the process, too, if that is killed
+        finally:
+            lock.release()
 
     def _update(
         self, paths: Sequence[str | os.PathLike], batch_size: int, workers: int | None, progress: bool | None
@@ -679,9 +682,7 @@ def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             image.thumbnail((size, size))
-            rgb, _ = _pil_to_rgb(
-                image, path
-            )  # as the model sees it: 16-bit grey scaled, not clipped to white
+            rgb, _ = pil_to_rgb(image, path)  # as the model sees it: 16-bit grey scaled, not clipped to white
             buffer = io.BytesIO()
             rgb.save(buffer, format="JPEG", quality=80)
     except (OSError, ValueError, Image.DecompressionBombError, ImageInputError):

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.auto import TwoTowerModel
-from ..core.hub import staged_directory
-from ..core.siglip.modeling import ACTIVATIONS, SiglipMLP, SiglipModel
+from ..core.staging import staged_directory
+from ..core.two_tower.modeling import ACTIVATIONS, SiglipMLP
 from ..errors import UsageError
 from .deps import require
 from .precision import as_precision, check_precision, resolve_precision
@@ -68,7 +68,7 @@ class InferenceMode:
         """The context to run the model in: bf16 autocast for "bf16-autocast", nothing otherwise."""
         return as_precision(self.precision).context(device)
 
-    def apply(self, model: SiglipModel) -> SiglipModel:
+    def apply(self, model: TwoTowerModel) -> TwoTowerModel:
         """Put a (float32) model into this mode, in place, and return it in eval mode.
 
         The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads by

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.siglip.image_processing import ImageInput
+from ..core.two_tower.image_processing import ImageInput
 from ..errors import UsageError
 from . import zeroshot
 from .embedder import DEFAULT_MODEL, Embedder, as_embedder

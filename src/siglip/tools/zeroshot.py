@@ -11,16 +11,16 @@ from collections.abc import Sequence
 
 import torch
 
-from ..core.siglip.modeling import SiglipModel, l2_normalize
-from ..core.siglip.processing import fixed_length_ids
-from ..core.siglip.tokenization import SiglipTokenizer
+from ..core.auto import TwoTowerModel
+from ..core.two_tower.modeling import l2_normalize
+from ..core.two_tower.processing import Tokenizer, fixed_length_ids
 from ..errors import UsageError
 
 DEFAULT_TEMPLATE = "This is a photo of {}."  # transformers' zero-shot-image-classification pipeline
 
 
 def text_embeddings(
-    model: SiglipModel, tokenizer: SiglipTokenizer, texts: Sequence[str], batch_size: int = 256
+    model: TwoTowerModel, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
     """(len(texts), D) unit-length text embeddings (float32, on the model's device), `batch_size` at a time.
 
@@ -41,8 +41,8 @@ def text_embeddings(
 
 
 def class_embeddings(
-    model: SiglipModel,
-    tokenizer: SiglipTokenizer,
+    model: TwoTowerModel,
+    tokenizer: Tokenizer,
     labels: Sequence[str],
     templates: Sequence[str] = (DEFAULT_TEMPLATE,),
     batch_size: int = 256,
@@ -58,7 +58,7 @@ def class_embeddings(
     return l2_normalize(per_prompt.mean(dim=1))
 
 
-def scores(model: SiglipModel, image_embeds: torch.Tensor, class_embeds: torch.Tensor) -> torch.Tensor:
+def scores(model: TwoTowerModel, image_embeds: torch.Tensor, class_embeds: torch.Tensor) -> torch.Tensor:
     """(B, C) sigmoid probabilities of each image for each class, from normalised embeddings."""
     scale = model.logit_scale.detach().float().exp().to(image_embeds.device)
     bias = model.logit_bias.detach().float().to(image_embeds.device)

@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..hub import load_pickled_tensors, staged_directory
 from ..siglip.configuration import SiglipConfig, SiglipVisionConfig
 from ..siglip.image_processing import SiglipImageProcessor
 from ..siglip.modeling import SiglipModel, SiglipVisionModel
 from ..siglip2.configuration import Siglip2Config
 from ..siglip2.image_processing import Siglip2ImageProcessor
 from ..siglip2.modeling import Siglip2Model
+from ..staging import staged_directory
+from ..weights import load_pickled_tensors
 from . import big_vision, open_clip, timm
 from ._rules import ConversionError, Converted, Tensors, check_shapes
 

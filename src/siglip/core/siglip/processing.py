@@ -1,73 +1,17 @@
-"""`SiglipProcessor`: the tokenizer and the image processor behind one call, padding text the way SigLIP needs.
-
-Padding default (our decision, different from transformers): the text is padded with `</s>` and truncated to
-`tokenizer.model_max_length` (64; 16 for so400m-224) unless the caller says otherwise. SigLIP was trained on
-such fixed-length text and pools the last position, so any other padding silently degrades the embeddings
-(e.g. MNIST zero-shot ~10% instead of 80%+ with `padding=True`, mteb PR #1424). transformers' processor has
-no default (#28569), which makes every user rediscover this; asking explicitly for other padding still
-works, with a warning.
-"""
+"""`SiglipProcessor`: the tokenizer and `SiglipImageProcessor` behind one call, padding text the way SigLIP
+needs (the call contract is `TwoTowerProcessor`'s, shared with SigLIP 2)."""
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
-import torch
+from ..two_tower.processing import Tokenizer, TwoTowerProcessor
+from .image_processing import SiglipImageProcessor
 
-from ..features import BatchFeature
-from ..hub import Checkpoint, HubOptions, locate, read_json, staged_directory
-from ..siglip2.tokenization import GemmaTokenizer, lowercase, needs_lowercase
-from ..text import LARGE_INTEGER
-from ..tokenizers import Tokenizer, load_tokenizer
-from .configuration import SiglipTextConfig
-from .image_processing import ImageInput, SiglipImageProcessor
-from .tokenization import SiglipTokenizer
-
-logger = logging.getLogger("siglip")
-
-__all__ = ["BatchFeature", "SiglipProcessor", "fixed_length_ids"]
+__all__ = ["SiglipProcessor"]
 
 
-def fixed_length_ids(
-    tokenizer: Tokenizer, texts: Sequence[str], text_config: SiglipTextConfig
-) -> torch.Tensor:
-    """(N, L) token ids of `texts` as the text tower of `text_config` was trained on them: padded and truncated
-    (keeping the end-of-text token last) to its L = `max_position_embeddings` positions (64; 16 for
-    so400m-224), and lowercased first where the model was trained on lowercased text that its tokenizer does
-    not lowercase (SigLIP 2 through a `GemmaTokenizer`: see `siglip.core.siglip2.tokenization`).
-
-    The one place the tools build text input for a model: SigLIP pools the last position, so any shorter
-    padding gives wrong embeddings. A text longer than L is cut with a warning: two texts that differ only
-    after their first L tokens get the same embedding.
-    """
-    texts = [lowercase(text) for text in texts] if needs_lowercase(tokenizer) else list(texts)
-    limit = text_config.max_position_embeddings
-    with warnings.catch_warnings():  # the tokenizer's own too-long warning: the one below says it, once
-        warnings.simplefilter("ignore", UserWarning)
-        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    cut = [i for i, n in enumerate(lengths) if n > limit]
-    if cut:
-        first = cut[0]
-        logger.warning(
-            "%d text(s) longer than the model's %d text positions were truncated, e.g. %r (%d tokens): texts "
-            "that differ only after the cut score the same",
-            len(cut), limit, texts[first], lengths[first],
-        )  # fmt: skip
-    return tokenizer(
-        texts,
-        padding="max_length",
-        truncation=True,
-        max_length=text_config.max_position_embeddings,
-        return_tensors="pt",
-    )["input_ids"]
-
-
-class SiglipProcessor:
+class SiglipProcessor(TwoTowerProcessor):
     """A tokenizer and a `SiglipImageProcessor` as one preprocessing step for `SiglipModel`.
 
     The tokenizer is a `SiglipTokenizer` (SigLIP 1) or a `GemmaTokenizer` (SigLIP 2 fixed-resolution
@@ -79,148 +23,6 @@ class SiglipProcessor:
     """
 
     image_processor_class: ClassVar[type] = SiglipImageProcessor
-    tokenizer_description: ClassVar[str] = "a SiglipTokenizer or GemmaTokenizer"
-    default_max_length: ClassVar[int | None] = None  # None: the tokenizer's model_max_length
 
     def __init__(self, image_processor: SiglipImageProcessor, tokenizer: Tokenizer) -> None:
-        in_order = isinstance(image_processor, self.image_processor_class) and self._accepts_tokenizer(
-            tokenizer
-        )
-        if not in_order:
-            raise TypeError(
-                f"{type(self).__name__}(image_processor, tokenizer) takes a {self.image_processor_class.__name__} "
-                f"and {self.tokenizer_description}, in that order; got {type(image_processor).__name__} and "
-                f"{type(tokenizer).__name__}"
-            )
-        self.image_processor = image_processor
-        self.tokenizer = tokenizer
-
-    @property
-    def model_input_names(self) -> list[str]:
-        names = [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
-        return list(dict.fromkeys(names))
-
-    def __call__(
-        self,
-        text: str | Sequence[str] | None = None,
-        images: ImageInput | Sequence[ImageInput] | None = None,
-        *,
-        padding: bool | str | None = None,
-        truncation: bool | str | None = True,
-        max_length: int | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
-    ) -> BatchFeature:
-        """Tokenize `text` and preprocess `images`; either may be omitted, not both.
-
-        Args:
-            text: a string or a list of strings.
-            images: an image or a list of images (anything `SiglipImageProcessor` accepts).
-            padding: None (default) pads to `max_length`, which is what the checkpoints need. Anything else
-                (`True`, `"longest"`, `False`) is passed to the tokenizer, with a warning.
-            truncation: truncate to `max_length`, keeping `</s>` last (default True).
-            max_length: default `tokenizer.model_max_length` (the model's number of text positions); 64 for
-                `Siglip2Processor`, as transformers'.
-            return_tensors: `"pt"` (default, as transformers 4.x), `"np"` or None.
-            **kwargs: `add_special_tokens` and `return_attention_mask` go to the tokenizer, everything
-                else (`size`, `resample`, `do_rescale`, ...) to the image processor.
-        """
-        if text is None and images is None:
-            raise ValueError("Pass text, images or both")
-        text_kwargs = {
-            k: kwargs.pop(k) for k in ("add_special_tokens", "return_attention_mask") if k in kwargs
-        }
-        features = BatchFeature()
-        if text is not None:
-            if padding is None:
-                padding = "max_length"
-            elif padding != "max_length":
-                warnings.warn(
-                    f"padding={padding!r}: SigLIP checkpoints were trained on text padded to max_length and pool "
-                    "the last position, so other padding degrades results; the processor's default is "
-                    "padding='max_length'",
-                    stacklevel=2,
-                )
-            features.update(
-                self.tokenizer(
-                    text,
-                    padding=padding,
-                    truncation=truncation,
-                    max_length=self.default_max_length if max_length is None else max_length,
-                    return_tensors=return_tensors,
-                    **text_kwargs,
-                )
-            )
-        if images is not None:
-            features.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
-        elif kwargs:
-            raise TypeError(f"Unexpected arguments without images: {sorted(kwargs)}")
-        return features
-
-    def decode(
-        self,
-        token_ids: Sequence[int] | np.ndarray | torch.Tensor,
-        skip_special_tokens: bool = False,
-        **kwargs: Any,
-    ) -> str | list[str]:
-        """The tokenizer's `decode`."""
-        return self.tokenizer.decode(token_ids, skip_special_tokens, **kwargs)
-
-    def batch_decode(
-        self,
-        sequences: Sequence[Sequence[int]] | np.ndarray | torch.Tensor,
-        skip_special_tokens: bool = False,
-        **kwargs: Any,
-    ) -> list[str]:
-        """The tokenizer's `batch_decode`."""
-        return self.tokenizer.batch_decode(sequences, skip_special_tokens, **kwargs)
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
-    ) -> SiglipProcessor:
-        """Load the tokenizer and image processor files of a checkpoint directory or hub id.
-
-        `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; the name is resolved
-        once for both. The tokenizer class follows the checkpoint (`load_tokenizer`). SigLIP 2 tokenizer
-        configs may leave `model_max_length` unset; it is then the text tower's number of positions
-        (`config.json`'s `text_config.max_position_embeddings`, 64 without one), so text is padded to 64 by
-        default as for SigLIP 1.
-        """
-        checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
-        if kwargs:
-            raise TypeError(
-                f"SiglipProcessor.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}"
-            )
-        return cls(cls.image_processor_class.from_pretrained(checkpoint), cls._load_tokenizer(checkpoint))
-
-    @classmethod
-    def _accepts_tokenizer(cls, tokenizer: Any) -> bool:
-        return isinstance(tokenizer, SiglipTokenizer | GemmaTokenizer)
-
-    @classmethod
-    def _load_tokenizer(cls, checkpoint: Checkpoint) -> Tokenizer:
-        """The checkpoint's tokenizer, of the class its files name (`load_tokenizer`); without a
-        `model_max_length` (SigLIP 2 configs), the text tower's number of positions."""
-        tokenizer = load_tokenizer(checkpoint)
-        if tokenizer.model_max_length > LARGE_INTEGER:
-            config_file = checkpoint.file("config.json", required=False)
-            text_config = (read_json(config_file).get("text_config") or {}) if config_file is not None else {}
-            tokenizer.model_max_length = int(
-                text_config.get("max_position_embeddings", SiglipTextConfig().max_position_embeddings)
-            )
-        return tokenizer
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the tokenizer and image processor files into `save_directory`, all or nothing."""
-        with staged_directory(save_directory) as staging:
-            if hasattr(self.tokenizer, "_write_files"):  # ours: records the processor class, as transformers
-                self.tokenizer._write_files(staging, processor_class=type(self).__name__)
-            else:
-                self.tokenizer.save_pretrained(staging)
-            self.image_processor._write_files(staging, processor_class=type(self).__name__)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(image_processor={self.image_processor!r}, tokenizer={self.tokenizer!r})"
-        )
+        super().__init__(image_processor, tokenizer)

@@ -1,7 +1,7 @@
 """SigLIP 2 NaFlex configurations: the same field names, defaults and `config.json` files as transformers'
 `Siglip2TextConfig`, `Siglip2VisionConfig` and `Siglip2Config`.
 
-The text tower is SigLIP's, so its config is `SiglipTextConfig` under the `siglip2` model types. The vision tower
+The text tower is SigLIP's, so its config is `TextTowerConfig` under the `siglip2` model types. The vision tower
 has no fixed `image_size`: `num_patches` (a square number) is the size of its learned position grid, which is
 resized to each image's own grid of patches.
 """
@@ -13,18 +13,17 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..config import PretrainedConfig
-from ..siglip.configuration import SiglipTextConfig, TwoTowerConfig, _check_heads
+from ..two_tower.configuration import TextTowerConfig, TwoTowerConfig, check_heads
 
 
 @dataclass(init=False)
-class Siglip2TextConfig(SiglipTextConfig):
-    """Text tower configuration of SigLIP 2 NaFlex: the fields and defaults of `SiglipTextConfig`.
+class Siglip2TextConfig(TextTowerConfig):
+    """Text tower configuration of SigLIP 2 NaFlex: the fields and defaults of `TextTowerConfig` (SigLIP's).
 
     The released NaFlex checkpoints use a Gemma vocabulary (`vocab_size` 256000) and 64 text positions.
     """
 
     model_type: ClassVar[str] = "siglip2_text_model"
-    base_config_key: ClassVar[str | None] = "text_config"
     parent_model_type: ClassVar[str | None] = "siglip2"
 
 
@@ -68,7 +67,7 @@ class Siglip2VisionConfig(PretrainedConfig):
                 f"num_patches must be a square number (the side of the position grid squared), got "
                 f"{self.num_patches}"
             )
-        _check_heads(self)
+        check_heads(self)
 
 
 @dataclass(init=False)

@@ -25,14 +25,14 @@ from PIL import Image
 
 from ...errors import ImageInputError
 from ..features import BatchFeature
-from ..siglip.image_processing import (
+from ..two_tower.image_processing import (
     SIGLIP_MEAN,
     SIGLIP_STD,
     BaseImageProcessor,
     ImageInput,
-    _check_resample,
-    _check_stats,
-    _Steps,
+    Steps,
+    check_resample,
+    check_stats,
     process_images,
 )
 
@@ -66,8 +66,8 @@ def get_image_size_for_max_num_patches(
 
 
 @dataclass(frozen=True)
-class _NaflexSteps(_Steps):
-    """`_Steps` whose target size depends on the image: NaFlex's aspect-preserving size (or none)."""
+class _NaflexSteps(Steps):
+    """`Steps` whose target size depends on the image: NaFlex's aspect-preserving size (or none)."""
 
     resize: bool = True
     patch_size: int = 16
@@ -151,12 +151,12 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         max_image_pixels: int | None = None,
     ) -> None:
         self.do_resize = bool(do_resize)
-        self.resample = _check_resample(resample)
+        self.resample = check_resample(resample)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
-        self.image_mean = _check_stats(SIGLIP_MEAN if image_mean is None else image_mean, "image_mean")
-        self.image_std = _check_stats(SIGLIP_STD if image_std is None else image_std, "image_std")
+        self.image_mean = check_stats(SIGLIP_MEAN if image_mean is None else image_mean, "image_mean")
+        self.image_std = check_stats(SIGLIP_STD if image_std is None else image_std, "image_std")
         self.patch_size = _check_positive(patch_size, "patch_size")
         self.max_num_patches = _check_positive(max_num_patches, "max_num_patches")
         self.exif_transpose = exif_transpose
@@ -194,12 +194,12 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             )
         steps = _NaflexSteps(
             size=None,
-            resample=_check_resample(self.resample if resample is None else resample),
+            resample=check_resample(self.resample if resample is None else resample),
             do_rescale=self.do_rescale if do_rescale is None else bool(do_rescale),
             rescale_factor=self.rescale_factor if rescale_factor is None else float(rescale_factor),
             do_normalize=self.do_normalize if do_normalize is None else bool(do_normalize),
-            mean=self.image_mean if image_mean is None else _check_stats(image_mean, "image_mean"),
-            std=self.image_std if image_std is None else _check_stats(image_std, "image_std"),
+            mean=self.image_mean if image_mean is None else check_stats(image_mean, "image_mean"),
+            std=self.image_std if image_std is None else check_stats(image_std, "image_std"),
             exif_transpose=self.exif_transpose if exif_transpose is None else exif_transpose,
             input_data_format=input_data_format,
             reduced_decode=False,

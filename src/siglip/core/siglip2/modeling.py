@@ -3,8 +3,8 @@
 Module and parameter names follow transformers' `Siglip2*` classes (`text_model.*`, `vision_model.*`,
 `logit_scale`, `logit_bias`, `classifier.*`), so checkpoint files move between the two libraries unchanged.
 
-Only the image side differs from SigLIP (`siglip.core.siglip.modeling`, whose encoder, attention, MLP, text
-tower and pooling head are used here as they are):
+Only the image side differs from SigLIP (the encoder, attention, MLP, text tower and pooling head are the shared
+ones of `siglip.core.two_tower.modeling`, used here as they are):
 - the image arrives as patches (B, N, 3 * p * p), flattened (py, px, channel) and zero-padded to N, with
   `pixel_attention_mask` (B, N; 1 = real patch) and `spatial_shapes` (B, 2; patches high and wide);
 - patches are embedded by a linear layer, and the learned square position grid is resized to each image's
@@ -22,18 +22,16 @@ import torch
 from torch import nn
 
 from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, SiglipOutput
-from ..pretrained import PreTrainedModel
-from ..siglip.modeling import (
+from ..two_tower.modeling import (
     ClassifierMixin,
     Embedding,
-    SiglipTextModel,
-    SiglipTextTransformer,
-    SiglipVisionTransformer,
+    TextTowerMixin,
     TwoTowerMixin,
+    TwoTowerPreTrainedModel,
     VisionTowerMixin,
-    _embedding,
-    _init_module,
-    _key_padding_mask,
+    VisionTransformerBase,
+    as_embedding,
+    key_padding_mask,
 )
 from .configuration import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
 
@@ -132,7 +130,7 @@ def _check_patch_inputs(
         )
 
 
-class Siglip2VisionTransformer(SiglipVisionTransformer):
+class Siglip2VisionTransformer(VisionTransformerBase):
     """SigLIP's vision tower on NaFlex patches: `Siglip2VisionEmbeddings`, then the shared encoder, post
     LayerNorm and pooling head with the padding patches masked."""
 
@@ -154,25 +152,22 @@ class Siglip2VisionTransformer(SiglipVisionTransformer):
                 f"pixel_attention_mask must be (batch, max_num_patches) = {tuple(x.shape[:2])}, got "
                 f"{tuple(pixel_attention_mask.shape)}"
             )
-        key_mask = _key_padding_mask(pixel_attention_mask, x.dtype)
+        key_mask = key_padding_mask(pixel_attention_mask, x.dtype)
         return self._encode(x, key_mask, output_attentions, output_hidden_states)
 
 
 # --------------------------------------------------------------------------------------------------------
 # Public models
 # --------------------------------------------------------------------------------------------------------
-class Siglip2PreTrainedModel(PreTrainedModel):
+class Siglip2PreTrainedModel(TwoTowerPreTrainedModel):
     """Base of the SigLIP 2 models: `from_pretrained` / `save_pretrained` (see `PreTrainedModel`) and
     big_vision's initialisation for training from scratch (the SigLIP rules)."""
 
     config_class = Siglip2Config
 
-    def _init_weights(self, module: nn.Module) -> None:
-        _init_module(module, self.config)
 
-
-class Siglip2TextModel(SiglipTextModel):
-    """The SigLIP 2 text tower: SigLIP's (`SiglipTextModel`) under a `Siglip2TextConfig`. `pooler_output` is the
+class Siglip2TextModel(TextTowerMixin, Siglip2PreTrainedModel):
+    """The SigLIP 2 text tower: SigLIP's (as `SiglipTextModel`) under a `Siglip2TextConfig`. `pooler_output` is the
     text head's output at the last position (unnormalised); tokenize with `padding="max_length"` (64)."""
 
     config_class = Siglip2TextConfig
@@ -213,16 +208,8 @@ class Siglip2Model(TwoTowerMixin, Siglip2PreTrainedModel):
     """
 
     config_class = Siglip2Config
-    main_input_name = "input_ids"
+    vision_transformer_class = Siglip2VisionTransformer
     _output_class = Siglip2Output
-
-    def __init__(self, config: Siglip2Config) -> None:
-        super().__init__(config)
-        self.text_model = SiglipTextTransformer(config.text_config)
-        self.vision_model = Siglip2VisionTransformer(config.vision_config)
-        self.logit_scale = nn.Parameter(torch.empty(1))
-        self.logit_bias = nn.Parameter(torch.empty(1))
-        self.post_init()
 
     def get_image_features(
         self,
@@ -257,7 +244,7 @@ class Siglip2Model(TwoTowerMixin, Siglip2PreTrainedModel):
         if pixel_attention_mask is not None:
             pixel_attention_mask = pixel_attention_mask.to(device, non_blocking=True)
         features = self.get_image_features(pixel_values, pixel_attention_mask, spatial_shapes.to(device))
-        return _embedding(features, normalize)
+        return as_embedding(features, normalize)
 
     def forward(
         self,
@@ -272,19 +259,11 @@ class Siglip2Model(TwoTowerMixin, Siglip2PreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> Siglip2Output | tuple:
-        if input_ids is None or pixel_values is None:
-            raise ValueError(
-                "Siglip2Model.forward needs both input_ids and pixel_values; for one modality use "
-                "get_text_features / get_image_features"
-            )
-        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
-        vision_out = self.vision_model(
-            pixel_values, pixel_attention_mask, spatial_shapes, output_attentions, output_hidden_states
-        )
-        text_out = self.text_model(
-            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
-        )
-        return self._contrastive_output(text_out, vision_out, return_loss, return_dict)
+        image_inputs = {"pixel_attention_mask": pixel_attention_mask, "spatial_shapes": spatial_shapes}
+        return self._contrastive_forward(
+            input_ids, pixel_values, image_inputs, attention_mask, position_ids, return_loss,
+            output_attentions, output_hidden_states, return_dict,
+        )  # fmt: skip
 
 
 class Siglip2ForImageClassification(ClassifierMixin, Siglip2PreTrainedModel):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from ...core.siglip.image_processing import SiglipImageProcessor
+from ...core.auto import ImageProcessor
 from ...errors import DataError
 from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample
 from ..tar_shards import count_samples, expand_shards, image_field, is_shards, sample_name
@@ -92,7 +92,7 @@ class PairsDataset(Dataset):
     def __init__(
         self,
         path: str | Path,
-        processor: SiglipImageProcessor,
+        processor: ImageProcessor,
         image_column: str = "image",
         caption_column: str = "caption",
         group_column: str | None = None,
@@ -124,7 +124,7 @@ class ClassFolderDataset(Dataset):
     def __init__(
         self,
         root: str | Path,
-        processor: SiglipImageProcessor,
+        processor: ImageProcessor,
         templates: Sequence[str],
         seed: int = 0,
         class_names: dict[str, str] | None = None,
@@ -189,7 +189,7 @@ class WebDatasetSource(IterableDataset):
     fine-tuning; at very large scale, shard the data per node instead.
     """
 
-    def __init__(self, pattern: str, processor: SiglipImageProcessor, layout: BatchLayout) -> None:
+    def __init__(self, pattern: str, processor: ImageProcessor, layout: BatchLayout) -> None:
         try:
             import webdataset  # noqa: F401 (checked here so the error comes before training)
         except ImportError as err:
@@ -250,7 +250,7 @@ def _caption_of(raw: dict[str, Any]) -> str | None:
 
 def build_source(
     data: str,
-    processor: SiglipImageProcessor,
+    processor: ImageProcessor,
     *,
     templates: Sequence[str],
     layout: BatchLayout,

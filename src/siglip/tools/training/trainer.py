@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from ...core.auto import AutoConfig, AutoModel, AutoProcessor, Processor, TwoTowerModel
 from ...core.loss import check_chunk_size, siglip_loss
-from ...core.siglip.processing import fixed_length_ids
+from ...core.two_tower.processing import fixed_length_ids
 from ...errors import DataError, UsageError
 from ..data import Batch, empty_inputs
 from ..embedder import Embedder, configure_images

@@ -47,7 +47,7 @@ from tokenizers.models import BPE
 from ...errors import CheckpointError
 from ..features import write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json
-from ..text import (
+from .tokenization import (
     VERY_LARGE_INTEGER,
     TokenizerBase,
     check_texts,

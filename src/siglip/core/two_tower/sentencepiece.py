@@ -34,7 +34,7 @@ import torch
 from ...errors import CheckpointError
 from ..features import write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json
-from ..text import (
+from .tokenization import (
     TokenizerBase,
     check_texts,
     ids_to_decode,

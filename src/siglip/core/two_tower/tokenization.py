@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .features import BatchFeature
-from .hub import staged_directory
+from ..features import BatchFeature
+from ..staging import staged_directory
 
 # transformers' "no limit" value of `model_max_length` (1e30); above LARGE_INTEGER a tokenizer has no limit
 # of its own, and padding="max_length" / truncation without `max_length` then do nothing, as in transformers.

@@ -1,0 +1,18 @@
+"""Old path of the inference modes and ONNX export, kept so that code written for it still runs: they live in
+`siglip.tools.inference` now (and the precision table in `siglip.tools.precision`)."""
+
+from __future__ import annotations
+
+from .tools.inference import (
+    InferenceMode,
+    OnnxCheck,
+    check_onnx,
+    export_onnx,
+    fast_gelu_tanh,
+    quantize_linear_layers,
+    use_fast_gelu,
+)
+from .tools.precision import PRECISIONS, native_bf16
+
+__all__ = ["PRECISIONS", "InferenceMode", "OnnxCheck", "check_onnx", "export_onnx", "fast_gelu_tanh",
+           "native_bf16", "quantize_linear_layers", "use_fast_gelu"]  # fmt: skip
