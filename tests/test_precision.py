@@ -11,7 +11,9 @@ from siglip.tools.inference import InferenceMode
 from siglip.tools.precision import (
     PRECISIONS,
     TRAINING_PRECISIONS,
+    as_precision,
     native_bf16,
+    precision_of_dtype,
     resolve_precision,
 )
 from siglip.tools.training import TrainConfig
@@ -88,3 +90,10 @@ def test_the_environment_pin_overrides_the_probe(monkeypatch):
     assert not native_bf16("cpu")
     monkeypatch.setenv("SIGLIP_BF16_UNITS", "1")
     assert native_bf16("cpu")
+
+
+def test_a_dtype_names_the_word_whose_weights_it_is():
+    for word in ("fp32", "bf16", "fp16"):
+        assert precision_of_dtype(as_precision(word).weights) == word
+    with pytest.raises(UsageError, match="float64"):
+        precision_of_dtype(torch.float64)

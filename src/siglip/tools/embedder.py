@@ -40,6 +40,7 @@ from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample
 from .inference import InferenceMode
+from .precision import precision_of_dtype
 from .store import FileState
 from .tar_shards import TarMember
 
@@ -104,7 +105,7 @@ class Embedder:
         self.model = model.eval()
         self.processor = processor
         self.name = name
-        self.mode = mode or InferenceMode(_precision_of(model))
+        self.mode = mode or InferenceMode(precision_of_dtype(model.dtype))
 
     @classmethod
     def from_pretrained(
@@ -319,11 +320,6 @@ def image_settings(processor: Processor) -> dict[str, Any]:
         "max_num_patches": patch_budget(processor),
         "reduced_decode": None if naflex else images.reduced_decode,
     }
-
-
-def _precision_of(model: TwoTowerModel) -> str:
-    """The precision a model was given to `Embedder` in: its weights' dtype."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, "fp32")
 
 
 def _stderr_is_terminal() -> bool:

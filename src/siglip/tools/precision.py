@@ -81,6 +81,15 @@ _RESOLVED = {
 }
 
 
+def precision_of_dtype(dtype: torch.dtype) -> str:
+    """The word for weights of `dtype` run as they are (no autocast, no quantisation): the inverse of the
+    weights column of the table above."""
+    for word, precision in _RESOLVED.items():
+        if precision.weights == dtype and precision.autocast is None and word != "int8":
+            return word
+    raise UsageError(f"no precision word has {dtype} weights; siglip runs float32, bfloat16 or float16 weights")
+
+
 def as_precision(word: str) -> Precision:
     """The weights and autocast dtypes of a word other than "auto" (which needs a device: `resolve_precision`)."""
     if word == "auto":

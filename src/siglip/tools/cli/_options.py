@@ -20,6 +20,7 @@ from ...errors import UsageError
 from ..embedder import DEFAULT_MODEL, Embedder, resolve_device
 from ..files import display_path
 from ..precision import PRECISIONS
+from ..values import Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 
 
@@ -198,35 +199,12 @@ def _is_number(text: str) -> bool:
 # --- option types: each rejects, while parsing, a value outside the option's meaning --------------------------
 def integer(low: int, high: float = math.inf) -> Callable[[str], int]:
     """An option type: a whole number from `low` to `high`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low or value > high:
-            upper = "" if math.isinf(high) else f" and at most {high:g}"
-            raise argparse.ArgumentTypeError(f"must be at least {low}{upper}, got {value}")
-        return value
-
-    return parse
+    return whole(low, high).parse
 
 
 def real(low: float, high: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
     """An option type: a finite number from `low` (excluded when `above`) to `high` (included)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
-            lower = f"above {low:g}" if above else f"at least {low:g}"
-            upper = "" if math.isinf(high) else f" and at most {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {lower}{upper}, got {text}")
-        return value
-
-    return parse
+    return Number(low, high, above=above).parse
 
 
 def device(text: str) -> str:

@@ -8,34 +8,8 @@ import os
 import types
 import typing
 
-from ..precision import TRAINING_PRECISIONS
 from ..training.trainer import TrainConfig, train
-from ._options import integer, output_folder, real
-
-# What each option of TrainConfig may be, checked while parsing (TrainConfig checks how options combine).
-_VALUES: dict[str, dict[str, typing.Any]] = {
-    "output_dir": {"type": output_folder},
-    "batch_size": {"type": integer(1)},
-    "grad_accum": {"type": integer(1)},
-    "epochs": {"type": real(0, above=True)},
-    "steps": {"type": integer(1)},
-    "lr": {"type": real(0, above=True)},
-    "warmup_steps": {"type": integer(0)},
-    "weight_decay": {"type": real(0)},
-    "beta2": {"type": real(0, 1)},
-    "grad_clip": {"type": real(0)},
-    "precision": {"choices": TRAINING_PRECISIONS},
-    "loss": {"choices": ("all_gather", "ring")},
-    "loss_chunk_size": {"type": integer(1)},
-    "workers": {"type": integer(0)},
-    "log_every": {"type": integer(1)},
-    "save_every": {"type": integer(0)},
-    "keep_checkpoints": {"type": integer(1)},
-    "eval_every": {"type": integer(0)},
-    "max_num_patches": {"type": integer(1)},
-    "max_image_pixels": {"type": integer(1)},
-    "max_bad_fraction": {"type": real(0, 1)},
-}
+from ._options import output_folder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -65,12 +39,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             default = None if required else f.default
             parser.add_argument(
                 flag,
-                **{"type": scalar, **_VALUES.get(f.name, {})},
+                **{"type": scalar, **_rule(f)},
                 required=required,
                 default=default,
                 help=f"{help_text} (default: {default})",
             )
     parser.set_defaults(run=run)
+
+
+def _rule(f: dataclasses.Field) -> dict[str, typing.Any]:
+    """How the command line applies a field's value rule (the output folder: that it is no file)."""
+    if f.name == "output_dir":
+        return {"type": output_folder}
+    return f.metadata["value"].argparse() if "value" in f.metadata else {}
 
 
 def _alternatives(kind: typing.Any) -> tuple:

@@ -49,8 +49,9 @@ from ...errors import DataError, UsageError
 from ..data import Batch, empty_inputs
 from ..embedder import Embedder, configure_images
 from ..evaluation import evaluate_zeroshot
-from ..precision import Precision, check_precision, resolve_precision
+from ..precision import TRAINING_PRECISIONS, Precision, resolve_precision
 from ..store import replace_atomically
+from ..values import Choice, Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 from .data import (
     BatchLayout,
@@ -107,69 +108,108 @@ class TrainConfig:
         default=False,
         metadata={"help": "pairs and shards: captions that tokenize identically make pairs positives"},
     )
-    batch_size: int = field(default=256, metadata={"help": "global batch per optimizer step, all processes"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (each its own loss batch)"})
-    epochs: float = field(default=1.0, metadata={"help": "length of the run in passes over the data"})
-    steps: int | None = field(
-        default=None, metadata={"help": "length in optimizer steps (overrides --epochs)"}
+    batch_size: int = field(
+        default=256, metadata={"value": whole(1), "help": "global batch per optimizer step, all processes"}
     )
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay (not on norms, biases, logits)"})
-    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: off)"})
+    grad_accum: int = field(
+        default=1, metadata={"value": whole(1), "help": "micro-batches per step (each its own loss batch)"}
+    )
+    epochs: float = field(
+        default=1.0,
+        metadata={"value": Number(0, above=True), "help": "length of the run in passes over the data"},
+    )
+    steps: int | None = field(
+        default=None, metadata={"value": whole(1), "help": "length in optimizer steps (overrides --epochs)"}
+    )
+    lr: float = field(
+        default=1e-4, metadata={"value": Number(0, above=True), "help": "peak learning rate (AdamW)"}
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"value": whole(0), "help": "linear warm-up steps, then cosine decay to 0"}
+    )
+    weight_decay: float = field(
+        default=0.1, metadata={"value": Number(0), "help": "AdamW decay (not on norms, biases, logits)"}
+    )
+    beta2: float = field(default=0.95, metadata={"value": Number(0, 1), "help": "AdamW beta2"})
+    grad_clip: float = field(
+        default=1.0, metadata={"value": Number(0), "help": "clip the gradient norm to this (0: off)"}
+    )
     precision: str = field(
         default="auto",
         metadata={
+            "value": Choice(TRAINING_PRECISIONS),
             "help": "fp32, bf16-autocast (float32 weights, bf16 products), bf16 (bf16 weights) or auto "
-            "(bf16-autocast on hardware with bf16 units, else fp32); see siglip.tools.precision"
+            "(bf16-autocast on hardware with bf16 units, else fp32); see siglip.tools.precision",
         },
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute layers in backward"})
     lock_image: bool = field(default=False, metadata={"help": "freeze the image tower (LiT)"})
     lock_text: bool = field(default=False, metadata={"help": "freeze the text tower"})
-    loss: str = field(default="all_gather", metadata={"help": "distributed loss: all_gather or ring"})
-    loss_chunk_size: int | None = field(
-        default=None, metadata={"help": "bound the loss memory to chunk x chunk logits at a time"}
+    loss: str = field(
+        default="all_gather",
+        metadata={"value": Choice(("all_gather", "ring")), "help": "distributed loss: all_gather or ring"},
     )
-    workers: int = field(default=2, metadata={"help": "data loading processes per training process"})
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={"value": whole(1), "help": "bound the loss memory to chunk x chunk logits at a time"},
+    )
+    workers: int = field(
+        default=2, metadata={"value": whole(0), "help": "data loading processes per training process"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for initialisation, data order and captions"})
-    log_every: int = field(default=10, metadata={"help": "steps between metrics.jsonl lines"})
-    save_every: int = field(default=500, metadata={"help": "steps between checkpoints (0: only at the end)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (older ones are deleted)"})
+    log_every: int = field(
+        default=10, metadata={"value": whole(1), "help": "steps between metrics.jsonl lines"}
+    )
+    save_every: int = field(
+        default=500, metadata={"value": whole(0), "help": "steps between checkpoints (0: only at the end)"}
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata={"value": whole(1), "help": "checkpoints kept (older ones are deleted)"}
+    )
     eval_data: str | None = field(
         default=None, metadata={"help": "folder of class folders for zero-shot evaluation during training"}
     )
-    eval_every: int = field(default=0, metadata={"help": "steps between zero-shot evaluations (0: off)"})
+    eval_every: int = field(
+        default=0, metadata={"value": whole(0), "help": "steps between zero-shot evaluations (0: off)"}
+    )
     eval_templates: list[str] = field(
         default_factory=lambda: [DEFAULT_TEMPLATE], metadata={"help": "prompt templates of the evaluation"}
     )
     max_num_patches: int | None = field(
         default=None,
-        metadata={"help": "SigLIP 2 NaFlex models: patches per image (default: the checkpoint's)"},
+        metadata={
+            "value": whole(1),
+            "help": "SigLIP 2 NaFlex models: patches per image (default: the checkpoint's)",
+        },
     )
     max_image_pixels: int | None = field(
         default=None,
         metadata={
+            "value": whole(1),
             "help": "image files with more pixels are refused as possible decompression bombs (default: "
-            "Pillow's limit, about 89 million)"
+            "Pillow's limit, about 89 million)",
         },
     )
     max_bad_fraction: float = field(
-        default=0.01, metadata={"help": "stop when more images than this fraction are missing or unreadable"}
+        default=0.01,
+        metadata={
+            "value": Number(0, 1),
+            "help": "stop when more images than this fraction are missing or unreadable",
+        },
     )
     resume: bool = field(default=False, metadata={"help": "continue from output_dir's latest checkpoint"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # each value against its field's rule (the CLI parses by the same)
+            value = getattr(self, f.name)
+            if "value" in f.metadata and value is not None:
+                f.metadata["value"].check(value, f.name)
         if (self.model is None) == (self.config is None):
             raise UsageError(
                 "pass exactly one of model (a checkpoint to start from) or config (from scratch)"
             )
-        if self.loss not in ("all_gather", "ring"):
-            raise UsageError(f"loss must be 'all_gather' or 'ring', got {self.loss!r}")
-        check_precision(self.precision, training=True)
-        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+        if self.batch_size % self.grad_accum:
             raise UsageError(
                 f"batch_size {self.batch_size} must be a positive multiple of grad_accum {self.grad_accum}"
             )
@@ -181,8 +221,6 @@ class TrainConfig:
                              "image-processor files (spiece.model, preprocessor_config.json, ...)")  # fmt: skip
         if self.lock_image and self.lock_text:
             raise UsageError("lock_image and lock_text together leave nothing to train")
-        if self.grad_clip < 0:
-            raise UsageError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
         check_chunk_size(self.loss_chunk_size, self.loss, "loss_chunk_size")
         check_templates(self.templates)
         check_templates(self.eval_templates)
