@@ -171,6 +171,23 @@ def test_return_dict_false_and_feature_getters(tiny_pair):
         assert_close(
             image, theirs.get_image_features(inputs["pixel_values"]).pooler_output, "image features", REL
         )
+        # The 4.x tensor also reads as the 5.x output: the same pooler_output and the tower's other fields.
+        for features, ref, name in (
+            (text, theirs.get_text_features(inputs["input_ids"], output_hidden_states=True), "text"),
+            (image, theirs.get_image_features(inputs["pixel_values"], output_attentions=True), "image"),
+        ):
+            assert features.pooler_output is features
+            assert_close(features.last_hidden_state, ref.last_hidden_state, f"{name} last_hidden_state", REL)
+            assert type(features * 1) is torch.Tensor  # operations give plain tensors
+        hidden = ours.get_text_features(inputs["input_ids"], output_hidden_states=True).hidden_states
+        ref_hidden = theirs.get_text_features(inputs["input_ids"], output_hidden_states=True).hidden_states
+        for a, b in zip(hidden, ref_hidden, strict=True):
+            assert_close(a, b, "text hidden_states", REL)
+        maps = ours.get_image_features(inputs["pixel_values"], output_attentions=True).attentions
+        ref_maps = theirs.get_image_features(inputs["pixel_values"], output_attentions=True).attentions
+        for a, b in zip(maps, ref_maps, strict=True):
+            assert_close(a, b, "image attentions", REL)
+        assert not hasattr(ours.get_text_features(inputs["input_ids"]), "hidden_states")  # only when asked
         # The getters are unnormalised; forward's embeddings are their normalised versions.
         full = ours(**inputs)
         assert_close(full.text_embeds, text / text.norm(dim=-1, keepdim=True), "normalised text", REL)

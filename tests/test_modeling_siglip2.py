@@ -198,6 +198,13 @@ def test_feature_getters_embedding_contract_and_classifier_loss(tiny_images, tmp
         assert isinstance(image, torch.Tensor) and isinstance(text, torch.Tensor)
         _exact(image, theirs.get_image_features(**tiny_images).pooler_output, "image features")
         _exact(text, theirs.get_text_features(ids).pooler_output, "text features")
+        ref = theirs.get_image_features(**tiny_images, output_hidden_states=True)
+        mine = ours.get_image_features(**tiny_images, output_hidden_states=True)
+        assert mine.pooler_output is mine  # the 4.x tensor reads as the 5.x output too
+        _exact(mine.last_hidden_state, ref.last_hidden_state, "image last_hidden_state")
+        assert len(mine.hidden_states) == len(ref.hidden_states)
+        for a, b in zip(mine.hidden_states, ref.hidden_states, strict=True):
+            _exact(a, b, "image hidden_states")
         embeds = ours.encode_images(**tiny_images)
         assert embeds.dtype == torch.float32 and torch.allclose(embeds.norm(dim=-1), torch.ones(5))
         _exact(embeds, siglip.core.two_tower.modeling.l2_normalize(image), "encode_images")

@@ -158,9 +158,11 @@ class SiglipModel(TwoTowerMixin, SiglipPreTrainedModel):
         return_dict: bool | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> torch.Tensor:
-        """Image embeddings (B, D): the attention-pooled vision output, not normalised."""
-        return self._image_pooled(
-            self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        """Image embeddings (B, D): the attention-pooled vision output, not normalised (see `TowerFeatures`:
+        the tower's other outputs ride along)."""
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
+        return self._image_features(
+            self.vision_model(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding)
         )
 
     def encode_images(

@@ -220,11 +220,14 @@ class Siglip2Model(TwoTowerMixin, Siglip2PreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> torch.Tensor:
-        """Image embeddings (B, D): the attention-pooled vision output, not normalised.
-
-        The output flags are accepted for transformers compatibility; only the pooled tensor is returned.
-        """
-        return self._image_pooled(self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes))
+        """Image embeddings (B, D): the attention-pooled vision output, not normalised (see `TowerFeatures`:
+        the tower's other outputs ride along)."""
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
+        return self._image_features(
+            self.vision_model(
+                pixel_values, pixel_attention_mask, spatial_shapes, output_attentions, output_hidden_states
+            )
+        )
 
     def encode_images(
         self,

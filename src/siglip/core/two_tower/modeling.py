@@ -350,6 +350,33 @@ def as_embedding(features: torch.Tensor, normalize: bool) -> torch.Tensor:
     return l2_normalize(features) if normalize else features
 
 
+class TowerFeatures(torch.Tensor):
+    """What `get_text_features` / `get_image_features` return: the pooled embeddings (B, D), the tensor
+    transformers 4.x returns, that also reads as the tower output transformers 5.x returns: `.pooler_output`
+    is the tensor itself, and `.last_hidden_state` (with `.hidden_states` / `.attentions` when asked for)
+    the tower's. Code written for either runs. Any operation on it gives a plain tensor."""
+
+    __torch_function__ = (
+        torch._C._disabled_torch_function_impl
+    )  # results are plain tensors, as nn.Parameter's
+
+    @property
+    def pooler_output(self) -> torch.Tensor:
+        return self
+
+
+def tower_features(output: BaseModelOutputWithPooling) -> torch.Tensor:
+    """The `TowerFeatures` of a tower's output (its plain pooled tensor while torch.compile or an ONNX export
+    traces the model: a traced tensor takes no subclass or attributes)."""
+    if torch.compiler.is_compiling():
+        return output.pooler_output
+    features = output.pooler_output.as_subclass(TowerFeatures)
+    for name, value in output.items():
+        if name != "pooler_output":
+            setattr(features, name, value)
+    return features
+
+
 class TwoTowerMixin:
     """The two-tower model of both families (`SiglipModel`, `Siglip2Model`): it builds the text tower, the
     vision tower of the class's `vision_transformer_class` and the learned `logit_scale` and `logit_bias`, and
@@ -381,11 +408,12 @@ class TwoTowerMixin:
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> torch.Tensor:
-        """Text embeddings (B, projection_size): the text head's output, not normalised.
-
-        The output flags are accepted for transformers compatibility; only the pooled tensor is returned.
-        """
-        return self.text_model(input_ids, attention_mask, position_ids).pooler_output
+        """Text embeddings (B, projection_size): the text head's output, not normalised (see
+        `tower_features`: the tower's other outputs ride along as attributes)."""
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
+        return tower_features(
+            self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
+        )
 
     def encode_texts(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = True
@@ -404,6 +432,11 @@ class TwoTowerMixin:
                 f"use {vision_class} and its last_hidden_state"
             )
         return vision_output.pooler_output
+
+    def _image_features(self, vision_output: BaseModelOutputWithPooling) -> torch.Tensor:
+        """`get_image_features` of both families: the `TowerFeatures` of the vision tower's output."""
+        self._image_pooled(vision_output)  # a tower without pooling head gives no features
+        return tower_features(vision_output)
 
     def _contrastive_forward(
         self,
