@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 import _transformers_worker as worker
@@ -47,6 +48,7 @@ from siglip import (
     SiglipTokenizer,
 )
 from siglip.core.two_tower.gemma import lowercase
+from siglip.core.two_tower.processing import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = Path(os.environ.get("SIGLIP_TF4_ENV", ROOT / ".venv-tf4"))
@@ -125,15 +127,16 @@ def _save_ours(family: str, vocab_dir: Path, folder: Path) -> None:
 def results(material) -> dict:
     """(release, family, side) -> (folder, what transformers computed), each release run once for all cases."""
     root, found = material["root"], {}
+    for family in FAMILIES:
+        _save_ours(family, root / "vocab" / family, root / "ours" / family)
     for release, families in RELEASES.items():
         tasks = []
         for family in families:
-            ours, theirs = root / release / family / "ours", root / release / family / "theirs"
-            if not ours.exists():
-                _save_ours(family, root / "vocab" / family, ours)
+            ours, theirs = root / "ours" / family, root / release / family
+            theirs.parent.mkdir(exist_ok=True)
             common = {"family": family, "config": CONFIGS[family], "vocab_dir": str(root / "vocab" / family)}
-            tasks += [{**common, "mode": "load", "folder": str(ours), "out": str(ours) + ".pt", "side": "ours"},
-                      {**common, "mode": "save", "folder": str(theirs), "out": str(theirs) + ".pt",
+            tasks += [{**common, "mode": "load", "folder": str(ours), "out": f"{theirs}-load.pt", "side": "ours"},
+                      {**common, "mode": "save", "folder": str(theirs), "out": f"{theirs}-save.pt",
                        "side": "theirs"}]  # fmt: skip
         spec = {"images": material["images"], "texts": material["texts"], "tasks": tasks}
         if release.startswith("5."):
@@ -191,3 +194,18 @@ def test_naflex_tokenizer_we_save_lowercases_wherever_it_loads(results):
         )
         assert not torch.equal(theirs["input_ids"], gemma(TEXTS, **kwargs)["input_ids"])
         assert type(AutoProcessor.from_pretrained(folder).tokenizer) is Siglip2Tokenizer
+
+
+def test_a_naflex_tokenizer_saved_alone_keeps_lowercasing(material, tmp_path):
+    """Without a config.json beside it, transformers reads the class the files name: ours and 5.24 lowercase."""
+    tokenizer = Siglip2Tokenizer.from_pretrained(material["root"] / "vocab" / "naflex")
+    tokenizer.save_pretrained(tmp_path)
+    expected = tokenizer(TEXTS)["input_ids"]
+    assert expected != GemmaTokenizer.from_pretrained(tmp_path)(TEXTS)["input_ids"]
+    loaded = load_tokenizer(tmp_path)
+    assert type(loaded) is Siglip2Tokenizer
+    assert (
+        loaded(TEXTS)["input_ids"]
+        == transformers.AutoTokenizer.from_pretrained(tmp_path)(TEXTS)["input_ids"]
+        == expected
+    )
