@@ -26,7 +26,6 @@ pip_install() { "$env/bin/python" -m pip install --quiet --disable-pip-version-c
 stamp="$env/.shared-pins"
 pins="$(python3 --version) ${shared[*]}"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$pins" ]]; then
-  rm -rf "$env"
   python3 -m venv "$env"
   pip_install "${shared[0]}"  # torch first: the CPU wheel on disk
   pip_install "${shared[@]}"
