@@ -104,10 +104,11 @@ class GemmaTokenizer(TokenizerBase):
     Calling the tokenizer returns a `BatchFeature` with `input_ids` (and `attention_mask`): lists of ints
     by default, `return_tensors="pt"` / `"np"` for int64 tensors / arrays of shape (batch, length).
     `save_pretrained` writes `tokenizer.json` and `tokenizer_config.json` (and `tokenizer.model` if loaded from
-    one).
+    one), in a form transformers 4.x (from 4.38) and 5.x load.
     """
 
     lowercases: ClassVar[bool] = False
+    saved_class: ClassVar[str] = "GemmaTokenizer"  # the `tokenizer_class` save_pretrained writes
 
     def __init__(
         self,
@@ -370,19 +371,22 @@ class GemmaTokenizer(TokenizerBase):
             "add_bos_token": self.add_bos_token,
             "add_eos_token": self.add_eos_token,
             "added_tokens_decoder": {str(i): _token_dict(token) for i, token in sorted(added.items())},
+            # the 4.x name, which 5.x reads too (4.x's `extra_special_tokens` is a dict of named tokens)
+            "additional_special_tokens": self.extra_special_tokens,
             "bos_token": self.bos_token,
             "clean_up_tokenization_spaces": False,
             "eos_token": self.eos_token,
-            "extra_special_tokens": self.extra_special_tokens,
             "mask_token": self.mask_token,
             "model_input_names": self.model_input_names,
             "model_max_length": self.model_max_length,
             "pad_token": self.pad_token,
             "padding_side": self.padding_side,
-            "tokenizer_class": type(self).__name__,
+            "tokenizer_class": self.saved_class,
             "truncation_side": self.truncation_side,
             "unk_token": self.unk_token,
         }
+        if self.lowercases:
+            config["do_lower_case"] = True
         if processor_class is not None:
             config["processor_class"] = processor_class
         write_json(directory / TOKENIZER_CONFIG_FILE, config)
@@ -399,9 +403,16 @@ class Siglip2Tokenizer(GemmaTokenizer):
     """transformers' `Siglip2Tokenizer` (NaFlex checkpoints): `GemmaTokenizer` with a Lowercase normaliser.
 
     The lowercasing is unconditional, as in transformers 5.24 (`do_lower_case` in a config is ignored).
+
+    `save_pretrained` names the class `PreTrainedTokenizerFast` (with `do_lower_case: true`): transformers 4.x
+    has no `Siglip2Tokenizer`, and 5.x reads `GemmaTokenizer` as a tokenizer that keeps case unless a
+    `config.json` beside it says "siglip2". `PreTrainedTokenizerFast` runs `tokenizer.json` as written, its
+    Lowercase normaliser included, so transformers 4.x and 5.x give this tokenizer's ids (5.x loads a
+    `Siglip2Tokenizer` where `config.json` says "siglip2").
     """
 
     lowercases: ClassVar[bool] = True
+    saved_class: ClassVar[str] = "PreTrainedTokenizerFast"
 
 
 # keyword arguments `from_pretrained` takes as overrides of the config files

@@ -57,13 +57,18 @@ TOKENIZER_CLASSES: dict[str, type] = {
     "GemmaTokenizerFast": GemmaTokenizer,
     "Siglip2Tokenizer": Siglip2Tokenizer,
 }
+GENERIC_CLASS = "PreTrainedTokenizerFast"  # what we save a Siglip2Tokenizer as (see Siglip2Tokenizer)
 
 
 def tokenizer_class(checkpoint: Checkpoint) -> type:
-    """The class for the tokenizer of `checkpoint`: its config's `tokenizer_class`, else by the files present
-    (`spiece.model`: SiglipTokenizer; `tokenizer.json` / `tokenizer.model`: GemmaTokenizer)."""
+    """The class for the tokenizer of `checkpoint`: its config's `tokenizer_class` (`PreTrainedTokenizerFast`:
+    Siglip2Tokenizer with `do_lower_case`, else GemmaTokenizer), else by the files present (`spiece.model`:
+    SiglipTokenizer; `tokenizer.json` / `tokenizer.model`: GemmaTokenizer)."""
     config_file = checkpoint.file(TOKENIZER_CONFIG_FILE, required=False)
-    name = read_json(config_file).get("tokenizer_class") if config_file is not None else None
+    config = read_json(config_file) if config_file is not None else {}
+    name = config.get("tokenizer_class")
+    if name == GENERIC_CLASS:  # transformers runs its tokenizer.json as it is: lowercasing or not
+        return Siglip2Tokenizer if config.get("do_lower_case") else GemmaTokenizer
     if name is not None:
         if name not in TOKENIZER_CLASSES:
             raise CheckpointError(

@@ -49,9 +49,10 @@ _GEMMA_FILES = ("tokenizer.json", "tokenizer.model")  # what SigLIP 2 checkpoint
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]+")  # ASCII only: ’ “ ” — are kept
 _CONFIG_KEYS = ("eos_token", "unk_token", "pad_token", "model_max_length", "do_lower_case", "model_input_names",
                 "clean_up_tokenization_spaces", "sp_model_kwargs")  # fmt: skip
-# tokenizer_config.json settings we do not implement, with the only value we accept (absent is fine too).
-_FIXED_SETTINGS = {"padding_side": "right", "truncation_side": "right", "split_special_tokens": False,
-                   "additional_special_tokens": [], "extra_special_tokens": []}  # fmt: skip
+# tokenizer_config.json settings we do not implement, with the values we accept (absent is fine too);
+# transformers 4.x writes `extra_special_tokens` as a dictionary (of named tokens), 5.x as a list.
+_FIXED_SETTINGS = {"padding_side": ("right",), "truncation_side": ("right",), "split_special_tokens": (False,),
+                   "additional_special_tokens": ([],), "extra_special_tokens": ([], {})}  # fmt: skip
 
 
 def canonicalize_text(text: str, lower: bool = True) -> str:
@@ -378,7 +379,7 @@ def _check_supported(config: dict[str, Any], source: Any) -> None:
     problems = [
         f"{key}={config[key]!r}"
         for key, supported in _FIXED_SETTINGS.items()
-        if config.get(key) not in (None, supported)
+        if config.get(key) not in (None, *supported)
     ]
     specials = {
         "</s>",
