@@ -27,7 +27,7 @@ from siglip.tools.index import thumbnail_jpeg
 from siglip.tools.serve import Batcher, QueueFull, ServeSettings, Timeout, create_app
 
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket"]
-SETTINGS = ServeSettings(max_upload_bytes=2 * 2**20, max_pixels=1_000_000, max_items=8, max_k=50)
+SETTINGS = ServeSettings(max_upload_bytes=2 * 2**20, max_image_pixels=1_000_000, max_items=8, max_k=50)
 
 
 @pytest.fixture(scope="module")
@@ -299,11 +299,11 @@ def test_uploads_are_judged_by_their_bytes_and_size(client, material):
     bomb = io.BytesIO()
     Image.new("1", (9000, 9000)).save(bomb, format="PNG")  # 81 million pixels
     assert len(bomb.getvalue()) < 20_000
-    _error(client.post("/v1/embed/image", files={"file": ("bomb.png", bomb.getvalue())}), 413, "9000 x 9000")
+    _error(client.post("/v1/embed/image", files={"file": ("bomb.png", bomb.getvalue())}), 422, "9000 x 9000")
     big = io.BytesIO()
     Image.new("RGB", (1001, 1000)).save(big, format="PNG")
     _error(
-        client.post("/v1/search", json={"image": _b64(big.getvalue())}), 413, "more than the limit of 1000000"
+        client.post("/v1/search", json={"image": _b64(big.getvalue())}), 422, "more than the limit of 1000000"
     )
 
 
