@@ -52,10 +52,7 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 
 def internal_error(request_id: str) -> JSONResponse:
     """The 500 of an unexpected exception: no detail of it, only the id that finds it in the log."""
-    return error_response(
-        500, f"internal error (request id {request_id}: the server's log has the details)",
-        {REQUEST_ID_HEADER: request_id},
-    )  # fmt: skip
+    return error_response(500, f"internal error (request id {request_id}: the server's log has the details)")
 
 
 def validation_message(errors: list[Any]) -> str:
