@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     for module in ("fastapi", "fastapi_offline", "multipart", "prometheus_client"):
         require(module, "serve", "siglip serve")
     from ..serve.app import create_app
-    from ..serve.connections import guarded_protocol
+    from ..serve.connections import MAX_HEAD_BYTES, guarded_protocol
 
     settings = ServeSettings(
         max_batch_size=args.max_batch_size,
@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             timeout_graceful_shutdown=int(settings.timeout_s) + 5,
             access_log=False,
             log_level="info",

@@ -1,16 +1,21 @@
-"""Connection limits of the real server (uvicorn): a header-read deadline and a cap on open connections.
+"""Connection limits of the real server (uvicorn): a header-read deadline, a cap on open connections, and a
+bound on the size of a request's line and headers.
 
-uvicorn (0.54) has neither: its keep-alive timeout starts only after a response, and `limit_concurrency`
-answers 503 to a *complete* request but never closes a connection that trickles its headers, so a client
-opening thousands of such connections holds them until the file-descriptor limit, after which even
-`/healthz` is refused (slowloris). The ASGI app cannot help: it is called only once the headers are in.
-`guarded_protocol` subclasses uvicorn's own HTTP protocol (httptools, else h11, as uvicorn picks) with:
+uvicorn (0.54) has no header deadline: its keep-alive timeout starts only after a response, and
+`limit_concurrency` answers 503 to a *complete* request but never closes a connection that trickles its
+headers, so a client opening thousands of such connections holds them until the file-descriptor limit, after
+which even `/healthz` is refused (slowloris). The ASGI app cannot help: it is called once the headers are in.
+`guarded_protocol` subclasses uvicorn's h11 protocol with:
 
 - a deadline for a request's line and headers, `header_timeout_s` after the connection opens or after the
   previous response: a connection still without a complete request then is closed;
 - a cap on open connections, `max_connections`: one past it is closed as soon as it is accepted.
 
-The body's deadline is the ASGI app's (`metrics.Guard`, 408), as it knows when a body is complete.
+h11, not httptools (uvicorn's pick when it is installed): h11 refuses a request line and headers longer than
+`MAX_HEAD_BYTES` with a 400, while uvicorn's httptools protocol appends header and URL bytes without a bound
+for as long as the client sends them. The body's deadline is the ASGI app's (`metrics.Guard`, 408), as it
+knows when a body is complete. Other stacks (hypercorn, granian) were not taken: neither is a dependency
+yet, and the two rules above are forty lines over the server the project already tests.
 """
 
 from __future__ import annotations
@@ -19,15 +24,17 @@ import asyncio
 import logging
 from typing import Any
 
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("siglip.serve")
+MAX_HEAD_BYTES = 16 * 1024  # a request's line and headers (h11's default, given to uvicorn explicitly)
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class with a header deadline and a connection cap (`Config(http=...)`)."""
+    """uvicorn's h11 protocol class with a header deadline and a connection cap, for `uvicorn.Config(http=...,
+    h11_max_incomplete_event_size=MAX_HEAD_BYTES)`."""
 
-    class GuardedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    class GuardedProtocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
