@@ -39,8 +39,8 @@ def check_format(upload: Upload) -> None:
     if not upload.data:
         raise ApiError(400, f"{upload.name} is empty")
     Image.init()
-    prefix = upload.data[:16]
-    if not any(Image.OPEN[name][1](prefix) for name in CLIENT_FORMATS if name in Image.OPEN):
+    accepts = [Image.OPEN[name][1] for name in CLIENT_FORMATS if name in Image.OPEN]
+    if not any(accept is not None and accept(upload.data[:16]) for accept in accepts):
         raise ApiError(
             415,
             f"{upload.name} is not an image in a supported format ({', '.join(CLIENT_FORMATS)}); "
