@@ -220,12 +220,10 @@ def _run_on_ray(args: argparse.Namespace, settings: Any) -> int:
 def _default_connections(default: int) -> int:
     """`default`, or half the process's open-file limit when that is lower (the model and index need some)."""
     try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError, ValueError):  # no such limit (Windows)
+        files = os.sysconf("SC_OPEN_MAX")  # the soft RLIMIT_NOFILE; POSIX only
+    except (AttributeError, ValueError, OSError):
         return default
-    return default if soft == resource.RLIM_INFINITY else max(1, min(default, soft // 2))
+    return default if files <= 0 else max(1, min(default, files // 2))
 
 
 def _model_of(args: argparse.Namespace) -> str:

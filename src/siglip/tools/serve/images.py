@@ -1,6 +1,6 @@
 """Uploaded images to model inputs, at a bounded cost per request.
 
-Decoding and the pixel limit have one owner, the core's image processing (`_open`, `_pil_to_rgb`): an upload
+Decoding and the pixel limit have one owner, the core's image processing (`open_image`, `pil_to_rgb`): an upload
 is decoded exactly as `embed_images` decodes bytes, and an image with more pixels than the limit is refused
 from its header, before a pixel is decoded. The server adds two rules of its own:
 
@@ -25,8 +25,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-# the core's decoding (moves to core.two_tower.image_processing under a public name: issue 22)
-from ...core.siglip.image_processing import _open, _pil_to_rgb, _Steps
+from ...core.two_tower.image_processing import Steps, open_image, pil_to_rgb
 from ...errors import ImageInputError
 from .errors import ApiError
 from .inputs import Upload
@@ -48,11 +47,11 @@ def check_format(upload: Upload) -> None:
         )
 
 
-def _decoding(image_processor: object, limit: int) -> _Steps:
+def _decoding(image_processor: object, limit: int) -> Steps:
     """The core's decoding settings of `image_processor` (EXIF, reduced JPEG decoding) with pixel limit `limit`."""
     reduced = bool(getattr(image_processor, "reduced_decode", False))
     size = getattr(image_processor, "size", None)
-    return _Steps(
+    return Steps(
         size=(size["height"], size["width"]) if reduced and size else None,
         resample=Image.Resampling.BICUBIC,  # the rest is preprocessing, which the processor itself does
         do_rescale=False,
@@ -84,7 +83,7 @@ def model_inputs(
         for upload in uploads:
             limit = min(max_image_pixels, left)
             try:
-                image = _open(io.BytesIO(upload.data), upload.name, _decoding(image_processor, limit))
+                image = open_image(io.BytesIO(upload.data), upload.name, _decoding(image_processor, limit))
             except ImageInputError as err:
                 over = f"more than the limit of {limit}:"
                 if limit < max_image_pixels and over in str(err):  # the budget's limit, not the image's
@@ -96,7 +95,7 @@ def model_inputs(
                     ) from None
                 raise
             left -= image.width * image.height
-            rgb, _ = _pil_to_rgb(image, upload.name)
+            rgb, _ = pil_to_rgb(image, upload.name)
             del image
             features = image_processor(rgb, return_tensors="np")
             results.append({name: value[0] for name, value in features.items()})
