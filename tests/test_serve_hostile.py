@@ -134,6 +134,21 @@ def test_a_request_decodes_no_image_past_its_pixel_budget(client, embedder, monk
     assert client.get("/v1/info").json()["limits"]["max_request_pixels"] == 10_000_000
 
 
+def test_a_naflex_model_decodes_uploads_as_embed_images_does(tmp_path, photo):
+    from _material import save_tiny_naflex
+
+    naflex = Embedder.from_pretrained(
+        str(save_tiny_naflex(tmp_path / "naflex")), device="cpu", precision="fp32"
+    )
+    grey = io.BytesIO()
+    Image.new("LA", (300, 120), (90, 128)).save(grey, format="PNG")  # transparency, another aspect ratio
+    with TestClient(create_app(naflex, None, SETTINGS)) as client:
+        answer = client.post("/v1/embed/image", json={"images": [_b64(photo), _b64(grey.getvalue())]})
+    assert answer.status_code == 200, answer.text
+    expected = naflex.embed_images([photo, grey.getvalue()])
+    np.testing.assert_allclose(answer.json()["embeddings"], expected, atol=1e-5)
+
+
 def test_base64_with_line_breaks_as_the_base64_command_prints_it_is_accepted(client, embedder, photo):
     wrapped = base64.encodebytes(photo).decode("ascii")  # 76 characters a line, as `base64` and MIME write it
     assert "\n" in wrapped
