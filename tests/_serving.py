@@ -20,11 +20,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(index: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """`siglip serve` on a free loopback port, once it is ready: (process, base URL)."""
+def start_server(index: Path | None, *options: str) -> tuple[subprocess.Popen, str]:
+    """`siglip serve` (with the index in folder `index`, if any) on a free loopback port, once it is ready:
+    (process, base URL)."""
     port = _free_port()
+    indexed = ["--index", str(index)] if index is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "siglip", "serve", "--model", BUNDLED, "--index", str(index), "--port", str(port),
+        [sys.executable, "-m", "siglip", "serve", "--model", BUNDLED, *indexed, "--port", str(port),
          "--precision", "fp32", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

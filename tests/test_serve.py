@@ -27,7 +27,7 @@ from siglip.tools.index import thumbnail_jpeg
 from siglip.tools.serve import Batcher, QueueFull, ServeSettings, Timeout, create_app
 
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket"]
-SETTINGS = ServeSettings(max_upload_bytes=2 * 2**20, max_pixels=1_000_000, max_items=8, max_k=50)
+SETTINGS = ServeSettings(max_upload_bytes=2 * 2**20, max_image_pixels=1_000_000, max_items=8, max_k=50)
 
 
 @pytest.fixture(scope="module")
@@ -299,11 +299,11 @@ def test_uploads_are_judged_by_their_bytes_and_size(client, material):
     bomb = io.BytesIO()
     Image.new("1", (9000, 9000)).save(bomb, format="PNG")  # 81 million pixels
     assert len(bomb.getvalue()) < 20_000
-    _error(client.post("/v1/embed/image", files={"file": ("bomb.png", bomb.getvalue())}), 413, "9000 x 9000")
+    _error(client.post("/v1/embed/image", files={"file": ("bomb.png", bomb.getvalue())}), 422, "9000 x 9000")
     big = io.BytesIO()
     Image.new("RGB", (1001, 1000)).save(big, format="PNG")
     _error(
-        client.post("/v1/search", json={"image": _b64(big.getvalue())}), 413, "more than the limit of 1000000"
+        client.post("/v1/search", json={"image": _b64(big.getvalue())}), 422, "more than the limit of 1000000"
     )
 
 
@@ -373,18 +373,19 @@ def test_a_non_loopback_bind_needs_an_api_key(capsys, monkeypatch):
     assert "binding 0.0.0.0 exposes the server to other machines: give --api-key" in capsys.readouterr().err
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, in the upload check
-def test_images_up_to_max_pixels_are_embedded_above_pillows_limit(embedder, tmp_path, monkeypatch):
-    """--max-pixels is the one limit: the processor (Pillow's limit by default) does not refuse below it."""
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, raised by the limit
+def test_max_image_pixels_is_the_one_limit_and_max_pixels_its_old_name(embedder, tmp_path, monkeypatch):
+    """The server and the processor share one limit: Pillow's (by default) refuses nothing below it."""
     import uvicorn
 
     Image.new("RGB", (300, 200), "blue").save(tmp_path / "big.png")
     expected = embedder.embed_images([tmp_path / "big.png"])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # Pillow's limit (89 million), scaled down
-    answers = []
+    answers, processors = [], []
 
     def serve_one_request(server: uvicorn.Server) -> None:  # in place of listening on a port
         with TestClient(server.config.app) as client:
+            processors.append(client.app.state.service.embedder.processor.image_processor)
             answers.append(
                 client.post(
                     "/v1/embed/image", files={"file": ("big.png", (tmp_path / "big.png").read_bytes())}
@@ -393,9 +394,13 @@ def test_images_up_to_max_pixels_are_embedded_above_pillows_limit(embedder, tmp_
 
     monkeypatch.setattr(uvicorn.Server, "run", serve_one_request)
     monkeypatch.setattr(signal, "signal", lambda *_: None)  # serve's SIGTERM handler stays out of pytest
-    assert main(["serve", "--model", BUNDLED, "--precision", "fp32", "--max-pixels", "60000"]) == 0
+    serve = ["serve", "--model", BUNDLED, "--precision", "fp32"]
+    assert main([*serve, "--max-image-pixels", "60000"]) == 0
     assert answers[0].status_code == 200, answers[0].text
     np.testing.assert_allclose(answers[0].json()["embeddings"], expected, atol=1e-5)
+    assert main([*serve, "--max-pixels", "59999"]) == 0
+    _error(answers[1], 422, "upload 'big.png' has 300 x 200 = 60000 pixels, more than the limit of 59999")
+    assert [p.max_image_pixels for p in processors] == [60_000, 59_999]
 
 
 def test_cors_is_off_unless_asked_for(embedder):

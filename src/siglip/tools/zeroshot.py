@@ -8,6 +8,7 @@ with `sigmoid(exp(logit_scale) * cos + logit_bias)`: each score is an independen
 from __future__ import annotations
 
 from collections.abc import Sequence
+from string import Formatter
 
 import torch
 
@@ -49,11 +50,11 @@ def class_embeddings(
 ) -> torch.Tensor:
     """(len(labels), D) unit-length class embeddings: per label, the normalised mean of its prompts' embeddings.
 
-    Each template must contain `{}`, replaced by the label (`str.format`, as transformers' pipeline does).
+    Each template must contain `{}`, replaced by the label (see `fill_template`).
     """
     check_labels(labels)
     check_templates(templates)
-    prompts = [t.format(label) for label in labels for t in templates]
+    prompts = [fill_template(t, label) for label in labels for t in templates]
     per_prompt = text_embeddings(model, tokenizer, prompts, batch_size).view(len(labels), len(templates), -1)
     return l2_normalize(per_prompt.mean(dim=1))
 
@@ -66,26 +67,57 @@ def scores(model: TwoTowerModel, image_embeds: torch.Tensor, class_embeds: torch
 
 
 def check_labels(labels: Sequence[str]) -> None:
-    """Refuse an empty label list, blank labels and non-strings, naming the culprit."""
+    """Refuse an empty label list, blank labels, non-strings and repeated labels, naming the culprit (in one
+    pass: a set remembers the labels seen)."""
     if isinstance(labels, str) or not labels:
         raise UsageError("the label list is empty: pass at least one class name, e.g. ['cat', 'dog']")
+    seen: set[str] = set()
     for i, label in enumerate(labels):
         if not isinstance(label, str) or not label.strip():
             raise UsageError(f"label {i} is {label!r}: every label must be a non-empty string")
-        if label in labels[:i]:
+        if label in seen:
             raise UsageError(f"label {label!r} is given twice: each label must be different")
+        seen.add(label)
+
+
+def _template_parts(template: object) -> list[str] | None:
+    """The literal texts before and after the one `{}` of a template (`{{`, `}}` read as braces), or None when
+    it has no `{}`, more than one, or any other replacement field (a name, an index, a conversion, a spec).
+
+    The template is only parsed, never formatted: a spec such as `{:>300000000}` is refused, not evaluated.
+    """
+    if not isinstance(template, str):
+        return None
+    parts, text = [], ""
+    try:
+        for literal, field, spec, conversion in Formatter().parse(template):
+            text += literal
+            if field is not None:
+                if field or spec or conversion:
+                    return None
+                parts.append(text)
+                text = ""
+    except ValueError:  # a single '{' or '}'
+        return None
+    return [*parts, text] if len(parts) == 1 else None
+
+
+def fill_template(template: str, label: str) -> str:
+    """`template` with `label` where its `{}` stands: what `str.format(label)` gives for every template that
+    `check_templates` accepts, without ever evaluating a format spec."""
+    parts = _template_parts(template)
+    if parts is None:
+        check_templates([template])  # raises, naming the template
+    return label.join(parts or ())
 
 
 def check_templates(templates: Sequence[str]) -> None:
-    """Refuse templates without `{}` or with other replacement fields, which `str.format` cannot fill."""
+    """Refuse templates without exactly one `{}` or with any other replacement field (names, indices, format
+    specs): `fill_template` never evaluates one."""
     if isinstance(templates, str) or not templates:
         raise UsageError("no prompt template: pass at least one, e.g. 'This is a photo of {}.'")
     for template in templates:
-        try:
-            ok = isinstance(template, str) and "\0" in template.format("\0")
-        except (IndexError, KeyError, ValueError):
-            ok = False
-        if not ok:
+        if _template_parts(template) is None:
             raise UsageError(
                 f"prompt template {template!r} must contain '{{}}' (where the label goes) and no other "
                 "braces; write literal braces as '{{' and '}}'"

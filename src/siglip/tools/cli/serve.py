@@ -76,10 +76,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="request body limit (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-pixels",
+        "--max-image-pixels",
+        "--max-pixels",  # its name before it was the one pixel limit of every command
+        dest="max_image_pixels",
         type=integer(1),
-        default=defaults.max_pixels,
-        help="decoded pixels of an image (default: %(default)s)",
+        default=defaults.max_image_pixels,
+        metavar="N",
+        help="pixels of one image, refused from its header before decoding (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-pixels",
+        type=integer(1),
+        default=defaults.max_request_pixels,
+        metavar="N",
+        help="pixels of all the images of one request, idem (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-prompts",
+        type=integer(1),
+        default=defaults.max_prompts,
+        metavar="N",
+        help="labels x templates of one classification request (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=real(0, above=True),
+        default=defaults.header_timeout_s,
+        help="seconds a connection may take to send a request's headers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=real(0, above=True),
+        default=defaults.body_timeout_s,
+        help="seconds a request may take to send its body (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=integer(1),
+        default=None,
+        help="open connections; more are closed at once (default: 1000, at most half the open-file limit)",
     )
     parser.add_argument(
         "--ray",
@@ -109,20 +144,23 @@ def run(args: argparse.Namespace) -> int:
     for module in ("fastapi", "fastapi_offline", "multipart", "prometheus_client"):
         require(module, "serve", "siglip serve")
     from ..serve.app import create_app
+    from ..serve.connections import MAX_HEAD_BYTES, guarded_protocol
 
     settings = ServeSettings(
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         timeout_s=args.timeout,
+        max_prompts=args.max_prompts,
         max_upload_bytes=args.max_upload_bytes,
-        max_pixels=args.max_pixels,
+        max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels,
         api_key=args.api_key,
         cors_origins=tuple(args.cors_origins),
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections or _default_connections(ServeSettings.max_connections),
     )
-    # one pixel limit: an upload --max-pixels lets through must not be refused by the processor's default
-    # (Pillow's, about 89 million); both paths read it through model_kwargs
-    args.max_image_pixels = args.max_pixels
     if args.ray:
         return _run_on_ray(args, settings)
     embedder = Embedder.from_pretrained(_model_of(args), **model_kwargs(args))
@@ -132,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
             app,
             host=args.host,
             port=args.port,
+            http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             timeout_graceful_shutdown=int(settings.timeout_s) + 5,
             access_log=False,
             log_level="info",
@@ -175,6 +215,15 @@ def _run_on_ray(args: argparse.Namespace, settings: Any) -> int:
     ray_serve.shutdown()
     print("siglip serve: stopped", file=sys.stderr)
     return 0
+
+
+def _default_connections(default: int) -> int:
+    """`default`, or half the process's open-file limit when that is lower (the model and index need some)."""
+    try:
+        files = os.sysconf("SC_OPEN_MAX")  # the soft RLIMIT_NOFILE; POSIX only
+    except (AttributeError, ValueError, OSError):
+        return default
+    return default if files <= 0 else max(1, min(default, files // 2))
 
 
 def _model_of(args: argparse.Namespace) -> str:

@@ -1,26 +1,29 @@
-"""Reading requests: images from multipart uploads or base64 JSON, checked from their bytes; ids; parameters."""
+"""Reading requests: JSON bodies, images from multipart uploads or base64 JSON, ids, parameters.
+
+Every route reads its body here, so every route answers the same way to the same mistake: a body in another
+content type is a 415 naming it, JSON that does not parse (or nests too deeply to parse) a 400, parameters
+that do not fit a 422 naming each field.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import typing
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from .errors import ApiError, validation_message
 
-# Formats an upload may be in, recognised from its bytes (Pillow's other readers, e.g. EPS, which runs
-# Ghostscript, are never tried on client data).
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 FILE_FIELD = "file"  # the multipart field of uploaded images
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
 
 Params = TypeVar("Params", bound=BaseModel)
 
@@ -33,6 +36,40 @@ class Upload:
     data: bytes
 
 
+def content_type(request: Request) -> str:
+    """The media type of the request body, without its parameters (`charset`, `boundary`)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _refuse_content_type(kind: str, accepted: tuple[str, ...]) -> ApiError:
+    return ApiError(415, f"send the request body as {' or '.join(accepted)}, not '{kind or 'nothing'}'")
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The JSON object of a request's body, or a 415 (another content type) or 400 (not a JSON object)."""
+    kind = content_type(request)
+    if kind != JSON:
+        raise _refuse_content_type(kind, (JSON,))
+    try:
+        raw = json.loads(await request.body())
+    except RecursionError:
+        raise ApiError(400, "the request body nests JSON arrays or objects too deeply") from None
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return raw
+
+
+def json_params(params: type[Params]) -> Callable[[Request], Awaitable[Params]]:
+    """A route dependency: the request's JSON body checked against `params`."""
+
+    async def read(request: Request) -> Params:
+        return validate(params, await read_json(request))
+
+    return read
+
+
 async def read_request(
     request: Request, params: type[Params], image_key: str, max_files: int
 ) -> tuple[Params, list[Upload]]:
@@ -41,14 +78,9 @@ async def read_request(
     JSON: an object of `params` fields, with base64 images (or data: URLs) under `image_key` (one string or
     a list). Multipart: `params` fields as form fields (repeated for lists) and images as `file` parts.
     """
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "application/json":
-        try:
-            raw = json.loads(await request.body())
-        except ValueError:
-            raise ApiError(400, "the request body is not valid JSON") from None
-        if not isinstance(raw, dict):
-            raise ApiError(400, "the request body must be a JSON object")
+    kind = content_type(request)
+    if kind == JSON:
+        raw = await read_json(request)
         images = raw.pop(image_key, None)
         images = [] if images is None else [images] if isinstance(images, str) else images
         if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
@@ -57,7 +89,7 @@ async def read_request(
             Upload(f"{image_key}[{i}]", decode_base64(b64, f"{image_key}[{i}]"))
             for i, b64 in enumerate(images)
         ]
-    elif kind == "multipart/form-data":
+    elif kind == MULTIPART:
         form = await request.form(max_files=max_files, max_fields=100)
         uploads, raw = [], {}
         for key, value in form.multi_items():
@@ -71,9 +103,7 @@ async def read_request(
             else:
                 raise ApiError(422, f"form field '{key}' must be text, not a file")
     else:
-        raise ApiError(
-            415, f"send the request as application/json or multipart/form-data, not '{kind or 'nothing'}'"
-        )
+        raise _refuse_content_type(kind, (JSON, MULTIPART))
     return validate(params, raw), uploads
 
 
@@ -92,41 +122,14 @@ def _is_list(params: type[BaseModel], key: str) -> bool:
 
 
 def decode_base64(text: str, name: str) -> bytes:
-    """The bytes of a base64 string or a `data:...;base64,` URL."""
+    """The bytes of a base64 string or a `data:...;base64,` URL; line breaks and spaces (as the `base64`
+    command and MIME wrap it) are ignored, any other character outside the alphabet is refused."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, f"{name} is not valid base64") from None
-
-
-def check_image(upload: Upload, max_pixels: int) -> None:
-    """Refuse an upload that is empty, not an image (judged by its bytes), or has more than `max_pixels`.
-
-    Only the header is read: a decompression bomb is refused before a single pixel is decoded.
-    """
-    if not upload.data:
-        raise ApiError(400, f"{upload.name} is empty")
-    try:
-        with Image.open(io.BytesIO(upload.data), formats=IMAGE_FORMATS) as image:
-            width, height = image.size
-    except UnidentifiedImageError:
-        raise ApiError(
-            415,
-            f"{upload.name} is not an image in a supported format ({', '.join(IMAGE_FORMATS)}); "
-            "the content is what counts, not the file name",
-        ) from None
-    except Image.DecompressionBombError as err:
-        raise ApiError(413, f"{upload.name} has too many pixels: {err}") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ApiError(422, f"{upload.name} cannot be read (truncated or corrupt?): {err}") from None
-    if width * height > max_pixels:
-        raise ApiError(
-            413,
-            f"{upload.name} is {width} x {height} = {width * height} pixels, more than the limit of "
-            f"{max_pixels} (--max-pixels): refused as a possible decompression bomb",
-        )
 
 
 def parse_id(text: str) -> int:
@@ -134,3 +137,18 @@ def parse_id(text: str) -> int:
     if not (text.isascii() and text.isdecimal()) or len(text) > 18:
         raise ApiError(400, f"image id {text!r} is not valid: ids are whole numbers, as search results give")
     return int(text)
+
+
+def openapi_body(
+    params: type[BaseModel], image_key: str | None = None, image_doc: str = ""
+) -> dict[str, Any]:
+    """OpenAPI text of a route's body: JSON of `params`, and with `image_key` also a multipart form (images
+    as base64 under `image_key` in JSON, as `file` parts in the form)."""
+    json_schema = params.model_json_schema()
+    content: dict[str, Any] = {JSON: {"schema": json_schema}}
+    if image_key is not None:
+        json_schema.setdefault("properties", {})[image_key] = {"description": image_doc + " (base64)"}
+        form_schema = params.model_json_schema()
+        form_schema.setdefault("properties", {})[FILE_FIELD] = {"type": "string", "format": "binary"}
+        content[MULTIPART] = {"schema": form_schema}
+    return {"requestBody": {"required": True, "content": content}}

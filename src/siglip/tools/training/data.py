@@ -37,7 +37,7 @@ from ...core.auto import ImageProcessor
 from ...errors import DataError
 from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample
 from ..tar_shards import count_samples, expand_shards, image_field, is_shards, sample_name
-from ..zeroshot import check_templates
+from ..zeroshot import check_templates, fill_template
 
 logger = logging.getLogger("siglip")
 
@@ -142,7 +142,7 @@ class ClassFolderDataset(Dataset):
 
     def caption(self, index: int, epoch: int) -> str:
         template = random.Random(f"{self.seed}-{epoch}-{index}").choice(self.templates)
-        return template.format(self.class_names[self.labels[index]])
+        return fill_template(template, self.class_names[self.labels[index]])
 
     def __getitem__(self, key: tuple[int, int, int]) -> Sample:
         index, epoch, micro = key
