@@ -1,5 +1,6 @@
 """Fault injection: `kill -9` at random points of `siglip index`, `siglip embed` and `siglip train`, then a
-rerun whose result equals a clean run's. The points are drawn from a fixed seed (the same on every run, so CI
+rerun whose result equals a clean run's; `kill -9` of `index` and `embed` while their decoding workers wait on
+a full queue, then no process of the run is left. The points are drawn from a fixed seed (the same on every run, so CI
 is stable) over the length of a clean run, so kills land in start-up, work and writing alike.
 
 After each kill the committed state must be consistent (every stored embedding equals the clean one, one
@@ -114,6 +115,62 @@ def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(kind, collection,
             assert [h.path for h in index.search_text("a red swatch", k=5)] == [
                 h.path for h in reference.search_text("a red swatch", k=5)
             ]
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory) -> Path:
+    """Enough images for several batches of 64: one batch of decoded pixels is more than a pipe holds."""
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    for i in range(320):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def _alive_in_group(group: int) -> list[int]:
+    """The processes of process group `group` that still run (zombies are dead)."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, _, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+        except OSError:  # ended meanwhile
+            continue
+        if int(pgrp) == group and state != "Z":
+            alive.append(int(pid))
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from /proc")
+@pytest.mark.parametrize("kind", ["index", "embed"])
+def test_kill_9_with_a_full_worker_queue_leaves_no_process_and_the_rerun_finishes(
+    kind, many_images, tmp_path
+):
+    target = tmp_path / ("out.index" if kind == "index" else "out.npy")
+    command = _command(kind, many_images, target)
+    command[command.index("--workers") + 1] = "2"
+    command[command.index("--batch-size") + 1] = "64"
+    run = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_alive_in_group(run.pid)) < 3:  # the command and its two workers
+            assert run.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.05)
+        run.send_signal(signal.SIGSTOP)  # nothing reads the queue: the workers fill it and block
+        time.sleep(2)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
+        deadline = time.monotonic() + 15
+        while _alive_in_group(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive_in_group(run.pid) == [], f"processes of the killed {kind} outlived it"
+    finally:
+        for pid in _alive_in_group(run.pid):
+            os.kill(pid, signal.SIGKILL)
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(_vectors(kind, target)) == 320
 
 
 @pytest.fixture(scope="module")

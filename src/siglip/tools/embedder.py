@@ -38,7 +38,7 @@ from ..core.hub import Checkpoint, locate
 from ..core.two_tower.image_processing import ImageInput
 from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
-from .data import Sample, collate, load_sample
+from .data import Sample, collate, load_sample, worker_init_fn
 from .inference import InferenceMode
 from .precision import precision_of_dtype
 from .store import FileState
@@ -218,6 +218,7 @@ class Embedder:
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate,
+            worker_init_fn=worker_init_fn(),  # workers die with this process, even by kill -9
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if workers else None,  # keep batches ready so the model never waits
         )
