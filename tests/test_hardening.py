@@ -712,6 +712,20 @@ def test_a_torch_checkpoint_that_cannot_be_opened_is_an_error_naming_it(tmp_path
             load_pickled_tensors(tmp_path, error=error)
 
 
+def test_a_weights_file_of_random_bytes_is_no_torch_file_not_pickled_code(photos, tmp_path, capsys):
+    """torch's unpickler reads noise as unknown opcodes ("pickled code ()"): the first bytes say it first."""
+    model = tmp_path / "model"
+    shutil.copytree(locate(BUNDLED).directory, model)
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(np.random.default_rng(0).bytes(4096))
+    line = _one_line_error(capsys, "classify", photos[0], "--labels", "cat", "--model", model)
+    assert (
+        f"'{model / 'pytorch_model.bin'}' is not a checkpoint format siglip reads: not a torch.save file"
+        in line
+    )
+    assert "pickled code" not in line
+
+
 # --- issue 23: processes and files after kill -9 (the kills themselves are in test_faults.py) --------------
 _ORPHAN = """
 import fcntl, os, sys, time
