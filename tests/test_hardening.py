@@ -802,3 +802,37 @@ def test_a_dataloader_worker_does_not_hold_the_file_locks_it_inherited(tmp_path)
         assert _lock_is_free(tmp_path / "update.lock"), "the worker kept its dead parent's lock"
     finally:
         os.kill(worker, 9)
+
+
+# --- issue 23: inputs ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "command",
+    [["embed", "x", "--out", "o.npy"], ["index", "x", "--index", "i"], ["classify", "x", "--labels", "a"],
+     ["train", "--data", "d", "--output-dir", "o", "--model", "m"]],
+)  # fmt: skip
+def test_a_patch_budget_past_the_bound_is_refused_while_parsing(command, capsys):
+    line = _parse_error(capsys, *command, "--max-num-patches", "10000000")
+    assert line.startswith(
+        f"siglip {command[0]}: error: argument --max-num-patches: must be at least 1 and at most 4096, got "
+    )
+
+
+def test_a_patch_budget_past_the_bound_is_refused_before_anything_is_allocated():
+    """The bound is the processor's (`Siglip2ImageProcessor.check_max_num_patches`): built, called, or set by
+    the tools; the options of the command line take it from there."""
+    from types import SimpleNamespace
+
+    from siglip import Siglip2ImageProcessor
+    from siglip.tools.embedder import configure_images
+
+    with pytest.raises(ValueError, match=r"max_num_patches must be at most 4096 .*got 10000000"):
+        Siglip2ImageProcessor(max_num_patches=10_000_000)
+    processor, image = Siglip2ImageProcessor(), Image.new("RGB", (64, 48))
+    with pytest.raises(ValueError, match="at most 4096"):
+        processor(image, max_num_patches=10_000_000)
+    processor.max_num_patches = 10_000_000  # an attribute set after the processor was built
+    with pytest.raises(ValueError, match="at most 4096"):
+        processor(image)
+    with pytest.raises(UsageError, match="at most 4096"):
+        configure_images(SimpleNamespace(image_processor=processor), "m", max_num_patches=10_000_000)
+    assert processor(image, max_num_patches=4096, return_tensors="np")["pixel_values"].shape == (1, 4096, 768)

@@ -283,9 +283,10 @@ def configure_images(
                 f"--max-num-patches applies to SigLIP 2 NaFlex models; '{model}' resizes every image to "
                 f"{images.size['height']}x{images.size['width']}"
             )
-        if isinstance(max_num_patches, bool) or not isinstance(max_num_patches, int) or max_num_patches < 1:
-            raise UsageError(f"max_num_patches must be a whole number of at least 1, got {max_num_patches!r}")
-        images.max_num_patches = max_num_patches
+        try:
+            images.max_num_patches = Siglip2ImageProcessor.check_max_num_patches(max_num_patches)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     if reduced_decode:
         if naflex:
             raise UsageError(
