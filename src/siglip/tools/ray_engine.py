@@ -21,7 +21,8 @@ threads per model call, bit for bit (a CPU actor runs CPUs / actors threads; flo
 last bit between thread counts).
 
 Resume: the shard plan (`_plan.json`) is fixed by the first run; a rerun, after a crash or `kill -9` of the
-driver, embeds only the shards that have no committed file. Every path and URI must be readable from every
+driver, embeds only the shards that have no committed file, and again those that skipped a file which changed
+since (restored, replaced, made readable: the in-process job's rule for unreadable files). Every path and URI must be readable from every
 node (shared storage), as must the model (a bundled name, a path on shared storage or a hub id).
 """
 
