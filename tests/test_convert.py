@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -856,10 +857,8 @@ def test_a_full_disk_during_conversion_is_one_line_naming_the_output(site, open_
 
 def test_what_a_killed_conversion_left_does_not_block_the_rerun(open_clip_file, tmp_path):
     """Staging folders of a process that is gone (and those earlier versions wrote, without their process) are
-    removed; a living process's are not. The model's own save stages nothing more: one level (in `out`, which
-    exists here)."""
-    from siglip.core import hub
-
+    removed; a living process's are not. The model's own saves stage nothing more: one staging folder (in
+    `out`, which exists here)."""
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -872,15 +871,14 @@ def test_what_a_killed_conversion_left_does_not_block_the_rerun(open_clip_file, 
         (out / name / "model.safetensors").write_bytes(b"partial")
     living = tmp_path / f".saving-{host}-{os.getpid()}-living"
     living.mkdir()
-    with mock.patch.object(hub, "save_state_dict", side_effect=hub.save_state_dict) as save:
+    with mock.patch("tempfile.mkdtemp", side_effect=tempfile.mkdtemp) as mkdtemp:
         convert(open_clip_file, out)
-        written_in = [Path(call.args[1]) for call in save.call_args_list]
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
     ]
     assert living.is_dir()  # another conversion, still at work
-    assert [(p.parent, p.name.startswith(f".saving-{host}-{os.getpid()}-")) for p in written_in] == [
-        (out, True)
+    assert [(c.kwargs["prefix"], c.kwargs["dir"]) for c in mkdtemp.call_args_list] == [
+        (f".saving-{host}-{os.getpid()}-", out)
     ]
