@@ -19,6 +19,10 @@ import copy
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -797,3 +801,84 @@ def test_cli(open_clip_file, tmp_path, capsys):
     assert main(["convert", str(open_clip_file), "--to", str(tmp_path / "o2"), "--arch", "big_vision"]) == 2
     assert "not in big_vision's layout" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".pt", ".safetensors", ".npz"])
+def test_a_file_of_random_bytes_is_no_checkpoint_format(suffix, tmp_path, capsys):
+    """Not "pickled code ()" (torch's unpickler meeting noise): the file, and the formats convert reads."""
+    noise = tmp_path / f"noise{suffix}"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert main(["convert", str(noise), "--to", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"siglip convert: error: '{noise}' is not in a checkpoint format siglip converts")
+    assert err.rstrip().endswith(
+        "torch.save files (.bin, .pt, .pth), .safetensors files and big_vision .npz files"
+    )
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def _no_space_in_weights(state_dict, directory, **kwargs):
+    """safetensors on a full disk: part of the file written, then its own error type."""
+    from safetensors import SafetensorError
+
+    (Path(directory) / "model.safetensors").write_bytes(b"\0" * 1000)
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def _no_space_in_config(config, path):
+    """A full disk when the first file, config.json, is flushed: an OSError without a file name."""
+    Path(path).write_text("{")
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("site", ["config", "weights"])
+def test_a_full_disk_during_conversion_is_one_line_naming_the_output(site, open_clip_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["convert", str(open_clip_file), "--to", str(out)]
+    with (
+        mock.patch("siglip.core.config.PretrainedConfig.to_json_file", _no_space_in_config)
+        if site == "config"
+        else mock.patch("huggingface_hub.save_torch_state_dict", _no_space_in_weights)
+    ):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"siglip convert: error: cannot write '{out}': No space left on device; free some space and run the "
+        "command again\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its staging
+    assert main(argv) == 0  # space is back
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+
+
+def test_what_a_killed_conversion_left_does_not_block_the_rerun(open_clip_file, tmp_path):
+    """Staging folders of a process that is gone (and those earlier versions wrote, without their process) are
+    removed; a living process's are not. The model's own saves stage nothing more: one staging folder (in
+    `out`, which exists here)."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host, out = socket.gethostname(), tmp_path / "out"
+    for name in (
+        f".saving-{host}-{int(gone.stdout)}-abc123/.saving-{host}-{int(gone.stdout)}-x",
+        ".saving-k4m3jbwo",
+    ):
+        (out / name).mkdir(parents=True)
+        (out / name / "model.safetensors").write_bytes(b"partial")
+    living = tmp_path / f".saving-{host}-{os.getpid()}-living"
+    living.mkdir()
+    with mock.patch("tempfile.mkdtemp", side_effect=tempfile.mkdtemp) as mkdtemp:
+        convert(open_clip_file, out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    assert living.is_dir()  # another conversion, still at work
+    assert [(c.kwargs["prefix"], c.kwargs["dir"]) for c in mkdtemp.call_args_list] == [
+        (f".saving-{host}-{os.getpid()}-", out)
+    ]

@@ -1,5 +1,7 @@
 """Fault injection: `kill -9` at random points of `siglip index`, `siglip embed` and `siglip train`, then a
-rerun whose result equals a clean run's. The points are drawn from a fixed seed (the same on every run, so CI
+rerun whose result equals a clean run's; `kill -9` of `index` and `embed` while their decoding workers wait on
+a full queue, then no process of the run is left; `kill -9` of `siglip convert`, then no half-written output and
+a rerun that succeeds. The points are drawn from a fixed seed (the same on every run, so CI
 is stable) over the length of a clean run, so kills land in start-up, work and writing alike.
 
 After each kill the committed state must be consistent (every stored embedding equals the clean one, one
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,12 +28,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from _material import BUNDLED, write_photos
-from siglip import SearchIndex
+from siglip import SearchIndex, SiglipModel
 from siglip.tools.index import RECORDS_FILE
 from siglip.tools.store import VectorStore
 from siglip.tools.training import latest_checkpoint
 
 KILLS = 10  # per command: 20 in all for index and embed
+CONVERT_KILLS = 3  # at random points; then one mid-write
 TRAIN_KILLS = 4  # each train process spends most of its life starting up: a few kills cover its steps
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 TRAIN_ENV = {**ENV, "OMP_NUM_THREADS": "1"}  # one thread: the same summation order in every run
@@ -114,6 +118,115 @@ def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(kind, collection,
             assert [h.path for h in index.search_text("a red swatch", k=5)] == [
                 h.path for h in reference.search_text("a red swatch", k=5)
             ]
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory) -> Path:
+    """Enough images for several batches of 64: one batch of decoded pixels is more than a pipe holds."""
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    for i in range(320):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def _alive_in_group(group: int) -> list[int]:
+    """The processes of process group `group` that still run (zombies are dead)."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, _, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+        except OSError:  # ended meanwhile
+            continue
+        if int(pgrp) == group and state != "Z":
+            alive.append(int(pid))
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from /proc")
+@pytest.mark.parametrize("kind", ["index", "embed"])
+def test_kill_9_with_a_full_worker_queue_leaves_no_process_and_the_rerun_finishes(
+    kind, many_images, tmp_path
+):
+    target = tmp_path / ("out.index" if kind == "index" else "out.npy")
+    command = _command(kind, many_images, target)
+    command[command.index("--workers") + 1] = "2"
+    command[command.index("--batch-size") + 1] = "64"
+    run = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_alive_in_group(run.pid)) < 3:  # the command and its two workers
+            assert run.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.05)
+        run.send_signal(signal.SIGSTOP)  # nothing reads the queue: the workers fill it and block
+        time.sleep(2)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
+        deadline = time.monotonic() + 15
+        while _alive_in_group(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive_in_group(run.pid) == [], f"processes of the killed {kind} outlived it"
+    finally:
+        for pid in _alive_in_group(run.pid):
+            os.kill(pid, signal.SIGKILL)
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(_vectors(kind, target)) == 320
+
+
+@pytest.fixture(scope="module")
+def open_clip_checkpoint(tmp_path_factory) -> Path:
+    """An open_clip SigLIP checkpoint as open_clip's torch.save writes it (B/16 widths, 2 layers a tower)."""
+    from siglip.core.convert import open_clip as open_clip_table
+    from siglip.core.convert._rules import Tensors
+
+    config = open_clip_table.arch("ViT-B-16-SigLIP").config(vision_depth=2, text_depth=2)
+    config.text_config.vocab_size = 512
+    with torch.device("meta"):
+        shapes = {name: t.shape for name, t in SiglipModel(config).state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    ours = {name: torch.randn(shape, generator=generator) * 0.02 for name, shape in shapes.items()}
+    path = tmp_path_factory.mktemp("open_clip") / "open_clip_pytorch_model.bin"
+    torch.save(open_clip_table.siglip_to_open_clip(Tensors(ours, "ours"), config).tensors, path)
+    return path
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_kill_9_of_convert_leaves_no_half_written_output_and_the_rerun_succeeds(
+    open_clip_checkpoint, tmp_path
+):
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "siglip", "convert", str(open_clip_checkpoint), "--to", str(out)]
+
+    start = time.monotonic()
+    subprocess.run(command(tmp_path / "clean"), env=ENV, check=True, capture_output=True, timeout=300)
+    duration = time.monotonic() - start
+    clean = _files(tmp_path / "clean")
+
+    out = tmp_path / "killed" / "model"
+    rng = np.random.default_rng(16)
+    for delay in [*rng.uniform(0.3 * duration, duration, CONVERT_KILLS), None]:
+        run = subprocess.Popen(command(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if delay is None:  # last, mid-write: as soon as a staging folder holds a file
+            while run.poll() is None and not any((tmp_path / "killed").glob("**/.saving-*/*")):
+                time.sleep(0.001)
+            assert run.poll() is None, "the conversion ended before its writing was seen"
+        else:
+            time.sleep(delay)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
+        if out.exists():  # all or nothing
+            assert delay is not None and _files(out) == clean
+            shutil.rmtree(out)  # the next kill has something to interrupt
+    done = subprocess.run(command(out), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _files(out) == clean
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == ["model"]  # no staging left
 
 
 @pytest.fixture(scope="module")

@@ -710,3 +710,129 @@ def test_a_torch_checkpoint_that_cannot_be_opened_is_an_error_naming_it(tmp_path
             load_pickled_tensors(tmp_path / "gone.bin", error=error)
         with pytest.raises(error, match=f"'{tmp_path}' cannot be opened: is a directory"):
             load_pickled_tensors(tmp_path, error=error)
+
+
+def test_a_weights_file_of_random_bytes_is_no_torch_file_not_pickled_code(photos, tmp_path, capsys):
+    """torch's unpickler reads noise as unknown opcodes ("pickled code ()"): the first bytes say it first."""
+    model = tmp_path / "model"
+    shutil.copytree(locate(BUNDLED).directory, model)
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(np.random.default_rng(0).bytes(4096))
+    line = _one_line_error(capsys, "classify", photos[0], "--labels", "cat", "--model", model)
+    assert (
+        f"'{model / 'pytorch_model.bin'}' is not a checkpoint format siglip reads: not a torch.save file"
+        in line
+    )
+    assert "pickled code" not in line
+
+
+# --- issue 23: processes and files after kill -9 (the kills themselves are in test_faults.py) --------------
+_ORPHAN = """
+import fcntl, os, sys, time
+from siglip.tools import data
+lock = open(sys.argv[1], "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
+ready_r, ready_w = os.pipe()
+init = data.worker_init_fn()  # in the parent, as a DataLoader takes it
+if os.fork() == 0:  # a DataLoader worker, as a fork of the process that holds the lock
+    if sys.argv[2] == "locks":
+        data._close_inherited_locks()  # this step alone: the worker outlives its parent
+    else:
+        sys.platform = sys.argv[2]  # "darwin": the portable path, without Linux's parent-death signal
+        init(0)
+    os.write(ready_w, str(os.getpid()).encode())
+    time.sleep(60)
+    os._exit(0)
+print(os.read(ready_r, 32).decode(), flush=True)
+os._exit(0)  # dies holding the lock, as kill -9 would leave it
+"""
+
+
+def _orphaned_worker(lock: Path, mode: str) -> int:
+    """Run a process that takes `lock`, forks a worker initialised as on `mode` ("linux", "darwin", or
+    "locks": only dropping inherited locks) and dies; returns the worker's pid."""
+    run = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(lock), mode], stdout=subprocess.PIPE,
+                           text=True)  # fmt: skip
+    worker = int(run.stdout.readline())  # not read to the end: the worker holds the pipe until it dies
+    run.wait(timeout=60)
+    return worker
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _lock_is_free(lock: Path) -> bool:
+    import fcntl
+
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from /proc")
+@pytest.mark.parametrize("platform", ["linux", "darwin"])
+def test_a_dataloader_worker_dies_with_its_parent(platform, tmp_path):
+    """Linux: the kernel's parent-death signal; elsewhere: the worker's own check of its parent (within a
+    second or two). Then nothing holds the lock the parent held."""
+    worker = _orphaned_worker(tmp_path / "update.lock", platform)
+    try:
+        deadline = time.monotonic() + (2 if platform == "linux" else 10)
+        while _is_running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _is_running(worker), "the worker outlived its parent"
+        assert _lock_is_free(tmp_path / "update.lock")
+    finally:
+        if _is_running(worker):
+            os.kill(worker, 9)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_dataloader_worker_does_not_hold_the_file_locks_it_inherited(tmp_path):
+    worker = _orphaned_worker(tmp_path / "update.lock", "locks")
+    try:
+        assert _is_running(worker)
+        assert _lock_is_free(tmp_path / "update.lock"), "the worker kept its dead parent's lock"
+    finally:
+        os.kill(worker, 9)
+
+
+# --- issue 23: inputs ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "command",
+    [["embed", "x", "--out", "o.npy"], ["index", "x", "--index", "i"], ["classify", "x", "--labels", "a"],
+     ["train", "--data", "d", "--output-dir", "o", "--model", "m"]],
+)  # fmt: skip
+def test_a_patch_budget_past_the_bound_is_refused_while_parsing(command, capsys):
+    line = _parse_error(capsys, *command, "--max-num-patches", "10000000")
+    assert line.startswith(
+        f"siglip {command[0]}: error: argument --max-num-patches: must be at least 1 and at most 4096, got "
+    )
+
+
+def test_a_patch_budget_past_the_bound_is_refused_before_anything_is_allocated():
+    """The bound is the processor's (`Siglip2ImageProcessor.check_max_num_patches`): built, called, or set by
+    the tools; the options of the command line take it from there."""
+    from types import SimpleNamespace
+
+    from siglip import Siglip2ImageProcessor
+    from siglip.tools.embedder import configure_images
+
+    with pytest.raises(ValueError, match=r"max_num_patches must be at most 4096 .*got 10000000"):
+        Siglip2ImageProcessor(max_num_patches=10_000_000)
+    processor, image = Siglip2ImageProcessor(), Image.new("RGB", (64, 48))
+    with pytest.raises(ValueError, match="at most 4096"):
+        processor(image, max_num_patches=10_000_000)
+    processor.max_num_patches = 10_000_000  # an attribute set after the processor was built
+    with pytest.raises(ValueError, match="at most 4096"):
+        processor(image)
+    with pytest.raises(UsageError, match="at most 4096"):
+        configure_images(SimpleNamespace(image_processor=processor), "m", max_num_patches=10_000_000)
+    assert processor(image, max_num_patches=4096, return_tensors="np")["pixel_values"].shape == (1, 4096, 768)

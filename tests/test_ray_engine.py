@@ -4,6 +4,7 @@ for bit, unreadable files listed alike, URIs and lists as inputs, and `siglip in
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,38 @@ def test_max_num_patches_reaches_the_ray_decoders(cluster, tmp_path, capsys):
     assert main(["embed", str(tmp_path / "images"), "--out", str(out), "--engine", "ray", "--model", model,
                  "--precision", "fp32", "--batch-size", "4"]) == 2  # fmt: skip
     assert "patch budget 24" in capsys.readouterr().err  # a rerun at another budget would mix the shards
+
+
+def test_a_file_restored_after_it_was_missing_is_embedded_by_the_rerun(cluster, photos, oracle, tmp_path):
+    """As the in-process job embeds an unreadable file again once it changed: the shard that skipped it is
+    embedded again, and no longer reports it; a shard whose unreadable file is as it was is kept."""
+    paths, vectors, _ = oracle
+    restored = tmp_path / "restored.jpg"
+    listed = [*paths[:6], str(restored), *paths[6:12], str(photos / "050b.jpg")]  # 2 shards of 8 and 6
+    (tmp_path / "list.txt").write_text("".join(f"{p}\n" for p in listed))
+    out = tmp_path / "out"
+
+    def run():
+        return embed_with_ray(
+            [tmp_path / "list.txt"], out, BUNDLED, precision="fp32", batch_size=4, shard_size=8
+        )
+
+    first = run()
+    assert [p for p, _ in first.skipped] == [str(restored), str(photos / "050b.jpg")]
+    assert "no such file" in first.skipped[0][1].lower() and first.count == 12
+
+    restored.write_bytes(Path(paths[0]).read_bytes())
+    second = run()
+    assert (second.resumed, second.embedded, second.count) == (1, 8, 13)
+    assert [p for p, _ in second.skipped] == [str(photos / "050b.jpg")]
+    assert [s["path"] for s in json.loads((out / "_manifest.json").read_text())["skipped"]] == [
+        str(photos / "050b.jpg")
+    ]
+    got_paths, got_vectors = read_parquet(out)
+    assert got_paths == listed[:-1]
+    np.testing.assert_allclose(
+        got_vectors, np.concatenate([vectors[:6], vectors[:1], vectors[6:12]]), atol=1e-6
+    )
+
+    third = run()  # nothing changed: nothing to embed
+    assert (third.resumed, third.embedded, third.count) == (2, 0, 13)

@@ -3,8 +3,8 @@ torch pickles (tensors only, never pickled code); the file names of every layout
 
 from __future__ import annotations
 
+import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,12 @@ def load_pickled_tensors(
     """What a `torch.save` file holds, in either format (the zip of torch >= 1.6 or the legacy plain pickle),
     read with `torch.load(weights_only=True)`: tensors, containers and numbers only, never pickled code.
 
-    A file that holds code, or is damaged, raises a one-line `error` naming it.
+    A file that holds code, is damaged, or is no `torch.save` file raises a one-line `error` naming it.
     """
     try:
-        with open(file, "rb") as f:
-            zipped = zipfile.is_zipfile(f)  # only the zip format can be memory-mapped
-        return torch.load(file, map_location=device, weights_only=True, mmap=zipped)
+        kind = torch_file_format(file)
+        if kind is not None:  # only the zip format can be memory-mapped
+            return torch.load(file, map_location=device, weights_only=True, mmap=kind == "zip")
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError...
         if isinstance(err, OSError) and err.errno is not None:  # the file system refused, not the data
             raise error(f"'{file}' cannot be opened: {(err.strerror or str(err)).lower()}") from None
@@ -83,6 +83,24 @@ def load_pickled_tensors(
             ) from None
         text = " ".join(str(err).split())
         raise error(f"'{file}' cannot be read (truncated or not a checkpoint): {text}") from err
+    raise error(
+        f"'{file}' is not a checkpoint format siglip reads: not a torch.save file (zip or pickle format), "
+        "whose first bytes it would begin with"
+    )
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_TORCH_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch's magic number, pickled
+
+
+def torch_file_format(file: str | os.PathLike) -> str | None:
+    """The format of a `torch.save` file by its first bytes: "zip" (torch >= 1.6), "pickle" (the legacy format,
+    which pickles torch's magic number first), or None for a file of neither."""
+    with open(file, "rb") as f:
+        head = f.read(32)
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    return "pickle" if head.startswith(b"\x80") and _TORCH_MAGIC in head else None
 
 
 def save_state_dict(

@@ -8,13 +8,23 @@ decode-or-skip loading of their images.
 - `load_sample` decodes and preprocesses one image or records why it cannot be used, never raising for a bad
   image; `collate` stacks the samples that loaded and keeps the others aside. Every loop over image files
   (DataLoader workers included) goes through these two.
+- `worker_init_fn`: every DataLoader's workers die with the process that started them, and do not hold its
+  file locks.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
+import functools
 import json
 import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +105,65 @@ def empty_inputs(processor: ImageProcessor) -> dict[str, torch.Tensor]:
     batch is empty: it must still run the model, which communicates)."""
     blank = processor(Image.new("RGB", (64, 64)), return_tensors="pt")
     return {name: value[:0] for name, value in blank.items()}
+
+
+# --- DataLoader workers ----------------------------------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal this process gets when its parent dies
+PARENT_CHECK_S = 1.0  # how often a worker checks that its parent is alive
+
+
+def worker_init_fn() -> Callable[[int], None]:
+    """A DataLoader `worker_init_fn` tying each worker to this process: when it dies, even by `kill -9`, its
+    workers die too, rather than wait forever on a full queue nobody reads (holding what they inherited, an
+    index's `update.lock` among it).
+
+    On Linux the kernel kills a worker when the thread that started it ends (`PR_SET_PDEATHSIG`), so iterate a
+    DataLoader in a thread that lives as long as the iteration. Everywhere, a thread of each worker kills the
+    worker once its parent is gone; and each worker closes the file locks (`flock`) it inherited, which stay
+    with the process that took them.
+    """
+    return functools.partial(_die_with_parent, os.getpid())
+
+
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            logger.debug(
+                "worker %d: prctl(PR_SET_PDEATHSIG) failed: %s", worker_id, os.strerror(ctypes.get_errno())
+            )
+        _close_inherited_locks()
+    if os.getppid() != parent:  # the parent died before the signal was set
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=_watch_parent, args=(parent,), name="siglip-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Kill this process once `parent` is no longer its parent (it died and this one was adopted). SIGKILL:
+    no exit handler runs, so none can block on the queue the dead parent no longer reads."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _close_inherited_locks() -> None:
+    """Point this process's descriptors that hold an `flock` lock (Linux: their /proc fdinfo says so) at
+    /dev/null. A forked child shares its parent's locked files; dropping the child's copy leaves the parent's
+    lock held, released when the parent ends, whatever becomes of the child. (/dev/null, not a close: the
+    number stays taken, so nothing opened later gets it and meets the parent's file object.)"""
+    locked = []
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                if any(line.startswith("lock:") and "FLOCK" in line for line in info):
+                    locked.append(int(fd))
+        except OSError:  # closed meanwhile (the descriptor of the listing itself)
+            continue
+    if locked:
+        null = os.open(os.devnull, os.O_RDONLY)
+        for fd in locked:
+            os.dup2(null, fd)
+        os.close(null)
 
 
 # --- collections ----------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from ..core.hub import Checkpoint, locate
 from ..core.two_tower.image_processing import ImageInput
 from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
-from .data import Sample, collate, load_sample
+from .data import Sample, collate, load_sample, worker_init_fn
 from .inference import InferenceMode
 from .precision import precision_of_dtype
 from .store import FileState
@@ -218,6 +218,7 @@ class Embedder:
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate,
+            worker_init_fn=worker_init_fn(),  # workers die with this process, even by kill -9
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if workers else None,  # keep batches ready so the model never waits
         )
@@ -282,9 +283,10 @@ def configure_images(
                 f"--max-num-patches applies to SigLIP 2 NaFlex models; '{model}' resizes every image to "
                 f"{images.size['height']}x{images.size['width']}"
             )
-        if isinstance(max_num_patches, bool) or not isinstance(max_num_patches, int) or max_num_patches < 1:
-            raise UsageError(f"max_num_patches must be a whole number of at least 1, got {max_num_patches!r}")
-        images.max_num_patches = max_num_patches
+        try:
+            images.max_num_patches = Siglip2ImageProcessor.check_max_num_patches(max_num_patches)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     if reduced_decode:
         if naflex:
             raise UsageError(

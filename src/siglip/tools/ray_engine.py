@@ -21,7 +21,8 @@ threads per model call, bit for bit (a CPU actor runs CPUs / actors threads; flo
 last bit between thread counts).
 
 Resume: the shard plan (`_plan.json`) is fixed by the first run; a rerun, after a crash or `kill -9` of the
-driver, embeds only the shards that have no committed file. Every path and URI must be readable from every
+driver, embeds only the shards that have no committed file, and again those that skipped a file which changed
+since (restored, replaced, made readable: the in-process job's rule for unreadable files). Every path and URI must be readable from every
 node (shared storage), as must the model (a bundled name, a path on shared storage or a hub id).
 """
 
@@ -48,7 +49,7 @@ from .embedder import image_settings, load_processor, patch_budget
 from .embedding_files import parquet_schema, parquet_table
 from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
-from .store import replace_atomically
+from .store import FileState, Seen, replace_atomically
 from .tar_shards import TarMember, expand_shards, is_shards, tar_samples
 
 logger = logging.getLogger("siglip")
@@ -173,8 +174,11 @@ def embed_with_ray(
     dims = AutoConfig.from_pretrained(checkpoint).text_config.projection_size
     fingerprint = model_fingerprint(name)
     done = {i for i in range(plan["shards"]) if _shard_path(out, i).exists()}
-    for i in done:
-        _check_shard(_shard_path(out, i), fingerprint)
+    inputs = {f.path if isinstance(f, TarMember) else f: f for f in files}
+    changed = {i for i in done if _skipped_changed(_check_shard(_shard_path(out, i), fingerprint), inputs)}
+    if changed:
+        logger.info("%d shard(s) skipped files that changed since: embedding them again", len(changed))
+    done -= changed
     pending = [i for i in range(plan["shards"]) if i not in done]
     embedded = failed = 0
     nodes: set[str] = set()
@@ -282,7 +286,8 @@ def _shard_path(out: Path, shard: int) -> Path:
     return out / f"part-{shard:05d}.parquet"
 
 
-def _check_shard(path: Path, fingerprint: str) -> None:
+def _check_shard(path: Path, fingerprint: str) -> dict[str, Any]:
+    """The record of a committed shard, refused when it is no shard of ours or of other weights."""
     record = shard_record(path)
     if record is None:
         raise UsageError(f"{path} is not a shard of `siglip embed --engine ray`: write to another folder")
@@ -291,6 +296,35 @@ def _check_shard(path: Path, fingerprint: str) -> None:
             f"{path} was embedded by other weights (model {record['model']}, fingerprint "
             f"{record['fingerprint'][:12]}): use that model, or write to another folder"
         )
+    return record
+
+
+def _skipped_changed(record: dict[str, Any], inputs: dict[str, str | TarMember]) -> bool:
+    """Whether a file the shard skipped as unreadable changed since (restored, replaced, made readable): as the
+    in-process job embeds such a file again, the shard is embedded again. A URI's state is not known: not
+    retried. A shard of an earlier version, which did not record the states, is retried once."""
+    seen = record.get("skipped_as_seen")
+    for path, _reason in record["skipped"]:
+        now = _state_now(inputs.get(path, path))
+        was = None if seen is None else seen.get(path)
+        if now is not None and (was is None or not Seen(was[0], was[1], False, was[2]).current(now)):
+            return True
+    return False
+
+
+def _state_now(entry: str | dict[str, Any] | TarMember) -> FileState | None:
+    """The state of an input as the decoding tasks and the driver see it now (a missing file: all -1; a
+    shard's sample: the shard's state as listed), None for a URI."""
+    if isinstance(entry, dict):
+        entry = TarMember(**entry)
+    if isinstance(entry, FileState):
+        return entry
+    if "://" in entry:
+        return None
+    try:
+        return FileState.of(entry)
+    except OSError:
+        return FileState(entry, -1, -1, -1)
 
 
 def _commit_shard(
@@ -314,7 +348,8 @@ def _commit_shard(
             for part in parts
         ]
     )
-    skipped = [tuple(f) for part in parts for f in json.loads(part["failed"])]
+    failed = [f for part in parts for f in json.loads(part["failed"])]  # (path, reason, state when it failed)
+    skipped = [(path, reason) for path, reason, _ in failed]
     record = {
         "model": model,
         "fingerprint": fingerprint,
@@ -322,6 +357,7 @@ def _commit_shard(
         **images,
         "count": len(paths),
         "skipped": skipped,
+        "skipped_as_seen": {path: state for path, _, state in failed if state is not None},
         "nodes": sorted({part["node"] for part in parts}),
     }
     table = parquet_table(pa, schema, model, paths, vectors)
@@ -366,6 +402,12 @@ def _entry(file: str | TarMember) -> str | dict[str, Any]:
     return dataclasses.asdict(file) if isinstance(file, TarMember) else file
 
 
+def _state_list(entry: str | dict[str, Any]) -> list[int] | None:
+    """`_state_now` as JSON: [size, mtime_ns, ctime_ns]."""
+    state = _state_now(entry)
+    return None if state is None else [state.size, state.mtime_ns, state.ctime_ns]
+
+
 _INPUT = "input_"  # column-name prefix of the model inputs a decode task hands to the model actors
 
 
@@ -382,7 +424,7 @@ class _Decode:
             "shard": row["shard"],
             "batch": row["batch"],
             "paths": json.dumps([s.source for s in batch.loaded]),
-            "failed": json.dumps([(s.source, s.reason) for s in batch.failed]),
+            "failed": json.dumps([(s.source, s.reason, _state_list(paths[s.index])) for s in batch.failed]),
             # the model inputs, a column each (pixel_values; NaFlex adds pixel_attention_mask, spatial_shapes)
             **{_INPUT + name: value.numpy() for name, value in batch.inputs.items()},
         }

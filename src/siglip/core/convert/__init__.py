@@ -16,8 +16,10 @@ initialised at random, and a failed conversion leaves no output folder behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from ..siglip.configuration import SiglipConfig, SiglipVisionConfig
 from ..siglip.image_processing import SiglipImageProcessor
@@ -33,8 +36,8 @@ from ..siglip.modeling import SiglipModel, SiglipVisionModel
 from ..siglip2.configuration import Siglip2Config
 from ..siglip2.image_processing import Siglip2ImageProcessor
 from ..siglip2.modeling import Siglip2Model
-from ..staging import staged_directory
-from ..weights import load_pickled_tensors
+from ..staging import remove_abandoned_staging, staged_new_directory
+from ..weights import load_pickled_tensors, torch_file_format
 from . import big_vision, open_clip, timm
 from ._rules import ConversionError, Converted, Tensors, check_shapes
 
@@ -101,8 +104,7 @@ def convert(src: str | os.PathLike, to: str | os.PathLike, arch: str | None = No
         ConversionError: the source cannot be read or converted; the message names the file and the tensor.
     """
     target = Path(to)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConversionError(f"'{target}' already exists and is not an empty folder; choose a new one.")
+    _check_new(target)
     source = _read_source(Path(src), arch)
     architecture, converted = _convert(source, arch)
     config = architecture.config
@@ -148,8 +150,7 @@ def to_open_clip(src: str | os.PathLike, out: str | os.PathLike) -> Architecture
     only, so the vision tower must have the architecture of a released timm SigLIP tower.
     """
     src_path, target = Path(src), Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConversionError(f"'{target}' already exists and is not an empty folder; choose a new one.")
+    _check_new(target)
     config_file = src_path / "config.json"
     if config_file.is_file() and _json(config_file).get("model_type") == Siglip2Config.model_type:
         raise ConversionError(
@@ -198,16 +199,32 @@ def to_open_clip(src: str | os.PathLike, out: str | os.PathLike) -> Architecture
 
 @contextlib.contextmanager
 def _output(target: Path) -> Iterator[Path]:
-    """A staging folder whose files move into `target` only when all are written; on failure no `target`."""
-    existed = target.exists()
+    """A staging folder that becomes `target` when all its files are written: a failure, a full disk or a
+    `kill -9` leaves no `target` (nor, by the next run, any staging); writing errors name `target`."""
     try:
-        with staged_directory(target) as staging:
+        with staged_new_directory(target) as staging:
             yield staging
-    except BaseException:
-        if not existed:
-            with contextlib.suppress(OSError):
-                target.rmdir()
-        raise
+    except (OSError, SafetensorError) as err:
+        raise ConversionError(f"cannot write '{target}': {_reason(err)}") from err
+
+
+def _reason(err: Exception) -> str:
+    """An error while writing, in a few words: its errno's message, whether the OS or safetensors raised it
+    ("... (os error 28)"), and for a full disk what to do."""
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    code = err.errno if isinstance(err, OSError) else int(found.group(1)) if found else None
+    reason = os.strerror(code) if code else str(err)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason += "; free some space and run the command again"
+    return reason
+
+
+def _check_new(target: Path) -> None:
+    """Refuse an output folder that exists and holds anything but what killed conversions left."""
+    if target.is_dir():
+        remove_abandoned_staging(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConversionError(f"'{target}' already exists and is not an empty folder; choose a new one.")
 
 
 def _convert(source: _Source, arch: str | None) -> tuple[Architecture, Converted]:
@@ -367,7 +384,14 @@ def _family(tensors: Tensors, path: Path) -> str:
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file; an unreadable (e.g. truncated) file gives an error naming it."""
+    """The tensors of a weights file; an unreadable (e.g. truncated) file, or one in a format we do not read,
+    gives an error naming it."""
+    if not _in_its_format(path):
+        raise ConversionError(
+            f"'{path}' is not in a checkpoint format siglip converts (its first bytes are not those of "
+            f"{_FORMATS.get(path.suffix, _FORMATS[''])}): convert reads torch.save files (.bin, .pt, .pth), "
+            ".safetensors files and big_vision .npz files"
+        )
     if path.suffix not in (".npz", ".safetensors"):
         # torch.save files, zip or legacy: read without running their pickled code
         loaded = load_pickled_tensors(path, error=ConversionError)
@@ -393,6 +417,24 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
         if not isinstance(value, torch.Tensor):
             raise ConversionError(f"'{path}': entry '{key}' is a {type(value).__name__}, not a tensor.")
     return loaded
+
+
+_FORMATS = {".npz": "a .npz (zip) file", ".safetensors": "a .safetensors file", "": "a torch.save file"}
+
+
+def _in_its_format(path: Path) -> bool:
+    """Whether the file's first bytes are those of the format its suffix names (a torch.save file for any
+    suffix but .npz and .safetensors)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return True  # the reader names what the file system refused
+    if path.suffix == ".npz":
+        return head.startswith(b"PK\x03\x04")
+    if path.suffix == ".safetensors":  # the header's length (8 bytes), then the header, a JSON object
+        return head[8:9] == b"{"
+    return torch_file_format(path) is not None
 
 
 def _first(folder: Path, names: tuple[str, ...]) -> Path:

@@ -117,8 +117,8 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         do_rescale, rescale_factor: multiply by 1/255.
         do_normalize, image_mean, image_std: `(x - mean) / std` per channel, 0.5 / 0.5 (values in [-1, 1]).
         patch_size: side of a patch in pixels (16; the model's `vision_config.patch_size`).
-        max_num_patches: patches per image after padding (256; 576 and 1024 for more detail). Any positive
-            number works with a NaFlex model: its position grid is resized to each image.
+        max_num_patches: patches per image after padding (256; 576 and 1024 for more detail). Any number up
+            to `MAX_NUM_PATCHES` (4096) works with a NaFlex model: its position grid is resized to each image.
         exif_transpose, num_threads, max_image_pixels: as for `SiglipImageProcessor` (files are turned upright
             by their EXIF orientation, in-memory PIL images are used as given; one thread per core; files of
             more pixels than `max_image_pixels` are refused, by default Pillow's `MAX_IMAGE_PIXELS`).
@@ -132,6 +132,7 @@ class Siglip2ImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+    MAX_NUM_PATCHES = 64 * 64  # the largest patch budget: 12 MB of pixel values an image at patch size 16
     _config_keys = ("do_resize", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
                     "image_std", "patch_size", "max_num_patches", "exif_transpose")  # fmt: skip
 
@@ -158,7 +159,7 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         self.image_mean = check_stats(SIGLIP_MEAN if image_mean is None else image_mean, "image_mean")
         self.image_std = check_stats(SIGLIP_STD if image_std is None else image_std, "image_std")
         self.patch_size = _check_positive(patch_size, "patch_size")
-        self.max_num_patches = _check_positive(max_num_patches, "max_num_patches")
+        self.max_num_patches = self.check_max_num_patches(max_num_patches)
         self.exif_transpose = exif_transpose
         self.num_threads = num_threads
         self.max_image_pixels = max_image_pixels
@@ -206,9 +207,9 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             max_image_pixels=self.max_image_pixels,
             resize=self.do_resize if do_resize is None else bool(do_resize),
             patch_size=self.patch_size if patch_size is None else _check_positive(patch_size, "patch_size"),
-            max_num_patches=self.max_num_patches
-            if max_num_patches is None
-            else _check_positive(max_num_patches, "max_num_patches"),
+            max_num_patches=self.check_max_num_patches(  # the attribute too: it may have been set since
+                self.max_num_patches if max_num_patches is None else max_num_patches
+            ),
         )
         pixels = process_images(images, steps, self.num_threads)
         p, length = steps.patch_size, steps.max_num_patches
@@ -229,6 +230,19 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         if return_tensors == "pt":
             values, masks, shapes = (torch.from_numpy(a) for a in (values, masks, shapes))
         return BatchFeature(pixel_values=values, pixel_attention_mask=masks, spatial_shapes=shapes)
+
+    @classmethod
+    def check_max_num_patches(cls, value: Any) -> int:
+        """`value` as a patch budget, or a `ValueError` saying the bounds: a whole number from 1 to
+        `MAX_NUM_PATCHES`, checked before anything is allocated (each image takes `max_num_patches` x 3 x
+        `patch_size`**2 floats, and attention grows with the square of the patches)."""
+        patches = _check_positive(value, "max_num_patches")
+        if patches > cls.MAX_NUM_PATCHES:
+            raise ValueError(
+                f"max_num_patches must be at most {cls.MAX_NUM_PATCHES} (a 64 x 64 patch grid, 4x the largest "
+                f"budget NaFlex models were trained with), got {patches}"
+            )
+        return patches
 
     def _family_settings(self) -> dict[str, Any]:
         return {"max_num_patches": self.max_num_patches, "patch_size": self.patch_size}

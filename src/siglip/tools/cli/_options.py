@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ...core.auto import Siglip2ImageProcessor
 from ...errors import UsageError
 from ..embedder import DEFAULT_MODEL, Embedder, resolve_device
 from ..files import display_path
@@ -50,11 +51,12 @@ def add_model_options(
     )
     parser.add_argument(
         "--max-num-patches",
-        type=integer(1),
+        type=integer(1, Siglip2ImageProcessor.MAX_NUM_PATCHES),  # the processor's bound, checked at once
         default=None,
         metavar="N",
         help="SigLIP 2 NaFlex models: patches per image (default: the checkpoint's, 256 for the released "
-        f"ones{recorded}; 576 or 1024 see more detail, at more cost)",
+        f"ones{recorded}; 576 or 1024 see more detail, at more cost; at most "
+        f"{Siglip2ImageProcessor.MAX_NUM_PATCHES})",
     )
 
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from ...core.auto import ImageProcessor
 from ...errors import DataError
-from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample
+from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample, worker_init_fn
 from ..tar_shards import count_samples, expand_shards, image_field, is_shards, sample_name
 from ..zeroshot import check_templates, fill_template
 
@@ -288,6 +288,7 @@ def make_loader(
         num_workers=workers,
         prefetch_factor=4 if workers else None,
         collate_fn=collate,
+        worker_init_fn=worker_init_fn(),  # workers die with this process, even by kill -9
         generator=torch.Generator().manual_seed(layout.epoch_seed(epoch)),
     )
     if isinstance(source, WebDatasetSource):

@@ -42,7 +42,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...core.auto import AutoConfig, AutoModel, AutoProcessor, Processor, TwoTowerModel
+from ...core.auto import (
+    AutoConfig,
+    AutoModel,
+    AutoProcessor,
+    Processor,
+    Siglip2ImageProcessor,
+    TwoTowerModel,
+)
 from ...core.loss import check_chunk_size, siglip_loss
 from ...core.two_tower.processing import fixed_length_ids
 from ...errors import DataError, UsageError
@@ -178,7 +185,7 @@ class TrainConfig:
     max_num_patches: int | None = field(
         default=None,
         metadata={
-            "value": whole(1),
+            "value": whole(1, Siglip2ImageProcessor.MAX_NUM_PATCHES),
             "help": "SigLIP 2 NaFlex models: patches per image (default: the checkpoint's)",
         },
     )
