@@ -35,9 +35,10 @@ class Number:
             or (self.above and value == self.low)
             or value > self.high
         ):
-            lower = f"above {self.low:g}" if self.above else f"at least {self.low:g}"
-            upper = "" if math.isinf(self.high) else f" and at most {self.high:g}"
-            return f"must be {lower}{upper}, got {value:g}"
+            show = str if self.whole else "{:g}".format  # whole numbers in full: 10000000, not 1e+07
+            lower = f"above {show(self.low)}" if self.above else f"at least {show(self.low)}"
+            upper = "" if math.isinf(self.high) else f" and at most {show(self.high)}"
+            return f"must be {lower}{upper}, got {show(value)}"
         return None
 
     def check(self, value: float, name: str) -> None:
