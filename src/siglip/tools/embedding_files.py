@@ -20,7 +20,7 @@ from ..errors import StoreError, UsageError
 from .deps import require
 from .embedder import Embedder
 from .files import ImageScan, skipped_as_json
-from .store import FileState, VectorStore, pending_files, replace_together
+from .search.store import FileState, VectorStore, pending_files, replace_together
 from .tar_shards import scan_inputs
 
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from .deps import require
+from ...errors import UsageError
+from ..deps import require
 
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 STORAGES = ("auto", "fp32", "fp16")

@@ -34,15 +34,10 @@ made alike. An index on read-only media is searched with its vectors caught up i
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import html
-import io
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,26 +47,26 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from ..core.hub import locate
-from ..core.two_tower.image_processing import ImageInput, pil_to_rgb
-from ..core.two_tower.modeling import l2_normalize
-from ..errors import (
+from ...core.hub import locate
+from ...core.two_tower.image_processing import ImageInput
+from ...core.two_tower.modeling import l2_normalize
+from ...errors import (
     CheckpointError,
-    ImageInputError,
     InputNotFoundError,
     NoImagesError,
     StoreError,
     UsageError,
 )
+from ..deps import require
+from ..embedder import Embedder, load_embedder, resolve_device
+from ..files import scan_images
+from ..inference import InferenceMode
 from . import ann
-from .deps import require
-from .embedder import Embedder, load_embedder, resolve_device
-from .files import scan_images
-from .inference import InferenceMode
+from .fingerprint import model_fingerprint
 from .store import FileState, VectorStore, pending_files, replace_atomically
 
 if TYPE_CHECKING:
-    from .embedding_shards import EmbeddingFile
+    from ..embedding_shards import EmbeddingFile
 
 logger = logging.getLogger("siglip")
 
@@ -175,7 +170,7 @@ class SearchIndex:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.store = VectorStore(records, name, self._embedder.dims)
             self.store.set_meta(_EMBEDDING, json.dumps(self._embedder.settings))
-            fingerprint = _fingerprint(name)
+            fingerprint = model_fingerprint(name)
             if fingerprint is not None:
                 self.store.set_meta(_WEIGHTS, fingerprint)
             self._weights_checked = True
@@ -253,7 +248,7 @@ class SearchIndex:
         recorded compares names, and records the fingerprint.
         """
         recorded = self.store.get_meta(_WEIGHTS)
-        fingerprint = _fingerprint(name)
+        fingerprint = model_fingerprint(name)
         same_name = name == self.store.model
         if recorded is not None and fingerprint == recorded:
             if not same_name and not self.store.read_only:
@@ -310,7 +305,7 @@ class SearchIndex:
             )
             lock.acquire()
         try:
-            yield  # an OS lock: it goes with the process, too, if that is killed
+            yield  # the operating system drops the lock with the process, if it is killed
         finally:
             lock.release()
 
@@ -362,7 +357,7 @@ class SearchIndex:
         and a rerun starts it again. Embeddings made with other settings than the index's
         (`Embedder.settings`) are refused; an empty index takes theirs.
         """
-        from .embedding_shards import open_embeddings
+        from ..embedding_shards import open_embeddings
 
         self.store.check_writable()
         files, made_with = open_embeddings(source, self.store.model, self.store.dims)
@@ -391,7 +386,7 @@ class SearchIndex:
     def _record_imported_paths(self, files: list[EmbeddingFile], first: int) -> UpdateReport:
         """An import's first pass, in its transaction: the new or changed rows of `files` recorded without
         their vectors, row r under id `first` + r."""
-        from .embedding_shards import read_embeddings
+        from ..embedding_shards import read_embeddings
 
         states = self.store.states()
         report = UpdateReport()
@@ -416,7 +411,7 @@ class SearchIndex:
         self, files: list[EmbeddingFile], first: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of the rows `_record_imported_paths` recorded (of a path given twice, the last)."""
-        from .embedding_shards import read_embeddings
+        from ..embedding_shards import read_embeddings
 
         at = first
         for _, vectors, _ in read_embeddings(files, self.store.dims):
@@ -590,30 +585,6 @@ class SearchIndex:
         self.close()
 
 
-def _fingerprint(name: str) -> str | None:
-    """SHA-256 over the SHA-256 of each weight file of model `name`, or None when it has no weight files
-    to read (an `Embedder` made in memory)."""
-    try:
-        files = locate(name).weight_files()
-    except CheckpointError:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(_file_sha256(path).encode())
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    real = path.resolve()
-    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
-        return real.name  # the hub cache names a large file's blob by its SHA-256, checked on download
-    digest = hashlib.sha256()
-    with open(real, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _deleted(path: str) -> bool:
     """Whether `path` no longer exists (a file that cannot be reached for another reason is not deleted)."""
     try:
@@ -631,60 +602,3 @@ def _state_of(path: str) -> FileState:
         return FileState.of(path)
     except OSError:
         return FileState(path, -1, -1)
-
-
-# --- a page of results ------------------------------------------------------------------------------------
-THUMBNAIL_SIZE = 256
-
-
-def results_html(query: str, hits: Sequence[Hit]) -> str:
-    """A self-contained HTML page of thumbnails (embedded as JPEG data) with rank, score and path."""
-    cards = "\n".join(_card(rank, hit) for rank, hit in enumerate(hits, start=1))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>siglip search: {html.escape(query)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #fafafa; }}
-.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax({THUMBNAIL_SIZE}px, 1fr)); gap: 1rem; }}
-figure {{ margin: 0; background: #fff; border-radius: 6px; padding: .5rem; box-shadow: 0 1px 3px #0002; }}
-img {{ width: 100%; height: {THUMBNAIL_SIZE}px; object-fit: contain; background: #eee; }}
-figcaption {{ font-size: .8rem; overflow-wrap: anywhere; }}
-</style></head><body>
-<h1>{html.escape(query)}</h1>
-<p>{len(hits)} results, best first; score = cosine similarity.</p>
-<div class="grid">
-{cards}
-</div></body></html>
-"""
-
-
-def _card(rank: int, hit: Hit) -> str:
-    path = html.escape(hit.path)
-    link = html.escape(Path(hit.path).absolute().as_uri())
-    thumbnail = _thumbnail(hit.path)
-    image = f'<img src="{thumbnail}" alt="{path}">' if thumbnail else "<p>(cannot be read)</p>"
-    return (
-        f'<figure><a href="{link}">{image}</a>'
-        f"<figcaption><b>#{rank}</b> {hit.score:.4f}<br>{path}</figcaption></figure>"
-    )
-
-
-def _thumbnail(path: str) -> str | None:
-    """A JPEG data URI of a small upright copy of the image, or None when it cannot be read."""
-    jpeg = thumbnail_jpeg(path)
-    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
-def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
-    """A JPEG of an upright copy of the image at most `size` pixels a side, or None when it cannot be read."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.thumbnail((size, size))
-            rgb, _ = pil_to_rgb(image, path)  # as the model sees it: 16-bit grey scaled, not clipped to white
-            buffer = io.BytesIO()
-            rgb.save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError, Image.DecompressionBombError, ImageInputError):
-        return None
-    return buffer.getvalue()
