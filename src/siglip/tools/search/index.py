@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from ...core.two_tower.image_processing import ImageInput
 from ...core.two_tower.modeling import l2_normalize
 from ...errors import (
     CheckpointError,
+    DataError,
     InputNotFoundError,
     NoImagesError,
     StoreError,
@@ -63,7 +65,7 @@ from ..files import scan_images
 from ..inference import InferenceMode
 from . import ann
 from .fingerprint import model_fingerprint
-from .store import FileState, VectorStore, pending_files, replace_atomically
+from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
 
 if TYPE_CHECKING:
     from ..embedding_shards import EmbeddingFile
@@ -82,6 +84,11 @@ _SETTINGS = (
     "storage",
 )  # meta keys: the index type and storage asked for (ann.INDEX_TYPES, STORAGES)
 _LEGACY = ann.Plan("flat", "fp32", "Flat")  # vectors.faiss of an index made before the types existed
+_IDENTITY = "records_identity"  # meta key: the identity of these records, stamped on their vector file
+_UNSTAMPED = "vectors_unstamped"  # meta key: "1" while vectors.faiss is an older version's, without a stamp
+_STAMP = b"siglip-records:"  # vectors.faiss ends with this and the identity of its records (32 hex digits)
+_STAMP_BYTES = len(_STAMP) + 32
+SET_ASIDE = ".set-aside"  # suffix of a vector file that belongs to other records, moved out of the way
 
 
 @dataclass(frozen=True)
@@ -155,8 +162,11 @@ class SearchIndex:
             else None
         )
         self._weights_checked = False
+        start_over = f"delete the index folder '{self.directory}' and build the index again"
         if records.exists():
-            self.store = VectorStore(records)
+            self.store = VectorStore(records, start_over=start_over)
+            if self.store.get_meta(_IDENTITY) is None and not self.store.read_only:
+                self._give_identity()
             if name is not None:
                 self._check_model(name)
             self._take_recorded_settings()
@@ -168,7 +178,8 @@ class SearchIndex:
             self.load_options["precision"] = precision or "auto"
             self._embedder = self._embedder or load_embedder(name, device, **self.load_options)
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.store = VectorStore(records, name, self._embedder.dims)
+            identity = {_IDENTITY: uuid.uuid4().hex}
+            self.store = VectorStore(records, name, self._embedder.dims, meta=identity, start_over=start_over)
             self.store.set_meta(_EMBEDDING, json.dumps(self._embedder.settings))
             fingerprint = model_fingerprint(name)
             if fingerprint is not None:
@@ -176,11 +187,31 @@ class SearchIndex:
             self._weights_checked = True
         self._faiss: Any = None
         self._faiss_generation = -1
-        for key, value in zip(_SETTINGS, (index_type, storage), strict=True):
-            if value is not None and value != (self.store.get_meta(key) or "auto"):
-                with self.store.transaction():
-                    self.store.set_meta(key, value)
-                    self.store.set_meta(_VECTORS_GENERATION, "-1")  # stale: rebuilt at the next sync
+        self._asked = {  # recorded by the next update, import or search, once the size is known
+            key: value
+            for key, value in zip(_SETTINGS, (index_type, storage), strict=True)
+            if value is not None and value != (self.store.get_meta(key) or "auto")
+        }
+
+    def _give_identity(self) -> None:
+        """Give records made before identities existed theirs; a vector file beside them is an older version's,
+        accepted unstamped until the next save stamps it."""
+        with self.store.transaction():
+            self.store.set_meta(_IDENTITY, uuid.uuid4().hex)
+            if (self.directory / VECTORS_FILE).exists():
+                self.store.set_meta(_UNSTAMPED, "1")
+
+    def _apply_settings(self, total: int) -> None:
+        """Record the index type and storage asked for, in the running transaction, for an index about to hold
+        `total` images: a type asked for by name must be trainable on them (`ann.check_size`). The vector
+        file is rebuilt at the next sync."""
+        if "index_type" in self._asked:
+            ann.check_size(self._asked["index_type"], total)
+        for key, value in self._asked.items():
+            self.store.set_meta(key, value)
+        if self._asked:
+            self.store.set_meta(_VECTORS_GENERATION, "-1")  # stale
+        self._asked = {}
 
     @staticmethod
     def exists(directory: str | os.PathLike) -> bool:
@@ -313,9 +344,9 @@ class SearchIndex:
         self, paths: Sequence[str | os.PathLike], batch_size: int, workers: int | None, progress: bool | None
     ) -> UpdateReport:
         scan = scan_images(paths, allow_empty=True)
-        files = [os.path.abspath(f) for f in scan.files]
-        roots = tuple(os.path.join(os.path.abspath(p), "") for p in map(os.fspath, paths) if os.path.isdir(p))
-        unsearched = tuple(os.path.join(os.path.abspath(p), "") for p, _ in scan.skipped)
+        files = [stored_path(f) for f in scan.files]
+        roots = tuple(os.path.join(stored_path(p), "") for p in paths if os.path.isdir(p))
+        unsearched = tuple(os.path.join(stored_path(p), "") for p, _ in scan.skipped)
         states = self.store.states()
         if not files and not scan.skipped and not any(p.startswith(roots) for p in states):
             raise NoImagesError(f"no image files in {', '.join(map(os.fspath, paths))}")
@@ -328,6 +359,10 @@ class SearchIndex:
         todo = pending_files(self.store, files)
         if todo:  # before any change: an Embedder given as it is must embed as the index was built
             self._check_settings(self.embedder.settings, "the model given runs with")
+        if self._asked:  # before any embedding: a type that cannot be trained on this many is refused now
+            kept = {p for p, seen in states.items() if seen.embedded}.difference(gone)
+            with self.store.transaction():
+                self._apply_settings(len(kept) + sum(f.path not in kept for f in todo))
         report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         report.unchanged = len(files) - len(todo)
         for batch in self.embedder.embed_files(todo, batch_size, workers, progress):
@@ -356,6 +391,10 @@ class SearchIndex:
         twice more: its sample, then the rest). One transaction: a killed import leaves the index as it was,
         and a rerun starts it again. Embeddings made with other settings than the index's
         (`Embedder.settings`) are refused; an empty index takes theirs.
+
+        Paths are stored by the rule of every writer (`stored_path`: a relative one is taken from the working
+        directory); a path given twice is refused, and so is a non-finite or all-zero vector (the index is
+        then unchanged); a vector off unit length is normalised, with a warning (`read_embeddings`).
         """
         from ..embedding_shards import open_embeddings
 
@@ -373,48 +412,65 @@ class SearchIndex:
                 if empty:  # the index holds these embeddings alone: it embeds from now on as they were made
                     self.store.set_meta(_EMBEDDING, json.dumps(made_with))
                 report = self._record_imported_paths(files, first)
+                self._apply_settings(len(self.store))
+                renormalised: dict[Path, int] = {}
                 index, info = self._catch_up(
                     self._read_vectors(faiss, path, mmap=False),
-                    (range(first, first + rows), lambda: self._imported_vectors(files, first)),
+                    (range(first, first + rows), lambda: self._imported_vectors(files, first, renormalised)),
                 )
                 self._save_vectors(faiss, path, index, info)
             self._faiss = None
+        for file, count in renormalised.items():
+            if count:
+                logger.warning(
+                    "%d vectors of %s were not of unit length: normalised (scores are cosine similarities)",
+                    count,
+                    file,
+                )
         self.sync()
         report.total = len(self.store)
         return report
 
     def _record_imported_paths(self, files: list[EmbeddingFile], first: int) -> UpdateReport:
         """An import's first pass, in its transaction: the new or changed rows of `files` recorded without
-        their vectors, row r under id `first` + r."""
+        their vectors, row r under id `first` + r. A path given twice (once relative, once absolute too) is
+        refused: the input does not say which vector is the image's."""
         from ..embedding_shards import read_embeddings
 
         states = self.store.states()
+        seen: dict[str, tuple[Path, int]] = {}  # stored path -> (file, row) where the import gives it
         report = UpdateReport()
         at = first
-        for paths, _, failed in read_embeddings(files, self.store.dims, vectors=False):
-            entries = [_state_of(p) for p in paths]
+        for chunk in read_embeddings(files, self.store.dims, vectors=False):
+            entries = [_state_of(stored_path(p)) for p in chunk.paths]
+            for row, entry in enumerate(entries, chunk.first_row):
+                if entry.path in seen:
+                    raise DataError(_given_twice(entry.path, *seen[entry.path], chunk.file, row))
+                seen[entry.path] = (chunk.file, row)
             new = [
                 (i, f)
                 for i, f in enumerate(entries, at)
                 if f.path not in states or not states[f.path].current(f)
             ]
-            unreadable = [(_state_of(p), reason) for p, reason in failed]
+            unreadable = [(_state_of(stored_path(p)), reason) for p, reason in chunk.failed]
             self.store.record_released([f for _, f in new], [i for i, _ in new], unreadable)
             report.updated += sum(states[f.path].embedded for _, f in new if f.path in states)
-            report.unchanged += len(paths) - len(new)
-            report.skipped += failed
-            at += len(paths)
+            report.unchanged += len(chunk.paths) - len(new)
+            report.skipped += chunk.failed
+            at += len(chunk.paths)
         report.added = self.store.ids(first, at).size - report.updated
         return report
 
     def _imported_vectors(
-        self, files: list[EmbeddingFile], first: int
+        self, files: list[EmbeddingFile], first: int, renormalised: dict[Path, int]
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of the rows `_record_imported_paths` recorded (of a path given twice, the last)."""
+        """(ids, vectors) of the rows `_record_imported_paths` recorded, checked and of unit length (the
+        vectors each file had to have normalised counted in `renormalised`)."""
         from ..embedding_shards import read_embeddings
 
         at = first
-        for _, vectors, _ in read_embeddings(files, self.store.dims):
+        for chunk in read_embeddings(files, self.store.dims, renormalised=renormalised):
+            vectors = chunk.vectors
             ids = np.arange(at, at + len(vectors))
             at += len(vectors)
             if len(ids):
@@ -427,6 +483,9 @@ class SearchIndex:
         The vector file is rewritten under the store's write lock, so concurrent searches and builds (other
         processes too) never write it at the same time; readers always see a whole file.
         """
+        if self._asked:
+            with self.store.transaction():
+                self._apply_settings(len(self.store))
         generation = self.store.generation
         if self._faiss is not None and self._faiss_generation == generation:
             return self._faiss
@@ -455,8 +514,15 @@ class SearchIndex:
     def _save_vectors(self, faiss: Any, path: Path, index: Any, info: ann.BuildInfo) -> int:
         """Replace the vector file with `index`, inside the write transaction, and only then release the
         records' copies of the vectors it holds; returns the bytes released."""
-        # written with Python's I/O, so that a full disk is an OSError
-        replace_atomically(path, lambda tmp: tmp.write_bytes(faiss.serialize_index(index)))
+        identity = self.store.get_meta(_IDENTITY) or ""
+
+        def write(tmp: Path) -> None:  # Python's I/O, so that a full disk is an OSError
+            with open(tmp, "wb") as f:
+                f.write(faiss.serialize_index(index))
+                f.write(_STAMP + identity.encode("ascii"))  # faiss reads a file to its end and no further
+
+        replace_atomically(path, write)
+        self.store.set_meta(_UNSTAMPED, "0")
         released = self.store.release_vectors()
         self.store.set_meta(_BUILD_INFO, info.to_json())
         self.store.set_meta(_VECTORS_GENERATION, str(self.store.generation))
@@ -520,19 +586,55 @@ class SearchIndex:
         )
 
     def _read_vectors(self, faiss: Any, path: Path, mmap: bool) -> Any:
-        """The vector file (memory-mapped for searching, read whole for changing), or None when there is none
-        or it cannot be read."""
-        if not path.exists():
+        """The vector file (memory-mapped for searching, read whole for changing), or None when there is none,
+        it cannot be read, or it is not these records' (see `_belongs`). Read whole, inside the write
+        transaction, a file of other records is set aside (`_set_aside`)."""
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - _STAMP_BYTES))
+                tail = f.read()
+        except FileNotFoundError:
+            return None
+        stamp = tail[len(_STAMP) :].decode("ascii", "replace") if tail.startswith(_STAMP) else None
+        if not self._belongs(stamp):
+            if not mmap:
+                self._set_aside(path, "belongs to other records (an index.sqlite deleted or replaced since)")
             return None
         info = self.build_info
         flags = 0
         if mmap:  # faiss maps inverted lists and flat codes with different flags
             flags = faiss.IO_FLAG_MMAP if info and info.factory.startswith("IVF") else faiss.IO_FLAG_MMAP_IFC
         try:
-            return faiss.read_index(os.fspath(path), flags)
+            index = faiss.read_index(os.fspath(path), flags)
         except RuntimeError as err:
             logger.warning("rebuilding %s, which cannot be read: %s", path, err)
             return None
+        if index.d != self.store.dims:
+            if not mmap:
+                self._set_aside(path, f"holds {index.d}-d vectors, the records {self.store.dims}-d")
+            return None
+        return index
+
+    def _belongs(self, stamp: str | None) -> bool:
+        """Whether a vector file stamped `stamp` (None: no stamp) holds these records' vectors: it carries their
+        identity, or it is the unstamped file of an index made before identities (`_give_identity`)."""
+        identity = self.store.get_meta(_IDENTITY)
+        return stamp == identity or (stamp is None and self.store.get_meta(_UNSTAMPED) == "1")
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        """Move a vector file that is not these records' out of the way, never to be served: its ids would
+        name other images. The records' own vectors are then rebuilt from what they hold."""
+        if self.store.read_only:
+            raise StoreError(
+                f"'{path}' {why}: its vectors are not this index's, and the index is read-only; copy the "
+                "index folder to a writable place and run `siglip index` there to rebuild it"
+            )
+        aside = path.with_name(path.name + SET_ASIDE)
+        os.replace(path, aside)
+        logger.warning(
+            "'%s' %s: moved to '%s' and not used; the index's vectors are rebuilt", path, why, aside
+        )
 
     # --- searching ---------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
@@ -583,6 +685,19 @@ class SearchIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _given_twice(path: str, file: Path, row: int, again: Path, again_row: int) -> str:
+    """The message for an import that gives `path` twice: it blames the input, whose rows it names."""
+    where = (
+        f"'{file}' rows {row} and {again_row}"
+        if file == again
+        else f"'{file}' row {row} and '{again}' row {again_row}"
+    )
+    return (
+        f"the embeddings give '{path}' twice ({where}, as written or once relative): an image has one vector; "
+        "remove one of the rows and import again (the index is unchanged)"
+    )
 
 
 def _deleted(path: str) -> bool:
