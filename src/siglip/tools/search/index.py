@@ -6,10 +6,11 @@
     index.search_text("a dog on the beach", k=10)   # [Hit(path=..., score=0.13), ...]
 
 An index is a folder with two files (and `update.lock`, which makes a second `update` wait for the first):
-- `index.sqlite`, the records (a `VectorStore`): per image its absolute path, size, modification time and
-  embedding, written one batch per transaction, so `kill -9` during a build loses at most the batch in
-  flight and a rerun completes the build, with exactly one entry per file;
-- `vectors.faiss`, a faiss index of the embeddings keyed by record id (see `siglip.tools.ann` for the
+- `index.sqlite`, the records (a `VectorStore`): per image its path (absolute: `stored_path`, the rule of
+  every writer), size, modification time and embedding, written one batch per transaction, so `kill -9`
+  during a build loses at most the batch in flight and a rerun completes the build, with exactly one entry
+  per file;
+- `vectors.faiss`, a faiss index of the embeddings keyed by record id (see `siglip.tools.search.ann` for the
   types: exact `flat`, `ivf`, `hnsw`, compressed `ivfpq`, or `auto` by size; fp32 or fp16 storage). After
   every change it catches up by id difference (ids are never reused), or is rebuilt when the size calls for
   another type or cell count or HNSW must drop vectors, and is replaced atomically. Only then do the records
@@ -19,6 +20,15 @@ An index is a folder with two files (and `update.lock`, which makes a second `up
   dropped with a warning, and the next `update` embeds those images again. An import of embeddings
   (`import_embeddings`) never puts vectors in the records: it records the paths and adds the vectors to the
   vector file in one transaction, under ids reserved beforehand.
+
+The two files prove they belong together: the records hold an identity (a random UUID, made with them) and
+every vector file they write ends with it. A vector file that does not carry its records' identity (left
+beside records that were deleted and made again, or copied in from another index) would name other images by
+the same ids: it is moved aside (`vectors.faiss.set-aside`) with a warning, never read, and the index
+rebuilds its vectors from what the records hold (those already handed over are embedded again by the next
+`update`). Records made before identities existed take one on first opening, and accept the unstamped file
+beside them until the next save stamps it. The `update.lock` is a `filelock` lock: the operating system
+drops it with a killed process.
 
 Search is cosine similarity (inner product of unit vectors): exact for `flat`, else approximate, with the
 recall@10 measured against exact search at build time stored with the index (`build_info`, `siglip info`).
@@ -121,8 +131,9 @@ class SearchIndex:
     `Embedder.from_pretrained`); an `Embedder` runs as it was made. `precision`, `max_num_patches` and
     `reduced_decode` default to those the index was built with ("auto" and the
     checkpoint's for a new one); others than those are refused (`StoreError`). `index_type` and `storage` (see
-    `siglip.tools.ann`; default: as stored, else "auto") are kept with the index; changing them rebuilds the
-    vector file at the next search or update.
+    `siglip.tools.search.ann`; default: as stored, else "auto") are kept with the index from the next update,
+    import or search, which rebuilds the vector file; `ivf` or `ivfpq` asked for an index too small to train
+    it is refused there (`UsageError` naming the minimum), before anything is embedded or changed.
     """
 
     def __init__(
