@@ -44,7 +44,7 @@ def _parquet_errors(path: Path) -> Iterator[None]:
         yield
     except SiglipError:
         raise
-    except (pa.ArrowException, OSError) as err:
+    except (pa.ArrowException, OSError, ValueError) as err:  # ValueError: also a damaged record (JSON)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(
             f"'{path}' is not a readable Parquet file of embeddings ({reason}): give a file `siglip embed "

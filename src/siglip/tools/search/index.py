@@ -528,9 +528,9 @@ class SearchIndex:
         identity = self.store.get_meta(_IDENTITY) or ""
 
         def write(tmp: Path) -> None:  # Python's I/O, so that a full disk is an OSError
-            with open(tmp, "wb") as f:
-                f.write(faiss.serialize_index(index))
-                f.write(_STAMP + identity.encode("ascii"))  # faiss reads a file to its end and no further
+            tmp.write_bytes(faiss.serialize_index(index))
+            with open(tmp, "ab") as f:  # the stamp follows: faiss reads its own bytes and no further
+                f.write(_STAMP + identity.encode("ascii"))
 
         replace_atomically(path, write)
         self.store.set_meta(_UNSTAMPED, "0")
