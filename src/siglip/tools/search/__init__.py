@@ -7,5 +7,5 @@
 - `fingerprint.py`: the one fingerprint of a model's weights (the index and the Ray engine record it);
 - `page.py` and `thumbnails.py`: the HTML page of results and the thumbnails it and the server show.
 
-Nothing is imported here: `siglip.tools.search.store` loads without torch or faiss.
+Nothing is imported here: the journal of `siglip embed` (`store.py`) loads without the index or faiss.
 """
