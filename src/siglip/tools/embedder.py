@@ -41,7 +41,7 @@ from . import zeroshot
 from .data import Sample, collate, load_sample, worker_init_fn
 from .inference import InferenceMode
 from .precision import precision_of_dtype
-from .store import FileState
+from .search.store import FileState
 from .tar_shards import TarMember
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"

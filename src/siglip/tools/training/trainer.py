@@ -57,7 +57,7 @@ from ..data import Batch, empty_inputs
 from ..embedder import Embedder, configure_images
 from ..evaluation import evaluate_zeroshot
 from ..precision import TRAINING_PRECISIONS, Precision, resolve_precision
-from ..store import replace_atomically
+from ..search.store import replace_atomically
 from ..values import Choice, Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 from .data import (
