@@ -64,9 +64,9 @@ def make_vectors(work: Path, n: int, dims: int, queries: int) -> None:
 def child(work: Path, kind: str, storage: str) -> dict:
     """Build one index type from vectors.npy, reopen it and time single queries (runs in its own process)."""
     from siglip import SearchIndex
-    from siglip.tools import ann
-    from siglip.tools.index import RECORDS_FILE
-    from siglip.tools.store import FileState, VectorStore
+    from siglip.tools.search import ann
+    from siglip.tools.search.index import RECORDS_FILE
+    from siglip.tools.search.store import FileState, VectorStore
 
     vectors = np.load(work / "vectors.npy", mmap_mode="r")
     n, dims = vectors.shape
@@ -119,7 +119,7 @@ def streamed(work: Path, n: int, dims: int, kind: str, queries: int, factory: st
     `factory` replaces the one `ann.plan` picks (to time at a small size the structure of a large one)."""
     import faiss
 
-    from siglip.tools import ann
+    from siglip.tools.search import ann
 
     plan = ann.plan(kind, "auto", n, dims)
     plan = ann.Plan(plan.kind, plan.storage, factory) if factory else plan

@@ -27,8 +27,8 @@ from PIL import Image
 
 from siglip import SearchIndex
 from siglip.core.hub import bundled_models
-from siglip.tools.index import RECORDS_FILE
-from siglip.tools.store import FileState, VectorStore
+from siglip.tools.search.index import RECORDS_FILE
+from siglip.tools.search.store import FileState, VectorStore
 
 BATCH = 256
 CHUNK = 65_536  # vectors generated (and brute-forced) per chunk, so 1M x 768 never sits in memory twice

@@ -17,9 +17,9 @@ import pytest
 
 from _vectors import clustered
 from siglip import SearchIndex
-from siglip.tools import ann
-from siglip.tools.index import RECORDS_FILE, VECTORS_FILE
-from siglip.tools.store import FileState, VectorStore
+from siglip.tools.search import ann
+from siglip.tools.search.index import RECORDS_FILE, VECTORS_FILE
+from siglip.tools.search.store import FileState, VectorStore
 
 faiss = pytest.importorskip("faiss")
 
@@ -122,8 +122,8 @@ _KILLED_BUILD = """
 import os, signal, sys
 import numpy as np
 from siglip import SearchIndex
-from siglip.tools import index as index_module
-from siglip.tools.store import FileState
+from siglip.tools.search import index as index_module
+from siglip.tools.search.store import FileState
 
 def killed_write(path, write):  # the new vector file is half written when the process dies
     path.with_name(f".{path.name}.tmp").write_bytes(b"half a faiss file")
@@ -241,7 +241,7 @@ def test_an_import_records_the_settings_of_its_embeddings_and_refuses_others(tmp
 
     from siglip.errors import StoreError, UsageError
     from siglip.tools.embedding_shards import SHARD_METADATA
-    from siglip.tools.index import _EMBEDDING
+    from siglip.tools.search.index import _EMBEDDING
 
     vectors = clustered(300, 64, clusters=5, rank=8)
     made = {"precision": "bf16", "max_num_patches": None, "reduced_decode": True}
@@ -309,7 +309,7 @@ def test_an_embeddings_file_replaced_during_an_import_is_refused_and_the_index_k
 _KILLED_IMPORT = """
 import os, signal, sys
 from siglip import SearchIndex
-from siglip.tools import index as index_module
+from siglip.tools.search import index as index_module
 
 def killed_write(path, write):  # the new vector file is half written when the process dies
     path.with_name(f".{path.name}.tmp").write_bytes(b"half a faiss file")

@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 
 from _material import BUNDLED, write_photos
 from siglip import SearchIndex, SiglipModel
-from siglip.tools.index import RECORDS_FILE
-from siglip.tools.store import VectorStore
+from siglip.tools.search.index import RECORDS_FILE
+from siglip.tools.search.store import VectorStore
 from siglip.tools.training import latest_checkpoint
 
 KILLS = 10  # per command: 20 in all for index and embed

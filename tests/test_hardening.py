@@ -29,10 +29,10 @@ from _ray_material import write_shards
 from siglip import SearchIndex
 from siglip.core.hub import locate
 from siglip.errors import StoreError, UsageError
-from siglip.tools import store as store_module
 from siglip.tools.cli import main
 from siglip.tools.files import scan_images
-from siglip.tools.index import RECORDS_FILE
+from siglip.tools.search import store as store_module
+from siglip.tools.search.index import RECORDS_FILE
 from siglip.tools.tar_shards import is_shards, scan_inputs, tar_samples
 
 pytest_plugins = ["_fixtures"]
@@ -599,7 +599,7 @@ def test_an_empty_query_and_duplicate_labels_are_refused(embedder, photos, tmp_p
 
 
 def test_thumbnails_of_16_bit_images_look_like_the_image(tmp_path):
-    from siglip.tools.index import thumbnail_jpeg
+    from siglip.tools.search.thumbnails import thumbnail_jpeg
 
     grey = np.full((64, 64), 32896, dtype=np.uint16)  # mid-grey on 16 bits: 128 on 8
     Image.fromarray(grey).save(tmp_path / "grey16.png")

@@ -25,7 +25,7 @@ from siglip import (
     pipeline,
 )
 from siglip.errors import NoImagesError
-from siglip.tools.store import StoreError, VectorStore
+from siglip.tools.search.store import StoreError, VectorStore
 
 pytest_plugins = ["_fixtures"]
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket"]

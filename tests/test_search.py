@@ -18,8 +18,8 @@ from _material import BUNDLED, save_tiny_checkpoint, write_photos
 from siglip import Embedder, SearchIndex, find_images
 from siglip.errors import MissingDependencyError
 from siglip.tools.cli import main
-from siglip.tools.index import RECORDS_FILE, VECTORS_FILE
-from siglip.tools.store import FileState, StoreError
+from siglip.tools.search.index import RECORDS_FILE, VECTORS_FILE
+from siglip.tools.search.store import FileState, StoreError
 
 pytest_plugins = ["_fixtures"]
 
@@ -144,7 +144,7 @@ def test_an_index_refuses_another_model_and_a_missing_index(embedder, tmp_path, 
 _KILLED_BUILD = """
 import os, signal, sys
 from siglip.tools.cli import main
-from siglip.tools.store import VectorStore
+from siglip.tools.search.store import VectorStore
 
 commits = 0
 original = VectorStore._bump_generation

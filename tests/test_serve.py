@@ -23,7 +23,7 @@ from _material import BUNDLED, write_photos
 from _serving import start_server
 from siglip import Embedder, SearchIndex, pipeline
 from siglip.tools.cli import main
-from siglip.tools.index import thumbnail_jpeg
+from siglip.tools.search.thumbnails import thumbnail_jpeg
 from siglip.tools.serve import Batcher, QueueFull, ServeSettings, Timeout, create_app
 
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket"]

@@ -51,7 +51,7 @@ _EXPORTS: dict[str, str] = {
     "embed_to_file": "siglip.tools.embedding_files",
     **dict.fromkeys(("evaluate_retrieval", "evaluate_zeroshot"), "siglip.tools.evaluation"),
     "find_images": "siglip.tools.files",
-    **dict.fromkeys(("Hit", "SearchIndex"), "siglip.tools.index"),
+    **dict.fromkeys(("Hit", "SearchIndex"), "siglip.tools.search.index"),
     **dict.fromkeys(("ZeroShotImageClassificationPipeline", "pipeline"), "siglip.tools.pipelines"),
 }
 

@@ -42,7 +42,7 @@ from .data import Sample, collate, load_sample, worker_init_fn
 from .inference import InferenceMode
 from .model_options import ModelOptions
 from .precision import precision_of_dtype
-from .store import FileState
+from .search.store import FileState
 from .tar_shards import TarMember
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"

@@ -6,6 +6,7 @@ interrupted command embeds only what is left; the output file and its manifest a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from ..errors import StoreError, UsageError
 from .deps import require
 from .embedder import Embedder
 from .files import ImageScan, skipped_as_json
-from .store import FileState, VectorStore, pending_files, replace_together
+from .search.store import FileState, VectorStore, pending_files, replace_together, stored_path
 from .tar_shards import scan_inputs
 
 
@@ -60,7 +61,7 @@ def embed_to_file(
     """Embed the images named by `paths` (files, folders, globs, WebDataset shards: see `scan_inputs`) into
     `out`, a `.parquet` or `.npy` file; a shard's samples are named `SHARD:KEY`.
 
-    Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
+    Paths are stored absolute (`stored_path`). Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
     with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
     count, `Embedder.settings`, unreadable files and why). Finished batches are kept in `<out>.partial`
     (SQLite) as they complete: rerunning an interrupted command embeds only what is left. The output appears
@@ -70,7 +71,10 @@ def embed_to_file(
     out = Path(out)
     pa = require("pyarrow", "parquet", "writing Parquet") if output_format(out) == ".parquet" else None
     scan = paths if isinstance(paths, ImageScan) else scan_inputs(paths)
-    files = scan.files
+    files = [  # stored as every writer stores them: absolute (a shard's sample: its shard's absolute path)
+        stored_path(f) if isinstance(f, str) else dataclasses.replace(f, path=stored_path(f.path))
+        for f in scan.files
+    ]
     names = [f.path if isinstance(f, FileState) else f for f in files]  # a shard's sample is a FileState
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = out.with_name(out.name + ".partial")

@@ -13,8 +13,8 @@ How the work is split (Ray Data, streaming):
   when the cluster has no GPU; each actor loads the model once and embeds one decoded batch a call;
 - the driver gathers a shard's batches and commits the shard: `part-NNNNN.parquet` (columns path, vector,
   model, dims: the schema of the one-machine job) written to a temporary name and renamed in one step.
-  Its Parquet metadata records the model, its fingerprint (SHA-256 of the checkpoint files), the precision
-  and image settings (`Embedder.settings`), the unreadable files and the nodes that embedded it.
+  Its Parquet metadata records the model, its fingerprint (`model_fingerprint`, as the search index records
+  it), the precision and image settings (`Embedder.settings`), the unreadable files and the nodes that embedded it.
 
 The vectors are those of an in-process run over the same list with the same batch size, precision and
 threads per model call, bit for bit (a CPU actor runs CPUs / actors threads; float sums can differ in the
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..core.auto import AutoConfig
-from ..core.hub import CONFIG_NAME, locate
+from ..core.hub import locate
 from ..errors import UsageError
 from .data import ImageProcessor, Sample, collate, load_sample
 from .deps import require
@@ -50,7 +50,8 @@ from .embedding_files import parquet_schema, parquet_table
 from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
 from .model_options import ModelOptions
-from .store import FileState, Seen, replace_atomically
+from .search.fingerprint import model_fingerprint
+from .search.store import FileState, Seen, replace_atomically
 from .tar_shards import TarMember, expand_shards, is_shards, tar_samples
 
 logger = logging.getLogger("siglip")
@@ -113,18 +114,6 @@ def _listed(path: Path) -> list[str]:
     else:
         entries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [e if "://" in e else os.path.normpath(path.parent / e) for e in entries]
-
-
-def model_fingerprint(name: str) -> str:
-    """SHA-256 of a checkpoint's files (names and contents): which weights made a set of embeddings."""
-    folder = locate(name).file(CONFIG_NAME).parent
-    digest = hashlib.sha256()
-    for file in sorted(f for f in folder.iterdir() if f.is_file()):
-        digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def embed_with_ray(

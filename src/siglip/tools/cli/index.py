@@ -6,10 +6,10 @@ import argparse
 import time
 
 from ...errors import UsageError
-from ..ann import INDEX_TYPES, STORAGES
 from ..embedder import DEFAULT_MODEL
 from ..files import check_inputs
-from ..index import SearchIndex
+from ..search.ann import INDEX_TYPES, STORAGES
+from ..search.index import SearchIndex
 from ._options import (
     add_loader_options,
     add_model_options,

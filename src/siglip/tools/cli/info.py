@@ -74,7 +74,7 @@ def describe_index(directory: str) -> dict[str, Any]:
     """Model, size, build info (type, recall) and files of a search index."""
     from dataclasses import asdict
 
-    from ..index import SearchIndex
+    from ..search.index import SearchIndex
 
     with SearchIndex(directory) as index:
         index.sync()  # the recall shown is the current file's
@@ -128,7 +128,7 @@ def _embedding_text(settings: dict[str, Any] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..index import SearchIndex
+    from ..search.index import SearchIndex
 
     if SearchIndex.exists(args.model):
         return _run_index(args)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ...errors import UsageError
 from ..files import display_path
-from ..index import SearchIndex, results_html
+from ..search.index import SearchIndex
+from ..search.page import results_html
 from ._options import (
     add_device_option,
     add_image_limit_option,

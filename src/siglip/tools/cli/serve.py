@@ -231,7 +231,7 @@ def _model_of(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
     if args.index:
-        from ..index import SearchIndex
+        from ..search.index import SearchIndex
 
         with SearchIndex(args.index) as index:
             return index.model

@@ -20,8 +20,8 @@ from fastapi import Request
 
 from ...errors import InputNotFoundError
 from ..embedder import Embedder
-from ..index import SearchIndex
 from ..pipelines import ZeroShotImageClassificationPipeline
+from ..search.index import SearchIndex
 from .batcher import Batcher
 from .errors import ApiError
 from .images import model_inputs

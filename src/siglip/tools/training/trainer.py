@@ -58,7 +58,7 @@ from ..embedder import Embedder, configure_images
 from ..evaluation import evaluate_zeroshot
 from ..model_options import ModelOptions
 from ..precision import TRAINING_PRECISIONS, Precision, resolve_precision
-from ..store import replace_atomically
+from ..search.store import replace_atomically
 from ..values import Choice, Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 from .data import (

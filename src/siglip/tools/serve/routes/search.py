@@ -11,7 +11,7 @@ from PIL import Image
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from ...index import thumbnail_jpeg
+from ...search.thumbnails import thumbnail_jpeg
 from ..errors import ApiError
 from ..inputs import openapi_body, read_request
 from ..service import Service, check_key, service

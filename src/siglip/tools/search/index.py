@@ -6,10 +6,11 @@
     index.search_text("a dog on the beach", k=10)   # [Hit(path=..., score=0.13), ...]
 
 An index is a folder with two files (and `update.lock`, which makes a second `update` wait for the first):
-- `index.sqlite`, the records (a `VectorStore`): per image its absolute path, size, modification time and
-  embedding, written one batch per transaction, so `kill -9` during a build loses at most the batch in
-  flight and a rerun completes the build, with exactly one entry per file;
-- `vectors.faiss`, a faiss index of the embeddings keyed by record id (see `siglip.tools.ann` for the
+- `index.sqlite`, the records (a `VectorStore`): per image its path (absolute: `stored_path`, the rule of
+  every writer), size, modification time and embedding, written one batch per transaction, so `kill -9`
+  during a build loses at most the batch in flight and a rerun completes the build, with exactly one entry
+  per file;
+- `vectors.faiss`, a faiss index of the embeddings keyed by record id (see `siglip.tools.search.ann` for the
   types: exact `flat`, `ivf`, `hnsw`, compressed `ivfpq`, or `auto` by size; fp32 or fp16 storage). After
   every change it catches up by id difference (ids are never reused), or is rebuilt when the size calls for
   another type or cell count or HNSW must drop vectors, and is replaced atomically. Only then do the records
@@ -19,6 +20,15 @@ An index is a folder with two files (and `update.lock`, which makes a second `up
   dropped with a warning, and the next `update` embeds those images again. An import of embeddings
   (`import_embeddings`) never puts vectors in the records: it records the paths and adds the vectors to the
   vector file in one transaction, under ids reserved beforehand.
+
+The two files prove they belong together: the records hold an identity (a random UUID, made with them) and
+every vector file they write ends with it. A vector file that does not carry its records' identity (left
+beside records that were deleted and made again, or copied in from another index) would name other images by
+the same ids: it is moved aside (`vectors.faiss.set-aside`) with a warning, never read, and the index
+rebuilds its vectors from what the records hold (those already handed over are embedded again by the next
+`update`). Records made before identities existed take one on first opening, and accept the unstamped file
+beside them until the next save stamps it. The `update.lock` is a `filelock` lock: the operating system
+drops it with a killed process.
 
 Search is cosine similarity (inner product of unit vectors): exact for `flat`, else approximate, with the
 recall@10 measured against exact search at build time stored with the index (`build_info`, `siglip info`).
@@ -34,15 +44,11 @@ made alike. An index on read-only media is searched with its vectors caught up i
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import html
-import io
 import json
 import logging
 import os
-import re
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,26 +58,27 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from ..core.hub import locate
-from ..core.two_tower.image_processing import ImageInput, pil_to_rgb
-from ..core.two_tower.modeling import l2_normalize
-from ..errors import (
+from ...core.hub import locate
+from ...core.two_tower.image_processing import ImageInput
+from ...core.two_tower.modeling import l2_normalize
+from ...errors import (
     CheckpointError,
-    ImageInputError,
+    DataError,
     InputNotFoundError,
     NoImagesError,
     StoreError,
     UsageError,
 )
+from ..deps import require
+from ..embedder import Embedder, load_embedder, resolve_device
+from ..files import scan_images
+from ..inference import InferenceMode
 from . import ann
-from .deps import require
-from .embedder import Embedder, load_embedder, resolve_device
-from .files import scan_images
-from .inference import InferenceMode
-from .store import FileState, VectorStore, pending_files, replace_atomically
+from .fingerprint import model_fingerprint
+from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
 
 if TYPE_CHECKING:
-    from .embedding_shards import EmbeddingFile
+    from ..embedding_shards import EmbeddingFile
 
 logger = logging.getLogger("siglip")
 
@@ -87,6 +94,11 @@ _SETTINGS = (
     "storage",
 )  # meta keys: the index type and storage asked for (ann.INDEX_TYPES, STORAGES)
 _LEGACY = ann.Plan("flat", "fp32", "Flat")  # vectors.faiss of an index made before the types existed
+_IDENTITY = "records_identity"  # meta key: the identity of these records, stamped on their vector file
+_UNSTAMPED = "vectors_unstamped"  # meta key: "1" while vectors.faiss is an older version's, without a stamp
+_STAMP = b"siglip-records:"  # vectors.faiss ends with this and the identity of its records (32 hex digits)
+_STAMP_BYTES = len(_STAMP) + 32
+SET_ASIDE = ".set-aside"  # suffix of a vector file that belongs to other records, moved out of the way
 
 
 @dataclass(frozen=True)
@@ -119,8 +131,9 @@ class SearchIndex:
     `Embedder.from_pretrained`); an `Embedder` runs as it was made. `precision`, `max_num_patches` and
     `reduced_decode` default to those the index was built with ("auto" and the
     checkpoint's for a new one); others than those are refused (`StoreError`). `index_type` and `storage` (see
-    `siglip.tools.ann`; default: as stored, else "auto") are kept with the index; changing them rebuilds the
-    vector file at the next search or update.
+    `siglip.tools.search.ann`; default: as stored, else "auto") are kept with the index from the next update,
+    import or search, which rebuilds the vector file; `ivf` or `ivfpq` asked for an index too small to train
+    it is refused there (`UsageError` naming the minimum), before anything is embedded or changed.
     """
 
     def __init__(
@@ -160,8 +173,11 @@ class SearchIndex:
             else None
         )
         self._weights_checked = False
+        start_over = f"delete the index folder '{self.directory}' and build the index again"
         if records.exists():
-            self.store = VectorStore(records)
+            self.store = VectorStore(records, start_over=start_over)
+            if self.store.get_meta(_IDENTITY) is None and not self.store.read_only:
+                self._give_identity()
             if name is not None:
                 self._check_model(name)
             self._take_recorded_settings()
@@ -173,19 +189,40 @@ class SearchIndex:
             self.load_options["precision"] = precision or "auto"
             self._embedder = self._embedder or load_embedder(name, device, **self.load_options)
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.store = VectorStore(records, name, self._embedder.dims)
+            identity = {_IDENTITY: uuid.uuid4().hex}
+            self.store = VectorStore(records, name, self._embedder.dims, meta=identity, start_over=start_over)
             self.store.set_meta(_EMBEDDING, json.dumps(self._embedder.settings))
-            fingerprint = _fingerprint(name)
+            fingerprint = model_fingerprint(name)
             if fingerprint is not None:
                 self.store.set_meta(_WEIGHTS, fingerprint)
             self._weights_checked = True
         self._faiss: Any = None
         self._faiss_generation = -1
-        for key, value in zip(_SETTINGS, (index_type, storage), strict=True):
-            if value is not None and value != (self.store.get_meta(key) or "auto"):
-                with self.store.transaction():
-                    self.store.set_meta(key, value)
-                    self.store.set_meta(_VECTORS_GENERATION, "-1")  # stale: rebuilt at the next sync
+        self._asked = {  # recorded by the next update, import or search, once the size is known
+            key: value
+            for key, value in zip(_SETTINGS, (index_type, storage), strict=True)
+            if value is not None and value != (self.store.get_meta(key) or "auto")
+        }
+
+    def _give_identity(self) -> None:
+        """Give records made before identities existed theirs; a vector file beside them is an older version's,
+        accepted unstamped until the next save stamps it."""
+        with self.store.transaction():
+            self.store.set_meta(_IDENTITY, uuid.uuid4().hex)
+            if (self.directory / VECTORS_FILE).exists():
+                self.store.set_meta(_UNSTAMPED, "1")
+
+    def _apply_settings(self, total: int) -> None:
+        """Record the index type and storage asked for, in the running transaction, for an index about to hold
+        `total` images: a type asked for by name must be trainable on them (`ann.check_size`). The vector
+        file is rebuilt at the next sync."""
+        if "index_type" in self._asked:
+            ann.check_size(self._asked["index_type"], total)
+        for key, value in self._asked.items():
+            self.store.set_meta(key, value)
+        if self._asked:
+            self.store.set_meta(_VECTORS_GENERATION, "-1")  # stale
+        self._asked = {}
 
     @staticmethod
     def exists(directory: str | os.PathLike) -> bool:
@@ -253,7 +290,7 @@ class SearchIndex:
         recorded compares names, and records the fingerprint.
         """
         recorded = self.store.get_meta(_WEIGHTS)
-        fingerprint = _fingerprint(name)
+        fingerprint = model_fingerprint(name)
         same_name = name == self.store.model
         if recorded is not None and fingerprint == recorded:
             if not same_name and not self.store.read_only:
@@ -310,7 +347,7 @@ class SearchIndex:
             )
             lock.acquire()
         try:
-            yield  # an OS lock: it goes with the process, too, if that is killed
+            yield  # the operating system drops the lock with the process, if it is killed
         finally:
             lock.release()
 
@@ -318,9 +355,9 @@ class SearchIndex:
         self, paths: Sequence[str | os.PathLike], batch_size: int, workers: int | None, progress: bool | None
     ) -> UpdateReport:
         scan = scan_images(paths, allow_empty=True)
-        files = [os.path.abspath(f) for f in scan.files]
-        roots = tuple(os.path.join(os.path.abspath(p), "") for p in map(os.fspath, paths) if os.path.isdir(p))
-        unsearched = tuple(os.path.join(os.path.abspath(p), "") for p, _ in scan.skipped)
+        files = [stored_path(f) for f in scan.files]
+        roots = tuple(os.path.join(stored_path(p), "") for p in paths if os.path.isdir(p))
+        unsearched = tuple(os.path.join(stored_path(p), "") for p, _ in scan.skipped)
         states = self.store.states()
         if not files and not scan.skipped and not any(p.startswith(roots) for p in states):
             raise NoImagesError(f"no image files in {', '.join(map(os.fspath, paths))}")
@@ -333,6 +370,10 @@ class SearchIndex:
         todo = pending_files(self.store, files)
         if todo:  # before any change: an Embedder given as it is must embed as the index was built
             self._check_settings(self.embedder.settings, "the model given runs with")
+        if self._asked:  # before any embedding: a type that cannot be trained on this many is refused now
+            kept = {p for p, seen in states.items() if seen.embedded}.difference(gone)
+            with self.store.transaction():
+                self._apply_settings(len(kept) + sum(f.path not in kept for f in todo))
         report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         report.unchanged = len(files) - len(todo)
         for batch in self.embedder.embed_files(todo, batch_size, workers, progress):
@@ -361,8 +402,12 @@ class SearchIndex:
         twice more: its sample, then the rest). One transaction: a killed import leaves the index as it was,
         and a rerun starts it again. Embeddings made with other settings than the index's
         (`Embedder.settings`) are refused; an empty index takes theirs.
+
+        Paths are stored by the rule of every writer (`stored_path`: a relative one is taken from the working
+        directory); a path given twice is refused, and so is a non-finite or all-zero vector (the index is
+        then unchanged); a vector off unit length is normalised, with a warning (`read_embeddings`).
         """
-        from .embedding_shards import open_embeddings
+        from ..embedding_shards import open_embeddings
 
         self.store.check_writable()
         files, made_with = open_embeddings(source, self.store.model, self.store.dims)
@@ -378,48 +423,65 @@ class SearchIndex:
                 if empty:  # the index holds these embeddings alone: it embeds from now on as they were made
                     self.store.set_meta(_EMBEDDING, json.dumps(made_with))
                 report = self._record_imported_paths(files, first)
+                self._apply_settings(len(self.store))
+                renormalised: dict[Path, int] = {}
                 index, info = self._catch_up(
                     self._read_vectors(faiss, path, mmap=False),
-                    (range(first, first + rows), lambda: self._imported_vectors(files, first)),
+                    (range(first, first + rows), lambda: self._imported_vectors(files, first, renormalised)),
                 )
                 self._save_vectors(faiss, path, index, info)
             self._faiss = None
+        for file, count in renormalised.items():
+            if count:
+                logger.warning(
+                    "%d vectors of %s were not of unit length: normalised (scores are cosine similarities)",
+                    count,
+                    file,
+                )
         self.sync()
         report.total = len(self.store)
         return report
 
     def _record_imported_paths(self, files: list[EmbeddingFile], first: int) -> UpdateReport:
         """An import's first pass, in its transaction: the new or changed rows of `files` recorded without
-        their vectors, row r under id `first` + r."""
-        from .embedding_shards import read_embeddings
+        their vectors, row r under id `first` + r. A path given twice (once relative, once absolute too) is
+        refused: the input does not say which vector is the image's."""
+        from ..embedding_shards import read_embeddings
 
         states = self.store.states()
+        seen: dict[str, tuple[Path, int]] = {}  # stored path -> (file, row) where the import gives it
         report = UpdateReport()
         at = first
-        for paths, _, failed in read_embeddings(files, self.store.dims, vectors=False):
-            entries = [_state_of(p) for p in paths]
+        for chunk in read_embeddings(files, self.store.dims, vectors=False):
+            entries = [_state_of(stored_path(p)) for p in chunk.paths]
+            for row, entry in enumerate(entries, chunk.first_row):
+                if entry.path in seen:
+                    raise DataError(_given_twice(entry.path, *seen[entry.path], chunk.file, row))
+                seen[entry.path] = (chunk.file, row)
             new = [
                 (i, f)
                 for i, f in enumerate(entries, at)
                 if f.path not in states or not states[f.path].current(f)
             ]
-            unreadable = [(_state_of(p), reason) for p, reason in failed]
+            unreadable = [(_state_of(stored_path(p)), reason) for p, reason in chunk.failed]
             self.store.record_released([f for _, f in new], [i for i, _ in new], unreadable)
             report.updated += sum(states[f.path].embedded for _, f in new if f.path in states)
-            report.unchanged += len(paths) - len(new)
-            report.skipped += failed
-            at += len(paths)
+            report.unchanged += len(chunk.paths) - len(new)
+            report.skipped += chunk.failed
+            at += len(chunk.paths)
         report.added = self.store.ids(first, at).size - report.updated
         return report
 
     def _imported_vectors(
-        self, files: list[EmbeddingFile], first: int
+        self, files: list[EmbeddingFile], first: int, renormalised: dict[Path, int]
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of the rows `_record_imported_paths` recorded (of a path given twice, the last)."""
-        from .embedding_shards import read_embeddings
+        """(ids, vectors) of the rows `_record_imported_paths` recorded, checked and of unit length (the
+        vectors each file had to have normalised counted in `renormalised`)."""
+        from ..embedding_shards import read_embeddings
 
         at = first
-        for _, vectors, _ in read_embeddings(files, self.store.dims):
+        for chunk in read_embeddings(files, self.store.dims, renormalised=renormalised):
+            vectors = chunk.vectors
             ids = np.arange(at, at + len(vectors))
             at += len(vectors)
             if len(ids):
@@ -432,6 +494,9 @@ class SearchIndex:
         The vector file is rewritten under the store's write lock, so concurrent searches and builds (other
         processes too) never write it at the same time; readers always see a whole file.
         """
+        if self._asked:
+            with self.store.transaction():
+                self._apply_settings(len(self.store))
         generation = self.store.generation
         if self._faiss is not None and self._faiss_generation == generation:
             return self._faiss
@@ -460,8 +525,15 @@ class SearchIndex:
     def _save_vectors(self, faiss: Any, path: Path, index: Any, info: ann.BuildInfo) -> int:
         """Replace the vector file with `index`, inside the write transaction, and only then release the
         records' copies of the vectors it holds; returns the bytes released."""
-        # written with Python's I/O, so that a full disk is an OSError
-        replace_atomically(path, lambda tmp: tmp.write_bytes(faiss.serialize_index(index)))
+        identity = self.store.get_meta(_IDENTITY) or ""
+
+        def write(tmp: Path) -> None:  # Python's I/O, so that a full disk is an OSError
+            tmp.write_bytes(faiss.serialize_index(index))
+            with open(tmp, "ab") as f:  # the stamp follows: faiss reads its own bytes and no further
+                f.write(_STAMP + identity.encode("ascii"))
+
+        replace_atomically(path, write)
+        self.store.set_meta(_UNSTAMPED, "0")
         released = self.store.release_vectors()
         self.store.set_meta(_BUILD_INFO, info.to_json())
         self.store.set_meta(_VECTORS_GENERATION, str(self.store.generation))
@@ -525,19 +597,55 @@ class SearchIndex:
         )
 
     def _read_vectors(self, faiss: Any, path: Path, mmap: bool) -> Any:
-        """The vector file (memory-mapped for searching, read whole for changing), or None when there is none
-        or it cannot be read."""
-        if not path.exists():
+        """The vector file (memory-mapped for searching, read whole for changing), or None when there is none,
+        it cannot be read, or it is not these records' (see `_belongs`). Read whole, inside the write
+        transaction, a file of other records is set aside (`_set_aside`)."""
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - _STAMP_BYTES))
+                tail = f.read()
+        except FileNotFoundError:
+            return None
+        stamp = tail[len(_STAMP) :].decode("ascii", "replace") if tail.startswith(_STAMP) else None
+        if not self._belongs(stamp):
+            if not mmap:
+                self._set_aside(path, "belongs to other records (an index.sqlite deleted or replaced since)")
             return None
         info = self.build_info
         flags = 0
         if mmap:  # faiss maps inverted lists and flat codes with different flags
             flags = faiss.IO_FLAG_MMAP if info and info.factory.startswith("IVF") else faiss.IO_FLAG_MMAP_IFC
         try:
-            return faiss.read_index(os.fspath(path), flags)
+            index = faiss.read_index(os.fspath(path), flags)
         except RuntimeError as err:
             logger.warning("rebuilding %s, which cannot be read: %s", path, err)
             return None
+        if index.d != self.store.dims:
+            if not mmap:
+                self._set_aside(path, f"holds {index.d}-d vectors, the records {self.store.dims}-d")
+            return None
+        return index
+
+    def _belongs(self, stamp: str | None) -> bool:
+        """Whether a vector file stamped `stamp` (None: no stamp) holds these records' vectors: it carries their
+        identity, or it is the unstamped file of an index made before identities (`_give_identity`)."""
+        identity = self.store.get_meta(_IDENTITY)
+        return stamp == identity or (stamp is None and self.store.get_meta(_UNSTAMPED) == "1")
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        """Move a vector file that is not these records' out of the way, never to be served: its ids would
+        name other images. The records' own vectors are then rebuilt from what they hold."""
+        if self.store.read_only:
+            raise StoreError(
+                f"'{path}' {why}: its vectors are not this index's, and the index is read-only; copy the "
+                "index folder to a writable place and run `siglip index` there to rebuild it"
+            )
+        aside = path.with_name(path.name + SET_ASIDE)
+        os.replace(path, aside)
+        logger.warning(
+            "'%s' %s: moved to '%s' and not used; the index's vectors are rebuilt", path, why, aside
+        )
 
     # --- searching ---------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
@@ -590,28 +698,17 @@ class SearchIndex:
         self.close()
 
 
-def _fingerprint(name: str) -> str | None:
-    """SHA-256 over the SHA-256 of each weight file of model `name`, or None when it has no weight files
-    to read (an `Embedder` made in memory)."""
-    try:
-        files = locate(name).weight_files()
-    except CheckpointError:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(_file_sha256(path).encode())
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    real = path.resolve()
-    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
-        return real.name  # the hub cache names a large file's blob by its SHA-256, checked on download
-    digest = hashlib.sha256()
-    with open(real, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _given_twice(path: str, file: Path, row: int, again: Path, again_row: int) -> str:
+    """The message for an import that gives `path` twice: it blames the input, whose rows it names."""
+    where = (
+        f"'{file}' rows {row} and {again_row}"
+        if file == again
+        else f"'{file}' row {row} and '{again}' row {again_row}"
+    )
+    return (
+        f"the embeddings give '{path}' twice ({where}, as written or once relative): an image has one vector; "
+        "remove one of the rows and import again (the index is unchanged)"
+    )
 
 
 def _deleted(path: str) -> bool:
@@ -631,60 +728,3 @@ def _state_of(path: str) -> FileState:
         return FileState.of(path)
     except OSError:
         return FileState(path, -1, -1)
-
-
-# --- a page of results ------------------------------------------------------------------------------------
-THUMBNAIL_SIZE = 256
-
-
-def results_html(query: str, hits: Sequence[Hit]) -> str:
-    """A self-contained HTML page of thumbnails (embedded as JPEG data) with rank, score and path."""
-    cards = "\n".join(_card(rank, hit) for rank, hit in enumerate(hits, start=1))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>siglip search: {html.escape(query)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #fafafa; }}
-.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax({THUMBNAIL_SIZE}px, 1fr)); gap: 1rem; }}
-figure {{ margin: 0; background: #fff; border-radius: 6px; padding: .5rem; box-shadow: 0 1px 3px #0002; }}
-img {{ width: 100%; height: {THUMBNAIL_SIZE}px; object-fit: contain; background: #eee; }}
-figcaption {{ font-size: .8rem; overflow-wrap: anywhere; }}
-</style></head><body>
-<h1>{html.escape(query)}</h1>
-<p>{len(hits)} results, best first; score = cosine similarity.</p>
-<div class="grid">
-{cards}
-</div></body></html>
-"""
-
-
-def _card(rank: int, hit: Hit) -> str:
-    path = html.escape(hit.path)
-    link = html.escape(Path(hit.path).absolute().as_uri())
-    thumbnail = _thumbnail(hit.path)
-    image = f'<img src="{thumbnail}" alt="{path}">' if thumbnail else "<p>(cannot be read)</p>"
-    return (
-        f'<figure><a href="{link}">{image}</a>'
-        f"<figcaption><b>#{rank}</b> {hit.score:.4f}<br>{path}</figcaption></figure>"
-    )
-
-
-def _thumbnail(path: str) -> str | None:
-    """A JPEG data URI of a small upright copy of the image, or None when it cannot be read."""
-    jpeg = thumbnail_jpeg(path)
-    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
-def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
-    """A JPEG of an upright copy of the image at most `size` pixels a side, or None when it cannot be read."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.thumbnail((size, size))
-            rgb, _ = pil_to_rgb(image, path)  # as the model sees it: 16-bit grey scaled, not clipped to white
-            buffer = io.BytesIO()
-            rgb.save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError, Image.DecompressionBombError, ImageInputError):
-        return None
-    return buffer.getvalue()

@@ -33,8 +33,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from ..errors import StoreError
-from .files import os_error_reason
+from ...errors import StoreError
+from ..files import os_error_reason
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,6 +55,16 @@ CREATE TABLE IF NOT EXISTS skipped (
 """
 _ADD_CTIME = "ALTER TABLE skipped ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT -1"  # stores made before it
 _CHUNK = 4096  # rows per query when streaming vectors out
+
+
+def stored_path(path: str | os.PathLike) -> str:
+    """How an image's path is stored, by every writer and importer (`siglip embed --out`, `siglip index`,
+    `--from-embeddings`): absolute and normalised (`os.path.abspath`: against the working directory, `.` and
+    `..` resolved), so that one file has one name whatever directory a command ran in; symbolic links are
+    kept as named (a removed link then drops out of an index, where its target would stay). A URI
+    (`s3://...`) is kept as it is; a WebDataset sample (`SHARD:KEY`) gets its shard's absolute path."""
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,12 @@ def _sqlite_errors(method: _Method) -> _Method:
     return wrapper  # type: ignore[return-value]
 
 
-def store_error(path: Path, err: sqlite3.Error) -> StoreError:
-    """A `StoreError` for an SQLite failure on the store at `path`: what happened and what to do."""
+START_OVER = "delete it (with its -wal and -shm files) and run the command again"
+
+
+def store_error(path: Path, err: sqlite3.Error, start_over: str = START_OVER) -> StoreError:
+    """A `StoreError` for an SQLite failure on the store at `path`: what happened and what to do
+    (`start_over`: how to start again from nothing, for a damaged store)."""
     text = str(err)
     if "disk is full" in text or "disk I/O error" in text:
         return StoreError(
@@ -120,27 +134,36 @@ def store_error(path: Path, err: sqlite3.Error) -> StoreError:
             "committed so far is kept"
         )
     if "malformed" in text or "not a database" in text or "encrypted" in text:
-        return StoreError(
-            f"'{path}' is not a siglip store, or it is damaged ({text}): delete it (with its -wal and -shm "
-            "files) and build it again"
-        )
+        return StoreError(f"'{path}' is not a siglip store, or it is damaged ({text}): {start_over}")
     if "readonly" in text:
         return StoreError(f"'{path}' is read-only ({text}): copy it to a writable place to change it")
     if "locked" in text or "busy" in text:
         return StoreError(f"'{path}' is being written by another process ({text}): wait for it to finish")
-    return StoreError(f"'{path}' cannot be used ({text}): it may be damaged, or not a siglip store")
+    return StoreError(
+        f"'{path}' cannot be used ({text}): it may be damaged, or not a siglip store; if so, {start_over}"
+    )
 
 
 class VectorStore:
     """Image paths, their file state and normalised embeddings in one SQLite file (see the module doc).
 
     Opening an existing store checks that it was made with `model` (when given); creating one needs `model`
-    and `dims`. An existing store that cannot be written (read-only media or permissions) is opened read-only
-    (`read_only`).
+    and `dims`, and writes `meta` with them (in the transaction that creates the store). An existing store
+    that cannot be written (read-only media or permissions) is opened read-only (`read_only`). `start_over`
+    is the advice errors give for a damaged store (how to start again from nothing).
     """
 
-    def __init__(self, path: str | os.PathLike, model: str | None = None, dims: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        model: str | None = None,
+        dims: int | None = None,
+        *,
+        meta: dict[str, str] | None = None,
+        start_over: str = START_OVER,
+    ) -> None:
         self.path = Path(path)
+        self.start_over = start_over
         if self.path.is_dir():
             raise StoreError(f"'{self.path}' is a folder, not a store file: give another path")
         if not self.path.exists() and (model is None or dims is None):
@@ -160,13 +183,13 @@ class VectorStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process, and fast
                 with self.transaction():
                     if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-                        self._create(model, dims)
+                        self._create(model, dims, meta or {})
                     columns = {row[1] for row in self._db.execute("PRAGMA table_info(skipped)")}
                     if "ctime_ns" not in columns:
                         self._db.execute(_ADD_CTIME)
                     stored = dict(self._db.execute("SELECT key, value FROM meta"))
         except sqlite3.Error as err:
-            raise store_error(self.path, err) from err
+            raise store_error(self.path, err, start_over) from err
         if model is not None and model != stored["model"]:
             raise StoreError(
                 f"'{self.path}' holds embeddings of model '{stored['model']}', not '{model}': use that model, "
@@ -175,7 +198,7 @@ class VectorStore:
         self.model: str = stored["model"]
         self.dims: int = int(stored["dims"])
 
-    def _create(self, model: str | None, dims: int | None) -> None:
+    def _create(self, model: str | None, dims: int | None, meta: dict[str, str]) -> None:
         """Make the tables (inside the opening transaction, so a store is never half made)."""
         if self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
             raise StoreError(f"'{self.path}' is an SQLite database of something else, not a siglip store")
@@ -184,7 +207,8 @@ class VectorStore:
         for statement in _SCHEMA.split(";"):
             self._db.execute(statement)
         self._db.executemany(
-            "INSERT INTO meta VALUES (?, ?)", [("model", model), ("dims", str(dims)), ("generation", "0")]
+            "INSERT INTO meta VALUES (?, ?)",
+            [("model", model), ("dims", str(dims)), ("generation", "0"), *meta.items()],
         )
 
     # --- transactions --------------------------------------------------------------------------------------
@@ -193,7 +217,7 @@ class VectorStore:
         try:
             yield
         except sqlite3.Error as err:
-            raise store_error(self.path, err) from err
+            raise store_error(self.path, err, self.start_over) from err
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,26 @@
+"""Small upright JPEG copies of indexed images, for the results page and `siglip serve`."""
+
+from __future__ import annotations
+
+import io
+
+from ...core.two_tower.image_processing import pil_to_rgb
+from ...errors import ImageInputError
+
+THUMBNAIL_SIZE = 256
+
+
+def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
+    """A JPEG of an upright copy of the image at most `size` pixels a side, or None when it cannot be read."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail((size, size))
+            rgb, _ = pil_to_rgb(image, path)  # as the model sees it: 16-bit grey scaled, not clipped to white
+            buffer = io.BytesIO()
+            rgb.save(buffer, format="JPEG", quality=80)
+    except (OSError, ValueError, Image.DecompressionBombError, ImageInputError):
+        return None
+    return buffer.getvalue()
