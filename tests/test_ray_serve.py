@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _material import BUNDLED, write_photos
-from siglip import Embedder, SearchIndex
+from siglip import Embedder, ModelOptions, SearchIndex
 from siglip.tools.serve import ServeSettings
 
 ray = pytest.importorskip("ray")

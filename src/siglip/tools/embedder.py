@@ -323,9 +323,11 @@ class _ImageFiles(Dataset):
 
 
 @lru_cache(maxsize=1)
-def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, **options: Any) -> Embedder:
-    """`Embedder.from_pretrained(name, device, **options)`, keeping the last model loaded for the next call."""
-    return Embedder.from_pretrained(name, device=device, **options)
+def load_embedder(
+    name: str = DEFAULT_MODEL, device: str | None = None, options: ModelOptions | None = None
+) -> Embedder:
+    """`Embedder.from_pretrained(name, device, options)`, keeping the last model loaded for the next call."""
+    return Embedder.from_pretrained(name, device, options)
 
 
 def as_embedder(model: str | os.PathLike | Embedder, device: str | None = None) -> Embedder:

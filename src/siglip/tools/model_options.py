@@ -54,15 +54,21 @@ class ModelOptions:
     def of(cls, options: ModelOptions | None, **values: Any) -> ModelOptions:
         """`options` with `values` changed, or the options of `values` alone: what a function taking both an
         options object and single option keywords runs with."""
-        return cls(**values) if options is None else dataclasses.replace(options, **values)
+        return cls(**values) if options is None else options.replace(**values)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
         """The options of a command line (`add_model_options` and `add_loader_options`; an option a command
         lacks keeps its default)."""
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+        return cls(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        )
 
     @property
     def precision_word(self) -> str:
         """The precision to run in: the one asked for, else "auto"."""
         return self.precision or "auto"
+
+    def replace(self, **changes: Any) -> ModelOptions:
+        """These options with `changes` (checked again)."""
+        return dataclasses.replace(self, **changes)
