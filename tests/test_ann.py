@@ -272,7 +272,7 @@ def test_an_import_records_the_settings_of_its_embeddings_and_refuses_others(tmp
     unknown.import_embeddings(tmp_path / "embed")
     assert unknown.embedding_settings == {"precision": None, "max_num_patches": None, "reduced_decode": None}
     unknown.import_embeddings(ray.parent)
-    assert len(unknown) == 300 and SearchIndex(tmp_path / "unknown").load_options["precision"] == "auto"
+    assert len(unknown) == 300 and SearchIndex(tmp_path / "unknown").options.precision_word == "auto"
 
     (ray.parent / "vectors.parquet.json").write_text(json.dumps(made))  # a folder of embeddings made unlike
     _embeddings_file(ray.parent / "vectors.parquet", vectors[:10])

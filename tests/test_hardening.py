@@ -824,6 +824,7 @@ def test_a_patch_budget_past_the_bound_is_refused_before_anything_is_allocated()
 
     from siglip import Siglip2ImageProcessor
     from siglip.tools.embedder import configure_images
+    from siglip.tools.model_options import ModelOptions
 
     with pytest.raises(ValueError, match=r"max_num_patches must be at most 4096 .*got 10000000"):
         Siglip2ImageProcessor(max_num_patches=10_000_000)
@@ -834,5 +835,7 @@ def test_a_patch_budget_past_the_bound_is_refused_before_anything_is_allocated()
     with pytest.raises(ValueError, match="at most 4096"):
         processor(image)
     with pytest.raises(UsageError, match="at most 4096"):
-        configure_images(SimpleNamespace(image_processor=processor), "m", max_num_patches=10_000_000)
+        configure_images(
+            SimpleNamespace(image_processor=processor), "m", ModelOptions(max_num_patches=10_000_000)
+        )
     assert processor(image, max_num_patches=4096, return_tensors="np")["pixel_values"].shape == (1, 4096, 768)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _material import BUNDLED, write_photos
-from siglip import Embedder, SearchIndex
+from siglip import Embedder, ModelOptions, SearchIndex
 from siglip.tools.serve import ServeSettings
 
 ray = pytest.importorskip("ray")
@@ -41,7 +41,7 @@ def served(material):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     settings = ServeSettings(max_wait_ms=20)
     ray_serve.deploy(
-        BUNDLED, material[0], settings, replicas=2, port=port, model_options={"precision": "fp32"}
+        BUNDLED, material[0], settings, replicas=2, port=port, model_options=ModelOptions(precision="fp32")
     )
     embedder = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32")
     with TestClient(create_app(embedder, material[0], settings)) as local:

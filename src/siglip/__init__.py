@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "load_tokenizer": "siglip.core.two_tower.processing",
     **dict.fromkeys(("CheckpointError", "ImageInputError", "OfflineError", "SiglipError"), "siglip.errors"),
     **dict.fromkeys(("Embedder", "embed_images", "embed_texts"), "siglip.tools.embedder"),
+    "ModelOptions": "siglip.tools.model_options",
     "embed_to_file": "siglip.tools.embedding_files",
     **dict.fromkeys(("evaluate_retrieval", "evaluate_zeroshot"), "siglip.tools.evaluation"),
     "find_images": "siglip.tools.files",

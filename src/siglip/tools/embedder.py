@@ -40,6 +40,7 @@ from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample, worker_init_fn
 from .inference import InferenceMode
+from .model_options import ModelOptions
 from .precision import precision_of_dtype
 from .search.store import FileState
 from .tar_shards import TarMember
@@ -112,30 +113,23 @@ class Embedder:
         cls,
         name_or_path: str | os.PathLike = DEFAULT_MODEL,
         device: str | torch.device | None = None,
-        precision: str = "auto",
-        compile: bool = False,
-        reduced_decode: bool = False,
-        max_num_patches: int | None = None,
-        max_image_pixels: int | None = None,
+        options: ModelOptions | None = None,
+        **option_values: Any,
     ) -> Embedder:
         """Load a bundled model by its short name, a local checkpoint directory, or a hub id, of either
         family (SigLIP, SigLIP 2 fixed-resolution or NaFlex: `AutoModel` reads `config.json`).
 
-        `device` defaults to the GPU when there is one, else the CPU. `precision` and `compile` choose the
-        inference mode (see `siglip.tools.precision`): "auto" runs bf16 where the hardware has bf16 matrix
-        units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode`, `max_num_patches` and
-        `max_image_pixels` set the image processor (see `configure_images`).
+        `device` defaults to the GPU when there is one, else the CPU. How the model runs is `options`, or the
+        `ModelOptions` of `option_values` (`precision`, `compile`, `reduced_decode`, `max_num_patches`,
+        `max_image_pixels`): precision "auto" runs bf16 where the hardware has bf16 matrix units, fp16 on older
+        GPUs, fp32 on other CPUs.
         """
+        options = ModelOptions.of(options, **option_values)
         device = resolve_device(device)
-        mode = InferenceMode(precision, compile).resolve(device)
+        mode = InferenceMode(options.precision_word, options.compile).resolve(device)
         checkpoint = locate(name_or_path)  # once, for the model and its processor
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
-        processor = load_processor(
-            checkpoint,
-            reduced_decode=reduced_decode,
-            max_num_patches=max_num_patches,
-            max_image_pixels=max_image_pixels,
-        )
+        processor = load_processor(checkpoint, options)
         return cls(mode.apply(model), processor, checkpoint.record_name, mode)
 
     @property
@@ -252,58 +246,41 @@ def _non_finite(model: TwoTowerModel) -> str:
     return "its weights are finite, so the computation overflowed: try --precision fp32"
 
 
-def load_processor(checkpoint: Checkpoint, **image_options: Any) -> Processor:
-    """The processor of `checkpoint`, its images set by `image_options` (see `configure_images`)."""
+def load_processor(checkpoint: Checkpoint, options: ModelOptions | None = None) -> Processor:
+    """The processor of `checkpoint`, its images set by `options` (see `configure_images`)."""
     processor = AutoProcessor.from_pretrained(checkpoint)
-    configure_images(processor, checkpoint, **image_options)
+    configure_images(processor, checkpoint, options or ModelOptions())
     return processor
 
 
-def configure_images(
-    processor: Processor,
-    model: object,
-    *,
-    reduced_decode: bool = False,
-    max_num_patches: int | None = None,
-    max_image_pixels: int | None = None,
-) -> None:
-    """Set the image options of the tools on a loaded processor, refusing those its model family lacks.
+def configure_images(processor: Processor, model: object, options: ModelOptions) -> None:
+    """Set the image options of the tools (`ModelOptions.image_options`) on a loaded processor, refusing those
+    its model family lacks; `model` names the checkpoint in the errors.
 
     `reduced_decode` (fixed-size models): decode JPEG files at a reduced scale when they are at least twice the
     model's image size (see `SiglipImageProcessor`). `max_num_patches` (NaFlex models): the patch budget of
     each image, default the checkpoint's (256 for the released ones; more patches, more detail and time).
     `max_image_pixels`: image files with more pixels are refused as possible decompression bombs (default:
-    Pillow's `MAX_IMAGE_PIXELS`, about 89 million). `model` names the checkpoint in the errors.
+    Pillow's `MAX_IMAGE_PIXELS`, about 89 million).
     """
     images = processor.image_processor
     naflex = isinstance(images, Siglip2ImageProcessor)
-    if max_num_patches is not None:
+    if options.max_num_patches is not None:
         if not naflex:
             raise UsageError(
                 f"--max-num-patches applies to SigLIP 2 NaFlex models; '{model}' resizes every image to "
                 f"{images.size['height']}x{images.size['width']}"
             )
-        try:
-            images.max_num_patches = Siglip2ImageProcessor.check_max_num_patches(max_num_patches)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    if reduced_decode:
+        images.max_num_patches = options.max_num_patches
+    if options.reduced_decode:
         if naflex:
             raise UsageError(
                 f"--reduced-decode applies to fixed-size models; '{model}' is a NaFlex model, which resizes each "
                 "image to its own patch grid"
             )
         images.reduced_decode = True
-    if max_image_pixels is not None:
-        if (
-            isinstance(max_image_pixels, bool)
-            or not isinstance(max_image_pixels, int)
-            or max_image_pixels < 1
-        ):
-            raise UsageError(
-                f"max_image_pixels must be a whole number of at least 1, got {max_image_pixels!r}"
-            )
-        images.max_image_pixels = max_image_pixels
+    if options.max_image_pixels is not None:
+        images.max_image_pixels = options.max_image_pixels
 
 
 def patch_budget(processor: Processor) -> int | None:
@@ -346,9 +323,11 @@ class _ImageFiles(Dataset):
 
 
 @lru_cache(maxsize=1)
-def load_embedder(name: str = DEFAULT_MODEL, device: str | None = None, **options: Any) -> Embedder:
-    """`Embedder.from_pretrained(name, device, **options)`, keeping the last model loaded for the next call."""
-    return Embedder.from_pretrained(name, device=device, **options)
+def load_embedder(
+    name: str = DEFAULT_MODEL, device: str | None = None, options: ModelOptions | None = None
+) -> Embedder:
+    """`Embedder.from_pretrained(name, device, options)`, keeping the last model loaded for the next call."""
+    return Embedder.from_pretrained(name, device, options)
 
 
 def as_embedder(model: str | os.PathLike | Embedder, device: str | None = None) -> Embedder:

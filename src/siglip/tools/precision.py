@@ -87,7 +87,9 @@ def precision_of_dtype(dtype: torch.dtype) -> str:
     for word, precision in _RESOLVED.items():
         if precision.weights == dtype and precision.autocast is None and word != "int8":
             return word
-    raise UsageError(f"no precision word has {dtype} weights; siglip runs float32, bfloat16 or float16 weights")
+    raise UsageError(
+        f"no precision word has {dtype} weights; siglip runs float32, bfloat16 or float16 weights"
+    )
 
 
 def as_precision(word: str) -> Precision:

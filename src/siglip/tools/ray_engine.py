@@ -49,6 +49,7 @@ from .embedder import image_settings, load_processor, patch_budget
 from .embedding_files import parquet_schema, parquet_table
 from .embedding_shards import SHARD_METADATA, shard_record
 from .files import find_images, skipped_as_json
+from .model_options import ModelOptions
 from .search.fingerprint import model_fingerprint
 from .search.store import FileState, Seen, replace_atomically
 from .tar_shards import TarMember, expand_shards, is_shards, tar_samples
@@ -120,27 +121,26 @@ def embed_with_ray(
     out: str | os.PathLike,
     model: str,
     *,
-    precision: str = "auto",
+    options: ModelOptions | None = None,
     batch_size: int = 32,
     shard_size: int = 10_000,
     address: str | None = None,
     actors: int | None = None,
     progress: bool | None = None,
-    compile: bool = False,
-    reduced_decode: bool = False,
-    max_num_patches: int | None = None,
-    max_image_pixels: int | None = None,
+    **option_values: Any,
 ) -> RayEmbedReport:
     """Embed the images named by `inputs` into Parquet shards in the folder `out` on Ray (see the module doc).
 
-    `precision` is resolved by each actor on its device, as `Embedder.from_pretrained` does; the manifest
-    lists the precisions the shards were made in.
+    How the model runs is `options`, or the `ModelOptions` of `option_values` (`precision`, `compile`, ...), as
+    for `Embedder.from_pretrained`: the precision is resolved by each actor on its device, and the manifest lists
+    the precisions the shards were made in; the images are preprocessed by the decoding tasks, with the
+    driver's processor.
 
     `address` joins a running cluster ("auto", "ray://host:port"); without it a local one starts (or the one
     this process already started is used). `actors` is the size of the model actor pool (default: one per
-    GPU, else one per 4 CPUs). `compile`, `reduced_decode`, `max_num_patches` and `max_image_pixels` are as for
-    `Embedder.from_pretrained`: the images are preprocessed by the decoding tasks, with the driver's processor.
+    GPU, else one per 4 CPUs).
     """
+    options = ModelOptions.of(options, **option_values)
     ray = require("ray", "ray", "siglip embed --engine ray")
     pa = require("pyarrow", "ray", "siglip embed --engine ray")
     if batch_size < 1 or shard_size < 1:
@@ -150,12 +150,7 @@ def embed_with_ray(
     out.mkdir(parents=True, exist_ok=True)
     shard_size = -(-shard_size // batch_size) * batch_size  # whole batches: those of an in-process run
     checkpoint = locate(model)
-    processor = load_processor(
-        checkpoint,
-        reduced_decode=reduced_decode,
-        max_num_patches=max_num_patches,
-        max_image_pixels=max_image_pixels,
-    )
+    processor = load_processor(checkpoint, options)
     # a NaFlex budget is part of the plan: shards made at two budgets would not be comparable
     plan = _plan(out, files, shard_size, batch_size, patch_budget(processor))
     images = image_settings(processor)  # the actors get preprocessed images: the driver's processor decides
@@ -211,8 +206,7 @@ def embed_with_ray(
             _EmbedActor,
             fn_constructor_kwargs={
                 "model": name,
-                "precision": precision,
-                "compile": compile,
+                "options": options,
                 "threads": threads,
             },
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -437,7 +431,7 @@ class _Decode:
 class _EmbedActor:
     """A Ray actor: the model, loaded once, embedding one decoded batch a call."""
 
-    def __init__(self, model: str, precision: str, compile: bool, threads: int) -> None:
+    def __init__(self, model: str, options: ModelOptions, threads: int) -> None:
         import ray
         import torch
 
@@ -445,7 +439,7 @@ class _EmbedActor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.embedder = Embedder.from_pretrained(model, precision=precision, compile=compile)
+        self.embedder = Embedder.from_pretrained(model, options=options)
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ...core.auto import Siglip2ImageProcessor
 from ...errors import UsageError
 from ..embedder import DEFAULT_MODEL, Embedder, resolve_device
 from ..files import display_path
+from ..model_options import ModelOptions
 from ..precision import PRECISIONS
 from ..values import Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
@@ -126,21 +127,9 @@ def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """How to load the model: `Embedder.from_pretrained` keywords from the options of `add_model_options`
-    and `add_loader_options`."""
-    return {
-        "device": args.device,
-        "precision": args.precision,
-        "compile": args.compile,
-        "reduced_decode": args.reduced_decode,
-        "max_num_patches": args.max_num_patches,
-        "max_image_pixels": args.max_image_pixels,
-    }
-
-
 def load_model(args: argparse.Namespace) -> Embedder:
-    return Embedder.from_pretrained(args.model, **model_kwargs(args))
+    """The `--model` of a command, loaded as its options say (`ModelOptions.from_args`)."""
+    return Embedder.from_pretrained(args.model, device=args.device, options=ModelOptions.from_args(args))
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")

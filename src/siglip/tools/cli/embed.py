@@ -6,6 +6,7 @@ import argparse
 import time
 
 from ..embedding_files import OUTPUT_FORMATS, embed_to_file, output_format
+from ..model_options import ModelOptions
 from ..tar_shards import scan_inputs
 from ._options import (
     add_loader_options,
@@ -102,16 +103,12 @@ def _run_on_ray(args: argparse.Namespace) -> int:
         args.paths,
         args.out,
         args.model,
-        precision=args.precision,
+        options=ModelOptions.from_args(args),
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         address=args.ray_address,
         actors=args.actors,
         progress=not args.no_progress,
-        compile=args.compile,
-        reduced_decode=args.reduced_decode,
-        max_num_patches=args.max_num_patches,
-        max_image_pixels=args.max_image_pixels,
     )
     seconds = time.perf_counter() - start
     print(

@@ -8,13 +8,13 @@ import time
 from ...errors import UsageError
 from ..embedder import DEFAULT_MODEL
 from ..files import check_inputs
+from ..model_options import ModelOptions
 from ..search.ann import INDEX_TYPES, STORAGES
 from ..search.index import SearchIndex
 from ._options import (
     add_loader_options,
     add_model_options,
     loader_kwargs,
-    model_kwargs,
     output_folder,
     rate_line,
     report_skipped,
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args.paths)  # before the model loads: a typo should cost no time
     model = args.model or (None if SearchIndex.exists(args.index) else DEFAULT_MODEL)
     kinds = {"index_type": args.index_type, "storage": args.storage}
-    with SearchIndex(args.index, model, **model_kwargs(args), **kinds) as index:
+    with SearchIndex(args.index, model, args.device, options=ModelOptions.from_args(args), **kinds) as index:
         _ = index.embedder  # load the model first: the rate printed below is the indexing rate
         start = time.perf_counter()
         report = index.update(args.paths, **loader_kwargs(args))
@@ -88,7 +88,7 @@ def _run_from_embeddings(args: argparse.Namespace) -> int:
         raise UsageError("give either image PATHs or --from-embeddings, not both")
     model = args.model or (None if SearchIndex.exists(args.index) else embeddings_model(args.from_embeddings))
     kinds = {"index_type": args.index_type, "storage": args.storage}
-    with SearchIndex(args.index, model, **model_kwargs(args), **kinds) as index:
+    with SearchIndex(args.index, model, args.device, options=ModelOptions.from_args(args), **kinds) as index:
         start = time.perf_counter()
         report = index.import_embeddings(args.from_embeddings)
         seconds = time.perf_counter() - start

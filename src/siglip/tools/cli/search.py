@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...errors import UsageError
 from ..files import display_path
+from ..model_options import ModelOptions
 from ..search.index import SearchIndex
 from ..search.page import results_html
 from ._options import (
@@ -49,9 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise UsageError("give a text to search for, or --image QUERY.jpg (one of the two)")
-    with SearchIndex(
-        args.index, args.model, device=args.device, max_image_pixels=args.max_image_pixels
-    ) as index:
+    with SearchIndex(args.index, args.model, args.device, options=ModelOptions.from_args(args)) as index:
         hits = (
             index.search_text(args.text, args.k)
             if args.image is None

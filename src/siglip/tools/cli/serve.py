@@ -12,7 +12,8 @@ from typing import Any
 from ...errors import UsageError
 from ..deps import require
 from ..embedder import DEFAULT_MODEL, Embedder
-from ._options import add_model_options, integer, model_kwargs, real
+from ..model_options import ModelOptions
+from ._options import add_model_options, integer, real
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.ray:
         return _run_on_ray(args, settings)
-    embedder = Embedder.from_pretrained(_model_of(args), **model_kwargs(args))
+    embedder = Embedder.from_pretrained(_model_of(args), args.device, ModelOptions.from_args(args))
     app = create_app(embedder, args.index, settings)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -191,8 +192,7 @@ def _run_on_ray(args: argparse.Namespace, settings: Any) -> int:
 
     from ..serve import ray_serve
 
-    options = model_kwargs(args)
-    if options.pop("device", None):
+    if args.device:
         raise UsageError("with --ray, each replica uses its GPU (or a CPU): drop --device")
     ray_serve.deploy(
         _model_of(args),
@@ -202,7 +202,7 @@ def _run_on_ray(args: argparse.Namespace, settings: Any) -> int:
         host=args.host,
         port=args.port,
         address=args.ray_address,
-        model_options=options,
+        model_options=ModelOptions.from_args(args),
     )
     print(
         f"siglip serve: {args.replicas} replicas on Ray Serve at http://{args.host}:{args.port}/",

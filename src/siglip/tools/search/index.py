@@ -73,6 +73,7 @@ from ..deps import require
 from ..embedder import Embedder, load_embedder, resolve_device
 from ..files import scan_images
 from ..inference import InferenceMode
+from ..model_options import ModelOptions
 from . import ann
 from .fingerprint import model_fingerprint
 from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
@@ -126,9 +127,9 @@ class SearchIndex:
     """An image index in `directory` (see the module doc).
 
     Opening an existing index needs no model (it records its own); creating one needs `model`, a name as
-    `Embedder.from_pretrained` takes, or an `Embedder`. `device`, `precision`, `compile`, `reduced_decode`,
-    `max_num_patches` and `max_image_pixels` are how a model loaded by name runs (see
-    `Embedder.from_pretrained`); an `Embedder` runs as it was made. `precision`, `max_num_patches` and
+    `Embedder.from_pretrained` takes, or an `Embedder`. `device` and `options` (or the `ModelOptions` of
+    `option_values`: `precision`, `compile`, `reduced_decode`, `max_num_patches`, `max_image_pixels`) are how
+    a model loaded by name runs; an `Embedder` runs as it was made. `precision`, `max_num_patches` and
     `reduced_decode` default to those the index was built with ("auto" and the
     checkpoint's for a new one); others than those are refused (`StoreError`). `index_type` and `storage` (see
     `siglip.tools.search.ann`; default: as stored, else "auto") are kept with the index from the next update,
@@ -142,27 +143,19 @@ class SearchIndex:
         model: str | os.PathLike | Embedder | None = None,
         device: str | None = None,
         *,
-        precision: str | None = None,
-        compile: bool = False,
-        reduced_decode: bool = False,
-        max_num_patches: int | None = None,
-        max_image_pixels: int | None = None,
+        options: ModelOptions | None = None,
         index_type: str | None = None,
         storage: str | None = None,
+        **option_values: Any,
     ) -> None:
-        InferenceMode(precision or "auto", compile)  # a bad option fails now, not when the model is needed
+        # checked now, not when the model is needed; precision None and reduced_decode False: not asked (an
+        # existing index's recorded value holds)
+        self.options = ModelOptions.of(options, **option_values)
         ann.check_options(index_type or "auto", storage or "auto")
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"index '{self.directory}' is a file, not an index folder: give another path")
         self.device = device
-        self.load_options = {
-            "precision": precision,
-            "compile": compile,
-            "reduced_decode": reduced_decode or None,  # False: not asked, the recorded value holds
-            "max_num_patches": max_num_patches,
-            "max_image_pixels": max_image_pixels,
-        }
         records = self.directory / RECORDS_FILE
         self._embedder = model if isinstance(model, Embedder) else None
         name = (
@@ -186,8 +179,7 @@ class SearchIndex:
                 f"no index at '{self.directory}': build one with `siglip index FOLDER --index {self.directory}`"
             )
         else:
-            self.load_options["precision"] = precision or "auto"
-            self._embedder = self._embedder or load_embedder(name, device, **self.load_options)
+            self._embedder = self._embedder or load_embedder(name, device, self.options)
             self.directory.mkdir(parents=True, exist_ok=True)
             identity = {_IDENTITY: uuid.uuid4().hex}
             self.store = VectorStore(records, name, self._embedder.dims, meta=identity, start_over=start_over)
@@ -244,18 +236,20 @@ class SearchIndex:
         """Load the model as the index was built, refusing asked-for settings that differ from those."""
         recorded = self.embedding_settings
         if recorded is None:
-            self.load_options["precision"] = self.load_options["precision"] or "auto"
             return
-        asked = dict(self.load_options)
-        if asked["precision"] is not None:  # "auto" is compared as what it means on this device
-            asked["precision"] = (
-                InferenceMode(asked["precision"]).resolve(resolve_device(self.device)).precision
-            )
+        options = self.options
+        device = resolve_device(self.device)
+        asked = {  # None: not asked; "auto" is compared as what it means on this device
+            "precision": options.precision and InferenceMode(options.precision).resolve(device).precision,
+            "max_num_patches": options.max_num_patches,
+            "reduced_decode": options.reduced_decode or None,
+        }
         self._check_settings(asked, "asked for")
-        for key, value in recorded.items():
-            if self.load_options[key] is None:
-                self.load_options[key] = value
-        self.load_options["precision"] = self.load_options["precision"] or "auto"  # None: not recorded
+        self.options = options.replace(
+            precision=options.precision or recorded.get("precision"),
+            max_num_patches=options.max_num_patches or recorded.get("max_num_patches"),
+            reduced_decode=options.reduced_decode or bool(recorded.get("reduced_decode")),
+        )
 
     def _check_settings(self, settings: dict[str, Any], source: str) -> None:
         """Refuse `settings` (values None: not given) that differ from the recorded ones; `source` says whose
@@ -275,7 +269,7 @@ class SearchIndex:
         """The index's model (loaded on first use)."""
         if self._embedder is None:
             try:
-                self._embedder = load_embedder(self.store.model, self.device, **self.load_options)
+                self._embedder = load_embedder(self.store.model, self.device, self.options)
             except CheckpointError as err:
                 raise type(err)(f"{err} If the model moved, give its new place with --model.") from err
         if not self._weights_checked:

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from ..deps import require
+from ..model_options import ModelOptions
 from .settings import ServeSettings
 
 APP_NAME = "siglip"
@@ -25,11 +26,11 @@ def deploy(
     host: str = "127.0.0.1",
     port: int = 8000,
     address: str | None = None,
-    model_options: dict[str, Any] | None = None,
+    model_options: ModelOptions | None = None,
 ) -> Any:
     """Start (or join, with `address`) a Ray cluster and deploy the app on it; returns the app's handle.
 
-    `model_options` go to `Embedder.from_pretrained` in each replica (precision, compile, ...).
+    `model_options` are how each replica loads the model (`Embedder.from_pretrained`).
     """
     ray = require("ray", "ray", "siglip serve --ray")
     serve = require("ray.serve", "ray", "siglip serve --ray")
@@ -37,13 +38,12 @@ def deploy(
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     index = os.path.abspath(index) if index is not None else None
-    options = dict(model_options or {})
 
     def build_app() -> Any:  # runs in each replica
         from ..embedder import Embedder
         from .app import create_app
 
-        return create_app(Embedder.from_pretrained(model, **options), index, settings)
+        return create_app(Embedder.from_pretrained(model, options=model_options), index, settings)
 
     deployment = serve.deployment(
         serve.ingress(build_app)(),

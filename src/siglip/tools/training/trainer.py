@@ -56,6 +56,7 @@ from ...errors import DataError, UsageError
 from ..data import Batch, empty_inputs
 from ..embedder import Embedder, configure_images
 from ..evaluation import evaluate_zeroshot
+from ..model_options import ModelOptions
 from ..precision import TRAINING_PRECISIONS, Precision, resolve_precision
 from ..search.store import replace_atomically
 from ..values import Choice, Number, whole
@@ -460,8 +461,7 @@ def train(config: TrainConfig) -> Path:
     configure_images(
         processor,
         config.model or config.config,
-        max_num_patches=config.max_num_patches,
-        max_image_pixels=config.max_image_pixels,
+        ModelOptions(max_num_patches=config.max_num_patches, max_image_pixels=config.max_image_pixels),
     )
     layout = BatchLayout(config.batch_size, config.grad_accum, dist_.rank, dist_.world, config.seed)
     source = _source(config, processor, layout)  # the data is checked before the model loads
