@@ -18,6 +18,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -36,6 +37,7 @@ from ..core.auto import (
 )
 from ..core.hub import Checkpoint, locate
 from ..core.two_tower.image_processing import ImageInput
+from ..core.two_tower.torch_resize import BACKENDS
 from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample, worker_init_fn
@@ -117,14 +119,15 @@ class Embedder:
         reduced_decode: bool = False,
         max_num_patches: int | None = None,
         max_image_pixels: int | None = None,
+        image_backend: str | None = None,
     ) -> Embedder:
         """Load a bundled model by its short name, a local checkpoint directory, or a hub id, of either
         family (SigLIP, SigLIP 2 fixed-resolution or NaFlex: `AutoModel` reads `config.json`).
 
         `device` defaults to the GPU when there is one, else the CPU. `precision` and `compile` choose the
         inference mode (see `siglip.tools.precision`): "auto" runs bf16 where the hardware has bf16 matrix
-        units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode`, `max_num_patches` and
-        `max_image_pixels` set the image processor (see `configure_images`).
+        units, fp16 on older GPUs, fp32 on other CPUs. `reduced_decode`, `max_num_patches`,
+        `max_image_pixels` and `image_backend` set the image processor (see `configure_images`).
         """
         device = resolve_device(device)
         mode = InferenceMode(precision, compile).resolve(device)
@@ -135,6 +138,7 @@ class Embedder:
             reduced_decode=reduced_decode,
             max_num_patches=max_num_patches,
             max_image_pixels=max_image_pixels,
+            image_backend=image_backend,
         )
         return cls(mode.apply(model), processor, checkpoint.record_name, mode)
 
@@ -259,6 +263,25 @@ def load_processor(checkpoint: Checkpoint, **image_options: Any) -> Processor:
     return processor
 
 
+IMAGE_BACKEND_VARIABLE = "SIGLIP_IMAGE_BACKEND"  # the tools' image backend where none is passed
+
+
+@contextmanager
+def image_backend_setting(backend: str | None) -> Iterator[None]:
+    """Within this block, the tools' image backend (see `configure_images`) is `backend` (None: unchanged),
+    in this process and those it starts: the environment variable SIGLIP_IMAGE_BACKEND, set for the block."""
+    before = os.environ.get(IMAGE_BACKEND_VARIABLE)
+    if backend is not None:
+        os.environ[IMAGE_BACKEND_VARIABLE] = backend
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(IMAGE_BACKEND_VARIABLE, None)
+        else:
+            os.environ[IMAGE_BACKEND_VARIABLE] = before
+
+
 def configure_images(
     processor: Processor,
     model: object,
@@ -266,15 +289,26 @@ def configure_images(
     reduced_decode: bool = False,
     max_num_patches: int | None = None,
     max_image_pixels: int | None = None,
+    image_backend: str | None = None,
 ) -> None:
     """Set the image options of the tools on a loaded processor, refusing those its model family lacks.
 
+    `image_backend`: "pil" (transformers' PIL processors, the default of the processor classes) or "torch"
+    (transformers 5's torchvision processors, reproduced without torchvision); None: the environment variable
+    SIGLIP_IMAGE_BACKEND (which `siglip --image-backend` sets), else the processor as loaded (PIL).
     `reduced_decode` (fixed-size models): decode JPEG files at a reduced scale when they are at least twice the
     model's image size (see `SiglipImageProcessor`). `max_num_patches` (NaFlex models): the patch budget of
     each image, default the checkpoint's (256 for the released ones; more patches, more detail and time).
     `max_image_pixels`: image files with more pixels are refused as possible decompression bombs (default:
     Pillow's `MAX_IMAGE_PIXELS`, about 89 million). `model` names the checkpoint in the errors.
     """
+    from_variable = image_backend is None
+    backend = (os.environ.get(IMAGE_BACKEND_VARIABLE) or None) if from_variable else image_backend
+    if backend is not None:
+        if backend not in BACKENDS:
+            source = f" (environment variable {IMAGE_BACKEND_VARIABLE})" if from_variable else ""
+            raise UsageError(f"image backend must be 'pil' or 'torch', got {backend!r}{source}")
+        processor.image_processor = processor.image_processor.with_backend(backend)
     images = processor.image_processor
     naflex = isinstance(images, Siglip2ImageProcessor)
     if max_num_patches is not None:

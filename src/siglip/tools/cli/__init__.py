@@ -21,6 +21,7 @@ import sys
 from typing import NoReturn
 
 from ...errors import ImageInputError, SiglipError
+from ..embedder import image_backend_setting
 from ..files import display_path
 
 COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "serve", "convert")
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("siglip").setLevel(logging.INFO)
     logging.getLogger("huggingface_hub").propagate = False  # it prints its own lines: once, not twice
     try:
-        return int(args.run(args) or 0)
+        with image_backend_setting(getattr(args, "image_backend", None)):
+            return int(args.run(args) or 0)
     except SiglipError as err:
         if os.environ.get("SIGLIP_DEBUG"):
             raise

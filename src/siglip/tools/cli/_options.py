@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...core.auto import Siglip2ImageProcessor
+from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import UsageError
-from ..embedder import DEFAULT_MODEL, Embedder, resolve_device
+from ..embedder import DEFAULT_MODEL, IMAGE_BACKEND_VARIABLE, Embedder, resolve_device
 from ..files import display_path
 from ..precision import PRECISIONS
 from ..values import Number, whole
@@ -89,7 +90,8 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_image_limit_option(parser: argparse.ArgumentParser) -> None:
-    """--max-image-pixels: the decompression-bomb limit of the image files a command decodes."""
+    """--max-image-pixels (the decompression-bomb limit of the image files a command decodes) and
+    --image-backend."""
     parser.add_argument(
         "--max-image-pixels",
         type=integer(1),
@@ -97,6 +99,19 @@ def add_image_limit_option(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="image files with more pixels are refused as possible decompression bombs (default: Pillow's "
         "limit, about 89 million)",
+    )
+    add_image_backend_option(parser)
+
+
+def add_image_backend_option(parser: argparse.ArgumentParser) -> None:
+    """--image-backend: the image preprocessing of the command (`main` sets it for every model it loads)."""
+    parser.add_argument(
+        "--image-backend",
+        choices=BACKENDS,
+        default=None,
+        help="image preprocessing: pil (transformers' PIL processors, the reference numbers) or torch "
+        "(transformers 5's default torchvision processors, without torchvision); pixels differ by one "
+        f"8-bit level (default: ${IMAGE_BACKEND_VARIABLE}, else pil)",
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from ...errors import UsageError
 from ..deps import require
 from ..embedder import DEFAULT_MODEL, Embedder
-from ._options import add_model_options, integer, model_kwargs, real
+from ._options import add_image_backend_option, add_model_options, integer, model_kwargs, real
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(requests in flight are answered first).",
     )
     add_model_options(parser, default=None)
+    add_image_backend_option(parser)
     parser.add_argument("--index", help="index folder made by `siglip index`, to search (default: none)")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
