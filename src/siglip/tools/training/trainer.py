@@ -203,7 +203,7 @@ class TrainConfig:
         metadata={
             "value": Choice(BACKENDS),
             "help": "image preprocessing: pil (transformers' PIL processors) or torch (transformers 5's "
-            "torchvision processors); unset: $SIGLIP_IMAGE_BACKEND, else pil"
+            "torchvision processors); unset: $SIGLIP_IMAGE_BACKEND, else pil",
         },
     )
     max_bad_fraction: float = field(
