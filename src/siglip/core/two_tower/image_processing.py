@@ -10,6 +10,10 @@ What makes it fast while staying bit-identical to transformers (the tests check 
   256 values and each channel, the result of the very same float64/float32 arithmetic;
 - the images of a batch are decoded, converted and resized on a thread pool (PIL releases the GIL).
 
+Two backends share everything up to RGB (`Steps.backend`): "pil" resizes with Pillow and rescales through the
+table, as transformers' `*Pil` processors; "torch" resizes, rescales and normalises tensors as transformers'
+torchvision processors (`torch_resize`). A family has one class per backend (`BaseImageProcessor.with_backend`).
+
 Differences from transformers, all deliberate and documented on `SiglipImageProcessor`: 16-bit grey images
 are scaled to 8 bits instead of clipped, files with transparency are composited like in-memory images, and
 bad input raises an `ImageInputError` that names the image.
