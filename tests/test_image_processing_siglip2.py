@@ -2,8 +2,8 @@
 `Siglip2Processor` on SigLIP's image matrix (every PIL mode, extreme sizes, arrays, EXIF files), files that
 both libraries read, and clear errors for what NaFlex cannot represent.
 
-transformers' torchvision backend (`Siglip2ImageProcessor` there) is not compared: the test environment has
-no torchvision (its CUDA build breaks transformers with the CPU torch).
+transformers' torchvision backend (`Siglip2ImageProcessor` there) is compared with ours
+(`Siglip2ImageProcessorFast`) in test_image_backends.py.
 
 One deliberate difference: transformers' `Siglip2ImageProcessorPil` does not convert to RGB unless
 `do_convert_rgb=True` and raises on grey, RGBA, palette or CMYK images; ours converts them as SigLIP's does.

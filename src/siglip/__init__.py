@@ -26,7 +26,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         ("SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig"), "siglip.core.siglip.configuration"
     ),
-    "SiglipImageProcessor": "siglip.core.siglip.image_processing",
+    **dict.fromkeys(
+        ("SiglipImageProcessor", "SiglipImageProcessorFast", "SiglipImageProcessorPil"),
+        "siglip.core.siglip.image_processing",
+    ),
     **dict.fromkeys(
         ("SiglipForImageClassification", "SiglipModel", "SiglipPreTrainedModel", "SiglipTextModel"),
         "siglip.core.siglip.modeling",
@@ -36,7 +39,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         ("Siglip2Config", "Siglip2TextConfig", "Siglip2VisionConfig"), "siglip.core.siglip2.configuration"
     ),
-    "Siglip2ImageProcessor": "siglip.core.siglip2.image_processing",
+    **dict.fromkeys(
+        ("Siglip2ImageProcessor", "Siglip2ImageProcessorFast", "Siglip2ImageProcessorPil"),
+        "siglip.core.siglip2.image_processing",
+    ),
     **dict.fromkeys(
         ("Siglip2ForImageClassification", "Siglip2Model", "Siglip2PreTrainedModel", "Siglip2TextModel"),
         "siglip.core.siglip2.modeling",

@@ -36,6 +36,7 @@ from ..core.auto import (
 )
 from ..core.hub import Checkpoint, locate
 from ..core.two_tower.image_processing import ImageInput
+from ..core.two_tower.torch_resize import resolve_backend
 from ..errors import CheckpointError, ImageInputError, UsageError
 from . import zeroshot
 from .data import Sample, collate, load_sample, worker_init_fn
@@ -254,15 +255,19 @@ def load_processor(checkpoint: Checkpoint, options: ModelOptions | None = None) 
 
 
 def configure_images(processor: Processor, model: object, options: ModelOptions) -> None:
-    """Set the image options of the tools (`ModelOptions.image_options`) on a loaded processor, refusing those
-    its model family lacks; `model` names the checkpoint in the errors.
+    """Set the image options of the tools (see `ModelOptions`) on a loaded processor, refusing those its model
+    family lacks; `model` names the checkpoint in the errors.
 
-    `reduced_decode` (fixed-size models): decode JPEG files at a reduced scale when they are at least twice the
-    model's image size (see `SiglipImageProcessor`). `max_num_patches` (NaFlex models): the patch budget of
-    each image, default the checkpoint's (256 for the released ones; more patches, more detail and time).
-    `max_image_pixels`: image files with more pixels are refused as possible decompression bombs (default:
-    Pillow's `MAX_IMAGE_PIXELS`, about 89 million).
+    `image_backend`: "pil" (transformers' PIL processors) or "torch" (transformers 5's torchvision
+    processors, reproduced without torchvision); None: the processor as loaded. `reduced_decode` (fixed-size
+    models): decode JPEG files at a reduced scale when they are at least twice the model's image size (see
+    `SiglipImageProcessor`). `max_num_patches` (NaFlex models): the patch budget of each image, default the
+    checkpoint's (256 for the released ones; more patches, more detail and time). `max_image_pixels`: image
+    files with more pixels are refused as possible decompression bombs (default: Pillow's `MAX_IMAGE_PIXELS`,
+    about 89 million).
     """
+    if options.image_backend is not None:
+        processor.image_processor = processor.image_processor.with_backend(options.image_backend)
     images = processor.image_processor
     naflex = isinstance(images, Siglip2ImageProcessor)
     if options.max_num_patches is not None:
@@ -291,13 +296,14 @@ def patch_budget(processor: Processor) -> int | None:
 
 def image_settings(processor: Processor) -> dict[str, Any]:
     """The processor's options that change the pixels of an image (see `configure_images`): the patch budget
-    of a NaFlex model, and whether a fixed-size model decodes JPEG files reduced (each None where the model
-    family lacks it)."""
+    of a NaFlex model, whether a fixed-size model decodes JPEG files reduced (each None where the model
+    family lacks it), and the image backend."""
     images = processor.image_processor
     naflex = isinstance(images, Siglip2ImageProcessor)
     return {
         "max_num_patches": patch_budget(processor),
         "reduced_decode": None if naflex else images.reduced_decode,
+        "image_backend": resolve_backend(images.backend),
     }
 
 

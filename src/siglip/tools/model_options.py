@@ -11,6 +11,7 @@ every command, the server, both embedding engines (in-process and Ray) and the s
 | `reduced_decode` | fixed-size models: decode large JPEG files at 1/2, 1/4 or 1/8 scale (faster, other pixels) |
 | `max_num_patches` | NaFlex models: the patch budget of each image (default the checkpoint's) |
 | `max_image_pixels` | image files with more pixels are refused as possible decompression bombs |
+| `image_backend` | "pil" or "torch": transformers' PIL or torchvision pixels (None: the processor's default) |
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.auto import Siglip2ImageProcessor
+from ..core.two_tower.torch_resize import BACKENDS
 from .precision import PRECISIONS
 from .values import Choice, whole
 
@@ -28,6 +30,7 @@ _RULES = {
     "precision": Choice(tuple(PRECISIONS)),
     "max_num_patches": whole(1, Siglip2ImageProcessor.MAX_NUM_PATCHES),
     "max_image_pixels": whole(1),
+    "image_backend": Choice(BACKENDS),
 }
 
 
@@ -41,6 +44,7 @@ class ModelOptions:
     reduced_decode: bool = False
     max_num_patches: int | None = None
     max_image_pixels: int | None = None
+    image_backend: str | None = None
 
     def __post_init__(self) -> None:
         for name, rule in _RULES.items():

@@ -28,11 +28,13 @@ from ..two_tower.image_processing import (
     process_images,
 )
 
-__all__ = ["SiglipImageProcessor"]
+__all__ = ["SiglipImageProcessor", "SiglipImageProcessorFast", "SiglipImageProcessorPil"]
 
 
 class SiglipImageProcessor(BaseImageProcessor):
-    """Image preprocessing of SigLIP checkpoints, identical to transformers' PIL-backend `SiglipImageProcessor`.
+    """Image preprocessing of SigLIP checkpoints, identical to transformers' PIL backend,
+    `SiglipImageProcessorPil` (also our name for it). `SiglipImageProcessorFast` is the same with the torch
+    backend: the pixels of transformers 5's torchvision `SiglipImageProcessor`.
 
     Args:
         do_resize: resize to `size` (the model needs exactly its image size).
@@ -156,6 +158,7 @@ class SiglipImageProcessor(BaseImageProcessor):
             input_data_format=input_data_format,
             reduced_decode=self.reduced_decode if reduced_decode is None else reduced_decode,
             max_image_pixels=self.max_image_pixels,
+            backend=self._backend,
         )
         pixels = process_images(images, steps, self.num_threads)
         if return_tensors is None:
@@ -176,6 +179,22 @@ class SiglipImageProcessor(BaseImageProcessor):
     # --- files --------------------------------------------------------------------------------------------
     def _family_settings(self) -> dict[str, Any]:
         return {"size": dict(self.size)}
+
+
+class SiglipImageProcessorFast(SiglipImageProcessor):
+    """`SiglipImageProcessor` with the torch backend: pixel for pixel transformers 5's default
+    `SiglipImageProcessor` (torchvision resize with antialias, fused rescale and normalise; see
+    `siglip.core.two_tower.torch_resize`), without torchvision. Settings, files, decoding, conversion of PIL
+    images and errors are those of `SiglipImageProcessor`; `resample` is NEAREST, BILINEAR, BICUBIC or LANCZOS.
+    Paths and bytes are decoded by Pillow, as by `SiglipImageProcessor` (transformers' torchvision processor
+    decodes paths with torchvision); arrays and tensors of any dtype are resized in that dtype, as there.
+    """
+
+    _backend = "torch"
+
+
+SiglipImageProcessorPil = SiglipImageProcessor  # transformers 5's name for the PIL backend
+SiglipImageProcessor._backend_classes = {"pil": SiglipImageProcessor, "torch": SiglipImageProcessorFast}
 
 
 def _check_size(size: Any) -> tuple[int, int]:

@@ -36,7 +36,12 @@ from ..two_tower.image_processing import (
     process_images,
 )
 
-__all__ = ["Siglip2ImageProcessor", "get_image_size_for_max_num_patches"]
+__all__ = [
+    "Siglip2ImageProcessor",
+    "Siglip2ImageProcessorFast",
+    "Siglip2ImageProcessorPil",
+    "get_image_size_for_max_num_patches",
+]
 
 
 def get_image_size_for_max_num_patches(
@@ -94,9 +99,9 @@ class _NaflexSteps(Steps):
         indices = np.add(_patches(image, self.patch_size), offsets, dtype=np.intp)
         return np.take(table.reshape(-1), indices, mode="clip")
 
-    def from_float(self, image: np.ndarray) -> np.ndarray:
-        """(h, w, p * p * 3) patches of a resized image of another dtype, rescaled and normalised."""
-        return _patches(self.rescale_normalize(image), self.patch_size)
+    def layout(self, pixels: np.ndarray) -> np.ndarray:
+        """(h, w, p * p * 3) patches of an image's final (3, H, W) pixels."""
+        return _patches(pixels.transpose(1, 2, 0), self.patch_size)
 
 
 def _patches(image: np.ndarray, p: int) -> np.ndarray:
@@ -107,7 +112,9 @@ def _patches(image: np.ndarray, p: int) -> np.ndarray:
 
 
 class Siglip2ImageProcessor(BaseImageProcessor):
-    """Image preprocessing of SigLIP 2 NaFlex checkpoints, identical to transformers' `Siglip2ImageProcessorPil`.
+    """Image preprocessing of SigLIP 2 NaFlex checkpoints, identical to transformers' `Siglip2ImageProcessorPil`
+    (also our name for it). `Siglip2ImageProcessorFast` is the same with the torch backend: the pixels of
+    transformers 5's torchvision `Siglip2ImageProcessor`.
 
     Args:
         do_resize: resize each image to the largest patch-aligned size with at most `max_num_patches` patches
@@ -210,6 +217,7 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             max_num_patches=self.check_max_num_patches(  # the attribute too: it may have been set since
                 self.max_num_patches if max_num_patches is None else max_num_patches
             ),
+            backend=self._backend,
         )
         pixels = process_images(images, steps, self.num_threads)
         p, length = steps.patch_size, steps.max_num_patches
@@ -246,6 +254,21 @@ class Siglip2ImageProcessor(BaseImageProcessor):
 
     def _family_settings(self) -> dict[str, Any]:
         return {"max_num_patches": self.max_num_patches, "patch_size": self.patch_size}
+
+
+class Siglip2ImageProcessorFast(Siglip2ImageProcessor):
+    """`Siglip2ImageProcessor` with the torch backend: pixel for pixel transformers 5's default
+    `Siglip2ImageProcessor` (each image resized to its patch-budget size by torchvision's resize with
+    antialias, then rescaled, normalised and cut into patches; see `siglip.core.two_tower.torch_resize`),
+    without torchvision. Everything else is `Siglip2ImageProcessor`'s (files decoded by Pillow included);
+    `resample` is NEAREST, BILINEAR, BICUBIC or LANCZOS.
+    """
+
+    _backend = "torch"
+
+
+Siglip2ImageProcessorPil = Siglip2ImageProcessor  # transformers 5's name for the PIL backend
+Siglip2ImageProcessor._backend_classes = {"pil": Siglip2ImageProcessor, "torch": Siglip2ImageProcessorFast}
 
 
 def _check_positive(value: Any, name: str) -> int:

@@ -10,6 +10,10 @@ What makes it fast while staying bit-identical to transformers (the tests check 
   256 values and each channel, the result of the very same float64/float32 arithmetic;
 - the images of a batch are decoded, converted and resized on a thread pool (PIL releases the GIL).
 
+Two backends share everything up to RGB (`Steps.backend`): "pil" resizes with Pillow and rescales through the
+table, as transformers' `*Pil` processors; "torch" resizes, rescales and normalises tensors as transformers'
+torchvision processors (`torch_resize`). A family has one class per backend (`BaseImageProcessor.with_backend`).
+
 Differences from transformers, all deliberate and documented on `SiglipImageProcessor`: 16-bit grey images
 are scaled to 8 bits instead of clipped, files with transparency are composited like in-memory images, and
 bad input raises an `ImageInputError` that names the image.
@@ -17,6 +21,7 @@ bad input raises an `ImageInputError` that names the image.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
@@ -26,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +41,7 @@ from ...errors import CheckpointError, ImageInputError
 from ..features import BatchFeature, write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json
 from ..staging import staged_directory
+from . import torch_resize
 
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers 5 saves the image settings only here
@@ -63,6 +69,7 @@ class Steps:
     input_data_format: str | None
     reduced_decode: bool
     max_image_pixels: int | None  # None: Pillow's `Image.MAX_IMAGE_PIXELS` (as before a processor raised it)
+    backend: str = "pil"  # "pil" or "torch" (resize, rescale and normalise of `torch_resize`)
 
     def target_size(self, height: int, width: int, name: str) -> tuple[int, int] | None:
         """(height, width) to resize an image of `height` x `width` pixels to, or None for no resize."""
@@ -73,8 +80,24 @@ class Steps:
         return _apply_table(image, table)
 
     def from_float(self, image: np.ndarray) -> np.ndarray:
-        """The output of a resized (H, W, 3) image of another dtype: (3, H, W) rescaled, normalised pixels."""
-        return np.ascontiguousarray(self.rescale_normalize(image).transpose(2, 0, 1))
+        """The output of a resized (H, W, 3) image of another dtype: its rescaled, normalised pixels laid out."""
+        return self.layout(self.rescale_normalize(image).transpose(2, 0, 1))
+
+    def layout(self, pixels: np.ndarray) -> np.ndarray:
+        """The output of an image's final (3, H, W) pixels: themselves (contiguous)."""
+        return np.ascontiguousarray(pixels)
+
+    def from_tensor(self, image: torch.Tensor, name: str) -> np.ndarray:
+        """The output of a (3, H, W) RGB tensor through the torch backend: resized, rescaled, normalised."""
+        size = self.target_size(image.shape[1], image.shape[2], name)
+        if size is not None:
+            image = torch_resize.resize(image, size, self.resample)
+        pixels = torch_resize.rescale_normalize(
+            image, self.do_rescale, self.rescale_factor, self.do_normalize, self.mean, self.std
+        )
+        if pixels.dtype == torch.bfloat16:  # unnormalised bfloat16: numpy has none, widen exactly
+            pixels = pixels.float()
+        return self.layout(pixels.numpy())
 
     def rescale_normalize(self, x: np.ndarray) -> np.ndarray:
         """transformers' arithmetic on a channels-last array: rescale in float64 -> float32, then normalise.
@@ -100,9 +123,24 @@ class BaseImageProcessor:
 
     A subclass defines `__init__` (its settings), `preprocess`, `_family_settings` (what `to_dict` stores
     beside the settings both families have) and `_config_keys` (the keys of that file its `__init__` takes).
+    A family has one class per image backend (`_backend`, "pil" or "torch"), listed in `_backend_classes`:
+    the same settings and files, the pixels of transformers' PIL or torchvision processor.
     """
 
     _config_keys: tuple[str, ...] = ()
+    _backend: ClassVar[str] = "pil"
+    _backend_classes: ClassVar[dict[str, type[BaseImageProcessor]]] = {}
+
+    @property
+    def backend(self) -> str:
+        """The image backend as transformers names it: "pil" or "torchvision" (our torch backend)."""
+        return "torchvision" if self._backend == "torch" else "pil"
+
+    def with_backend(self, backend: str) -> BaseImageProcessor:
+        """This processor (a copy, every setting kept) with the image backend `backend`: "pil" or "torch"."""
+        other = copy.copy(self)
+        other.__class__ = self._backend_classes[torch_resize.resolve_backend(backend)]
+        return other
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> BatchFeature:
         """Same as `preprocess`."""
@@ -120,7 +158,8 @@ class BaseImageProcessor:
             "do_resize": self.do_resize,
             "exif_transpose": self.exif_transpose,
             "image_mean": list(self.image_mean),
-            "image_processor_type": type(self).__name__,
+            # one name for both backends, as transformers 5 writes (and 4.x reads)
+            "image_processor_type": type(self).__name__.removesuffix("Fast"),
             "image_std": list(self.image_std),
             "resample": int(self.resample),
             "rescale_factor": self.rescale_factor,
@@ -147,15 +186,25 @@ class BaseImageProcessor:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | Checkpoint,
+        use_fast: bool | None = None,
+        backend: str | None = None,
+        **kwargs: Any,
     ) -> BaseImageProcessor:
         """Load `preprocessor_config.json` from a directory or hub id (or the `image_processor` entry of the
         `processor_config.json` transformers 5 writes instead).
 
+        `use_fast=True` or `backend="torch"` (transformers' "torchvision") give the class of this family with
+        the torch backend, `use_fast=False` or `backend="pil"` the one with the PIL backend; by default, this
+        class. The file does not decide: both backends write the same one, as in transformers.
         `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; other keyword
         arguments override values of the file, e.g. `size={"height": 384, "width": 384}` (SigLIP) or
         `max_num_patches=576` (SigLIP 2).
         """
+        chosen = torch_resize.resolve_backend(backend, use_fast)
+        if chosen is not None:
+            cls = cls._backend_classes[chosen]
         checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
         path = checkpoint.file(PREPROCESSOR_CONFIG_FILE, required=False)
         if path is not None:
@@ -281,17 +330,24 @@ def _pixels_of(
     if isinstance(image, Image.Image):
         image, note = pil_to_rgb(image, name)
         _check_not_empty(image.height, image.width, name)
+        if steps.backend == "torch":
+            return steps.from_tensor(torch_resize.from_pil(image), name), note
         size = steps.target_size(image.height, image.width, name)
         if size is not None:
             image = image.resize(size[::-1], resample=steps.resample)
         return steps.from_uint8(np.asarray(image), table), note
 
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
+    if not isinstance(image, np.ndarray | torch.Tensor):
         raise TypeError(
             f"{name} is a {type(image).__name__}; expected a PIL image, array, tensor, path or bytes"
         )
+    if steps.backend == "torch":
+        pixels = torch_resize.to_rgb(image, name, steps.input_data_format)
+        note = "unit_float" if steps.do_rescale and torch_resize.is_unit_float(pixels) else None
+        _check_not_empty(pixels.shape[1], pixels.shape[2], name)
+        return steps.from_tensor(pixels, name), note
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
     note = "unit_float" if steps.do_rescale and _is_unit_float(image) else None
     pixels = _array_to_rgb(image, name, steps.input_data_format)
     _check_not_empty(pixels.shape[0], pixels.shape[1], name)

@@ -238,22 +238,28 @@ class TwoTowerProcessor:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike | Checkpoint, **kwargs: Any
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | Checkpoint,
+        use_fast: bool | None = None,
+        backend: str | None = None,
+        **kwargs: Any,
     ) -> TwoTowerProcessor:
         """Load the tokenizer and image processor files of a checkpoint directory or hub id.
 
         `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; the name is resolved
-        once for both. The tokenizer class follows the checkpoint (`load_tokenizer`). SigLIP 2 tokenizer
-        configs may leave `model_max_length` unset; it is then the text tower's number of positions
-        (`config.json`'s `text_config.max_position_embeddings`, 64 without one), so text is padded to 64 by
-        default as for SigLIP 1.
+        once for both. `use_fast` / `backend` choose the image backend as for the image processor's
+        `from_pretrained` (default: PIL). The tokenizer class follows the checkpoint (`load_tokenizer`).
+        SigLIP 2 tokenizer configs may leave `model_max_length` unset; it is then the text tower's number of
+        positions (`config.json`'s `text_config.max_position_embeddings`, 64 without one), so text is padded
+        to 64 by default as for SigLIP 1.
         """
         checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
         if kwargs:
             raise TypeError(
                 f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}"
             )
-        return cls(cls.image_processor_class.from_pretrained(checkpoint), cls._load_tokenizer(checkpoint))
+        images = cls.image_processor_class.from_pretrained(checkpoint, use_fast=use_fast, backend=backend)
+        return cls(images, cls._load_tokenizer(checkpoint))
 
     @classmethod
     def _accepts_tokenizer(cls, tokenizer: Any) -> bool:

@@ -1,6 +1,7 @@
 """`transformers.models.siglip`: the SigLIP family's public classes."""
 
 from .configuration_siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .image_processing_pil_siglip import SiglipImageProcessorPil
 from .image_processing_siglip import SiglipImageProcessor
 from .modeling_siglip import (
     SiglipForImageClassification,
@@ -16,6 +17,7 @@ __all__ = [
     "SiglipConfig",
     "SiglipForImageClassification",
     "SiglipImageProcessor",
+    "SiglipImageProcessorPil",
     "SiglipModel",
     "SiglipPreTrainedModel",
     "SiglipProcessor",

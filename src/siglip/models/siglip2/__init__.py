@@ -1,6 +1,7 @@
 """`transformers.models.siglip2`: the SigLIP 2 (NaFlex) family's public classes."""
 
 from .configuration_siglip2 import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
+from .image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 from .image_processing_siglip2 import Siglip2ImageProcessor
 from .modeling_siglip2 import (
     Siglip2ForImageClassification,
@@ -15,6 +16,7 @@ __all__ = [
     "Siglip2Config",
     "Siglip2ForImageClassification",
     "Siglip2ImageProcessor",
+    "Siglip2ImageProcessorPil",
     "Siglip2Model",
     "Siglip2PreTrainedModel",
     "Siglip2Processor",

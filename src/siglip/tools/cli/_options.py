@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...core.auto import Siglip2ImageProcessor
+from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import UsageError
 from ..embedder import DEFAULT_MODEL, Embedder, resolve_device
 from ..files import display_path
@@ -90,7 +91,8 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_image_limit_option(parser: argparse.ArgumentParser) -> None:
-    """--max-image-pixels: the decompression-bomb limit of the image files a command decodes."""
+    """--max-image-pixels (the decompression-bomb limit of the image files a command decodes) and
+    --image-backend."""
     parser.add_argument(
         "--max-image-pixels",
         type=integer(1),
@@ -98,6 +100,19 @@ def add_image_limit_option(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="image files with more pixels are refused as possible decompression bombs (default: Pillow's "
         "limit, about 89 million)",
+    )
+    add_image_backend_option(parser)
+
+
+def add_image_backend_option(parser: argparse.ArgumentParser) -> None:
+    """--image-backend: the image preprocessing of the command's model (`ModelOptions.image_backend`)."""
+    parser.add_argument(
+        "--image-backend",
+        choices=BACKENDS,
+        default=None,
+        help="image preprocessing: pil (transformers' PIL processors, the reference numbers) or torch "
+        "(transformers 5's default torchvision processors, without torchvision); pixels differ by one "
+        "8-bit level (default: torch, as transformers 5; an index keeps the one it was built with)",
     )
 
 

@@ -13,7 +13,7 @@ from ...errors import UsageError
 from ..deps import require
 from ..embedder import DEFAULT_MODEL, Embedder
 from ..model_options import ModelOptions
-from ._options import add_model_options, integer, real
+from ._options import add_image_backend_option, add_model_options, integer, real
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(requests in flight are answered first).",
     )
     add_model_options(parser, default=None)
+    add_image_backend_option(parser)
     parser.add_argument("--index", help="index folder made by `siglip index`, to search (default: none)")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"

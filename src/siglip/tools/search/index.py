@@ -243,12 +243,14 @@ class SearchIndex:
             "precision": options.precision and InferenceMode(options.precision).resolve(device).precision,
             "max_num_patches": options.max_num_patches,
             "reduced_decode": options.reduced_decode or None,
+            "image_backend": options.image_backend,
         }
         self._check_settings(asked, "asked for")
         self.options = options.replace(
             precision=options.precision or recorded.get("precision"),
             max_num_patches=options.max_num_patches or recorded.get("max_num_patches"),
             reduced_decode=options.reduced_decode or bool(recorded.get("reduced_decode")),
+            image_backend=options.image_backend or recorded.get("image_backend"),
         )
 
     def _check_settings(self, settings: dict[str, Any], source: str) -> None:

@@ -52,6 +52,7 @@ from ...core.auto import (
 )
 from ...core.loss import check_chunk_size, siglip_loss
 from ...core.two_tower.processing import fixed_length_ids
+from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import DataError, UsageError
 from ..data import Batch, empty_inputs
 from ..embedder import Embedder, configure_images
@@ -196,6 +197,14 @@ class TrainConfig:
             "value": whole(1),
             "help": "image files with more pixels are refused as possible decompression bombs (default: "
             "Pillow's limit, about 89 million)",
+        },
+    )
+    image_backend: str | None = field(
+        default=None,
+        metadata={
+            "value": Choice(BACKENDS),
+            "help": "image preprocessing: pil (transformers' PIL processors) or torch (transformers 5's "
+            "torchvision processors); unset: the processor's own",
         },
     )
     max_bad_fraction: float = field(
@@ -461,7 +470,11 @@ def train(config: TrainConfig) -> Path:
     configure_images(
         processor,
         config.model or config.config,
-        ModelOptions(max_num_patches=config.max_num_patches, max_image_pixels=config.max_image_pixels),
+        ModelOptions(
+            max_num_patches=config.max_num_patches,
+            max_image_pixels=config.max_image_pixels,
+            image_backend=config.image_backend,
+        ),
     )
     layout = BatchLayout(config.batch_size, config.grad_accum, dist_.rank, dist_.world, config.seed)
     source = _source(config, processor, layout)  # the data is checked before the model loads

@@ -1,0 +1,172 @@
+"""The torch image backend: transformers 5's default image processors (`SiglipImageProcessor`,
+`Siglip2ImageProcessor`, built on torchvision) reproduced bit for bit with torch operations alone.
+
+transformers 5 has two backends per image processor: the PIL one (`SiglipImageProcessorPil`, the historical
+"slow" processor, which `siglip.core.two_tower.image_processing` reproduces) and the torchvision one (its
+default where torchvision is installed, historically "Fast"). Their pixels differ by one 8-bit level on about
+half the values. This module is the second without depending on torchvision; it replicates, step for step:
+
+- `TorchvisionBackend.process_image` / `convert_to_rgb` (arrays and tensors: 1 channel repeated, 4 channels
+  composited over white in float32 through `tvF.to_dtype` and back, which truncates rather than rounds);
+- `tvF.resize` on tensors (`resize_image`): `torch.nn.functional.interpolate` with antialias, natively on
+  uint8 where torchvision does so on the CPU (bicubic and Lanczos always, bilinear on AVX2/AVX512 and ARM
+  CPUs), otherwise through float32 with clamping (bicubic, Lanczos) and rounding back to the integer dtype;
+- `rescale_and_normalize`: rescale folded into the mean and std (`(x - 127.5) / 127.5` in float32 for SigLIP),
+  or a plain `x * rescale_factor` without normalisation.
+
+PIL images are converted to RGB exactly as for the PIL backend (transformers does the same), then resized as
+uint8 tensors. The tests check every step against transformers with torchvision installed.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ...errors import ImageInputError
+
+BACKENDS = ("pil", "torch")
+# PIL filter -> torch interpolation mode, as transformers' `pil_torch_interpolation_mapping`; torch has no BOX
+# or HAMMING filter (torchvision's resize fails on them as well)
+_MODES = {
+    Image.Resampling.NEAREST: "nearest-exact",
+    Image.Resampling.BILINEAR: "bilinear",
+    Image.Resampling.BICUBIC: "bicubic",
+    Image.Resampling.LANCZOS: "lanczos",
+}
+_ANTIALIASED = ("bilinear", "bicubic", "lanczos")
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def resolve_backend(backend: str | None = None, use_fast: bool | None = None) -> str | None:
+    """The backend ("pil" or "torch") that transformers' `backend=` / `use_fast=` arguments ask for, or None
+    when neither is given. `backend` may use transformers' name "torchvision" for "torch"; it wins over
+    `use_fast` as in transformers."""
+    if backend is None:
+        return None if use_fast is None else ("torch" if use_fast else "pil")
+    backend = "torch" if backend == "torchvision" else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'pil' or 'torch' (transformers' 'torchvision'), got {backend!r}")
+    return backend
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 tensor of an RGB PIL image."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+def to_rgb(image: np.ndarray | torch.Tensor, name: str, data_format: str | None) -> torch.Tensor:
+    """(3, H, W) tensor of an array or tensor image in its own dtype, as transformers' torchvision backend
+    converts it: 2-D is grey, the channel axis is inferred from a first or last axis of 1, 3 or 4 entries
+    (the first when both are), 1 channel is repeated, 4 are composited over white."""
+    image = torch.from_numpy(np.asarray(image)) if isinstance(image, np.ndarray) else image.detach().cpu()
+    if image.ndim == 2:
+        image, data_format = image[None], "channels_first"
+    elif image.ndim != 3:
+        raise ImageInputError(
+            f"{name} has shape {tuple(image.shape)}; expected (H, W), (H, W, C) or (C, H, W)"
+        )
+    if data_format is None:
+        if image.shape[0] in (1, 3, 4):
+            data_format = "channels_first"
+        elif image.shape[-1] in (1, 3, 4):
+            data_format = "channels_last"
+        else:
+            raise ImageInputError(f"{name} has shape {tuple(image.shape)}: expected 1, 3 or 4 channels")
+    if data_format == "channels_last":
+        image = image.permute(2, 0, 1)
+    channels = image.shape[0]
+    if channels == 1:
+        image = image.repeat(3, 1, 1)
+    elif channels == 4:
+        image = _composite_over_white(image, name)
+    elif channels != 3:
+        raise ImageInputError(
+            f"{name} has shape {tuple(image.shape)}: {channels} channels, expected 1, 3 or 4"
+        )
+    return image.contiguous()
+
+
+def _composite_over_white(image: torch.Tensor, name: str) -> torch.Tensor:
+    """RGB of a (4, H, W) RGBA tensor over white, with torchvision's `to_dtype(..., scale=True)` arithmetic:
+    to float32 in [0, 1], blend, back to the input dtype (integers: times max + 1 - 1e-3, truncated)."""
+    if image.is_floating_point() and image.numel() and (image.min() < 0 or image.max() > 1):
+        raise ImageInputError(f"{name} is a float RGBA image with values outside [0, 1]")
+    dtype = image.dtype
+    pixels = image.movedim(0, -1)
+    if dtype.is_floating_point:
+        pixels = pixels.to(torch.float32)
+    elif dtype == torch.uint8:
+        pixels = pixels.to(torch.float32).mul_(1.0 / 255)
+    else:
+        raise ImageInputError(f"{name} is a 4-channel {dtype} image: RGBA images must be uint8 or float")
+    blended = pixels[..., :3] * pixels[..., 3:] + (1 - pixels[..., 3:])
+    blended = blended.to(dtype) if dtype.is_floating_point else blended.mul(255 + 1.0 - 1e-3).to(dtype)
+    return blended.movedim(-1, 0)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], resample: Image.Resampling) -> torch.Tensor:
+    """(C, height, width) resize of a (C, H, W) tensor, as torchvision's `resize` with antialias (the CPU path
+    torchvision takes for the tensor's dtype: native uint8 kernels where it uses them)."""
+    if resample not in _MODES:
+        names = ", ".join(f"{r.name}={r.value}" for r in _MODES)
+        raise ValueError(
+            f"the torch image backend resamples with {names}; {resample.name} needs backend='pil'"
+        )
+    if tuple(image.shape[1:]) == tuple(size) or image.numel() == 0:
+        return image
+    mode = _MODES[resample]
+    dtype = image.dtype
+    native = [torch.float32, torch.float64]
+    if mode.startswith("nearest") or _native_uint8(mode):
+        native.append(torch.uint8)
+    batch = image[None] if dtype in native else image[None].to(torch.float32)
+    options = {"align_corners": False, "antialias": True} if mode in _ANTIALIASED else {}
+    resized = torch.nn.functional.interpolate(batch, size=list(size), mode=mode, **options)[0]
+    if dtype not in native:
+        if mode in ("bicubic", "lanczos") and dtype == torch.uint8:
+            resized = resized.clamp_(min=0, max=255)
+        if dtype in _INTEGER_DTYPES:
+            resized = resized.round_()
+        resized = resized.to(dtype)
+    return resized
+
+
+def _native_uint8(mode: str) -> bool:
+    """Whether torchvision resizes uint8 tensors without a float round trip on this CPU for `mode`."""
+    if mode == "bilinear":
+        return torch.compiler.is_compiling() or (
+            torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+            or platform.machine() in ("aarch64", "arm64")
+        )
+    return mode in ("bicubic", "lanczos")
+
+
+def rescale_normalize(
+    image: torch.Tensor,
+    do_rescale: bool,
+    rescale_factor: float,
+    do_normalize: bool,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> torch.Tensor:
+    """transformers' fused rescale and normalise: with both, `(x - mean / f) / (std / f)` in float32 (mean and
+    std scaled as float32 tensors); normalise alone in float32; rescale alone as `x * f` (uint8 -> float32,
+    other dtypes kept)."""
+    if do_normalize:
+        mean_t, std_t = torch.tensor(mean), torch.tensor(std)  # the default dtype, as transformers
+        if do_rescale:
+            mean_t, std_t = mean_t * (1.0 / rescale_factor), std_t * (1.0 / rescale_factor)
+        mean_t, std_t = mean_t.to(torch.float32).view(-1, 1, 1), std_t.to(torch.float32).view(-1, 1, 1)
+        return image.to(torch.float32).sub(mean_t).div_(std_t)
+    if do_rescale:
+        return image * rescale_factor
+    return image
+
+
+def is_unit_float(image: torch.Tensor) -> bool:
+    """Whether a tensor holds floats all within [0, 1] (pixels already rescaled)."""
+    return image.is_floating_point() and image.numel() > 0 and bool(image.min() >= 0 and image.max() <= 1)

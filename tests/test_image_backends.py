@@ -1,0 +1,414 @@
+"""The two image backends: `SiglipImageProcessorFast` / `Siglip2ImageProcessorFast` (torch) bit-identical to
+transformers 5's default torchvision `SiglipImageProcessor` / `Siglip2ImageProcessor`, chosen by transformers'
+names and arguments (`use_fast=`, `backend=`), and the files of both backends read by either library.
+
+The PIL backend's own parity with transformers' `*Pil` processors is tested in test_image_processing*.py; here
+each image is also run through both of ours, to show the backends really differ (by one 8-bit level).
+"""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image, ImageOps
+from skimage import data as skimage_data
+
+from siglip import (
+    AutoProcessor,
+    Siglip2ImageProcessor,
+    Siglip2ImageProcessorFast,
+    Siglip2ImageProcessorPil,
+    Siglip2Processor,
+    SiglipImageProcessor,
+    SiglipImageProcessorFast,
+    SiglipImageProcessorPil,
+    SiglipProcessor,
+    SiglipTokenizer,
+)
+from siglip.core.two_tower import torch_resize
+from siglip.errors import StoreError, UsageError
+from siglip.tools.cli import main
+from siglip.tools.embedder import Embedder
+from siglip.tools.search.index import SearchIndex
+from test_image_processing import ARGUMENTS, PHOTOS, RNG, _arrays, _generated_images, _jpeg, _random
+from test_image_processing_siglip2 import ARGUMENTS as NAFLEX_ARGUMENTS
+
+pytest_plugins = ["_fixtures"]
+NAFLEX_KEYS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+TORCH_FILTERS = {Image.Resampling.BOX, Image.Resampling.HAMMING}  # filters torch has no kernel for
+
+
+def _photos() -> dict[str, Image.Image]:
+    photos = {}
+    for name in PHOTOS:
+        photo = getattr(skimage_data, name)()
+        photos[name] = Image.fromarray(photo.astype(np.uint8) * (255 if photo.dtype == bool else 1))
+    return photos
+
+
+def _aspect_ratios() -> dict[str, np.ndarray]:
+    """Random RGB images from tall and thin to wide and flat, smaller and larger than the model."""
+    shapes = [(7, 300), (300, 7), (50, 51), (223, 225), (224, 225), (500, 333), (97, 1001), (640, 480)]
+    return {f"{h}x{w}": _random((h, w, 3)) for h, w in shapes}
+
+
+def _backend_arrays() -> dict[str, np.ndarray | torch.Tensor]:
+    """The array matrix of the PIL-backend tests, and what only the torch backend takes as transformers does."""
+    return {
+        **_arrays(),
+        "uint16 HWC": RNG.integers(0, 65536, (30, 40, 3)).astype(np.uint16),
+        "float32 0..255": (RNG.random((30, 40, 3)) * 255).astype(np.float32),
+        "float64 CHW [0, 1]": RNG.random((3, 30, 40)),
+        "torch bfloat16": torch.rand(3, 30, 40, generator=torch.Generator().manual_seed(1)).to(
+            torch.bfloat16
+        ),
+    }
+
+
+def _equal(ours_out: torch.Tensor, theirs_out: torch.Tensor, name: str = "") -> None:
+    assert ours_out.dtype == theirs_out.dtype and ours_out.shape == theirs_out.shape, (
+        f"{name}: {ours_out.dtype} {tuple(ours_out.shape)} != {theirs_out.dtype} {tuple(theirs_out.shape)}"
+    )
+    assert torch.equal(ours_out, theirs_out), (
+        f"{name}: max |diff| {(ours_out.double() - theirs_out.double()).abs().max()}"
+    )
+
+
+def _naflex_equal(ours_out, theirs_out, name: str = "") -> None:
+    for key in NAFLEX_KEYS:
+        _equal(ours_out[key], theirs_out[key], f"{name} {key}")
+
+
+@pytest.fixture(scope="module")
+def fast():
+    return SiglipImageProcessorFast()
+
+
+@pytest.fixture(scope="module")
+def their_fast():
+    return transformers.SiglipImageProcessor()
+
+
+@pytest.fixture(scope="module")
+def naflex_fast():
+    return Siglip2ImageProcessorFast()
+
+
+@pytest.fixture(scope="module")
+def their_naflex_fast():
+    # transformers leaves do_convert_rgb unset for SigLIP 2; ours always converts (test_image_processing_siglip2.py)
+    return transformers.Siglip2ImageProcessor(do_convert_rgb=True)
+
+
+def test_transformers_torchvision_processors_are_the_compared_ones(their_fast, their_naflex_fast):
+    assert their_fast.backend == their_naflex_fast.backend == "torchvision"
+    assert SiglipImageProcessorFast().backend == Siglip2ImageProcessorFast().backend == "torchvision"
+    assert SiglipImageProcessor().backend == Siglip2ImageProcessor().backend == "pil"
+    assert (
+        SiglipImageProcessorPil is SiglipImageProcessor and Siglip2ImageProcessorPil is Siglip2ImageProcessor
+    )
+
+
+# --- SigLIP: pixels ---------------------------------------------------------------------------------------------
+def test_real_photos_and_aspect_ratios_are_bit_identical_and_differ_from_pil(fast, their_fast):
+    pil = SiglipImageProcessor()
+    images = {**_photos(), **{k: Image.fromarray(v) for k, v in _aspect_ratios().items()}}
+    differing = []
+    for name, image in images.items():
+        got = fast(image, return_tensors="pt").pixel_values
+        _equal(got, their_fast(image, return_tensors="pt").pixel_values, name)
+        differing.append((got != pil(image, return_tensors="pt").pixel_values).float().mean().item())
+    assert np.median(differing) > 0.2  # the backends are not the same pipeline under two names
+
+
+@pytest.mark.parametrize("kwargs", ARGUMENTS, ids=lambda kw: ",".join(kw) or "defaults")
+def test_every_mode_and_size_is_bit_identical_for_every_argument(fast, their_fast, kwargs):
+    if kwargs.get("resample") in TORCH_FILTERS:
+        with pytest.raises(ValueError, match=r"torch image backend resamples with .* needs backend='pil'"):
+            fast(_generated_images()["RGB"], **kwargs)
+        return
+    for name, image in _generated_images().items():
+        got = fast(image, return_tensors="pt", **kwargs).pixel_values
+        _equal(got, their_fast(image, return_tensors="pt", **kwargs).pixel_values, name)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"do_resize": False}, {"do_rescale": False}, {"do_normalize": False}, {"resample": 2}, {"resample": 0},
+     {"resample": 1}, {"size": {"height": 17, "width": 300}}],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults",
+)  # fmt: skip
+def test_arrays_and_tensors_of_every_dtype_and_layout_are_bit_identical(fast, their_fast, kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # our float-in-[0, 1] warning (tested for the PIL backend)
+        for name, array in _backend_arrays().items():
+            expected = their_fast(array, return_tensors="pt", **kwargs).pixel_values
+            if expected.dtype == torch.bfloat16:  # unnormalised bfloat16: ours is widened to float32 (numpy)
+                expected = expected.float()
+            _equal(fast(array, return_tensors="pt", **kwargs).pixel_values, expected, name)
+
+
+def test_explicit_channel_layouts_are_bit_identical(fast, their_fast):
+    square = _random((4, 5, 4))  # 4 rows, 5 columns, 4 channels: ambiguous, channels first unless told
+    for layout in ("channels_first", "channels_last"):
+        _equal(
+            fast(square, input_data_format=layout, return_tensors="pt").pixel_values,
+            their_fast(square, input_data_format=layout, return_tensors="pt").pixel_values,
+            layout,
+        )
+
+
+def test_grey_2d_arrays_are_accepted_as_grey(fast):  # as by the PIL backend; transformers refuses them
+    grey = _random((30, 40))
+    _equal(
+        fast(grey, return_tensors="pt").pixel_values, fast(grey[..., None], return_tensors="pt").pixel_values
+    )
+
+
+def test_16_bit_files_are_scaled_like_the_pil_backend(fast, tmp_path):
+    values = RNG.integers(0, 65536, (30, 40)).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    eight_bit = Image.fromarray(np.round(values / 65535 * 255).astype(np.uint8), "L")
+    expected = transformers.SiglipImageProcessor()(eight_bit, return_tensors="pt").pixel_values
+    _equal(fast(tmp_path / "deep.png", return_tensors="pt").pixel_values, expected)
+
+
+def test_files_are_decoded_by_pillow_and_turned_upright(fast, their_fast, tmp_path):
+    # transformers' torchvision processor decodes paths with torchvision.io / torchcodec (not importable here);
+    # ours decodes them with Pillow, as the PIL backend: the reference is transformers given Pillow's image
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_jpeg(Image.fromarray(skimage_data.chelsea()), orientation=6))
+    upright = ImageOps.exif_transpose(Image.open(path))
+    assert upright.size == (300, 451)
+    expected = their_fast(upright, return_tensors="pt").pixel_values
+    for source in (str(path), path, path.read_bytes()):
+        _equal(fast(source, return_tensors="pt").pixel_values, expected, type(source).__name__)
+
+
+def test_batches_threads_and_return_types(their_fast):
+    images = [*_generated_images().values(), *_aspect_ratios().values()]
+    expected = their_fast(images, return_tensors="pt").pixel_values
+    for threads in (1, 3):
+        _equal(
+            SiglipImageProcessorFast(num_threads=threads)(images, return_tensors="pt").pixel_values, expected
+        )
+    listed = SiglipImageProcessorFast()(images[:3], do_resize=False).pixel_values
+    reference = their_fast(images[:3], do_resize=False).pixel_values
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(listed, reference, strict=True))
+
+
+def test_bilinear_on_cpus_without_avx2_takes_torchvisions_float_path(fast, their_fast, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert not torch_resize._native_uint8("bilinear")
+    for name, image in list(_photos().items())[:4]:
+        _equal(
+            fast(image, resample=2, return_tensors="pt").pixel_values,
+            their_fast(image, resample=2, return_tensors="pt").pixel_values,
+            name,
+        )
+
+
+def test_a_float64_default_dtype_is_followed_as_by_transformers(fast):
+    # transformers scales mean and std in the default dtype (then float32); its processor caches them, so a
+    # fresh one is compared
+    image = _photos()["coffee"]
+    kwargs = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "return_tensors": "pt"}
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        expected = transformers.SiglipImageProcessor()(image, **kwargs).pixel_values
+        _equal(fast(image, **kwargs).pixel_values, expected)
+    finally:
+        torch.set_default_dtype(before)
+
+
+# --- SigLIP 2 NaFlex: pixels, masks and shapes ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs", NAFLEX_ARGUMENTS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults"
+)
+def test_naflex_every_mode_size_and_argument_is_bit_identical(naflex_fast, their_naflex_fast, kwargs):
+    images = _generated_images()
+    for name, image in images.items():
+        _naflex_equal(
+            naflex_fast(image, return_tensors="pt", **kwargs),
+            their_naflex_fast(image, return_tensors="pt", **kwargs),
+            name,
+        )
+    batch = list(images.values())
+    _naflex_equal(
+        naflex_fast(batch, return_tensors="pt", **kwargs),
+        their_naflex_fast(batch, return_tensors="pt", **kwargs),
+        "batch",
+    )
+
+
+@pytest.mark.parametrize("max_num_patches", [256, 576, 1024])
+def test_naflex_real_photos_are_bit_identical_and_differ_from_pil(
+    naflex_fast, their_naflex_fast, max_num_patches
+):
+    photos = [*_photos().values(), *map(Image.fromarray, _aspect_ratios().values())]
+    got = naflex_fast(photos, max_num_patches=max_num_patches, return_tensors="pt")
+    _naflex_equal(got, their_naflex_fast(photos, max_num_patches=max_num_patches, return_tensors="pt"))
+    pil = Siglip2ImageProcessor()(photos, max_num_patches=max_num_patches, return_tensors="pt")
+    assert torch.equal(got.spatial_shapes, pil.spatial_shapes)  # the same sizes, other pixels
+    assert not torch.equal(got.pixel_values, pil.pixel_values)
+
+
+def test_naflex_arrays_and_unresized_images_are_bit_identical(naflex_fast, their_naflex_fast):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, array in _backend_arrays().items():
+            for kwargs in ({}, {"do_rescale": False}):  # NaFlex pixel_values are float32, as for PIL
+                _naflex_equal(
+                    naflex_fast(array, return_tensors="pt", **kwargs),
+                    their_naflex_fast(array, return_tensors="pt", **kwargs),
+                    f"{name} {kwargs}",
+                )
+    aligned = _random((48, 80, 3))
+    _naflex_equal(
+        naflex_fast(aligned, do_resize=False, return_tensors="pt"),
+        their_naflex_fast(aligned, do_resize=False, return_tensors="pt"),
+    )
+
+
+# --- choosing a backend ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, spiece_model):
+    """One checkpoint folder per family, saved by transformers' processors with the torchvision backend."""
+    root = tmp_path_factory.mktemp("saved")
+    tokenizer = transformers.SiglipTokenizer(str(spiece_model), model_input_names=["input_ids"])
+    transformers.SiglipProcessor(
+        transformers.SiglipImageProcessor(size={"height": 64, "width": 48}, resample=2), tokenizer
+    ).save_pretrained(root / "siglip")
+    transformers.Siglip2Processor(
+        transformers.Siglip2ImageProcessor(resample=3, do_convert_rgb=True), tokenizer
+    ).save_pretrained(root / "siglip2")
+    for family, model_type in (("siglip", "siglip"), ("siglip2", "siglip2")):
+        (root / family / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return root
+
+
+CHOICES = [({}, "pil"), ({"use_fast": False}, "pil"), ({"use_fast": True}, "torch"), ({"backend": "pil"}, "pil"),
+           ({"backend": "torchvision"}, "torch"), ({"backend": "torch"}, "torch"),
+           ({"use_fast": False, "backend": "torchvision"}, "torch")]  # fmt: skip
+
+
+@pytest.mark.parametrize("kwargs, backend", CHOICES, ids=lambda v: str(v))
+def test_from_pretrained_chooses_the_backend_as_transformers_arguments_say(saved, kwargs, backend):
+    classes = {
+        "siglip": {"pil": SiglipImageProcessor, "torch": SiglipImageProcessorFast},
+        "siglip2": {"pil": Siglip2ImageProcessor, "torch": Siglip2ImageProcessorFast},
+    }
+    for family, image_class, processor_class in (
+        ("siglip", SiglipImageProcessor, SiglipProcessor),
+        ("siglip2", Siglip2ImageProcessor, Siglip2Processor),
+    ):
+        expected = classes[family][backend]
+        for loaded in (
+            image_class.from_pretrained(saved / family, **kwargs),
+            processor_class.from_pretrained(saved / family, **kwargs).image_processor,
+            AutoProcessor.from_pretrained(saved / family, **kwargs).image_processor,
+        ):
+            assert type(loaded) is expected, (family, kwargs)
+    # an explicit class stays itself without a choice
+    assert type(SiglipImageProcessorFast.from_pretrained(saved / "siglip")) is SiglipImageProcessorFast
+    with pytest.raises(ValueError, match="backend must be 'pil' or 'torch'"):
+        SiglipImageProcessor.from_pretrained(saved / "siglip", backend="cv2")
+
+
+@pytest.mark.parametrize("family", ["siglip", "siglip2"])
+def test_transformers_files_load_with_both_backends_and_give_its_pixels(saved, family):
+    image = Image.fromarray(skimage_data.coffee())
+    for use_fast in (True, False):
+        theirs = transformers.AutoProcessor.from_pretrained(saved / family, use_fast=use_fast)
+        ours = AutoProcessor.from_pretrained(saved / family, use_fast=use_fast)
+        assert ours.image_processor.backend == theirs.image_processor.backend
+        got, expected = ours(images=image, return_tensors="pt"), theirs(images=image, return_tensors="pt")
+        for key in expected:
+            if key != "input_ids":
+                _equal(got[key], expected[key], f"{key} use_fast={use_fast}")
+
+
+@pytest.mark.parametrize(
+    "ours",
+    [SiglipImageProcessorFast(size={"height": 96, "width": 128}, resample=2, image_mean=[0.1, 0.2, 0.3]),
+     Siglip2ImageProcessorFast(max_num_patches=100, resample=3)],
+    ids=["siglip", "siglip2"],
+)  # fmt: skip
+def test_what_we_save_transformers_loads_with_the_same_backend(ours, tmp_path):
+    ours.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    name = config["image_processor_type"]  # one name for both backends, as transformers writes
+    assert name == type(ours).__name__.removesuffix("Fast")
+    theirs = getattr(transformers, name).from_pretrained(tmp_path)
+    assert theirs.backend == "torchvision"
+    reloaded = type(ours).from_pretrained(tmp_path)
+    assert reloaded.to_dict() == ours.to_dict()
+    image = Image.fromarray(skimage_data.rocket())
+    got, expected = reloaded(image, return_tensors="pt"), theirs(image, return_tensors="pt")
+    for key in expected:
+        _equal(got[key], expected[key], key)
+    pil = getattr(transformers, name + "Pil").from_pretrained(tmp_path)  # the same file, the other backend
+    got = reloaded.with_backend("pil")(image, return_tensors="pt")
+    for key in expected:
+        _equal(got[key], pil(image, return_tensors="pt")[key], key)
+
+
+def test_with_backend_keeps_every_setting():
+    pil = SiglipImageProcessor(size={"height": 32, "width": 48}, num_threads=2, reduced_decode=True,
+                               max_image_pixels=1000, exif_transpose=False)  # fmt: skip
+    fast = pil.with_backend("torch")
+    assert type(fast) is SiglipImageProcessorFast and type(pil) is SiglipImageProcessor
+    assert vars(fast) == vars(pil) and fast.to_dict() == pil.to_dict()
+    assert type(fast.with_backend("pil")) is SiglipImageProcessor
+    assert type(Siglip2ImageProcessor().with_backend("torchvision")) is Siglip2ImageProcessorFast
+    with pytest.raises(ValueError, match="backend must be"):
+        pil.with_backend("fast")
+
+
+def test_processors_take_either_backend_of_their_family(spiece_model):
+    tokenizer = SiglipTokenizer(spiece_model, model_input_names=["input_ids"])
+    processor = SiglipProcessor(SiglipImageProcessorFast(size={"height": 32, "width": 32}), tokenizer)
+    image = Image.fromarray(skimage_data.astronaut())
+    _equal(
+        processor(images=image)["pixel_values"],
+        transformers.SiglipImageProcessor(size={"height": 32, "width": 32})(
+            image, return_tensors="pt"
+        ).pixel_values,
+    )
+    with pytest.raises(TypeError, match="takes a Siglip2ImageProcessor"):
+        Siglip2Processor(SiglipImageProcessorFast(), tokenizer)
+
+
+# --- the tools ---------------------------------------------------------------------------------------------------
+def test_every_tool_takes_either_backend(checkpoint, photos, tmp_path, monkeypatch):
+    _, files = photos
+    paths = [str(f) for f in files]
+    pil = Embedder.from_pretrained(checkpoint, device="cpu")
+    fast = Embedder.from_pretrained(checkpoint, device="cpu", image_backend="torch", max_image_pixels=10**6)
+    assert type(pil.processor.image_processor) is SiglipImageProcessor  # the default
+    assert type(fast.processor.image_processor) is SiglipImageProcessorFast
+    assert fast.processor.image_processor.max_image_pixels == 10**6  # the other options still apply
+    expected = fast.embed_images(paths)
+    assert np.abs(expected - pil.embed_images(paths)).max() > 1e-4  # the backends' embeddings differ
+
+    # the command line: --image-backend reaches the model the command loads (its ModelOptions)
+    out = tmp_path / "v.npy"
+    argv = ["embed", *paths, "--out", out, "--model", checkpoint, "--workers", "0", "--no-progress"]
+    assert main([*map(str, argv), "--image-backend", "torch"]) == 0
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
+    with pytest.raises(UsageError, match=r"image_backend must be one of pil, torch; got 'fast'"):
+        Embedder.from_pretrained(checkpoint, image_backend="fast")
+
+    # an index records the backend it was built with, keeps it when reopened and refuses another
+    index_dir = tmp_path / "index"
+    with SearchIndex(index_dir, checkpoint, "cpu", image_backend="torch") as index:
+        index.update(paths[:1])
+    with SearchIndex(index_dir) as index:
+        assert index.embedding_settings["image_backend"] == "torch"
+        assert type(index.embedder.processor.image_processor) is SiglipImageProcessorFast
+    with pytest.raises(StoreError, match="built with --image-backend torch, asked for pil"):
+        SearchIndex(index_dir, image_backend="pil")
