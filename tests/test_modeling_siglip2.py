@@ -292,7 +292,9 @@ def test_text_model_is_the_siglip_text_tower(tmp_path):
     theirs = _reference("Siglip2TextModel", TINY)
     theirs.save_pretrained(tmp_path)
     ours = Siglip2TextModel.from_pretrained(tmp_path)
-    assert isinstance(ours.text_model, SiglipTextTransformer) and ours.config.model_type == "siglip2_text_model"
+    assert (
+        isinstance(ours.text_model, SiglipTextTransformer) and ours.config.model_type == "siglip2_text_model"
+    )
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[0, 9:] = 0
     ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))

@@ -18,7 +18,12 @@ from .deps import require
 
 READ_ROWS = 16_384  # rows per read of a Parquet file: 48 MiB at 768-d, whatever its row groups
 SHARD_METADATA = b"siglip"  # Parquet schema metadata key of a shard's JSON record (model, skipped files, ...)
-EMBEDDING_SETTINGS = ("precision", "max_num_patches", "reduced_decode", "image_backend")  # `Embedder.settings` keys
+EMBEDDING_SETTINGS = (
+    "precision",
+    "max_num_patches",
+    "reduced_decode",
+    "image_backend",
+)  # `Embedder.settings` keys
 
 
 def embedding_files(source: str | os.PathLike) -> list[Path]:
