@@ -35,6 +35,7 @@ from ..core.two_tower.image_processing import ImageInput
 from ..errors import UsageError
 from . import zeroshot
 from .embedder import DEFAULT_MODEL, Embedder, load_embedder
+from .model_options import ModelOptions
 from .precision import precision_of_dtype
 from .zeroshot import DEFAULT_TEMPLATE
 
@@ -170,7 +171,9 @@ def pipeline(
             model = model.to(device)
         return ZeroShotImageClassificationPipeline(Embedder(model, processor), lowercase)
     embedder = load_embedder(
-        os.fspath(model), None if device is None else str(device), precision=_precision(model, dtype)
+        os.fspath(model),
+        None if device is None else str(device),
+        ModelOptions(precision=_precision(model, dtype)),
     )
     return ZeroShotImageClassificationPipeline(embedder, lowercase)
 
