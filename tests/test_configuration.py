@@ -174,7 +174,7 @@ def test_attn_implementation_reaches_the_towers():
     config.attn_implementation = "sdpa"
     assert config.vision_config.attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="attn_implementation must be one of"):
-        SiglipConfig(attn_implementation="flash_attention_2")
+        SiglipConfig(attn_implementation="flex_attention")  # flash_attention_2: tests/test_dropin_training.py
 
 
 def test_bad_configs_name_the_problem(tmp_path):

@@ -20,7 +20,19 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("AutoConfig", "AutoModel", "AutoProcessor"), "siglip.core.auto"),
+    **dict.fromkeys(
+        (
+            "AutoConfig",
+            "AutoImageProcessor",
+            "AutoModel",
+            "AutoModelForImageClassification",
+            "AutoModelForZeroShotImageClassification",
+            "AutoProcessor",
+            "AutoTokenizer",
+        ),
+        "siglip.core.auto",
+    ),
+    "BitsAndBytesConfig": "siglip.core.quantization",
     **dict.fromkeys(("ConversionError", "convert", "to_open_clip"), "siglip.core.convert"),
     **dict.fromkeys(("siglip_loss", "sigmoid_loss"), "siglip.core.loss"),
     **dict.fromkeys(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,11 +18,16 @@ import torch
 
 from ..errors import CheckpointError
 from .hub import CONFIG_NAME, Checkpoint, HubOptions, locate, read_json
+from .push_to_hub import PushToHubMixin
 from .staging import staged_directory
+
+logger = logging.getLogger("siglip")
 
 # Keys transformers writes for its own bookkeeping; they describe the writer, not the model.
 _BOOKKEEPING_KEYS = ("transformers_version", "_name_or_path", "_commit_hash", "siglip_version")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+# loading options a config keeps as values (transformers sets the config's dtype from them)
+CONFIG_DTYPE_OPTIONS = ("dtype", "torch_dtype", "attn_implementation")
 
 
 def _dtype_name(dtype: Any) -> str | None:
@@ -41,6 +47,11 @@ _FAMILIES = {
     "siglip2_text_model": "Siglip2",
     "siglip2_vision_model": "Siglip2",
 }
+
+
+# model_types whose text tower any text config loads (both families share it), and the two-tower ones among them
+_TWO_TOWER_TYPES = ("siglip", "siglip2")
+_TEXT_TWINS = (*_TWO_TOWER_TYPES, "siglip_text_model", "siglip2_text_model")
 
 
 def _family_hint(class_name: str, found_type: str | None) -> str:
@@ -64,12 +75,12 @@ def _family_hint(class_name: str, found_type: str | None) -> str:
 
 
 @dataclass(init=False)
-class PretrainedConfig:
+class PretrainedConfig(PushToHubMixin):
     """Fields every transformers config has, plus loading, saving and unknown-key bookkeeping.
 
     Construct with keyword arguments; keys that are not fields are kept as attributes (as transformers does)
-    and written back by `to_dict`. `attn_implementation` ("sdpa" or "eager") is a run-time choice and is not
-    saved.
+    and written back by `to_dict`. `attn_implementation` ("sdpa", "eager" or "flash_attention_2") is a run-time
+    choice and is not saved.
     """
 
     model_type: ClassVar[str] = ""
@@ -184,6 +195,13 @@ class PretrainedConfig:
         """
         config_dict = dict(config_dict)
         found_type = config_dict.get("model_type")
+        own_types = (cls.model_type, cls.parent_model_type)
+        if cls.base_config_key == "text_config" and found_type in _TEXT_TWINS and found_type not in own_types:
+            # both families have the same text tower: as transformers, either loads from the other's checkpoint
+            logger.warning("%s loads the text tower of a '%s' checkpoint", cls.__name__, found_type)
+            if found_type in _TWO_TOWER_TYPES:
+                config_dict = dict(config_dict.get("text_config") or {})
+            found_type = None
         if cls.base_config_key and found_type == cls.parent_model_type:
             config_dict = dict(config_dict.get(cls.base_config_key) or {})
             found_type = config_dict.get("model_type")
@@ -205,9 +223,11 @@ class PretrainedConfig:
     ) -> PretrainedConfig:
         """Load from a checkpoint directory or hub id (`revision`, `cache_dir`, `local_files_only`, `token`).
 
-        Other keyword arguments override values of the file, e.g. `num_labels=10`.
+        Other keyword arguments override values of the file, e.g. `num_labels=10` or `dtype=torch.float16`;
+        the other options of loading a model's weights (`device_map`, ...) are accepted and ignored.
         """
-        checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
+        options = HubOptions.pop_from(kwargs, keep=CONFIG_DTYPE_OPTIONS)
+        checkpoint = locate(pretrained_model_name_or_path, options)
         path = checkpoint.file(CONFIG_NAME)
         try:
             config = cls.from_dict(read_json(path), **kwargs)

@@ -19,6 +19,7 @@ import os
 import socket
 import urllib.parse
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
 
 
+# transformers' options of a model's `from_pretrained` that the other classes' `from_pretrained` accept and ignore
+MODEL_LOADING_OPTIONS = ("dtype", "torch_dtype", "device_map", "max_memory", "offload_folder", "low_cpu_mem_usage",
+                         "quantization_config", "attn_implementation")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class HubOptions:
     """How files of a hub repository are fetched: huggingface_hub's own options, with its defaults."""
@@ -59,8 +65,16 @@ class HubOptions:
     token: str | bool | None = None
 
     @classmethod
-    def pop_from(cls, kwargs: dict[str, Any]) -> HubOptions | None:
-        """The options among `from_pretrained` keyword arguments, removed from `kwargs` (None if none)."""
+    def pop_from(cls, kwargs: dict[str, Any], *, keep: Collection[str] = ()) -> HubOptions | None:
+        """The options among `from_pretrained` keyword arguments, removed from `kwargs` (None if none).
+
+        Removed and ignored too, as transformers ignores them: `trust_remote_code` (siglip never runs code from
+        a checkpoint) and the options of loading weights (`MODEL_LOADING_OPTIONS`) but those in `keep`: a
+        tokenizer, image processor or processor takes them and has no use for them.
+        """
+        kwargs.pop("trust_remote_code", None)
+        for name in set(MODEL_LOADING_OPTIONS) - set(keep):
+            kwargs.pop(name, None)
         given = {f.name: kwargs.pop(f.name) for f in fields(cls) if f.name in kwargs}
         return cls(**given) if given else None
 

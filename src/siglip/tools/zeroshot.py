@@ -14,31 +14,42 @@ import torch
 
 from ..core.auto import TwoTowerModel
 from ..core.two_tower.modeling import l2_normalize
-from ..core.two_tower.processing import Tokenizer, fixed_length_ids
+from ..core.two_tower.processing import Tokenizer, fixed_length_inputs
 from ..errors import UsageError
 
 DEFAULT_TEMPLATE = "This is a photo of {}."  # transformers' zero-shot-image-classification pipeline
 
 
 def text_embeddings(
-    model: TwoTowerModel, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 256
+    model: TwoTowerModel,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    *,
+    lowercase: bool | None = None,
+    attention_mask: bool = False,
 ) -> torch.Tensor:
     """(len(texts), D) unit-length text embeddings (float32, on the model's device), `batch_size` at a time.
 
     Text is padded to the model's own number of text positions (`fixed_length_ids`), as the checkpoints were
-    trained: SigLIP pools the last position, so shorter padding gives wrong embeddings.
+    trained: SigLIP pools the last position, so shorter padding gives wrong embeddings. `lowercase` overrides
+    the lowercasing rule of `fixed_length_ids` (None: lowercase where a SigLIP 2 model needs it). With
+    `attention_mask`, the tokenizer's attention mask (where it returns one) goes to the model, as transformers'
+    zero-shot pipeline does; the checkpoints were trained without one.
     """
     if not texts:
         raise UsageError("no texts to embed: pass at least one string")
+    chunks = []
     with torch.inference_mode():
-        return torch.cat(
-            [
-                model.encode_texts(
-                    fixed_length_ids(tokenizer, texts[start : start + batch_size], model.config.text_config)
-                )
-                for start in range(0, len(texts), batch_size)
-            ]
-        )
+        for start in range(0, len(texts), batch_size):
+            inputs = fixed_length_inputs(
+                tokenizer, texts[start : start + batch_size], model.config.text_config, lowercase=lowercase
+            )
+            mask = inputs.get("attention_mask") if attention_mask else None
+            chunks.append(
+                model.encode_texts(inputs["input_ids"], None if mask is None else mask.to(model.device))
+            )
+    return torch.cat(chunks)
 
 
 def class_embeddings(
@@ -47,16 +58,18 @@ def class_embeddings(
     labels: Sequence[str],
     templates: Sequence[str] = (DEFAULT_TEMPLATE,),
     batch_size: int = 256,
+    **text_options: bool | None,
 ) -> torch.Tensor:
     """(len(labels), D) unit-length class embeddings: per label, the normalised mean of its prompts' embeddings.
 
-    Each template must contain `{}`, replaced by the label (see `fill_template`).
+    Each template must contain `{}`, replaced by the label (see `fill_template`). `text_options`
+    (`lowercase`, `attention_mask`) go to `text_embeddings`.
     """
     check_labels(labels)
     check_templates(templates)
     prompts = [fill_template(t, label) for label in labels for t in templates]
-    per_prompt = text_embeddings(model, tokenizer, prompts, batch_size).view(len(labels), len(templates), -1)
-    return l2_normalize(per_prompt.mean(dim=1))
+    per_prompt = text_embeddings(model, tokenizer, prompts, batch_size, **text_options)
+    return l2_normalize(per_prompt.view(len(labels), len(templates), -1).mean(dim=1))
 
 
 def scores(model: TwoTowerModel, image_embeds: torch.Tensor, class_embeds: torch.Tensor) -> torch.Tensor:

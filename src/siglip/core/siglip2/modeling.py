@@ -164,6 +164,7 @@ class Siglip2PreTrainedModel(TwoTowerPreTrainedModel):
     big_vision's initialisation for training from scratch (the SigLIP rules)."""
 
     config_class = Siglip2Config
+    _supports_flash_attn = False  # as transformers: eager and sdpa only
 
 
 class Siglip2TextModel(TextTowerMixin, Siglip2PreTrainedModel):

@@ -40,6 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ...errors import CheckpointError, ImageInputError
 from ..features import BatchFeature, write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json
+from ..push_to_hub import PushToHubMixin
 from ..staging import staged_directory
 from . import torch_resize
 
@@ -118,7 +119,7 @@ class Steps:
         return np.ascontiguousarray(self.rescale_normalize(values).T)
 
 
-class BaseImageProcessor:
+class BaseImageProcessor(PushToHubMixin):
     """The half of an image processor that is not pixels: calling, its config files and `repr`.
 
     A subclass defines `__init__` (its settings), `preprocess`, `_family_settings` (what `to_dict` stores

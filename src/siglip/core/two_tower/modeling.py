@@ -15,7 +15,9 @@ Tokens to pooled text vector:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import PretrainedConfig
+from ..flash_attention import FLASH_ATTENTION_2, flash_attention
 from ..loss import sigmoid_loss
 from ..outputs import BaseModelOutputWithPooling, SiglipOutput
 from ..pretrained import PreTrainedModel
@@ -95,6 +98,8 @@ class SiglipAttention(nn.Module):
                 scores = scores + attention_mask
             weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             out = torch.matmul(F.dropout(weights, p=dropout, training=self.training), v)
+        elif self.config.attn_implementation == FLASH_ATTENTION_2:
+            out = flash_attention(q, k, v, attention_mask, dropout, self.scale)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scale
@@ -142,6 +147,9 @@ class SiglipEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
+        # set by `PreTrainedModel.activation_checkpointing_enable`: which layers recompute, and how
+        self.checkpointed = [True] * config.num_hidden_layers
+        self.checkpoint_function: Callable[..., Any] = functools.partial(checkpoint, use_reentrant=False)
 
     def forward(
         self,
@@ -153,9 +161,9 @@ class SiglipEncoder(nn.Module):
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if output_attentions else None
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            if recompute:  # keep only each layer's input; recompute its inside in backward
-                x, weights = checkpoint(layer, x, attention_mask, output_attentions, use_reentrant=False)
+        for layer, checkpointed in zip(self.layers, self.checkpointed, strict=True):
+            if recompute and checkpointed:  # keep only each layer's input; recompute its inside in backward
+                x, weights = self.checkpoint_function(layer, x, attention_mask, output_attentions)
             else:
                 x, weights = layer(x, attention_mask, output_attentions)
             if output_hidden_states:

@@ -29,6 +29,7 @@ import torch
 from ...errors import CheckpointError
 from ..features import BatchFeature
 from ..hub import Checkpoint, HubOptions, locate, read_json
+from ..push_to_hub import PushToHubMixin
 from ..staging import staged_directory
 from .configuration import TextTowerConfig
 from .gemma import (
@@ -37,9 +38,9 @@ from .gemma import (
     TOKENIZER_FILE,
     GemmaTokenizer,
     Siglip2Tokenizer,
-    lowercase,
     needs_lowercase,
 )
+from .gemma import lowercase as _lowercase
 from .image_processing import BaseImageProcessor, ImageInput
 from .sentencepiece import VOCAB_FILE, SiglipTokenizer
 from .tokenization import LARGE_INTEGER
@@ -63,7 +64,14 @@ GENERIC_CLASS = "PreTrainedTokenizerFast"  # what we save a Siglip2Tokenizer as 
 def tokenizer_class(checkpoint: Checkpoint) -> type:
     """The class for the tokenizer of `checkpoint`: its config's `tokenizer_class` (`PreTrainedTokenizerFast`:
     Siglip2Tokenizer with `do_lower_case`, else GemmaTokenizer), else by the files present (`spiece.model`:
-    SiglipTokenizer; `tokenizer.json` / `tokenizer.model`: GemmaTokenizer)."""
+    SiglipTokenizer; `tokenizer.json` / `tokenizer.model`: GemmaTokenizer).
+
+    A NaFlex checkpoint (`config.json` model_type "siglip2") always gets `Siglip2Tokenizer`, whatever its
+    tokenizer config names (the hub's say GemmaTokenizer), as transformers 5 decides for that model type.
+    """
+    model_config = checkpoint.file("config.json", required=False)
+    if model_config is not None and read_json(model_config).get("model_type") == "siglip2":
+        return Siglip2Tokenizer
     config_file = checkpoint.file(TOKENIZER_CONFIG_FILE, required=False)
     config = read_json(config_file) if config_file is not None else {}
     name = config.get("tokenizer_class")
@@ -95,7 +103,7 @@ def load_tokenizer(pretrained_model_name_or_path: str | os.PathLike | Checkpoint
 
 
 def fixed_length_ids(
-    tokenizer: Tokenizer, texts: Sequence[str], text_config: TextTowerConfig
+    tokenizer: Tokenizer, texts: Sequence[str], text_config: TextTowerConfig, *, lowercase: bool | None = None
 ) -> torch.Tensor:
     """(N, L) token ids of `texts` as the text tower of `text_config` was trained on them: padded and truncated
     (keeping the end-of-text token last) to its L = `max_position_embeddings` positions (64; 16 for
@@ -104,9 +112,19 @@ def fixed_length_ids(
 
     The one place the tools build text input for a model: SigLIP pools the last position, so any shorter
     padding gives wrong embeddings. A text longer than L is cut with a warning: two texts that differ only
-    after their first L tokens get the same embedding.
+    after their first L tokens get the same embedding. `lowercase` overrides the lowercasing rule (True: always,
+    False: never, None: the rule above).
     """
-    texts = [lowercase(text) for text in texts] if needs_lowercase(tokenizer) else list(texts)
+    return fixed_length_inputs(tokenizer, texts, text_config, lowercase=lowercase)["input_ids"]
+
+
+def fixed_length_inputs(
+    tokenizer: Tokenizer, texts: Sequence[str], text_config: TextTowerConfig, *, lowercase: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """`fixed_length_ids` with everything the tokenizer returns: `input_ids`, and `attention_mask` when the
+    tokenizer lists it in `model_input_names` (transformers' zero-shot pipeline gives it to the model)."""
+    lowercase = needs_lowercase(tokenizer) if lowercase is None else lowercase
+    texts = [_lowercase(text) for text in texts] if lowercase else list(texts)
     limit = text_config.max_position_embeddings
     with warnings.catch_warnings():  # the tokenizer's own too-long warning: the one below says it, once
         warnings.simplefilter("ignore", UserWarning)
@@ -119,16 +137,18 @@ def fixed_length_ids(
             "that differ only after the cut score the same",
             len(cut), limit, texts[first], lengths[first],
         )  # fmt: skip
-    return tokenizer(
-        texts,
-        padding="max_length",
-        truncation=True,
-        max_length=text_config.max_position_embeddings,
-        return_tensors="pt",
-    )["input_ids"]
+    return dict(
+        tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=text_config.max_position_embeddings,
+            return_tensors="pt",
+        )
+    )
 
 
-class TwoTowerProcessor:
+class TwoTowerProcessor(PushToHubMixin):
     """A tokenizer and an image processor as one preprocessing step for a two-tower model: the processor of
     both families (`SiglipProcessor`, `Siglip2Processor`), which name their `image_processor_class` and
     `default_max_length`.
@@ -248,28 +268,32 @@ class TwoTowerProcessor:
 
         `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; the name is resolved
         once for both. `use_fast` / `backend` choose the image backend as for the image processor's
-        `from_pretrained` (default: PIL). The tokenizer class follows the checkpoint (`load_tokenizer`).
-        SigLIP 2 tokenizer configs may leave `model_max_length` unset; it is then the text tower's number of
-        positions (`config.json`'s `text_config.max_position_embeddings`, 64 without one), so text is padded
-        to 64 by default as for SigLIP 1.
+        `from_pretrained`. The tokenizer class follows the checkpoint (`load_tokenizer`). SigLIP 2 tokenizer
+        configs may leave `model_max_length` unset; it is then the text tower's number of positions
+        (`config.json`'s `text_config.max_position_embeddings`, 64 without one), so text is padded to 64 by
+        default as for SigLIP 1.
+
+        Other keyword arguments go, as in transformers, to the image processor when they are its settings
+        (`size=...`, `do_resize=False`) and to the tokenizer otherwise (`model_max_length=...`), which refuses
+        names it does not know.
         """
         checkpoint = locate(pretrained_model_name_or_path, HubOptions.pop_from(kwargs))
-        if kwargs:
-            raise TypeError(
-                f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}"
-            )
-        images = cls.image_processor_class.from_pretrained(checkpoint, use_fast=use_fast, backend=backend)
-        return cls(images, cls._load_tokenizer(checkpoint))
+        image_keys = cls.image_processor_class._config_keys
+        image_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in image_keys}
+        images = cls.image_processor_class.from_pretrained(
+            checkpoint, use_fast=use_fast, backend=backend, **image_kwargs
+        )
+        return cls(images, cls._load_tokenizer(checkpoint, **kwargs))
 
     @classmethod
     def _accepts_tokenizer(cls, tokenizer: Any) -> bool:
         return isinstance(tokenizer, SiglipTokenizer | GemmaTokenizer)
 
     @classmethod
-    def _load_tokenizer(cls, checkpoint: Checkpoint) -> Tokenizer:
-        """The checkpoint's tokenizer, of the class its files name (`load_tokenizer`); without a
+    def _load_tokenizer(cls, checkpoint: Checkpoint, **kwargs: Any) -> Tokenizer:
+        """The checkpoint's tokenizer, of the class its files name (`load_tokenizer`, given `kwargs`); without a
         `model_max_length` (SigLIP 2 configs), the text tower's number of positions."""
-        tokenizer = load_tokenizer(checkpoint)
+        tokenizer = load_tokenizer(checkpoint, **kwargs)
         if tokenizer.model_max_length > LARGE_INTEGER:
             config_file = checkpoint.file("config.json", required=False)
             text_config = (read_json(config_file).get("text_config") or {}) if config_file is not None else {}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..features import BatchFeature
+from ..push_to_hub import PushToHubMixin
 from ..staging import staged_directory
 
 # transformers' "no limit" value of `model_max_length` (1e30); above LARGE_INTEGER a tokenizer has no limit
@@ -174,7 +175,7 @@ def ids_to_decode(token_ids: Any) -> tuple[list, bool]:
     return list(ids), bool(ids) and not isinstance(ids[0], int | np.integer)
 
 
-class TokenizerBase:
+class TokenizerBase(PushToHubMixin):
     """What `SiglipTokenizer` and `GemmaTokenizer` share around their own encoders: `encode`, the piece <-> id
     look-ups' checks, and `save_pretrained` writing all files or none.
 
