@@ -140,9 +140,16 @@ class _Exploit:
 def test_pickled_code_is_never_executed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     SiglipConfig(**TINY).save_pretrained(tmp_path)
+    for zipped in (True, False):  # both formats torch.save writes (a bare pickle is no torch file at all)
+        torch.save(
+            {"logit_scale": _Exploit()}, tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=zipped
+        )
+        with pytest.raises(CheckpointError, match=r"pytorch_model.bin' as plain tensors"):
+            SiglipModel.from_pretrained(tmp_path)
+        assert not (tmp_path / "exploited").exists()
     with open(tmp_path / "pytorch_model.bin", "wb") as f:
         pickle.dump({"logit_scale": _Exploit()}, f)
-    with pytest.raises(CheckpointError, match=r"pytorch_model.bin' as plain tensors"):
+    with pytest.raises(CheckpointError, match=r"not a checkpoint format siglip reads"):
         SiglipModel.from_pretrained(tmp_path)
     assert not (tmp_path / "exploited").exists()
 
