@@ -72,6 +72,9 @@ _EXPORTS: dict[str, str] = {
     "find_images": "siglip.tools.files",
     **dict.fromkeys(("Hit", "SearchIndex"), "siglip.tools.search.index"),
     **dict.fromkeys(("ZeroShotImageClassificationPipeline", "pipeline"), "siglip.tools.pipelines"),
+    # transformers' training loop, which fine-tunes our models as they are: named here so that a script that
+    # imports it beside the models ports by changing one import (it needs transformers installed)
+    **dict.fromkeys(("Trainer", "TrainingArguments"), "transformers"),
 }
 
 __all__ = sorted(_EXPORTS)
@@ -81,7 +84,15 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'siglip' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as err:
+        if err.name != "transformers":
+            raise
+        raise ImportError(
+            f"siglip.{name} is transformers' {name}, which runs siglip's models as they are: pip install "
+            "transformers"
+        ) from None
     globals()[name] = value  # the next access is a plain attribute
     return value
 

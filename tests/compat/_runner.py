@@ -64,6 +64,16 @@ def canonical(value: Any, depth: int = 0) -> Any:
         return value
     if depth > 8:
         return (OPAQUE, type(value).__name__)
+    if isinstance(value, torch.Tensor) and hasattr(value, "last_hidden_state"):
+        # siglip's get_*_features on purpose return transformers 4.x's tensor, which also reads as the tower
+        # output transformers 5.x returns (`.pooler_output` is the tensor, `.last_hidden_state`, ...): compared
+        # as that output, field by field
+        fields = {
+            "last_hidden_state": value.last_hidden_state,
+            "pooler_output": value.as_subclass(torch.Tensor),
+        }
+        fields.update({k: getattr(value, k) for k in ("hidden_states", "attentions") if hasattr(value, k)})
+        return ("mapping", {k: canonical(v, depth + 1) for k, v in fields.items()})
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
         data = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
