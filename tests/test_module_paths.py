@@ -42,3 +42,16 @@ def test_the_bundled_models_are_still_the_only_models_listed():
     from siglip.core.hub import bundled_models
 
     assert bundled_models() == ["siglip-tiny-fashion"]
+
+
+def test_transformers_training_loop_is_named_beside_the_models():
+    import subprocess
+    import sys
+
+    import transformers
+
+    assert siglip.Trainer is transformers.Trainer and siglip.TrainingArguments is transformers.TrainingArguments
+    code = "import sys; sys.modules['transformers'] = None; import siglip; siglip.Trainer"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 1 and "siglip.Trainer is transformers' Trainer" in run.stderr
+    assert "pip install transformers" in run.stderr
