@@ -357,3 +357,20 @@ def test_mis_shaped_weights_name_the_way_out(tmp_path):
         match="pass ignore_mismatched_sizes=True in Python or --ignore-mismatched-sizes to `siglip train`",
     ):
         siglip.SiglipForImageClassification.from_pretrained(tmp_path, num_labels=5)
+
+
+def test_offline_a_cached_snapshot_goes_without_an_optional_file(tmp_path, spiece_model):
+    """As transformers: offline, a repository whose snapshot is cached loads without the optional files the
+    cache lacks (special_tokens_map.json here); a repository not cached at all is an OfflineError."""
+    from _material import save_tiny_checkpoint
+
+    source = save_tiny_checkpoint(tmp_path / "src", spiece_model)
+    (source / "special_tokens_map.json").unlink()
+    _fake_hub_cache(tmp_path / "cache", "someone/cached", source)
+    code = (
+        "import siglip; p = siglip.SiglipProcessor.from_pretrained('someone/cached'); "
+        "print(p(text=['a cat'], return_tensors='pt')['input_ids'].shape[1])"
+    )
+    done = _run(code, {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 16

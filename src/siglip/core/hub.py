@@ -244,12 +244,16 @@ def _bundled_hint(name: str) -> str:
 
 
 def _cached_as_missing(repo_id: str, filename: str, options: HubOptions) -> bool:
-    """True when an earlier online lookup recorded that the repository does not have `filename`."""
+    """True when, offline, the cache says the repository goes without `filename`: an earlier online lookup
+    recorded it missing, or the repository's snapshot is cached (its `config.json`) without it, where
+    transformers goes on without an optional file too."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.file_download import _CACHED_NO_EXIST
 
-    found = try_to_load_from_cache(repo_id, filename, cache_dir=options.cache_dir, revision=options.revision)
-    return found is _CACHED_NO_EXIST
+    def cached(name: str) -> Any:
+        return try_to_load_from_cache(repo_id, name, cache_dir=options.cache_dir, revision=options.revision)
+
+    return cached(filename) is _CACHED_NO_EXIST or isinstance(cached(CONFIG_NAME), str)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
