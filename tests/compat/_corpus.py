@@ -57,7 +57,8 @@ class Snippet:
     Header comment fields (one per line, before the code): `# Source:` (required), `# Edits:`, `# Requires:` (a
     comma-separated list: `cuda` or importable package names), `# Oracle-fails:` (why transformers itself cannot
     run it on this machine; the test then skips when the oracle fails, and fails when the oracle fails
-    without it).
+    without it), `# Differs-on-purpose:` (a difference siglip keeps on purpose, named in README: the test then
+    expects the outputs to differ in the declared values, and fails the day they agree or differ elsewhere).
     """
 
     path: Path
@@ -86,7 +87,7 @@ class Snippet:
             if not line.startswith("#"):
                 break
             match = re.match(r"#\s*([A-Za-z-]+):\s*(.*)", line)
-            if match and match.group(1).lower() in ("source", "edits", "requires", "oracle-fails"):
+            if match and match.group(1).lower() in ("source", "edits", "requires", "oracle-fails", "differs-on-purpose"):
                 key = match.group(1).lower()
                 header[key] = match.group(2).strip()
             elif key and line.startswith("#   "):  # a continuation line

@@ -5,6 +5,7 @@ the same values behind (floats within 1e-5). How it works and how to add a snipp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,16 @@ def test_snippet(snippet: _corpus.Snippet, request: pytest.FixtureRequest) -> No
     verdict = _corpus.verdict(snippet, runners, port, work)
     if verdict.startswith("SKIP: "):
         pytest.skip(verdict.removeprefix("SKIP: "))
-    assert verdict == "PASS", verdict
+    declared = snippet.header.get("differs-on-purpose")
+    if declared is None:
+        assert verdict == "PASS", verdict
+        return
+    # `# Differs-on-purpose: reason; values: name, name`: only those values may differ, and they must
+    values = re.search(r"; values: (.*)$", declared)
+    assert values and verdict.startswith("FAIL: outputs differ"), verdict
+    expected = {v.strip() for v in values.group(1).split(", ")}
+    differing = set(re.findall(r"^  (\S+?):", verdict, flags=re.M))
+    assert differing == expected, f"declared {sorted(expected)}, differing {sorted(differing)}:\n{verdict}"
 
 
 def test_corpus_size_and_sources() -> None:
