@@ -42,7 +42,7 @@ TIMEOUT_S = 180  # one run of one snippet (the fine-tuning snippets train for a 
 # Float tolerance (atol and rtol) by dtype: float32 is the contract; half precisions compare at their resolution.
 TOLERANCE = {"float64": 1e-5, "float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-2}
 # Keys of timing values (the Trainer's metrics): wall-clock, not the library's output, so not compared.
-WALL_CLOCK = ("_runtime", "_per_second")
+WALL_CLOCK = ("_runtime", "_per_second", "_preparation_time")
 HUB_ID = re.compile(r"""["'](google/siglip2?-[A-Za-z0-9._-]+)["']""")
 URL = re.compile(r"https?://([^\s\"'/]+)")
 
