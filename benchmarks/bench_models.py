@@ -49,7 +49,8 @@ from _common import (
     random_checkpoint,
     time_alternately,
 )
-from siglip.tools.inference import InferenceMode, check_onnx, export_onnx
+from siglip.tools.inference import InferenceMode
+from siglip.tools.onnx_export import check_onnx, export_onnx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",

@@ -19,7 +19,9 @@ from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
 from siglip.core.two_tower.modeling import SiglipMLP
 from siglip.tools.cli import main
-from siglip.tools.inference import InferenceMode, check_onnx, export_onnx, fast_gelu_tanh
+from siglip.tools.inference import InferenceMode
+from siglip.tools.int8 import fast_gelu_tanh
+from siglip.tools.onnx_export import check_onnx, export_onnx
 from siglip.tools.precision import PRECISIONS
 
 pytest_plugins = ["_fixtures"]

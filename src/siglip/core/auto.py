@@ -102,6 +102,16 @@ def family_of_config(config: dict[str, Any], source: str | os.PathLike) -> Famil
     return FAMILIES[model_type]
 
 
+def is_naflex(obj: PretrainedConfig | PreTrainedModel | TwoTowerProcessor | ImageProcessor) -> bool:
+    """Whether a config, model, processor or image processor (a vision tower's, a classifier's included) is of
+    the SigLIP 2 NaFlex family ("siglip2"): images at their own aspect ratio within a patch budget, where the
+    other family resizes every image to one `image_size`."""
+    naflex = FAMILIES["siglip2"]
+    classes = (naflex.config, naflex.vision_config, naflex.model, naflex.vision_model, naflex.classifier,
+               naflex.processor, naflex.image_processor)  # fmt: skip
+    return isinstance(obj, classes)
+
+
 def _tower_of(checkpoint: Checkpoint) -> str | None:
     """ "vision" or "text" when the checkpoint's `config.json` is a tower's own, else None."""
     path = checkpoint.file(CONFIG_NAME, required=False)

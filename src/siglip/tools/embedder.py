@@ -31,8 +31,8 @@ from ..core.auto import (
     AutoProcessor,
     ImageProcessor,
     Processor,
-    Siglip2ImageProcessor,
     TwoTowerModel,
+    is_naflex,
 )
 from ..core.hub import Checkpoint, locate
 from ..core.two_tower.image_processing import ImageInput
@@ -269,7 +269,7 @@ def configure_images(processor: Processor, model: object, options: ModelOptions)
     if options.image_backend is not None:
         processor.image_processor = processor.image_processor.with_backend(options.image_backend)
     images = processor.image_processor
-    naflex = isinstance(images, Siglip2ImageProcessor)
+    naflex = is_naflex(images)
     if options.max_num_patches is not None:
         if not naflex:
             raise UsageError(
@@ -291,7 +291,7 @@ def configure_images(processor: Processor, model: object, options: ModelOptions)
 def patch_budget(processor: Processor) -> int | None:
     """The patches per image of a NaFlex model's processor (see `configure_images`); None for fixed-size ones."""
     images = processor.image_processor
-    return images.max_num_patches if isinstance(images, Siglip2ImageProcessor) else None
+    return images.max_num_patches if is_naflex(images) else None
 
 
 def image_settings(processor: Processor) -> dict[str, Any]:
@@ -299,10 +299,9 @@ def image_settings(processor: Processor) -> dict[str, Any]:
     of a NaFlex model, whether a fixed-size model decodes JPEG files reduced (each None where the model
     family lacks it), and the image backend."""
     images = processor.image_processor
-    naflex = isinstance(images, Siglip2ImageProcessor)
     return {
         "max_num_patches": patch_budget(processor),
-        "reduced_decode": None if naflex else images.reduced_decode,
+        "reduced_decode": None if is_naflex(images) else images.reduced_decode,
         "image_backend": resolve_backend(images.backend),
     }
 

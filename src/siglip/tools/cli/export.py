@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 
 from ..embedder import DEFAULT_MODEL, Embedder
-from ..inference import check_onnx, export_onnx
+from ..onnx_export import check_onnx, export_onnx
 from ._options import integer, output_folder
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ...core.auto import AutoConfig, AutoModel
+from ...core.auto import AutoConfig, AutoModel, is_naflex
 from ...core.hub import CONFIG_NAME, locate
 from ..embedder import default_device
 from ..inference import InferenceMode
@@ -40,6 +40,7 @@ def describe(name: str) -> dict[str, Any]:
         model = AutoModel.from_config(config)
     location = checkpoint.file(CONFIG_NAME).parent
     vision, text = config.vision_config, config.text_config
+    naflex = is_naflex(config)  # NaFlex: no image size, each image at its own patch grid
     device = default_device()
     return {
         "model": checkpoint.record_name,
@@ -51,8 +52,8 @@ def describe(name: str) -> dict[str, Any]:
         },
         "embedding_dims": text.projection_size,
         "image": {
-            "size": getattr(vision, "image_size", None),  # None: NaFlex, each image at its own patch grid
-            "positions": getattr(vision, "num_patches", None),
+            "size": None if naflex else vision.image_size,
+            "positions": vision.num_patches if naflex else None,
             "patch": vision.patch_size,
             "layers": vision.num_hidden_layers,
             "width": vision.hidden_size,

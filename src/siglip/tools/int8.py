@@ -1,0 +1,59 @@
+"""int8 inference on the CPU: every linear layer dynamically quantised (`quantize_linear_layers`), and a
+faster tanh-GELU for the MLPs (`use_fast_gelu`). `InferenceMode("int8").apply(model)` does both."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.two_tower.modeling import ACTIVATIONS, SiglipMLP
+
+
+def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh-approximated GELU, `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`, computed as the
+    equal `x * sigmoid(2u)` in place on a fresh buffer.
+
+    On the CPU, aten's tanh kernel makes the activation ~13% of an int8 base image tower's time; this form
+    takes ~25% less, and differs from aten by float32 rounding only (at most 2e-6). Inside autograd it defers to aten (whose backward is fused).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x, approximate="tanh")
+    two_c = 2 * math.sqrt(2 / math.pi)
+    out = x * x
+    out.mul_(two_c * 0.044715).add_(two_c).mul_(x).sigmoid_()
+    return out.mul_(x)
+
+
+def use_fast_gelu(model: nn.Module) -> None:
+    """Give the MLPs of `model` that use tanh-GELU `fast_gelu_tanh`, in place. Not for the fp32 mode, whose
+    numbers stay bit-identical to transformers: only for modes that are approximate anyway."""
+    for module in model.modules():
+        if isinstance(module, SiglipMLP) and module.activation is ACTIVATIONS["gelu_pytorch_tanh"]:
+            module.activation = fast_gelu_tanh
+
+
+def quantize_linear_layers(model: nn.Module) -> nn.Module:
+    """Replace the `nn.Linear` layers of `model` by int8 dynamically quantised ones, in place (CPU only).
+
+    Weights are packed for oneDNN where torch has it: its int8 products ran the base image tower 6% faster
+    than the default x86/fbgemm packing on an AVX2 CPU, with the same accuracy. Each layer computes with the
+    library its weights were packed for, whatever `torch.backends.quantized.engine` says later.
+    """
+    engines = torch.backends.quantized.supported_engines
+    engine = torch.backends.quantized.engine
+    with warnings.catch_warnings():
+        # torch marks its eager quantisation API deprecated in favour of torchao, which needs torch.compile
+        # to be fast on the CPU; the eager int8 kernels are what runs fast here without compiling.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        try:
+            torch.backends.quantized.engine = "onednn" if "onednn" in engines else engine
+            return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        finally:
+            torch.backends.quantized.engine = engine
