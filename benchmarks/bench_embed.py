@@ -31,7 +31,7 @@ from PIL import Image
 
 import siglip
 from _common import features_tensor, machine_line, make_jpegs, random_checkpoint
-from siglip.tools.embedding_files import embed_to_file
+from siglip.tools.embeddings.writers import embed_to_file
 
 
 def transformers_loop(

@@ -11,7 +11,7 @@
   transformers, saved, and loaded by siglip; outputs are compared first, then both run alternately. Each
   row gives medians, the speed-up, and GFLOP/s as a fraction of the fp32 (or bf16) matmul peak. FLOPs are
   counted by `torch.utils.flop_counter` (matrix products, convolution and attention).
-- modes: the base/16-224 image tower at one batch size in every inference mode of `siglip.tools.inference`
+- modes: the base/16-224 image tower at one batch size in every inference mode of `siglip.tools.embeddings.inference`
   (fp32, int8, torch.compile, ONNX Runtime; bf16 and bf16-autocast with --bf16), against transformers fp32.
 - profile: the operators the base image tower spends its time in, per mode (torch.profiler).
 - accuracy: what each mode costs against fp32: cosine of image embeddings and zero-shot top-1 agreement,
@@ -49,8 +49,8 @@ from _common import (
     random_checkpoint,
     time_alternately,
 )
-from siglip.tools.inference import InferenceMode
-from siglip.tools.onnx_export import check_onnx, export_onnx
+from siglip.tools.embeddings.inference import InferenceMode
+from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",

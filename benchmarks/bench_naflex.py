@@ -30,7 +30,7 @@ from PIL import Image
 
 import siglip
 from _common import machine_line, make_jpegs, time_alternately
-from siglip.tools.inference import InferenceMode
+from siglip.tools.embeddings.inference import InferenceMode
 
 SIZES = [(640, 480), (480, 640), (1280, 320), (300, 300)]  # width, height
 

@@ -27,8 +27,8 @@ def compare(model_dir: Path, paths: list[str], work: Path, batch_size: int, devi
     import ray
 
     import siglip
-    from siglip.tools.embedding_files import embed_to_file
-    from siglip.tools.ray_engine import embed_with_ray
+    from siglip.tools.embeddings.ray_engine import embed_with_ray
+    from siglip.tools.embeddings.writers import embed_to_file
 
     start = time.perf_counter()
     embedder = siglip.Embedder.from_pretrained(model_dir, device=device)

@@ -41,7 +41,7 @@ def in_process(photos: Path | str, out: Path) -> tuple[list[str], np.ndarray, li
     import torch
 
     from siglip import Embedder
-    from siglip.tools.embedding_files import embed_to_file
+    from siglip.tools.embeddings.writers import embed_to_file
 
     threads = torch.get_num_threads()
     torch.set_num_threads(ACTOR_THREADS)

@@ -189,7 +189,7 @@ def _embeddings_file(path: Path, vectors: np.ndarray) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from siglip.tools.embedding_files import parquet_schema, parquet_table
+    from siglip.tools.embeddings.writers import parquet_schema, parquet_table
 
     schema = parquet_schema(pa, vectors.shape[1])
     table = parquet_table(pa, schema, "synthetic", [f"/v/{i}.jpg" for i in range(len(vectors))], vectors)
@@ -199,7 +199,7 @@ def _embeddings_file(path: Path, vectors: np.ndarray) -> None:
 def test_an_import_streams_the_vectors_in_bounded_reads_and_answers_like_the_records(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    from siglip.tools import embedding_shards
+    from siglip.tools.embeddings import readers as embedding_shards
 
     vectors, queries = np.split(clustered(3020, 64, clusters=10, rank=8), [3000])
     _embeddings_file(tmp_path / "vectors.parquet", vectors)
@@ -240,7 +240,7 @@ def test_an_import_records_the_settings_of_its_embeddings_and_refuses_others(tmp
     import pyarrow.parquet as pq
 
     from siglip.errors import StoreError, UsageError
-    from siglip.tools.embedding_shards import SHARD_METADATA
+    from siglip.tools.embeddings.readers import SHARD_METADATA
     from siglip.tools.search.index import _EMBEDDING
 
     vectors = clustered(300, 64, clusters=5, rank=8)

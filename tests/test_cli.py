@@ -23,8 +23,8 @@ from _material import CORRUPT_REASON
 from siglip import SiglipModel, pipeline
 from siglip.tools.cli import main
 from siglip.tools.cli._options import score_text
-from siglip.tools.embedder import default_device
-from siglip.tools.inference import InferenceMode
+from siglip.tools.embeddings.embedder import default_device
+from siglip.tools.embeddings.inference import InferenceMode
 
 pytest_plugins = ["_fixtures"]
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket", "a man with a camera"]

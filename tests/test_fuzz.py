@@ -21,7 +21,7 @@ from siglip import SiglipImageProcessor, SiglipTokenizer
 from siglip.core.hub import locate
 from siglip.errors import DataError, ImageInputError, SiglipError
 from siglip.tools.cli import build_parser
-from siglip.tools.data import PairsFile
+from siglip.tools.inputs.data import PairsFile
 
 FUZZ = settings(
     max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

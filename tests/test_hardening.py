@@ -30,10 +30,10 @@ from siglip import SearchIndex
 from siglip.core.hub import locate
 from siglip.errors import StoreError, UsageError
 from siglip.tools.cli import main
-from siglip.tools.files import scan_images
+from siglip.tools.inputs.files import scan_images
+from siglip.tools.inputs.tar_shards import is_shards, scan_inputs, tar_samples
 from siglip.tools.search import store as store_module
 from siglip.tools.search.index import RECORDS_FILE
-from siglip.tools.tar_shards import is_shards, scan_inputs, tar_samples
 
 pytest_plugins = ["_fixtures"]
 QUIET = ("--workers", "0", "--no-progress")
@@ -89,7 +89,7 @@ def collection(tmp_path) -> tuple[Path, list[str], dict[str, str]]:
 
 
 def _assert_listed(stderr: str, left_out: dict[str, str]) -> None:
-    from siglip.tools.files import display_path
+    from siglip.tools.inputs.files import display_path
 
     for path, words in left_out.items():
         line = next(line for line in stderr.splitlines() if line.strip().startswith(display_path(path) + ":"))
@@ -370,7 +370,7 @@ def _full_disk_at(monkeypatch, name: str) -> None:
     """The disk fills while the output file `name` is written: its bytes are written, then the last flush
     fails with ENOSPC and no file name, as pyarrow's writer and a closing file report it. Injected in
     `replace_together`, through which every output file of embed, index and the Ray engine is written."""
-    from siglip.tools import embedding_files
+    from siglip.tools.embeddings import writers as embedding_files
 
     real = store_module.replace_together
 
@@ -422,8 +422,8 @@ def test_a_full_disk_at_each_embedding_output_is_one_line_and_the_rerun_complete
 
 def test_a_full_disk_at_each_ray_engine_output_leaves_nothing_half_written(tmp_path, monkeypatch):
     pa = pytest.importorskip("pyarrow")
-    from siglip.tools import ray_engine
-    from siglip.tools.embedding_files import parquet_schema
+    from siglip.tools.embeddings import ray_engine
+    from siglip.tools.embeddings.writers import parquet_schema
 
     schema = parquet_schema(pa, 4)
     part = {"paths": json.dumps(["a.jpg", "b.jpg"]), "failed": "[]", "vectors": np.eye(2, 4, dtype=np.float32),
@@ -546,7 +546,7 @@ def test_an_unreachable_hub_fails_in_seconds_with_one_line(tmp_path):
 # --- 6. input formats as other tools write them ------------------------------------------------------------
 def test_pairs_files_as_spreadsheets_write_them(tmp_path):
     from siglip.errors import DataError
-    from siglip.tools.data import PairsFile
+    from siglip.tools.inputs.data import PairsFile
 
     for name in ("a.jpg", "b.jpg"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)
@@ -729,7 +729,7 @@ def test_a_weights_file_of_random_bytes_is_no_torch_file_not_pickled_code(photos
 # --- issue 23: processes and files after kill -9 (the kills themselves are in test_faults.py) --------------
 _ORPHAN = """
 import fcntl, os, sys, time
-from siglip.tools import data
+from siglip.tools.inputs import data
 lock = open(sys.argv[1], "a")
 fcntl.flock(lock, fcntl.LOCK_EX)
 ready_r, ready_w = os.pipe()
@@ -823,8 +823,8 @@ def test_a_patch_budget_past_the_bound_is_refused_before_anything_is_allocated()
     from types import SimpleNamespace
 
     from siglip import Siglip2ImageProcessor
-    from siglip.tools.embedder import configure_images
-    from siglip.tools.model_options import ModelOptions
+    from siglip.tools.embeddings.embedder import configure_images
+    from siglip.tools.embeddings.options import ModelOptions
 
     with pytest.raises(ValueError, match=r"max_num_patches must be at most 4096 .*got 10000000"):
         Siglip2ImageProcessor(max_num_patches=10_000_000)

@@ -31,7 +31,7 @@ from siglip import (
 from siglip.core.two_tower import torch_resize
 from siglip.errors import StoreError, UsageError
 from siglip.tools.cli import main
-from siglip.tools.embedder import Embedder
+from siglip.tools.embeddings.embedder import Embedder
 from siglip.tools.search.index import SearchIndex
 from test_image_processing import ARGUMENTS, PHOTOS, RNG, _arrays, _generated_images, _jpeg, _random
 from test_image_processing_siglip2 import ARGUMENTS as NAFLEX_ARGUMENTS

@@ -50,7 +50,7 @@ def _synthetic_index(directory: Path, vectors: np.ndarray, **settings: str) -> S
 
 
 def _parquet(path: Path, paths: list[str], vectors: np.ndarray, model: str = "synthetic") -> Path:
-    from siglip.tools.embedding_files import parquet_schema, parquet_table
+    from siglip.tools.embeddings.writers import parquet_schema, parquet_table
 
     schema = parquet_schema(pa, vectors.shape[1])
     pq.write_table(parquet_table(pa, schema, model, paths, np.asarray(vectors, np.float32)), path)
@@ -59,7 +59,7 @@ def _parquet(path: Path, paths: list[str], vectors: np.ndarray, model: str = "sy
 
 # --- one fingerprint, one lock --------------------------------------------------------------------------------
 def test_the_index_and_the_ray_engine_fingerprint_a_model_alike(embedder, tmp_path):
-    from siglip.tools import ray_engine
+    from siglip.tools.embeddings import ray_engine
 
     with SearchIndex(tmp_path / "index", BUNDLED, device="cpu") as index:
         recorded = index.store.get_meta("weights_sha256")

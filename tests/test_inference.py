@@ -19,10 +19,10 @@ from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
 from siglip.core.two_tower.modeling import SiglipMLP
 from siglip.tools.cli import main
-from siglip.tools.inference import InferenceMode
-from siglip.tools.int8 import fast_gelu_tanh
-from siglip.tools.onnx_export import check_onnx, export_onnx
-from siglip.tools.precision import PRECISIONS
+from siglip.tools.embeddings.inference import InferenceMode
+from siglip.tools.embeddings.int8 import fast_gelu_tanh
+from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
+from siglip.tools.embeddings.precision import PRECISIONS
 
 pytest_plugins = ["_fixtures"]
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "fashion").glob("*.png"))
@@ -60,9 +60,9 @@ def test_fast_gelu_leaves_autograd_to_aten():
 def test_modes_are_checked_and_resolved(monkeypatch):
     with pytest.raises(ValueError, match=r"precision must be one of .*'int4'"):
         InferenceMode("int4")
-    monkeypatch.setattr("siglip.tools.precision.native_bf16", lambda device: False)
+    monkeypatch.setattr("siglip.tools.embeddings.precision.native_bf16", lambda device: False)
     assert InferenceMode().resolve("cpu").precision == "fp32"
-    monkeypatch.setattr("siglip.tools.precision.native_bf16", lambda device: True)
+    monkeypatch.setattr("siglip.tools.embeddings.precision.native_bf16", lambda device: True)
     assert InferenceMode().resolve("cpu").precision == "bf16"
     assert InferenceMode("int8").resolve("cpu").precision == "int8"
     with pytest.raises(ValueError, match=r"int8.*CPU only.*cuda"):

@@ -150,7 +150,7 @@ def test_old_public_paths_still_import():
     from siglip.core import loss
     from siglip.inference import InferenceMode, export_onnx
     from siglip.loss import siglip_loss, sigmoid_loss
-    from siglip.tools import inference, onnx_export
+    from siglip.tools.embeddings import inference, onnx_export
 
     assert (InferenceMode, export_onnx) == (inference.InferenceMode, onnx_export.export_onnx)
     assert (siglip_loss, sigmoid_loss) == (loss.siglip_loss, loss.sigmoid_loss)

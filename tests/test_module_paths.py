@@ -50,7 +50,9 @@ def test_transformers_training_loop_is_named_beside_the_models():
 
     import transformers
 
-    assert siglip.Trainer is transformers.Trainer and siglip.TrainingArguments is transformers.TrainingArguments
+    assert (
+        siglip.Trainer is transformers.Trainer and siglip.TrainingArguments is transformers.TrainingArguments
+    )
     code = "import sys; sys.modules['transformers'] = None; import siglip; siglip.Trainer"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 1 and "siglip.Trainer is transformers' Trainer" in run.stderr

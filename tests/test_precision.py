@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from siglip.errors import UsageError
-from siglip.tools.inference import InferenceMode
-from siglip.tools.precision import (
+from siglip.tools.embeddings.inference import InferenceMode
+from siglip.tools.embeddings.precision import (
     PRECISIONS,
     TRAINING_PRECISIONS,
     as_precision,

@@ -15,7 +15,7 @@ import pytest
 from _material import BUNDLED
 from _ray_material import BATCH, SHARD, in_process, read_parquet, write_200_photos
 from siglip import find_images
-from siglip.tools.ray_engine import embed_with_ray
+from siglip.tools.embeddings.ray_engine import embed_with_ray
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -57,7 +57,7 @@ def test_two_nodes_share_the_work_and_give_the_same_output(cluster, photos, orac
 
 _KILLED_DRIVER = """
 import os, signal, sys
-from siglip.tools import ray_engine
+from siglip.tools.embeddings import ray_engine
 from siglip.tools.cli import main
 
 commit = ray_engine._commit_shard

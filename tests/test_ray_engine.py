@@ -13,7 +13,7 @@ from _material import BUNDLED
 from _ray_material import BATCH, SHARD, in_process, read_parquet, write_200_photos, write_shards
 from siglip import SearchIndex
 from siglip.tools.cli import main
-from siglip.tools.ray_engine import embed_with_ray
+from siglip.tools.embeddings.ray_engine import embed_with_ray
 from siglip.tools.search.fingerprint import model_fingerprint
 
 ray = pytest.importorskip("ray")

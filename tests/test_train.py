@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from _reference import quiet_transformers
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 from siglip.tools.cli import main
-from siglip.tools.embedder import Embedder
+from siglip.tools.embeddings.embedder import Embedder
 from siglip.tools.evaluation import evaluate_zeroshot
 from siglip.tools.training import DataError, TrainConfig, latest_checkpoint, train, trainer
 from siglip.tools.training.data import ClassFolderDataset

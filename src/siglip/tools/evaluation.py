@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from ..errors import NoImagesError
-from .data import ClassFolders, PairsFile
 from .deps import require
-from .embedder import Embedder
-from .files import skipped_as_json
+from .embeddings.embedder import Embedder
+from .inputs.data import ClassFolders, PairsFile
+from .inputs.files import skipped_as_json
 from .zeroshot import DEFAULT_TEMPLATE, scores
 
 RECALL_KS = (1, 5, 10)

@@ -34,9 +34,9 @@ from ..core.pretrained import PreTrainedModel, device_placement
 from ..core.two_tower.image_processing import ImageInput
 from ..errors import UsageError
 from . import zeroshot
-from .embedder import DEFAULT_MODEL, Embedder, load_embedder
-from .model_options import ModelOptions
-from .precision import precision_of_dtype
+from .embeddings.embedder import DEFAULT_MODEL, Embedder, load_embedder
+from .embeddings.options import ModelOptions
+from .embeddings.precision import precision_of_dtype
 from .zeroshot import DEFAULT_TEMPLATE
 
 TASK = "zero-shot-image-classification"

@@ -21,7 +21,7 @@ import sys
 from typing import NoReturn
 
 from ...errors import ImageInputError, SiglipError
-from ..files import display_path
+from ..inputs.files import display_path
 
 COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "serve", "convert")
 

@@ -19,10 +19,10 @@ from typing import Any
 from ...core.auto import Siglip2ImageProcessor
 from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import UsageError
-from ..embedder import DEFAULT_MODEL, Embedder, resolve_device
-from ..files import display_path
-from ..model_options import ModelOptions
-from ..precision import PRECISIONS
+from ..embeddings.embedder import DEFAULT_MODEL, Embedder, resolve_device
+from ..embeddings.options import ModelOptions
+from ..embeddings.precision import PRECISIONS
+from ..inputs.files import display_path
 from ..values import Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 

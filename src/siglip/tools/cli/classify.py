@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ...errors import NoImagesError
-from ..files import display_path, scan_images, skipped_as_json
+from ..inputs.files import display_path, scan_images, skipped_as_json
 from ..pipelines import ZeroShotImageClassificationPipeline
 from ..zeroshot import check_labels
 from ._options import (

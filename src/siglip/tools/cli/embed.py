@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..embedding_files import OUTPUT_FORMATS, embed_to_file, output_format
-from ..model_options import ModelOptions
-from ..tar_shards import scan_inputs
+from ..embeddings.options import ModelOptions
+from ..embeddings.writers import OUTPUT_FORMATS, embed_to_file, output_format
+from ..inputs.tar_shards import scan_inputs
 from ._options import (
     add_loader_options,
     add_model_options,
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_on_ray(args: argparse.Namespace) -> int:
     from ...errors import UsageError
-    from ..ray_engine import embed_with_ray
+    from ..embeddings.ray_engine import embed_with_ray
 
     if args.device or args.workers is not None:
         raise UsageError(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from ..embedder import DEFAULT_MODEL, Embedder
-from ..onnx_export import check_onnx, export_onnx
+from ..embeddings.embedder import DEFAULT_MODEL, Embedder
+from ..embeddings.onnx_export import check_onnx, export_onnx
 from ._options import integer, output_folder
 
 

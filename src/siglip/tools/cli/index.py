@@ -6,9 +6,9 @@ import argparse
 import time
 
 from ...errors import UsageError
-from ..embedder import DEFAULT_MODEL
-from ..files import check_inputs
-from ..model_options import ModelOptions
+from ..embeddings.embedder import DEFAULT_MODEL
+from ..embeddings.options import ModelOptions
+from ..inputs.files import check_inputs
 from ..search.ann import INDEX_TYPES, STORAGES
 from ..search.index import SearchIndex
 from ._options import (
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_from_embeddings(args: argparse.Namespace) -> int:
-    from ..embedding_shards import embeddings_model
+    from ..embeddings.readers import embeddings_model
 
     if args.paths:
         raise UsageError("give either image PATHs or --from-embeddings, not both")

@@ -10,8 +10,8 @@ import torch
 
 from ...core.auto import AutoConfig, AutoModel, is_naflex
 from ...core.hub import CONFIG_NAME, locate
-from ..embedder import default_device
-from ..inference import InferenceMode
+from ..embeddings.embedder import default_device
+from ..embeddings.inference import InferenceMode
 from ._options import print_json, table
 
 

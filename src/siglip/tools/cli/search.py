@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ...errors import UsageError
-from ..files import display_path
-from ..model_options import ModelOptions
+from ..embeddings.options import ModelOptions
+from ..inputs.files import display_path
 from ..search.index import SearchIndex
 from ..search.page import results_html
 from ._options import (

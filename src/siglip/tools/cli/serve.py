@@ -11,8 +11,8 @@ from typing import Any
 
 from ...errors import UsageError
 from ..deps import require
-from ..embedder import DEFAULT_MODEL, Embedder
-from ..model_options import ModelOptions
+from ..embeddings.embedder import DEFAULT_MODEL, Embedder
+from ..embeddings.options import ModelOptions
 from ._options import add_image_backend_option, add_model_options, integer, real
 
 

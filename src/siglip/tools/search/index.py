@@ -70,16 +70,16 @@ from ...errors import (
     UsageError,
 )
 from ..deps import require
-from ..embedder import Embedder, load_embedder, resolve_device
-from ..files import scan_images
-from ..inference import InferenceMode
-from ..model_options import ModelOptions
+from ..embeddings.embedder import Embedder, load_embedder, resolve_device
+from ..embeddings.inference import InferenceMode
+from ..embeddings.options import ModelOptions
+from ..inputs.files import scan_images
 from . import ann
 from .fingerprint import model_fingerprint
 from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
 
 if TYPE_CHECKING:
-    from ..embedding_shards import EmbeddingFile
+    from ..embeddings.readers import EmbeddingFile
 
 logger = logging.getLogger("siglip")
 
@@ -403,7 +403,7 @@ class SearchIndex:
         directory); a path given twice is refused, and so is a non-finite or all-zero vector (the index is
         then unchanged); a vector off unit length is normalised, with a warning (`read_embeddings`).
         """
-        from ..embedding_shards import open_embeddings
+        from ..embeddings.readers import open_embeddings
 
         self.store.check_writable()
         files, made_with = open_embeddings(source, self.store.model, self.store.dims)
@@ -442,7 +442,7 @@ class SearchIndex:
         """An import's first pass, in its transaction: the new or changed rows of `files` recorded without
         their vectors, row r under id `first` + r. A path given twice (once relative, once absolute too) is
         refused: the input does not say which vector is the image's."""
-        from ..embedding_shards import read_embeddings
+        from ..embeddings.readers import read_embeddings
 
         states = self.store.states()
         seen: dict[str, tuple[Path, int]] = {}  # stored path -> (file, row) where the import gives it
@@ -473,7 +473,7 @@ class SearchIndex:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of the rows `_record_imported_paths` recorded, checked and of unit length (the
         vectors each file had to have normalised counted in `renormalised`)."""
-        from ..embedding_shards import read_embeddings
+        from ..embeddings.readers import read_embeddings
 
         at = first
         for chunk in read_embeddings(files, self.store.dims, renormalised=renormalised):

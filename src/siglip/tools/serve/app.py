@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from ... import __version__
-from ..embedder import Embedder
+from ..embeddings.embedder import Embedder
 from .errors import install_error_handlers
 from .metrics import Guard
 from .routes import classify, embed, operations, pages, search

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from ..deps import require
-from ..model_options import ModelOptions
+from ..embeddings.options import ModelOptions
 from .settings import ServeSettings
 
 APP_NAME = "siglip"
@@ -40,7 +40,7 @@ def deploy(
     index = os.path.abspath(index) if index is not None else None
 
     def build_app() -> Any:  # runs in each replica
-        from ..embedder import Embedder
+        from ..embeddings.embedder import Embedder
         from .app import create_app
 
         return create_app(Embedder.from_pretrained(model, options=model_options), index, settings)

@@ -19,7 +19,7 @@ import torch
 from fastapi import Request
 
 from ...errors import InputNotFoundError
-from ..embedder import Embedder
+from ..embeddings.embedder import Embedder
 from ..pipelines import ZeroShotImageClassificationPipeline
 from ..search.index import SearchIndex
 from .batcher import Batcher

@@ -35,8 +35,16 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from ...core.auto import ImageProcessor
 from ...errors import DataError
-from ..data import PAIRS_SUFFIXES, ClassFolders, PairsFile, Sample, collate, load_sample, worker_init_fn
-from ..tar_shards import count_samples, expand_shards, image_field, is_shards, sample_name
+from ..inputs.data import (
+    PAIRS_SUFFIXES,
+    ClassFolders,
+    PairsFile,
+    Sample,
+    collate,
+    load_sample,
+    worker_init_fn,
+)
+from ..inputs.tar_shards import count_samples, expand_shards, image_field, is_shards, sample_name
 from ..zeroshot import check_templates, fill_template
 
 logger = logging.getLogger("siglip")

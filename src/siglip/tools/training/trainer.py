@@ -54,11 +54,11 @@ from ...core.loss import check_chunk_size, siglip_loss
 from ...core.two_tower.processing import fixed_length_ids
 from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import DataError, UsageError
-from ..data import Batch, empty_inputs
-from ..embedder import Embedder, configure_images
+from ..embeddings.embedder import Embedder, configure_images
+from ..embeddings.options import ModelOptions
+from ..embeddings.precision import TRAINING_PRECISIONS, Precision, resolve_precision
 from ..evaluation import evaluate_zeroshot
-from ..model_options import ModelOptions
-from ..precision import TRAINING_PRECISIONS, Precision, resolve_precision
+from ..inputs.data import Batch, empty_inputs
 from ..search.store import replace_atomically
 from ..values import Choice, Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
@@ -148,7 +148,7 @@ class TrainConfig:
         metadata={
             "value": Choice(TRAINING_PRECISIONS),
             "help": "fp32, bf16-autocast (float32 weights, bf16 products), bf16 (bf16 weights) or auto "
-            "(bf16-autocast on hardware with bf16 units, else fp32); see siglip.tools.precision",
+            "(bf16-autocast on hardware with bf16 units, else fp32); see siglip.tools.embeddings.precision",
         },
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute layers in backward"})

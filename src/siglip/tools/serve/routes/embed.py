@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from ...embedder import Embedder
+from ...embeddings.embedder import Embedder
 from ..errors import ApiError
 from ..inputs import json_params, openapi_body, read_request
 from ..service import Service, check_key, service

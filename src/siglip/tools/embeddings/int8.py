@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.two_tower.modeling import ACTIVATIONS, SiglipMLP
+from ...core.two_tower.modeling import ACTIVATIONS, SiglipMLP
 
 
 def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:

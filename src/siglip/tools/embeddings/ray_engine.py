@@ -40,19 +40,19 @@ from typing import Any
 
 import numpy as np
 
-from ..core.auto import AutoConfig
-from ..core.hub import locate
-from ..errors import UsageError
-from .data import ImageProcessor, Sample, collate, load_sample
-from .deps import require
+from ...core.auto import AutoConfig
+from ...core.hub import locate
+from ...errors import UsageError
+from ..deps import require
+from ..inputs.data import ImageProcessor, Sample, collate, load_sample
+from ..inputs.files import find_images, skipped_as_json
+from ..inputs.tar_shards import TarMember, expand_shards, is_shards, tar_samples
+from ..search.fingerprint import model_fingerprint
+from ..search.store import FileState, Seen, replace_atomically
 from .embedder import image_settings, load_processor, patch_budget
-from .embedding_files import parquet_schema, parquet_table
-from .embedding_shards import SHARD_METADATA, shard_record
-from .files import find_images, skipped_as_json
-from .model_options import ModelOptions
-from .search.fingerprint import model_fingerprint
-from .search.store import FileState, Seen, replace_atomically
-from .tar_shards import TarMember, expand_shards, is_shards, tar_samples
+from .options import ModelOptions
+from .readers import SHARD_METADATA, shard_record
+from .writers import parquet_schema, parquet_table
 
 logger = logging.getLogger("siglip")
 
@@ -79,7 +79,7 @@ class RayEmbedReport:
 def list_inputs(inputs: Sequence[str | os.PathLike]) -> list[str | TarMember]:
     """The images named by `inputs`: folders, files and globs (see `find_images`), `.txt` lists (one path or
     URI a line) and `.parquet` lists (a `path` column), URIs (`scheme://...`), and the samples of WebDataset
-    shards (see `siglip.tools.tar_shards`), in order, without duplicates. A listed relative path is relative
+    shards (see `siglip.tools.inputs.tar_shards`), in order, without duplicates. A listed relative path is relative
     to its list file."""
     found: dict[str | TarMember, None] = {}
     local: list[str] = []

@@ -6,7 +6,7 @@ every command, the server, both embedding engines (in-process and Ray) and the s
 
 | option | what it changes |
 |---|---|
-| `precision` | the inference precision word (see `siglip.tools.precision`); None: "auto", or what an index recorded |
+| `precision` | the inference precision word (see `siglip.tools.embeddings.precision`); None: "auto", or what an index recorded |
 | `compile` | `torch.compile` both towers (see `InferenceMode`) |
 | `reduced_decode` | fixed-size models: decode large JPEG files at 1/2, 1/4 or 1/8 scale (faster, other pixels) |
 | `max_num_patches` | NaFlex models: the patch budget of each image (default the checkpoint's) |
@@ -21,10 +21,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.auto import Siglip2ImageProcessor
-from ..core.two_tower.torch_resize import BACKENDS
+from ...core.auto import Siglip2ImageProcessor
+from ...core.two_tower.torch_resize import BACKENDS
+from ..values import Choice, whole
 from .precision import PRECISIONS
-from .values import Choice, whole
 
 _RULES = {
     "precision": Choice(tuple(PRECISIONS)),

@@ -20,7 +20,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import InputNotFoundError, NoImagesError
+from ...errors import InputNotFoundError, NoImagesError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 

@@ -19,11 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from ...errors import DataError
+from ..deps import require
+from ..search.store import FileState
 from .data import ImageProcessor, Sample, load_sample
-from .deps import require
 from .files import IMAGE_EXTENSIONS, ImageScan, os_error_reason, scan_images
-from .search.store import FileState
 
 # A shard name ends in `.tar` (a compressed one in `.tar.gz`..., refused with a message when read), also inside
 # a brace pattern (`{a.tar,b.tar}`): a folder such as `x.tarball/` is not a shard

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError, UsageError
-from .deps import require
+from ...errors import StoreError, UsageError
+from ..deps import require
+from ..inputs.files import ImageScan, skipped_as_json
+from ..inputs.tar_shards import scan_inputs
+from ..search.store import FileState, VectorStore, pending_files, replace_together, stored_path
 from .embedder import Embedder
-from .files import ImageScan, skipped_as_json
-from .search.store import FileState, VectorStore, pending_files, replace_together, stored_path
-from .tar_shards import scan_inputs
 
 
 @dataclass

@@ -8,7 +8,7 @@
 
 Files and folders go through `embed_files`: images are decoded and preprocessed by DataLoader worker processes
 while the model runs, and unreadable files are skipped and reported rather than stopping the run
-(`siglip.tools.embedding_files.embed_to_file` writes them to Parquet or .npy). Every embedding comes from the
+(`siglip.tools.embeddings.writers.embed_to_file` writes them to Parquet or .npy). Every embedding comes from the
 model's `encode_images` / `encode_texts`: unit length, float32.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.auto import (
+from ...core.auto import (
     AutoModel,
     AutoProcessor,
     ImageProcessor,
@@ -34,17 +34,17 @@ from ..core.auto import (
     TwoTowerModel,
     is_naflex,
 )
-from ..core.hub import Checkpoint, locate
-from ..core.two_tower.image_processing import ImageInput
-from ..core.two_tower.torch_resize import resolve_backend
-from ..errors import CheckpointError, ImageInputError, UsageError
-from . import zeroshot
-from .data import Sample, collate, load_sample, worker_init_fn
+from ...core.hub import Checkpoint, locate
+from ...core.two_tower.image_processing import ImageInput
+from ...core.two_tower.torch_resize import resolve_backend
+from ...errors import CheckpointError, ImageInputError, UsageError
+from .. import zeroshot
+from ..inputs.data import Sample, collate, load_sample, worker_init_fn
+from ..inputs.tar_shards import TarMember
+from ..search.store import FileState
 from .inference import InferenceMode
-from .model_options import ModelOptions
+from .options import ModelOptions
 from .precision import precision_of_dtype
-from .search.store import FileState
-from .tar_shards import TarMember
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 
@@ -194,7 +194,7 @@ class Embedder:
         progress: bool | None = None,
     ) -> Iterator[EmbeddedBatch]:
         """Embed image files batch by batch, in order; unreadable files are reported in `failed`, not raised.
-        A `TarMember` (a sample of a WebDataset shard, see `siglip.tools.tar_shards`) is read from its shard.
+        A `TarMember` (a sample of a WebDataset shard, see `siglip.tools.inputs.tar_shards`) is read from its shard.
 
         Files are decoded and preprocessed by `workers` DataLoader processes (default: one per CPU core, at
         most 8; 0 decodes in this process) ahead of the model. `progress` shows a bar with images/s on

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UsageError
+from ...errors import UsageError
 
 PRECISIONS = {
-    "auto": "the fastest precision the device runs natively (see siglip.tools.precision)",
+    "auto": "the fastest precision the device runs natively (see siglip.tools.embeddings.precision)",
     "fp32": "float32 weights and arithmetic: the reference numbers",
     "bf16": "bfloat16 weights and arithmetic",
     "bf16-autocast": "float32 weights; matrix products in bfloat16 (torch.autocast)",

@@ -1,8 +1,8 @@
-"""Inference modes: a precision (reduced float, or int8 quantisation from `siglip.tools.int8`) and
-torch.compile, applied to a loaded model. ONNX export is `siglip.tools.onnx_export`.
+"""Inference modes: a precision (reduced float, or int8 quantisation from `siglip.tools.embeddings.int8`) and
+torch.compile, applied to a loaded model. ONNX export is `siglip.tools.embeddings.onnx_export`.
 
     from siglip import SiglipModel
-    from siglip.tools.inference import InferenceMode
+    from siglip.tools.embeddings.inference import InferenceMode
 
     mode = InferenceMode("int8").resolve("cpu")   # or "bf16", "bf16-autocast", "fp16", "fp32", "auto"
     model = mode.apply(SiglipModel.from_pretrained("google/siglip-base-patch16-224"))
@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..core.auto import TwoTowerModel
+from ...core.auto import TwoTowerModel
 from .int8 import quantize_linear_layers, use_fast_gelu
 from .precision import as_precision, check_precision, resolve_precision
 

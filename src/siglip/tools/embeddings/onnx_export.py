@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.auto import TwoTowerModel, is_naflex
-from ..core.staging import staged_directory
-from ..errors import UsageError
-from .deps import require
+from ...core.auto import TwoTowerModel, is_naflex
+from ...core.staging import staged_directory
+from ...errors import UsageError
+from ..deps import require
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import DataError, InputNotFoundError, SiglipError, UsageError
-from .deps import require
+from ...errors import DataError, InputNotFoundError, SiglipError, UsageError
+from ..deps import require
 
 READ_ROWS = 16_384  # rows per read of a Parquet file: 48 MiB at 768-d, whatever its row groups
 SHARD_METADATA = b"siglip"  # Parquet schema metadata key of a shard's JSON record (model, skipped files, ...)

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core.auto import ImageProcessor
-from ..errors import DataError, ImageInputError
+from ...core.auto import ImageProcessor
+from ...errors import DataError, ImageInputError
 from .files import IMAGE_EXTENSIONS, images_in
 
 logger = logging.getLogger("siglip")
