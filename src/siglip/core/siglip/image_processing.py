@@ -1,9 +1,11 @@
-"""SigLIP's image preprocessing, pixel for pixel the reference pipeline of transformers (PIL backend).
+"""SigLIP's image preprocessing, pixel for pixel transformers 5's: `SiglipImageProcessor` (its default, the
+torchvision backend) and `SiglipImageProcessorPil` (the PIL backend, transformers 4.x's pipeline).
 
-Per image: convert to RGB (transparency composited over white) -> resize the uint8 image to height x width
-with PIL (bicubic by default; no crop, the aspect ratio is not kept) -> `x * (1/255)` computed in float64 and
-stored as float32 -> `(x - mean) / std` in float32. Output `pixel_values` (batch, 3, height, width) float32.
-The pipeline itself is shared with SigLIP 2 (`siglip.core.two_tower.image_processing`).
+Per image: convert to RGB (transparency composited over white) -> resize to height x width (bicubic by
+default; no crop, the aspect ratio is not kept) -> `x * (1/255)` -> `(x - mean) / std`, with torch's resize
+and arithmetic (`siglip.core.two_tower.torch_resize`) or with PIL's resize and transformers' float64 -> float32
+arithmetic (`Pil`). Output `pixel_values` (batch, 3, height, width) float32. The pipeline itself is shared with
+SigLIP 2 (`siglip.core.two_tower.image_processing`).
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ __all__ = ["SiglipImageProcessor", "SiglipImageProcessorFast", "SiglipImageProce
 
 
 class SiglipImageProcessor(BaseImageProcessor):
-    """Image preprocessing of SigLIP checkpoints, identical to transformers' PIL backend,
-    `SiglipImageProcessorPil` (also our name for it). `SiglipImageProcessorFast` is the same with the torch
-    backend: the pixels of transformers 5's torchvision `SiglipImageProcessor`.
+    """Image preprocessing of SigLIP checkpoints, identical to transformers 5's `SiglipImageProcessor`, its
+    default torchvision backend (torchvision's resize with antialias, fused rescale and normalise; see
+    `siglip.core.two_tower.torch_resize`), without torchvision. `SiglipImageProcessorFast` is the same class
+    (transformers' deprecated name for it); `SiglipImageProcessorPil` is the same with the PIL backend, pixel
+    for pixel transformers' `SiglipImageProcessorPil` (transformers 4.x's `SiglipImageProcessor`). The two
+    backends' `pixel_values` differ by one 8-bit level on about half the values.
 
     Args:
         do_resize: resize to `size` (the model needs exactly its image size).
         size: `{"height": H, "width": W}` (224 x 224 by default; the checkpoint's `image_size`). Images are
             warped to it: no crop, the aspect ratio is not kept, as SigLIP was trained.
-        resample: PIL filter (`PIL.Image.Resampling` or its int); BICUBIC (3) as in the released configs.
+        resample: PIL filter (`PIL.Image.Resampling` or its int); BICUBIC (3) as in the released configs. The
+            torch backend resamples with NEAREST, BILINEAR, BICUBIC or LANCZOS only, as torchvision.
         do_rescale, rescale_factor: multiply by 1/255.
         do_normalize, image_mean, image_std: `(x - mean) / std` per channel, 0.5 / 0.5 (values in [-1, 1]).
         exif_transpose: turn images upright by their EXIF orientation (phone photos). None (default) does what
@@ -64,6 +70,9 @@ class SiglipImageProcessor(BaseImageProcessor):
     and encoded bytes; a single image or a list. Conversion to RGB follows transformers: transparency (RGBA,
     LA, PA, P or L with a transparent colour) is composited over white, CMYK, 1-bit and palette images are
     converted by PIL, 32-bit grey (modes I and F) is clipped to 0..255.
+
+    Paths and bytes are decoded by Pillow with both backends (transformers' torchvision processor decodes paths
+    with torchvision); arrays and tensors of any dtype are resized in that dtype by the torch backend, as there.
 
     Deliberate differences from transformers:
     - 16-bit grey (mode I;16, e.g. 16-bit PNG and TIFF) is scaled to 8 bits, `round(v * 255 / 65535)`;
@@ -181,20 +190,18 @@ class SiglipImageProcessor(BaseImageProcessor):
         return {"size": dict(self.size)}
 
 
-class SiglipImageProcessorFast(SiglipImageProcessor):
-    """`SiglipImageProcessor` with the torch backend: pixel for pixel transformers 5's default
-    `SiglipImageProcessor` (torchvision resize with antialias, fused rescale and normalise; see
-    `siglip.core.two_tower.torch_resize`), without torchvision. Settings, files, decoding, conversion of PIL
-    images and errors are those of `SiglipImageProcessor`; `resample` is NEAREST, BILINEAR, BICUBIC or LANCZOS.
-    Paths and bytes are decoded by Pillow, as by `SiglipImageProcessor` (transformers' torchvision processor
-    decodes paths with torchvision); arrays and tensors of any dtype are resized in that dtype, as there.
+class SiglipImageProcessorPil(SiglipImageProcessor):
+    """`SiglipImageProcessor` with the PIL backend: pixel for pixel transformers' `SiglipImageProcessorPil`
+    (PIL's resize of the uint8 image, `x * (1/255)` in float64 stored as float32, normalised in float32), the
+    pipeline of transformers 4.x's `SiglipImageProcessor`. Settings, files, decoding and errors are those of
+    `SiglipImageProcessor`; every PIL filter resamples.
     """
 
-    _backend = "torch"
+    _backend = "pil"
 
 
-SiglipImageProcessorPil = SiglipImageProcessor  # transformers 5's name for the PIL backend
-SiglipImageProcessor._backend_classes = {"pil": SiglipImageProcessor, "torch": SiglipImageProcessorFast}
+SiglipImageProcessorFast = SiglipImageProcessor  # transformers 5's deprecated name for its default backend
+SiglipImageProcessor._backend_classes = {"pil": SiglipImageProcessorPil, "torch": SiglipImageProcessor}
 
 
 def _check_size(size: Any) -> tuple[int, int]:

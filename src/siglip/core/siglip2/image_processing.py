@@ -1,10 +1,11 @@
-"""SigLIP 2 NaFlex image preprocessing, pixel for pixel transformers' `Siglip2ImageProcessorPil`.
+"""SigLIP 2 NaFlex image preprocessing, pixel for pixel transformers 5's: `Siglip2ImageProcessor` (its default,
+the torchvision backend) and `Siglip2ImageProcessorPil` (the PIL backend).
 
 Per image: convert to RGB, exactly as `SiglipImageProcessor` does (the same decoding, EXIF, transparency and
-16-bit rules: the code is shared) -> resize with PIL (bilinear by default) to the largest size that keeps the
-aspect ratio, has both sides a multiple of `patch_size` (at least one patch each) and at most
-`max_num_patches` patches -> rescale and normalise (one table lookup per pixel, the same float arithmetic as
-transformers) -> cut into patches in row-major order, each flattened as (patch row, patch column, channel) ->
+16-bit rules: the code is shared) -> resize (bilinear by default; torch's resize, or PIL's for `Pil`) to the
+largest size that keeps the aspect ratio, has both sides a multiple of `patch_size` (at least one patch each)
+and at most `max_num_patches` patches -> rescale and normalise (the same float arithmetic as transformers'
+backend) -> cut into patches in row-major order, each flattened as (patch row, patch column, channel) ->
 zero-pad to `max_num_patches` patches.
 
 Outputs: `pixel_values` (B, max_num_patches, 3 * patch_size**2) float32, `pixel_attention_mask`
@@ -112,15 +113,19 @@ def _patches(image: np.ndarray, p: int) -> np.ndarray:
 
 
 class Siglip2ImageProcessor(BaseImageProcessor):
-    """Image preprocessing of SigLIP 2 NaFlex checkpoints, identical to transformers' `Siglip2ImageProcessorPil`
-    (also our name for it). `Siglip2ImageProcessorFast` is the same with the torch backend: the pixels of
-    transformers 5's torchvision `Siglip2ImageProcessor`.
+    """Image preprocessing of SigLIP 2 NaFlex checkpoints, identical to transformers 5's `Siglip2ImageProcessor`,
+    its default torchvision backend (each image resized to its patch-budget size by torchvision's resize with
+    antialias, then rescaled, normalised and cut into patches; see `siglip.core.two_tower.torch_resize`),
+    without torchvision. `Siglip2ImageProcessorFast` is the same class (transformers' deprecated name for it);
+    `Siglip2ImageProcessorPil` is the same with the PIL backend, pixel for pixel transformers'
+    `Siglip2ImageProcessorPil`.
 
     Args:
         do_resize: resize each image to the largest patch-aligned size with at most `max_num_patches` patches
             that keeps its aspect ratio (see `get_image_size_for_max_num_patches`). With False, every image
             must already be a whole number of patches, at most `max_num_patches` of them.
-        resample: PIL filter (`PIL.Image.Resampling` or its int); BILINEAR (2) as in the released configs.
+        resample: PIL filter (`PIL.Image.Resampling` or its int); BILINEAR (2) as in the released configs. The
+            torch backend resamples with NEAREST, BILINEAR, BICUBIC or LANCZOS only, as torchvision.
         do_rescale, rescale_factor: multiply by 1/255.
         do_normalize, image_mean, image_std: `(x - mean) / std` per channel, 0.5 / 0.5 (values in [-1, 1]).
         patch_size: side of a patch in pixels (16; the model's `vision_config.patch_size`).
@@ -131,11 +136,12 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             more pixels than `max_image_pixels` are refused, by default Pillow's `MAX_IMAGE_PIXELS`).
 
     Accepted images and conversion to RGB: as `SiglipImageProcessor` (its documented differences from
-    transformers for 16-bit grey, transparent files and bad input apply here too). Deliberate difference:
-    transformers' `Siglip2ImageProcessorPil` leaves `do_convert_rgb` unset and then fails on grey, RGBA,
-    palette or CMYK images; ours always converts (and saves `do_convert_rgb: true`, which transformers honours). An image of any size from
-    1 x 1 pixel up is resized to at least one patch, as transformers does; an empty image, or with
-    `do_resize=False` one that is not a whole number of patches, raises `ImageInputError` naming it.
+    transformers for 16-bit grey, transparent files and bad input apply here too; files are decoded by Pillow
+    with both backends). Deliberate difference: transformers' SigLIP 2 image processors leave `do_convert_rgb`
+    unset and then fail on grey, RGBA, palette or CMYK images; ours always convert (and save
+    `do_convert_rgb: true`, which transformers honours). An image of any size from 1 x 1 pixel up is resized
+    to at least one patch, as transformers does; an empty image, or with `do_resize=False` one that is not a
+    whole number of patches, raises `ImageInputError` naming it.
     """
 
     model_input_names = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
@@ -256,19 +262,17 @@ class Siglip2ImageProcessor(BaseImageProcessor):
         return {"max_num_patches": self.max_num_patches, "patch_size": self.patch_size}
 
 
-class Siglip2ImageProcessorFast(Siglip2ImageProcessor):
-    """`Siglip2ImageProcessor` with the torch backend: pixel for pixel transformers 5's default
-    `Siglip2ImageProcessor` (each image resized to its patch-budget size by torchvision's resize with
-    antialias, then rescaled, normalised and cut into patches; see `siglip.core.two_tower.torch_resize`),
-    without torchvision. Everything else is `Siglip2ImageProcessor`'s (files decoded by Pillow included);
-    `resample` is NEAREST, BILINEAR, BICUBIC or LANCZOS.
+class Siglip2ImageProcessorPil(Siglip2ImageProcessor):
+    """`Siglip2ImageProcessor` with the PIL backend: pixel for pixel transformers' `Siglip2ImageProcessorPil`
+    (PIL's resize to the patch-budget size, then one table lookup per pixel with transformers' float
+    arithmetic). Everything else is `Siglip2ImageProcessor`'s; every PIL filter resamples.
     """
 
-    _backend = "torch"
+    _backend = "pil"
 
 
-Siglip2ImageProcessorPil = Siglip2ImageProcessor  # transformers 5's name for the PIL backend
-Siglip2ImageProcessor._backend_classes = {"pil": Siglip2ImageProcessor, "torch": Siglip2ImageProcessorFast}
+Siglip2ImageProcessorFast = Siglip2ImageProcessor  # transformers 5's deprecated name for its default backend
+Siglip2ImageProcessor._backend_classes = {"pil": Siglip2ImageProcessorPil, "torch": Siglip2ImageProcessor}
 
 
 def _check_positive(value: Any, name: str) -> int:

@@ -10,9 +10,10 @@ What makes it fast while staying bit-identical to transformers (the tests check 
   256 values and each channel, the result of the very same float64/float32 arithmetic;
 - the images of a batch are decoded, converted and resized on a thread pool (PIL releases the GIL).
 
-Two backends share everything up to RGB (`Steps.backend`): "pil" resizes with Pillow and rescales through the
-table, as transformers' `*Pil` processors; "torch" resizes, rescales and normalises tensors as transformers'
-torchvision processors (`torch_resize`). A family has one class per backend (`BaseImageProcessor.with_backend`).
+Two backends share everything up to RGB (`Steps.backend`): "torch" resizes, rescales and normalises tensors as
+transformers 5's default, torchvision processors (`torch_resize`); "pil" resizes with Pillow and rescales through
+the table, as transformers' `*Pil` processors. A family has one class per backend, named as in transformers
+(`SiglipImageProcessor`, `SiglipImageProcessorPil`; `BaseImageProcessor.with_backend`).
 
 Differences from transformers, all deliberate and documented on `SiglipImageProcessor`: 16-bit grey images
 are scaled to 8 bits instead of clipped, files with transparency are composited like in-memory images, and
@@ -124,12 +125,12 @@ class BaseImageProcessor(PushToHubMixin):
 
     A subclass defines `__init__` (its settings), `preprocess`, `_family_settings` (what `to_dict` stores
     beside the settings both families have) and `_config_keys` (the keys of that file its `__init__` takes).
-    A family has one class per image backend (`_backend`, "pil" or "torch"), listed in `_backend_classes`:
-    the same settings and files, the pixels of transformers' PIL or torchvision processor.
+    A family has one class per image backend (`_backend`, "torch" or "pil"), listed in `_backend_classes`:
+    the same settings and files, the pixels of transformers' torchvision (its default) or PIL processor.
     """
 
     _config_keys: tuple[str, ...] = ()
-    _backend: ClassVar[str] = "pil"
+    _backend: ClassVar[str] = "torch"
     _backend_classes: ClassVar[dict[str, type[BaseImageProcessor]]] = {}
 
     @property
@@ -159,8 +160,8 @@ class BaseImageProcessor(PushToHubMixin):
             "do_resize": self.do_resize,
             "exif_transpose": self.exif_transpose,
             "image_mean": list(self.image_mean),
-            # one name for both backends, as transformers 5 writes (and 4.x reads)
-            "image_processor_type": type(self).__name__.removesuffix("Fast"),
+            # one name for both backends, the default class's, as transformers 5 writes (and 4.x reads)
+            "image_processor_type": self._backend_classes["torch"].__name__,
             "image_std": list(self.image_std),
             "resample": int(self.resample),
             "rescale_factor": self.rescale_factor,
@@ -197,8 +198,9 @@ class BaseImageProcessor(PushToHubMixin):
         `processor_config.json` transformers 5 writes instead).
 
         `use_fast=True` or `backend="torch"` (transformers' "torchvision") give the class of this family with
-        the torch backend, `use_fast=False` or `backend="pil"` the one with the PIL backend; by default, this
-        class. The file does not decide: both backends write the same one, as in transformers.
+        the torch backend (`SiglipImageProcessor`), `use_fast=False` or `backend="pil"` the one with the PIL
+        backend (`SiglipImageProcessorPil`); by default, this class. The file does not decide: both backends
+        write the same one, as in transformers.
         `revision`, `cache_dir`, `local_files_only` and `token` go to huggingface_hub; other keyword
         arguments override values of the file, e.g. `size={"height": 384, "width": 384}` (SigLIP) or
         `max_num_patches=576` (SigLIP 2).
