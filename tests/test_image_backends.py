@@ -1,5 +1,6 @@
-"""The two image backends: `SiglipImageProcessorFast` / `Siglip2ImageProcessorFast` (torch) bit-identical to
-transformers 5's default torchvision `SiglipImageProcessor` / `Siglip2ImageProcessor`, chosen by transformers'
+"""The two image backends under transformers 5's names: our default `SiglipImageProcessor` /
+`Siglip2ImageProcessor` (torch; `*Fast` their aliases) bit-identical to transformers 5's default torchvision
+`SiglipImageProcessor` / `Siglip2ImageProcessor`, the `*Pil` classes the PIL backend, chosen by transformers'
 names and arguments (`use_fast=`, `backend=`), and the files of both backends read by either library.
 
 The PIL backend's own parity with transformers' `*Pil` processors is tested in test_image_processing*.py; here
@@ -84,7 +85,7 @@ def _naflex_equal(ours_out, theirs_out, name: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def fast():
-    return SiglipImageProcessorFast()
+    return SiglipImageProcessor()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def their_fast():
 
 @pytest.fixture(scope="module")
 def naflex_fast():
-    return Siglip2ImageProcessorFast()
+    return Siglip2ImageProcessor()
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +104,29 @@ def their_naflex_fast():
     return transformers.Siglip2ImageProcessor(do_convert_rgb=True)
 
 
-def test_transformers_torchvision_processors_are_the_compared_ones(their_fast, their_naflex_fast):
-    assert their_fast.backend == their_naflex_fast.backend == "torchvision"
-    assert SiglipImageProcessorFast().backend == Siglip2ImageProcessorFast().backend == "torchvision"
-    assert SiglipImageProcessor().backend == Siglip2ImageProcessor().backend == "pil"
+def test_the_classes_are_transformers_names_and_backends(their_fast, their_naflex_fast):
+    assert their_fast.backend == their_naflex_fast.backend == "torchvision"  # the compared ones
+    for ours, theirs in (
+        (SiglipImageProcessor, transformers.SiglipImageProcessor),
+        (Siglip2ImageProcessor, transformers.Siglip2ImageProcessor),
+        (SiglipImageProcessorPil, transformers.SiglipImageProcessorPil),
+        (Siglip2ImageProcessorPil, transformers.Siglip2ImageProcessorPil),
+    ):
+        assert ours.__name__ == theirs.__name__ and ours().backend == theirs().backend, ours
+    # the *Fast names are the default classes, in both libraries
     assert (
-        SiglipImageProcessorPil is SiglipImageProcessor and Siglip2ImageProcessorPil is Siglip2ImageProcessor
+        SiglipImageProcessorFast is SiglipImageProcessor
+        and Siglip2ImageProcessorFast is Siglip2ImageProcessor
     )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers' deprecation notice of the *Fast names
+        assert transformers.SiglipImageProcessorFast is transformers.SiglipImageProcessor
+        assert transformers.Siglip2ImageProcessorFast is transformers.Siglip2ImageProcessor
 
 
 # --- SigLIP: pixels ---------------------------------------------------------------------------------------------
 def test_real_photos_and_aspect_ratios_are_bit_identical_and_differ_from_pil(fast, their_fast):
-    pil = SiglipImageProcessor()
+    pil = SiglipImageProcessorPil()
     images = {**_photos(), **{k: Image.fromarray(v) for k, v in _aspect_ratios().items()}}
     differing = []
     for name, image in images.items():
@@ -192,10 +204,8 @@ def test_batches_threads_and_return_types(their_fast):
     images = [*_generated_images().values(), *_aspect_ratios().values()]
     expected = their_fast(images, return_tensors="pt").pixel_values
     for threads in (1, 3):
-        _equal(
-            SiglipImageProcessorFast(num_threads=threads)(images, return_tensors="pt").pixel_values, expected
-        )
-    listed = SiglipImageProcessorFast()(images[:3], do_resize=False).pixel_values
+        _equal(SiglipImageProcessor(num_threads=threads)(images, return_tensors="pt").pixel_values, expected)
+    listed = SiglipImageProcessor()(images[:3], do_resize=False).pixel_values
     reference = their_fast(images[:3], do_resize=False).pixel_values
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(listed, reference, strict=True))
 
@@ -252,7 +262,7 @@ def test_naflex_real_photos_are_bit_identical_and_differ_from_pil(
     photos = [*_photos().values(), *map(Image.fromarray, _aspect_ratios().values())]
     got = naflex_fast(photos, max_num_patches=max_num_patches, return_tensors="pt")
     _naflex_equal(got, their_naflex_fast(photos, max_num_patches=max_num_patches, return_tensors="pt"))
-    pil = Siglip2ImageProcessor()(photos, max_num_patches=max_num_patches, return_tensors="pt")
+    pil = Siglip2ImageProcessorPil()(photos, max_num_patches=max_num_patches, return_tensors="pt")
     assert torch.equal(got.spatial_shapes, pil.spatial_shapes)  # the same sizes, other pixels
     assert not torch.equal(got.pixel_values, pil.pixel_values)
 
@@ -291,7 +301,7 @@ def saved(tmp_path_factory, spiece_model):
     return root
 
 
-CHOICES = [({}, "pil"), ({"use_fast": False}, "pil"), ({"use_fast": True}, "torch"), ({"backend": "pil"}, "pil"),
+CHOICES = [({}, "torch"), ({"use_fast": False}, "pil"), ({"use_fast": True}, "torch"), ({"backend": "pil"}, "pil"),
            ({"backend": "torchvision"}, "torch"), ({"backend": "torch"}, "torch"),
            ({"use_fast": False, "backend": "torchvision"}, "torch")]  # fmt: skip
 
@@ -299,8 +309,8 @@ CHOICES = [({}, "pil"), ({"use_fast": False}, "pil"), ({"use_fast": True}, "torc
 @pytest.mark.parametrize("kwargs, backend", CHOICES, ids=lambda v: str(v))
 def test_from_pretrained_chooses_the_backend_as_transformers_arguments_say(saved, kwargs, backend):
     classes = {
-        "siglip": {"pil": SiglipImageProcessor, "torch": SiglipImageProcessorFast},
-        "siglip2": {"pil": Siglip2ImageProcessor, "torch": Siglip2ImageProcessorFast},
+        "siglip": {"pil": SiglipImageProcessorPil, "torch": SiglipImageProcessor},
+        "siglip2": {"pil": Siglip2ImageProcessorPil, "torch": Siglip2ImageProcessor},
     }
     for family, image_class, processor_class in (
         ("siglip", SiglipImageProcessor, SiglipProcessor),
@@ -314,7 +324,8 @@ def test_from_pretrained_chooses_the_backend_as_transformers_arguments_say(saved
         ):
             assert type(loaded) is expected, (family, kwargs)
     # an explicit class stays itself without a choice
-    assert type(SiglipImageProcessorFast.from_pretrained(saved / "siglip")) is SiglipImageProcessorFast
+    assert type(SiglipImageProcessorPil.from_pretrained(saved / "siglip")) is SiglipImageProcessorPil
+    assert type(Siglip2ImageProcessorPil.from_pretrained(saved / "siglip2")) is Siglip2ImageProcessorPil
     with pytest.raises(ValueError, match="backend must be 'pil' or 'torch'"):
         SiglipImageProcessor.from_pretrained(saved / "siglip", backend="cv2")
 
@@ -322,7 +333,7 @@ def test_from_pretrained_chooses_the_backend_as_transformers_arguments_say(saved
 @pytest.mark.parametrize("family", ["siglip", "siglip2"])
 def test_transformers_files_load_with_both_backends_and_give_its_pixels(saved, family):
     image = Image.fromarray(skimage_data.coffee())
-    for use_fast in (True, False):
+    for use_fast in (None, True, False):  # None: each library's default
         theirs = transformers.AutoProcessor.from_pretrained(saved / family, use_fast=use_fast)
         ours = AutoProcessor.from_pretrained(saved / family, use_fast=use_fast)
         assert ours.image_processor.backend == theirs.image_processor.backend
@@ -334,81 +345,95 @@ def test_transformers_files_load_with_both_backends_and_give_its_pixels(saved, f
 
 @pytest.mark.parametrize(
     "ours",
-    [SiglipImageProcessorFast(size={"height": 96, "width": 128}, resample=2, image_mean=[0.1, 0.2, 0.3]),
-     Siglip2ImageProcessorFast(max_num_patches=100, resample=3)],
-    ids=["siglip", "siglip2"],
+    [SiglipImageProcessor(size={"height": 96, "width": 128}, resample=2, image_mean=[0.1, 0.2, 0.3]),
+     SiglipImageProcessorPil(size={"height": 96, "width": 128}, resample=2, image_mean=[0.1, 0.2, 0.3]),
+     Siglip2ImageProcessor(max_num_patches=100, resample=3),
+     Siglip2ImageProcessorPil(max_num_patches=100, resample=3)],
+    ids=["siglip", "siglip-pil", "siglip2", "siglip2-pil"],
 )  # fmt: skip
-def test_what_we_save_transformers_loads_with_the_same_backend(ours, tmp_path):
+def test_what_we_save_transformers_loads_with_either_backend(ours, tmp_path):
     ours.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    name = config["image_processor_type"]  # one name for both backends, as transformers writes
-    assert name == type(ours).__name__.removesuffix("Fast")
-    theirs = getattr(transformers, name).from_pretrained(tmp_path)
-    assert theirs.backend == "torchvision"
+    name = json.loads((tmp_path / "preprocessor_config.json").read_text())["image_processor_type"]
+    # one name for both backends, the default class's: what transformers' class of the same backend writes
+    their_class = type(transformers.AutoImageProcessor.from_pretrained(tmp_path, backend=ours.backend))
+    assert their_class.__name__ == type(ours).__name__
+    assert name == their_class().to_dict()["image_processor_type"] == type(ours).__name__.removesuffix("Pil")
     reloaded = type(ours).from_pretrained(tmp_path)
-    assert reloaded.to_dict() == ours.to_dict()
+    assert type(reloaded) is type(ours) and reloaded.to_dict() == ours.to_dict()
     image = Image.fromarray(skimage_data.rocket())
-    got, expected = reloaded(image, return_tensors="pt"), theirs(image, return_tensors="pt")
-    for key in expected:
-        _equal(got[key], expected[key], key)
-    pil = getattr(transformers, name + "Pil").from_pretrained(tmp_path)  # the same file, the other backend
-    got = reloaded.with_backend("pil")(image, return_tensors="pt")
-    for key in expected:
-        _equal(got[key], pil(image, return_tensors="pt")[key], key)
+    for backend, theirs in (
+        ("torch", getattr(transformers, name).from_pretrained(tmp_path)),
+        ("pil", getattr(transformers, name + "Pil").from_pretrained(tmp_path)),  # the same file
+    ):
+        got, expected = (
+            reloaded.with_backend(backend)(image, return_tensors="pt"),
+            theirs(image, return_tensors="pt"),
+        )
+        for key in expected:
+            _equal(got[key], expected[key], f"{backend} {key}")
+    assert transformers.AutoImageProcessor.from_pretrained(tmp_path).backend == "torchvision"  # its default
 
 
 def test_with_backend_keeps_every_setting():
-    pil = SiglipImageProcessor(size={"height": 32, "width": 48}, num_threads=2, reduced_decode=True,
-                               max_image_pixels=1000, exif_transpose=False)  # fmt: skip
+    pil = SiglipImageProcessorPil(size={"height": 32, "width": 48}, num_threads=2, reduced_decode=True,
+                                  max_image_pixels=1000, exif_transpose=False)  # fmt: skip
     fast = pil.with_backend("torch")
-    assert type(fast) is SiglipImageProcessorFast and type(pil) is SiglipImageProcessor
+    assert type(fast) is SiglipImageProcessor and type(pil) is SiglipImageProcessorPil
     assert vars(fast) == vars(pil) and fast.to_dict() == pil.to_dict()
-    assert type(fast.with_backend("pil")) is SiglipImageProcessor
-    assert type(Siglip2ImageProcessor().with_backend("torchvision")) is Siglip2ImageProcessorFast
+    assert type(fast.with_backend("pil")) is SiglipImageProcessorPil
+    assert type(Siglip2ImageProcessorPil().with_backend("torchvision")) is Siglip2ImageProcessor
+    assert type(Siglip2ImageProcessor().with_backend("pil")) is Siglip2ImageProcessorPil
     with pytest.raises(ValueError, match="backend must be"):
         pil.with_backend("fast")
 
 
 def test_processors_take_either_backend_of_their_family(spiece_model):
     tokenizer = SiglipTokenizer(spiece_model, model_input_names=["input_ids"])
-    processor = SiglipProcessor(SiglipImageProcessorFast(size={"height": 32, "width": 32}), tokenizer)
     image = Image.fromarray(skimage_data.astronaut())
-    _equal(
-        processor(images=image)["pixel_values"],
-        transformers.SiglipImageProcessor(size={"height": 32, "width": 32})(
-            image, return_tensors="pt"
-        ).pixel_values,
-    )
-    with pytest.raises(TypeError, match="takes a Siglip2ImageProcessor"):
-        Siglip2Processor(SiglipImageProcessorFast(), tokenizer)
+    size = {"height": 32, "width": 32}
+    for ours, theirs in (
+        (SiglipImageProcessor(size=size), transformers.SiglipImageProcessor(size=size)),
+        (SiglipImageProcessorPil(size=size), transformers.SiglipImageProcessorPil(size=size)),
+    ):
+        _equal(
+            SiglipProcessor(ours, tokenizer)(images=image)["pixel_values"],
+            theirs(image, return_tensors="pt").pixel_values,
+            type(ours).__name__,
+        )
+    for other in (SiglipImageProcessor(), SiglipImageProcessorPil()):
+        with pytest.raises(TypeError, match="takes a Siglip2ImageProcessor"):
+            Siglip2Processor(other, tokenizer)
 
 
 # --- the tools ---------------------------------------------------------------------------------------------------
 def test_every_tool_takes_either_backend(checkpoint, photos, tmp_path, monkeypatch):
     _, files = photos
     paths = [str(f) for f in files]
-    pil = Embedder.from_pretrained(checkpoint, device="cpu")
-    fast = Embedder.from_pretrained(checkpoint, device="cpu", image_backend="torch", max_image_pixels=10**6)
-    assert type(pil.processor.image_processor) is SiglipImageProcessor  # the default
-    assert type(fast.processor.image_processor) is SiglipImageProcessorFast
-    assert fast.processor.image_processor.max_image_pixels == 10**6  # the other options still apply
-    expected = fast.embed_images(paths)
-    assert np.abs(expected - pil.embed_images(paths)).max() > 1e-4  # the backends' embeddings differ
+    default = Embedder.from_pretrained(checkpoint, device="cpu")
+    pil = Embedder.from_pretrained(checkpoint, device="cpu", image_backend="pil", max_image_pixels=10**6)
+    assert type(default.processor.image_processor) is SiglipImageProcessor  # the default, as transformers 5
+    assert type(pil.processor.image_processor) is SiglipImageProcessorPil
+    assert pil.processor.image_processor.max_image_pixels == 10**6  # the other options still apply
+    expected = pil.embed_images(paths)
+    assert np.abs(expected - default.embed_images(paths)).max() > 1e-4  # the backends' embeddings differ
 
     # the command line: --image-backend reaches the model the command loads (its ModelOptions)
     out = tmp_path / "v.npy"
     argv = ["embed", *paths, "--out", out, "--model", checkpoint, "--workers", "0", "--no-progress"]
-    assert main([*map(str, argv), "--image-backend", "torch"]) == 0
+    assert main([*map(str, argv), "--image-backend", "pil"]) == 0
     np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
     with pytest.raises(UsageError, match=r"image_backend must be one of pil, torch; got 'fast'"):
         Embedder.from_pretrained(checkpoint, image_backend="fast")
 
     # an index records the backend it was built with, keeps it when reopened and refuses another
-    index_dir = tmp_path / "index"
-    with SearchIndex(index_dir, checkpoint, "cpu", image_backend="torch") as index:
-        index.update(paths[:1])
-    with SearchIndex(index_dir) as index:
-        assert index.embedding_settings["image_backend"] == "torch"
-        assert type(index.embedder.processor.image_processor) is SiglipImageProcessorFast
-    with pytest.raises(StoreError, match="built with --image-backend torch, asked for pil"):
-        SearchIndex(index_dir, image_backend="pil")
+    for backend, image_class in (("pil", SiglipImageProcessorPil), (None, SiglipImageProcessor)):
+        index_dir = tmp_path / f"index-{backend}"
+        with SearchIndex(index_dir, checkpoint, "cpu", image_backend=backend) as index:
+            index.update(paths[:1])
+        recorded = backend or "torch"  # the default's, recorded by name
+        other = "torch" if recorded == "pil" else "pil"
+        with SearchIndex(index_dir) as index:
+            assert index.embedding_settings["image_backend"] == recorded
+            assert type(index.embedder.processor.image_processor) is image_class
+        with pytest.raises(StoreError, match=f"built with --image-backend {recorded}, asked for {other}"):
+            SearchIndex(index_dir, image_backend=other)

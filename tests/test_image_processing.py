@@ -1,4 +1,5 @@
-"""SiglipImageProcessor: bit-identical to transformers' PIL backend, robust to real files, clear on bad input."""
+"""SiglipImageProcessorPil: bit-identical to transformers' PIL backend, robust to real files, clear on bad input
+(the torch backend, `SiglipImageProcessor`, against transformers' default in test_image_backends.py)."""
 
 import io
 import json
@@ -11,7 +12,7 @@ import transformers
 from PIL import Image
 from skimage import data as skimage_data
 
-from siglip import CheckpointError, SiglipImageProcessor
+from siglip import CheckpointError, SiglipImageProcessorPil
 from siglip.core.features import BatchFeature
 from siglip.errors import ImageInputError
 
@@ -82,7 +83,7 @@ ARGUMENTS = [
 
 @pytest.fixture(scope="module")
 def ours():
-    return SiglipImageProcessor()
+    return SiglipImageProcessorPil()
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,8 @@ def test_batches_and_threads_give_the_same_pixels(theirs):
         reference = theirs(images, return_tensors="pt").pixel_values
         for threads in (1, 3):
             _assert_bit_identical(
-                SiglipImageProcessor(num_threads=threads)(images, return_tensors="pt").pixel_values, reference
+                SiglipImageProcessorPil(num_threads=threads)(images, return_tensors="pt").pixel_values,
+                reference,
             )
 
 
@@ -213,7 +215,7 @@ def test_paths_and_bytes_match_transformers_including_exif_orientation(ours, the
         ours(opened, return_tensors="pt").pixel_values, theirs(opened, return_tensors="pt").pixel_values
     )
     _assert_bit_identical(ours(opened, return_tensors="pt", exif_transpose=True).pixel_values, expected)
-    never = SiglipImageProcessor(exif_transpose=False)(path, return_tensors="pt").pixel_values
+    never = SiglipImageProcessorPil(exif_transpose=False)(path, return_tensors="pt").pixel_values
     _assert_bit_identical(never, theirs(opened, return_tensors="pt").pixel_values)
 
 
@@ -305,13 +307,13 @@ def test_decompression_bombs_are_refused(ours, tmp_path, monkeypatch):
 def test_a_processor_raising_its_limit_leaves_other_processors_at_pillows(tmp_path, monkeypatch):
     Image.new("RGB", (300, 200)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
-    trusting = SiglipImageProcessor(max_image_pixels=60_000)
+    trusting = SiglipImageProcessorPil(max_image_pixels=60_000)
     assert trusting(tmp_path / "bomb.png", return_tensors="np")["pixel_values"].shape[0] == 1
     assert Image.MAX_IMAGE_PIXELS == 60_000  # raised, as Pillow refuses at twice its own limit
     with pytest.raises(ImageInputError, match="60000 pixels, more than the limit of 50000"):
-        SiglipImageProcessor()(tmp_path / "bomb.png")
+        SiglipImageProcessorPil()(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 70_000)  # set by the user afterwards: it is the default
-    assert SiglipImageProcessor()(tmp_path / "bomb.png", return_tensors="np")["pixel_values"].shape[0] == 1
+    assert SiglipImageProcessorPil()(tmp_path / "bomb.png", return_tensors="np")["pixel_values"].shape[0] == 1
 
 
 @pytest.mark.parametrize(
@@ -362,9 +364,9 @@ def test_different_sizes_cannot_be_stacked(ours):
 
 # --- files ----------------------------------------------------------------------------------------------------
 def test_save_load_round_trip_and_transformers_reads_ours(tmp_path):
-    ours = SiglipImageProcessor(size={"height": 96, "width": 128}, resample=2, image_mean=[0.1, 0.2, 0.3])
+    ours = SiglipImageProcessorPil(size={"height": 96, "width": 128}, resample=2, image_mean=[0.1, 0.2, 0.3])
     ours.save_pretrained(tmp_path)
-    reloaded = SiglipImageProcessor.from_pretrained(tmp_path)
+    reloaded = SiglipImageProcessorPil.from_pretrained(tmp_path)
     assert reloaded.to_dict() == ours.to_dict()
     theirs = transformers.SiglipImageProcessorPil.from_pretrained(tmp_path)
     image = Image.fromarray(skimage_data.coffee())
@@ -383,7 +385,7 @@ def test_loads_what_transformers_saves(tmp_path, spiece_model, saved_by):
         assert not (tmp_path / "preprocessor_config.json").exists()
     else:
         theirs.save_pretrained(tmp_path)
-    ours = SiglipImageProcessor.from_pretrained(tmp_path)
+    ours = SiglipImageProcessorPil.from_pretrained(tmp_path)
     assert ours.size == {"height": 64, "width": 48} and ours.resample == Image.Resampling.BILINEAR
     image = Image.fromarray(skimage_data.rocket())
     _assert_bit_identical(
@@ -393,8 +395,8 @@ def test_loads_what_transformers_saves(tmp_path, spiece_model, saved_by):
 
 def test_unsupported_or_broken_configs_raise(tmp_path):
     with pytest.raises(CheckpointError, match=r"has no preprocessor_config\.json"):
-        SiglipImageProcessor.from_pretrained(tmp_path)
-    SiglipImageProcessor().save_pretrained(tmp_path)
+        SiglipImageProcessorPil.from_pretrained(tmp_path)
+    SiglipImageProcessorPil().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "preprocessor_config.json").read_text())
     for change, message in (
         ({"do_center_crop": True}, "do_center_crop is not part"),
@@ -402,7 +404,7 @@ def test_unsupported_or_broken_configs_raise(tmp_path):
     ):
         (tmp_path / "preprocessor_config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(CheckpointError, match=message):
-            SiglipImageProcessor.from_pretrained(tmp_path)
+            SiglipImageProcessorPil.from_pretrained(tmp_path)
 
 
 def test_batch_feature_behaves_like_transformers(ours):

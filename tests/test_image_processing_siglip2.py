@@ -1,9 +1,9 @@
-"""Siglip2ImageProcessor and Siglip2Processor: identical to transformers' `Siglip2ImageProcessorPil` and
+"""Siglip2ImageProcessorPil and Siglip2Processor: identical to transformers' `Siglip2ImageProcessorPil` and
 `Siglip2Processor` on SigLIP's image matrix (every PIL mode, extreme sizes, arrays, EXIF files), files that
 both libraries read, and clear errors for what NaFlex cannot represent.
 
-transformers' torchvision backend (`Siglip2ImageProcessor` there) is compared with ours
-(`Siglip2ImageProcessorFast`) in test_image_backends.py.
+transformers' default, torchvision backend (`Siglip2ImageProcessor`) is compared with ours (`Siglip2ImageProcessor`)
+in test_image_backends.py.
 
 One deliberate difference: transformers' `Siglip2ImageProcessorPil` does not convert to RGB unless
 `do_convert_rgb=True` and raises on grey, RGBA, palette or CMYK images; ours converts them as SigLIP's does.
@@ -20,7 +20,13 @@ import transformers
 from PIL import Image
 from skimage import data as skimage_data
 
-from siglip import ImageInputError, Siglip2ImageProcessor, Siglip2Processor, SiglipTokenizer
+from siglip import (
+    ImageInputError,
+    Siglip2ImageProcessor,
+    Siglip2ImageProcessorPil,
+    Siglip2Processor,
+    SiglipTokenizer,
+)
 from siglip.core.siglip2.image_processing import get_image_size_for_max_num_patches
 from test_image_processing import PHOTOS, _arrays, _generated_images, _jpeg
 
@@ -42,7 +48,7 @@ ARGUMENTS = [
 
 @pytest.fixture(scope="module")
 def ours():
-    return Siglip2ImageProcessor()
+    return Siglip2ImageProcessorPil()
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +179,12 @@ def test_images_that_cannot_be_patches_are_named(ours):
 
 # --- files and the processor ---------------------------------------------------------------------------------
 def test_config_files_round_trip_with_transformers(tmp_path):
-    ours = Siglip2ImageProcessor(max_num_patches=576, resample=Image.Resampling.BICUBIC)
+    ours = Siglip2ImageProcessorPil(max_num_patches=576, resample=Image.Resampling.BICUBIC)
     ours.save_pretrained(tmp_path / "ours")
     theirs = transformers.Siglip2ImageProcessorPil.from_pretrained(tmp_path / "ours")
     assert (theirs.max_num_patches, theirs.resample) == (576, Image.Resampling.BICUBIC)
     theirs.save_pretrained(tmp_path / "theirs")
-    again = Siglip2ImageProcessor.from_pretrained(tmp_path / "theirs")
+    again = Siglip2ImageProcessorPil.from_pretrained(tmp_path / "theirs")
     assert again.to_dict() == ours.to_dict()
     image = _generated_images()["RGB"]
     _assert_identical(again(image, return_tensors="pt"), theirs(image, return_tensors="pt"))
@@ -188,7 +194,7 @@ def test_config_files_round_trip_with_transformers(tmp_path):
 @pytest.fixture(scope="module")
 def processors(spiece_model):
     ours = Siglip2Processor(
-        Siglip2ImageProcessor(), SiglipTokenizer(spiece_model, model_input_names=["input_ids"])
+        Siglip2ImageProcessorPil(), SiglipTokenizer(spiece_model, model_input_names=["input_ids"])
     )
     theirs = transformers.Siglip2Processor(
         image_processor=transformers.Siglip2ImageProcessorPil(do_convert_rgb=True),
