@@ -1,4 +1,5 @@
-"""SiglipProcessor: the reference call contract, our padding default, model inputs and files."""
+"""SiglipProcessor: the reference call contract, our padding default, model inputs and files (with each
+library's default image backend, the same: torchvision's pixels)."""
 
 import warnings
 
@@ -28,7 +29,7 @@ def processor(spiece_model):
 @pytest.fixture(scope="module")
 def reference(spiece_model):
     tokenizer = transformers.SiglipTokenizer(str(spiece_model), model_input_names=["input_ids"])
-    image_processor = transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    image_processor = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})  # as ours, its default
     return transformers.SiglipProcessor(image_processor, tokenizer)
 
 
@@ -119,7 +120,7 @@ def test_save_and_load_round_trip_and_transformers_reads_ours(processor, images,
     }
     expected = processor(text=TEXTS, images=images)
     _assert_same(SiglipProcessor.from_pretrained(tmp_path)(text=TEXTS, images=images), expected)
-    theirs = transformers.SiglipProcessor.from_pretrained(tmp_path, backend="pil")  # the oracle path we match
+    theirs = transformers.SiglipProcessor.from_pretrained(tmp_path)  # its default backend, as ours
     _assert_same(
         theirs(text=TEXTS, images=images, padding="max_length", truncation=True, return_tensors="pt"),
         expected,
