@@ -29,7 +29,9 @@ def processor(spiece_model):
 @pytest.fixture(scope="module")
 def reference(spiece_model):
     tokenizer = transformers.SiglipTokenizer(str(spiece_model), model_input_names=["input_ids"])
-    image_processor = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})  # as ours, its default
+    image_processor = transformers.SiglipImageProcessor(
+        size={"height": 32, "width": 32}
+    )  # as ours, its default
     return transformers.SiglipProcessor(image_processor, tokenizer)
 
 

@@ -239,7 +239,12 @@ def test_an_index_embeds_as_it_was_built_and_refuses_other_settings(checkpoints,
     capsys.readouterr()
     assert main(["info", index, "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
-    assert described["embedding"] == {"precision": "fp32", "max_num_patches": 16, "reduced_decode": None}
+    assert described["embedding"] == {
+        "precision": "fp32",
+        "max_num_patches": 16,
+        "reduced_decode": None,
+        "image_backend": "torch",  # the default, recorded by name
+    }
     assert main(["info", index]) == 0
     assert "precision fp32, max_num_patches 16" in capsys.readouterr().out
 
@@ -253,6 +258,7 @@ def test_an_index_embeds_as_it_was_built_and_refuses_other_settings(checkpoints,
             "precision": "fp32",
             "max_num_patches": 16,
             "reduced_decode": None,
+            "image_backend": "torch",
         }
         hit = opened.search_image(later[1], k=1)[0]
         assert hit.path == later[1] and hit.score == pytest.approx(1.0, abs=1e-5)

@@ -62,7 +62,11 @@ def to_rgb(image: np.ndarray | torch.Tensor, name: str, data_format: str | None)
     """(3, H, W) tensor of an array or tensor image in its own dtype, as transformers' torchvision backend
     converts it: 2-D is grey, the channel axis is inferred from a first or last axis of 1, 3 or 4 entries
     (the first when both are), 1 channel is repeated, 4 are composited over white."""
-    image = torch.from_numpy(np.asarray(image)) if isinstance(image, np.ndarray) else image.detach().cpu()
+    if isinstance(image, np.ndarray):
+        # a read-only array (e.g. `np.asarray` of a PIL image) is copied: torch warns about sharing it
+        image = torch.from_numpy(image if image.flags.writeable else image.copy())
+    else:
+        image = image.detach().cpu()
     if image.ndim == 2:
         image, data_format = image[None], "channels_first"
     elif image.ndim != 3:
