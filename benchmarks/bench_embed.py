@@ -4,8 +4,8 @@
 
 A random-weight base/16-224 model is built in transformers and saved with a processor; siglip loads the same
 files. The transformers loop is what its documentation shows: per batch of paths, open the images with PIL,
-run `SiglipImageProcessor` (PIL backend), then `get_image_features` under `torch.inference_mode`, normalise.
-siglip runs `embed_to_file` (what `siglip embed --out vectors.npy` runs: decoding workers, the model, a
+run `SiglipImageProcessorPil` (PIL backend), then `get_image_features` under `torch.inference_mode`, normalise.
+siglip runs `embed_to_file` with the same PIL backend (`--image-backend pil`) (what `siglip embed --out vectors.npy` runs: decoding workers, the model, a
 resumable journal, the .npy and its manifest) in its default mode and with the inference options. Every run
 is timed once from the list of files to the embeddings in memory (transformers, its model already loaded) or
 on disk (siglip, loading the model and quantising or compiling it included); the
@@ -53,7 +53,9 @@ def transformers_loop(
 def siglip_embed(
     directory: Path, paths: list[str], out: Path, batch_size: int, **options: object
 ) -> np.ndarray:
-    embedder = siglip.Embedder.from_pretrained(directory, **{"device": "cpu", **options})
+    embedder = siglip.Embedder.from_pretrained(
+        directory, **{"device": "cpu", "image_backend": "pil", **options}
+    )
     embed_to_file(paths, out, embedder, batch_size=batch_size, progress=False)
     vectors = np.load(out)
     for leftover in (out, out.with_suffix(".npy.json")):

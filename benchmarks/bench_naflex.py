@@ -12,7 +12,7 @@
   workers, one padded batch of mixed aspect ratios per model call) with a random-weight NaFlex base model, fp32
   and int8, against a transformers loop (PIL decode, `Siglip2ImageProcessorPil`, `get_image_features`, one
   batch at a time); images/s, and the fraction of patch slots that are padding.
-- processor: `Siglip2ImageProcessor` against transformers' `Siglip2ImageProcessorPil` on decoded PIL photos of
+- processor: `Siglip2ImageProcessorPil` against transformers' `Siglip2ImageProcessorPil` on decoded PIL photos of
   mixed sizes (640x480, 480x640, 1280x320, 300x300 crops of scikit-image's photos); outputs are checked to be
   identical first.
 """
@@ -84,7 +84,7 @@ def bench_processor(args: argparse.Namespace) -> None:
         "|---|---|---|---|---|"
     )
     for patches in args.patches:
-        ours = siglip.Siglip2ImageProcessor(max_num_patches=patches)
+        ours = siglip.Siglip2ImageProcessorPil(max_num_patches=patches)
         a = ours(photos, return_tensors="pt")
         b = theirs(photos, max_num_patches=patches, return_tensors="pt")
         assert all(torch.equal(a[k], b[k]) for k in b)
@@ -139,7 +139,9 @@ def bench_embed(args: argparse.Namespace) -> None:
         reference = transformers_loop()
         rows.append(("transformers loop, fp32", time.perf_counter() - start, 1.0))
         for precision in ("fp32", "int8"):
-            embedder = siglip.Embedder.from_pretrained(checkpoint, device="cpu", precision=precision)
+            embedder = siglip.Embedder.from_pretrained(
+                checkpoint, device="cpu", precision=precision, image_backend="pil"  # as the transformers loop
+            )
             start = time.perf_counter()
             vectors = np.concatenate([b.vectors for b in embedder.embed_files(files, batch_size=args.batch)])
             seconds = time.perf_counter() - start

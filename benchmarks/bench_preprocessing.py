@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from _common import make_jpegs, time_alternately, train_tokenizer
-from siglip import SiglipImageProcessor, SiglipTokenizer
+from siglip import SiglipImageProcessorPil, SiglipTokenizer
 
 
 def make_captions(count: int, seed: int = 0) -> list[str]:
@@ -88,7 +88,7 @@ def main() -> None:
         decoded = [Image.open(p).convert("RGB") for p in paths]
         theirs_img = transformers.SiglipImageProcessorPil()
         for threads in (None, 1):
-            ours_img = SiglipImageProcessor(num_threads=threads)
+            ours_img = SiglipImageProcessorPil(num_threads=threads)
             label = "default threads" if threads is None else "1 thread"
             for inputs, what in ((paths, "decode included"), (decoded, "decode excluded")):
                 source = [str(p) for p in inputs] if what == "decode included" else inputs
