@@ -357,18 +357,16 @@ def _scores(results: list[dict]) -> dict[str, float]:
 
 @pytest.mark.parametrize("fixture", ["siglip_dir", "gemma_dir", "naflex_dir"])
 def test_pipeline_gives_transformers_scores(request, fixture):
-    """The same numbers as transformers' pipeline with the PIL image backend (ours): labels not lowercased,
-    the Gemma tokenizer's attention mask given to the model."""
+    """The same numbers as transformers' pipeline, each with its default image backend (torchvision's pixels):
+    labels not lowercased, the Gemma tokenizer's attention mask given to the model."""
     import transformers
 
     quiet_transformers()
     directory = request.getfixturevalue(fixture)
-    naflex = fixture == "naflex_dir"
-    backend = transformers.Siglip2ImageProcessorPil if naflex else transformers.SiglipImageProcessorPil
+    image_processor = transformers.AutoImageProcessor.from_pretrained(directory)  # its default: torchvision
+    assert image_processor.backend == "torchvision"
     theirs = transformers.pipeline(
-        "zero-shot-image-classification",
-        model=str(directory),
-        image_processor=backend.from_pretrained(directory),
+        "zero-shot-image-classification", model=str(directory), image_processor=image_processor
     )
     expected = theirs(_image(), candidate_labels=LABELS)
     ours = siglip.pipeline(
