@@ -140,7 +140,10 @@ def bench_embed(args: argparse.Namespace) -> None:
         rows.append(("transformers loop, fp32", time.perf_counter() - start, 1.0))
         for precision in ("fp32", "int8"):
             embedder = siglip.Embedder.from_pretrained(
-                checkpoint, device="cpu", precision=precision, image_backend="pil"  # as the transformers loop
+                checkpoint,
+                device="cpu",
+                precision=precision,
+                image_backend="pil",  # as the transformers loop
             )
             start = time.perf_counter()
             vectors = np.concatenate([b.vectors for b in embedder.embed_files(files, batch_size=args.batch)])
