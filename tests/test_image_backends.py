@@ -17,6 +17,7 @@ import transformers
 from PIL import Image, ImageOps
 from skimage import data as skimage_data
 
+from _material import train_gemma_like
 from siglip import (
     AutoProcessor,
     Siglip2ImageProcessor,
@@ -293,9 +294,13 @@ def saved(tmp_path_factory, spiece_model):
     transformers.SiglipProcessor(
         transformers.SiglipImageProcessor(size={"height": 64, "width": 48}, resample=2), tokenizer
     ).save_pretrained(root / "siglip")
-    transformers.Siglip2Processor(
-        transformers.Siglip2ImageProcessor(resample=3, do_convert_rgb=True), tokenizer
-    ).save_pretrained(root / "siglip2")
+    # a NaFlex folder has a Gemma tokenizer (tokenizer.model, lowercasing), as the hub's
+    (root / "siglip2").mkdir()
+    (root / "siglip2" / "tokenizer.model").write_bytes(train_gemma_like())
+    (root / "siglip2" / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "Siglip2Tokenizer"})
+    )
+    transformers.Siglip2ImageProcessor(resample=3, do_convert_rgb=True).save_pretrained(root / "siglip2")
     for family, model_type in (("siglip", "siglip"), ("siglip2", "siglip2")):
         (root / family / "config.json").write_text(json.dumps({"model_type": model_type}))
     return root
@@ -437,3 +442,12 @@ def test_every_tool_takes_either_backend(checkpoint, photos, tmp_path, monkeypat
             assert type(index.embedder.processor.image_processor) is image_class
         with pytest.raises(StoreError, match=f"built with --image-backend {recorded}, asked for {other}"):
             SearchIndex(index_dir, image_backend=other)
+
+    # an index from before the backend was recorded was embedded with PIL: it stays PIL
+    with SearchIndex(tmp_path / "index-pil") as index:
+        settings = {k: v for k, v in index.embedding_settings.items() if k != "image_backend"}
+        index.store.set_meta("embedding_settings", json.dumps(settings))
+    with SearchIndex(tmp_path / "index-pil") as index:
+        assert type(index.embedder.processor.image_processor) is SiglipImageProcessorPil
+    with pytest.raises(StoreError, match="built with --image-backend pil, asked for torch"):
+        SearchIndex(tmp_path / "index-pil", image_backend="torch")

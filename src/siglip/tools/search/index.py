@@ -230,7 +230,10 @@ class SearchIndex:
     def embedding_settings(self) -> dict[str, Any] | None:
         """The `Embedder.settings` the images were embedded with (None: an index made before they were kept)."""
         text = self.store.get_meta(_EMBEDDING)
-        return json.loads(text) if text else None
+        if not text:
+            return None
+        # an index from before the image backend was recorded was embedded with PIL, then the only backend
+        return {"image_backend": "pil", **json.loads(text)}
 
     def _take_recorded_settings(self) -> None:
         """Load the model as the index was built, refusing asked-for settings that differ from those."""
