@@ -244,13 +244,13 @@ def test_an_import_records_the_settings_of_its_embeddings_and_refuses_others(tmp
     from siglip.tools.search.index import _EMBEDDING
 
     vectors = clustered(300, 64, clusters=5, rank=8)
-    made = {"precision": "bf16", "max_num_patches": None, "reduced_decode": True}
+    made = {"precision": "bf16", "max_num_patches": None, "reduced_decode": True, "image_backend": "pil"}
     for folder in ("embed", "ray"):
         (tmp_path / folder).mkdir()
     _embeddings_file(tmp_path / "embed" / "vectors.parquet", vectors[:200])
     (tmp_path / "embed" / "vectors.parquet.json").write_text(json.dumps({"model": "synthetic", **made}))
     index = _new_index(tmp_path / "index", vectors[:0])
-    local = {"precision": "fp32", "max_num_patches": None, "reduced_decode": False}  # as a new index records
+    local = {"precision": "fp32", "max_num_patches": None, "reduced_decode": False, "image_backend": "torch"}
     index.store.set_meta(_EMBEDDING, json.dumps(local))
     index.import_embeddings(tmp_path / "embed")
     assert index.embedding_settings == made and len(index) == 200
@@ -270,7 +270,9 @@ def test_an_import_records_the_settings_of_its_embeddings_and_refuses_others(tmp
     (tmp_path / "embed" / "vectors.parquet.json").unlink()  # not recorded: None, which refuses nothing
     unknown = _new_index(tmp_path / "unknown", vectors[:0])
     unknown.import_embeddings(tmp_path / "embed")
-    assert unknown.embedding_settings == {"precision": None, "max_num_patches": None, "reduced_decode": None}
+    assert unknown.embedding_settings == dict.fromkeys(
+        ("precision", "max_num_patches", "reduced_decode", "image_backend")
+    )
     unknown.import_embeddings(ray.parent)
     assert len(unknown) == 300 and SearchIndex(tmp_path / "unknown").options.precision_word == "auto"
 

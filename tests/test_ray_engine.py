@@ -164,6 +164,7 @@ def test_max_num_patches_reaches_the_ray_decoders(cluster, tmp_path, capsys):
             "precision": "fp32",
             "max_num_patches": 24,
             "reduced_decode": None,
+            "image_backend": "torch",  # the processor's default
         }
     capsys.readouterr()
     assert main(["embed", str(tmp_path / "images"), "--out", str(out), "--engine", "ray", "--model", model,

@@ -116,6 +116,7 @@ def test_an_index_built_with_reduced_decode_keeps_it_and_refuses_a_model_without
             "precision": "fp32",
             "max_num_patches": None,
             "reduced_decode": True,
+            "image_backend": "torch",  # the processor's default
         }
         assert reopened.embedder.processor.image_processor.reduced_decode  # not asked for: as built
     assert not embedder.processor.image_processor.reduced_decode and embedder.mode.precision == "fp32"

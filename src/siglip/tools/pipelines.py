@@ -99,16 +99,9 @@ class ZeroShotImageClassificationPipeline:
         templates = (
             [hypothesis_template] if isinstance(hypothesis_template, str) else list(hypothesis_template)
         )
-        with self.embedder.mode.autocast(self.embedder.device):
-            vectors = zeroshot.class_embeddings(
-                self.model,
-                self.embedder.processor.tokenizer,
-                candidate_labels,
-                templates,
-                lowercase=self.lowercase,
-                attention_mask=True,
-            )
-        return vectors.cpu().numpy()
+        return self.embedder.class_embeddings(
+            candidate_labels, templates, lowercase=self.lowercase, attention_mask=True
+        )
 
     def rank(
         self,

@@ -14,6 +14,7 @@ model's `encode_images` / `encode_texts`: unit length, float32.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -153,9 +154,17 @@ class Embedder:
         texts = [texts] if isinstance(texts, str) else list(texts)
         return self._in_mode(zeroshot.text_embeddings, self.processor.tokenizer, texts, batch_size)
 
-    def class_embeddings(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-        """(C, D) unit-length embeddings of each label, averaged over `templates` (a prompt ensemble)."""
-        return self._in_mode(zeroshot.class_embeddings, self.processor.tokenizer, labels, templates)
+    def class_embeddings(
+        self, labels: Sequence[str], templates: Sequence[str], **text_options: bool | None
+    ) -> np.ndarray:
+        """(C, D) unit-length embeddings of each label, averaged over `templates` (a prompt ensemble).
+        `text_options` (`lowercase`, `attention_mask`) are `zeroshot.text_embeddings`'."""
+        return self._in_mode(
+            functools.partial(zeroshot.class_embeddings, **text_options),
+            self.processor.tokenizer,
+            labels,
+            templates,
+        )
 
     def embed_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         """(N, D) embeddings of an image or a list of images: paths, PIL images, arrays, tensors or bytes.
