@@ -87,13 +87,19 @@ def reference_model(cls_name: str, config: dict, *, seed: int = 0, attn: str = "
         cfg = config_cls(**copy.deepcopy(config[key]), **config_kwargs)
     model = getattr(transformers, cls_name)(cfg)
     model.set_attn_implementation(attn)
+    return perturbed(model).eval()
+
+
+def perturbed(model):
+    """`model` with every parameter moved off its init (LayerNorms and logit scale/bias included), so that each
+    one matters in a comparison."""
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
         if hasattr(model, "logit_scale"):
             model.logit_scale.fill_(2.3)
             model.logit_bias.fill_(-4.0)
-    return model.eval()
+    return model
 
 
 def save_reference(model, directory: Path) -> Path:

@@ -87,7 +87,13 @@ class Snippet:
             if not line.startswith("#"):
                 break
             match = re.match(r"#\s*([A-Za-z-]+):\s*(.*)", line)
-            if match and match.group(1).lower() in ("source", "edits", "requires", "oracle-fails", "differs-on-purpose"):
+            if match and match.group(1).lower() in (
+                "source",
+                "edits",
+                "requires",
+                "oracle-fails",
+                "differs-on-purpose",
+            ):
                 key = match.group(1).lower()
                 header[key] = match.group(2).strip()
             elif key and line.startswith("#   "):  # a continuation line
@@ -186,19 +192,6 @@ def checkpoint_kind(hub_id: str) -> str:
     return "siglip2" if hub_id.startswith("google/siglip2-") else "siglip"
 
 
-def _perturbed(model):
-    """Every parameter moved off its init (LayerNorms and logit scale/bias included) so that each one matters."""
-    import torch
-
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-        if hasattr(model, "logit_scale"):
-            model.logit_scale.fill_(2.3)
-            model.logit_bias.fill_(-4.0)
-    return model
-
-
 def _layer(**extra: Any) -> dict[str, Any]:
     return dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, **extra)
 
@@ -222,6 +215,7 @@ def build_checkpoint(kind: str, directory: Path, text_positions: int = 64) -> Pa
 
     import _torchvision  # noqa: F401  (before transformers; see the module)
     from _material import train_gemma_like
+    from _reference import perturbed
     from conftest import _train as train_spiece
 
     transformers.logging.set_verbosity_error()
@@ -260,7 +254,7 @@ def build_checkpoint(kind: str, directory: Path, text_positions: int = 64) -> Pa
                 text_config=text, vision_config=_layer(image_size=32, patch_size=8)
             )
             model, processor_class = transformers.SiglipModel(config), "SiglipProcessor"
-    _perturbed(model).save_pretrained(directory)
+    perturbed(model).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     image_processor.save_pretrained(directory)
     for filename in ("preprocessor_config.json", "tokenizer_config.json"):
