@@ -16,6 +16,13 @@ import sentencepiece as spm
 # the commands they start. The resolution itself is tested with the probe mocked (test_inference.py).
 os.environ["SIGLIP_BF16_UNITS"] = "0"
 
+# README's test command runs two pytest-xdist workers: each takes its share of the cores for torch and for the
+# commands its tests start (two workers of two threads each on two cores would oversubscribe them). Set before
+# torch is imported.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
 import _torchvision  # noqa: F401  (before any transformers / open_clip / timm import; see the module)
 
 # nmt_nfkc is SentencePiece's default and what the released SigLIP vocabularies use; "identity" keeps the input
@@ -65,3 +72,11 @@ def any_spiece_model(request: pytest.FixtureRequest, spiece_models: dict[str, Pa
 def spiece_model(spiece_models: dict[str, Path]) -> Path:
     """The NFKC model, for tests that need one realistic vocabulary."""
     return spiece_models["nmt_nfkc"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, a test file runs on one worker (its module fixtures are built once) and the Ray
+    files share one (one local Ray cluster at a time)."""
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("ray" if "/test_ray" in module else module))

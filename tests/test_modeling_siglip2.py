@@ -1,8 +1,8 @@
 """SigLIP 2 NaFlex models: numerical parity with transformers' Siglip2 classes, checkpoint round trips both ways,
 and clear errors for inputs and checkpoints of the wrong kind.
 
-Parity runs the released NaFlex widths (base, so400m) at max_num_patches 256, 576 and 1024 with the depth cut
-(2 layers for base-256, 1 elsewhere, for CI time), on one batch that mixes extreme aspect ratios. The forward pass is
+Parity runs the released NaFlex widths (base, so400m) at max_num_patches 256, 576 and 1024 (base at 256 and
+1024, so400m at 576) with the depth cut (2 layers for base-256, 1 elsewhere, for CI time), on one batch that mixes extreme aspect ratios. The forward pass is
 bit-identical to transformers (the same operations in the same order: the text tower, encoder, attention and
 pooling head are SigLIP's shared modules, the position resize is the same float32 matrix product); gradients
 are compared within 1e-5 of each tensor's largest magnitude (they came out bit-identical too, but our loss,
@@ -38,16 +38,13 @@ from siglip.core.two_tower.modeling import SiglipTextTransformer
 GRAD_REL = 1e-5
 _BASE = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
 _SO400M = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16)
-# Released NaFlex widths; the text tower is SigLIP's (tested at the 256,000-piece Gemma vocabulary in
-# test_modeling_parity.py), so a small vocabulary keeps memory and time low here.
+# Released NaFlex widths; the text tower is SigLIP's (tested at the released widths in test_modeling_parity.py),
+# so a small vocabulary keeps memory and time low here.
 WIDTHS = {"base": _BASE, "so400m": _SO400M}
-CASES = [
+CASES = [  # each width and each patch budget at least once (every pairing took a minute more of CI)
     ("base", 256, 2, 1000),
-    ("base", 576, 1, 1000),
     ("base", 1024, 1, 1000),
-    ("so400m", 256, 1, 1000),
     ("so400m", 576, 1, 1000),
-    ("so400m", 1024, 1, 1000),
 ]
 TINY = dict(
     text_config=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
