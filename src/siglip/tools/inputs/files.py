@@ -22,7 +22,20 @@ from dataclasses import dataclass, field
 
 from ...errors import InputNotFoundError, NoImagesError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# HEIC/HEIF decode with the `heif` extra (pillow-heif), AVIF natively (Pillow >= 11.2 wheels)
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".avif",
+)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+from ...core.image_utils import register_heif
 from ...core.two_tower.image_processing import pil_to_rgb
 from ...errors import ImageInputError
 
@@ -14,6 +15,7 @@ def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes | None:
     """A JPEG of an upright copy of the image at most `size` pixels a side, or None when it cannot be read."""
     from PIL import Image, ImageOps
 
+    register_heif()
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)

@@ -11,6 +11,7 @@ from PIL import Image
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from ....core.image_utils import register_heif
 from ...search.thumbnails import thumbnail_jpeg
 from ..errors import ApiError
 from ..inputs import openapi_body, read_request
@@ -84,6 +85,7 @@ async def full_image(served: Served, image_id: str) -> FileResponse:
 
 def _image_type(path: str) -> str | None:
     """The MIME type of an image file from its bytes, or None when it cannot be read."""
+    register_heif()
     try:
         with Image.open(path) as image:
             return Image.MIME.get(image.format or "", "application/octet-stream")
