@@ -73,7 +73,9 @@ from ..deps import require
 from ..embeddings.embedder import Embedder, load_embedder, resolve_device
 from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
-from ..inputs.files import scan_images
+from ..inputs.files import ImageScan, scan_images
+from ..inputs.media import split_address
+from ..inputs.video import Sampling, VideoFrame, expand_videos
 from . import ann
 from .fingerprint import model_fingerprint
 from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
@@ -321,6 +323,7 @@ class SearchIndex:
         batch_size: int = 32,
         workers: int | None = None,
         progress: bool | None = None,
+        sampling: Sampling | None = None,
     ) -> UpdateReport:
         """Bring the index up to date with the images under `paths` (folders, files, globs).
 
@@ -328,10 +331,13 @@ class SearchIndex:
         are removed, wherever they came from, and so are entries under the given folders that are no longer
         image files there (a folder that could not be searched keeps its entries). Unreadable files are
         recorded, and retried once changed (a chmod included); entries the scan left out are reported too.
+
+        With `sampling`, video files are indexed too: each frame it picks is an entry addressed
+        `<video>#t=<seconds>`; a changed video is sampled again (its frames no longer picked are removed).
         """
         self.store.check_writable()
         with self._update_lock():
-            return self._update(paths, batch_size, workers, progress)
+            return self._update(paths, batch_size, workers, progress, sampling)
 
     @contextlib.contextmanager
     def _update_lock(self) -> Any:
@@ -351,10 +357,18 @@ class SearchIndex:
             lock.release()
 
     def _update(
-        self, paths: Sequence[str | os.PathLike], batch_size: int, workers: int | None, progress: bool | None
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int,
+        workers: int | None,
+        progress: bool | None,
+        sampling: Sampling | None,
     ) -> UpdateReport:
-        scan = scan_images(paths, allow_empty=True)
-        files = [stored_path(f) for f in scan.files]
+        scan = scan_images(paths, allow_empty=True, videos=sampling is not None)
+        scan = expand_videos(ImageScan([stored_path(f) for f in scan.files], scan.skipped), sampling)
+        entries = scan.files  # paths of images, and `VideoFrame`s
+        files = [f if isinstance(f, str) else f.path for f in entries]
+        videos = {f.video for f in entries if isinstance(f, VideoFrame)}
         roots = tuple(os.path.join(stored_path(p), "") for p in paths if os.path.isdir(p))
         unsearched = tuple(os.path.join(stored_path(p), "") for p, _ in scan.skipped)
         states = self.store.states()
@@ -364,9 +378,11 @@ class SearchIndex:
         gone = [
             p
             for p in states
-            if p not in listed and not p.startswith(unsearched) and (p.startswith(roots) or _deleted(p))
+            if p not in listed
+            and not p.startswith(unsearched)
+            and (p.startswith(roots) or _deleted(split_address(p)[0]) or split_address(p)[0] in videos)
         ]
-        todo = pending_files(self.store, files)
+        todo = pending_files(self.store, entries)
         if todo:  # before any change: an Embedder given as it is must embed as the index was built
             self._check_settings(self.embedder.settings, "the model given runs with")
         if self._asked:  # before any embedding: a type that cannot be trained on this many is refused now
