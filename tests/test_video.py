@@ -14,6 +14,7 @@ from PIL import Image
 
 from siglip import SearchIndex
 from siglip.tools.cli import main
+from siglip.tools.inputs import video as video_module
 from siglip.tools.inputs.media import frame_address
 from siglip.tools.inputs.video import Sampling, frame_times, read_frame
 from siglip.tools.search.page import results_html
@@ -68,7 +69,7 @@ def test_frames_are_sampled_at_the_expected_times(video):
         np.testing.assert_array_equal(forward[t], backward[t])
 
 
-def test_index_and_search_find_the_moment(checkpoint, embedder, video, tmp_path, capsys):
+def test_index_and_search_find_the_moment(checkpoint, embedder, video, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "library"
     folder.mkdir()
     clip = folder / "clip.mp4"
@@ -87,6 +88,12 @@ def test_index_and_search_find_the_moment(checkpoint, embedder, video, tmp_path,
     assert {r["path"] for r in results} == {str(folder / "cat.png")} | {
         frame_address(str(clip), t) for t in (0, 1, 2)
     }
+
+    # unchanged under the same rule: the recorded times are reused, the video is not decoded to list them
+    with monkeypatch.context() as patched:
+        patched.setattr(video_module, "frame_times", lambda *_: pytest.fail("the video was sampled again"))
+        assert main(["index", str(folder), *common, "--video-every", "1s"]) == 0
+    assert "0 added, 0 updated, 0 removed, 4 unchanged" in capsys.readouterr().out
 
     # the server: a frame's thumbnail is the frame, its link the video at the moment
     from fastapi.testclient import TestClient

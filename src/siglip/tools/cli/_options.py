@@ -23,7 +23,7 @@ from ..embeddings.embedder import DEFAULT_MODEL, Embedder, resolve_device
 from ..embeddings.options import ModelOptions
 from ..embeddings.precision import PRECISIONS
 from ..inputs.files import VIDEO_EXTENSIONS, display_path
-from ..inputs.video import DEFAULT_EVERY_S, Sampling, sampling_of
+from ..inputs.video import DEFAULT_EVERY_S, EVERY, SCENE_THRESHOLD, Sampling, sampling_of
 from ..values import Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 
@@ -256,7 +256,7 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--video-scenes",
-        type=Number(0, 1).parse,
+        type=SCENE_THRESHOLD.parse,
         default=None,
         metavar="THRESHOLD",
         help="with videos, a frame at each scene change: the first frame, then each one whose 32x32 greyscale "
@@ -267,7 +267,7 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
 
 def _seconds(text: str) -> float:
     """A positive number of seconds, `2`, `2s` or `0.5s`."""
-    return Number(0, above=True).parse(text.strip().removesuffix("s"))
+    return EVERY.parse(text.strip().removesuffix("s"))
 
 
 def video_sampling(args: argparse.Namespace) -> Sampling | None:

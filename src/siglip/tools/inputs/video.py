@@ -3,36 +3,40 @@
 
 Two rules (`Sampling`):
 - every N seconds (default 2 s): the frames shown at 0, N, 2N, ... seconds, from the container's duration
-  (listing them decodes nothing);
+  (listing them decodes only the first frame, to know there is one);
 - scene changes (`scenes=THRESHOLD`): the first frame, then each frame that differs from the last one sampled
   by more than THRESHOLD, the mean absolute difference of 32 x 32 greyscale copies as a fraction of full
   scale (0: every frame, 1: only the first; 0.1 is a cut between two different shots, 0.02 a camera pan).
   Listing the frames decodes the whole video once.
 
 A frame is loaded by seeking to the keyframe before it and decoding forward; a process keeps its last video
-open, so the next frames of that video (a batch holds consecutive ones) are decoded forward, not sought
-again. A video that cannot be opened, has no video stream or no frame is left out of the scan with the
+open, so the next frames of that video (a batch holds consecutive ones) are decoded forward from there, unless
+a keyframe comes first (judged by the keyframe spacing seen so far), where a seek saves decoding. A video that cannot be opened, has no video stream or no frame is left out of the scan with the
 reason, as an unreadable image is; a frame that cannot be decoded (a truncated file) is an unreadable row.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from ...errors import UsageError
 from ..deps import require
 from ..search.store import FileState
+from ..values import Number
 from .data import ImageProcessor, Sample, load_sample
 from .files import ImageScan, is_video_file, os_error_reason
 from .media import frame_address
 
 DEFAULT_EVERY_S = 2.0
+EVERY = Number(0, above=True)  # the rule of `Sampling.every` and --video-every
+SCENE_THRESHOLD = Number(0, 1)  # the rule of `Sampling.scenes` and --video-scenes
 SCENE_SIDE = 32  # the side of the greyscale copies that scene detection compares
-FORWARD_S = 3.0  # a frame at most this far ahead of the last one decoded is reached by decoding forward
+FORWARD_S = 3.0  # until keyframes were seen, a frame at most this far ahead is reached by decoding forward
 _EPS = 1e-3  # addresses keep milliseconds: a frame within this of a time is the frame at that time
 
 
@@ -45,10 +49,13 @@ class Sampling:
     scenes: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.every > 0:
-            raise UsageError(f"video sampling: every must be above 0 seconds, got {self.every}")
-        if self.scenes is not None and not 0 <= self.scenes <= 1:
-            raise UsageError(f"video sampling: the scene threshold must be from 0 to 1, got {self.scenes}")
+        EVERY.check(self.every, "video sampling: every (seconds)")
+        if self.scenes is not None:
+            SCENE_THRESHOLD.check(self.scenes, "video sampling: the scene threshold")
+
+    def key(self) -> str:
+        """The rule as text, recorded with what it sampled (an index reuses frame times only under it)."""
+        return json.dumps(asdict(self), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,8 @@ def read_frame(video: str, seconds: float) -> Any:
 
 
 class _Decoder:
-    """One open video, decoding forward from where the last frame asked for was (see the module doc)."""
+    """One open video, decoding forward from where the last frame asked for was, or seeking when a keyframe
+    lies between (see the module doc)."""
 
     def __init__(self, video: str, version: tuple) -> None:
         self.version = version
@@ -181,17 +189,28 @@ class _Decoder:
         self.ahead: Any = None  # a frame decoded past that time
         rate = self.stream.average_rate
         self.gap = 2 / float(rate) if rate else 0.5  # more past the last frame: beyond the end of the video
+        self.keyframe: float | None = None  # the time of the last keyframe decoded
+        self.keyframe_gap = 0.0  # the longest time between two consecutive keyframes decoded
 
     def frame_at(self, seconds: float) -> Any:
-        here = self.shown if self.shown is not None else self.ahead
-        if here is None or seconds < (here.time or 0.0) - _EPS or seconds - (here.time or 0.0) > FORWARD_S:
+        if self._seek_for(seconds):
             self.container.seek(int(seconds / self.stream.time_base), stream=self.stream, backward=True)
-            self.frames, self.shown, self.ahead = self.container.decode(self.stream), None, None
+            self.frames, self.shown, self.ahead, self.keyframe = (
+                self.container.decode(self.stream),
+                None,
+                None,
+                None,
+            )
         while True:
             if self.ahead is None:
                 self.ahead = next(self.frames, None)
                 if self.ahead is None:  # the end of the video
                     break
+                if self.ahead.key_frame:
+                    time = self.ahead.time or 0.0
+                    if self.keyframe is not None:
+                        self.keyframe_gap = max(self.keyframe_gap, time - self.keyframe)
+                    self.keyframe = time
             if (self.ahead.time or 0.0) > seconds + _EPS:
                 break
             self.shown, self.ahead = self.ahead, None
@@ -202,6 +221,16 @@ class _Decoder:
             raise VideoError(f"has no frame at {seconds:.3f} s: it ends at {frame.time:.3f} s (truncated?)")
         return frame
 
+    def _seek_for(self, seconds: float) -> bool:
+        """Whether to reach `seconds` by seeking: it is before the frames decoded, or (by the keyframe spacing
+        seen so far, else `FORWARD_S`) a keyframe comes before it, from which less is decoded."""
+        here = self.shown if self.shown is not None else self.ahead
+        if here is None or seconds < (here.time or 0.0) - _EPS:
+            return True
+        if self.keyframe is not None and self.keyframe_gap > 0:
+            return seconds >= self.keyframe + self.keyframe_gap
+        return seconds - (here.time or 0.0) > FORWARD_S
+
     def close(self) -> None:
         self.container.close()
 
@@ -209,23 +238,29 @@ class _Decoder:
 _decoder: _Decoder | None = None  # this process's open video (each DataLoader worker has its own)
 
 
-def video_frames(video: str, sampling: Sampling) -> list[VideoFrame]:
-    """The frames `sampling` picks in `video` (a stored path) as rows to embed; a `VideoError` when none."""
+# (video, its size, its mtime_ns) -> the frame times sampled from it in that state before, or None
+Sampled = Callable[[str, int, int], "list[float] | None"]
+
+
+def video_frames(video: str, sampling: Sampling, sampled: Sampled | None = None) -> list[VideoFrame]:
+    """The frames `sampling` picks in `video` (a stored path) as rows to embed; a `VideoError` when none.
+    `sampled` gives the times found before by the same rule, for a video unchanged since (not decoded again)."""
     try:
         st = os.stat(video)
     except OSError as err:
         raise VideoError(f"cannot be read: {os_error_reason(err)}") from None
+    times = sampled(video, st.st_size, st.st_mtime_ns) if sampled is not None else None
     return [
         VideoFrame(
             frame_address(video, t), st.st_size, st.st_mtime_ns, st.st_ctime_ns, video=video, seconds=t
         )
-        for t in frame_times(video, sampling)
+        for t in (frame_times(video, sampling) if times is None else times)
     ]
 
 
-def expand_videos(scan: ImageScan, sampling: Sampling | None) -> ImageScan:
-    """`scan` with each video file (by extension) replaced by its frames; a video that cannot be used moves to
-    `skipped` with the reason. Without `sampling` (video input off), the scan as it is."""
+def expand_videos(scan: ImageScan, sampling: Sampling | None, sampled: Sampled | None = None) -> ImageScan:
+    """`scan` with each video file (by extension) replaced by its frames (`video_frames`); a video that cannot
+    be used moves to `skipped` with the reason. Without `sampling` (video input off), the scan as it is."""
     if sampling is None:
         return scan
     files: list[Any] = []
@@ -236,7 +271,7 @@ def expand_videos(scan: ImageScan, sampling: Sampling | None) -> ImageScan:
             files.append(file)
             continue
         try:
-            files += video_frames(name, sampling)
+            files += video_frames(name, sampling, sampled)
         except VideoError as err:
             skipped.append((name, str(err)))
     return ImageScan(files, skipped)

@@ -75,10 +75,10 @@ from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
 from ..inputs.files import ImageScan, scan_images
 from ..inputs.media import split_address
-from ..inputs.video import Sampling, VideoFrame, expand_videos
+from ..inputs.video import Sampled, Sampling, VideoFrame, expand_videos
 from . import ann
 from .fingerprint import model_fingerprint
-from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
+from .store import FileState, Seen, VectorStore, pending_files, replace_atomically, stored_path
 
 if TYPE_CHECKING:
     from ..embeddings.readers import EmbeddingFile
@@ -92,6 +92,7 @@ _VECTORS_GENERATION = "vectors_generation"  # meta key: the records generation v
 _WEIGHTS = "weights_sha256"  # meta key: the fingerprint of the model's weights
 _BUILD_INFO = "vectors_build"  # meta key: the ann.BuildInfo of vectors.faiss (JSON)
 _EMBEDDING = "embedding_settings"  # meta key: the Embedder.settings the images were embedded with (JSON)
+_VIDEO = "video_sampling"  # meta key: the `Sampling.key` of the last update that sampled videos
 _SETTINGS = (
     "index_type",
     "storage",
@@ -364,14 +365,15 @@ class SearchIndex:
         progress: bool | None,
         sampling: Sampling | None,
     ) -> UpdateReport:
+        states = self.store.states()
         scan = scan_images(paths, allow_empty=True, videos=sampling is not None)
-        scan = expand_videos(ImageScan([stored_path(f) for f in scan.files], scan.skipped), sampling)
+        sampled = _sampled(states) if sampling and self.store.get_meta(_VIDEO) == sampling.key() else None
+        scan = expand_videos(ImageScan([stored_path(f) for f in scan.files], scan.skipped), sampling, sampled)
         entries = scan.files  # paths of images, and `VideoFrame`s
         files = [f if isinstance(f, str) else f.path for f in entries]
         videos = {f.video for f in entries if isinstance(f, VideoFrame)}
         roots = tuple(os.path.join(stored_path(p), "") for p in paths if os.path.isdir(p))
         unsearched = tuple(os.path.join(stored_path(p), "") for p, _ in scan.skipped)
-        states = self.store.states()
         if not files and not scan.skipped and not any(p.startswith(roots) for p in states):
             raise NoImagesError(f"no image files in {', '.join(map(os.fspath, paths))}")
         listed = set(files)
@@ -397,6 +399,8 @@ class SearchIndex:
             report.updated += updated
             report.added += len(batch.files) - updated
             report.skipped += [(f.path, reason) for f, reason in batch.failed]
+        if sampling is not None:  # the frames recorded are this rule's now: unchanged videos keep their times
+            self.store.set_meta(_VIDEO, sampling.key())
         self.sync()
         report.total = len(self.store)
         return report
@@ -724,6 +728,24 @@ def _given_twice(path: str, file: Path, row: int, again: Path, again_row: int) -
         f"the embeddings give '{path}' twice ({where}, as written or once relative): an image has one vector; "
         "remove one of the rows and import again (the index is unchanged)"
     )
+
+
+def _sampled(states: dict[str, Seen]) -> Sampled:
+    """`video_frames`'s `sampled` from the records: the frame times of a video, when all its frames were
+    recorded in the state it has now."""
+    frames: dict[str, list[tuple[float, Seen]]] = {}
+    for address, seen in states.items():
+        video, seconds = split_address(address)
+        if seconds is not None:
+            frames.setdefault(video, []).append((seconds, seen))
+
+    def sampled(video: str, size: int, mtime_ns: int) -> list[float] | None:
+        known = frames.get(video)
+        if not known or any((seen.size, seen.mtime_ns) != (size, mtime_ns) for _, seen in known):
+            return None
+        return sorted(seconds for seconds, _ in known)
+
+    return sampled
 
 
 def _deleted(path: str) -> bool:
