@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,26 @@ def test_frames_are_sampled_at_the_expected_times(video):
         np.testing.assert_array_equal(forward[t], backward[t])
 
 
+def test_frames_decode_in_forked_workers(embedder, video):
+    """DataLoader workers fork this process while it holds a video open (its FFmpeg threads stay behind):
+    they must open their own, not wait forever on the copy."""
+    frames = video_module.video_frames(str(video), Sampling(every=0.5))
+    read_frame(str(video), 0.0)  # this process now has the video open
+    in_process = np.concatenate(
+        [b.vectors for b in embedder.embed_files(frames, 3, workers=0, progress=False)]
+    )
+    result: list[np.ndarray] = []
+    worker = threading.Thread(
+        target=lambda: result.extend(
+            b.vectors for b in embedder.embed_files(frames, 3, workers=2, progress=False)
+        )
+    )
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the decoding workers hung"
+    np.testing.assert_allclose(np.concatenate(result), in_process, atol=1e-6)
+
+
 def test_index_and_search_find_the_moment(checkpoint, embedder, video, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "library"
     folder.mkdir()
@@ -126,6 +147,24 @@ def test_index_and_search_find_the_moment(checkpoint, embedder, video, tmp_path,
     clip.unlink()
     assert main(["index", str(folder), *common, "--video-every", "1s"]) == 0
     assert "0 added, 0 updated, 2 removed, 1 unchanged" in capsys.readouterr().out
+
+
+def test_a_phone_video_held_upright_gives_upright_frames(tmp_path):
+    path = tmp_path / "portrait.mp4"
+    landscape = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    landscape[:, : SIZE[0] // 2] = 255  # the sensor's left half white: the bottom once turned 90 degrees left
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        stream.set_display_rotation(90)  # counterclockwise, as a phone records it
+        for n in range(3):
+            frame = av.VideoFrame.from_ndarray(landscape, format="rgb24")
+            frame.pts = n
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    shown = np.asarray(read_frame(str(path), 0.0))
+    assert shown.shape == (SIZE[0], SIZE[1], 3)  # portrait
+    assert _close(shown, np.rot90(landscape))  # numpy's rot90: counterclockwise
 
 
 def test_a_thumbnail_of_a_frame_is_that_frame(video):

@@ -153,7 +153,7 @@ def _scene_times(container: Any, stream: Any, threshold: float) -> list[float]:
 
 
 def read_frame(video: str, seconds: float) -> Any:
-    """The frame of `video` shown at `seconds`, as an RGB PIL image; a `VideoError` when there is none."""
+    """The frame of `video` shown at `seconds`, as an upright RGB PIL image; a `VideoError` when there is none."""
     global _decoder
     try:
         st = os.stat(video)
@@ -172,7 +172,18 @@ def read_frame(video: str, seconds: float) -> Any:
         _decoder = None
         # FFmpeg's own words say little here (a failed seek is "Operation not permitted")
         raise VideoError(f"frame at {seconds:.3f} s cannot be decoded (truncated or corrupt?)") from None
-    return frame.to_image()
+    return _upright(frame)
+
+
+def _upright(frame: Any) -> Any:
+    """A decoded frame as an RGB PIL image the way players show it: turned by the rotation the video's
+    display matrix records (a phone held upright records its landscape sensor's frames and a 90 degree turn)."""
+    from PIL import Image
+
+    image = frame.to_image()
+    turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    rotation = round(frame.rotation or 0) % 360  # counterclockwise, as PyAV reads it, as PIL turns
+    return image.transpose(turn[rotation]) if rotation in turn else image
 
 
 class _Decoder:
@@ -236,6 +247,19 @@ class _Decoder:
 
 
 _decoder: _Decoder | None = None  # this process's open video (each DataLoader worker has its own)
+_inherited: list[_Decoder] = []  # a forked child's copies of its parent's decoder, never used nor freed
+
+
+def _forget_decoder() -> None:
+    """In a forked child (a DataLoader worker), set the parent's open video aside: FFmpeg's decoding threads
+    did not come along, so using or even closing the copy would wait on them forever."""
+    global _decoder
+    if _decoder is not None:
+        _inherited.append(_decoder)
+        _decoder = None
+
+
+os.register_at_fork(after_in_child=_forget_decoder)
 
 
 # (video, its size, its mtime_ns) -> the frame times sampled from it in that state before, or None
