@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -153,26 +154,31 @@ def _scene_times(container: Any, stream: Any, threshold: float) -> list[float]:
 
 
 def read_frame(video: str, seconds: float) -> Any:
-    """The frame of `video` shown at `seconds`, as an upright RGB PIL image; a `VideoError` when there is none."""
-    global _decoder
+    """The frame of `video` shown at `seconds`, as an upright RGB PIL image; a `VideoError` when there is none.
+    Thread-safe (the server's thumbnails): one thread at a time uses the process's open video."""
     try:
         st = os.stat(video)
     except OSError as err:
         raise VideoError(f"cannot be read: {os_error_reason(err)}") from None
     version = (video, st.st_ino, st.st_size, st.st_mtime_ns)  # a video rewritten since is opened again
+    with _lock:
+        return _upright(_frame_at(version, seconds))
+
+
+def _frame_at(version: tuple, seconds: float) -> Any:
+    global _decoder
     if _decoder is None or _decoder.version != version:
         if _decoder is not None:
             _decoder.close()
             _decoder = None
-        _decoder = _Decoder(video, version)
+        _decoder = _Decoder(version[0], version)
     try:
-        frame = _decoder.frame_at(seconds)
+        return _decoder.frame_at(seconds)
     except _av().FFmpegError:
         _decoder.close()
         _decoder = None
         # FFmpeg's own words say little here (a failed seek is "Operation not permitted")
         raise VideoError(f"frame at {seconds:.3f} s cannot be decoded (truncated or corrupt?)") from None
-    return _upright(frame)
 
 
 def _upright(frame: Any) -> Any:
@@ -250,10 +256,15 @@ _decoder: _Decoder | None = None  # this process's open video (each DataLoader w
 _inherited: list[_Decoder] = []  # a forked child's copies of its parent's decoder, never used nor freed
 
 
+_lock = threading.Lock()  # held while a thread uses `_decoder`
+
+
 def _forget_decoder() -> None:
     """In a forked child (a DataLoader worker), set the parent's open video aside: FFmpeg's decoding threads
-    did not come along, so using or even closing the copy would wait on them forever."""
-    global _decoder
+    did not come along, so using or even closing the copy would wait on them forever (and a lock a parent's
+    thread held would stay held)."""
+    global _decoder, _lock
+    _lock = threading.Lock()
     if _decoder is not None:
         _inherited.append(_decoder)
         _decoder = None
