@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -220,3 +221,17 @@ def test_broken_videos_are_skipped_with_the_reason(checkpoint, video, tmp_path, 
         and f"none of the images given can be used: 4 left out, e.g. '{folder / 'cut.mkv'}'" in err
     )
     assert not list(tmp_path.glob("none.npy*"))
+
+
+def test_without_the_extra_a_video_names_it(checkpoint, video, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    out = tmp_path / "out.npy"
+    assert (
+        main(["embed", str(video), "--out", str(out), "--model", checkpoint, "--videos", "--no-progress"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith(
+        "reading video files needs the 'av' package: pip install 'siglip[video]'"
+    )
+    assert not list(tmp_path.iterdir())
