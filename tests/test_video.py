@@ -211,6 +211,14 @@ def test_broken_videos_are_skipped_with_the_reason(checkpoint, video, tmp_path, 
     assert manifest["paths"] == [frame_address(str(folder / "cut.mp4"), 0), *good]
     assert len(np.load(out_file)) == 3
 
+    # frames embedded apart and imported into an index are current there: an update embeds nothing again
+    good_video = str(folder / "good.mp4")
+    parquet, index = tmp_path / "good.parquet", str(tmp_path / "index")
+    assert main(["embed", good_video, "--out", str(parquet), *args]) == 0
+    assert main(["index", "--from-embeddings", str(parquet), "--index", index]) == 0
+    assert main(["index", good_video, "--index", index, *args[2:]]) == 0
+    assert "0 added, 0 updated, 0 removed, 2 unchanged" in capsys.readouterr().out
+
     # nothing usable: one line naming a video, and no output
     for name in ("good.mp4", "cut.mp4"):
         (folder / name).unlink()

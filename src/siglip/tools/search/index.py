@@ -760,8 +760,10 @@ def _deleted(path: str) -> bool:
 
 
 def _state_of(path: str) -> FileState:
-    """The file's state, or an unknown one (-1) for a URI or a file this machine cannot see."""
+    """The state of an address's file (a video frame: its video's), or an unknown one (-1) for a URI or a file
+    this machine cannot see."""
     try:
-        return FileState.of(path)
+        st = os.stat(split_address(path)[0])
     except OSError:
         return FileState(path, -1, -1)
+    return FileState(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
