@@ -111,10 +111,10 @@ def test_index_and_search_find_the_moment(checkpoint, embedder, video, tmp_path,
         frame_address(str(clip), t) for t in (0, 1, 2)
     }
 
-    # unchanged under the same rule: the recorded times are reused, the video is not decoded to list them
+    # unchanged, the index's rule (recorded: no option needed): the times are reused, the video not decoded
     with monkeypatch.context() as patched:
         patched.setattr(video_module, "frame_times", lambda *_: pytest.fail("the video was sampled again"))
-        assert main(["index", str(folder), *common, "--video-every", "1s"]) == 0
+        assert main(["index", str(folder), *common]) == 0
     assert "0 added, 0 updated, 0 removed, 4 unchanged" in capsys.readouterr().out
 
     # the server: a frame's thumbnail is the frame, its link the video at the moment

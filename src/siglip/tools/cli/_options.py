@@ -245,7 +245,7 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
         "--videos",
         action="store_true",
         help=f"take video files too ({' '.join(VIDEO_EXTENSIONS)}; pip install 'siglip[video]'), one frame every "
-        f"{DEFAULT_EVERY_S:g} s, each a row <video>#t=<seconds>",
+        f"{DEFAULT_EVERY_S:g} s, each a row <video>#t=<seconds> (an index that has videos keeps its rule)",
     )
     parser.add_argument(
         "--video-every",

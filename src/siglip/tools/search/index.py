@@ -335,6 +335,7 @@ class SearchIndex:
 
         With `sampling`, video files are indexed too: each frame it picks is an entry addressed
         `<video>#t=<seconds>`; a changed video is sampled again (its frames no longer picked are removed).
+        Without it, an index that has sampled videos samples them by its last rule.
         """
         self.store.check_writable()
         with self._update_lock():
@@ -366,8 +367,10 @@ class SearchIndex:
         sampling: Sampling | None,
     ) -> UpdateReport:
         states = self.store.states()
+        recorded = self.store.get_meta(_VIDEO)
+        sampling = sampling or (None if recorded is None else Sampling(**json.loads(recorded)))
         scan = scan_images(paths, allow_empty=True, videos=sampling is not None)
-        sampled = _sampled(states) if sampling and self.store.get_meta(_VIDEO) == sampling.key() else None
+        sampled = _sampled(states) if sampling and recorded == sampling.key() else None
         scan = expand_videos(ImageScan([stored_path(f) for f in scan.files], scan.skipped), sampling, sampled)
         entries = scan.files  # paths of images, and `VideoFrame`s
         files = [f if isinstance(f, str) else f.path for f in entries]
