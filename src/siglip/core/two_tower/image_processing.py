@@ -41,6 +41,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ...errors import CheckpointError, ImageInputError
 from ..features import BatchFeature, write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json
+from ..image_utils import heif_missing, register_heif
 from ..push_to_hub import PushToHubMixin
 from ..staging import staged_directory
 from . import torch_resize
@@ -374,8 +375,10 @@ def _pillow_limit() -> int | None:
 
 
 def open_image(source: str | os.PathLike | io.BytesIO, name: str, steps: Steps) -> Image.Image:
-    """Decode a whole image file, turning every way it can fail into an `ImageInputError` naming it."""
+    """Decode a whole image file, turning every way it can fail into an `ImageInputError` naming it. HEIC/HEIF
+    decodes when the `heif` extra is installed (see `siglip.core.image_utils.register_heif`)."""
     global _raised_pillow_limit
+    register_heif()
     limit = _pillow_limit() if steps.max_image_pixels is None else steps.max_image_pixels
     if limit is not None and Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         # Pillow refuses at twice its own limit, inside `Image.open`, before the check below: a limit raised
@@ -400,7 +403,9 @@ def open_image(source: str | os.PathLike | io.BytesIO, name: str, steps: Steps) 
     except FileNotFoundError:
         raise ImageInputError(f"{name}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageInputError(f"{name} is not an image file Pillow can read") from None
+        raise ImageInputError(
+            heif_missing(source, name) or f"{name} is not an image file Pillow can read"
+        ) from None
     except Image.DecompressionBombError as err:  # ours, or Pillow's own at twice its limit: say ours
         pillows = re.search(r"\((\d+) pixels\)", str(err))
         raise ImageInputError(

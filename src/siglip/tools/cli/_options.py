@@ -22,7 +22,8 @@ from ...errors import UsageError
 from ..embeddings.embedder import DEFAULT_MODEL, Embedder, resolve_device
 from ..embeddings.options import ModelOptions
 from ..embeddings.precision import PRECISIONS
-from ..inputs.files import display_path
+from ..inputs.files import VIDEO_EXTENSIONS, display_path
+from ..inputs.video import DEFAULT_EVERY_S, EVERY, SCENE_THRESHOLD, Sampling, sampling_of
 from ..values import Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 
@@ -236,3 +237,39 @@ def output_folder(text: str) -> str:
             f"'{text}' is an existing file; give a folder (it is created if needed)"
         )
     return text
+
+
+def add_video_options(parser: argparse.ArgumentParser) -> None:
+    """--videos, --video-every and --video-scenes: video files as inputs, one row per sampled frame."""
+    parser.add_argument(
+        "--videos",
+        action="store_true",
+        help=f"take video files too ({' '.join(VIDEO_EXTENSIONS)}; pip install 'siglip[video]'), one frame every "
+        f"{DEFAULT_EVERY_S:g} s, each a row <video>#t=<seconds> (an index that has videos keeps its rule)",
+    )
+    parser.add_argument(
+        "--video-every",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"with videos, one frame every SECONDS (e.g. 2s or 0.5; implies --videos; default {DEFAULT_EVERY_S:g})",
+    )
+    parser.add_argument(
+        "--video-scenes",
+        type=SCENE_THRESHOLD.parse,
+        default=None,
+        metavar="THRESHOLD",
+        help="with videos, a frame at each scene change: the first frame, then each one whose 32x32 greyscale "
+        "copy differs from the last frame taken by more than THRESHOLD (mean absolute difference, 0-1; 0.1: "
+        "cuts between shots); decodes every frame (implies --videos)",
+    )
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds, `2`, `2s` or `0.5s`."""
+    return EVERY.parse(text.strip().removesuffix("s"))
+
+
+def video_sampling(args: argparse.Namespace) -> Sampling | None:
+    """The frame sampling of the video options, None when they leave video input off."""
+    return sampling_of(args.video_every, args.video_scenes, args.videos)

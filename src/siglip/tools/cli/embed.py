@@ -11,11 +11,13 @@ from ..inputs.tar_shards import scan_inputs
 from ._options import (
     add_loader_options,
     add_model_options,
+    add_video_options,
     integer,
     load_model,
     loader_kwargs,
     rate_line,
     report_skipped,
+    video_sampling,
 )
 
 
@@ -66,6 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_options(parser)
     add_loader_options(parser)
+    add_video_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _run_on_ray(args)
     output_format(args.out)  # before the model loads: a typo should cost no time
-    scan = scan_inputs(args.paths)
+    scan = scan_inputs(args.paths, video_sampling(args))
     embedder = load_model(args)
     start = time.perf_counter()
     report = embed_to_file(scan, args.out, embedder, **loader_kwargs(args))
@@ -93,6 +96,8 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     from ...errors import UsageError
     from ..embeddings.ray_engine import embed_with_ray
 
+    if video_sampling(args) is not None:
+        raise UsageError("video input runs with --engine local (the default)")
     if args.device or args.workers is not None:
         raise UsageError(
             "with --engine ray, each actor uses its GPU (or CPUs) and Ray decodes: drop --device/--workers"

@@ -14,10 +14,12 @@ from ..search.index import SearchIndex
 from ._options import (
     add_loader_options,
     add_model_options,
+    add_video_options,
     loader_kwargs,
     output_folder,
     rate_line,
     report_skipped,
+    video_sampling,
 )
 
 
@@ -55,6 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_options(parser, default=None, indexed=True)
     add_loader_options(parser)
+    add_video_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     with SearchIndex(args.index, model, args.device, options=ModelOptions.from_args(args), **kinds) as index:
         _ = index.embedder  # load the model first: the rate printed below is the indexing rate
         start = time.perf_counter()
-        report = index.update(args.paths, **loader_kwargs(args))
+        report = index.update(args.paths, **loader_kwargs(args), sampling=video_sampling(args))
         seconds = time.perf_counter() - start
         print(
             f"{report.added} added, {report.updated} updated, {report.removed} removed, {report.unchanged} "

@@ -42,6 +42,7 @@ from ...errors import CheckpointError, ImageInputError, UsageError
 from .. import zeroshot
 from ..inputs.data import Sample, collate, load_sample, worker_init_fn
 from ..inputs.tar_shards import TarMember
+from ..inputs.video import VideoFrame
 from ..search.store import FileState
 from .inference import InferenceMode
 from .options import ModelOptions
@@ -203,7 +204,8 @@ class Embedder:
         progress: bool | None = None,
     ) -> Iterator[EmbeddedBatch]:
         """Embed image files batch by batch, in order; unreadable files are reported in `failed`, not raised.
-        A `TarMember` (a sample of a WebDataset shard, see `siglip.tools.inputs.tar_shards`) is read from its shard.
+        A `TarMember` (a sample of a WebDataset shard, see `siglip.tools.inputs.tar_shards`) is read from its shard,
+        a `VideoFrame` (`siglip.tools.inputs.video`) from its video.
 
         Files are decoded and preprocessed by `workers` DataLoader processes (default: one per CPU core, at
         most 8; 0 decodes in this process) ahead of the model. `progress` shows a bar with images/s on
@@ -331,7 +333,7 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         file = self.files[index]
-        if isinstance(file, TarMember):  # a sample of a WebDataset shard
+        if isinstance(file, TarMember | VideoFrame):  # a sample of a WebDataset shard, a frame of a video
             return file.load(self.processor, index=index)
         return load_sample(self.processor, file.path, file.path, index=index)
 

@@ -22,13 +22,36 @@ from dataclasses import dataclass, field
 
 from ...errors import InputNotFoundError, NoImagesError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# HEIC/HEIF decode with the `heif` extra (pillow-heif), AVIF natively (Pillow >= 11.2 wheels)
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".avif",
+)
+
+
+# found in folders and patterns when video input is on (`siglip.tools.inputs.video`)
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
     """An image by its extension, and not hidden (`._photo.jpg` is macOS metadata, not a photo)."""
     name = os.path.basename(path)
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    """A video by its extension, and not hidden."""
+    name = os.path.basename(path)
+    return name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith(".")
 
 
 @dataclass
@@ -64,13 +87,18 @@ def _name_problem(path: str) -> str | None:
 class _Scanner:
     """One scan: found files, skipped entries and the folders already searched (by device and inode)."""
 
-    def __init__(self) -> None:
+    def __init__(self, videos: bool = False) -> None:
+        self.videos = videos
         self.found: dict[str, None] = {}
         self.skipped: list[tuple[str, str]] = []
         self._searched: set[tuple[int, int]] = set()
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append((path, reason))
+
+    def wanted(self, name: str) -> bool:
+        """Whether a file found in a folder or by a pattern is taken, by its name."""
+        return is_image_file(name) or (self.videos and is_video_file(name))
 
     def file(self, path: str) -> bool:
         """Take `path` if it is a readable regular file (following links); else record why not."""
@@ -118,7 +146,7 @@ class _Scanner:
                     self._walk(entry.path, images)
                 else:
                     self.skip(entry.path, problem.replace("file", "folder"))
-            elif is_image_file(entry.name) and self.file(entry.path):
+            elif self.wanted(entry.name) and self.file(entry.path):
                 images.append(entry.path)
 
 
@@ -129,9 +157,11 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def scan_images(paths: Sequence[str | os.PathLike], allow_empty: bool = False) -> ImageScan:
+def scan_images(
+    paths: Sequence[str | os.PathLike], allow_empty: bool = False, videos: bool = False
+) -> ImageScan:
     """The image files named by `paths`, in order and without duplicates, and the entries left out (see the
-    module doc).
+    module doc); with `videos`, video files too (`VIDEO_EXTENSIONS`).
 
     A file is taken as it is (whatever its extension); a folder is searched recursively for files with an
     image extension (hidden files and folders left out), sorted; a glob pattern (`photos/*.jpg`, `**/*.png`)
@@ -140,7 +170,7 @@ def scan_images(paths: Sequence[str | os.PathLike], allow_empty: bool = False) -
     """
     if not paths:
         raise NoImagesError("no images given: pass image files, folders or glob patterns")
-    scanner = _Scanner()
+    scanner = _Scanner(videos)
     for arg in map(os.fspath, paths):
         skipped_before = len(scanner.skipped)
         if os.path.isdir(arg):
@@ -155,7 +185,7 @@ def scan_images(paths: Sequence[str | os.PathLike], allow_empty: bool = False) -
             for match in sorted(glob.glob(arg, recursive=True)):
                 if os.path.isdir(match):
                     images += scanner.folder(match)
-                elif is_image_file(match) and scanner.file(match):
+                elif scanner.wanted(match) and scanner.file(match):
                     images.append(match)
             if not images and not allow_empty and len(scanner.skipped) == skipped_before:
                 raise NoImagesError(f"pattern '{arg}' matches no image files")
@@ -163,12 +193,16 @@ def scan_images(paths: Sequence[str | os.PathLike], allow_empty: bool = False) -
         else:
             raise InputNotFoundError(f"no such file or folder: '{arg}'")
     if not scanner.found and not allow_empty:
-        path, reason = scanner.skipped[0]
-        raise NoImagesError(
-            f"none of the images given can be used: {len(scanner.skipped)} left out, e.g. "
-            f"'{display_path(path)}': {reason}"
-        )
+        raise nothing_usable(scanner.skipped)
     return ImageScan(list(scanner.found), scanner.skipped)
+
+
+def nothing_usable(skipped: Sequence[tuple[str, str]]) -> NoImagesError:
+    """The error of a scan that found files but can use none of them, naming the first left out."""
+    path, reason = skipped[0]
+    return NoImagesError(
+        f"none of the images given can be used: {len(skipped)} left out, e.g. '{display_path(path)}': {reason}"
+    )
 
 
 def _too_long(path: str) -> bool:

@@ -25,3 +25,9 @@ def split_address(address: str) -> tuple[str, float | None]:
     if match is None:
         return address, None
     return match["path"], float(match["seconds"])
+
+
+def media_fragment(address: str) -> str:
+    """The part of a link to an address's file that opens it at the frame: `#t=<seconds>`, or "" for an image."""
+    _, seconds = split_address(address)
+    return "" if seconds is None else f"#t={seconds:.3f}"

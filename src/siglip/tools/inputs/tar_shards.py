@@ -23,7 +23,8 @@ from ...errors import DataError
 from ..deps import require
 from ..search.store import FileState
 from .data import ImageProcessor, Sample, load_sample
-from .files import IMAGE_EXTENSIONS, ImageScan, os_error_reason, scan_images
+from .files import IMAGE_EXTENSIONS, ImageScan, nothing_usable, os_error_reason, scan_images
+from .video import Sampling, expand_videos
 
 # A shard name ends in `.tar` (a compressed one in `.tar.gz`..., refused with a message when read), also inside
 # a brace pattern (`{a.tar,b.tar}`): a folder such as `x.tarball/` is not a shard
@@ -134,16 +135,17 @@ def _grouped_members(shard: str, compressed: bool) -> list[tuple[str, dict[str, 
     ]
 
 
-def scan_inputs(paths: Sequence[str | os.PathLike]) -> ImageScan:
+def scan_inputs(paths: Sequence[str | os.PathLike], sampling: Sampling | None = None) -> ImageScan:
     """`scan_images(paths)`, with each WebDataset shard pattern giving its samples (`TarMember`s) in its place;
-    like `scan_images`, a file or sample named twice (`a.tar 'a*.tar'`) is in the scan once."""
+    like `scan_images`, a file or sample named twice (`a.tar 'a*.tar'`) is in the scan once. With `sampling`,
+    video files are found too and each gives its frames (`VideoFrame`s, see `siglip.tools.inputs.video`)."""
     files: dict[str, str | FileState] = {}  # by name; a name given again keeps its first place
     skipped: dict[tuple[str, str], None] = {}
     plain: list[str] = []
 
     def flush() -> None:
         if plain:
-            found = scan_images(plain)
+            found = scan_images(plain, videos=sampling is not None)
             files.update((path, path) for path in found.files)
             skipped.update(dict.fromkeys(found.skipped))
             plain.clear()
@@ -156,4 +158,7 @@ def scan_inputs(paths: Sequence[str | os.PathLike]) -> ImageScan:
         else:
             plain.append(arg)
     flush()
-    return ImageScan(list(files.values()), list(skipped))
+    scan = expand_videos(ImageScan(list(files.values()), list(skipped)), sampling)
+    if not scan.files and scan.skipped:  # every video given is unreadable
+        raise nothing_usable(scan.skipped)
+    return scan

@@ -73,10 +73,12 @@ from ..deps import require
 from ..embeddings.embedder import Embedder, load_embedder, resolve_device
 from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
-from ..inputs.files import scan_images
+from ..inputs.files import ImageScan, scan_images
+from ..inputs.media import split_address
+from ..inputs.video import Sampled, Sampling, VideoFrame, expand_videos
 from . import ann
 from .fingerprint import model_fingerprint
-from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
+from .store import FileState, Seen, VectorStore, pending_files, replace_atomically, stored_path
 
 if TYPE_CHECKING:
     from ..embeddings.readers import EmbeddingFile
@@ -90,6 +92,7 @@ _VECTORS_GENERATION = "vectors_generation"  # meta key: the records generation v
 _WEIGHTS = "weights_sha256"  # meta key: the fingerprint of the model's weights
 _BUILD_INFO = "vectors_build"  # meta key: the ann.BuildInfo of vectors.faiss (JSON)
 _EMBEDDING = "embedding_settings"  # meta key: the Embedder.settings the images were embedded with (JSON)
+_VIDEO = "video_sampling"  # meta key: the `Sampling.key` of the last update that sampled videos
 _SETTINGS = (
     "index_type",
     "storage",
@@ -321,6 +324,7 @@ class SearchIndex:
         batch_size: int = 32,
         workers: int | None = None,
         progress: bool | None = None,
+        sampling: Sampling | None = None,
     ) -> UpdateReport:
         """Bring the index up to date with the images under `paths` (folders, files, globs).
 
@@ -328,10 +332,14 @@ class SearchIndex:
         are removed, wherever they came from, and so are entries under the given folders that are no longer
         image files there (a folder that could not be searched keeps its entries). Unreadable files are
         recorded, and retried once changed (a chmod included); entries the scan left out are reported too.
+
+        With `sampling`, video files are indexed too: each frame it picks is an entry addressed
+        `<video>#t=<seconds>`; a changed video is sampled again (its frames no longer picked are removed).
+        Without it, an index that has sampled videos samples them by its last rule.
         """
         self.store.check_writable()
         with self._update_lock():
-            return self._update(paths, batch_size, workers, progress)
+            return self._update(paths, batch_size, workers, progress, sampling)
 
     @contextlib.contextmanager
     def _update_lock(self) -> Any:
@@ -351,22 +359,35 @@ class SearchIndex:
             lock.release()
 
     def _update(
-        self, paths: Sequence[str | os.PathLike], batch_size: int, workers: int | None, progress: bool | None
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int,
+        workers: int | None,
+        progress: bool | None,
+        sampling: Sampling | None,
     ) -> UpdateReport:
-        scan = scan_images(paths, allow_empty=True)
-        files = [stored_path(f) for f in scan.files]
+        states = self.store.states()
+        recorded = self.store.get_meta(_VIDEO)
+        sampling = sampling or (None if recorded is None else Sampling(**json.loads(recorded)))
+        scan = scan_images(paths, allow_empty=True, videos=sampling is not None)
+        sampled = _sampled(states) if sampling and recorded == sampling.key() else None
+        scan = expand_videos(ImageScan([stored_path(f) for f in scan.files], scan.skipped), sampling, sampled)
+        entries = scan.files  # paths of images, and `VideoFrame`s
+        files = [f if isinstance(f, str) else f.path for f in entries]
+        videos = {f.video for f in entries if isinstance(f, VideoFrame)}
         roots = tuple(os.path.join(stored_path(p), "") for p in paths if os.path.isdir(p))
         unsearched = tuple(os.path.join(stored_path(p), "") for p, _ in scan.skipped)
-        states = self.store.states()
         if not files and not scan.skipped and not any(p.startswith(roots) for p in states):
             raise NoImagesError(f"no image files in {', '.join(map(os.fspath, paths))}")
         listed = set(files)
         gone = [
             p
             for p in states
-            if p not in listed and not p.startswith(unsearched) and (p.startswith(roots) or _deleted(p))
+            if p not in listed
+            and not p.startswith(unsearched)
+            and (p.startswith(roots) or _deleted(split_address(p)[0]) or split_address(p)[0] in videos)
         ]
-        todo = pending_files(self.store, files)
+        todo = pending_files(self.store, entries)
         if todo:  # before any change: an Embedder given as it is must embed as the index was built
             self._check_settings(self.embedder.settings, "the model given runs with")
         if self._asked:  # before any embedding: a type that cannot be trained on this many is refused now
@@ -381,6 +402,8 @@ class SearchIndex:
             report.updated += updated
             report.added += len(batch.files) - updated
             report.skipped += [(f.path, reason) for f, reason in batch.failed]
+        if sampling is not None:  # the frames recorded are this rule's now: unchanged videos keep their times
+            self.store.set_meta(_VIDEO, sampling.key())
         self.sync()
         report.total = len(self.store)
         return report
@@ -710,6 +733,24 @@ def _given_twice(path: str, file: Path, row: int, again: Path, again_row: int) -
     )
 
 
+def _sampled(states: dict[str, Seen]) -> Sampled:
+    """`video_frames`'s `sampled` from the records: the frame times of a video, when all its frames were
+    recorded in the state it has now."""
+    frames: dict[str, list[tuple[float, Seen]]] = {}
+    for address, seen in states.items():
+        video, seconds = split_address(address)
+        if seconds is not None:
+            frames.setdefault(video, []).append((seconds, seen))
+
+    def sampled(video: str, size: int, mtime_ns: int) -> list[float] | None:
+        known = frames.get(video)
+        if not known or any((seen.size, seen.mtime_ns) != (size, mtime_ns) for _, seen in known):
+            return None
+        return sorted(seconds for seconds, _ in known)
+
+    return sampled
+
+
 def _deleted(path: str) -> bool:
     """Whether `path` no longer exists (a file that cannot be reached for another reason is not deleted)."""
     try:
@@ -722,8 +763,10 @@ def _deleted(path: str) -> bool:
 
 
 def _state_of(path: str) -> FileState:
-    """The file's state, or an unknown one (-1) for a URI or a file this machine cannot see."""
+    """The state of an address's file (a video frame: its video's), or an unknown one (-1) for a URI or a file
+    this machine cannot see."""
     try:
-        return FileState.of(path)
+        st = os.stat(split_address(path)[0])
     except OSError:
         return FileState(path, -1, -1)
+    return FileState(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

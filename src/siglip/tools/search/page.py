@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..inputs.media import media_fragment, split_address
 from .thumbnails import THUMBNAIL_SIZE, thumbnail_jpeg
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ figcaption {{ font-size: .8rem; overflow-wrap: anywhere; }}
 
 def _card(rank: int, hit: Hit) -> str:
     path = html.escape(hit.path)
-    link = html.escape(Path(hit.path).absolute().as_uri())
+    file, _ = split_address(hit.path)  # a video frame links to its video, at its moment
+    link = html.escape(Path(file).absolute().as_uri() + media_fragment(hit.path))
     jpeg = thumbnail_jpeg(hit.path)
     image = (
         f'<img src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode("ascii")}" alt="{path}">'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mimetypes
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +13,8 @@ from PIL import Image
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from ....core.image_utils import register_heif
+from ...inputs.media import media_fragment, split_address
 from ...search.thumbnails import thumbnail_jpeg
 from ..errors import ApiError
 from ..inputs import openapi_body, read_request
@@ -55,7 +59,8 @@ async def search(served: Served, request: Request) -> dict[str, Any]:
                 "score": hit.score,
                 "name": Path(hit.path).name,
                 "thumbnail_url": f"/v1/images/{hit.id}/thumbnail",
-                "image_url": f"/v1/images/{hit.id}",
+                "image_url": f"/v1/images/{hit.id}{media_fragment(hit.path)}",  # a frame: its video there
+                "time": split_address(hit.path)[1],  # a video frame's time in seconds, None for an image
             }
             for hit in hits
         ],
@@ -74,16 +79,23 @@ async def thumbnail(served: Served, image_id: str) -> Response:
 
 @router.get("/images/{image_id}", response_class=FileResponse)
 async def full_image(served: Served, image_id: str) -> FileResponse:
-    """The indexed image file itself, with its type judged from its bytes."""
+    """The indexed image file itself, with its type judged from its bytes; for a video frame, its video."""
     number, path, _ = await served.entry(image_id)
-    media_type = await run_in_threadpool(_image_type, path)
+    path, seconds = split_address(path)
+    media_type = await run_in_threadpool(_image_type if seconds is None else _video_type, path)
     if media_type is None:
         raise ApiError(404, f"image {number} is in the index but its file can no longer be read")
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
 
 
+def _video_type(path: str) -> str | None:
+    """The MIME type of a video file from its name, or None when it is no longer a file."""
+    return (mimetypes.guess_type(path)[0] or "application/octet-stream") if os.path.isfile(path) else None
+
+
 def _image_type(path: str) -> str | None:
     """The MIME type of an image file from its bytes, or None when it cannot be read."""
+    register_heif()
     try:
         with Image.open(path) as image:
             return Image.MIME.get(image.format or "", "application/octet-stream")

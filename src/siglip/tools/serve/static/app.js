@@ -94,7 +94,15 @@ function showResults(results) {
 }
 
 function showImage(hit) {
-  $("viewer-image").src = hit.image_url;
+  const frame = hit.time !== null && hit.time !== undefined;  // a video frame: its video, at that moment
+  $("viewer-image").hidden = frame;
+  $("viewer-video").hidden = !frame;
+  if (frame) {
+    $("viewer-video").src = hit.image_url;
+  } else {
+    $("viewer-video").removeAttribute("src");
+    $("viewer-image").src = hit.image_url;
+  }
   $("viewer-image").alt = hit.name;
   $("viewer-caption").textContent = `${hit.name} · score ${hit.score.toFixed(4)}`;
   $("viewer").showModal();
