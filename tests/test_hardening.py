@@ -759,11 +759,20 @@ def _orphaned_worker(lock: Path, mode: str) -> int:
 
 
 def _is_running(pid: int) -> bool:
+    """Whether any thread of process `pid` is alive. The main thread alone is not enough: it turns zombie while
+    another thread (the parent watcher that sent the SIGKILL) is still exiting, holding the shared files."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        threads = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return False
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return False
 
 
 def _lock_is_free(lock: Path) -> bool:
