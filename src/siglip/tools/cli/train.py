@@ -24,21 +24,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        flags = (flag, *f.metadata.get("aliases", ()))
         kind = hints[f.name]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         help_text = f.metadata.get("help", "")
         if kind is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+                *flags, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
             )
         elif typing.get_origin(kind) is list:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-            parser.add_argument(flag, nargs="+", default=default, help=f"{help_text} (default: {default})")
+            parser.add_argument(*flags, nargs="+", default=default, help=f"{help_text} (default: {default})")
         else:
             scalar = next(t for t in _alternatives(kind) if t is not type(None))
             default = None if required else f.default
             parser.add_argument(
-                flag,
+                *flags,
                 **{"type": scalar, **_rule(f)},
                 required=required,
                 default=default,
