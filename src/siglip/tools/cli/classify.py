@@ -57,15 +57,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.labels is not None:
+        check_labels(args.labels)  # before the model loads: a typo should cost no time
     fine_tuned = is_classifier(args.model)
     if fine_tuned and args.labels is not None:
         raise UsageError(f"'{args.model}' is a fine-tuned classifier with its own classes: drop --labels")
-    if not fine_tuned:
-        if args.labels is None:
-            raise UsageError(
-                "--labels is required: the classes to score (or a fine-tuned classifier's --model)"
-            )
-        check_labels(args.labels)  # before the model loads: a typo should cost no time
+    if not fine_tuned and args.labels is None:
+        raise UsageError("--labels is required: the classes to score (or a fine-tuned classifier's --model)")
     scan = scan_images(args.images)
     results, skipped = [], list(scan.skipped)
     if fine_tuned:

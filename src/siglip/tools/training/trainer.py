@@ -13,6 +13,10 @@ positive instead of as a false negative (`siglip_loss(labels=...)`): the class o
 `--no-class-labels`), a pairs file's `--group-column`, or, with `--group-identical-captions`, captions whose
 tokens are identical.
 
+The loop is shared by the kinds of training (`Task`): this module's `Contrastive` (the sigmoid loss, the
+default) and `siglip.tools.training.classify.Classify` (`task="classify"`: an image classifier on class folders,
+a linear probe or a full fine-tune). Each brings its data, model, loss, logged values and evaluation.
+
 Checkpoints (`output_dir/checkpoints/step-XXXXXXXX/`) are complete model directories (`from_pretrained`
 loads them) plus `training_state.pt` (optimizer, scheduler, random states, data position). They are written
 under a temporary name and renamed when complete, and `output_dir/checkpoints/latest` names the newest; a
