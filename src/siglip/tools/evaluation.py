@@ -103,7 +103,8 @@ def expected_calibration_error(
 # --- zero-shot classification -----------------------------------------------------------------------------
 @dataclass
 class ZeroShotReport:
-    """Zero-shot results on a folder of class folders, with the calibration of the probabilities."""
+    """Zero-shot (or a fine-tuned classifier's, see `evaluate_classifier`) results on a folder of class folders,
+    with the calibration of the probabilities."""
 
     classes: list[str]
     top1: float
@@ -254,7 +255,7 @@ def plot_confusion_matrix(report: ZeroShotReport, path: str | os.PathLike) -> Pa
     ax.set_yticks(range(n), report.classes)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"zero-shot: top-1 {report.top1:.1%}, {report.count} images")
+    ax.set_title(f"top-1 {report.top1:.1%}, {report.count} images")  # zero-shot or a fine-tuned head
     if n <= 30:  # numbers stay legible
         for (i, j), count in np.ndenumerate(confusion):
             color = "white" if rates[i, j] > 0.5 else "black"
