@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from _material import FASHION_CLASSES
 from siglip import SiglipModel
 from siglip.core.auto import AutoModelForImageClassification
 from siglip.tools.cli import main
-from siglip.tools.training import TrainConfig, train, trainer
+from siglip.tools.training import DataError, TrainConfig, train, trainer
 
 DATASET = Path("/usr/share/datasets/fashion-mnist")
 # A collection's own categories, each a group of Fashion-MNIST classes: names the bundled model never trained
@@ -180,6 +181,14 @@ def test_interrupted_training_resumes_to_the_same_weights(probe, folders, tmp_pa
     start = SiglipModel.from_pretrained("siglip-tiny-fashion").state_dict()
     name = "vision_model.embeddings.patch_embedding.weight"
     assert torch.equal(reference[name], start[name]) == (probe == "linear")
+    # resuming on other class folders is refused, not trained on with the old names
+    other = tmp_path / "other"
+    for category in ("bag", "dress"):
+        shutil.copytree(folders / "train" / category, other / category)
+    with pytest.raises(
+        DataError, match=r"trained on the classes \['bag', 'dress', 'shoes', 'tops', 'trousers'\]"
+    ):
+        train(config(tmp_path / "b", resume=True, data=str(other)))
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,10 @@ class Classify(Task):
         config = self.config
         if resume_from is not None:
             model = AutoModelForImageClassification.from_pretrained(resume_from)
+            saved = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            if saved != self.classes:
+                raise DataError(f"the run in {config.output_dir} trained on the classes {saved}; data "
+                                f"{config.data!r} has {self.classes}")  # fmt: skip
         else:
             id2label = dict(enumerate(self.classes))
             labels = {"id2label": id2label, "label2id": {c: i for i, c in id2label.items()}}
@@ -203,8 +207,9 @@ class Classify(Task):
 
         rows, kept = [], []
         hidden = model.classifier.in_features
-        for batch in file_batches(images, self.processor.image_processor, pooled, hidden,
-                                  batch_size=64, workers=self.config.workers, desc="features"):  # fmt: skip
+        micro_batch = self.config.batch_size // self.config.grad_accum  # what fits in memory
+        for batch in file_batches(images, self.processor.image_processor, pooled, hidden, batch_size=micro_batch,
+                                  workers=self.config.workers, desc="features"):  # fmt: skip
             rows.append(batch.vectors)
             kept += [position[f.path] for f in batch.files]
             for file, reason in batch.failed:
