@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import NoImagesError
+from .classifier import ImageClassifier, class_ids
 from .deps import require
 from .embeddings.embedder import Embedder
 from .inputs.data import ClassFolders, PairsFile
@@ -102,7 +103,8 @@ def expected_calibration_error(
 # --- zero-shot classification -----------------------------------------------------------------------------
 @dataclass
 class ZeroShotReport:
-    """Zero-shot results on a folder of class folders, with the calibration of the probabilities."""
+    """Zero-shot (or a fine-tuned classifier's, see `evaluate_classifier`) results on a folder of class folders,
+    with the calibration of the probabilities."""
 
     classes: list[str]
     top1: float
@@ -189,6 +191,45 @@ def evaluate_zeroshot(
     return zeroshot_report(np.concatenate(probabilities), np.array(labels), dataset.class_names, skipped)
 
 
+def classifier_report(
+    classifier: ImageClassifier,
+    images: Sequence[str],
+    labels: Sequence[int],
+    skipped: Sequence[tuple[str, str]] = (),
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> ZeroShotReport:
+    """The metrics of a fine-tuned classifier's probabilities on `images` of the true class ids `labels`
+    (indices into `classifier.labels`); unreadable images are skipped and listed with `skipped`."""
+    label_of = dict(zip(images, labels, strict=True))
+    probabilities, found, skipped = [], [], list(skipped)
+    for batch in classifier.classify_files(images, batch_size, workers, progress):
+        probabilities.append(batch.vectors)
+        found += [label_of[f.path] for f in batch.files]
+        skipped += [(f.path, reason) for f, reason in batch.failed]
+    if not found:
+        raise NoImagesError(f"none of the {len(images)} images could be read")
+    return zeroshot_report(np.concatenate(probabilities), np.array(found), classifier.labels, skipped)
+
+
+def evaluate_classifier(
+    data: str | os.PathLike,
+    classifier: ImageClassifier,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> ZeroShotReport:
+    """A fine-tuned classifier (`siglip train --task classify`) on `data`, a folder of class folders named
+    as the classifier's classes (a subset of them is fine); the report of `evaluate_zeroshot`, with the
+    head's probabilities (softmax) in place of the zero-shot ones."""
+    dataset = ClassFolders(data)
+    labels = class_ids(dataset.classes, dataset.labels, classifier.labels, os.fspath(data))
+    return classifier_report(
+        classifier, dataset.images, labels, dataset.skipped, batch_size, workers, progress
+    )
+
+
 def _pyplot(purpose: str) -> Any:
     require("matplotlib", "eval", purpose)
     import matplotlib
@@ -214,7 +255,7 @@ def plot_confusion_matrix(report: ZeroShotReport, path: str | os.PathLike) -> Pa
     ax.set_yticks(range(n), report.classes)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"zero-shot: top-1 {report.top1:.1%}, {report.count} images")
+    ax.set_title(f"top-1 {report.top1:.1%}, {report.count} images")  # zero-shot or a fine-tuned head
     if n <= 30:  # numbers stay legible
         for (i, j), count in np.ndenumerate(confusion):
             color = "white" if rates[i, j] > 0.5 else "black"

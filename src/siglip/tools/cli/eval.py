@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..classifier import ImageClassifier, is_classifier
 from ..deps import require
+from ..embeddings.options import ModelOptions
 from ..evaluation import (
     CALIBRATION_BINS,
+    evaluate_classifier,
     evaluate_retrieval,
     evaluate_zeroshot,
     plot_confusion_matrix,
@@ -34,7 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     zeroshot = tasks.add_parser(
         "zeroshot",
         help="top-1/top-5 accuracy, per-class recall and calibration on a folder of class folders",
-        description="DATA holds one folder of images per class; the folder name (with _ as space) is the label.",
+        description="DATA holds one folder of images per class; the folder name (with _ as space) is the label. "
+        "With a fine-tuned classifier as --model (siglip train --task classify), its head classifies the images "
+        "and the folder names must be its classes.",
     )
     zeroshot.add_argument("--data", required=True, help="folder of class folders")
     add_template_option(zeroshot)
@@ -71,7 +76,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_zeroshot(args: argparse.Namespace) -> int:
     templates = templates_of(args)
     require("matplotlib", "eval", "the confusion-matrix plot")  # fail before the work, not after
-    report = evaluate_zeroshot(args.data, load_model(args), templates, **loader_kwargs(args))
+    if is_classifier(args.model):  # a fine-tuned classifier: its head's probabilities, its own classes
+        classifier = ImageClassifier.from_pretrained(args.model, args.device, ModelOptions.from_args(args))
+        report = evaluate_classifier(args.data, classifier, **loader_kwargs(args))
+    else:
+        report = evaluate_zeroshot(args.data, load_model(args), templates, **loader_kwargs(args))
     plot = plot_confusion_matrix(report, args.plot)
     reliability_plot = plot_reliability_diagram(
         report, args.reliability_plot or Path(args.plot).with_name("reliability-diagram.png")

@@ -84,10 +84,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 # --- the model ----------------------------------------------------------------------------------------------
 @dataclass
 class EmbeddedBatch:
-    """The embeddings of one batch of files, and the files of the batch that could not be read."""
+    """The embeddings of one batch of files (or a classifier's probabilities, see `file_batches`), and the
+    files of the batch that could not be read."""
 
     files: list[FileState]
-    vectors: np.ndarray  # (len(files), D) float32, unit length
+    vectors: np.ndarray  # (len(files), D) float32: unit length embeddings, or one row of outputs per file
     failed: list[tuple[FileState, str]] = field(default_factory=list)  # (file, reason)
 
 
@@ -211,43 +212,57 @@ class Embedder:
         most 8; 0 decodes in this process) ahead of the model. `progress` shows a bar with images/s on
         stderr (None: only when stderr is a terminal).
         """
-        from tqdm.auto import tqdm
+        yield from file_batches(
+            files, self.processor.image_processor, self.embed_inputs, self.dims,
+            batch_size=batch_size, workers=workers, progress=progress, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
 
-        files = [f if isinstance(f, FileState) else FileState(os.fspath(f), -1, -1) for f in files]
-        if not files:
-            return
-        workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-        batches = math.ceil(len(files) / batch_size)
-        workers = min(workers, batches) if batches > 1 else 0  # one batch: nothing to overlap with the model
-        loader = DataLoader(
-            _ImageFiles(files, self.processor.image_processor),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=collate,
-            worker_init_fn=worker_init_fn(),  # workers die with this process, even by kill -9
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if workers else None,  # keep batches ready so the model never waits
-        )
-        skipped = 0
-        show = _stderr_is_terminal() if progress is None else progress
-        with tqdm(
-            total=len(files), unit="img", desc="embedding", disable=not show, dynamic_ncols=True
-        ) as bar:
-            for batch in loader:
-                vectors = (
-                    self.embed_inputs(batch.inputs)
-                    if batch.loaded
-                    else np.empty((0, self.dims), dtype=np.float32)
-                )
-                skipped += len(batch.failed)
-                bar.update(len(batch.loaded) + len(batch.failed))
-                if skipped:
-                    bar.set_postfix(skipped=skipped)
-                yield EmbeddedBatch(
-                    [files[s.index] for s in batch.loaded],
-                    vectors,
-                    [(files[s.index], s.reason) for s in batch.failed],
-                )
+
+def file_batches(
+    files: Sequence[FileState | str],
+    image_processor: ImageProcessor,
+    compute: Callable[[Mapping[str, torch.Tensor]], np.ndarray],
+    width: int,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool | None = None,
+    pin_memory: bool = False,
+    desc: str = "embedding",
+) -> Iterator[EmbeddedBatch]:
+    """`compute` (preprocessed model inputs -> (B, `width`) rows) over image files, batch by batch, in order;
+    unreadable files are reported in `failed`, not raised (see `Embedder.embed_files`)."""
+    from tqdm.auto import tqdm
+
+    files = [f if isinstance(f, FileState) else FileState(os.fspath(f), -1, -1) for f in files]
+    if not files:
+        return
+    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    batches = math.ceil(len(files) / batch_size)
+    workers = min(workers, batches) if batches > 1 else 0  # one batch: nothing to overlap with the model
+    loader = DataLoader(
+        _ImageFiles(files, image_processor),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=worker_init_fn(),  # workers die with this process, even by kill -9
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,  # keep batches ready so the model never waits
+    )
+    skipped = 0
+    show = _stderr_is_terminal() if progress is None else progress
+    with tqdm(total=len(files), unit="img", desc=desc, disable=not show, dynamic_ncols=True) as bar:
+        for batch in loader:
+            vectors = compute(batch.inputs) if batch.loaded else np.empty((0, width), dtype=np.float32)
+            skipped += len(batch.failed)
+            bar.update(len(batch.loaded) + len(batch.failed))
+            if skipped:
+                bar.set_postfix(skipped=skipped)
+            yield EmbeddedBatch(
+                [files[s.index] for s in batch.loaded],
+                vectors,
+                [(files[s.index], s.reason) for s in batch.failed],
+            )
 
 
 def _non_finite(model: TwoTowerModel) -> str:

@@ -1,4 +1,5 @@
-"""Training with the sigmoid loss: `TrainConfig` and `train` (also `siglip train` on the command line)."""
+"""Training with the sigmoid loss, or of an image classifier (`task="classify"`): `TrainConfig` and `train` (also
+`siglip train` on the command line)."""
 
 from .data import DataError
 from .trainer import TrainConfig, latest_checkpoint, train

@@ -13,6 +13,10 @@ positive instead of as a false negative (`siglip_loss(labels=...)`): the class o
 `--no-class-labels`), a pairs file's `--group-column`, or, with `--group-identical-captions`, captions whose
 tokens are identical.
 
+The loop is shared by the kinds of training (`Task`): this module's `Contrastive` (the sigmoid loss, the
+default) and `siglip.tools.training.classify.Classify` (`task="classify"`: an image classifier on class folders,
+a linear probe or a full fine-tune). Each brings its data, model, loss, logged values and evaluation.
+
 Checkpoints (`output_dir/checkpoints/step-XXXXXXXX/`) are complete model directories (`from_pretrained`
 loads them) plus `training_state.pt` (optimizer, scheduler, random states, data position). They are written
 under a temporary name and renamed when complete, and `output_dir/checkpoints/latest` names the newest; a
@@ -74,6 +78,7 @@ from .data import (
 
 logger = logging.getLogger("siglip")
 STATE_FILE = "training_state.pt"
+TASKS = ("contrastive", "classify")
 
 
 @dataclass
@@ -84,6 +89,30 @@ class TrainConfig:
         metadata={"help": "pairs file (.csv/.tsv/.jsonl), folder of class folders, or .tar shards"}
     )
     output_dir: str = field(metadata={"help": "where checkpoints, metrics.jsonl and the final model go"})
+    task: str = field(
+        default="contrastive",
+        metadata={
+            "value": Choice(TASKS),
+            "help": "contrastive (the sigmoid loss on image-text pairs) or classify (an image classifier, "
+            "SiglipForImageClassification, on a folder of class folders; see siglip.tools.training.classify)",
+        },
+    )
+    probe: str | None = field(
+        default=None,
+        metadata={
+            "value": Choice(("linear",)),
+            "help": "task classify: linear trains only the linear head on the frozen image tower's features "
+            "(computed once); unset: fine-tune the whole classifier",
+        },
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata={
+            "value": Number(0, 1),
+            "help": "task classify without --eval-data: the fraction of each class's images held out for "
+            "validation (0: none)",
+        },
+    )
     model: str | None = field(
         default=None, metadata={"help": "checkpoint to start from (directory, hub id or bundled name)"}
     )
@@ -176,7 +205,12 @@ class TrainConfig:
         default=2, metadata={"value": whole(1), "help": "checkpoints kept (older ones are deleted)"}
     )
     eval_data: str | None = field(
-        default=None, metadata={"help": "folder of class folders for zero-shot evaluation during training"}
+        default=None,
+        metadata={
+            "aliases": ("--val",),
+            "help": "folder of class folders for evaluation during training (zero-shot; task classify: the "
+            "classifier's validation set, evaluated at the end too)",
+        },
     )
     eval_every: int = field(
         default=0, metadata={"value": whole(0), "help": "steps between zero-shot evaluations (0: off)"}
@@ -243,8 +277,14 @@ class TrainConfig:
         check_templates(self.eval_templates)
         if self.group_column is not None and self.group_identical_captions:
             raise UsageError("pass one of group_column or group_identical_captions: each labels the pairs")
-        if self.eval_every and not self.eval_data:
+        if self.eval_every and not (self.eval_data or (self.task == "classify" and self.val_fraction)):
             raise UsageError("eval_every needs eval_data: a folder with one sub-folder of images per class")
+        if self.task == "classify":
+            if self.lock_image or self.lock_text:
+                raise UsageError("task classify has no text tower; to train only its head on a frozen image "
+                                 "tower, pass probe=linear instead of lock_image/lock_text")  # fmt: skip
+        elif self.probe is not None:
+            raise UsageError("probe trains a classifier's head: it needs task classify")
 
 
 # --- processes -----------------------------------------------------------------------------------------
@@ -460,6 +500,78 @@ def _start(config: TrainConfig, output: Path) -> Path | None:
     return None
 
 
+class Task:
+    """What one kind of training adds to the shared loop (checkpoints, resumption, schedule, metrics): its
+    data, its model, the forward and backward of a batch, what it logs and how it evaluates.
+
+    `source` is read by `make_loader` in global batches of `Sample`s (their `label`s travel with them).
+    """
+
+    source: Dataset | WebDatasetSource
+    evaluates_at_end = False  # evaluate after the last step even without eval_every
+
+    def build_model(self, resume_from: Path | None) -> nn.Module:
+        """The model to train (from the checkpoint `resume_from` when resuming), its frozen parts frozen."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, dist_: _Dist, precision: Precision) -> None:
+        """Work on the model put on its device before the first step (default: none)."""
+
+    def step(self, model: nn.Module, batch: Batch, dist_: _Dist, precision: Precision) -> float:
+        """Forward and backward of this rank's share of one global batch; returns the mean loss."""
+        raise NotImplementedError
+
+    def log(self, model: nn.Module) -> dict[str, float]:
+        """Values of the model for a metrics.jsonl line (default: none)."""
+        return {}
+
+    def evaluate(self, model: nn.Module, dist_: _Dist) -> dict[str, float]:
+        """Metrics on the evaluation data, for a metrics.jsonl line (main process; the others wait)."""
+        raise NotImplementedError
+
+
+class Contrastive(Task):
+    """Image-caption pairs, class folders or shards with the sigmoid loss (`siglip train`'s default task)."""
+
+    def __init__(self, config: TrainConfig, processor: Processor, layout: BatchLayout) -> None:
+        self.config, self.processor = config, processor
+        self.source = _source(config, processor, layout)
+        self.labelled = config.group_column is not None or (
+            isinstance(self.source, ClassFolderDataset) and config.class_labels
+        )
+        self.towers: nn.Module | None = None
+
+    def build_model(self, resume_from: Path | None) -> nn.Module:
+        model = _build_model(self.config, resume_from)
+        _freeze(model, self.config)
+        return model
+
+    def prepare(self, model: nn.Module, dist_: _Dist, precision: Precision) -> None:
+        self.towers = _Towers(model)
+        if dist_.world > 1:
+            self.towers = nn.parallel.DistributedDataParallel(
+                self.towers, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None
+            )
+
+    def step(self, model: nn.Module, batch: Batch, dist_: _Dist, precision: Precision) -> float:
+        return _train_step(self.config, self.towers, model, self.processor, batch, dist_, precision,
+                           self.labelled)  # fmt: skip
+
+    def log(self, model: nn.Module) -> dict[str, float]:
+        return {"logit_scale": model.logit_scale.exp().item(), "logit_bias": model.logit_bias.item()}
+
+    def evaluate(self, model: nn.Module, dist_: _Dist) -> dict[str, float]:
+        return _evaluate(self.config, model, self.processor, dist_)
+
+
+def _task(config: TrainConfig, processor: Processor, layout: BatchLayout, dist_: _Dist) -> Task:
+    if config.task == "classify":
+        from .classify import Classify  # (it builds on this module)
+
+        return Classify(config, processor, layout, dist_)
+    return Contrastive(config, processor, layout)
+
+
 def train(config: TrainConfig) -> Path:
     """Run the training `config` describes; returns the directory of the final model (`output_dir/model`)."""
     dist_ = _init_distributed()
@@ -477,20 +589,18 @@ def train(config: TrainConfig) -> Path:
         ),
     )
     layout = BatchLayout(config.batch_size, config.grad_accum, dist_.rank, dist_.world, config.seed)
-    source = _source(config, processor, layout)  # the data is checked before the model loads
-    labelled = config.group_column is not None or (
-        isinstance(source, ClassFolderDataset) and config.class_labels
-    )
-    per_epoch = batches_per_epoch(source, layout)
-    total_steps = config.steps or max(1, int(config.epochs * per_epoch))
+    task = _task(config, processor, layout, dist_)  # the data is checked before the model loads
+    batches_per_epoch(task.source, layout)
     if dist_.main:
         output.mkdir(parents=True, exist_ok=True)
 
     precision = resolve_precision(config.precision, dist_.device, training=True)
-    model = _build_model(config, resume_from).to(dist_.device, precision.weights).train()
-    _freeze(model, config)
+    model = task.build_model(resume_from).to(dist_.device, precision.weights).train()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    task.prepare(model, dist_, precision)
+    per_epoch = batches_per_epoch(task.source, layout)
+    total_steps = config.steps or max(1, int(config.epochs * per_epoch))
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, config.beta2),
         fused=dist_.device.type == "cuda",
@@ -505,19 +615,14 @@ def train(config: TrainConfig) -> Path:
         state = {k: saved[k] for k in ("step", "seen", "failed")}
         logger.info("resumed from %s at step %d", resume_from, state["step"])
 
-    towers: nn.Module = _Towers(model)
-    if dist_.world > 1:
-        towers = nn.parallel.DistributedDataParallel(
-            towers, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None
-        )
     metrics = _Metrics(output / "metrics.jsonl", state["step"], dist_.main)
     bar = _progress(config, dist_, total_steps, state["step"])
     clock, window = time.perf_counter(), 0
 
-    for step, batch in _batches(config, source, layout, state["step"], per_epoch, total_steps):
-        loss = _train_step(config, towers, model, processor, batch, dist_, precision, labelled)
+    for step, batch in _batches(config, task.source, layout, state["step"], per_epoch, total_steps):
+        loss = task.step(model, batch, dist_, precision)
         grad_norm = _optimizer_step(config, model, optimizer, scheduler)
-        seen, failed = _global_counts(len(batch.captions), len(batch.failed), dist_)
+        seen, failed = _global_counts(len(batch.loaded), len(batch.failed), dist_)
         state = {"step": step + 1, "seen": state["seen"] + seen, "failed": state["failed"] + failed}
         window += seen
         _check_failures(config, state, per_epoch, [s.source for s in batch.failed])
@@ -529,15 +634,15 @@ def train(config: TrainConfig) -> Path:
                 "epoch": state["step"] / per_epoch,
                 "loss": loss,
                 "lr": scheduler.get_last_lr()[0],
-                "logit_scale": model.logit_scale.exp().item(),
-                "logit_bias": model.logit_bias.item(),
+                **task.log(model),
                 "grad_norm": grad_norm,
                 "samples_per_s": window / (now - clock),
                 "failed_images": state["failed"],
             }
             clock, window = now, 0
-        if config.eval_every and state["step"] % config.eval_every == 0:
-            record = {"step": state["step"], **record, **_evaluate(config, model, processor, dist_)}
+        last = state["step"] == total_steps
+        if (config.eval_every and state["step"] % config.eval_every == 0) or (last and task.evaluates_at_end):
+            record = {"step": state["step"], **record, **task.evaluate(model, dist_)}
         if record:
             metrics.write(record)
         if bar is not None:
