@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fastapi.testclient import TestClient
 
 from _material import BUNDLED, write_photos
 from siglip import Embedder, find_images
@@ -30,6 +31,7 @@ from siglip.tools.search.dedup import (
     similar_pairs,
     undo_moves,
 )
+from siglip.tools.serve import create_app
 
 pytest_plugins = ["_fixtures"]
 
@@ -184,7 +186,7 @@ def _groups(report: dict) -> dict[str, set[str]]:
 
 
 def test_dedup_finds_exactly_the_planted_copies_with_a_json_and_an_escaped_html_report(
-    planted, planted_vectors, tmp_path, capsys
+    planted, planted_vectors, fp32, tmp_path, capsys
 ):
     folder, expected = planted
     page = tmp_path / "groups.html"
@@ -217,6 +219,16 @@ def test_dedup_finds_exactly_the_planted_copies_with_a_json_and_an_escaped_html_
     capsys.readouterr()
     assert main(["dedup", "--index", str(index), "--json"]) == 0
     assert _groups(json.loads(capsys.readouterr().out)) == expected
+
+    # the server's /v1/dedup: the same groups, by name and id
+    with TestClient(create_app(fp32, index)) as client:
+        served = client.get("/v1/dedup").json()
+        assert client.get("/v1/dedup", params={"threshold": 1.5}).status_code == 422
+        keeper_id = served["groups"][0]["keeper"]["id"]
+        assert client.get(f"/v1/images/{keeper_id}/thumbnail").status_code == 200
+    by_name = {g["keeper"]["name"]: {m["name"] for m in g["members"]} for g in served["groups"]}
+    assert by_name == {Path(k).name: {Path(p).name for p in v} for k, v in expected.items()}
+    assert served["duplicates"] == 4 and served["images"] == 9
 
 
 def test_a_higher_threshold_only_splits_groups_and_members_stay_close_to_their_keeper(planted_vectors):

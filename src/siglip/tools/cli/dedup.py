@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[tuple[str, str]] = []
     if args.index:
         with SearchIndex(args.index, None, args.device, options=ModelOptions.from_args(args)) as index:
-            paths, vectors = index_vectors(index)
+            _, paths, vectors = index_vectors(index)
             model = index.model
     else:
         scan = scan_inputs(args.paths)

@@ -158,20 +158,21 @@ def _components(nodes: set[int], neighbours: dict[int, set[int]]) -> list[set[in
     return components
 
 
-def index_vectors(index: SearchIndex) -> tuple[list[str], np.ndarray]:
-    """(paths, unit-length vectors) of every image of `index`, read from its vector file (fp16-rounded with
-    fp16 storage, approximate for `ivfpq`, hence normalised again)."""
+def index_vectors(index: SearchIndex) -> tuple[list[int], list[str], np.ndarray]:
+    """(ids, paths, unit-length vectors) of every image of `index`, read from its vector file (fp16-rounded
+    with fp16 storage, approximate for `ivfpq`, hence normalised again)."""
     faiss_index = index.sync()
     ids = ann.ids_of(faiss_index)
     names = index.store.paths_of(ids)
-    paths, chunks = [], []
+    kept, paths, chunks = [], [], []
     for part, vectors in ann.vectors_of(faiss_index, ids):
         keep = np.array([int(i) in names for i in part], dtype=bool)
+        kept += [int(i) for i in part[keep]]
         paths += [names[int(i)] for i in part[keep]]
         chunks.append(vectors[keep])
     vectors = np.concatenate(chunks) if chunks else np.empty((0, index.store.dims), np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return paths, vectors / np.maximum(norms, 1e-12)
+    return kept, paths, vectors / np.maximum(norms, 1e-12)
 
 
 def embed_folder(
