@@ -319,3 +319,33 @@ def test_move_to_moves_exactly_the_duplicates_never_over_a_file_and_undo_puts_th
     monkeypatch.setattr(dedup, "_move", real_move)
     assert undo_moves(tmp_path / "again" / dedup.MANIFEST_NAME) == 2
     assert sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file()) == before
+
+
+def test_the_command_moves_only_when_asked_and_undoes(planted, tmp_path, capsys):
+    folder, expected = planted
+    copy = tmp_path / "photos"
+    shutil.copytree(folder, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file())
+    args = ["--model", BUNDLED, "--device", "cpu", "--precision", "fp32", "--workers", "0"]
+    moved = tmp_path / "moved"
+    assert main(["dedup", str(copy), "--move-to", str(moved), *args]) == 0
+    err = capsys.readouterr().err
+    manifest = moved / dedup.MANIFEST_NAME
+    assert f"moved 4 duplicate(s) into {moved}; undo: siglip dedup --undo {manifest}" in err
+    gone = {Path(p).relative_to(folder) for copies in expected.values() for p in copies}
+    assert {p.relative_to(moved) for p in moved.rglob("*") if p.is_file() and p != manifest} == gone
+    assert main(["dedup", "--undo", str(manifest)]) == 0
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file()) == before
+
+    for wrong, message in [
+        ([str(copy), "--index", str(tmp_path)], "one of the two"),
+        ([], "one of the two"),
+        (["--undo", str(manifest), str(copy)], "--undo MANIFEST puts files back"),
+        (["--undo", str(tmp_path / "none.json")], "none.json"),
+    ]:
+        assert main(["dedup", *wrong]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+    with pytest.raises(SystemExit) as exited:  # refused while parsing, before any model loads
+        main(["dedup", str(copy), "--threshold", "1.5"])
+    assert exited.value.code == 2 and "--threshold" in capsys.readouterr().err
