@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import DataError, UsageError
+from ..inputs.media import split_address
 from . import ann
 from .store import replace_atomically
 from .thumbnails import THUMBNAIL_SIZE, thumbnail_jpeg
@@ -98,18 +99,22 @@ def similar_pairs(
     return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(scores)
 
 
-def keeper_order(path: str) -> tuple[int, float, str]:
+def keeper_order(address: str) -> tuple[int, float, str, float]:
     """The sort key choosing a group's keeper (smallest first): largest resolution (width x height, read
-    from the file's header), then oldest modification time, then path. An unreadable file sorts last."""
+    from the file's header), then oldest modification time, then path (a video's frames: earliest first, by
+    their file's time; their resolution is not read). An unreadable file sorts last."""
     from PIL import Image
 
+    path, seconds = split_address(address)
     try:
-        with Image.open(path) as image:
-            pixels = image.width * image.height
+        pixels = 0
+        if seconds is None:
+            with Image.open(path) as image:
+                pixels = image.width * image.height
         mtime = os.stat(path).st_mtime
     except (OSError, ValueError, Image.DecompressionBombError):
-        return (1, 0.0, path)
-    return (-pixels, mtime, path)
+        return (1, 0.0, path, seconds or 0.0)
+    return (-pixels, mtime, path, seconds or 0.0)
 
 
 def find_groups(
@@ -135,9 +140,10 @@ def find_groups(
         sims = vectors[sorted(component)] @ vectors[keeper]
         close = {i for i, s in zip(sorted(component), sims.tolist(), strict=True) if s >= threshold}
         members = sorted(close - {keeper}, key=lambda i: (-float(vectors[i] @ vectors[keeper]), paths[i]))
-        groups.append(
-            Group(paths[keeper], [Member(paths[i], float(vectors[i] @ vectors[keeper])) for i in members])
-        )
+        if members:  # none only when a pair sat on the threshold and its recomputed cosine fell below it
+            groups.append(
+                Group(paths[keeper], [Member(paths[i], float(vectors[i] @ vectors[keeper])) for i in members])
+            )
         # chained on through members that are not the keeper's duplicates: grouped again among themselves
         pending.extend(c for c in _components(component - close, neighbours) if len(c) > 1)
     return sorted(groups, key=lambda g: (-len(g.members), g.keeper))
