@@ -219,6 +219,10 @@ def test_dedup_finds_exactly_the_planted_copies_with_a_json_and_an_escaped_html_
     capsys.readouterr()
     assert main(["dedup", "--index", str(index), "--json"]) == 0
     assert _groups(json.loads(capsys.readouterr().out)) == expected
+    assert (
+        main(["dedup", "--index", str(index), "--json", "--neighbours", "2"]) == 0
+    )  # through the index's search
+    assert _groups(json.loads(capsys.readouterr().out)) == expected
 
     # the server's /v1/dedup: the same groups, by name and id
     with TestClient(create_app(fp32, index)) as client:

@@ -2,7 +2,9 @@
 
 Two images are near-duplicates when the cosine similarity of their embeddings is at least a threshold
 (`DEFAULT_THRESHOLD`). All pairs above it are found exactly, a block of rows at a time (`similar_pairs`: one
-matrix product per block, so 10k vectors take about a second and memory stays at block x N scores).
+matrix product per block, so 10k vectors take about two seconds on 2 cores and memory stays at block x N
+scores); the cost grows as N squared, so for an index of millions `neighbour_pairs` takes each image's k
+nearest through the index's own (approximate) search instead.
 
 Groups are the connected components of that graph, with a guard against chaining: a burst A~B~C~D can link
 A to D although they differ. So each component gets a keeper (`keeper_order`: largest resolution, then
@@ -84,6 +86,7 @@ def similar_pairs(
     """All pairs (i, j), i < j, of rows of `vectors` (unit length) with cosine similarity >= `threshold`, and
     those similarities: exact, one (block x N) matrix product at a time (only the upper triangle)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    block = max(64, min(block, 2**26 // max(len(vectors), 1)))  # block x N scores: at most 256 MB
     firsts, seconds, scores = [], [], []
     for start in range(0, len(vectors), block):
         rows = vectors[start : start + block]
@@ -117,16 +120,50 @@ def keeper_order(address: str) -> tuple[int, float, str, float]:
     return (-pixels, mtime, path, seconds or 0.0)
 
 
+def neighbour_pairs(
+    index: SearchIndex, ids: Sequence[int], vectors: np.ndarray, threshold: float, k: int, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j), i < j, of rows of `vectors` (the images `ids` of `index`, as `index_vectors` gives them)
+    with cosine similarity >= `threshold` among each row's `k` nearest neighbours, found through the index's
+    own search (faiss; approximate for ANN indexes): for indexes too large for `similar_pairs`' all-pairs
+    products. A group of more than k + 1 copies may come out split."""
+    check_threshold(threshold)
+    faiss_index = index.sync()
+    order = np.argsort(np.asarray(ids, dtype=np.int64))
+    sorted_ids = np.asarray(ids, dtype=np.int64)[order]
+    firsts, seconds = [], []
+    for start in range(0, len(vectors), chunk):
+        queries = np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32)
+        scores, found = ann.search(faiss_index, queries, min(k + 1, len(vectors)))
+        rows = np.repeat(np.arange(start, start + len(queries)), found.shape[1]).reshape(found.shape)
+        at = np.clip(np.searchsorted(sorted_ids, found), 0, len(sorted_ids) - 1)
+        known = (found >= 0) & (sorted_ids[at] == found) & (scores >= threshold)
+        columns = order[at[known]]
+        rows = rows[known]
+        other = columns != rows
+        firsts.append(np.minimum(rows, columns)[other])
+        seconds.append(np.maximum(rows, columns)[other])
+    if not firsts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    unique = np.unique(np.stack([np.concatenate(firsts), np.concatenate(seconds)], axis=1), axis=0)
+    return unique[:, 0], unique[:, 1]
+
+
 def find_groups(
-    paths: Sequence[str], vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, block: int = 2048
+    paths: Sequence[str],
+    vectors: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    block: int = 2048,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Group]:
     """Groups of near-duplicates among `paths` (rows of unit-length `vectors`), largest first, each member
-    within `threshold` of its keeper (see the module doc); images without a duplicate are in no group."""
+    within `threshold` of its keeper (see the module doc); images without a duplicate are in no group.
+    `pairs`: the candidate pairs (`neighbour_pairs`), instead of all pairs at or above the threshold."""
     check_threshold(threshold)
     vectors = np.asarray(vectors, dtype=np.float32)
     if len(paths) != len(vectors):
         raise ValueError(f"{len(paths)} paths but {len(vectors)} vectors")
-    first, second, _ = similar_pairs(vectors, threshold, block)
+    first, second = similar_pairs(vectors, threshold, block)[:2] if pairs is None else pairs
     neighbours: dict[int, set[int]] = {}
     for i, j in zip(first.tolist(), second.tolist(), strict=True):
         neighbours.setdefault(i, set()).add(j)
