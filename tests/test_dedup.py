@@ -227,6 +227,7 @@ def test_dedup_finds_exactly_the_planted_copies_with_a_json_and_an_escaped_html_
     # the server's /v1/dedup: the same groups, by name and id
     with TestClient(create_app(fp32, index)) as client:
         served = client.get("/v1/dedup").json()
+        assert client.get("/v1/dedup", params={"neighbours": 2}).json()["groups"] == served["groups"]
         assert client.get("/v1/dedup", params={"threshold": 1.5}).status_code == 422
         keeper_id = served["groups"][0]["keeper"]["id"]
         assert client.get(f"/v1/images/{keeper_id}/thumbnail").status_code == 200
