@@ -119,22 +119,25 @@ def test_embed_texts_resumes_from_its_journal_and_restarts_on_changed_input(fp32
 @pytest.mark.parametrize(
     ("name", "content", "options", "message"),
     [
-        ("empty.txt", "\n \n", [], "'{p}' holds no texts"),
-        ("a.csv", "id,title\n1,x\n", [], "'{p}' has no column text or caption (columns: id, title)"),
-        ("b.csv", "text\nx\n", ["--text-column", "body"], "'{p}' has no column 'body' (--text-column"),
-        ("c.csv", "id,text\n1,a\n2,b,c\n", [], "'{p}' line 3: 3 fields where the header has 2"),
-        ("d.csv", 'text\n"open\n', [], "'{p}' line 2: bad CSV"),
-        ("e.jsonl", '{"text": "a"}\n{"text": \n', [], "'{p}' line 2: not JSON"),
-        ("f.jsonl", '{"text": "a"}\n[1]\n', [], "'{p}' line 2: a JSON object is needed, not list"),
-        ("g.csv", "id,text\n1,a\n1,b\n", ["--id-column", "id"], "'{p}': id '1' appears twice"),
-        ("h.txt", "a\n", ["--text-column", "x"], "'{p}' is read as plain lines"),
+        ("empty.txt", "\n \n", [], "{p} holds no texts"),
+        ("empty.csv", "text\n", [], "{p} holds no texts"),
+        ("a.csv", "id,title\n1,x\n", [], "{p} line 2 has no column text or caption (columns: id, title)"),
+        ("b.csv", "text\nx\n", ["--text-column", "body"], "{p} line 2 has no column 'body' (--text-column"),
+        ("c.csv", "id,text\n1,a\n2,b,c\n", [], "{p} line 3 has 3 fields, the header 2"),
+        ("d.csv", 'text\n"open\n', [], "{p} line 2: unexpected end of data"),
+        ("e.jsonl", '{"text": "a"}\n{"text": \n', [], "{p} line 2: not valid JSON"),
+        ("f.jsonl", '{"text": "a"}\n[1]\n', [], "{p} line 2 is not a JSON object"),
+        ("g.jsonl", '{"text": "a"}\n{"text": 3}\n', [], "{p} line 2: 'text' is int, not text"),
+        ("h.csv", "id,text\n1,a\n1,b\n", ["--id-column", "id"], "{p}: id '1' appears twice"),
+        ("i.txt", "a\n", ["--text-column", "x"], "{p} is read as plain lines"),
+        ("j.txt", "a\n\xff\n", [], "{p} line 2: not UTF-8 text"),
     ],
 )
 def test_embed_texts_bad_input_is_one_line_naming_the_file_and_line(
     tmp_path, capsys, name, content, options, message
 ):
     path = tmp_path / name
-    path.write_text(content)
+    path.write_bytes(content.encode("latin-1"))  # byte for character: "\xff" is a byte that UTF-8 never has
     out = tmp_path / "o.parquet"
     assert main(["embed", "--texts", str(path), "--out", str(out), "--model", BUNDLED, *options]) == 2
     err = capsys.readouterr().err
