@@ -73,6 +73,8 @@ def test_embed_texts_from_lines_csv_and_jsonl_equal_the_models_text_embeddings(f
     assert table["id"] == ["1", "2", "3", "4", "5"] and table["text"] == TEXTS
     np.testing.assert_allclose(np.array(table["vector"]), expected, atol=1e-6)
     assert not list(tmp_path.glob("*.partial*"))
+    assert main(["index", "--from-embeddings", str(out), "--index", str(tmp_path / "index")]) == 2
+    assert "holds text embeddings (`siglip embed --texts`): an index holds images" in capsys.readouterr().err
 
 
 def test_embed_texts_resumes_from_its_journal_and_restarts_on_changed_input(fp32, tmp_path, capsys):
