@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ...errors import UsageError
 from ..embeddings.options import ModelOptions
+from ..inputs.files import display_path
 from ..inputs.tar_shards import scan_inputs
 from ..search.dedup import (
     DEFAULT_THRESHOLD,
@@ -128,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         for number, group in enumerate(groups, start=1):
-            print(f"group {number}: keep {group.keeper}")
+            print(f"group {number}: keep {display_path(group.keeper)}")
             for member in group.members:
-                print(f"  {member.similarity:.4f}  {member.path}")
+                print(f"  {member.similarity:.4f}  {display_path(member.path)}")
     print(
         f"{len(groups)} group(s), {report['duplicates']} duplicate(s) among {len(paths)} images at similarity "
         f">= {args.threshold} ({seconds:.1f} s)",
