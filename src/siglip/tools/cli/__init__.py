@@ -23,7 +23,19 @@ from typing import NoReturn
 from ...errors import ImageInputError, SiglipError
 from ..inputs.files import display_path
 
-COMMANDS = ("train", "classify", "embed", "index", "search", "eval", "export", "info", "serve", "convert")
+COMMANDS = (
+    "train",
+    "classify",
+    "embed",
+    "index",
+    "search",
+    "dedup",
+    "eval",
+    "export",
+    "info",
+    "serve",
+    "convert",
+)
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,13 +1,16 @@
-"""`siglip embed`: embeddings of image files into Parquet or .npy, resumable; in this process, or on Ray."""
+"""`siglip embed`: embeddings of image files (or `--texts`) into Parquet or .npy, resumable; in this process, or
+on Ray."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
+from ...errors import UsageError
 from ..embeddings.options import ModelOptions
-from ..embeddings.writers import OUTPUT_FORMATS, embed_to_file, output_format
+from ..embeddings.writers import OUTPUT_FORMATS, embed_texts_to_file, embed_to_file, output_format
 from ..inputs.tar_shards import scan_inputs
+from ..inputs.texts import TEXT_COLUMNS, read_texts
 from ._options import (
     add_loader_options,
     add_model_options,
@@ -24,17 +27,18 @@ from ._options import (
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "embed",
-        help="embed image files into a Parquet or .npy file",
+        help="embed image files (or with --texts, texts) into a Parquet or .npy file",
         description=(
             "Embed images (files, folders searched recursively, glob patterns) into --out: Parquet with columns "
             "path, vector, model, dims, or .npy with the paths in the manifest <out>.json. An interrupted run "
             "picks up where it stopped when run again. With --engine ray the job runs on a Ray cluster and --out "
-            "is a folder of Parquet shards (pip install 'siglip[ray]')."
+            "is a folder of Parquet shards (pip install 'siglip[ray]'). With --texts FILE, the texts of FILE instead: "
+            "Parquet columns id, text, vector, model, dims, or .npy with the ids in the manifest."
         ),
     )
     parser.add_argument(
         "paths",
-        nargs="+",
+        nargs="*",
         metavar="PATH",
         help="image files, folders or glob patterns, WebDataset .tar shards (a path, glob or "
         "{000000..000099} pattern; rows named SHARD:KEY); with --engine ray also .txt or .parquet lists of "
@@ -44,6 +48,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         required=True,
         help=f"output file ({' or '.join(OUTPUT_FORMATS)}); with --engine ray a folder of Parquet shards",
+    )
+    parser.add_argument(
+        "--texts",
+        metavar="FILE",
+        default=None,
+        help="embed texts instead of images: one per line of a text file, or a column of a .csv/.tsv file "
+        "(with a header line) or .jsonl file; each row's id is its line number, or --id-column",
+    )
+    parser.add_argument(
+        "--text-column",
+        default=None,
+        metavar="NAME",
+        help=f"with --texts: the CSV/JSONL column of the texts (default: {' or '.join(TEXT_COLUMNS)})",
+    )
+    parser.add_argument(
+        "--id-column", default=None, metavar="NAME", help="with --texts: a CSV/JSONL column of unique row ids"
     )
     parser.add_argument(
         "--engine",
@@ -73,6 +93,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.texts is not None:
+        return _run_texts(args)
+    if args.text_column or args.id_column:
+        raise UsageError("--text-column and --id-column go with --texts FILE")
+    if not args.paths:
+        raise UsageError("give the images to embed (files, folders or globs), or --texts FILE")
     if args.engine == "ray":
         return _run_on_ray(args)
     output_format(args.out)  # before the model loads: a typo should cost no time
@@ -92,8 +118,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_texts(args: argparse.Namespace) -> int:
+    if args.paths:
+        raise UsageError(
+            "--texts embeds the texts of one file: drop the image paths, or embed them separately"
+        )
+    if args.engine == "ray":
+        raise UsageError("--texts runs in this process: drop --engine ray")
+    output_format(args.out)  # before the file is read and the model loads
+    rows = read_texts(args.texts, args.text_column, args.id_column)
+    embedder = load_model(args)
+    start = time.perf_counter()
+    report = embed_texts_to_file(rows, args.out, embedder, batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
+    print(
+        f"wrote {report.count} text embeddings ({embedder.dims}-d, model {embedder.name}) to {report.out}; "
+        f"manifest {report.manifest}"
+    )
+    earlier = report.count - report.embedded
+    resumed = f"; {earlier} were done by an earlier run" if earlier else ""
+    print(f"embedded {report.embedded} texts in {seconds:.1f} s{resumed}")
+    return 0
+
+
 def _run_on_ray(args: argparse.Namespace) -> int:
-    from ...errors import UsageError
     from ..embeddings.ray_engine import embed_with_ray
 
     if video_sampling(args) is not None:

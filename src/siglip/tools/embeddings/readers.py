@@ -110,6 +110,10 @@ def open_embeddings(
         with open(path, "rb") as f:
             parquet = _open_parquet(pq, path, f)
             schema = parquet.schema_arrow
+            if {"id", "text"} <= set(schema.names):
+                raise UsageError(
+                    f"{path} holds text embeddings (`siglip embed --texts`): an index holds images"
+                )
             if not {"path", "vector", "model"} <= set(schema.names):
                 raise UsageError(
                     f"{path} has no path, vector and model columns: not a file of `siglip embed`"

@@ -1,4 +1,5 @@
-"""Embeddings of image files written to one Parquet or .npy file, resumable: `embed_to_file` (`siglip embed`).
+"""Embeddings of image files (`embed_to_file`) or texts (`embed_texts_to_file`) written to one Parquet or .npy
+file, resumable (`siglip embed`, `siglip embed --texts`).
 
 Finished batches are journalled in `<out>.partial` (a SQLite `VectorStore`) as they complete, so rerunning an
 interrupted command embeds only what is left; the output file and its manifest appear only when complete.
@@ -21,6 +22,7 @@ from ...errors import StoreError, UsageError
 from ..deps import require
 from ..inputs.files import ImageScan, skipped_as_json
 from ..inputs.tar_shards import scan_inputs
+from ..inputs.texts import TextRows
 from ..search.store import FileState, VectorStore, pending_files, replace_together, stored_path
 from .embedder import Embedder
 
@@ -94,30 +96,93 @@ def embed_to_file(
             "format": out.suffix[1:],
             **embedder.settings,  # precision, image options: what an index importing them records
         }
-        if pa is None:
-            manifest["paths"] = kept
-            write_data = partial(_write_npy, store, kept)
-        else:
-            write_data = partial(_write_parquet, pa, store, kept)
-        manifest["skipped"] = skipped_as_json(skipped)
-        manifest_path = out.with_suffix(out.suffix + ".json")
-        # the manifest, then the data: the output appears, with its manifest, only when both are written
-        replace_together(
-            {
-                manifest_path: lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"),
-                out: write_data,
-            }
-        )
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+        manifest_path = _write_output(out, store, kept, manifest, pa, {"skipped": skipped_as_json(skipped)})
+    _remove_journal(journal)
     return EmbedReport(out, manifest_path, len(kept), embedded, failed, skipped)
 
 
-def parquet_schema(pa: Any, dims: int) -> Any:
-    """The columns of an embeddings Parquet file: path, vector (D float32), model, dims."""
+def embed_texts_to_file(
+    rows: TextRows, out: str | os.PathLike, embedder: Embedder, batch_size: int = 256
+) -> EmbedReport:
+    """Embed the texts of `rows` (`read_texts`) into `out`, as `embed_to_file` does images: Parquet with
+    columns id, text, vector, model, dims, or `.npy` with the ids in the manifest `<out>.json`.
+
+    Texts are embedded by `Embedder.embed_texts` (padded to the model's text length, unit length). Finished
+    batches are journalled in `<out>.partial`, which records the input's digest: a rerun after an
+    interruption embeds only what is left, and a journal of other input (the file changed) is started over.
+    """
+    out = Path(out)
+    pa = require("pyarrow", "parquet", "writing Parquet") if output_format(out) == ".parquet" else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    journal = out.with_name(out.name + ".partial")
+    if journal.exists():
+        with VectorStore(journal) as store:
+            stale = store.get_meta("texts") != rows.digest or store.model != embedder.name
+        if stale:
+            _remove_journal(journal)
+    with VectorStore(journal, embedder.name, embedder.dims, meta={"texts": rows.digest}) as store:
+        done = store.states()
+        pending = [i for i, row_id in enumerate(rows.ids) if row_id not in done]
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            vectors = embedder.embed_texts([rows.texts[i] for i in chunk], batch_size)
+            # a row is keyed by its id; size and time are unused (the digest stands for the input's state)
+            store.record([FileState(rows.ids[i], 0, 0) for i in chunk], vectors)
+        manifest = {
+            "model": embedder.name,
+            "dims": embedder.dims,
+            "count": len(rows.ids),
+            "format": out.suffix[1:],
+            "precision": embedder.mode.precision,
+            "input": "texts",
+        }
+        texts = dict(zip(rows.ids, rows.texts, strict=True))
+        manifest_path = _write_output(out, store, rows.ids, manifest, pa, {}, texts)
+    _remove_journal(journal)
+    return EmbedReport(out, manifest_path, len(rows.ids), len(pending), 0, [])
+
+
+def _write_output(
+    out: Path,
+    store: VectorStore,
+    keys: list[str],
+    manifest: dict[str, Any],
+    pa: Any,
+    trailer: dict[str, Any],
+    texts: dict[str, str] | None = None,
+) -> Path:
+    """Write the vectors of `keys` (paths, or with `texts` the ids of texts) from `store` to `out` and its
+    manifest `<out>.json` (`manifest`, the keys for `.npy`, then `trailer`), together; returns the manifest's
+    path."""
+    if pa is None:
+        manifest["paths" if texts is None else "ids"] = keys
+        write_data = partial(_write_npy, store, keys)
+    else:
+        write_data = partial(_write_parquet, pa, store, keys, texts)
+    manifest.update(trailer)
+    manifest_path = out.with_suffix(out.suffix + ".json")
+    # the manifest, then the data: the output appears, with its manifest, only when both are written
+    replace_together(
+        {
+            manifest_path: lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"),
+            out: write_data,
+        }
+    )
+    return manifest_path
+
+
+def _remove_journal(journal: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+
+
+def parquet_schema(pa: Any, dims: int, texts: bool = False) -> Any:
+    """The columns of an embeddings Parquet file: path, vector (D float32), model, dims; for `texts`, id and
+    text in place of path."""
+    keys = [("id", pa.string()), ("text", pa.string())] if texts else [("path", pa.string())]
     return pa.schema(
         [
-            ("path", pa.string()),
+            *keys,
             ("vector", pa.list_(pa.float32(), dims)),
             ("model", pa.string()),
             ("dims", pa.int32()),
@@ -125,12 +190,15 @@ def parquet_schema(pa: Any, dims: int) -> Any:
     )
 
 
-def parquet_table(pa: Any, schema: Any, model: str, paths: list[str], vectors: np.ndarray) -> Any:
-    """Rows of an embeddings Parquet file: one per path, with its vector."""
+def parquet_table(
+    pa: Any, schema: Any, model: str, paths: list[str], vectors: np.ndarray, texts: list[str] | None = None
+) -> Any:
+    """Rows of an embeddings Parquet file: one per path (or text id, with its text), with its vector."""
     n, dims = len(paths), schema.field("vector").type.list_size
     return pa.table(
         [
             pa.array(paths, pa.string()),
+            *([] if texts is None else [pa.array(texts, pa.string())]),
             pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dims),
             pa.array([model] * n, pa.string()),
             pa.array([dims] * n, pa.int32()),
@@ -139,14 +207,18 @@ def parquet_table(pa: Any, schema: Any, model: str, paths: list[str], vectors: n
     )
 
 
-def _write_parquet(pa: Any, store: VectorStore, paths: list[str], out: Path) -> None:
-    """The vectors of `paths`, in order, as a Parquet file `out`, a chunk at a time."""
+def _write_parquet(
+    pa: Any, store: VectorStore, paths: list[str], texts: dict[str, str] | None, out: Path
+) -> None:
+    """The vectors of `paths` (or text ids, with their `texts`), in order, as a Parquet file `out`, a chunk
+    at a time."""
     import pyarrow.parquet as pq
 
-    schema = parquet_schema(pa, store.dims)
+    schema = parquet_schema(pa, store.dims, texts is not None)
     with pq.ParquetWriter(out, schema) as writer:
         for chunk, vectors in store.in_order(paths):
-            writer.write_table(parquet_table(pa, schema, store.model, chunk, vectors))
+            chunk_texts = None if texts is None else [texts[i] for i in chunk]
+            writer.write_table(parquet_table(pa, schema, store.model, chunk, vectors, chunk_texts))
 
 
 def _write_npy(store: VectorStore, paths: list[str], out: Path) -> None:

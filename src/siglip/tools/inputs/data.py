@@ -215,7 +215,7 @@ class PairsFile:
         group_column: str | None = None,
     ) -> None:
         self.path = Path(path)
-        rows = _read_rows(self.path)
+        rows = read_rows(self.path)
         if not rows:
             raise DataError(f"{self.path} has no rows")
         for column in (image_column, caption_column, *([group_column] if group_column else [])):
@@ -246,8 +246,9 @@ class PairsFile:
         return len(self.images)
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) of each row of a CSV, TSV or JSONL file (the line where the row starts)."""
+def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of each row of a CSV, TSV or JSONL file (the line where the row starts); every
+    problem is a `DataError` naming the file and line (`PairsFile`, `siglip embed --texts`)."""
     number = 0
     try:
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name

@@ -28,7 +28,7 @@ from ... import __version__
 from ..embeddings.embedder import Embedder
 from .errors import install_error_handlers
 from .metrics import Guard
-from .routes import classify, embed, operations, pages, search
+from .routes import classify, dedup, embed, operations, pages, search
 from .service import Service
 from .settings import ServeSettings
 
@@ -70,6 +70,6 @@ def create_app(
     )
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")
-    for routes in (operations, embed, classify, search):
+    for routes in (operations, embed, classify, search, dedup):
         app.include_router(routes.router)
     return app

@@ -64,7 +64,7 @@ async function search(body, description) {
   }
 }
 
-function showResults(results) {
+function showResults(results, list = $("results"), label = (hit, rank) => `#${rank + 1} · ${hit.score.toFixed(4)} · ${hit.name}`) {
   const items = results.map((hit, rank) => {
     const item = document.createElement("li");
     const figure = document.createElement("figure");
@@ -79,7 +79,7 @@ function showResults(results) {
     open.append(image);
     open.addEventListener("click", () => showImage(hit));
     const caption = document.createElement("figcaption");
-    caption.textContent = `#${rank + 1} · ${hit.score.toFixed(4)} · ${hit.name}`;
+    caption.textContent = label(hit, rank);
     const similar = document.createElement("button");
     similar.type = "button";
     similar.className = "similar";
@@ -90,7 +90,7 @@ function showResults(results) {
     item.append(figure);
     return item;
   });
-  $("results").replaceChildren(...items);
+  list.replaceChildren(...items);
 }
 
 function showImage(hit) {
@@ -175,6 +175,30 @@ function showBars(results) {
   $("bars").replaceChildren(...rows);
 }
 
+// --- duplicates ------------------------------------------------------------------------------------------
+async function findDuplicates() {
+  const message = $("dedup-message");
+  const threshold = $("dedup-threshold").value;
+  say(message, "Comparing every pair of indexed images…");
+  $("dedup-groups").replaceChildren();
+  try {
+    const answer = await api(`/v1/dedup?threshold=${encodeURIComponent(threshold)}`);
+    const groups = answer.groups.map((group) => {
+      const members = [{ ...group.keeper, score: 1 }, ...group.members.map((m) => ({ ...m, score: m.similarity }))];
+      const list = document.createElement("ul");
+      list.className = "grid";
+      list.setAttribute("aria-label", `Duplicates of ${group.keeper.name}`);
+      showResults(members, list, (hit, rank) => rank ? `${hit.score.toFixed(4)} · ${hit.name}` : `keep · ${hit.name}`);
+      return list;
+    });
+    $("dedup-groups").replaceChildren(...groups);
+    say(message, `${answer.groups.length} groups, ${answer.duplicates} duplicates among ${answer.images} images ` +
+      "(the first of each group is the one to keep: largest, then oldest). Nothing is moved or deleted.");
+  } catch (err) {
+    say(message, err.message, true);
+  }
+}
+
 // --- images in: drop, paste, choose ---------------------------------------------------------------------
 function firstImage(files) {
   return Array.from(files || []).find((file) => file.type.startsWith("image/")) || (files && files[0]) || null;
@@ -214,6 +238,7 @@ document.addEventListener("DOMContentLoaded", () => {
     search({ text, k: RESULTS }, `for “${text}”`);
   });
   $("classify-form").addEventListener("submit", (event) => { event.preventDefault(); classify(); });
+  $("dedup-form").addEventListener("submit", (event) => { event.preventDefault(); findDuplicates(); });
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     document.cookie = `${KEY_COOKIE}=${encodeURIComponent($("key-input").value)}; path=/; SameSite=Strict`;
