@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine_line
 
+from _common import machine_line
 from siglip.tools.search.dedup import find_groups
 
 
