@@ -7,6 +7,7 @@ interrupted command embeds only what is left; the output file and its manifest a
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from ...errors import StoreError, UsageError
 from ..deps import require
 from ..inputs.files import ImageScan, skipped_as_json
 from ..inputs.tar_shards import scan_inputs
+from ..metadata import SCHEMA, STORED, read_metadata
 from ..search.store import FileState, VectorStore, pending_files, replace_together, stored_path
 from .embedder import Embedder
 
@@ -61,8 +63,9 @@ def embed_to_file(
     """Embed the images named by `paths` (files, folders, globs, WebDataset shards: see `scan_inputs`) into
     `out`, a `.parquet` or `.npy` file; a shard's samples are named `SHARD:KEY`.
 
-    Paths are stored absolute (`stored_path`). Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
-    with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
+    Paths are stored absolute (`stored_path`). Parquet has columns path, vector (list of D float32), model,
+    dims and the metadata of each image (`siglip.tools.metadata.SCHEMA`: date, camera, size, ...); `.npy`
+    holds the (N, D) matrix, with the paths and metadata in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
     count, `Embedder.settings`, unreadable files and why). Finished batches are kept in `<out>.partial`
     (SQLite) as they complete: rerunning an interrupted command embeds only what is left. The output appears
     only when complete.
@@ -81,7 +84,8 @@ def embed_to_file(
     with VectorStore(journal, embedder.name, embedder.dims) as store:
         embedded = failed = 0
         for batch in embedder.embed_files(pending_files(store, files), batch_size, workers, progress):
-            store.record(batch.files, batch.vectors, batch.failed)
+            metadata = [read_metadata(f.path) for f in batch.files]  # read once, as each row is embedded
+            store.record(batch.files, batch.vectors, batch.failed, metadata)
             embedded, failed = embedded + len(batch.files), failed + len(batch.failed)
         listed = set(names)
         skipped = scan.skipped + [(p, r) for p, r in store.skipped() if p in listed]
@@ -96,6 +100,8 @@ def embed_to_file(
         }
         if pa is None:
             manifest["paths"] = kept
+            found = store.metadata_by_path(kept)
+            manifest["metadata"] = [found.get(p) for p in kept]
             write_data = partial(_write_npy, store, kept)
         else:
             write_data = partial(_write_parquet, pa, store, kept)
@@ -113,40 +119,63 @@ def embed_to_file(
     return EmbedReport(out, manifest_path, len(kept), embedded, failed, skipped)
 
 
-def parquet_schema(pa: Any, dims: int) -> Any:
-    """The columns of an embeddings Parquet file: path, vector (D float32), model, dims."""
+def parquet_schema(pa: Any, dims: int, metadata: bool = False) -> Any:
+    """The columns of an embeddings Parquet file: path, vector (D float32), model, dims, and with `metadata`
+    the `STORED` metadata fields (dates as timestamps in seconds, local time as read)."""
+    types = {
+        "text": pa.string(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "date": pa.timestamp("s"),
+    }
+    extra = [(name, types[SCHEMA[name]]) for name in STORED] if metadata else []
     return pa.schema(
         [
             ("path", pa.string()),
             ("vector", pa.list_(pa.float32(), dims)),
             ("model", pa.string()),
             ("dims", pa.int32()),
+            *extra,
         ]
     )
 
 
-def parquet_table(pa: Any, schema: Any, model: str, paths: list[str], vectors: np.ndarray) -> Any:
-    """Rows of an embeddings Parquet file: one per path, with its vector."""
+def parquet_table(
+    pa: Any,
+    schema: Any,
+    model: str,
+    paths: list[str],
+    vectors: np.ndarray,
+    metadata: Sequence[dict[str, Any] | None] | None = None,
+) -> Any:
+    """Rows of an embeddings Parquet file: one per path, with its vector and, for a schema with metadata
+    columns, its `metadata` (None for a row without)."""
     n, dims = len(paths), schema.field("vector").type.list_size
-    return pa.table(
-        [
-            pa.array(paths, pa.string()),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dims),
-            pa.array([model] * n, pa.string()),
-            pa.array([dims] * n, pa.int32()),
-        ],
-        schema=schema,
-    )
+    columns = [
+        pa.array(paths, pa.string()),
+        pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dims),
+        pa.array([model] * n, pa.string()),
+        pa.array([dims] * n, pa.int32()),
+    ]
+    for field in list(schema)[len(columns) :]:
+        values = [(m or {}).get(field.name) for m in metadata or [None] * n]
+        if SCHEMA[field.name] == "date":
+            values = [None if v is None else dt.datetime.fromisoformat(v) for v in values]
+        columns.append(pa.array(values, field.type))
+    return pa.table(columns, schema=schema)
 
 
 def _write_parquet(pa: Any, store: VectorStore, paths: list[str], out: Path) -> None:
     """The vectors of `paths`, in order, as a Parquet file `out`, a chunk at a time."""
     import pyarrow.parquet as pq
 
-    schema = parquet_schema(pa, store.dims)
+    schema = parquet_schema(pa, store.dims, metadata=True)
     with pq.ParquetWriter(out, schema) as writer:
         for chunk, vectors in store.in_order(paths):
-            writer.write_table(parquet_table(pa, schema, store.model, chunk, vectors))
+            found = store.metadata_by_path(chunk)
+            metadata = [found.get(p) for p in chunk]
+            writer.write_table(parquet_table(pa, schema, store.model, chunk, vectors, metadata))
 
 
 def _write_npy(store: VectorStore, paths: list[str], out: Path) -> None:

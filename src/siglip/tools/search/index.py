@@ -74,7 +74,9 @@ from ..embeddings.embedder import Embedder, load_embedder, resolve_device
 from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
 from ..inputs.files import scan_images
+from ..metadata import read_metadata
 from . import ann
+from .filters import Filter, parse_filter
 from .fingerprint import model_fingerprint
 from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
 
@@ -104,11 +106,13 @@ SET_ASIDE = ".set-aside"  # suffix of a vector file that belongs to other record
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: an image path, its cosine similarity to the query and its id in the index."""
+    """One search result: an image path, its cosine similarity to the query, its id in the index and its
+    metadata (`siglip.tools.metadata.SCHEMA`'s fields; None for a row indexed before metadata was kept)."""
 
     path: str
     score: float
     id: int | None = None  # how `siglip serve` addresses the image
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -375,8 +379,10 @@ class SearchIndex:
                 self._apply_settings(len(kept) + sum(f.path not in kept for f in todo))
         report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         report.unchanged = len(files) - len(todo)
+        self._describe_unchanged({f.path for f in todo})
         for batch in self.embedder.embed_files(todo, batch_size, workers, progress):
-            self.store.record(batch.files, batch.vectors, batch.failed)
+            metadata = [read_metadata(f.path) for f in batch.files]  # read once, as each row is embedded
+            self.store.record(batch.files, batch.vectors, batch.failed, metadata)
             updated = sum(states.get(f.path, (0, 0, False))[2] for f in batch.files)
             report.updated += updated
             report.added += len(batch.files) - updated
@@ -384,6 +390,14 @@ class SearchIndex:
         self.sync()
         report.total = len(self.store)
         return report
+
+    def _describe_unchanged(self, todo: set[str]) -> None:
+        """Read the metadata of the rows indexed before it was kept (their vectors stay as they are); those
+        about to be embedded again get theirs then."""
+        missing = [p for p in self.store.missing_metadata() if p not in todo]
+        if missing:
+            logger.info("reading the metadata of %d images indexed before it was kept", len(missing))
+            self.store.record_metadata({p: read_metadata(p) for p in missing})
 
     @property
     def build_info(self) -> ann.BuildInfo | None:
@@ -463,7 +477,12 @@ class SearchIndex:
                 if f.path not in states or not states[f.path].current(f)
             ]
             unreadable = [(_state_of(stored_path(p)), reason) for p, reason in chunk.failed]
-            self.store.record_released([f for _, f in new], [i for i, _ in new], unreadable)
+            self.store.record_released(
+                [f for _, f in new],
+                [i for i, _ in new],
+                unreadable,
+                [read_metadata(f.path) for _, f in new],
+            )
             report.updated += sum(states[f.path].embedded for _, f in new if f.path in states)
             report.unchanged += len(chunk.paths) - len(new)
             report.skipped += chunk.failed
@@ -647,8 +666,13 @@ class SearchIndex:
         )
 
     # --- searching ---------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The `k` nearest images by cosine similarity for each query vector ((D,) or (N, D)), best first."""
+    def search(self, queries: np.ndarray, k: int = 10, where: str | Filter | None = None) -> list[list[Hit]]:
+        """The `k` nearest images by cosine similarity for each query vector ((D,) or (N, D)), best first.
+
+        `where` (a `--where` filter, see `siglip.tools.search.filters`) restricts the search to the rows whose
+        metadata satisfies it, inside the search: `k` results come back whenever `k` rows match. An index
+        with rows indexed before metadata was kept refuses a filter until `siglip index` reads it.
+        """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.store.dims:
             raise UsageError(
@@ -659,15 +683,34 @@ class SearchIndex:
         if not np.linalg.norm(queries, axis=1).all():
             raise UsageError("a query vector is all zeros: it has no direction to search in")
         queries = l2_normalize(torch.from_numpy(queries)).numpy()
+        allowed = None if where is None else self.matching(where)
         index = self.sync()
         if index.ntotal == 0:
             return [[] for _ in queries]
-        scores, ids = ann.search(index, queries, min(k, index.ntotal))
+        scores, ids = ann.search(index, queries, min(k, index.ntotal), allowed)
         paths = self.store.paths_of(ids[ids >= 0])
+        metadata = self.store.metadata_of(paths)
         return [
-            [Hit(paths[i], float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i in paths]
+            [
+                Hit(paths[i], float(s), int(i), metadata.get(int(i)))
+                for s, i in zip(row_scores, row_ids, strict=True)
+                if i in paths
+            ]
             for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
+
+    def matching(self, where: str | Filter) -> np.ndarray:
+        """The ids (int64, ascending) of the rows whose metadata satisfies the filter `where`; a `UsageError`
+        when it does not parse, or when some rows have no metadata yet (indexed before it was kept)."""
+        parsed = where if isinstance(where, Filter) else parse_filter(where)
+        missing = len(self.store.missing_metadata())
+        if missing:
+            raise UsageError(
+                f"filter {parsed.text!r}: {missing} images of index '{self.directory}' were indexed before "
+                f"metadata was kept; run `siglip index FOLDER --index {self.directory}` to read it (nothing is "
+                "embedded again)"
+            )
+        return self.store.matching_ids(parsed.sql, parsed.params)
 
     def entry(self, image_id: int) -> tuple[str, np.ndarray] | None:
         """(path, embedding) of the indexed image with this id, or None when the index has no such id.
@@ -677,15 +720,20 @@ class SearchIndex:
         path = self.store.paths_of([image_id]).get(int(image_id))
         return None if path is None else (path, self.sync().reconstruct(int(image_id)))
 
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        """The `k` images that best match `text` (a non-blank string)."""
+    def search_text(self, text: str, k: int = 10, where: str | Filter | None = None) -> list[Hit]:
+        """The `k` images that best match `text` (a non-blank string), among those `where` admits."""
         if not isinstance(text, str) or not text.strip():
             raise UsageError(f"the search text is {text!r}: give some words to look for")
-        return self.search(self.embedder.embed_texts([text]), k)[0]
+        parsed = (
+            where if where is None or isinstance(where, Filter) else parse_filter(where)
+        )  # before the model
+        return self.search(self.embedder.embed_texts([text]), k, parsed)[0]
 
-    def search_image(self, image: ImageInput, k: int = 10) -> list[Hit]:
-        """The `k` images most similar to `image` (a path, PIL image, array or bytes)."""
-        return self.search(self.embedder.embed_images([image]), k)[0]
+    def search_image(self, image: ImageInput, k: int = 10, where: str | Filter | None = None) -> list[Hit]:
+        """The `k` images most similar to `image` (a path, PIL image, array or bytes), among those `where`
+        admits."""
+        parsed = where if where is None or isinstance(where, Filter) else parse_filter(where)
+        return self.search(self.embedder.embed_images([image]), k, parsed)[0]
 
     def close(self) -> None:
         self.store.close()

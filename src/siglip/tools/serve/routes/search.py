@@ -11,6 +11,8 @@ from PIL import Image
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from ....errors import UsageError
+from ...search.filters import parse_filter
 from ...search.thumbnails import thumbnail_jpeg
 from ..errors import ApiError
 from ..inputs import openapi_body, read_request
@@ -25,6 +27,9 @@ class SearchParams(Params):
     text: Text | None = Field(None, description="search by this text")
     id: int | None = Field(None, description="search by this indexed image")
     k: int = Field(10, ge=1, description="number of results")
+    where: str | None = Field(
+        None, description="a metadata filter, e.g. \"year >= 2023 and orientation = 'landscape'\""
+    )
 
 
 @router.post("/search", openapi_extra=openapi_body(SearchParams, "image", "image: search by this image"))
@@ -38,6 +43,10 @@ async def search(served: Served, request: Request) -> dict[str, Any]:
         raise ApiError(422, f"search by exactly one of text, image or id; got {', '.join(given) or 'none'}")
     if params.k > served.settings.max_k:
         raise ApiError(422, f"k: at most {served.settings.max_k}, got {params.k}")
+    try:  # before any embedding; the index's own refusal (rows without metadata) comes from the search
+        where = None if params.where is None else parse_filter(params.where)
+    except UsageError as err:
+        raise ApiError(422, f"where: {err}") from err
     if params.text is not None:
         query, vector = {"text": params.text}, (await served.embed_texts([params.text]))[0]
     elif uploads:
@@ -45,7 +54,10 @@ async def search(served: Served, request: Request) -> dict[str, Any]:
     else:
         image_id, _, vector = await served.entry(str(params.id))
         query = {"id": image_id}
-    hits = (await served.on_index(index.search, vector, params.k))[0]
+    try:
+        hits = (await served.on_index(index.search, vector, params.k, where))[0]
+    except UsageError as err:
+        raise ApiError(422, f"where: {err}") from err
     return {
         "model": served.embedder.name,
         "query": query,
@@ -56,6 +68,7 @@ async def search(served: Served, request: Request) -> dict[str, Any]:
                 "name": Path(hit.path).name,
                 "thumbnail_url": f"/v1/images/{hit.id}/thumbnail",
                 "image_url": f"/v1/images/{hit.id}",
+                "metadata": hit.metadata,
             }
             for hit in hits
         ],
