@@ -112,7 +112,7 @@ class Hit:
     path: str
     score: float
     id: int | None = None  # how `siglip serve` addresses the image
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = field(default=None, compare=False)  # describes the hit, not its rank
 
 
 @dataclass

@@ -399,9 +399,8 @@ class VectorStore:
         if not rows:
             return 0
         with contextlib.nullcontext() if self._db.in_transaction else self.transaction():
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM images WHERE path = ?", rows)
-            removed = self._db.total_changes - before
+            # rowcount: the rows these statements deleted, not those their trigger deleted from `metadata`
+            removed = self._db.executemany("DELETE FROM images WHERE path = ?", rows).rowcount
             self._db.executemany("DELETE FROM skipped WHERE path = ?", rows)
             self._bump_generation()
         return removed
