@@ -238,13 +238,17 @@ def test_cli_search_where_shows_metadata_and_refuses_a_bad_filter(index, capsys)
     assert "\n" not in err and "unknown field 'colour'" in err
 
 
-def test_serve_search_with_where(embedder, index):
+def test_serve_search_with_where(embedder, index, library):
     with TestClient(create_app(embedder, index.directory, ServeSettings())) as client:
         answer = client.post("/v1/search", json={"text": "a photo", "k": 10, "where": "year = 2023"})
         assert answer.status_code == 200
         results = answer.json()["results"]
         assert sorted(r["name"] for r in results) == ["beach.jpg", "turned.jpg"]
         assert {r["metadata"]["date"][:4] for r in results} == {"2023"}
+        with open(library / "home/cat.jpg", "rb") as image:  # an image search takes it as a form field
+            by_image = client.post("/v1/search", files={"file": image}, data={"where": "has_gps", "k": "10"})
+        assert by_image.status_code == 200, by_image.text
+        assert sorted(r["name"] for r in by_image.json()["results"]) == ["beach.jpg", "dinner.jpg", "dog.jpg"]
         bad = client.post("/v1/search", json={"text": "a photo", "where": "year = 'x'"})
         assert bad.status_code == 422 and "year is an int field" in bad.text
 

@@ -101,9 +101,12 @@ def read_metadata(address: str) -> dict[str, Any]:
             user_comment = _text(details.get(_USER_COMMENT)) or ""
             meta["has_gps"] = _GPS_LATITUDE in exif.get_ifd(_GPS_IFD)
             meta["screenshot"] = is_screenshot(path, image_format, make or model, width, height, user_comment)
-    meta["date"], meta["date_source"] = (taken, "exif") if taken else (mtime, "mtime")
-    meta["date"] = meta["date"].isoformat()
-    meta["year"] = (taken or mtime).year
+    date = taken or mtime
+    meta["date"], meta["date_source"], meta["year"] = (
+        date.isoformat(),
+        "exif" if taken else "mtime",
+        date.year,
+    )
     return meta
 
 

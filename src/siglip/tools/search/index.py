@@ -30,6 +30,11 @@ rebuilds its vectors from what the records hold (those already handed over are e
 beside them until the next save stamps it. The `update.lock` is a `filelock` lock: the operating system
 drops it with a killed process.
 
+Each record keeps its image's metadata (`siglip.tools.metadata`: EXIF date, camera, size, ...), read as the
+image is embedded; records of an index made before that get theirs at the next `update`, without embedding
+again. A search can be restricted by a `--where` filter (`siglip.tools.search.filters`) inside the search
+(`ann.search`'s `allowed`), and every hit carries its metadata.
+
 Search is cosine similarity (inner product of unit vectors): exact for `flat`, else approximate, with the
 recall@10 measured against exact search at build time stored with the index (`build_info`, `siglip info`).
 

@@ -14,6 +14,11 @@ A file that could not be read is retried when its size, modification time or sta
 write) is opened read-only: it answers every read, and a write is a `StoreError` saying why. Every SQLite
 failure (a full disk, a damaged page) is a `StoreError` naming the file and what to do.
 
+Each embedded row may carry its metadata (`siglip.tools.metadata`: date taken, camera, size, ...) in a
+`metadata` table keyed by the row's id, written in the row's transaction and deleted with it (a trigger);
+`matching_ids` runs a compiled `--where` filter over it. Rows of stores made before it have none
+(`missing_metadata`) until `record_metadata` fills them in.
+
 A derived index that holds the vectors itself takes them over (`release_vectors`), so that a
 search index stores each vector once: the rows keep their path and file state.
 """
