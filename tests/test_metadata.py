@@ -274,7 +274,7 @@ def test_an_index_from_before_metadata_refuses_filters_until_updated(embedder, l
     index.close()
 
 
-def test_embed_writes_metadata_columns(library, tmp_path, checkpoint):
+def test_embed_writes_metadata_columns_and_an_import_keeps_it(library, tmp_path, checkpoint, embedder):
     pq = pytest.importorskip("pyarrow.parquet")
     out = tmp_path / "vectors.parquet"
     assert (
@@ -289,6 +289,10 @@ def test_embed_writes_metadata_columns(library, tmp_path, checkpoint):
         assert (
             row["date"] == dt.datetime.fromisoformat(expected["date"]) and row["width"] == expected["width"]
         )
+    with SearchIndex(tmp_path / "imported", embedder) as imported:  # an import reads the files' metadata
+        imported.import_embeddings(out)
+        matching = imported.store.paths_of(imported.matching("camera ~ 'iphone'")).values()
+        assert sorted(Path(p).name for p in matching) == ["beach.jpg", "turned.jpg"]
     npy = tmp_path / "vectors.npy"
     assert (
         main(["embed", str(library / "home"), "--out", str(npy), "--model", checkpoint, "--workers", "0"])
