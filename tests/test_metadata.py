@@ -55,13 +55,18 @@ def _write_jpeg(path: Path, taken, make, model, gps, orientation, size, seed: in
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
-    """A folder of JPEGs with EXIF (see PHOTOS) and two PNGs: a screen-sized one and one named as a screenshot."""
+    """A folder of JPEGs with EXIF (see PHOTOS) and three PNGs: a screen-sized one, one named as a screenshot and
+    one whose EXIF comment says it is one (as iOS writes them)."""
     root = tmp_path_factory.mktemp("library")
     for seed, (name, exif) in enumerate(PHOTOS.items()):
         _write_jpeg(root / name, *exif, seed=seed)
     Image.new("RGB", (1920, 1080), "navy").save(root / "home" / "desktop.png")
     Image.new("RGB", (300, 200), "teal").save(root / "home" / "Screenshot 2024-02-03.png")
-    for png in ("desktop.png", "Screenshot 2024-02-03.png"):
+    exif = Image.Exif()
+    exif[0x0112] = 1  # Pillow writes the EXIF block of a sub-IFD only beside a tag of the main one
+    exif.get_ifd(0x8769)[0x9286] = b"ASCII\0\0\0Screenshot"
+    Image.new("RGB", (100, 100), "olive").save(root / "home" / "IMG_0001.png", exif=exif)
+    for png in ("desktop.png", "Screenshot 2024-02-03.png", "IMG_0001.png"):
         os.utime(root / "home" / png, (MTIME, MTIME))
     return root
 
@@ -111,6 +116,9 @@ def test_read_metadata_gives_the_exif_the_test_wrote(library):
     )
     assert read_metadata(str(library / "home/desktop.png"))["screenshot"] is True  # PNG, 16:9, no camera
     assert read_metadata(str(library / "home/Screenshot 2024-02-03.png"))["screenshot"] is True  # its name
+    assert read_metadata(str(library / "home/IMG_0001.png"))["screenshot"] is True  # its EXIF comment
+    Image.new("RGB", (100, 100)).save(library.parent / "square.png")  # a camera-less PNG, not screen-shaped
+    assert read_metadata(str(library.parent / "square.png"))["screenshot"] is False
     frame = read_metadata(f"{library / 'home/cat.jpg'}#t=12.400")  # a frame: the file's fields, no size
     assert (frame["media"], frame["frame_time"], frame["width"], frame["camera"]) == (
         "video",
@@ -147,7 +155,7 @@ FILTERS = {
 @pytest.mark.parametrize("where", FILTERS)
 def test_filters_match_a_brute_force_check_and_search_inside_them(index, where):
     stored = index.store.metadata_of(index.store.ids())
-    assert len(stored) == len(PHOTOS) + 2
+    assert len(stored) == len(PHOTOS) + 3
     expected = sorted(i for i, meta in stored.items() if FILTERS[where](meta))
     assert index.matching(where).tolist() == expected
     assert 0 < len(expected) < len(stored)  # each filter keeps some and drops some: a real test
@@ -265,7 +273,7 @@ def test_an_index_from_before_metadata_refuses_filters_until_updated(embedder, l
         index.search_text("a photo", where="year = 2023")
     assert len(index.search_text("a photo", k=3)) == 3  # unfiltered search still works
     report = index.update([library], workers=0, progress=False)
-    assert report.unchanged == 6 and report.added == 2  # the JPEGs were not embedded again, only described
+    assert report.unchanged == 6 and report.added == 3  # the JPEGs were not embedded again, only described
     assert [h.path for h in index.search_text("a photo", k=5, where="year = 2023")] != []
     assert sorted(Path(p).name for p in index.store.paths_of(index.matching("year = 2023")).values()) == [
         "beach.jpg",

@@ -83,7 +83,7 @@ def read_metadata(address: str) -> dict[str, Any]:
     if frame_time is None:
         try:
             with Image.open(path) as image:
-                exif = image.getexif()
+                exif = _header_exif(image)
                 width, height = image.size
                 image_format = image.format
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
@@ -148,6 +148,18 @@ def is_screenshot(
     ratio = max(width, height) / min(width, height)
     near = any(abs(ratio / screen - 1) <= 0.01 for screen in _SCREEN_RATIOS)
     return near or _PHONE_RATIOS[0] * 0.99 <= ratio <= _PHONE_RATIOS[1] * 1.01
+
+
+def _header_exif(image: Image.Image) -> Image.Exif:
+    """The EXIF of an opened image without decoding its pixels: a PNG's `getexif` decodes the whole image to
+    look for an eXIf chunk after the image data, so a PNG's is read from the chunks before it (where the
+    PNG extensions put it, and where phones write it)."""
+    if image.format != "PNG":
+        return image.getexif()
+    exif = Image.Exif()
+    if image.info.get("exif"):
+        exif.load(image.info["exif"])
+    return exif
 
 
 def _text(value: Any) -> str | None:
