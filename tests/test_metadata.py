@@ -308,3 +308,16 @@ def test_embed_writes_metadata_columns_and_an_import_keeps_it(library, tmp_path,
     )
     manifest = json.loads((tmp_path / "vectors.npy.json").read_text())
     assert [m["year"] for m in manifest["metadata"]] == [read_metadata(p)["year"] for p in manifest["paths"]]
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [
+        ("(" * 600 + "year = 1" + ")" * 600, "parentheses nested too deeply"),
+        ("year = 1 or " * 200, "more than the 2000"),
+    ],
+)
+def test_filters_beyond_a_person_s_are_refused_in_one_line(where, problem):
+    with pytest.raises(UsageError, match=problem) as caught:
+        parse_filter(where)
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(f"filter {where[:40]!r}...")

@@ -11,7 +11,7 @@ from ...errors import UsageError
 from ..embeddings.options import ModelOptions
 from ..inputs.files import display_path
 from ..metadata import described
-from ..search.filters import parse_filter
+from ..search.filters import as_filter
 from ..search.index import SearchIndex
 from ..search.page import results_html
 from ._options import (
@@ -58,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise UsageError("give a text to search for, or --image QUERY.jpg (one of the two)")
-    where = None if args.where is None else parse_filter(args.where)  # a typo fails before the model loads
+    where = as_filter(args.where)  # a mistake is told before the index and the model load
     with SearchIndex(args.index, args.model, args.device, options=ModelOptions.from_args(args)) as index:
         hits = (
             index.search_text(args.text, args.k, where)

@@ -49,6 +49,7 @@ _OPERATORS = {  # field type -> the comparison operators it takes
     "bool": ("=", "!="),
     "date": ("=", "!=", *_ORDERED),
 }
+MAX_LENGTH = 2000  # characters: a filter is written by a person; this bounds the SQL and the recursion
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?)?)?$")
 
 
@@ -73,10 +74,22 @@ def parse_filter(text: str) -> Filter:
     """Parse and type-check a filter (see the module doc); a `UsageError` of one line when it is wrong."""
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f'filter {text!r}: it is empty; write a condition such as "year >= 2023"')
+    if len(text) > MAX_LENGTH:
+        raise UsageError(
+            f"filter {text[:40]!r}...: {len(text)} characters, more than the {MAX_LENGTH} allowed"
+        )
     parser = _Parser(text)
-    sql = parser.expression()
+    try:
+        sql = parser.expression()
+    except RecursionError:
+        raise UsageError(f"filter {text[:40]!r}...: parentheses nested too deeply") from None
     parser.expect_end()
     return Filter(text, sql, tuple(parser.params))
+
+
+def as_filter(where: str | Filter | None) -> Filter | None:
+    """`where` parsed (`parse_filter`) when it is text; a `Filter` or None as given."""
+    return where if where is None or isinstance(where, Filter) else parse_filter(where)
 
 
 def _tokens(text: str) -> list[_Token]:

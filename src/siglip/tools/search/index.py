@@ -81,7 +81,7 @@ from ..embeddings.options import ModelOptions
 from ..inputs.files import scan_images
 from ..metadata import read_metadata
 from . import ann
-from .filters import Filter, parse_filter
+from .filters import Filter, as_filter
 from .fingerprint import model_fingerprint
 from .store import FileState, VectorStore, pending_files, replace_atomically, stored_path
 
@@ -707,7 +707,7 @@ class SearchIndex:
     def matching(self, where: str | Filter) -> np.ndarray:
         """The ids (int64, ascending) of the rows whose metadata satisfies the filter `where`; a `UsageError`
         when it does not parse, or when some rows have no metadata yet (indexed before it was kept)."""
-        parsed = where if isinstance(where, Filter) else parse_filter(where)
+        parsed = as_filter(where)
         missing = len(self.store.missing_metadata())
         if missing:
             raise UsageError(
@@ -729,16 +729,14 @@ class SearchIndex:
         """The `k` images that best match `text` (a non-blank string), among those `where` admits."""
         if not isinstance(text, str) or not text.strip():
             raise UsageError(f"the search text is {text!r}: give some words to look for")
-        parsed = (
-            where if where is None or isinstance(where, Filter) else parse_filter(where)
-        )  # before the model
-        return self.search(self.embedder.embed_texts([text]), k, parsed)[0]
+        where = as_filter(where)  # a mistake is told before the model loads
+        return self.search(self.embedder.embed_texts([text]), k, where)[0]
 
     def search_image(self, image: ImageInput, k: int = 10, where: str | Filter | None = None) -> list[Hit]:
         """The `k` images most similar to `image` (a path, PIL image, array or bytes), among those `where`
         admits."""
-        parsed = where if where is None or isinstance(where, Filter) else parse_filter(where)
-        return self.search(self.embedder.embed_images([image]), k, parsed)[0]
+        where = as_filter(where)
+        return self.search(self.embedder.embed_images([image]), k, where)[0]
 
     def close(self) -> None:
         self.store.close()

@@ -12,7 +12,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from ....errors import UsageError
-from ...search.filters import parse_filter
+from ...search.filters import as_filter
 from ...search.thumbnails import thumbnail_jpeg
 from ..errors import ApiError
 from ..inputs import openapi_body, read_request
@@ -44,7 +44,7 @@ async def search(served: Served, request: Request) -> dict[str, Any]:
     if params.k > served.settings.max_k:
         raise ApiError(422, f"k: at most {served.settings.max_k}, got {params.k}")
     try:  # before any embedding; the index's own refusal (rows without metadata) comes from the search
-        where = None if params.where is None else parse_filter(params.where)
+        where = as_filter(params.where)
     except UsageError as err:
         raise ApiError(422, f"where: {err}") from err
     if params.text is not None:
