@@ -218,32 +218,23 @@ def test_bad_filters_are_one_line_errors_naming_the_filter(where, problem):
     assert "\n" not in message and message.startswith(f"filter {where!r}: ") and problem in message
 
 
-def test_cli_search_where_shows_metadata_and_refuses_a_bad_filter(index, capsys):
-    assert (
-        main(
-            [
-                "search",
-                "a photo",
-                "--index",
-                str(index.directory),
-                "-k",
-                "2",
-                "--where",
-                "camera ~ 'canon'",
-                "--json",
-            ]
-        )
-        == 0
-    )
+def test_cli_search_where_shows_metadata_and_refuses_a_bad_filter(index, capsys, tmp_path):
+    search = ["search", "a photo", "--index", str(index.directory)]
+    assert main([*search, "-k", "2", "--where", "camera ~ 'canon'", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     assert len(results) == 2 and all(r["metadata"]["camera"] == "Canon EOS R5" for r in results)
-    assert main(["search", "a photo", "--index", str(index.directory), "--where", "has_gps"]) == 0
+    assert main([*search, "--where", "has_gps", "--html", str(tmp_path / "page.html")]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["rank", "score", "date", "camera", "path"]
     assert "2023-07-14 10:20" in out and "Apple iPhone 12" in out and "cat.jpg" not in out
-    assert main(["search", "a photo", "--index", str(index.directory), "--where", "colour = 'red'"]) == 2
+    assert "2023-07-14 10:20 &middot; Apple iPhone 12<br>" in (tmp_path / "page.html").read_text()
+    with pytest.raises(SystemExit) as exited:  # refused while the command line is parsed, as every option
+        main([*search, "--where", "colour = 'red'"])
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "unknown field 'colour'" in err
+    assert exited.value.code == 2 and "\n" not in err
+    assert err.startswith(
+        "siglip search: error: argument --where: filter \"colour = 'red'\": unknown field 'colour'"
+    )
 
 
 def test_serve_search_with_where(embedder, index, library):

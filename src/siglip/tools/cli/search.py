@@ -11,7 +11,7 @@ from ...errors import UsageError
 from ..embeddings.options import ModelOptions
 from ..inputs.files import display_path
 from ..metadata import described
-from ..search.filters import as_filter
+from ..search.filters import Filter, parse_filter
 from ..search.index import SearchIndex
 from ..search.page import results_html
 from ._options import (
@@ -38,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--where",
         metavar="FILTER",
+        type=where_filter,
         help="only images whose metadata match, e.g. \"year >= 2023 and orientation = 'landscape' and not "
         'screenshot" (fields and operators: README, Metadata and filters)',
     )
@@ -55,15 +56,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def where_filter(text: str) -> Filter:
+    """--where parsed while the command line is (a mistake is told before anything loads)."""
+    try:
+        return parse_filter(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise UsageError("give a text to search for, or --image QUERY.jpg (one of the two)")
-    where = as_filter(args.where)  # a mistake is told before the index and the model load
     with SearchIndex(args.index, args.model, args.device, options=ModelOptions.from_args(args)) as index:
         hits = (
-            index.search_text(args.text, args.k, where)
+            index.search_text(args.text, args.k, args.where)
             if args.image is None
-            else index.search_image(args.image, args.k, where)
+            else index.search_image(args.image, args.k, args.where)
         )
     query = args.text if args.image is None else f"images like {args.image}"
     if args.html:
