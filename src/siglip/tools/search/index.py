@@ -708,7 +708,7 @@ class SearchIndex:
         """The ids (int64, ascending) of the rows whose metadata satisfies the filter `where`; a `UsageError`
         when it does not parse, or when some rows have no metadata yet (indexed before it was kept)."""
         parsed = as_filter(where)
-        missing = len(self.store.missing_metadata())
+        missing = self.store.count_missing_metadata()
         if missing:
             raise UsageError(
                 f"filter {parsed.text!r}: {missing} images of index '{self.directory}' were indexed before "

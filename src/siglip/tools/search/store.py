@@ -506,6 +506,13 @@ class VectorStore:
         return [p for (p,) in self._db.execute(query)]
 
     @_sqlite_errors
+    def count_missing_metadata(self) -> int:
+        """How many rows have no metadata: a difference of counts, as every metadata row belongs to a row
+        (written with it, deleted with it), cheaper than listing them (`missing_metadata`)."""
+        query = "SELECT (SELECT COUNT(*) FROM images) - (SELECT COUNT(*) FROM metadata)"
+        return self._db.execute(query).fetchone()[0]
+
+    @_sqlite_errors
     def metadata_of(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """id -> metadata (`SCHEMA`'s fields, path included) of the given row ids that have it."""
         ids = [int(i) for i in ids]
