@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,19 @@ def test_read_metadata_gives_the_exif_the_test_wrote(library):
     )
     assert frame["file_size"] == (library / "home/cat.jpg").stat().st_size
     assert set(beach) == set(SCHEMA) - {"path"}
+    damaged = library.parent / "damaged-exif.jpg"  # a Make tag pointing past the end of the EXIF block
+    Image.new("RGB", (12, 10)).save(
+        damaged, exif=b"Exif\0\0II*\0\x08\0\0\0\x01\0\x0f\x01\x02\0\xff\xff\xff\x7f\0\0\0\0"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow says what it skipped
+        meta = read_metadata(str(damaged))
+    assert (meta["camera"], meta["date_source"], meta["width"], meta["orientation"]) == (
+        None,
+        "mtime",
+        12,
+        "landscape",
+    )
 
 
 # each filter with the brute-force check it must equal, over a row's stored metadata

@@ -102,11 +102,8 @@ def read_metadata(address: str) -> dict[str, Any]:
             meta["has_gps"] = _GPS_LATITUDE in exif.get_ifd(_GPS_IFD)
             meta["screenshot"] = is_screenshot(path, image_format, make or model, width, height, user_comment)
     date = taken or mtime
-    meta["date"], meta["date_source"], meta["year"] = (
-        date.isoformat(),
-        "exif" if taken else "mtime",
-        date.year,
-    )
+    meta["date"], meta["year"] = date.isoformat(), date.year
+    meta["date_source"] = "exif" if taken else "mtime"
     return meta
 
 
