@@ -326,3 +326,30 @@ def test_filters_beyond_a_person_s_are_refused_in_one_line(where, problem):
     with pytest.raises(UsageError, match=problem) as caught:
         parse_filter(where)
     assert "\n" not in str(caught.value) and str(caught.value).startswith(f"filter {where[:40]!r}...")
+
+
+def test_rows_another_process_adds_between_sync_and_filter_are_left_out(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((1100, 16)).astype(np.float32)
+    (tmp_path / "i").mkdir()
+    VectorStore(tmp_path / "i" / RECORDS_FILE, "synthetic", 16).close()
+    index = SearchIndex(tmp_path / "i", index_type="ivf")
+    metadata = [{"year": 2020} for _ in range(1000)]
+    index.store.record(
+        [FileState(f"/v/{i}.jpg", 1, 1) for i in range(1000)], vectors[:1000], metadata=metadata
+    )
+    index.sync()
+    matching_ids = VectorStore.matching_ids
+
+    def racing(store, where, params):  # another writer commits rows after the sync, before the filter runs
+        with VectorStore(tmp_path / "i" / RECORDS_FILE) as other:
+            other.record(
+                [FileState(f"/v/{i}.jpg", 1, 1) for i in range(1000, 1100)],
+                vectors[1000:],
+                metadata=metadata[:100],
+            )
+        return matching_ids(store, where, params)
+
+    monkeypatch.setattr(VectorStore, "matching_ids", racing)
+    hits = index.search(vectors[1050], k=5, where="year = 2020")[0]  # exact among them: ids the file lacks
+    assert len(hits) == 5 and all(int(h.path[3:-4]) < 1000 for h in hits)

@@ -688,10 +688,14 @@ class SearchIndex:
         if not np.linalg.norm(queries, axis=1).all():
             raise UsageError("a query vector is all zeros: it has no direction to search in")
         queries = l2_normalize(torch.from_numpy(queries)).numpy()
-        allowed = None if where is None else self.matching(where)
+        where = as_filter(where)
         index = self.sync()
         if index.ntotal == 0:
             return [[] for _ in queries]
+        allowed = None if where is None else self.matching(where)
+        if allowed is not None and self.store.generation != self._faiss_generation:
+            # another process changed the rows since the sync: only the ids the vector file holds can be found
+            allowed = np.intersect1d(allowed, ann.ids_of(index))
         scores, ids = ann.search(index, queries, min(k, index.ntotal), allowed)
         paths = self.store.paths_of(ids[ids >= 0])
         metadata = self.store.metadata_of(paths)
