@@ -164,8 +164,8 @@ def test_index_update_and_search_by_text_and_image(checkpoint, embedder, photos,
     done = _ok(siglip("search", "--image", files[1], "--index", index, "--html", page))
     rows = _rows(done.stdout)
     expected = _ranking(vectors, vectors[str(files[1])])
-    assert rows[0] == ["rank", "score", "path"]
-    assert [r[2] for r in rows[1:]] == [p for p, _ in expected]  # all 5: fewer than the default k of 10
+    assert rows[0] == ["rank", "score", "date", "camera", "path"]
+    assert [r[4] for r in rows[1:]] == [p for p, _ in expected]  # all 5: fewer than the default k of 10
     assert [float(r[1]) for r in rows[1:]] == pytest.approx([s for _, s in expected], abs=1e-4)
     html = _Images()
     html.feed(page.read_text())

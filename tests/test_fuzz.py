@@ -107,7 +107,7 @@ def test_random_pairs_files_give_rows_or_a_data_error_naming_the_file(tmp_path_f
 
 _OPTIONS = {
     "classify": ["--top-k", "--batch-size", "--workers", "--device", "--precision"],
-    "search": ["-k", "--device", "--html"],
+    "search": ["-k", "--device", "--html", "--where"],
     "serve": ["--port", "--max-batch-size", "--max-wait-ms", "--timeout", "--max-image-pixels"],
     "train": [
         "--lr",

@@ -10,6 +10,8 @@ from pathlib import Path
 from ...errors import UsageError
 from ..embeddings.options import ModelOptions
 from ..inputs.files import display_path
+from ..metadata import described
+from ..search.filters import Filter, parse_filter
 from ..search.index import SearchIndex
 from ..search.page import results_html
 from ._options import (
@@ -34,6 +36,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--index", required=True, help="index folder made by `siglip index`")
     parser.add_argument("-k", type=integer(1), default=10, help="number of results (default: 10)")
     parser.add_argument(
+        "--where",
+        metavar="FILTER",
+        type=where_filter,
+        help="only images whose metadata match, e.g. \"year >= 2023 and orientation = 'landscape' and not "
+        'screenshot" (fields and operators: README, Metadata and filters)',
+    )
+    parser.add_argument(
         "--html", type=output_file, metavar="OUT.html", help="also write a page of thumbnails"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -47,14 +56,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def where_filter(text: str) -> Filter:
+    """--where parsed while the command line is (a mistake is told before anything loads)."""
+    try:
+        return parse_filter(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         raise UsageError("give a text to search for, or --image QUERY.jpg (one of the two)")
     with SearchIndex(args.index, args.model, args.device, options=ModelOptions.from_args(args)) as index:
         hits = (
-            index.search_text(args.text, args.k)
+            index.search_text(args.text, args.k, args.where)
             if args.image is None
-            else index.search_image(args.image, args.k)
+            else index.search_image(args.image, args.k, args.where)
         )
     query = args.text if args.image is None else f"images like {args.image}"
     if args.html:
@@ -63,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
         print_json({"query": query, "results": [asdict(hit) for hit in hits]})
     else:
         rows = [
-            [str(rank), score_text(hit.score), display_path(hit.path)]
+            [str(rank), score_text(hit.score), *described(hit.metadata), display_path(hit.path)]
             for rank, hit in enumerate(hits, start=1)
         ]
-        print(table(rows, ["rank", "score", "path"]))
+        print(table(rows, ["rank", "score", "date", "camera", "path"]))
     if args.html:
         print(f"wrote {args.html}", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ interrupted command embeds only what is left; the output file and its manifest a
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from ..deps import require
 from ..inputs.files import ImageScan, skipped_as_json
 from ..inputs.tar_shards import scan_inputs
 from ..inputs.texts import TextRows
+from ..metadata import SCHEMA, STORED, read_metadata
 from ..search.store import FileState, VectorStore, pending_files, replace_together, stored_path
 from .embedder import Embedder
 
@@ -63,8 +65,9 @@ def embed_to_file(
     """Embed the images named by `paths` (files, folders, globs, WebDataset shards: see `scan_inputs`) into
     `out`, a `.parquet` or `.npy` file; a shard's samples are named `SHARD:KEY`.
 
-    Paths are stored absolute (`stored_path`). Parquet has columns path, vector (list of D float32), model and dims; `.npy` holds the (N, D) matrix,
-    with the paths in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
+    Paths are stored absolute (`stored_path`). Parquet has columns path, vector (list of D float32), model,
+    dims and the metadata of each image (`siglip.tools.metadata.SCHEMA`: date, camera, size, ...); `.npy`
+    holds the (N, D) matrix, with the paths and metadata in the manifest. Both get a manifest `<out>.json`, e.g. `vectors.npy.json` (model, dims,
     count, `Embedder.settings`, unreadable files and why). Finished batches are kept in `<out>.partial`
     (SQLite) as they complete: rerunning an interrupted command embeds only what is left. The output appears
     only when complete.
@@ -83,7 +86,8 @@ def embed_to_file(
     with VectorStore(journal, embedder.name, embedder.dims) as store:
         embedded = failed = 0
         for batch in embedder.embed_files(pending_files(store, files), batch_size, workers, progress):
-            store.record(batch.files, batch.vectors, batch.failed)
+            metadata = [read_metadata(f.path) for f in batch.files]  # read once, as each row is embedded
+            store.record(batch.files, batch.vectors, batch.failed, metadata)
             embedded, failed = embedded + len(batch.files), failed + len(batch.failed)
         listed = set(names)
         skipped = scan.skipped + [(p, r) for p, r in store.skipped() if p in listed]
@@ -155,7 +159,12 @@ def _write_output(
     manifest `<out>.json` (`manifest`, the keys for `.npy`, then `trailer`), together; returns the manifest's
     path."""
     if pa is None:
-        manifest["paths" if texts is None else "ids"] = keys
+        if texts is None:
+            manifest["paths"] = keys
+            found = store.metadata_by_path(keys)
+            manifest["metadata"] = [found.get(p) for p in keys]
+        else:
+            manifest["ids"] = keys
         write_data = partial(_write_npy, store, keys)
     else:
         write_data = partial(_write_parquet, pa, store, keys, texts)
@@ -176,35 +185,55 @@ def _remove_journal(journal: Path) -> None:
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
 
 
-def parquet_schema(pa: Any, dims: int, texts: bool = False) -> Any:
+def parquet_schema(pa: Any, dims: int, texts: bool = False, metadata: bool = False) -> Any:
     """The columns of an embeddings Parquet file: path, vector (D float32), model, dims; for `texts`, id and
-    text in place of path."""
+    text in place of path; with `metadata`, the `STORED` metadata fields (dates as timestamps in seconds, local
+    time as read)."""
     keys = [("id", pa.string()), ("text", pa.string())] if texts else [("path", pa.string())]
+    types = {
+        "text": pa.string(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "date": pa.timestamp("s"),
+    }
+    extra = [(name, types[SCHEMA[name]]) for name in STORED] if metadata else []
     return pa.schema(
         [
             *keys,
             ("vector", pa.list_(pa.float32(), dims)),
             ("model", pa.string()),
             ("dims", pa.int32()),
+            *extra,
         ]
     )
 
 
 def parquet_table(
-    pa: Any, schema: Any, model: str, paths: list[str], vectors: np.ndarray, texts: list[str] | None = None
+    pa: Any,
+    schema: Any,
+    model: str,
+    paths: list[str],
+    vectors: np.ndarray,
+    texts: list[str] | None = None,
+    metadata: Sequence[dict[str, Any] | None] | None = None,
 ) -> Any:
-    """Rows of an embeddings Parquet file: one per path (or text id, with its text), with its vector."""
+    """Rows of an embeddings Parquet file: one per path (or text id, with its text), with its vector and, for a
+    schema with metadata columns, its `metadata` (None for a row without)."""
     n, dims = len(paths), schema.field("vector").type.list_size
-    return pa.table(
-        [
-            pa.array(paths, pa.string()),
-            *([] if texts is None else [pa.array(texts, pa.string())]),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dims),
-            pa.array([model] * n, pa.string()),
-            pa.array([dims] * n, pa.int32()),
-        ],
-        schema=schema,
-    )
+    columns = [
+        pa.array(paths, pa.string()),
+        *([] if texts is None else [pa.array(texts, pa.string())]),
+        pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dims),
+        pa.array([model] * n, pa.string()),
+        pa.array([dims] * n, pa.int32()),
+    ]
+    for field in list(schema)[len(columns) :]:
+        values = [(m or {}).get(field.name) for m in metadata or [None] * n]
+        if SCHEMA[field.name] == "date":
+            values = [None if v is None else dt.datetime.fromisoformat(v) for v in values]
+        columns.append(pa.array(values, field.type))
+    return pa.table(columns, schema=schema)
 
 
 def _write_parquet(
@@ -214,11 +243,19 @@ def _write_parquet(
     at a time."""
     import pyarrow.parquet as pq
 
-    schema = parquet_schema(pa, store.dims, texts is not None)
+    schema = parquet_schema(pa, store.dims, texts=texts is not None, metadata=texts is None)
     with pq.ParquetWriter(out, schema) as writer:
         for chunk, vectors in store.in_order(paths):
-            chunk_texts = None if texts is None else [texts[i] for i in chunk]
-            writer.write_table(parquet_table(pa, schema, store.model, chunk, vectors, chunk_texts))
+            if texts is None:
+                found = store.metadata_by_path(chunk)
+                table = parquet_table(
+                    pa, schema, store.model, chunk, vectors, metadata=[found.get(p) for p in chunk]
+                )
+            else:
+                table = parquet_table(
+                    pa, schema, store.model, chunk, vectors, texts=[texts[i] for i in chunk]
+                )
+            writer.write_table(table)
 
 
 def _write_npy(store: VectorStore, paths: list[str], out: Path) -> None:

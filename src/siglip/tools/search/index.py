@@ -30,6 +30,11 @@ rebuilds its vectors from what the records hold (those already handed over are e
 beside them until the next save stamps it. The `update.lock` is a `filelock` lock: the operating system
 drops it with a killed process.
 
+Each record keeps its image's metadata (`siglip.tools.metadata`: EXIF date, camera, size, ...), read as the
+image is embedded; records of an index made before that get theirs at the next `update`, without embedding
+again. A search can be restricted by a `--where` filter (`siglip.tools.search.filters`) inside the search
+(`ann.search`'s `allowed`), and every hit carries its metadata.
+
 Search is cosine similarity (inner product of unit vectors): exact for `flat`, else approximate, with the
 recall@10 measured against exact search at build time stored with the index (`build_info`, `siglip info`).
 
@@ -76,7 +81,9 @@ from ..embeddings.options import ModelOptions
 from ..inputs.files import ImageScan, scan_images
 from ..inputs.media import split_address
 from ..inputs.video import Sampled, Sampling, VideoFrame, expand_videos
+from ..metadata import read_metadata
 from . import ann
+from .filters import Filter, as_filter
 from .fingerprint import model_fingerprint
 from .store import FileState, Seen, VectorStore, pending_files, replace_atomically, stored_path
 
@@ -107,11 +114,13 @@ SET_ASIDE = ".set-aside"  # suffix of a vector file that belongs to other record
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: an image path, its cosine similarity to the query and its id in the index."""
+    """One search result: an image path, its cosine similarity to the query, its id in the index and its
+    metadata (`siglip.tools.metadata.SCHEMA`'s fields; None for a row indexed before metadata was kept)."""
 
     path: str
     score: float
     id: int | None = None  # how `siglip serve` addresses the image
+    metadata: dict[str, Any] | None = field(default=None, compare=False)  # describes the hit, not its rank
 
 
 @dataclass
@@ -396,8 +405,10 @@ class SearchIndex:
                 self._apply_settings(len(kept) + sum(f.path not in kept for f in todo))
         report = UpdateReport(removed=self.store.remove(gone), skipped=list(scan.skipped))
         report.unchanged = len(files) - len(todo)
+        self._describe_unchanged({f.path for f in todo})
         for batch in self.embedder.embed_files(todo, batch_size, workers, progress):
-            self.store.record(batch.files, batch.vectors, batch.failed)
+            metadata = [read_metadata(f.path) for f in batch.files]  # read once, as each row is embedded
+            self.store.record(batch.files, batch.vectors, batch.failed, metadata)
             updated = sum(states.get(f.path, (0, 0, False))[2] for f in batch.files)
             report.updated += updated
             report.added += len(batch.files) - updated
@@ -407,6 +418,14 @@ class SearchIndex:
         self.sync()
         report.total = len(self.store)
         return report
+
+    def _describe_unchanged(self, todo: set[str]) -> None:
+        """Read the metadata of the rows indexed before it was kept (their vectors stay as they are); those
+        about to be embedded again get theirs then."""
+        missing = [p for p in self.store.missing_metadata() if p not in todo]
+        if missing:
+            logger.info("reading the metadata of %d images indexed before it was kept", len(missing))
+            self.store.record_metadata({p: read_metadata(p) for p in missing})
 
     @property
     def build_info(self) -> ann.BuildInfo | None:
@@ -486,7 +505,12 @@ class SearchIndex:
                 if f.path not in states or not states[f.path].current(f)
             ]
             unreadable = [(_state_of(stored_path(p)), reason) for p, reason in chunk.failed]
-            self.store.record_released([f for _, f in new], [i for i, _ in new], unreadable)
+            self.store.record_released(
+                [f for _, f in new],
+                [i for i, _ in new],
+                unreadable,
+                [read_metadata(f.path) for _, f in new],
+            )
             report.updated += sum(states[f.path].embedded for _, f in new if f.path in states)
             report.unchanged += len(chunk.paths) - len(new)
             report.skipped += chunk.failed
@@ -670,8 +694,13 @@ class SearchIndex:
         )
 
     # --- searching ---------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The `k` nearest images by cosine similarity for each query vector ((D,) or (N, D)), best first."""
+    def search(self, queries: np.ndarray, k: int = 10, where: str | Filter | None = None) -> list[list[Hit]]:
+        """The `k` nearest images by cosine similarity for each query vector ((D,) or (N, D)), best first.
+
+        `where` (a `--where` filter, see `siglip.tools.search.filters`) restricts the search to the rows whose
+        metadata satisfies it, inside the search: `k` results come back whenever `k` rows match. An index
+        with rows indexed before metadata was kept refuses a filter until `siglip index` reads it.
+        """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.store.dims:
             raise UsageError(
@@ -682,15 +711,38 @@ class SearchIndex:
         if not np.linalg.norm(queries, axis=1).all():
             raise UsageError("a query vector is all zeros: it has no direction to search in")
         queries = l2_normalize(torch.from_numpy(queries)).numpy()
+        where = as_filter(where)
         index = self.sync()
         if index.ntotal == 0:
             return [[] for _ in queries]
-        scores, ids = ann.search(index, queries, min(k, index.ntotal))
+        allowed = None if where is None else self.matching(where)
+        if allowed is not None and self.store.generation != self._faiss_generation:
+            # another process changed the rows since the sync: only the ids the vector file holds can be found
+            allowed = np.intersect1d(allowed, ann.ids_of(index))
+        scores, ids = ann.search(index, queries, min(k, index.ntotal), allowed)
         paths = self.store.paths_of(ids[ids >= 0])
+        metadata = self.store.metadata_of(paths)
         return [
-            [Hit(paths[i], float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i in paths]
+            [
+                Hit(paths[i], float(s), int(i), metadata.get(int(i)))
+                for s, i in zip(row_scores, row_ids, strict=True)
+                if i in paths
+            ]
             for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
+
+    def matching(self, where: str | Filter) -> np.ndarray:
+        """The ids (int64, ascending) of the rows whose metadata satisfies the filter `where`; a `UsageError`
+        when it does not parse, or when some rows have no metadata yet (indexed before it was kept)."""
+        parsed = as_filter(where)
+        missing = self.store.count_missing_metadata()
+        if missing:
+            raise UsageError(
+                f"filter {parsed.text!r}: {missing} images of index '{self.directory}' were indexed before "
+                f"metadata was kept; run `siglip index FOLDER --index {self.directory}` to read it (nothing is "
+                "embedded again)"
+            )
+        return self.store.matching_ids(parsed.sql, parsed.params)
 
     def entry(self, image_id: int) -> tuple[str, np.ndarray] | None:
         """(path, embedding) of the indexed image with this id, or None when the index has no such id.
@@ -700,15 +752,18 @@ class SearchIndex:
         path = self.store.paths_of([image_id]).get(int(image_id))
         return None if path is None else (path, self.sync().reconstruct(int(image_id)))
 
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        """The `k` images that best match `text` (a non-blank string)."""
+    def search_text(self, text: str, k: int = 10, where: str | Filter | None = None) -> list[Hit]:
+        """The `k` images that best match `text` (a non-blank string), among those `where` admits."""
         if not isinstance(text, str) or not text.strip():
             raise UsageError(f"the search text is {text!r}: give some words to look for")
-        return self.search(self.embedder.embed_texts([text]), k)[0]
+        where = as_filter(where)  # a mistake is told before the model loads
+        return self.search(self.embedder.embed_texts([text]), k, where)[0]
 
-    def search_image(self, image: ImageInput, k: int = 10) -> list[Hit]:
-        """The `k` images most similar to `image` (a path, PIL image, array or bytes)."""
-        return self.search(self.embedder.embed_images([image]), k)[0]
+    def search_image(self, image: ImageInput, k: int = 10, where: str | Filter | None = None) -> list[Hit]:
+        """The `k` images most similar to `image` (a path, PIL image, array or bytes), among those `where`
+        admits."""
+        where = as_filter(where)
+        return self.search(self.embedder.embed_images([image]), k, where)[0]
 
     def close(self) -> None:
         self.store.close()

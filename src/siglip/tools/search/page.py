@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..inputs.media import media_fragment, split_address
+from ..metadata import described
 from .thumbnails import THUMBNAIL_SIZE, thumbnail_jpeg
 
 if TYPE_CHECKING:
@@ -16,8 +17,8 @@ if TYPE_CHECKING:
 
 
 def results_html(query: str, hits: Sequence[Hit]) -> str:
-    """A page of thumbnails (embedded as JPEG data) with rank, score and path; it opens from anywhere, as the
-    index stores absolute paths."""
+    """A page of thumbnails (embedded as JPEG data) with rank, score, date taken, camera and path; it opens
+    from anywhere, as the index stores absolute paths."""
     cards = "\n".join(_card(rank, hit) for rank, hit in enumerate(hits, start=1))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>siglip search: {html.escape(query)}</title>
@@ -46,7 +47,8 @@ def _card(rank: int, hit: Hit) -> str:
         if jpeg
         else "<p>(cannot be read)</p>"
     )
+    date, camera = (html.escape(text) for text in described(hit.metadata))
     return (
         f'<figure><a href="{link}">{image}</a>'
-        f"<figcaption><b>#{rank}</b> {hit.score:.4f}<br>{path}</figcaption></figure>"
+        f"<figcaption><b>#{rank}</b> {hit.score:.4f}<br>{date} &middot; {camera}<br>{path}</figcaption></figure>"
     )

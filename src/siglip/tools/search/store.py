@@ -14,6 +14,11 @@ A file that could not be read is retried when its size, modification time or sta
 write) is opened read-only: it answers every read, and a write is a `StoreError` saying why. Every SQLite
 failure (a full disk, a damaged page) is a `StoreError` naming the file and what to do.
 
+Each embedded row may carry its metadata (`siglip.tools.metadata`: date taken, camera, size, ...) in a
+`metadata` table keyed by the row's id, written in the row's transaction and deleted with it (a trigger);
+`matching_ids` runs a compiled `--where` filter over it. Rows of stores made before it have none
+(`missing_metadata`) until `record_metadata` fills them in.
+
 A derived index that holds the vectors itself takes them over (`release_vectors`), so that a
 search index stores each vector once: the rows keep their path and file state.
 """
@@ -35,6 +40,7 @@ import numpy as np
 
 from ...errors import StoreError
 from ..inputs.files import os_error_reason
+from ..metadata import SCHEMA, STORED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +60,22 @@ CREATE TABLE IF NOT EXISTS skipped (
 );
 """
 _ADD_CTIME = "ALTER TABLE skipped ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT -1"  # stores made before it
+_SQL_TYPES = {"text": "TEXT", "date": "TEXT", "int": "INTEGER", "bool": "INTEGER", "float": "REAL"}
+# the metadata of each embedded row (`siglip.tools.metadata`), made in stores from before it on first opening;
+# a row without one was embedded before metadata existed (`missing_metadata`)
+_METADATA_TABLE = (
+    "CREATE {temp} TABLE IF NOT EXISTS metadata (id INTEGER PRIMARY KEY, "
+    + ", ".join(f"{name} {_SQL_TYPES[SCHEMA[name]]}" for name in STORED)
+    + ")"
+)
+_METADATA_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS metadata_follows AFTER DELETE ON images "
+    "BEGIN DELETE FROM metadata WHERE id = old.id; END"
+)
+_INSERT_METADATA = (
+    f"INSERT OR REPLACE INTO metadata (id, {', '.join(STORED)}) "
+    f"SELECT id, {', '.join('?' * len(STORED))} FROM images WHERE path = ?"
+)
 _CHUNK = 4096  # rows per query when streaming vectors out
 
 
@@ -174,6 +196,9 @@ class VectorStore:
                 uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?immutable=1"
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
                 stored = dict(self._db.execute("SELECT key, value FROM meta"))
+                # a read-only store from before metadata: an empty table in memory, so every row lacks it
+                if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'metadata'").fetchone():
+                    self._db.execute(_METADATA_TABLE.format(temp="TEMP"))
             else:
                 # transactions are explicit; a writer waits up to 10 minutes for another's (a long vector sync)
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=600)
@@ -187,7 +212,11 @@ class VectorStore:
                     columns = {row[1] for row in self._db.execute("PRAGMA table_info(skipped)")}
                     if "ctime_ns" not in columns:
                         self._db.execute(_ADD_CTIME)
+                    self._db.execute(_METADATA_TABLE.format(temp=""))
+                    self._db.execute(_METADATA_TRIGGER)
                     stored = dict(self._db.execute("SELECT key, value FROM meta"))
+            # filters (`siglip.tools.search.filters`) match text as Python does, not SQLite's ASCII-only lower()
+            self._db.create_function("casefold", 1, _casefold, deterministic=True)
         except sqlite3.Error as err:
             raise store_error(self.path, err, start_over) from err
         if model is not None and model != stored["model"]:
@@ -269,9 +298,14 @@ class VectorStore:
 
     # --- writing -------------------------------------------------------------------------------------------
     def record(
-        self, done: Sequence[FileState], vectors: np.ndarray, failed: Sequence[tuple[FileState, str]] = ()
+        self,
+        done: Sequence[FileState],
+        vectors: np.ndarray,
+        failed: Sequence[tuple[FileState, str]] = (),
+        metadata: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        """Store the embeddings of `done` (rows of `vectors`) and the `(file, reason)` of unreadable files.
+        """Store the embeddings of `done` (rows of `vectors`), their `metadata` (`read_metadata` of each, when
+        given) and the `(file, reason)` of unreadable files.
 
         One transaction: an earlier entry of the same path (the file changed) is replaced, never duplicated.
         """
@@ -285,6 +319,7 @@ class VectorStore:
             self._replace(
                 "INSERT INTO images (path, size, mtime_ns, vector) VALUES (?, ?, ?, ?)", rows, done, failed
             )
+            self._insert_metadata(done, metadata)
 
     def reserve_ids(self, count: int) -> int:
         """Reserve `count` row ids for `record_released`, in a transaction of their own, and return the first.
@@ -303,11 +338,15 @@ class VectorStore:
         return first
 
     def record_released(
-        self, done: Sequence[FileState], ids: Sequence[int], failed: Sequence[tuple[FileState, str]] = ()
+        self,
+        done: Sequence[FileState],
+        ids: Sequence[int],
+        failed: Sequence[tuple[FileState, str]] = (),
+        metadata: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         """Store `done` under `ids` (from `reserve_ids`) without their vectors, which go straight to a derived
-        index saved in the same (running) transaction, and the `(file, reason)` of unreadable files. An
-        earlier entry of the same path is replaced, as by `record`."""
+        index saved in the same (running) transaction, their `metadata` when given, and the `(file, reason)`
+        of unreadable files. An earlier entry of the same path is replaced, as by `record`."""
         if not self._db.in_transaction:
             raise StoreError(
                 "record_released must run inside the transaction that saves the vectors elsewhere"
@@ -319,6 +358,25 @@ class VectorStore:
             done,
             failed,
         )
+        self._insert_metadata(done, metadata)
+
+    def _insert_metadata(self, done: Sequence[FileState], metadata: Sequence[dict[str, Any]] | None) -> None:
+        """In the running transaction: the metadata of the rows of `done` (nothing when None)."""
+        if metadata is None:
+            return
+        if len(metadata) != len(done):
+            raise ValueError(f"{len(done)} files but {len(metadata)} metadata")
+        self._db.executemany(
+            _INSERT_METADATA,
+            [(*(m.get(name) for name in STORED), f.path) for f, m in zip(done, metadata, strict=True)],
+        )
+
+    def record_metadata(self, metadata: dict[str, dict[str, Any]]) -> None:
+        """Store the metadata (path -> `read_metadata`) of rows embedded without it, in one transaction."""
+        with self.transaction():
+            self._db.executemany(
+                _INSERT_METADATA, [(*(m.get(name) for name in STORED), p) for p, m in metadata.items()]
+            )  # the vectors are unchanged: no new generation, no rewrite of a derived index
 
     def _replace(
         self,
@@ -346,9 +404,8 @@ class VectorStore:
         if not rows:
             return 0
         with contextlib.nullcontext() if self._db.in_transaction else self.transaction():
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM images WHERE path = ?", rows)
-            removed = self._db.total_changes - before
+            # rowcount: the rows these statements deleted, not those their trigger deleted from `metadata`
+            removed = self._db.executemany("DELETE FROM images WHERE path = ?", rows).rowcount
             self._db.executemany("DELETE FROM skipped WHERE path = ?", rows)
             self._bump_generation()
         return removed
@@ -442,6 +499,57 @@ class VectorStore:
         while rows := cursor.fetchmany(_CHUNK):
             yield [p for p, _ in rows], self._unpack([v for _, v in rows])
 
+    @_sqlite_errors
+    def missing_metadata(self) -> list[str]:
+        """Paths of the rows embedded without metadata (before it was recorded), by path."""
+        query = "SELECT path FROM images WHERE id NOT IN (SELECT id FROM metadata) ORDER BY path"
+        return [p for (p,) in self._db.execute(query)]
+
+    @_sqlite_errors
+    def count_missing_metadata(self) -> int:
+        """How many rows have no metadata: a difference of counts, as every metadata row belongs to a row
+        (written with it, deleted with it), cheaper than listing them (`missing_metadata`)."""
+        query = "SELECT (SELECT COUNT(*) FROM images) - (SELECT COUNT(*) FROM metadata)"
+        return self._db.execute(query).fetchone()[0]
+
+    @_sqlite_errors
+    def metadata_of(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """id -> metadata (`SCHEMA`'s fields, path included) of the given row ids that have it."""
+        ids = [int(i) for i in ids]
+        found: dict[int, dict[str, Any]] = {}
+        columns = ", ".join(f"m.{name}" for name in STORED)
+        for start in range(0, len(ids), 500):  # stays under SQLite's limit on bound parameters
+            chunk = ids[start : start + 500]
+            query = (
+                f"SELECT i.id, i.path, {columns} FROM images i JOIN metadata m ON m.id = i.id "
+                f"WHERE i.id IN ({','.join('?' * len(chunk))})"
+            )
+            for row in self._db.execute(query, chunk):
+                found[row[0]] = _typed(dict(zip(("path", *STORED), row[1:], strict=True)))
+        return found
+
+    @_sqlite_errors
+    def metadata_by_path(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """path -> metadata (without the path) of the given paths that have it."""
+        found: dict[str, dict[str, Any]] = {}
+        columns = ", ".join(f"m.{name}" for name in STORED)
+        for start in range(0, len(paths), 500):
+            chunk = list(paths[start : start + 500])
+            query = (
+                f"SELECT i.path, {columns} FROM images i JOIN metadata m ON m.id = i.id "
+                f"WHERE i.path IN ({','.join('?' * len(chunk))})"
+            )
+            for path, *values in self._db.execute(query, chunk):
+                found[path] = _typed(dict(zip(STORED, values, strict=True)))
+        return found
+
+    @_sqlite_errors
+    def matching_ids(self, where: str, params: Sequence[Any]) -> np.ndarray:
+        """Row ids (int64, ascending) whose metadata satisfies `where`, an SQL condition over `i.path` and
+        `m.<field>` with `params` bound to its placeholders, as `siglip.tools.search.filters` compiles them."""
+        query = f"SELECT i.id FROM images i JOIN metadata m ON m.id = i.id WHERE {where} ORDER BY i.id"
+        return np.array([i for (i,) in self._db.execute(query, tuple(params))], dtype=np.int64)
+
     def _unpack(self, blobs: list[bytes]) -> np.ndarray:
         return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), self.dims)
 
@@ -453,6 +561,18 @@ class VectorStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _casefold(value: object) -> object:
+    return value.casefold() if isinstance(value, str) else value
+
+
+def _typed(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as read back from SQLite, booleans as bool again (SQLite keeps 0 and 1)."""
+    for name, kind in SCHEMA.items():
+        if kind == "bool" and meta.get(name) is not None:
+            meta[name] = bool(meta[name])
+    return meta
 
 
 def _writable(path: Path) -> bool:

@@ -14,7 +14,9 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from ....core.image_utils import register_heif
+from ....errors import UsageError
 from ...inputs.media import media_fragment, split_address
+from ...search.filters import as_filter
 from ...search.thumbnails import thumbnail_jpeg
 from ..errors import ApiError
 from ..inputs import openapi_body, read_request
@@ -29,6 +31,9 @@ class SearchParams(Params):
     text: Text | None = Field(None, description="search by this text")
     id: int | None = Field(None, description="search by this indexed image")
     k: int = Field(10, ge=1, description="number of results")
+    where: str | None = Field(
+        None, description="a metadata filter, e.g. \"year >= 2023 and orientation = 'landscape'\""
+    )
 
 
 @router.post("/search", openapi_extra=openapi_body(SearchParams, "image", "image: search by this image"))
@@ -42,6 +47,10 @@ async def search(served: Served, request: Request) -> dict[str, Any]:
         raise ApiError(422, f"search by exactly one of text, image or id; got {', '.join(given) or 'none'}")
     if params.k > served.settings.max_k:
         raise ApiError(422, f"k: at most {served.settings.max_k}, got {params.k}")
+    try:  # before any embedding; the index's own refusal (rows without metadata) comes from the search
+        where = as_filter(params.where)
+    except UsageError as err:
+        raise ApiError(422, f"where: {err}") from err
     if params.text is not None:
         query, vector = {"text": params.text}, (await served.embed_texts([params.text]))[0]
     elif uploads:
@@ -49,7 +58,10 @@ async def search(served: Served, request: Request) -> dict[str, Any]:
     else:
         image_id, _, vector = await served.entry(str(params.id))
         query = {"id": image_id}
-    hits = (await served.on_index(index.search, vector, params.k))[0]
+    try:
+        hits = (await served.on_index(index.search, vector, params.k, where))[0]
+    except UsageError as err:
+        raise ApiError(422, f"where: {err}") from err
     return {
         "model": served.embedder.name,
         "query": query,
@@ -61,6 +73,7 @@ async def search(served: Served, request: Request) -> dict[str, Any]:
                 "thumbnail_url": f"/v1/images/{hit.id}/thumbnail",
                 "image_url": f"/v1/images/{hit.id}{media_fragment(hit.path)}",  # a frame: its video there
                 "time": split_address(hit.path)[1],  # a video frame's time in seconds, None for an image
+                "metadata": hit.metadata,
             }
             for hit in hits
         ],

@@ -48,6 +48,12 @@ async function loadInfo() {
 // --- search ---------------------------------------------------------------------------------------------
 async function search(body, description) {
   const message = $("search-message");
+  const where = $("search-where").value.trim();  // the metadata filter applies to every kind of search
+  if (where) {
+    if (body instanceof FormData) body.append("where", where);
+    else body.where = where;
+    description += ` where ${where}`;
+  }
   say(message, `Searching ${description}…`);
   $("results").replaceChildren();
   try {
@@ -58,7 +64,7 @@ async function search(body, description) {
     showResults(answer.results);
     say(message, answer.results.length
       ? `${answer.results.length} results ${description}, best first (score: cosine similarity).`
-      : "No results: the index is empty.");
+      : where ? "No results: no indexed image matches the filter." : "No results: the index is empty.");
   } catch (err) {
     say(message, err.message, true);
   }
@@ -80,6 +86,11 @@ function showResults(results, list = $("results"), label = (hit, rank) => `#${ra
     open.addEventListener("click", () => showImage(hit));
     const caption = document.createElement("figcaption");
     caption.textContent = label(hit, rank);
+    const meta = hit.metadata;
+    if (meta) {  // date taken ("~": the file's date, no EXIF date) and camera
+      const date = meta.date && (meta.date_source === "mtime" ? "~" : "") + meta.date.slice(0, 16).replace("T", " ");
+      caption.append(document.createElement("br"), [date, meta.camera].filter(Boolean).join(" · "));
+    }
     const similar = document.createElement("button");
     similar.type = "button";
     similar.className = "similar";
