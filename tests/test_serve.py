@@ -204,6 +204,7 @@ def test_info_health_readiness_and_metrics(client, index):
 
     client.get("/v1/images/1/thumbnail")
     client.get("/v1/images/424242/thumbnail")
+    client.post("/v1/search", json={"text": "a cat on a sofa", "k": 1})  # its own: tests may run in any order
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
