@@ -1,6 +1,6 @@
 """`siglip serve` under load: an async load generator (aiohttp), one text or one 224x224 JPEG per request.
 
-    python benchmarks/bench_serve.py [--models tiny base] [--kinds text image] [--clients 1 8 32 64]
+    python benchmarks/bench_serve.py [--models tiny base] [--kinds text openai image] [--clients 1 8 32 64]
                                      [--seconds 5] [--repeats 2] [--precision auto]
                                      [--config 'NAME [VAR=VALUE ...] [serve options ...]' ...]
 
@@ -10,8 +10,9 @@ of its server process (e.g. `PYTHONPATH=/tmp/before/src` to measure another vers
 each repetition, kind and number of clients, the configurations are measured in turn (alternating, so a
 change in the machine's load falls on all of them), and the median over repetitions is reported.
 
-Closed-loop clients: each sends `POST /v1/embed/text` (`{"texts": [one text]}`) or `POST /v1/embed/image`
-(one multipart `file` part, a 224x224 JPEG) and sends its next request when answered, for --seconds. Reported:
+Closed-loop clients: each sends `POST /v1/embed/text` (`{"texts": [one text]}`, kind `text`), `POST
+/v1/embeddings` (`{"input": one text}`, kind `openai`) or `POST /v1/embed/image` (one multipart `file` part, a
+224x224 JPEG, kind `image`) and sends its next request when answered, for --seconds. Reported:
 requests/s, p50 and p99 latency seen by the client, errors (any non-200 or transport failure), the CPU time of
 the load generator (this process) and of the server over the run as a percentage of one core, and the mean
 size and time of the model calls (from the server's /metrics). The generator is one asyncio loop (uvloop when
@@ -142,9 +143,13 @@ def image_body(jpeg: bytes) -> bytes:
 
 def bodies(kind: str, count: int) -> tuple[str, dict[str, str], list[bytes]]:
     """(path, headers, distinct bodies) of one-item requests of `kind`."""
+    text = "a photo of item {} on a plain background"
     if kind == "text":
-        texts = [f'{{"texts": ["a photo of item {i} on a plain background"]}}'.encode() for i in range(count)]
+        texts = [f'{{"texts": ["{text.format(i)}"]}}'.encode() for i in range(count)]
         return "/v1/embed/text", {"Content-Type": "application/json"}, texts
+    if kind == "openai":
+        texts = [f'{{"input": "{text.format(i)}"}}'.encode() for i in range(count)]
+        return "/v1/embeddings", {"Content-Type": "application/json"}, texts
     images = [image_body(jpeg_224(i)) for i in range(count)]
     return "/v1/embed/image", {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}, images
 
@@ -213,9 +218,10 @@ async def batch_stats(url: str, kind: str) -> tuple[float, float, float]:
 
 
 async def measure(server: Server, kind: str, clients: int, seconds: float) -> dict[str, float]:
-    before = await batch_stats(server.url, kind)
+    batched = "image" if kind == "image" else "text"
+    before = await batch_stats(server.url, batched)
     result = await load(server.url, kind, clients, seconds, server.process.pid)
-    after = await batch_stats(server.url, kind)
+    after = await batch_stats(server.url, batched)
     calls, items, model_s = (a - b for a, b in zip(after, before, strict=True))
     result["per_call"] = items / calls if calls else 0.0
     result["call_ms"] = 1000 * model_s / calls if calls else 0.0
@@ -241,9 +247,7 @@ async def bench(args: argparse.Namespace, name: str, model: str) -> None:
                         run = await measure(server, kind, clients, args.seconds)
                         results.setdefault((kind, clients, server.name), []).append(run)
         for kind in args.kinds:
-            print(
-                f"\n{name} model, {kind}: one {kind} per request, {args.precision}, median of {args.repeats}"
-            )
+            print(f"\n{name} model, {kind}: one item per request, {args.precision}, median of {args.repeats}")
             print(f"{machine_line()}; load average {os.getloadavg()[0]:.1f} (2-core machine)")
             print(
                 "| clients | config | req/s | p50 ms | p99 ms | errors | items per model call "
@@ -270,7 +274,7 @@ async def bench(args: argparse.Namespace, name: str, model: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
-    parser.add_argument("--kinds", nargs="+", default=["text", "image"], choices=["text", "image"])
+    parser.add_argument("--kinds", nargs="+", default=["text", "image"], choices=["text", "openai", "image"])
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=2)
