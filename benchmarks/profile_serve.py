@@ -88,9 +88,17 @@ def main() -> None:
         try:
             asyncio.run(wait_ready(server))
             out = Path(tmp) / "raw.txt"
+            options = ["--rate", "200", "--threads", "--format", "raw", "-o", str(out), "--nonblocking"]
             record = subprocess.Popen(
-                [spy, "record", "--pid", str(server.process.pid), "--duration", str(int(args.seconds))]
-                + ["--rate", "200", "--threads", "--format", "raw", "-o", str(out), "--nonblocking"],
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(server.process.pid),
+                    "--duration",
+                    str(int(args.seconds)),
+                    *options,
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
