@@ -57,7 +57,7 @@ class Service:
             self.index = self.index_thread.submit(SearchIndex, index, embedder).result()
         batching = {
             "max_batch_size": settings.max_batch_size,
-            "max_wait_s": settings.max_wait_ms / 1000,
+            "max_wait_s": None if settings.max_wait_ms is None else settings.max_wait_ms / 1000,
             "max_queue": settings.max_queue,
             "timeout_s": settings.timeout_s,
         }
