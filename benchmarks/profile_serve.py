@@ -54,6 +54,10 @@ CATEGORIES = (
 
 
 def category(frames: list[str]) -> str:
+    if any(
+        "serve/images.py" in frame for frame in frames
+    ):  # the image processor's torch ops are not the model
+        return "image decode + preprocessing"
     for frame in reversed(frames):
         for name, part in CATEGORIES:
             if part in frame:
