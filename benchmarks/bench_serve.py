@@ -1,26 +1,35 @@
-"""`siglip serve` under load: text-embedding requests from concurrent clients, dynamic batching on and off.
+"""`siglip serve` under load: an async load generator (aiohttp), one text or one 224x224 JPEG per request.
 
-    python benchmarks/bench_serve.py [--models tiny base] [--clients 1 8 32 64] [--seconds 5]
-                                     [--max-requests 3000] [--max-wait-ms 5] [--rss-requests 10000]
+    python benchmarks/bench_serve.py [--models tiny base] [--kinds text openai image] [--clients 1 8 32 64]
+                                     [--seconds 5] [--repeats 2] [--precision auto]
+                                     [--config 'NAME [VAR=VALUE ...] [serve options ...]' ...]
 
-For each model, two servers are started in turn on a free loopback port: one batching (up to 64 texts per
-model call, waiting at most --max-wait-ms) and one with --max-batch-size 1. Closed-loop clients (each sends
-`POST /v1/embed/text` with one text and sends the next when answered) run for --seconds per point, or
---max-requests, whichever comes first, after a warm-up. Reported: requests/s, p50 and p99 latency seen by
-the client, errors (any non-200 or transport failure), and the mean size and time of the model calls from
-the server's /metrics. Then the batching server of the first model answers --rss-requests more requests,
-and its resident memory before and after is reported.
+Every configuration (default: one, `default`, the server with its default options) is started once per model,
+all at the same time, on free loopback ports; `VAR=VALUE` words of a configuration are environment variables
+of its server process (e.g. `PYTHONPATH=/tmp/before/src` to measure another version of the code). Then, for
+each repetition, kind and number of clients, the configurations are measured in turn (alternating, so a
+change in the machine's load falls on all of them), and the median over repetitions is reported.
+
+Closed-loop clients: each sends `POST /v1/embed/text` (`{"texts": [one text]}`, kind `text`), `POST
+/v1/embeddings` (`{"input": one text}`, kind `openai`) or `POST /v1/embed/image` (one multipart `file` part, a
+224x224 JPEG, kind `image`) and sends its next request when answered, for --seconds. Reported:
+requests/s, p50 and p99 latency seen by the client, errors (any non-200 or transport failure), the CPU time of
+the load generator (this process) and of the server over the run as a percentage of one core, and the mean
+size and time of the model calls (from the server's /metrics). The generator is one asyncio loop (uvloop when
+installed) with pre-built request bodies: its CPU share shows how far it is from its own limit (100%).
 
 "base" is the base16-224 shape with random weights (speed does not depend on the values), written to a
-temporary folder with the bundled model's tokenizer; "tiny" is the bundled model. The clients run in this
-process on the same machine as the server, so on a small machine they take part of its CPU.
+temporary folder with the bundled model's tokenizer; "tiny" is the bundled model.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
+import resource
+import shlex
 import signal
 import socket
 import statistics
@@ -28,14 +37,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
+import numpy as np
+import psutil
+from PIL import Image
 
 from _common import SHAPES, machine_line
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 
 TINY = "siglip-tiny-fashion"
+BOUNDARY = "siglipbenchboundary"
 
 
 def base_checkpoint(directory: Path) -> Path:
@@ -60,149 +74,229 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(model: str, *options: str) -> tuple[subprocess.Popen, str]:
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    url: str
+
+
+def start(name: str, model: str, config: str, precision: str) -> Server:
+    """A `siglip serve` process for `model` with the configuration's environment variables and options."""
+    words = shlex.split(config)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    options = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        if sep and not word.startswith("-") and key.isupper():
+            env[key] = value
+        else:
+            options.append(word)
     port = free_port()
+    command = [sys.executable, "-m", "siglip", "serve", "--model", model, "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "siglip", "serve", "--model", model, "--port", str(port), *options],
+        [*command, "--precision", precision, "--max-queue", "4096", *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=env,
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"the server for {model} did not start")
+    return Server(name, process, f"http://127.0.0.1:{port}")
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    if process.wait(60) != 0:
-        raise RuntimeError(f"the server exited with {process.returncode}")
+async def wait_ready(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(1200):
+            try:
+                async with http.get(f"{server.url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if server.process.poll() is not None:
+                break
+            await asyncio.sleep(0.2)
+    server.process.kill()
+    raise RuntimeError(f"the server '{server.name}' did not start")
 
 
-async def load(url: str, clients: int, seconds: float, max_requests: int) -> dict[str, float]:
-    """Closed-loop clients for `seconds` (or `max_requests` in all): rate, latency percentiles, errors."""
+def stop(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    if server.process.wait(60) != 0:
+        raise RuntimeError(f"the server '{server.name}' exited with {server.process.returncode}")
+
+
+def jpeg_224(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def image_body(jpeg: bytes) -> bytes:
+    """One multipart/form-data body with the JPEG as its `file` part (built once, sent many times)."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    return head + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def bodies(kind: str, count: int) -> tuple[str, dict[str, str], list[bytes]]:
+    """(path, headers, distinct bodies) of one-item requests of `kind`."""
+    text = "a photo of item {} on a plain background"
+    if kind == "text":
+        texts = [f'{{"texts": ["{text.format(i)}"]}}'.encode() for i in range(count)]
+        return "/v1/embed/text", {"Content-Type": "application/json"}, texts
+    if kind == "openai":
+        texts = [f'{{"input": "{text.format(i)}"}}'.encode() for i in range(count)]
+        return "/v1/embeddings", {"Content-Type": "application/json"}, texts
+    images = [image_body(jpeg_224(i)) for i in range(count)]
+    return "/v1/embed/image", {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}, images
+
+
+async def load(url: str, kind: str, clients: int, seconds: float, pid: int) -> dict[str, float]:
+    """Closed-loop clients for `seconds`: rate, latency percentiles, errors, CPU of this process and `pid`."""
+    path, headers, payloads = bodies(kind, 64)
     latencies: list[float] = []
     errors = 0
-    sent = 0
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    server = psutil.Process(pid)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
 
-        async def client(number: int) -> None:
-            nonlocal errors, sent
-            while time.perf_counter() < deadline and sent < max_requests:
+        async def client(number: int, deadline: float) -> None:
+            nonlocal errors
+            sent = 0
+            while time.perf_counter() < deadline:
+                body = payloads[(number + sent) % len(payloads)]
                 sent += 1
-                body = {"texts": [f"a photo of item {number}-{sent}"]}
                 start = time.perf_counter()
                 try:
-                    ok = (await http.post("/v1/embed/text", json=body)).status_code == 200
-                except httpx.HTTPError:
+                    async with http.post(path, data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
                     ok = False
                 latencies.append(time.perf_counter() - start)
                 errors += not ok
 
+        await asyncio.gather(*(client(i, time.perf_counter() + 0.5) for i in range(clients)))  # warm-up
+        latencies.clear()
+        errors = 0
+        own, theirs = resource.getrusage(resource.RUSAGE_SELF), server.cpu_times()
         start = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
+        await asyncio.gather(*(client(i, start + seconds) for i in range(clients)))
         elapsed = time.perf_counter() - start
+        own_after, theirs_after = resource.getrusage(resource.RUSAGE_SELF), server.cpu_times()
     latencies.sort()
+    own_cpu = own_after.ru_utime + own_after.ru_stime - own.ru_utime - own.ru_stime
+    server_cpu = theirs_after.user + theirs_after.system - theirs.user - theirs.system
     return {
         "rps": len(latencies) / elapsed,
         "p50": statistics.median(latencies),
         "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         "errors": errors,
         "count": len(latencies),
+        "client_cpu": 100 * own_cpu / elapsed,
+        "server_cpu": 100 * server_cpu / elapsed,
     }
 
 
-def batch_stats(url: str) -> tuple[float, float, float]:
-    """(model calls, items, seconds) of text batches so far, from /metrics."""
+async def batch_stats(url: str, kind: str) -> tuple[float, float, float]:
+    """(model calls, items, seconds) of `kind` batches so far, from /metrics."""
     values = {}
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
         for name in ("siglip_batch_size_count", "siglip_batch_size_sum", "siglip_batch_duration_seconds_sum"):
-            if line.startswith(name + '{kind="text"}'):
+            if line.startswith(name + f'{{kind="{kind}"}}'):
                 values[name] = float(line.split()[-1])
-    return (
-        values["siglip_batch_size_count"],
-        values["siglip_batch_size_sum"],
-        values["siglip_batch_duration_seconds_sum"],
-    )
+    return tuple(
+        values.get(name, 0.0)
+        for name in ("siglip_batch_size_count", "siglip_batch_size_sum", "siglip_batch_duration_seconds_sum")
+    )  # type: ignore[return-value]
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+async def measure(server: Server, kind: str, clients: int, seconds: float) -> dict[str, float]:
+    batched = "image" if kind == "image" else "text"
+    before = await batch_stats(server.url, batched)
+    result = await load(server.url, kind, clients, seconds, server.process.pid)
+    after = await batch_stats(server.url, batched)
+    calls, items, model_s = (a - b for a, b in zip(after, before, strict=True))
+    result["per_call"] = items / calls if calls else 0.0
+    result["call_ms"] = 1000 * model_s / calls if calls else 0.0
+    return result
+
+
+def median_row(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+async def bench(args: argparse.Namespace, name: str, model: str) -> None:
+    configs = dict((shlex.split(config)[0], " ".join(shlex.split(config)[1:])) for config in args.config) or {
+        "default": ""
+    }
+    servers = [start(label, model, options, args.precision) for label, options in configs.items()]
+    try:
+        await asyncio.gather(*(wait_ready(server) for server in servers))
+        results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
+        for _ in range(args.repeats):
+            for kind in args.kinds:
+                for clients in args.clients:
+                    for server in servers:
+                        run = await measure(server, kind, clients, args.seconds)
+                        results.setdefault((kind, clients, server.name), []).append(run)
+        for kind in args.kinds:
+            print(f"\n{name} model, {kind}: one item per request, {args.precision}, median of {args.repeats}")
+            print(f"{machine_line()}; load average {os.getloadavg()[0]:.1f} (2-core machine)")
+            print(
+                "| clients | config | req/s | p50 ms | p99 ms | errors | items per model call "
+                "| ms per model call | server CPU % | load generator CPU % |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for clients in args.clients:
+                for server in servers:
+                    runs = results[(kind, clients, server.name)]
+                    row = median_row(runs)
+                    spread = "/".join(f"{run['rps']:.0f}" for run in runs)
+                    print(
+                        f"| {clients} | {server.name} | {row['rps']:.0f} ({spread}) | {1000 * row['p50']:.1f} | "
+                        f"{1000 * row['p99']:.1f} | {sum(run['errors'] for run in runs):.0f} of "
+                        f"{sum(run['count'] for run in runs):.0f} | {row['per_call']:.1f} | "
+                        f"{row['call_ms']:.1f} | {row['server_cpu']:.0f} | {row['client_cpu']:.0f} |",
+                        flush=True,
+                    )
+    finally:
+        for server in servers:
+            stop(server)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
+    parser.add_argument("--kinds", nargs="+", default=["text", "image"], choices=["text", "openai", "image"])
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--max-requests", type=int, default=3000)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--rss-requests", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="'NAME [VAR=VALUE ...] [serve options]': a server configuration to measure (repeatable)",
+    )
     args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
     print(machine_line())
-    memory = ""
     with tempfile.TemporaryDirectory() as tmp:
-        models = {
-            "tiny": TINY,
-            "base": str(base_checkpoint(Path(tmp) / "base")) if "base" in args.models else "",
-        }
         for name in args.models:
-            print(f"\n{name} model, text embeddings, one text per request ({args.precision})")
-            print(
-                "| clients | batching | requests/s | p50 ms | p99 ms | errors | texts per model call | ms per model call |"
-            )
-            print("|---|---|---|---|---|---|---|---|")
-            modes = {
-                f"on (max 64, wait {args.max_wait_ms:g} ms)": [
-                    "--max-batch-size",
-                    "64",
-                    "--max-wait-ms",
-                    str(args.max_wait_ms),
-                ],
-                "off (batch size 1)": ["--max-batch-size", "1"],
-            }
-            for mode, options in modes.items():
-                process, url = start(
-                    models[name], "--precision", args.precision, "--max-queue", "1024", *options
-                )
-                try:
-                    asyncio.run(load(url, 8, 1.0, 200))  # warm-up
-                    for clients in args.clients:
-                        before = batch_stats(url)
-                        result = asyncio.run(load(url, clients, args.seconds, args.max_requests))
-                        after = batch_stats(url)
-                        calls, items, seconds = (a - b for a, b in zip(after, before, strict=True))
-                        print(
-                            f"| {clients} | {mode} | {result['rps']:.0f} | {1000 * result['p50']:.1f} | "
-                            f"{1000 * result['p99']:.1f} | {result['errors']} of {result['count']} | "
-                            f"{items / calls:.1f} | {1000 * seconds / calls:.1f} |",
-                            flush=True,
-                        )
-                    if name == args.models[0] and mode.startswith("on") and args.rss_requests:
-                        before = rss_mib(process.pid)
-                        result = asyncio.run(load(url, 32, 3600, args.rss_requests))
-                        after = rss_mib(process.pid)
-                        memory = (
-                            f"RSS of the {name} server over {result['count']} more requests (32 clients, "
-                            f"{result['errors']} errors): {before:.0f} MiB before, {after:.0f} MiB after"
-                        )
-                finally:
-                    stop(process)
-            if memory:
-                print(f"\n{memory}")
-                memory = ""
+            model = TINY if name == "tiny" else str(base_checkpoint(Path(tmp) / "base"))
+            asyncio.run(bench(args, name, model))
 
 
 if __name__ == "__main__":

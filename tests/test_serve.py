@@ -478,6 +478,56 @@ def test_the_batcher_waits_at_most_its_wait_and_isolates_failing_batches():
     assert 0.03 <= waited < 0.5
 
 
+def test_the_adaptive_batcher_sends_a_lone_item_at_once_and_keeps_a_burst_and_a_backlog_whole(monkeypatch):
+    from siglip.tools.serve import batcher as batching
+
+    monkeypatch.setattr(batching, "ADAPTIVE_CAP_S", 30.0)  # only the quiet turns can end a gathering
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    held = threading.Event()  # the batch holding 100 runs until the backlog is queued: no timing involved
+
+    def square(items: list[int]) -> list[int]:
+        calls.append(items)
+        if 100 in items:
+            held.wait(10)
+        return [i * i for i in items]
+
+    calls: list[list[int]] = []
+
+    async def scenario():
+        batcher = Batcher(square, ThreadPoolExecutor(1), max_batch_size=32)  # adaptive: no max_wait_s
+        batcher.start()
+        start = time.perf_counter()
+        alone = await batcher.submit([3])  # a lone item: dispatched when the loop is quiet, not after the cap
+        waited = time.perf_counter() - start
+
+        async def later(item: int, turns: int) -> list[int]:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await batcher.submit([item])
+
+        burst = await asyncio.gather(*(later(i, i) for i in range(10)))  # one a loop turn: one batch
+        running = asyncio.ensure_future(batcher.submit([100]))  # a batch of one, running while...
+        while not calls or calls[-1] != [100]:
+            await asyncio.sleep(0.001)
+        backlog = [
+            asyncio.ensure_future(later(i, 3 * (i - 101))) for i in range(101, 121)
+        ]  # ...these come in
+        for _ in range(100):
+            await asyncio.sleep(0)
+        held.set()
+        await running
+        backlog = await asyncio.gather(*backlog)
+        await batcher.stop()
+        return alone, waited, burst, backlog
+
+    alone, waited, burst, backlog = asyncio.run(scenario())
+    assert alone == [9] and waited < 5
+    assert burst == [[i * i] for i in range(10)] and backlog == [[i * i] for i in range(101, 121)]
+    assert calls == [[3], list(range(10)), [100], list(range(101, 121))], calls
+
+
 def test_the_batcher_bounds_its_queue_drops_timed_out_items_and_drains_on_stop():
     async def scenario():
         calls: list[list[int]] = []

@@ -188,7 +188,7 @@ def test_an_unexpected_exception_is_a_500_with_a_request_id_and_its_details_only
     def broken(*_args, **_kwargs):
         raise ValueError("secret detail of the model code")
 
-    monkeypatch.setattr(embedder, "embed_texts", broken)
+    monkeypatch.setattr(embedder, "embed_token_ids", broken)
     with caplog.at_level(logging.ERROR, logger="siglip.serve"):
         answer = client.post("/v1/embed/text", json={"texts": ["a"]})
     message = _error(answer, 500, "internal error")

@@ -123,6 +123,14 @@ def fixed_length_inputs(
 ) -> dict[str, torch.Tensor]:
     """`fixed_length_ids` with everything the tokenizer returns: `input_ids`, and `attention_mask` when the
     tokenizer lists it in `model_input_names` (transformers' zero-shot pipeline gives it to the model)."""
+    return fixed_length_inputs_counted(tokenizer, texts, text_config, lowercase=lowercase)[0]
+
+
+def fixed_length_inputs_counted(
+    tokenizer: Tokenizer, texts: Sequence[str], text_config: TextTowerConfig, *, lowercase: bool | None = None
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """`fixed_length_inputs` and the number of tokens the model reads of each text (its tokens, special ones
+    included, cut to the model's text positions; padding excluded): the `usage` of an embeddings API."""
     lowercase = needs_lowercase(tokenizer) if lowercase is None else lowercase
     texts = [_lowercase(text) for text in texts] if lowercase else list(texts)
     limit = text_config.max_position_embeddings
@@ -137,15 +145,8 @@ def fixed_length_inputs(
             "that differ only after the cut score the same",
             len(cut), limit, texts[first], lengths[first],
         )  # fmt: skip
-    return dict(
-        tokenizer(
-            texts,
-            padding="max_length",
-            truncation=True,
-            max_length=text_config.max_position_embeddings,
-            return_tensors="pt",
-        )
-    )
+    inputs = tokenizer(texts, padding="max_length", truncation=True, max_length=limit, return_tensors="pt")
+    return dict(inputs), [min(n, limit) for n in lengths]
 
 
 class TwoTowerProcessor(PushToHubMixin):

@@ -55,9 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-wait-ms",
-        type=real(0),
+        type=_wait_ms,
         default=defaults.max_wait_ms,
-        help="how long a batch waits for more requests (default: %(default)s ms)",
+        metavar="MS|auto",
+        help="how long a batch waits for more requests after its first; auto (the default): while requests "
+        "keep arriving, and not at all for a lone request",
     )
     parser.add_argument(
         "--max-queue",
@@ -133,6 +135,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run, reduced_decode=False)
 
 
+def _wait_ms(text: str) -> float | None:
+    """`--max-wait-ms`: `auto` (None, the batcher's adaptive gathering) or milliseconds >= 0."""
+    if text == "auto":
+        return None
+    try:
+        return real(0)(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err} (milliseconds >= 0, or auto)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..serve import ServeSettings, is_loopback
 
@@ -140,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"binding {args.host} exposes the server to other machines: give --api-key KEY (or set SIGLIP_API_KEY)"
         )
-    if args.max_wait_ms < 0 or args.timeout <= 0:
-        raise UsageError("--max-wait-ms must be >= 0 and --timeout > 0")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be > 0")
     uvicorn = require("uvicorn", "serve", "siglip serve")
     for module in ("fastapi", "fastapi_offline", "multipart", "prometheus_client"):
         require(module, "serve", "siglip serve")

@@ -187,6 +187,11 @@ class Embedder:
         (`pixel_values`, plus `pixel_attention_mask` and `spatial_shapes` for NaFlex models)."""
         return self._in_mode(lambda model: model.encode_images(**inputs))
 
+    def embed_token_ids(self, input_ids: torch.Tensor) -> np.ndarray:
+        """(B, D) unit-length embeddings of texts already tokenized and padded to the model's text length
+        (`fixed_length_inputs`' `input_ids`): `embed_texts` for a caller that keeps the tokenization."""
+        return self._in_mode(lambda model: model.encode_texts(input_ids.to(model.device)))
+
     def _in_mode(self, embed: Callable[..., torch.Tensor], *args: Any) -> np.ndarray:
         """`embed(model, *args)` without autograd, in this embedder's inference mode, as numpy."""
         with torch.inference_mode(), self.mode.autocast(self.device):

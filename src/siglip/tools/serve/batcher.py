@@ -1,14 +1,21 @@
 """Dynamic batching: items submitted by concurrent requests are gathered into one call of a batch function.
 
-    batcher = Batcher(lambda texts: embedder.embed_texts(texts), executor, max_batch_size=32, max_wait_s=0.005)
+    batcher = Batcher(lambda texts: embedder.embed_texts(texts), executor, max_batch_size=32)
     batcher.start()
     vectors = await batcher.submit(["a cat", "a dog"])   # one result per item, in order
 
-A worker task takes the first waiting item, then keeps taking items until the batch holds `max_batch_size`
-of them or `max_wait_s` has passed since the first, and runs the batch function on `executor` (a thread, so
-the event loop keeps accepting requests while the model runs). Items that arrive while a batch runs wait
-for the next one, so under load batches fill without waiting at all (the max-batch-size / max-queue-delay
-scheme of Triton, TorchServe and LitServe).
+A worker task takes the first waiting item, gathers more, and runs the batch function on `executor` (a
+thread, so the event loop keeps accepting requests while the model runs); one batch runs at a time, so items
+that arrive while a batch runs wait for the next one, and under load batches fill without any timer. How long
+the worker gathers after the first item:
+
+- `max_wait_s=None` (the default, adaptive): while requests keep arriving. It takes what is queued and yields
+  to the event loop, and dispatches once `QUIET_TURNS` turns of the loop in a row brought no new item (the
+  requests parsed in the same burst are in), `max_batch_size` items are in, or `ADAPTIVE_CAP_S` has passed.
+  A lone request is dispatched at once (no fixed wait on its latency), and requests that come back together
+  after a batch (the clients it answered) go together into the next one.
+- `max_wait_s=S`: until `max_batch_size` items are in or S seconds have passed since the first (the
+  max-batch-size / max-queue-delay scheme of Triton, TorchServe and LitServe).
 
 The queue is bounded: a submit that does not fit raises `QueueFull` at once rather than waiting. A submit
 that is not answered within `timeout_s` raises `Timeout`, and its items are dropped from any batch not yet
@@ -26,6 +33,8 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+QUIET_TURNS = 2  # adaptive gathering: event-loop turns without a new item before a batch is dispatched
+ADAPTIVE_CAP_S = 0.005  # adaptive gathering: at most this long after the first item
 
 
 class QueueFull(RuntimeError):
@@ -46,7 +55,8 @@ class Batcher(Generic[T, R]):
     """Gathers items from concurrent `submit` calls into calls of `run_batch` (see the module doc).
 
     `run_batch` takes a list of items and returns one result per item, in order; an exception it raises is
-    the result of every item of that batch. `on_batch(size, seconds)` is told of every batch run.
+    the result of every item of that batch. `on_batch(size, seconds)` is told of every batch run. `max_wait_s`
+    None gathers adaptively, a number of seconds gathers for a fixed time (see the module doc).
     """
 
     def __init__(
@@ -54,7 +64,7 @@ class Batcher(Generic[T, R]):
         run_batch: Callable[[list[T]], Sequence[R]],
         executor: Executor,
         max_batch_size: int = 32,
-        max_wait_s: float = 0.005,
+        max_wait_s: float | None = None,
         max_queue: int = 256,
         timeout_s: float = 30.0,
         on_batch: Callable[[int, float], None] | None = None,
@@ -63,7 +73,7 @@ class Batcher(Generic[T, R]):
             raise ValueError(
                 f"max_batch_size and max_queue must be at least 1, got {max_batch_size}, {max_queue}"
             )
-        if max_wait_s < 0 or timeout_s <= 0:
+        if (max_wait_s is not None and max_wait_s < 0) or timeout_s <= 0:
             raise ValueError(f"max_wait_s must be >= 0 and timeout_s > 0, got {max_wait_s}, {timeout_s}")
         self.run_batch = run_batch
         self.executor = executor
@@ -121,23 +131,44 @@ class Batcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
-                except TimeoutError:
-                    break
+            if self.max_wait_s is None:
+                await self._gather_adaptively(loop, batch)
+            else:
+                await self._gather_for(loop, batch, self.max_wait_s)
             live = [p for p in batch if not p.future.done()]  # timed-out callers are gone
             if live:
                 await self._run(loop, live)
             for _ in batch:
                 self._queue.task_done()
+
+    async def _gather_adaptively(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]]) -> None:
+        assert self._queue is not None
+        deadline = loop.time() + ADAPTIVE_CAP_S
+        quiet = 0
+        while len(batch) < self.max_batch_size and quiet < QUIET_TURNS and loop.time() < deadline:
+            if self._queue.empty():
+                await asyncio.sleep(0)  # one turn of the loop: requests already read reach `submit`
+                quiet += 1
+            else:
+                batch.append(self._queue.get_nowait())
+                quiet = 0
+
+    async def _gather_for(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]], wait_s: float
+    ) -> None:
+        assert self._queue is not None
+        deadline = loop.time() + wait_s
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), left))
+            except TimeoutError:
+                return
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[T, R]]) -> None:
         start = loop.time()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from fastapi import Request
 
+from ...core.two_tower.processing import fixed_length_inputs_counted
 from ...errors import InputNotFoundError
 from ..embeddings.embedder import Embedder
 from ..pipelines import ZeroShotImageClassificationPipeline
@@ -56,11 +57,11 @@ class Service:
             self.index = self.index_thread.submit(SearchIndex, index, embedder).result()
         batching = {
             "max_batch_size": settings.max_batch_size,
-            "max_wait_s": settings.max_wait_ms / 1000,
+            "max_wait_s": None if settings.max_wait_ms is None else settings.max_wait_ms / 1000,
             "max_queue": settings.max_queue,
             "timeout_s": settings.timeout_s,
         }
-        self.texts: Batcher[str, np.ndarray] = Batcher(
+        self.texts: Batcher[str, tuple[np.ndarray, int]] = Batcher(
             self._embed_texts, self.model_thread, on_batch=self.metrics.batch_observer("text"), **batching
         )
         self.images: Batcher[np.ndarray, np.ndarray] = Batcher(
@@ -86,16 +87,27 @@ class Service:
             pool.shutdown()
 
     # model calls (on the model thread, through the batchers)
-    def _embed_texts(self, texts: list[str]) -> list[np.ndarray]:
-        return list(self.embedder.embed_texts(texts, batch_size=len(texts)))
+    def _embed_texts(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+        """Each text's embedding and its token count, from one tokenization (the count is the `usage`)."""
+        embedder = self.embedder
+        inputs, counts = fixed_length_inputs_counted(
+            embedder.processor.tokenizer, texts, embedder.model.config.text_config
+        )
+        return list(zip(embedder.embed_token_ids(inputs["input_ids"]), counts, strict=True))
 
     def _embed_pixels(self, images: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         inputs = {name: torch.from_numpy(np.stack([image[name] for image in images])) for name in images[0]}
         return list(self.embedder.embed_inputs(inputs))
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of texts, batched with other requests' texts."""
+        return (await self.embed_texts_counted(texts))[0]
+
+    async def embed_texts_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Embeddings of texts, batched with other requests' texts, and the tokens the model read of them."""
         self._check_count(len(texts), "texts")
-        return np.stack(await self.texts.submit(list(texts)))
+        results = await self.texts.submit(list(texts))
+        return np.stack([vector for vector, _ in results]), sum(count for _, count in results)
 
     async def embed_images(self, uploads: Sequence[Upload]) -> np.ndarray:
         """Embeddings of uploaded images: decoded within the request's pixel budget on a decoding thread,
@@ -170,14 +182,16 @@ class Service:
 
 
 # --- the dependencies of the routes -----------------------------------------------------------------------
-def service(request: Request) -> Service:
+# Both are `async def` though they never wait: FastAPI runs a plain `def` dependency on its worker-thread pool,
+# a thread hop per request for a dictionary look-up and a constant-time compare (measured in BENCHMARKS.md).
+async def service(request: Request) -> Service:
     """The app's `Service`."""
     return request.app.state.service
 
 
-def check_key(request: Request) -> None:
+async def check_key(request: Request) -> None:
     """Every API route: the key as `Authorization: Bearer KEY`, `X-API-Key: KEY` or the page's cookie."""
-    expected = service(request).settings.api_key
+    expected = request.app.state.service.settings.api_key
     if expected is None:
         return
     bearer = request.headers.get("authorization", "")

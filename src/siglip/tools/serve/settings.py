@@ -16,7 +16,9 @@ class ServeSettings:
     """How the server batches, what it accepts, and who may call it (the options of `siglip serve`)."""
 
     max_batch_size: int = 32  # items per model call
-    max_wait_ms: float = 5.0  # how long a batch waits for more items after its first
+    max_wait_ms: float | None = (
+        None  # a batch's wait for more items after its first; None: adaptive (batcher)
+    )
     max_queue: int = 512  # items waiting; past it, 503 with Retry-After
     timeout_s: float = 30.0  # a request not answered by then gets 503
     max_items: int = 64  # texts or images in one request

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -69,8 +68,7 @@ async def openai_embeddings(
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         raise ApiError(422, "input: give at least one text")
-    vectors = await served.embed_texts(texts)
-    tokens = _token_count(embedder, texts)
+    vectors, tokens = await served.embed_texts_counted(texts)
     return {
         "object": "list",
         "data": [
@@ -91,10 +89,3 @@ def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
     return vector.tolist()
-
-
-def _token_count(embedder: Embedder, texts: Sequence[str]) -> int:
-    """Tokens the model read: each text's tokens, truncated to the model's text length."""
-    length = embedder.model.config.text_config.max_position_embeddings
-    ids = embedder.processor.tokenizer(list(texts), truncation=True, max_length=length)["input_ids"]
-    return sum(len(row) for row in ids)
