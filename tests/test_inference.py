@@ -224,7 +224,7 @@ def test_export_command(tmp_path, capsys):
     assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
 
 
-def test_embed_command_takes_the_inference_options(photos, tmp_path):
+def test_embed_command_takes_the_inference_options(photos, tmp_path, capsys):
     directory, files = photos
     out = tmp_path / "vectors.npy"
     args = ["embed", str(directory), "--model", BUNDLED, "--out", str(out), "--no-progress"]
@@ -232,7 +232,10 @@ def test_embed_command_takes_the_inference_options(photos, tmp_path):
     fast = np.load(out)
     out.unlink()
     assert json.loads(Path(f"{out}.json").read_text())["precision"] == "int8"
+    assert "\nprecision int8\n" in capsys.readouterr().out  # asked for: no reason given
     assert main(args) == 0
+    # auto says what it chose and why (the suite pins SIGLIP_BF16_UNITS=0: fp32 on any machine)
+    assert "\nprecision fp32 (auto: no bf16 units or int8 kernels)\n" in capsys.readouterr().out
     exact = np.load(out)
     assert fast.shape == exact.shape and len(fast) == len(files)
     assert (fast * exact).sum(-1).min() > 0.98

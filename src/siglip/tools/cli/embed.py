@@ -6,6 +6,7 @@ import argparse
 import time
 
 from ..embeddings.options import ModelOptions
+from ..embeddings.precision import auto_precision
 from ..embeddings.writers import OUTPUT_FORMATS, embed_to_file, output_format
 from ..inputs.tar_shards import scan_inputs
 from ._options import (
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {report.count} embeddings ({embedder.dims}-d, model {embedder.name}) to {report.out}; "
         f"manifest {report.manifest}"
     )
+    why = f" ({auto_precision(embedder.device)[1]})" if args.precision == "auto" else ""
+    print(f"precision {embedder.mode.precision}{why}")
     resumed = f"; {earlier} were done by an earlier run" if earlier else ""
     print(rate_line(report.embedded, report.failed, seconds) + resumed)
     report_skipped("embed", report.skipped)

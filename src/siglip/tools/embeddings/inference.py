@@ -11,8 +11,9 @@ torch.compile, applied to a loaded model. ONNX export is `siglip.tools.embedding
 
 What each costs against fp32 (embedding cosine, zero-shot agreement) and gains in speed is measured by
 `benchmarks/bench_models.py` and listed in BENCHMARKS.md. `"auto"` picks bf16 on hardware with bf16 matrix
-units (Ampere and newer GPUs, CPUs with AMX or AVX-512 BF16), fp16 on older GPUs and fp32 on other CPUs,
-where bf16 is emulated and slower than fp32. int8 is never chosen automatically: it trades accuracy for speed.
+units (Ampere and newer GPUs, CPUs with AMX or AVX-512 BF16), fp16 on older GPUs, int8 on other x86 CPUs
+(AVX2 and newer, where bf16 is emulated and slower than fp32) and fp32 elsewhere: the table in
+`siglip.tools.embeddings.precision`.
 """
 
 from __future__ import annotations
