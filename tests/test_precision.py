@@ -25,8 +25,9 @@ DEVICES = {
     "cpu, SSE only": ("cpu", None, set(), False, "fp32", "fp32"),
     "cpu with AVX2": ("cpu", None, {"avx2"}, False, "int8", "fp32"),
     "cpu with AVX-512 VNNI": ("cpu", None, {"avx2", "vnni"}, False, "int8", "fp32"),
-    "cpu with AVX-512 BF16": ("cpu", None, {"avx2", "vnni", "avx512_bf16"}, True, "bf16", "bf16-autocast"),
-    "cpu with AMX": ("cpu", None, {"avx2", "vnni", "amx"}, True, "bf16", "bf16-autocast"),
+    "cpu with AVX-512 BF16": ("cpu", None, {"avx2", "vnni", "avx512_bf16"}, True, "int8", "bf16-autocast"),
+    "cpu with AMX": ("cpu", None, {"avx2", "vnni", "avx512_bf16", "amx"}, True, "bf16", "bf16-autocast"),
+    "cpu with bf16 units, no int8 kernels": ("cpu", None, {"avx512_bf16"}, True, "bf16", "bf16-autocast"),
     "cuda 7.0 (V100)": ("cuda", (7, 0), set(), False, "fp16", "fp32"),
     "cuda 8.0 (A100)": ("cuda", (8, 0), set(), True, "bf16", "bf16-autocast"),
 }
@@ -77,8 +78,7 @@ def test_auto_is_the_documented_word_for_each_device(device, request):
     assert InferenceMode().resolve(kind).precision == inference
     word, why = auto_precision(kind)
     assert word == inference and why.startswith("auto: ")
-    # bf16 arithmetic exactly where there are bf16 units; int8 only on CPUs, never for training
-    assert (_meaning("auto", kind, training=False)[0] == torch.bfloat16) is bf16_units
+    # training computes in bf16 exactly where there are bf16 units; int8 only on CPUs, never for training
     assert (_meaning("auto", kind, training=True)[1] == torch.bfloat16) is bf16_units
     if inference == "int8":
         assert why.endswith(("with VNNI", "without VNNI"))

@@ -10,9 +10,8 @@ torch.compile, applied to a loaded model. ONNX export is `siglip.tools.embedding
         image_features = model.get_image_features(pixel_values)
 
 What each costs against fp32 (embedding cosine, zero-shot agreement) and gains in speed is measured by
-`benchmarks/bench_models.py` and listed in BENCHMARKS.md. `"auto"` picks bf16 on hardware with bf16 matrix
-units (Ampere and newer GPUs, CPUs with AMX or AVX-512 BF16), fp16 on older GPUs, int8 on other x86 CPUs
-(AVX2 and newer, where bf16 is emulated and slower than fp32) and fp32 elsewhere: the table in
+`benchmarks/bench_models.py` and listed in BENCHMARKS.md. `"auto"` picks bf16 on Ampere and newer GPUs and
+CPUs with AMX, fp16 on older GPUs, int8 on other x86 CPUs (AVX2 and newer) and fp32 elsewhere: the table in
 `siglip.tools.embeddings.precision`.
 """
 

@@ -11,18 +11,20 @@
 
 A word means the same weights and the same arithmetic in every command. `auto` picks, for inference:
 
-| device                                                  | `auto` (inference) | `auto` (training) |
-|---------------------------------------------------------|--------------------|-------------------|
-| GPU with bf16 units (CUDA compute capability >= 8)      | `bf16`             | `bf16-autocast`   |
-| other GPUs                                              | `fp16`             | `fp32`            |
-| CPU with bf16 units (AMX or AVX-512 BF16)               | `bf16`             | `bf16-autocast`   |
-| other x86 CPU with int8 kernels (AVX2; VNNI is faster)  | `int8`             | `fp32`            |
-| any other CPU                                           | `fp32`             | `fp32`            |
+| device                                                     | `auto` (inference) | `auto` (training) |
+|------------------------------------------------------------|--------------------|-------------------|
+| GPU with bf16 units (CUDA compute capability >= 8)         | `bf16`             | `bf16-autocast`   |
+| other GPUs                                                 | `fp16`             | `fp32`            |
+| CPU with AMX                                               | `bf16`             | `bf16-autocast`   |
+| other x86 CPU with int8 kernels (AVX2; AVX-512 BF16 or not) | `int8`             | `bf16-autocast` with AVX-512 BF16, else `fp32` |
+| any other CPU with AVX-512 BF16                            | `bf16`             | `bf16-autocast`   |
+| any other CPU                                              | `fp32`             | `fp32`            |
 
-Why: bf16 units run bf16 products at about twice the fp32 rate with embeddings within cosine 0.9999 of
-fp32; without them bf16 is emulated (~7x slower than fp32). int8 then is the fastest mode that keeps the
-issue-26 bounds (cosine >= 0.995 to fp32, zero-shot agreement >= 99% on the bundled model): 1.4-1.7x fp32 on
-AVX2, 2.5x with AVX-512 VNNI (BENCHMARKS.md). Training keeps float32 weights for the optimizer (AdamW's small
+Why: int8 is the fastest mode that keeps the issue-26 bounds (cosine >= 0.995 to fp32, zero-shot agreement
+>= 99% on the bundled model) on x86 CPUs without AMX: 4.0x transformers fp32 on the base image tower with
+AVX-512 VNNI, where eager bf16 on AVX-512 BF16 units gets 1.8x (one thread, BENCHMARKS.md), and 1.4-1.7x on
+AVX2 without VNNI, where bf16 is emulated (~7x slower than fp32). AMX's bf16 tiles are faster still, and
+nearer fp32 (cosine >= 0.9999). Training keeps float32 weights for the optimizer (AdamW's small
 updates vanish in bfloat16 weights): `bf16` training must be asked for; fp16 and int8 are not offered for it.
 `SIGLIP_BF16_UNITS=0` makes `auto` mean fp32 on every device (the test suite's pin), `1` says bf16 units
 are there.
@@ -85,14 +87,15 @@ def fast_int8(device: torch.device | str) -> bool:
 def auto_precision(device: torch.device | str, training: bool = False) -> tuple[str, str]:
     """The word `auto` means on `device` (see the module doc), and why, in words for the user."""
     device = torch.device(device)
+    amx = device.type == "cpu" and _units_override() is None and torch.cpu._is_amx_tile_supported()
+    if not training and not amx and fast_int8(device):
+        vnni = "with" if torch.cpu._is_vnni_supported() else "without"
+        return "int8", f"auto: the fastest sound mode on a CPU without AMX, int8 kernels {vnni} VNNI"
     if native_bf16(device):
-        units = "bf16 units" if device.type == "cpu" else "a GPU with bf16 units"
+        units = "AMX" if amx else "bf16 units"
         return ("bf16-autocast" if training else "bf16"), f"auto: {units}"
     if device.type == "cuda":
         return ("fp32", "auto: no bf16 units") if training else ("fp16", "auto: a GPU without bf16 units")
-    if fast_int8(device) and not training:
-        vnni = "with" if torch.cpu._is_vnni_supported() else "without"
-        return "int8", f"auto: no bf16 units, int8 kernels {vnni} VNNI"
     return "fp32", "auto: no bf16 units" + ("" if training else " or int8 kernels")
 
 
