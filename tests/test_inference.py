@@ -136,7 +136,7 @@ def test_compiled_model_matches_eager_at_every_batch_size(fp32_features):
             torch.testing.assert_close(got, fp32_features[0][:batch], rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_bf16_freezes_its_weights_and_stays_within_the_bf16_bound(fp32_features):
+def test_compiled_bf16_stays_within_the_bf16_bound_and_freezes_per_model(fp32_features):
     model = InferenceMode("bf16", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     pixels = _examples()
     with torch.inference_mode():  # the image tower only: one compile is the slow part of this test
