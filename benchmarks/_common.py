@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import random
 import statistics
@@ -101,7 +102,8 @@ def machine_line() -> str:
     bf16 = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     return (
         f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, bf16 units: "
-        f"{'yes' if bf16 else 'no'}; python {platform.python_version()}, torch {torch.__version__}, "
+        f"{'yes' if bf16 else 'no'}, VNNI: {'yes' if torch.cpu._is_vnni_supported() else 'no'}; load "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}"
     )
 

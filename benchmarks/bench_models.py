@@ -12,7 +12,8 @@
   row gives medians, the speed-up, and GFLOP/s as a fraction of the fp32 (or bf16) matmul peak. FLOPs are
   counted by `torch.utils.flop_counter` (matrix products, convolution and attention).
 - modes: the base/16-224 image tower at one batch size in every inference mode of `siglip.tools.embeddings.inference`
-  (fp32, int8, torch.compile, ONNX Runtime; bf16 and bf16-autocast with --bf16), against transformers fp32.
+  (fp32, int8, torch.compile, ONNX Runtime; bf16, bf16-autocast and bf16+compile with --bf16; or --modes), against
+  transformers fp32 (and transformers bf16 with --bf16).
 - profile: the operators the base image tower spends its time in, per mode (torch.profiler).
 - accuracy: what each mode costs against fp32: cosine of image embeddings and zero-shot top-1 agreement,
   on the bundled tiny model (Fashion-MNIST test images, its 10 classes) and on a random-weight
@@ -182,8 +183,10 @@ def mode_runners(
 
 
 def mode_names(args: argparse.Namespace) -> list[str]:
+    if args.modes:
+        return args.modes
     return ["fp32", "int8", "fp32+compile", "int8+compile", "onnx"] + (
-        ["bf16", "bf16-autocast"] if args.bf16 else []
+        ["bf16", "bf16-autocast", "bf16+compile"] if args.bf16 else []
     )
 
 
@@ -208,7 +211,9 @@ def run_modes(args: argparse.Namespace, peaks: dict[str, float]) -> None:
             }
             seconds = time_alternately(calls, args.repeats, warmup=1)
     base = seconds["transformers fp32"]
-    print(f"\nbase16-224 image tower, batch {args.batch}, {work / args.batch:.1f} GFLOP per image")
+    print(
+        f"\nbase16-224 image tower, batch {args.batch}, {work / args.batch:.1f} GFLOP per image; {machine_line()}"
+    )
     print("\n| mode | images/s | vs transformers fp32 | % of fp32 peak | min cosine vs transformers fp32 |")
     print("|---|---:|---:|---:|---:|")
     for name, s in seconds.items():
@@ -315,8 +320,16 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also time bf16 (slow without bf16 units)")
     parser.add_argument("--images", type=int, default=2000, help="accuracy: Fashion-MNIST test images")
     parser.add_argument("--photos", type=int, default=64, help="accuracy: photos for the base model")
+    parser.add_argument(
+        "--modes", nargs="+", help="modes/accuracy: only these siglip modes (e.g. bf16 bf16+compile)"
+    )
     parser.add_argument("--profile-modes", nargs="+", default=["fp32", "int8"], help="profile: the modes")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (1: ratios that a shared, loaded machine disturbs least)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import transformers
 

@@ -90,9 +90,10 @@ def _label_ids(model: SiglipModel) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("precision", "min_cosine"), [("int8", 0.99), ("bf16", 0.99), ("bf16-autocast", 0.99), ("fp16", 0.99)]
+    ("precision", "min_cosine"), [("int8", 0.995), ("bf16", 0.999), ("bf16-autocast", 0.999), ("fp16", 0.999)]
 )
 def test_reduced_precision_stays_close_to_fp32(precision, min_cosine, fp32_features):
+    """The issue's bounds: cosine to fp32 >= 0.999 for the reduced floats, >= 0.995 for int8; zero-shot agrees."""
     mode = InferenceMode(precision).resolve("cpu")
     model = mode.apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode(), mode.autocast("cpu"):
@@ -133,6 +134,19 @@ def test_compiled_model_matches_eager_at_every_batch_size(fp32_features):
         for batch in (len(pixels), 3):  # a second batch size must not need another compile to be right
             got = model.get_image_features(pixels[:batch])
             torch.testing.assert_close(got, fp32_features[0][:batch], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_bf16_stays_within_the_bf16_bound_and_freezes_per_model(fp32_features):
+    model = InferenceMode("bf16", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
+    pixels = _examples()
+    with torch.inference_mode():  # the image tower only: one compile is the slow part of this test
+        images = model.get_image_features(pixels.bfloat16()).float()
+    assert F.cosine_similarity(images, fp32_features[0]).min().item() > 0.999
+    # compiled: the fused graph's rounding differs from eager bf16's
+    assert torch._inductor.config.freezing is False  # a per-model option, the global setting untouched
+    eager = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
+    with torch.inference_mode():
+        assert not torch.equal(images, eager.get_image_features(pixels.bfloat16()).float())
 
 
 def test_embedder_runs_in_the_mode_it_was_given(fp32_features):
@@ -210,7 +224,7 @@ def test_export_command(tmp_path, capsys):
     assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
 
 
-def test_embed_command_takes_the_inference_options(photos, tmp_path):
+def test_embed_command_takes_the_inference_options(photos, tmp_path, capsys):
     directory, files = photos
     out = tmp_path / "vectors.npy"
     args = ["embed", str(directory), "--model", BUNDLED, "--out", str(out), "--no-progress"]
@@ -218,7 +232,10 @@ def test_embed_command_takes_the_inference_options(photos, tmp_path):
     fast = np.load(out)
     out.unlink()
     assert json.loads(Path(f"{out}.json").read_text())["precision"] == "int8"
+    assert "\nprecision int8\n" in capsys.readouterr().out  # asked for: no reason given
     assert main(args) == 0
+    # auto says what it chose and why (the suite pins SIGLIP_BF16_UNITS=0: fp32 on any machine)
+    assert "\nprecision fp32 (auto: no bf16 units or int8 kernels)\n" in capsys.readouterr().out
     exact = np.load(out)
     assert fast.shape == exact.shape and len(fast) == len(files)
     assert (fast * exact).sum(-1).min() > 0.98

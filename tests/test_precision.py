@@ -12,30 +12,39 @@ from siglip.tools.embeddings.precision import (
     PRECISIONS,
     TRAINING_PRECISIONS,
     as_precision,
+    auto_precision,
     native_bf16,
     precision_of_dtype,
     resolve_precision,
 )
 from siglip.tools.training import TrainConfig
 
-DEVICES = {  # name -> (device, CUDA capability or None, has bf16 units)
-    "cpu without bf16 units": ("cpu", None, False),
-    "cpu with AVX-512 BF16": ("cpu", None, True),
-    "cuda 7.0 (V100)": ("cuda", (7, 0), False),
-    "cuda 8.0 (A100)": ("cuda", (8, 0), True),
+# name -> (device, CUDA capability or None, CPU flags, has bf16 units, auto for inference, auto for training):
+# the table of siglip.tools.embeddings.precision's doc, written out by hand
+DEVICES = {
+    "cpu, SSE only": ("cpu", None, set(), False, "fp32", "fp32"),
+    "cpu with AVX2": ("cpu", None, {"avx2"}, False, "int8", "fp32"),
+    "cpu with AVX-512 VNNI": ("cpu", None, {"avx2", "vnni"}, False, "int8", "fp32"),
+    "cpu with AVX-512 BF16": ("cpu", None, {"avx2", "vnni", "avx512_bf16"}, True, "int8", "bf16-autocast"),
+    "cpu with AMX": ("cpu", None, {"avx2", "vnni", "avx512_bf16", "amx"}, True, "bf16", "bf16-autocast"),
+    "cpu with bf16 units, no int8 kernels": ("cpu", None, {"avx512_bf16"}, True, "bf16", "bf16-autocast"),
+    "cuda 7.0 (V100)": ("cuda", (7, 0), set(), False, "fp16", "fp32"),
+    "cuda 8.0 (A100)": ("cuda", (8, 0), set(), True, "bf16", "bf16-autocast"),
 }
 
 
 @pytest.fixture(params=list(DEVICES))
 def device(request, monkeypatch) -> tuple[str, bool]:
     """A device with its capability mocked; yields (device type, whether it has bf16 units)."""
-    kind, capability, bf16_units = DEVICES[request.param]
+    kind, capability, flags, bf16_units, *_ = DEVICES[request.param]
     monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)  # the suite's fp32 pin: this test probes
     if kind == "cuda":
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     else:
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_units)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        for flag, probe in [("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"),
+                            ("avx2", "_is_avx2_supported"), ("vnni", "_is_vnni_supported")]:  # fmt: skip
+            monkeypatch.setattr(torch.cpu, probe, lambda flag=flag: flag in flags)
+    request.node.auto_words = DEVICES[request.param][4:]
     return kind, bf16_units
 
 
@@ -61,18 +70,18 @@ def test_each_word_means_the_same_for_training_and_inference(device):
     assert _meaning("fp32", kind, training=True) == (torch.float32, None)
 
 
-def test_auto_computes_in_bf16_exactly_where_there_are_bf16_units(device):
+def test_auto_is_the_documented_word_for_each_device(device, request):
     kind, bf16_units = device
-    inference = _meaning("auto", kind, training=False)
-    training = _meaning("auto", kind, training=True)
-    # the arithmetic dtype agrees; training keeps float32 weights for the optimizer
-    if bf16_units:
-        assert inference == (torch.bfloat16, None)
-        assert training == (torch.float32, torch.bfloat16)
-    else:
-        assert inference == ((torch.float16, None) if kind == "cuda" else (torch.float32, None))
-        assert training == (torch.float32, None)
-    assert InferenceMode().resolve(kind).dtype == inference[0]
+    inference, training = request.node.auto_words
+    assert resolve_precision("auto", kind).name == inference
+    assert resolve_precision("auto", kind, training=True).name == training
+    assert InferenceMode().resolve(kind).precision == inference
+    word, why = auto_precision(kind)
+    assert word == inference and why.startswith("auto: ")
+    # training computes in bf16 exactly where there are bf16 units; int8 only on CPUs, never for training
+    assert (_meaning("auto", kind, training=True)[1] == torch.bfloat16) is bf16_units
+    if inference == "int8":
+        assert why.endswith(("with VNNI", "without VNNI"))
 
 
 def test_training_refuses_the_inference_only_words():
@@ -87,7 +96,9 @@ def test_training_refuses_the_inference_only_words():
 def test_the_environment_pin_overrides_the_probe(monkeypatch):
     monkeypatch.setenv("SIGLIP_BF16_UNITS", "0")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: True)
     assert not native_bf16("cpu")
+    assert resolve_precision("auto", "cpu").name == "fp32"  # the pin means reference numbers: no int8 either
     monkeypatch.setenv("SIGLIP_BF16_UNITS", "1")
     assert native_bf16("cpu")
 

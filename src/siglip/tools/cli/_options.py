@@ -43,7 +43,7 @@ def add_model_options(
         "--precision",
         choices=list(PRECISIONS),
         default=None if indexed else "auto",
-        help="inference precision: auto (bf16 on hardware with bf16 units, fp16 on older GPUs, else fp32), fp32, bf16, "
+        help="inference precision: auto (bf16 on GPUs with bf16 units and AMX CPUs, fp16 on older GPUs, int8 on other x86 CPUs, else fp32), fp32, bf16, "
         "bf16-autocast, fp16 (GPU) or int8 (CPU: faster, less exact); see BENCHMARKS.md for the costs "
         f"(default: auto{recorded})",
     )

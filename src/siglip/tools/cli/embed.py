@@ -7,7 +7,9 @@ import argparse
 import time
 
 from ...errors import UsageError
+from ..embeddings.embedder import Embedder
 from ..embeddings.options import ModelOptions
+from ..embeddings.precision import auto_precision
 from ..embeddings.writers import OUTPUT_FORMATS, embed_texts_to_file, embed_to_file, output_format
 from ..inputs.tar_shards import scan_inputs
 from ..inputs.texts import TEXT_COLUMNS, read_texts
@@ -112,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {report.count} embeddings ({embedder.dims}-d, model {embedder.name}) to {report.out}; "
         f"manifest {report.manifest}"
     )
+    _print_precision(args, embedder)
     resumed = f"; {earlier} were done by an earlier run" if earlier else ""
     print(rate_line(report.embedded, report.failed, seconds) + resumed)
     report_skipped("embed", report.skipped)
@@ -135,10 +138,17 @@ def _run_texts(args: argparse.Namespace) -> int:
         f"wrote {report.count} text embeddings ({embedder.dims}-d, model {embedder.name}) to {report.out}; "
         f"manifest {report.manifest}"
     )
+    _print_precision(args, embedder)
     earlier = report.count - report.embedded
     resumed = f"; {earlier} were done by an earlier run" if earlier else ""
     print(f"embedded {report.embedded} texts in {seconds:.1f} s{resumed}")
     return 0
+
+
+def _print_precision(args: argparse.Namespace, embedder: Embedder) -> None:
+    """The precision the job ran in, and with `auto` why it was chosen."""
+    why = f" ({auto_precision(embedder.device)[1]})" if args.precision == "auto" else ""
+    print(f"precision {embedder.mode.precision}{why}")
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:

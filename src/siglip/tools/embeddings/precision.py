@@ -9,12 +9,25 @@
 | `int8`          | int8     | int8, per-batch activation scales  | CPU only  | no       |
 | `auto`          | the word chosen for the device and the job, below                        |
 
-A word means the same weights and the same arithmetic in every command. `auto` picks, for hardware with bf16
-matrix units (CUDA compute capability 8 and newer; CPUs with AMX or AVX-512 BF16): `bf16` for inference and
-`bf16-autocast` for training (which keeps float32 weights for the optimizer: AdamW's small updates vanish in
-bfloat16 weights); for other GPUs: `fp16` for inference and `fp32` for training (float16 training would need
-loss scaling); for other CPUs: `fp32`, since bf16 is emulated there and ~7x slower than fp32. `bf16` training
-(bfloat16 weights throughout) must be asked for. fp16 and int8 are not offered for training.
+A word means the same weights and the same arithmetic in every command. `auto` picks, for inference:
+
+| device                                                     | `auto` (inference) | `auto` (training) |
+|------------------------------------------------------------|--------------------|-------------------|
+| GPU with bf16 units (CUDA compute capability >= 8)         | `bf16`             | `bf16-autocast`   |
+| other GPUs                                                 | `fp16`             | `fp32`            |
+| CPU with AMX                                               | `bf16`             | `bf16-autocast`   |
+| other x86 CPU with int8 kernels (AVX2; AVX-512 BF16 or not) | `int8`             | `bf16-autocast` with AVX-512 BF16, else `fp32` |
+| any other CPU with AVX-512 BF16                            | `bf16`             | `bf16-autocast`   |
+| any other CPU                                              | `fp32`             | `fp32`            |
+
+Why: int8 is the fastest mode that keeps the issue-26 bounds (cosine >= 0.995 to fp32, zero-shot agreement
+>= 99% on the bundled model) on x86 CPUs without AMX: 4.0x transformers fp32 on the base image tower with
+AVX-512 VNNI, where eager bf16 on AVX-512 BF16 units gets 1.8x (one thread, BENCHMARKS.md), and 1.4-1.7x on
+AVX2 without VNNI, where bf16 is emulated (~7x slower than fp32). AMX's bf16 tiles are faster still, and
+nearer fp32 (cosine >= 0.9999). Training keeps float32 weights for the optimizer (AdamW's small
+updates vanish in bfloat16 weights): `bf16` training must be asked for; fp16 and int8 are not offered for it.
+`SIGLIP_BF16_UNITS=0` makes `auto` mean fp32 on every device (the test suite's pin), `1` says bf16 units
+are there.
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ import torch
 from ...errors import UsageError
 
 PRECISIONS = {
-    "auto": "the fastest precision the device runs natively (see siglip.tools.embeddings.precision)",
+    "auto": "the fastest sound precision for the device (see siglip.tools.embeddings.precision)",
     "fp32": "float32 weights and arithmetic: the reference numbers",
     "bf16": "bfloat16 weights and arithmetic",
     "bf16-autocast": "float32 weights; matrix products in bfloat16 (torch.autocast)",
@@ -39,22 +52,51 @@ TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
 BF16_UNITS_VARIABLE = "SIGLIP_BF16_UNITS"
 
 
+def _units_override() -> bool | None:
+    """The `SIGLIP_BF16_UNITS` pin: True ("1"), False ("0"), or None (probe the hardware)."""
+    override = os.environ.get(BF16_UNITS_VARIABLE, "").strip()
+    return override == "1" if override in ("0", "1") else None
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """Whether `device` multiplies bf16 matrices in hardware (else bf16 is emulated: slower than fp32).
 
-    The one hardware probe (`torch.cuda.is_bf16_supported()` says yes for GPUs that only emulate bf16). The
-    environment variable `SIGLIP_BF16_UNITS=0` makes it answer no everywhere, so that `auto` gives fp32
-    reference numbers on any machine (the test suite sets it); `1` makes it answer yes.
+    The one hardware probe for bf16 (`torch.cuda.is_bf16_supported()` says yes for GPUs that only emulate
+    bf16). The environment variable `SIGLIP_BF16_UNITS=0` makes it answer no everywhere, so that `auto`
+    gives fp32 reference numbers on any machine (the test suite sets it); `1` makes it answer yes.
     """
-    override = os.environ.get(BF16_UNITS_VARIABLE, "").strip()
-    if override in ("0", "1"):
-        return override == "1"
+    override = _units_override()
+    if override is not None:
+        return override
     device = torch.device(device)
     if device.type == "cuda":  # Ampere (8.x) and newer; older GPUs only emulate bf16
         return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     return False
+
+
+def fast_int8(device: torch.device | str) -> bool:
+    """Whether `device` is a CPU whose int8 products beat fp32: x86 with AVX2 or better (torch's fbgemm and
+    oneDNN kernels; VNNI makes them faster still). No under `SIGLIP_BF16_UNITS=0`, like `native_bf16`."""
+    if _units_override() is False or torch.device(device).type != "cpu":
+        return False
+    return torch.cpu._is_avx2_supported() and "onednn" in torch.backends.quantized.supported_engines
+
+
+def auto_precision(device: torch.device | str, training: bool = False) -> tuple[str, str]:
+    """The word `auto` means on `device` (see the module doc), and why, in words for the user."""
+    device = torch.device(device)
+    amx = device.type == "cpu" and _units_override() is None and torch.cpu._is_amx_tile_supported()
+    if not training and not amx and fast_int8(device):
+        vnni = "with" if torch.cpu._is_vnni_supported() else "without"
+        return "int8", f"auto: the fastest sound mode on a CPU without AMX, int8 kernels {vnni} VNNI"
+    if native_bf16(device):
+        units = "AMX" if amx else "bf16 units"
+        return ("bf16-autocast" if training else "bf16"), f"auto: {units}"
+    if device.type == "cuda":
+        return ("fp32", "auto: no bf16 units") if training else ("fp16", "auto: a GPU without bf16 units")
+    return "fp32", "auto: no bf16 units" + ("" if training else " or int8 kernels")
 
 
 @dataclass(frozen=True)
@@ -113,10 +155,7 @@ def resolve_precision(word: str, device: torch.device | str, training: bool = Fa
     check_precision(word, training)
     device = torch.device(device)
     if word == "auto":
-        if native_bf16(device):
-            word = "bf16-autocast" if training else "bf16"
-        else:
-            word = "fp16" if device.type == "cuda" and not training else "fp32"
+        word, _ = auto_precision(device, training)
     if word == "int8" and device.type != "cpu":
         raise UsageError(
             f"precision 'int8' runs on the CPU only, not on {device}; use bf16 or fp16 there, or --device cpu"
