@@ -38,7 +38,9 @@ def served(material):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False
+    )  # a new cluster, never one left running
     settings = ServeSettings(max_wait_ms=20)
     ray_serve.deploy(
         BUNDLED, material[0], settings, replicas=2, port=port, model_options=ModelOptions(precision="fp32")

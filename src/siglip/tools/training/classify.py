@@ -42,7 +42,7 @@ from ..embeddings.precision import Precision
 from ..evaluation import ZeroShotReport, classifier_report, zeroshot_report
 from ..inputs.data import Batch, ClassFolders, Sample, load_sample
 from .data import BatchLayout
-from .trainer import Task, TrainConfig, _Dist
+from .trainer import TASKS, Task, TrainConfig, _Dist
 
 logger = logging.getLogger("siglip")
 
@@ -254,3 +254,6 @@ class Classify(Task):
             return {}
         report = self.report(model)
         return {"eval_top1": report.top1, "eval_mean_per_class_recall": report.mean_per_class_recall}
+
+
+TASKS["classify"] = Classify

@@ -564,12 +564,15 @@ class Contrastive(Task):
         return _evaluate(self.config, model, self.processor, dist_)
 
 
-def _task(config: TrainConfig, processor: Processor, layout: BatchLayout, dist_: _Dist) -> Task:
-    if config.task == "classify":
-        from .classify import Classify  # (it builds on this module)
+# The tasks other than the contrastive one, by name: each registers itself from its own module (classify.py,
+# imported by the package), which builds on this loop; the loop imports none of them.
+TASKS: dict[str, Callable[[TrainConfig, Processor, BatchLayout, _Dist], Task]] = {}
 
-        return Classify(config, processor, layout, dist_)
-    return Contrastive(config, processor, layout)
+
+def _task(config: TrainConfig, processor: Processor, layout: BatchLayout, dist_: _Dist) -> Task:
+    if config.task == "contrastive":
+        return Contrastive(config, processor, layout)
+    return TASKS[config.task](config, processor, layout, dist_)
 
 
 def train(config: TrainConfig) -> Path:
