@@ -93,7 +93,8 @@ _EMBEDDING = "embedding_settings"  # meta key: the Embedder.settings the images 
 _SETTINGS = (
     "index_type",
     "storage",
-)  # meta keys: the index type and storage asked for (ann.INDEX_TYPES, STORAGES)
+    "memory_budget",
+)  # meta keys: the index type, storage and memory budget (bytes) asked for (ann.INDEX_TYPES, STORAGES)
 _LEGACY = ann.Plan("flat", "fp32", "Flat")  # vectors.faiss of an index made before the types existed
 _IDENTITY = "records_identity"  # meta key: the identity of these records, stamped on their vector file
 _UNSTAMPED = "vectors_unstamped"  # meta key: "1" while vectors.faiss is an older version's, without a stamp
@@ -135,6 +136,7 @@ class SearchIndex:
     `siglip.tools.search.ann`; default: as stored, else "auto") are kept with the index from the next update,
     import or search, which rebuilds the vector file; `ivf` or `ivfpq` asked for an index too small to train
     it is refused there (`UsageError` naming the minimum), before anything is embedded or changed.
+    `memory_budget` (bytes or a size such as "8GiB"; default: as stored, else 8 GiB) is what `auto` plans for.
     """
 
     def __init__(
@@ -146,12 +148,14 @@ class SearchIndex:
         options: ModelOptions | None = None,
         index_type: str | None = None,
         storage: str | None = None,
+        memory_budget: int | str | None = None,
         **option_values: Any,
     ) -> None:
         # checked now, not when the model is needed; precision None and reduced_decode False: not asked (an
         # existing index's recorded value holds)
         self.options = ModelOptions.of(options, **option_values)
         ann.check_options(index_type or "auto", storage or "auto")
+        budget = None if memory_budget is None else str(ann.parse_memory(str(memory_budget)))
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"index '{self.directory}' is a file, not an index folder: give another path")
@@ -192,7 +196,7 @@ class SearchIndex:
         self._faiss_generation = -1
         self._asked = {  # recorded by the next update, import or search, once the size is known
             key: value
-            for key, value in zip(_SETTINGS, (index_type, storage), strict=True)
+            for key, value in zip(_SETTINGS, (index_type, storage, budget), strict=True)
             if value is not None and value != (self.store.get_meta(key) or "auto")
         }
 
@@ -564,14 +568,15 @@ class SearchIndex:
         want = self.store.ids()
         info = self.build_info
         current = ann.Plan(info.kind, info.storage, info.factory) if info else _LEGACY
-        settings = [self.store.get_meta(key) or "auto" for key in _SETTINGS]
-        wanted = ann.plan(*settings, len(want), self.store.dims)
+        kind, storage, budget = (self.store.get_meta(key) or "auto" for key in _SETTINGS)
+        budget = ann.MEMORY_BUDGET if budget == "auto" else int(budget)
+        wanted = ann.plan(kind, storage, len(want), self.store.dims, budget)
         extra = np.setdiff1d(have, want)
         keep = np.intersect1d(have, want)
         if (
             index is None
             or not ann.still_fits(current, wanted)
-            or (extra.size and not ann.can_remove(current.kind))
+            or (extra.size and not ann.can_remove(current))
         ):
             old = index
 
@@ -613,8 +618,11 @@ class SearchIndex:
             return None
         info = self.build_info
         flags = 0
-        if mmap:  # faiss maps inverted lists and flat codes with different flags
-            flags = faiss.IO_FLAG_MMAP if info and info.factory.startswith("IVF") else faiss.IO_FLAG_MMAP_IFC
+        if (
+            mmap
+        ):  # faiss maps inverted lists and flat codes (ivfpq's re-ranking vectors too) with different flags
+            ivf_lists = info and info.factory.startswith("IVF") and not ann.refines(info.factory)
+            flags = faiss.IO_FLAG_MMAP if ivf_lists else faiss.IO_FLAG_MMAP_IFC
         try:
             index = faiss.read_index(os.fspath(path), flags)
         except RuntimeError as err:
