@@ -403,3 +403,15 @@ def test_reranked_ivfpq_meets_its_stored_recall_returns_k_and_keeps_recall_as_it
     reopened = faiss.deserialize_index(faiss.serialize_index(index))
     ann.apply_search_params(reopened, info.search_params)
     assert np.array_equal(ann.search(reopened, queries, 10)[1], ann.search(index, queries, 10)[1])
+
+
+def test_the_memory_budget_is_kept_with_the_index_and_decides_auto(tmp_path):
+    vectors = clustered(50_000, 16, clusters=20, rank=4)  # 1.6 MB of fp16: over a 1 MiB budget
+    with _new_index(tmp_path / "index", vectors, memory_budget="1MiB") as index:
+        index.sync()
+        assert index.build_info.kind == "ivfpq" and index.store.get_meta("memory_budget") == str(1 << 20)
+    with SearchIndex(tmp_path / "index") as reopened:  # not asked again: the stored budget holds
+        reopened.store.record([FileState("/v/new.jpg", 1, 1)], vectors[:1])
+        assert reopened.sync().ntotal == 50_001 and reopened.build_info.kind == "ivfpq"
+    with pytest.raises(UsageError, match="memory budget must be a size"):
+        SearchIndex(tmp_path / "index", memory_budget="lots")
