@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -94,6 +95,10 @@ def child(work: Path, kind: str, storage: str) -> dict:
             hits = index.search(query, 10)[0]
             times.append(time.perf_counter() - t)
             found.append([int(h.path[3:-4]) for h in hits])
+        vectors_index = index.sync()
+        start = time.perf_counter()  # the batched path (`ann.search` over all queries: faiss's threads)
+        ann.search(vectors_index, queries, 10)
+        batch_s = time.perf_counter() - start
     disk = sum(f.stat().st_size for f in folder.iterdir()) / 2**30
     result = {
         "type": kind,
@@ -107,6 +112,8 @@ def child(work: Path, kind: str, storage: str) -> dict:
         "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
         "recall_at_10": round(ann.recall_at_k(np.array(found), truth), 4),
         "recall_at_build": info.recall_at_10,
+        "single_qps": round(len(times) / sum(times)),
+        "batch_qps": round(len(queries) / batch_s),
         "disk_gib": round(disk, 3),
         "fp16_vectors_gib": round(n * dims * 2 / 2**30, 3),
     }
@@ -147,7 +154,7 @@ def streamed(work: Path, n: int, dims: int, kind: str, queries: int, factory: st
     faiss.write_index(index, str(path))
     del index
     build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    flags = faiss.IO_FLAG_MMAP if plan.nlist else faiss.IO_FLAG_MMAP_IFC
+    flags = faiss.IO_FLAG_MMAP if plan.nlist and not ann.refines(plan.factory) else faiss.IO_FLAG_MMAP_IFC
     index = faiss.read_index(str(path), flags)
     ann.apply_search_params(index, info.search_params)
     times, found = [], []
@@ -221,10 +228,15 @@ def main() -> None:
         print(f"# {args.n:,} clustered {args.dims}-d vectors made in {time.perf_counter() - start:.0f} s; "
               f"{os.cpu_count()} CPU cores", flush=True)  # fmt: skip
     print("| type | factory | search | build s | build peak GiB | search RAM GiB | p50 ms | p99 ms | "
-          "recall@10 | recall at build | disk GiB | fp16 vectors GiB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          "recall@10 | recall at build | single q/s | batch q/s | disk GiB | fp16 vectors GiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    flags = sorted(
+        set(re.findall(r"avx512_bf16|avx512_vnni|avx512f|amx\w*|avx2", Path("/proc/cpuinfo").read_text()))
+    )
+    print(f"# CPU flags: {' '.join(flags)}", flush=True)
     for spec in args.types.split(","):
         kind, _, storage = spec.partition(":")
+        print(f"# load average before {spec}: {os.getloadavg()[0]:.2f}", flush=True)
         out = subprocess.run(
             [
                 sys.executable,
@@ -252,7 +264,7 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {r['type']} | {r['factory']} | {r['params'] or 'exact'} | {r['build_s']} | {r['build_peak_gib']} | "
               f"{r['search_anon_gib']} | {r['p50_ms']} | {r['p99_ms']} | {r['recall_at_10']} | "
-              f"{r['recall_at_build']} | {r['disk_gib']} | {r['fp16_vectors_gib']} |", flush=True)  # fmt: skip
+              f"{r['recall_at_build']} | {r.get('single_qps', '')} | {r.get('batch_qps', '')} | {r['disk_gib']} | {r['fp16_vectors_gib']} |", flush=True)  # fmt: skip
         print(f"<!-- {json.dumps(r)} -->", flush=True)  # all the figures (the build's steps among them)
 
 

@@ -415,3 +415,24 @@ def test_the_memory_budget_is_kept_with_the_index_and_decides_auto(tmp_path):
         assert reopened.sync().ntotal == 50_001 and reopened.build_info.kind == "ivfpq"
     with pytest.raises(UsageError, match="memory budget must be a size"):
         SearchIndex(tmp_path / "index", memory_budget="lots")
+
+
+def test_a_truncated_or_missing_vector_file_is_named_in_one_line_and_its_images_drop_out(tmp_path, caplog):
+    vectors, queries = np.split(clustered(12_020, 64, clusters=20, rank=8), [12_000])
+    with _new_index(tmp_path / "index", vectors, index_type="ivfpq") as index:
+        index.sync()  # ivfpq: the re-ranking vectors live only in the vector file now
+    path = tmp_path / "index" / VECTORS_FILE
+    os.truncate(path, path.stat().st_size // 2)
+    with SearchIndex(tmp_path / "index") as index:
+        assert index.search(queries[:2], 10) == [[], []]  # never a crash on the half file, nor a wrong hit
+    said = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert any("is truncated or damaged" in m for m in said) and all("\n" not in m for m in said)
+    assert any("lost the vectors of 12000 images" in m for m in said)
+
+    caplog.clear()
+    with _new_index(tmp_path / "again", vectors[:2_000]) as index:
+        index.sync()
+    (tmp_path / "again" / VECTORS_FILE).unlink()
+    with SearchIndex(tmp_path / "again") as index:
+        assert index.search(queries[0], 10) == [[]]
+    assert f"{tmp_path / 'again' / VECTORS_FILE} lost the vectors of 2000 images" in caplog.text

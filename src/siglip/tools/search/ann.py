@@ -367,6 +367,8 @@ def _tune_refined(index: Any, queries: np.ndarray, truth: np.ndarray, target: fl
                 cost = nprobe * per_cell + 4 * RECALL_K * k_factor * vector_bytes
                 passing.append((cost, params, recall))
                 break  # a larger k_factor at this nprobe only costs more
+        if passing and passing[-1][1].endswith(f"k_factor_rf={K_FACTORS[0]}"):
+            break  # the fewest candidates already pass here: more cells only cost more
     params, recall = min(passing)[1:] if passing else best
     apply_search_params(index, params)
     return params, round(recall, 4)

@@ -613,8 +613,12 @@ class SearchIndex:
             return None
         stamp = tail[len(_STAMP) :].decode("ascii", "replace") if tail.startswith(_STAMP) else None
         if not self._belongs(stamp):
-            if not mmap:
-                self._set_aside(path, "belongs to other records (an index.sqlite deleted or replaced since)")
+            if not mmap:  # a file cut short has lost its stamp with its end
+                why = "belongs to other records (an index.sqlite deleted or replaced since)"
+                self._set_aside(
+                    path,
+                    why if stamp else "is truncated or damaged (its end, the records' stamp, is missing)",
+                )
             return None
         info = self.build_info
         flags = 0
