@@ -317,7 +317,9 @@ def build(
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of each row of `truth` (the exact top k) that `found` (top k) contains."""
     k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth, strict=True)]))
+    found = np.asarray(found)[:, :k]
+    hit = (truth[:, :, None] == found[:, None, :]).any(axis=2) & (truth >= 0)  # an exact id in the found ones
+    return float(hit.sum(axis=1).mean() / k) if len(truth) else 0.0
 
 
 def _tune(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[str, float]:
