@@ -17,7 +17,7 @@ Types (cosine similarity as the inner product of unit vectors):
 A trained type (`ivf`, `ivfpq`) needs vectors to train on (1,000 and 10,000): asked for by name for fewer,
 it is refused (`check_size`); an index of that type that shrinks below is `flat` until it grows back. `auto` (autofaiss-style, by size and a memory budget, 8 GiB unless set): `flat` below 50,000 vectors,
 `ivf` while its fp16 vectors fit the budget (about 5.5 million at 768-d in 8 GiB), `ivfpq` above (its
-resident memory is its codes, dims/8 bytes a vector: 100M x 768-d in 9.6 GB). Storage `auto` keeps exact types in fp32 and approximate
+resident memory is its codes and ids, dims/8 + ~60 bytes a vector: ~16 GB at 100M x 768-d, whatever the budget). Storage `auto` keeps exact types in fp32 and approximate
 ones in fp16 (its rounding, about 1e-4, is far below their approximation error).
 
 Every build measures recall@10 against exact search on a held-out sample of the indexed vectors (added to
