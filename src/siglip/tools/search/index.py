@@ -11,9 +11,10 @@ An index is a folder with two files (and `update.lock`, which makes a second `up
   during a build loses at most the batch in flight and a rerun completes the build, with exactly one entry
   per file;
 - `vectors.faiss`, a faiss index of the embeddings keyed by record id (see `siglip.tools.search.ann` for the
-  types: exact `flat`, `ivf`, `hnsw`, compressed `ivfpq`, or `auto` by size; fp32 or fp16 storage). After
-  every change it catches up by id difference (ids are never reused), or is rebuilt when the size calls for
-  another type or cell count or HNSW must drop vectors, and is replaced atomically. Only then do the records
+  types: exact `flat`, `ivf`, `hnsw`, compressed `ivfpq` re-ranked with its fp16 vectors, or `auto` by size
+  and memory budget; fp32 or fp16 storage). After every change it catches up by id difference (ids are never
+  reused), or is rebuilt when the size calls for another type or cell count or HNSW or a re-ranked `ivfpq`
+  must drop vectors, and is replaced atomically. Only then do the records
   release their copy of the vectors it took over (in one transaction): each vector is stored once, and a
   `kill -9` at any moment leaves either the old file with the vectors still in the records, or the new one.
   Searches open it memory-mapped. A missing or damaged file loses the vectors it held: their records are
