@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -35,12 +36,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _vectors import clustered
+from _vectors import SPECTRUM_ALPHA, clustered, spectral
 
 PART = 100_000
+SETS = {"clustered": clustered, "spectral": spectral}  # tests/_vectors.py: uniform noise, decaying spectrum
 
 
-def make_vectors(work: Path, n: int, dims: int, queries: int) -> None:
+def make_vectors(work: Path, n: int, dims: int, queries: int, make=clustered) -> None:
     """vectors.npy (n x dims, part by part), queries.npy and truth.npy (exact top 10 of each query)."""
     import faiss
 
@@ -48,10 +50,10 @@ def make_vectors(work: Path, n: int, dims: int, queries: int) -> None:
         return
     work.mkdir(parents=True, exist_ok=True)
     vectors = np.lib.format.open_memmap(work / "vectors.npy", "w+", np.float32, (n, dims))
-    asked = clustered(queries, dims, part=10**6)
+    asked = make(queries, dims, part=10**6)
     heap = faiss.ResultHeap(queries, 10, keep_max=True)
     for start in range(0, n, PART):
-        part = clustered(min(PART, n - start), dims, part=start // PART)
+        part = make(min(PART, n - start), dims, part=start // PART)
         vectors[start : start + len(part)] = part
         scores, ids = faiss.knn(asked, part, 10, metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(scores, ids + start)
@@ -94,6 +96,10 @@ def child(work: Path, kind: str, storage: str) -> dict:
             hits = index.search(query, 10)[0]
             times.append(time.perf_counter() - t)
             found.append([int(h.path[3:-4]) for h in hits])
+        vectors_index = index.sync()
+        start = time.perf_counter()  # the batched path (`ann.search` over all queries: faiss's threads)
+        ann.search(vectors_index, queries, 10)
+        batch_s = time.perf_counter() - start
     disk = sum(f.stat().st_size for f in folder.iterdir()) / 2**30
     result = {
         "type": kind,
@@ -107,6 +113,8 @@ def child(work: Path, kind: str, storage: str) -> dict:
         "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
         "recall_at_10": round(ann.recall_at_k(np.array(found), truth), 4),
         "recall_at_build": info.recall_at_10,
+        "single_qps": round(len(times) / sum(times)),
+        "batch_qps": round(len(queries) / batch_s),
         "disk_gib": round(disk, 3),
         "fp16_vectors_gib": round(n * dims * 2 / 2**30, 3),
     }
@@ -114,7 +122,9 @@ def child(work: Path, kind: str, storage: str) -> dict:
     return result
 
 
-def streamed(work: Path, n: int, dims: int, kind: str, queries: int, factory: str | None) -> dict:
+def streamed(
+    work: Path, n: int, dims: int, kind: str, queries: int, factory: str | None, make=clustered
+) -> dict:
     """Build `kind` over `n` vectors made part by part as the build reads them (see the module doc);
     `factory` replaces the one `ann.plan` picks (to time at a small size the structure of a large one)."""
     import faiss
@@ -123,14 +133,14 @@ def streamed(work: Path, n: int, dims: int, kind: str, queries: int, factory: st
 
     plan = ann.plan(kind, "auto", n, dims)
     plan = ann.Plan(plan.kind, plan.storage, factory) if factory else plan
-    asked = clustered(queries, dims, part=10**6)
+    asked = make(queries, dims, part=10**6)
     heap = faiss.ResultHeap(queries, 10, keep_max=True)
     marks = []  # when each pass starts and ends
 
     def chunks():
         marks.append(time.perf_counter())
         for start in range(0, n, PART):
-            part = clustered(min(PART, n - start), dims, part=start // PART)
+            part = make(min(PART, n - start), dims, part=start // PART)
             if len(marks) == 3:  # the adding pass: the exact top 10 of the queries, part by part
                 scores, ids = faiss.knn(asked, part, 10, metric=faiss.METRIC_INNER_PRODUCT)
                 heap.add_result(scores, ids + start)
@@ -147,7 +157,7 @@ def streamed(work: Path, n: int, dims: int, kind: str, queries: int, factory: st
     faiss.write_index(index, str(path))
     del index
     build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    flags = faiss.IO_FLAG_MMAP if plan.nlist else faiss.IO_FLAG_MMAP_IFC
+    flags = faiss.IO_FLAG_MMAP if plan.nlist and not ann.refines(plan.factory) else faiss.IO_FLAG_MMAP_IFC
     index = faiss.read_index(str(path), flags)
     ann.apply_search_params(index, info.search_params)
     times, found = [], []
@@ -200,12 +210,18 @@ def main() -> None:
     parser.add_argument(
         "--factory", help="with --streamed: this faiss factory instead of the automatic one (one type)"
     )
+    parser.add_argument(
+        "--set",
+        choices=sorted(SETS),
+        default="clustered",
+        help=f"synthetic vectors: clustered (noise over all dimensions) or spectral (variance ~ i^-{SPECTRUM_ALPHA:g})",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, storage = args.child.split(":")
         result = (
-            streamed(args.work, args.n, args.dims, kind, args.queries, args.factory)
+            streamed(args.work, args.n, args.dims, kind, args.queries, args.factory, SETS[args.set])
             if args.streamed
             else child(args.work, kind, storage)
         )
@@ -213,18 +229,23 @@ def main() -> None:
         return
     if args.streamed:
         print(
-            f"# {args.n:,} clustered {args.dims}-d vectors, streamed; {os.cpu_count()} CPU cores", flush=True
+            f"# {args.n:,} {args.set} {args.dims}-d vectors, streamed; {os.cpu_count()} CPU cores", flush=True
         )
     else:
         start = time.perf_counter()
-        make_vectors(args.work, args.n, args.dims, args.queries)
-        print(f"# {args.n:,} clustered {args.dims}-d vectors made in {time.perf_counter() - start:.0f} s; "
+        make_vectors(args.work, args.n, args.dims, args.queries, SETS[args.set])
+        print(f"# {args.n:,} {args.set} {args.dims}-d vectors made in {time.perf_counter() - start:.0f} s; "
               f"{os.cpu_count()} CPU cores", flush=True)  # fmt: skip
     print("| type | factory | search | build s | build peak GiB | search RAM GiB | p50 ms | p99 ms | "
-          "recall@10 | recall at build | disk GiB | fp16 vectors GiB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          "recall@10 | recall at build | single q/s | batch q/s | disk GiB | fp16 vectors GiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    flags = sorted(
+        set(re.findall(r"avx512_bf16|avx512_vnni|avx512f|amx\w*|avx2", Path("/proc/cpuinfo").read_text()))
+    )
+    print(f"# CPU flags: {' '.join(flags)}", flush=True)
     for spec in args.types.split(","):
         kind, _, storage = spec.partition(":")
+        print(f"# load average before {spec}: {os.getloadavg()[0]:.2f}", flush=True)
         out = subprocess.run(
             [
                 sys.executable,
@@ -240,6 +261,8 @@ def main() -> None:
                 "--queries",
                 str(args.queries),
                 *(["--streamed"] if args.streamed else []),
+                "--set",
+                args.set,
                 *(["--factory", args.factory] if args.factory else []),
             ],
             capture_output=True,
@@ -252,7 +275,7 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {r['type']} | {r['factory']} | {r['params'] or 'exact'} | {r['build_s']} | {r['build_peak_gib']} | "
               f"{r['search_anon_gib']} | {r['p50_ms']} | {r['p99_ms']} | {r['recall_at_10']} | "
-              f"{r['recall_at_build']} | {r['disk_gib']} | {r['fp16_vectors_gib']} |", flush=True)  # fmt: skip
+              f"{r['recall_at_build']} | {r.get('single_qps', '')} | {r.get('batch_qps', '')} | {r['disk_gib']} | {r['fp16_vectors_gib']} |", flush=True)  # fmt: skip
         print(f"<!-- {json.dumps(r)} -->", flush=True)  # all the figures (the build's steps among them)
 
 

@@ -24,3 +24,27 @@ def clustered(
         members = labels == c
         x[members] += latent[members] @ spreads[c]
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+SPECTRUM_ALPHA = 1.0
+
+
+def spectral(
+    n: int, dims: int, seed: int = 0, clusters: int = 100, alpha: float = SPECTRUM_ALPHA, part: int = 0
+) -> np.ndarray:
+    """Unit vectors whose variance decays like real image embeddings': the i-th principal direction carries
+    variance ~ i^-alpha (alpha 1 puts 68% of the variance of 768-d vectors in the top 77 directions, a
+    power law as CLIP-like embedding spectra follow; the exponent is an assumption, not fitted to a model).
+    The directions are a fixed random rotation (not the axes, which would favour PQ's sub-spaces), and the
+    vectors gather around `clusters` centres drawn from the same spectrum, as photos of alike things do.
+
+    `seed` fixes the rotation and centres; `part` the draws, so that a large set can be made part by part.
+    """
+    shapes = np.random.default_rng([seed, 1])
+    scale = np.arange(1, dims + 1, dtype=np.float32) ** (-alpha / 2)
+    rotation = np.linalg.qr(shapes.standard_normal((dims, dims)))[0].astype(np.float32)
+    centres = shapes.standard_normal((clusters, dims), dtype=np.float32) * scale
+    rng = np.random.default_rng([seed, 1, part])
+    x = centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, dims), dtype=np.float32) * scale
+    x = x @ rotation
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

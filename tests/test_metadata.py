@@ -181,23 +181,24 @@ def test_filters_match_a_brute_force_check_and_search_inside_them(index, where):
     assert all(h.metadata == stored[h.id] for h in hits)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])  # ivfpq: re-ranked, the filter in its base
 @pytest.mark.parametrize("exact_among_below", [0, ann.EXACT_AMONG_BELOW])
 def test_k_results_come_back_when_k_rows_match_under_ann(tmp_path, monkeypatch, kind, exact_among_below):
     monkeypatch.setattr(ann, "EXACT_AMONG_BELOW", exact_among_below)  # 0: always through the IDSelector
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    n = ann.TRAINS_FROM.get(kind, 0) + 2000  # enough for the type to be built as asked
+    vectors = rng.standard_normal((n, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     (tmp_path / "i").mkdir()
     VectorStore(tmp_path / "i" / RECORDS_FILE, "synthetic", 32).close()
     index = SearchIndex(tmp_path / "i", index_type=kind)
     files = [FileState(f"/v/{i}.jpg", 1, 1) for i in range(len(vectors))]
     index.store.record(
-        files, vectors, metadata=[{"year": 2000 + i % 300, "media": "image"} for i in range(3000)]
+        files, vectors, metadata=[{"year": 2000 + i % 300, "media": "image"} for i in range(n)]
     )
     queries = rng.standard_normal((4, 32)).astype(np.float32)
     for where, k in (("year = 2007", 10), ("year = 2007", 20), ("year < 2002", 10), ("year >= 2150", 10)):
-        rows = np.array([i for i in range(3000) if eval_year(where, 2000 + i % 300)])
+        rows = np.array([i for i in range(n) if eval_year(where, 2000 + i % 300)])
         for query, hits in zip(queries, index.search(queries, k=k, where=where), strict=True):
             assert len(hits) == min(k, len(rows))
             found = [int(h.path[3:-4]) for h in hits]

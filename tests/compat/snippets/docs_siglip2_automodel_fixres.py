@@ -20,7 +20,9 @@ candidate_labels = ["a Pallas cat", "a lion", "a Siberian tiger"]
 texts = [f"This is a photo of {label}." for label in candidate_labels]
 
 # padding="max_length" and max_length=64: how the model was trained
-inputs = processor(text=texts, images=image, padding="max_length", max_length=64, return_tensors="pt").to("cuda")
+inputs = processor(text=texts, images=image, padding="max_length", max_length=64, return_tensors="pt").to(
+    "cuda"
+)
 
 with torch.no_grad():
     outputs = model(**inputs)

@@ -19,7 +19,9 @@ candidate_labels = ["a Pallas cat", "a lion", "a Siberian tiger"]
 texts = [f"This is a photo of {label}." for label in candidate_labels]
 
 # max_num_patches defaults to 256; higher values give a higher resolution
-inputs = processor(text=texts, images=image, padding="max_length", max_num_patches=256, return_tensors="pt").to("cuda")
+inputs = processor(
+    text=texts, images=image, padding="max_length", max_num_patches=256, return_tensors="pt"
+).to("cuda")
 
 with torch.no_grad():
     outputs = model(**inputs)

@@ -10,7 +10,10 @@ from transformers import AutoModel, AutoProcessor, BitsAndBytesConfig
 
 bnb_config = BitsAndBytesConfig(load_in_4bit=True)
 model = AutoModel.from_pretrained(
-    "google/siglip2-large-patch16-512", quantization_config=bnb_config, device_map="auto", attn_implementation="sdpa"
+    "google/siglip2-large-patch16-512",
+    quantization_config=bnb_config,
+    device_map="auto",
+    attn_implementation="sdpa",
 )
 processor = AutoProcessor.from_pretrained("google/siglip2-base-patch16-224")
 
@@ -18,7 +21,9 @@ url = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/
 image = Image.open(requests.get(url, stream=True).raw)
 candidate_labels = ["a Pallas cat", "a lion", "a Siberian tiger"]
 texts = [f"This is a photo of {label}." for label in candidate_labels]
-inputs = processor(text=texts, images=image, padding="max_length", max_length=64, return_tensors="pt").to("cuda")
+inputs = processor(text=texts, images=image, padding="max_length", max_length=64, return_tensors="pt").to(
+    "cuda"
+)
 
 with torch.no_grad():
     outputs = model(**inputs)

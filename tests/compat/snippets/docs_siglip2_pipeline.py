@@ -5,10 +5,15 @@ import torch
 
 from transformers import pipeline
 
-image = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/pipeline-cat-chonk.jpeg"
+image = (
+    "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/pipeline-cat-chonk.jpeg"
+)
 candidate_labels = ["a Pallas cat", "a lion", "a Siberian tiger"]
 
 pipeline = pipeline(
-    task="zero-shot-image-classification", model="google/siglip2-base-patch16-224", device=0, dtype=torch.bfloat16
+    task="zero-shot-image-classification",
+    model="google/siglip2-base-patch16-224",
+    device=0,
+    dtype=torch.bfloat16,
 )
 result = pipeline(image, candidate_labels=candidate_labels)

@@ -7,7 +7,9 @@ from PIL import Image
 
 from transformers import AutoModel, AutoProcessor
 
-model = AutoModel.from_pretrained("google/siglip-base-patch16-224", device_map="auto", attn_implementation="sdpa")
+model = AutoModel.from_pretrained(
+    "google/siglip-base-patch16-224", device_map="auto", attn_implementation="sdpa"
+)
 processor = AutoProcessor.from_pretrained("google/siglip-base-patch16-224")
 
 url = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/pipeline-cat-chonk.jpeg"

@@ -9,7 +9,10 @@ from transformers import AutoModel, AutoProcessor, BitsAndBytesConfig
 
 bnb_config = BitsAndBytesConfig(load_in_4bit=True)
 model = AutoModel.from_pretrained(
-    "google/siglip-base-patch16-224", quantization_config=bnb_config, device_map="auto", attn_implementation="sdpa"
+    "google/siglip-base-patch16-224",
+    quantization_config=bnb_config,
+    device_map="auto",
+    attn_implementation="sdpa",
 )
 processor = AutoProcessor.from_pretrained("google/siglip-base-patch16-224")
 

@@ -3,7 +3,9 @@
 # Requires: cuda
 from transformers import pipeline
 
-image = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/pipeline-cat-chonk.jpeg"
+image = (
+    "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/pipeline-cat-chonk.jpeg"
+)
 candidate_labels = ["a Pallas cat", "a lion", "a Siberian tiger"]
 
 pipeline = pipeline(task="zero-shot-image-classification", model="google/siglip-base-patch16-224", device=0)

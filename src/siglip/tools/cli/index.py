@@ -55,6 +55,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="vector precision in the index: fp32, fp16 (half the size), or auto: fp32 for flat, fp16 for "
         "the approximate types (default: as the index has it, else auto)",
     )
+    parser.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        default=None,
+        help="memory the index may hold while searching, e.g. 8GiB (default: as the index has it, else 8GiB): "
+        "auto keeps the fp16 vectors in memory (ivf) while they fit, else compressed codes re-ranked from the "
+        "vectors on disk (ivfpq)",
+    )
     add_model_options(parser, default=None, indexed=True)
     add_loader_options(parser)
     add_video_options(parser)
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give image folders, files or patterns to index, or --from-embeddings SOURCE")
     check_inputs(args.paths)  # before the model loads: a typo should cost no time
     model = args.model or (None if SearchIndex.exists(args.index) else DEFAULT_MODEL)
-    kinds = {"index_type": args.index_type, "storage": args.storage}
+    kinds = {"index_type": args.index_type, "storage": args.storage, "memory_budget": args.memory_budget}
     with SearchIndex(args.index, model, args.device, options=ModelOptions.from_args(args), **kinds) as index:
         _ = index.embedder  # load the model first: the rate printed below is the indexing rate
         start = time.perf_counter()
@@ -90,7 +98,7 @@ def _run_from_embeddings(args: argparse.Namespace) -> int:
     if args.paths:
         raise UsageError("give either image PATHs or --from-embeddings, not both")
     model = args.model or (None if SearchIndex.exists(args.index) else embeddings_model(args.from_embeddings))
-    kinds = {"index_type": args.index_type, "storage": args.storage}
+    kinds = {"index_type": args.index_type, "storage": args.storage, "memory_budget": args.memory_budget}
     with SearchIndex(args.index, model, args.device, options=ModelOptions.from_args(args), **kinds) as index:
         start = time.perf_counter()
         report = index.import_embeddings(args.from_embeddings)

@@ -7,23 +7,29 @@ Types (cosine similarity as the inner product of unit vectors):
   2 million vectors, the cells are found through an HNSW graph of their centroids); a query scans `nprobe`
   cells. Vectors added later join their cell without retraining; removals are in place.
 - `hnsw`: a graph (32 links a node); fast at any size but it cannot remove vectors, so a removal rebuilds it.
-- `ivfpq`: `ivf` with each vector compressed by product quantization to dims/8 bytes (96 bytes at 768-d,
-  16x smaller than fp16): the type for tens of millions of vectors in bounded memory, at lower recall.
+- `ivfpq`: `ivf` over codes compressed by 4-bit fast-scan product quantization (dims/8 bytes: 96 at 768-d,
+  16x smaller than fp16, scanned with SIMD), whose `k_factor` x k best candidates are re-ranked by exact inner
+  products with the fp16 vectors (faiss `IndexRefine`). The fp16 vectors sit in the vector file and are
+  memory-mapped when searching: only the codes need memory, a query reads k x k_factor vectors from disk.
+  The type for tens of millions of vectors in bounded memory; a removal rebuilds it (`IndexRefine` cannot
+  remove in place), additions join their cell. (Indexes built before the re-ranking, `PQ96np`, keep working.)
 
 A trained type (`ivf`, `ivfpq`) needs vectors to train on (1,000 and 10,000): asked for by name for fewer,
-it is refused (`check_size`); an index of that type that shrinks below is `flat` until it grows back. `auto` (autofaiss-style, by size): `flat` below 50,000 vectors, `ivf` while the fp16 vectors take under
-8 GiB (about 5.5 million at 768-d), `ivfpq` above. Storage `auto` keeps exact types in fp32 and approximate
+it is refused (`check_size`); an index of that type that shrinks below is `flat` until it grows back. `auto` (autofaiss-style, by size and a memory budget, 8 GiB unless set): `flat` below 50,000 vectors,
+`ivf` while its fp16 vectors fit the budget (about 5.5 million at 768-d in 8 GiB), `ivfpq` above (its
+resident memory is its codes and ids, dims/8 + ~60 bytes a vector: ~16 GB at 100M x 768-d, whatever the budget). Storage `auto` keeps exact types in fp32 and approximate
 ones in fp16 (its rounding, about 1e-4, is far below their approximation error).
 
 Every build measures recall@10 against exact search on a held-out sample of the indexed vectors (added to
-the index only after the measurement, so that they are queries it has not seen), after choosing the smallest search effort (`nprobe`, `efSearch`) that
-reaches the target recall (plus a margin for the sample's error). faiss does the rest: `index_factory`, training, `ParameterSpace`, `ResultHeap`.
+the index only after the measurement, so that they are queries it has not seen), after choosing the smallest search effort (`nprobe`, `efSearch`; for
+`ivfpq` the cheapest `nprobe` and `k_factor` together) that reaches the target recall (plus a margin for the sample's error). faiss does the rest: `index_factory`, training, `ParameterSpace`, `ResultHeap`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,7 +45,7 @@ TARGET_RECALL = 0.95
 TUNE_MARGIN = 0.01  # tune to the target plus this: the sample's recall is an estimate (+-0.01 at 500 queries)
 RECALL_K = 10
 FLAT_BELOW = 50_000  # auto: exact search up to here (about 5 ms a query at 768-d on one core)
-PQ_FROM_BYTES = 8 << 30  # auto: product quantization once the fp16 vectors would take this much
+MEMORY_BUDGET = 8 << 30  # auto: product quantization once the fp16 vectors would take more than this
 RECALL_QUERIES = 500  # held-out queries per recall measurement
 TRAIN_PER_CELL = 40  # k-means training points per IVF cell (faiss warns below 39)
 HNSW_LINKS = 32
@@ -104,11 +110,24 @@ def check_size(kind: str, n: int) -> None:
         )
 
 
-def plan(kind: str, storage: str, n: int, dims: int) -> Plan:
-    """The index to build for `n` vectors of `dims` dimensions (see the module doc for `auto`)."""
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from a size such as "8GiB", "512MiB", "8G" or "2000000000" (binary units; a `UsageError`
+    naming the value otherwise)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not found or float(found[1]) <= 0:
+        raise UsageError(f"memory budget must be a size such as 8GiB or 512MiB, got {text!r}")
+    return int(float(found[1]) * _UNITS[found[2].lower()])
+
+
+def plan(kind: str, storage: str, n: int, dims: int, memory_budget: int = MEMORY_BUDGET) -> Plan:
+    """The index to build for `n` vectors of `dims` dimensions (see the module doc for `auto`, which keeps
+    the fp16 vectors in memory only while they fit `memory_budget` bytes)."""
     check_options(kind, storage)
     if kind == "auto":
-        kind = "flat" if n < FLAT_BELOW else "ivf" if n * dims * 2 < PQ_FROM_BYTES else "ivfpq"
+        kind = "flat" if n < FLAT_BELOW else "ivf" if n * dims * 2 <= memory_budget else "ivfpq"
     if n < TRAINS_FROM.get(kind, 0):  # too few vectors to train on: exact until there are enough
         kind = "flat"
     if storage == "auto":
@@ -125,17 +144,23 @@ def plan(kind: str, storage: str, n: int, dims: int) -> Plan:
         "flat": codes,
         "ivf": f"{ivf},{codes}",
         "hnsw": f"HNSW{HNSW_LINKS},{codes}",
-        "ivfpq": f"{ivf},PQ{_pq_bytes(dims)}np",  # np: no polysemous training (10x slower, unused)
+        # 4-bit codes of dims/4 sub-quantizers (4 dimensions each; fast-scan wants an even count), re-ranked
+        "ivfpq": f"{ivf},PQ{_pq_quantizers(dims)}x4fs,Refine(SQfp16)",
     }[kind]
     return Plan(kind, "pq" if kind == "ivfpq" else storage, factory)
 
 
-def _pq_bytes(dims: int) -> int:
-    """PQ sub-quantizers (one byte each): dims/8, rounded down to a divisor of dims."""
-    m = max(1, dims // 8)
-    while dims % m:
+def _pq_quantizers(dims: int) -> int:
+    """4-bit PQ sub-quantizers: dims/4, rounded down to an even divisor of dims (at least 2)."""
+    m = max(2, dims // 4)
+    while m > 2 and (dims % m or m % 2):
         m -= 1
     return m
+
+
+def refines(factory: str) -> bool:
+    """Whether an index of this factory string re-ranks its candidates with exact vectors (`IndexRefine`)."""
+    return "Refine(" in factory
 
 
 def still_fits(current: Plan, wanted: Plan) -> bool:
@@ -146,16 +171,16 @@ def still_fits(current: Plan, wanted: Plan) -> bool:
     return current.nlist == wanted.nlist or (current.nlist > 0 and 0.5 <= wanted.nlist / current.nlist <= 2)
 
 
-def can_remove(kind: str) -> bool:
-    """Whether vectors can be removed in place (HNSW graphs cannot: a removal rebuilds)."""
-    return kind != "hnsw"
+def can_remove(plan: Plan) -> bool:
+    """Whether vectors can be removed in place (HNSW graphs and `IndexRefine` cannot: a removal rebuilds)."""
+    return plan.kind != "hnsw" and not refines(plan.factory)
 
 
 def new_index(plan: Plan, dims: int) -> Any:
     """An empty faiss index for `plan`, addressed by int64 ids and able to give back vectors by id."""
     faiss = _faiss()
     index = faiss.index_factory(dims, plan.factory, faiss.METRIC_INNER_PRODUCT)
-    if plan.nlist:
+    if plan.nlist and not refines(plan.factory):
         index.set_direct_map_type(faiss.DirectMap.Hashtable)  # ids in the lists; reconstruct by id
         return index
     return faiss.IndexIDMap2(index)
@@ -185,7 +210,8 @@ def remove_ids(index: Any, ids: np.ndarray) -> None:
 
 
 def vectors_of(index: Any, ids: np.ndarray, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) chunks of the vectors an index holds for `ids` (approximate for `ivfpq`)."""
+    """(ids, vectors) chunks of the vectors an index holds for `ids` (fp16-rounded for `ivfpq`, which keeps them
+    for re-ranking; approximate for one built before that)."""
     for start in range(0, len(ids), chunk):
         part = np.ascontiguousarray(ids[start : start + chunk], dtype=np.int64)
         yield part, index.reconstruct_batch(part)
@@ -204,6 +230,7 @@ def search(
 
     The tuned search effort finds the top 10; a larger `k` needs more: HNSW explores at least `k` candidates
     (`efSearch`), and an IVF query short of results probes twice the cells until it has them (at most all).
+    A re-ranked `ivfpq` re-ranks k x `k_factor` candidates, so it returns k whenever its cells hold k.
     The effort goes with the call (faiss `SearchParameters`), so concurrent searches never see another's.
     Single-threaded for a few queries: waking OpenMP threads for one query costs more than the query (about
     12 ms against 0.02 ms for HNSW on a busy 2-core machine); batches stay parallel.
@@ -230,10 +257,7 @@ def search(
         )
         if not exact and len(allowed) < EXACT_AMONG_BELOW:
             return _search_among(index, queries, k, allowed)
-        selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))  # keeps `allowed` alive
-        scores, ids = _search_complete(
-            faiss, index, queries, k, selector, len(allowed) / max(index.ntotal, 1)
-        )
+        scores, ids = _search_complete(faiss, index, queries, k, allowed, len(allowed) / max(index.ntotal, 1))
         short = (ids < 0).any(axis=1)  # k is at most the allowed count here
         if short.any():
             scores[short], ids[short] = _search_among(index, queries[short], k, allowed)
@@ -262,33 +286,50 @@ def _search_among(
 
 
 def _search_complete(
-    faiss: Any, index: Any, queries: np.ndarray, k: int, selector: Any = None, share: float = 1.0
+    faiss: Any, index: Any, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, share: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`index.search` with the effort `search` describes, among the ids `selector` admits (all if None), a
-    `share` of the index: HNSW then explores that many times more candidates, as most it meets are not
-    admitted."""
+    """`index.search` with the effort `search` describes, among the `allowed` ids (all if None), a `share` of
+    the index: HNSW then explores that many times more candidates and IVF probes that many times more cells, as
+    most vectors they meet are not admitted."""
     wanted = min(k, index.ntotal)
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
+    selector = None if allowed is None else faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
     if isinstance(inner, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW(sel=selector)
         params.efSearch = min(max(index.ntotal, k), math.ceil(max(inner.hnsw.efSearch, k) / share))
         return index.search(queries, k, params=params)
-    ivf = faiss.try_extract_index_ivf(index) if inner is None else None
-    nprobe = ivf.nprobe if ivf is not None else 0
-    first = None  # IVF takes only its own parameters, which then must carry its nprobe
-    if selector is not None:
-        first = (
-            faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-            if ivf is not None
-            else faiss.SearchParameters(sel=selector)
-        )
-    scores, ids = index.search(queries, k, params=first)
+    refine = inner if isinstance(inner, faiss.IndexRefine) else None
+    ivf = (
+        faiss.try_extract_index_ivf(refine.base_index if refine else index)
+        if inner is None or refine
+        else None
+    )
+    if refine is not None and allowed is not None:
+        # IndexRefine ignores a selector of its own and IndexIDMap2 translates ids for the top level only: the
+        # base index takes the selector, of positions in the id map (kept alive here while it searches).
+        positions = np.flatnonzero(np.isin(faiss.vector_to_array(index.id_map), allowed)).astype(np.int64)
+        selector = faiss.IDSelectorBatch(len(positions), faiss.swig_ptr(positions))
+
+    def params_for(nprobe: int) -> Any:
+        if ivf is None:
+            return None if selector is None else faiss.SearchParameters(sel=selector)
+        cells = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        if refine is None:
+            return cells
+        params = (
+            faiss.IndexRefineSearchParameters()
+        )  # the cells go to the base index; re-ranking keeps k_factor
+        params.k_factor = refine.k_factor
+        params.base_index_params = cells
+        return params
+
+    # as HNSW's candidates, the cells probed grow by 1 / share: as many admitted vectors met as without a filter
+    nprobe = min(ivf.nlist, math.ceil(ivf.nprobe / share)) if ivf is not None else 0
+    scores, ids = index.search(queries, k, params=params_for(nprobe))
     short = (ids[:, :wanted] < 0).any(axis=1)
     while short.any() and 0 < nprobe < ivf.nlist:
         nprobe = min(2 * nprobe, ivf.nlist)
-        params = faiss.SearchParametersIVF(sel=selector)
-        params.nprobe = nprobe
-        scores[short], ids[short] = index.search(queries[short], k, params=params)
+        scores[short], ids[short] = index.search(queries[short], k, params=params_for(nprobe))
         short = (ids[:, :wanted] < 0).any(axis=1)
     return scores, ids
 
@@ -337,7 +378,9 @@ def build(
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of each row of `truth` (the exact top k) that `found` (top k) contains."""
     k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth, strict=True)]))
+    found = np.asarray(found)[:, :k]
+    hit = (truth[:, :, None] == found[:, None, :]).any(axis=2) & (truth >= 0)  # an exact id in the found ones
+    return float(hit.sum(axis=1).mean() / k) if len(truth) else 0.0
 
 
 def _tune(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[str, float]:
@@ -347,6 +390,8 @@ def _tune(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, target:
         efforts = [""]
     elif kind == "hnsw":
         efforts = [f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512)]
+    elif isinstance(_refine_of(index), _faiss().IndexRefine):
+        return _tune_refined(index, queries, truth, target)
     else:
         nlist = _faiss().extract_index_ivf(index).nlist
         efforts = [f"nprobe={p}" for p in (1, 2, 4, 8, 16, 32, 64, 128, 256) if p <= nlist]
@@ -359,6 +404,43 @@ def _tune(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, target:
         if recall >= target + TUNE_MARGIN:
             break
     return params, round(recall, 4)
+
+
+K_FACTORS = (2, 4, 8, 16, 32, 64)  # re-ranked candidates per result tried by `_tune_refined`
+
+
+def _tune_refined(index: Any, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[str, float]:
+    """`_tune` for a re-ranked index: the cheapest (`nprobe`, `k_factor`) reaching the target with a margin,
+    else the best recall found. Cost in bytes touched a query: the codes of the cells scanned (in memory) plus
+    4x the fp16 vectors re-ranked (random reads from a memory-mapped file cost more than a sequential scan).
+    """
+    faiss = _faiss()
+    refine = _refine_of(index)
+    ivf = faiss.extract_index_ivf(refine.base_index)
+    per_cell = max(1, index.ntotal // ivf.nlist) * ivf.code_size
+    vector_bytes = refine.refine_index.sa_code_size()
+    best, passing = ("", -1.0), []
+    for nprobe in (p for p in (4, 8, 16, 32, 64, 128, 256) if p <= ivf.nlist):
+        for k_factor in K_FACTORS:
+            params = f"nprobe={nprobe},k_factor_rf={k_factor}"
+            apply_search_params(index, params)
+            recall = recall_at_k(index.search(queries, RECALL_K)[1], truth)
+            best = max(best, (params, recall), key=lambda tried: tried[1])
+            if recall >= target + TUNE_MARGIN:
+                cost = nprobe * per_cell + 4 * RECALL_K * k_factor * vector_bytes
+                passing.append((cost, params, recall))
+                break  # a larger k_factor at this nprobe only costs more
+        if passing and passing[-1][1].endswith(f"k_factor_rf={K_FACTORS[0]}"):
+            break  # the fewest candidates already pass here: more cells only cost more
+    params, recall = min(passing)[1:] if passing else best
+    apply_search_params(index, params)
+    return params, round(recall, 4)
+
+
+def _refine_of(index: Any) -> Any:
+    """The `IndexRefine` inside an `IndexIDMap2` (or whatever else the map wraps)."""
+    faiss = _faiss()
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
 
 
 def _exact(queries: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,9 +11,10 @@ An index is a folder with two files (and `update.lock`, which makes a second `up
   during a build loses at most the batch in flight and a rerun completes the build, with exactly one entry
   per file;
 - `vectors.faiss`, a faiss index of the embeddings keyed by record id (see `siglip.tools.search.ann` for the
-  types: exact `flat`, `ivf`, `hnsw`, compressed `ivfpq`, or `auto` by size; fp32 or fp16 storage). After
-  every change it catches up by id difference (ids are never reused), or is rebuilt when the size calls for
-  another type or cell count or HNSW must drop vectors, and is replaced atomically. Only then do the records
+  types: exact `flat`, `ivf`, `hnsw`, compressed `ivfpq` re-ranked with its fp16 vectors, or `auto` by size
+  and memory budget; fp32 or fp16 storage). After every change it catches up by id difference (ids are never
+  reused), or is rebuilt when the size calls for another type or cell count or HNSW or a re-ranked `ivfpq`
+  must drop vectors, and is replaced atomically. Only then do the records
   release their copy of the vectors it took over (in one transaction): each vector is stored once, and a
   `kill -9` at any moment leaves either the old file with the vectors still in the records, or the new one.
   Searches open it memory-mapped. A missing or damaged file loses the vectors it held: their records are
@@ -103,7 +104,8 @@ _VIDEO = "video_sampling"  # meta key: the `Sampling.key` of the last update tha
 _SETTINGS = (
     "index_type",
     "storage",
-)  # meta keys: the index type and storage asked for (ann.INDEX_TYPES, STORAGES)
+    "memory_budget",
+)  # meta keys: the index type, storage and memory budget (bytes) asked for (ann.INDEX_TYPES, STORAGES)
 _LEGACY = ann.Plan("flat", "fp32", "Flat")  # vectors.faiss of an index made before the types existed
 _IDENTITY = "records_identity"  # meta key: the identity of these records, stamped on their vector file
 _UNSTAMPED = "vectors_unstamped"  # meta key: "1" while vectors.faiss is an older version's, without a stamp
@@ -147,6 +149,7 @@ class SearchIndex:
     `siglip.tools.search.ann`; default: as stored, else "auto") are kept with the index from the next update,
     import or search, which rebuilds the vector file; `ivf` or `ivfpq` asked for an index too small to train
     it is refused there (`UsageError` naming the minimum), before anything is embedded or changed.
+    `memory_budget` (bytes or a size such as "8GiB"; default: as stored, else 8 GiB) is what `auto` plans for.
     """
 
     def __init__(
@@ -158,12 +161,14 @@ class SearchIndex:
         options: ModelOptions | None = None,
         index_type: str | None = None,
         storage: str | None = None,
+        memory_budget: int | str | None = None,
         **option_values: Any,
     ) -> None:
         # checked now, not when the model is needed; precision None and reduced_decode False: not asked (an
         # existing index's recorded value holds)
         self.options = ModelOptions.of(options, **option_values)
         ann.check_options(index_type or "auto", storage or "auto")
+        budget = None if memory_budget is None else str(ann.parse_memory(str(memory_budget)))
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"index '{self.directory}' is a file, not an index folder: give another path")
@@ -204,7 +209,7 @@ class SearchIndex:
         self._faiss_generation = -1
         self._asked = {  # recorded by the next update, import or search, once the size is known
             key: value
-            for key, value in zip(_SETTINGS, (index_type, storage), strict=True)
+            for key, value in zip(_SETTINGS, (index_type, storage, budget), strict=True)
             if value is not None and value != (self.store.get_meta(key) or "auto")
         }
 
@@ -611,14 +616,15 @@ class SearchIndex:
         want = self.store.ids()
         info = self.build_info
         current = ann.Plan(info.kind, info.storage, info.factory) if info else _LEGACY
-        settings = [self.store.get_meta(key) or "auto" for key in _SETTINGS]
-        wanted = ann.plan(*settings, len(want), self.store.dims)
+        kind, storage, budget = (self.store.get_meta(key) or "auto" for key in _SETTINGS)
+        budget = ann.MEMORY_BUDGET if budget == "auto" else int(budget)
+        wanted = ann.plan(kind, storage, len(want), self.store.dims, budget)
         extra = np.setdiff1d(have, want)
         keep = np.intersect1d(have, want)
         if (
             index is None
             or not ann.still_fits(current, wanted)
-            or (extra.size and not ann.can_remove(current.kind))
+            or (extra.size and not ann.can_remove(current))
         ):
             old = index
 
@@ -655,13 +661,20 @@ class SearchIndex:
             return None
         stamp = tail[len(_STAMP) :].decode("ascii", "replace") if tail.startswith(_STAMP) else None
         if not self._belongs(stamp):
-            if not mmap:
-                self._set_aside(path, "belongs to other records (an index.sqlite deleted or replaced since)")
+            if not mmap:  # a file cut short has lost its stamp with its end
+                why = "belongs to other records (an index.sqlite deleted or replaced since)"
+                self._set_aside(
+                    path,
+                    why if stamp else "is truncated or damaged (its end, the records' stamp, is missing)",
+                )
             return None
         info = self.build_info
         flags = 0
-        if mmap:  # faiss maps inverted lists and flat codes with different flags
-            flags = faiss.IO_FLAG_MMAP if info and info.factory.startswith("IVF") else faiss.IO_FLAG_MMAP_IFC
+        if (
+            mmap
+        ):  # faiss maps inverted lists and flat codes (ivfpq's re-ranking vectors too) with different flags
+            ivf_lists = info and info.factory.startswith("IVF") and not ann.refines(info.factory)
+            flags = faiss.IO_FLAG_MMAP if ivf_lists else faiss.IO_FLAG_MMAP_IFC
         try:
             index = faiss.read_index(os.fspath(path), flags)
         except RuntimeError as err:
