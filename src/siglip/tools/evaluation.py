@@ -14,7 +14,7 @@ Metrics are computed as CLIP_benchmark computes them:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import torch
 from ..errors import NoImagesError
 from .classifier import ImageClassifier, class_ids
 from .deps import require
-from .embeddings.embedder import Embedder
+from .embeddings.embedder import EmbeddedBatch, Embedder
 from .inputs.data import ClassFolders, PairsFile
 from .inputs.files import skipped_as_json
 from .zeroshot import DEFAULT_TEMPLATE, scores
@@ -180,15 +180,14 @@ def evaluate_zeroshot(
     """
     dataset = ClassFolders(data)
     classes = torch.from_numpy(embedder.class_embeddings(dataset.class_names, templates))
-    label_of = dict(zip(dataset.images, dataset.labels, strict=True))
-    probabilities, labels, skipped = [], [], list(dataset.skipped)
-    for batch in embedder.embed_files(dataset.images, batch_size, workers, progress):
-        probabilities.append(scores(embedder.model, torch.from_numpy(batch.vectors), classes).numpy())
-        labels += [label_of[f.path] for f in batch.files]
-        skipped += [(f.path, reason) for f, reason in batch.failed]
-    if not labels:
-        raise NoImagesError(f"none of the {len(dataset)} images in '{data}' could be read")
-    return zeroshot_report(np.concatenate(probabilities), np.array(labels), dataset.class_names, skipped)
+    return _report_of_batches(
+        embedder.embed_files(dataset.images, batch_size, workers, progress),
+        lambda vectors: scores(embedder.model, torch.from_numpy(vectors), classes).numpy(),
+        dict(zip(dataset.images, dataset.labels, strict=True)),
+        dataset.class_names,
+        dataset.skipped,
+        f"none of the {len(dataset)} images in '{data}' could be read",
+    )
 
 
 def classifier_report(
@@ -202,15 +201,35 @@ def classifier_report(
 ) -> ZeroShotReport:
     """The metrics of a fine-tuned classifier's probabilities on `images` of the true class ids `labels`
     (indices into `classifier.labels`); unreadable images are skipped and listed with `skipped`."""
-    label_of = dict(zip(images, labels, strict=True))
-    probabilities, found, skipped = [], [], list(skipped)
-    for batch in classifier.classify_files(images, batch_size, workers, progress):
-        probabilities.append(batch.vectors)
-        found += [label_of[f.path] for f in batch.files]
+    return _report_of_batches(
+        classifier.classify_files(images, batch_size, workers, progress),
+        lambda probabilities: probabilities,
+        dict(zip(images, labels, strict=True)),
+        classifier.labels,
+        skipped,
+        f"none of the {len(images)} images could be read",
+    )
+
+
+def _report_of_batches(
+    batches: Iterable[EmbeddedBatch],
+    probabilities_of: Callable[[np.ndarray], np.ndarray],
+    label_of: dict[str, int],
+    class_names: Sequence[str],
+    skipped: Sequence[tuple[str, str]],
+    none_read: str,
+) -> ZeroShotReport:
+    """The report of the class probabilities `probabilities_of(batch.vectors)` of file `batches`, each file's
+    true class from `label_of`; unreadable files join `skipped`, and none read at all is a `NoImagesError`
+    saying `none_read`."""
+    probabilities, labels, skipped = [], [], list(skipped)
+    for batch in batches:
+        probabilities.append(probabilities_of(batch.vectors))
+        labels += [label_of[f.path] for f in batch.files]
         skipped += [(f.path, reason) for f, reason in batch.failed]
-    if not found:
-        raise NoImagesError(f"none of the {len(images)} images could be read")
-    return zeroshot_report(np.concatenate(probabilities), np.array(found), classifier.labels, skipped)
+    if not labels:
+        raise NoImagesError(none_read)
+    return zeroshot_report(np.concatenate(probabilities), np.array(labels), class_names, skipped)
 
 
 def evaluate_classifier(
