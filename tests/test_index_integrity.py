@@ -253,3 +253,23 @@ def test_an_explicit_trained_type_below_its_minimum_is_refused_with_the_minimum(
     with pytest.raises(UsageError, match="would hold 301"):
         SearchIndex(tmp_path / "small", index_type="ivf").import_embeddings(source)
     assert len(SearchIndex(tmp_path / "small")) == 300
+
+
+def test_a_store_whose_creation_dies_leaves_no_file_that_reads_as_a_store(tmp_path, monkeypatch):
+    """A run killed while it creates the records left an empty `index.sqlite`, which then opened as an index
+    with no model ("is empty; creating a store needs ..."): a new store appears whole, or not at all."""
+    from siglip.tools.search import store
+
+    def dies(*args: object) -> None:
+        raise KeyboardInterrupt  # the process ends here, between opening the file and creating its tables
+
+    path = tmp_path / "i" / RECORDS_FILE
+    path.parent.mkdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "_create_tables", dies)
+        with pytest.raises(KeyboardInterrupt):
+            VectorStore(path, "m", 4)
+    assert list(path.parent.iterdir()) == []  # neither the store nor its stand-in
+    assert not SearchIndex.exists(path.parent)
+    with VectorStore(path, "m", 4) as created, VectorStore(path) as reopened:  # the next run creates it
+        assert (created.model, reopened.model, reopened.dims) == ("m", "m", 4)

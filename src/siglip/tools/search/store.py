@@ -166,6 +166,22 @@ def store_error(path: Path, err: sqlite3.Error, start_over: str = START_OVER) ->
     )
 
 
+def _create_tables(
+    db: sqlite3.Connection, path: Path, model: str | None, dims: int | None, meta: dict[str, str]
+) -> None:
+    """Make a store's tables in `db` (inside the caller's transaction, so a store is never half made)."""
+    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+        raise StoreError(f"'{path}' is an SQLite database of something else, not a siglip store")
+    if model is None or dims is None:
+        raise StoreError(f"'{path}' is empty; creating a store needs a model and its dims")
+    for statement in _SCHEMA.split(";"):
+        db.execute(statement)
+    db.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [("model", model), ("dims", str(dims)), ("generation", "0"), *meta.items()],
+    )
+
+
 class VectorStore:
     """Image paths, their file state and normalised embeddings in one SQLite file (see the module doc).
 
@@ -188,8 +204,10 @@ class VectorStore:
         self.start_over = start_over
         if self.path.is_dir():
             raise StoreError(f"'{self.path}' is a folder, not a store file: give another path")
-        if not self.path.exists() and (model is None or dims is None):
-            raise StoreError(f"no store at '{self.path}'")
+        if not self.path.exists():
+            if model is None or dims is None:
+                raise StoreError(f"no store at '{self.path}'")
+            self._create_whole(model, dims, meta or {})
         self.read_only = self.path.exists() and not _writable(self.path)
         try:
             if self.read_only:  # immutable: SQLite then needs no -wal/-shm files, which it could not create
@@ -208,7 +226,7 @@ class VectorStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process, and fast
                 with self.transaction():
                     if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-                        self._create(model, dims, meta or {})
+                        _create_tables(self._db, self.path, model, dims, meta or {})  # an empty file
                     columns = {row[1] for row in self._db.execute("PRAGMA table_info(skipped)")}
                     if "ctime_ns" not in columns:
                         self._db.execute(_ADD_CTIME)
@@ -227,18 +245,33 @@ class VectorStore:
         self.model: str = stored["model"]
         self.dims: int = int(stored["dims"])
 
-    def _create(self, model: str | None, dims: int | None, meta: dict[str, str]) -> None:
-        """Make the tables (inside the opening transaction, so a store is never half made)."""
-        if self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
-            raise StoreError(f"'{self.path}' is an SQLite database of something else, not a siglip store")
-        if model is None or dims is None:
-            raise StoreError(f"'{self.path}' is empty; creating a store needs a model and its dims")
-        for statement in _SCHEMA.split(";"):
-            self._db.execute(statement)
-        self._db.executemany(
-            "INSERT INTO meta VALUES (?, ?)",
-            [("model", model), ("dims", str(dims)), ("generation", "0"), *meta.items()],
-        )
+    def _create_whole(self, model: str, dims: int, meta: dict[str, str]) -> None:
+        """Make a new store under a name of this process's own, then link it into place: a run killed meanwhile
+        leaves no empty file that would read as a store, and of two runs creating one store the first link
+        wins (the other's is dropped, and both open the winner)."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):  # a killed run's, never replayed
+            leftover.unlink(missing_ok=True)
+        try:
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("BEGIN")
+                _create_tables(db, self.path, model, dims, meta)
+                db.execute("COMMIT")
+            finally:
+                db.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links (FAT, some network shares): a plain rename
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+        except sqlite3.Error as err:
+            raise store_error(self.path, err, self.start_over) from err
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # --- transactions --------------------------------------------------------------------------------------
     @contextlib.contextmanager
