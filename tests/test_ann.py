@@ -25,14 +25,17 @@ from siglip.tools.search.store import FileState, VectorStore
 faiss = pytest.importorskip("faiss")
 
 
-def _new_index(directory: Path, vectors: np.ndarray, **settings: str) -> SearchIndex:
-    """A search index holding `vectors` under paths /v/<row>.jpg, written as a build writes them."""
+def _new_index(directory: Path, vectors: np.ndarray, years: bool = False, **settings: str) -> SearchIndex:
+    """A search index holding `vectors` under paths /v/<row>.jpg, written as a build writes them (with
+    `years`, each row's metadata says year 2000 + row % 7, for filters)."""
     directory.mkdir()
     VectorStore(directory / RECORDS_FILE, "synthetic", vectors.shape[1]).close()
     index = SearchIndex(directory, **settings)
     for start in range(0, len(vectors), 20_000):
         part = vectors[start : start + 20_000]
-        index.store.record([FileState(f"/v/{start + i}.jpg", 1, 1) for i in range(len(part))], part)
+        rows = range(start, start + len(part))
+        metadata = [{"year": 2000 + row % 7} for row in rows] if years else None
+        index.store.record([FileState(f"/v/{row}.jpg", 1, 1) for row in rows], part, metadata=metadata)
     return index
 
 
@@ -67,7 +70,7 @@ def test_the_default_index_of_100k_clustered_vectors_has_recall_at_10_of_at_leas
         ("flat", "fp16", "SQfp16"),
         ("ivf", "auto", "IVF256,SQfp16"),
         ("hnsw", "fp32", "HNSW32,Flat"),
-        ("ivfpq", "auto", "IVF256,PQ16x4fs,Refine(SQfp16)"),
+        ("ivfpq", "auto", "IVF256,PQ16x4fs"),
     ],
 )
 def test_each_type_round_trips_through_save_and_open_and_follows_changes(tmp_path, kind, storage, factory):
@@ -344,7 +347,7 @@ def test_an_import_killed_with_sigkill_leaves_the_old_index_usable_and_a_rerun_c
 def test_past_8192_cells_a_graph_finds_the_cells_and_the_index_still_round_trips():
     assert ann.plan("auto", "auto", 1_000_000, 768).factory == "IVF4096,SQfp16"  # the 1M figures stand
     big = ann.plan("ivfpq", "auto", 10_000_000, 768)
-    assert (big.factory, big.nlist) == ("IVF16384_HNSW32,PQ192x4fs,Refine(SQfp16)", 16384)
+    assert (big.factory, big.nlist) == ("IVF16384_HNSW32,PQ192x4fs", 16384)
 
     vectors, queries = np.split(clustered(12_020, 64, clusters=20, rank=8), [12_000])
     plan = ann.Plan("ivf", "fp16", "IVF64_HNSW32,SQfp16")  # the same factory at a size a test affords
@@ -366,8 +369,16 @@ def test_auto_plans_by_size_and_memory_budget():
         assert ann.plan("auto", "auto", n, 768).kind == kind, n
     assert ann.plan("auto", "auto", 1_000_000, 768, memory_budget=1 << 30).kind == "ivfpq"  # 1.43 GiB > 1
     assert ann.plan("auto", "auto", 6_000_000, 768, memory_budget=ann.parse_memory("16GiB")).kind == "ivf"
-    pq = ann.plan("auto", "auto", 100_000_000, 768)
-    assert pq.factory == "IVF32768_HNSW32,PQ192x4fs,Refine(SQfp16)"  # 96-byte codes: 9.6 GB at 100M
+    # ivfpq holds the budget too: its codes + list ids + centroids (104 B a 768-d vector with PQ192x4fs)
+    assert ann.plan("auto", "auto", 10_000_000, 768).factory == "IVF16384_HNSW32,PQ192x4fs"  # 1.04 GB
+    assert ann.plan("auto", "auto", 100_000_000, 768).factory == "IVF32768_HNSW32,PQ96x4fs"  # 10.4 GB > 8 GiB
+    small = ann.plan("auto", "auto", 100_000_000, 768, memory_budget=ann.parse_memory("4GiB"))
+    assert small.factory == "IVF32768_HNSW32,PQ48x4fs"  # 32 B a vector: 3.3 GB with the centroids
+    assert ann.resident_bytes(48, 100_000_000, 32768, 768) == 100_000_000 * 32 + 32768 * (768 * 4 + 256)
+    with pytest.raises(
+        UsageError, match=r"100,000,000 vectors of 768 dimensions need 3\.08 GiB .* 2\.00 GiB"
+    ):
+        ann.plan("auto", "auto", 100_000_000, 768, memory_budget=ann.parse_memory("2GiB"))
     assert ann.parse_memory("8GiB") == 8 << 30 and ann.parse_memory("512 MB") == 512 << 20
     assert ann.parse_memory("2000") == 2000
     for bad in ("eight", "0GiB", "-1G", "8XB"):
@@ -375,14 +386,27 @@ def test_auto_plans_by_size_and_memory_budget():
             ann.parse_memory(bad)
 
 
-def test_reranked_ivfpq_meets_its_stored_recall_returns_k_and_keeps_recall_as_it_grows():
+def test_reranked_ivfpq_meets_its_stored_recall_returns_k_removes_in_place_and_keeps_recall_as_it_grows(
+    tmp_path,
+):
     vectors, queries = np.split(clustered(20_200, 64, clusters=20, rank=8), [20_000])
     plan = ann.plan("ivfpq", "auto", 16_000, 64)
-    ids = np.arange(16_000) * 7 + 3  # ids that are not positions: the map must translate the re-ranking's
+    ids = np.arange(16_000) * 7 + 3  # ids that are not rows: the sidecar must translate the re-ranking's
     index, info = ann.build(
-        plan, 64, 16_000, lambda: iter([(ids[:8_000], vectors[:8_000]), (ids[8_000:], vectors[8_000:16_000])])
+        plan,
+        64,
+        16_000,
+        lambda: iter([(ids[:8_000], vectors[:8_000]), (ids[8_000:], vectors[8_000:16_000])]),
+        folder=tmp_path,
     )
-    assert ann.refines(info.factory) and "k_factor_rf=" in info.search_params
+    assert (
+        isinstance(index, ann.Reranked) and "k_factor=" in info.search_params and "Refine" not in info.factory
+    )
+    # the sidecars: every vector once, fp16, in stream order; the image id of each row
+    assert np.array_equal(np.fromfile(index.paths[1], np.int64), ids)
+    assert np.array_equal(
+        np.fromfile(index.paths[0], np.float16).reshape(-1, 64), vectors[:16_000].astype("f2")
+    )
     # the stored recall is an estimate from 500 queries: new queries agree within its sampling error (3 sigma)
     error = 3 * np.sqrt(info.recall_at_10 * (1 - info.recall_at_10) / (info.recall_queries * 10)) + 0.01
     exact = _exact_top(vectors[:16_000], queries, 10)
@@ -392,17 +416,76 @@ def test_reranked_ivfpq_meets_its_stored_recall_returns_k_and_keeps_recall_as_it
     scores, found = ann.search(index, queries[:5], 10)
     assert np.allclose(scores, np.einsum("qd,qkd->qk", queries[:5], vectors[(found - 3) // 7]), atol=2e-3)
 
-    # k results whenever k exist, far past k_factor x the tuned 10
+    # k results whenever k exist, far past k_factor x the tuned 10, and inside a filter (by image id)
     many = ann.search(index, queries[:3], 3_000)[1]
     assert (many >= 0).all() and all(len(set(row)) == 3_000 for row in many)
+    for allowed in (ids[::400], ids[::3]):  # 40 (exact among them) and 5,334 (the base's selector, of rows)
+        _, among = ann.search(index, queries[:20], 30, allowed)
+        assert np.isin(among, allowed).all() and all(len(set(row)) == 30 for row in among)
+        truth = np.argsort(-(queries[:20] @ vectors[(allowed - 3) // 7].T), axis=1)[:, :10]
+        assert ann.recall_at_k(among[:, :10], allowed[truth]) >= 0.9
 
-    # incremental: 4,000 more join their cells (no retraining) and the recall over all 20,000 holds
+    # removal in place: the rows leave the lists, their ids become -1; nothing else is rewritten
+    vectors_file = index.paths[0].stat()
+    gone = np.unique(found[:, :3])
+    ann.remove_ids(index, gone)
+    assert index.ntotal == 16_000 - len(gone) and index.rows == 16_000
+    assert (np.fromfile(index.paths[1], np.int64) == -1).sum() == len(gone)
+    assert index.paths[0].stat().st_mtime_ns == vectors_file.st_mtime_ns
+    after = ann.search(index, queries, 10)[1]
+    assert not np.isin(after, gone).any() and not np.isin(ann.ids_of(index), gone).any()
+    kept = np.setdiff1d(ids, gone)
+    truth = kept[np.argsort(-(queries @ vectors[(kept - 3) // 7].T), axis=1)[:, :10]]
+    assert ann.recall_at_k(after, truth) >= info.recall_at_10 - error
+
+    # incremental: 4,000 more rows join their cells (no retraining) and the recall over all of them holds
     index.add_with_ids(vectors[16_000:], np.arange(16_000, 20_000) * 7 + 3)
-    grown = ann.recall_at_k((ann.search(index, queries, 10)[1] - 3) // 7, _exact_top(vectors, queries, 10))
-    assert grown >= info.recall_at_10 - error, grown
-    reopened = faiss.deserialize_index(faiss.serialize_index(index))
+    index.flush()
+    kept = np.concatenate([kept, np.arange(16_000, 20_000) * 7 + 3])
+    truth = kept[np.argsort(-(queries @ vectors[(kept - 3) // 7].T), axis=1)[:, :10]]
+    assert ann.recall_at_k(ann.search(index, queries, 10)[1], truth) >= info.recall_at_10 - error
+    reopened = ann.Reranked.open(
+        faiss.deserialize_index(faiss.serialize_index(index.base)), tmp_path, index.generation, index.rows
+    )
     ann.apply_search_params(reopened, info.search_params)
     assert np.array_equal(ann.search(reopened, queries, 10)[1], ann.search(index, queries, 10)[1])
+
+
+def test_an_ivfpq_build_streams_its_vectors_to_the_sidecars_never_holding_them(tmp_path, monkeypatch):
+    import tracemalloc
+
+    dims, part = 128, 3_000
+    monkeypatch.setattr(ann, "PQ_TRAIN", 2_048)  # a sample small beside the vectors, as at scale
+    plan = ann.Plan("ivfpq", "pq", "IVF64,PQ32x4fs")
+
+    def build(n: int, folder: Path) -> tuple[ann.Reranked, ann.BuildInfo, int, list[int]]:
+        written = []  # the sidecar's size as each chunk is asked for
+
+        def chunks():
+            for start in range(0, n, part):
+                if len(list(folder.glob("*.f16"))) == 1:
+                    written.append(next(folder.glob("*.f16")).stat().st_size)
+                yield np.arange(start, start + part), clustered(part, dims, clusters=20, rank=8, part=start)
+
+        folder.mkdir()
+        tracemalloc.start()
+        index, info = ann.build(plan, dims, n, chunks, folder=folder)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return index, info, peak, written
+
+    _, _, smaller, _ = build(30_000, tmp_path / "30k")
+    index, info, peak, written = build(60_000, tmp_path / "60k")
+    assert info.recall_at_10 >= 0.95 and index.rows == 60_000
+    # the rows reach the file chunk by chunk (buffered writes: at most a buffer behind), not at the end
+    steps = 60_000 // part
+    assert len(written) == 2 * steps and written[steps] == 0
+    assert all(written[steps + i] >= i * part * dims * 2 - 2**16 for i in range(steps))
+    # twice the vectors, about the same peak (a chunk, the queries, the sample, the tuning's candidates): numpy
+    # never holds the vectors (+30,000 fp16 vectors would be +7.7 MB)
+    assert peak - smaller < 30_000 * dims * 2 / 8, (smaller, peak)
+    base = faiss.downcast_index(index.base)  # and faiss holds codes only: 4-bit PQ, no refine copy
+    assert isinstance(base, faiss.IndexIVFPQFastScan) and base.code_size == 16
 
 
 def test_the_memory_budget_is_kept_with_the_index_and_decides_auto(tmp_path):
@@ -436,3 +519,117 @@ def test_a_truncated_or_missing_vector_file_is_named_in_one_line_and_its_images_
     with SearchIndex(tmp_path / "again") as index:
         assert index.search(queries[0], 10) == [[]]
     assert f"{tmp_path / 'again' / VECTORS_FILE} lost the vectors of 2000 images" in caplog.text
+
+
+def _sidecars(folder: Path) -> list[Path]:
+    return sorted(folder.glob("rerank-*"))
+
+
+def test_an_ivfpq_index_removes_in_place_adds_by_appending_and_names_a_lost_sidecar(tmp_path, caplog):
+    vectors, queries = np.split(clustered(12_020, 64, clusters=20, rank=8), [12_000])
+    folder = tmp_path / "index"
+    with _new_index(folder, vectors[:11_000], years=True, index_type="ivfpq") as index:
+        index.sync()
+        info = index.build_info
+    vectors_file, ids_file = _sidecars(folder)
+    assert vectors_file.suffix == ".f16" and vectors_file.stat().st_size == 11_000 * 64 * 2
+    before = vectors_file.stat()
+
+    with SearchIndex(folder) as index:
+        found = index.search(queries[:5], 10)
+        gone = sorted({h.path for hits in found for h in hits[:2]})
+        index.store.remove(gone)
+        more = range(11_000, 12_000)
+        index.store.record(
+            [FileState(f"/v/{i}.jpg", 1, 1) for i in more],
+            vectors[11_000:],
+            metadata=[{"year": 2000 + i % 7} for i in more],
+        )
+        after = index.search(queries, 10)
+        # no rebuild: the same build (recall, factory) and the same sidecars, appended to, never rewritten
+        assert index.build_info == info and _sidecars(folder) == [vectors_file, ids_file]
+        assert vectors_file.stat().st_ino == before.st_ino and vectors_file.stat().st_size == 12_000 * 64 * 2
+        assert np.array_equal(
+            np.fromfile(vectors_file, np.float16)[: 11_000 * 64], vectors[:11_000].ravel().astype("f2")
+        )
+        assert (np.fromfile(ids_file, np.int64) == -1).sum() == len(gone)
+        assert not {h.path for hits in after for h in hits} & set(gone)
+        assert (
+            index.sync().ntotal == 12_000 - len(gone)
+            and index.search(vectors[11_500], 1)[0][0].path == "/v/11500.jpg"
+        )
+        kept = np.array([i for i in range(12_000) if f"/v/{i}.jpg" not in gone])
+        truth = kept[np.argsort(-(queries @ vectors[kept].T), axis=1)[:, :10]]
+        error = 3 * np.sqrt(info.recall_at_10 * (1 - info.recall_at_10) / (info.recall_queries * 10)) + 0.01
+        assert ann.recall_at_k(_top_rows(index, queries, 10), truth) >= info.recall_at_10 - error
+        # k results whenever k exist, inside a filter too (1/7 of the rows: exact among them; 6/7: the selector)
+        for where, admitted in (("year = 2003", {3}), ("year >= 2001", {1, 2, 3, 4, 5, 6})):
+            hits = index.search(queries[:20], 30, where=where)
+            assert all(len(row) == 30 and {int(h.path[3:-4]) % 7 for h in row} <= admitted for row in hits)
+
+    # a sidecar cut short: named in one line; the vectors it held drop out (the records released them)
+    _lost_sidecar_is_named(
+        folder,
+        _sidecars(folder)[1],
+        "is truncated: it holds 12 of the 12,000 rows",
+        12_000 - len(gone),
+        caplog,
+    )
+
+
+def _lost_sidecar_is_named(
+    folder: Path, sidecar: Path, said: str, images: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Damage `sidecar` (cut to 100 bytes, or deleted when `said` says it is missing) and check that a search
+    names it in one line, and that the images whose vectors it held drop out of the index."""
+    caplog.clear()
+    sidecar.unlink() if "missing" in said else os.truncate(sidecar, 100)
+    with SearchIndex(folder) as index:
+        assert index.search(np.ones(64, np.float32), 10) == [[]]
+    named = [r.getMessage() for r in caplog.records if str(sidecar) in r.getMessage()]
+    assert len(named) == 1 and said in named[0] and "\n" not in named[0], named
+    assert f"lost the vectors of {images} images" in caplog.text
+
+
+def test_an_index_of_the_previous_ivfpq_layout_searches_and_is_rebuilt_with_sidecars_on_update(
+    tmp_path, caplog
+):
+    from siglip.tools.search import index as index_module
+
+    vectors, queries = np.split(clustered(12_020, 64, clusters=20, rank=8), [12_000])
+    folder = tmp_path / "index"
+    with _new_index(folder, vectors[:11_000], years=True, index_type="ivfpq") as index:
+        index.sync()
+        ids = index.store.ids()
+        paths = index.store.paths_of(ids)
+        rows = np.array([int(paths[int(i)][3:-4]) for i in ids])
+        # the previous layout, built by faiss directly: IndexIDMap2(IndexRefine(IVF-PQ fast-scan, SQfp16))
+        old = faiss.IndexIDMap2(
+            faiss.index_factory(64, "IVF256,PQ16x4fs,Refine(SQfp16)", faiss.METRIC_INNER_PRODUCT)
+        )
+        old.train(vectors[:11_000])
+        old.add_with_ids(vectors[rows], ids)
+        identity = index.store.get_meta(index_module._IDENTITY).encode()
+        (folder / VECTORS_FILE).write_bytes(
+            faiss.serialize_index(old).tobytes() + index_module._STAMP + identity
+        )
+        factory = "IVF256,PQ16x4fs,Refine(SQfp16)"
+        built = ann.BuildInfo("ivfpq", "pq", factory, "nprobe=16,k_factor_rf=8", 0.97, 500, 11_000)
+        index.store.set_meta(index_module._BUILD_INFO, built.to_json())
+    for path in _sidecars(folder):
+        path.unlink()
+
+    with SearchIndex(folder) as index:  # searched as it is: memory-mapped, re-ranked by faiss
+        assert isinstance(faiss.downcast_index(index.sync().index), faiss.IndexRefine)
+        exact = _exact_top(vectors[:11_000], queries, 10)
+        assert ann.recall_at_k(_top_rows(index, queries, 10), exact) >= 0.9
+        assert [len(h) for h in index.search(queries[:3], 10, where="year >= 2001")] == [10, 10, 10]
+        index.store.record([FileState(f"/v/{i}.jpg", 1, 1) for i in range(11_000, 12_000)], vectors[11_000:])
+        assert index.search(vectors[11_500], 1)[0][0].path == "/v/11500.jpg"  # the update rebuilt it
+        assert index.build_info.factory == "IVF256,PQ16x4fs" and isinstance(index.sync(), ann.Reranked)
+        assert len(_sidecars(folder)) == 2
+        exact = _exact_top(vectors, queries, 10)
+        assert ann.recall_at_k(_top_rows(index, queries, 10), exact) >= 0.9
+    _lost_sidecar_is_named(
+        folder, _sidecars(folder)[0], "the re-ranking sidecar of its vector file, is missing", 12_000, caplog
+    )

@@ -9,16 +9,25 @@ Types (cosine similarity as the inner product of unit vectors):
 - `hnsw`: a graph (32 links a node); fast at any size but it cannot remove vectors, so a removal rebuilds it.
 - `ivfpq`: `ivf` over codes compressed by 4-bit fast-scan product quantization (dims/8 bytes: 96 at 768-d,
   16x smaller than fp16, scanned with SIMD), whose `k_factor` x k best candidates are re-ranked by exact inner
-  products with the fp16 vectors (faiss `IndexRefine`). The fp16 vectors sit in the vector file and are
-  memory-mapped when searching: only the codes need memory, a query reads k x k_factor vectors from disk.
-  The type for tens of millions of vectors in bounded memory; a removal rebuilds it (`IndexRefine` cannot
-  remove in place), additions join their cell. (Indexes built before the re-ranking, `PQ96np`, keep working.)
+  products with the fp16 vectors (`Reranked`). The compressed index is the vector file; its ids are ROWS of
+  two append-only sidecar files beside it, `rerank-<generation>.f16` (the fp16 vectors, rows x dims) and
+  `rerank-<generation>.ids` (the image id of each row, int64; -1 once removed), memory-mapped when searching:
+  only the codes and their list ids (dims/8 + 8 bytes a vector) need memory, a query reads k x k_factor rows
+  from disk. Builds and additions append to the sidecars through buffered files (never all vectors in
+  memory); removals are in place (the rows leave the inverted lists, their ids become -1), and a rebuild
+  compacts once more than half the rows are dead. The type for tens of millions of vectors in bounded
+  memory. (Indexes built before the sidecars, faiss `IndexRefine` inside the vector file, or before the
+  re-ranking, `PQ96np`, keep searching; the next update rebuilds them as sidecars.)
 
 A trained type (`ivf`, `ivfpq`) needs vectors to train on (1,000 and 10,000): asked for by name for fewer,
 it is refused (`check_size`); an index of that type that shrinks below is `flat` until it grows back. `auto` (autofaiss-style, by size and a memory budget, 8 GiB unless set): `flat` below 50,000 vectors,
-`ivf` while its fp16 vectors fit the budget (about 5.5 million at 768-d in 8 GiB), `ivfpq` above (its
-resident memory is its codes and ids, dims/8 + ~60 bytes a vector: ~16 GB at 100M x 768-d, whatever the budget). Storage `auto` keeps exact types in fp32 and approximate
-ones in fp16 (its rounding, about 1e-4, is far below their approximation error).
+`ivf` while its fp16 vectors fit the budget (about 5.5 million at 768-d in 8 GiB), `ivfpq` above. The
+budget holds `ivfpq` too (`plan`): its resident memory is its codes, their list ids and the centroids, dims/8
++ 8 bytes a vector (104 B at 768-d: 1.0 GB at 10M, 10.4 GB at 100M); where that exceeds the budget the codes
+shrink to dims/16 then dims/32 bytes (more candidates re-ranked make up the recall: at 100M x 768-d in 8 GiB,
+`PQ96x4fs`, 56 B a vector, 5.6 GB), and a budget too small for the smallest is refused, naming both. Storage
+`auto` keeps exact types in fp32 and approximate ones in fp16 (its rounding, about 1e-4, is far below their
+approximation error).
 
 Every build measures recall@10 against exact search on a held-out sample of the indexed vectors (added to
 the index only after the measurement, so that they are queries it has not seen), after choosing the smallest search effort (`nprobe`, `efSearch`; for
@@ -29,14 +38,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import UsageError
+from ...errors import DataError, UsageError
 from ..deps import require
 
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
@@ -124,7 +136,8 @@ def parse_memory(text: str) -> int:
 
 def plan(kind: str, storage: str, n: int, dims: int, memory_budget: int = MEMORY_BUDGET) -> Plan:
     """The index to build for `n` vectors of `dims` dimensions (see the module doc for `auto`, which keeps
-    the fp16 vectors in memory only while they fit `memory_budget` bytes)."""
+    the fp16 vectors in memory only while they fit `memory_budget` bytes, and for the codes of `ivfpq`, which
+    keep to it too: a `UsageError` naming both when even the smallest do not)."""
     check_options(kind, storage)
     if kind == "auto":
         kind = "flat" if n < FLAT_BELOW else "ivf" if n * dims * 2 <= memory_budget else "ivfpq"
@@ -140,47 +153,252 @@ def plan(kind: str, storage: str, n: int, dims: int, memory_budget: int = MEMORY
     # does): exact assignment costs n x nlist dot products (10M x 16,384 at 768-d: ~45 min on 2 cores), in
     # the k-means training as in the adding
     ivf = f"IVF{nlist}" + (f"_HNSW{HNSW_LINKS}" if nlist >= HNSW_QUANTIZER_FROM else "")
-    factory = {
-        "flat": codes,
-        "ivf": f"{ivf},{codes}",
-        "hnsw": f"HNSW{HNSW_LINKS},{codes}",
-        # 4-bit codes of dims/4 sub-quantizers (4 dimensions each; fast-scan wants an even count), re-ranked
-        "ivfpq": f"{ivf},PQ{_pq_quantizers(dims)}x4fs,Refine(SQfp16)",
-    }[kind]
-    return Plan(kind, "pq" if kind == "ivfpq" else storage, factory)
+    if kind == "ivfpq":  # 4-bit codes, re-ranked from the sidecar files (`Reranked`)
+        return Plan(kind, "pq", f"{ivf},PQ{_pq_quantizers(dims, n, nlist, memory_budget)}x4fs")
+    factory = {"flat": codes, "ivf": f"{ivf},{codes}", "hnsw": f"HNSW{HNSW_LINKS},{codes}"}[kind]
+    return Plan(kind, storage, factory)
 
 
-def _pq_quantizers(dims: int) -> int:
-    """4-bit PQ sub-quantizers: dims/4, rounded down to an even divisor of dims (at least 2)."""
-    m = max(2, dims // 4)
-    while m > 2 and (dims % m or m % 2):
-        m -= 1
-    return m
+def resident_bytes(m: int, n: int, nlist: int, dims: int) -> int:
+    """Memory an `ivfpq` index of `n` vectors with `m` 4-bit sub-quantizers holds while searching: its codes
+    (m/2 bytes), their ids in the inverted lists (8 bytes) and the fp32 centroids (with their HNSW graph's
+    links from `HNSW_QUANTIZER_FROM` cells); the fp16 vectors and row ids are memory-mapped, not counted."""
+    graph = 2 * HNSW_LINKS * 4 if nlist >= HNSW_QUANTIZER_FROM else 0
+    return n * (m // 2 + 8) + nlist * (dims * 4 + graph)
+
+
+def _pq_quantizers(dims: int, n: int = 0, nlist: int = 0, memory_budget: int = MEMORY_BUDGET) -> int:
+    """4-bit PQ sub-quantizers: dims/4 (4 dimensions each), else dims/8 or dims/16 where the codes of `n`
+    vectors would not fit `memory_budget` (`resident_bytes`); rounded down to an even divisor of dims
+    (fast-scan wants an even count; at least 2)."""
+    for share in (4, 8, 16):
+        m = max(2, dims // share)
+        while m > 2 and (dims % m or m % 2):
+            m -= 1
+        need = resident_bytes(m, n, nlist, dims)
+        if need <= memory_budget:
+            return m
+    raise UsageError(
+        f"{n:,} vectors of {dims} dimensions need {need / 2**30:.2f} GiB of memory for ivfpq's smallest codes "
+        f"(PQ{m}x4fs, with their ids and centroids), over the memory budget of {memory_budget / 2**30:.2f} "
+        "GiB: raise --memory-budget"
+    )
 
 
 def refines(factory: str) -> bool:
-    """Whether an index of this factory string re-ranks its candidates with exact vectors (`IndexRefine`)."""
+    """Whether an index of this factory string is the previous `ivfpq` layout, faiss `IndexRefine` with the
+    fp16 vectors inside the vector file (searched still; the next update rebuilds it with sidecars)."""
     return "Refine(" in factory
 
 
 def still_fits(current: Plan, wanted: Plan) -> bool:
-    """Whether an index built as `current` may keep growing instead of being rebuilt as `wanted`: same type
-    and storage, and for IVF types a cell count within 2x of the one this size calls for."""
+    """Whether an index built as `current` may keep growing instead of being rebuilt as `wanted`: same type,
+    storage and codes, and for IVF types a cell count within 2x of the one this size calls for."""
     if (current.kind, current.storage) != (wanted.kind, wanted.storage):
+        return False
+    if current.factory.split(",")[1:] != wanted.factory.split(",")[1:]:  # other codes, or an older layout
         return False
     return current.nlist == wanted.nlist or (current.nlist > 0 and 0.5 <= wanted.nlist / current.nlist <= 2)
 
 
 def can_remove(plan: Plan) -> bool:
-    """Whether vectors can be removed in place (HNSW graphs and `IndexRefine` cannot: a removal rebuilds)."""
+    """Whether vectors can be removed in place (HNSW graphs and the older `IndexRefine` layout of `ivfpq`
+    cannot: a removal rebuilds)."""
     return plan.kind != "hnsw" and not refines(plan.factory)
 
 
+def needs_compaction(index: Any) -> bool:
+    """Whether a rebuild should drop the dead rows of a `Reranked` index (more than half its rows)."""
+    return isinstance(index, Reranked) and index.rows > 2 * index.ntotal
+
+
+SIDECAR_PREFIX = "rerank-"  # rerank-<generation>.f16 and .ids: the rows of a `Reranked` index
+SCAN_ROWS = 1 << 20  # rows of the id sidecar read at a time when looking rows up by id (8 MiB)
+RERANK_BLOCK = 4 << 20  # bytes of fp32 candidate vectors re-ranked at a time
+PQ_TRAIN = 65_536  # training vectors for PQ codes at least (the IVF cells may want more)
+
+
+class SidecarError(DataError):
+    """A sidecar file of a `Reranked` index is missing or shorter than its index says (one line, naming it)."""
+
+
+class Reranked:
+    """`ivfpq`'s index: a compressed faiss IVF index (`base`) whose ids are rows of two sidecar files in
+    `folder`, the fp16 vectors (`rerank-<generation>.f16`, rows x dims) and the image id of each row
+    (`rerank-<generation>.ids`, int64, -1 once removed). A search takes k x `k_factor` candidate rows from the
+    base and re-ranks them by exact inner products with their vectors, read from the memory-mapped file.
+
+    Rows are only appended (`add_with_ids`, through buffered files) or marked dead (`remove_ids`); `flush`
+    makes them durable, to be called before a vector file that counts them (`rows`) replaces the last one.
+    A generation's files belong to one build: a rebuild writes a new generation, so that no vector file is
+    ever paired with another build's rows. Quacks like the faiss indexes it stands beside (`ntotal`, `d`,
+    `search`, `add_with_ids`, `remove_ids`, `reconstruct`).
+    """
+
+    def __init__(self, base: Any, folder: Path, generation: str, rows: int) -> None:
+        self.base, self.folder, self.generation = base, Path(folder), generation
+        self.d = base.d
+        self.k_factor = K_FACTORS[2]
+        self.rows = rows  # rows the files hold (and the vector file counts, once saved)
+        self._appending: tuple[Any, Any] | None = None
+        self._map()
+
+    @classmethod
+    def create(cls, base: Any, folder: Path) -> Reranked:
+        """A new generation of empty sidecars in `folder` around an empty `base`."""
+        index = cls(base, folder, uuid.uuid4().hex, 0)
+        for path in index.paths:
+            path.write_bytes(b"")
+        return index
+
+    @classmethod
+    def open(cls, base: Any, folder: Path, generation: str, rows: int) -> Reranked:
+        """The index of a saved `base` whose sidecars hold (at least) `rows` rows; a `SidecarError` when a
+        sidecar is missing or shorter (rows past `rows` are a killed update's, cut at the next append)."""
+        index = cls.__new__(cls)
+        index.folder, index.generation, index.d = Path(folder), generation, base.d
+        for path, row_bytes in zip(index.paths, index._row_bytes, strict=True):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise SidecarError(
+                    f"'{path}', the re-ranking sidecar of its vector file, is missing"
+                ) from None
+            if size < rows * row_bytes:
+                raise SidecarError(
+                    f"'{path}' is truncated: it holds {size // row_bytes:,} of the {rows:,} rows its vector "
+                    "file refers to"
+                )
+        cls.__init__(index, base, folder, generation, rows)
+        return index
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        """(vectors, ids) sidecar files of this generation."""
+        stem = self.folder / f"{SIDECAR_PREFIX}{self.generation}"
+        return stem.with_suffix(".f16"), stem.with_suffix(".ids")
+
+    @property
+    def _row_bytes(self) -> tuple[int, int]:
+        return self.d * 2, 8
+
+    @property
+    def ntotal(self) -> int:
+        """Live vectors (rows in the base index)."""
+        return self.base.ntotal
+
+    def _map(self) -> None:
+        vectors, ids = self.paths
+        if self.rows:
+            self.vectors = np.memmap(vectors, np.float16, "r", shape=(self.rows, self.d))
+            self.ids = np.memmap(ids, np.int64, "r", shape=(self.rows,))
+        else:
+            self.vectors, self.ids = np.empty((0, self.d), np.float16), np.empty(0, np.int64)
+
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Append rows (not searchable until `flush`) and add them to the base; returns their row numbers."""
+        rows = self.append(vectors, ids)
+        self.base.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), rows)
+        return rows
+
+    def append(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Append rows to the sidecars only (a build adds its held-out queries to the base later)."""
+        if self._appending is None:
+            for path, row_bytes in zip(self.paths, self._row_bytes, strict=True):
+                os.truncate(path, self.rows * row_bytes)  # a killed update's rows, never referenced
+            self._appending = tuple(open(path, "ab") for path in self.paths)  # noqa: SIM115 (closed by flush)
+        self._appending[0].write(np.ascontiguousarray(vectors, dtype=np.float16).tobytes())
+        self._appending[1].write(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+        rows = np.arange(self.rows, self.rows + len(ids), dtype=np.int64)
+        self.rows += len(ids)
+        return rows
+
+    def flush(self) -> None:
+        """Make the appended rows durable (fsync) and searchable."""
+        if self._appending is not None:
+            for f in self._appending:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            self._appending = None
+            self._map()
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Rows (ascending) holding any of `ids`, read a chunk of the id sidecar at a time."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        found = [
+            start + np.flatnonzero(np.isin(self.ids[start : start + SCAN_ROWS], ids))
+            for start in range(0, self.rows, SCAN_ROWS)
+        ]
+        return np.concatenate(found) if found else np.empty(0, np.int64)
+
+    def remove_ids(self, ids: np.ndarray) -> None:
+        """Remove vectors by image id in place: their rows leave the base's lists and their ids become -1."""
+        self.flush()
+        rows = self.rows_of(ids)
+        if not len(rows):
+            return
+        self.base.remove_ids(_faiss().IDSelectorBatch(len(rows), _faiss().swig_ptr(rows)))
+        marks = np.memmap(self.paths[1], np.int64, "r+", shape=(self.rows,))
+        marks[rows] = -1
+        marks.flush()
+        del marks
+
+    def reconstruct(self, image_id: int) -> np.ndarray:
+        """The fp16 vector of an image id, as fp32."""
+        rows = self.rows_of(np.array([image_id]))
+        if not len(rows):
+            raise KeyError(f"id {image_id} is not in the index")
+        return np.asarray(self.vectors[rows[0]], dtype=np.float32)
+
+    def search(self, queries: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, image ids) of the k best of each query: k x `k_factor` candidates from the base (searched
+        with `params`, whose selector is of rows), re-ranked exactly; -inf and -1 where fewer are found."""
+        _, rows = self.base.search(queries, k * self.k_factor, params=params)
+        return self.rerank(queries, rows, k)
+
+    def rerank(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of each query's candidate `rows` (-1: none) by exact inner product with their fp16
+        vectors, read in row order for locality, a block of queries at a time (bounded memory)."""
+        n, candidates = rows.shape
+        scores = np.full((n, candidates), -np.inf, dtype=np.float32)
+        found = np.full((n, candidates), -1, dtype=np.int64)
+        block = max(1, RERANK_BLOCK // max(candidates * self.d * 4, 1))
+        for start in range(0, n, block):
+            part = rows[start : start + block]
+            unique, at = np.unique(part.ravel(), return_inverse=True)
+            held = np.maximum(unique, 0)  # -1 (no candidate) reads row 0, masked below
+            gathered = np.asarray(self.vectors[held], dtype=np.float32)[at].reshape(*part.shape, self.d)
+            ids = np.asarray(self.ids[held])[at].reshape(part.shape)
+            inner = np.matmul(gathered, queries[start : start + block, :, None])[..., 0]
+            scores[start : start + block] = np.where((part >= 0) & (ids >= 0), inner, -np.inf)
+            found[start : start + block] = ids
+        k = min(k, candidates)
+        if k < candidates:
+            best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            scores, found = np.take_along_axis(scores, best, axis=1), np.take_along_axis(found, best, axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        scores, found = np.take_along_axis(scores, order, axis=1), np.take_along_axis(found, order, axis=1)
+        found[~np.isfinite(scores)] = -1
+        return scores, found
+
+
+def remove_sidecars(folder: Path, keep: str | None = None) -> None:
+    """Delete the sidecar files in `folder` of every generation but `keep` (older builds', or a killed
+    rebuild's): call once the vector file that names `keep` (or none) is in place."""
+    for path in Path(folder).glob(f"{SIDECAR_PREFIX}*"):
+        if path.suffix in (".f16", ".ids") and path.stem != f"{SIDECAR_PREFIX}{keep}":
+            path.unlink(missing_ok=True)
+
+
 def new_index(plan: Plan, dims: int) -> Any:
-    """An empty faiss index for `plan`, addressed by int64 ids and able to give back vectors by id."""
+    """An empty faiss index for `plan`, addressed by int64 ids and able to give back vectors by id (for
+    `ivfpq`, the base of a `Reranked`: its ids are rows)."""
     faiss = _faiss()
     index = faiss.index_factory(dims, plan.factory, faiss.METRIC_INNER_PRODUCT)
-    if plan.nlist and not refines(plan.factory):
+    if plan.kind == "ivfpq":
+        return index
+    if plan.nlist:
         index.set_direct_map_type(faiss.DirectMap.Hashtable)  # ids in the lists; reconstruct by id
         return index
     return faiss.IndexIDMap2(index)
@@ -189,6 +407,11 @@ def new_index(plan: Plan, dims: int) -> Any:
 def ids_of(index: Any) -> np.ndarray:
     """The ids an index holds (int64, sorted)."""
     faiss = _faiss()
+    if isinstance(index, Reranked):
+        ids = np.concatenate(
+            [np.asarray(index.ids[s : s + SCAN_ROWS]) for s in range(0, index.rows, SCAN_ROWS)]
+        )
+        return np.sort(ids[ids >= 0]) if index.rows else np.empty(0, np.int64)
     if isinstance(index, faiss.IndexIDMap2):
         return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
     invlists = faiss.extract_index_ivf(index).invlists
@@ -204,6 +427,9 @@ def remove_ids(index: Any, ids: np.ndarray) -> None:
     """Remove vectors by id (not for `hnsw`: see `can_remove`)."""
     faiss = _faiss()
     ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if isinstance(index, Reranked):
+        index.remove_ids(ids)
+        return
     index.remove_ids(
         faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
     )  # IVF's id hashtable needs an array
@@ -211,7 +437,15 @@ def remove_ids(index: Any, ids: np.ndarray) -> None:
 
 def vectors_of(index: Any, ids: np.ndarray, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, vectors) chunks of the vectors an index holds for `ids` (fp16-rounded for `ivfpq`, which keeps them
-    for re-ranking; approximate for one built before that)."""
+    for re-ranking, in row order; approximate for one built before the re-ranking)."""
+    if isinstance(index, Reranked):
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        for start in range(0, index.rows, chunk):
+            held = np.asarray(index.ids[start : start + chunk])
+            keep = np.flatnonzero(np.isin(held, wanted))
+            if len(keep):
+                yield held[keep], np.asarray(index.vectors[start + keep], dtype=np.float32)
+        return
     for start in range(0, len(ids), chunk):
         part = np.ascontiguousarray(ids[start : start + chunk], dtype=np.int64)
         yield part, index.reconstruct_batch(part)
@@ -219,6 +453,10 @@ def vectors_of(index: Any, ids: np.ndarray, chunk: int = 16384) -> Iterator[tupl
 
 def apply_search_params(index: Any, params: str) -> None:
     """Set search-time parameters (e.g. "nprobe=16") on an index, as faiss's ParameterSpace reads them."""
+    if isinstance(index, Reranked):  # k_factor is the re-ranking's, the rest the base's
+        values = dict(part.split("=") for part in params.split(",") if part)
+        index.k_factor = int(values.pop("k_factor", index.k_factor))
+        index, params = index.base, ",".join(f"{key}={value}" for key, value in values.items())
     if params:
         _faiss().ParameterSpace().set_index_parameters(index, params)
 
@@ -293,17 +531,16 @@ def _search_complete(
     most vectors they meet are not admitted."""
     wanted = min(k, index.ntotal)
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
+    if isinstance(index, Reranked) and allowed is not None:
+        allowed = index.rows_of(allowed)  # the base's ids are rows (kept alive here while it searches)
     selector = None if allowed is None else faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
     if isinstance(inner, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW(sel=selector)
         params.efSearch = min(max(index.ntotal, k), math.ceil(max(inner.hnsw.efSearch, k) / share))
         return index.search(queries, k, params=params)
-    refine = inner if isinstance(inner, faiss.IndexRefine) else None
-    ivf = (
-        faiss.try_extract_index_ivf(refine.base_index if refine else index)
-        if inner is None or refine
-        else None
-    )
+    refine = inner if isinstance(inner, faiss.IndexRefine) else None  # the previous `ivfpq` layout
+    base = index.base if isinstance(index, Reranked) else refine.base_index if refine else index
+    ivf = faiss.try_extract_index_ivf(base) if inner is None or refine else None
     if refine is not None and allowed is not None:
         # IndexRefine ignores a selector of its own and IndexIDMap2 translates ids for the top level only: the
         # base index takes the selector, of positions in the id map (kept alive here while it searches).
@@ -335,43 +572,60 @@ def _search_complete(
 
 
 def build(
-    plan: Plan, dims: int, n: int, chunks: Chunks, target: float = TARGET_RECALL
+    plan: Plan, dims: int, n: int, chunks: Chunks, target: float = TARGET_RECALL, folder: Path | None = None
 ) -> tuple[Any, BuildInfo]:
     """Build a `plan` index of the `n` vectors `chunks()` yields, tune it to `target` recall@10 and measure.
 
     `chunks` is called once per pass (two passes: the held-out queries and the training sample, then the
-    rest); memory holds one chunk, the training sample and the queries, never all vectors.
+    rest); memory holds one chunk, the training sample and the queries, never all vectors: an `ivfpq` index
+    (a `Reranked`) appends them to a new generation of sidecar files in `folder` as they come, flushed.
     """
     faiss = _faiss()
     rng = np.random.default_rng(0)
     queries = min(RECALL_QUERIES, n // 10) if n > RECALL_K * 10 else 0
     trains = plan.kind != "flat" and plan.kind != "hnsw"
-    train = min(n - queries, max(TRAIN_PER_CELL * plan.nlist, 65_536 if plan.kind == "ivfpq" else 0))
+    train = min(n - queries, max(TRAIN_PER_CELL * plan.nlist, PQ_TRAIN if plan.kind == "ivfpq" else 0))
     picked = rng.choice(n, size=queries + (train if trains else 0), replace=False)
     role = np.zeros(n, np.int8)  # 1: held-out query, 2: training sample
     role[picked[:queries]] = 1
     role[picked[queries:]] = 2
     index = new_index(plan, dims)
+    if plan.kind == "ivfpq":
+        if folder is None:
+            raise ValueError("an ivfpq build needs a folder for its sidecar files")
+        index = Reranked.create(index, folder)
+    base = index.base if isinstance(index, Reranked) else index
     picks = [(ids[role[at] == 1], v[role[at] == 1], v[role[at] == 2]) for at, ids, v in _positions(chunks())]
     query_ids = np.concatenate([i for i, _, _ in picks]) if picks else np.empty(0, np.int64)
     query_vectors, sample = (np.concatenate([p[j] for p in picks]) if picks else None for j in (1, 2))
     del picks
     if trains:
-        index.train(sample)
+        base.train(sample)
     del sample
     heap = faiss.ResultHeap(len(query_ids), RECALL_K, keep_max=True) if queries else None
+    query_rows = []  # a `Reranked`'s rows of the held-out queries: in the sidecars, joining the base last
     for at, ids, vectors in _positions(chunks()):
         rest = role[at] != 1
+        if isinstance(index, Reranked):  # every row in stream order; the base addresses them by row
+            rows = index.append(vectors, ids)
+            base.add_with_ids(vectors[rest], rows[rest])
+            query_rows.append(rows[~rest])
+        else:
+            index.add_with_ids(vectors[rest], ids[rest])
         ids, vectors = ids[rest], vectors[rest]
-        index.add_with_ids(vectors, ids)
         if heap is not None and len(ids):
             scores, positions = _exact(query_vectors, vectors)
             heap.add_result(scores, np.where(positions >= 0, ids[positions], -1))
+    if isinstance(index, Reranked):
+        index.flush()
     if heap is None:
         return index, BuildInfo(plan.kind, plan.storage, plan.factory, "", None, 0, n)
     heap.finalize()
     params, recall = _tune(index, plan.kind, query_vectors, heap.I, target)
-    index.add_with_ids(query_vectors, query_ids)  # measured: now they join the index
+    if isinstance(index, Reranked):  # measured: now they join the index
+        base.add_with_ids(query_vectors, np.concatenate(query_rows))
+    else:
+        index.add_with_ids(query_vectors, query_ids)
     return index, BuildInfo(plan.kind, plan.storage, plan.factory, params, recall, queries, n)
 
 
@@ -390,8 +644,8 @@ def _tune(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, target:
         efforts = [""]
     elif kind == "hnsw":
         efforts = [f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512)]
-    elif isinstance(_refine_of(index), _faiss().IndexRefine):
-        return _tune_refined(index, queries, truth, target)
+    elif isinstance(index, Reranked):
+        return _tune_reranked(index, queries, truth, target)
     else:
         nlist = _faiss().extract_index_ivf(index).nlist
         efforts = [f"nprobe={p}" for p in (1, 2, 4, 8, 16, 32, 64, 128, 256) if p <= nlist]
@@ -406,41 +660,37 @@ def _tune(index: Any, kind: str, queries: np.ndarray, truth: np.ndarray, target:
     return params, round(recall, 4)
 
 
-K_FACTORS = (2, 4, 8, 16, 32, 64)  # re-ranked candidates per result tried by `_tune_refined`
+K_FACTORS = (2, 4, 8, 16, 32, 64)  # re-ranked candidates per result tried by `_tune_reranked`
 
 
-def _tune_refined(index: Any, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[str, float]:
+def _tune_reranked(
+    index: Reranked, queries: np.ndarray, truth: np.ndarray, target: float
+) -> tuple[str, float]:
     """`_tune` for a re-ranked index: the cheapest (`nprobe`, `k_factor`) reaching the target with a margin,
     else the best recall found. Cost in bytes touched a query: the codes of the cells scanned (in memory) plus
     4x the fp16 vectors re-ranked (random reads from a memory-mapped file cost more than a sequential scan).
-    """
+    One base search a `nprobe` for the most candidates tried; each k_factor re-ranks its best k x k_factor
+    (the same candidates a search with that k_factor gets). The recall returned is measured again by a
+    search with the pair chosen."""
     faiss = _faiss()
-    refine = _refine_of(index)
-    ivf = faiss.extract_index_ivf(refine.base_index)
+    ivf = faiss.extract_index_ivf(index.base)
     per_cell = max(1, index.ntotal // ivf.nlist) * ivf.code_size
-    vector_bytes = refine.refine_index.sa_code_size()
     best, passing = ("", -1.0), []
     for nprobe in (p for p in (4, 8, 16, 32, 64, 128, 256) if p <= ivf.nlist):
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        rows = index.base.search(queries, RECALL_K * K_FACTORS[-1], params=params)[1]
         for k_factor in K_FACTORS:
-            params = f"nprobe={nprobe},k_factor_rf={k_factor}"
-            apply_search_params(index, params)
-            recall = recall_at_k(index.search(queries, RECALL_K)[1], truth)
-            best = max(best, (params, recall), key=lambda tried: tried[1])
-            if recall >= target + TUNE_MARGIN:
-                cost = nprobe * per_cell + 4 * RECALL_K * k_factor * vector_bytes
-                passing.append((cost, params, recall))
+            found = index.rerank(queries, rows[:, : RECALL_K * k_factor], RECALL_K)[1]
+            tried = f"nprobe={nprobe},k_factor={k_factor}", recall_at_k(found, truth)
+            best = max(best, tried, key=lambda pair: pair[1])
+            if tried[1] >= target + TUNE_MARGIN:
+                passing.append((nprobe * per_cell + 4 * RECALL_K * k_factor * index.d * 2, *tried))
                 break  # a larger k_factor at this nprobe only costs more
-        if passing and passing[-1][1].endswith(f"k_factor_rf={K_FACTORS[0]}"):
+        if passing and passing[-1][1].endswith(f"k_factor={K_FACTORS[0]}"):
             break  # the fewest candidates already pass here: more cells only cost more
-    params, recall = min(passing)[1:] if passing else best
+    params = min(passing)[1] if passing else best[0]
     apply_search_params(index, params)
-    return params, round(recall, 4)
-
-
-def _refine_of(index: Any) -> Any:
-    """The `IndexRefine` inside an `IndexIDMap2` (or whatever else the map wraps)."""
-    faiss = _faiss()
-    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
+    return params, round(recall_at_k(index.search(queries, RECALL_K)[1], truth), 4)
 
 
 def _exact(queries: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

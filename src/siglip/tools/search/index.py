@@ -54,6 +54,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,10 @@ _IDENTITY = "records_identity"  # meta key: the identity of these records, stamp
 _UNSTAMPED = "vectors_unstamped"  # meta key: "1" while vectors.faiss is an older version's, without a stamp
 _STAMP = b"siglip-records:"  # vectors.faiss ends with this and the identity of its records (32 hex digits)
 _STAMP_BYTES = len(_STAMP) + 32
+# an ivfpq vector file names its sidecars before the stamp: this, their generation (32 hex digits) and the rows
+# it refers to (16 hex digits); see `ann.Reranked`
+_SIDECARS = b"siglip-rerank:"
+_SIDECARS_BYTES = len(_SIDECARS) + 32 + 16
 SET_ASIDE = ".set-aside"  # suffix of a vector file that belongs to other records, moved out of the way
 
 
@@ -207,6 +212,9 @@ class SearchIndex:
             self._weights_checked = True
         self._faiss: Any = None
         self._faiss_generation = -1
+        self._scratch: tempfile.TemporaryDirectory | None = (
+            None  # read-only media: where sidecars are rebuilt
+        )
         self._asked = {  # recorded by the next update, import or search, once the size is known
             key: value
             for key, value in zip(_SETTINGS, (index_type, storage, budget), strict=True)
@@ -575,15 +583,28 @@ class SearchIndex:
 
     def _save_vectors(self, faiss: Any, path: Path, index: Any, info: ann.BuildInfo) -> int:
         """Replace the vector file with `index`, inside the write transaction, and only then release the
-        records' copies of the vectors it holds; returns the bytes released."""
-        identity = self.store.get_meta(_IDENTITY) or ""
+        records' copies of the vectors it holds; returns the bytes released.
 
-        def write(tmp: Path) -> None:  # Python's I/O, so that a full disk is an OSError
-            tmp.write_bytes(faiss.serialize_index(index))
-            with open(tmp, "ab") as f:  # the stamp follows: faiss reads its own bytes and no further
+        An `ann.Reranked` index's sidecars are made durable first and named in the file (generation and rows),
+        so that a kill at any moment pairs every vector file with the rows it refers to; the sidecars of other
+        generations are deleted once the file naming this one is in place. The file is streamed to disk
+        (faiss writes through Python's I/O: a full disk is an OSError), never copied in memory."""
+        identity = self.store.get_meta(_IDENTITY) or ""
+        reranked = isinstance(index, ann.Reranked)
+        if reranked:
+            index.flush()
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                faiss.write_index(index.base if reranked else index, faiss.PyCallbackIOWriter(f.write))
+                if reranked:  # faiss reads its own bytes and no further
+                    f.write(_SIDECARS + index.generation.encode("ascii") + f"{index.rows:016x}".encode())
                 f.write(_STAMP + identity.encode("ascii"))
+                f.flush()
+                os.fsync(f.fileno())
 
         replace_atomically(path, write)
+        ann.remove_sidecars(self.directory, index.generation if reranked else None)
         self.store.set_meta(_UNSTAMPED, "0")
         released = self.store.release_vectors()
         self.store.set_meta(_BUILD_INFO, info.to_json())
@@ -621,10 +642,13 @@ class SearchIndex:
         wanted = ann.plan(kind, storage, len(want), self.store.dims, budget)
         extra = np.setdiff1d(have, want)
         keep = np.intersect1d(have, want)
+        folder = self._sidecar_folder()
         if (
             index is None
             or not ann.still_fits(current, wanted)
             or (extra.size and not ann.can_remove(current))
+            or ann.needs_compaction(index)
+            or (isinstance(index, ann.Reranked) and index.folder != folder)  # read-only: rebuilt elsewhere
         ):
             old = index
 
@@ -636,7 +660,7 @@ class SearchIndex:
                     yield ids[fresh], vectors[fresh]
                 yield from incoming_chunks()
 
-            return ann.build(wanted, self.store.dims, len(want), chunks)
+            return ann.build(wanted, self.store.dims, len(want), chunks, folder=folder)
         if extra.size:
             ann.remove_ids(index, extra)
         for ids, vectors in self.store.vectors_from(0):
@@ -648,18 +672,29 @@ class SearchIndex:
             _LEGACY.kind, _LEGACY.storage, _LEGACY.factory, "", 1.0, 0, len(want)
         )
 
+    def _sidecar_folder(self) -> Path:
+        """Where an `ivfpq` build writes its sidecars: beside the vector file, or for an index on read-only
+        media a temporary folder, removed with this object."""
+        if not self.store.read_only:
+            return self.directory
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="siglip-rerank-")
+        return Path(self._scratch.name)
+
     def _read_vectors(self, faiss: Any, path: Path, mmap: bool) -> Any:
         """The vector file (memory-mapped for searching, read whole for changing), or None when there is none,
         it cannot be read, or it is not these records' (see `_belongs`). Read whole, inside the write
-        transaction, a file of other records is set aside (`_set_aside`)."""
+        transaction, a file of other records is set aside (`_set_aside`), and an `ivfpq` file whose sidecars
+        are missing or short is named in a warning (its vectors are then rebuilt from the records)."""
         try:
             with open(path, "rb") as f:
                 f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - _STAMP_BYTES))
+                f.seek(max(0, f.tell() - _SIDECARS_BYTES - _STAMP_BYTES))
                 tail = f.read()
         except FileNotFoundError:
             return None
-        stamp = tail[len(_STAMP) :].decode("ascii", "replace") if tail.startswith(_STAMP) else None
+        stamped, sidecars = tail[-_STAMP_BYTES:], tail[:-_STAMP_BYTES][-_SIDECARS_BYTES:]
+        stamp = stamped[len(_STAMP) :].decode("ascii", "replace") if stamped.startswith(_STAMP) else None
         if not self._belongs(stamp):
             if not mmap:  # a file cut short has lost its stamp with its end
                 why = "belongs to other records (an index.sqlite deleted or replaced since)"
@@ -669,12 +704,12 @@ class SearchIndex:
                 )
             return None
         info = self.build_info
-        flags = 0
-        if (
-            mmap
-        ):  # faiss maps inverted lists and flat codes (ivfpq's re-ranking vectors too) with different flags
-            ivf_lists = info and info.factory.startswith("IVF") and not ann.refines(info.factory)
-            flags = faiss.IO_FLAG_MMAP if ivf_lists else faiss.IO_FLAG_MMAP_IFC
+        reranked = len(sidecars) == _SIDECARS_BYTES and sidecars.startswith(_SIDECARS)
+        flags = 0  # read whole: a file to change, and an ivfpq base (its codes; the sidecars are mapped)
+        if info and ann.refines(info.factory):  # the older ivfpq layout, never changed in place (rebuilt)
+            flags = faiss.IO_FLAG_MMAP_IFC
+        elif mmap and not reranked:  # faiss maps inverted lists and flat codes with different flags
+            flags = faiss.IO_FLAG_MMAP if info and info.factory.startswith("IVF") else faiss.IO_FLAG_MMAP_IFC
         try:
             index = faiss.read_index(os.fspath(path), flags)
         except RuntimeError as err:
@@ -684,6 +719,14 @@ class SearchIndex:
             if not mmap:
                 self._set_aside(path, f"holds {index.d}-d vectors, the records {self.store.dims}-d")
             return None
+        if reranked:
+            generation, rows = sidecars[len(_SIDECARS) : -16].decode("ascii"), int(sidecars[-16:], 16)
+            try:
+                return ann.Reranked.open(index, self.directory, generation, rows)
+            except ann.SidecarError as err:
+                if not mmap:  # searching: the write path that follows says it, once
+                    logger.warning("%s: the index's vectors are rebuilt from the records", err)
+                return None
         return index
 
     def _belongs(self, stamp: str | None) -> bool:
@@ -780,6 +823,10 @@ class SearchIndex:
 
     def close(self) -> None:
         self.store.close()
+        if self._scratch is not None:
+            self._faiss = None
+            self._scratch.cleanup()
+            self._scratch = None
 
     def __enter__(self) -> SearchIndex:
         return self
