@@ -15,12 +15,20 @@ ranking of the same queries by faiss.knn over all vectors.
 each part of the vectors again from its seed whenever the build reads it, and builds the vector file the way
 `SearchIndex` does (`ann.build`: the held-out sample and training sample in a first pass, the adds in a
 second) without the SQLite records; the exact top 10 of the queries is gathered part by part during the
-second pass. The index is written with `faiss.write_index` and reopened memory-mapped for the queries.
+second pass; an `ivfpq` build appends its vectors to its sidecar files as they come (`ann.Reranked`), so no
+pass ever holds them all. The index is written with `faiss.write_index` and reopened as `SearchIndex` opens
+it (memory-mapped; `ivfpq`: the codes in memory, the sidecars mapped) for the queries.
+
+Memory: "build peak" is the child's peak RSS (`ru_maxrss`: it counts the page cache of mapped files it
+touched, the input vectors.npy of the non-streamed path and the sidecars read while tuning); "search RAM" is
+the anonymous memory (RssAnon, not the page cache of mapped files) that opening the index and the queries
+added, after the build's freed memory was handed back (malloc_trim): what serving holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -86,6 +94,7 @@ def child(work: Path, kind: str, storage: str) -> dict:
     build_s = time.perf_counter() - start
     build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is in KiB)
     del vectors
+    _trim()
     anon_before = _anon_gib()
     queries, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
     with SearchIndex(folder) as index:
@@ -147,24 +156,36 @@ def streamed(
             yield np.arange(start, start + len(part)), part
         marks.append(time.perf_counter())
 
+    folder = work / f"streamed-{kind}"  # the vector file, and ivfpq's sidecars beside it
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     start = time.perf_counter()
-    index, info = ann.build(plan, dims, n, chunks)
+    index, info = ann.build(plan, dims, n, chunks, folder=folder)
     build_s = time.perf_counter() - start
     marks.append(time.perf_counter())
     heap.finalize()
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / f"streamed-{kind}.faiss"
-    faiss.write_index(index, str(path))
+    path = folder / "vectors.faiss"
+    reranked = isinstance(index, ann.Reranked)
+    sidecars = (index.generation, index.rows) if reranked else None
+    faiss.write_index(index.base if reranked else index, str(path))
     del index
     build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    flags = faiss.IO_FLAG_MMAP if plan.nlist and not ann.refines(plan.factory) else faiss.IO_FLAG_MMAP_IFC
-    index = faiss.read_index(str(path), flags)
+    _trim()
+    anon_before = _anon_gib()
+    if reranked:  # as `SearchIndex` opens it: the codes in memory, the sidecars memory-mapped
+        index = ann.Reranked.open(faiss.read_index(str(path)), folder, *sidecars)
+    else:
+        flags = faiss.IO_FLAG_MMAP if plan.nlist else faiss.IO_FLAG_MMAP_IFC
+        index = faiss.read_index(str(path), flags)
     ann.apply_search_params(index, info.search_params)
     times, found = [], []
     for query in asked:
         t = time.perf_counter()
         found.append(ann.search(index, query[None], 10)[1][0])
         times.append(time.perf_counter() - t)
+    start = time.perf_counter()  # the batched path (`ann.search` over all queries: faiss's threads)
+    ann.search(index, asked, 10)
+    batch_s = time.perf_counter() - start
     result = {
         "type": kind,
         "factory": info.factory,
@@ -175,16 +196,28 @@ def streamed(
         # queries, with making the vectors again); tuning the search effort
         "steps_s": [round(b - a, 1) for a, b in itertools.pairwise(marks)],
         "build_peak_gib": round(build_peak, 2),
-        "search_anon_gib": "n/a",
+        "search_anon_gib": round(_anon_gib() - anon_before, 3),
         "p50_ms": round(statistics.median(times) * 1e3, 2),
         "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
         "recall_at_10": round(ann.recall_at_k(np.array(found), heap.I), 4),
         "recall_at_build": info.recall_at_10,
-        "disk_gib": round(path.stat().st_size / 2**30, 3),
+        "single_qps": round(len(times) / sum(times)),
+        "batch_qps": round(len(asked) / batch_s),
+        "disk_gib": round(sum(f.stat().st_size for f in folder.iterdir()) / 2**30, 3),
         "fp16_vectors_gib": round(n * dims * 2 / 2**30, 3),
     }
-    path.unlink()
+    del index
+    shutil.rmtree(folder)
     return result
+
+
+def _trim() -> None:
+    """Hand the memory the build freed back to the system (glibc keeps it otherwise), so that the serving
+    figure that follows counts what the search holds, not the build's leftovers."""
+    import ctypes
+
+    with contextlib.suppress(OSError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _anon_gib() -> float:
