@@ -12,13 +12,19 @@ An index is a folder with two files (and `update.lock`, which makes a second `up
   per file;
 - `vectors.faiss`, a faiss index of the embeddings keyed by record id (see `siglip.tools.search.ann` for the
   types: exact `flat`, `ivf`, `hnsw`, compressed `ivfpq` re-ranked with its fp16 vectors, or `auto` by size
-  and memory budget; fp32 or fp16 storage). After every change it catches up by id difference (ids are never
-  reused), or is rebuilt when the size calls for another type or cell count or HNSW or a re-ranked `ivfpq`
-  must drop vectors, and is replaced atomically. Only then do the records
+  and memory budget; fp32 or fp16 storage); for `ivfpq`, the compressed index only, keyed by rows of its
+  sidecar files `rerank-<generation>.f16` and `.ids` (the fp16 vectors and each row's record id), which it
+  names with their row count before its stamp. After every change it catches up by id difference (ids are
+  never reused; `ivfpq` appends to its sidecars, flushed to disk before the file that counts the new rows
+  replaces the old one, and removes in place), or is rebuilt when the size calls for another type, codes or
+  cell count, when HNSW must drop vectors, or when half an `ivfpq`'s rows are dead (a rebuild writes a new
+  sidecar generation; the old one is deleted once the file naming the new one is in place), and is replaced
+  atomically. Only then do the records
   release their copy of the vectors it took over (in one transaction): each vector is stored once, and a
   `kill -9` at any moment leaves either the old file with the vectors still in the records, or the new one.
-  Searches open it memory-mapped. A missing or damaged file loses the vectors it held: their records are
-  dropped with a warning, and the next `update` embeds those images again. An import of embeddings
+  Searches open it memory-mapped. A missing or damaged file (or `ivfpq` sidecar, named in a warning of its
+  own) loses the vectors it held: their records are dropped with a warning, and the next `update` embeds
+  those images again. An import of embeddings
   (`import_embeddings`) never puts vectors in the records: it records the paths and adds the vectors to the
   vector file in one transaction, under ids reserved beforehand.
 
