@@ -525,7 +525,11 @@ def _sidecars(folder: Path) -> list[Path]:
     return sorted(folder.glob("rerank-*"))
 
 
-def test_an_ivfpq_index_removes_in_place_adds_by_appending_and_names_a_lost_sidecar(tmp_path, caplog):
+def test_an_ivfpq_index_removes_in_place_adds_by_appending_and_names_a_lost_sidecar(
+    tmp_path, caplog, monkeypatch
+):
+    from siglip.tools.search import index as index_module
+
     vectors, queries = np.split(clustered(12_020, 64, clusters=20, rank=8), [12_000])
     folder = tmp_path / "index"
     with _new_index(folder, vectors[:11_000], years=True, index_type="ivfpq") as index:
@@ -567,12 +571,30 @@ def test_an_ivfpq_index_removes_in_place_adds_by_appending_and_names_a_lost_side
             hits = index.search(queries[:20], 30, where=where)
             assert all(len(row) == 30 and {int(h.path[3:-4]) % 7 for h in row} <= admitted for row in hits)
 
+    # an update that dies after appending to the sidecars, before the vector file that counts the rows: the
+    # old file still pairs with its rows, and the next update cuts the dead run's rows before appending
+    def dies(path: Path, write: object) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    with SearchIndex(folder) as index:
+        index.store.record([FileState(f"/v/x{i}.jpg", 1, 1) for i in range(10)], queries[:10])
+        monkeypatch.setattr(index_module, "replace_atomically", dies)
+        with pytest.raises(OSError, match="No space left"):
+            index.sync()
+        assert vectors_file.stat().st_size == 12_010 * 64 * 2  # appended, flushed, not referenced
+        monkeypatch.undo()
+    with SearchIndex(folder) as index:
+        assert index.search(vectors[11_500], 1)[0][0].path == "/v/11500.jpg"
+        index.store.record([FileState("/v/y.jpg", 1, 1)], queries[10:11])
+        assert [hits[0].path for hits in index.search(queries[9:11], 1)] == ["/v/x9.jpg", "/v/y.jpg"]
+        assert vectors_file.stat().st_size == 12_011 * 64 * 2 and index.build_info == info
+
     # a sidecar cut short: named in one line; the vectors it held drop out (the records released them)
     _lost_sidecar_is_named(
         folder,
         _sidecars(folder)[1],
-        "is truncated: it holds 12 of the 12,000 rows",
-        12_000 - len(gone),
+        "is truncated: it holds 12 of the 12,011 rows",
+        12_011 - len(gone),
         caplog,
     )
 
