@@ -91,7 +91,7 @@ def test_each_type_round_trips_through_save_and_open_and_follows_changes(tmp_pat
     assert path == before[0][0].path
     assert np.dot(vector, vectors[int(path[3:-4])]) > 0.9999  # ivfpq keeps fp16 vectors for re-ranking
 
-    # updates: new vectors are found, removed ones are gone (HNSW and re-ranked ivfpq by a rebuild)
+    # updates: new vectors are found, removed ones are gone (HNSW by a rebuild, the others in place)
     reopened.store.record([FileState(f"/v/{i}.jpg", 1, 1) for i in range(11_000, 12_000)], vectors[11_000:])
     gone = before[0][0].path
     reopened.store.remove([gone])
