@@ -82,7 +82,8 @@ class Plan:
     @property
     def nlist(self) -> int:
         """IVF cells (0 for types without them)."""
-        return int(self.factory[3:].split(",")[0].split("_")[0]) if self.factory.startswith("IVF") else 0
+        cells = re.search(r"(?:^|,)IVF(\d+)", self.factory)  # after a transform too (OPQ16,IVF...)
+        return int(cells[1]) if cells else 0
 
 
 @dataclass(frozen=True)
