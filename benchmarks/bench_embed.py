@@ -38,7 +38,6 @@ from PIL import Image
 import siglip
 from _common import SHAPES, features_tensor, machine_line, make_jpegs, random_checkpoint
 from bench_runtimes import RUNTIMES
-from siglip.tools.embeddings.onnx_export import export_onnx
 from siglip.tools.embeddings.writers import embed_to_file
 
 
@@ -64,14 +63,15 @@ def transformers_features(model: torch.nn.Module) -> Callable[[torch.Tensor], to
 
 
 def runtime_features(
-    model_dir: Path, directory: Path, names: list[str], threads: int
+    model_dir: Path, directory: Path, names: list[str], threads: int, work: Path | None
 ) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The image tower in each OpenVINO / ONNX Runtime runtime `names` of bench_runtimes ("openvino int8"),
-    built from siglip's ONNX export of the model in `model_dir` (int8 calibrated on other photos)."""
-    from bench_runtimes import build_runtime, tower_inputs
+    built from siglip's ONNX export of the model in `model_dir` (int8 calibrated on other photos; the export
+    and OpenVINO's int8 model reused from `work` when there)."""
+    from bench_runtimes import build_runtime, onnx_files, tower_inputs
 
     model = siglip.SiglipModel.from_pretrained(model_dir).eval()
-    onnx_paths = export_onnx(model, directory / "onnx")
+    onnx_paths = onnx_files(model, work or directory)
     calibration = list(tower_inputs(directory, model_dir, "image", 32, seed=2)[:, None])
     runtimes = {}
     for name in names:
@@ -109,6 +109,14 @@ def main() -> None:
         "--runtimes", nargs="+", default=[], choices=[r for r in RUNTIMES if r.startswith(("openvino", "onnxruntime"))],
         metavar="RUNTIME", help="also loops with these OpenVINO / ONNX Runtime towers (bench_runtimes.py names)",
     )  # fmt: skip
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="the ONNX export and OpenVINO's int8 model of bench_runtimes.py --work, reused",
+    )
+    parser.add_argument(
+        "--skip", nargs="+", default=[], metavar="NAME", help="leave out the runs of exactly these names"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="time every run this many times, taking turns")
     args = parser.parse_args()
 
@@ -181,6 +189,7 @@ def main() -> None:
             runs = {
                 n: r for n, r in runs.items() if not n.startswith("siglip") or any(t in n for t in args.only)
             }
+        runs = {name: run for name, run in runs.items() if name not in args.skip}
         times: dict[str, list[float]] = {name: [] for name in runs}
         vectors: dict[str, np.ndarray] = {}
         for _ in range(args.rounds):  # the runs take turns, so that the machine's drift hits all alike

@@ -51,7 +51,7 @@ from siglip.tools.embeddings.onnx_export import FIXRES_TOWER, TEXT_TOWER, export
 
 RUNTIMES = (
     "transformers fp32", "transformers bf16",
-    "siglip fp32", "siglip bf16", "siglip bf16+compile", "siglip int8",
+    "siglip fp32", "siglip bf16", "siglip bf16+compile", "siglip int8", "siglip int8+compile",
     "openvino fp32", "openvino bf16", "openvino int8",
     "onnxruntime fp32", "onnxruntime int8",
 )  # fmt: skip
@@ -70,20 +70,26 @@ def openvino_tower(
     onnx_path: Path, precision: str, threads: int, calibration: list[np.ndarray] | None = None
 ) -> Features:
     """An OpenVINO CPU tower from an ONNX export: `precision` "fp32", "bf16" or "int8" (NNCF, calibrated on
-    `calibration` batches); compiled for each input shape it meets (static shapes), `threads` threads."""
+    `calibration` batches; the quantised model is kept beside the export and reused, as a user keeps the IR);
+    compiled for each input shape it meets (static shapes), `threads` threads."""
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(str(onnx_path))
-    if precision == "int8":
+    quantized = onnx_path.with_name(f"{onnx_path.stem}.openvino-int8-{len(calibration or ())}.xml")
+    if precision == "int8" and quantized.exists():
+        model = core.read_model(str(quantized))
+    elif precision == "int8":
         import nncf
 
         model = nncf.quantize(
-            model,
+            core.read_model(str(onnx_path)),
             nncf.Dataset(calibration),
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=sum(len(batch) for batch in calibration),
         )
+        ov.save_model(model, str(quantized))
+    else:
+        model = core.read_model(str(onnx_path))
     config = {
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "INFERENCE_NUM_THREADS": threads,
@@ -165,6 +171,16 @@ def build_runtime(
     return Runtime(features, time.perf_counter() - start)
 
 
+def onnx_files(model: siglip.SiglipModel, work: Path) -> dict[str, Path]:
+    """siglip's ONNX export of `model` in `work`/onnx, made unless it is there (`--work`: runs of one shape,
+    whose random weights are the same every time, share it and the quantised models beside it)."""
+    directory = work / "onnx"
+    paths = {"vision": directory / FIXRES_TOWER.filename, "text": directory / TEXT_TOWER.filename}
+    if all(path.exists() for path in paths.values()):
+        return paths
+    return export_onnx(model, directory)
+
+
 def tower_inputs(directory: Path, model_dir: Path, part: str, count: int, seed: int) -> np.ndarray:
     """`count` real inputs of the tower `part`: processed 640x480 photos, or captions padded to the model's
     length (each `seed` gives other photos or captions)."""
@@ -199,6 +215,11 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=32, help="int8 calibration inputs (OpenVINO)")
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--shape", default="base16-224", choices=list(SHAPES))
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="keep the ONNX export and OpenVINO's int8 model here, to reuse in later runs",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -214,7 +235,7 @@ def main() -> None:
         theirs, model = reference_and_ours(args.shape, tmp / "model")
         drop_other_tower(theirs, args.part)
         start = time.perf_counter()
-        onnx_paths = export_onnx(model, tmp / "onnx")
+        onnx_paths = onnx_files(model, args.work / args.shape if args.work else tmp)
         export_s = time.perf_counter() - start
         drop_other_tower(model, args.part)
         gc.collect()
