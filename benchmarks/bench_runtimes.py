@@ -253,7 +253,7 @@ def main() -> None:
         unit = "images" if args.part == "image" else "texts"
         tower = TEXT_TOWER if args.part == "text" else FIXRES_TOWER
         print(
-            f"\nONNX export of both towers: {export_s:.1f} s (the OpenVINO and ONNX Runtime rows start from it)"
+            f"\nONNX export of both towers (or its reuse from --work): {export_s:.1f} s; OpenVINO and ONNX Runtime start from it"
         )
         for batch in args.batches:
             x = np.ascontiguousarray(inputs[:batch])
