@@ -23,6 +23,7 @@ The photos are `--images` distinct 640x480 JPEGs cut from scikit-image's sample 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -206,7 +207,13 @@ def main() -> None:
                 vectors[name] = run()
                 times[name].append(time.perf_counter() - start)
                 loading[name].append(sum(LOADING))
-                print(f"{name}: {len(paths) / times[name][-1]:.2f} images/s", flush=True)
+                reference = vectors["transformers loop, fp32"]  # the first run
+                cosine = (vectors[name] * reference).sum(-1).min()
+                print(
+                    f"{name}: {len(paths) / times[name][-1]:.2f} images/s, min cosine {cosine:.5f}, "
+                    f"loading {loading[name][-1]:.1f} s; load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
         results = {name: (statistics.median(times[name]), vectors[name]) for name in runs}
 
     base_seconds, reference = results["transformers loop, fp32"]
