@@ -24,13 +24,17 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "h
 
 # Released shapes at their full depth (random weights: speed does not depend on the values).
 _BASE = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
+_SMALL = dict(hidden_size=128, intermediate_size=512, num_attention_heads=2, num_hidden_layers=2)
 _SO400M = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, num_hidden_layers=27)
 SHAPES: dict[str, dict] = {
     "base16-224": dict(text_config=dict(_BASE), vision_config=dict(_BASE, image_size=224, patch_size=16)),
     "so400m14-384": dict(
         text_config=dict(_SO400M), vision_config=dict(_SO400M, image_size=384, patch_size=14)
     ),
+    # not a released shape: two narrow layers, to try a benchmark script quickly before a real run
+    "small16-224": dict(text_config=dict(_SMALL), vision_config=dict(_SMALL, image_size=224, patch_size=16)),
 }
+RELEASED_SHAPES = ("base16-224", "so400m14-384")
 
 
 def features_tensor(output: object) -> torch.Tensor:

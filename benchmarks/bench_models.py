@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import siglip
 from _common import (
+    RELEASED_SHAPES,
     SHAPES,
     features_tensor,
     machine_line,
@@ -310,7 +311,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("what", choices=["peak", "towers", "modes", "accuracy", "profile"])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=list(RELEASED_SHAPES), choices=list(SHAPES))
     parser.add_argument(
         "--parts", nargs="+", default=["image", "text", "full"], choices=["image", "text", "full"]
     )

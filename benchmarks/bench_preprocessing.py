@@ -5,17 +5,20 @@
 - Tokenizer: a batch of captions -> `input_ids` padded and truncated to 64 (what SigLIP needs), as torch
   tensors. The SentencePiece model is trained here on CPython's documentation (`pydoc_data`); the captions
   are sentences cut from the same text (mixed case, punctuation), 3 to 25 words.
-- Image processor: 640x480 JPEGs made from scikit-image's photos, to 224x224 `pixel_values`; "decode
-  included" passes file paths, "decode excluded" passes already decoded PIL images. Ours runs with its
-  default threads and with one thread.
+- Image processor: 640x480 JPEGs made from scikit-image's photos, to 224x224 `pixel_values` as numpy
+  arrays: from file paths (decoding included) and from already decoded PIL images, against transformers'
+  `SiglipImageProcessorPil` and hf-processors-rs (a Rust port of transformers' processors, `bench` extra) with
+  its PIL-exact backend, ours and the Rust one with one thread and with their default threads (one per core).
 
-Both sides are timed alternately on the same inputs; the table gives medians and the speed-up. Outputs are
-compared first: a row is only timed when ours equals the reference exactly.
+All sides are timed alternately on the same inputs; the tables give medians and the speed-ups. Outputs are
+compared first: a row is only timed when ours equals the reference exactly (the Rust port's largest difference
+is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -24,10 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 
-from _common import make_jpegs, time_alternately, train_tokenizer
+from _common import machine_line, make_jpegs, time_alternately, train_tokenizer
 from siglip import SiglipImageProcessorPil, SiglipTokenizer
 
 
@@ -54,6 +58,45 @@ def compare(name: str, ours: Callable, theirs: Callable, repeats: int, items: in
     return {"name": name, "ours": items / ours_s, "theirs": items / theirs_s, "speedup": theirs_s / ours_s}
 
 
+def rust_processor(directory: Path) -> Callable:
+    """hf-processors-rs's port of the processor saved in `directory`, with its PIL-exact backend: a
+    function (images, num_threads) -> pixel_values (the `bench` extra)."""
+    import hf_processors_rs
+
+    processor = hf_processors_rs.AutoImageProcessor.from_pretrained(directory, backend="pil")
+    return lambda images, num_threads: processor(images, num_threads=num_threads)
+
+
+def compare_images(
+    what: str,
+    threads: int | None,
+    images: list,
+    ours: Callable,
+    theirs: Callable,
+    rust: Callable,
+    repeats: int,
+) -> dict[str, object]:
+    """siglip, hf-processors-rs (the same threads) and transformers (one thread: it has no pool) on `images`:
+    pixels compared with transformers' (ours must be identical to be timed), then timed alternately."""
+    calls = {
+        "siglip": lambda: ours(images, return_tensors="np")["pixel_values"],
+        "rs": lambda: rust(images, threads),
+        "transformers": lambda: theirs(images, return_tensors="np")["pixel_values"],
+    }
+    reference = calls["transformers"]()
+    diffs = {name: float(np.abs(calls[name]() - reference).max()) for name in ("siglip", "rs")}
+    if diffs["siglip"] != 0:
+        raise SystemExit(f"image processor, {what}: siglip's pixels differ by {diffs['siglip']}; not timing")
+    seconds = time_alternately(calls, repeats, warmup=1)
+    return {
+        "input": what,
+        "threads": "1" if threads == 1 else f"default ({os.cpu_count()} cores)",
+        **{name: len(images) / s for name, s in seconds.items()},
+        "diff_siglip": diffs["siglip"],
+        "diff_rs": diffs["rs"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -67,7 +110,7 @@ def main() -> None:
 
     warnings.simplefilter("ignore")
     transformers.logging.set_verbosity_error()
-    rows = []
+    rows, image_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         vocab = train_tokenizer(tmp)
@@ -87,26 +130,36 @@ def main() -> None:
         paths = make_jpegs(tmp, args.images)
         decoded = [Image.open(p).convert("RGB") for p in paths]
         theirs_img = transformers.SiglipImageProcessorPil()
-        for threads in (None, 1):
+        SiglipImageProcessorPil().save_pretrained(tmp / "processor")
+        rust = rust_processor(tmp / "processor")
+        for threads in (1, None):
             ours_img = SiglipImageProcessorPil(num_threads=threads)
-            label = "default threads" if threads is None else "1 thread"
-            for inputs, what in ((paths, "decode included"), (decoded, "decode excluded")):
-                source = [str(p) for p in inputs] if what == "decode included" else inputs
-                rows.append(
-                    compare(
-                        f"image processor, {what}, ours with {label} (images/s)",
-                        lambda source=source, ours_img=ours_img: ours_img(source, return_tensors="pt"),
-                        lambda source=source: theirs_img(source, return_tensors="pt"),
-                        args.repeats,
-                        args.images,
-                    )
+            for source, what in (([str(p) for p in paths], "files"), (decoded, "decoded images")):
+                image_rows.append(
+                    compare_images(what, threads, source, ours_img, theirs_img, rust, args.repeats)
                 )
 
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"numpy {np.__version__}, {torch.get_num_threads()} torch threads")  # fmt: skip
+    print(f"{machine_line()}; Pillow {PIL.__version__}")
     print("\n| benchmark | siglip | transformers | speed-up |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['name']} | {row['ours']:,.0f} | {row['theirs']:,.0f} | {row['speedup']:.1f}x |")
+    print(
+        f"\nImage processors, {args.images} 640x480 JPEGs to 224x224 pixel_values, images/s (medians of "
+        f"{args.repeats}); max abs diff of the pixels to transformers'"
+    )
+    print(
+        "\n| input | threads | siglip | hf-processors-rs (pil) | transformers (PIL) | siglip vs rs | "
+        "siglip vs transformers | max abs diff siglip / rs |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for row in image_rows:
+        print(
+            f"| {row['input']} | {row['threads']} | {row['siglip']:,.0f} | {row['rs']:,.0f} | "
+            f"{row['transformers']:,.0f} | {row['siglip'] / row['rs']:.2f}x | "
+            f"{row['siglip'] / row['transformers']:.2f}x | {row['diff_siglip']:g} / {row['diff_rs']:g} |"
+        )
 
 
 if __name__ == "__main__":

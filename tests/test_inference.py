@@ -20,7 +20,7 @@ from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
 from siglip.core.two_tower.modeling import SiglipMLP
 from siglip.tools.cli import main
 from siglip.tools.embeddings.inference import InferenceMode
-from siglip.tools.embeddings.int8 import fast_gelu_tanh
+from siglip.tools.embeddings.int8 import fast_gelu_tanh, quantize_linear_layers
 from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
 from siglip.tools.embeddings.precision import PRECISIONS
 
@@ -314,3 +314,32 @@ def test_reduced_decode_leaves_other_formats_alone(tmp_path):
         processor(str(path), return_tensors="np", reduced_decode=False)["pixel_values"],
     )
     assert "reduced_decode" not in processor.to_dict()  # a runtime choice, not a checkpoint setting
+
+
+def test_int8_layers_equal_torchs_quantize_dynamic():
+    # the oracle: torch's own quantize_dynamic with its default qconfig (weights per tensor), packed for the
+    # same library; ours packs each weight once instead of twice
+    from torch.ao.quantization import quantize_dynamic
+
+    model = SiglipModel.from_pretrained(BUNDLED).eval()
+    ours = quantize_linear_layers(copy.deepcopy(model))
+    engine = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = (
+            "onednn" if "onednn" in torch.backends.quantized.supported_engines else engine
+        )
+        theirs = quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    finally:
+        torch.backends.quantized.engine = engine
+    assert [type(m) for m in ours.modules()] == [type(m) for m in theirs.modules()]
+    for mine, reference in zip(ours.modules(), theirs.modules(), strict=True):
+        if isinstance(mine, torch.ao.nn.quantized.dynamic.Linear):
+            assert (mine.in_features, mine.out_features) == (reference.in_features, reference.out_features)
+            (w, b), (rw, rb) = mine._weight_bias(), reference._weight_bias()
+            assert torch.equal(w.int_repr(), rw.int_repr()) and w.q_scale() == rw.q_scale()
+            assert torch.equal(b, rb)
+    pixels = _examples()
+    with torch.inference_mode():
+        assert torch.equal(ours.get_image_features(pixels), theirs.get_image_features(pixels))
+        ids = _label_ids(model)
+        assert torch.equal(ours.get_text_features(ids), theirs.get_text_features(ids))

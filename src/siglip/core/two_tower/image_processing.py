@@ -501,10 +501,13 @@ def _resize_array(
 def _apply_table(image: np.ndarray, table: np.ndarray) -> np.ndarray:
     """(3, H, W) output of an (H, W, 3) uint8 image: one lookup per pixel in the per-channel table."""
     out = np.empty((3, *image.shape[:2]), dtype=table.dtype)
+    # one plane per channel first (a uint8 copy): gathering from contiguous planes is ~1.8x faster than from
+    # the interleaved image's strided channels
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1))
     for c in range(3):
         # uint8 indices cannot leave the table, so mode="clip" changes nothing but lets numpy write straight
         # into `out`; the default mode ("raise") goes through a buffer, ~5x slower here
-        np.take(table[c], image[..., c], out=out[c], mode="clip")
+        np.take(table[c], planes[c], out=out[c], mode="clip")
     return out
 
 
