@@ -106,9 +106,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            result = asyncio.run(
-                load(server.url, args.kind, args.clients, args.seconds + 1, server.process.pid)
-            )
+            result = asyncio.run(load(server, args.kind, args.clients, args.seconds + 1))
             if record.wait(60) != 0 or not out.exists():
                 raise SystemExit("py-spy could not sample the server (is ptrace allowed here?)")
             threads = split(out.read_text())
