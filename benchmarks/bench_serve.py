@@ -25,7 +25,8 @@ named `infinity` or `infinity-...` (their words are `infinity_emb v2` options, e
 --dtype int8'`) serve the same checkpoint folder with `VENV/bin/infinity_emb v2 --device cpu`. Its requests
 are the same items in its API's shape: `POST /embeddings` with `{"input": one text, "model": ...}` (kinds
 text and openai) or `{"input": "data:image/jpeg;base64,...", "modality": "image", ...}` (image and image64).
-Its server has no batch metrics (those columns are blank). With `--check`, before the timed runs, each
+Its server has no batch metrics (those columns are blank; so are they for a siglip server with several worker
+processes, each with its own metrics). With `--check`, before the timed runs, each
 server embeds texts of different lengths (one request each, concurrently, so they share batches) and images,
 and the lowest cosine of its vectors to transformers' (`get_text_features` with the text padded to the
 model's length, as the model was trained, and `get_image_features`) is printed.
@@ -279,8 +280,16 @@ async def batch_stats(url: str, kind: str) -> tuple[float, float, float]:
     )  # type: ignore[return-value]
 
 
+async def workers(server: Server) -> int:
+    """The server's worker processes (each has its own /metrics)."""
+    if server.infinity:
+        return 1
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/v1/info") as response:
+        return (await response.json()).get("workers", 1)
+
+
 async def measure(server: Server, kind: str, clients: int, seconds: float) -> dict[str, float]:
-    if server.infinity:  # no batch metrics
+    if server.infinity or await workers(server) > 1:  # no batch metrics, or one process's of several
         return {**await load(server, kind, clients, seconds), "per_call": math.nan, "call_ms": math.nan}
     batched = "image" if kind.startswith("image") else "text"
     before = await batch_stats(server.url, batched)
