@@ -384,7 +384,9 @@ def test_max_image_pixels_is_the_one_limit_and_max_pixels_its_old_name(embedder,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # Pillow's limit (89 million), scaled down
     answers, processors = [], []
 
-    def serve_one_request(server: uvicorn.Server) -> None:  # in place of listening on a port
+    def serve_one_request(
+        server: uvicorn.Server, sockets: None = None
+    ) -> None:  # in place of listening on a port
         with TestClient(server.config.app) as client:
             processors.append(client.app.state.service.embedder.processor.image_processor)
             answers.append(
@@ -395,7 +397,7 @@ def test_max_image_pixels_is_the_one_limit_and_max_pixels_its_old_name(embedder,
 
     monkeypatch.setattr(uvicorn.Server, "run", serve_one_request)
     monkeypatch.setattr(signal, "signal", lambda *_: None)  # serve's SIGTERM handler stays out of pytest
-    serve = ["serve", "--model", BUNDLED, "--precision", "fp32"]
+    serve = ["serve", "--model", BUNDLED, "--precision", "fp32", "--workers", "1"]
     assert main([*serve, "--max-image-pixels", "60000"]) == 0
     assert answers[0].status_code == 200, answers[0].text
     np.testing.assert_allclose(answers[0].json()["embeddings"], expected, atol=1e-5)
