@@ -16,7 +16,8 @@ Closed-loop clients: each sends `POST /v1/embed/text` (`{"texts": [one text]}`, 
 224x224 JPEG, kind `image`; `{"images": ["data:image/jpeg;base64,..."]}`, kind `image64`) and sends its next
 request when answered, for --seconds. Reported:
 requests/s, p50 and p99 latency seen by the client, errors (any non-200 or transport failure), the CPU time of
-the load generator (this process) and of the server over the run as a percentage of one core, and the mean
+the load generator (this process) and of the server over the run as a percentage of one core (and the server's
+per request: what a request costs it, which moves less with the machine's load than the rate), and the mean
 size and time of the model calls (from the server's /metrics). The generator is one asyncio loop (uvloop when
 installed) with pre-built request bodies: its CPU share shows how far it is from its own limit (100%).
 
@@ -406,9 +407,9 @@ async def bench(args: argparse.Namespace, name: str, model: str) -> None:
             print(f"{machine_line()}; load average {os.getloadavg()[0]:.1f} (2-core machine)")
             print(
                 "| clients | config | req/s | p50 ms | p99 ms | errors | items per model call "
-                "| ms per model call | server CPU % | load generator CPU % |"
+                "| ms per model call | server CPU % | server CPU ms per request | load generator CPU % |"
             )
-            print("|---|---|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
             for clients in args.clients:
                 for server in servers:
                     runs = results[(kind, clients, server.name)]
@@ -418,7 +419,8 @@ async def bench(args: argparse.Namespace, name: str, model: str) -> None:
                         f"| {clients} | {server.name} | {row['rps']:.0f} ({spread}) | {1000 * row['p50']:.1f} | "
                         f"{1000 * row['p99']:.1f} | {sum(run['errors'] for run in runs):.0f} of "
                         f"{sum(run['count'] for run in runs):.0f} | {blank_nan(row['per_call'])} | "
-                        f"{blank_nan(row['call_ms'])} | {row['server_cpu']:.0f} | {row['client_cpu']:.0f} |",
+                        f"{blank_nan(row['call_ms'])} | {row['server_cpu']:.0f} | "
+                        f"{10 * row['server_cpu'] / row['rps']:.2f} | {row['client_cpu']:.0f} |",
                         flush=True,
                     )
     finally:

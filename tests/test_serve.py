@@ -57,6 +57,26 @@ def index(embedder, material):
         yield index
 
 
+def test_the_direct_text_routes_answer_count_and_document_as_the_fastapi_ones(client, embedder):
+    """/v1/embeddings and /v1/embed/text are answered by plain Starlette routes (routes/embed.py): labelled in
+    the metrics by their path, listed in the OpenAPI schema, and refusing what the FastAPI routes refuse."""
+    from siglip.tools.serve.routes.embed import DIRECT_ROUTES
+
+    assert client.app.router.routes[: len(DIRECT_ROUTES)] == DIRECT_ROUTES
+    texts = ["a red dress", "shoes"]
+    answer = client.post("/v1/embed/text", json={"texts": texts})
+    np.testing.assert_allclose(answer.json()["embeddings"], embedder.embed_texts(texts), atol=1e-5)
+    assert client.post("/v1/embeddings", json={"input": "shoes"}).status_code == 200
+    metrics = client.get("/metrics").text
+    for path in ("/v1/embed/text", "/v1/embeddings"):
+        assert f'siglip_requests_total{{method="POST",route="{path}",status="200"}}' in metrics
+        assert path in client.get("/openapi.json").json()["paths"]
+    _error(client.get("/v1/embeddings"), 405)
+    _error(client.post("/v1/embed/text", content=b"[1"), 415, "application/json")
+    _error(client.post("/v1/embed/text", json={"texts": []}), 422, "texts")
+    _error(client.post("/v1/embeddings", json={"input": "x", "colour": 1}), 422, "colour")
+
+
 def _error(response: httpx.Response, status: int, *phrases: str) -> str:
     """The message of a JSON error with this status, checked to contain each phrase."""
     assert response.status_code == status, response.text
