@@ -550,6 +550,40 @@ def test_the_adaptive_batcher_sends_a_lone_item_at_once_and_keeps_a_burst_and_a_
     assert calls == [[3], list(range(10)), [100], list(range(101, 121))], calls
 
 
+def test_the_adaptive_batcher_brings_the_clients_a_slow_batch_answered_into_the_next_one():
+    """Clients that came in two groups (the second while the first's batch ran) end up in one batch: the
+    gathering holds for a share of the previous batch's run time (MODEL_SHARE x 0.2 s = 10 ms), longer than
+    the 1 ms the answered clients take to come back. Without the hold the groups alternate: 4, 4, 4, ..."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[list[int]] = []
+
+    def slow_square(items: list[int]) -> list[int]:
+        calls.append(items)
+        time.sleep(0.2)
+        return [i * i for i in items]
+
+    async def scenario() -> list[list[int]]:
+        batcher = Batcher(slow_square, ThreadPoolExecutor(1), max_batch_size=32)
+        batcher.start()
+
+        async def client(item: int, start_s: float) -> list[int]:
+            await asyncio.sleep(start_s)
+            answers = []
+            for _ in range(3):
+                answers += await batcher.submit([item])
+                await asyncio.sleep(0.001)  # the client reads its answer and sends the next request
+            return answers
+
+        answers = await asyncio.gather(*(client(i, 0.0 if i < 4 else 0.05) for i in range(8)))
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [[i * i] * 3 for i in range(8)]
+    assert [len(c) for c in calls] == [4, 8, 8, 4], calls
+
+
 def test_the_batcher_bounds_its_queue_drops_timed_out_items_and_drains_on_stop():
     async def scenario():
         calls: list[list[int]] = []
