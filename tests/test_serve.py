@@ -454,14 +454,14 @@ def test_the_page_and_docs_load_nothing_from_other_hosts(client):
 
 
 # --- the batcher ----------------------------------------------------------------------------------------------
-def _batcher(calls: list[list[int]], **options) -> Batcher[int, int]:
+def _batcher(calls: list[list[int]], run_s: float = 0.01, **options) -> Batcher[int, int]:
     from concurrent.futures import ThreadPoolExecutor
 
     def square(items: list[int]) -> list[int]:
         calls.append(items)
         if -1 in items:
             raise ValueError("no negative ones")
-        time.sleep(0.01)
+        time.sleep(run_s)
         return [i * i for i in items]
 
     return Batcher(square, ThreadPoolExecutor(1), **options)
@@ -587,18 +587,19 @@ def test_the_adaptive_batcher_brings_the_clients_a_slow_batch_answered_into_the_
 def test_the_batcher_bounds_its_queue_drops_timed_out_items_and_drains_on_stop():
     async def scenario():
         calls: list[list[int]] = []
-        batcher = _batcher(calls, max_batch_size=2, max_wait_s=0.0, max_queue=3, timeout_s=0.005)
+        # batches of 100 ms, 20x the timeout: the queued item times out before its turn on a loaded machine too
+        batcher = _batcher(calls, run_s=0.1, max_batch_size=2, max_wait_s=0.0, max_queue=3, timeout_s=0.005)
         batcher.start()
         with pytest.raises(QueueFull, match="the queue is full"):
             await batcher.submit([1, 2, 3, 4])
-        first = asyncio.ensure_future(batcher.submit([1, 2]))  # the batch that runs (10 ms, past the timeout)
+        first = asyncio.ensure_future(batcher.submit([1, 2]))  # the batch that runs (past the timeout)
         await asyncio.sleep(0)
         late = asyncio.ensure_future(batcher.submit([7]))  # queued behind it: timed out before its turn
         with pytest.raises(Timeout):
             await first
         with pytest.raises(Timeout):
             await late
-        await asyncio.sleep(0.05)  # the running batch ends; the timed-out item is dropped, not run
+        await asyncio.sleep(0.2)  # the running batch ends; the timed-out item is dropped, not run
         batcher.timeout_s = 5
         queued = [asyncio.ensure_future(batcher.submit([i])) for i in (8, 9, 10)]
         await asyncio.sleep(0)
