@@ -6,17 +6,17 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from _material import BUNDLED
 from _serving import start_server
-from siglip import Embedder
+from siglip import Embedder, SiglipConfig, SiglipModel
 from siglip.tools.cli import serve as serve_cli
 
 
@@ -56,23 +56,24 @@ def test_two_workers_share_the_port_answer_right_and_stop_together():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-class _TimedModel:
-    """An embedder whose texts take `ms` milliseconds each."""
+def _text_tower(hidden: int, layers: int, length: int) -> SimpleNamespace:
+    """An embedder on CPU whose SigLIP text tower has this shape (on the meta device: only the shape counts)."""
+    config = SiglipConfig(
+        text_config=dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, max_position_embeddings=length),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1),
+    )  # fmt: skip
+    with torch.device("meta"):
+        return SimpleNamespace(model=SiglipModel(config), device=torch.device("cpu"))
 
-    def __init__(self, ms: float) -> None:
-        self.ms = ms
-        self.device = SimpleNamespace(type="cpu")
 
-    def embed_texts(self, texts: list[str]) -> None:
-        time.sleep(self.ms * len(texts) / 1000)
-
-
-@pytest.mark.parametrize(("ms", "cores", "workers"), [(0.0, 2, 2), (0.0, 4, 4), (0.0, 1, 1), (12.0, 2, 1)])
-def test_auto_workers_is_one_per_core_for_a_fast_model_and_one_for_a_slow_one(
-    monkeypatch, ms, cores, workers
-):
-    monkeypatch.setattr(serve_cli.os, "cpu_count", lambda: cores)
-    assert serve_cli._auto_workers(_TimedModel(ms)) == workers
+def test_auto_workers_is_one_per_core_for_a_small_text_tower_and_one_for_a_base_size_one(monkeypatch):
+    tiny = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32")
+    base_text = _text_tower(768, 12, 64)  # base16-224's text tower: 2 x 85M weights x 64 positions = 11 GFLOP
+    small_text = _text_tower(256, 4, 64)  # 2 x 3.2M x 64 = 0.4 GFLOP
+    for cores, expected in ((2, [2, 2, 1]), (4, [4, 4, 1]), (1, [1, 1, 1])):
+        monkeypatch.setattr(serve_cli.os, "cpu_count", lambda cores=cores: cores)
+        assert [serve_cli._auto_workers(e) for e in (tiny, small_text, base_text)] == expected
 
 
 def test_workers_option_words(capsys):

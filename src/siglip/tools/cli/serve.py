@@ -16,11 +16,12 @@ from ..embeddings.embedder import DEFAULT_MODEL, Embedder
 from ..embeddings.options import ModelOptions
 from ._options import add_image_backend_option, add_model_options, integer, real
 
-# --workers auto: the request path (HTTP, routing, JSON) costs about 1 ms of one core per request, and one
-# process has one core for it (the GIL). A model within a few times that per text (the bundled tiny model:
-# 0.2-2.5 ms) leaves the request path as the limit; the base model (10-30 ms per text) is the limit itself,
-# and wants every request in one batch on every core.
-AUTO_WORKERS_TEXT_MS = 5.0
+# --workers auto: the request path (HTTP, routing, JSON) costs a few hundred microseconds of one core per
+# request, and one process has one core for it (the GIL). A text tower of a few hundred MFLOP per text or less
+# (the bundled tiny model: 0.02) leaves the request path as the limit; a base-size one (11 GFLOP) is the limit
+# itself, and wants every request in one batch on every core. Counted, not timed: on a busy machine one timed
+# call of the same model varied 30-fold.
+AUTO_WORKERS_TEXT_GFLOP = 1.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -133,9 +134,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N|auto",
         help="server processes sharing the port, each with its own model, batching and share of the CPU "
-        "threads; auto (the default): one per core when the model's time per text is below "
-        f"{AUTO_WORKERS_TEXT_MS:g} ms (a small model: the request path, one core per process, is the limit), "
-        "else one (a large model: one process batches every request and uses every core)",
+        "threads; auto (the default): one per core for a text tower under "
+        f"{AUTO_WORKERS_TEXT_GFLOP:g} GFLOP per text (a small model: the request path, one core per process, is "
+        "the limit), else one (a large model: one process batches every request and uses every core)",
     )
     parser.add_argument(
         "--ray",
@@ -245,22 +246,15 @@ def _serve(embedder: Embedder, args: argparse.Namespace, settings: Any, sockets:
 
 
 def _auto_workers(embedder: Embedder) -> int:
-    """`--workers auto`: one per core when the model's time per text (8 texts at its length, warm, the fastest
-    of 3 calls) is below AUTO_WORKERS_TEXT_MS, else 1 (see the option's help)."""
-    import time
-
+    """`--workers auto`: one per core for a model whose text tower costs under AUTO_WORKERS_TEXT_GFLOP per text
+    (2 x its weights outside the embeddings x the text length), else 1 (see the option's help)."""
     cores = os.cpu_count() or 1
     if cores == 1 or embedder.device.type != "cpu":
         return 1
-    texts = ["a photo"] * 8
-    embedder.embed_texts(texts)  # the first call pays one-off costs
-    timings = []
-    for _ in range(3):  # the fastest of 3: a busy machine slows some calls down
-        start = time.perf_counter()
-        embedder.embed_texts(texts)
-        timings.append(time.perf_counter() - start)
-    per_text_ms = 1000 * min(timings) / len(texts)
-    return cores if per_text_ms < AUTO_WORKERS_TEXT_MS else 1
+    text = embedder.model.text_model
+    weights = sum(p.numel() for name, p in text.named_parameters() if not name.startswith("embeddings."))
+    gflop = 2 * weights * embedder.model.config.text_config.max_position_embeddings / 1e9
+    return cores if gflop < AUTO_WORKERS_TEXT_GFLOP else 1
 
 
 def _serve_processes(embedder: Embedder, args: argparse.Namespace, settings: Any, workers: int) -> None:
