@@ -246,14 +246,16 @@ def _serve(embedder: Embedder, args: argparse.Namespace, settings: Any, sockets:
 
 
 def _auto_workers(embedder: Embedder) -> int:
-    """`--workers auto`: one per core for a model whose text tower costs under AUTO_WORKERS_TEXT_GFLOP per text
-    (2 x its weights outside the embeddings x the text length), else 1 (see the option's help)."""
+    """`--workers auto`: one per core for a model whose text tower costs under AUTO_WORKERS_TEXT_GFLOP per text,
+    else 1 (see the option's help). The cost is counted from the config (each layer's attention and MLP weights,
+    2 FLOP per weight per position), as int8 modes keep their weights outside `parameters()`."""
     cores = os.cpu_count() or 1
     if cores == 1 or embedder.device.type != "cpu":
         return 1
-    text = embedder.model.text_model
-    weights = sum(p.numel() for name, p in text.named_parameters() if not name.startswith("embeddings."))
-    gflop = 2 * weights * embedder.model.config.text_config.max_position_embeddings / 1e9
+    text = embedder.model.config.text_config
+    hidden, inner = text.hidden_size, text.intermediate_size
+    weights = text.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * inner)
+    gflop = 2 * weights * text.max_position_embeddings / 1e9
     return cores if gflop < AUTO_WORKERS_TEXT_GFLOP else 1
 
 
