@@ -414,9 +414,10 @@ async def bench(args: argparse.Namespace, name: str, model: str) -> None:
                 for server in servers:
                     runs = results[(kind, clients, server.name)]
                     row = median_row(runs)
-                    spread = "/".join(f"{run['rps']:.0f}" for run in runs)
+                    digits = 0 if row["rps"] >= 100 else 1  # a slow model's few requests a second
+                    spread = "/".join(f"{run['rps']:.{digits}f}" for run in runs)
                     print(
-                        f"| {clients} | {server.name} | {row['rps']:.0f} ({spread}) | {1000 * row['p50']:.1f} | "
+                        f"| {clients} | {server.name} | {row['rps']:.{digits}f} ({spread}) | {1000 * row['p50']:.1f} | "
                         f"{1000 * row['p99']:.1f} | {sum(run['errors'] for run in runs):.0f} of "
                         f"{sum(run['count'] for run in runs):.0f} | {blank_nan(row['per_call'])} | "
                         f"{blank_nan(row['call_ms'])} | {row['server_cpu']:.0f} | "
