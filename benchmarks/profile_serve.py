@@ -5,7 +5,8 @@
 
 Starts one server (as bench_serve does), loads it with closed-loop clients, samples it with `py-spy record
 --threads` (non-idle samples only: a thread waiting in epoll or on a lock is not counted) and splits the
-samples by thread and by what the innermost recognisable frame is doing. Needs the `py-spy` executable
+samples by thread and by what the innermost recognisable frame is doing. The server runs one worker process
+(`--workers 1`) unless the configuration says otherwise: py-spy samples one process. Needs the `py-spy` executable
 (`pip install py-spy`) and permission to trace a child process.
 """
 
@@ -88,7 +89,9 @@ def main() -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with tempfile.TemporaryDirectory() as tmp:
         model = TINY if args.model == "tiny" else str(base_checkpoint(Path(tmp) / "base"))
-        server = start("profiled", model, args.config, args.precision)
+        # one worker process unless told: py-spy samples the one it is given
+        config = args.config if "--workers" in args.config else f"{args.config} --workers 1"
+        server = start("profiled", model, config, args.precision)
         try:
             asyncio.run(wait_ready(server))
             out = Path(tmp) / "raw.txt"
@@ -106,9 +109,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            result = asyncio.run(
-                load(server.url, args.kind, args.clients, args.seconds + 1, server.process.pid)
-            )
+            result = asyncio.run(load(server, args.kind, args.clients, args.seconds + 1))
             if record.wait(60) != 0 or not out.exists():
                 raise SystemExit("py-spy could not sample the server (is ptrace allowed here?)")
             threads = split(out.read_text())

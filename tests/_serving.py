@@ -22,9 +22,11 @@ def _free_port() -> int:
 
 def start_server(index: Path | None, *options: str) -> tuple[subprocess.Popen, str]:
     """`siglip serve` (with the index in folder `index`, if any) on a free loopback port, once it is ready:
-    (process, base URL)."""
+    (process, base URL). One worker process unless `options` say otherwise (the tests read its /metrics)."""
     port = _free_port()
     indexed = ["--index", str(index)] if index is not None else []
+    if "--workers" not in options:
+        options = ("--workers", "1", *options)
     process = subprocess.Popen(
         [sys.executable, "-m", "siglip", "serve", "--model", BUNDLED, *indexed, "--port", str(port),
          "--precision", "fp32", *options],

@@ -57,6 +57,26 @@ def index(embedder, material):
         yield index
 
 
+def test_the_direct_text_routes_answer_count_and_document_as_the_fastapi_ones(client, embedder):
+    """/v1/embeddings and /v1/embed/text are answered by plain Starlette routes (routes/embed.py): labelled in
+    the metrics by their path, listed in the OpenAPI schema, and refusing what the FastAPI routes refuse."""
+    from siglip.tools.serve.routes.embed import DIRECT_ROUTES
+
+    assert client.app.router.routes[: len(DIRECT_ROUTES)] == DIRECT_ROUTES
+    texts = ["a red dress", "shoes"]
+    answer = client.post("/v1/embed/text", json={"texts": texts})
+    np.testing.assert_allclose(answer.json()["embeddings"], embedder.embed_texts(texts), atol=1e-5)
+    assert client.post("/v1/embeddings", json={"input": "shoes"}).status_code == 200
+    metrics = client.get("/metrics").text
+    for path in ("/v1/embed/text", "/v1/embeddings"):
+        assert f'siglip_requests_total{{method="POST",route="{path}",status="200"}}' in metrics
+        assert path in client.get("/openapi.json").json()["paths"]
+    _error(client.get("/v1/embeddings"), 405)
+    _error(client.post("/v1/embed/text", content=b"[1"), 415, "application/json")
+    _error(client.post("/v1/embed/text", json={"texts": []}), 422, "texts")
+    _error(client.post("/v1/embeddings", json={"input": "x", "colour": 1}), 422, "colour")
+
+
 def _error(response: httpx.Response, status: int, *phrases: str) -> str:
     """The message of a JSON error with this status, checked to contain each phrase."""
     assert response.status_code == status, response.text
@@ -384,7 +404,9 @@ def test_max_image_pixels_is_the_one_limit_and_max_pixels_its_old_name(embedder,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # Pillow's limit (89 million), scaled down
     answers, processors = [], []
 
-    def serve_one_request(server: uvicorn.Server) -> None:  # in place of listening on a port
+    def serve_one_request(
+        server: uvicorn.Server, sockets: None = None
+    ) -> None:  # in place of listening on a port
         with TestClient(server.config.app) as client:
             processors.append(client.app.state.service.embedder.processor.image_processor)
             answers.append(
@@ -395,7 +417,7 @@ def test_max_image_pixels_is_the_one_limit_and_max_pixels_its_old_name(embedder,
 
     monkeypatch.setattr(uvicorn.Server, "run", serve_one_request)
     monkeypatch.setattr(signal, "signal", lambda *_: None)  # serve's SIGTERM handler stays out of pytest
-    serve = ["serve", "--model", BUNDLED, "--precision", "fp32"]
+    serve = ["serve", "--model", BUNDLED, "--precision", "fp32", "--workers", "1"]
     assert main([*serve, "--max-image-pixels", "60000"]) == 0
     assert answers[0].status_code == 200, answers[0].text
     np.testing.assert_allclose(answers[0].json()["embeddings"], expected, atol=1e-5)
@@ -432,14 +454,14 @@ def test_the_page_and_docs_load_nothing_from_other_hosts(client):
 
 
 # --- the batcher ----------------------------------------------------------------------------------------------
-def _batcher(calls: list[list[int]], **options) -> Batcher[int, int]:
+def _batcher(calls: list[list[int]], run_s: float = 0.01, **options) -> Batcher[int, int]:
     from concurrent.futures import ThreadPoolExecutor
 
     def square(items: list[int]) -> list[int]:
         calls.append(items)
         if -1 in items:
             raise ValueError("no negative ones")
-        time.sleep(0.01)
+        time.sleep(run_s)
         return [i * i for i in items]
 
     return Batcher(square, ThreadPoolExecutor(1), **options)
@@ -528,21 +550,56 @@ def test_the_adaptive_batcher_sends_a_lone_item_at_once_and_keeps_a_burst_and_a_
     assert calls == [[3], list(range(10)), [100], list(range(101, 121))], calls
 
 
+def test_the_adaptive_batcher_brings_the_clients_a_slow_batch_answered_into_the_next_one():
+    """Clients that came in two groups (the second while the first's batch ran) end up in one batch: the
+    gathering holds for a share of the previous batch's run time (MODEL_SHARE x 0.2 s = 10 ms), longer than
+    the 1 ms the answered clients take to come back. Without the hold the groups alternate: 4, 4, 4, ..."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[list[int]] = []
+
+    def slow_square(items: list[int]) -> list[int]:
+        calls.append(items)
+        time.sleep(0.2)
+        return [i * i for i in items]
+
+    async def scenario() -> list[list[int]]:
+        batcher = Batcher(slow_square, ThreadPoolExecutor(1), max_batch_size=32)
+        batcher.start()
+
+        async def client(item: int, start_s: float) -> list[int]:
+            await asyncio.sleep(start_s)
+            answers = []
+            for _ in range(3):
+                answers += await batcher.submit([item])
+                await asyncio.sleep(0.001)  # the client reads its answer and sends the next request
+            return answers
+
+        answers = await asyncio.gather(*(client(i, 0.0 if i < 4 else 0.05) for i in range(8)))
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [[i * i] * 3 for i in range(8)]
+    assert [len(c) for c in calls] == [4, 8, 8, 4], calls
+
+
 def test_the_batcher_bounds_its_queue_drops_timed_out_items_and_drains_on_stop():
     async def scenario():
         calls: list[list[int]] = []
-        batcher = _batcher(calls, max_batch_size=2, max_wait_s=0.0, max_queue=3, timeout_s=0.005)
+        # batches of 100 ms, 20x the timeout: the queued item times out before its turn on a loaded machine too
+        batcher = _batcher(calls, run_s=0.1, max_batch_size=2, max_wait_s=0.0, max_queue=3, timeout_s=0.005)
         batcher.start()
         with pytest.raises(QueueFull, match="the queue is full"):
             await batcher.submit([1, 2, 3, 4])
-        first = asyncio.ensure_future(batcher.submit([1, 2]))  # the batch that runs (10 ms, past the timeout)
+        first = asyncio.ensure_future(batcher.submit([1, 2]))  # the batch that runs (past the timeout)
         await asyncio.sleep(0)
         late = asyncio.ensure_future(batcher.submit([7]))  # queued behind it: timed out before its turn
         with pytest.raises(Timeout):
             await first
         with pytest.raises(Timeout):
             await late
-        await asyncio.sleep(0.05)  # the running batch ends; the timed-out item is dropped, not run
+        await asyncio.sleep(0.2)  # the running batch ends; the timed-out item is dropped, not run
         batcher.timeout_s = 5
         queued = [asyncio.ensure_future(batcher.submit([i])) for i in (8, 9, 10)]
         await asyncio.sleep(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -14,6 +15,13 @@ from ..deps import require
 from ..embeddings.embedder import DEFAULT_MODEL, Embedder
 from ..embeddings.options import ModelOptions
 from ._options import add_image_backend_option, add_model_options, integer, real
+
+# --workers auto: the request path (HTTP, routing, JSON) costs a few hundred microseconds of one core per
+# request, and one process has one core for it (the GIL). A text tower of a few hundred MFLOP per text or less
+# (the bundled tiny model: 0.02) leaves the request path as the limit; a base-size one (11 GFLOP) is the limit
+# itself, and wants every request in one batch on every core. Counted, not timed: on a busy machine one timed
+# call of the same model varied 30-fold.
+AUTO_WORKERS_TEXT_GFLOP = 1.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -121,6 +129,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="open connections; more are closed at once (default: 1000, at most half the open-file limit)",
     )
     parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N|auto",
+        help="server processes sharing the port, each with its own model, batching and share of the CPU "
+        "threads; auto (the default): one per core for a text tower under "
+        f"{AUTO_WORKERS_TEXT_GFLOP:g} GFLOP per text (a small model: the request path, one core per process, is "
+        "the limit), else one (a large model: one process batches every request and uses every core)",
+    )
+    parser.add_argument(
         "--ray",
         action="store_true",
         help="deploy on Ray Serve: --replicas copies of the app, each with its own batching "
@@ -133,6 +151,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--ray-address", default=None, help="Ray cluster to join with --ray (default: start a local one)"
     )
     parser.set_defaults(run=run, reduced_decode=False)
+
+
+def _workers(text: str) -> int | None:
+    """`--workers`: `auto` (None) or a count >= 1."""
+    if text == "auto":
+        return None
+    try:
+        return integer(1)(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err} (a count >= 1, or auto)") from None
 
 
 def _wait_ms(text: str) -> float | None:
@@ -154,11 +182,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.timeout <= 0:
         raise UsageError("--timeout must be > 0")
-    uvicorn = require("uvicorn", "serve", "siglip serve")
-    for module in ("fastapi", "fastapi_offline", "multipart", "prometheus_client"):
+    for module in ("uvicorn", "fastapi", "fastapi_offline", "multipart", "prometheus_client"):
         require(module, "serve", "siglip serve")
-    from ..serve.app import create_app
-    from ..serve.connections import MAX_HEAD_BYTES, guarded_protocol
 
     settings = ServeSettings(
         max_batch_size=args.max_batch_size,
@@ -176,27 +201,121 @@ def run(args: argparse.Namespace) -> int:
         max_connections=args.max_connections or _default_connections(ServeSettings.max_connections),
     )
     if args.ray:
+        if args.workers not in (None, 1):
+            raise UsageError("--workers is for one machine; with --ray, use --replicas")
         return _run_on_ray(args, settings)
     embedder = Embedder.from_pretrained(_model_of(args), args.device, ModelOptions.from_args(args))
-    app = create_app(embedder, args.index, settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
-            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-            timeout_graceful_shutdown=int(settings.timeout_s) + 5,
-            access_log=False,
-            log_level="info",
-        )
+    workers = args.workers or _auto_workers(embedder)
+    settings = dataclasses.replace(settings, workers=workers)
+    if workers == 1:
+        _serve(embedder, args, settings)
+    else:
+        _serve_processes(embedder, args, settings, workers)
+    print("siglip serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _uvicorn_config(app: Any, args: argparse.Namespace, settings: Any) -> Any:
+    import uvicorn
+
+    from ..serve.connections import MAX_HEAD_BYTES, guarded_protocol
+
+    return uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+        access_log=False,
+        log_level="info",
     )
+
+
+def _serve(embedder: Embedder, args: argparse.Namespace, settings: Any, sockets: list | None = None) -> None:
+    """Serve until SIGINT or SIGTERM (on `sockets`, a listening socket shared with other workers, when given)."""
+    import uvicorn
+
+    from ..serve.app import create_app
+
+    server = uvicorn.Server(_uvicorn_config(create_app(embedder, args.index, settings), args, settings))
     # uvicorn handles SIGTERM by finishing the requests in flight, then raises it again once it is done; by
     # then there is nothing left to do, so that second delivery must not kill the process with status -15.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
-    print("siglip serve: stopped", file=sys.stderr)
-    return 0
+    server.run(sockets=sockets)
+
+
+def _auto_workers(embedder: Embedder) -> int:
+    """`--workers auto`: one per core for a model whose text tower costs under AUTO_WORKERS_TEXT_GFLOP per text,
+    else 1 (see the option's help). The cost is counted from the config (each layer's attention and MLP weights,
+    2 FLOP per weight per position), as int8 modes keep their weights outside `parameters()`."""
+    cores = os.cpu_count() or 1
+    if cores == 1 or embedder.device.type != "cpu":
+        return 1
+    text = embedder.model.config.text_config
+    hidden, inner = text.hidden_size, text.intermediate_size
+    weights = text.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * inner)
+    gflop = 2 * weights * text.max_position_embeddings / 1e9
+    return cores if gflop < AUTO_WORKERS_TEXT_GFLOP else 1
+
+
+def _serve_processes(embedder: Embedder, args: argparse.Namespace, settings: Any, workers: int) -> None:
+    """Serve from `workers` processes accepting on one listening socket: this one (with `embedder`) and
+    workers - 1 spawned ones that load the model again. Each runs torch on its share of the cores. All start
+    accepting once all have loaded (a connection stays with the process that accepted it); the others are
+    stopped (SIGTERM: requests in flight are answered) when this one stops."""
+    import multiprocessing
+    import queue
+
+    import torch
+
+    sock = _uvicorn_config(None, args, settings).bind_socket()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+    loaded, go = context.Queue(), context.Event()
+    others = [
+        context.Process(
+            target=_worker, args=(args, settings, sock, threads, loaded, go), name=f"siglip-serve-{n}"
+        )
+        for n in range(1, workers)
+    ]
+    for process in others:
+        process.start()
+    torch.set_num_threads(threads)
+    try:
+        waiting = len(others)
+        while waiting:
+            try:
+                loaded.get(timeout=1)
+                waiting -= 1
+            except queue.Empty:
+                failed = [process.name for process in others if process.exitcode is not None]
+                if failed:
+                    raise RuntimeError(f"worker process {failed[0]} failed while loading the model") from None
+        go.set()
+        print(f"siglip serve: {workers} worker processes, {threads} torch threads each", file=sys.stderr)
+        _serve(embedder, args, settings, sockets=[sock])
+    finally:
+        for process in others:
+            process.terminate()
+        for process in others:
+            process.join(settings.timeout_s + 10)
+
+
+def _worker(args: argparse.Namespace, settings: Any, sock: Any, threads: int, loaded: Any, go: Any) -> None:
+    """A spawned worker of `_serve_processes`: load the model, say so, serve once told to."""
+    import multiprocessing
+
+    import torch
+
+    torch.set_num_threads(threads)
+    embedder = Embedder.from_pretrained(_model_of(args), args.device, ModelOptions.from_args(args))
+    loaded.put(True)
+    parent = multiprocessing.parent_process()
+    while not go.wait(1):
+        if parent is None or not parent.is_alive():
+            return
+    _serve(embedder, args, settings, sockets=[sock])
 
 
 def _run_on_ray(args: argparse.Namespace, settings: Any) -> int:

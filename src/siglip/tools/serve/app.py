@@ -72,4 +72,5 @@ def create_app(
     app.mount("/static", pages.static_files(), name="static")
     for routes in (operations, embed, classify, search, dedup):
         app.include_router(routes.router)
+    app.router.routes[:0] = embed.DIRECT_ROUTES  # matched first; see routes/embed.py
     return app

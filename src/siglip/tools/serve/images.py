@@ -10,8 +10,10 @@ from its header, before a pixel is decoded. The server adds two rules of its own
   `min(max_image_pixels, pixels left)`, so many small files of huge dimensions are refused before the one
   that would pass the budget is decoded, and a request holds at most one decoded image at a time.
 
-After a request's images, the memory they took is handed back to the system (`release_memory`): glibc keeps
-freed blocks of this size in its heap, which is how one request used to leave gigabytes resident.
+After a request whose images had `TRIM_PIXELS` or more, the memory they took is handed back to the system
+(`release_memory`): glibc keeps freed blocks of this size in its heap, which is how one request used to leave
+gigabytes resident. Smaller images' blocks are reused by the next ones; trimming the heap after each of them
+took a tenth of a decoding thread's time at 224x224.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from ...core.two_tower.image_processing import Steps, open_image, pil_to_rgb
 from ...errors import ImageInputError
 from .errors import ApiError
 from .inputs import Upload
+
+TRIM_PIXELS = 1_000_000  # decoded pixels of one request from which its memory is handed back (3 MB of RGB)
 
 CLIENT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what a client may send
 
@@ -101,7 +105,8 @@ def model_inputs(
             results.append({name: value[0] for name, value in features.items()})
             del rgb
     finally:
-        release_memory()
+        if max_request_pixels - left >= TRIM_PIXELS:
+            release_memory()
     return results
 
 

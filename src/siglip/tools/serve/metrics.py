@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -68,7 +69,7 @@ class Metrics:
 
 
 class Guard:
-    """Outermost ASGI middleware: gives each request an id, counts and times requests, limits the body's size
+    """Outermost ASGI middleware: gives each request an id (unique: the process's random prefix and a count), counts and times requests, limits the body's size
     and the time it takes to arrive, turns unexpected exceptions into a 500, and adds protective headers.
 
     A body larger than `max_body` is refused with 413, before reading it when Content-Length says so, else
@@ -85,12 +86,16 @@ class Guard:
         self.metrics = metrics
         self.max_body = max_body
         self.body_timeout_s = body_timeout_s
+        # request ids: a random prefix per process and a count (uuid4 read the system's random source on every
+        # request: 7% of the event loop's time at 32 clients)
+        self._id_prefix = os.urandom(4).hex()
+        self._numbers = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex[:16]
+        request_id = f"{self._id_prefix}{next(self._numbers):08x}"
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         body_deadline = loop.time() + self.body_timeout_s

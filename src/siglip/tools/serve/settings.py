@@ -34,6 +34,7 @@ class ServeSettings:
     header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
     body_timeout_s: float = 60.0  # its body within this, once the headers are in
     max_connections: int = 1000  # open connections; more are closed at once
+    workers: int = 1  # server processes sharing the port (`siglip serve --workers`); each has its own metrics
 
 
 def is_loopback(host: str) -> bool:

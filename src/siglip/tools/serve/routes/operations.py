@@ -37,13 +37,15 @@ async def metrics(served: Served) -> Response:
 
 @router.get("/v1/info", tags=["info"], dependencies=[Depends(check_key)])
 async def info(served: Served) -> dict[str, Any]:
-    """The model, its embedding size, the index's size (null without an index) and the limits of a request."""
+    """The model, its embedding size, the index's size (null without an index), the server's worker
+    processes (each answers with its own metrics) and the limits of a request."""
     embedder = served.embedder
     return {
         "model": embedder.name,
         "dims": embedder.dims,
         "precision": embedder.mode.precision,
         "index": None if served.index is None else {"size": await served.index_size()},
+        "workers": served.settings.workers,
         "default_template": DEFAULT_TEMPLATE,
         "limits": served.limits(),
     }

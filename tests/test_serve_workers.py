@@ -1,0 +1,85 @@
+"""`siglip serve --workers`: several processes on one port, each answering with the model's own vectors, all
+stopped by one SIGTERM; and the rule of `--workers auto`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from _material import BUNDLED
+from _serving import start_server
+from siglip import Embedder, SiglipConfig
+from siglip.tools.cli import serve as serve_cli
+
+
+def test_two_workers_share_the_port_answer_right_and_stop_together():
+    process, url = start_server(None, "--workers", "2")
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+        workers = [
+            c for c in children if "siglip" in " ".join(c.cmdline()) or "spawn" in " ".join(c.cmdline())
+        ]
+        assert httpx.get(f"{url}/v1/info", timeout=10).json()["workers"] == 2
+        texts = [f"a photo of item {i}" for i in range(12)]
+        answers: dict[int, httpx.Response] = {}
+
+        def client(i: int) -> None:  # a connection of its own: the two processes share the connections
+            with httpx.Client(base_url=url, timeout=60) as http:
+                answers[i] = http.post("/v1/embeddings", json={"input": texts[i]})
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert f"2 worker processes, {max(1, (os.cpu_count() or 1) // 2)} torch threads each" in output
+    assert len(workers) == 1 and all(
+        not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers
+    )
+    expected = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32").embed_texts(texts)
+    assert all(answers[i].status_code == 200 for i in range(len(texts))), output
+    got = [answers[i].json()["data"][0]["embedding"] for i in range(len(texts))]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _text_tower(hidden: int, layers: int, length: int) -> SimpleNamespace:
+    """An embedder on CPU whose SigLIP text tower has this shape (its config: the rule counts no weights)."""
+    config = SiglipConfig(
+        text_config=dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, max_position_embeddings=length),
+    )  # fmt: skip
+    return SimpleNamespace(model=SimpleNamespace(config=config), device=torch.device("cpu"))
+
+
+def test_auto_workers_is_one_per_core_for_a_small_text_tower_and_one_for_a_base_size_one(monkeypatch):
+    tiny = Embedder.from_pretrained(
+        BUNDLED, device="cpu", precision="int8"
+    )  # int8: weights outside parameters()
+    base_text = _text_tower(768, 12, 64)  # base16-224's text tower: 2 x 85M weights x 64 positions = 11 GFLOP
+    small_text = _text_tower(256, 4, 64)  # 2 x 3.2M x 64 = 0.4 GFLOP
+    for cores, expected in ((2, [2, 2, 1]), (4, [4, 4, 1]), (1, [1, 1, 1])):
+        monkeypatch.setattr(serve_cli.os, "cpu_count", lambda cores=cores: cores)
+        assert [serve_cli._auto_workers(e) for e in (tiny, small_text, base_text)] == expected
+
+
+def test_workers_option_words(capsys):
+    assert serve_cli._workers("auto") is None and serve_cli._workers("3") == 3
+    from siglip.tools.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--workers", "0"])
+    assert "--workers" in capsys.readouterr().err
