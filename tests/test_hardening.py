@@ -32,6 +32,7 @@ from siglip.errors import StoreError, UsageError
 from siglip.tools.cli import main
 from siglip.tools.inputs.files import scan_images
 from siglip.tools.inputs.tar_shards import is_shards, scan_inputs, tar_samples
+from siglip.tools.search import index as index_module
 from siglip.tools.search import store as store_module
 from siglip.tools.search.index import RECORDS_FILE
 
@@ -352,7 +353,8 @@ def test_full_disk_during_an_update_is_one_line_and_the_rerun_completes(
     line = _one_line_error(capsys, *argv)
     assert "free some disk space" in line and str(tmp_path / "index" / RECORDS_FILE) in line
     monkeypatch.setattr(store_module.VectorStore, "__init__", real_init)
-    monkeypatch.setattr(Path, "write_bytes", _no_space)  # then the vector file cannot be written
+    # then the vector file cannot be written: the disk fills while faiss streams it out
+    monkeypatch.setattr(index_module, "open", _full_after_a_page, raising=False)
     line = _one_line_error(capsys, *argv)
     assert "No space left on device" in line and "vectors.faiss" in line
     monkeypatch.undo()
@@ -362,8 +364,21 @@ def test_full_disk_during_an_update_is_one_line_and_the_rerun_completes(
         assert len(index) == len(index.store.ids()) == count
 
 
-def _no_space(self, data):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+def _full_after_a_page(file, mode="r", *args, **kwargs):
+    """`open` for search/index.py whose files opened for writing take 4 KiB, then report a full disk."""
+    f = open(file, mode, *args, **kwargs)  # noqa: SIM115 (the caller closes it)
+    if "w" not in mode:
+        return f
+    real_write, written = f.write, [0]
+
+    def write(data):
+        written[0] += len(data)
+        if written[0] > 4096:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(data)
+
+    f.write = write
+    return f
 
 
 def _full_disk_at(monkeypatch, name: str) -> None:
