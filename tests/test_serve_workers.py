@@ -77,8 +77,12 @@ def test_auto_workers_is_one_per_core_for_a_small_text_tower_and_one_for_a_base_
 
 
 def test_workers_option_words(capsys):
-    assert serve_cli._workers("auto") is None and serve_cli._workers("3") == 3
-    from siglip.tools.cli import main
+    from siglip.tools.cli import build_parser, main
+
+    def workers(word: str) -> int | None:
+        return build_parser().parse_args(["serve", "--workers", word]).workers
+
+    assert workers("auto") is None and workers("3") == 3
 
     with pytest.raises(SystemExit):
         main(["serve", "--workers", "0"])

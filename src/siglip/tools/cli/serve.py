@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import UsageError
@@ -63,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-wait-ms",
-        type=_wait_ms,
+        type=_auto_or(real(0), "milliseconds >= 0"),
         default=defaults.max_wait_ms,
         metavar="MS|auto",
         help="how long a batch waits for more requests after its first; auto (the default): while requests "
@@ -130,7 +131,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_workers,
+        type=_auto_or(integer(1), "a count >= 1"),
         default=None,
         metavar="N|auto",
         help="server processes sharing the port, each with its own model, batching and share of the CPU "
@@ -153,24 +154,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run, reduced_decode=False)
 
 
-def _workers(text: str) -> int | None:
-    """`--workers`: `auto` (None) or a count >= 1."""
-    if text == "auto":
-        return None
-    try:
-        return integer(1)(text)
-    except argparse.ArgumentTypeError as err:
-        raise argparse.ArgumentTypeError(f"{err} (a count >= 1, or auto)") from None
+def _auto_or(parse: Callable[[str], float], what: str) -> Callable[[str], float | None]:
+    """An option type reading `auto` as None (the server chooses) and anything else with `parse`, whose error
+    then says what else is allowed (`what`)."""
 
+    def parse_or_auto(text: str) -> float | None:
+        if text == "auto":
+            return None
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{err} ({what}, or auto)") from None
 
-def _wait_ms(text: str) -> float | None:
-    """`--max-wait-ms`: `auto` (None, the batcher's adaptive gathering) or milliseconds >= 0."""
-    if text == "auto":
-        return None
-    try:
-        return real(0)(text)
-    except argparse.ArgumentTypeError as err:
-        raise argparse.ArgumentTypeError(f"{err} (milliseconds >= 0, or auto)") from None
+    return parse_or_auto
 
 
 def run(args: argparse.Namespace) -> int:

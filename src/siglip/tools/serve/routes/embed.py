@@ -11,6 +11,7 @@ registered for the OpenAPI docs.
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -117,21 +118,19 @@ class _DirectRoute(Route):
         return match, child_scope
 
 
-async def _direct_text(request: Request) -> Response:
-    served = request.app.state.service
-    await check_key(request)
-    body = await json_params(TextsRequest)(request)
-    return _JSONBytes((await embed_text(served, body)).model_dump_json())
+def _direct(path: str, route: Callable[[Service, Any], Awaitable[Any]], params: type[Params]) -> Route:
+    """A direct route answering POST `path` as the FastAPI `route` does: the key check, the body read as
+    `params`, the route function, its answer in pydantic's JSON encoding (FastAPI's)."""
 
+    async def endpoint(request: Request) -> Response:
+        await check_key(request)
+        body = await json_params(params)(request)
+        return _JSONBytes(to_json(await route(request.app.state.service, body)))
 
-async def _direct_openai(request: Request) -> Response:
-    served = request.app.state.service
-    await check_key(request)
-    body = await json_params(OpenAIEmbeddingsRequest)(request)
-    return _JSONBytes(to_json(await openai_embeddings(served, body)))  # pydantic's encoder, as FastAPI's
+    return _DirectRoute(path, endpoint, methods=["POST"])
 
 
 DIRECT_ROUTES = [
-    _DirectRoute("/v1/embed/text", _direct_text, methods=["POST"]),
-    _DirectRoute("/v1/embeddings", _direct_openai, methods=["POST"]),
+    _direct("/v1/embed/text", embed_text, TextsRequest),
+    _direct("/v1/embeddings", openai_embeddings, OpenAIEmbeddingsRequest),
 ]
