@@ -28,7 +28,6 @@ added, after the build's freed memory was handed back (malloc_trim): what servin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -77,6 +76,7 @@ def child(work: Path, kind: str, storage: str) -> dict:
     from siglip.tools.search import ann
     from siglip.tools.search.index import RECORDS_FILE
     from siglip.tools.search.store import FileState, VectorStore
+    from siglip.tools.serve.images import release_memory  # glibc's malloc_trim
 
     vectors = np.load(work / "vectors.npy", mmap_mode="r")
     n, dims = vectors.shape
@@ -94,7 +94,7 @@ def child(work: Path, kind: str, storage: str) -> dict:
     build_s = time.perf_counter() - start
     build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is in KiB)
     del vectors
-    _trim()
+    release_memory()  # the build's freed memory back to the system: what follows counts the search's
     anon_before = _anon_gib()
     queries, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
     with SearchIndex(folder) as index:
@@ -139,6 +139,7 @@ def streamed(
     import faiss
 
     from siglip.tools.search import ann
+    from siglip.tools.serve.images import release_memory
 
     plan = ann.plan(kind, "auto", n, dims)
     plan = ann.Plan(plan.kind, plan.storage, factory) if factory else plan
@@ -170,7 +171,7 @@ def streamed(
     faiss.write_index(index.base if reranked else index, str(path))
     del index
     build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    _trim()
+    release_memory()  # the build's freed memory back to the system: what follows counts the search's
     anon_before = _anon_gib()
     if reranked:  # as `SearchIndex` opens it: the codes in memory, the sidecars memory-mapped
         index = ann.Reranked.open(faiss.read_index(str(path)), folder, *sidecars)
@@ -209,15 +210,6 @@ def streamed(
     del index
     shutil.rmtree(folder)
     return result
-
-
-def _trim() -> None:
-    """Hand the memory the build freed back to the system (glibc keeps it otherwise), so that the serving
-    figure that follows counts what the search holds, not the build's leftovers."""
-    import ctypes
-
-    with contextlib.suppress(OSError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _anon_gib() -> float:

@@ -258,9 +258,7 @@ class Reranked:
     def open(cls, base: Any, folder: Path, generation: str, rows: int) -> Reranked:
         """The index of a saved `base` whose sidecars hold (at least) `rows` rows; a `SidecarError` when a
         sidecar is missing or shorter (rows past `rows` are a killed update's, cut at the next append)."""
-        index = cls.__new__(cls)
-        index.folder, index.generation, index.d = Path(folder), generation, base.d
-        for path, row_bytes in zip(index.paths, index._row_bytes, strict=True):
+        for path, row_bytes in zip(_sidecar_paths(folder, generation), _row_bytes(base.d), strict=True):
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
@@ -272,18 +270,12 @@ class Reranked:
                     f"'{path}' is truncated: it holds {size // row_bytes:,} of the {rows:,} rows its vector "
                     "file refers to"
                 )
-        cls.__init__(index, base, folder, generation, rows)
-        return index
+        return cls(base, folder, generation, rows)
 
     @property
     def paths(self) -> tuple[Path, Path]:
         """(vectors, ids) sidecar files of this generation."""
-        stem = self.folder / f"{SIDECAR_PREFIX}{self.generation}"
-        return stem.with_suffix(".f16"), stem.with_suffix(".ids")
-
-    @property
-    def _row_bytes(self) -> tuple[int, int]:
-        return self.d * 2, 8
+        return _sidecar_paths(self.folder, self.generation)
 
     @property
     def ntotal(self) -> int:
@@ -307,7 +299,7 @@ class Reranked:
     def append(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Append rows to the sidecars only (a build adds its held-out queries to the base later)."""
         if self._appending is None:
-            for path, row_bytes in zip(self.paths, self._row_bytes, strict=True):
+            for path, row_bytes in zip(self.paths, _row_bytes(self.d), strict=True):
                 os.truncate(path, self.rows * row_bytes)  # a killed update's rows, never referenced
             self._appending = tuple(open(path, "ab") for path in self.paths)  # noqa: SIM115 (closed by flush)
         self._appending[0].write(np.ascontiguousarray(vectors, dtype=np.float16).tobytes())
@@ -396,6 +388,17 @@ class Reranked:
         return scores, found
 
 
+def _sidecar_paths(folder: Path, generation: str) -> tuple[Path, Path]:
+    """(vectors, ids) sidecar files of a `Reranked` generation in `folder`."""
+    stem = Path(folder) / f"{SIDECAR_PREFIX}{generation}"
+    return stem.with_suffix(".f16"), stem.with_suffix(".ids")
+
+
+def _row_bytes(dims: int) -> tuple[int, int]:
+    """Bytes a row takes in the (vectors, ids) sidecars: fp16 vector, int64 id."""
+    return dims * 2, 8
+
+
 def _widen(half: np.ndarray) -> np.ndarray:
     """fp16 rows as fp32, through torch's SIMD conversion (numpy's astype costs ~10x: most of a query's time),
     in pieces below torch's grain size: a larger one wakes its thread pool, ~5 ms on a busy machine."""
@@ -431,10 +434,7 @@ def ids_of(index: Any) -> np.ndarray:
     """The ids an index holds (int64, sorted)."""
     faiss = _faiss()
     if isinstance(index, Reranked):
-        ids = np.concatenate(
-            [np.asarray(index.ids[s : s + SCAN_ROWS]) for s in range(0, index.rows, SCAN_ROWS)]
-        )
-        return np.sort(ids[ids >= 0]) if index.rows else np.empty(0, np.int64)
+        return np.sort(index.ids[index.ids >= 0])  # the mask's copy is the only one
     if isinstance(index, faiss.IndexIDMap2):
         return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
     invlists = faiss.extract_index_ivf(index).invlists

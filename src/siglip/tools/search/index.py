@@ -218,9 +218,7 @@ class SearchIndex:
             self._weights_checked = True
         self._faiss: Any = None
         self._faiss_generation = -1
-        self._scratch: tempfile.TemporaryDirectory | None = (
-            None  # read-only media: where sidecars are rebuilt
-        )
+        self._scratch: tempfile.TemporaryDirectory | None = None  # read-only media: sidecars rebuilt here
         self._asked = {  # recorded by the next update, import or search, once the size is known
             key: value
             for key, value in zip(_SETTINGS, (index_type, storage, budget), strict=True)

@@ -69,8 +69,9 @@ class Metrics:
 
 
 class Guard:
-    """Outermost ASGI middleware: gives each request an id (unique: the process's random prefix and a count), counts and times requests, limits the body's size
-    and the time it takes to arrive, turns unexpected exceptions into a 500, and adds protective headers.
+    """Outermost ASGI middleware: gives each request an id (unique: the process's random prefix and a count),
+    counts and times requests, limits the body's size and the time it takes to arrive, turns unexpected
+    exceptions into a 500, and adds protective headers.
 
     A body larger than `max_body` is refused with 413, before reading it when Content-Length says so, else
     as soon as the bytes received pass the limit; a body not complete `body_timeout_s` after the request's
