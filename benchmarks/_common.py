@@ -6,6 +6,7 @@ import copy
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import time
@@ -91,6 +92,14 @@ def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 3072),
         seconds = min(time_alternately(product, 1, warmup=1)["mm"] for _ in range(repeats))
         best = max(best, 2 * n**3 / seconds / 1e9)
     return best
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector and matrix features that decide our speed (AVX2, AVX-512, its BF16 and VNNI, AMX), as
+    /proc/cpuinfo names them: what BENCHMARKS.md says a figure was measured on."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|avx512_vnni|amx\w*)\b", text)))
 
 
 def machine_line() -> str:

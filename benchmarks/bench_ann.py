@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _common import cpu_flags
 from _vectors import SPECTRUM_ALPHA, clustered, spectral
 
 PART = 100_000
@@ -264,10 +264,7 @@ def main() -> None:
     print("| type | factory | search | build s | build peak GiB | search RAM GiB | p50 ms | p99 ms | "
           "recall@10 | recall at build | single q/s | batch q/s | disk GiB | fp16 vectors GiB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    flags = sorted(
-        set(re.findall(r"avx512_bf16|avx512_vnni|avx512f|amx\w*|avx2", Path("/proc/cpuinfo").read_text()))
-    )
-    print(f"# CPU flags: {' '.join(flags)}", flush=True)
+    print(f"# CPU flags: {' '.join(cpu_flags())}", flush=True)
     for spec in args.types.split(","):
         kind, _, storage = spec.partition(":")
         print(f"# load average before {spec}: {os.getloadavg()[0]:.2f}", flush=True)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _common import machine_line
+from _common import cpu_flags, machine_line
 from siglip.tools.search.dedup import find_groups
 
 
@@ -43,8 +41,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    flags = sorted(set(re.findall(r"avx512_bf16|avx512_vnni|amx\w*", Path("/proc/cpuinfo").read_text())))
-    print(f"{machine_line()}; flags: {' '.join(flags) or 'none'}; load {os.getloadavg()[0]:.1f}")
+    print(f"{machine_line()}; flags: {' '.join(cpu_flags()) or 'none'}; load {os.getloadavg()[0]:.1f}")
     for n in args.sizes:
         vectors, pairs = planted(n, args.dims, args.copies)
         paths = [f"/nonexistent/{i:07d}.jpg" for i in range(len(vectors))]

@@ -25,16 +25,14 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import make_jpegs
+from _common import cpu_flags, make_jpegs
 from _vectors import clustered
 from siglip.tools.metadata import read_metadata
 from siglip.tools.search import ann
 
 
 def machine() -> str:
-    with open("/proc/cpuinfo") as f:
-        cpuinfo = f.read()
-    flags = [flag for flag in ("avx512_bf16", "avx512_vnni", "amx_tile") if flag in cpuinfo]
+    flags = cpu_flags()
     return f"{os.cpu_count()} cores, flags {' '.join(flags) or 'none'}, load {os.getloadavg()[0]:.1f}"
 
 
