@@ -4,11 +4,13 @@ recall each build reaches against exact search.
 Types (cosine similarity as the inner product of unit vectors):
 - `flat`: exact search over every vector.
 - `ivf`: an inverted file of `nlist` k-means cells (about 4 sqrt(N), a power of two; from 8,192 cells, about
-  2 million vectors, the cells are found through an HNSW graph of their centroids); a query scans `nprobe`
-  cells. Vectors added later join their cell without retraining; removals are in place.
+  2 million vectors, the cells are found through an HNSW graph of their centroids, which explores at least
+  `QUANTIZER_EF` candidates and at least `nprobe` when searching: fewer misplace vectors and miss cells); a
+  query scans `nprobe` cells. Vectors added later join their cell without retraining; removals are in place.
 - `hnsw`: a graph (32 links a node); fast at any size but it cannot remove vectors, so a removal rebuilds it.
 - `ivfpq`: `ivf` over codes compressed by 4-bit fast-scan product quantization (dims/8 bytes: 96 at 768-d,
-  16x smaller than fp16, scanned with SIMD), whose `k_factor` x k best candidates are re-ranked by exact inner
+  16x smaller than fp16, scanned with SIMD; about sqrt(N) cells, 4x fewer and larger than `ivf`'s, as a
+  code costs 16x less to scan than an fp16 vector while finding the cells costs the same), whose `k_factor` x k best candidates are re-ranked by exact inner
   products with the fp16 vectors (`Reranked`). The compressed index is the vector file; its ids are ROWS of
   two append-only sidecar files beside it, `rerank-<generation>.f16` (the fp16 vectors, rows x dims) and
   `rerank-<generation>.ids` (the image id of each row, int64; -1 once removed), memory-mapped when searching:
@@ -64,6 +66,9 @@ RECALL_QUERIES = 500  # held-out queries per recall measurement
 TRAIN_PER_CELL = 40  # k-means training points per IVF cell (faiss warns below 39)
 HNSW_LINKS = 32
 HNSW_QUANTIZER_FROM = 8192  # IVF cells from which a graph finds a vector's cells (from ~2.1M vectors)
+# candidates that graph explores at least: with 16 (faiss's default) 2.7% of vectors were added to another cell
+# than their nearest one's among 16,384 (0% with 64), and a search for 256 cells missed some of the nearest
+QUANTIZER_EF = 64
 SERIAL_BELOW = 16  # queries searched in one thread below this many (see `search`)
 EXACT_AMONG_BELOW = 2_000  # a filter allowing fewer rows is searched exactly among them (~8 us a row)
 TRAINS_FROM = {"ivf": 1_000, "ivfpq": 10_000}  # fewer vectors than this: such an index starts as `flat`
@@ -149,8 +154,9 @@ def plan(kind: str, storage: str, n: int, dims: int, memory_budget: int = MEMORY
     if storage == "auto":
         storage = "fp32" if kind == "flat" else "fp16"
     codes = "Flat" if storage == "fp32" else "SQfp16"
-    nlist = 2 ** min(  # about 4 sqrt(n) cells, with enough training points for each
-        round(math.log2(4 * math.sqrt(max(n, 1)))), int(math.log2(max(n // TRAIN_PER_CELL, 1)))
+    per_sqrt = 1 if kind == "ivfpq" else 4  # ivfpq's codes cost 16x less to scan: fewer, larger cells
+    nlist = 2 ** min(  # about 4 sqrt(n) cells (ivfpq: sqrt(n)), with enough training points for each
+        round(math.log2(per_sqrt * math.sqrt(max(n, 1)))), int(math.log2(max(n // TRAIN_PER_CELL, 1)))
     )
     # from HNSW_QUANTIZER_FROM cells, the cells are found through an HNSW graph of their centroids (as autofaiss
     # does): exact assignment costs n x nlist dot products (10M x 16,384 at 768-d: ~45 min on 2 cores), in
@@ -422,6 +428,7 @@ def new_index(plan: Plan, dims: int) -> Any:
     `ivfpq`, the base of a `Reranked`: its ids are rows)."""
     faiss = _faiss()
     index = faiss.index_factory(dims, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    _set_quantizer_ef(faiss, faiss.try_extract_index_ivf(index), 0)
     if plan.kind == "ivfpq":
         return index
     if plan.nlist:
@@ -475,13 +482,39 @@ def vectors_of(index: Any, ids: np.ndarray, chunk: int = 16384) -> Iterator[tupl
 
 
 def apply_search_params(index: Any, params: str) -> None:
-    """Set search-time parameters (e.g. "nprobe=16") on an index, as faiss's ParameterSpace reads them."""
+    """Set search-time parameters (e.g. "nprobe=16") on an index, as faiss's ParameterSpace reads them (and
+    the effort of an HNSW graph finding the cells, `quantizer_ef`)."""
+    faiss = _faiss()
     if isinstance(index, Reranked):  # k_factor is the re-ranking's, the rest the base's
         values = dict(part.split("=") for part in params.split(",") if part)
         index.k_factor = int(values.pop("k_factor", index.k_factor))
         index, params = index.base, ",".join(f"{key}={value}" for key, value in values.items())
     if params:
-        _faiss().ParameterSpace().set_index_parameters(index, params)
+        faiss.ParameterSpace().set_index_parameters(index, params)
+    ivf = faiss.try_extract_index_ivf(index)
+    _set_quantizer_ef(faiss, ivf, ivf.nprobe if ivf is not None else 0)
+
+
+def quantizer_ef(nprobe: int) -> int:
+    """Candidates an HNSW graph of IVF centroids explores to find `nprobe` cells (0: to add a vector)."""
+    return max(QUANTIZER_EF, nprobe)
+
+
+def _set_quantizer_ef(faiss: Any, ivf: Any, nprobe: int) -> None:
+    """The stored effort of an IVF index's HNSW quantizer (if it has one), used when adding and by searches
+    that pass no quantizer parameters of their own."""
+    quantizer = faiss.downcast_index(ivf.quantizer) if ivf is not None else None
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = quantizer_ef(nprobe)
+
+
+def cell_params(faiss: Any, ivf: Any, nprobe: int, selector: Any = None) -> Any:
+    """faiss search parameters probing `nprobe` cells of `ivf` (with `quantizer_ef` for an HNSW quantizer),
+    among the ids `selector` admits (all if None)."""
+    params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+    if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+        params.quantizer_params = faiss.SearchParametersHNSW(efSearch=quantizer_ef(nprobe))
+    return params
 
 
 def search(
@@ -573,7 +606,7 @@ def _search_complete(
     def params_for(nprobe: int) -> Any:
         if ivf is None:
             return None if selector is None else faiss.SearchParameters(sel=selector)
-        cells = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        cells = cell_params(faiss, ivf, nprobe, selector)
         if refine is None:
             return cells
         params = (
@@ -693,21 +726,24 @@ def _tune_reranked(
     else the best recall found. Cost in bytes touched a query: the codes of the cells scanned (in memory) plus
     4x the fp16 vectors re-ranked (random reads from a memory-mapped file cost more than a sequential scan).
     One base search a `nprobe` for the most candidates tried; each k_factor re-ranks its best k x k_factor
-    (the same candidates a search with that k_factor gets). The recall returned is measured again by a
-    search with the pair chosen."""
+    (the same candidates a search with that k_factor gets). An HNSW quantizer adds the centroids its
+    `quantizer_ef` candidates link to. The recall returned is measured again by a search with the pair
+    chosen."""
     faiss = _faiss()
     ivf = faiss.extract_index_ivf(index.base)
     per_cell = max(1, index.ntotal // ivf.nlist) * ivf.code_size
+    graph = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
     best, passing = ("", -1.0), []
     for nprobe in (p for p in (4, 8, 16, 32, 64, 128, 256) if p <= ivf.nlist):
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        params = cell_params(faiss, ivf, nprobe)
         rows = index.base.search(queries, RECALL_K * K_FACTORS[-1], params=params)[1]
+        cells = nprobe * per_cell + (quantizer_ef(nprobe) * 2 * HNSW_LINKS * index.d * 4 if graph else 0)
         for k_factor in K_FACTORS:
             found = index.rerank(queries, rows[:, : RECALL_K * k_factor], RECALL_K)[1]
             tried = f"nprobe={nprobe},k_factor={k_factor}", recall_at_k(found, truth)
             best = max(best, tried, key=lambda pair: pair[1])
             if tried[1] >= target + TUNE_MARGIN:
-                passing.append((nprobe * per_cell + 4 * RECALL_K * k_factor * index.d * 2, *tried))
+                passing.append((cells + 4 * RECALL_K * k_factor * index.d * 2, *tried))
                 break  # a larger k_factor at this nprobe only costs more
         if passing and passing[-1][1].endswith(f"k_factor={K_FACTORS[0]}"):
             break  # the fewest candidates already pass here: more cells only cost more
