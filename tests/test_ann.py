@@ -3,6 +3,7 @@ memory-mapped opening, and a build killed with SIGKILL."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -402,7 +403,7 @@ def test_auto_plans_by_size_and_memory_budget():
     assert small.factory == "IVF8192_HNSW32,PQ48x4fs"  # 32 B a vector: 3.3 GB with the centroids
     assert ann.resident_bytes(48, 100_000_000, 8192, 768) == 100_000_000 * 32 + 8192 * (768 * 4 + 256)
     with pytest.raises(
-        UsageError, match=r"100,000,000 vectors of 768 dimensions need 3\.08 GiB .* 2\.00 GiB"
+        UsageError, match=r"100,000,000 vectors of 768 dimensions need 3\.01 GiB .* 2\.00 GiB"
     ):
         ann.plan("auto", "auto", 100_000_000, 768, memory_budget=ann.parse_memory("2GiB"))
     assert ann.parse_memory("8GiB") == 8 << 30 and ann.parse_memory("512 MB") == 512 << 20
@@ -682,3 +683,33 @@ def test_an_index_of_the_previous_ivfpq_layout_searches_and_is_rebuilt_with_side
     _lost_sidecar_is_named(
         folder, _sidecars(folder)[0], "the re-ranking sidecar of its vector file, is missing", 12_000, caplog
     )
+
+
+def test_reranking_prefetches_exactly_the_pages_of_its_rows_in_merged_runs(tmp_path):
+    import mmap
+
+    class Recorder:  # stands for a sidecar's map: records what the kernel is asked to read
+        def __init__(self, size: int) -> None:
+            self.size, self.runs = size, []
+
+        def __len__(self) -> int:
+            return self.size
+
+        def madvise(self, option: int, start: int, length: int) -> None:
+            self.runs.append((option, start, length))
+
+    dims, rows = 1000, 5000  # 2,000-byte vector rows (some span two pages) and 8-byte id rows
+    index = ann.Reranked.create(faiss.IndexFlatIP(dims), tmp_path)
+    index._maps = (Recorder(rows * dims * 2), Recorder(rows * 8))
+    wanted = np.unique(np.random.default_rng(0).choice(rows, 300))
+    index.prefetch(wanted)
+    for recorder, row_bytes in zip(index._maps, (dims * 2, 8), strict=True):
+        page = mmap.PAGESIZE
+        expected = {
+            p for r in wanted for p in range(r * row_bytes // page, ((r + 1) * row_bytes - 1) // page + 1)
+        }
+        asked = [range(start // page, (start + length - 1) // page + 1) for _, start, length in recorder.runs]
+        assert {p for run in asked for p in run} == expected
+        assert all(a.stop < b.start for a, b in itertools.pairwise(asked))  # merged, ascending
+        assert all(start % page == 0 and option == mmap.MADV_WILLNEED for option, start, _ in recorder.runs)
+        assert recorder.runs[-1][1] + recorder.runs[-1][2] <= recorder.size
