@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import warnings
@@ -160,13 +161,22 @@ class Int8CompiledTower(nn.Module):
 def _pt2e_int8(tower: nn.Module, x: torch.Tensor) -> object:
     """`tower` (float32) exported with a dynamic batch size, quantised by torchao's x86 PT2E quantizer
     (dynamic activation scales: no calibration data, the arithmetic of eager int8) and compiled with freezing."""
+    # torchao's import logs a warning per CUDA kernel library a CPU build cannot load, and torch one per enum
+    # torchao registers: noise for a CPU job, so both loggers are quieted while it loads
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
     try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     except ImportError as error:
         raise UsageError(
             "--precision int8 --compile needs torchao: pip install 'siglip[int8]' (or drop --compile)"
         ) from error
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     example = x[:2] if len(x) > 1 else torch.cat([x, x])  # a batch of 1 would be specialised by export
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with warnings.catch_warnings():
