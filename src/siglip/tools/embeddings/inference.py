@@ -37,7 +37,7 @@ class InferenceMode:
     work between the matrix products fused; one thread, BENCHMARKS.md). A batch of one image or text compiles
     once more (torch specialises size 1). int8 with `compile=True` is another path: torchao's PT2E int8,
     compiled per tower on its first call (`siglip.tools.embeddings.int8.Int8CompiledTower`; the `int8`
-    extra), 1.3-1.5x eager int8 on the base image tower after a ~30-40 s first call. Worth it for large
+    extra), 1.1-1.2x eager int8 on the base towers after a 30-60 s first call. Worth it for large
     collections, not for a handful of images.
     """
 

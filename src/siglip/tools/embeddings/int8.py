@@ -6,8 +6,8 @@
   PT2E flow for x86 (`X86InductorQuantizer`, int8 weights per output channel, activations quantised per batch as
   in eager int8) and compiled by inductor with freezing, which fuses activation quantisation, the int8
   product, dequantisation, bias, GELU and the residual add into oneDNN kernels (`Int8CompiledTower`). It needs
-  the `int8` extra (torchao) and a first call per tower and process of ~30-40 s for a base model on 2 cores;
-  then the base image tower ran 1.3-1.5x faster than eager int8 (BENCHMARKS.md).
+  the `int8` extra (torchao) and a first call per tower and process of 30-60 s for a base model on 2 cores;
+  then the base image tower and text tower ran 1.1-1.2x faster than eager int8 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
