@@ -189,7 +189,6 @@ def _pt2e_int8(tower: nn.Module, x: torch.Tensor) -> object:
         prepared(example)  # dynamic scales: one pass only records the weights' ranges
         quantized = convert_pt2e(prepared)
         compiled = torch.compile(quantized, dynamic=True)
-        compiled(example)
     return compiled
 
 
