@@ -160,6 +160,9 @@ def main() -> None:
             "siglip embed --compile": lambda: siglip_embed(
                 model_dir, paths, out, args.batch_size, compile=True
             ),
+            "siglip embed --precision int8 --compile": lambda: siglip_embed(
+                model_dir, paths, out, args.batch_size, precision="int8", compile=True
+            ),
         }
         if args.bf16:
             bf16 = transformers.SiglipModel.from_pretrained(model_dir, dtype=torch.bfloat16).eval()

@@ -30,6 +30,7 @@ import copy
 import gzip
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -225,23 +226,45 @@ def run_modes(args: argparse.Namespace, peaks: dict[str, float]) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> None:
-    """Where the time of the base image tower goes, per operator, in each mode of --profile-modes."""
+    """Where the time of the base image tower goes, per operator, in each mode of --profile-modes, with each
+    thread count of --profile-threads (one call each, after a warm-up; the thread counts take turns)."""
     from torch.profiler import ProfilerActivity, profile
 
     with tempfile.TemporaryDirectory() as tmp:
         _, ours = reference_and_ours("base16-224", Path(tmp))
         runners = mode_runners(ours, args.profile_modes, Path(tmp))
         pixels, _ = inputs(ours, args.batch)
+        threads = args.profile_threads or [torch.get_num_threads()]
         for name, (image_features, _) in runners.items():
-            image_features(pixels)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            per_thread: dict[int, dict[str, tuple[float, int]]] = {}
+            wall: dict[int, float] = {}
+            for count in threads:
+                torch.set_num_threads(count)
                 image_features(pixels)
-            events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-            total = sum(e.self_cpu_time_total for e in events)
-            print(f"\n{name}, batch {args.batch}: share of operator time (self CPU), top 8\n")
-            print("| operator | share | calls |\n|---|---:|---:|")
-            for event in events[:8]:
-                print(f"| {event.key} | {100 * event.self_cpu_time_total / total:.1f}% | {event.count} |")
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    start = time.perf_counter()
+                    image_features(pixels)
+                    wall[count] = (time.perf_counter() - start) * 1e3
+                events = prof.key_averages()
+                per_thread[count] = {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in events}
+            first = threads[0]
+            total = sum(ms for ms, _ in per_thread[first].values())
+            ranked = sorted(per_thread[first], key=lambda k: -per_thread[first][k][0])[: args.profile_top]
+            heads = " | ".join(f"ms, {n} thr" for n in threads)
+            scaling = f" | {threads[0]}->{threads[-1]} thr speed-up" if len(threads) > 1 else ""
+            print(f"\n{name}, batch {args.batch}: self CPU time per operator; {machine_line()}\n")
+            print(f"| operator | calls | share ({first} thr) | {heads}{scaling} |")
+            print("|---|---:|---:|" + "---:|" * len(threads) + ("---:|" if scaling else ""))
+            for key in ranked:
+                ms = [per_thread[n].get(key, (0.0, 0))[0] for n in threads]
+                row = f"| {key} | {per_thread[first][key][1]} | {100 * ms[0] / total:.1f}% | "
+                row += " | ".join(f"{m:.0f}" for m in ms)
+                print(row + (f" | {ms[0] / ms[-1]:.2f}x |" if scaling and ms[-1] else " |"))
+            sums = [sum(ms for ms, _ in per_thread[n].values()) for n in threads]
+            row = "| all operators | | 100% | " + " | ".join(f"{s:.0f}" for s in sums)
+            print(row + (f" | {sums[0] / sums[-1]:.2f}x |" if scaling else " |"))
+            row = "| the call (wall) | | | " + " | ".join(f"{wall[n]:.0f}" for n in threads)
+            print(row + (f" | {wall[first] / wall[threads[-1]]:.2f}x |" if scaling else " |"), flush=True)
 
 
 def fashion_test_images(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -325,6 +348,10 @@ def main() -> None:
         "--modes", nargs="+", help="modes/accuracy: only these siglip modes (e.g. bf16 bf16+compile)"
     )
     parser.add_argument("--profile-modes", nargs="+", default=["fp32", "int8"], help="profile: the modes")
+    parser.add_argument(
+        "--profile-threads", nargs="+", type=int, help="profile: thread counts to compare (default: torch's)"
+    )
+    parser.add_argument("--profile-top", type=int, default=12, help="profile: operators listed")
     parser.add_argument(
         "--threads", type=int, help="torch threads (1: ratios that a shared, loaded machine disturbs least)"
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ...core.auto import TwoTowerModel
-from .int8 import quantize_linear_layers, use_fast_gelu
+from .int8 import compile_int8_towers, quantize_linear_layers, use_fast_gelu
 from .precision import as_precision, check_precision, resolve_precision
 
 
@@ -34,8 +34,11 @@ class InferenceMode:
     `compile=True` runs both towers through `torch.compile` with dynamic batch sizes: the first batch takes
     20-60 s to compile for a base model on a 2-core CPU (less when inductor's on-disk cache is warm), then
     its image tower runs 2-11% faster in fp32 and 1.4x faster in bf16 (weights frozen into the graph, the
-    work between the matrix products fused; one thread, BENCHMARKS.md). A batch of one image or text compiles once more (torch specialises size 1).
-    Worth it for large collections, not for a handful of images.
+    work between the matrix products fused; one thread, BENCHMARKS.md). A batch of one image or text compiles
+    once more (torch specialises size 1). int8 with `compile=True` is another path: torchao's PT2E int8,
+    compiled per tower on its first call (`siglip.tools.embeddings.int8.Int8CompiledTower`; the `int8`
+    extra), 1.1-1.2x eager int8 on the base towers after a 30-60 s first call. Worth it for large
+    collections, not for a handful of images.
     """
 
     precision: str = "auto"
@@ -65,13 +68,18 @@ class InferenceMode:
         model can then no longer be saved as a checkpoint of the original format.
         """
         model = model.eval().to(self.dtype)
+        if self.precision == "int8" and self.compile:
+            compile_int8_towers(
+                model
+            )  # torchao's PT2E int8, fused by inductor (siglip.tools.embeddings.int8)
+            return model
         if self.precision == "int8":
             quantize_linear_layers(model)
             use_fast_gelu(model)
         if self.compile:
             # Reduced float weights are frozen into the graph as constants, which lets inductor fuse the work
             # between the products (1.4x eager bf16 on AVX-512 BF16, one thread; BENCHMARKS.md). Not for fp32,
-            # whose compiled numbers stay transformers' own, nor int8, whose layers dynamo cannot trace.
+            # whose compiled numbers stay transformers' own.
             options = {"freezing": True} if self.precision in ("bf16", "fp16") else None
             for tower in (model.text_model, model.vision_model):
                 tower.compile(dynamic=True, options=options)

@@ -46,7 +46,7 @@ PRECISIONS = {
     "bf16": "bfloat16 weights and arithmetic",
     "bf16-autocast": "float32 weights; matrix products in bfloat16 (torch.autocast)",
     "fp16": "float16 weights and arithmetic (GPUs)",
-    "int8": "linear layers in int8 with per-batch activation scales (CPU; torch dynamic quantisation)",
+    "int8": "linear layers in int8 with per-batch activation scales (CPU; torch dynamic quantisation, torchao PT2E with compile)",
 }
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
 BF16_UNITS_VARIABLE = "SIGLIP_BF16_UNITS"
