@@ -225,7 +225,9 @@ def needs_compaction(index: Any) -> bool:
 
 SIDECAR_PREFIX = "rerank-"  # rerank-<generation>.f16 and .ids: the rows of a `Reranked` index
 _WILLNEED = getattr(mmap, "MADV_WILLNEED", None)  # not on Windows: reads then fault one by one
-COLD_ROW_S = 10e-6  # rows read slower than this on average came from disk (page cache: 0.5-5 us; disk: 12-100 us)
+# rows read slower than this on average came partly from disk: prefetch the next ones (a cached page costs
+# ~1 us to map, a disk read 10-100 us; half the rows on disk already double the average: BENCHMARKS.md)
+COLD_ROW_S = 2e-6
 SCAN_ROWS = 1 << 20  # rows of the id sidecar read at a time when looking rows up by id (8 MiB)
 RERANK_BLOCK = 4 << 20  # bytes of fp32 candidate vectors re-ranked at a time
 PQ_TRAIN = 65_536  # training vectors for PQ codes at least (the IVF cells may want more)
