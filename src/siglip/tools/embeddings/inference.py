@@ -68,10 +68,8 @@ class InferenceMode:
         model can then no longer be saved as a checkpoint of the original format.
         """
         model = model.eval().to(self.dtype)
-        if self.precision == "int8" and self.compile:
-            compile_int8_towers(
-                model
-            )  # torchao's PT2E int8, fused by inductor (siglip.tools.embeddings.int8)
+        if self.precision == "int8" and self.compile:  # torchao's PT2E int8, fused by inductor
+            compile_int8_towers(model)
             return model
         if self.precision == "int8":
             quantize_linear_layers(model)

@@ -10,8 +10,8 @@ Types (cosine similarity as the inner product of unit vectors):
 - `hnsw`: a graph (32 links a node); fast at any size but it cannot remove vectors, so a removal rebuilds it.
 - `ivfpq`: `ivf` over codes compressed by 4-bit fast-scan product quantization (dims/8 bytes: 96 at 768-d,
   16x smaller than fp16, scanned with SIMD; about sqrt(N) cells, 4x fewer and larger than `ivf`'s, as a
-  code costs 16x less to scan than an fp16 vector while finding the cells costs the same), whose `k_factor` x k best candidates are re-ranked by exact inner
-  products with the fp16 vectors (`Reranked`). The compressed index is the vector file; its ids are ROWS of
+  code costs 16x less to scan than an fp16 vector while finding the cells costs the same), whose `k_factor`
+  x k best candidates are re-ranked by exact inner products with the fp16 vectors (`Reranked`). The compressed index is the vector file; its ids are ROWS of
   two append-only sidecar files beside it, `rerank-<generation>.f16` (the fp16 vectors, rows x dims) and
   `rerank-<generation>.ids` (the image id of each row, int64; -1 once removed), memory-mapped when searching:
   only the codes and their list ids (dims/8 + 8 bytes a vector) need memory, a query reads k x k_factor rows
@@ -534,19 +534,25 @@ def quantizer_ef(nprobe: int) -> int:
     return max(QUANTIZER_EF, nprobe)
 
 
+def _graph_quantizer(faiss: Any, ivf: Any) -> Any:
+    """The HNSW graph finding the cells of IVF index `ivf`, None when they are found exactly (or no IVF)."""
+    quantizer = faiss.downcast_index(ivf.quantizer) if ivf is not None else None
+    return quantizer if isinstance(quantizer, faiss.IndexHNSW) else None
+
+
 def _set_quantizer_ef(faiss: Any, ivf: Any, nprobe: int) -> None:
     """The stored effort of an IVF index's HNSW quantizer (if it has one), used when adding and by searches
     that pass no quantizer parameters of their own."""
-    quantizer = faiss.downcast_index(ivf.quantizer) if ivf is not None else None
-    if isinstance(quantizer, faiss.IndexHNSW):
-        quantizer.hnsw.efSearch = quantizer_ef(nprobe)
+    graph = _graph_quantizer(faiss, ivf)
+    if graph is not None:
+        graph.hnsw.efSearch = quantizer_ef(nprobe)
 
 
 def cell_params(faiss: Any, ivf: Any, nprobe: int, selector: Any = None) -> Any:
     """faiss search parameters probing `nprobe` cells of `ivf` (with `quantizer_ef` for an HNSW quantizer),
     among the ids `selector` admits (all if None)."""
     params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-    if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+    if _graph_quantizer(faiss, ivf) is not None:
         params.quantizer_params = faiss.SearchParametersHNSW(efSearch=quantizer_ef(nprobe))
     return params
 
@@ -766,7 +772,7 @@ def _tune_reranked(
     faiss = _faiss()
     ivf = faiss.extract_index_ivf(index.base)
     per_cell = max(1, index.ntotal // ivf.nlist) * ivf.code_size
-    graph = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+    graph = _graph_quantizer(faiss, ivf) is not None
     best, passing = ("", -1.0), []
     for nprobe in (p for p in (4, 8, 16, 32, 64, 128, 256) if p <= ivf.nlist):
         params = cell_params(faiss, ivf, nprobe)
