@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -316,14 +317,30 @@ def test_embed_writes_metadata_columns_and_an_import_keeps_it(library, tmp_path,
     assert [m["year"] for m in manifest["metadata"]] == [read_metadata(p)["year"] for p in manifest["paths"]]
 
 
+@pytest.fixture
+def raised_recursion_limit():
+    """The limit as torch.compile leaves it for the rest of the process (raised): the filter's depth is
+    counted, not left to a RecursionError that a raised limit never gives."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    yield
+    sys.setrecursionlimit(before)
+
+
+def test_a_filter_nested_to_the_limit_is_parsed(raised_recursion_limit):
+    nested = "(" * 50 + "not " * 50 + "screenshot" + ")" * 50
+    assert parse_filter(nested).sql == parse_filter("not " * 50 + "screenshot").sql
+
+
 @pytest.mark.parametrize(
     ("where", "problem"),
     [
-        ("(" * 600 + "year = 1" + ")" * 600, "parentheses nested too deeply"),
+        ("(" * 600 + "year = 1" + ")" * 600, r"nested too deeply \(more than 100\) at character 101"),
+        ("not " * 150 + "screenshot", r"nested too deeply \(more than 100\) at character 401"),
         ("year = 1 or " * 200, "more than the 2000"),
     ],
 )
-def test_filters_beyond_a_person_s_are_refused_in_one_line(where, problem):
+def test_filters_beyond_a_person_s_are_refused_in_one_line(where, problem, raised_recursion_limit):
     with pytest.raises(UsageError, match=problem) as caught:
         parse_filter(where)
     assert "\n" not in str(caught.value) and str(caught.value).startswith(f"filter {where[:40]!r}...")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,8 @@ _OPERATORS = {  # field type -> the comparison operators it takes
     "bool": ("=", "!="),
     "date": ("=", "!=", *_ORDERED),
 }
-MAX_LENGTH = 2000  # characters: a filter is written by a person; this bounds the SQL and the recursion
+MAX_LENGTH = 2000  # characters: a filter is written by a person; this bounds the SQL
+MAX_DEPTH = 100  # nested parentheses and `not`s: counted, since the recursion limit is not ours to rely on
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?)?)?$")
 
 
@@ -79,10 +81,7 @@ def parse_filter(text: str) -> Filter:
             f"filter {text[:40]!r}...: {len(text)} characters, more than the {MAX_LENGTH} allowed"
         )
     parser = _Parser(text)
-    try:
-        sql = parser.expression()
-    except RecursionError:
-        raise UsageError(f"filter {text[:40]!r}...: parentheses nested too deeply") from None
+    sql = parser.expression()
     parser.expect_end()
     return Filter(text, sql, tuple(parser.params))
 
@@ -126,6 +125,7 @@ class _Parser:
         self.text = text
         self.tokens = _tokens(text)
         self.pos = 0
+        self.depth = 0  # parentheses and `not`s open around the current token
         self.params: list[Any] = []
 
     def peek(self) -> _Token:
@@ -165,14 +165,28 @@ class _Parser:
         return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
 
     def unary(self) -> str:
+        opening = self.peek()
         if self.accept("keyword", "not"):
-            return f"(NOT {self.unary()})"
+            return f"(NOT {self.nested(opening, self.unary)})"
         if self.accept("punct", "("):
-            inner = self.expression()
+            inner = self.nested(opening, self.expression)
             if not self.accept("punct", ")"):
                 raise self.fail("expected ')'")
             return inner
         return self.condition()
+
+    def nested(self, opening: _Token, parse: Callable[[], str]) -> str:
+        """`parse()` one level deeper; refused past MAX_DEPTH, before the recursion could be."""
+        if self.depth >= MAX_DEPTH:
+            raise UsageError(
+                f"filter {self.text[:40]!r}...: parentheses and 'not's nested too deeply (more than "
+                f"{MAX_DEPTH}) at character {opening.at + 1}"
+            )
+        self.depth += 1
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
 
     def condition(self) -> str:
         token = self.take()
