@@ -496,7 +496,8 @@ def test_an_ivfpq_build_streams_its_vectors_to_the_sidecars_never_holding_them(t
 
         folder.mkdir()
         threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # the tuning re-ranks blocks one at a time: a peak that timing cannot move
+        # the tuning re-ranks its blocks one at a time: a peak that the threads' timing cannot move
+        faiss.omp_set_num_threads(1)
         tracemalloc.start()
         try:
             index, info = ann.build(plan, dims, n, chunks, folder=folder)
