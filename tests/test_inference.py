@@ -345,12 +345,17 @@ def test_int8_layers_equal_torchs_quantize_dynamic():
         assert torch.equal(ours.get_text_features(ids), theirs.get_text_features(ids))
 
 
-def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(fp32_features):
-    """torchao's PT2E int8, compiled by inductor (`int8` + compile): the issue's int8 bound (cosine >= 0.995
-    to fp32) and the same zero-shot winners, on the image tower (one compile: the slow part of this test)."""
+def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
+    fp32_features, tmp_path, monkeypatch, caplog
+):
+    """torchao's PT2E int8, compiled by AOTInductor (`int8` + compile): the issue's int8 bound (cosine >= 0.995
+    to fp32) and the same zero-shot winners, on the image tower (one compile: the slow part of this test);
+    then the package it left in the cache serves the next model of the same weights without compiling."""
     pytest.importorskip("torchao")
+    from siglip.tools.embeddings import int8
     from siglip.tools.embeddings.int8 import Int8CompiledTower
 
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
     model = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     assert isinstance(model.vision_model, Int8CompiledTower) and isinstance(
         model.text_model, Int8CompiledTower
@@ -370,4 +375,49 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(fp32_features):
     texts = F.normalize(reference_texts, dim=-1)
     ours = (F.normalize(images, dim=-1) @ texts.T).argmax(-1)
     assert torch.equal(ours, (F.normalize(reference_images, dim=-1) @ texts.T).argmax(-1))
-    assert torch._inductor.config.freezing is False  # asked for per call, the global setting untouched
+    assert torch._inductor.config.freezing is False  # asked for per compile, the global setting untouched
+
+    # one package, named by the weights: another model of the same weights loads it and compiles nothing
+    (package,) = (tmp_path / "cache").iterdir()
+    assert package.name.startswith("int8-SiglipVisionTransformer-") and package.suffix == ".pt2"
+
+    def no_compile(*args):
+        raise AssertionError("compiled although the cache holds the package")
+
+    monkeypatch.setattr(int8, "_pt2e_int8_package", no_compile)
+    loaded = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
+    with torch.inference_mode():
+        assert torch.equal(loaded.get_image_features(pixels), images)
+
+    # a damaged package is compiled again (here: the good one copied in, as a compile would write it)
+    good = package.read_bytes()
+    package.write_bytes(good[: len(good) // 2])
+
+    def compile_copy(pt2e, tower, x, path):
+        path.write_bytes(good)
+
+    monkeypatch.setattr(int8, "_pt2e_int8_package", compile_copy)
+    again = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
+    with torch.inference_mode(), caplog.at_level("WARNING", logger="siglip"):
+        assert torch.equal(again.get_image_features(pixels), images)
+    assert "compiling again" in caplog.text and package.read_bytes() == good
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [package.name]  # no partial file left
+
+
+def test_a_compiled_int8_package_is_named_by_everything_it_depends_on(monkeypatch, tmp_path):
+    from siglip.tools.embeddings.int8 import _package_path
+
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
+    tower = SiglipModel.from_pretrained(BUNDLED).vision_model
+    pixels = _examples()
+    path = _package_path(tower, pixels, "0.18.0")
+    assert path.parent == tmp_path and path == _package_path(tower, pixels[:2], "0.18.0")  # batch size: no
+    assert path != _package_path(tower, pixels[:, :, :14], "0.18.0")  # input shape
+    assert path != _package_path(tower, pixels, "0.19.0")  # library version
+    other = "AVX2" if torch.backends.cpu.get_cpu_capability() != "AVX2" else "AVX512"
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
+        assert path != _package_path(tower, pixels, "0.18.0")  # the CPU's instruction set
+    with torch.no_grad():
+        tower.post_layernorm.weight[0] += 1e-3  # the weights
+    assert path != _package_path(tower, pixels, "0.18.0")

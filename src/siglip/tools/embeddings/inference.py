@@ -36,9 +36,10 @@ class InferenceMode:
     its image tower runs 2-11% faster in fp32 and 1.4x faster in bf16 (weights frozen into the graph, the
     work between the matrix products fused; one thread, BENCHMARKS.md). A batch of one image or text compiles
     once more (torch specialises size 1). int8 with `compile=True` is another path: torchao's PT2E int8,
-    compiled per tower on its first call (`siglip.tools.embeddings.int8.Int8CompiledTower`; the `int8`
-    extra), 1.1-1.2x eager int8 on the base towers after a 30-60 s first call. Worth it for large
-    collections, not for a handful of images.
+    compiled ahead of time per tower (`siglip.tools.embeddings.int8.Int8CompiledTower`; the `int8` extra),
+    1.4x eager int8 on the base image tower. Its first call on a machine compiles for 1-2 minutes (base
+    model, 2 cores) and keeps the package in `siglip.tools.embeddings.int8.compiled_cache()`; later
+    processes load it in about a second.
     """
 
     precision: str = "auto"

@@ -4,19 +4,28 @@
   faster tanh-GELU for the MLPs (`use_fast_gelu`). Ready at once (a base model's layers in 1-3 s).
 - Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by torchao's
   PT2E flow for x86 (`X86InductorQuantizer`, int8 weights per output channel, activations quantised per batch as
-  in eager int8) and compiled by inductor with freezing, which fuses activation quantisation, the int8
-  product, dequantisation, bias, GELU and the residual add into oneDNN kernels (`Int8CompiledTower`). It needs
-  the `int8` extra (torchao) and a first call per tower and process of 30-60 s for a base model on 2 cores;
-  then the base image tower and text tower ran 1.1-1.2x faster than eager int8 (BENCHMARKS.md).
+  in eager int8) and compiled ahead of time by inductor (AOTInductor) with freezing, which fuses activation
+  quantisation, the int8 product, dequantisation, bias, GELU and the residual add into oneDNN kernels
+  (`Int8CompiledTower`). It needs the `int8` extra (torchao) and a C++ compiler. The compiled tower is kept as
+  a package in `compiled_cache()`, keyed by its weights, input shape, CPU and library versions: the first
+  call on a machine takes 1-2 minutes for a base tower on 2 cores, later processes load it in about a second.
+  The base image tower then ran 1.4x eager int8 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
+import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +34,8 @@ from torch import nn
 from ...core.outputs import BaseModelOutputWithPooling
 from ...core.two_tower.modeling import ACTIVATIONS, SiglipMLP
 from ...errors import UsageError
+
+logger = logging.getLogger("siglip")
 
 
 def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -118,13 +129,13 @@ class _Outputs(nn.Module):
 
 
 class Int8CompiledTower(nn.Module):
-    """A fixed-resolution vision tower or a text tower in PT2E int8, compiled by inductor on its first call.
+    """A fixed-resolution vision tower or a text tower in PT2E int8, compiled ahead of time on its first call.
 
     Called as the tower it replaces with its main input only (pixels, or token ids padded to the model's
     length); it returns `last_hidden_state` and `pooler_output`. Only the batch size may change between calls
-    (the first call's other dimensions are fixed in the graph). The first call exports, quantises and compiles
-    (inductor caches its generated kernels on disk, which a later process reuses; its graph cache does not
-    apply to frozen graphs, so every process pays the rest, ~30 s for a base tower on 2 cores).
+    (the first call's other dimensions are fixed in the package). The first call loads the tower's package
+    from `compiled_cache()`, or exports, quantises and compiles it there (1-2 minutes for a base tower on 2
+    cores; inductor's kernel cache does not cover frozen graphs, hence a package of our own).
     """
 
     def __init__(self, tower: nn.Module) -> None:
@@ -145,22 +156,86 @@ class Int8CompiledTower(nn.Module):
             raise UsageError(
                 f"the compiled int8 tower was compiled for inputs of shape (batch, {dims}); got {tuple(x.shape)}"
             )
-        from torch._inductor import config as inductor_config  # not at import: it loads torch._dynamo
-
-        # inductor's freezing cannot trace under inference_mode (which the embedders use): no_grad is enough.
-        # Freezing (the int8 weights packed for oneDNN as constants) is asked for around every call, where a
-        # recompile (a new batch size) may happen: torch.compile's per-model `options` do not reach it.
-        with torch.inference_mode(False), torch.no_grad(), inductor_config.patch(freezing=True):
+        # export cannot trace under inference_mode (which the embedders use): no_grad is enough
+        with torch.inference_mode(False), torch.no_grad():
             with self._lock:
                 if self._compiled is None:
-                    self._compiled, self._shape = _pt2e_int8(self.tower, x), tuple(x.shape[1:])
+                    self._compiled, self._shape = _load_or_compile(self.tower, x), tuple(x.shape[1:])
             outputs = self._compiled(x)
         return BaseModelOutputWithPooling(outputs[0], outputs[1] if len(outputs) > 1 else None)
 
 
-def _pt2e_int8(tower: nn.Module, x: torch.Tensor) -> object:
-    """`tower` (float32) exported with a dynamic batch size, quantised by torchao's x86 PT2E quantizer
-    (dynamic activation scales: no calibration data, the arithmetic of eager int8) and compiled with freezing."""
+def compiled_cache() -> Path:
+    """The folder of compiled int8 towers: `$SIGLIP_COMPILED_CACHE`, else `siglip/compiled` in
+    `$XDG_CACHE_HOME` (default `~/.cache`). A package is about the size of the tower's int8 weights (100 MB
+    for a base image tower); delete the folder to reclaim the space."""
+    if os.environ.get("SIGLIP_COMPILED_CACHE"):
+        return Path(os.environ["SIGLIP_COMPILED_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siglip" / "compiled"
+
+
+def _package_path(tower: nn.Module, x: torch.Tensor, torchao_version: str) -> Path:
+    """Where the package of `tower` run on inputs shaped as `x` lives: named by a SHA-256 over its weights
+    and everything the compiled code depends on (its config, input shape and dtype, CPU instruction set, the
+    versions of siglip, torch and torchao), so that changed weights, another CPU or an upgrade compile anew."""
+    from ... import __version__
+
+    digest = hashlib.sha256()
+    context = (
+        type(tower).__name__, repr(getattr(tower, "config", None)), tuple(x.shape[1:]), str(x.dtype),
+        __version__, torch.__version__, torchao_version, torch.backends.cpu.get_cpu_capability(),
+    )  # fmt: skip
+    digest.update(repr(context).encode())
+    for name, tensor in tower.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return compiled_cache() / f"int8-{type(tower).__name__}-{digest.hexdigest()[:32]}.pt2"
+
+
+def _load_or_compile(tower: nn.Module, x: torch.Tensor) -> object:
+    """The compiled `tower` for inputs shaped as `x`: its package loaded from the cache, or compiled and
+    saved there first (written beside and renamed, so that a killed compile leaves no package behind). A
+    package that fails to load is compiled again; a cache that cannot be written compiles into a temporary
+    folder for this process only."""
+    from torch._inductor import aoti_load_package  # not at import: it loads torch._dynamo
+
+    pt2e = _pt2e()
+    path = _package_path(tower, x, pt2e.torchao_version)
+    if path.exists():
+        try:
+            return aoti_load_package(str(path))
+        except Exception as error:  # a package from a foreign or damaged write: compile it again
+            logger.warning("compiling again: %s failed to load (%s)", path, error)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError("no write permission")
+    except OSError as error:
+        logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
+        path = Path(tempfile.mkdtemp(prefix="siglip-int8-")) / path.name
+    logger.info(
+        "compiling the int8 %s once for this machine (1-2 minutes for a base model): %s",
+        type(tower).__name__,
+        path,
+    )
+    partial = path.with_name(f".{path.stem}-{os.getpid()}.pt2")  # AOTInductor names a package *.pt2
+    try:
+        _pt2e_int8_package(pt2e, tower, x, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return aoti_load_package(str(path))
+
+
+class _PT2E(NamedTuple):
+    prepare: Callable
+    convert: Callable
+    x86: ModuleType  # torchao's X86InductorQuantizer and its default configs
+    torchao_version: str
+
+
+def _pt2e() -> _PT2E:
+    """torchao's PT2E pieces, or a `UsageError` saying how to install them."""
     # torchao's import logs a warning per CUDA kernel library a CPU build cannot load, and torch one per enum
     # torchao registers: noise for a CPU job, so both loggers are quieted while it loads
     loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
@@ -177,19 +252,30 @@ def _pt2e_int8(tower: nn.Module, x: torch.Tensor) -> object:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+    import torchao
+
+    return _PT2E(prepare_pt2e, convert_pt2e, x86, torchao.__version__)
+
+
+def _pt2e_int8_package(pt2e: _PT2E, tower: nn.Module, x: torch.Tensor, path: Path) -> None:
+    """`tower` (float32) exported with a dynamic batch size, quantised by torchao's x86 PT2E quantizer
+    (dynamic activation scales: no calibration data, the arithmetic of eager int8), and compiled by
+    AOTInductor with freezing (the int8 weights packed for oneDNN as constants) into the package `path`."""
+    from torch._inductor import aoti_compile_and_package
+
     example = x[:2] if len(x) > 1 else torch.cat([x, x])  # a batch of 1 would be specialised by export
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         graph = torch.export.export(_Outputs(tower), (example,), dynamic_shapes=({0: batch},)).module()
-        quantizer = x86.X86InductorQuantizer()
-        quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
-        prepared = prepare_pt2e(graph, quantizer)
+        quantizer = pt2e.x86.X86InductorQuantizer()
+        quantizer.set_global(pt2e.x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
+        prepared = pt2e.prepare(graph, quantizer)
         prepared(example)  # dynamic scales: one pass only records the weights' ranges
-        quantized = convert_pt2e(prepared)
-        compiled = torch.compile(quantized, dynamic=True)
-    return compiled
+        quantized = pt2e.convert(prepared)
+        program = torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},))
+        aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
 
 
 def compile_int8_towers(model: nn.Module) -> None:
