@@ -719,3 +719,34 @@ def test_reranking_prefetches_exactly_the_pages_of_its_rows_in_merged_runs(tmp_p
         assert all(a.stop < b.start for a, b in itertools.pairwise(asked))  # merged, ascending
         assert all(start % page == 0 and option == mmap.MADV_WILLNEED for option, start, _ in recorder.runs)
         assert recorder.runs[-1][1] + recorder.runs[-1][2] <= recorder.size
+
+
+def test_rows_are_looked_up_by_id_as_a_scan_finds_them_through_removals_and_appends(tmp_path):
+    rng = np.random.default_rng(3)
+    dims = 8
+    index = ann.Reranked.create(faiss.IndexIDMap2(faiss.IndexFlatIP(dims)), tmp_path)
+    ids = rng.permutation(10_000)[:3_000] * 7  # not in row order, with gaps
+    index.add_with_ids(rng.standard_normal((3_000, dims)).astype(np.float32), ids)
+    index.flush()
+
+    def scanned(wanted: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(np.isin(np.asarray(index.ids), wanted[wanted >= 0]))
+
+    def check() -> None:
+        for wanted in (
+            rng.choice(ids, 500),  # repeats
+            np.r_[rng.choice(ids, 50), rng.integers(0, 70_000, 200), [-1, 70_000 * 2]],  # absent, -1
+            np.empty(0, np.int64),
+            ids[:1],
+        ):
+            assert np.array_equal(index.rows_of(wanted), scanned(wanted))
+
+    check()
+    index.remove_ids(ids[::3])  # their rows marked -1: not found by id, nor by -1
+    assert len(index.rows_of(ids[::3])) == 0
+    check()
+    more = 100_000 + np.arange(500)
+    index.add_with_ids(rng.standard_normal((500, dims)).astype(np.float32), more)
+    index.flush()
+    assert np.array_equal(index.rows_of(more), np.arange(3_000, 3_500))
+    check()
