@@ -24,10 +24,11 @@ Types (cosine similarity as the inner product of unit vectors):
 A trained type (`ivf`, `ivfpq`) needs vectors to train on (1,000 and 10,000): asked for by name for fewer,
 it is refused (`check_size`); an index of that type that shrinks below is `flat` until it grows back. `auto` (autofaiss-style, by size and a memory budget, 8 GiB unless set): `flat` below 50,000 vectors,
 `ivf` while its fp16 vectors fit the budget (about 5.5 million at 768-d in 8 GiB), `ivfpq` above. The
-budget holds `ivfpq` too (`plan`): its resident memory is its codes, their list ids and the centroids, dims/8
-+ 8 bytes a vector (104 B at 768-d: 1.0 GB at 10M, 10.4 GB at 100M); where that exceeds the budget the codes
-shrink to dims/16 then dims/32 bytes (more candidates re-ranked make up the recall: at 100M x 768-d in 8 GiB,
-`PQ96x4fs`, 56 B a vector, 5.6 GB), and a budget too small for the smallest is refused, naming both. Storage
+budget holds `ivfpq` too (`plan`): its resident memory is its codes (held at `CODE_SLACK` their size, as
+measured), their list ids and the centroids, 1.4 dims/8 + 8 bytes a vector (142 B at 768-d: 1.3 GiB at 10M,
+13.3 GiB at 100M); where that exceeds the budget the codes shrink to dims/16 then dims/32 bytes (more
+candidates re-ranked make up the recall: at 100M x 768-d in 8 GiB, `PQ96x4fs`, 75 B a vector, 7.0 GiB), and a
+budget too small for the smallest is refused, naming both. Storage
 `auto` keeps exact types in fp32 and approximate ones in fp16 (its rounding, about 1e-4, is far below their
 approximation error).
 
@@ -172,10 +173,11 @@ def plan(kind: str, storage: str, n: int, dims: int, memory_budget: int = MEMORY
 
 def resident_bytes(m: int, n: int, nlist: int, dims: int) -> int:
     """Memory an `ivfpq` index of `n` vectors with `m` 4-bit sub-quantizers holds while searching: its codes
-    (m/2 bytes), their ids in the inverted lists (8 bytes) and the fp32 centroids (with their HNSW graph's
-    links from `HNSW_QUANTIZER_FROM` cells); the fp16 vectors and row ids are memory-mapped, not counted."""
+    (m/2 bytes, held with `CODE_SLACK`), their ids in the inverted lists (8 bytes) and the fp32 centroids
+    (with their HNSW graph's links from `HNSW_QUANTIZER_FROM` cells); the fp16 vectors and row ids are
+    memory-mapped, not counted."""
     graph = 2 * HNSW_LINKS * 4 if nlist >= HNSW_QUANTIZER_FROM else 0
-    return n * (m // 2 + 8) + nlist * (dims * 4 + graph)
+    return round(n * (m // 2 * CODE_SLACK + 8)) + nlist * (dims * 4 + graph)
 
 
 def _pq_quantizers(dims: int, n: int = 0, nlist: int = 0, memory_budget: int = MEMORY_BUDGET) -> int:
@@ -229,6 +231,9 @@ _WILLNEED = getattr(mmap, "MADV_WILLNEED", None)  # not on Windows: reads then f
 # ~1 us to map, a disk read 10-100 us; half the rows on disk already double the average: BENCHMARKS.md)
 COLD_ROW_S = 2e-6
 RERANK_BLOCK = 4 << 20  # bytes of fp32 candidate vectors re-ranked at a time
+# the fast-scan lists hold their codes in blocks whose tables take more than the codes: serving memory measured
+# 1.37-1.44x the codes with PQ192x4fs at 10M and 30M, and fits PQ48-PQ192 at 1M (BENCHMARKS.md)
+CODE_SLACK = 1.4
 PQ_TRAIN = 65_536  # training vectors for PQ codes at least (the IVF cells may want more)
 
 
