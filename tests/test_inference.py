@@ -364,13 +364,25 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     with torch.inference_mode():  # as the embedders call it
         images = model.get_image_features(pixels)
         again = model.get_image_features(pixels[:3])  # another batch size: no stale graph
-        with pytest.raises(ValueError, match=r"compiled for inputs of shape \(batch, 3, 28, 28\)"):
+        one = model.get_image_features(pixels[:1])
+        # the package reads its input unchecked: a transposed view is made contiguous first, other shapes,
+        # dtypes and empty batches are refused
+        flipped = model.get_image_features(pixels.transpose(2, 3).contiguous().transpose(2, 3))
+        with pytest.raises(
+            ValueError, match=r"compiled for torch.float32 inputs of shape \(batch, 3, 28, 28\)"
+        ):
             model.get_image_features(pixels[:, :, :14])
+        with pytest.raises(ValueError, match=r"got torch.float64"):
+            model.vision_model(pixels.double())
+        with pytest.raises(ValueError, match="empty batch"):
+            model.get_image_features(pixels[:0])
         with pytest.raises(ValueError, match="pixels or token ids only"):
             model.get_image_features(pixels, output_attentions=True)
     reference_images, reference_texts = fp32_features
     assert F.cosine_similarity(images, reference_images).min().item() > 0.995
     assert F.cosine_similarity(again, reference_images[:3]).min().item() > 0.995
+    assert F.cosine_similarity(one, reference_images[:1]).min().item() > 0.995
+    assert torch.equal(flipped, images)
     assert not torch.equal(images, reference_images)
     texts = F.normalize(reference_texts, dim=-1)
     ours = (F.normalize(images, dim=-1) @ texts.T).argmax(-1)
@@ -378,7 +390,7 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     assert torch._inductor.config.freezing is False  # asked for per compile, the global setting untouched
 
     # one package, named by the weights: another model of the same weights loads it and compiles nothing
-    (package,) = (tmp_path / "cache").iterdir()
+    (package,) = (tmp_path / "cache").glob("*.pt2")
     assert package.name.startswith("int8-SiglipVisionTransformer-") and package.suffix == ".pt2"
 
     def no_compile(*args):
@@ -401,10 +413,19 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     with torch.inference_mode(), caplog.at_level("WARNING", logger="siglip"):
         assert torch.equal(again.get_image_features(pixels), images)
     assert "compiling again" in caplog.text and package.read_bytes() == good
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [package.name]  # no partial file left
+    assert [p.name for p in (tmp_path / "cache").glob("*.pt2")] == [package.name]  # no partial file left
+    assert not list((tmp_path / "cache").glob(".*"))
+
+    # a cache that cannot be written: compiled into a temporary folder, loaded, the folder removed
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(package / "below-a-file"))
+    temporary = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
+    with torch.inference_mode(), caplog.at_level("WARNING", logger="siglip"):
+        assert torch.equal(temporary.get_image_features(pixels), images)
+    assert "compiling for this process only" in caplog.text
 
 
 def test_a_compiled_int8_package_is_named_by_everything_it_depends_on(monkeypatch, tmp_path):
+    from siglip.tools.embeddings import int8
     from siglip.tools.embeddings.int8 import _package_path
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
@@ -414,10 +435,22 @@ def test_a_compiled_int8_package_is_named_by_everything_it_depends_on(monkeypatc
     assert path.parent == tmp_path and path == _package_path(tower, pixels[:2], "0.18.0")  # batch size: no
     assert path != _package_path(tower, pixels[:, :, :14], "0.18.0")  # input shape
     assert path != _package_path(tower, pixels, "0.19.0")  # library version
-    other = "AVX2" if torch.backends.cpu.get_cpu_capability() != "AVX2" else "AVX512"
+    assert path != _package_path(tower, pixels.double(), "0.18.0")  # dtype
     with monkeypatch.context() as patched:
-        patched.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
-        assert path != _package_path(tower, pixels, "0.18.0")  # the CPU's instruction set
+        patched.setattr(int8, "_cpu", lambda: "model name: another; flags: avx2")
+        assert path != _package_path(tower, pixels, "0.18.0")  # the CPU
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert path != _package_path(tower, pixels, "0.18.0")  # the threads the kernels are laid out for
+    finally:
+        torch.set_num_threads(threads)
+    assert "flags" in int8._cpu() or not Path("/proc/cpuinfo").exists()
+    attention = tower.config.attn_implementation
+    tower.config.attn_implementation = "eager" if attention != "eager" else "sdpa"
+    assert path != _package_path(tower, pixels, "0.18.0")  # the attention implementation
+    tower.config.attn_implementation = attention
+    assert path == _package_path(tower, pixels, "0.18.0")
     with torch.no_grad():
         tower.post_layernorm.weight[0] += 1e-3  # the weights
     assert path != _package_path(tower, pixels, "0.18.0")

@@ -15,9 +15,11 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 import os
+import platform
 import tempfile
 import threading
 import warnings
@@ -142,7 +144,7 @@ class Int8CompiledTower(nn.Module):
         super().__init__()
         self.tower = tower
         self._compiled: object | None = None
-        self._shape: tuple[int, ...] = ()
+        self._input: tuple[tuple[int, ...], torch.dtype] | None = None  # (shape past the batch, dtype)
         self._lock = threading.Lock()
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> BaseModelOutputWithPooling:
@@ -151,16 +153,24 @@ class Int8CompiledTower(nn.Module):
                 "the compiled int8 mode runs a tower on its pixels or token ids only (no attention mask, "
                 "attentions, hidden states or interpolated positions); use --precision int8 without --compile"
             )
-        if self._shape and tuple(x.shape[1:]) != self._shape:
-            dims = ", ".join(map(str, self._shape))
-            raise UsageError(
-                f"the compiled int8 tower was compiled for inputs of shape (batch, {dims}); got {tuple(x.shape)}"
-            )
+        if not len(x):
+            raise UsageError("the compiled int8 tower was given an empty batch")
+        x = x.contiguous()  # the package reads its input as laid out at compile time, unchecked
         # export cannot trace under inference_mode (which the embedders use): no_grad is enough
         with torch.inference_mode(False), torch.no_grad():
             with self._lock:
                 if self._compiled is None:
-                    self._compiled, self._shape = _load_or_compile(self.tower, x), tuple(x.shape[1:])
+                    self._compiled, self._input = (
+                        _load_or_compile(self.tower, x),
+                        (tuple(x.shape[1:]), x.dtype),
+                    )
+            shape, dtype = self._input
+            if (tuple(x.shape[1:]), x.dtype) != (shape, dtype):
+                dims = ", ".join(map(str, shape))
+                raise UsageError(
+                    f"the compiled int8 tower was compiled for {dtype} inputs of shape (batch, {dims}); got "
+                    f"{x.dtype} {tuple(x.shape)}"
+                )
             outputs = self._compiled(x)
         return BaseModelOutputWithPooling(outputs[0], outputs[1] if len(outputs) > 1 else None)
 
@@ -176,55 +186,89 @@ def compiled_cache() -> Path:
 
 def _package_path(tower: nn.Module, x: torch.Tensor, torchao_version: str) -> Path:
     """Where the package of `tower` run on inputs shaped as `x` lives: named by a SHA-256 over its weights
-    and everything the compiled code depends on (its config, input shape and dtype, CPU instruction set, the
-    versions of siglip, torch and torchao), so that changed weights, another CPU or an upgrade compile anew."""
+    and everything the compiled code depends on, so that a change to any compiles anew: the tower's config
+    and attention implementation, the source of its modelling code, the input's shape and dtype, the CPU
+    (model and instruction flags: the kernels are built for this CPU), the threads the kernels are laid out
+    for, and the versions of siglip, torch and torchao."""
     from ... import __version__
 
-    digest = hashlib.sha256()
+    sources = sorted(
+        {
+            inspect.getsourcefile(cls) or ""
+            for cls in type(tower).__mro__
+            if cls.__module__.startswith("siglip")
+        }
+    )
+    config = getattr(tower, "config", None)
     context = (
-        type(tower).__name__, repr(getattr(tower, "config", None)), tuple(x.shape[1:]), str(x.dtype),
-        __version__, torch.__version__, torchao_version, torch.backends.cpu.get_cpu_capability(),
+        type(tower).__name__, repr(config), getattr(config, "attn_implementation", None), tuple(x.shape[1:]),
+        str(x.dtype), __version__, torch.__version__, torchao_version, _cpu(), torch.get_num_threads(),
     )  # fmt: skip
-    digest.update(repr(context).encode())
+    digest = hashlib.sha256(repr(context).encode())
+    for source in sources:
+        digest.update(Path(source).read_bytes())
     for name, tensor in tower.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return compiled_cache() / f"int8-{type(tower).__name__}-{digest.hexdigest()[:32]}.pt2"
 
 
+def _cpu() -> str:
+    """The CPU as the generated kernels depend on it: its model and instruction flags (Linux), else what
+    the platform and torch say of it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().split("\n\n")[0].splitlines()
+        return "; ".join(line for line in lines if line.startswith(("model name", "flags")))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _load_or_compile(tower: nn.Module, x: torch.Tensor) -> object:
     """The compiled `tower` for inputs shaped as `x`: its package loaded from the cache, or compiled and
-    saved there first (written beside and renamed, so that a killed compile leaves no package behind). A
-    package that fails to load is compiled again; a cache that cannot be written compiles into a temporary
-    folder for this process only."""
+    saved there first. One process compiles a package at a time (a file lock: the others wait, then load
+    it); it is written to a temporary name and renamed, so that no reader sees half a package. A package
+    that fails to load is compiled again; a cache that cannot be written compiles into a temporary folder
+    for this process only (removed once loaded)."""
+    from filelock import FileLock
     from torch._inductor import aoti_load_package  # not at import: it loads torch._dynamo
 
     pt2e = _pt2e()
     path = _package_path(tower, x, pt2e.torchao_version)
-    if path.exists():
-        try:
-            return aoti_load_package(str(path))
-        except Exception as error:  # a package from a foreign or damaged write: compile it again
-            logger.warning("compiling again: %s failed to load (%s)", path, error)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(path.parent, os.W_OK):
-            raise PermissionError("no write permission")
+        lock = FileLock(path.with_suffix(".lock"))
+        lock.acquire()
     except OSError as error:
         logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
-        path = Path(tempfile.mkdtemp(prefix="siglip-int8-")) / path.name
+        with tempfile.TemporaryDirectory(prefix="siglip-int8-") as folder:
+            _compile_logged(pt2e, tower, x, Path(folder) / path.name)
+            return aoti_load_package(str(Path(folder) / path.name))
+    try:
+        if path.exists():
+            try:
+                return aoti_load_package(str(path))
+            except Exception as error:  # a package from a foreign or damaged write: compile it again
+                logger.warning("compiling again: %s failed to load (%s)", path, error)
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt2")
+        os.close(handle)
+        try:
+            _compile_logged(pt2e, tower, x, Path(partial))
+            os.replace(partial, path)
+        finally:
+            Path(partial).unlink(missing_ok=True)
+        return aoti_load_package(str(path))
+    finally:
+        lock.release()
+
+
+def _compile_logged(pt2e: _PT2E, tower: nn.Module, x: torch.Tensor, path: Path) -> None:
     logger.info(
         "compiling the int8 %s once for this machine (1-2 minutes for a base model): %s",
         type(tower).__name__,
         path,
     )
-    partial = path.with_name(f".{path.stem}-{os.getpid()}.pt2")  # AOTInductor names a package *.pt2
-    try:
-        _pt2e_int8_package(pt2e, tower, x, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return aoti_load_package(str(path))
+    _pt2e_int8_package(pt2e, tower, x, path)
 
 
 class _PT2E(NamedTuple):

@@ -301,7 +301,7 @@ class Reranked:
 
     def _map(self) -> None:
         self._maps: tuple[mmap.mmap, ...] = ()
-        self._by_id: tuple[np.ndarray, np.ndarray] | None = None  # `rows_of`'s lookup, for these rows
+        self._by_id: tuple[np.ndarray, ...] | None = None  # `rows_of`'s lookup: (ids it sorted, sorted, rows)
         if not self.rows:
             self.vectors, self.ids = np.empty((0, self.d), np.float16), np.empty(0, np.int64)
             return
@@ -359,22 +359,25 @@ class Reranked:
             self._map()
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Rows (ascending) holding any of `ids`: binary searches in the ids sorted once per generation of
-        the rows (`_by_id`), so that a filtered query costs O(m log n) for m allowed ids, not a scan of the
-        id sidecar."""
+        """Rows (ascending) holding any of `ids` (an id lives in one row at most): binary searches in the ids
+        sorted once per generation of the rows, so that a filtered query costs O(m log n) for m allowed ids,
+        not a scan of the id sidecar. The sorted copy (8 bytes a row while ids fit int32, else 12; 0.75 GiB
+        at 100M) is kept until rows are appended; a removal keeps it, its rows checked against the sidecar."""
         ids = np.sort(np.asarray(ids, dtype=np.int64).ravel())  # np.unique took 10x a sort (numpy 2.4)
         ids = ids[(ids >= 0) & np.r_[True, ids[1:] != ids[:-1]]]  # each once; -1 marks the removed rows
-        if self._by_id is None:
-            order = np.argsort(self.ids, kind="stable").astype(np.int32 if self.rows < 2**31 else np.int64)
-            self._by_id = (
-                self.ids[order],
-                order,
-            )  # 12 bytes a row (100M rows: 1.1 GiB), kept until rows change
-        sorted_ids, order = self._by_id
+        current = self.ids
+        if self._by_id is None or self._by_id[0] is not current:  # built for other rows (an append since)
+            order = np.argsort(current, kind="stable")
+            small = (
+                np.int32 if len(current) < 2**31 and (not len(current) or current.max() < 2**31) else np.int64
+            )
+            self._by_id = current, current[order].astype(small), order.astype(small)
+        _, sorted_ids, order = self._by_id
         at = np.searchsorted(sorted_ids, ids)
         held = at < len(sorted_ids)
         held[held] &= sorted_ids[at[held]] == ids[held]
-        return np.sort(order[at[held]].astype(np.int64))
+        rows = order[at[held]].astype(np.int64)
+        return np.sort(rows[current[rows] == ids[held]])  # a row removed since the sort holds -1 now
 
     def remove_ids(self, ids: np.ndarray) -> None:
         """Remove vectors by image id in place: their rows leave the base's lists and their ids become -1."""
@@ -387,7 +390,6 @@ class Reranked:
         marks[rows] = -1
         marks.flush()
         del marks
-        self._by_id = None
 
     def reconstruct(self, image_id: int) -> np.ndarray:
         """The fp16 vector of an image id, as fp32."""
@@ -419,7 +421,8 @@ class Reranked:
             # nothing, and reading each row once (then spreading it) cost a second gather of the block
             reading = time.perf_counter()
             half, ids = self.vectors.take(held, axis=0), self.ids.take(held)
-            self._cold = time.perf_counter() - reading > len(held) * COLD_ROW_S
+            # per candidate row: the -1 slots read row 0 (cached) and would dilute the average
+            self._cold = time.perf_counter() - reading > max(np.count_nonzero(part >= 0), 1) * COLD_ROW_S
             gathered = _widen(half).reshape(*part.shape, self.d)
             inner = np.matmul(gathered, queries[start : start + block, :, None])[..., 0]
             ids = ids.reshape(part.shape)
