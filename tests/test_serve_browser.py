@@ -149,10 +149,14 @@ def test_errors_are_shown_as_text_and_the_page_fits_a_phone(page, served, shots,
     sync_api.expect(page.locator("#search-message")).to_contain_text("for “<img src=x onerror=alert(1)>”")
     assert page.locator("#search-message img").count() == 0  # shown as text, never as markup
 
+    # an upload while that search may still be running: the later search's answer is the one shown, even
+    # when the earlier one's comes back after it
     fake = tmp_path / "photo.jpg"
     fake.write_text("not an image at all")
     page.set_input_files("#search-file", str(fake))
     message = page.locator("#search-message.error")
+    sync_api.expect(message).to_contain_text("upload 'photo.jpg' is not an image")
+    page.wait_for_timeout(500)
     sync_api.expect(message).to_contain_text("upload 'photo.jpg' is not an image")
     _drop_to_classify(page, served[2][0])  # its own image: tests may run in any order
     page.fill("#labels", " , ")

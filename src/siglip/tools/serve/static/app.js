@@ -46,7 +46,10 @@ async function loadInfo() {
 }
 
 // --- search ---------------------------------------------------------------------------------------------
+let searches = 0;  // the searches started: only the latest one's answer is shown
+
 async function search(body, description) {
+  const asked = ++searches;
   const message = $("search-message");
   const where = $("search-where").value.trim();  // the metadata filter applies to every kind of search
   if (where) {
@@ -61,12 +64,13 @@ async function search(body, description) {
       ? { method: "POST", body }
       : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
     const answer = await api("/v1/search", options);
+    if (asked !== searches) return;  // a later search was started meanwhile: its answer is the one to show
     showResults(answer.results);
     say(message, answer.results.length
       ? `${answer.results.length} results ${description}, best first (score: cosine similarity).`
       : where ? "No results: no indexed image matches the filter." : "No results: the index is empty.");
   } catch (err) {
-    say(message, err.message, true);
+    if (asked === searches) say(message, err.message, true);
   }
 }
 
