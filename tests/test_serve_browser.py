@@ -144,20 +144,34 @@ def test_classify_a_dropped_image_shows_the_pipeline_probabilities_as_bars(page,
 
 
 def test_errors_are_shown_as_text_and_the_page_fits_a_phone(page, served, shots, tmp_path):
+    # the text search's answer is held back until after the upload's: the later search's answer is the one
+    # shown, even when the earlier one's comes back after it
+    held = []
+
+    def hold_text_searches(route) -> None:
+        if "application/json" in (route.request.headers.get("content-type") or ""):
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/v1/search", hold_text_searches)
     page.fill("#search-text", "<img src=x onerror=alert(1)>")
     page.keyboard.press("Enter")
     sync_api.expect(page.locator("#search-message")).to_contain_text("for “<img src=x onerror=alert(1)>”")
     assert page.locator("#search-message img").count() == 0  # shown as text, never as markup
 
-    # an upload while that search may still be running: the later search's answer is the one shown, even
-    # when the earlier one's comes back after it
     fake = tmp_path / "photo.jpg"
     fake.write_text("not an image at all")
     page.set_input_files("#search-file", str(fake))
     message = page.locator("#search-message.error")
     sync_api.expect(message).to_contain_text("upload 'photo.jpg' is not an image")
-    page.wait_for_timeout(500)
+    (text_search,) = held
+    with page.expect_response("**/v1/search"):
+        text_search.continue_()
+    page.unroute("**/v1/search")
+    page.wait_for_timeout(300)  # the page's handling of that late answer
     sync_api.expect(message).to_contain_text("upload 'photo.jpg' is not an image")
+    sync_api.expect(page.locator("#results li")).to_have_count(0)
     _drop_to_classify(page, served[2][0])  # its own image: tests may run in any order
     page.fill("#labels", " , ")
     page.get_by_role("button", name="Classify").click()
