@@ -242,7 +242,7 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor) -> object:
     except OSError as error:
         logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
         with tempfile.TemporaryDirectory(prefix="siglip-int8-") as folder:
-            _compile_logged(pt2e, tower, x, Path(folder) / path.name)
+            _pt2e_int8_package(pt2e, tower, x, Path(folder) / path.name)
             return aoti_load_package(str(Path(folder) / path.name))
     try:
         if path.exists():
@@ -253,22 +253,13 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor) -> object:
         handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt2")
         os.close(handle)
         try:
-            _compile_logged(pt2e, tower, x, Path(partial))
+            _pt2e_int8_package(pt2e, tower, x, Path(partial))
             os.replace(partial, path)
         finally:
             Path(partial).unlink(missing_ok=True)
         return aoti_load_package(str(path))
     finally:
         lock.release()
-
-
-def _compile_logged(pt2e: _PT2E, tower: nn.Module, x: torch.Tensor, path: Path) -> None:
-    logger.info(
-        "compiling the int8 %s once for this machine (1-2 minutes for a base model): %s",
-        type(tower).__name__,
-        path,
-    )
-    _pt2e_int8_package(pt2e, tower, x, path)
 
 
 class _PT2E(NamedTuple):
@@ -282,11 +273,11 @@ def _pt2e() -> _PT2E:
     """torchao's PT2E pieces, or a `UsageError` saying how to install them."""
     # torchao's import logs a warning per CUDA kernel library a CPU build cannot load, and torch one per enum
     # torchao registers: noise for a CPU job, so both loggers are quieted while it loads
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
+    quieted = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [each.level for each in quieted]
     try:
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
+        for each in quieted:
+            each.setLevel(logging.ERROR)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     except ImportError as error:
@@ -294,8 +285,8 @@ def _pt2e() -> _PT2E:
             "--precision int8 --compile needs torchao: pip install 'siglip[int8]' (or drop --compile)"
         ) from error
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+        for each, level in zip(quieted, levels, strict=True):
+            each.setLevel(level)
     import torchao
 
     return _PT2E(prepare_pt2e, convert_pt2e, x86, torchao.__version__)
@@ -305,6 +296,11 @@ def _pt2e_int8_package(pt2e: _PT2E, tower: nn.Module, x: torch.Tensor, path: Pat
     """`tower` (float32) exported with a dynamic batch size, quantised by torchao's x86 PT2E quantizer
     (dynamic activation scales: no calibration data, the arithmetic of eager int8), and compiled by
     AOTInductor with freezing (the int8 weights packed for oneDNN as constants) into the package `path`."""
+    logger.info(
+        "compiling the int8 %s once for this machine (1-2 minutes for a base model): %s",
+        type(tower).__name__,
+        path,
+    )
     from torch._inductor import aoti_compile_and_package
 
     example = x[:2] if len(x) > 1 else torch.cat([x, x])  # a batch of 1 would be specialised by export

@@ -14,7 +14,7 @@ Types (cosine similarity as the inner product of unit vectors):
   x k best candidates are re-ranked by exact inner products with the fp16 vectors (`Reranked`). The compressed index is the vector file; its ids are ROWS of
   two append-only sidecar files beside it, `rerank-<generation>.f16` (the fp16 vectors, rows x dims) and
   `rerank-<generation>.ids` (the image id of each row, int64; -1 once removed), memory-mapped when searching:
-  only the codes and their list ids (dims/8 + 8 bytes a vector) need memory, a query reads k x k_factor rows
+  only the codes and their list ids (dims/8, held at `CODE_SLACK`, + 8 bytes a vector) need memory, a query reads k x k_factor rows
   from disk. Builds and additions append to the sidecars through buffered files (never all vectors in
   memory); removals are in place (the rows leave the inverted lists, their ids become -1), and a rebuild
   compacts once more than half the rows are dead. The type for tens of millions of vectors in bounded
