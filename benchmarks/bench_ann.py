@@ -4,6 +4,8 @@
     python benchmarks/bench_ann.py --n 200000 --types hnsw           # one type at another size
     python benchmarks/bench_ann.py --n 1000000 --types hnsw --streamed
     python benchmarks/bench_ann.py --n 10000000 --types ivfpq --streamed  # 10M: the vectors never all in RAM
+    python benchmarks/bench_ann.py --n 10000000 --types ivfpq --streamed --keep  # measure it again later
+    python benchmarks/bench_ann.py --n 1000000 --types ivfpq --streamed --keep --stepwise  # re-ranked in numpy
 
 The vectors (tests/_vectors.py: 100 clusters, each over its own 32-d subspace, plus noise) are made part by
 part into a memory-mapped .npy under --work. Each type is built in its own process through `SearchIndex`
@@ -149,19 +151,98 @@ def child(work: Path, kind: str, storage: str) -> dict:
 
 
 def streamed(
-    work: Path, n: int, dims: int, kind: str, queries: int, factory: str | None, make=clustered
+    work: Path,
+    n: int,
+    dims: int,
+    kind: str,
+    queries: int,
+    factory: str | None,
+    make=clustered,
+    keep: bool = False,
 ) -> dict:
     """Build `kind` over `n` vectors made part by part as the build reads them (see the module doc);
-    `factory` replaces the one `ann.plan` picks (to time at a small size the structure of a large one)."""
+    `factory` replaces the one `ann.plan` picks (to time at a small size the structure of a large one). With
+    `keep`, the built index stays in `work` (with the build's figures and the queries' exact top 10) and a
+    kept one of the same type, size, set, dimensions, queries and factory is measured again instead of built
+    (its sidecars read once first, as a build leaves them in the page cache; `"kept": true` in the result)."""
     import faiss
 
     from siglip.tools.search import ann
     from siglip.tools.serve.images import release_memory
 
+    asked = make(queries, dims, part=10**6)
+    folder = work / f"streamed-{kind}-{make.__name__}-{n}"  # the vector file, and ivfpq's sidecars beside it
+    kept = folder / "bench.json"  # the build's figures, when kept
+    asked_for = {"dims": dims, "queries": len(asked), "factory_asked": factory}
+    built = json.loads(kept.read_text()) if keep and kept.exists() else None
+    if built is not None and {key: built.get(key) for key in asked_for} == asked_for:
+        truth = np.load(folder / "truth.npy")
+        built["kept"] = True  # its build figures are those of the run that built it
+        for sidecar in folder.glob("rerank-*"):  # into the page cache, as a build leaves them (what fits)
+            with open(sidecar, "rb") as f:
+                while f.read(64 << 20):
+                    pass
+    else:
+        built, truth = _build_streamed(folder, n, dims, kind, asked, factory, make)
+        built.update(asked_for)
+        if keep:
+            np.save(folder / "truth.npy", truth)
+            kept.write_text(json.dumps(built))
+    release_memory()  # the build's freed memory back to the system: what follows counts the search's
+    anon_before = _anon_gib()
+    path = folder / "vectors.faiss"
+    if "generation" in built:  # ivfpq, as `SearchIndex` opens it: the codes in memory, the sidecars mapped
+        index = ann.Reranked.open(faiss.read_index(str(path)), folder, built["generation"], built["rows"])
+    else:
+        flags = faiss.IO_FLAG_MMAP if "IVF" in built["factory"] else faiss.IO_FLAG_MMAP_IFC
+        index = faiss.read_index(str(path), flags)
+    ann.apply_search_params(index, built["params"])
+    times, found = [], []
+    for query in asked:
+        t = time.perf_counter()
+        found.append(ann.search(index, query[None], 10)[1][0])
+        times.append(time.perf_counter() - t)
+    batch_s = batch_seconds(index, asked)
+    reranked = isinstance(index, ann.Reranked)
+    cold = []  # ivfpq: each query with the sidecars dropped from the page cache first (rows read from disk)
+    for query in asked[: COLD_QUERIES if reranked else 0]:
+        for sidecar in index.paths:
+            _drop_cached(sidecar)
+        t = time.perf_counter()
+        ann.search(index, query[None], 10)
+        cold.append(time.perf_counter() - t)
+    result = {
+        "type": kind,
+        **{key: value for key, value in built.items() if key not in ("generation", "rows")},
+        "n": n,
+        "search_anon_gib": round(_anon_gib() - anon_before, 3),
+        "p50_ms": round(statistics.median(times) * 1e3, 2),
+        "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
+        "recall_at_10": round(ann.recall_at_k(np.array(found), truth), 4),
+        "p50_cold_ms": round(statistics.median(cold) * 1e3, 2) if cold else None,
+        "single_qps": round(len(times) / sum(times)),
+        "batch_qps": round(len(asked) / batch_s),
+        "disk_gib": round(sum(f.stat().st_size for f in folder.iterdir()) / 2**30, 3),
+        "fp16_vectors_gib": round(n * dims * 2 / 2**30, 3),
+    }
+    del index
+    if not keep:
+        shutil.rmtree(folder)
+    return result
+
+
+def _build_streamed(
+    folder: Path, n: int, dims: int, kind: str, asked: np.ndarray, factory: str | None, make
+) -> tuple[dict, np.ndarray]:
+    """`streamed`'s build into `folder`: the build's figures (and, for ivfpq, its sidecars' generation and
+    rows) and the exact top 10 of the queries `asked`, gathered as the vectors pass."""
+    import faiss
+
+    from siglip.tools.search import ann
+
     plan = ann.plan(kind, "auto", n, dims)
     plan = ann.Plan(plan.kind, plan.storage, factory) if factory else plan
-    asked = make(queries, dims, part=10**6)
-    heap = faiss.ResultHeap(queries, 10, keep_max=True)
+    heap = faiss.ResultHeap(len(asked), 10, keep_max=True)
     marks = []  # when each pass starts and ends
 
     def chunks():
@@ -174,7 +255,6 @@ def streamed(
             yield np.arange(start, start + len(part)), part
         marks.append(time.perf_counter())
 
-    folder = work / f"streamed-{kind}"  # the vector file, and ivfpq's sidecars beside it
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     start = time.perf_counter()
@@ -182,57 +262,21 @@ def streamed(
     build_s = time.perf_counter() - start
     marks.append(time.perf_counter())
     heap.finalize()
-    path = folder / "vectors.faiss"
     reranked = isinstance(index, ann.Reranked)
-    sidecars = (index.generation, index.rows) if reranked else None
-    faiss.write_index(index.base if reranked else index, str(path))
+    built = {"generation": index.generation, "rows": index.rows} if reranked else {}
+    faiss.write_index(index.base if reranked else index, str(folder / "vectors.faiss"))
     del index
-    build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    release_memory()  # the build's freed memory back to the system: what follows counts the search's
-    anon_before = _anon_gib()
-    if reranked:  # as `SearchIndex` opens it: the codes in memory, the sidecars memory-mapped
-        index = ann.Reranked.open(faiss.read_index(str(path)), folder, *sidecars)
-    else:
-        flags = faiss.IO_FLAG_MMAP if plan.nlist else faiss.IO_FLAG_MMAP_IFC
-        index = faiss.read_index(str(path), flags)
-    ann.apply_search_params(index, info.search_params)
-    times, found = [], []
-    for query in asked:
-        t = time.perf_counter()
-        found.append(ann.search(index, query[None], 10)[1][0])
-        times.append(time.perf_counter() - t)
-    batch_s = batch_seconds(index, asked)
-    cold = []  # ivfpq: each query with the sidecars dropped from the page cache first (rows read from disk)
-    for query in asked[: COLD_QUERIES if reranked else 0]:
-        for sidecar in index.paths:
-            _drop_cached(sidecar)
-        t = time.perf_counter()
-        ann.search(index, query[None], 10)
-        cold.append(time.perf_counter() - t)
-    result = {
-        "type": kind,
+    return {
+        **built,
         "factory": info.factory,
         "params": info.search_params,
-        "n": n,
         "build_s": round(build_s, 1),
         # the steps: making the vectors and picking the samples; training; adding (and the exact top 10 of the
         # queries, with making the vectors again); tuning the search effort
         "steps_s": [round(b - a, 1) for a, b in itertools.pairwise(marks)],
-        "build_peak_gib": round(build_peak, 2),
-        "search_anon_gib": round(_anon_gib() - anon_before, 3),
-        "p50_ms": round(statistics.median(times) * 1e3, 2),
-        "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
-        "recall_at_10": round(ann.recall_at_k(np.array(found), heap.I), 4),
+        "build_peak_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "recall_at_build": info.recall_at_10,
-        "p50_cold_ms": round(statistics.median(cold) * 1e3, 2) if cold else None,
-        "single_qps": round(len(times) / sum(times)),
-        "batch_qps": round(len(asked) / batch_s),
-        "disk_gib": round(sum(f.stat().st_size for f in folder.iterdir()) / 2**30, 3),
-        "fp16_vectors_gib": round(n * dims * 2 / 2**30, 3),
-    }
-    del index
-    shutil.rmtree(folder)
-    return result
+    }, heap.I
 
 
 def _drop_cached(path: Path) -> None:
@@ -273,12 +317,28 @@ def main() -> None:
         default="clustered",
         help=f"synthetic vectors: clustered (noise over all dimensions) or spectral (variance ~ i^-{SPECTRUM_ALPHA:g})",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="with --streamed: keep the built index in --work; one kept there of the same size and set is measured again, not built",
+    )
+    parser.add_argument(
+        "--stepwise",
+        action="store_true",
+        help="ivfpq: every search re-ranks in numpy (`Reranked.rerank`), not in one faiss call: the path before",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, storage = args.child.split(":")
+        if args.stepwise:
+            from siglip.tools.search import ann
+
+            ann.PROBE_EVERY = 1  # every search takes the candidates, then re-ranks them in `rerank`
         result = (
-            streamed(args.work, args.n, args.dims, kind, args.queries, args.factory, SETS[args.set])
+            streamed(
+                args.work, args.n, args.dims, kind, args.queries, args.factory, SETS[args.set], args.keep
+            )
             if args.streamed
             else child(args.work, kind, storage)
         )
@@ -315,6 +375,8 @@ def main() -> None:
                 "--queries",
                 str(args.queries),
                 *(["--streamed"] if args.streamed else []),
+                *(["--keep"] if args.keep else []),
+                *(["--stepwise"] if args.stepwise else []),
                 "--set",
                 args.set,
                 *(["--factory", args.factory] if args.factory else []),

@@ -11,7 +11,8 @@ Types (cosine similarity as the inner product of unit vectors):
 - `ivfpq`: `ivf` over codes compressed by 4-bit fast-scan product quantization (dims/8 bytes: 96 at 768-d,
   16x smaller than fp16, scanned with SIMD; about sqrt(N) cells, 4x fewer and larger than `ivf`'s, as a
   code costs 16x less to scan than an fp16 vector while finding the cells costs the same), whose `k_factor`
-  x k best candidates are re-ranked by exact inner products with the fp16 vectors (`Reranked`). The compressed index is the vector file; its ids are ROWS of
+  x k best candidates are re-ranked by exact inner products with the fp16 vectors (`Reranked`: one faiss call,
+  `IndexRefine` over the memory-mapped rows). The compressed index is the vector file; its ids are ROWS of
   two append-only sidecar files beside it, `rerank-<generation>.f16` (the fp16 vectors, rows x dims) and
   `rerank-<generation>.ids` (the image id of each row, int64; -1 once removed), memory-mapped when searching:
   only the codes and their list ids (dims/8, held at `CODE_SLACK`, + 8 bytes a vector) need memory, a query reads k x k_factor rows
@@ -231,6 +232,7 @@ _WILLNEED = getattr(mmap, "MADV_WILLNEED", None)  # not on Windows: reads then f
 # ~1 us to map, a disk read 10-100 us; half the rows on disk already double the average: BENCHMARKS.md)
 COLD_ROW_S = 2e-6
 RERANK_BLOCK = 4 << 20  # bytes of fp32 candidate vectors re-ranked at a time
+PROBE_EVERY = 32  # one search in this many re-ranks in `rerank`, whose timing tells rows read from disk
 # the fast-scan lists hold their codes in blocks whose tables take more than the codes: serving memory measured
 # 1.37-1.44x the codes with PQ192x4fs at 10M and 30M, and fits PQ48-PQ192 at 1M (BENCHMARKS.md)
 CODE_SLACK = 1.4
@@ -261,6 +263,7 @@ class Reranked:
         self.rows = rows  # rows the files hold (and the vector file counts, once saved)
         self._appending: tuple[Any, Any] | None = None
         self._cold = False  # whether the last re-ranking's rows came from disk rather than the page cache
+        self._searches = 0  # counts searches for `PROBE_EVERY`
         self._map()
 
     @classmethod
@@ -302,8 +305,9 @@ class Reranked:
     def _map(self) -> None:
         self._maps: tuple[mmap.mmap, ...] = ()
         self._by_id: tuple[np.ndarray, ...] | None = None  # `rows_of`'s lookup: (ids it sorted, sorted, rows)
+        self._refine: tuple[Any, ...] | None = None  # `_fused`'s (vectors, ids, IndexRefine, its fp16 rows)
         if not self.rows:
-            self.vectors, self.ids = np.empty((0, self.d), np.float16), np.empty(0, np.int64)
+            self._mapped = np.empty((0, self.d), np.float16), np.empty(0, np.int64)
             return
         maps = []
         for path, row_bytes in zip(self.paths, _row_bytes(self.d), strict=True):
@@ -312,8 +316,21 @@ class Reranked:
             if _WILLNEED is not None:  # re-ranking reads scattered rows: no read-ahead of 128 KiB around each
                 maps[-1].madvise(mmap.MADV_RANDOM)
         self._maps = tuple(maps)  # plain arrays over them (a np.memmap's own indexing is slower)
-        self.vectors = np.frombuffer(maps[0], np.float16).reshape(self.rows, self.d)
-        self.ids = np.frombuffer(maps[1], np.int64)
+        # one attribute, so that a search never pairs one generation's vectors with another's ids
+        self._mapped = (
+            np.frombuffer(maps[0], np.float16).reshape(self.rows, self.d),
+            np.frombuffer(maps[1], np.int64),
+        )
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The fp16 vectors of the rows (rows x d), memory-mapped."""
+        return self._mapped[0]
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The image id of each row (-1 once removed), memory-mapped."""
+        return self._mapped[1]
 
     def prefetch(self, rows: np.ndarray) -> None:
         """Ask the kernel to read the pages of these rows (ascending) of both sidecars now, all at once
@@ -385,7 +402,7 @@ class Reranked:
         rows = self.rows_of(ids)
         if not len(rows):
             return
-        self.base.remove_ids(_faiss().IDSelectorBatch(len(rows), _faiss().swig_ptr(rows)))
+        _remove_rows(self.base, rows)
         marks = np.memmap(self.paths[1], np.int64, "r+", shape=(self.rows,))
         marks[rows] = -1
         marks.flush()
@@ -400,9 +417,50 @@ class Reranked:
 
     def search(self, queries: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, image ids) of the k best of each query: k x `k_factor` candidates from the base (searched
-        with `params`, whose selector is of rows), re-ranked exactly; -inf and -1 where fewer are found."""
-        _, rows = self.base.search(queries, k * self.k_factor, params=params)
-        return self.rerank(queries, rows, k)
+        with `params`, whose selector is of rows), re-ranked exactly; -inf and -1 where fewer are found.
+
+        Most searches are one faiss call (`_fused`). One in `PROBE_EVERY`, and every one while the rows come
+        from disk, takes the candidates from the base and re-ranks them here (`rerank`), which times its reads
+        and then asks the kernel for all the rows of the next searches at once."""
+        self._searches += 1
+        fused = self._fused()
+        if fused is None or self._cold or self._searches % PROBE_EVERY == 0:
+            _, rows = self.base.search(queries, k * self.k_factor, params=params)
+            return self.rerank(queries, rows, k)
+        _, ids, refine, _ = fused
+        refine_params = _faiss().IndexRefineSearchParameters()
+        refine_params.k_factor, refine_params.base_index_params = 1, params
+        # all the candidates back, re-ranked: a row whose id another process marked -1 while the base still
+        # holds it (its removal not yet saved) drops out before the best k are taken, as in `rerank`
+        scores, rows = refine.search(queries, k * self.k_factor, params=refine_params)
+        found = ids.take(np.maximum(rows, 0))  # -1 (no candidate) reads row 0, masked here
+        return _ranked(np.where((rows >= 0) & (found >= 0), scores, -np.inf), found, k)
+
+    def _fused(self) -> tuple[Any, ...] | None:
+        """(vectors, ids, refine, rows) for the one-call search, None without rows: faiss's `IndexRefine`
+        over the base and `rows`, an `IndexScalarQuantizer` (fp16) whose codes are the mapped vectors
+        themselves, not a copy. It finds the candidates and re-ranks them in C++, a query per OpenMP thread,
+        converting each row as it reads it: no fp32 copy and no Python between the blocks (1M x 768-d, 320
+        candidates a query: 1.4x the queries a second of `rerank`, alone or batched; BENCHMARKS.md). Made
+        again for each generation of the mapped rows, which the tuple keeps alive while a search uses it."""
+        vectors, ids = self._mapped
+        if self._refine is not None and self._refine[0] is vectors:
+            return self._refine
+        if not len(vectors):
+            return None
+        faiss = _faiss()
+        rows = faiss.IndexScalarQuantizer(self.d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        # the view `MaybeOwnedVector::create_view` makes, field by field: its owner argument cannot be made in
+        # Python, and the mapping it would own is kept alive by `vectors` here. Read-only: nothing may add to
+        # `rows` or `refine` (faiss refuses to resize a view)
+        codes, address = rows.codes, faiss.swig_ptr(vectors.reshape(-1).view(np.uint8))
+        codes.is_owned, codes.view_data, codes.view_size = False, address, vectors.nbytes
+        codes.c_ptr, codes.c_size = address, vectors.nbytes
+        rows.ntotal = self.base.ntotal  # IndexRefine wants both sizes equal, then holds its candidates to
+        refine = faiss.IndexRefine(self.base, rows)  # below its own `ntotal`: every row, dead ones included
+        rows.ntotal = refine.ntotal = len(vectors)
+        self._refine = vectors, ids, refine, rows
+        return self._refine
 
     def rerank(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best of each query's candidate `rows` (-1: none) by exact inner product with their fp16
@@ -411,6 +469,7 @@ class Reranked:
         scores = np.full((n, candidates), -np.inf, dtype=np.float32)
         found = np.full((n, candidates), -1, dtype=np.int64)
         block = max(1, RERANK_BLOCK // max(candidates * self.d * 4, 1))
+        vectors, ids_of_rows = self._mapped
 
         def rerank_block(start: int) -> None:
             part = rows[start : start + block]
@@ -420,7 +479,7 @@ class Reranked:
             # gathered in the candidates' order, not sorted first: from the page cache the order costs
             # nothing, and reading each row once (then spreading it) cost a second gather of the block
             reading = time.perf_counter()
-            half, ids = self.vectors.take(held, axis=0), self.ids.take(held)
+            half, ids = vectors.take(held, axis=0), ids_of_rows.take(held)
             # per candidate row: the -1 slots read row 0 (cached) and would dilute the average
             self._cold = time.perf_counter() - reading > max(np.count_nonzero(part >= 0), 1) * COLD_ROW_S
             gathered = _widen(half).reshape(*part.shape, self.d)
@@ -437,14 +496,45 @@ class Reranked:
         else:
             for start in starts:
                 rerank_block(start)
-        k = min(k, candidates)
-        if k < candidates:
-            best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            scores, found = np.take_along_axis(scores, best, axis=1), np.take_along_axis(found, best, axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")
-        scores, found = np.take_along_axis(scores, order, axis=1), np.take_along_axis(found, order, axis=1)
-        found[~np.isfinite(scores)] = -1
-        return scores, found
+        return _ranked(scores, found, k)
+
+
+def _ranked(scores: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (scores, ids) of each row of candidates, best first; -1 where the score is -inf."""
+    k = min(k, scores.shape[1])
+    if k < scores.shape[1]:
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores, found = np.take_along_axis(scores, best, axis=1), np.take_along_axis(found, best, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    scores, found = np.take_along_axis(scores, order, axis=1), np.take_along_axis(found, order, axis=1)
+    found[~np.isfinite(scores)] = -1
+    return scores, found
+
+
+def _remove_rows(base: Any, rows: np.ndarray) -> None:
+    """Remove `rows` (ids) from `base`. For an IVF fast-scan base, the 4-bit codes left past the end of each
+    shortened list are then set to zero: faiss moves a list's last entries into the removed slots without
+    clearing the slots they leave in the list's last block, and its next add ORs the new codes into that block
+    as if it were zeros (faiss 1.15; in a test, vectors added after a removal found their own vector first
+    34% of the time, against 99% on an index without removals)."""
+    faiss = _faiss()
+    ivf = faiss.try_extract_index_ivf(base)
+    fast_scan = faiss.downcast_index(ivf) if ivf is not None else None
+    if not isinstance(fast_scan, faiss.IndexIVFFastScan):
+        base.remove_ids(faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows)))
+        return
+    lists = fast_scan.invlists
+    sizes = [lists.list_size(i) for i in range(fast_scan.nlist)]
+    base.remove_ids(faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows)))
+    packer, zero = fast_scan.get_CodePacker(), np.zeros(fast_scan.code_size, np.uint8)
+    for number, size_before in enumerate(sizes):
+        size = lists.list_size(number)
+        if size == size_before:
+            continue
+        codes = lists.get_codes(number)
+        for slot in range(size, min(size_before, -(-size // packer.nvec) * packer.nvec)):
+            packer.pack_1_c(faiss.swig_ptr(zero), slot, codes)  # sets the slot's 4-bit codes (no OR)
+        lists.release_codes(number, codes)
 
 
 def _sidecar_paths(folder: Path, generation: str) -> tuple[Path, Path]:
@@ -627,14 +717,8 @@ def _search_among(
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     ids = np.full((len(queries), k), -1, dtype=np.int64)
     for chunk_ids, vectors in vectors_of(index, allowed):
-        both_scores = np.concatenate([scores, queries @ vectors.T], axis=1)
         both_ids = np.concatenate([ids, np.broadcast_to(chunk_ids, (len(queries), len(chunk_ids)))], axis=1)
-        best = np.argpartition(-both_scores, k - 1, axis=1)[:, :k]
-        scores = np.take_along_axis(both_scores, best, axis=1)
-        ids = np.take_along_axis(both_ids, best, axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
-    ids[~np.isfinite(scores)] = -1
+        scores, ids = _ranked(np.concatenate([scores, queries @ vectors.T], axis=1), both_ids, k)
     return scores, ids
 
 
