@@ -775,13 +775,18 @@ def test_the_one_call_search_answers_as_the_re_ranking_here_from_the_mapped_rows
     live = np.setdiff1d(np.arange(4_000), np.arange(0, 4_000, 5))
     exact = np.asarray(vectors[live].astype(np.float16), np.float32) @ queries.T
 
+    rerank = index.rerank
+
     def refused(*args: object) -> None:
         raise AssertionError("the one-call search re-ranked in Python")
 
-    def both_ways(k: int, params: object = None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    def both_ways(
+        k: int, params: object = None, one_call: bool = True
+    ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         index._searches, index._cold = 0, False  # the first search is one call (`_fused`)
         with monkeypatch.context() as patched:
-            patched.setattr(index, "rerank", refused)
+            if one_call:
+                patched.setattr(index, "rerank", refused)
             fused = index.search(queries, k, params)
         index._cold = True  # as while rows come from disk: the candidates re-ranked by `rerank`
         stepwise = index.search(queries, k, params)
@@ -814,13 +819,19 @@ def test_the_one_call_search_answers_as_the_re_ranking_here_from_the_mapped_rows
             assert all(set(row[:3_200]) == set(ids[live]) for row in found)
             assert (found[:, 3_200:] == -1).all() and np.isneginf(scores[:, 3_200:]).all()
 
-    # rows another process removed (their ids -1 in the sidecar) while this base still holds them: both ways
-    # leave them out before taking the best k, and still return k
-    marked = np.unique(found[:, :2])
+    # rows another process removed (their ids -1 in the sidecar) while this base still holds them: the queries
+    # that meet one among their best are re-ranked here, which leaves them out before taking the best k
+    marked = np.unique(found[:20, :2])
     marks = np.memmap(index.paths[1], np.int64, "r+", shape=(index.rows,))
     marks[np.flatnonzero(np.isin(ids, marked))] = -1
     marks.flush()
-    (scores, found), (step_scores, step_found) = both_ways(10)
+    reranked = []
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            index, "rerank", lambda queries, *rest: reranked.append(len(queries)) or rerank(queries, *rest)
+        )
+        (scores, found), (step_scores, step_found) = both_ways(10, one_call=False)
+    assert reranked[0] < len(queries)  # only those queries, in the one-call search
     assert (found >= 0).all() and not np.isin(found, marked).any()
     assert np.array_equal(np.sort(found, axis=1), np.sort(step_found, axis=1))
 

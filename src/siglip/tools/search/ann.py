@@ -421,20 +421,28 @@ class Reranked:
 
         Most searches are one faiss call (`_fused`). One in `PROBE_EVERY`, and every one while the rows come
         from disk, takes the candidates from the base and re-ranks them here (`rerank`), which times its reads
-        and then asks the kernel for all the rows of the next searches at once."""
+        and then asks the kernel for all the rows of the next searches at once. So does a query whose best k
+        hold a row whose id is -1 while the base still holds it (removed by another process, its vector file
+        not yet saved): `rerank` drops such rows before taking the best k."""
         self._searches += 1
         fused = self._fused()
         if fused is None or self._cold or self._searches % PROBE_EVERY == 0:
-            _, rows = self.base.search(queries, k * self.k_factor, params=params)
-            return self.rerank(queries, rows, k)
+            return self._search_stepwise(queries, k, params)
         _, ids, refine, _ = fused
         refine_params = _faiss().IndexRefineSearchParameters()
-        refine_params.k_factor, refine_params.base_index_params = 1, params
-        # all the candidates back, re-ranked: a row whose id another process marked -1 while the base still
-        # holds it (its removal not yet saved) drops out before the best k are taken, as in `rerank`
-        scores, rows = refine.search(queries, k * self.k_factor, params=refine_params)
-        found = ids.take(np.maximum(rows, 0))  # -1 (no candidate) reads row 0, masked here
-        return _ranked(np.where((rows >= 0) & (found >= 0), scores, -np.inf), found, k)
+        refine_params.k_factor, refine_params.base_index_params = self.k_factor, params
+        scores, rows = refine.search(queries, k, params=refine_params)  # best first, -1 rows last
+        found = ids.take(np.maximum(rows, 0))  # -1 (no candidate) reads row 0
+        dead = ((found < 0) & (rows >= 0)).any(axis=1)
+        found[rows < 0], scores[rows < 0] = -1, -np.inf
+        if dead.any():
+            scores[dead], found[dead] = self._search_stepwise(queries[dead], k, params)
+        return scores, found
+
+    def _search_stepwise(self, queries: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """`search` in two steps: the candidate rows from the base, then `rerank`."""
+        _, rows = self.base.search(queries, k * self.k_factor, params=params)
+        return self.rerank(queries, rows, k)
 
     def _fused(self) -> tuple[Any, ...] | None:
         """(vectors, ids, refine, rows) for the one-call search, None without rows: faiss's `IndexRefine`
