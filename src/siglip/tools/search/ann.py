@@ -263,7 +263,7 @@ class Reranked:
         self.rows = rows  # rows the files hold (and the vector file counts, once saved)
         self._appending: tuple[Any, Any] | None = None
         self._cold = False  # whether the last re-ranking's rows came from disk rather than the page cache
-        self._searches = 0  # counts searches for `PROBE_EVERY`
+        self._searches = -1  # counts searches for `PROBE_EVERY` (the first one probes)
         self._map()
 
     @classmethod
@@ -419,14 +419,16 @@ class Reranked:
         """(scores, image ids) of the k best of each query: k x `k_factor` candidates from the base (searched
         with `params`, whose selector is of rows), re-ranked exactly; -inf and -1 where fewer are found.
 
-        Most searches are one faiss call (`_fused`). One in `PROBE_EVERY`, and every one while the rows come
-        from disk, takes the candidates from the base and re-ranks them here (`rerank`), which times its reads
-        and then asks the kernel for all the rows of the next searches at once. So does a query whose best k
+        Most searches are one faiss call (`_fused`). The first, one in `PROBE_EVERY` after it, and every one
+        after a search found its rows on disk take the candidates from the base and re-rank them here
+        (`rerank`), which times its reads and then asks the kernel for all the rows of the next searches at
+        once (so a page cache emptied meanwhile is noticed within `PROBE_EVERY` searches). So do searches
+        while appended rows await `flush`. So does a query whose best k
         hold a row whose id is -1 while the base still holds it (removed by another process, its vector file
         not yet saved): `rerank` drops such rows before taking the best k."""
         self._searches += 1
         fused = self._fused()
-        if fused is None or self._cold or self._searches % PROBE_EVERY == 0:
+        if fused is None or self._cold or self._appending is not None or self._searches % PROBE_EVERY == 0:
             return self._search_stepwise(queries, k, params)
         _, ids, refine, _ = fused
         refine_params = _faiss().IndexRefineSearchParameters()
@@ -452,8 +454,9 @@ class Reranked:
         candidates a query: 1.4x the queries a second of `rerank`, alone or batched; BENCHMARKS.md). Made
         again for each generation of the mapped rows, which the tuple keeps alive while a search uses it."""
         vectors, ids = self._mapped
-        if self._refine is not None and self._refine[0] is vectors:
-            return self._refine
+        made = self._refine
+        if made is not None and made[0] is vectors:
+            return made
         if not len(vectors):
             return None
         faiss = _faiss()
