@@ -423,9 +423,9 @@ class Reranked:
         after a search found its rows on disk take the candidates from the base and re-rank them here
         (`rerank`), which times its reads and then asks the kernel for all the rows of the next searches at
         once (so a page cache emptied meanwhile is noticed within `PROBE_EVERY` searches). So do searches
-        while appended rows await `flush`. So does a query whose best k
-        hold a row whose id is -1 while the base still holds it (removed by another process, its vector file
-        not yet saved): `rerank` drops such rows before taking the best k."""
+        while appended rows await `flush`, and a query whose best k hold a row whose id is -1 while the base
+        still holds it (removed by another process, its vector file not yet saved): `rerank` drops such rows
+        before taking the best k."""
         self._searches += 1
         fused = self._fused()
         if fused is None or self._cold or self._appending is not None or self._searches % PROBE_EVERY == 0:
@@ -450,9 +450,10 @@ class Reranked:
         """(vectors, ids, refine, rows) for the one-call search, None without rows: faiss's `IndexRefine`
         over the base and `rows`, an `IndexScalarQuantizer` (fp16) whose codes are the mapped vectors
         themselves, not a copy. It finds the candidates and re-ranks them in C++, a query per OpenMP thread,
-        converting each row as it reads it: no fp32 copy and no Python between the blocks (1M x 768-d, 320
-        candidates a query: 1.4x the queries a second of `rerank`, alone or batched; BENCHMARKS.md). Made
-        again for each generation of the mapped rows, which the tuple keeps alive while a search uses it."""
+        converting each row as it reads it: no fp32 copy and no Python between the blocks (768-d, 320-640
+        candidates a query: 1.3-1.6x the single queries a second of `rerank`, 1.7-4.5x batched;
+        BENCHMARKS.md). Made again for each generation of the mapped rows, which the tuple keeps alive while
+        a search uses it."""
         vectors, ids = self._mapped
         made = self._refine
         if made is not None and made[0] is vectors:
@@ -527,16 +528,15 @@ def _remove_rows(base: Any, rows: np.ndarray) -> None:
     shortened list are then set to zero: faiss moves a list's last entries into the removed slots without
     clearing the slots they leave in the list's last block, and its next add ORs the new codes into that block
     as if it were zeros (faiss 1.15; in a test, vectors added after a removal found their own vector first
-    34% of the time, against 99% on an index without removals)."""
+    29-34% of the time, against 99% on an index without removals)."""
     faiss = _faiss()
     ivf = faiss.try_extract_index_ivf(base)
     fast_scan = faiss.downcast_index(ivf) if ivf is not None else None
-    if not isinstance(fast_scan, faiss.IndexIVFFastScan):
-        base.remove_ids(faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows)))
-        return
-    lists = fast_scan.invlists
-    sizes = [lists.list_size(i) for i in range(fast_scan.nlist)]
+    lists = fast_scan.invlists if isinstance(fast_scan, faiss.IndexIVFFastScan) else None
+    sizes = [lists.list_size(i) for i in range(fast_scan.nlist)] if lists is not None else []
     base.remove_ids(faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows)))
+    if lists is None:
+        return
     packer, zero = fast_scan.get_CodePacker(), np.zeros(fast_scan.code_size, np.uint8)
     for number, size_before in enumerate(sizes):
         size = lists.list_size(number)
