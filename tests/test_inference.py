@@ -136,17 +136,36 @@ def test_compiled_model_matches_eager_at_every_batch_size(fp32_features):
             torch.testing.assert_close(got, fp32_features[0][:batch], rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_bf16_stays_within_the_bf16_bound_and_freezes_per_model(fp32_features):
+def test_compiled_bf16_packs_its_frozen_weights_and_keeps_the_bf16_bound(
+    fp32_features, tmp_path, monkeypatch
+):
+    """bf16 + compile on the CPU: each tower a package compiled with freezing, whose linear weights inductor
+    packs for oneDNN (the counter stayed at 0 with `torch.compile(options={"freezing": True})`, which did not
+    freeze), within the bf16 bound of fp32 at every batch size."""
+    from torch._dynamo.utils import counters
+
+    from siglip.tools.embeddings.compiled import CompiledTower
+
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
     model = InferenceMode("bf16", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
-    pixels = _examples()
+    assert isinstance(model.vision_model, CompiledTower) and model.vision_model.precision == "bf16"
+    pixels = _examples().bfloat16()
+    counters.clear()
     with torch.inference_mode():  # the image tower only: one compile is the slow part of this test
-        images = model.get_image_features(pixels.bfloat16()).float()
+        images = model.get_image_features(pixels).float()
+        some = model.get_image_features(pixels[:3]).float()
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.vision_model.tower.modules())
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # inductor packs bf16 weights where oneDNN runs them
+        assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] >= linears - 1
+    assert torch._inductor.config.freezing is False  # asked for per compile, the global setting untouched
     assert F.cosine_similarity(images, fp32_features[0]).min().item() > 0.999
+    torch.testing.assert_close(some, images[:3], rtol=0, atol=1e-2)
+    (package,) = tmp_path.glob("*.pt2")
+    assert package.name.startswith("bf16-SiglipVisionTransformer-")
     # compiled: the fused graph's rounding differs from eager bf16's
-    assert torch._inductor.config.freezing is False  # a per-model option, the global setting untouched
     eager = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode():
-        assert not torch.equal(images, eager.get_image_features(pixels.bfloat16()).float())
+        assert not torch.equal(images, eager.get_image_features(pixels).float())
 
 
 def test_embedder_runs_in_the_mode_it_was_given(fp32_features):
@@ -352,14 +371,12 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     to fp32) and the same zero-shot winners, on the image tower (one compile: the slow part of this test);
     then the package it left in the cache serves the next model of the same weights without compiling."""
     pytest.importorskip("torchao")
-    from siglip.tools.embeddings import int8
-    from siglip.tools.embeddings.int8 import Int8CompiledTower
+    from siglip.tools.embeddings import compiled
+    from siglip.tools.embeddings.compiled import CompiledTower
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
     model = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
-    assert isinstance(model.vision_model, Int8CompiledTower) and isinstance(
-        model.text_model, Int8CompiledTower
-    )
+    assert isinstance(model.vision_model, CompiledTower) and isinstance(model.text_model, CompiledTower)
     pixels = _examples()
     with torch.inference_mode():  # as the embedders call it
         images = model.get_image_features(pixels)
@@ -396,7 +413,7 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     def no_compile(*args):
         raise AssertionError("compiled although the cache holds the package")
 
-    monkeypatch.setattr(int8, "_pt2e_int8_package", no_compile)
+    monkeypatch.setattr(compiled, "_compile_package", no_compile)
     loaded = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode():
         assert torch.equal(loaded.get_image_features(pixels), images)
@@ -405,10 +422,10 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     good = package.read_bytes()
     package.write_bytes(good[: len(good) // 2])
 
-    def compile_copy(pt2e, tower, x, path):
+    def compile_copy(tower, x, precision, path):
         path.write_bytes(good)
 
-    monkeypatch.setattr(int8, "_pt2e_int8_package", compile_copy)
+    monkeypatch.setattr(compiled, "_compile_package", compile_copy)
     again = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode(), caplog.at_level("WARNING", logger="siglip"):
         assert torch.equal(again.get_image_features(pixels), images)
@@ -424,33 +441,37 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     assert "compiling for this process only" in caplog.text
 
 
-def test_a_compiled_int8_package_is_named_by_everything_it_depends_on(monkeypatch, tmp_path):
-    from siglip.tools.embeddings import int8
-    from siglip.tools.embeddings.int8 import _package_path
+def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tmp_path):
+    from siglip.tools.embeddings import compiled
+    from siglip.tools.embeddings.compiled import _package_path
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
+    monkeypatch.setattr(compiled, "_versions", lambda precision: ("0.18.0",))
     tower = SiglipModel.from_pretrained(BUNDLED).vision_model
     pixels = _examples()
-    path = _package_path(tower, pixels, "0.18.0")
-    assert path.parent == tmp_path and path == _package_path(tower, pixels[:2], "0.18.0")  # batch size: no
-    assert path != _package_path(tower, pixels[:, :, :14], "0.18.0")  # input shape
-    assert path != _package_path(tower, pixels, "0.19.0")  # library version
-    assert path != _package_path(tower, pixels.double(), "0.18.0")  # dtype
+    path = _package_path(tower, pixels, "int8")
+    assert path.parent == tmp_path and path == _package_path(tower, pixels[:2], "int8")  # batch size: no
+    assert path != _package_path(tower, pixels, "bf16")  # the precision
+    assert path != _package_path(tower, pixels[:, :, :14], "int8")  # input shape
     with monkeypatch.context() as patched:
-        patched.setattr(int8, "_cpu", lambda: "model name: another; flags: avx2")
-        assert path != _package_path(tower, pixels, "0.18.0")  # the CPU
+        patched.setattr(compiled, "_versions", lambda precision: ("0.19.0",))
+        assert path != _package_path(tower, pixels, "int8")  # library versions
+    assert path != _package_path(tower, pixels.double(), "int8")  # dtype
+    with monkeypatch.context() as patched:
+        patched.setattr(compiled, "_cpu", lambda: "model name: another; flags: avx2")
+        assert path != _package_path(tower, pixels, "int8")  # the CPU
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
-        assert path != _package_path(tower, pixels, "0.18.0")  # the threads the kernels are laid out for
+        assert path != _package_path(tower, pixels, "int8")  # the threads the kernels are laid out for
     finally:
         torch.set_num_threads(threads)
-    assert "flags" in int8._cpu() or not Path("/proc/cpuinfo").exists()
+    assert "flags" in compiled._cpu() or not Path("/proc/cpuinfo").exists()
     attention = tower.config.attn_implementation
     tower.config.attn_implementation = "eager" if attention != "eager" else "sdpa"
-    assert path != _package_path(tower, pixels, "0.18.0")  # the attention implementation
+    assert path != _package_path(tower, pixels, "int8")  # the attention implementation
     tower.config.attn_implementation = attention
-    assert path == _package_path(tower, pixels, "0.18.0")
+    assert path == _package_path(tower, pixels, "int8")
     with torch.no_grad():
         tower.post_layernorm.weight[0] += 1e-3  # the weights
-    assert path != _package_path(tower, pixels, "0.18.0")
+    assert path != _package_path(tower, pixels, "int8")

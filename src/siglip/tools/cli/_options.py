@@ -50,10 +50,10 @@ def add_model_options(
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile the model on first use: bf16 1.4x its eager mode (torch.compile, 20-60 s per tower for a "
-        "base model on a CPU, every run), int8 1.4x (the int8 extra: torchao's PT2E compiled ahead of time, "
-        "1-2 minutes per tower the first time, then loaded from the cache in about a second), fp32 up to "
-        "~10%% faster",
+        help="compile the model on first use: on a CPU, bf16 1.1-1.3x and int8 1.1-1.5x their eager modes "
+        "(compiled ahead of time with frozen weights, 25-60 s per base tower the first time, then loaded from "
+        "the cache in about a second; int8 needs the int8 extra), fp32 up to ~10%% faster (torch.compile, "
+        "every run)",
     )
     parser.add_argument(
         "--max-num-patches",

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from ...core.auto import TwoTowerModel
-from .int8 import compile_int8_towers, quantize_linear_layers, use_fast_gelu
+from .compiled import PACKAGED, compile_towers
+from .int8 import quantize_linear_layers, use_fast_gelu
 from .precision import as_precision, check_precision, resolve_precision
 
 
@@ -31,15 +32,15 @@ from .precision import as_precision, check_precision, resolve_precision
 class InferenceMode:
     """How a model runs for inference: `precision` (a key of PRECISIONS) and whether towers are compiled.
 
-    `compile=True` runs both towers through `torch.compile` with dynamic batch sizes: the first batch takes
-    20-60 s to compile for a base model on a 2-core CPU (less when inductor's on-disk cache is warm), then
-    its image tower runs 2-11% faster in fp32 and 1.4x faster in bf16 (weights frozen into the graph, the
-    work between the matrix products fused; one thread, BENCHMARKS.md). A batch of one image or text compiles
-    once more (torch specialises size 1). int8 with `compile=True` is another path: torchao's PT2E int8,
-    compiled ahead of time per tower (`siglip.tools.embeddings.int8.Int8CompiledTower`; the `int8` extra),
-    1.4x eager int8 on the base image tower. Its first call on a machine compiles for 1-2 minutes (base
-    model, 2 cores) and keeps the package in `siglip.tools.embeddings.int8.compiled_cache()`; later
-    processes load it in about a second.
+    `compile=True` on the CPU in bf16, fp16 or int8 compiles each tower ahead of time with its weights frozen
+    into the graph (`siglip.tools.embeddings.compiled.CompiledTower`; int8 through torchao's PT2E, the `int8`
+    extra): the first call on a machine compiles for 25-60 s per base tower on 2 cores and keeps a package in
+    `compiled_cache()`, which later processes load in about a second. The base image tower then ran 1.2x
+    eager bf16 and 1.2-1.5x eager int8 (2 threads; BENCHMARKS.md). Such a tower takes its pixels or token ids
+    only (no attention mask, no interpolated positions). Otherwise (fp32, or another device) both towers go
+    through `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s
+    (less when inductor's on-disk cache is warm), then the image tower runs 2-11% faster in fp32 with
+    transformers' numbers. A batch of one image or text compiles once more (torch specialises size 1).
     """
 
     precision: str = "auto"
@@ -69,17 +70,13 @@ class InferenceMode:
         model can then no longer be saved as a checkpoint of the original format.
         """
         model = model.eval().to(self.dtype)
-        if self.precision == "int8" and self.compile:  # torchao's PT2E int8, fused by inductor
-            compile_int8_towers(model)
+        if self.compile and self.precision in PACKAGED and model.device.type == "cpu":
+            compile_towers(model, self.precision)  # ahead of time, with freezing, kept as packages
             return model
         if self.precision == "int8":
             quantize_linear_layers(model)
             use_fast_gelu(model)
-        if self.compile:
-            # Reduced float weights are frozen into the graph as constants, which lets inductor fuse the work
-            # between the products (1.4x eager bf16 on AVX-512 BF16, one thread; BENCHMARKS.md). Not for fp32,
-            # whose compiled numbers stay transformers' own.
-            options = {"freezing": True} if self.precision in ("bf16", "fp16") else None
+        if self.compile:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU
             for tower in (model.text_model, model.vision_model):
-                tower.compile(dynamic=True, options=options)
+                tower.compile(dynamic=True)
         return model

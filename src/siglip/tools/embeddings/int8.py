@@ -3,29 +3,20 @@
 - Eager (`InferenceMode("int8")`): every linear layer dynamically quantised (`quantize_linear_layers`) and a
   faster tanh-GELU for the MLPs (`use_fast_gelu`). Ready at once (a base model's layers in 1-3 s).
 - Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by torchao's
-  PT2E flow for x86 (`X86InductorQuantizer`, int8 weights per output channel, activations quantised per batch as
-  in eager int8) and compiled ahead of time by inductor (AOTInductor) with freezing, which fuses activation
-  quantisation, the int8 product, dequantisation, bias, GELU and the residual add into oneDNN kernels
-  (`Int8CompiledTower`). It needs the `int8` extra (torchao) and a C++ compiler. The compiled tower is kept as
-  a package in `compiled_cache()`, keyed by its weights, input shape, CPU and library versions: the first
-  call on a machine takes 1-2 minutes for a base tower on 2 cores, later processes load it in about a second.
-  The base image tower then ran 1.4x eager int8 (BENCHMARKS.md).
+  PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per batch as in eager
+  int8) and compiled ahead of time by inductor with freezing, which fuses activation quantisation, the int8
+  product, dequantisation, bias, GELU and the residual add into oneDNN kernels. It needs the `int8` extra
+  (torchao) and a C++ compiler; the package is kept in a cache (`siglip.tools.embeddings.compiled`). The base
+  image tower then ran 1.2-1.5x eager int8 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import math
-import os
-import platform
-import tempfile
-import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
@@ -33,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.outputs import BaseModelOutputWithPooling
 from ...core.two_tower.modeling import ACTIVATIONS, SiglipMLP
 from ...errors import UsageError
 
@@ -118,150 +108,6 @@ def _int8_linear(linear: nn.Linear) -> nn.Module:
     return layer
 
 
-class _Outputs(nn.Module):
-    """A tower's tensors as a tuple (`torch.export` traces tensors, not output dataclasses)."""
-
-    def __init__(self, tower: nn.Module) -> None:
-        super().__init__()
-        self.tower = tower
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.tower(x)
-        return tuple(t for t in (out.last_hidden_state, out.pooler_output) if t is not None)
-
-
-class Int8CompiledTower(nn.Module):
-    """A fixed-resolution vision tower or a text tower in PT2E int8, compiled ahead of time on its first call.
-
-    Called as the tower it replaces with its main input only (pixels, or token ids padded to the model's
-    length); it returns `last_hidden_state` and `pooler_output`. Only the batch size may change between calls
-    (the first call's other dimensions are fixed in the package). The first call loads the tower's package
-    from `compiled_cache()`, or exports, quantises and compiles it there (1-2 minutes for a base tower on 2
-    cores; inductor's kernel cache does not cover frozen graphs, hence a package of our own).
-    """
-
-    def __init__(self, tower: nn.Module) -> None:
-        super().__init__()
-        self.tower = tower
-        self._compiled: object | None = None
-        self._input: tuple[tuple[int, ...], torch.dtype] | None = None  # (shape past the batch, dtype)
-        self._lock = threading.Lock()
-
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> BaseModelOutputWithPooling:
-        if any(a is not None and a is not False for a in (*args, *kwargs.values())):
-            raise UsageError(
-                "the compiled int8 mode runs a tower on its pixels or token ids only (no attention mask, "
-                "attentions, hidden states or interpolated positions); use --precision int8 without --compile"
-            )
-        if not len(x):
-            raise UsageError("the compiled int8 tower was given an empty batch")
-        x = x.contiguous()  # the package reads its input as laid out at compile time, unchecked
-        # export cannot trace under inference_mode (which the embedders use): no_grad is enough
-        with torch.inference_mode(False), torch.no_grad():
-            with self._lock:
-                if self._compiled is None:
-                    self._compiled, self._input = (
-                        _load_or_compile(self.tower, x),
-                        (tuple(x.shape[1:]), x.dtype),
-                    )
-            shape, dtype = self._input
-            if (tuple(x.shape[1:]), x.dtype) != (shape, dtype):
-                dims = ", ".join(map(str, shape))
-                raise UsageError(
-                    f"the compiled int8 tower was compiled for {dtype} inputs of shape (batch, {dims}); got "
-                    f"{x.dtype} {tuple(x.shape)}"
-                )
-            outputs = self._compiled(x)
-        return BaseModelOutputWithPooling(outputs[0], outputs[1] if len(outputs) > 1 else None)
-
-
-def compiled_cache() -> Path:
-    """The folder of compiled int8 towers: `$SIGLIP_COMPILED_CACHE`, else `siglip/compiled` in
-    `$XDG_CACHE_HOME` (default `~/.cache`). A package is about the size of the tower's int8 weights (100 MB
-    for a base image tower); delete the folder to reclaim the space."""
-    if os.environ.get("SIGLIP_COMPILED_CACHE"):
-        return Path(os.environ["SIGLIP_COMPILED_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siglip" / "compiled"
-
-
-def _package_path(tower: nn.Module, x: torch.Tensor, torchao_version: str) -> Path:
-    """Where the package of `tower` run on inputs shaped as `x` lives: named by a SHA-256 over its weights
-    and everything the compiled code depends on, so that a change to any compiles anew: the tower's config
-    and attention implementation, the source of its modelling code, the input's shape and dtype, the CPU
-    (model and instruction flags: the kernels are built for this CPU), the threads the kernels are laid out
-    for, and the versions of siglip, torch and torchao."""
-    from ... import __version__
-
-    sources = sorted(
-        {
-            inspect.getsourcefile(cls) or ""
-            for cls in type(tower).__mro__
-            if cls.__module__.startswith("siglip")
-        }
-    )
-    config = getattr(tower, "config", None)
-    context = (
-        type(tower).__name__, repr(config), getattr(config, "attn_implementation", None), tuple(x.shape[1:]),
-        str(x.dtype), __version__, torch.__version__, torchao_version, _cpu(), torch.get_num_threads(),
-    )  # fmt: skip
-    digest = hashlib.sha256(repr(context).encode())
-    for source in sources:
-        digest.update(Path(source).read_bytes())
-    for name, tensor in tower.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return compiled_cache() / f"int8-{type(tower).__name__}-{digest.hexdigest()[:32]}.pt2"
-
-
-def _cpu() -> str:
-    """The CPU as the generated kernels depend on it: its model and instruction flags (Linux), else what
-    the platform and torch say of it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().split("\n\n")[0].splitlines()
-        return "; ".join(line for line in lines if line.startswith(("model name", "flags")))
-    except OSError:
-        return f"{platform.machine()} {platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
-
-
-def _load_or_compile(tower: nn.Module, x: torch.Tensor) -> object:
-    """The compiled `tower` for inputs shaped as `x`: its package loaded from the cache, or compiled and
-    saved there first. One process compiles a package at a time (a file lock: the others wait, then load
-    it); it is written to a temporary name and renamed, so that no reader sees half a package. A package
-    that fails to load is compiled again; a cache that cannot be written compiles into a temporary folder
-    for this process only (removed once loaded)."""
-    from filelock import FileLock
-    from torch._inductor import aoti_load_package  # not at import: it loads torch._dynamo
-
-    pt2e = _pt2e()
-    path = _package_path(tower, x, pt2e.torchao_version)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path.with_suffix(".lock"))
-        lock.acquire()
-    except OSError as error:
-        logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
-        with tempfile.TemporaryDirectory(prefix="siglip-int8-") as folder:
-            _pt2e_int8_package(pt2e, tower, x, Path(folder) / path.name)
-            return aoti_load_package(str(Path(folder) / path.name))
-    try:
-        if path.exists():
-            try:
-                return aoti_load_package(str(path))
-            except Exception as error:  # a package from a foreign or damaged write: compile it again
-                logger.warning("compiling again: %s failed to load (%s)", path, error)
-        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt2")
-        os.close(handle)
-        try:
-            _pt2e_int8_package(pt2e, tower, x, Path(partial))
-            os.replace(partial, path)
-        finally:
-            Path(partial).unlink(missing_ok=True)
-        return aoti_load_package(str(path))
-    finally:
-        lock.release()
-
-
 class _PT2E(NamedTuple):
     prepare: Callable
     convert: Callable
@@ -292,41 +138,19 @@ def _pt2e() -> _PT2E:
     return _PT2E(prepare_pt2e, convert_pt2e, x86, torchao.__version__)
 
 
-def _pt2e_int8_package(pt2e: _PT2E, tower: nn.Module, x: torch.Tensor, path: Path) -> None:
-    """`tower` (float32) exported with a dynamic batch size, quantised by torchao's x86 PT2E quantizer
-    (dynamic activation scales: no calibration data, the arithmetic of eager int8), and compiled by
-    AOTInductor with freezing (the int8 weights packed for oneDNN as constants) into the package `path`."""
-    logger.info(
-        "compiling the int8 %s once for this machine (1-2 minutes for a base model): %s",
-        type(tower).__name__,
-        path,
-    )
-    from torch._inductor import aoti_compile_and_package
-
-    example = x[:2] if len(x) > 1 else torch.cat([x, x])  # a batch of 1 would be specialised by export
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        graph = torch.export.export(_Outputs(tower), (example,), dynamic_shapes=({0: batch},)).module()
-        quantizer = pt2e.x86.X86InductorQuantizer()
-        quantizer.set_global(pt2e.x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
-        prepared = pt2e.prepare(graph, quantizer)
-        prepared(example)  # dynamic scales: one pass only records the weights' ranges
-        quantized = pt2e.convert(prepared)
-        program = torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},))
-        aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
+def torchao_version() -> str:
+    """The installed torchao's version (part of a compiled int8 package's name), or a `UsageError` saying how
+    to install it."""
+    return _pt2e().torchao_version
 
 
-def compile_int8_towers(model: nn.Module) -> None:
-    """Replace the text tower and the fixed-resolution vision tower of a float32 two-tower `model` by
-    `Int8CompiledTower`s, in place (each compiles on its first call). A NaFlex vision tower, whose inputs
-    carry a patch mask and sizes, is quantised eagerly instead (`quantize_linear_layers`)."""
-    from ...core.auto import is_naflex
-
-    model.text_model = Int8CompiledTower(model.text_model)
-    if is_naflex(model):
-        quantize_linear_layers(model.vision_model)
-        use_fast_gelu(model.vision_model)
-    else:
-        model.vision_model = Int8CompiledTower(model.vision_model)
+def pt2e_int8(graph: nn.Module, example: torch.Tensor) -> nn.Module:
+    """An exported float32 tower `graph` quantised by torchao's x86 PT2E quantizer: int8 weights per output
+    channel, dynamic activation scales (no calibration data: the arithmetic of eager int8, per batch). One
+    pass on `example` records the weights' ranges."""
+    pt2e = _pt2e()
+    quantizer = pt2e.x86.X86InductorQuantizer()
+    quantizer.set_global(pt2e.x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
+    prepared = pt2e.prepare(graph, quantizer)
+    prepared(example)
+    return pt2e.convert(prepared)

@@ -1,0 +1,235 @@
+"""Towers compiled ahead of time for the CPU, kept as packages in a cache: the `--compile` of bf16, fp16 and int8.
+
+A fixed-resolution vision tower or a text tower is traced by `torch.export` with a dynamic batch size,
+quantised by torchao's PT2E flow for int8 (`siglip.tools.embeddings.int8.pt2e_int8`), and compiled by inductor
+(AOTInductor) with freezing: the weights become constants packed for oneDNN, with the bias and the activation
+fused into each product (for int8 also the activations' quantisation and the residual adds). The package is
+kept in `compiled_cache()`, named by everything the compiled code depends on: the first call on a machine
+compiles (25-60 s per base tower on 2 cores), later processes load it in about a second.
+
+Why a package of our own rather than `torch.compile`: inductor's on-disk cache does not cover frozen graphs,
+so every process would compile again; and `torch.compile(options={"freezing": True})` does not freeze at all
+in torch 2.13 (dynamo has lifted the weights as inputs before the option is read), which left earlier
+versions' compiled bf16 at 1.04x eager instead of the 1.2x measured here (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import platform
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...core.outputs import BaseModelOutputWithPooling
+from ...errors import UsageError
+
+logger = logging.getLogger("siglip")
+PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU makes a package
+
+
+class _Outputs(nn.Module):
+    """A tower's tensors as a tuple (`torch.export` traces tensors, not output dataclasses)."""
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.tower(x)
+        return tuple(t for t in (out.last_hidden_state, out.pooler_output) if t is not None)
+
+
+class CompiledTower(nn.Module):
+    """A fixed-resolution vision tower or a text tower compiled ahead of time in `precision` (a word of
+    `PACKAGED`) on its first call.
+
+    Called as the tower it replaces with its main input only (pixels, or token ids padded to the model's
+    length); it returns `last_hidden_state` and `pooler_output`. Only the batch size may change between calls
+    (the first call's other dimensions are fixed in the package). The first call loads the tower's package
+    from `compiled_cache()`, or exports, (for int8) quantises and compiles it there.
+    """
+
+    def __init__(self, tower: nn.Module, precision: str) -> None:
+        super().__init__()
+        if precision not in PACKAGED:
+            raise ValueError(f"precision must be one of {PACKAGED} to compile a package, got {precision!r}")
+        self.tower = tower
+        self.precision = precision
+        self._compiled: object | None = None
+        self._input: tuple[tuple[int, ...], torch.dtype] | None = None  # (shape past the batch, dtype)
+        self._lock = threading.Lock()
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> BaseModelOutputWithPooling:
+        if any(a is not None and a is not False for a in (*args, *kwargs.values())):
+            raise UsageError(
+                f"the compiled {self.precision} mode runs a tower on its pixels or token ids only (no attention "
+                f"mask, attentions, hidden states or interpolated positions); use --precision "
+                f"{self.precision} without --compile"
+            )
+        if not len(x):
+            raise UsageError(f"the compiled {self.precision} tower was given an empty batch")
+        x = x.contiguous()  # the package reads its input as laid out at compile time, unchecked
+        # export cannot trace under inference_mode (which the embedders use): no_grad is enough
+        with torch.inference_mode(False), torch.no_grad():
+            with self._lock:
+                if self._compiled is None:
+                    self._compiled, self._input = (
+                        _load_or_compile(self.tower, x, self.precision),
+                        (tuple(x.shape[1:]), x.dtype),
+                    )
+            shape, dtype = self._input
+            if (tuple(x.shape[1:]), x.dtype) != (shape, dtype):
+                dims = ", ".join(map(str, shape))
+                raise UsageError(
+                    f"the compiled {self.precision} tower was compiled for {dtype} inputs of shape (batch, "
+                    f"{dims}); got {x.dtype} {tuple(x.shape)}"
+                )
+            outputs = self._compiled(x)
+        return BaseModelOutputWithPooling(outputs[0], outputs[1] if len(outputs) > 1 else None)
+
+
+def compile_towers(model: nn.Module, precision: str) -> None:
+    """Replace the text tower and the fixed-resolution vision tower of a two-tower `model` (on the CPU, its
+    weights already in `precision`'s dtype) by `CompiledTower`s, in place; each compiles on its first call.
+    A NaFlex vision tower, whose inputs carry a patch mask and sizes, is not packaged: int8 quantises it
+    eagerly (`quantize_linear_layers`), reduced floats run it through `torch.compile`."""
+    from ...core.auto import is_naflex
+    from .int8 import quantize_linear_layers, use_fast_gelu
+
+    model.text_model = CompiledTower(model.text_model, precision)
+    if not is_naflex(model):
+        model.vision_model = CompiledTower(model.vision_model, precision)
+    elif precision == "int8":
+        quantize_linear_layers(model.vision_model)
+        use_fast_gelu(model.vision_model)
+    else:
+        model.vision_model.compile(dynamic=True)
+
+
+def compiled_cache() -> Path:
+    """The folder of compiled towers: `$SIGLIP_COMPILED_CACHE`, else `siglip/compiled` in `$XDG_CACHE_HOME`
+    (default `~/.cache`). A package is about the size of the tower's weights in its precision (100 MB for a
+    base image tower in int8, 200 MB in bf16); delete the folder to reclaim the space."""
+    if os.environ.get("SIGLIP_COMPILED_CACHE"):
+        return Path(os.environ["SIGLIP_COMPILED_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siglip" / "compiled"
+
+
+def _versions(precision: str) -> tuple[str, ...]:
+    """The versions of the libraries that make `precision`'s package: siglip and torch, and torchao for
+    int8 (whose import, with its "install the int8 extra" error, is `int8.pt2e_int8`'s)."""
+    from ... import __version__
+
+    if precision != "int8":
+        return __version__, torch.__version__
+    from .int8 import torchao_version
+
+    return __version__, torch.__version__, torchao_version()
+
+
+def _package_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
+    """Where the package of `tower` run on inputs shaped as `x` lives: named by a SHA-256 over its weights
+    and everything the compiled code depends on, so that a change to any compiles anew: the precision, the
+    tower's config and attention implementation, the source of its modelling code, the input's shape and
+    dtype, the CPU (model and instruction flags: the kernels are built for this CPU), the threads the kernels
+    are laid out for, and the library versions."""
+    sources = sorted(
+        {
+            inspect.getsourcefile(cls) or ""
+            for cls in type(tower).__mro__
+            if cls.__module__.startswith("siglip")
+        }
+    )
+    config = getattr(tower, "config", None)
+    context = (
+        precision, type(tower).__name__, repr(config), getattr(config, "attn_implementation", None),
+        tuple(x.shape[1:]), str(x.dtype), _versions(precision), _cpu(), torch.get_num_threads(),
+    )  # fmt: skip
+    digest = hashlib.sha256(repr(context).encode())
+    for source in sources:
+        digest.update(Path(source).read_bytes())
+    for name, tensor in tower.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return compiled_cache() / f"{precision}-{type(tower).__name__}-{digest.hexdigest()[:32]}.pt2"
+
+
+def _cpu() -> str:
+    """The CPU as the generated kernels depend on it: its model and instruction flags (Linux), else what
+    the platform and torch say of it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().split("\n\n")[0].splitlines()
+        return "; ".join(line for line in lines if line.startswith(("model name", "flags")))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> object:
+    """The compiled `tower` for inputs shaped as `x`: its package loaded from the cache, or compiled and
+    saved there first. One process compiles a package at a time (a file lock: the others wait, then load
+    it); it is written to a temporary name and renamed, so that no reader sees half a package. A package
+    that fails to load is compiled again; a cache that cannot be written compiles into a temporary folder
+    for this process only (removed once loaded)."""
+    from filelock import FileLock
+    from torch._inductor import aoti_load_package  # not at import: it loads torch._dynamo
+
+    path = _package_path(tower, x, precision)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path.with_suffix(".lock"))
+        lock.acquire()
+    except OSError as error:
+        logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
+        with tempfile.TemporaryDirectory(prefix="siglip-compiled-") as folder:
+            _compile_package(tower, x, precision, Path(folder) / path.name)
+            return aoti_load_package(str(Path(folder) / path.name))
+    try:
+        if path.exists():
+            try:
+                return aoti_load_package(str(path))
+            except Exception as error:  # a package from a foreign or damaged write: compile it again
+                logger.warning("compiling again: %s failed to load (%s)", path, error)
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt2")
+        os.close(handle)
+        try:
+            _compile_package(tower, x, precision, Path(partial))
+            os.replace(partial, path)
+        finally:
+            Path(partial).unlink(missing_ok=True)
+        return aoti_load_package(str(path))
+    finally:
+        lock.release()
+
+
+def _compile_package(tower: nn.Module, x: torch.Tensor, precision: str, path: Path) -> None:
+    """`tower` exported with a dynamic batch size, quantised for int8, and compiled by AOTInductor with
+    freezing (weights packed for oneDNN as constants) into the package `path`."""
+    logger.info(
+        "compiling the %s %s once for this machine (25-60 s for a base model): %s",
+        precision,
+        type(tower).__name__,
+        path,
+    )
+    from torch._inductor import aoti_compile_and_package
+
+    example = x[:2] if len(x) > 1 else torch.cat([x, x])  # a batch of 1 would be specialised by export
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        program = torch.export.export(_Outputs(tower), (example,), dynamic_shapes=({0: batch},))
+        if precision == "int8":
+            from .int8 import pt2e_int8
+
+            quantized = pt2e_int8(program.module(), example)
+            program = torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},))
+        aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
