@@ -475,3 +475,49 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
     with torch.no_grad():
         tower.post_layernorm.weight[0] += 1e-3  # the weights
     assert path != _package_path(tower, pixels, "int8")
+
+
+def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch, capsys, tmp_path):
+    from siglip import Siglip2Config, SiglipConfig
+    from siglip.tools.embeddings import compiled
+    from siglip.tools.embeddings.compiled import COMPILE_PAYS_FROM_FLOP, compile_pays
+
+    base = SiglipConfig(
+        vision_config={
+            "image_size": 224,
+            "patch_size": 16,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+        }
+    )
+    # by hand: 196 patches x 12 layers x (q, k, v, out: 4 x 768^2; MLP: 2 x 768 x 3072) multiply-adds, x 2
+    flop = 2 * 196 * 12 * (4 * 768 * 768 + 2 * 768 * 3072)
+    assert flop == 33_294_385_152
+    pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / flop)
+    assert 950 <= pays_from <= 1050  # the base tower's measured break-even, ~1,000 images
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(compiled, "_missing_for_compile", lambda precision: None)
+    assert compile_pays(base, pays_from, "int8", cpu).compile
+    assert compile_pays(base, pays_from, "bf16", cpu).compile
+    short = compile_pays(base, pays_from - 1, "int8", cpu)
+    assert not short.compile and f"pays from ~{pays_from:,}" in short.why
+    assert not compile_pays(base, 10**9, "fp32", cpu).compile  # torch.compile: every process pays again
+    assert not compile_pays(base, 10**9, "bf16", torch.device("cuda")).compile
+    assert not compile_pays(Siglip2Config(), 10**9, "int8", cpu).compile  # NaFlex: not packaged
+    monkeypatch.setattr(compiled, "_missing_for_compile", lambda precision: "torchao is not installed")
+    lacking = compile_pays(base, 10**9, "int8", cpu)
+    assert not lacking.compile and "torchao is not installed" in lacking.why
+    # the job says what it chose; the bundled tiny model never pays back a compile
+    job = ["embed", *map(str, EXAMPLES[:2]), "--model", BUNDLED, "--precision", "int8"]
+    assert main([*job, "--out", str(tmp_path / "e.npy")]) == 0
+    assert "not compiled (2 images; compiling pays from ~" in capsys.readouterr().out
+    assert main(["embed", str(EXAMPLES[0]), "--model", BUNDLED, "--out", str(tmp_path / "d.npy")]) == 0
+    assert "not compiled (fp32 on cpu would compile in every process" in capsys.readouterr().out
+    assert (
+        main(
+            ["embed", str(EXAMPLES[0]), "--model", BUNDLED, "--out", str(tmp_path / "f.npy"), "--no-compile"]
+        )
+        == 0
+    )
+    assert "compiled" not in capsys.readouterr().out

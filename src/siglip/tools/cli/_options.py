@@ -29,10 +29,16 @@ from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, *, indexed: bool = False
+    parser: argparse.ArgumentParser,
+    default: str | None = DEFAULT_MODEL,
+    *,
+    indexed: bool = False,
+    compile_by_job: bool = False,
 ) -> None:
     """--model, --device, --precision, --compile and --max-num-patches. `indexed`: for an index, whose
-    recorded precision and patch budget are the defaults (and the only values accepted) once it exists."""
+    recorded precision and patch budget are the defaults (and the only values accepted) once it exists.
+    `compile_by_job`: a job that knows its size, whose `--compile` defaults to None (decided by
+    `compile_pays`) and may be refused with `--no-compile`."""
     shown = f"default: {default}" if default else "default: the one the index was built with"
     parser.add_argument(
         "--model", default=default, help=f"bundled model name, local checkpoint folder or hub id ({shown})"
@@ -47,13 +53,15 @@ def add_model_options(
         "bf16-autocast, fp16 (GPU) or int8 (CPU: faster, less exact); see BENCHMARKS.md for the costs "
         f"(default: auto{recorded})",
     )
+    by_job = " (default: when the job is big enough to pay it back, ~1,000 images for a base model)"
     parser.add_argument(
         "--compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction if compile_by_job else "store_true",
+        default=None if compile_by_job else False,
         help="compile the model on first use: on a CPU, bf16 1.1-1.3x and int8 1.1-1.5x their eager modes "
         "(compiled ahead of time with frozen weights, 25-60 s per base tower the first time, then loaded from "
         "the cache in about a second; int8 needs the int8 extra), fp32 up to ~10%% faster (torch.compile, "
-        "every run)",
+        f"every run){by_job if compile_by_job else ''}",
     )
     parser.add_argument(
         "--max-num-patches",

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import time
 
+from ...core.auto import AutoConfig
+from ...core.hub import locate
 from ...errors import UsageError
-from ..embeddings.embedder import Embedder
+from ..embeddings.compiled import CompileChoice, compile_pays
+from ..embeddings.embedder import Embedder, resolve_device
+from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
 from ..embeddings.precision import auto_precision
 from ..embeddings.writers import OUTPUT_FORMATS, embed_texts_to_file, embed_to_file, output_format
@@ -88,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="model actors with --engine ray (default: one per GPU, else one per 4 CPUs)",
     )
-    add_model_options(parser)
+    add_model_options(parser, compile_by_job=True)
     add_loader_options(parser)
     add_video_options(parser)
     parser.set_defaults(run=run)
@@ -105,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_on_ray(args)
     output_format(args.out)  # before the model loads: a typo should cost no time
     scan = scan_inputs(args.paths, video_sampling(args))
+    compiled = _compile_by_job(args, len(scan.files))
     embedder = load_model(args)
     start = time.perf_counter()
     report = embed_to_file(scan, args.out, embedder, **loader_kwargs(args))
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {report.count} embeddings ({embedder.dims}-d, model {embedder.name}) to {report.out}; "
         f"manifest {report.manifest}"
     )
-    _print_precision(args, embedder)
+    _print_precision(args, embedder, compiled)
     resumed = f"; {earlier} were done by an earlier run" if earlier else ""
     print(rate_line(report.embedded, report.failed, seconds) + resumed)
     report_skipped("embed", report.skipped)
@@ -128,6 +133,7 @@ def _run_texts(args: argparse.Namespace) -> int:
         )
     if args.engine == "ray":
         raise UsageError("--texts runs in this process: drop --engine ray")
+    args.compile = bool(args.compile)  # texts: compiled when asked
     output_format(args.out)  # before the file is read and the model loads
     rows = read_texts(args.texts, args.text_column, args.id_column)
     embedder = load_model(args)
@@ -145,10 +151,26 @@ def _run_texts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_precision(args: argparse.Namespace, embedder: Embedder) -> None:
-    """The precision the job ran in, and with `auto` why it was chosen."""
+def _compile_by_job(args: argparse.Namespace, images: int) -> CompileChoice | None:
+    """Without --compile or --no-compile, whether a job of `images` images compiles (`compile_pays`), set in
+    `args.compile`; None when the command line said."""
+    if args.compile is not None:
+        return None
+    device = resolve_device(args.device)
+    precision = InferenceMode(args.precision).resolve(device).precision
+    choice = compile_pays(AutoConfig.from_pretrained(locate(args.model)), images, precision, device)
+    args.compile = choice.compile
+    return choice
+
+
+def _print_precision(
+    args: argparse.Namespace, embedder: Embedder, compiled: CompileChoice | None = None
+) -> None:
+    """The precision the job ran in, with `auto` why it was chosen, and whether the job chose to compile."""
     why = f" ({auto_precision(embedder.device)[1]})" if args.precision == "auto" else ""
     print(f"precision {embedder.mode.precision}{why}")
+    if compiled is not None:
+        print(f"{'compiled ahead of time' if compiled.compile else 'not compiled'} ({compiled.why})")
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:
@@ -161,6 +183,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
             "with --engine ray, each actor uses its GPU (or CPUs) and Ray decodes: drop --device/--workers"
         )
 
+    args.compile = bool(args.compile)  # each actor would compile: only when asked
     start = time.perf_counter()
     report = embed_with_ray(
         args.paths,

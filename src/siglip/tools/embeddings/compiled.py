@@ -16,23 +16,31 @@ versions' compiled bf16 at 1.04x eager instead of the 1.2x measured here (BENCHM
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import logging
+import math
 import os
 import platform
 import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
 
 logger = logging.getLogger("siglip")
 PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU makes a package
+# A job's linear work (FLOP) from which compiling the image tower pays back: the base image tower (33 GFLOP an
+# image) ran 8.7 images/s in eager int8 and 14.0 compiled, after a 45 s compile (2 threads, BENCHMARKS.md):
+# even from about 1,000 images.
+COMPILE_PAYS_FROM_FLOP = 1_000 * 33.3e9
 
 
 class _Outputs(nn.Module):
@@ -112,6 +120,54 @@ def compile_towers(model: nn.Module, precision: str) -> None:
         use_fast_gelu(model.vision_model)
     else:
         model.vision_model.compile(dynamic=True)
+
+
+class CompileChoice(NamedTuple):
+    """Whether a job compiles its image tower, and why (said in the job's output)."""
+
+    compile: bool
+    why: str
+
+
+def compile_pays(
+    config: PretrainedConfig, images: int, precision: str, device: torch.device
+) -> CompileChoice:
+    """Whether compiling the image tower of a model of `config` pays back in a job of `images` images run in
+    `precision` on `device`: where the compiled package exists (the CPU, a fixed-resolution model, a packaged
+    precision, torchao for int8, a C++ compiler) and the job's linear work reaches `COMPILE_PAYS_FROM_FLOP`,
+    scaled from the base image tower's measured break-even by the tower's work per image."""
+    from ...core.auto import is_naflex
+
+    if device.type != "cpu" or precision not in PACKAGED:
+        return CompileChoice(
+            False, f"{precision} on {device.type} would compile in every process, or --compile"
+        )
+    if is_naflex(config):
+        return CompileChoice(False, "NaFlex image towers are not compiled ahead of time")
+    vision = config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2
+    per_layer = 4 * vision.hidden_size**2 + 2 * vision.hidden_size * vision.intermediate_size
+    flop = 2 * tokens * vision.num_hidden_layers * per_layer  # multiply-adds of the linear layers, x2
+    pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / flop)
+    if images < pays_from:
+        return CompileChoice(False, f"{images} images; compiling pays from ~{pays_from:,}, or --compile")
+    missing = _missing_for_compile(precision)
+    if missing:
+        return CompileChoice(False, f"compiling would pay from ~{pays_from:,} images, but {missing}")
+    return CompileChoice(True, f"{images} images; compiling pays from ~{pays_from:,}")
+
+
+def _missing_for_compile(precision: str) -> str | None:
+    """What this machine lacks to compile a package in `precision`, in words (None: nothing)."""
+    if precision == "int8" and importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install 'siglip[int8]')"
+    from torch._inductor.cpp_builder import get_cpp_compiler  # not at import: it loads torch._dynamo
+
+    try:
+        get_cpp_compiler()
+    except Exception as error:  # inductor's own search (CXX, g++, clang++) found none that works
+        return f"no C++ compiler was found ({error})"
+    return None
 
 
 def compiled_cache() -> Path:
