@@ -181,7 +181,7 @@ def compiled_cache() -> Path:
 
 def _versions(precision: str) -> tuple[str, ...]:
     """The versions of the libraries that make `precision`'s package: siglip and torch, and torchao for
-    int8 (whose import, with its "install the int8 extra" error, is `int8.pt2e_int8`'s)."""
+    int8 (`int8.torchao_version`, which says how to install it when it is missing)."""
     from ... import __version__
 
     if precision != "int8":

@@ -27,8 +27,6 @@ from torch import nn
 from ...core.two_tower.modeling import ACTIVATIONS, SiglipMLP
 from ...errors import UsageError
 
-logger = logging.getLogger("siglip")
-
 
 def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """tanh-approximated GELU, `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`, computed as the
