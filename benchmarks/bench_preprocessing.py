@@ -1,14 +1,17 @@
 """Preprocessing speed: siglip against transformers (the reference), in one process, at identical output.
 
-    python benchmarks/bench_preprocessing.py [--captions 10000] [--images 64] [--repeats 7]
+    python benchmarks/bench_preprocessing.py [--captions 10000] [--images 64] [--repeats 7] [--backend pil|torch]
 
 - Tokenizer: a batch of captions -> `input_ids` padded and truncated to 64 (what SigLIP needs), as torch
   tensors. The SentencePiece model is trained here on CPython's documentation (`pydoc_data`); the captions
   are sentences cut from the same text (mixed case, punctuation), 3 to 25 words.
 - Image processor: 640x480 JPEGs made from scikit-image's photos, to 224x224 `pixel_values` as numpy
-  arrays: from file paths (decoding included) and from already decoded PIL images, against transformers'
-  `SiglipImageProcessorPil` and hf-processors-rs (a Rust port of transformers' processors, `bench` extra) with
-  its PIL-exact backend, ours and the Rust one with one thread and with their default threads (one per core).
+  arrays: from file paths (decoding included) and from already decoded PIL images, against transformers and
+  hf-processors-rs (a Rust port of transformers' processors, `bench` extra), ours and the Rust one with one
+  thread and with their default threads (one per core). `--backend pil` (the default here): the PIL backends,
+  `SiglipImageProcessorPil` of siglip and transformers and the Rust port's `backend="pil"`. `--backend torch`:
+  the default processors, siglip's and transformers' `SiglipImageProcessor` (transformers' on torchvision) and
+  the Rust port's `backend="torchvision"`.
 
 All sides are timed alternately on the same inputs; the tables give medians and the speed-ups. Outputs are
 compared first: a row is only timed when ours equals the reference exactly (the Rust port's largest difference
@@ -32,7 +35,13 @@ import torch
 from PIL import Image
 
 from _common import machine_line, make_jpegs, time_alternately, train_tokenizer
-from siglip import SiglipImageProcessorPil, SiglipTokenizer
+from siglip import SiglipImageProcessor, SiglipImageProcessorPil, SiglipTokenizer
+
+# --backend: (siglip's processor class, transformers' class name, hf-processors-rs's backend, table label)
+BACKENDS = {
+    "pil": (SiglipImageProcessorPil, "SiglipImageProcessorPil", "pil", "PIL"),
+    "torch": (SiglipImageProcessor, "SiglipImageProcessor", "torchvision", "torchvision"),
+}
 
 
 def make_captions(count: int, seed: int = 0) -> list[str]:
@@ -58,13 +67,23 @@ def compare(name: str, ours: Callable, theirs: Callable, repeats: int, items: in
     return {"name": name, "ours": items / ours_s, "theirs": items / theirs_s, "speedup": theirs_s / ours_s}
 
 
-def rust_processor(directory: Path) -> Callable:
-    """hf-processors-rs's port of the processor saved in `directory`, with its PIL-exact backend: a
-    function (images, num_threads) -> pixel_values (the `bench` extra)."""
+def rust_processor(directory: Path, backend: str) -> Callable:
+    """hf-processors-rs's port of the processor saved in `directory`, with its `backend` ("pil" or
+    "torchvision"): a function (images, num_threads) -> pixel_values (the `bench` extra)."""
     import hf_processors_rs
 
-    processor = hf_processors_rs.AutoImageProcessor.from_pretrained(directory, backend="pil")
+    processor = hf_processors_rs.AutoImageProcessor.from_pretrained(directory, backend=backend)
     return lambda images, num_threads: processor(images, num_threads=num_threads)
+
+
+def pillow_opened(processor: Callable) -> Callable:
+    """`processor` called on paths opened by Pillow (and converted to RGB), on anything else as given."""
+
+    def call(images: list, **kwargs: object) -> dict:
+        opened = [Image.open(i).convert("RGB") if isinstance(i, str) else i for i in images]
+        return processor(opened, **kwargs)
+
+    return call
 
 
 def compare_images(
@@ -104,7 +123,9 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=10_000)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--backend", default="pil", choices=sorted(BACKENDS), help="the image processors")
     args = parser.parse_args()
+    ours_class, their_class, rust_backend, label = BACKENDS[args.backend]
 
     import transformers  # the reference, a test-only dependency
 
@@ -129,11 +150,14 @@ def main() -> None:
 
         paths = make_jpegs(tmp, args.images)
         decoded = [Image.open(p).convert("RGB") for p in paths]
-        theirs_img = transformers.SiglipImageProcessorPil()
-        SiglipImageProcessorPil().save_pretrained(tmp / "processor")
-        rust = rust_processor(tmp / "processor")
+        theirs_img = getattr(transformers, their_class)()
+        if args.backend == "torch":  # its torchvision decodes files with torchvision.io, broken by the CUDA
+            # wheel here (tests/_torchvision.py): it gets each file opened by Pillow, as siglip decodes it
+            theirs_img = pillow_opened(theirs_img)
+        ours_class().save_pretrained(tmp / "processor")
+        rust = rust_processor(tmp / "processor", rust_backend)
         for threads in (1, None):
-            ours_img = SiglipImageProcessorPil(num_threads=threads)
+            ours_img = ours_class(num_threads=threads)
             for source, what in (([str(p) for p in paths], "files"), (decoded, "decoded images")):
                 image_rows.append(
                     compare_images(what, threads, source, ours_img, theirs_img, rust, args.repeats)
@@ -150,7 +174,7 @@ def main() -> None:
         f"{args.repeats}); max abs diff of the pixels to transformers'"
     )
     print(
-        "\n| input | threads | siglip | hf-processors-rs (pil) | transformers (PIL) | siglip vs rs | "
+        f"\n| input | threads | siglip | hf-processors-rs ({rust_backend}) | transformers ({label}) | siglip vs rs | "
         "siglip vs transformers | max abs diff siglip / rs |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---|")

@@ -80,7 +80,7 @@ def split(raw: str) -> dict[str, collections.Counter[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", choices=["tiny", "base"])
-    parser.add_argument("--kind", default="openai", choices=["text", "openai", "image"])
+    parser.add_argument("--kind", default="openai", choices=["text", "openai", "image", "image64"])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--precision", default="auto")

@@ -162,10 +162,46 @@ def test_compiled_bf16_packs_its_frozen_weights_and_keeps_the_bf16_bound(
     torch.testing.assert_close(some, images[:3], rtol=0, atol=1e-2)
     (package,) = tmp_path.glob("*.pt2")
     assert package.name.startswith("bf16-SiglipVisionTransformer-")
+    _runs_like_torchs_loader_without_the_gil(model.vision_model, package, pixels)
     # compiled: the fused graph's rounding differs from eager bf16's
     eager = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode():
         assert not torch.equal(images, eager.get_image_features(pixels).float())
+
+
+def _runs_like_torchs_loader_without_the_gil(tower, package, x):
+    """`tower`'s package runs through `PackageRunner`: the outputs of torch's own loader, bit for bit, while
+    another Python thread keeps running (torch's loader holds the GIL for the whole call)."""
+    import threading
+    import time
+
+    from torch._inductor import aoti_load_package
+
+    from siglip.tools.embeddings.compiled import PackageRunner
+
+    assert isinstance(tower._compiled, PackageRunner)
+    with torch.inference_mode():
+        for ours, torchs in zip(tower._compiled(x), aoti_load_package(str(package))(x), strict=True):
+            assert torch.equal(ours, torchs)
+        big = x.repeat(64, 1, 1, 1)  # one call long enough to see whether the other thread stood still
+        progress, running = [0], threading.Event()
+
+        def count() -> None:
+            while running.is_set():
+                progress[0] += 1
+
+        running.set()
+        counter = threading.Thread(target=count)
+        counter.start()
+        time.sleep(0.05)
+        start, before = time.perf_counter(), progress[0]
+        tower._compiled(big)
+        elapsed, during = time.perf_counter() - start, progress[0] - before
+        time.sleep(elapsed)
+        alone = progress[0] - before - during
+        running.clear()
+        counter.join()
+    assert during > 0.5 * alone, (during, alone)  # torch's loader: under a tenth, the first switch interval
 
 
 def test_embedder_runs_in_the_mode_it_was_given(fp32_features):

@@ -57,18 +57,27 @@ def index(embedder, material):
         yield index
 
 
-def test_the_direct_text_routes_answer_count_and_document_as_the_fastapi_ones(client, embedder):
-    """/v1/embeddings and /v1/embed/text are answered by plain Starlette routes (routes/embed.py): labelled in
-    the metrics by their path, listed in the OpenAPI schema, and refusing what the FastAPI routes refuse."""
+def test_the_direct_embedding_routes_answer_count_and_document_as_the_fastapi_ones(
+    client, embedder, material
+):
+    """/v1/embeddings, /v1/embed/text and /v1/embed/image are answered by plain Starlette routes
+    (routes/embed.py): labelled in the metrics by their path, listed in the OpenAPI schema, and refusing what
+    the FastAPI routes refuse."""
     from siglip.tools.serve.routes.embed import DIRECT_ROUTES
 
     assert client.app.router.routes[: len(DIRECT_ROUTES)] == DIRECT_ROUTES
+    assert {route.path for route in DIRECT_ROUTES} == {"/v1/embeddings", "/v1/embed/text", "/v1/embed/image"}
     texts = ["a red dress", "shoes"]
     answer = client.post("/v1/embed/text", json={"texts": texts})
     np.testing.assert_allclose(answer.json()["embeddings"], embedder.embed_texts(texts), atol=1e-5)
     assert client.post("/v1/embeddings", json={"input": "shoes"}).status_code == 200
+    data = material[1][0].read_bytes()
+    for request in ({"json": {"images": [_b64(data)]}}, {"files": {"file": ("x.jpg", data, "image/jpeg")}}):
+        answer = client.post("/v1/embed/image", **request)
+        np.testing.assert_allclose(answer.json()["embeddings"], embedder.embed_images([data]), atol=1e-5)
+    _error(client.post("/v1/embed/image", json={"images": []}), 422, "no image")
     metrics = client.get("/metrics").text
-    for path in ("/v1/embed/text", "/v1/embeddings"):
+    for path in ("/v1/embed/text", "/v1/embeddings", "/v1/embed/image"):
         assert f'siglip_requests_total{{method="POST",route="{path}",status="200"}}' in metrics
         assert path in client.get("/openapi.json").json()["paths"]
     _error(client.get("/v1/embeddings"), 405)

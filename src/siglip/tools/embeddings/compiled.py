@@ -7,6 +7,10 @@ fused into each product (for int8 also the activations' quantisation and the res
 kept in `compiled_cache()`, named by everything the compiled code depends on: the first call on a machine
 compiles (25-60 s per base tower on 2 cores), later processes load it in about a second.
 
+The package runs through its C interface (`PackageRunner`), which lets other Python threads run meanwhile:
+torch's own loader holds the GIL for the whole forward, so a compiled tower used to stop a server's event loop
+and its decoding threads for as long as each batch took.
+
 Why a package of our own rather than `torch.compile`: inductor's on-disk cache does not cover frozen graphs,
 so every process would compile again; and `torch.compile(options={"freezing": True})` does not freeze at all
 in torch 2.13 (dynamo has lifted the weights as inputs before the option is read), which left earlier
@@ -15,6 +19,7 @@ versions' compiled bf16 at 1.04x eager instead of the 1.2x measured here (BENCHM
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import inspect
@@ -25,6 +30,8 @@ import platform
 import tempfile
 import threading
 import warnings
+import weakref
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,6 +109,114 @@ class CompiledTower(nn.Module):
                 )
             outputs = self._compiled(x)
         return BaseModelOutputWithPooling(outputs[0], outputs[1] if len(outputs) > 1 else None)
+
+
+class PackageRunner:
+    """The forward of an AOTInductor package on the CPU, called through the C interface of its compiled model
+    (`AOTInductorModelContainerRun`) by ctypes, which releases the GIL for the call. torch's loader
+    (`aoti_load_package`) holds it throughout: each batch of a compiled tower stopped every other Python thread
+    of the process (a server's event loop, the decoding threads) for as long as it ran (BENCHMARKS.md).
+
+    Packages whose weights are not inside their one compiled library (over 2 GB of constants) are run by
+    torch's loader instead. Calls from several threads take turns on the one compiled model.
+    """
+
+    def __init__(self, package: Path) -> None:
+        from torch._C import _aoti
+
+        self._steal = _aoti.alloc_tensors_by_stealing_from_void_ptrs
+        self._handles = _aoti.unsafe_alloc_void_ptrs_from_tensors
+        with (
+            zipfile.ZipFile(package) as archive,
+            tempfile.TemporaryDirectory(prefix="siglip-aoti-") as folder,
+        ):
+            names = [n for n in archive.namelist() if "/data/aotinductor/" in n and not n.endswith("/")]
+            libraries = [n for n in names if n.endswith(".so")]
+            if len(libraries) != 1 or any(n.endswith((".bin", ".o")) or "/weights/" in n for n in names):
+                raise _NotSelfContained(f"{package} is not one library with its weights inside")
+            # dlopen maps the library: the file itself may go with the folder
+            library = self._library = _declared(ctypes.CDLL(archive.extract(libraries[0], folder)))
+        self._package = package
+        handle, outputs = ctypes.c_void_p(), ctypes.c_size_t()
+        self._check(library.AOTInductorModelContainerCreateWithDevice(ctypes.byref(handle), 1, b"cpu", None))
+        self._container = handle
+        weakref.finalize(self, library.AOTInductorModelContainerDelete, handle)
+        self._check(library.AOTInductorModelContainerGetNumOutputs(handle, ctypes.byref(outputs)))
+        self._outputs = outputs.value
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        handles = (ctypes.c_void_p * len(inputs))(*map(_pointer, self._handles(list(inputs))))
+        results = (ctypes.c_void_p * self._outputs)()
+        self._check(
+            self._library.AOTInductorModelContainerRun(  # takes the input handles, gives the outputs'
+                self._container, handles, len(inputs), results, self._outputs, None, None
+            )
+        )
+        return self._steal([_capsule(pointer) for pointer in results])
+
+    def _check(self, error: int) -> None:
+        if error:
+            raise RuntimeError(f"the compiled package {self._package} failed (AOTInductor error {error})")
+
+
+def _declared(library: ctypes.CDLL) -> ctypes.CDLL:
+    """`library` with the argument types of the AOTInductor model-container functions this module calls
+    (`torch/csrc/inductor/aoti_runtime/interface.h`; each returns 0 on success)."""
+    pointer, size = ctypes.c_void_p, ctypes.c_size_t
+    signatures = {
+        "AOTInductorModelContainerCreateWithDevice": [
+            ctypes.POINTER(pointer),
+            size,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+        ],
+        "AOTInductorModelContainerGetNumOutputs": [pointer, ctypes.POINTER(size)],
+        "AOTInductorModelContainerRun": [
+            pointer,
+            ctypes.POINTER(pointer),
+            size,
+            ctypes.POINTER(pointer),
+            size,
+            pointer,
+            pointer,
+        ],
+        "AOTInductorModelContainerDelete": [pointer],
+    }
+    for name, arguments in signatures.items():
+        function = getattr(library, name)
+        function.argtypes, function.restype = arguments, ctypes.c_int32
+    return library
+
+
+class _NotSelfContained(Exception):
+    """A package `PackageRunner` does not run (torch's loader does)."""
+
+
+_GetPointer = ctypes.pythonapi.PyCapsule_GetPointer  # torch hands the tensor handles over as capsules
+_GetPointer.restype, _GetPointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+_NewCapsule = ctypes.pythonapi.PyCapsule_New
+_NewCapsule.restype, _NewCapsule.argtypes = (
+    ctypes.py_object,
+    [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p],
+)
+
+
+def _pointer(capsule: object) -> int:
+    return _GetPointer(capsule, None)
+
+
+def _capsule(pointer: int | None) -> object:
+    return _NewCapsule(pointer, None, None)
+
+
+def _load_package(path: Path) -> object:
+    """A loaded package: `PackageRunner` where it can run it, else torch's loader."""
+    try:
+        return PackageRunner(path)
+    except _NotSelfContained:
+        from torch._inductor import aoti_load_package  # not at import: it loads torch._dynamo
+
+        return aoti_load_package(str(path))
 
 
 def compile_towers(model: nn.Module, precision: str) -> None:
@@ -236,7 +351,6 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> objec
     that fails to load is compiled again; a cache that cannot be written compiles into a temporary folder
     for this process only (removed once loaded)."""
     from filelock import FileLock
-    from torch._inductor import aoti_load_package  # not at import: it loads torch._dynamo
 
     path = _package_path(tower, x, precision)
     try:
@@ -247,11 +361,11 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> objec
         logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
         with tempfile.TemporaryDirectory(prefix="siglip-compiled-") as folder:
             _compile_package(tower, x, precision, Path(folder) / path.name)
-            return aoti_load_package(str(Path(folder) / path.name))
+            return _load_package(Path(folder) / path.name)
     try:
         if path.exists():
             try:
-                return aoti_load_package(str(path))
+                return _load_package(path)
             except Exception as error:  # a package from a foreign or damaged write: compile it again
                 logger.warning("compiling again: %s failed to load (%s)", path, error)
         handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt2")
@@ -261,7 +375,7 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> objec
             os.replace(partial, path)
         finally:
             Path(partial).unlink(missing_ok=True)
-        return aoti_load_package(str(path))
+        return _load_package(path)
     finally:
         lock.release()
 

@@ -1,11 +1,11 @@
 """Embeddings: of texts, of images, and of texts in the shape of the OpenAI embeddings API.
 
-The two text routes are also served by `DIRECT_ROUTES`, plain Starlette routes placed before every FastAPI
-route (`app.create_app`): same key check, same body reading and the same route functions, without FastAPI's
-route matching through the included routers, its dependency solving and its response model. They take a
-quarter of the event loop's time per request with them, and the text routes are the ones a small model
-answers faster than the request path (BENCHMARKS.md, "Where the server's CPU goes"); the FastAPI routes stay
-registered for the OpenAPI docs.
+The three routes are also served by `DIRECT_ROUTES`, plain Starlette routes placed before every FastAPI route
+(`app.create_app`): same key check, same body reading and the same route functions, without FastAPI's route
+matching through the included routers, its dependency solving and its response model. They take a quarter of
+the event loop's time per text request with them, and these are the routes a small model answers faster than
+the request path (BENCHMARKS.md, "Where the server's CPU goes"); the FastAPI routes stay registered for the
+OpenAPI docs.
 """
 
 from __future__ import annotations
@@ -118,13 +118,16 @@ class _DirectRoute(Route):
         return match, child_scope
 
 
-def _direct(path: str, route: Callable[[Service, Any], Awaitable[Any]], params: type[Params]) -> Route:
+def _direct(
+    path: str, route: Callable[[Service, Any], Awaitable[Any]], params: type[Params] | None = None
+) -> Route:
     """A direct route answering POST `path` as the FastAPI `route` does: the key check, the body read as
-    `params`, the route function, its answer in pydantic's JSON encoding (FastAPI's)."""
+    `params` (or the request itself for a route that reads it), the route function, its answer in pydantic's
+    JSON encoding (FastAPI's)."""
 
     async def endpoint(request: Request) -> Response:
         await check_key(request)
-        body = await json_params(params)(request)
+        body = request if params is None else await json_params(params)(request)
         return _JSONBytes(to_json(await route(request.app.state.service, body)))
 
     return _DirectRoute(path, endpoint, methods=["POST"])
@@ -133,4 +136,5 @@ def _direct(path: str, route: Callable[[Service, Any], Awaitable[Any]], params: 
 DIRECT_ROUTES = [
     _direct("/v1/embed/text", embed_text, TextsRequest),
     _direct("/v1/embeddings", openai_embeddings, OpenAIEmbeddingsRequest),
+    _direct("/v1/embed/image", embed_image),
 ]
