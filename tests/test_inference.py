@@ -163,6 +163,24 @@ def test_compiled_bf16_packs_its_frozen_weights_and_keeps_the_bf16_bound(
     (package,) = tmp_path.glob("*.pt2")
     assert package.name.startswith("bf16-SiglipVisionTransformer-")
     _runs_like_torchs_loader_without_the_gil(model.vision_model, package, pixels)
+    # a second package in the process runs its own library: the dynamic loader knows a library by its file, so
+    # the first library's file must stay (`PackageRunner` keeps each beside its package)
+    ids = _label_ids(model)
+    with torch.inference_mode():
+        texts = model.get_text_features(ids).float()
+    (text_package,) = tmp_path.glob("bf16-SiglipTextTransformer-*.pt2")
+    from torch._inductor import aoti_load_package
+
+    with torch.inference_mode():
+        torchs = aoti_load_package(str(text_package))(ids)
+    assert torch.equal(model.text_model._compiled(ids)[1], torchs[1])
+    assert F.cosine_similarity(texts, fp32_features[1]).min().item() > 0.999
+    assert {p.name.split("-")[1] for p in tmp_path.glob("*.so")} == {
+        "SiglipVisionTransformer",
+        "SiglipTextTransformer",
+    }
+    with torch.inference_mode():
+        assert torch.equal(model.get_image_features(pixels).float(), images)
     # compiled: the fused graph's rounding differs from eager bf16's
     eager = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode():
@@ -469,7 +487,7 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     assert [p.name for p in (tmp_path / "cache").glob("*.pt2")] == [package.name]  # no partial file left
     assert not list((tmp_path / "cache").glob(".*"))
 
-    # a cache that cannot be written: compiled into a temporary folder, loaded, the folder removed
+    # a cache that cannot be written: compiled into a folder of this process, removed when it exits
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(package / "below-a-file"))
     temporary = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode(), caplog.at_level("WARNING", logger="siglip"):

@@ -19,7 +19,10 @@ versions' compiled bf16 at 1.04x eager instead of the 1.2x measured here (BENCHM
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
+import glob
 import hashlib
 import importlib.util
 import inspect
@@ -27,6 +30,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import warnings
@@ -117,8 +121,12 @@ class PackageRunner:
     (`aoti_load_package`) holds it throughout: each batch of a compiled tower stopped every other Python thread
     of the process (a server's event loop, the decoding threads) for as long as it ran (BENCHMARKS.md).
 
-    Packages whose weights are not inside their one compiled library (over 2 GB of constants) are run by
-    torch's loader instead. Calls from several threads take turns on the one compiled model.
+    The package's library is extracted beside it (`<package stem>-<crc>.so`; into a folder of this process's
+    own where the package's folder cannot be written) and stays there: the dynamic loader knows a library by
+    its file, so a file deleted once loaded could be reused by the next package's library, which would then
+    get the first one's code; and a library with over 2 GB of weights reads them from its own file when it
+    starts. Packages whose weights are kept outside their library are run by torch's loader instead. Calls
+    from several threads take turns on the one compiled model.
     """
 
     def __init__(self, package: Path) -> None:
@@ -126,25 +134,28 @@ class PackageRunner:
 
         self._steal = _aoti.alloc_tensors_by_stealing_from_void_ptrs
         self._handles = _aoti.unsafe_alloc_void_ptrs_from_tensors
-        with (
-            zipfile.ZipFile(package) as archive,
-            tempfile.TemporaryDirectory(prefix="siglip-aoti-") as folder,
-        ):
-            names = [n for n in archive.namelist() if "/data/aotinductor/" in n and not n.endswith("/")]
-            libraries = [n for n in names if n.endswith(".so")]
-            if len(libraries) != 1 or any(n.endswith((".bin", ".o")) or "/weights/" in n for n in names):
-                raise _NotSelfContained(f"{package} is not one library with its weights inside")
-            # dlopen maps the library: the file itself may go with the folder
-            library = self._library = _declared(ctypes.CDLL(archive.extract(libraries[0], folder)))
         self._package = package
-        handle, outputs = ctypes.c_void_p(), ctypes.c_size_t()
+        with zipfile.ZipFile(package) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+            libraries = [n for n in names if "/data/aotinductor/" in n and n.endswith(".so")]
+            external = [n for n in names if "/data/weights/" in n or n.endswith((".bin", ".o"))]
+            if len(libraries) != 1 or external:
+                raise _NotSelfContained(f"{package} is not one library with its weights inside")
+            library = self._library = _declared(ctypes.CDLL(str(_extracted(archive, libraries[0], package))))
+        handle, count = ctypes.c_void_p(), ctypes.c_size_t()
         self._check(library.AOTInductorModelContainerCreateWithDevice(ctypes.byref(handle), 1, b"cpu", None))
         self._container = handle
         weakref.finalize(self, library.AOTInductorModelContainerDelete, handle)
-        self._check(library.AOTInductorModelContainerGetNumOutputs(handle, ctypes.byref(outputs)))
-        self._outputs = outputs.value
+        self._check(library.AOTInductorModelContainerGetNumInputs(handle, ctypes.byref(count)))
+        self._inputs = count.value
+        self._check(library.AOTInductorModelContainerGetNumOutputs(handle, ctypes.byref(count)))
+        self._outputs = count.value
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        if len(inputs) != self._inputs:  # checked here: the C call would return before taking the handles
+            raise TypeError(
+                f"the compiled package {self._package} takes {self._inputs} tensors, not {len(inputs)}"
+            )
         handles = (ctypes.c_void_p * len(inputs))(*map(_pointer, self._handles(list(inputs))))
         results = (ctypes.c_void_p * self._outputs)()
         self._check(
@@ -156,7 +167,49 @@ class PackageRunner:
 
     def _check(self, error: int) -> None:
         if error:
-            raise RuntimeError(f"the compiled package {self._package} failed (AOTInductor error {error})")
+            message = ctypes.c_char_p()
+            self._library.AOTInductorGetLastError(ctypes.byref(message))
+            why = (message.value or b"no message").decode(errors="replace")
+            raise RuntimeError(f"the compiled package {self._package} failed: {why}")
+
+
+def _extracted(archive: zipfile.ZipFile, name: str, package: Path) -> Path:
+    """The library `name` of `package`'s `archive` as a file that outlives the process: beside the package,
+    named by its checksum, or in `_process_folder()` where the package's folder cannot be written."""
+    info = archive.getinfo(name)
+    library = f"{package.stem}-{info.CRC:08x}.so"
+    try:
+        return _extract(archive, info, package.parent / library)
+    except OSError as error:
+        logger.debug("extracting the library of %s for this process only: %s", package, error)
+        return _extract(archive, info, _process_folder() / library)
+
+
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> Path:
+    """`info` of `archive` written to `target` unless already there: under a temporary name and renamed, so
+    that concurrent processes agree; other extractions of the same package (`<stem>-<crc>.so`) are removed."""
+    if target.is_file() and target.stat().st_size == info.file_size:
+        return target
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".so")
+    try:
+        with os.fdopen(handle, "wb") as out, archive.open(info) as source:
+            shutil.copyfileobj(source, out, 1 << 20)
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    package = target.stem.rsplit("-", 1)[0]
+    for stale in target.parent.glob(f"{glob.escape(package)}-*.so"):
+        if stale != target:
+            stale.unlink(missing_ok=True)
+    return target
+
+
+@functools.cache
+def _process_folder() -> Path:
+    """A folder for this process's compiled files, removed when it exits."""
+    folder = Path(tempfile.mkdtemp(prefix="siglip-compiled-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _declared(library: ctypes.CDLL) -> ctypes.CDLL:
@@ -170,6 +223,7 @@ def _declared(library: ctypes.CDLL) -> ctypes.CDLL:
             ctypes.c_char_p,
             ctypes.c_char_p,
         ],
+        "AOTInductorModelContainerGetNumInputs": [pointer, ctypes.POINTER(size)],
         "AOTInductorModelContainerGetNumOutputs": [pointer, ctypes.POINTER(size)],
         "AOTInductorModelContainerRun": [
             pointer,
@@ -181,6 +235,7 @@ def _declared(library: ctypes.CDLL) -> ctypes.CDLL:
             pointer,
         ],
         "AOTInductorModelContainerDelete": [pointer],
+        "AOTInductorGetLastError": [ctypes.POINTER(ctypes.c_char_p)],
     }
     for name, arguments in signatures.items():
         function = getattr(library, name)
@@ -288,7 +343,8 @@ def _missing_for_compile(precision: str) -> str | None:
 def compiled_cache() -> Path:
     """The folder of compiled towers: `$SIGLIP_COMPILED_CACHE`, else `siglip/compiled` in `$XDG_CACHE_HOME`
     (default `~/.cache`). A package is about the size of the tower's weights in its precision (100 MB for a
-    base image tower in int8, 200 MB in bf16); delete the folder to reclaim the space."""
+    base image tower in int8, 200 MB in bf16), and its library, extracted beside it when first loaded, as much
+    again; delete the folder to reclaim the space."""
     if os.environ.get("SIGLIP_COMPILED_CACHE"):
         return Path(os.environ["SIGLIP_COMPILED_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siglip" / "compiled"
@@ -349,7 +405,7 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> objec
     saved there first. One process compiles a package at a time (a file lock: the others wait, then load
     it); it is written to a temporary name and renamed, so that no reader sees half a package. A package
     that fails to load is compiled again; a cache that cannot be written compiles into a temporary folder
-    for this process only (removed once loaded)."""
+    for this process only (`_process_folder()`)."""
     from filelock import FileLock
 
     path = _package_path(tower, x, precision)
@@ -359,9 +415,10 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> objec
         lock.acquire()
     except OSError as error:
         logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
-        with tempfile.TemporaryDirectory(prefix="siglip-compiled-") as folder:
-            _compile_package(tower, x, precision, Path(folder) / path.name)
-            return _load_package(Path(folder) / path.name)
+        path = _process_folder() / path.name
+        if not path.exists():
+            _compile_package(tower, x, precision, path)
+        return _load_package(path)
     try:
         if path.exists():
             try:

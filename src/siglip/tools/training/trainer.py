@@ -35,7 +35,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,17 +299,27 @@ class _Dist:
         return self.rank == 0
 
 
-def _init_distributed() -> _Dist:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU), or run alone."""
+@contextmanager
+def _distributed() -> Iterator[_Dist]:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU), or run alone.
+
+    A group this function created is destroyed on the way out: left to the interpreter's exit, gloo's
+    threads can be torn down while still joinable, and the process aborts after a finished run.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    created = world > 1 and not dist.is_initialized()
+    if created:
         dist.init_process_group("nccl" if cuda else "gloo")
-    return _Dist(dist.get_rank() if world > 1 else 0, world, device)
+    try:
+        yield _Dist(dist.get_rank() if world > 1 else 0, world, device)
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 class _Towers(nn.Module):
@@ -577,7 +587,11 @@ def _task(config: TrainConfig, processor: Processor, layout: BatchLayout, dist_:
 
 def train(config: TrainConfig) -> Path:
     """Run the training `config` describes; returns the directory of the final model (`output_dir/model`)."""
-    dist_ = _init_distributed()
+    with _distributed() as dist_:
+        return _train(config, dist_)
+
+
+def _train(config: TrainConfig, dist_: _Dist) -> Path:
     output = Path(config.output_dir)
     resume_from = _start(config, output)
     torch.manual_seed(config.seed)
