@@ -36,6 +36,8 @@ import threading
 import warnings
 import weakref
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -177,31 +179,38 @@ def _extracted(archive: zipfile.ZipFile, name: str, package: Path) -> Path:
     """The library `name` of `package`'s `archive` as a file that outlives the process: beside the package,
     named by its checksum, or in `_process_folder()` where the package's folder cannot be written."""
     info = archive.getinfo(name)
-    library = f"{package.stem}-{info.CRC:08x}.so"
     try:
-        return _extract(archive, info, package.parent / library)
+        return _extract(archive, info, package.parent, package.stem)
     except OSError as error:
         logger.debug("extracting the library of %s for this process only: %s", package, error)
-        return _extract(archive, info, _process_folder() / library)
+        return _extract(archive, info, _process_folder(), package.stem)
 
 
-def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> Path:
-    """`info` of `archive` written to `target` unless already there: under a temporary name and renamed, so
-    that concurrent processes agree; other extractions of the same package (`<stem>-<crc>.so`) are removed."""
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, stem: str) -> Path:
+    """`info` of `archive` as `folder/<stem>-<crc>.so`, written unless already there; the other extractions
+    of the package `stem` (its earlier versions) are removed."""
+    target = folder / f"{stem}-{info.CRC:08x}.so"
     if target.is_file() and target.stat().st_size == info.file_size:
         return target
-    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".so")
-    try:
-        with os.fdopen(handle, "wb") as out, archive.open(info) as source:
-            shutil.copyfileobj(source, out, 1 << 20)
-        os.replace(partial, target)
-    finally:
-        Path(partial).unlink(missing_ok=True)
-    package = target.stem.rsplit("-", 1)[0]
-    for stale in target.parent.glob(f"{glob.escape(package)}-*.so"):
+    with _renamed_into(target) as partial, partial.open("wb") as out, archive.open(info) as source:
+        shutil.copyfileobj(source, out, 1 << 20)
+    for stale in folder.glob(f"{glob.escape(stem)}-*.so"):
         if stale != target:
             stale.unlink(missing_ok=True)
     return target
+
+
+@contextmanager
+def _renamed_into(target: Path) -> Iterator[Path]:
+    """A temporary file beside `target`, renamed to it once the block has written it (so that no reader, in
+    this process or another, sees half a file), removed if the block fails."""
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=target.suffix)
+    os.close(handle)
+    try:
+        yield Path(partial)
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
 
 
 @functools.cache
@@ -404,8 +413,8 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> objec
     """The compiled `tower` for inputs shaped as `x`: its package loaded from the cache, or compiled and
     saved there first. One process compiles a package at a time (a file lock: the others wait, then load
     it); it is written to a temporary name and renamed, so that no reader sees half a package. A package
-    that fails to load is compiled again; a cache that cannot be written compiles into a temporary folder
-    for this process only (`_process_folder()`)."""
+    that fails to load is compiled again; a cache that cannot be written is replaced by a folder of this
+    process only (`_process_folder()`)."""
     from filelock import FileLock
 
     path = _package_path(tower, x, precision)
@@ -416,22 +425,16 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> objec
     except OSError as error:
         logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
         path = _process_folder() / path.name
-        if not path.exists():
-            _compile_package(tower, x, precision, path)
-        return _load_package(path)
+        lock = FileLock(path.with_suffix(".lock"))
+        lock.acquire()
     try:
         if path.exists():
             try:
                 return _load_package(path)
             except Exception as error:  # a package from a foreign or damaged write: compile it again
                 logger.warning("compiling again: %s failed to load (%s)", path, error)
-        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt2")
-        os.close(handle)
-        try:
-            _compile_package(tower, x, precision, Path(partial))
-            os.replace(partial, path)
-        finally:
-            Path(partial).unlink(missing_ok=True)
+        with _renamed_into(path) as partial:
+            _compile_package(tower, x, precision, partial)
         return _load_package(path)
     finally:
         lock.release()
