@@ -112,10 +112,11 @@ def machine_line() -> str:
         else []
     )
     cpu = names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
-    bf16 = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    bf16 = "yes" if torch.cpu._is_avx512_bf16_supported() else "no"
+    units = "AMX" if torch.cpu._is_amx_tile_supported() else bf16
     return (
         f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, bf16 units: "
-        f"{'yes' if bf16 else 'no'}, VNNI: {'yes' if torch.cpu._is_vnni_supported() else 'no'}; load "
+        f"{units}, VNNI: {'yes' if torch.cpu._is_vnni_supported() else 'no'}; load "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}"
     )

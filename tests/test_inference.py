@@ -535,7 +535,11 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
 def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch, capsys, tmp_path):
     from siglip import Siglip2Config, SiglipConfig
     from siglip.tools.embeddings import compiled
-    from siglip.tools.embeddings.compiled import COMPILE_PAYS_FROM_FLOP, compile_pays
+    from siglip.tools.embeddings.compiled import (
+        COMPILE_PAYS_FROM_FLOP,
+        COMPILE_PAYS_FROM_FLOP_AMX_BF16,
+        compile_pays,
+    )
 
     base = SiglipConfig(
         vision_config={
@@ -560,6 +564,18 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     assert not compile_pays(base, 10**9, "fp32", cpu).compile  # torch.compile: every process pays again
     assert not compile_pays(base, 10**9, "bf16", torch.device("cuda")).compile
     assert not compile_pays(Siglip2Config(), 10**9, "int8", cpu).compile  # NaFlex: not packaged
+    # with AMX, eager bf16 ran the job as fast as the package: bf16 never compiles by the job's choice there
+    # with AMX, eager bf16 is within ~10% of the package: its compile pays back five times further out
+    pays_from_amx = math.ceil(COMPILE_PAYS_FROM_FLOP_AMX_BF16 / flop)
+    assert 4900 <= pays_from_amx <= 5100
+    with monkeypatch.context() as probe:
+        probe.delenv("SIGLIP_BF16_UNITS", raising=False)  # the suite's pin hides the units: this probes them
+        for amx in (True, False):
+            probe.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+            bf16 = compile_pays(base, pays_from_amx - 1, "bf16", cpu)
+            assert bf16.compile is not amx and (f"~{pays_from_amx:,} (bf16 on AMX)" in bf16.why) is amx
+            assert compile_pays(base, pays_from_amx, "bf16", cpu).compile
+            assert compile_pays(base, pays_from, "int8", cpu).compile
     monkeypatch.setattr(compiled, "_missing_for_compile", lambda precision: "torchao is not installed")
     lacking = compile_pays(base, 10**9, "int8", cpu)
     assert not lacking.compile and "torchao is not installed" in lacking.why

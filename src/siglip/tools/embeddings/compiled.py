@@ -47,6 +47,7 @@ from torch import nn
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
+from .precision import has_amx
 
 logger = logging.getLogger("siglip")
 PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU makes a package
@@ -54,6 +55,9 @@ PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU
 # image) ran 8.7 images/s in eager int8 and 14.0 compiled, after a 45 s compile (2 threads, BENCHMARKS.md):
 # 45 s / (1/8.7 - 1/14.0 s an image) = ~1,030 images. bf16 (27 s; 8.1 -> 9.8 images/s) comes to ~1,300.
 COMPILE_PAYS_FROM_FLOP = 1_000 * 33.3e9
+# With AMX, eager bf16 already runs its products on the tiles: the bf16 package ran the job 0.95-1.21x as fast
+# (median 1.10x; 2-core Xeon, BENCHMARKS.md) after a 30-64 s compile: 45 s / (1/10.55 - 1/11.66) = ~5,000.
+COMPILE_PAYS_FROM_FLOP_AMX_BF16 = 5_000 * 33.3e9
 
 
 class _Outputs(nn.Module):
@@ -314,7 +318,8 @@ def compile_pays(
     """Whether compiling the image tower of a model of `config` pays back in a job of `images` images run in
     `precision` on `device`: where the compiled package exists (the CPU, a fixed-resolution model, a packaged
     precision, torchao for int8, a C++ compiler) and the job's linear work reaches `COMPILE_PAYS_FROM_FLOP`,
-    scaled from the base image tower's measured break-even by the tower's work per image."""
+    scaled from the base image tower's measured break-even by the tower's work per image (five times further
+    for bf16 on a CPU with AMX, where eager bf16 is nearly as fast: `COMPILE_PAYS_FROM_FLOP_AMX_BF16`)."""
     from ...core.auto import is_naflex
 
     if device.type != "cpu" or precision not in PACKAGED:
@@ -327,13 +332,15 @@ def compile_pays(
     tokens = (vision.image_size // vision.patch_size) ** 2
     per_layer = 4 * vision.hidden_size**2 + 2 * vision.hidden_size * vision.intermediate_size
     flop = 2 * tokens * vision.num_hidden_layers * per_layer  # multiply-adds of the linear layers, x2
-    pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / flop)
+    amx_bf16 = precision == "bf16" and has_amx(device)
+    pays_from = math.ceil((COMPILE_PAYS_FROM_FLOP_AMX_BF16 if amx_bf16 else COMPILE_PAYS_FROM_FLOP) / flop)
+    pays_from_words = f"~{pays_from:,}" + (" (bf16 on AMX)" if amx_bf16 else "")
     if images < pays_from:
-        return CompileChoice(False, f"{images} images; compiling pays from ~{pays_from:,}, or --compile")
+        return CompileChoice(False, f"{images} images; compiling pays from {pays_from_words}, or --compile")
     missing = _missing_for_compile(precision)
     if missing:
-        return CompileChoice(False, f"compiling would pay from ~{pays_from:,} images, but {missing}")
-    return CompileChoice(True, f"{images} images; compiling pays from ~{pays_from:,}")
+        return CompileChoice(False, f"compiling would pay from {pays_from_words}, but {missing}")
+    return CompileChoice(True, f"{images} images; compiling pays from {pays_from_words}")
 
 
 def _missing_for_compile(precision: str) -> str | None:

@@ -23,9 +23,11 @@ A word means the same weights and the same arithmetic in every command. `auto` p
 Why: int8 is the fastest mode that keeps the issue-26 bounds (cosine >= 0.995 to fp32, zero-shot agreement
 >= 99% on the bundled model) on x86 CPUs without AMX: 4.0x transformers fp32 on the base image tower with
 AVX-512 VNNI, where eager bf16 on AVX-512 BF16 units gets 1.8x (one thread, BENCHMARKS.md), and 1.4-1.7x on
-AVX2 without VNNI, where bf16 is emulated (~7x slower than fp32). AMX's bf16 tiles are faster still, and
-nearer fp32 (cosine >= 0.9999). Training keeps float32 weights for the optimizer (AdamW's small
-updates vanish in bfloat16 weights): `bf16` training must be asked for; fp16 and int8 are not offered for it.
+AVX2 without VNNI, where bf16 is emulated (~7x slower than fp32). With AMX, eager bf16 runs on the tiles and
+beats eager int8, nearer fp32: the embedding job ran 2.6-3.4x the transformers fp32 loop against int8's 2.2x,
+cosine 0.99996 against 0.99941 (a 2-core Xeon with AMX, BENCHMARKS.md). Training keeps float32 weights for
+the optimizer (AdamW's small updates vanish in bfloat16 weights): `bf16` training must be asked for; fp16 and
+int8 are not offered for it.
 `SIGLIP_BF16_UNITS=0` makes `auto` mean fp32 on every device (the test suite's pin), `1` says bf16 units
 are there.
 """
@@ -84,10 +86,18 @@ def fast_int8(device: torch.device | str) -> bool:
     return torch.cpu._is_avx2_supported() and "onednn" in torch.backends.quantized.supported_engines
 
 
+def has_amx(device: torch.device | str) -> bool:
+    """Whether `device` is a CPU with AMX tiles (no under `SIGLIP_BF16_UNITS`, which pins the units either way).
+    Eager bf16 runs its products on them: faster than eager int8 there (`auto` prefers it), and near enough to
+    a compiled bf16 tower that its compile pays back only in big jobs (`compiled.compile_pays`)."""
+    device = torch.device(device)
+    return device.type == "cpu" and _units_override() is None and torch.cpu._is_amx_tile_supported()
+
+
 def auto_precision(device: torch.device | str, training: bool = False) -> tuple[str, str]:
     """The word `auto` means on `device` (see the module doc), and why, in words for the user."""
     device = torch.device(device)
-    amx = device.type == "cpu" and _units_override() is None and torch.cpu._is_amx_tile_supported()
+    amx = has_amx(device)
     if not training and not amx and fast_int8(device):
         vnni = "with" if torch.cpu._is_vnni_supported() else "without"
         return "int8", f"auto: the fastest sound mode on a CPU without AMX, int8 kernels {vnni} VNNI"
