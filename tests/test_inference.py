@@ -220,7 +220,10 @@ def _runs_like_torchs_loader_without_the_gil(tower, package, x):
         alone = progress[0] - before - during
         running.clear()
         counter.join()
-    assert during > 0.5 * alone, (during, alone)  # torch's loader: under a tenth, the first switch interval
+    # Released, the counter kept 93-97% of its pace on an idle machine and 46% in a loaded CI run (it shares
+    # the cores with the call's threads and the other test worker); held (torch's loader), 3.5%: the first
+    # switch interval only.
+    assert during > 0.2 * alone, (during, alone)
 
 
 def test_embedder_runs_in_the_mode_it_was_given(fp32_features):
