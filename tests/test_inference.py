@@ -567,7 +567,6 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     assert not compile_pays(base, 10**9, "fp32", cpu).compile  # torch.compile: every process pays again
     assert not compile_pays(base, 10**9, "bf16", torch.device("cuda")).compile
     assert not compile_pays(Siglip2Config(), 10**9, "int8", cpu).compile  # NaFlex: not packaged
-    # with AMX, eager bf16 ran the job as fast as the package: bf16 never compiles by the job's choice there
     # with AMX, eager bf16 is within ~10% of the package: its compile pays back five times further out
     pays_from_amx = math.ceil(COMPILE_PAYS_FROM_FLOP_AMX_BF16 / flop)
     assert 4900 <= pays_from_amx <= 5100
