@@ -152,6 +152,24 @@ async def wait_ready(server: Server) -> None:
     raise RuntimeError(f"the server '{server.name}' did not start")
 
 
+async def wait_compiled(server: Server, precision: str, options: str) -> None:
+    """For a `siglip serve` that compiles its towers in the background (its default, where the precision
+    has packages), wait until every worker answers with compiled towers, and say how long that took: the
+    runs measure the server once it is settled."""
+    if server.infinity or precision == "fp32" or "--no-compile" in options.split():
+        return
+    started, in_a_row = time.monotonic(), 0
+    async with aiohttp.ClientSession() as http:
+        while in_a_row < 8:  # each worker process answers with its own towers
+            async with http.get(f"{server.url}/v1/info") as response:
+                compiled = (await response.json())["compiled"]
+            in_a_row = in_a_row + 1 if all(compiled.values()) else 0
+            if time.monotonic() - started > 600:
+                raise RuntimeError(f"the server '{server.name}' did not compile its towers in 600 s")
+            await asyncio.sleep(0.25)
+    print(f"{server.name}: towers compiled {time.monotonic() - started:.0f} s after the server was ready")
+
+
 def stop(server: Server) -> None:
     server.process.send_signal(signal.SIGTERM)
     if server.process.wait(60) != 0 and not server.infinity:  # infinity's server exits with -15
@@ -392,6 +410,9 @@ async def bench(args: argparse.Namespace, name: str, model: str) -> None:
     ]
     try:
         await asyncio.gather(*(wait_ready(server) for server in servers))
+        await asyncio.gather(
+            *(wait_compiled(server, args.precision, configs[server.name]) for server in servers)
+        )
         if args.check:
             await check(servers, model)
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {}

@@ -559,7 +559,7 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / flop)
     assert 950 <= pays_from <= 1050  # the base tower's measured break-even, ~1,000 images
     cpu = torch.device("cpu")
-    monkeypatch.setattr(compiled, "_missing_for_compile", lambda precision: None)
+    monkeypatch.setattr(compiled, "missing_for_compile", lambda precision: None)
     assert compile_pays(base, pays_from, "int8", cpu).compile
     assert compile_pays(base, pays_from, "bf16", cpu).compile
     short = compile_pays(base, pays_from - 1, "int8", cpu)
@@ -578,7 +578,7 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
             assert bf16.compile is not amx and (f"~{pays_from_amx:,} (bf16 on AMX)" in bf16.why) is amx
             assert compile_pays(base, pays_from_amx, "bf16", cpu).compile
             assert compile_pays(base, pays_from, "int8", cpu).compile
-    monkeypatch.setattr(compiled, "_missing_for_compile", lambda precision: "torchao is not installed")
+    monkeypatch.setattr(compiled, "missing_for_compile", lambda precision: "torchao is not installed")
     lacking = compile_pays(base, 10**9, "int8", cpu)
     assert not lacking.compile and "torchao is not installed" in lacking.why
     # the job says what it chose; the bundled tiny model never pays back a compile

@@ -33,12 +33,12 @@ def add_model_options(
     default: str | None = DEFAULT_MODEL,
     *,
     indexed: bool = False,
-    compile_by_job: bool = False,
+    compile_default: str = "",
 ) -> None:
     """--model, --device, --precision, --compile and --max-num-patches. `indexed`: for an index, whose
     recorded precision and patch budget are the defaults (and the only values accepted) once it exists.
-    `compile_by_job`: a job that knows its size, whose `--compile` defaults to None (decided by
-    `compile_pays`) and may be refused with `--no-compile`."""
+    `compile_default`: for a command that decides for itself whether to compile (what it does, in words for
+    the help), `--compile` defaults to None and may be refused with `--no-compile`."""
     shown = f"default: {default}" if default else "default: the one the index was built with"
     parser.add_argument(
         "--model", default=default, help=f"bundled model name, local checkpoint folder or hub id ({shown})"
@@ -53,18 +53,14 @@ def add_model_options(
         "bf16-autocast, fp16 (GPU) or int8 (CPU: faster, less exact); see BENCHMARKS.md for the costs "
         f"(default: auto{recorded})",
     )
-    by_job = (
-        " (default: when the job is big enough to pay it back, ~1,000 images for a base model, ~5,000 in bf16"
-        " on AMX)"
-    )
     parser.add_argument(
         "--compile",
-        action=argparse.BooleanOptionalAction if compile_by_job else "store_true",
-        default=None if compile_by_job else False,
+        action=argparse.BooleanOptionalAction if compile_default else "store_true",
+        default=None if compile_default else False,
         help="compile the model on first use: on a CPU, bf16 1.1-1.3x and int8 1.1-1.5x their eager modes "
         "(compiled ahead of time with frozen weights, 25-60 s per base tower the first time, then loaded from "
         "the cache in about a second; int8 needs the int8 extra), fp32 up to ~10%% faster (torch.compile, "
-        f"every run){by_job if compile_by_job else ''}",
+        f"every run){f' (default: {compile_default})' if compile_default else ''}",
     )
     parser.add_argument(
         "--max-num-patches",

@@ -36,7 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "The page is at http://HOST:PORT/, the API docs at /docs. Stop it with Ctrl+C or SIGTERM "
         "(requests in flight are answered first).",
     )
-    add_model_options(parser, default=None)
+    add_model_options(
+        parser,
+        default=None,
+        compile_default="in the background where the model has packages (bf16, fp16 or int8 on a CPU): the "
+        "eager towers answer until the compiled ones are in; --compile: before the first request",
+    )
     add_image_backend_option(parser)
     parser.add_argument("--index", help="index folder made by `siglip index`, to search (default: none)")
     parser.add_argument(
@@ -196,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout,
         max_connections=args.max_connections or _default_connections(ServeSettings.max_connections),
     )
+    args.compile_in_background, args.compile = args.compile is None, bool(args.compile)
     if args.ray:
         if args.workers not in (None, 1):
             raise UsageError("--workers is for one machine; with --ray, use --replicas")
@@ -238,7 +244,40 @@ def _serve(embedder: Embedder, args: argparse.Namespace, settings: Any, sockets:
     # uvicorn handles SIGTERM by finishing the requests in flight, then raises it again once it is done; by
     # then there is nothing left to do, so that second delivery must not kill the process with status -15.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=sockets)
+    compiling = _compile(embedder, args)
+    try:
+        server.run(sockets=sockets)
+    finally:
+        if compiling is not None:
+            compiling.stop()
+
+
+def _compile(embedder: Embedder, args: argparse.Namespace) -> Any:
+    """With --compile, the compiled towers loaded (or compiled) before the first request; by default, a
+    `BackgroundCompile` started where the model has something to compile (returned, to be stopped)."""
+    from ..embeddings.background_compile import BackgroundCompile, compile_now
+
+    if args.compile:
+        print("siglip serve: loading the compiled towers (compiled the first time: 10-60 s)", file=sys.stderr)
+        compile_now(embedder)
+        return None
+    if not args.compile_in_background:
+        return None
+
+    def done(state: str) -> None:  # a failure is logged as a warning by BackgroundCompile
+        if state.startswith("compiled"):
+            print(f"siglip serve: towers {state}, in use", file=sys.stderr, flush=True)
+
+    compiling = BackgroundCompile(embedder, on_done=done)
+    if compiling.why_not is not None:
+        print(f"siglip serve: eager towers: {compiling.why_not}", file=sys.stderr)
+        return None
+    compiling.start()
+    print(
+        "siglip serve: compiling the towers in the background; the eager ones answer meanwhile",
+        file=sys.stderr,
+    )
+    return compiling
 
 
 def _auto_workers(embedder: Embedder) -> int:

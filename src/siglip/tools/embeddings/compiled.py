@@ -72,6 +72,15 @@ class _Outputs(nn.Module):
         return tuple(t for t in (out.last_hidden_state, out.pooler_output) if t is not None)
 
 
+class Package(NamedTuple):
+    """A compiled tower's package file and the input it was compiled for: its shape past the batch
+    dimension and its dtype."""
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
 class CompiledTower(nn.Module):
     """A fixed-resolution vision tower or a text tower compiled ahead of time in `precision` (a word of
     `PACKAGED`) on its first call.
@@ -79,7 +88,8 @@ class CompiledTower(nn.Module):
     Called as the tower it replaces with its main input only (pixels, or token ids padded to the model's
     length); it returns `last_hidden_state` and `pooler_output`. Only the batch size may change between calls
     (the first call's other dimensions are fixed in the package). The first call loads the tower's package
-    from `compiled_cache()`, or exports, (for int8) quantises and compiles it there.
+    from `compiled_cache()`, or exports, (for int8) quantises and compiles it there; `package` says which
+    once it is loaded.
     """
 
     def __init__(self, tower: nn.Module, precision: str) -> None:
@@ -88,9 +98,17 @@ class CompiledTower(nn.Module):
             raise ValueError(f"precision must be one of {PACKAGED} to compile a package, got {precision!r}")
         self.tower = tower
         self.precision = precision
+        self.package: Package | None = None
         self._compiled: object | None = None
-        self._input: tuple[tuple[int, ...], torch.dtype] | None = None  # (shape past the batch, dtype)
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_package(cls, tower: nn.Module, precision: str, package: Package) -> CompiledTower:
+        """`tower` as the package compiled from it in `precision` (by another process: see
+        `siglip.tools.embeddings.background_compile`), loaded now."""
+        compiled = cls(tower, precision)
+        compiled._compiled, compiled.package = _load_package(package.path), package
+        return compiled
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> BaseModelOutputWithPooling:
         if any(a is not None and a is not False for a in (*args, *kwargs.values())):
@@ -106,11 +124,9 @@ class CompiledTower(nn.Module):
         with torch.inference_mode(False), torch.no_grad():
             with self._lock:
                 if self._compiled is None:
-                    self._compiled, self._input = (
-                        _load_or_compile(self.tower, x, self.precision),
-                        (tuple(x.shape[1:]), x.dtype),
-                    )
-            shape, dtype = self._input
+                    self._compiled, path = _load_or_compile(self.tower, x, self.precision)
+                    self.package = Package(path, tuple(x.shape[1:]), x.dtype)
+            _, shape, dtype = self.package
             if (tuple(x.shape[1:]), x.dtype) != (shape, dtype):
                 dims = ", ".join(map(str, shape))
                 raise UsageError(
@@ -337,14 +353,15 @@ def compile_pays(
     pays_from_words = f"~{pays_from:,}" + (" (bf16 on AMX)" if amx_bf16 else "")
     if images < pays_from:
         return CompileChoice(False, f"{images} images; compiling pays from {pays_from_words}, or --compile")
-    missing = _missing_for_compile(precision)
+    missing = missing_for_compile(precision)
     if missing:
         return CompileChoice(False, f"compiling would pay from {pays_from_words}, but {missing}")
     return CompileChoice(True, f"{images} images; compiling pays from {pays_from_words}")
 
 
-def _missing_for_compile(precision: str) -> str | None:
-    """What this machine lacks to compile a package in `precision`, in words (None: nothing)."""
+def missing_for_compile(precision: str) -> str | None:
+    """What this machine lacks to compile a package in `precision` (a word of `PACKAGED`), in words (None:
+    nothing)."""
     if precision == "int8" and importlib.util.find_spec("torchao") is None:
         return "torchao is not installed (pip install 'siglip[int8]')"
     from torch._inductor.cpp_builder import get_cpp_compiler  # not at import: it loads torch._dynamo
@@ -416,9 +433,9 @@ def _cpu() -> str:
         return f"{platform.machine()} {platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
 
 
-def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> object:
-    """The compiled `tower` for inputs shaped as `x`: its package loaded from the cache, or compiled and
-    saved there first. One process compiles a package at a time (a file lock: the others wait, then load
+def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple[object, Path]:
+    """The compiled `tower` for inputs shaped as `x`, and its package's path: the package loaded from the
+    cache, or compiled and saved there first. One process compiles a package at a time (a file lock: the others wait, then load
     it); it is written to a temporary name and renamed, so that no reader sees half a package. A package
     that fails to load is compiled again; a cache that cannot be written is replaced by a folder of this
     process only (`_process_folder()`)."""
@@ -437,12 +454,12 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> objec
     try:
         if path.exists():
             try:
-                return _load_package(path)
+                return _load_package(path), path
             except Exception as error:  # a package from a foreign or damaged write: compile it again
                 logger.warning("compiling again: %s failed to load (%s)", path, error)
         with _renamed_into(path) as partial:
             _compile_package(tower, x, precision, partial)
-        return _load_package(path)
+        return _load_package(path), path
     finally:
         lock.release()
 

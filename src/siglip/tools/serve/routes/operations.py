@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ...embeddings.compiled import CompiledTower
 from ...zeroshot import DEFAULT_TEMPLATE
 from ..errors import ApiError
 from ..service import Service, check_key, service
@@ -37,13 +38,18 @@ async def metrics(served: Served) -> Response:
 
 @router.get("/v1/info", tags=["info"], dependencies=[Depends(check_key)])
 async def info(served: Served) -> dict[str, Any]:
-    """The model, its embedding size, the index's size (null without an index), the server's worker
-    processes (each answers with its own metrics) and the limits of a request."""
+    """The model, its embedding size, its precision and which of its towers are compiled, the index's size
+    (null without an index), the server's worker processes (each answers with its own metrics) and the
+    limits of a request."""
     embedder = served.embedder
     return {
         "model": embedder.name,
         "dims": embedder.dims,
         "precision": embedder.mode.precision,
+        "compiled": {  # `siglip serve` compiles its towers in the background: false until they are in
+            "text": isinstance(embedder.model.text_model, CompiledTower),
+            "image": isinstance(embedder.model.vision_model, CompiledTower),
+        },
         "index": None if served.index is None else {"size": await served.index_size()},
         "workers": served.settings.workers,
         "default_template": DEFAULT_TEMPLATE,

@@ -1,0 +1,164 @@
+"""Compiling a long-running embedder's towers without making it wait: what `siglip serve` does by default.
+
+    embedder = Embedder.from_pretrained("siglip-tiny-fashion", precision="int8")
+    job = BackgroundCompile(embedder)
+    if job.why_not is None:          # else: why this embedder has no package to compile, in words
+        job.start()                  # the embedder keeps answering with its eager towers meanwhile
+    ...                              # once the packages are in, its towers are the compiled ones
+    job.stop()
+
+A compiled tower (`compiled.CompiledTower`) runs a small model's batches 1.2-1.6x as fast in a server, but its
+package takes 10-60 s to compile the first time on a machine: a server that compiled before answering would
+keep its users waiting that long, and one that compiled on its first request would time its first requests
+out. Instead a child process, spawned at a lower CPU priority so that requests come first, loads the same
+checkpoint in the same precision and compiles its towers into `compiled_cache()`; this process then loads the
+packages (about a second; at once when an earlier run compiled them) and swaps each eager tower for its
+compiled one between two model calls. Until then, and for good if the compile fails, the eager towers answer.
+Vectors then move within the precision's bounds of fp32 (the compiled mode's numbers, not bit for bit the
+eager mode's: BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+
+from .compiled import PACKAGED, CompiledTower, Package, missing_for_compile
+from .embedder import Embedder
+
+logger = logging.getLogger("siglip")
+TOWERS = ("text_model", "vision_model")  # the towers of a two-tower model that may be packaged
+
+
+class BackgroundCompile:
+    """Compiles `embedder`'s towers in a child process while it keeps running them eagerly, then puts the
+    compiled towers in its model (see the module doc). `on_done(state)` is told how it ended (`state`)."""
+
+    def __init__(self, embedder: Embedder, on_done: Callable[[str], None] | None = None) -> None:
+        self.embedder = embedder
+        self.on_done = on_done
+        self.state = "not started"  # then "compiling", and "compiled in N s", "failed: why" or "stopped"
+        self._thread: threading.Thread | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a stop and the child's start do not cross
+
+    @property
+    def why_not(self) -> str | None:
+        """Why the embedder has nothing to compile in the background, in words (None: it has)."""
+        mode, device = self.embedder.mode, self.embedder.device
+        if mode.compile:
+            return "its towers are compiled already (--compile)"
+        if device.type != "cpu" or mode.precision not in PACKAGED:
+            return (
+                f"{mode.precision} on {device.type} has no compiled package (bf16, fp16 and int8 on a CPU do)"
+            )
+        return missing_for_compile(mode.precision)
+
+    def start(self) -> None:
+        """Start compiling (on a thread of this process, which waits for the child)."""
+        if self.why_not is not None:
+            raise RuntimeError(f"nothing to compile in the background: {self.why_not}")
+        self.state = "compiling"
+        self._thread = threading.Thread(target=self._run, name="siglip-compile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop a compile still running (its child is ended, leaving no half-written package) and wait."""
+        with self._lock:
+            self._stopping.set()
+            if self._process is not None and self._process.is_alive():
+                self._process.terminate()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            result = self._child_result()
+            if self._stopping.is_set():
+                state = "stopped"
+            elif isinstance(result, str):
+                state = f"failed: {result}"
+            else:
+                _swap_in(self.embedder, result)
+                state = f"compiled in {time.monotonic() - started:.0f} s"
+        except Exception as error:  # no child, or a package that does not load here: keep the eager towers
+            state = f"failed: {type(error).__name__}: {error}"
+        self.state = state
+        if state.startswith("failed"):
+            logger.warning("the towers stay eager: compiling them %s", state)
+        if self.on_done is not None:
+            self.on_done(state)
+
+    def _child_result(self) -> dict[str, Package] | str:
+        """What the child sends back: the packages by tower, or why it failed (also when stopped)."""
+        context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+        receive, send = context.Pipe(duplex=False)
+        embedder = self.embedder
+        with self._lock:
+            if self._stopping.is_set():
+                return "stopped before it started"
+            self._process = context.Process(
+                target=_compile_in_child,
+                args=(embedder.name, embedder.mode.precision, torch.get_num_threads(), send),
+                name="siglip-compile",
+            )
+            self._process.start()
+        send.close()  # the child's end only: the parent's read ends when the child ends
+        try:
+            return receive.recv()
+        except EOFError:
+            return f"the compiling process ended with status {self._process.exitcode}"
+        finally:
+            self._process.join()
+
+
+def compile_now(embedder: Embedder) -> dict[str, Package]:
+    """Load, or compile, the packages of `embedder`'s compiled towers (made with `compile=True`) now rather
+    than on their first call; the packages by tower attribute."""
+    model = embedder.model
+    if isinstance(model.text_model, CompiledTower):
+        embedder.embed_texts(["a"])
+    if isinstance(model.vision_model, CompiledTower):  # a fixed resolution: any image is resized to it
+        embedder.embed_images([Image.new("RGB", (64, 64))])
+    return {
+        name: getattr(model, name).package
+        for name in TOWERS
+        if isinstance(getattr(model, name), CompiledTower)
+    }
+
+
+def _swap_in(embedder: Embedder, packages: dict[str, Package]) -> None:
+    """Replace each tower of `embedder`'s model named in `packages` by its compiled package, all loaded first.
+    A model call in flight finishes on the tower it started with (each call looks its tower up once)."""
+    model, precision = embedder.model, embedder.mode.precision
+    compiled = {
+        name: CompiledTower.from_package(getattr(model, name), precision, package)
+        for name, package in packages.items()
+    }
+    for name, tower in compiled.items():
+        setattr(model, name, tower)
+
+
+def _compile_in_child(
+    name: str, precision: str, threads: int, send: multiprocessing.connection.Connection
+) -> None:
+    """The child of `BackgroundCompile`: the model `name` in `precision`, its towers compiled on `threads`
+    threads (the parent's: the kernels are laid out for them), and their packages sent back (or why not)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds: the half-written package is removed
+    os.nice(10)  # the parent's requests come first
+    torch.set_num_threads(threads)
+    try:
+        send.send(compile_now(Embedder.from_pretrained(name, "cpu", precision=precision, compile=True)))
+    except Exception as error:
+        send.send(f"{type(error).__name__}: {error}")

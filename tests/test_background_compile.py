@@ -1,0 +1,139 @@
+"""Compiling a long-running embedder's towers in the background (`siglip serve`'s default): the eager towers
+answer meanwhile, the compiled ones are then the `--compile` mode's, a stop leaves nothing half-written, a
+failure keeps the eager towers; and the real server does it by default, `--compile` before its first request."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from _material import BUNDLED, write_photos
+from _serving import start_server
+from siglip import Embedder
+from siglip.tools.embeddings import background_compile
+from siglip.tools.embeddings.background_compile import BackgroundCompile
+from siglip.tools.embeddings.compiled import CompiledTower
+
+TEXTS = ["a red dress", "a pair of sneakers", "an ankle boot in the snow"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One package cache for the file: the server test loads what the first test compiled (same threads)."""
+    return tmp_path_factory.mktemp("compiled")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    return write_photos(tmp_path_factory.mktemp("photos"), corrupt=False)[:4]
+
+
+def _towers(embedder: Embedder) -> tuple[bool, bool]:
+    model = embedder.model
+    return isinstance(model.text_model, CompiledTower), isinstance(model.vision_model, CompiledTower)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_the_eager_towers_answer_until_the_compiled_ones_are_swapped_in(cache, photos, tmp_path, monkeypatch):
+    embedder = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16")
+    eager_texts, eager_images = embedder.embed_texts(TEXTS), embedder.embed_images(photos)
+
+    # stopped part-way: the child is ended, the eager towers stay, and no package or half of one is left
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
+    stopped = BackgroundCompile(embedder)
+    stopped.start()
+    time.sleep(3)
+    stopped.stop()
+    assert stopped.state == "stopped" and _towers(embedder) == (False, False)
+    assert not [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"]
+
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(cache))
+    told: list[str] = []
+    job = BackgroundCompile(embedder, on_done=told.append)
+    assert job.why_not is None
+    job.start()
+    answered = []
+    while (
+        job.state == "compiling"
+    ):  # the model answers meanwhile (the eager vectors, or once swapped the new)
+        answered.append(embedder.embed_texts(TEXTS[:1])[0])
+    job.stop()
+    assert job.state.startswith("compiled in ") and told == [job.state]
+    assert len(answered) > 10
+    assert _cosines(np.array(answered), eager_texts[:1]).min() > 0.999
+    assert _towers(embedder) == (True, True)
+
+    # the swapped-in towers are the --compile mode's, bit for bit, within the bf16 bound of the eager ones
+    texts, images = embedder.embed_texts(TEXTS), embedder.embed_images(photos)
+    reference = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16", compile=True)
+    np.testing.assert_array_equal(texts, reference.embed_texts(TEXTS))
+    np.testing.assert_array_equal(images, reference.embed_images(photos))
+    assert not np.array_equal(texts, eager_texts)  # the compiled graph's rounding is its own
+    assert _cosines(texts, eager_texts).min() > 0.999 and _cosines(images, eager_images).min() > 0.999
+
+
+def test_what_is_not_compiled_in_the_background_says_why(monkeypatch, tmp_path):
+    fp32 = Embedder.from_pretrained(BUNDLED, "cpu", precision="fp32")
+    assert BackgroundCompile(fp32).why_not == (
+        "fp32 on cpu has no compiled package (bf16, fp16 and int8 on a CPU do)"
+    )
+    with pytest.raises(RuntimeError, match="nothing to compile in the background: fp32 on cpu"):
+        BackgroundCompile(fp32).start()
+    compiled = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16", compile=True)
+    assert "compiled already" in BackgroundCompile(compiled).why_not
+    monkeypatch.setattr(background_compile, "missing_for_compile", lambda precision: "no C++ compiler")
+    assert BackgroundCompile(Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16")).why_not == (
+        "no C++ compiler"
+    )
+
+
+def test_a_failed_background_compile_keeps_the_eager_towers(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
+    embedder = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16")
+    before = embedder.embed_texts(TEXTS)
+    embedder.name = str(tmp_path / "gone")  # the child cannot load the model again
+    job = BackgroundCompile(embedder)
+    job.start()
+    while job.state == "compiling":
+        time.sleep(0.1)
+    assert job.state.startswith("failed: ") and "gone" in job.state
+    assert _towers(embedder) == (False, False)
+    np.testing.assert_array_equal(embedder.embed_texts(TEXTS), before)
+
+
+def test_the_server_compiles_in_the_background_by_default_and_before_serving_with_compile(
+    cache, photos, monkeypatch
+):
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(cache))
+    reference = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16", compile=True)
+    for options in ((), ("--compile",)):
+        process, url = start_server(None, "--precision", "bf16", *options)
+        try:
+            with httpx.Client(base_url=url, timeout=60) as http:
+                deadline = time.monotonic() + 240
+                while http.get("/v1/info").json()["compiled"] != {"text": True, "image": True}:
+                    assert not options, "--compile loads the compiled towers before it is ready"
+                    assert time.monotonic() < deadline, "the towers were not compiled in 240 s"
+                    time.sleep(0.5)
+                texts = http.post("/v1/embed/text", json={"texts": TEXTS}).json()["embeddings"]
+                images = [
+                    http.post("/v1/embed/image", files={"file": ("p", path.read_bytes())}).json()[
+                        "embeddings"
+                    ][0]
+                    for path in photos
+                ]
+        finally:
+            process.terminate()
+            output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output
+        np.testing.assert_allclose(texts, reference.embed_texts(TEXTS), atol=2e-3)
+        np.testing.assert_allclose(images, reference.embed_images(photos), atol=2e-3)
+        expected = "loading the compiled towers" if options else "siglip serve: towers compiled in "
+        assert expected in output, output
