@@ -154,20 +154,20 @@ async def wait_ready(server: Server) -> None:
 
 async def wait_compiled(server: Server, precision: str, options: str) -> None:
     """For a `siglip serve` that compiles its towers in the background (its default, where the precision
-    has packages), wait until every worker answers with compiled towers, and say how long that took: the
-    runs measure the server once it is settled."""
+    has packages), wait until its workers answer with compiled towers (at most 10 minutes), and say how long
+    that took: the runs measure the server once it is settled."""
     if server.infinity or precision == "fp32" or "--no-compile" in options.split():
         return
     started, in_a_row = time.monotonic(), 0
-    async with aiohttp.ClientSession() as http:
-        while in_a_row < 8:  # each worker process answers with its own towers
+    # a connection per request: each worker process answers with its own towers
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        while in_a_row < 8 and time.monotonic() - started < 600:
             async with http.get(f"{server.url}/v1/info") as response:
                 compiled = (await response.json())["compiled"]
             in_a_row = in_a_row + 1 if all(compiled.values()) else 0
-            if time.monotonic() - started > 600:
-                raise RuntimeError(f"the server '{server.name}' did not compile its towers in 600 s")
             await asyncio.sleep(0.25)
-    print(f"{server.name}: towers compiled {time.monotonic() - started:.0f} s after the server was ready")
+    done = "compiled" if in_a_row == 8 else "NOT compiled (measured as they are)"
+    print(f"{server.name}: towers {done} {time.monotonic() - started:.0f} s after the server was ready")
 
 
 def stop(server: Server) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from _material import BUNDLED, write_photos
 from _serving import start_server
 from siglip import Embedder
 from siglip.tools.embeddings import background_compile
-from siglip.tools.embeddings.background_compile import BackgroundCompile
+from siglip.tools.embeddings.background_compile import BackgroundCompile, _swap_in, compile_now
 from siglip.tools.embeddings.compiled import CompiledTower
 
 TEXTS = ["a red dress", "a pair of sneakers", "an ankle boot in the snow"]
@@ -23,7 +24,8 @@ TEXTS = ["a red dress", "a pair of sneakers", "an ankle boot in the snow"]
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """One package cache for the file: the server test loads what the first test compiled (same threads)."""
+    """One package cache for the file (the server test loads what the first test compiled when both run
+    torch on as many threads)."""
     return tmp_path_factory.mktemp("compiled")
 
 
@@ -45,13 +47,18 @@ def test_the_eager_towers_answer_until_the_compiled_ones_are_swapped_in(cache, p
     embedder = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16")
     eager_texts, eager_images = embedder.embed_texts(TEXTS), embedder.embed_images(photos)
 
-    # stopped part-way: the child is ended, the eager towers stay, and no package or half of one is left
+    # stopped while it compiles: the child unwinds (its SIGTERM handler), the eager towers stay, and no
+    # package or half of one is left
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
     stopped = BackgroundCompile(embedder)
     stopped.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 300
+    while not any(tmp_path.iterdir()):  # the lock of the first package: its compile has begun
+        assert time.monotonic() < deadline and stopped.state == "compiling", stopped.state
+        time.sleep(0.05)
     stopped.stop()
-    assert stopped.state == "stopped" and _towers(embedder) == (False, False)
+    assert stopped.state == "stopped" and stopped._process.exitcode == 1
+    assert _towers(embedder) == (False, False)
     assert not [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"]
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(cache))
@@ -59,11 +66,11 @@ def test_the_eager_towers_answer_until_the_compiled_ones_are_swapped_in(cache, p
     job = BackgroundCompile(embedder, on_done=told.append)
     assert job.why_not is None
     job.start()
-    answered = []
-    while (
-        job.state == "compiling"
-    ):  # the model answers meanwhile (the eager vectors, or once swapped the new)
+    answered, deadline = [], time.monotonic() + 600
+    while job.state == "compiling":  # the model answers meanwhile (eager vectors; once swapped, the new)
         answered.append(embedder.embed_texts(TEXTS[:1])[0])
+        assert time.monotonic() < deadline, "not compiled in 600 s"
+        time.sleep(0.01)  # leave the (lower priority) child some CPU
     job.stop()
     assert job.state.startswith("compiled in ") and told == [job.state]
     assert len(answered) > 10
@@ -75,11 +82,24 @@ def test_the_eager_towers_answer_until_the_compiled_ones_are_swapped_in(cache, p
     reference = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16", compile=True)
     np.testing.assert_array_equal(texts, reference.embed_texts(TEXTS))
     np.testing.assert_array_equal(images, reference.embed_images(photos))
-    assert not np.array_equal(texts, eager_texts)  # the compiled graph's rounding is its own
     assert _cosines(texts, eager_texts).min() > 0.999 and _cosines(images, eager_images).min() > 0.999
 
+    # packages of other weights (the checkpoint changed under the same name) are refused, all or nothing;
+    # a tokenizer that gives an attention mask keeps its text tower eager (a compiled one takes no mask)
+    packages = compile_now(reference)
+    other = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16")
+    with torch.no_grad():
+        other.model.vision_model.post_layernorm.weight.mul_(-1)
+    with pytest.raises(RuntimeError, match="the compiled vision_model is not this process's model"):
+        _swap_in(other, packages)
+    assert _towers(other) == (False, False)
+    masked = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16")
+    masked.processor.tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    _swap_in(masked, packages)
+    assert _towers(masked) == (False, True)
 
-def test_what_is_not_compiled_in_the_background_says_why(monkeypatch, tmp_path):
+
+def test_what_is_not_compiled_in_the_background_says_why(monkeypatch):
     fp32 = Embedder.from_pretrained(BUNDLED, "cpu", precision="fp32")
     assert BackgroundCompile(fp32).why_not == (
         "fp32 on cpu has no compiled package (bf16, fp16 and int8 on a CPU do)"
@@ -135,5 +155,5 @@ def test_the_server_compiles_in_the_background_by_default_and_before_serving_wit
         assert process.returncode == 0, output
         np.testing.assert_allclose(texts, reference.embed_texts(TEXTS), atol=2e-3)
         np.testing.assert_allclose(images, reference.embed_images(photos), atol=2e-3)
-        expected = "loading the compiled towers" if options else "siglip serve: towers compiled in "
+        expected = "compiled towers loaded" if options else "siglip serve: towers compiled in "
         assert expected in output, output

@@ -44,10 +44,7 @@ def test_the_options_are_frozen_and_hashable():
         ["index", "x", "--index", "i"],
         ["search", "a dog", "--index", "i"],
         ["classify", "x", "--labels", "a", "b"],
-        [
-            "serve",
-            "--no-compile",
-        ],  # without it the server compiles in the background (test_background_compile)
+        ["serve", "--no-compile"],  # without it: in the background (test_background_compile)
     ],
 )
 def test_every_command_line_gives_its_options(argv):

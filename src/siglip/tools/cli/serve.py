@@ -9,13 +9,16 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
 from ..deps import require
 from ..embeddings.embedder import DEFAULT_MODEL, Embedder
 from ..embeddings.options import ModelOptions
 from ._options import add_image_backend_option, add_model_options, integer, real
+
+if TYPE_CHECKING:
+    from ..embeddings.background_compile import BackgroundCompile
 
 # --workers auto: the request path (HTTP, routing, JSON) costs a few hundred microseconds of one core per
 # request, and one process has one core for it (the GIL). A text tower of a few hundred MFLOP per text or less
@@ -39,8 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(
         parser,
         default=None,
-        compile_default="in the background where the model has packages (bf16, fp16 or int8 on a CPU): the "
-        "eager towers answer until the compiled ones are in; --compile: before the first request",
+        compile_default="in the background where the model has packages (bf16, fp16 or int8 on a CPU; not "
+        "with --ray): the eager towers answer until the compiled ones are in; --compile: before the first "
+        "request",
     )
     add_image_backend_option(parser)
     parser.add_argument("--index", help="index folder made by `siglip index`, to search (default: none)")
@@ -252,14 +256,14 @@ def _serve(embedder: Embedder, args: argparse.Namespace, settings: Any, sockets:
             compiling.stop()
 
 
-def _compile(embedder: Embedder, args: argparse.Namespace) -> Any:
+def _compile(embedder: Embedder, args: argparse.Namespace) -> BackgroundCompile | None:
     """With --compile, the compiled towers loaded (or compiled) before the first request; by default, a
     `BackgroundCompile` started where the model has something to compile (returned, to be stopped)."""
     from ..embeddings.background_compile import BackgroundCompile, compile_now
 
     if args.compile:
-        print("siglip serve: loading the compiled towers (compiled the first time: 10-60 s)", file=sys.stderr)
-        compile_now(embedder)
+        if compile_now(embedder):  # fp32, or a GPU: torch.compile on the first batch instead
+            print("siglip serve: compiled towers loaded", file=sys.stderr)
         return None
     if not args.compile_in_background:
         return None

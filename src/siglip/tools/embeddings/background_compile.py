@@ -15,13 +15,18 @@ checkpoint in the same precision and compiles its towers into `compiled_cache()`
 packages (about a second; at once when an earlier run compiled them) and swaps each eager tower for its
 compiled one between two model calls. Until then, and for good if the compile fails, the eager towers answer.
 Vectors then move within the precision's bounds of fp32 (the compiled mode's numbers, not bit for bit the
-eager mode's: BENCHMARKS.md).
+eager mode's: BENCHMARKS.md); a compiled tower whose output on a probe batch is not the eager one's (another
+checkpoint under the same name since this process loaded it) is refused. A text tower is kept eager when the
+tokenizer gives an attention mask, which a compiled tower does not take.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -32,11 +37,13 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from .compiled import PACKAGED, CompiledTower, Package, missing_for_compile
+from .compiled import PACKAGED, CompiledTower, Package, missing_for_compile, writable_cache
 from .embedder import Embedder
 
 logger = logging.getLogger("siglip")
 TOWERS = ("text_model", "vision_model")  # the towers of a two-tower model that may be packaged
+STOP_WAIT_S = 30  # a stopped child's time to unwind before it is killed
+SAME_TOWER_COSINE = 0.99  # a compiled tower's probe output against the eager one's: below, another model
 
 
 class BackgroundCompile:
@@ -52,7 +59,7 @@ class BackgroundCompile:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # a stop and the child's start do not cross
 
-    @property
+    @functools.cached_property
     def why_not(self) -> str | None:
         """Why the embedder has nothing to compile in the background, in words (None: it has)."""
         mode, device = self.embedder.mode, self.embedder.device
@@ -68,6 +75,8 @@ class BackgroundCompile:
         """Start compiling (on a thread of this process, which waits for the child)."""
         if self.why_not is not None:
             raise RuntimeError(f"nothing to compile in the background: {self.why_not}")
+        if self._thread is not None:
+            raise RuntimeError("this background compile was started already")
         self.state = "compiling"
         self._thread = threading.Thread(target=self._run, name="siglip-compile", daemon=True)
         self._thread.start()
@@ -78,10 +87,15 @@ class BackgroundCompile:
             self._stopping.set()
             if self._process is not None and self._process.is_alive():
                 self._process.terminate()
+        if self._process is not None:
+            self._process.join(STOP_WAIT_S)
+            if self._process.is_alive():  # stuck where SIGTERM does not reach Python
+                self._process.kill()
         if self._thread is not None:
             self._thread.join()
 
     def _run(self) -> None:
+        """The thread: the child's packages swapped in, and the state (and `on_done`) told how it ended."""
         started = time.monotonic()
         try:
             result = self._child_result()
@@ -92,7 +106,7 @@ class BackgroundCompile:
             else:
                 _swap_in(self.embedder, result)
                 state = f"compiled in {time.monotonic() - started:.0f} s"
-        except Exception as error:  # no child, or a package that does not load here: keep the eager towers
+        except Exception as error:  # no child, or a package that does not load or match here: stay eager
             state = f"failed: {type(error).__name__}: {error}"
         self.state = state
         if state.startswith("failed"):
@@ -105,19 +119,24 @@ class BackgroundCompile:
         context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
         receive, send = context.Pipe(duplex=False)
         embedder = self.embedder
+        # a cache this process can write, or its own folder, which outlives the child (the child's would not)
+        child_args = (
+            embedder.name,
+            embedder.mode.precision,
+            torch.get_num_threads(),
+            str(writable_cache()),
+            send,
+        )
         with self._lock:
             if self._stopping.is_set():
                 return "stopped before it started"
-            self._process = context.Process(
-                target=_compile_in_child,
-                args=(embedder.name, embedder.mode.precision, torch.get_num_threads(), send),
-                name="siglip-compile",
-            )
+            self._process = context.Process(target=_compile_in_child, args=child_args, name="siglip-compile")
             self._process.start()
         send.close()  # the child's end only: the parent's read ends when the child ends
         try:
             return receive.recv()
         except EOFError:
+            self._process.join()
             return f"the compiling process ended with status {self._process.exitcode}"
         finally:
             self._process.join()
@@ -139,26 +158,64 @@ def compile_now(embedder: Embedder) -> dict[str, Package]:
 
 
 def _swap_in(embedder: Embedder, packages: dict[str, Package]) -> None:
-    """Replace each tower of `embedder`'s model named in `packages` by its compiled package, all loaded first.
-    A model call in flight finishes on the tower it started with (each call looks its tower up once)."""
+    """Replace each tower of `embedder`'s model named in `packages` by its compiled package, all loaded and
+    checked against the eager tower on a probe batch first (a text tower stays eager when the tokenizer gives
+    an attention mask). A model call in flight finishes on the tower it started with (each call looks its
+    tower up once)."""
     model, precision = embedder.model, embedder.mode.precision
-    compiled = {
-        name: CompiledTower.from_package(getattr(model, name), precision, package)
-        for name, package in packages.items()
-    }
+    if "attention_mask" in embedder.processor.tokenizer.model_input_names:
+        packages = {name: package for name, package in packages.items() if name != "text_model"}
+    compiled = {}
+    for name, package in packages.items():
+        eager = getattr(model, name)
+        tower = CompiledTower.from_package(eager, precision, package)
+        probe = _probe(package)
+        with torch.inference_mode():
+            cosine = torch.cosine_similarity(
+                tower(probe).pooler_output.float(), eager(probe).pooler_output.float()
+            ).min()
+        if cosine < SAME_TOWER_COSINE:
+            raise RuntimeError(
+                f"the compiled {name} is not this process's model (cosine {cosine:.3f} on a probe batch): was "
+                f"'{embedder.name}' changed since it was loaded?"
+            )
+        compiled[name] = tower
     for name, tower in compiled.items():
         setattr(model, name, tower)
 
 
+def _probe(package: Package) -> torch.Tensor:
+    """Two inputs for a tower compiled as `package`: token ids 1 and 2, or pixels drawn from a fixed seed."""
+    if package.dtype.is_floating_point:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn((2, *package.shape), generator=generator).to(package.dtype)
+    return torch.arange(1, 3, dtype=package.dtype)[:, None].expand(2, *package.shape).contiguous()
+
+
 def _compile_in_child(
-    name: str, precision: str, threads: int, send: multiprocessing.connection.Connection
+    name: str, precision: str, threads: int, cache: str, send: multiprocessing.connection.Connection
 ) -> None:
-    """The child of `BackgroundCompile`: the model `name` in `precision`, its towers compiled on `threads`
-    threads (the parent's: the kernels are laid out for them), and their packages sent back (or why not)."""
+    """The child of `BackgroundCompile`: the model `name` in `precision`, its towers compiled into `cache` on
+    `threads` threads (the parent's: the kernels are laid out for them), and their packages sent back (or why
+    not). It ends with its parent."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds: the half-written package is removed
-    os.nice(10)  # the parent's requests come first
-    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group: the parent stops the child
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        watch = functools.partial(_end_with, parent)
+        threading.Thread(target=watch, name="siglip-compile-parent", daemon=True).start()
     try:
-        send.send(compile_now(Embedder.from_pretrained(name, "cpu", precision=precision, compile=True)))
+        os.nice(10)  # the parent's requests come first
+        torch.set_num_threads(threads)
+        os.environ["SIGLIP_COMPILED_CACHE"] = cache
+        packages = compile_now(Embedder.from_pretrained(name, "cpu", precision=precision, compile=True))
     except Exception as error:
-        send.send(f"{type(error).__name__}: {error}")
+        packages = f"{type(error).__name__}: {error}"
+    with contextlib.suppress(OSError):  # a parent gone meanwhile
+        send.send(packages)
+
+
+def _end_with(parent: multiprocessing.process.BaseProcess) -> None:
+    """Wait for `parent` to end, then end this process as a stop would (SIGTERM)."""
+    multiprocessing.connection.wait([parent.sentinel])
+    os.kill(os.getpid(), signal.SIGTERM)

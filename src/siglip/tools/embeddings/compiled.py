@@ -383,6 +383,19 @@ def compiled_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siglip" / "compiled"
 
 
+def writable_cache() -> Path:
+    """`compiled_cache()` where this process can write it, else a folder of this process only (removed when
+    it exits)."""
+    cache = compiled_cache()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if os.access(cache, os.W_OK):
+            return cache
+    except OSError:
+        pass
+    return _process_folder()
+
+
 def _versions(precision: str) -> tuple[str, ...]:
     """The versions of the libraries that make `precision`'s package: siglip and torch, and torchao for
     int8 (`int8.torchao_version`, which says how to install it when it is missing)."""
@@ -435,10 +448,10 @@ def _cpu() -> str:
 
 def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple[object, Path]:
     """The compiled `tower` for inputs shaped as `x`, and its package's path: the package loaded from the
-    cache, or compiled and saved there first. One process compiles a package at a time (a file lock: the others wait, then load
-    it); it is written to a temporary name and renamed, so that no reader sees half a package. A package
-    that fails to load is compiled again; a cache that cannot be written is replaced by a folder of this
-    process only (`_process_folder()`)."""
+    cache, or compiled and saved there first. One process compiles a package at a time (a file lock: the
+    others wait, then load it); it is written to a temporary name and renamed, so that no reader sees half a
+    package. A package that fails to load is compiled again; a cache that cannot be written is replaced by a
+    folder of this process only (`_process_folder()`)."""
     from filelock import FileLock
 
     path = _package_path(tower, x, precision)
