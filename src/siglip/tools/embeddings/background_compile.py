@@ -7,8 +7,8 @@
     ...                              # once the packages are in, its towers are the compiled ones
     job.stop()
 
-A compiled tower (`compiled.CompiledTower`) runs a small model's batches 1.2-1.6x as fast in a server, but its
-package takes 10-60 s to compile the first time on a machine: a server that compiled before answering would
+Compiled towers (`compiled.CompiledTower`) served the bundled model's requests 1.0-1.6x as fast as the eager
+ones (BENCHMARKS.md), but their packages take 10-60 s to compile the first time on a machine: a server that compiled before answering would
 keep its users waiting that long, and one that compiled on its first request would time its first requests
 out. Instead a child process, spawned at a lower CPU priority so that requests come first, loads the same
 checkpoint in the same precision and compiles its towers into `compiled_cache()`; this process then loads the
