@@ -8,9 +8,9 @@
     job.stop()
 
 Compiled towers (`compiled.CompiledTower`) served the bundled model's requests 1.0-1.6x as fast as the eager
-ones (BENCHMARKS.md), but their packages take 10-60 s to compile the first time on a machine: a server that compiled before answering would
-keep its users waiting that long, and one that compiled on its first request would time its first requests
-out. Instead a child process, spawned at a lower CPU priority so that requests come first, loads the same
+ones (BENCHMARKS.md), but their packages take 10-60 s to compile the first time on a machine: a server
+that compiled before answering would keep its users waiting that long, and one that compiled on its first
+request would time its first requests out. Instead a child process, spawned at a lower CPU priority so that requests come first, loads the same
 checkpoint in the same precision and compiles its towers into `compiled_cache()`; this process then loads the
 packages (about a second; at once when an earlier run compiled them) and swaps each eager tower for its
 compiled one between two model calls. Until then, and for good if the compile fails, the eager towers answer.
@@ -136,10 +136,10 @@ class BackgroundCompile:
         try:
             return receive.recv()
         except EOFError:
-            self._process.join()
-            return f"the compiling process ended with status {self._process.exitcode}"
+            pass
         finally:
             self._process.join()
+        return f"the compiling process ended with status {self._process.exitcode}"
 
 
 def compile_now(embedder: Embedder) -> dict[str, Package]:

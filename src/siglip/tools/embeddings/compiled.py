@@ -384,16 +384,16 @@ def compiled_cache() -> Path:
 
 
 def writable_cache() -> Path:
-    """`compiled_cache()` where this process can write it, else a folder of this process only (removed when
-    it exits)."""
+    """`compiled_cache()` where this process can write a file in it, else a folder of this process only
+    (removed when it exits; a warning says so)."""
     cache = compiled_cache()
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        if os.access(cache, os.W_OK):
-            return cache
-    except OSError:
-        pass
-    return _process_folder()
+        tempfile.TemporaryFile(dir=cache).close()
+        return cache
+    except OSError as error:
+        logger.warning("%s is not writable (%s): compiling for this process only", cache, error)
+        return _process_folder()
 
 
 def _versions(precision: str) -> tuple[str, ...]:
@@ -451,19 +451,12 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple
     cache, or compiled and saved there first. One process compiles a package at a time (a file lock: the
     others wait, then load it); it is written to a temporary name and renamed, so that no reader sees half a
     package. A package that fails to load is compiled again; a cache that cannot be written is replaced by a
-    folder of this process only (`_process_folder()`)."""
+    folder of this process only (`writable_cache()`)."""
     from filelock import FileLock
 
-    path = _package_path(tower, x, precision)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path.with_suffix(".lock"))
-        lock.acquire()
-    except OSError as error:
-        logger.warning("%s is not writable (%s): compiling for this process only", path.parent, error)
-        path = _process_folder() / path.name
-        lock = FileLock(path.with_suffix(".lock"))
-        lock.acquire()
+    path = writable_cache() / _package_path(tower, x, precision).name
+    lock = FileLock(path.with_suffix(".lock"))
+    lock.acquire()
     try:
         if path.exists():
             try:
