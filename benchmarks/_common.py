@@ -81,6 +81,26 @@ def time_alternately(
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
+def paired_speedups(
+    calls: dict[str, Callable[[], object]], baseline: str, rounds: int
+) -> dict[str, list[float]]:
+    """Each call's speed against `baseline`'s, one ratio per round, sorted: within a round each call is timed
+    back to back with the baseline, the two taking turns at going first. On a host whose speed changes from
+    one minute to the next (a shared VM), a ratio of two calls a few milliseconds apart keeps its meaning
+    where a ratio of medians taken over minutes does not."""
+    ratios: dict[str, list[float]] = {name: [] for name in calls if name != baseline}
+    for round_ in range(rounds):
+        for name in ratios:
+            pair = [baseline, name] if round_ % 2 == 0 else [name, baseline]
+            seconds = {}
+            for each in pair:
+                start = time.perf_counter()
+                calls[each]()
+                seconds[each] = time.perf_counter() - start
+            ratios[name].append(seconds[baseline] / seconds[name])
+    return {name: sorted(values) for name, values in ratios.items()}
+
+
 def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -> float:
     """This machine's matrix-product rate in GFLOP/s: the best of square products of `sizes`."""
     best = 0.0

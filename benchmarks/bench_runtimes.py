@@ -24,7 +24,9 @@ processor; the text tower's are captions padded to the model's 64 positions. Eac
 (medians of `--repeats` alternating rounds after a warm-up round that also compiles), the speed against
 siglip fp32 (whose kernels are transformers' own: bench_models.py), the lowest cosine of each runtime's
 embeddings to siglip fp32's, and how long each runtime took to prepare (export, convert, quantise, compile:
-a one-off cost that a saved OpenVINO IR or ONNX file pays once, siglip's modes at every load).
+a one-off cost that a saved OpenVINO IR or ONNX file pays once, siglip's modes at every load). `--paired
+RUNTIME` adds each runtime's speed against RUNTIME as the median and range of per-round ratios, the two timed
+back to back (on a host whose speed drifts between minutes, the medians above can mislead).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import statistics
 import tempfile
 import time
 import warnings
@@ -44,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 import siglip
-from _common import SHAPES, features_tensor, machine_line, make_jpegs, time_alternately
+from _common import SHAPES, features_tensor, machine_line, make_jpegs, paired_speedups, time_alternately
 from bench_models import mode_runners, reference_and_ours
 from bench_preprocessing import make_captions
 from siglip.tools.embeddings.onnx_export import FIXRES_TOWER, TEXT_TOWER, export_onnx
@@ -214,6 +217,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calibration", type=int, default=32, help="int8 calibration inputs (OpenVINO)")
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument(
+        "--paired",
+        metavar="RUNTIME",
+        help="also each runtime's speed against this one as the median of --paired-rounds ratios, each "
+        "timing the two back to back (for a host whose speed drifts)",
+    )
+    parser.add_argument("--paired-rounds", type=int, default=15)
     parser.add_argument("--shape", default="base16-224", choices=list(SHAPES))
     parser.add_argument(
         "--work",
@@ -230,6 +240,8 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     print(machine_line(), flush=True)
     runtimes = ["siglip fp32"] + [r for r in args.runtimes if r != "siglip fp32"]
+    if args.paired and args.paired not in runtimes:
+        parser.error(f"--paired {args.paired!r} is not one of the runtimes: {', '.join(runtimes)}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         theirs, model = reference_and_ours(args.shape, tmp / "model")
@@ -284,6 +296,17 @@ def main() -> None:
                     f"{first[name][1]:.1f} |",
                     flush=True,
                 )
+            if args.paired:
+                speedups = paired_speedups(
+                    {name: (lambda f=runtime.features, x=x: f(x)) for name, runtime in built.items()},
+                    args.paired,
+                    args.paired_rounds,
+                )
+                print(f"\n| runtime | vs {args.paired}, paired rounds: median | range |\n|---|---:|---:|")
+                for name, ratios in speedups.items():
+                    print(
+                        f"| {name} | {statistics.median(ratios):.2f}x | {ratios[0]:.2f}-{ratios[-1]:.2f}x |"
+                    )
             print("\n| precision | siglip best | vs openvino | vs onnxruntime |\n|---|---|---:|---:|")
             for precision in ("fp32", "bf16", "int8"):
                 ours = {n: s for n, s in seconds.items() if n.startswith(f"siglip {precision}")}

@@ -63,9 +63,12 @@ import psutil
 import torch
 from PIL import Image
 
+import siglip
 from _common import SHAPES, machine_line
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 from siglip.core.hub import BUNDLED_DIR
+from siglip.tools.embeddings.compiled import eager_as_fast
+from siglip.tools.embeddings.precision import resolve_precision
 
 TINY = "siglip-tiny-fashion"
 BOUNDARY = "siglipbenchboundary"
@@ -152,11 +155,17 @@ async def wait_ready(server: Server) -> None:
     raise RuntimeError(f"the server '{server.name}' did not start")
 
 
-async def wait_compiled(server: Server, precision: str, options: str) -> None:
+async def wait_compiled(server: Server, precision: str, options: str, folder: str) -> None:
     """For a `siglip serve` that compiles its towers in the background (its default, where the precision
-    has packages), wait until its workers answer with compiled towers (at most 10 minutes), and say how long
-    that took: the runs measure the server once it is settled."""
-    if server.infinity or precision == "fp32" or "--no-compile" in options.split():
+    has packages that run faster than the eager towers), wait until its workers answer with compiled towers
+    (at most 10 minutes), and say how long that took: the runs measure the server once it is settled."""
+    if server.infinity or "--no-compile" in options.split():
+        return
+    cpu = torch.device("cpu")
+    precision = resolve_precision(precision, cpu).name
+    as_fast = eager_as_fast(siglip.AutoConfig.from_pretrained(folder), precision, cpu)
+    if precision == "fp32" or as_fast:
+        print(f"{server.name}: eager towers ({as_fast or 'fp32'})")
         return
     started, in_a_row = time.monotonic(), 0
     # a connection per request: each worker process answers with its own towers
@@ -411,7 +420,7 @@ async def bench(args: argparse.Namespace, name: str, model: str) -> None:
     try:
         await asyncio.gather(*(wait_ready(server) for server in servers))
         await asyncio.gather(
-            *(wait_compiled(server, args.precision, configs[server.name]) for server in servers)
+            *(wait_compiled(server, args.precision, configs[server.name], folder) for server in servers)
         )
         if args.check:
             await check(servers, model)

@@ -112,6 +112,15 @@ def test_what_is_not_compiled_in_the_background_says_why(monkeypatch):
     assert BackgroundCompile(Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16")).why_not == (
         "no C++ compiler"
     )
+    # bf16 with AMX: a model of a base tower's size stays eager (its packages are no faster), the tiny one not
+    bf16 = Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16")
+    monkeypatch.setattr(background_compile, "missing_for_compile", lambda precision: None)
+    monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert BackgroundCompile(bf16).why_not is None
+    bf16.model.config.vision_config.hidden_size *= 16  # 16x wider: 256x the linear work per image
+    bf16.model.config.vision_config.intermediate_size *= 16
+    assert "bf16 on a CPU with AMX" in BackgroundCompile(bf16).why_not
 
 
 def test_a_failed_background_compile_keeps_the_eager_towers(monkeypatch, tmp_path):

@@ -17,10 +17,16 @@ from PIL import Image, ImageFile
 from _material import BUNDLED
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
-from siglip.core.two_tower.modeling import SiglipMLP
+from siglip.core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP
 from siglip.tools.cli import main
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import fast_gelu_tanh, quantize_linear_layers
+from siglip.tools.embeddings.onednn import (
+    FusedEncoderLayer,
+    FusedLinear,
+    fused_linears_available,
+    use_fused_linears,
+)
 from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
 from siglip.tools.embeddings.precision import PRECISIONS
 
@@ -107,6 +113,113 @@ def test_reduced_precision_stays_close_to_fp32(precision, min_cosine, fp32_featu
     ours = (F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T).argmax(-1)
     theirs = (F.normalize(reference_images, dim=-1) @ F.normalize(reference_texts, dim=-1).T).argmax(-1)
     assert torch.equal(ours, theirs)
+
+
+# --- bf16 on the CPU: the bias, GELU and residual adds inside oneDNN's products ------------------------------
+needs_onednn_bf16 = pytest.mark.skipif(
+    not fused_linears_available("cpu"), reason="this CPU's oneDNN has no bf16 products (AVX-512 or AMX)"
+)
+
+
+def _bf16_values(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape))).bfloat16()
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("activation", [None, "gelu_pytorch_tanh", "gelu"])
+def test_fused_linear_rounds_the_exact_result_once(activation):
+    """Against float64 on the same bf16 values: one rounding to bf16 at the end (the unfused path rounds the
+    product before the activation, and the bias add once more)."""
+    x, linear = _bf16_values(3, 17, 64), torch.nn.Linear(64, 96).bfloat16()
+    act = ACTIVATIONS[activation] if activation else None
+    fused = FusedLinear(linear, act)
+    assert fused.weight is linear.weight and fused.bias is linear.bias  # shared, not copied
+    with torch.inference_mode():
+        got = fused(x)
+        exact = F.linear(x.double(), linear.weight.double(), linear.bias.double())
+        exact = act(exact) if act else exact
+        unfused = act(linear(x)) if act else linear(x)
+    assert got.dtype == torch.bfloat16
+    tolerance = exact.abs() * 2**-8 + 1e-6  # half a bf16 ulp, and the float32 accumulator's rounding
+    assert ((got.double() - exact).abs() <= tolerance).all()
+    assert (got.double() - exact).abs().mean() <= (unfused.double() - exact).abs().mean()
+
+
+@needs_onednn_bf16
+def test_fused_linear_adds_the_residual_without_touching_it():
+    x, residual, linear = _bf16_values(2, 9, 32), _bf16_values(2, 9, 48, 1)[..., 0], torch.nn.Linear(32, 48)
+    fused = FusedLinear(linear.bfloat16())
+    before = residual.clone()
+    with torch.inference_mode():
+        got = fused.add_to(x, residual)
+    exact = residual.double() + F.linear(x.double(), linear.weight.double(), linear.bias.double())
+    assert torch.equal(residual, before)
+    assert ((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+
+
+@needs_onednn_bf16
+def test_bf16_mode_fuses_every_linear_and_keeps_the_checkpoint(tmp_path):
+    plain = SiglipModel.from_pretrained(BUNDLED).eval().bfloat16()
+    model = InferenceMode("bf16").apply(copy.deepcopy(plain))
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    unfused = [m for m in layers if not isinstance(m, FusedLinear)]
+    # only the MAP head's out_proj stays (nn.MultiheadAttention computes it through its own weights)
+    assert len(unfused) == 1 and isinstance(
+        unfused[0], torch.nn.modules.linear.NonDynamicallyQuantizableLinear
+    )
+    assert all(isinstance(m, FusedEncoderLayer) for m in model.modules() if isinstance(m, SiglipEncoderLayer))
+    mlps = [m for m in model.modules() if isinstance(m, SiglipMLP)]
+    assert mlps and all(m.fc1.post_op == "gelu" and m.activation(torch.ones(1)).item() == 1 for m in mlps)
+    # the same parameters under the same names: the model saves and loads as before
+    assert {k: v.dtype for k, v in model.state_dict().items()} == {
+        k: v.dtype for k, v in plain.state_dict().items()
+    }
+    model.save_pretrained(tmp_path)
+    reloaded = SiglipModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    expected = plain.state_dict()
+    assert all(torch.equal(tensor, expected[key]) for key, tensor in reloaded.state_dict().items())
+    pixels, ids = _examples().bfloat16(), _label_ids(plain)
+    with torch.inference_mode():
+        for ours, theirs in (
+            (model.get_image_features(pixels), plain.get_image_features(pixels)),
+            (model.get_text_features(ids), plain.get_text_features(ids)),
+        ):
+            assert not torch.equal(ours, theirs)  # the fused kernels ran
+            assert F.cosine_similarity(ours.float(), theirs.float()).min().item() > 0.9999
+        maps = model.vision_model(pixels, output_attentions=True).attentions
+        reference = plain.vision_model(pixels, output_attentions=True).attentions
+    assert [a.shape for a in maps] == [b.shape for b in reference]
+    assert all(
+        F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float()).min() > 0.999
+        for a, b in zip(maps, reference, strict=True)
+    )
+
+
+@needs_onednn_bf16
+def test_fused_layers_train_as_the_plain_ones():
+    """Where autograd needs a gradient (the fused kernel has none) the layers compute as nn.Linear does."""
+    plain = SiglipModel.from_pretrained(BUNDLED).bfloat16().train()
+    fused = copy.deepcopy(plain)
+    use_fused_linears(fused)
+    pixels = _examples().bfloat16()
+    for model in (plain, fused):
+        model.get_image_features(pixels).float().square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or torch.equal(a.grad, b.grad), name
+
+
+def test_bf16_mode_is_plain_where_onednn_has_no_bf16(monkeypatch):
+    monkeypatch.setattr("siglip.tools.embeddings.onednn.fused_linears_available", lambda device: False)
+    model = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
+    assert not any(isinstance(m, FusedLinear | FusedEncoderLayer) for m in model.modules())
+    monkeypatch.undo()
+    for precision in ("fp32", "bf16-autocast"):  # and the other words never fuse
+        model = InferenceMode(precision).apply(SiglipModel.from_pretrained(BUNDLED))
+        assert not any(isinstance(m, FusedLinear | FusedEncoderLayer) for m in model.modules())
+    fp32 = SiglipModel.from_pretrained(BUNDLED)
+    use_fused_linears(fp32)  # float32 weights: left with aten's kernels, bit for bit transformers' numbers
+    assert not any(isinstance(m, FusedLinear | FusedEncoderLayer) for m in fp32.modules())
 
 
 def test_int8_quantises_every_linear_layer_of_the_towers():
@@ -538,11 +651,7 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
 def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch, capsys, tmp_path):
     from siglip import Siglip2Config, SiglipConfig
     from siglip.tools.embeddings import compiled
-    from siglip.tools.embeddings.compiled import (
-        COMPILE_PAYS_FROM_FLOP,
-        COMPILE_PAYS_FROM_FLOP_AMX_BF16,
-        compile_pays,
-    )
+    from siglip.tools.embeddings.compiled import COMPILE_PAYS_FROM_FLOP, compile_pays, eager_as_fast
 
     base = SiglipConfig(
         vision_config={
@@ -567,17 +676,20 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     assert not compile_pays(base, 10**9, "fp32", cpu).compile  # torch.compile: every process pays again
     assert not compile_pays(base, 10**9, "bf16", torch.device("cuda")).compile
     assert not compile_pays(Siglip2Config(), 10**9, "int8", cpu).compile  # NaFlex: not packaged
-    # with AMX, eager bf16 is within ~10% of the package: its compile pays back five times further out
-    pays_from_amx = math.ceil(COMPILE_PAYS_FROM_FLOP_AMX_BF16 / flop)
-    assert 4900 <= pays_from_amx <= 5100
+    # with AMX, eager bf16 (oneDNN's fused linears) is as fast as the package for a base-size model: never
+    # compiled there; the bundled tiny model's towers (under EAGER_AS_FAST_FROM_FLOP_AMX_BF16) still are
+    tiny = SiglipConfig.from_pretrained(BUNDLED)
     with monkeypatch.context() as probe:
         probe.delenv("SIGLIP_BF16_UNITS", raising=False)  # the suite's pin hides the units: this probes them
         for amx in (True, False):
             probe.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
-            bf16 = compile_pays(base, pays_from_amx - 1, "bf16", cpu)
-            assert bf16.compile is not amx and (f"~{pays_from_amx:,} (bf16 on AMX)" in bf16.why) is amx
-            assert compile_pays(base, pays_from_amx, "bf16", cpu).compile
+            bf16 = compile_pays(base, 10**9, "bf16", cpu)
+            assert bf16.compile is not amx
+            assert ("bf16 on a CPU with AMX" in bf16.why and "33.3 GFLOP an item" in bf16.why) is amx
+            assert (eager_as_fast(base, "bf16", cpu) is None) is not amx
+            assert eager_as_fast(tiny, "bf16", cpu) is None  # 51 MFLOP an image
             assert compile_pays(base, pays_from, "int8", cpu).compile
+            assert eager_as_fast(base, "int8", cpu) is None
     monkeypatch.setattr(compiled, "missing_for_compile", lambda precision: "torchao is not installed")
     lacking = compile_pays(base, 10**9, "int8", cpu)
     assert not lacking.compile and "torchao is not installed" in lacking.why

@@ -84,6 +84,13 @@ class SiglipAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, weights = self.attend(x, attention_mask, output_attentions)
+        return self.out_proj(out), weights
+
+    def attend(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The heads' outputs, concatenated (the input of `out_proj`), and the attention maps when asked."""
         batch, length, _ = x.shape
         q, k, v = (
             proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -105,7 +112,7 @@ class SiglipAttention(nn.Module):
                 q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scale
             )
         out = out.transpose(1, 2).reshape(batch, length, self.embed_dim)
-        return self.out_proj(out), (weights if output_attentions else None)
+        return out, (weights if output_attentions else None)
 
 
 class SiglipMLP(nn.Module):

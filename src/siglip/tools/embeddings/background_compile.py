@@ -18,6 +18,8 @@ Vectors then move within the precision's bounds of fp32 (the compiled mode's num
 eager mode's: BENCHMARKS.md); a compiled tower whose output on a probe batch is not the eager one's (another
 checkpoint under the same name since this process loaded it) is refused. A text tower is kept eager when the
 tokenizer gives an attention mask, which a compiled tower does not take.
+Nothing is compiled where the packages would run no faster than the eager towers (`compiled.eager_as_fast`:
+bf16 on a CPU with AMX, for models of a base tower's size and up).
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from .compiled import PACKAGED, CompiledTower, Package, missing_for_compile, writable_cache
+from .compiled import (
+    PACKAGED,
+    CompiledTower,
+    Package,
+    eager_as_fast,
+    missing_for_compile,
+    writable_cache,
+)
 from .embedder import Embedder
 
 logger = logging.getLogger("siglip")
@@ -69,7 +78,9 @@ class BackgroundCompile:
             return (
                 f"{mode.precision} on {device.type} has no compiled package (bf16, fp16 and int8 on a CPU do)"
             )
-        return missing_for_compile(mode.precision)
+        return eager_as_fast(self.embedder.model.config, mode.precision, device) or missing_for_compile(
+            mode.precision
+        )
 
     def start(self) -> None:
         """Start compiling (on a thread of this process, which waits for the child)."""

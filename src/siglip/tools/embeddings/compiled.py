@@ -55,9 +55,12 @@ PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU
 # image) ran 8.7 images/s in eager int8 and 14.0 compiled, after a 45 s compile (2 threads, BENCHMARKS.md):
 # 45 s / (1/8.7 - 1/14.0 s an image) = ~1,030 images. bf16 (27 s; 8.1 -> 9.8 images/s) comes to ~1,300.
 COMPILE_PAYS_FROM_FLOP = 1_000 * 33.3e9
-# With AMX, eager bf16 already runs its products on the tiles: the bf16 package ran the job 0.95-1.21x as fast
-# (median 1.10x; 2-core Xeon, BENCHMARKS.md) after a 30-64 s compile: 45 s / (1/10.55 - 1/11.66) = ~5,000.
-COMPILE_PAYS_FROM_FLOP_AMX_BF16 = 5_000 * 33.3e9
+# With AMX, eager bf16 runs its products on the tiles and, through oneDNN's fused linears (`onednn`), its bias,
+# GELU and residual adds with them: there the base towers' bf16 packages ran 0.64-1.09x the eager towers at
+# batches 8-32 and the embedding job 0.92x (2-core Xeon, BENCHMARKS.md). Only a tower small enough for Python's
+# per-layer overhead to weigh gains (the bundled tiny model, 51 MFLOP an image, served 1.1-1.2x compiled);
+# the line is drawn between the two models measured, in a tower's linear work per item.
+EAGER_AS_FAST_FROM_FLOP_AMX_BF16 = 1e9
 
 
 class _Outputs(nn.Module):
@@ -333,9 +336,9 @@ def compile_pays(
 ) -> CompileChoice:
     """Whether compiling the image tower of a model of `config` pays back in a job of `images` images run in
     `precision` on `device`: where the compiled package exists (the CPU, a fixed-resolution model, a packaged
-    precision, torchao for int8, a C++ compiler) and the job's linear work reaches `COMPILE_PAYS_FROM_FLOP`,
-    scaled from the base image tower's measured break-even by the tower's work per image (five times further
-    for bf16 on a CPU with AMX, where eager bf16 is nearly as fast: `COMPILE_PAYS_FROM_FLOP_AMX_BF16`)."""
+    precision, torchao for int8, a C++ compiler), the package runs faster than the eager tower
+    (`eager_as_fast`), and the job's linear work reaches `COMPILE_PAYS_FROM_FLOP`, scaled from the base image
+    tower's measured break-even by the tower's work per image."""
     from ...core.auto import is_naflex
 
     if device.type != "cpu" or precision not in PACKAGED:
@@ -344,19 +347,49 @@ def compile_pays(
         )
     if is_naflex(config):
         return CompileChoice(False, "NaFlex image towers are not compiled ahead of time")
-    vision = config.vision_config
-    tokens = (vision.image_size // vision.patch_size) ** 2
-    per_layer = 4 * vision.hidden_size**2 + 2 * vision.hidden_size * vision.intermediate_size
-    flop = 2 * tokens * vision.num_hidden_layers * per_layer  # multiply-adds of the linear layers, x2
-    amx_bf16 = precision == "bf16" and has_amx(device)
-    pays_from = math.ceil((COMPILE_PAYS_FROM_FLOP_AMX_BF16 if amx_bf16 else COMPILE_PAYS_FROM_FLOP) / flop)
-    pays_from_words = f"~{pays_from:,}" + (" (bf16 on AMX)" if amx_bf16 else "")
+    as_fast = eager_as_fast(config, precision, device)
+    if as_fast:
+        return CompileChoice(False, f"{as_fast}, or --compile")
+    pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / _linear_flop(config.vision_config, _patches(config)))
+    pays_from_words = f"~{pays_from:,}"
     if images < pays_from:
         return CompileChoice(False, f"{images} images; compiling pays from {pays_from_words}, or --compile")
     missing = missing_for_compile(precision)
     if missing:
         return CompileChoice(False, f"compiling would pay from {pays_from_words}, but {missing}")
     return CompileChoice(True, f"{images} images; compiling pays from {pays_from_words}")
+
+
+def eager_as_fast(config: PretrainedConfig, precision: str, device: torch.device) -> str | None:
+    """Why the packages of a model of `config` in `precision` would run no faster than its eager towers on
+    `device`, in words (None: they run faster): bf16 on a CPU with AMX, for a model whose larger tower does
+    `EAGER_AS_FAST_FROM_FLOP_AMX_BF16` or more linear work per item."""
+    if precision != "bf16" or not has_amx(device):
+        return None
+    text, vision = config.text_config, config.vision_config
+    flop = max(
+        _linear_flop(text, text.max_position_embeddings),
+        _linear_flop(vision, _patches(config)) if hasattr(vision, "image_size") else 0,
+    )
+    if flop < EAGER_AS_FAST_FROM_FLOP_AMX_BF16:
+        return None
+    return (
+        f"bf16 on a CPU with AMX: the eager towers (oneDNN's fused linears) run a model of {flop / 1e9:.1f} GFLOP "
+        "an item as fast as its packages"
+    )
+
+
+def _patches(config: PretrainedConfig) -> int:
+    """The patches of a fixed-resolution vision tower's input."""
+    vision = config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2
+
+
+def _linear_flop(tower: PretrainedConfig, tokens: int) -> float:
+    """The linear work of a tower of config `tower` on one item of `tokens` tokens: the multiply-adds of its
+    layers' q, k, v and output projections and MLP, x2."""
+    per_layer = 4 * tower.hidden_size**2 + 2 * tower.hidden_size * tower.intermediate_size
+    return 2 * tokens * tower.num_hidden_layers * per_layer
 
 
 def missing_for_compile(precision: str) -> str | None:

@@ -25,6 +25,7 @@ import torch
 from ...core.auto import TwoTowerModel
 from .compiled import PACKAGED, compile_towers
 from .int8 import quantize_linear_layers, use_fast_gelu
+from .onednn import use_fused_linears
 from .precision import as_precision, check_precision, resolve_precision
 
 
@@ -36,7 +37,8 @@ class InferenceMode:
     into the graph (`siglip.tools.embeddings.compiled.CompiledTower`; int8 through torchao's PT2E, the `int8`
     extra): the first call on a machine compiles for 25-60 s per base tower on 2 cores and keeps a package in
     `compiled_cache()`, which later processes load in about a second. The base image tower then ran 1.2x
-    eager bf16 and 1.2-1.5x eager int8 (2 threads; BENCHMARKS.md). Such a tower takes its pixels or token ids
+    eager bf16 (0.9-1.1x on a CPU with AMX, whose eager bf16 fuses its linears: `onednn`) and 1.2-1.5x eager
+    int8 (2 threads; BENCHMARKS.md). Such a tower takes its pixels or token ids
     only (no attention mask, no interpolated positions). Otherwise (fp32, or another device) both towers go
     through `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s
     (less when inductor's on-disk cache is warm), then the image tower runs 2-11% faster in fp32 with
@@ -67,7 +69,8 @@ class InferenceMode:
 
         The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads by
         torch's dynamically quantised linear (weights int8 per tensor, activations quantised per batch); the
-        model can then no longer be saved as a checkpoint of the original format.
+        model can then no longer be saved as a checkpoint of the original format. bf16 on a CPU makes them
+        `onednn.FusedLinear`s (the same parameters, the bias and the MLP's GELU inside oneDNN's product).
         """
         model = model.eval().to(self.dtype)
         if self.compile and self.precision in PACKAGED and model.device.type == "cpu":
@@ -76,6 +79,8 @@ class InferenceMode:
         if self.precision == "int8":
             quantize_linear_layers(model)
             use_fast_gelu(model)
+        if self.precision == "bf16":  # on a CPU with oneDNN's bf16 products: bias and GELU fused into them
+            use_fused_linears(model)
         if self.compile:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU
             for tower in (model.text_model, model.vision_model):
                 tower.compile(dynamic=True)

@@ -88,8 +88,8 @@ def fast_int8(device: torch.device | str) -> bool:
 
 def has_amx(device: torch.device | str) -> bool:
     """Whether `device` is a CPU with AMX tiles (no under `SIGLIP_BF16_UNITS`, which pins the units either way).
-    Eager bf16 runs its products on them: faster than eager int8 there (`auto` prefers it), and near enough to
-    a compiled bf16 tower that its compile pays back only in big jobs (`compiled.compile_pays`)."""
+    Eager bf16 runs its products on them: faster than eager int8 there (`auto` prefers it), and as fast as a
+    compiled bf16 tower for all but the smallest models (`compiled.eager_as_fast`)."""
     device = torch.device(device)
     return device.type == "cpu" and _units_override() is None and torch.cpu._is_amx_tile_supported()
 

@@ -1,0 +1,109 @@
+"""bf16 inference on the CPU with the bias, the MLP's GELU and the residual adds inside oneDNN's products.
+
+An eager bf16 linear layer on the CPU (`F.linear`, aten's `addmm`) first copies its bias into the output and
+then accumulates the product onto it; the MLP's GELU then reads and writes the 3072-wide activations once more,
+in a bf16 kernel slower than the product itself, and each residual add once more again. On the base image
+tower at batch 32 (2 threads, a Xeon with AMX) the GELU took 19% of the tower's time, the bias copies 9% and
+the adds 5%. oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, the kernel inductor calls for a
+compiled linear) adds the bias, applies the GELU or adds the residual on the float32 accumulator before
+rounding to bf16 (BENCHMARKS.md has the speed against transformers' bf16), with the same cosine to fp32.
+
+Only for bf16 on an x86 CPU whose oneDNN has bf16 products (AVX-512 or AMX); fp32 keeps aten's
+kernels and transformers' numbers bit for bit. The layers keep their parameters and names, so the model saves
+as before; where autograd needs a gradient they compute as `nn.Linear` does (the fused kernel has no
+backward).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP
+
+# The MLP activations oneDNN applies inside the product: the activation, and its post-op and algorithm.
+_POST_OPS: dict[Callable, tuple[str, str]] = {
+    ACTIVATIONS["gelu_pytorch_tanh"]: ("gelu", "tanh"),
+    ACTIVATIONS["gelu"]: ("gelu", "none"),
+}
+
+
+class FusedLinear(nn.Linear):
+    """`linear`'s parameters (shared, not copied) in one oneDNN call that adds the bias and applies
+    `activation` (a key of `_POST_OPS`, or None) on the float32 accumulator."""
+
+    def __init__(self, linear: nn.Linear, activation: Callable | None = None) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.activation = activation
+        self.post_op, self.algorithm = _POST_OPS[activation] if activation else ("none", "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            out = F.linear(x, self.weight, self.bias)
+            return self.activation(out) if self.activation else out
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post_op, [], self.algorithm)
+
+    def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """`residual + self(x)`, the add inside the product (for a layer without an activation)."""
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return residual + self(x)
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, post_op={self.post_op!r}"
+
+
+class FusedEncoderLayer(SiglipEncoderLayer):
+    """A `SiglipEncoderLayer` whose attention output projection and second MLP layer add the residual inside
+    their products. `use_fused_linears` makes one by swapping the class of a layer whose linear layers are
+    `FusedLinear`s: the same modules and parameters."""
+
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, mlp = self.self_attn, self.mlp
+        out, weights = attn.attend(self.layer_norm1(x), attention_mask, output_attentions)
+        x = attn.out_proj.add_to(out, x)
+        x = mlp.fc2.add_to(mlp.activation(mlp.fc1(self.layer_norm2(x))), x)
+        return x, weights
+
+
+def fused_linears_available(device: torch.device | str) -> bool:
+    """Whether `device` is an x86 CPU whose oneDNN runs bf16 products (the fused linear's kernel): AVX-512
+    or AMX. Other CPUs keep aten's kernels (ARM's oneDNN has bf16 products too, but nobody measured them)."""
+    return (
+        torch.device(device).type == "cpu"
+        and platform.machine().lower() in ("x86_64", "amd64")
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def use_fused_linears(model: nn.Module) -> None:
+    """Make every `nn.Linear` of a bf16 `model` on the CPU a `FusedLinear`, in place, each MLP's first one
+    with the MLP's GELU (which the MLP then skips), and every encoder layer a `FusedEncoderLayer`; nothing
+    where `fused_linears_available` says no or the weights are not bf16 (fp32 keeps transformers' numbers).
+    Subclasses of `nn.Linear` (`nn.MultiheadAttention`'s output projection) are left as they are."""
+    weight = next(model.parameters())
+    if weight.dtype != torch.bfloat16 or not fused_linears_available(weight.device):
+        return
+    for parent in list(model.modules()):
+        if type(parent) is SiglipEncoderLayer:
+            parent.__class__ = FusedEncoderLayer
+        if isinstance(parent, SiglipMLP) and parent.activation in _POST_OPS and type(parent.fc1) is nn.Linear:
+            parent.fc1 = FusedLinear(parent.fc1, parent.activation)
+            parent.activation = _identity
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, FusedLinear(child))
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    """The activation of an MLP whose first layer applies it."""
+    return x
