@@ -209,6 +209,50 @@ def test_fused_layers_train_as_the_plain_ones():
         assert a.grad is None or torch.equal(a.grad, b.grad), name
 
 
+@needs_onednn_bf16
+def test_fused_towers_keep_masks_naflex_patches_and_fall_back_off_the_fused_kernel(tmp_path):
+    """A padded text with its attention mask and a NaFlex image tower (patch mask, sizes, masked pooling head)
+    give the plain bf16 model's vectors; moved to float32 the fused model is the plain fp32 one bit for bit;
+    with frozen weights and trainable biases (BitFit) it still trains."""
+    from _material import save_tiny_naflex
+    from siglip import Siglip2Model, Siglip2Processor
+
+    folder = save_tiny_naflex(tmp_path / "naflex")
+    plain = Siglip2Model.from_pretrained(folder).eval()
+    fused = InferenceMode("bf16").apply(copy.deepcopy(plain))
+    assert any(isinstance(m, FusedEncoderLayer) for m in fused.vision_model.modules())
+    processor = Siglip2Processor.from_pretrained(folder)
+    images = [
+        Image.open(path).convert("RGB").resize(size)
+        for path, size in zip(EXAMPLES[:3], [(40, 24), (16, 64), (32, 32)], strict=True)
+    ]
+    inputs = processor(images=images, return_tensors="pt")
+    ids = torch.tensor([[5, 6, 7, 8, 1, 1], [9, 10, 1, 1, 1, 1]])
+    mask = (ids != 1).long()
+    bf16 = copy.deepcopy(plain).bfloat16()
+    with torch.inference_mode():
+        ours = fused.get_image_features(
+            inputs.pixel_values.bfloat16(), inputs.pixel_attention_mask, inputs.spatial_shapes
+        )
+        theirs = bf16.get_image_features(
+            inputs.pixel_values.bfloat16(), inputs.pixel_attention_mask, inputs.spatial_shapes
+        )
+        assert F.cosine_similarity(ours.float(), theirs.float()).min().item() > 0.9999
+        ours = fused.text_model(ids, attention_mask=mask).last_hidden_state
+        theirs = bf16.text_model(ids, attention_mask=mask).last_hidden_state
+        keep = mask.bool()  # the padded positions' states are not compared
+        assert F.cosine_similarity(ours[keep].float(), theirs[keep].float()).min().item() > 0.999
+    as_fp32, reference = copy.deepcopy(fused).float(), copy.deepcopy(bf16).float()  # the same rounded weights
+    with torch.inference_mode():
+        assert torch.equal(as_fp32.get_text_features(ids), reference.get_text_features(ids))
+    linear_biases = ("proj.bias", "fc1.bias", "fc2.bias")  # the first layer's input then wants no gradient
+    for name, parameter in fused.named_parameters():
+        parameter.requires_grad_(name.endswith(linear_biases))
+    fused.train().get_text_features(ids).float().sum().backward()
+    trained = [p for n, p in fused.text_model.named_parameters() if n.endswith(linear_biases)]
+    assert trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+
 def test_bf16_mode_is_plain_where_onednn_has_no_bf16(monkeypatch):
     monkeypatch.setattr("siglip.tools.embeddings.onednn.fused_linears_available", lambda device: False)
     model = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))

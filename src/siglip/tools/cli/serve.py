@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
 from ..deps import require
+from ..embeddings.compiled import linear_flop
 from ..embeddings.embedder import DEFAULT_MODEL, Embedder
 from ..embeddings.options import ModelOptions
 from ._options import add_image_backend_option, add_model_options, integer, real
@@ -42,9 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(
         parser,
         default=None,
-        compile_default="in the background where the model has packages (bf16, fp16 or int8 on a CPU; not "
-        "with --ray): the eager towers answer until the compiled ones are in; --compile: before the first "
-        "request",
+        compile_default="in the background where the model has packages that run faster than its eager "
+        "towers (bf16, fp16 or int8 on a CPU, but not bf16 on a CPU with AMX for a base-size model; not with "
+        "--ray): the eager towers answer until the compiled ones are in; --compile: before the first request",
     )
     add_image_backend_option(parser)
     parser.add_argument("--index", help="index folder made by `siglip index`, to search (default: none)")
@@ -286,15 +287,13 @@ def _compile(embedder: Embedder, args: argparse.Namespace) -> BackgroundCompile 
 
 def _auto_workers(embedder: Embedder) -> int:
     """`--workers auto`: one per core for a model whose text tower costs under AUTO_WORKERS_TEXT_GFLOP per text,
-    else 1 (see the option's help). The cost is counted from the config (each layer's attention and MLP weights,
-    2 FLOP per weight per position), as int8 modes keep their weights outside `parameters()`."""
+    else 1 (see the option's help). The cost is counted from the config (`linear_flop`), as int8 modes keep
+    their weights outside `parameters()`."""
     cores = os.cpu_count() or 1
     if cores == 1 or embedder.device.type != "cpu":
         return 1
     text = embedder.model.config.text_config
-    hidden, inner = text.hidden_size, text.intermediate_size
-    weights = text.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * inner)
-    gflop = 2 * weights * text.max_position_embeddings / 1e9
+    gflop = linear_flop(text, text.max_position_embeddings) / 1e9
     return cores if gflop < AUTO_WORKERS_TEXT_GFLOP else 1
 
 

@@ -350,7 +350,7 @@ def compile_pays(
     as_fast = eager_as_fast(config, precision, device)
     if as_fast:
         return CompileChoice(False, f"{as_fast}, or --compile")
-    pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / _linear_flop(config.vision_config, _patches(config)))
+    pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / linear_flop(config.vision_config, _patches(config)))
     pays_from_words = f"~{pays_from:,}"
     if images < pays_from:
         return CompileChoice(False, f"{images} images; compiling pays from {pays_from_words}, or --compile")
@@ -368,8 +368,8 @@ def eager_as_fast(config: PretrainedConfig, precision: str, device: torch.device
         return None
     text, vision = config.text_config, config.vision_config
     flop = max(
-        _linear_flop(text, text.max_position_embeddings),
-        _linear_flop(vision, _patches(config)) if hasattr(vision, "image_size") else 0,
+        linear_flop(text, text.max_position_embeddings),
+        linear_flop(vision, _patches(config)) if hasattr(vision, "image_size") else 0,
     )
     if flop < EAGER_AS_FAST_FROM_FLOP_AMX_BF16:
         return None
@@ -385,7 +385,7 @@ def _patches(config: PretrainedConfig) -> int:
     return (vision.image_size // vision.patch_size) ** 2
 
 
-def _linear_flop(tower: PretrainedConfig, tokens: int) -> float:
+def linear_flop(tower: PretrainedConfig, tokens: int) -> float:
     """The linear work of a tower of config `tower` on one item of `tokens` tokens: the multiply-adds of its
     layers' q, k, v and output projections and MLP, x2."""
     per_layer = 4 * tower.hidden_size**2 + 2 * tower.hidden_size * tower.intermediate_size

@@ -37,7 +37,7 @@ class InferenceMode:
     into the graph (`siglip.tools.embeddings.compiled.CompiledTower`; int8 through torchao's PT2E, the `int8`
     extra): the first call on a machine compiles for 25-60 s per base tower on 2 cores and keeps a package in
     `compiled_cache()`, which later processes load in about a second. The base image tower then ran 1.2x
-    eager bf16 (0.9-1.1x on a CPU with AMX, whose eager bf16 fuses its linears: `onednn`) and 1.2-1.5x eager
+    eager bf16 (0.6-1.1x at batches 8-32 on a CPU with AMX, whose eager bf16 fuses its linears: `onednn`) and 1.2-1.5x eager
     int8 (2 threads; BENCHMARKS.md). Such a tower takes its pixels or token ids
     only (no attention mask, no interpolated positions). Otherwise (fp32, or another device) both towers go
     through `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s
@@ -69,8 +69,9 @@ class InferenceMode:
 
         The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads by
         torch's dynamically quantised linear (weights int8 per tensor, activations quantised per batch); the
-        model can then no longer be saved as a checkpoint of the original format. bf16 on a CPU makes them
-        `onednn.FusedLinear`s (the same parameters, the bias and the MLP's GELU inside oneDNN's product).
+        model can then no longer be saved as a checkpoint of the original format. bf16 on an x86 CPU with bf16
+        units makes them `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual
+        adds inside oneDNN's products).
         """
         model = model.eval().to(self.dtype)
         if self.compile and self.precision in PACKAGED and model.device.type == "cpu":

@@ -8,10 +8,11 @@ the adds 5%. oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, the ke
 compiled linear) adds the bias, applies the GELU or adds the residual on the float32 accumulator before
 rounding to bf16 (BENCHMARKS.md has the speed against transformers' bf16), with the same cosine to fp32.
 
-Only for bf16 on an x86 CPU whose oneDNN has bf16 products (AVX-512 or AMX); fp32 keeps aten's
-kernels and transformers' numbers bit for bit. The layers keep their parameters and names, so the model saves
-as before; where autograd needs a gradient they compute as `nn.Linear` does (the fused kernel has no
-backward).
+Only for bf16 on an x86 CPU with bf16 units (AVX-512 BF16 or AMX), applied by `InferenceMode("bf16").apply`
+(what `siglip embed`, `siglip serve` and `Embedder.from_pretrained` run); fp32 keeps aten's kernels and
+transformers' numbers bit for bit. The layers keep their parameters and names, so the model saves as before;
+where autograd needs a gradient, or once the model is moved to another dtype or device, they compute as
+`nn.Linear` does (the fused kernel has no backward and runs bf16 on the CPU only).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ _POST_OPS: dict[Callable, tuple[str, str]] = {
 
 class FusedLinear(nn.Linear):
     """`linear`'s parameters (shared, not copied) in one oneDNN call that adds the bias and applies
-    `activation` (a key of `_POST_OPS`, or None) on the float32 accumulator."""
+    `activation` (a key of `_POST_OPS`, or None) on the float32 accumulator. With an activation it is no
+    longer linear: a tool that wraps `nn.Linear` layers (LoRA adapters) must be applied before
+    `use_fused_linears`, not after."""
 
     def __init__(self, linear: nn.Linear, activation: Callable | None = None) -> None:
         nn.Module.__init__(self)
@@ -44,16 +47,25 @@ class FusedLinear(nn.Linear):
         self.post_op, self.algorithm = _POST_OPS[activation] if activation else ("none", "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        if not self._fused(x):
             out = F.linear(x, self.weight, self.bias)
             return self.activation(out) if self.activation else out
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post_op, [], self.algorithm)
 
     def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """`residual + self(x)`, the add inside the product (for a layer without an activation)."""
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        if not self._fused(x, residual):
             return residual + self(x)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+
+    def _fused(self, *inputs: torch.Tensor) -> bool:
+        """Whether this call takes the fused kernel: bf16 weights on the CPU (a model moved to another dtype or
+        device computes as `nn.Linear`), and no gradient wanted (the kernel has no backward)."""
+        if self.weight.dtype is not torch.bfloat16 or not self.weight.is_cpu:
+            return False
+        if not torch.is_grad_enabled():  # inference mode and no_grad: the usual case, checked first
+            return True
+        return not any(t is not None and t.requires_grad for t in (*inputs, self.weight, self.bias))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, post_op={self.post_op!r}"
@@ -61,8 +73,9 @@ class FusedLinear(nn.Linear):
 
 class FusedEncoderLayer(SiglipEncoderLayer):
     """A `SiglipEncoderLayer` whose attention output projection and second MLP layer add the residual inside
-    their products. `use_fused_linears` makes one by swapping the class of a layer whose linear layers are
-    `FusedLinear`s: the same modules and parameters."""
+    their products. `use_fused_linears` makes one by swapping the class of a layer whose `out_proj` and `fc2`
+    are `FusedLinear`s: the same modules and parameters. Its forward calls the attention's `attend` and the
+    MLP's layers itself, so forward hooks on `self_attn`, `mlp`, `out_proj` and `fc2` do not fire."""
 
     def forward(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
@@ -75,13 +88,14 @@ class FusedEncoderLayer(SiglipEncoderLayer):
 
 
 def fused_linears_available(device: torch.device | str) -> bool:
-    """Whether `device` is an x86 CPU whose oneDNN runs bf16 products (the fused linear's kernel): AVX-512
-    or AMX. Other CPUs keep aten's kernels (ARM's oneDNN has bf16 products too, but nobody measured them)."""
+    """Whether `device` is an x86 CPU with bf16 units (AVX-512 BF16 or AMX) and torch's oneDNN (the fused
+    linear's kernel). Other CPUs keep aten's kernels: oneDNN emulates bf16 on plain AVX-512, and ARM's
+    oneDNN has bf16 products too, but neither was measured."""
     return (
         torch.device(device).type == "cpu"
         and platform.machine().lower() in ("x86_64", "amd64")
         and torch.backends.mkldnn.is_available()
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     )
 
 
@@ -94,14 +108,17 @@ def use_fused_linears(model: nn.Module) -> None:
     if weight.dtype != torch.bfloat16 or not fused_linears_available(weight.device):
         return
     for parent in list(model.modules()):
-        if type(parent) is SiglipEncoderLayer:
-            parent.__class__ = FusedEncoderLayer
         if isinstance(parent, SiglipMLP) and parent.activation in _POST_OPS and type(parent.fc1) is nn.Linear:
             parent.fc1 = FusedLinear(parent.fc1, parent.activation)
             parent.activation = _identity
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 setattr(parent, name, FusedLinear(child))
+    for layer in model.modules():
+        if type(layer) is SiglipEncoderLayer and all(
+            isinstance(linear, FusedLinear) for linear in (layer.self_attn.out_proj, layer.mlp.fc2)
+        ):
+            layer.__class__ = FusedEncoderLayer
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
