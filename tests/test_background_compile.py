@@ -53,7 +53,7 @@ def test_the_eager_towers_answer_until_the_compiled_ones_are_swapped_in(cache, p
     stopped = BackgroundCompile(embedder)
     stopped.start()
     deadline = time.monotonic() + 300
-    while not any(tmp_path.iterdir()):  # the lock of the first package: its compile has begun
+    while not any(tmp_path.glob("*.lock")):  # the lock of the first package: its compile has begun
         assert time.monotonic() < deadline and stopped.state == "compiling", stopped.state
         time.sleep(0.05)
     stopped.stop()

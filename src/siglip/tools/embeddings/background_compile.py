@@ -209,7 +209,13 @@ def _compile_in_child(
     """The child of `BackgroundCompile`: the model `name` in `precision`, its towers compiled into `cache` on
     `threads` threads (the parent's: the kernels are laid out for them), and their packages sent back (or why
     not). It ends with its parent."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds: the half-written package is removed
+    stopped = threading.Event()
+
+    def stop(*_: object) -> None:  # unwinds: the half-written package is removed
+        stopped.set()
+        sys.exit(1)
+
+    signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group: the parent stops the child
     parent = multiprocessing.parent_process()
     if parent is not None:
@@ -221,6 +227,8 @@ def _compile_in_child(
         os.environ["SIGLIP_COMPILED_CACHE"] = cache
         packages = compile_now(Embedder.from_pretrained(name, "cpu", precision=precision, compile=True))
     except Exception as error:
+        if stopped.is_set():  # the stop's SystemExit, wrapped on its way up by code that caught it
+            sys.exit(1)
         packages = f"{type(error).__name__}: {error}"
     with contextlib.suppress(OSError):  # a parent gone meanwhile
         send.send(packages)
