@@ -63,12 +63,11 @@ import psutil
 import torch
 from PIL import Image
 
-import siglip
 from _common import SHAPES, machine_line
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 from siglip.core.hub import BUNDLED_DIR
-from siglip.tools.embeddings.compiled import eager_as_fast
-from siglip.tools.embeddings.precision import resolve_precision
+from siglip.tools.embeddings.background_compile import BackgroundCompile
+from siglip.tools.embeddings.embedder import Embedder
 
 TINY = "siglip-tiny-fashion"
 BOUNDARY = "siglipbenchboundary"
@@ -156,16 +155,15 @@ async def wait_ready(server: Server) -> None:
 
 
 async def wait_compiled(server: Server, precision: str, options: str, folder: str) -> None:
-    """For a `siglip serve` that compiles its towers in the background (its default, where the precision
-    has packages that run faster than the eager towers), wait until its workers answer with compiled towers
-    (at most 10 minutes), and say how long that took: the runs measure the server once it is settled."""
-    if server.infinity or "--no-compile" in options.split():
+    """For a `siglip serve` that compiles its towers in the background (its default, where the model has
+    packages that run faster than its eager towers: the server's own `BackgroundCompile.why_not`, asked here
+    of the same checkpoint and precision), wait until its workers answer with compiled towers (at most 10
+    minutes), and say how long that took: the runs measure the server once it is settled."""
+    if server.infinity or {"--no-compile", "--compile"} & set(options.split()):  # nothing in the background
         return
-    cpu = torch.device("cpu")
-    precision = resolve_precision(precision, cpu).name
-    as_fast = eager_as_fast(siglip.AutoConfig.from_pretrained(folder), precision, cpu)
-    if precision == "fp32" or as_fast:
-        print(f"{server.name}: eager towers ({as_fast or 'fp32'})")
+    why_not = BackgroundCompile(Embedder.from_pretrained(folder, "cpu", precision=precision)).why_not
+    if why_not is not None:
+        print(f"{server.name}: eager towers ({why_not})")
         return
     started, in_a_row = time.monotonic(), 0
     # a connection per request: each worker process answers with its own towers

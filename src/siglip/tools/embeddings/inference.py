@@ -37,9 +37,9 @@ class InferenceMode:
     into the graph (`siglip.tools.embeddings.compiled.CompiledTower`; int8 through torchao's PT2E, the `int8`
     extra): the first call on a machine compiles for 25-60 s per base tower on 2 cores and keeps a package in
     `compiled_cache()`, which later processes load in about a second. The base image tower then ran 1.2x
-    eager bf16 (0.6-1.1x at batches 8-32 on a CPU with AMX, whose eager bf16 fuses its linears: `onednn`) and 1.2-1.5x eager
-    int8 (2 threads; BENCHMARKS.md). Such a tower takes its pixels or token ids
-    only (no attention mask, no interpolated positions). Otherwise (fp32, or another device) both towers go
+    eager bf16 (0.6-1.1x at batches 8-32 on a CPU with AMX, whose eager bf16 fuses its linears: `onednn`)
+    and 1.2-1.5x eager int8 (2 threads; BENCHMARKS.md). Such a tower takes its pixels or token ids only (no
+    attention mask, no interpolated positions). Otherwise (fp32, or another device) both towers go
     through `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s
     (less when inductor's on-disk cache is warm), then the image tower runs 2-11% faster in fp32 with
     transformers' numbers. A batch of one image or text compiles once more (torch specialises size 1).
@@ -80,7 +80,7 @@ class InferenceMode:
         if self.precision == "int8":
             quantize_linear_layers(model)
             use_fast_gelu(model)
-        if self.precision == "bf16":  # on a CPU with oneDNN's bf16 products: bias and GELU fused into them
+        if self.precision == "bf16":  # on a CPU with bf16 units: bias, GELU and residual adds in the products
             use_fused_linears(model)
         if self.compile:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU
             for tower in (model.text_model, model.vision_model):

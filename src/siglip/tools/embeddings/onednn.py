@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP
+from .precision import cpu_bf16_units
 
 # The MLP activations oneDNN applies inside the product: the activation, and its post-op and algorithm.
 _POST_OPS: dict[Callable, tuple[str, str]] = {
@@ -95,7 +96,7 @@ def fused_linears_available(device: torch.device | str) -> bool:
         torch.device(device).type == "cpu"
         and platform.machine().lower() in ("x86_64", "amd64")
         and torch.backends.mkldnn.is_available()
-        and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        and cpu_bf16_units()
     )
 
 

@@ -74,8 +74,14 @@ def native_bf16(device: torch.device | str) -> bool:
     if device.type == "cuda":  # Ampere (8.x) and newer; older GPUs only emulate bf16
         return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+        return cpu_bf16_units()
     return False
+
+
+def cpu_bf16_units() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX or AVX-512 BF16), whatever `SIGLIP_BF16_UNITS` says: the
+    probe under `native_bf16`, for a choice of kernels rather than of precision (`onednn`)."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
 def fast_int8(device: torch.device | str) -> bool:
