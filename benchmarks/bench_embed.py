@@ -2,6 +2,7 @@
 
     python benchmarks/bench_embed.py [--images 500] [--batch-size 32] [--bf16] [--only TEXT ...]
                                      [--runtimes "openvino int8" "onnxruntime int8" ...] [--rounds 1]
+                                     [--paired ROUNDS]
 
 A random-weight base/16-224 model is built in transformers and saved with a processor; siglip loads the same
 files. The transformers loop is what its documentation shows: per batch of paths, open the images with PIL,
@@ -16,6 +17,10 @@ each run's embeddings and that loop's.
 `--runtimes` adds the same loop with the image tower in OpenVINO or ONNX Runtime (bench_runtimes.py: converted
 from siglip's ONNX export, int8 calibrated or quantised there, all cores): what a user of those runtimes runs,
 their one-off conversion and quantisation not counted.
+
+`--paired ROUNDS` then times each run back to back with the transformers fp32 loop, the two taking turns at
+going first, and gives the median and range of those per-round speed-ups (`_common.paired_speedups`): on a
+host whose speed drifts over minutes, the medians of the first table can move more than the runs differ.
 
 The photos are `--images` distinct 640x480 JPEGs cut from scikit-image's sample photos.
 """
@@ -37,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import siglip
-from _common import SHAPES, features_tensor, machine_line, make_jpegs, random_checkpoint
+from _common import SHAPES, features_tensor, machine_line, make_jpegs, paired_speedups, random_checkpoint
 from bench_runtimes import RUNTIMES
 from siglip.tools.embeddings.compiled import compile_pays
 from siglip.tools.embeddings.precision import resolve_precision
@@ -126,6 +131,10 @@ def main() -> None:
         "--skip", nargs="+", default=[], metavar="NAME", help="leave out the runs of exactly these names"
     )
     parser.add_argument("--rounds", type=int, default=1, help="time every run this many times, taking turns")
+    parser.add_argument(
+        "--paired", type=int, default=0, metavar="ROUNDS",
+        help="then time each run back to back with the transformers fp32 loop this many times (speed-up ratios)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import transformers
@@ -226,6 +235,7 @@ def main() -> None:
                     flush=True,
                 )
         results = {name: (statistics.median(times[name]), vectors[name]) for name in runs}
+        paired = paired_speedups(runs, "transformers loop, fp32", args.paired) if args.paired else {}
 
     base_seconds, reference = results["transformers loop, fp32"]
     print(f"\n{len(paths)} JPEGs (640x480), batch {args.batch_size}, {args.shape}; {machine_line()}")
@@ -240,6 +250,13 @@ def main() -> None:
             f"| {name} | {len(paths) / seconds:.2f} | {base_seconds / seconds:.2f}x | {cosine:.5f} | "
             f"{f'{load:.1f}' if load else ''} |"
         )
+    if paired:
+        print(
+            f"\nPaired with the transformers fp32 loop, {args.paired} rounds: median (range) of the speed-ups"
+        )
+        print("\n| run | vs transformers fp32 loop |\n|---|---:|")
+        for name, ratios in paired.items():
+            print(f"| {name} | {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) |")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ from PIL import Image, ImageFile
 from _material import BUNDLED
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
-from siglip.core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP
+from siglip.core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP, key_padding_mask
 from siglip.tools.cli import main
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import fast_gelu_tanh, quantize_linear_layers
 from siglip.tools.embeddings.onednn import (
+    PACKED_UP_TO_ROWS,
     FusedEncoderLayer,
     FusedLinear,
     fused_linears_available,
@@ -127,15 +128,18 @@ def _bf16_values(*shape: int) -> torch.Tensor:
 
 @needs_onednn_bf16
 @pytest.mark.parametrize("activation", [None, "gelu_pytorch_tanh", "gelu"])
-def test_fused_linear_rounds_the_exact_result_once(activation):
+@pytest.mark.parametrize("tokens", [17, 100])  # 51 rows: the packed weight; 300: the plain one
+def test_fused_linear_rounds_the_exact_result_once(activation, tokens):
     """Against float64 on the same bf16 values: one rounding to bf16 at the end (the unfused path rounds the
-    product before the activation, and the bias add once more)."""
-    x, linear = _bf16_values(3, 17, 64), torch.nn.Linear(64, 96).bfloat16()
+    product before the activation, and the bias add once more), with the packed weight or the plain one."""
+    x, linear = _bf16_values(3, tokens, 64), torch.nn.Linear(64, 96).bfloat16()
     act = ACTIVATIONS[activation] if activation else None
     fused = FusedLinear(linear, act)
     assert fused.weight is linear.weight and fused.bias is linear.bias  # shared, not copied
     with torch.inference_mode():
         got = fused(x)
+    assert (fused._packed is not None) == (3 * tokens <= PACKED_UP_TO_ROWS)
+    with torch.inference_mode():
         exact = F.linear(x.double(), linear.weight.double(), linear.bias.double())
         exact = act(exact) if act else exact
         unfused = act(linear(x)) if act else linear(x)
@@ -155,6 +159,66 @@ def test_fused_linear_adds_the_residual_without_touching_it():
     exact = residual.double() + F.linear(x.double(), linear.weight.double(), linear.bias.double())
     assert torch.equal(residual, before)
     assert ((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+
+
+@needs_onednn_bf16
+def test_the_packed_weight_follows_the_weight():
+    """The packed copy of a few rows' calls is made again after the weight changes: another parameter, another
+    tensor in it (`.data =`), in place (an optimiser step, `load_state_dict`); it is dropped when the layer is
+    cast, and does not travel through `deepcopy` or pickle."""
+    import pickle
+
+    x = _bf16_values(2, 5, 32)
+    fused = FusedLinear(torch.nn.Linear(32, 48).bfloat16())
+
+    def check(layer: FusedLinear) -> None:
+        with torch.inference_mode():
+            got = layer(x).double()
+        exact = F.linear(x.double(), layer.weight.double(), layer.bias.double())
+        assert layer._packed is not None and ((got - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+
+    check(fused)
+    fused.weight = torch.nn.Parameter(torch.randn(48, 32).bfloat16())  # version 0, as the first one
+    check(fused)
+    fused.weight.data = torch.randn(48, 32).bfloat16()  # the same parameter and version, other values
+    check(fused)
+    with torch.no_grad():
+        fused.weight.mul_(-3)  # in place: a new version of the same parameter
+    check(fused)
+    fused.load_state_dict({"weight": torch.randn(48, 32).bfloat16(), "bias": fused.bias.detach()})
+    check(fused)
+    fused.float()
+    assert fused._packed is None
+    fused.bfloat16()
+    check(fused)
+    for twin in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+        assert twin._packed is None
+        check(twin)
+
+
+@needs_onednn_bf16
+def test_a_large_batch_runs_each_layer_in_groups_of_sequences(monkeypatch):
+    """Past `ROWS_PER_CALL` tokens a fused layer runs groups of whole sequences: the same states (bf16 rounding
+    aside) and attention maps as one call, with a per-sequence padding mask or one broadcast over the batch."""
+    from siglip.tools.embeddings import onednn
+
+    model = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
+    layer = model.text_model.encoder.layers[0]
+    assert isinstance(layer, FusedEncoderLayer)
+    x = _bf16_values(5, 16, model.config.text_config.hidden_size)
+    mask = key_padding_mask(torch.arange(16) < torch.tensor([16, 12, 9, 16, 3])[:, None], x.dtype)
+    calls = []
+    monkeypatch.setattr(layer, "_fused_forward", lambda *args: calls.append(args[0].shape[0]) or
+                        FusedEncoderLayer._fused_forward(layer, *args))  # fmt: skip
+    with torch.inference_mode():
+        for attention_mask in (None, mask, mask[:1]):
+            monkeypatch.setattr(onednn, "ROWS_PER_CALL", 10_000)
+            whole, whole_maps = layer(x, attention_mask, output_attentions=True)
+            monkeypatch.setattr(onednn, "ROWS_PER_CALL", 40)  # 80 rows: two groups (3 + 2 sequences)
+            grouped, maps = layer(x, attention_mask, output_attentions=True)
+            assert F.cosine_similarity(grouped.flatten(1).float(), whole.flatten(1).float()).min() > 0.9999
+            assert maps.shape == whole_maps.shape and (maps - whole_maps).abs().max() < 0.02
+    assert calls == [5, 3, 2] * 3
 
 
 @needs_onednn_bf16

@@ -7,6 +7,8 @@ tower at batch 32 (2 threads, a Xeon with AMX) the GELU took 19% of the tower's 
 the adds 5%. oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, the kernel inductor calls for a
 compiled linear) adds the bias, applies the GELU or adds the residual on the float32 accumulator before
 rounding to bf16 (BENCHMARKS.md has the speed against transformers' bf16), with the same cosine to fp32.
+A call of a few rows (one text, one image) takes a copy of the weight packed into oneDNN's own layout, which
+the plain weight is reordered into on every call: at that size the reorder is a third of the product's time.
 
 Only for bf16 on an x86 CPU with bf16 units (AVX-512 BF16 or AMX), applied by `InferenceMode("bf16").apply`
 (what `siglip embed`, `siglip serve` and `Embedder.from_pretrained` run); fp32 keeps aten's kernels and
@@ -33,12 +35,28 @@ _POST_OPS: dict[Callable, tuple[str, str]] = {
     ACTIVATIONS["gelu"]: ("gelu", "none"),
 }
 
+# Calls of at most this many rows (the batch's tokens) take the packed weight: 1.3-1.5x the plain weight's
+# product at 64-197 rows (one text, one image of a base tower). From ~512 rows oneDNN picks another algorithm
+# for a packed 3072-wide input, slower than the plain weight's (BENCHMARKS.md); larger calls keep the plain one.
+PACKED_UP_TO_ROWS = 256
+
+# An encoder layer's call of more rows than this runs in equal groups of whole sequences: from ~6,000 rows
+# (32 images of a base tower) the MLP's 3072-wide activations no longer stay in the cache and the image tower
+# ran 0.85x as fast per image as with two groups of 16 images on the AMX machine (BENCHMARKS.md); at 24 images
+# (4,728 rows) groups gained nothing, and groups of 4 images lost.
+ROWS_PER_CALL = 4096
+
 
 class FusedLinear(nn.Linear):
     """`linear`'s parameters (shared, not copied) in one oneDNN call that adds the bias and applies
     `activation` (a key of `_POST_OPS`, or None) on the float32 accumulator. With an activation it is no
     longer linear: a tool that wraps `nn.Linear` layers (LoRA adapters) must be applied before
-    `use_fused_linears`, not after."""
+    `use_fused_linears`, not after.
+
+    The first call of at most `PACKED_UP_TO_ROWS` rows packs a copy of the weight into oneDNN's blocked layout
+    and keeps it for such calls (memory: the weight's size once more); the copy is made again after the
+    weight changes (an optimiser step, `load_state_dict`, a new tensor or parameter), is dropped when the
+    layer is moved or cast (`.to()`), and is not pickled or deep-copied."""
 
     def __init__(self, linear: nn.Linear, activation: Callable | None = None) -> None:
         nn.Module.__init__(self)
@@ -46,18 +64,44 @@ class FusedLinear(nn.Linear):
         self.weight, self.bias = linear.weight, linear.bias
         self.activation = activation
         self.post_op, self.algorithm = _POST_OPS[activation] if activation else ("none", "")
+        self._packed: tuple[torch.Tensor, int, torch.Tensor] | None = None  # source, version, packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fused(x):
             out = F.linear(x, self.weight, self.bias)
             return self.activation(out) if self.activation else out
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post_op, [], self.algorithm)
+        weight = self._weight_for(x)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, self.post_op, [], self.algorithm)
 
     def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """`residual + self(x)`, the add inside the product (for a layer without an activation)."""
         if not self._fused(x, residual):
             return residual + self(x)
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self._weight_for(x), self.bias, "add")
+
+    def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain weight for a call of many rows; for a few, its packed copy, packed again if the weight
+        changed since (another parameter, or the same one written in place)."""
+        weight = self.weight
+        if x.numel() > PACKED_UP_TO_ROWS * self.in_features:
+            return weight
+        # another tensor (a new parameter, `.data =`; the packed one's source is held, so the address is not
+        # reused) or the same one written in place (its version)
+        if (
+            self._packed is None
+            or self._packed[0].data_ptr() != weight.data_ptr()
+            or self._packed[1] != weight._version
+        ):
+            source = weight.detach()
+            self._packed = (source, weight._version, torch.ops.mkldnn._reorder_linear_weight(source, None))
+        return self._packed[2]
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> FusedLinear:
+        self._packed = None  # moved or cast (`.to()`, `.float()`): the copy would only hold memory
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_packed": None}  # oneDNN's layout has no storage to copy
 
     def _fused(self, *inputs: torch.Tensor) -> bool:
         """Whether this call takes the fused kernel: bf16 weights on the CPU (a model moved to another dtype or
@@ -74,12 +118,29 @@ class FusedLinear(nn.Linear):
 
 class FusedEncoderLayer(SiglipEncoderLayer):
     """A `SiglipEncoderLayer` whose attention output projection and second MLP layer add the residual inside
-    their products. `use_fused_linears` makes one by swapping the class of a layer whose `out_proj` and `fc2`
-    are `FusedLinear`s: the same modules and parameters. Its forward calls the attention's `attend` and the
-    MLP's layers itself, so forward hooks on `self_attn`, `mlp`, `out_proj` and `fc2` do not fire."""
+    their products, and which runs a batch of more than `ROWS_PER_CALL` tokens in groups of sequences.
+    `use_fused_linears` makes one by swapping the class of a layer whose `out_proj` and `fc2` are
+    `FusedLinear`s: the same modules and parameters. Its forward calls the attention's `attend` and the MLP's
+    layers itself, so forward hooks on `self_attn`, `mlp`, `out_proj` and `fc2` do not fire."""
 
     def forward(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, groups = x.shape[0], -(-x.shape[0] * x.shape[1] // ROWS_PER_CALL)
+        if groups <= 1 or batch == 1 or not self.mlp.fc2._fused(x):  # not on the plain layers' path
+            return self._fused_forward(x, attention_mask, output_attentions)
+        parts = x.split(-(-batch // groups))
+        masks = [attention_mask] * len(parts)  # None, or one mask broadcast over the batch
+        if attention_mask is not None and attention_mask.shape[0] == batch:
+            masks = attention_mask.split(parts[0].shape[0])
+        outs, weights = zip(
+            *(self._fused_forward(*pair, output_attentions) for pair in zip(parts, masks, strict=True)),
+            strict=True,
+        )
+        return torch.cat(outs), torch.cat(weights) if output_attentions else None
+
+    def _fused_forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attn, mlp = self.self_attn, self.mlp
         out, weights = attn.attend(self.layer_norm1(x), attention_mask, output_attentions)
