@@ -137,6 +137,30 @@ def test_real_photos_and_aspect_ratios_are_bit_identical_and_differ_from_pil(fas
     assert np.median(differing) > 0.2  # the backends are not the same pipeline under two names
 
 
+def test_pil_images_are_resized_from_pillows_memory(fast, their_fast):
+    """An RGB image is read in place through Pillow's Arrow export (4 bytes a pixel: the 4th channel resized
+    along and dropped), an image whose rows are in several blocks from a copy, and 4-byte pixels whose 4th
+    bytes are other data or lie outside the tensor's storage give the pixels of a contiguous copy."""
+    image = Image.fromarray(_random((480, 640, 3)))
+    view = torch_resize.from_pil(image)
+    assert view.stride() == (1, 4 * 640, 4)
+    image.putpixel((5, 7), (1, 2, 3))  # no copy: Pillow's own memory
+    assert view[:, 7, 5].tolist() == [1, 2, 3]
+    large = Image.fromarray(_random((2100, 2100, 3)))  # 17.6 MB with the padding: more than Pillow's block
+    assert torch_resize.from_pil(large).stride() == (1, 3 * 2100, 3)
+    for each in (image, large):
+        _equal(
+            fast(each, return_tensors="pt").pixel_values, their_fast(each, return_tensors="pt").pixel_values
+        )
+    rgba = torch.from_numpy(_random((61, 83, 4)))
+    for pixels in (rgba[..., :3], rgba[..., 1:]):  # the 4th bytes: another channel; past the storage's end
+        chw = pixels.permute(2, 0, 1)
+        assert chw.stride() == (1, 4 * 83, 4)
+        for resample in (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.NEAREST):
+            expected = torch_resize.resize(chw.contiguous(), (40, 50), resample)
+            _equal(torch_resize.resize(chw, (40, 50), resample), expected, resample.name)
+
+
 @pytest.mark.parametrize("kwargs", ARGUMENTS, ids=lambda kw: ",".join(kw) or "defaults")
 def test_every_mode_and_size_is_bit_identical_for_every_argument(fast, their_fast, kwargs):
     if kwargs.get("resample") in TORCH_FILTERS:
