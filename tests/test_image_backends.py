@@ -11,6 +11,7 @@ import json
 import warnings
 
 import numpy as np
+import PIL
 import pytest
 import torch
 import transformers
@@ -137,18 +138,31 @@ def test_real_photos_and_aspect_ratios_are_bit_identical_and_differ_from_pil(fas
     assert np.median(differing) > 0.2  # the backends are not the same pipeline under two names
 
 
+@pytest.mark.skipif(
+    int(PIL.__version__.split(".")[0]) < 13, reason="Pillow < 13 exports no image safely as Arrow data"
+)
 def test_pil_images_are_resized_from_pillows_memory(fast, their_fast):
     """An RGB image is read in place through Pillow's Arrow export (4 bytes a pixel: the 4th channel resized
-    along and dropped), an image whose rows are in several blocks from a copy, and 4-byte pixels whose 4th
-    bytes are other data or lie outside the tensor's storage give the pixels of a contiguous copy."""
+    along and dropped), as is a read-only image sharing its memory; one whose rows are in several blocks or
+    padded (PILLOW_ALIGNMENT) from a copy; and 4-byte pixels whose 4th bytes are other data or lie outside the
+    tensor's storage give the pixels of a contiguous copy."""
     image = Image.fromarray(_random((480, 640, 3)))
     view = torch_resize.from_pil(image)
     assert view.stride() == (1, 4 * 640, 4)
     image.putpixel((5, 7), (1, 2, 3))  # no copy: Pillow's own memory
     assert view[:, 7, 5].tolist() == [1, 2, 3]
+    shared = Image.fromarrow(image, "RGB", image.size)
+    assert shared.readonly and torch_resize.from_pil(shared).stride() == (1, 4 * 640, 4)
     large = Image.fromarray(_random((2100, 2100, 3)))  # 17.6 MB with the padding: more than Pillow's block
     assert torch_resize.from_pil(large).stride() == (1, 3 * 2100, 3)
-    for each in (image, large):
+    alignment = Image.core.get_alignment()
+    Image.core.set_alignment(64)
+    try:
+        padded = Image.fromarray(_random((50, 61, 3)))  # rows of 244 bytes, each starting on 64
+    finally:
+        Image.core.set_alignment(alignment)
+    assert torch_resize.from_pil(padded).stride() == (1, 3 * 61, 3)
+    for each in (image, shared, large, padded):
         _equal(
             fast(each, return_tensors="pt").pixel_values, their_fast(each, return_tensors="pt").pixel_values
         )

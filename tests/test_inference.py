@@ -25,6 +25,7 @@ from siglip.tools.embeddings.onednn import (
     PACKED_UP_TO_ROWS,
     FusedEncoderLayer,
     FusedLinear,
+    drop_packed_weights,
     fused_linears_available,
     use_fused_linears,
 )
@@ -165,7 +166,8 @@ def test_fused_linear_adds_the_residual_without_touching_it():
 def test_the_packed_weight_follows_the_weight():
     """The packed copy of a few rows' calls is made again after the weight changes: another parameter, another
     tensor in it (`.data =`), in place (an optimiser step, `load_state_dict`); it is dropped when the layer is
-    cast, and does not travel through `deepcopy` or pickle."""
+    cast or `drop_packed_weights` is called, and does not travel through `deepcopy` or pickle; weights made
+    under inference mode are not packed."""
     import pickle
 
     x = _bf16_values(2, 5, 32)
@@ -194,6 +196,17 @@ def test_the_packed_weight_follows_the_weight():
     for twin in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
         assert twin._packed is None
         check(twin)
+    fused.weight.data.mul_(2)  # unseen by the version counter: the caller says so
+    drop_packed_weights(fused)
+    check(fused)
+    del fused.__dict__["_packed"]  # a layer pickled by a version that had no packed copies
+    check(fused)
+    with torch.inference_mode():  # weights without a version counter: never packed
+        inference = FusedLinear(torch.nn.Linear(32, 48).bfloat16())
+        assert inference.weight.is_inference()
+        exact = F.linear(x.double(), inference.weight.double(), inference.bias.double())
+        assert ((inference(x).double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+    assert inference._packed is None
 
 
 @needs_onednn_bf16
@@ -219,6 +232,14 @@ def test_a_large_batch_runs_each_layer_in_groups_of_sequences(monkeypatch):
             assert F.cosine_similarity(grouped.flatten(1).float(), whole.flatten(1).float()).min() > 0.9999
             assert maps.shape == whole_maps.shape and (maps - whole_maps).abs().max() < 0.02
     assert calls == [5, 3, 2] * 3
+    square = _bf16_values(16, 16, model.config.text_config.hidden_size)  # as many sequences as tokens
+    causal = torch.full((16, 16), torch.finfo(x.dtype).min).triu(1).bfloat16()  # (T, T): broadcast, not split
+    with torch.inference_mode():
+        monkeypatch.setattr(onednn, "ROWS_PER_CALL", 10_000)
+        whole = layer(square, causal)[0]
+        monkeypatch.setattr(onednn, "ROWS_PER_CALL", 128)
+        grouped = layer(square, causal)[0]
+    assert F.cosine_similarity(grouped.flatten(1).float(), whole.flatten(1).float()).min() > 0.9999
 
 
 @needs_onednn_bf16

@@ -24,6 +24,7 @@ import ctypes
 import platform
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 
@@ -57,7 +58,7 @@ def resolve_backend(backend: str | None = None, use_fast: bool | None = None) ->
 def from_pil(image: Image.Image) -> torch.Tensor:
     """(3, H, W) uint8 tensor of an RGB PIL image, laid out channels-last, which `resize` reads in place.
 
-    Where Pillow exports the image as Arrow data (Pillow >= 11.2, rows in one block: images up to Pillow's
+    Where Pillow exports the image as Arrow data (Pillow >= 13, rows in one block: images up to Pillow's
     16 MB block size), a view of Pillow's own memory, where each pixel is stored in 4 bytes (RGB and a
     padding byte): no copy, and the GIL is not held for one (the copy took a quarter of an image's
     preprocessing and kept the decoding threads waiting on each other). Otherwise a view of a copy of its
@@ -68,10 +69,21 @@ def from_pil(image: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1)[:3]
 
 
+class _ArrowSchema(ctypes.Structure):
+    """The Arrow C data interface's `ArrowSchema` (a stable ABI)."""
+
+
 class _ArrowArray(ctypes.Structure):
     """The Arrow C data interface's `ArrowArray` (a stable ABI)."""
 
 
+_ArrowSchema._fields_ = [
+    ("format", ctypes.c_char_p),
+    *[(name, ctypes.c_void_p) for name in ("name", "metadata")],
+    *[(name, ctypes.c_int64) for name in ("flags", "n_children")],
+    ("children", ctypes.POINTER(ctypes.POINTER(_ArrowSchema))),
+    *[(name, ctypes.c_void_p) for name in ("dictionary", "release", "private_data")],
+]
 _ArrowArray._fields_ = [
     *[(name, ctypes.c_int64) for name in ("length", "null_count", "offset", "n_buffers", "n_children")],
     ("buffers", ctypes.POINTER(ctypes.c_void_p)),
@@ -80,20 +92,27 @@ _ArrowArray._fields_ = [
 ]
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+# Pillow 11.2-12 exported images whose rows are not one run of memory (PILLOW_ALIGNMENT) as if they were, and
+# crashed on read-only ones; 13 refuses the first and exports the second
+_PILLOW_EXPORTS_SAFELY = int(PIL.__version__.split(".")[0]) >= 13
 
 
 def _pillow_rgbx(image: Image.Image) -> torch.Tensor | None:
     """(H, W, 4) uint8 view of an RGB image's memory through its Arrow export, or None where Pillow has none
     for it. The tensor keeps the export alive (it holds a reference to the image's memory)."""
-    if image.mode != "RGB" or not hasattr(image, "__arrow_c_array__"):
+    if image.mode != "RGB" or not _PILLOW_EXPORTS_SAFELY:
         return None
     try:
-        capsule = image.__arrow_c_array__()[1]
-    except ValueError:  # rows in several blocks (a large image)
+        schema_capsule, capsule = image.__arrow_c_array__()
+        schema = _ArrowSchema.from_address(_capsule_pointer(schema_capsule, b"arrow_schema"))
+        export = _ArrowArray.from_address(_capsule_pointer(capsule, b"arrow_array"))
+    except ValueError:  # rows in several blocks (a large image), or not an Arrow export
         return None
-    export = _ArrowArray.from_address(_capsule_pointer(capsule, b"arrow_array"))
     size = image.width * image.height * 4
-    if export.n_children != 1 or export.offset != 0:  # RGB is a fixed-size list of 4 bytes per pixel
+    # RGB: a fixed-size list of 4 bytes per pixel ("+w:4" of "C"), one run of memory
+    if schema.format != b"+w:4" or schema.n_children != 1 or schema.children[0].contents.format != b"C":
+        return None
+    if export.n_children != 1 or export.offset != 0:
         return None
     values = export.children[0].contents
     if values.length != size or values.offset != 0 or values.n_buffers != 2:

@@ -55,8 +55,14 @@ class FusedLinear(nn.Linear):
 
     The first call of at most `PACKED_UP_TO_ROWS` rows packs a copy of the weight into oneDNN's blocked layout
     and keeps it for such calls (memory: the weight's size once more); the copy is made again after the
-    weight changes (an optimiser step, `load_state_dict`, a new tensor or parameter), is dropped when the
-    layer is moved or cast (`.to()`), and is not pickled or deep-copied."""
+    weight changes as autograd's version counter sees it (an optimiser step, `load_state_dict`, any in-place
+    op) or becomes another tensor (a new parameter, `.data =`), is dropped when the layer is moved or cast
+    (`.to()`), and is not pickled or deep-copied. Writes the counter does not see (through `.data`, the
+    storage, or memory shared with numpy) must be followed by `drop_packed_weights`. Weights made under
+    `torch.inference_mode` (no version counter) are not packed."""
+
+    _packed: tuple[torch.Tensor, int, torch.Tensor] | None = None  # source, version, packed; class-level for
+    # layers pickled whole by a version without it
 
     def __init__(self, linear: nn.Linear, activation: Callable | None = None) -> None:
         nn.Module.__init__(self)
@@ -64,7 +70,6 @@ class FusedLinear(nn.Linear):
         self.weight, self.bias = linear.weight, linear.bias
         self.activation = activation
         self.post_op, self.algorithm = _POST_OPS[activation] if activation else ("none", "")
-        self._packed: tuple[torch.Tensor, int, torch.Tensor] | None = None  # source, version, packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fused(x):
@@ -83,7 +88,7 @@ class FusedLinear(nn.Linear):
         """The plain weight for a call of many rows; for a few, its packed copy, packed again if the weight
         changed since (another parameter, or the same one written in place)."""
         weight = self.weight
-        if x.numel() > PACKED_UP_TO_ROWS * self.in_features:
+        if x.numel() > PACKED_UP_TO_ROWS * self.in_features or weight.is_inference():
             return weight
         # another tensor (a new parameter, `.data =`; the packed one's source is held, so the address is not
         # reused) or the same one written in place (its version)
@@ -131,7 +136,7 @@ class FusedEncoderLayer(SiglipEncoderLayer):
             return self._fused_forward(x, attention_mask, output_attentions)
         parts = x.split(-(-batch // groups))
         masks = [attention_mask] * len(parts)  # None, or one mask broadcast over the batch
-        if attention_mask is not None and attention_mask.shape[0] == batch:
+        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[0] == batch:
             masks = attention_mask.split(parts[0].shape[0])
         outs, weights = zip(
             *(self._fused_forward(*pair, output_attentions) for pair in zip(parts, masks, strict=True)),
@@ -181,6 +186,15 @@ def use_fused_linears(model: nn.Module) -> None:
             isinstance(linear, FusedLinear) for linear in (layer.self_attn.out_proj, layer.mlp.fc2)
         ):
             layer.__class__ = FusedEncoderLayer
+
+
+def drop_packed_weights(model: nn.Module) -> None:
+    """Forget the packed weight copies of `model`'s `FusedLinear`s (the next call of a few rows packs again):
+    after writing weights where autograd's version counter does not see it (`.data`, the storage, memory
+    shared with numpy), which would otherwise leave those calls on the old values."""
+    for layer in model.modules():
+        if isinstance(layer, FusedLinear):
+            layer._packed = None
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
