@@ -40,10 +40,10 @@ _POST_OPS: dict[Callable, tuple[str, str]] = {
 # for a packed 3072-wide input, slower than the plain weight's (BENCHMARKS.md); larger calls keep the plain one.
 PACKED_UP_TO_ROWS = 256
 
-# An encoder layer's call of more rows than this runs in equal groups of whole sequences: from ~6,000 rows
+# An encoder layer's call of more rows than this runs in equal groups of whole sequences: at ~6,300 rows
 # (32 images of a base tower) the MLP's 3072-wide activations no longer stay in the cache and the image tower
-# ran 0.85x as fast per image as with two groups of 16 images on the AMX machine (BENCHMARKS.md); at 24 images
-# (4,728 rows) groups gained nothing, and groups of 4 images lost.
+# ran 0.75-0.82x as fast per image as in two groups of 16 images on the AMX machine (BENCHMARKS.md); at 24
+# images (4,728 rows) groups gained nothing, and 16 images in groups of 8 lost 6%.
 ROWS_PER_CALL = 4096
 
 
