@@ -127,6 +127,12 @@ def _bf16_values(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape))).bfloat16()
 
 
+def _rounded_once(got: torch.Tensor, exact: torch.Tensor) -> bool:
+    """Whether bf16 `got` is float64 `exact` rounded once: within half a bf16 ulp, and the float32
+    accumulator's rounding."""
+    return bool(((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all())
+
+
 @needs_onednn_bf16
 @pytest.mark.parametrize("activation", [None, "gelu_pytorch_tanh", "gelu"])
 @pytest.mark.parametrize("tokens", [17, 100])  # 51 rows: the packed weight; 300: the plain one
@@ -145,8 +151,7 @@ def test_fused_linear_rounds_the_exact_result_once(activation, tokens):
         exact = act(exact) if act else exact
         unfused = act(linear(x)) if act else linear(x)
     assert got.dtype == torch.bfloat16
-    tolerance = exact.abs() * 2**-8 + 1e-6  # half a bf16 ulp, and the float32 accumulator's rounding
-    assert ((got.double() - exact).abs() <= tolerance).all()
+    assert _rounded_once(got, exact)
     assert (got.double() - exact).abs().mean() <= (unfused.double() - exact).abs().mean()
 
 
@@ -159,7 +164,7 @@ def test_fused_linear_adds_the_residual_without_touching_it():
         got = fused.add_to(x, residual)
     exact = residual.double() + F.linear(x.double(), linear.weight.double(), linear.bias.double())
     assert torch.equal(residual, before)
-    assert ((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+    assert _rounded_once(got, exact)
 
 
 @needs_onednn_bf16
@@ -173,11 +178,11 @@ def test_the_packed_weight_follows_the_weight():
     x = _bf16_values(2, 5, 32)
     fused = FusedLinear(torch.nn.Linear(32, 48).bfloat16())
 
-    def check(layer: FusedLinear) -> None:
+    def check(layer: FusedLinear, packed: bool = True) -> None:
         with torch.inference_mode():
-            got = layer(x).double()
-        exact = F.linear(x.double(), layer.weight.double(), layer.bias.double())
-        assert layer._packed is not None and ((got - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+            got = layer(x)
+        assert (layer._packed is not None) == packed
+        assert _rounded_once(got, F.linear(x.double(), layer.weight.double(), layer.bias.double()))
 
     check(fused)
     fused.weight = torch.nn.Parameter(torch.randn(48, 32).bfloat16())  # version 0, as the first one
@@ -203,10 +208,8 @@ def test_the_packed_weight_follows_the_weight():
     check(fused)
     with torch.inference_mode():  # weights without a version counter: never packed
         inference = FusedLinear(torch.nn.Linear(32, 48).bfloat16())
-        assert inference.weight.is_inference()
-        exact = F.linear(x.double(), inference.weight.double(), inference.bias.double())
-        assert ((inference(x).double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
-    assert inference._packed is None
+    assert inference.weight.is_inference()
+    check(inference, packed=False)
 
 
 @needs_onednn_bf16
