@@ -8,6 +8,7 @@ each image is also run through both of ours, to show the backends really differ 
 """
 
 import json
+import threading
 import warnings
 
 import numpy as np
@@ -31,7 +32,7 @@ from siglip import (
     SiglipProcessor,
     SiglipTokenizer,
 )
-from siglip.core.two_tower import torch_resize
+from siglip.core.two_tower import image_processing, torch_resize
 from siglip.errors import StoreError, UsageError
 from siglip.tools.cli import main
 from siglip.tools.embeddings.embedder import Embedder
@@ -249,6 +250,39 @@ def test_batches_threads_and_return_types(their_fast):
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(listed, reference, strict=True))
 
 
+def test_each_images_torch_operations_run_on_its_own_thread(monkeypatch):
+    # The pool's threads (and the caller, for one thread) run their torch operations on one thread each,
+    # without touching the count of any other thread: not torch.set_num_threads, which every thread started
+    # later would inherit.
+    if image_processing._omp_set_num_threads() is None:
+        pytest.skip("torch's CPU operations do not run on an OpenMP runtime reachable here")
+    seen: list[tuple[bool, int]] = []
+    process_image = image_processing._process_image
+
+    def recording(*args, **kwargs):
+        seen.append((threading.current_thread() is threading.main_thread(), torch.get_num_threads()))
+        return process_image(*args, **kwargs)
+
+    monkeypatch.setattr(image_processing, "_process_image", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        images = list(_aspect_ratios().values())
+        for threads in (1, 2):
+            SiglipImageProcessor(num_threads=threads)(images, return_tensors="pt")
+            assert torch.get_num_threads() == 2  # the caller's count, back after a call on this thread
+            assert len(seen) == len(images) and {count for _, count in seen} == {1}
+            assert all(on_main == (threads == 1) for on_main, _ in seen)
+            seen.clear()
+        later: list[int] = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bilinear_on_cpus_without_avx2_takes_torchvisions_float_path(fast, their_fast, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     assert not torch_resize._native_uint8("bilinear")
@@ -262,9 +296,11 @@ def test_bilinear_on_cpus_without_avx2_takes_torchvisions_float_path(fast, their
 
 def test_a_float64_default_dtype_is_followed_as_by_transformers(fast):
     # transformers scales mean and std in the default dtype (then float32); its processor caches them, so a
-    # fresh one is compared
+    # fresh one is compared. Ours keeps them per setting: the same setting is run in float32 first, so a
+    # cache that ignored the default dtype would answer with float32's constants.
     image = _photos()["coffee"]
     kwargs = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "return_tensors": "pt"}
+    in_float32 = fast(image, **kwargs).pixel_values
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -272,6 +308,7 @@ def test_a_float64_default_dtype_is_followed_as_by_transformers(fast):
         _equal(fast(image, **kwargs).pixel_values, expected)
     finally:
         torch.set_default_dtype(before)
+    assert not torch.equal(in_float32, expected)  # else this test could not tell the two apart
 
 
 # --- SigLIP 2 NaFlex: pixels, masks and shapes ----------------------------------------------------------------------

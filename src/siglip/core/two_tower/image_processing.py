@@ -23,6 +23,7 @@ bad input raises an `ImageInputError` that names the image.
 from __future__ import annotations
 
 import copy
+import ctypes
 import io
 import os
 import re
@@ -30,7 +31,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, cached_property, partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -78,9 +79,9 @@ class Steps:
         """(height, width) to resize an image of `height` x `width` pixels to, or None for no resize."""
         return self.size
 
-    def from_uint8(self, image: np.ndarray, table: np.ndarray) -> np.ndarray:
+    def from_uint8(self, image: np.ndarray) -> np.ndarray:
         """The output of a resized (H, W, 3) uint8 image: (3, H, W) pixels through the per-channel table."""
-        return _apply_table(image, table)
+        return _apply_table(image, self.lookup_table)
 
     def from_float(self, image: np.ndarray) -> np.ndarray:
         """The output of a resized (H, W, 3) image of another dtype: its rescaled, normalised pixels laid out."""
@@ -115,6 +116,7 @@ class Steps:
             x = (x - np.asarray(self.mean, dtype=x.dtype)) / np.asarray(self.std, dtype=x.dtype)
         return x
 
+    @cached_property  # made at the first uint8 image of a call: the torch backend never needs it
     def lookup_table(self) -> np.ndarray:
         """(3, 256): the output of `rescale_normalize` for every uint8 value of every channel."""
         values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
@@ -253,18 +255,54 @@ def process_images(images: Any, steps: Steps, num_threads: int | None) -> list[n
     for i, item in enumerate(items):
         first_index.setdefault(id(item), i)
     todo = sorted(set(first_index.values()))
-    work = partial(_process_image, steps=steps, table=steps.lookup_table())
-    # inside a DataLoader worker, the workers already run in parallel
-    in_data_loader = torch.utils.data.get_worker_info() is not None
-    threads = min(len(todo), num_threads or (1 if in_data_loader else os.cpu_count() or 1))
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
+    work = partial(_process_image, steps=steps)
+    # each image's torch operations on its own thread: a pool's threads already keep the cores busy, and
+    # OpenMP teams of their own would only compete with each other (and with a model's threads)
+    if len(todo) > 1 and _threads(num_threads) > 1:
+        threads = min(len(todo), _threads(num_threads))
+        with ThreadPoolExecutor(threads, initializer=_set_torch_threads_here, initargs=(1,)) as pool:
             done = dict(zip(todo, pool.map(work, [items[i] for i in todo], todo), strict=True))
     else:
-        done = {i: work(items[i], i) for i in todo}
+        before = _set_torch_threads_here(1)
+        try:
+            done = {i: work(items[i], i) for i in todo}
+        finally:
+            _set_torch_threads_here(before)
     results = [done[first_index[id(item)]] for item in items]
     _warn_about([note for _, note in results], stacklevel=4)
     return [p for p, _ in results]
+
+
+def _threads(num_threads: int | None) -> int:
+    """The threads of a call's pool: `num_threads`, else one per core (one inside a DataLoader worker, whose
+    workers already run in parallel)."""
+    if num_threads:
+        return num_threads
+    return 1 if torch.utils.data.get_worker_info() is not None else os.cpu_count() or 1
+
+
+def _set_torch_threads_here(threads: int) -> int:
+    """Run torch's CPU operations of the calling thread alone on `threads` threads, and return the number they
+    ran on before. Only this thread changes: OpenMP keeps a thread count per thread, which
+    `torch.set_num_threads` would also set for every thread started afterwards. A no-op (returning the
+    current number) where torch's OpenMP runtime cannot be reached."""
+    before = torch.get_num_threads()  # also torch's once-per-thread set-up, which would undo the change
+    setter = _omp_set_num_threads()
+    if setter is not None and threads != before:
+        setter(threads)
+    return before
+
+
+@cache
+def _omp_set_num_threads() -> Any:
+    """`omp_set_num_threads` of the OpenMP runtime torch's CPU operations use, or None (another runtime, or
+    one whose symbols the process does not export: then nothing is changed)."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        return ctypes.CDLL(None).omp_set_num_threads
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 # --- argument checks ----------------------------------------------------------------------------------------
@@ -299,9 +337,7 @@ def _as_list(images: Any) -> list[Any]:
 
 
 # --- one image ----------------------------------------------------------------------------------------------
-def _process_image(
-    image: ImageInput, index: int, steps: Steps, table: np.ndarray
-) -> tuple[np.ndarray, str | None]:
+def _process_image(image: ImageInput, index: int, steps: Steps) -> tuple[np.ndarray, str | None]:
     """Pixels (3, H, W) of one image, and the name of a problem worth a warning (or None).
 
     An `ImageInputError` records how its message names the image (`subject`) and the image's file (`path`),
@@ -314,15 +350,13 @@ def _process_image(
     elif isinstance(image, bytes | bytearray | memoryview):
         name = f"{name} (bytes)"
     try:
-        return _pixels_of(image, name, steps, table)
+        return _pixels_of(image, name, steps)
     except ImageInputError as err:
         err.subject, err.path = name, path
         raise
 
 
-def _pixels_of(
-    image: ImageInput, name: str, steps: Steps, table: np.ndarray
-) -> tuple[np.ndarray, str | None]:
+def _pixels_of(image: ImageInput, name: str, steps: Steps) -> tuple[np.ndarray, str | None]:
     """`_process_image` of an image called `name` in messages."""
     if isinstance(image, str | os.PathLike):
         image = open_image(image, name, steps)
@@ -339,7 +373,7 @@ def _pixels_of(
         size = steps.target_size(image.height, image.width, name)
         if size is not None:
             image = image.resize(size[::-1], resample=steps.resample)
-        return steps.from_uint8(np.asarray(image), table), note
+        return steps.from_uint8(np.asarray(image)), note
 
     if not isinstance(image, np.ndarray | torch.Tensor):
         raise TypeError(
@@ -359,7 +393,7 @@ def _pixels_of(
     if size is not None:
         pixels = _resize_array(pixels, name, size, steps.resample)
     if pixels.dtype == np.uint8:
-        return steps.from_uint8(pixels, table), note
+        return steps.from_uint8(pixels), note
     return steps.from_float(pixels), note
 
 
