@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import httpx
@@ -13,10 +16,12 @@ import numpy as np
 import psutil
 import pytest
 import torch
+import uvicorn
 
 from _material import BUNDLED
 from _serving import start_server
 from siglip import Embedder, SiglipConfig
+from siglip.errors import UsageError
 from siglip.tools.cli import serve as serve_cli
 
 
@@ -40,6 +45,7 @@ def test_two_workers_share_the_port_answer_right_and_stop_together():
             thread.start()
         for thread in threads:
             thread.join(60)
+        held = _connections_held_after_a_burst(url, [psutil.Process(process.pid), *workers], 64)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     finally:
@@ -54,6 +60,84 @@ def test_two_workers_share_the_port_answer_right_and_stop_together():
     assert all(answers[i].status_code == 200 for i in range(len(texts))), output
     got = [answers[i].json()["data"][0]["embedding"] for i in range(len(texts))]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert sum(held) == 64
+    if sys.platform == "linux":  # a socket per worker: the kernel spreads connections (P(< 16 of 64) ~ 3e-5)
+        assert min(held) >= 16, held
+
+
+def _connections_held_after_a_burst(url: str, processes: list[psutil.Process], count: int) -> list[int]:
+    """The connections each of `processes` has accepted once `count` were opened to `url` at once."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    deadline = time.monotonic() + 30  # a worker listens a moment after the first one answers
+    while not all(_listens(p, int(port)) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    burst = [socket.create_connection((host, int(port)), timeout=10) for _ in range(count)]
+    try:
+        deadline, held = time.monotonic() + 30, [0] * len(processes)
+        while sum(held) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+            held = [
+                sum(
+                    c.status == psutil.CONN_ESTABLISHED and c.laddr.port == int(port)
+                    for c in p.net_connections("tcp")
+                )
+                for p in processes
+            ]
+        return held
+    finally:
+        for connection in burst:
+            connection.close()
+
+
+def test_a_worker_that_dies_leaves_every_new_connection_to_the_others():
+    # each worker has a socket of its own; once one dies, no new connection may be sent to its socket
+    process, url = start_server(None, "--workers", "2")
+    try:
+        worker = next(
+            c
+            for c in psutil.Process(process.pid).children(recursive=True)
+            if "spawn" in " ".join(c.cmdline())
+        )
+        port = int(url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while not _listens(worker, port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker.kill()
+        while worker.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        statuses = []
+        for i in range(24):  # a connection each: 24 chances to be sent to the dead worker's socket
+            with httpx.Client(base_url=url, timeout=10) as http:
+                statuses.append(http.post("/v1/embeddings", json={"input": f"item {i}"}).status_code)
+        assert statuses == [200] * 24
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+
+
+def _listens(process: psutil.Process, port: int) -> bool:
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")
+    )
+
+
+def test_workers_listen_on_sockets_of_their_own_on_one_port():
+    sockets = serve_cli._listening_sockets(uvicorn.Config(None, host="127.0.0.1", port=0), 3)
+    try:
+        ports = {sock.getsockname()[1] for sock in sockets}
+        assert len(ports) == 1 and ports != {0}
+        assert len({sock.fileno() for sock in sockets}) == (3 if sys.platform == "linux" else 1)
+    finally:
+        for sock in set(sockets):
+            sock.close()
+    with socket.socket() as taken:  # a port another program listens on: refused, naming it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises((UsageError, SystemExit)) as refused:
+            serve_cli._listening_sockets(uvicorn.Config(None, host="127.0.0.1", port=port), 2)
+        if sys.platform == "linux":
+            assert f"127.0.0.1:{port}" in str(refused.value)
 
 
 def _text_tower(hidden: int, layers: int, length: int) -> SimpleNamespace:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -298,7 +299,7 @@ def _auto_workers(embedder: Embedder) -> int:
 
 
 def _serve_processes(embedder: Embedder, args: argparse.Namespace, settings: Any, workers: int) -> None:
-    """Serve from `workers` processes accepting on one listening socket: this one (with `embedder`) and
+    """Serve from `workers` processes on one port (`_listening_sockets`): this one (with `embedder`) and
     workers - 1 spawned ones that load the model again. Each runs torch on its share of the cores. All start
     accepting once all have loaded (a connection stays with the process that accepted it); the others are
     stopped (SIGTERM: requests in flight are answered) when this one stops."""
@@ -307,13 +308,13 @@ def _serve_processes(embedder: Embedder, args: argparse.Namespace, settings: Any
 
     import torch
 
-    sock = _uvicorn_config(None, args, settings).bind_socket()
+    sockets = _listening_sockets(_uvicorn_config(None, args, settings), workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
     loaded, go = context.Queue(), context.Event()
     others = [
         context.Process(
-            target=_worker, args=(args, settings, sock, threads, loaded, go), name=f"siglip-serve-{n}"
+            target=_worker, args=(args, settings, sockets[n], threads, loaded, go), name=f"siglip-serve-{n}"
         )
         for n in range(1, workers)
     ]
@@ -330,14 +331,46 @@ def _serve_processes(embedder: Embedder, args: argparse.Namespace, settings: Any
                 failed = [process.name for process in others if process.exitcode is not None]
                 if failed:
                     raise RuntimeError(f"worker process {failed[0]} failed while loading the model") from None
+        # the workers hold their sockets now: one that dies takes its socket (and its share) with it
+        for sock in set(sockets[1:]) - {sockets[0]}:
+            sock.close()
         go.set()
         print(f"siglip serve: {workers} worker processes, {threads} torch threads each", file=sys.stderr)
-        _serve(embedder, args, settings, sockets=[sock])
+        _serve(embedder, args, settings, sockets=[sockets[0]])
     finally:
         for process in others:
             process.terminate()
         for process in others:
             process.join(settings.timeout_s + 10)
+
+
+def _listening_sockets(config: Any, workers: int) -> list[socket.socket]:
+    """One listening socket per worker process, all on the configured host and port.
+
+    On Linux each has its own socket with SO_REUSEPORT, and the kernel spreads new connections over them
+    evenly (by a hash of each connection's addresses). One socket shared by all, as elsewhere, lets whichever
+    process wakes first accept a whole burst: 56 of 64 connections opened at once went to one of two tiny-model
+    workers, which then ran GIL-bound on one core while the other idled (BENCHMARKS.md, "Connections spread
+    over the workers")."""
+    if sys.platform != "linux" or not hasattr(socket, "SO_REUSEPORT"):
+        return [config.bind_socket()] * workers
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    port = config.port
+    try:
+        for _ in range(workers):
+            sock = socket.socket(family)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((config.host, port))
+            port = sock.getsockname()[1]  # port 0: the free port the first one got, for all
+            sock.set_inheritable(True)
+    except OSError as err:
+        for sock in sockets:
+            sock.close()
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {err}") from None
+    return sockets
 
 
 def _worker(args: argparse.Namespace, settings: Any, sock: Any, threads: int, loaded: Any, go: Any) -> None:
