@@ -283,6 +283,26 @@ def test_each_images_torch_operations_run_on_its_own_thread(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_mean_and_std_kept_between_calls_serve_any_later_call(fast):
+    # the torch backend keeps its mean and std tensors per setting: settings given as a list or an array
+    # (not a cache key) work, and tensors first made under inference mode or a meta default device serve a
+    # later call that needs gradients or the CPU
+    image = _photos()["coffee"]
+    expected = fast(image, return_tensors="pt").pixel_values
+    for mean in ([0.5, 0.5, 0.5], np.full(3, 0.5)):
+        listed = SiglipImageProcessor()
+        listed.image_mean = mean
+        _equal(listed(image, return_tensors="pt").pixel_values, expected, type(mean).__name__)
+    settings = (True, 1 / 255, True, (0.25, 0.5, 0.75), (0.5, 0.25, 0.125))  # a setting no other test uses
+    with torch.inference_mode():
+        torch_resize.rescale_normalize(torch.zeros(3, 2, 2, dtype=torch.uint8), *settings)
+    with torch.device("meta"):
+        torch_resize.rescale_normalize(torch.zeros(3, 2, 2, dtype=torch.uint8, device="cpu"), *settings)
+    pixels = torch.rand(3, 4, 4, requires_grad=True)
+    torch_resize.rescale_normalize(pixels, *settings).sum().backward()
+    assert pixels.grad is not None and pixels.grad.device.type == "cpu"
+
+
 def test_bilinear_on_cpus_without_avx2_takes_torchvisions_float_path(fast, their_fast, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     assert not torch_resize._native_uint8("bilinear")

@@ -30,7 +30,9 @@ def test_two_workers_share_the_port_answer_right_and_stop_together():
     try:
         children = psutil.Process(process.pid).children(recursive=True)
         workers = [
-            c for c in children if "siglip" in " ".join(c.cmdline()) or "spawn" in " ".join(c.cmdline())
+            c
+            for c in children
+            if "spawn" in " ".join(c.cmdline())  # not multiprocessing's resource tracker
         ]
         assert httpx.get(f"{url}/v1/info", timeout=10).json()["workers"] == 2
         texts = [f"a photo of item {i}" for i in range(12)]
@@ -52,7 +54,8 @@ def test_two_workers_share_the_port_answer_right_and_stop_together():
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
-    assert f"2 worker processes, {max(1, (os.cpu_count() or 1) // 2)} torch threads each" in output
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert f"2 worker processes, {threads} torch threads each, on {url}" in output
     assert len(workers) == 1 and all(
         not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers
     )
@@ -127,6 +130,12 @@ def test_workers_listen_on_sockets_of_their_own_on_one_port():
         ports = {sock.getsockname()[1] for sock in sockets}
         assert len(ports) == 1 and ports != {0}
         assert len({sock.fileno() for sock in sockets}) == (3 if sys.platform == "linux" else 1)
+        for sock in set(sockets):
+            sock.listen()
+        # a second server on the same port is refused, as with one socket (not let into the first one's group)
+        (port,) = ports
+        with pytest.raises((UsageError, SystemExit)):
+            serve_cli._listening_sockets(uvicorn.Config(None, host="127.0.0.1", port=port), 2)
     finally:
         for sock in set(sockets):
             sock.close()

@@ -53,9 +53,9 @@ class SiglipImageProcessor(BaseImageProcessor):
             transformers does: images read from paths or bytes are turned, PIL images passed in are used as
             they are. True turns PIL images too; False never turns.
         num_threads: threads for a batch (default: one per CPU core, at most one per image; one inside a
-            torch DataLoader worker, where the workers already run in parallel). Each thread runs its
-            image's torch operations by itself (no OpenMP team of its own), and so does the calling thread
-            while it works alone; no other thread's torch settings change.
+            torch DataLoader worker, where the workers already run in parallel). Where torch runs on OpenMP
+            (its Linux builds), each thread runs its image's torch operations by itself (no OpenMP team of
+            its own), and so does the calling thread while it works alone; no other thread's settings change.
         reduced_decode: decode JPEG files (paths and bytes) at 1/2, 1/4 or 1/8 scale, the smallest that
             still has at least the output size, then resize as usual. Decoding a 640 x 480 photo for a
             224 x 224 model takes about half the time; the pixels differ slightly from a full decode (the

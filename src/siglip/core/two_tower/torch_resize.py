@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import platform
+from collections.abc import Sequence
 
 import numpy as np
 import PIL
@@ -247,26 +248,39 @@ def rescale_normalize(
     std scaled as float32 tensors); normalise alone in float32; rescale alone as `x * f` (uint8 -> float32,
     other dtypes kept)."""
     if do_normalize:
-        mean_t, std_t = _normalizer(
-            mean, std, rescale_factor if do_rescale else None, torch.get_default_dtype()
-        )
+        factor = rescale_factor if do_rescale else None
+        try:
+            mean_t, std_t = _cached_normalizer(mean, std, factor, torch.get_default_dtype())
+        except TypeError:  # settings that cannot be a cache key (e.g. a list set on the processor)
+            mean_t, std_t = _normalizer(mean, std, factor)
+        if mean_t.device != image.device:
+            mean_t, std_t = mean_t.to(image.device), std_t.to(image.device)
         return image.to(torch.float32).sub(mean_t).div_(std_t)
     if do_rescale:
         return image * rescale_factor
     return image
 
 
-@functools.lru_cache(maxsize=32)
 def _normalizer(
-    mean: tuple[float, ...], std: tuple[float, ...], rescale_factor: float | None, dtype: torch.dtype
+    mean: Sequence[float], std: Sequence[float], rescale_factor: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (C, 1, 1) float32 mean and std of `rescale_normalize`: made in `dtype` (torch's default, as
-    transformers makes them), divided by `rescale_factor` when given. Made once per setting: building them
-    took a fifth of a small image's time through the processor. Shared, so never written to."""
-    mean_t, std_t = torch.tensor(mean, dtype=dtype), torch.tensor(std, dtype=dtype)
-    if rescale_factor is not None:
-        mean_t, std_t = mean_t * (1.0 / rescale_factor), std_t * (1.0 / rescale_factor)
-    return mean_t.to(torch.float32).view(-1, 1, 1), std_t.to(torch.float32).view(-1, 1, 1)
+    """The (C, 1, 1) float32 CPU mean and std of `rescale_normalize`: made in torch's default dtype (as
+    transformers makes them), divided by `rescale_factor` when given; ordinary tensors even when made under
+    `torch.inference_mode` or a default-device context, as they may be kept for later calls."""
+    with torch.inference_mode(False):
+        mean_t, std_t = torch.tensor(mean, device="cpu"), torch.tensor(std, device="cpu")
+        if rescale_factor is not None:
+            mean_t, std_t = mean_t * (1.0 / rescale_factor), std_t * (1.0 / rescale_factor)
+        return mean_t.to(torch.float32).view(-1, 1, 1), std_t.to(torch.float32).view(-1, 1, 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_normalizer(
+    mean: Sequence[float], std: Sequence[float], rescale_factor: float | None, default_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_normalizer`, made once per setting and default dtype (making them took a fifth of a small image's time
+    through the processor). Shared between calls and threads, so never written to."""
+    return _normalizer(mean, std, rescale_factor)
 
 
 def is_unit_float(image: torch.Tensor) -> bool:

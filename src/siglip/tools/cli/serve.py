@@ -335,7 +335,12 @@ def _serve_processes(embedder: Embedder, args: argparse.Namespace, settings: Any
         for sock in set(sockets[1:]) - {sockets[0]}:
             sock.close()
         go.set()
-        print(f"siglip serve: {workers} worker processes, {threads} torch threads each", file=sys.stderr)
+        host, port = sockets[0].getsockname()[:2]
+        url = f"http://[{host}]:{port}" if sockets[0].family == socket.AF_INET6 else f"http://{host}:{port}"
+        print(
+            f"siglip serve: {workers} worker processes, {threads} torch threads each, on {url}",
+            file=sys.stderr,
+        )
         _serve(embedder, args, settings, sockets=[sockets[0]])
     finally:
         for process in others:
@@ -348,28 +353,42 @@ def _listening_sockets(config: Any, workers: int) -> list[socket.socket]:
     """One listening socket per worker process, all on the configured host and port.
 
     On Linux each has its own socket with SO_REUSEPORT, and the kernel spreads new connections over them
-    evenly (by a hash of each connection's addresses). One socket shared by all, as elsewhere, lets whichever
-    process wakes first accept a whole burst: 56 of 64 connections opened at once went to one of two tiny-model
-    workers, which then ran GIL-bound on one core while the other idled (BENCHMARKS.md, "Connections spread
-    over the workers")."""
+    evenly (by a hash of each connection's addresses). One socket shared by all, as elsewhere (or where the
+    kernel refuses the option), lets whichever process wakes first accept a whole burst: 56 of 64 connections
+    opened at once went to one of two tiny-model workers, which then ran GIL-bound on one core while the other
+    idled (BENCHMARKS.md, "Connections spread over the workers"). A port another program (another `siglip
+    serve` included) listens on is refused, as with one socket: it is tried without SO_REUSEPORT first, which
+    leaves only the moment between that try and the group's binding for a second group to slip in."""
     if sys.platform != "linux" or not hasattr(socket, "SO_REUSEPORT"):
         return [config.bind_socket()] * workers
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    address = (
+        f"[{config.host}]:{config.port}" if family == socket.AF_INET6 else f"{config.host}:{config.port}"
+    )
     sockets: list[socket.socket] = []
     port = config.port
     try:
+        if port:
+            with socket.socket(family) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((config.host, port))
         for _ in range(workers):
             sock = socket.socket(family)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            except OSError:  # a kernel without it: one shared socket
+                for each in sockets:
+                    each.close()
+                return [config.bind_socket()] * workers
             sock.bind((config.host, port))
             port = sock.getsockname()[1]  # port 0: the free port the first one got, for all
             sock.set_inheritable(True)
     except OSError as err:
         for sock in sockets:
             sock.close()
-        raise UsageError(f"cannot listen on {config.host}:{config.port}: {err}") from None
+        raise UsageError(f"cannot listen on {address}: {err}") from None
     return sockets
 
 
