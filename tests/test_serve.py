@@ -25,6 +25,7 @@ from siglip import Embedder, SearchIndex, pipeline
 from siglip.tools.cli import main
 from siglip.tools.search.thumbnails import thumbnail_jpeg
 from siglip.tools.serve import Batcher, QueueFull, ServeSettings, Timeout, create_app
+from siglip.tools.serve.batcher import wait_until
 
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket"]
 SETTINGS = ServeSettings(max_upload_bytes=2 * 2**20, max_image_pixels=1_000_000, max_items=8, max_k=50)
@@ -620,6 +621,25 @@ def test_the_batcher_bounds_its_queue_drops_timed_out_items_and_drains_on_stop()
     calls, answered = asyncio.run(scenario())
     assert answered == [[64], [81], [100]]
     assert [1, 2] in calls and all(7 not in c for c in calls)
+
+
+def test_wait_until_answers_in_time_and_raises_the_builtin_timeout_after():
+    # the one deadline of the request path (a body, a batch, an answer): the built-in TimeoutError on every
+    # Python (3.10's asyncio had its own class, which `except TimeoutError` does not catch)
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.call_later(0.01, ready.set_result, 42)
+        answered = await wait_until(ready, loop.time() + 5)
+        never = loop.create_future()
+        started = loop.time()
+        with pytest.raises(TimeoutError) as raised:
+            await wait_until(never, loop.time() + 0.05)
+        return answered, type(raised.value), loop.time() - started, never.cancelled()
+
+    answered, raised, waited, cancelled = asyncio.run(scenario())
+    assert answered == 42 and raised is TimeoutError and cancelled
+    assert 0.04 <= waited < 2
 
 
 # --- the real server ---------------------------------------------------------------------------------------

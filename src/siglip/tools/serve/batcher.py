@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -42,6 +43,21 @@ R = TypeVar("R")
 QUIET_TURNS = 2  # adaptive gathering: event-loop turns without a new item before a batch is dispatched
 ADAPTIVE_CAP_S = 0.005  # adaptive gathering: at most this long after the first item (or the hold below)
 MODEL_SHARE = 0.05  # adaptive gathering: at least this share of the previous batch's run time
+
+
+async def wait_until(awaitable: Awaitable[T], deadline: float) -> T:
+    """`await awaitable`, cancelled with the built-in `TimeoutError` at `deadline` (the running loop's clock).
+
+    On Python 3.11+ a timer on the running task (`asyncio.timeout_at`): `asyncio.wait_for` there wraps a
+    coroutine in a task of its own, one more task and loop turn for every request's body, batch and answer.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    try:  # Python 3.10, where asyncio's TimeoutError is not yet the built-in one
+        return await asyncio.wait_for(awaitable, max(0.0, deadline - asyncio.get_running_loop().time()))
+    except asyncio.TimeoutError:
+        raise TimeoutError from None
 
 
 class QueueFull(RuntimeError):
@@ -119,8 +135,10 @@ class Batcher(Generic[T, R]):
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures, strict=True):
             self._queue.put_nowait(_Pending(item, future))
+        answers = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
+            result = await wait_until(answers, loop.time() + self.timeout_s)
+            return [result] if len(futures) == 1 else list(result)
         except TimeoutError:
             raise Timeout(f"no answer within {self.timeout_s:g} s") from None
 
@@ -158,9 +176,9 @@ class Batcher(Generic[T, R]):
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 quiet = 0
-            elif (left := hold - loop.time()) > 0:  # the hold: wait for the next item, without counting turns
+            elif hold > loop.time():  # the hold: wait for the next item, without counting turns
                 with contextlib.suppress(TimeoutError):
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                    batch.append(await wait_until(self._queue.get(), hold))
             else:
                 await asyncio.sleep(0)  # one turn of the loop: requests already read reach `submit`
                 quiet += 1
@@ -174,11 +192,10 @@ class Batcher(Generic[T, R]):
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
-            left = deadline - loop.time()
-            if left <= 0:
+            if deadline <= loop.time():
                 return
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), left))
+                batch.append(await wait_until(self._queue.get(), deadline))
             except TimeoutError:
                 return
 

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .batcher import wait_until
 from .errors import REQUEST_ID_HEADER, ApiError, error_response, internal_error, log
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -122,7 +123,7 @@ class Guard:
             if body_done:  # e.g. a response listening for the client to go away: no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, body_deadline - loop.time()))
+                message = await wait_until(receive(), body_deadline)
             except TimeoutError:
                 refusal = ApiError(
                     408, f"the request body did not arrive within {self.body_timeout_s:g} s (--body-timeout)"
