@@ -642,6 +642,27 @@ def test_wait_until_answers_in_time_and_raises_the_builtin_timeout_after():
     assert 0.04 <= waited < 2
 
 
+def test_an_answer_that_comes_as_the_deadline_passes_is_kept(monkeypatch):
+    # the timer and the answer in the same loop turn: the deadline's cancellation reaches a caller whose
+    # answer is already set; it gets the answer, not a Timeout (what asyncio.wait_for did on Python 3.11)
+    import siglip.tools.serve.batcher as batcher_module
+
+    async def answered_as_time_ran_out(awaitable, deadline):
+        await awaitable
+        raise TimeoutError
+
+    monkeypatch.setattr(batcher_module, "wait_until", answered_as_time_ran_out)
+
+    async def scenario():
+        batcher = _batcher([], run_s=0.0, max_batch_size=4, max_wait_s=0.0, max_queue=8, timeout_s=5)
+        batcher.start()
+        answers = [await batcher.submit([3]), await batcher.submit([4, 5])]
+        await batcher.stop()
+        return answers
+
+    assert asyncio.run(scenario()) == [[9], [16, 25]]
+
+
 # --- the real server ---------------------------------------------------------------------------------------
 def _wait_for_requests_in_flight(url: str, count: int) -> None:
     deadline = time.monotonic() + 30

@@ -48,13 +48,14 @@ MODEL_SHARE = 0.05  # adaptive gathering: at least this share of the previous ba
 async def wait_until(awaitable: Awaitable[T], deadline: float) -> T:
     """`await awaitable`, cancelled with the built-in `TimeoutError` at `deadline` (the running loop's clock).
 
-    On Python 3.11+ a timer on the running task (`asyncio.timeout_at`): `asyncio.wait_for` there wraps a
-    coroutine in a task of its own, one more task and loop turn for every request's body, batch and answer.
+    From Python 3.11.3 a timer on the running task (`asyncio.timeout_at`; 3.11.3 fixed how it counts earlier
+    cancellations, gh-102780): `asyncio.wait_for` there wraps a coroutine in a task of its own, one more task
+    and loop turn for every request's body, batch and answer.
     """
-    if sys.version_info >= (3, 11):
+    if sys.version_info >= (3, 11, 3):
         async with asyncio.timeout_at(deadline):
             return await awaitable
-    try:  # Python 3.10, where asyncio's TimeoutError is not yet the built-in one
+    try:  # before: on Python 3.10 asyncio's TimeoutError is not yet the built-in one
         return await asyncio.wait_for(awaitable, max(0.0, deadline - asyncio.get_running_loop().time()))
     except asyncio.TimeoutError:
         raise TimeoutError from None
@@ -140,6 +141,8 @@ class Batcher(Generic[T, R]):
             result = await wait_until(answers, loop.time() + self.timeout_s)
             return [result] if len(futures) == 1 else list(result)
         except TimeoutError:
+            if all(future.done() and not future.cancelled() for future in futures):  # answered as time ran out
+                return [future.result() for future in futures]
             raise Timeout(f"no answer within {self.timeout_s:g} s") from None
 
     async def stop(self) -> None:
