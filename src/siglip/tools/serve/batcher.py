@@ -141,9 +141,8 @@ class Batcher(Generic[T, R]):
             result = await wait_until(answers, loop.time() + self.timeout_s)
             return [result] if len(futures) == 1 else list(result)
         except TimeoutError:
-            if all(
-                future.done() and not future.cancelled() for future in futures
-            ):  # answered as time ran out
+            answered = all(future.done() and not future.cancelled() for future in futures)
+            if answered:  # in the loop turn the deadline passed: the answer stands
                 return [future.result() for future in futures]
             raise Timeout(f"no answer within {self.timeout_s:g} s") from None
 
