@@ -258,8 +258,8 @@ def process_images(images: Any, steps: Steps, num_threads: int | None) -> list[n
     work = partial(_process_image, steps=steps)
     # each image's torch operations on its own thread: a pool's threads already keep the cores busy, and
     # OpenMP teams of their own would only compete with each other (and with a model's threads)
-    if len(todo) > 1 and _threads(num_threads) > 1:
-        threads = min(len(todo), _threads(num_threads))
+    threads = min(len(todo), _threads(num_threads)) if len(todo) > 1 else 1
+    if threads > 1:
         with ThreadPoolExecutor(threads, initializer=_set_torch_threads_here, initargs=(1,)) as pool:
             done = dict(zip(todo, pool.map(work, [items[i] for i in todo], todo), strict=True))
     else:

@@ -138,13 +138,12 @@ class Batcher(Generic[T, R]):
             self._queue.put_nowait(_Pending(item, future))
         answers = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
         try:
-            result = await wait_until(answers, loop.time() + self.timeout_s)
-            return [result] if len(futures) == 1 else list(result)
+            await wait_until(answers, loop.time() + self.timeout_s)
         except TimeoutError:
             answered = all(future.done() and not future.cancelled() for future in futures)
-            if answered:  # in the loop turn the deadline passed: the answer stands
-                return [future.result() for future in futures]
-            raise Timeout(f"no answer within {self.timeout_s:g} s") from None
+            if not answered:  # else answered in the loop turn the deadline passed: the answer stands
+                raise Timeout(f"no answer within {self.timeout_s:g} s") from None
+        return [future.result() for future in futures]
 
     async def stop(self) -> None:
         """Refuse new items, answer the queued ones, then end the worker."""
