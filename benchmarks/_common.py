@@ -122,8 +122,37 @@ def cpu_flags() -> list[str]:
     return sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|avx512_vnni|amx\w*)\b", text)))
 
 
+# CPUs this one can stand in for: torch's kernel libraries held to their instructions (`--emulate-cpu`). The
+# same cores, caches and clocks run the kernels such a CPU would run: a figure so measured says what those
+# kernels reach here, not what that CPU would.
+EMULATED_CPUS = {
+    "avx2": dict(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", FBGEMM_ENABLE_INSTRUCTIONS="AVX2",
+                 MKL_ENABLE_INSTRUCTIONS="AVX2"),  # Haswell to Comet Lake, Zen 1-3
+    "avx512": dict(ONEDNN_MAX_CPU_ISA="AVX512_CORE", FBGEMM_ENABLE_INSTRUCTIONS="AVX512",
+                   MKL_ENABLE_INSTRUCTIONS="AVX512"),  # Skylake-SP: AVX-512 without VNNI
+    "avx512-vnni": dict(ONEDNN_MAX_CPU_ISA="AVX512_CORE_VNNI", FBGEMM_ENABLE_INSTRUCTIONS="AVX512_E1",
+                        MKL_ENABLE_INSTRUCTIONS="AVX512_E1"),  # Cascade Lake, Ice Lake
+    "avx512-bf16": dict(ONEDNN_MAX_CPU_ISA="AVX512_CORE_BF16", FBGEMM_ENABLE_INSTRUCTIONS="AVX512_E1",
+                        MKL_ENABLE_INSTRUCTIONS="AVX512_E1"),  # Cooper Lake, Zen 4 and 5
+}  # fmt: skip
+
+
+def emulate_cpu(name: str | None) -> None:
+    """Start this benchmark again with torch's kernel libraries held to the instructions of `EMULATED_CPUS[name]`
+    (they read the variables once, at their first call), unless they already are or `name` is None."""
+    if name is None:
+        return
+    wanted = EMULATED_CPUS[name]
+    if any(os.environ.get(variable) != value for variable, value in wanted.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+
+
 def machine_line() -> str:
+    """The CPU, the units its kernels may use (`siglip`'s probe: ISA caps in the environment hide units), the
+    caps set, the load and the versions."""
     import transformers
+
+    from siglip.tools.embeddings.precision import ISA_CAPS, cpu_units
 
     cpuinfo = Path("/proc/cpuinfo")
     names = (
@@ -132,11 +161,13 @@ def machine_line() -> str:
         else []
     )
     cpu = names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
-    bf16 = "yes" if torch.cpu._is_avx512_bf16_supported() else "no"
-    units = "AMX" if torch.cpu._is_amx_tile_supported() else bf16
+    usable = cpu_units()
+    units = "AMX" if usable.amx else "yes" if usable.bf16 else "no"
+    caps = [f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name)]
+    held = f", held to {' '.join(caps)}" if caps else ""
     return (
-        f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, bf16 units: "
-        f"{units}, VNNI: {'yes' if torch.cpu._is_vnni_supported() else 'no'}; load "
+        f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}{held}, bf16 units: "
+        f"{units}, VNNI: {'yes' if usable.vnni else 'no'}; load "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}"
     )

@@ -42,7 +42,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 import siglip
-from _common import SHAPES, features_tensor, machine_line, make_jpegs, paired_speedups, random_checkpoint
+from _common import (
+    EMULATED_CPUS,
+    SHAPES,
+    emulate_cpu,
+    features_tensor,
+    machine_line,
+    make_jpegs,
+    paired_speedups,
+    random_checkpoint,
+)
 from bench_runtimes import RUNTIMES
 from siglip.tools.embeddings.compiled import compile_pays
 from siglip.tools.embeddings.precision import resolve_precision
@@ -135,7 +144,12 @@ def main() -> None:
         "--paired", type=int, default=0, metavar="ROUNDS",
         help="then time each run back to back with the transformers fp32 loop this many times (speed-up ratios)",
     )  # fmt: skip
+    parser.add_argument(
+        "--emulate-cpu", choices=list(EMULATED_CPUS),
+        help="hold torch's kernel libraries to the instructions of an older CPU (see _common.EMULATED_CPUS)",
+    )  # fmt: skip
     args = parser.parse_args()
+    emulate_cpu(args.emulate_cpu)
 
     import transformers
 

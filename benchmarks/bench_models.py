@@ -43,8 +43,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import siglip
 from _common import (
+    EMULATED_CPUS,
     RELEASED_SHAPES,
     SHAPES,
+    emulate_cpu,
     features_tensor,
     machine_line,
     make_jpegs,
@@ -355,7 +357,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="torch threads (1: ratios that a shared, loaded machine disturbs least)"
     )
+    parser.add_argument(
+        "--emulate-cpu", choices=list(EMULATED_CPUS),
+        help="hold torch's kernel libraries to the instructions of an older CPU (see _common.EMULATED_CPUS)",
+    )  # fmt: skip
     args = parser.parse_args()
+    emulate_cpu(args.emulate_cpu)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -763,6 +763,9 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
     with monkeypatch.context() as patched:
         patched.setattr(compiled, "_cpu", lambda: "model name: another; flags: avx2")
         assert path != _package_path(tower, pixels, "int8")  # the CPU
+    with monkeypatch.context() as patched:
+        patched.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+        assert path != _package_path(tower, pixels, "int8")  # the instructions its kernels are held to
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:

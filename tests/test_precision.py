@@ -37,7 +37,8 @@ DEVICES = {
 def device(request, monkeypatch) -> tuple[str, bool]:
     """A device with its capability mocked; yields (device type, whether it has bf16 units)."""
     kind, capability, flags, bf16_units, *_ = DEVICES[request.param]
-    monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)  # the suite's fp32 pin: this test probes
+    for variable in ("SIGLIP_BF16_UNITS", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(variable, raising=False)  # the suite's fp32 pin, and caps: this test probes
     if kind == "cuda":
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     else:
@@ -101,6 +102,48 @@ def test_the_environment_pin_overrides_the_probe(monkeypatch):
     assert resolve_precision("auto", "cpu").name == "fp32"  # the pin means reference numbers: no int8 either
     monkeypatch.setenv("SIGLIP_BF16_UNITS", "1")
     assert native_bf16("cpu")
+
+
+# ISA caps on a CPU with every unit (AMX): (variables, auto for inference, auto for training, why's ending):
+# the table's row for the CPU the caps leave, by hand
+CAPPED = {
+    "oneDNN at AVX2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "int8", "fp32",
+                       "without VNNI (ONEDNN_MAX_CPU_ISA=AVX2)"),
+    "oneDNN at AVX-512 VNNI": ({"ONEDNN_MAX_CPU_ISA": "avx512_core_vnni"}, "int8", "fp32",
+                               "with VNNI (ONEDNN_MAX_CPU_ISA=avx512_core_vnni)"),
+    "oneDNN at AVX-512 BF16": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "int8", "bf16-autocast",
+                               "with VNNI (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)"),
+    "oneDNN at AVX-512 without VNNI": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "int8", "fp32",
+                                       "without VNNI (ONEDNN_MAX_CPU_ISA=AVX512_CORE)"),
+    "fbgemm without VNNI": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512"},
+                            "int8", "fp32", "without VNNI (ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI, "
+                            "FBGEMM_ENABLE_INSTRUCTIONS=AVX512)"),
+    "oneDNN at SSE4.1": ({"ONEDNN_MAX_CPU_ISA": "SSE41"}, "fp32", "fp32",
+                         "no bf16 units or int8 kernels (ONEDNN_MAX_CPU_ISA=SSE41)"),
+    "caps that hide nothing": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512_E1"},
+                               "bf16", "bf16-autocast", "auto: AMX"),
+    "no cap": ({"ONEDNN_MAX_CPU_ISA": "DEFAULT"}, "bf16", "bf16-autocast", "auto: AMX"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CAPPED))
+def test_isa_caps_hide_the_units_their_libraries_may_not_use(case, monkeypatch):
+    variables, inference, training, why_ends = CAPPED[case]
+    for variable in ("SIGLIP_BF16_UNITS", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(variable, raising=False)
+    for probe in (
+        "_is_avx512_bf16_supported",
+        "_is_amx_tile_supported",
+        "_is_avx2_supported",
+        "_is_vnni_supported",
+    ):
+        monkeypatch.setattr(torch.cpu, probe, lambda: True)
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    word, why = auto_precision("cpu")
+    assert (word, resolve_precision("auto", "cpu", training=True).name) == (inference, training)
+    assert why.endswith(why_ends)
+    assert native_bf16("cpu") is (training == "bf16-autocast")
 
 
 def test_a_dtype_names_the_word_whose_weights_it_is():

@@ -26,6 +26,7 @@ from torch import nn
 
 from ...core.two_tower.modeling import ACTIVATIONS, SiglipMLP
 from ...errors import UsageError
+from .precision import cpu_units
 
 
 def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -145,10 +146,15 @@ def torchao_version() -> str:
 def pt2e_int8(graph: nn.Module, example: torch.Tensor) -> nn.Module:
     """An exported float32 tower `graph` quantised by torchao's x86 PT2E quantizer: int8 weights per output
     channel, dynamic activation scales (no calibration data: the arithmetic of eager int8, per batch). One
-    pass on `example` records the weights' ranges."""
+    pass on `example` records the weights' ranges.
+
+    Without VNNI, activations take 7 bits (0-127), as eager int8's do: oneDNN's int8 products there add each
+    pair of uint8 x int8 products in 16 bits, which 8-bit activations overflow (image embeddings of a base
+    tower at cosine 0.82 to fp32 with oneDNN held to AVX2, BENCHMARKS.md)."""
     pt2e = _pt2e()
     quantizer = pt2e.x86.X86InductorQuantizer()
-    quantizer.set_global(pt2e.x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
+    config = pt2e.x86.get_default_x86_inductor_quantization_config
+    quantizer.set_global(config(is_dynamic=True, reduce_range=not cpu_units().vnni))
     prepared = pt2e.prepare(graph, quantizer)
     prepared(example)
     return pt2e.convert(prepared)

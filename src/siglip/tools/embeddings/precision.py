@@ -30,6 +30,11 @@ the optimizer (AdamW's small updates vanish in bfloat16 weights): `bf16` trainin
 int8 are not offered for it.
 `SIGLIP_BF16_UNITS=0` makes `auto` mean fp32 on every device (the test suite's pin), `1` says bf16 units
 are there.
+
+A CPU's units count where torch's kernel libraries may use them: `ONEDNN_MAX_CPU_ISA` (oneDNN: bf16 and
+int8 products, AMX) and `FBGEMM_ENABLE_INSTRUCTIONS` (fbgemm: eager int8) hide the units above the level they
+name, as on a CPU without them (`ONEDNN_MAX_CPU_ISA=AVX2` on a CPU with AMX: `auto` is int8 without VNNI,
+not bf16 emulated on AVX2).
 """
 
 from __future__ import annotations
@@ -78,10 +83,68 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
+# The units each level of a kernel library's ISA cap lets it use (of those the choices here depend on). A
+# level names a set of features, not a rank: oneDNN's AVX512_CORE leaves out AVX2_VNNI's VNNI.
+_VNNI_BF16 = frozenset({"avx2", "vnni", "bf16"})
+_ALL_UNITS = _VNNI_BF16 | {"amx"}
+_ONEDNN_LEVELS = {
+    "SSE41": frozenset(), "AVX": frozenset(), "AVX2": frozenset({"avx2"}), "AVX512_CORE": frozenset({"avx2"}),
+    "AVX2_VNNI": frozenset({"avx2", "vnni"}), "AVX2_VNNI_2": frozenset({"avx2", "vnni"}),
+    "AVX512_CORE_VNNI": frozenset({"avx2", "vnni"}), "AVX512_CORE_BF16": _VNNI_BF16,
+    "AVX512_CORE_FP16": _VNNI_BF16, "AVX10_1_512": _VNNI_BF16, "AVX10_2_512": _VNNI_BF16,
+    "AVX512_CORE_AMX": _ALL_UNITS, "AVX10_1_512_AMX": _ALL_UNITS, "AVX512_CORE_AMX_FP16": _ALL_UNITS,
+    "AVX10_1_512_AMX_FP16": _ALL_UNITS, "AVX10_2_512_AMX_2": _ALL_UNITS,
+}  # fmt: skip
+_FBGEMM_LEVELS = {  # fbgemm computes only int8 here: its cap can hide VNNI, nothing else
+    "AVX2": _ALL_UNITS - {"vnni"}, "AVX512": _ALL_UNITS - {"vnni"}, "AVX512_256": _ALL_UNITS - {"vnni"},
+    "AVX512_E1": _ALL_UNITS, "AVX512_E1_256": _ALL_UNITS,
+}  # fmt: skip
+_CAPS = {"ONEDNN_MAX_CPU_ISA": _ONEDNN_LEVELS, "FBGEMM_ENABLE_INSTRUCTIONS": _FBGEMM_LEVELS}
+# every variable that holds one of torch's kernel libraries below the CPU's instructions (MKL: fp32
+# products; ATen: its own vectorised kernels): what code compiled for this machine depends on besides its flags
+ISA_CAPS = (*_CAPS, "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
+@dataclass(frozen=True)
+class CpuUnits:
+    """The units of this CPU that torch's kernel libraries may use: the hardware's, less those an ISA cap in
+    the environment hides (`caps`: the variables that hid one, as `NAME=value`)."""
+
+    avx2: bool
+    vnni: bool
+    bf16: bool  # bf16 dot products: AVX-512 BF16 or AMX
+    amx: bool
+    caps: tuple[str, ...] = ()
+
+
+def cpu_units() -> CpuUnits:
+    """The one probe of this CPU's units, read again at each call (`ONEDNN_MAX_CPU_ISA` and
+    `FBGEMM_ENABLE_INSTRUCTIONS` are read by the libraries once, before their first product: set them before
+    the process starts)."""
+    hardware = {
+        "avx2": torch.cpu._is_avx2_supported(),
+        "vnni": torch.cpu._is_vnni_supported(),
+        "bf16": torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported(),
+        "amx": torch.cpu._is_amx_tile_supported(),
+    }
+    usable, caps = dict(hardware), []
+    for variable, levels in _CAPS.items():
+        value = os.environ.get(variable, "").strip()
+        allowed = levels.get(value.upper())  # DEFAULT, ALL or a name the library ignores: no cap
+        if allowed is None:
+            continue
+        hidden = {unit for unit, present in usable.items() if present and unit not in allowed}
+        if hidden:
+            caps.append(f"{variable}={value}")
+            usable.update(dict.fromkeys(hidden, False))
+    return CpuUnits(**usable, caps=tuple(caps))
+
+
 def cpu_bf16_units() -> bool:
-    """Whether this CPU has bf16 matrix units (AMX or AVX-512 BF16), whatever `SIGLIP_BF16_UNITS` says: the
-    probe under `native_bf16`, for a choice of kernels rather than of precision (`onednn`)."""
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    """Whether this CPU has bf16 matrix units (AMX or AVX-512 BF16) its kernels may use, whatever
+    `SIGLIP_BF16_UNITS` says: the probe under `native_bf16`, for a choice of kernels rather than of precision
+    (`onednn`)."""
+    return cpu_units().bf16
 
 
 def fast_int8(device: torch.device | str) -> bool:
@@ -89,30 +152,32 @@ def fast_int8(device: torch.device | str) -> bool:
     oneDNN kernels; VNNI makes them faster still). No under `SIGLIP_BF16_UNITS=0`, like `native_bf16`."""
     if _units_override() is False or torch.device(device).type != "cpu":
         return False
-    return torch.cpu._is_avx2_supported() and "onednn" in torch.backends.quantized.supported_engines
+    return cpu_units().avx2 and "onednn" in torch.backends.quantized.supported_engines
 
 
 def has_amx(device: torch.device | str) -> bool:
-    """Whether `device` is a CPU with AMX tiles (no under `SIGLIP_BF16_UNITS`, which pins the units either way).
-    Eager bf16 runs its products on them: faster than eager int8 there (`auto` prefers it), and as fast as a
-    compiled bf16 tower for all but the smallest models (`compiled.eager_as_fast`)."""
+    """Whether `device` is a CPU with AMX tiles its kernels may use (no under `SIGLIP_BF16_UNITS`, which pins
+    the units either way). Eager bf16 runs its products on them: faster than eager int8 there (`auto` prefers
+    it), and as fast as a compiled bf16 tower for all but the smallest models (`compiled.eager_as_fast`)."""
     device = torch.device(device)
-    return device.type == "cpu" and _units_override() is None and torch.cpu._is_amx_tile_supported()
+    return device.type == "cpu" and _units_override() is None and cpu_units().amx
 
 
 def auto_precision(device: torch.device | str, training: bool = False) -> tuple[str, str]:
-    """The word `auto` means on `device` (see the module doc), and why, in words for the user."""
+    """The word `auto` means on `device` (see the module doc), and why, in words for the user (naming the ISA
+    caps that hid a CPU's units)."""
     device = torch.device(device)
     amx = has_amx(device)
+    units = cpu_units() if device.type == "cpu" else None
+    caps = f" ({', '.join(units.caps)})" if units is not None and units.caps else ""
     if not training and not amx and fast_int8(device):
-        vnni = "with" if torch.cpu._is_vnni_supported() else "without"
-        return "int8", f"auto: the fastest sound mode on a CPU without AMX, int8 kernels {vnni} VNNI"
+        vnni = "with" if units.vnni else "without"
+        return "int8", f"auto: the fastest sound mode on a CPU without AMX, int8 kernels {vnni} VNNI{caps}"
     if native_bf16(device):
-        units = "AMX" if amx else "bf16 units"
-        return ("bf16-autocast" if training else "bf16"), f"auto: {units}"
+        return ("bf16-autocast" if training else "bf16"), f"auto: {'AMX' if amx else 'bf16 units'}{caps}"
     if device.type == "cuda":
         return ("fp32", "auto: no bf16 units") if training else ("fp16", "auto: a GPU without bf16 units")
-    return "fp32", "auto: no bf16 units" + ("" if training else " or int8 kernels")
+    return "fp32", "auto: no bf16 units" + ("" if training else " or int8 kernels") + caps
 
 
 @dataclass(frozen=True)
