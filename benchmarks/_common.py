@@ -152,7 +152,7 @@ def machine_line() -> str:
     caps set, the load and the versions."""
     import transformers
 
-    from siglip.tools.embeddings.precision import ISA_CAPS, cpu_units
+    from siglip.tools.embeddings.precision import cpu_units, isa_caps
 
     cpuinfo = Path("/proc/cpuinfo")
     names = (
@@ -163,8 +163,7 @@ def machine_line() -> str:
     cpu = names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
     usable = cpu_units()
     units = "AMX" if usable.amx else "yes" if usable.bf16 else "no"
-    caps = [f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name)]
-    held = f", held to {' '.join(caps)}" if caps else ""
+    held = f", held to {' '.join(isa_caps())}" if isa_caps() else ""
     return (
         f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}{held}, bf16 units: "
         f"{units}, VNNI: {'yes' if usable.vnni else 'no'}; load "

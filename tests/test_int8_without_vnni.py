@@ -1,5 +1,6 @@
-"""int8 on CPUs without VNNI, run here by holding oneDNN and fbgemm to AVX2 (`ONEDNN_MAX_CPU_ISA`,
-`FBGEMM_ENABLE_INSTRUCTIONS`): the kernels such a CPU runs, on whatever CPU runs the test."""
+"""int8 on CPUs without VNNI, run here by holding torch's kernel libraries to AVX2 (`ONEDNN_MAX_CPU_ISA`,
+`FBGEMM_ENABLE_INSTRUCTIONS`, `ATEN_CPU_CAPABILITY`): the kernels such a CPU runs, on whatever CPU runs the
+test."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ print(json.dumps({
 def test_compiled_int8_keeps_the_int8_bound_without_vnni(tmp_path):
     """Without VNNI, oneDNN's int8 products add each pair of uint8 x int8 products in 16 bits, which 8-bit
     activations overflow: the compiled int8 image tower of the bundled model gave cosine 0.994 to fp32 (a
-    base tower's 0.82). With 7-bit activations there, it keeps the issue's int8 bound (>= 0.995) and the
+    base tower's 0.82). With 7-bit activations there, it stays as close as eager int8 (0.9997) and keeps the
     zero-shot winners; `auto` names the cap that hid VNNI."""
     pytest.importorskip("torchao")
     examples = Path(__file__).resolve().parent.parent / "examples" / "fashion"
@@ -62,11 +63,12 @@ def test_compiled_int8_keeps_the_int8_bound_without_vnni(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    hidden = torch.cpu._is_vnni_supported() or torch.cpu.get_capabilities().get("avx_vnni", False)
     assert result["vnni"] is False
     assert result["auto"] == [
         "int8",
         "auto: the fastest sound mode on a CPU without AMX, int8 kernels without VNNI"
-        + (" (ONEDNN_MAX_CPU_ISA=AVX2)" if torch.cpu._is_vnni_supported() else ""),
+        + (" (ONEDNN_MAX_CPU_ISA=AVX2)" if hidden else ""),
     ]
-    assert result["cosine"] > 0.995
+    assert result["cosine"] > 0.998  # the int8 bound is 0.995: 0.9997 here, 0.9941 with 8-bit activations
     assert result["agree"]

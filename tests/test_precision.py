@@ -9,10 +9,12 @@ import torch
 from siglip.errors import UsageError
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.precision import (
+    ONEDNN_CAP_VARIABLES,
     PRECISIONS,
     TRAINING_PRECISIONS,
     as_precision,
     auto_precision,
+    cpu_units,
     native_bf16,
     precision_of_dtype,
     resolve_precision,
@@ -33,18 +35,29 @@ DEVICES = {
 }
 
 
+CPU_PROBES = {"avx512_bf16": "_is_avx512_bf16_supported", "amx": "_is_amx_tile_supported",
+              "avx2": "_is_avx2_supported", "vnni": "_is_vnni_supported"}  # fmt: skip
+
+
+def mock_cpu(monkeypatch: pytest.MonkeyPatch, flags: set[str]) -> None:
+    """A CPU with `flags` (of `CPU_PROBES`, and "avx_vnni"), no `SIGLIP_BF16_UNITS` pin (the suite's: these
+    tests probe) and no ISA cap."""
+    for variable in ("SIGLIP_BF16_UNITS", *ONEDNN_CAP_VARIABLES):
+        monkeypatch.delenv(variable, raising=False)
+    for flag, probe in CPU_PROBES.items():
+        monkeypatch.setattr(torch.cpu, probe, lambda flag=flag: flag in flags)
+    monkeypatch.setattr(
+        torch.cpu, "get_capabilities", lambda: {"avx_vnni": "avx_vnni" in flags}, raising=False
+    )
+
+
 @pytest.fixture(params=list(DEVICES))
 def device(request, monkeypatch) -> tuple[str, bool]:
     """A device with its capability mocked; yields (device type, whether it has bf16 units)."""
     kind, capability, flags, bf16_units, *_ = DEVICES[request.param]
-    for variable in ("SIGLIP_BF16_UNITS", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS"):
-        monkeypatch.delenv(variable, raising=False)  # the suite's fp32 pin, and caps: this test probes
+    mock_cpu(monkeypatch, flags)
     if kind == "cuda":
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    else:
-        for flag, probe in [("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"),
-                            ("avx2", "_is_avx2_supported"), ("vnni", "_is_vnni_supported")]:  # fmt: skip
-            monkeypatch.setattr(torch.cpu, probe, lambda flag=flag: flag in flags)
     request.node.auto_words = DEVICES[request.param][4:]
     return kind, bf16_units
 
@@ -104,46 +117,92 @@ def test_the_environment_pin_overrides_the_probe(monkeypatch):
     assert native_bf16("cpu")
 
 
-# ISA caps on a CPU with every unit (AMX): (variables, auto for inference, auto for training, why's ending):
-# the table's row for the CPU the caps leave, by hand
+# oneDNN's ISA cap on a CPU with every unit (AMX): (variables, auto for inference, auto for training, why's
+# ending): the table's row for the CPU the cap leaves, by hand
 CAPPED = {
-    "oneDNN at AVX2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "int8", "fp32",
-                       "without VNNI (ONEDNN_MAX_CPU_ISA=AVX2)"),
-    "oneDNN at AVX-512 VNNI": ({"ONEDNN_MAX_CPU_ISA": "avx512_core_vnni"}, "int8", "fp32",
-                               "with VNNI (ONEDNN_MAX_CPU_ISA=avx512_core_vnni)"),
-    "oneDNN at AVX-512 BF16": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "int8", "bf16-autocast",
-                               "with VNNI (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)"),
-    "oneDNN at AVX-512 without VNNI": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "int8", "fp32",
-                                       "without VNNI (ONEDNN_MAX_CPU_ISA=AVX512_CORE)"),
-    "fbgemm without VNNI": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512"},
-                            "int8", "fp32", "without VNNI (ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI, "
-                            "FBGEMM_ENABLE_INSTRUCTIONS=AVX512)"),
-    "oneDNN at SSE4.1": ({"ONEDNN_MAX_CPU_ISA": "SSE41"}, "fp32", "fp32",
-                         "no bf16 units or int8 kernels (ONEDNN_MAX_CPU_ISA=SSE41)"),
-    "caps that hide nothing": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512_E1"},
-                               "bf16", "bf16-autocast", "auto: AMX"),
-    "no cap": ({"ONEDNN_MAX_CPU_ISA": "DEFAULT"}, "bf16", "bf16-autocast", "auto: AMX"),
+    "at AVX2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "int8", "fp32", "without VNNI (ONEDNN_MAX_CPU_ISA=AVX2)"),
+    "at AVX-512 VNNI": ({"ONEDNN_MAX_CPU_ISA": "avx512_core_vnni"}, "int8", "fp32",
+                        "with VNNI (ONEDNN_MAX_CPU_ISA=avx512_core_vnni)"),
+    "at AVX-512 BF16": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "int8", "bf16-autocast",
+                        "with VNNI (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)"),
+    "at AVX-512 without VNNI": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "int8", "fp32",
+                                "without VNNI (ONEDNN_MAX_CPU_ISA=AVX512_CORE)"),
+    "at SSE4.1": ({"ONEDNN_MAX_CPU_ISA": "SSE41"}, "fp32", "fp32",
+                  "no bf16 units or int8 kernels (ONEDNN_MAX_CPU_ISA=SSE41)"),
+    "the older name": ({"DNNL_MAX_CPU_ISA": "AVX2"}, "int8", "fp32", "without VNNI (DNNL_MAX_CPU_ISA=AVX2)"),
+    "ideep's name before the older": ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_AMX", "MKLDNN_MAX_CPU_ISA": "AVX2"},
+                                      "int8", "fp32", "without VNNI (MKLDNN_MAX_CPU_ISA=AVX2)"),
+    "the new name first": ({"ONEDNN_MAX_CPU_ISA": "ALL", "DNNL_MAX_CPU_ISA": "AVX2"},
+                           "bf16", "bf16-autocast", "auto: AMX"),
+    "an empty value: the next name": ({"ONEDNN_MAX_CPU_ISA": "", "DNNL_MAX_CPU_ISA": "AVX2"},
+                                      "int8", "fp32", "without VNNI (DNNL_MAX_CPU_ISA=AVX2)"),
+    "a cap that hides nothing": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, "bf16", "bf16-autocast", "auto: AMX"),
+    "a name oneDNN ignores (spaces count)": ({"ONEDNN_MAX_CPU_ISA": " AVX2"}, "bf16", "bf16-autocast",
+                                             "auto: AMX"),
+    "DEFAULT": ({"ONEDNN_MAX_CPU_ISA": "DEFAULT"}, "bf16", "bf16-autocast", "auto: AMX"),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(CAPPED))
-def test_isa_caps_hide_the_units_their_libraries_may_not_use(case, monkeypatch):
+def test_isa_caps_hide_the_units_onednn_may_not_use(case, monkeypatch):
     variables, inference, training, why_ends = CAPPED[case]
-    for variable in ("SIGLIP_BF16_UNITS", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS"):
-        monkeypatch.delenv(variable, raising=False)
-    for probe in (
-        "_is_avx512_bf16_supported",
-        "_is_amx_tile_supported",
-        "_is_avx2_supported",
-        "_is_vnni_supported",
-    ):
-        monkeypatch.setattr(torch.cpu, probe, lambda: True)
+    mock_cpu(monkeypatch, {*CPU_PROBES, "avx_vnni"})
     for variable, value in variables.items():
         monkeypatch.setenv(variable, value)
     word, why = auto_precision("cpu")
     assert (word, resolve_precision("auto", "cpu", training=True).name) == (inference, training)
     assert why.endswith(why_ends)
     assert native_bf16("cpu") is (training == "bf16-autocast")
+
+
+# each of oneDNN's level names (its `dnnl_cpu_isa_t` docs) -> the units it keeps on a CPU with every unit
+LEVELS = {
+    "SSE41": "", "AVX": "", "AVX2": "avx2", "AVX512_CORE": "avx2", "AVX2_VNNI": "avx2 vnni",
+    "AVX2_VNNI_2": "avx2 vnni", "AVX512_CORE_VNNI": "avx2 vnni", "AVX512_CORE_BF16": "avx2 vnni bf16",
+    "AVX512_CORE_FP16": "avx2 vnni bf16", "AVX10_1_512": "avx2 vnni bf16", "AVX10_2": "avx2 vnni bf16",
+    "AVX10_2_512": "avx2 vnni bf16", "AVX512_CORE_AMX": "avx2 vnni bf16 amx",
+    "AVX10_1_512_AMX": "avx2 vnni bf16 amx", "AVX512_CORE_AMX_FP16": "avx2 vnni bf16 amx",
+    "AVX10_1_512_AMX_FP16": "avx2 vnni bf16 amx", "AVX10_2_AMX_2": "avx2 vnni bf16 amx",
+    "AVX10_2_512_AMX_2": "avx2 vnni bf16 amx",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_each_onednn_level_keeps_its_units(level, monkeypatch):
+    mock_cpu(monkeypatch, {*CPU_PROBES, "avx_vnni"})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", level.lower())  # oneDNN matches names in any case
+    units = cpu_units()
+    assert {unit for unit in ("avx2", "vnni", "bf16", "amx") if getattr(units, unit)} == set(
+        LEVELS[level].split()
+    )
+    assert units.cap == (None if "amx" in LEVELS[level] else f"ONEDNN_MAX_CPU_ISA={level.lower()}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "level", "vnni"),
+    [
+        ({"avx2", "avx_vnni"}, "AVX2_VNNI", True),  # Alder Lake: AVX-VNNI, no AVX-512
+        ({"avx2", "avx_vnni"}, None, True),
+        ({"avx2", "vnni"}, "AVX2_VNNI", False),  # Cascade Lake: AVX-512 VNNI only, held to AVX-VNNI's level
+        ({"avx2", "vnni"}, "AVX512_CORE_VNNI", True),
+        ({"avx2", "avx_vnni"}, "AVX512_CORE_VNNI", False),
+    ],
+)
+def test_the_two_vnnis_count_where_their_level_keeps_them(flags, level, vnni, monkeypatch):
+    """AVX-VNNI (256-bit) and AVX-512 VNNI are different instructions, kept by different levels: the int8
+    products overflow 16-bit sums wherever neither is usable (`int8.pt2e_int8` then takes 7-bit activations)."""
+    mock_cpu(monkeypatch, flags)
+    if level:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", level)
+    assert cpu_units().vnni is vnni
+    assert auto_precision("cpu")[1].split(" VNNI")[0].endswith("with" if vnni else "without")
+
+
+def test_the_pin_decides_without_naming_a_cap(monkeypatch):
+    mock_cpu(monkeypatch, {*CPU_PROBES, "avx_vnni"})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("SIGLIP_BF16_UNITS", "0")
+    assert auto_precision("cpu") == ("fp32", "auto: no bf16 units or int8 kernels")
 
 
 def test_a_dtype_names_the_word_whose_weights_it_is():

@@ -47,7 +47,7 @@ from torch import nn
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
-from .precision import ISA_CAPS, has_amx
+from .precision import has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
 PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU makes a package
@@ -470,16 +470,14 @@ def _package_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
 
 def _cpu() -> str:
     """The CPU as the generated kernels depend on it: its model and instruction flags (Linux), else what
-    the platform and torch say of it, and the ISA caps set in the environment (`ISA_CAPS`)."""
-    caps = "; ".join(f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name))
+    the platform and torch say of it, and the ISA caps set in the environment (`precision.isa_caps`)."""
     try:
         with open("/proc/cpuinfo") as f:
             lines = f.read().split("\n\n")[0].splitlines()
-        return "; ".join([line for line in lines if line.startswith(("model name", "flags"))] + [caps])
+        cpu = [line for line in lines if line.startswith(("model name", "flags"))]
     except OSError:
-        return (
-            f"{platform.machine()} {platform.processor()} {torch.backends.cpu.get_cpu_capability()}; {caps}"
-        )
+        cpu = [f"{platform.machine()} {platform.processor()} {torch.backends.cpu.get_cpu_capability()}"]
+    return "; ".join(cpu + list(isa_caps()))
 
 
 def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple[object, Path]:

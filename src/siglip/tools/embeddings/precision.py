@@ -31,10 +31,10 @@ int8 are not offered for it.
 `SIGLIP_BF16_UNITS=0` makes `auto` mean fp32 on every device (the test suite's pin), `1` says bf16 units
 are there.
 
-A CPU's units count where torch's kernel libraries may use them: `ONEDNN_MAX_CPU_ISA` (oneDNN: bf16 and
-int8 products, AMX) and `FBGEMM_ENABLE_INSTRUCTIONS` (fbgemm: eager int8) hide the units above the level they
-name, as on a CPU without them (`ONEDNN_MAX_CPU_ISA=AVX2` on a CPU with AMX: `auto` is int8 without VNNI,
-not bf16 emulated on AVX2).
+A CPU's units count where oneDNN (the kernels of bf16, int8 and AMX here) may use them: its ISA cap,
+`ONEDNN_MAX_CPU_ISA` (or the older `MKLDNN_`/`DNNL_MAX_CPU_ISA`), hides the units above the level it names, as
+on a CPU without them (`ONEDNN_MAX_CPU_ISA=AVX2` on a CPU with AMX: `auto` is int8 without VNNI, not bf16
+emulated on AVX2).
 """
 
 from __future__ import annotations
@@ -83,61 +83,72 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
-# The units each level of a kernel library's ISA cap lets it use (of those the choices here depend on). A
-# level names a set of features, not a rank: oneDNN's AVX512_CORE leaves out AVX2_VNNI's VNNI.
-_VNNI_BF16 = frozenset({"avx2", "vnni", "bf16"})
-_ALL_UNITS = _VNNI_BF16 | {"amx"}
+# What each level of oneDNN's ISA cap lets it use, of the units the choices here depend on. A level is a set
+# of features, not a rank: AVX512_CORE leaves out AVX2_VNNI's AVX-VNNI, AVX512_CORE_VNNI has AVX-512's VNNI only.
+_AVX512_BF16 = frozenset({"avx2", "avx512_vnni", "bf16"})
+_AVX10 = _AVX512_BF16 | {"avx_vnni"}
+_AMX = _AVX10 | {"amx"}
 _ONEDNN_LEVELS = {
     "SSE41": frozenset(), "AVX": frozenset(), "AVX2": frozenset({"avx2"}), "AVX512_CORE": frozenset({"avx2"}),
-    "AVX2_VNNI": frozenset({"avx2", "vnni"}), "AVX2_VNNI_2": frozenset({"avx2", "vnni"}),
-    "AVX512_CORE_VNNI": frozenset({"avx2", "vnni"}), "AVX512_CORE_BF16": _VNNI_BF16,
-    "AVX512_CORE_FP16": _VNNI_BF16, "AVX10_1_512": _VNNI_BF16, "AVX10_2_512": _VNNI_BF16,
-    "AVX512_CORE_AMX": _ALL_UNITS, "AVX10_1_512_AMX": _ALL_UNITS, "AVX512_CORE_AMX_FP16": _ALL_UNITS,
-    "AVX10_1_512_AMX_FP16": _ALL_UNITS, "AVX10_2_512_AMX_2": _ALL_UNITS,
+    "AVX2_VNNI": frozenset({"avx2", "avx_vnni"}), "AVX2_VNNI_2": frozenset({"avx2", "avx_vnni"}),
+    "AVX512_CORE_VNNI": frozenset({"avx2", "avx512_vnni"}), "AVX512_CORE_BF16": _AVX512_BF16,
+    "AVX512_CORE_FP16": _AVX10, "AVX10_1_512": _AVX10, "AVX10_2": _AVX10, "AVX10_2_512": _AVX10,
+    "AVX512_CORE_AMX": _AMX, "AVX10_1_512_AMX": _AMX, "AVX512_CORE_AMX_FP16": _AMX,
+    "AVX10_1_512_AMX_FP16": _AMX, "AVX10_2_AMX_2": _AMX, "AVX10_2_512_AMX_2": _AMX,
 }  # fmt: skip
-_FBGEMM_LEVELS = {  # fbgemm computes only int8 here: its cap can hide VNNI, nothing else
-    "AVX2": _ALL_UNITS - {"vnni"}, "AVX512": _ALL_UNITS - {"vnni"}, "AVX512_256": _ALL_UNITS - {"vnni"},
-    "AVX512_E1": _ALL_UNITS, "AVX512_E1_256": _ALL_UNITS,
-}  # fmt: skip
-_CAPS = {"ONEDNN_MAX_CPU_ISA": _ONEDNN_LEVELS, "FBGEMM_ENABLE_INSTRUCTIONS": _FBGEMM_LEVELS}
-# every variable that holds one of torch's kernel libraries below the CPU's instructions (MKL: fp32
-# products; ATen: its own vectorised kernels): what code compiled for this machine depends on besides its flags
-ISA_CAPS = (*_CAPS, "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+# oneDNN takes its cap from the first of these that is set and not empty (ideep copies the MKLDNN_ name onto
+# the DNNL_ one); the value is matched whole, in any case
+ONEDNN_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# every variable that holds one of torch's kernel libraries below the CPU's instructions (fbgemm: int8 where
+# oneDNN is missing; MKL: fp32 products; ATen: its own vectorised kernels): what code compiled for this
+# machine depends on besides its flags
+ISA_CAPS = (
+    *ONEDNN_CAP_VARIABLES,
+    "FBGEMM_ENABLE_INSTRUCTIONS",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ATEN_CPU_CAPABILITY",
+)
 
 
 @dataclass(frozen=True)
 class CpuUnits:
-    """The units of this CPU that torch's kernel libraries may use: the hardware's, less those an ISA cap in
-    the environment hides (`caps`: the variables that hid one, as `NAME=value`)."""
+    """The units of this CPU that oneDNN (torch's bf16, int8 and AMX kernels) may use: the hardware's, less
+    those its ISA cap in the environment hides (`cap`: the variable that hid one, as `NAME=value`)."""
 
     avx2: bool
-    vnni: bool
+    vnni: bool  # int8 dot products without 16-bit pair sums: AVX-512 VNNI or AVX-VNNI
     bf16: bool  # bf16 dot products: AVX-512 BF16 or AMX
     amx: bool
-    caps: tuple[str, ...] = ()
+    cap: str | None = None
 
 
 def cpu_units() -> CpuUnits:
-    """The one probe of this CPU's units, read again at each call (`ONEDNN_MAX_CPU_ISA` and
-    `FBGEMM_ENABLE_INSTRUCTIONS` are read by the libraries once, before their first product: set them before
-    the process starts)."""
+    """The one probe of this CPU's units, read again at each call (oneDNN reads its cap once, before its first
+    product: set it before the process starts)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
     hardware = {
         "avx2": torch.cpu._is_avx2_supported(),
-        "vnni": torch.cpu._is_vnni_supported(),
+        "avx512_vnni": torch.cpu._is_vnni_supported(),
+        "avx_vnni": bool(capabilities.get("avx_vnni", False)),
         "bf16": torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported(),
         "amx": torch.cpu._is_amx_tile_supported(),
     }
-    usable, caps = dict(hardware), []
-    for variable, levels in _CAPS.items():
-        value = os.environ.get(variable, "").strip()
-        allowed = levels.get(value.upper())  # DEFAULT, ALL or a name the library ignores: no cap
-        if allowed is None:
-            continue
-        hidden = {unit for unit, present in usable.items() if present and unit not in allowed}
-        if hidden:
-            caps.append(f"{variable}={value}")
-            usable.update(dict.fromkeys(hidden, False))
-    return CpuUnits(**usable, caps=tuple(caps))
+    variable = next((name for name in ONEDNN_CAP_VARIABLES if os.environ.get(name)), None)
+    # None: no cap (no variable, or DEFAULT, ALL and the names oneDNN ignores)
+    allowed = _ONEDNN_LEVELS.get(os.environ[variable].upper()) if variable else None
+    usable = {unit: present and (allowed is None or unit in allowed) for unit, present in hardware.items()}
+    return CpuUnits(
+        avx2=usable["avx2"],
+        vnni=usable["avx512_vnni"] or usable["avx_vnni"],
+        bf16=usable["bf16"],
+        amx=usable["amx"],
+        cap=f"{variable}={os.environ[variable]}" if usable != hardware else None,
+    )
+
+
+def isa_caps() -> tuple[str, ...]:
+    """The variables of `ISA_CAPS` set in the environment, as `NAME=value`."""
+    return tuple(f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name))
 
 
 def cpu_bf16_units() -> bool:
@@ -165,19 +176,19 @@ def has_amx(device: torch.device | str) -> bool:
 
 def auto_precision(device: torch.device | str, training: bool = False) -> tuple[str, str]:
     """The word `auto` means on `device` (see the module doc), and why, in words for the user (naming the ISA
-    caps that hid a CPU's units)."""
+    cap that hid a CPU's units)."""
     device = torch.device(device)
     amx = has_amx(device)
     units = cpu_units() if device.type == "cpu" else None
-    caps = f" ({', '.join(units.caps)})" if units is not None and units.caps else ""
+    cap = f" ({units.cap})" if units is not None and units.cap and _units_override() is None else ""
     if not training and not amx and fast_int8(device):
         vnni = "with" if units.vnni else "without"
-        return "int8", f"auto: the fastest sound mode on a CPU without AMX, int8 kernels {vnni} VNNI{caps}"
+        return "int8", f"auto: the fastest sound mode on a CPU without AMX, int8 kernels {vnni} VNNI{cap}"
     if native_bf16(device):
-        return ("bf16-autocast" if training else "bf16"), f"auto: {'AMX' if amx else 'bf16 units'}{caps}"
+        return ("bf16-autocast" if training else "bf16"), f"auto: {'AMX' if amx else 'bf16 units'}{cap}"
     if device.type == "cuda":
         return ("fp32", "auto: no bf16 units") if training else ("fp16", "auto: a GPU without bf16 units")
-    return "fp32", "auto: no bf16 units" + ("" if training else " or int8 kernels") + caps
+    return "fp32", "auto: no bf16 units" + ("" if training else " or int8 kernels") + cap
 
 
 @dataclass(frozen=True)
