@@ -804,6 +804,7 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     assert 950 <= pays_from <= 1050  # the base tower's measured break-even, ~1,000 images
     cpu = torch.device("cpu")
     monkeypatch.setattr(compiled, "missing_for_compile", lambda precision: None)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)  # int8's packages pay with VNNI
     assert compile_pays(base, pays_from, "int8", cpu).compile
     assert compile_pays(base, pays_from, "bf16", cpu).compile
     short = compile_pays(base, pays_from - 1, "int8", cpu)
@@ -812,7 +813,7 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     assert not compile_pays(base, 10**9, "bf16", torch.device("cuda")).compile
     assert not compile_pays(Siglip2Config(), 10**9, "int8", cpu).compile  # NaFlex: not packaged
     # with AMX, eager bf16 (oneDNN's fused linears) is as fast as the package for a base-size model: never
-    # compiled there; the bundled tiny model's towers (under EAGER_AS_FAST_FROM_FLOP_AMX_BF16) still are
+    # compiled there; the bundled tiny model's towers (under EAGER_AS_FAST_FROM_FLOP) still are
     tiny = SiglipConfig.from_pretrained(BUNDLED)
     with monkeypatch.context() as probe:
         probe.delenv("SIGLIP_BF16_UNITS", raising=False)  # the suite's pin hides the units: this probes them
@@ -825,6 +826,19 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
             assert eager_as_fast(tiny, "bf16", cpu) is None  # 51 MFLOP an image
             assert compile_pays(base, pays_from, "int8", cpu).compile
             assert eager_as_fast(base, "int8", cpu) is None
+    # without VNNI, eager int8 is as fast as its package for a base-size model: never compiled there either
+    with monkeypatch.context() as probe:
+        probe.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+        probe.setattr(torch.cpu, "get_capabilities", lambda: {"avx_vnni": False}, raising=False)
+        int8 = compile_pays(base, 10**9, "int8", cpu)
+        assert (
+            not int8.compile and "int8 on a CPU without VNNI" in int8.why and "33.3 GFLOP an item" in int8.why
+        )
+        assert eager_as_fast(tiny, "int8", cpu) is None
+        assert compile_pays(base, 10**9, "bf16", cpu).compile  # bf16 without AMX: not this rule
+        probe.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
+        probe.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # VNNI the kernels may not use counts as none
+        assert not compile_pays(base, 10**9, "int8", cpu).compile
     monkeypatch.setattr(compiled, "missing_for_compile", lambda precision: "torchao is not installed")
     lacking = compile_pays(base, 10**9, "int8", cpu)
     assert not lacking.compile and "torchao is not installed" in lacking.why

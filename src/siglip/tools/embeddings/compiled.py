@@ -47,7 +47,7 @@ from torch import nn
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
-from .precision import has_amx, isa_caps
+from .precision import cpu_units, has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
 PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU makes a package
@@ -59,8 +59,11 @@ COMPILE_PAYS_FROM_FLOP = 1_000 * 33.3e9
 # GELU and residual adds with them: there the base towers' bf16 packages ran 0.64-1.09x the eager towers at
 # batches 8-32 and the embedding job 0.92x (2-core Xeon, BENCHMARKS.md). Only a tower small enough for Python's
 # per-layer overhead to weigh gains (the bundled tiny model, 51 MFLOP an image, served 1.1-1.2x compiled);
-# the line is drawn between the two models measured, in a tower's linear work per item.
-EAGER_AS_FAST_FROM_FLOP_AMX_BF16 = 1e9
+# the line is drawn between the two models measured, in a tower's linear work per item. Without VNNI, int8's
+# packages are no faster either: held to AVX2, the base image tower ran 1.32-1.38x transformers fp32 compiled
+# and 1.26-1.51x eager, and a 1,100-image job compiled by default 1.00x the transformers loop where eager ran
+# 1.43x; the same line is kept for it.
+EAGER_AS_FAST_FROM_FLOP = 1e9
 
 
 class _Outputs(nn.Module):
@@ -362,21 +365,22 @@ def compile_pays(
 
 def eager_as_fast(config: PretrainedConfig, precision: str, device: torch.device) -> str | None:
     """Why the packages of a model of `config` in `precision` would run no faster than its eager towers on
-    `device`, in words (None: they run faster): bf16 on a CPU with AMX, for a model whose larger tower does
-    `EAGER_AS_FAST_FROM_FLOP_AMX_BF16` or more linear work per item."""
-    if precision != "bf16" or not has_amx(device):
+    `device`, in words (None: they run faster): bf16 on a CPU with AMX, or int8 on a CPU without VNNI, for a
+    model whose larger tower does `EAGER_AS_FAST_FROM_FLOP` or more linear work per item."""
+    if precision == "bf16" and has_amx(device):
+        kernels = "bf16 on a CPU with AMX: the eager towers (oneDNN's fused linears)"
+    elif precision == "int8" and device.type == "cpu" and not cpu_units().vnni:
+        kernels = "int8 on a CPU without VNNI: the eager towers"
+    else:
         return None
     text, vision = config.text_config, config.vision_config
     flop = max(
         linear_flop(text, text.max_position_embeddings),
         linear_flop(vision, _patches(config)) if hasattr(vision, "image_size") else 0,
     )
-    if flop < EAGER_AS_FAST_FROM_FLOP_AMX_BF16:
+    if flop < EAGER_AS_FAST_FROM_FLOP:
         return None
-    return (
-        f"bf16 on a CPU with AMX: the eager towers (oneDNN's fused linears) run a model of {flop / 1e9:.1f} GFLOP "
-        "an item as fast as its packages"
-    )
+    return f"{kernels} run a model of {flop / 1e9:.1f} GFLOP an item as fast as its packages"
 
 
 def _patches(config: PretrainedConfig) -> int:
