@@ -163,7 +163,8 @@ def machine_line() -> str:
     cpu = names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
     usable = cpu_units()
     units = "AMX" if usable.amx else "yes" if usable.bf16 else "no"
-    held = f", held to {' '.join(isa_caps())}" if isa_caps() else ""
+    caps = isa_caps()
+    held = f", held to {' '.join(caps)}" if caps else ""
     return (
         f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}{held}, bf16 units: "
         f"{units}, VNNI: {'yes' if usable.vnni else 'no'}; load "
