@@ -19,10 +19,17 @@ from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
 from siglip.core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP, key_padding_mask
 from siglip.tools.cli import main
+from siglip.tools.embeddings.groups import GroupedEncoderLayer, group_size
 from siglip.tools.embeddings.inference import InferenceMode
-from siglip.tools.embeddings.int8 import fast_gelu_tanh, quantize_linear_layers
+from siglip.tools.embeddings.int8 import (
+    EAGER_ROWS_PER_CALL,
+    PACKAGE_ROWS_PER_CALL,
+    fast_gelu_tanh,
+    quantize_linear_layers,
+)
 from siglip.tools.embeddings.onednn import (
     PACKED_UP_TO_ROWS,
+    ROWS_PER_CALL,
     FusedEncoderLayer,
     FusedLinear,
     drop_packed_weights,
@@ -216,21 +223,19 @@ def test_the_packed_weight_follows_the_weight():
 def test_a_large_batch_runs_each_layer_in_groups_of_sequences(monkeypatch):
     """Past `ROWS_PER_CALL` tokens a fused layer runs groups of whole sequences: the same states (bf16 rounding
     aside) and attention maps as one call, with a per-sequence padding mask or one broadcast over the batch."""
-    from siglip.tools.embeddings import onednn
-
     model = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
     layer = model.text_model.encoder.layers[0]
-    assert isinstance(layer, FusedEncoderLayer)
+    assert isinstance(layer, FusedEncoderLayer) and layer.rows_per_call == ROWS_PER_CALL
     x = _bf16_values(5, 16, model.config.text_config.hidden_size)
     mask = key_padding_mask(torch.arange(16) < torch.tensor([16, 12, 9, 16, 3])[:, None], x.dtype)
     calls = []
-    monkeypatch.setattr(layer, "_fused_forward", lambda *args: calls.append(args[0].shape[0]) or
-                        FusedEncoderLayer._fused_forward(layer, *args))  # fmt: skip
+    monkeypatch.setattr(layer, "_one_call", lambda *args: calls.append(args[0].shape[0]) or
+                        FusedEncoderLayer._one_call(layer, *args))  # fmt: skip
     with torch.inference_mode():
         for attention_mask in (None, mask, mask[:1]):
-            monkeypatch.setattr(onednn, "ROWS_PER_CALL", 10_000)
+            monkeypatch.setattr(layer, "rows_per_call", 10_000)
             whole, whole_maps = layer(x, attention_mask, output_attentions=True)
-            monkeypatch.setattr(onednn, "ROWS_PER_CALL", 40)  # 80 rows: two groups (3 + 2 sequences)
+            monkeypatch.setattr(layer, "rows_per_call", 40)  # 80 rows: two groups (3 + 2 sequences)
             grouped, maps = layer(x, attention_mask, output_attentions=True)
             assert F.cosine_similarity(grouped.flatten(1).float(), whole.flatten(1).float()).min() > 0.9999
             assert maps.shape == whole_maps.shape and (maps - whole_maps).abs().max() < 0.02
@@ -238,9 +243,9 @@ def test_a_large_batch_runs_each_layer_in_groups_of_sequences(monkeypatch):
     square = _bf16_values(16, 16, model.config.text_config.hidden_size)  # as many sequences as tokens
     causal = torch.full((16, 16), torch.finfo(x.dtype).min).triu(1).bfloat16()  # (T, T): broadcast, not split
     with torch.inference_mode():
-        monkeypatch.setattr(onednn, "ROWS_PER_CALL", 10_000)
+        monkeypatch.setattr(layer, "rows_per_call", 10_000)
         whole = layer(square, causal)[0]
-        monkeypatch.setattr(onednn, "ROWS_PER_CALL", 128)
+        monkeypatch.setattr(layer, "rows_per_call", 128)
         grouped = layer(square, causal)[0]
     assert F.cosine_similarity(grouped.flatten(1).float(), whole.flatten(1).float()).min() > 0.9999
 
@@ -369,6 +374,93 @@ def test_int8_quantises_every_linear_layer_of_the_towers():
     assert all(m.activation is fast_gelu_tanh for m in model.modules() if isinstance(m, SiglipMLP))
     fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
     assert not any(m.activation is fast_gelu_tanh for m in fp32.modules() if isinstance(m, SiglipMLP))
+
+
+def test_groups_are_equal_and_as_few_as_fit():
+    assert group_size(8, 197, 1024) == 4  # 1,576 tokens: two groups of 4 images
+    assert group_size(32, 197, 1024) == 5  # 6,304 tokens: 7 groups, of 5 images but the last (2)
+    assert group_size(32, 64, 1024) == 16 and group_size(16, 64, 1024) == 16  # 1,024 fit one call
+    assert group_size(32, 197, 1600) == 8 and group_size(8, 197, 1600) == 8
+    assert group_size(1, 5000, 1024) == 1 and group_size(3, 5000, 1024) == 1  # a sequence alone is longer
+
+
+def test_eager_int8_runs_a_large_batch_in_groups_of_sequences(monkeypatch, fp32_features):
+    """Past `EAGER_ROWS_PER_CALL` tokens each int8 encoder layer runs groups of whole sequences, each with the
+    numbers of its own call; the towers keep the int8 bound and the zero-shot winners."""
+    model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+    layers = [m for m in model.modules() if isinstance(m, SiglipEncoderLayer)]
+    assert layers and all(type(m) is GroupedEncoderLayer for m in layers)
+    assert all(m.rows_per_call == EAGER_ROWS_PER_CALL for m in layers)
+    text_layer = model.text_model.encoder.layers[0]
+    calls = []
+    monkeypatch.setattr(text_layer, "_one_call", lambda *args: calls.append(args[0].shape[0]) or
+                        GroupedEncoderLayer._one_call(text_layer, *args))  # fmt: skip
+    ids = _label_ids(model).repeat(4, 1)[:32]  # 32 texts of 32 tokens: 1,024 rows, one call
+    with torch.inference_mode():
+        model.get_text_features(ids)
+        texts = model.get_text_features(torch.cat([ids, ids]))  # 2,048 rows: two groups of 32
+    assert calls == [32, 32, 32]
+    assert torch.equal(texts[:32], texts[32:])  # two groups alike: the same numbers
+
+    # a layer's groups are its own calls on each group (here of 3 images), masks split with them
+    layer, pixels = model.vision_model.encoder.layers[0], _examples()
+    tokens = (pixels.shape[-1] // model.config.vision_config.patch_size) ** 2
+    x = torch.randn(len(pixels), tokens, model.config.vision_config.hidden_size)
+    mask = key_padding_mask(torch.arange(tokens) < torch.arange(len(pixels))[:, None] + 5, x.dtype)
+    with torch.inference_mode():
+        for attention_mask in (None, mask):
+            whole = layer(x, attention_mask)[0]
+            monkeypatch.setattr(layer, "rows_per_call", 3 * tokens)
+            grouped = layer(x, attention_mask)[0]
+            masks = [None] * 4 if attention_mask is None else attention_mask.split(3)
+            alone = [layer(part, m)[0] for part, m in zip(x.split(3), masks, strict=True)]
+            monkeypatch.setattr(layer, "rows_per_call", EAGER_ROWS_PER_CALL)
+            assert torch.equal(grouped, torch.cat(alone)) and not torch.equal(grouped, whole)
+            assert F.cosine_similarity(grouped.flatten(1), whole.flatten(1)).min() > 0.999
+
+        for each in layers:  # the whole image tower in groups of 3 images
+            monkeypatch.setattr(each, "rows_per_call", 3 * tokens)
+        images = model.get_image_features(pixels)
+    reference_images, reference_texts = fp32_features
+    assert F.cosine_similarity(images, reference_images).min().item() > 0.995
+    texts = F.normalize(reference_texts, dim=-1)
+    ours = (F.normalize(images, dim=-1) @ texts.T).argmax(-1)
+    assert torch.equal(ours, (F.normalize(reference_images, dim=-1) @ texts.T).argmax(-1))
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_an_int8_package_runs_a_large_batch_in_groups_of_items(precision):
+    """An int8 package is called on groups of items of at most `PACKAGE_ROWS_PER_CALL` tokens, its outputs put
+    back in order; other packages take the batch whole (a stand-in for the compiled model: what is timed
+    is the package, checked by the compiled-int8 test below)."""
+    from siglip.tools.embeddings.compiled import CompiledTower, Package
+
+    model = SiglipModel.from_pretrained(BUNDLED).eval()
+    calls = []
+
+    def package(x: torch.Tensor) -> list[torch.Tensor]:  # a state per token (its position) and a pooled sum
+        calls.append(len(x))
+        flat = x.flatten(1).float()
+        return [flat[:, :, None] * 2, flat.sum(1, keepdim=True)]
+
+    text_length = model.config.text_config.max_position_embeddings
+    texts = CompiledTower(model.text_model, precision)
+    texts._compiled, texts.package = package, Package(Path("text.pt2"), (text_length,), torch.int64)
+    images = CompiledTower(model.vision_model, precision)
+    images._compiled, images.package = package, Package(Path("image.pt2"), (3, 28, 28), torch.float32)
+    tokens = (28 // model.config.vision_config.patch_size) ** 2
+    ids = torch.randint(100, (70, text_length), generator=torch.Generator().manual_seed(0))
+    pixels = torch.rand(70, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    for tower, x, per_item in ((texts, ids, text_length), (images, pixels, tokens)):
+        calls.clear()
+        out = tower(x)
+        expected = package(x)
+        assert torch.equal(out.last_hidden_state, expected[0]) and torch.equal(out.pooler_output, expected[1])
+        groups = -(-70 * per_item // PACKAGE_ROWS_PER_CALL)
+        size = -(-70 // groups)
+        wanted = [size] * (70 // size) + [70 % size] * (70 % size > 0) if precision == "int8" else [70]
+        assert calls[:-1] == wanted  # the last call: `expected`'s own
+    assert precision == "bf16" or calls[:-1] != [70]  # 70 images of 49 tokens are more than one call's
 
 
 def test_compiled_model_matches_eager_at_every_batch_size(fp32_features):
@@ -688,6 +780,13 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
         # the package reads its input unchecked: a transposed view is made contiguous first, other shapes,
         # dtypes and empty batches are refused
         flipped = model.get_image_features(pixels.transpose(2, 3).contiguous().transpose(2, 3))
+        # past `PACKAGE_ROWS_PER_CALL` tokens the package runs groups of whole images (here of 3), each with
+        # the numbers of its own call
+        tokens = (pixels.shape[-1] // model.config.vision_config.patch_size) ** 2
+        monkeypatch.setattr(compiled, "PACKAGE_ROWS_PER_CALL", 3 * tokens)
+        grouped = model.get_image_features(pixels)
+        alone = torch.cat([model.get_image_features(part) for part in pixels.split(3)])
+        monkeypatch.setattr(compiled, "PACKAGE_ROWS_PER_CALL", PACKAGE_ROWS_PER_CALL)
         with pytest.raises(
             ValueError, match=r"compiled for torch.float32 inputs of shape \(batch, 3, 28, 28\)"
         ):
@@ -703,6 +802,8 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     assert F.cosine_similarity(again, reference_images[:3]).min().item() > 0.995
     assert F.cosine_similarity(one, reference_images[:1]).min().item() > 0.995
     assert torch.equal(flipped, images)
+    assert torch.equal(grouped, alone) and not torch.equal(grouped, images)
+    assert F.cosine_similarity(grouped, reference_images).min().item() > 0.995
     assert not torch.equal(images, reference_images)
     texts = F.normalize(reference_texts, dim=-1)
     ours = (F.normalize(images, dim=-1) @ texts.T).argmax(-1)

@@ -47,6 +47,8 @@ from torch import nn
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
+from .groups import group_size
+from .int8 import PACKAGE_ROWS_PER_CALL
 from .precision import cpu_units, has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
@@ -139,8 +141,23 @@ class CompiledTower(nn.Module):
                     f"the compiled {self.precision} tower was compiled for {dtype} inputs of shape (batch, "
                     f"{dims}); got {x.dtype} {tuple(x.shape)}"
                 )
-            outputs = self._compiled(x)
+            outputs = self._run(x)
         return BaseModelOutputWithPooling(outputs[0], outputs[1] if len(outputs) > 1 else None)
+
+    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The package's outputs for `x`; an int8 package's on groups of at most `PACKAGE_ROWS_PER_CALL`
+        tokens' items, concatenated."""
+        if self.precision != "int8":
+            return self._compiled(x)
+        if x.dim() == 2:  # token ids
+            tokens = x.shape[1]
+        else:  # pixels of a fixed-resolution tower: a token per patch
+            tokens = math.prod(side // self.tower.config.patch_size for side in x.shape[-2:])
+        size = group_size(len(x), tokens, PACKAGE_ROWS_PER_CALL)
+        if size == len(x):
+            return self._compiled(x)
+        parts = [self._compiled(part) for part in x.split(size)]
+        return [torch.cat(each) for each in zip(*parts, strict=True)]
 
 
 class PackageRunner:
@@ -313,16 +330,15 @@ def compile_towers(model: nn.Module, precision: str) -> None:
     """Replace the text tower and the fixed-resolution vision tower of a two-tower `model` (on the CPU, its
     weights already in `precision`'s dtype) by `CompiledTower`s, in place; each compiles on its first call.
     A NaFlex vision tower, whose inputs carry a patch mask and sizes, is not packaged: int8 quantises it
-    eagerly (`quantize_linear_layers`), reduced floats run it through `torch.compile`."""
+    eagerly (`use_eager_int8`), reduced floats run it through `torch.compile`."""
     from ...core.auto import is_naflex
-    from .int8 import quantize_linear_layers, use_fast_gelu
+    from .int8 import use_eager_int8
 
     model.text_model = CompiledTower(model.text_model, precision)
     if not is_naflex(model):
         model.vision_model = CompiledTower(model.vision_model, precision)
     elif precision == "int8":
-        quantize_linear_layers(model.vision_model)
-        use_fast_gelu(model.vision_model)
+        use_eager_int8(model.vision_model)
     else:
         model.vision_model.compile(dynamic=True)
 

@@ -24,7 +24,7 @@ import torch
 
 from ...core.auto import TwoTowerModel
 from .compiled import PACKAGED, compile_towers
-from .int8 import quantize_linear_layers, use_fast_gelu
+from .int8 import use_eager_int8
 from .onednn import use_fused_linears
 from .precision import as_precision, check_precision, resolve_precision
 
@@ -68,8 +68,9 @@ class InferenceMode:
         """Put a (float32) model into this mode, in place, and return it in eval mode.
 
         The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads by
-        torch's dynamically quantised linear (weights int8 per tensor, activations quantised per batch); the
-        model can then no longer be saved as a checkpoint of the original format. bf16 on an x86 CPU with bf16
+        torch's dynamically quantised linear (weights int8 per tensor, activations quantised per call), and a
+        large batch runs each encoder layer in groups of sequences (`int8.EAGER_ROWS_PER_CALL`); the model can
+        then no longer be saved as a checkpoint of the original format. bf16 on an x86 CPU with bf16
         units makes them `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual
         adds inside oneDNN's products).
         """
@@ -78,8 +79,7 @@ class InferenceMode:
             compile_towers(model, self.precision)  # ahead of time, with freezing, kept as packages
             return model
         if self.precision == "int8":
-            quantize_linear_layers(model)
-            use_fast_gelu(model)
+            use_eager_int8(model)
         if self.precision == "bf16":  # on a CPU with bf16 units: bias, GELU and residual adds in the products
             use_fused_linears(model)
         if self.compile:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU

@@ -1,13 +1,16 @@
 """int8 inference on the CPU, two ways.
 
-- Eager (`InferenceMode("int8")`): every linear layer dynamically quantised (`quantize_linear_layers`) and a
-  faster tanh-GELU for the MLPs (`use_fast_gelu`). Ready at once (a base model's layers in 1-3 s).
+- Eager (`InferenceMode("int8")`, `use_eager_int8`): every linear layer dynamically quantised
+  (`quantize_linear_layers`), a faster tanh-GELU for the MLPs (`use_fast_gelu`), and batches of more than
+  `EAGER_ROWS_PER_CALL` tokens run by each encoder layer in groups of sequences. Ready at once (a base model's
+  layers in 1-3 s).
 - Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by torchao's
-  PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per batch as in eager
+  PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per call as in eager
   int8) and compiled ahead of time by inductor with freezing, which fuses activation quantisation, the int8
   product, dequantisation, bias, GELU and the residual add into oneDNN kernels. It needs the `int8` extra
-  (torchao) and a C++ compiler; the package is kept in a cache (`siglip.tools.embeddings.compiled`). The base
-  image tower then ran 1.2-1.5x eager int8 (BENCHMARKS.md).
+  (torchao) and a C++ compiler; the package is kept in a cache (`siglip.tools.embeddings.compiled`), and
+  called on groups of at most `PACKAGE_ROWS_PER_CALL` tokens' items. The base image tower then ran 1.2-1.5x
+  eager int8 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ from torch import nn
 
 from ...core.two_tower.modeling import ACTIVATIONS, SiglipMLP
 from ...errors import UsageError
+from .groups import group_sequences
 from .precision import cpu_units
+
+# A batch of more tokens than this runs through each eager int8 encoder layer in groups of sequences
+# (`groups.group_size`): the base image tower ran 1.3-1.4x faster in groups of 4 images (788 tokens) than at
+# 8 or 16 images a call, and the text tower 1.3-1.4x faster in groups of 8-16 texts than at 32 (AMX Xeon,
+# 2 threads); with its products held to AVX2 the differences were within the noise (BENCHMARKS.md).
+EAGER_ROWS_PER_CALL = 1024
+
+# A compiled int8 tower's package is called on groups of items of at most this many tokens: its fused
+# kernels keep activations in 8 bits between products, and the base image tower ran fastest in groups of 8
+# images (1,576 tokens), 1.2-1.25x a call of 16 or 32; texts in groups of 8-16 1.07-1.15x a call of 32.
+PACKAGE_ROWS_PER_CALL = 1600
 
 
 def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +65,14 @@ def use_fast_gelu(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, SiglipMLP) and module.activation is ACTIVATIONS["gelu_pytorch_tanh"]:
             module.activation = fast_gelu_tanh
+
+
+def use_eager_int8(model: nn.Module) -> None:
+    """Put a float32 `model` into eager int8, in place: its linear layers quantised, the fast GELU, and large
+    batches in groups of `EAGER_ROWS_PER_CALL` tokens (CPU only)."""
+    quantize_linear_layers(model)
+    use_fast_gelu(model)
+    group_sequences(model, EAGER_ROWS_PER_CALL)
 
 
 def quantize_linear_layers(model: nn.Module) -> nn.Module:
@@ -145,7 +168,7 @@ def torchao_version() -> str:
 
 def pt2e_int8(graph: nn.Module, example: torch.Tensor) -> nn.Module:
     """An exported float32 tower `graph` quantised by torchao's x86 PT2E quantizer: int8 weights per output
-    channel, dynamic activation scales (no calibration data: the arithmetic of eager int8, per batch). One
+    channel, dynamic activation scales (no calibration data: the arithmetic of eager int8, per call). One
     pass on `example` records the weights' ranges.
 
     Without VNNI, activations take 7 bits (0-127), as eager int8's do: oneDNN's int8 products there add each

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP
+from .groups import GroupedEncoderLayer
 from .precision import cpu_bf16_units
 
 # The MLP activations oneDNN applies inside the product: the activation, and its post-op and algorithm.
@@ -121,30 +122,19 @@ class FusedLinear(nn.Linear):
         return f"{super().extra_repr()}, post_op={self.post_op!r}"
 
 
-class FusedEncoderLayer(SiglipEncoderLayer):
+class FusedEncoderLayer(GroupedEncoderLayer):
     """A `SiglipEncoderLayer` whose attention output projection and second MLP layer add the residual inside
     their products, and which runs a batch of more than `ROWS_PER_CALL` tokens in groups of sequences.
     `use_fused_linears` makes one by swapping the class of a layer whose `out_proj` and `fc2` are
     `FusedLinear`s: the same modules and parameters. Its forward calls the attention's `attend` and the MLP's
     layers itself, so forward hooks on `self_attn`, `mlp`, `out_proj` and `fc2` do not fire."""
 
-    def forward(
-        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, groups = x.shape[0], -(-x.shape[0] * x.shape[1] // ROWS_PER_CALL)
-        if groups <= 1 or batch == 1 or not self.mlp.fc2._fused(x):  # not on the plain layers' path
-            return self._fused_forward(x, attention_mask, output_attentions)
-        parts = x.split(-(-batch // groups))
-        masks = [attention_mask] * len(parts)  # None, or one mask broadcast over the batch
-        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[0] == batch:
-            masks = attention_mask.split(parts[0].shape[0])
-        outs, weights = zip(
-            *(self._fused_forward(*pair, output_attentions) for pair in zip(parts, masks, strict=True)),
-            strict=True,
-        )
-        return torch.cat(outs), torch.cat(weights) if output_attentions else None
+    rows_per_call = ROWS_PER_CALL
 
-    def _fused_forward(
+    def _groups_pay(self, x: torch.Tensor) -> bool:
+        return self.mlp.fc2._fused(x)  # not on the plain layers' path
+
+    def _one_call(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attn, mlp = self.self_attn, self.mlp
