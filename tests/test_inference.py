@@ -19,7 +19,7 @@ from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
 from siglip.core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP, key_padding_mask
 from siglip.tools.cli import main
-from siglip.tools.embeddings.groups import GroupedEncoderLayer, group_size
+from siglip.tools.embeddings.groups import GroupedEncoderLayer, group_count
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import (
     EAGER_ROWS_PER_CALL,
@@ -376,12 +376,12 @@ def test_int8_quantises_every_linear_layer_of_the_towers():
     assert not any(m.activation is fast_gelu_tanh for m in fp32.modules() if isinstance(m, SiglipMLP))
 
 
-def test_groups_are_equal_and_as_few_as_fit():
-    assert group_size(8, 197, 1024) == 4  # 1,576 tokens: two groups of 4 images
-    assert group_size(32, 197, 1024) == 5  # 6,304 tokens: 7 groups, of 5 images but the last (2)
-    assert group_size(32, 64, 1024) == 16 and group_size(16, 64, 1024) == 16  # 1,024 fit one call
-    assert group_size(32, 197, 1600) == 8 and group_size(8, 197, 1600) == 8
-    assert group_size(1, 5000, 1024) == 1 and group_size(3, 5000, 1024) == 1  # a sequence alone is longer
+def test_groups_are_as_few_as_fit():
+    assert group_count(8, 197, 1024) == 2  # 1,576 tokens: two groups of 4 images
+    assert group_count(32, 197, 1024) == 7  # 6,304 tokens: 7 groups (5, 5, 5, 5, 4, 4, 4 images)
+    assert group_count(32, 64, 1024) == 2 and group_count(16, 64, 1024) == 1  # 1,024 fit one call
+    assert group_count(32, 197, 1600) == 4 and group_count(8, 197, 1600) == 1
+    assert group_count(1, 5000, 1024) == 1 and group_count(3, 5000, 1024) == 3  # one sequence is longer
 
 
 def test_eager_int8_runs_a_large_batch_in_groups_of_sequences(monkeypatch, fp32_features):
@@ -402,7 +402,8 @@ def test_eager_int8_runs_a_large_batch_in_groups_of_sequences(monkeypatch, fp32_
     assert calls == [32, 32, 32]
     assert torch.equal(texts[:32], texts[32:])  # two groups alike: the same numbers
 
-    # a layer's groups are its own calls on each group (here of 3 images), masks split with them
+    # a layer's groups are its own calls on each group (here 10 images in groups of at most 3: 3, 3, 2, 2),
+    # masks split with them
     layer, pixels = model.vision_model.encoder.layers[0], _examples()
     tokens = (pixels.shape[-1] // model.config.vision_config.patch_size) ** 2
     x = torch.randn(len(pixels), tokens, model.config.vision_config.hidden_size)
@@ -412,8 +413,8 @@ def test_eager_int8_runs_a_large_batch_in_groups_of_sequences(monkeypatch, fp32_
             whole = layer(x, attention_mask)[0]
             monkeypatch.setattr(layer, "rows_per_call", 3 * tokens)
             grouped = layer(x, attention_mask)[0]
-            masks = [None] * 4 if attention_mask is None else attention_mask.split(3)
-            alone = [layer(part, m)[0] for part, m in zip(x.split(3), masks, strict=True)]
+            masks = [None] * 4 if attention_mask is None else attention_mask.split([3, 3, 2, 2])
+            alone = [layer(part, m)[0] for part, m in zip(x.split([3, 3, 2, 2]), masks, strict=True)]
             monkeypatch.setattr(layer, "rows_per_call", EAGER_ROWS_PER_CALL)
             assert torch.equal(grouped, torch.cat(alone)) and not torch.equal(grouped, whole)
             assert F.cosine_similarity(grouped.flatten(1), whole.flatten(1)).min() > 0.999
@@ -448,19 +449,16 @@ def test_an_int8_package_runs_a_large_batch_in_groups_of_items(precision):
     texts._compiled, texts.package = package, Package(Path("text.pt2"), (text_length,), torch.int64)
     images = CompiledTower(model.vision_model, precision)
     images._compiled, images.package = package, Package(Path("image.pt2"), (3, 28, 28), torch.float32)
-    tokens = (28 // model.config.vision_config.patch_size) ** 2
+    assert text_length == 32 and model.config.vision_config.patch_size == 4  # 49 patches an image
     ids = torch.randint(100, (70, text_length), generator=torch.Generator().manual_seed(0))
     pixels = torch.rand(70, 3, 28, 28, generator=torch.Generator().manual_seed(1))
-    for tower, x, per_item in ((texts, ids, text_length), (images, pixels, tokens)):
+    # 70 texts of 32 tokens (2,240) in two groups, 70 images of 49 (3,430) in three
+    for tower, x, wanted in ((texts, ids, [35, 35]), (images, pixels, [24, 23, 23])):
         calls.clear()
         out = tower(x)
         expected = package(x)
         assert torch.equal(out.last_hidden_state, expected[0]) and torch.equal(out.pooler_output, expected[1])
-        groups = -(-70 * per_item // PACKAGE_ROWS_PER_CALL)
-        size = -(-70 // groups)
-        wanted = [size] * (70 // size) + [70 % size] * (70 % size > 0) if precision == "int8" else [70]
-        assert calls[:-1] == wanted  # the last call: `expected`'s own
-    assert precision == "bf16" or calls[:-1] != [70]  # 70 images of 49 tokens are more than one call's
+        assert calls[:-1] == (wanted if precision == "int8" else [70])  # the last call: `expected`'s own
 
 
 def test_compiled_model_matches_eager_at_every_batch_size(fp32_features):
@@ -780,12 +778,12 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
         # the package reads its input unchecked: a transposed view is made contiguous first, other shapes,
         # dtypes and empty batches are refused
         flipped = model.get_image_features(pixels.transpose(2, 3).contiguous().transpose(2, 3))
-        # past `PACKAGE_ROWS_PER_CALL` tokens the package runs groups of whole images (here of 3), each with
-        # the numbers of its own call
+        # past `PACKAGE_ROWS_PER_CALL` tokens the package runs groups of whole images (here 10 in groups of
+        # at most 3: 3, 3, 2, 2), each with the numbers of its own call
         tokens = (pixels.shape[-1] // model.config.vision_config.patch_size) ** 2
         monkeypatch.setattr(compiled, "PACKAGE_ROWS_PER_CALL", 3 * tokens)
         grouped = model.get_image_features(pixels)
-        alone = torch.cat([model.get_image_features(part) for part in pixels.split(3)])
+        alone = torch.cat([model.get_image_features(part) for part in pixels.split([3, 3, 2, 2])])
         monkeypatch.setattr(compiled, "PACKAGE_ROWS_PER_CALL", PACKAGE_ROWS_PER_CALL)
         with pytest.raises(
             ValueError, match=r"compiled for torch.float32 inputs of shape \(batch, 3, 28, 28\)"

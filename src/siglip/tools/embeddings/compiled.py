@@ -47,7 +47,7 @@ from torch import nn
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
-from .groups import group_size
+from .groups import group_count
 from .int8 import PACKAGE_ROWS_PER_CALL
 from .precision import cpu_units, has_amx, isa_caps
 
@@ -153,10 +153,10 @@ class CompiledTower(nn.Module):
             tokens = x.shape[1]
         else:  # pixels of a fixed-resolution tower: a token per patch
             tokens = math.prod(side // self.tower.config.patch_size for side in x.shape[-2:])
-        size = group_size(len(x), tokens, PACKAGE_ROWS_PER_CALL)
-        if size == len(x):
+        groups = group_count(len(x), tokens, PACKAGE_ROWS_PER_CALL)
+        if groups == 1:
             return self._compiled(x)
-        parts = [self._compiled(part) for part in x.split(size)]
+        parts = [self._compiled(part) for part in x.tensor_split(groups)]
         return [torch.cat(each) for each in zip(*parts, strict=True)]
 
 

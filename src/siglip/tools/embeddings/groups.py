@@ -17,17 +17,16 @@ from torch import nn
 from ...core.two_tower.modeling import SiglipEncoderLayer
 
 
-def group_size(batch: int, tokens: int, rows_per_call: int) -> int:
-    """The items of each group when `batch` sequences of `tokens` tokens run in calls of at most
-    `rows_per_call` tokens where whole sequences allow: equal groups (the last one may be smaller), as few
-    as fit; `batch` when one call fits (or one sequence is already longer)."""
-    groups = -(-batch * tokens // rows_per_call)
-    return -(-batch // groups) if groups > 1 else batch
+def group_count(batch: int, tokens: int, rows_per_call: int) -> int:
+    """Into how many groups `batch` sequences of `tokens` tokens are split (`Tensor.tensor_split`: sizes that
+    differ by at most one) so that each group holds at most `rows_per_call` tokens where whole sequences
+    allow: as few as fit, 1 when the batch does, and at most one group per sequence."""
+    return min(batch, -(-batch * tokens // rows_per_call))
 
 
 class GroupedEncoderLayer(SiglipEncoderLayer):
     """A `SiglipEncoderLayer` that runs a batch of more than `rows_per_call` tokens in groups of whole
-    sequences (`group_size`), each through `_one_call`. `group_sequences` makes one by swapping the class of
+    sequences (`group_count`), each through `_one_call`. `group_sequences` makes one by swapping the class of
     a layer (the same modules and parameters)."""
 
     rows_per_call: int
@@ -36,13 +35,13 @@ class GroupedEncoderLayer(SiglipEncoderLayer):
         self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = x.shape[0]
-        size = group_size(batch, x.shape[1], self.rows_per_call)
-        if size == batch or not self._groups_pay(x):
+        groups = group_count(batch, x.shape[1], self.rows_per_call)
+        if groups == 1 or not self._groups_pay(x):
             return self._one_call(x, attention_mask, output_attentions)
-        parts = x.split(size)
-        masks = [attention_mask] * len(parts)  # None, or one mask broadcast over the batch
+        parts = x.tensor_split(groups)
+        masks = [attention_mask] * groups  # None, or one mask broadcast over the batch
         if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[0] == batch:
-            masks = attention_mask.split(size)
+            masks = attention_mask.tensor_split(groups)
         outs, weights = zip(
             *(self._one_call(*pair, output_attentions) for pair in zip(parts, masks, strict=True)),
             strict=True,

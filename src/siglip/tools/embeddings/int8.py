@@ -33,7 +33,7 @@ from .groups import group_sequences
 from .precision import cpu_units
 
 # A batch of more tokens than this runs through each eager int8 encoder layer in groups of sequences
-# (`groups.group_size`): the base image tower ran 1.3-1.4x faster in groups of 4 images (788 tokens) than at
+# (`groups.group_count`): the base image tower ran 1.3-1.4x faster in groups of 4 images (788 tokens) than at
 # 8 or 16 images a call, and the text tower 1.3-1.4x faster in groups of 8-16 texts than at 32 (AMX Xeon,
 # 2 threads); with its products held to AVX2 the differences were within the noise (BENCHMARKS.md).
 EAGER_ROWS_PER_CALL = 1024
