@@ -247,6 +247,7 @@ def test_a_large_batch_runs_each_layer_in_groups_of_sequences(monkeypatch):
         whole = layer(square, causal)[0]
         monkeypatch.setattr(layer, "rows_per_call", 128)
         grouped = layer(square, causal)[0]
+        assert layer(x[:0])[0].shape == (0, *x.shape[1:])  # an empty batch: one (empty) call
     assert F.cosine_similarity(grouped.flatten(1).float(), whole.flatten(1).float()).min() > 0.9999
 
 
@@ -377,11 +378,12 @@ def test_int8_quantises_every_linear_layer_of_the_towers():
 
 
 def test_groups_are_as_few_as_fit():
-    assert group_count(8, 197, 1024) == 2  # 1,576 tokens: two groups of 4 images
-    assert group_count(32, 197, 1024) == 7  # 6,304 tokens: 7 groups (5, 5, 5, 5, 4, 4, 4 images)
+    assert group_count(8, 196, 1024) == 2  # 1,568 tokens: two groups of 4 images
+    assert group_count(32, 196, 1024) == 7  # 6,272 tokens: 7 groups (5, 5, 5, 5, 4, 4, 4 images)
     assert group_count(32, 64, 1024) == 2 and group_count(16, 64, 1024) == 1  # 1,024 fit one call
-    assert group_count(32, 197, 1600) == 4 and group_count(8, 197, 1600) == 1
+    assert group_count(32, 196, 1600) == 4 and group_count(8, 196, 1600) == 1
     assert group_count(1, 5000, 1024) == 1 and group_count(3, 5000, 1024) == 3  # one sequence is longer
+    assert group_count(0, 196, 1024) == 1  # an empty batch: one (empty) call
 
 
 def test_eager_int8_runs_a_large_batch_in_groups_of_sequences(monkeypatch, fp32_features):
@@ -396,11 +398,15 @@ def test_eager_int8_runs_a_large_batch_in_groups_of_sequences(monkeypatch, fp32_
     monkeypatch.setattr(text_layer, "_one_call", lambda *args: calls.append(args[0].shape[0]) or
                         GroupedEncoderLayer._one_call(text_layer, *args))  # fmt: skip
     ids = _label_ids(model).repeat(4, 1)[:32]  # 32 texts of 32 tokens: 1,024 rows, one call
+    other = torch.randint(
+        model.config.text_config.vocab_size, ids.shape, generator=torch.Generator().manual_seed(0)
+    )
     with torch.inference_mode():
-        model.get_text_features(ids)
-        texts = model.get_text_features(torch.cat([ids, ids]))  # 2,048 rows: two groups of 32
-    assert calls == [32, 32, 32]
-    assert torch.equal(texts[:32], texts[32:])  # two groups alike: the same numbers
+        alone = [model.text_model(each).last_hidden_state for each in (ids, other)]
+        both = model.text_model(torch.cat([ids, other])).last_hidden_state  # 2,048 rows: two groups of 32
+    assert calls == [32, 32, 32, 32]  # each alone, then both in two groups
+    # the encoder's states are each group's own (the head after it, int8 too, takes the whole batch)
+    assert torch.equal(both, torch.cat(alone))
 
     # a layer's groups are its own calls on each group (here 10 images in groups of at most 3: 3, 3, 2, 2),
     # masks split with them

@@ -4,9 +4,9 @@ compiled towers.
 Past a certain number of tokens per call, a CPU's products slow down per token: the MLP's 3072-wide
 activations no longer stay in the caches. Where measured (BENCHMARKS.md), the fused bf16 layers ran faster in
 groups of at most 4,096 tokens, the eager int8 layers of at most 1,024 and the compiled int8 towers of at most
-1,600; each mode owns its number. Each group is a batch of its own: an item's numbers are those of its group
-computed alone (in int8, whose activations are scaled per call, they depend on the group as they did on the
-batch).
+1,600; each mode owns its number. Each group is a call of its own: a layer's numbers for a group are those of
+the group computed alone (in int8, whose activations are scaled per call, an item's numbers depend on its
+group as they did on the batch; the eager int8 heads after the encoder still take the whole batch).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from ...core.two_tower.modeling import SiglipEncoderLayer
 def group_count(batch: int, tokens: int, rows_per_call: int) -> int:
     """Into how many groups `batch` sequences of `tokens` tokens are split (`Tensor.tensor_split`: sizes that
     differ by at most one) so that each group holds at most `rows_per_call` tokens where whole sequences
-    allow: as few as fit, 1 when the batch does, and at most one group per sequence."""
-    return min(batch, -(-batch * tokens // rows_per_call))
+    allow: as few as fit, 1 when the batch does (an empty one too), and at most one group per sequence."""
+    return max(1, min(batch, -(-batch * tokens // rows_per_call)))
 
 
 class GroupedEncoderLayer(SiglipEncoderLayer):
     """A `SiglipEncoderLayer` that runs a batch of more than `rows_per_call` tokens in groups of whole
     sequences (`group_count`), each through `_one_call`. `group_sequences` makes one by swapping the class of
-    a layer (the same modules and parameters)."""
+    a layer (the same modules and parameters). Forward hooks on its submodules fire once per group."""
 
     rows_per_call: int
 

@@ -33,14 +33,14 @@ from .groups import group_sequences
 from .precision import cpu_units
 
 # A batch of more tokens than this runs through each eager int8 encoder layer in groups of sequences
-# (`groups.group_count`): the base image tower ran 1.3-1.4x faster in groups of 4 images (788 tokens) than at
+# (`groups.group_count`): the base image tower ran 1.3-1.4x faster in groups of 4 images (784 tokens) than at
 # 8 or 16 images a call, and the text tower 1.3-1.4x faster in groups of 8-16 texts than at 32 (AMX Xeon,
 # 2 threads); with its products held to AVX2 the differences were within the noise (BENCHMARKS.md).
 EAGER_ROWS_PER_CALL = 1024
 
 # A compiled int8 tower's package is called on groups of items of at most this many tokens: its fused
 # kernels keep activations in 8 bits between products, and the base image tower ran fastest in groups of 8
-# images (1,576 tokens), 1.2-1.25x a call of 16 or 32; texts in groups of 8-16 1.07-1.15x a call of 32.
+# images (1,568 tokens), 1.2-1.25x a call of 16 or 32; texts in groups of 8-16 1.07-1.15x a call of 32.
 PACKAGE_ROWS_PER_CALL = 1600
 
 

@@ -6,7 +6,7 @@
 | `bf16`          | bfloat16 | bfloat16                           | yes       | yes      |
 | `bf16-autocast` | float32  | bfloat16 (`torch.autocast`)        | yes       | yes      |
 | `fp16`          | float16  | float16 (GPUs)                     | yes       | no       |
-| `int8`          | int8     | int8, per-batch activation scales  | CPU only  | no       |
+| `int8`          | int8     | int8, per-call activation scales   | CPU only  | no       |
 | `auto`          | the word chosen for the device and the job, below                        |
 
 A word means the same weights and the same arithmetic in every command. `auto` picks, for inference:
@@ -53,7 +53,7 @@ PRECISIONS = {
     "bf16": "bfloat16 weights and arithmetic",
     "bf16-autocast": "float32 weights; matrix products in bfloat16 (torch.autocast)",
     "fp16": "float16 weights and arithmetic (GPUs)",
-    "int8": "linear layers in int8 with per-batch activation scales (CPU; torch dynamic quantisation, torchao PT2E with compile)",
+    "int8": "linear layers in int8 with per-call activation scales (CPU; torch dynamic quantisation, torchao PT2E with compile)",
 }
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
 BF16_UNITS_VARIABLE = "SIGLIP_BF16_UNITS"
