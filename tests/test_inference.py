@@ -887,6 +887,17 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
         tower.post_layernorm.weight[0] += 1e-3  # the weights
     assert path != _package_path(tower, pixels, "int8")
 
+    # the code that makes it: the tower's classes, the compiling module, int8's quantiser settings
+    sources = [Path(f).name for f in compiled._sources(tower, "int8")]
+    assert {"compiled.py", "int8.py", "modeling.py"} <= set(sources)
+    assert "int8.py" not in [Path(f).name for f in compiled._sources(tower, "bf16")]
+    code = tmp_path / "int8.py"
+    code.write_text("reduce_range = False\n")
+    monkeypatch.setattr(compiled, "_sources", lambda tower, precision: [str(code)])
+    before = _package_path(tower, pixels, "int8")
+    code.write_text("reduce_range = True\n")
+    assert _package_path(tower, pixels, "int8") != before
+
 
 def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch, capsys, tmp_path):
     from siglip import Siglip2Config, SiglipConfig

@@ -464,28 +464,36 @@ def _versions(precision: str) -> tuple[str, ...]:
 def _package_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
     """Where the package of `tower` run on inputs shaped as `x` lives: named by a SHA-256 over its weights
     and everything the compiled code depends on, so that a change to any compiles anew: the precision, the
-    tower's config and attention implementation, the source of its modelling code, the input's shape and
-    dtype, the CPU (model and instruction flags: the kernels are built for this CPU), the threads the kernels
-    are laid out for, and the library versions."""
-    sources = sorted(
-        {
-            inspect.getsourcefile(cls) or ""
-            for cls in type(tower).__mro__
-            if cls.__module__.startswith("siglip")
-        }
-    )
+    tower's config and attention implementation, the source of its modelling code and of the code that
+    compiles it (`_sources`), the input's shape and dtype, the CPU (model and instruction flags: the kernels
+    are built for this CPU), the threads the kernels are laid out for, and the library versions."""
     config = getattr(tower, "config", None)
     context = (
         precision, type(tower).__name__, repr(config), getattr(config, "attn_implementation", None),
         tuple(x.shape[1:]), str(x.dtype), _versions(precision), _cpu(), torch.get_num_threads(),
     )  # fmt: skip
     digest = hashlib.sha256(repr(context).encode())
-    for source in sources:
+    for source in _sources(tower, precision):
         digest.update(Path(source).read_bytes())
     for name, tensor in tower.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return compiled_cache() / f"{precision}-{type(tower).__name__}-{digest.hexdigest()[:32]}.pt2"
+
+
+def _sources(tower: nn.Module, precision: str) -> list[str]:
+    """The files of siglip's code a package of `tower` in `precision` is made from: the tower's classes, this
+    module, and for int8 the quantiser's settings (`int8.py`). A checkout whose code changed between two runs
+    (siglip's version the same) then compiles anew rather than loading a package the old code made."""
+    from . import int8
+
+    files = {
+        inspect.getsourcefile(cls) or "" for cls in type(tower).__mro__ if cls.__module__.startswith("siglip")
+    }
+    files.add(__file__)
+    if precision == "int8":
+        files.add(int8.__file__)
+    return sorted(files)
 
 
 def _cpu() -> str:
