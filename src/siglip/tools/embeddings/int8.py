@@ -40,7 +40,7 @@ EAGER_ROWS_PER_CALL = 1024
 
 # A compiled int8 tower's package is called on groups of items of at most this many tokens: its fused
 # kernels keep activations in 8 bits between products, and the base image tower ran fastest in groups of 8
-# images (1,568 tokens), 1.2-1.25x a call of 16 or 32; texts in groups of 8-16 1.07-1.15x a call of 32.
+# images (1,568 tokens), 1.25-1.35x a call of 32 or 16; texts in groups of 8-16 1.07-1.15x a call of 32.
 PACKAGE_ROWS_PER_CALL = 1600
 
 
