@@ -35,7 +35,7 @@ from .precision import cpu_units
 # A batch of more tokens than this runs through each eager int8 encoder layer in groups of sequences
 # (`groups.group_count`): the base image tower ran 1.3-1.4x faster in groups of 4 images (784 tokens) than at
 # 8 or 16 images a call, and the text tower 1.3-1.4x faster in groups of 8-16 texts than at 32 (AMX Xeon,
-# 2 threads); with its products held to AVX2 the differences were within the noise (BENCHMARKS.md).
+# 2 threads); with its products held to AVX2, 1.11x at 32 images (groups of 2,048 or 4,096 tokens alike).
 EAGER_ROWS_PER_CALL = 1024
 
 # A compiled int8 tower's package is called on groups of items of at most this many tokens: its fused
