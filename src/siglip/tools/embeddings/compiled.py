@@ -48,7 +48,7 @@ from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
 from .groups import group_count
-from .int8 import PACKAGE_ROWS_PER_CALL
+from .int8 import PACKAGE_ROWS_PER_CALL, pt2e_int8, torchao_version, use_eager_int8
 from .precision import cpu_units, has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
@@ -332,7 +332,6 @@ def compile_towers(model: nn.Module, precision: str) -> None:
     A NaFlex vision tower, whose inputs carry a patch mask and sizes, is not packaged: int8 quantises it
     eagerly (`use_eager_int8`), reduced floats run it through `torch.compile`."""
     from ...core.auto import is_naflex
-    from .int8 import use_eager_int8
 
     model.text_model = CompiledTower(model.text_model, precision)
     if not is_naflex(model):
@@ -456,8 +455,6 @@ def _versions(precision: str) -> tuple[str, ...]:
 
     if precision != "int8":
         return __version__, torch.__version__
-    from .int8 import torchao_version
-
     return __version__, torch.__version__, torchao_version()
 
 
@@ -485,14 +482,12 @@ def _sources(tower: nn.Module, precision: str) -> list[str]:
     """The files of siglip's code a package of `tower` in `precision` is made from: the tower's classes, this
     module, and for int8 the quantiser's settings (`int8.py`). A checkout whose code changed between two runs
     (siglip's version the same) then compiles anew rather than loading a package the old code made."""
-    from . import int8
-
     files = {
         inspect.getsourcefile(cls) or "" for cls in type(tower).__mro__ if cls.__module__.startswith("siglip")
     }
     files.add(__file__)
     if precision == "int8":
-        files.add(int8.__file__)
+        files.add(inspect.getsourcefile(pt2e_int8) or "")
     return sorted(files)
 
 
@@ -550,8 +545,6 @@ def _compile_package(tower: nn.Module, x: torch.Tensor, precision: str, path: Pa
         warnings.filterwarnings("ignore", category=FutureWarning)
         program = torch.export.export(_Outputs(tower), (example,), dynamic_shapes=({0: batch},))
         if precision == "int8":
-            from .int8 import pt2e_int8
-
             quantized = pt2e_int8(program.module(), example)
             program = torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},))
         aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
