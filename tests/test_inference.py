@@ -17,13 +17,20 @@ from PIL import Image, ImageFile
 from _material import BUNDLED
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
-from siglip.core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP, key_padding_mask
+from siglip.core.two_tower.modeling import (
+    ACTIVATIONS,
+    SiglipAttention,
+    SiglipEncoderLayer,
+    SiglipMLP,
+    key_padding_mask,
+)
 from siglip.tools.cli import main
 from siglip.tools.embeddings.groups import GroupedEncoderLayer, group_count
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import (
     EAGER_ROWS_PER_CALL,
     PACKAGE_ROWS_PER_CALL,
+    Bf16Attention,
     fast_gelu_tanh,
     quantize_linear_layers,
 )
@@ -37,7 +44,7 @@ from siglip.tools.embeddings.onednn import (
     use_fused_linears,
 )
 from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
-from siglip.tools.embeddings.precision import PRECISIONS
+from siglip.tools.embeddings.precision import PRECISIONS, CpuUnits
 
 pytest_plugins = ["_fixtures"]
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "fashion").glob("*.png"))
@@ -375,6 +382,62 @@ def test_int8_quantises_every_linear_layer_of_the_towers():
     assert all(m.activation is fast_gelu_tanh for m in model.modules() if isinstance(m, SiglipMLP))
     fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
     assert not any(m.activation is fast_gelu_tanh for m in fp32.modules() if isinstance(m, SiglipMLP))
+
+
+def _units(amx: bool) -> CpuUnits:
+    return CpuUnits(avx2=True, vnni=True, bf16=amx, amx=amx)
+
+
+def test_int8_attention_runs_in_bf16_on_cpus_with_amx(monkeypatch, fp32_features):
+    """With AMX, int8's attention products run in bf16 (eager, and the towers a compiled mode packages);
+    elsewhere in float32. The numbers are those of attention on bf16-rounded inputs, and the towers keep the
+    int8 bound and the zero-shot winners."""
+    from siglip.tools.embeddings import int8
+    from siglip.tools.embeddings.compiled import compile_towers
+
+    def attentions(model: torch.nn.Module) -> list[type]:
+        return [type(m) for m in model.modules() if isinstance(m, SiglipAttention)]
+
+    for amx in (False, True):
+        monkeypatch.setattr(int8, "cpu_units", lambda amx=amx: _units(amx))
+        eager = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+        compiled = SiglipModel.from_pretrained(BUNDLED)
+        # the towers wrapped, not yet compiled: what their package is made of
+        compile_towers(compiled, "int8")
+        expected = Bf16Attention if amx else SiglipAttention
+        layers = eager.config.text_config.num_hidden_layers + eager.config.vision_config.num_hidden_layers
+        assert attentions(eager) == attentions(compiled) == [expected] * layers
+    fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
+    assert not any(isinstance(m, Bf16Attention) for m in fp32.modules())
+
+    # one module's heads against attention computed by hand on bf16-rounded queries, keys and values
+    attention = eager.vision_model.encoder.layers[0].self_attn
+    x = torch.randn(3, 10, attention.embed_dim, generator=torch.Generator().manual_seed(3))
+    mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [7], [4]]), x.dtype)
+    with torch.inference_mode():
+        q, k, v = (
+            proj(x).view(3, 10, attention.num_heads, attention.head_dim).transpose(1, 2).bfloat16().float()
+            for proj in (attention.q_proj, attention.k_proj, attention.v_proj)
+        )
+        for attention_mask in (None, mask):
+            scores = q @ k.transpose(-1, -2) * attention.scale
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 10, attention.embed_dim)
+            ours = attention.attend(x, attention_mask)[0]
+            assert ours.dtype == torch.float32
+            torch.testing.assert_close(ours, expected, atol=2e-2, rtol=2e-2)  # bf16's rounding of the output
+            assert torch.equal(ours, ours.bfloat16().float())  # the kernel's bf16 output
+            assert not torch.equal(expected, expected.bfloat16().float())  # which float32's is not
+
+        images = eager.get_image_features(_examples())
+        texts = eager.get_text_features(_label_ids(eager))
+    reference_images, reference_texts = fp32_features
+    assert F.cosine_similarity(images, reference_images).min().item() > 0.995
+    assert F.cosine_similarity(texts, reference_texts).min().item() > 0.995
+    ours = (F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T).argmax(-1)
+    theirs = (F.normalize(reference_images, dim=-1) @ F.normalize(reference_texts, dim=-1).T).argmax(-1)
+    assert torch.equal(ours, theirs)
 
 
 def test_groups_are_as_few_as_fit():
@@ -882,6 +945,11 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
     tower.config.attn_implementation = "eager" if attention != "eager" else "sdpa"
     assert path != _package_path(tower, pixels, "int8")  # the attention implementation
     tower.config.attn_implementation = attention
+    assert path == _package_path(tower, pixels, "int8")
+    attention = tower.encoder.layers[0].self_attn
+    attention.__class__ = Bf16Attention
+    assert path != _package_path(tower, pixels, "int8")  # the classes of its modules (same weights)
+    attention.__class__ = SiglipAttention
     assert path == _package_path(tower, pixels, "int8")
     with torch.no_grad():
         tower.post_layernorm.weight[0] += 1e-3  # the weights

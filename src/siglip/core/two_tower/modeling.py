@@ -108,11 +108,23 @@ class SiglipAttention(nn.Module):
         elif self.config.attn_implementation == FLASH_ATTENTION_2:
             out = flash_attention(q, k, v, attention_mask, dropout, self.scale)
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scale
-            )
+            out = self.scaled_dot_product(q, k, v, attention_mask, dropout)
         out = out.transpose(1, 2).reshape(batch, length, self.embed_dim)
         return out, (weights if output_attentions else None)
+
+    def scaled_dot_product(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+    ) -> torch.Tensor:
+        """The heads' outputs by torch's SDPA kernels (`attn_implementation` "sdpa"), in the dtype of `q`, `k`,
+        `v` (a subclass may run them in another)."""
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scale
+        )
 
 
 class SiglipMLP(nn.Module):

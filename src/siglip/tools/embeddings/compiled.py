@@ -48,7 +48,7 @@ from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
 from .groups import group_count
-from .int8 import PACKAGE_ROWS_PER_CALL, pt2e_int8, torchao_version, use_eager_int8
+from .int8 import PACKAGE_ROWS_PER_CALL, pt2e_int8, torchao_version, use_bf16_attention, use_eager_int8
 from .precision import cpu_units, has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
@@ -333,6 +333,8 @@ def compile_towers(model: nn.Module, precision: str) -> None:
     eagerly (`use_eager_int8`), reduced floats run it through `torch.compile`."""
     from ...core.auto import is_naflex
 
+    if precision == "int8":
+        use_bf16_attention(model)
     model.text_model = CompiledTower(model.text_model, precision)
     if not is_naflex(model):
         model.vision_model = CompiledTower(model.vision_model, precision)
@@ -461,12 +463,14 @@ def _versions(precision: str) -> tuple[str, ...]:
 def _package_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
     """Where the package of `tower` run on inputs shaped as `x` lives: named by a SHA-256 over its weights
     and everything the compiled code depends on, so that a change to any compiles anew: the precision, the
-    tower's config and attention implementation, the source of its modelling code and of the code that
-    compiles it (`_sources`), the input's shape and dtype, the CPU (model and instruction flags: the kernels
-    are built for this CPU), the threads the kernels are laid out for, and the library versions."""
+    classes of the tower and its modules, its config and attention implementation, the source of its
+    modelling code and of the code that compiles it (`_sources`), the input's shape and dtype, the CPU (model
+    and instruction flags: the kernels are built for this CPU), the threads the kernels are laid out for, and
+    the library versions."""
     config = getattr(tower, "config", None)
     context = (
-        precision, type(tower).__name__, repr(config), getattr(config, "attn_implementation", None),
+        precision, [cls.__qualname__ for cls in _module_classes(tower)], repr(config),
+        getattr(config, "attn_implementation", None),
         tuple(x.shape[1:]), str(x.dtype), _versions(precision), _cpu(), torch.get_num_threads(),
     )  # fmt: skip
     digest = hashlib.sha256(repr(context).encode())
@@ -479,16 +483,28 @@ def _package_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
 
 
 def _sources(tower: nn.Module, precision: str) -> list[str]:
-    """The files of siglip's code a package of `tower` in `precision` is made from: the tower's classes, this
-    module, and for int8 the quantiser's settings (`int8.py`). A checkout whose code changed between two runs
-    (siglip's version the same) then compiles anew rather than loading a package the old code made."""
+    """The files of siglip's code a package of `tower` in `precision` is made from: the classes of the tower
+    and of its modules, this module, and for int8 the quantiser's settings (`int8.py`). A checkout whose code
+    changed between two runs (siglip's version the same) then compiles anew rather than loading a package the
+    old code made."""
     files = {
-        inspect.getsourcefile(cls) or "" for cls in type(tower).__mro__ if cls.__module__.startswith("siglip")
+        inspect.getsourcefile(cls) or ""
+        for module_class in _module_classes(tower)
+        for cls in module_class.__mro__
+        if cls.__module__.startswith("siglip")
     }
     files.add(__file__)
     if precision == "int8":
         files.add(inspect.getsourcefile(pt2e_int8) or "")
     return sorted(files)
+
+
+def _module_classes(tower: nn.Module) -> list[type]:
+    """The classes of `tower` and its modules, in a fixed order (a module whose class was swapped, such as
+    `int8.Bf16Attention`, computes otherwise with the same weights)."""
+    return sorted(
+        {type(module) for module in tower.modules()}, key=lambda cls: f"{cls.__module__}.{cls.__qualname__}"
+    )
 
 
 def _cpu() -> str:
