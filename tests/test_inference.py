@@ -31,8 +31,10 @@ from siglip.tools.embeddings.int8 import (
     EAGER_ROWS_PER_CALL,
     PACKAGE_ROWS_PER_CALL,
     Bf16Attention,
+    ProjectedPoolingHead,
     fast_gelu_tanh,
     quantize_linear_layers,
+    split_head_projections,
 )
 from siglip.tools.embeddings.onednn import (
     PACKED_UP_TO_ROWS,
@@ -438,6 +440,37 @@ def test_int8_attention_runs_in_bf16_on_cpus_with_amx(monkeypatch, fp32_features
     ours = (F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T).argmax(-1)
     theirs = (F.normalize(reference_images, dim=-1) @ F.normalize(reference_texts, dim=-1).T).argmax(-1)
     assert torch.equal(ours, theirs)
+
+
+def test_int8_quantises_the_map_heads_input_projections(fp32_features):
+    """int8 splits the MAP head's packed input projection into two linear layers of the same weights (the
+    float head then gives nn.MultiheadAttention's numbers, with and without a padding mask), which eager int8
+    quantises and a compiled mode packages; the towers keep the int8 bound."""
+    from siglip.tools.embeddings.compiled import compile_towers
+
+    head = SiglipModel.from_pretrained(BUNDLED).vision_model.head
+    split = copy.deepcopy(head)
+    split_head_projections(split)
+    assert type(split) is ProjectedPoolingHead and split.attention.in_proj_weight is None
+    x = torch.randn(3, 10, head.probe.shape[-1], generator=torch.Generator().manual_seed(5))
+    mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [7], [4]]), x.dtype)
+    with torch.inference_mode():
+        for key_mask in (None, mask):
+            torch.testing.assert_close(split(x, key_mask), head(x, key_mask), atol=1e-5, rtol=1e-5)
+        # the padded keys count for nothing: the third item pooled from its first 4 tokens alone
+        torch.testing.assert_close(split(x, mask)[2], split(x[2:, :4])[0], atol=1e-5, rtol=1e-5)
+
+    eager = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+    quantised = torch.ao.nn.quantized.dynamic.Linear
+    assert isinstance(eager.vision_model.head, ProjectedPoolingHead)
+    assert isinstance(eager.vision_model.head.q_proj, quantised)
+    assert isinstance(eager.vision_model.head.kv_proj, quantised)
+    compiled = SiglipModel.from_pretrained(BUNDLED)
+    compile_towers(compiled, "int8")
+    assert type(compiled.vision_model.tower.head) is ProjectedPoolingHead
+    with torch.inference_mode():
+        images = eager.get_image_features(_examples())
+    assert F.cosine_similarity(images, fp32_features[0]).min().item() > 0.995
 
 
 def test_groups_are_as_few_as_fit():

@@ -48,7 +48,7 @@ from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
 from .groups import group_count
-from .int8 import PACKAGE_ROWS_PER_CALL, pt2e_int8, torchao_version, use_bf16_attention, use_eager_int8
+from .int8 import PACKAGE_ROWS_PER_CALL, prepare_for_int8, pt2e_int8, torchao_version, use_eager_int8
 from .precision import cpu_units, has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
@@ -334,7 +334,7 @@ def compile_towers(model: nn.Module, precision: str) -> None:
     from ...core.auto import is_naflex
 
     if precision == "int8":
-        use_bf16_attention(model)
+        prepare_for_int8(model)
     model.text_model = CompiledTower(model.text_model, precision)
     if not is_naflex(model):
         model.vision_model = CompiledTower(model.vision_model, precision)

@@ -28,7 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.two_tower.modeling import ACTIVATIONS, SiglipAttention, SiglipMLP
+from ...core.two_tower.modeling import (
+    ACTIVATIONS,
+    SiglipAttention,
+    SiglipMLP,
+    SiglipMultiheadAttentionPoolingHead,
+)
 from ...errors import UsageError
 from .groups import group_sequences
 from .precision import cpu_units
@@ -91,10 +96,10 @@ def use_bf16_attention(model: nn.Module) -> None:
     leave it as it is.
 
     In int8 the products of the attention itself (queries by keys, weights by values) stay in floating point,
-    and in float32 they took ~20% of a compiled base image tower's time (perf, AMX Xeon). On AMX tiles in bf16
-    the compiled tower ran 1.13x and the eager one 1.07x faster at 8 images (the text tower's 64 positions:
-    the same), the embeddings' cosine to fp32 unchanged at the fourth decimal. Without AMX, not measured:
-    float32 is kept."""
+    and in float32 they took ~20% of a compiled base image tower's time (perf, AMX Xeon). In bf16 on the AMX
+    tiles the compiled image tower ran 1.13x and the eager one 1.07x faster at 8 images, the embeddings'
+    cosine to fp32 unchanged at the fourth decimal; the text tower (64 positions) ran as fast either way
+    (0.98-1.02x). Without AMX, not measured: float32 is kept."""
     if not cpu_units().amx:
         return
     for module in model.modules():
@@ -102,12 +107,67 @@ def use_bf16_attention(model: nn.Module) -> None:
             module.__class__ = Bf16Attention
 
 
+class ProjectedPoolingHead(SiglipMultiheadAttentionPoolingHead):
+    """A MAP head whose attention's input projections are `nn.Linear` layers, `q_proj` (the probe) and
+    `kv_proj` (the tokens' keys and values), which int8 quantises; `nn.MultiheadAttention` computes them from
+    its packed `in_proj_weight`, which neither eager nor PT2E int8 quantises. `split_head_projections` makes
+    one from a head (the same weights; the attention's `out_proj` is kept)."""
+
+    q_proj: nn.Linear
+    kv_proj: nn.Linear
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, _, dim = x.shape
+        heads = self.attention.num_heads
+        q = self.q_proj(self.probe).expand(batch, -1, -1)
+        k, v = self.kv_proj(x).chunk(2, dim=-1)
+        q, k, v = (t.reshape(batch, -1, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
+        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, heads, 1, dim / heads)
+        pooled = self.attention.out_proj(pooled.transpose(1, 2).reshape(batch, 1, dim))
+        pooled = pooled + self.mlp(self.layernorm(pooled))
+        return pooled[:, 0]
+
+
+def split_head_projections(model: nn.Module) -> None:
+    """Make every plain MAP head of `model` a `ProjectedPoolingHead`, in place: its attention's packed input
+    projection becomes two `nn.Linear` layers of the same weights (the packed one is dropped).
+
+    In float32 the head's keys and values (a 768 x 1,536 product on each of 196 tokens) took 4.4% of an eager
+    int8 base image tower's time at 8 images (AMX Xeon): more than their 1.4% of the tower's products."""
+    for head in model.modules():
+        if type(head) is not SiglipMultiheadAttentionPoolingHead:
+            continue
+        attention = head.attention
+        weight, bias = attention.in_proj_weight.detach(), attention.in_proj_bias.detach()
+        dim = weight.shape[1]
+        head.q_proj, head.kv_proj = (
+            _linear(weight[rows], bias[rows]) for rows in (slice(0, dim), slice(dim, None))
+        )
+        attention.in_proj_weight = attention.in_proj_bias = None
+        head.__class__ = ProjectedPoolingHead
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """An `nn.Linear` holding `weight` and `bias` (copies), made without initialising weights first."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+    layer.weight, layer.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
+    return layer
+
+
+def prepare_for_int8(model: nn.Module) -> None:
+    """The float modules of `model` that int8 changes before quantising, in place, eager and compiled alike:
+    the MAP heads' input projections as linear layers (`split_head_projections`) and attention in bf16 on a
+    CPU with AMX (`use_bf16_attention`)."""
+    split_head_projections(model)
+    use_bf16_attention(model)
+
+
 def use_eager_int8(model: nn.Module) -> None:
-    """Put a float32 `model` into eager int8, in place: its linear layers quantised, the fast GELU, attention
-    in bf16 where the CPU has AMX, and large batches in groups of `EAGER_ROWS_PER_CALL` tokens (CPU only)."""
+    """Put a float32 `model` into eager int8, in place (CPU only): `prepare_for_int8`, its linear layers
+    quantised, the fast GELU, and large batches in groups of `EAGER_ROWS_PER_CALL` tokens."""
+    prepare_for_int8(model)
     quantize_linear_layers(model)
     use_fast_gelu(model)
-    use_bf16_attention(model)
     group_sequences(model, EAGER_ROWS_PER_CALL)
 
 
