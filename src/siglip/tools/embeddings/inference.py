@@ -67,10 +67,11 @@ class InferenceMode:
     def apply(self, model: TwoTowerModel) -> TwoTowerModel:
         """Put a (float32) model into this mode, in place, and return it in eval mode.
 
-        The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads by
-        torch's dynamically quantised linear (weights int8 per tensor, activations quantised per call), and a
-        large batch runs each encoder layer in groups of sequences (`int8.EAGER_ROWS_PER_CALL`); the model can
-        then no longer be saved as a checkpoint of the original format. bf16 on an x86 CPU with bf16
+        The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads (the
+        MAP head's packed input projection split into two first) by torch's dynamically quantised linear
+        (weights int8 per tensor, activations quantised per call), runs the attention in bf16 on a CPU with
+        AMX, and a large batch runs each encoder layer in groups of sequences (`int8.EAGER_ROWS_PER_CALL`);
+        the model can then no longer be saved as a checkpoint of the original format. bf16 on an x86 CPU with bf16
         units makes them `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual
         adds inside oneDNN's products).
         """

@@ -1,17 +1,19 @@
 """int8 inference on the CPU, two ways.
 
 - Eager (`InferenceMode("int8")`, `use_eager_int8`): every linear layer dynamically quantised
-  (`quantize_linear_layers`), a faster tanh-GELU for the MLPs (`use_fast_gelu`), attention in bf16 on CPUs
-  with AMX (`use_bf16_attention`), and batches of more than `EAGER_ROWS_PER_CALL` tokens run by each encoder
-  layer in groups of sequences. Ready at once (a base model's layers in 1-3 s).
+  (`quantize_linear_layers`), a faster tanh-GELU for the MLPs (`use_fast_gelu`), and batches of more than
+  `EAGER_ROWS_PER_CALL` tokens run by each encoder layer in groups of sequences. Ready at once (a base model's
+  layers in 1-3 s).
 - Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by torchao's
   PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per call as in eager
   int8) and compiled ahead of time by inductor with freezing, which fuses activation quantisation, the int8
-  product, dequantisation, bias, GELU and the residual add into oneDNN kernels; its attention is in bf16 on
-  CPUs with AMX, as in eager int8. It needs the `int8` extra
+  product, dequantisation, bias, GELU and the residual add into oneDNN kernels. It needs the `int8` extra
   (torchao) and a C++ compiler; the package is kept in a cache (`siglip.tools.embeddings.compiled`), and
   called on groups of at most `PACKAGE_ROWS_PER_CALL` tokens' items. The base image tower then ran 1.2-1.5x
   eager int8 (BENCHMARKS.md).
+
+Both start from the same float modules (`prepare_for_int8`): the MAP head's input projections as linear
+layers, which are then quantised like the others, and the attention's own products in bf16 on CPUs with AMX.
 """
 
 from __future__ import annotations
