@@ -377,7 +377,7 @@ def test_int8_quantises_every_linear_layer_of_the_towers():
     quantised = torch.ao.nn.quantized.dynamic.Linear
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear | quantised)]
     plain = [m for m in layers if not isinstance(m, quantised)]
-    # only the MAP head's out_proj stays float (nn.MultiheadAttention computes it through its own weights)
+    # only the MAP head's attention's out_proj stays float (a NonDynamicallyQuantizableLinear, on one token)
     assert len(plain) == 1 and isinstance(plain[0], torch.nn.modules.linear.NonDynamicallyQuantizableLinear)
     assert len(layers) > 20
     # the activation is the fast one: this mode is approximate anyway (fp32 keeps aten's, bit-exact)
@@ -392,21 +392,26 @@ def _units(amx: bool) -> CpuUnits:
 
 def test_int8_attention_runs_in_bf16_on_cpus_with_amx(monkeypatch, fp32_features):
     """With AMX, int8's attention products run in bf16 (eager, and the towers a compiled mode packages);
-    elsewhere in float32. The numbers are those of attention on bf16-rounded inputs, and the towers keep the
-    int8 bound and the zero-shot winners."""
-    from siglip.tools.embeddings import int8
+    elsewhere, and under `SIGLIP_BF16_UNITS=0`, in float32. The numbers are those of attention on bf16-rounded
+    inputs (a sequence with no key left included), and the towers keep the int8 bound and the zero-shot
+    winners."""
+    from siglip.tools.embeddings import precision
     from siglip.tools.embeddings.compiled import compile_towers
 
     def attentions(model: torch.nn.Module) -> list[type]:
         return [type(m) for m in model.modules() if isinstance(m, SiglipAttention)]
 
-    for amx in (False, True):
-        monkeypatch.setattr(int8, "cpu_units", lambda amx=amx: _units(amx))
+    for amx, pin in ((False, None), (True, "0"), (True, None)):
+        monkeypatch.setattr(precision, "cpu_units", lambda amx=amx: _units(amx))
+        if pin is None:
+            monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)
+        else:
+            monkeypatch.setenv("SIGLIP_BF16_UNITS", pin)
         eager = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
         compiled = SiglipModel.from_pretrained(BUNDLED)
         # the towers wrapped, not yet compiled: what their package is made of
         compile_towers(compiled, "int8")
-        expected = Bf16Attention if amx else SiglipAttention
+        expected = Bf16Attention if amx and pin is None else SiglipAttention
         layers = eager.config.text_config.num_hidden_layers + eager.config.vision_config.num_hidden_layers
         assert attentions(eager) == attentions(compiled) == [expected] * layers
     fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
@@ -415,7 +420,7 @@ def test_int8_attention_runs_in_bf16_on_cpus_with_amx(monkeypatch, fp32_features
     # one module's heads against attention computed by hand on bf16-rounded queries, keys and values
     attention = eager.vision_model.encoder.layers[0].self_attn
     x = torch.randn(3, 10, attention.embed_dim, generator=torch.Generator().manual_seed(3))
-    mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [7], [4]]), x.dtype)
+    mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [4], [0]]), x.dtype)  # the last: no key
     with torch.inference_mode():
         q, k, v = (
             proj(x).view(3, 10, attention.num_heads, attention.head_dim).transpose(1, 2).bfloat16().float()
@@ -430,7 +435,6 @@ def test_int8_attention_runs_in_bf16_on_cpus_with_amx(monkeypatch, fp32_features
             assert ours.dtype == torch.float32
             torch.testing.assert_close(ours, expected, atol=2e-2, rtol=2e-2)  # bf16's rounding of the output
             assert torch.equal(ours, ours.bfloat16().float())  # the kernel's bf16 output
-            assert not torch.equal(expected, expected.bfloat16().float())  # which float32's is not
 
         images = eager.get_image_features(_examples())
         texts = eager.get_text_features(_label_ids(eager))
@@ -451,7 +455,9 @@ def test_int8_quantises_the_map_heads_input_projections(fp32_features):
     head = SiglipModel.from_pretrained(BUNDLED).vision_model.head
     split = copy.deepcopy(head)
     split_head_projections(split)
-    assert type(split) is ProjectedPoolingHead and split.attention.in_proj_weight is None
+    assert type(split) is ProjectedPoolingHead
+    packed = torch.cat([split.q_proj.weight, split.kv_proj.weight])
+    assert torch.equal(packed, head.attention.in_proj_weight)
     x = torch.randn(3, 10, head.probe.shape[-1], generator=torch.Generator().manual_seed(5))
     mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [7], [4]]), x.dtype)
     with torch.inference_mode():
@@ -866,12 +872,17 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     to fp32) and the same zero-shot winners, on the image tower (one compile: the slow part of this test);
     then the package it left in the cache serves the next model of the same weights without compiling."""
     pytest.importorskip("torchao")
-    from siglip.tools.embeddings import compiled
+    from siglip.tools.embeddings import compiled, precision
     from siglip.tools.embeddings.compiled import CompiledTower
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
+    # the attention in bf16, as on a CPU with AMX, and the MAP head's projections split: traced and quantised
+    monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)
+    monkeypatch.setattr(precision, "cpu_units", lambda: _units(True))
     model = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     assert isinstance(model.vision_model, CompiledTower) and isinstance(model.text_model, CompiledTower)
+    assert isinstance(model.vision_model.tower.encoder.layers[0].self_attn, Bf16Attention)
+    assert isinstance(model.vision_model.tower.head, ProjectedPoolingHead)
     pixels = _examples()
     with torch.inference_mode():  # as the embedders call it
         images = model.get_image_features(pixels)
@@ -982,6 +993,7 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
     attention = tower.encoder.layers[0].self_attn
     attention.__class__ = Bf16Attention
     assert path != _package_path(tower, pixels, "int8")  # the classes of its modules (same weights)
+    assert "int8.py" in [Path(f).name for f in compiled._sources(tower, "bf16")]  # and their code
     attention.__class__ = SiglipAttention
     assert path == _package_path(tower, pixels, "int8")
     with torch.no_grad():

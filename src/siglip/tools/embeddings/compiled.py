@@ -329,6 +329,7 @@ def _load_package(path: Path) -> object:
 def compile_towers(model: nn.Module, precision: str) -> None:
     """Replace the text tower and the fixed-resolution vision tower of a two-tower `model` (on the CPU, its
     weights already in `precision`'s dtype) by `CompiledTower`s, in place; each compiles on its first call.
+    For int8 the float modules are first changed as eager int8 changes them (`int8.prepare_for_int8`).
     A NaFlex vision tower, whose inputs carry a patch mask and sizes, is not packaged: int8 quantises it
     eagerly (`use_eager_int8`), reduced floats run it through `torch.compile`."""
     from ...core.auto import is_naflex

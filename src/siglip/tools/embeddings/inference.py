@@ -69,11 +69,11 @@ class InferenceMode:
 
         The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads (the
         MAP head's packed input projection split into two first) by torch's dynamically quantised linear
-        (weights int8 per tensor, activations quantised per call), runs the attention in bf16 on a CPU with
-        AMX, and a large batch runs each encoder layer in groups of sequences (`int8.EAGER_ROWS_PER_CALL`);
-        the model can then no longer be saved as a checkpoint of the original format. bf16 on an x86 CPU with bf16
-        units makes them `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual
-        adds inside oneDNN's products).
+        (weights int8 per tensor, activations quantised per call), runs the SDPA attention kernels in bf16 on
+        a CPU with AMX (`int8.prepare_for_int8`), and a large batch runs each encoder layer in groups of
+        sequences (`int8.EAGER_ROWS_PER_CALL`); the model can then no longer be saved as a checkpoint of the
+        original format. bf16 on an x86 CPU with bf16 units makes them `onednn.FusedLinear`s (the same
+        parameters; the bias, the MLP's GELU and the residual adds inside oneDNN's products).
         """
         model = model.eval().to(self.dtype)
         if self.compile and self.precision in PACKAGED and model.device.type == "cpu":

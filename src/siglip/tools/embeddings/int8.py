@@ -38,7 +38,7 @@ from ...core.two_tower.modeling import (
 )
 from ...errors import UsageError
 from .groups import group_sequences
-from .precision import cpu_units
+from .precision import cpu_units, int8_attention_dtype
 
 # A batch of more tokens than this runs through each eager int8 encoder layer in groups of sequences
 # (`groups.group_count`): the base image tower ran 1.3-1.4x faster in groups of 4 images (784 tokens) than at
@@ -77,8 +77,10 @@ def use_fast_gelu(model: nn.Module) -> None:
 
 class Bf16Attention(SiglipAttention):
     """A `SiglipAttention` whose SDPA kernel computes in bf16: queries, keys, values and the additive mask are
-    rounded to bf16 and the heads' outputs returned in the queries' dtype. `use_bf16_attention` makes one by
-    swapping the class of an attention module (the same projections and parameters)."""
+    rounded to bf16 (the mask's masked positions to bf16's lowest value, so that a sequence with no key left
+    averages them all as in float32) and the heads' outputs returned in the queries' dtype. Only the SDPA
+    path (`attn_implementation` "sdpa", no attention maps asked for) goes through it. `use_bf16_attention`
+    makes one by swapping the class of an attention module (the same projections and parameters)."""
 
     def scaled_dot_product(
         self,
@@ -89,20 +91,22 @@ class Bf16Attention(SiglipAttention):
         dropout: float,
     ) -> torch.Tensor:
         q16, k16, v16 = (t.to(torch.bfloat16) for t in (q, k, v))
-        mask = None if attention_mask is None else attention_mask.to(torch.bfloat16)
+        mask = None
+        if attention_mask is not None:  # float32's lowest (`key_padding_mask`) would round to -inf in bf16
+            mask = attention_mask.clamp_min(torch.finfo(torch.bfloat16).min).to(torch.bfloat16)
         return super().scaled_dot_product(q16, k16, v16, mask, dropout).to(q.dtype)
 
 
 def use_bf16_attention(model: nn.Module) -> None:
-    """On a CPU with AMX, make every plain `SiglipAttention` of `model` a `Bf16Attention`, in place; elsewhere
-    leave it as it is.
+    """Where int8's attention runs in bf16 (`precision.int8_attention_dtype`: on a CPU with AMX), make every
+    plain `SiglipAttention` of `model` a `Bf16Attention`, in place; elsewhere leave it as it is.
 
     In int8 the products of the attention itself (queries by keys, weights by values) stay in floating point,
     and in float32 they took ~20% of a compiled base image tower's time (perf, AMX Xeon). In bf16 on the AMX
     tiles the compiled image tower ran 1.13x and the eager one 1.07x faster at 8 images, the embeddings'
     cosine to fp32 unchanged at the fourth decimal; the text tower (64 positions) ran as fast either way
     (0.98-1.02x). Without AMX, not measured: float32 is kept."""
-    if not cpu_units().amx:
+    if int8_attention_dtype() != torch.bfloat16:
         return
     for module in model.modules():
         if type(module) is SiglipAttention:
@@ -113,7 +117,7 @@ class ProjectedPoolingHead(SiglipMultiheadAttentionPoolingHead):
     """A MAP head whose attention's input projections are `nn.Linear` layers, `q_proj` (the probe) and
     `kv_proj` (the tokens' keys and values), which int8 quantises; `nn.MultiheadAttention` computes them from
     its packed `in_proj_weight`, which neither eager nor PT2E int8 quantises. `split_head_projections` makes
-    one from a head (the same weights; the attention's `out_proj` is kept)."""
+    one from a head (the same weights; the attention's `out_proj`, on one token an image, stays float)."""
 
     q_proj: nn.Linear
     kv_proj: nn.Linear
@@ -132,7 +136,8 @@ class ProjectedPoolingHead(SiglipMultiheadAttentionPoolingHead):
 
 def split_head_projections(model: nn.Module) -> None:
     """Make every plain MAP head of `model` a `ProjectedPoolingHead`, in place: its attention's packed input
-    projection becomes two `nn.Linear` layers of the same weights (the packed one is dropped).
+    projection is copied into two `nn.Linear` layers (the packed one is kept, so that the attention module
+    stays whole: a base model's 7 MB once more).
 
     In float32 the head's keys and values (a 768 x 1,536 product on each of 196 tokens) took 4.4% of an eager
     int8 base image tower's time at 8 images (AMX Xeon): more than their 1.4% of the tower's products."""
@@ -145,7 +150,6 @@ def split_head_projections(model: nn.Module) -> None:
         head.q_proj, head.kv_proj = (
             _linear(weight[rows], bias[rows]) for rows in (slice(0, dim), slice(dim, None))
         )
-        attention.in_proj_weight = attention.in_proj_bias = None
         head.__class__ = ProjectedPoolingHead
 
 

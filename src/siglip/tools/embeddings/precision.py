@@ -174,6 +174,13 @@ def has_amx(device: torch.device | str) -> bool:
     return device.type == "cpu" and _units_override() is None and cpu_units().amx
 
 
+def int8_attention_dtype() -> torch.dtype:
+    """The dtype int8's attention products (queries by keys, weights by values) run in on this CPU: bf16 where
+    it has AMX (`siglip.tools.embeddings.int8.use_bf16_attention` says what it gained), float32 elsewhere and
+    under `SIGLIP_BF16_UNITS=0` (reference numbers)."""
+    return torch.bfloat16 if _units_override() is not False and cpu_units().amx else torch.float32
+
+
 def auto_precision(device: torch.device | str, training: bool = False) -> tuple[str, str]:
     """The word `auto` means on `device` (see the module doc), and why, in words for the user (naming the ISA
     cap that hid a CPU's units)."""
