@@ -274,15 +274,19 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pool (B, N, D) tokens to (B, D). `key_mask`: an additive (B, 1, 1, N) mask from `key_padding_mask`
         (NaFlex padding patches), or None."""
+        pooled = self.attend(x, key_mask)
+        pooled = pooled + self.mlp(self.layernorm(pooled))
+        return pooled[:, 0]
+
+    def attend(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """The probe's attention over the tokens, (B, 1, D) (a subclass may compute it otherwise)."""
         # a contiguous copy per image, as transformers makes it: an expanded (stride 0) probe takes another
         # matrix-product path in the attention's input projection and can differ in the last bit
         probe = self.probe.repeat(x.shape[0], 1, 1)
         if key_mask is not None:  # nn.MultiheadAttention takes a float mask of (B * heads, 1, N)
             heads = self.attention.num_heads
             key_mask = key_mask.expand(-1, heads, -1, -1).reshape(-1, 1, x.shape[1])
-        pooled = self.attention(probe, x, x, attn_mask=key_mask)[0]
-        pooled = pooled + self.mlp(self.layernorm(pooled))
-        return pooled[:, 0]
+        return self.attention(probe, x, x, attn_mask=key_mask)[0]
 
 
 class VisionTransformerBase(nn.Module):

@@ -122,16 +122,14 @@ class ProjectedPoolingHead(SiglipMultiheadAttentionPoolingHead):
     q_proj: nn.Linear
     kv_proj: nn.Linear
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         batch, _, dim = x.shape
         heads = self.attention.num_heads
         q = self.q_proj(self.probe).expand(batch, -1, -1)
         k, v = self.kv_proj(x).chunk(2, dim=-1)
         q, k, v = (t.reshape(batch, -1, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
         pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, heads, 1, dim / heads)
-        pooled = self.attention.out_proj(pooled.transpose(1, 2).reshape(batch, 1, dim))
-        pooled = pooled + self.mlp(self.layernorm(pooled))
-        return pooled[:, 0]
+        return self.attention.out_proj(pooled.transpose(1, 2).reshape(batch, 1, dim))
 
 
 def split_head_projections(model: nn.Module) -> None:
