@@ -8,7 +8,9 @@ What makes it fast while staying bit-identical to transformers (the tests check 
 - PIL images are resized directly, without transformers' numpy -> PIL -> numpy round trips;
 - rescale and normalise of a uint8 image take one table lookup per pixel: the table holds, for each of the
   256 values and each channel, the result of the very same float64/float32 arithmetic;
-- the images of a batch are decoded, converted and resized on a thread pool (PIL releases the GIL).
+- the images of a batch are decoded, converted and resized on a thread pool (PIL releases the GIL);
+- for the torch backend, JPEG files are decoded by libjpeg-turbo directly (`jpeg`), Pillow's pixels without
+  Pillow's decoding loop.
 
 Two backends share everything up to RGB (`Steps.backend`): "torch" resizes, rescales and normalises tensors as
 transformers 5's default, torchvision processors (`torch_resize`); "pil" resizes with Pillow and rescales through
@@ -45,7 +47,7 @@ from ..hub import Checkpoint, HubOptions, locate, read_json
 from ..image_utils import heif_missing, register_heif
 from ..push_to_hub import PushToHubMixin
 from ..staging import staged_directory
-from . import torch_resize
+from . import jpeg, torch_resize
 
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"  # transformers 5 saves the image settings only here
@@ -358,10 +360,11 @@ def _process_image(image: ImageInput, index: int, steps: Steps) -> tuple[np.ndar
 
 def _pixels_of(image: ImageInput, name: str, steps: Steps) -> tuple[np.ndarray, str | None]:
     """`_process_image` of an image called `name` in messages."""
-    if isinstance(image, str | os.PathLike):
-        image = open_image(image, name, steps)
-    elif isinstance(image, bytes | bytearray | memoryview):
-        image = open_image(io.BytesIO(image), name, steps)
+    if isinstance(image, str | os.PathLike | bytes | bytearray | memoryview):
+        source = image if isinstance(image, str | os.PathLike) else io.BytesIO(image)
+        image = open_image(source, name, steps)
+        if isinstance(image, torch.Tensor):  # a JPEG's RGB pixels, decoded for the torch backend
+            return steps.from_tensor(image, name), None
     elif isinstance(image, Image.Image) and steps.exif_transpose:
         image = ImageOps.exif_transpose(image)
 
@@ -408,9 +411,12 @@ def _pillow_limit() -> int | None:
     return Image.MAX_IMAGE_PIXELS
 
 
-def open_image(source: str | os.PathLike | io.BytesIO, name: str, steps: Steps) -> Image.Image:
+def open_image(source: str | os.PathLike | io.BytesIO, name: str, steps: Steps) -> Image.Image | torch.Tensor:
     """Decode a whole image file, turning every way it can fail into an `ImageInputError` naming it. HEIC/HEIF
-    decodes when the `heif` extra is installed (see `siglip.core.image_utils.register_heif`)."""
+    decodes when the `heif` extra is installed (see `siglip.core.image_utils.register_heif`).
+
+    A PIL image, upright unless `steps.exif_transpose` is False; for the torch backend, a JPEG that
+    libjpeg-turbo decodes as Pillow would comes as its (3, H, W) uint8 RGB pixels instead (`jpeg.decode`)."""
     global _raised_pillow_limit
     register_heif()
     limit = _pillow_limit() if steps.max_image_pixels is None else steps.max_image_pixels
@@ -430,6 +436,10 @@ def open_image(source: str | os.PathLike | io.BytesIO, name: str, steps: Steps) 
                 # both sides >= the request. A square request stays valid if EXIF then turns the image.
                 side = max(steps.size)
                 image.draft(None, (side, side))
+            elif steps.backend == "torch":
+                pixels = jpeg.decode(image, steps.exif_transpose is not False)
+                if pixels is not None:
+                    return pixels
             image.load()  # decode now, so that a truncated file fails here
             if steps.exif_transpose is not False:
                 ImageOps.exif_transpose(image, in_place=True)

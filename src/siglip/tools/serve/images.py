@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ...core.two_tower.image_processing import Steps, open_image, pil_to_rgb
@@ -52,7 +53,8 @@ def check_format(upload: Upload) -> None:
 
 
 def _decoding(image_processor: object, limit: int) -> Steps:
-    """The core's decoding settings of `image_processor` (EXIF, reduced JPEG decoding) with pixel limit `limit`."""
+    """The core's decoding settings of `image_processor` (EXIF, reduced JPEG decoding, its image backend) with
+    pixel limit `limit`."""
     reduced = bool(getattr(image_processor, "reduced_decode", False))
     size = getattr(image_processor, "size", None)
     return Steps(
@@ -67,6 +69,7 @@ def _decoding(image_processor: object, limit: int) -> Steps:
         input_data_format=None,
         reduced_decode=reduced,
         max_image_pixels=limit,
+        backend=getattr(image_processor, "_backend", "pil"),
     )
 
 
@@ -98,12 +101,16 @@ def model_inputs(
                         "decoding it",
                     ) from None
                 raise
-            left -= image.width * image.height
-            rgb, _ = pil_to_rgb(image, upload.name)
+            if isinstance(image, torch.Tensor):  # a JPEG's RGB pixels, decoded for the torch backend
+                left -= image.shape[1] * image.shape[2]
+                features = image_processor(image, input_data_format="channels_first", return_tensors="np")
+            else:
+                left -= image.width * image.height
+                rgb, _ = pil_to_rgb(image, upload.name)
+                features = image_processor(rgb, return_tensors="np")
+                del rgb
             del image
-            features = image_processor(rgb, return_tensors="np")
             results.append({name: value[0] for name, value in features.items()})
-            del rgb
     finally:
         if max_request_pixels - left >= TRIM_PIXELS:
             release_memory()

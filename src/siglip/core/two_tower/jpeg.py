@@ -1,0 +1,64 @@
+"""JPEG files decoded straight to pixels by libjpeg-turbo (through simplejpeg), without Pillow's decoder.
+
+Pillow decodes JPEGs with the same library and the same settings (the accurate integer IDCT, fancy chroma
+upsampling), but through a Python loop over the file's chunks and its own pixel unpacking: from files, a
+640x480 photo's preprocessing ran 1.2-1.3x faster with this decoder (BENCHMARKS.md, "Preprocessing"). The
+pixels are Pillow's, bit for bit, where Pillow's own JPEG library is libjpeg-turbo (`tests/test_jpeg.py`:
+baseline and progressive files, every chroma subsampling, grey, odd sizes, restart markers, MPO photos, every
+EXIF orientation). Pillow keeps decoding everything else: other libraries (IJG libjpeg 9 upsamples chroma
+otherwise), CMYK files, reduced (draft) decoding, files libjpeg-turbo warns about (it decides how a truncated
+file fails, as before), and every JPEG when simplejpeg is not installed.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, features
+
+# EXIF orientation -> the same transposition as `ImageOps.exif_transpose`, on (H, W, C) arrays
+_ORIENTED = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270 (counter-clockwise)
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1),  # ROTATE_90
+}
+
+
+@cache
+def _decoder() -> object | None:
+    """simplejpeg's `decode_jpeg` where it gives Pillow's pixels: installed, and Pillow built on libjpeg-turbo."""
+    if not features.check_feature("libjpeg_turbo"):
+        return None
+    try:
+        from simplejpeg import decode_jpeg
+    except ImportError:
+        return None
+    return decode_jpeg
+
+
+def decode(image: Image.Image, exif_transpose: bool) -> torch.Tensor | None:
+    """(3, H, W) uint8 pixels of `image` (opened by Pillow, neither loaded nor drafted) as Pillow would decode
+    and convert them to RGB, or None where Pillow must decode it (see the module). The tensor is laid out as
+    `torch_resize.from_pil`'s: a view of 4 bytes per pixel, which `torch_resize.resize` reads in place.
+    `exif_transpose`: turn the pixels as the file's EXIF orientation says (`ImageOps.exif_transpose`)."""
+    decode_jpeg = _decoder()
+    if decode_jpeg is None or image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
+        return None
+    image.fp.seek(0)  # Pillow reads its file from the start as well
+    try:
+        pixels = decode_jpeg(image.fp.read(), colorspace="RGBX")
+    except ValueError:  # anything libjpeg-turbo warns about: Pillow's decoder decides
+        return None
+    if pixels.shape[:2] != (image.height, image.width):
+        return None
+    if exif_transpose:
+        turn = _ORIENTED.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+        if turn is not None:
+            pixels = np.ascontiguousarray(turn(pixels))
+    return torch.from_numpy(pixels).permute(2, 0, 1)[:3]
