@@ -16,7 +16,7 @@ from PIL import Image, ImageFile
 
 from _material import BUNDLED
 from _material import FASHION_CLASSES as LABELS
-from siglip import Embedder, SiglipImageProcessor, SiglipModel, SiglipProcessor
+from siglip import Embedder, SiglipImageProcessor, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
 from siglip.core.two_tower.modeling import (
     ACTIVATIONS,
     SiglipAttention,
@@ -771,7 +771,9 @@ def _jpeg(width: int, height: int) -> bytes:
 
 
 def test_reduced_decode_scales_large_jpegs_only(monkeypatch):
-    processor = SiglipImageProcessor()  # 224 x 224
+    # 224 x 224; the PIL backend has Pillow decode every file (the torch backend's whole decodes of JPEGs go to
+    # libjpeg-turbo directly, tests/test_jpeg.py; its reduced ones to Pillow as here)
+    processor = SiglipImageProcessorPil()
     large, small = _jpeg(640, 480), _jpeg(400, 300)
     decoded = []
     real_load = ImageFile.ImageFile.load

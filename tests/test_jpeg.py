@@ -7,11 +7,13 @@ processor given Pillow's decoded images (that path is held to transformers in te
 """
 
 import io
+import mmap
 
 import numpy as np
 import pytest
+import simplejpeg
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 from skimage import data as skimage_data
 
 from siglip import Siglip2ImageProcessor, SiglipImageProcessor, SiglipImageProcessorPil
@@ -39,6 +41,8 @@ def _corpus() -> dict[str, bytes]:
         for prog in (False, True)
         for q in (40, 95)
     }
+    for sub in ("440", "411"):  # subsamplings Pillow does not write
+        files[f"sub{sub}"] = simplejpeg.encode_jpeg(np.asarray(astronaut), colorsubsampling=sub)
     files["optimized"] = _encoded(chelsea, optimize=True, quality=85)
     files["restart markers"] = _encoded(chelsea, restart_marker_blocks=3)
     files["grey"] = _encoded(chelsea.convert("L"))
@@ -172,15 +176,46 @@ def test_a_truncated_jpeg_still_fails_naming_it(tmp_path):
         SiglipImageProcessor()(path)
 
 
-def test_pixels_outlive_the_file(tmp_path):
-    # the decoded buffer is the tensor's own: nothing refers to Pillow's image or the closed file
-    path = tmp_path / "photo.jpg"
-    data = _encoded(Image.fromarray(skimage_data.chelsea()))
-    path.write_bytes(data)
+def test_a_truncated_jpeg_decodes_as_pillow_does_when_the_user_allows_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = _encoded(Image.fromarray(skimage_data.astronaut()))
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
     with Image.open(path) as image:
-        pixels = jpeg.decode(image, True)
-    path.unlink()
-    assert np.array_equal(pixels.numpy(), _pillows(data).numpy())
+        image.load()
+        expected = SiglipImageProcessor()(image.convert("RGB"), return_tensors="pt").pixel_values
+    assert torch.equal(SiglipImageProcessor()(path, return_tensors="pt").pixel_values, expected)
+
+
+class _Unmappable(io.RawIOBase):
+    """A file object without a file descriptor (a stream from an archive or a network file system)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:
+        return self._inner.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._inner.seek(offset, whence)
+
+
+def test_files_are_mapped_not_read(tmp_path):
+    # a photo followed by a phone's motion-photo video costs what its JPEG costs: the file is mapped
+    data = _encoded(Image.fromarray(skimage_data.chelsea()))
+    path = tmp_path / "motion.jpg"
+    path.write_bytes(data + bytes(1 << 20))
+    with open(path, "rb") as file, jpeg._contents(file) as contents:
+        assert isinstance(contents, mmap.mmap) and len(contents) == len(data) + (1 << 20)
+    with jpeg._contents(io.BytesIO(data)) as contents:
+        assert isinstance(contents, memoryview)
+    with jpeg._contents(_Unmappable(data)) as contents:
+        assert contents == data
+    with Image.open(path) as image:
+        assert torch.equal(jpeg.decode(image, True), _pillows(data))
 
 
 def test_the_servers_uploads_take_the_decoder_with_the_torch_backend(monkeypatch):

@@ -4,15 +4,24 @@ Pillow decodes JPEGs with the same library and the same settings (the accurate i
 upsampling), but through a Python loop over the file's chunks and its own pixel unpacking: from files, a
 640x480 photo's preprocessing ran 1.2-1.3x faster with this decoder (BENCHMARKS.md, "Preprocessing"). The
 pixels are Pillow's, bit for bit, where Pillow's own JPEG library is libjpeg-turbo (`tests/test_jpeg.py`:
-baseline and progressive files, every chroma subsampling, grey, odd sizes, restart markers, MPO photos, every
-EXIF orientation). Pillow keeps decoding everything else: other libraries (IJG libjpeg 9 upsamples chroma
-otherwise), CMYK files, reduced (draft) decoding, files libjpeg-turbo warns about (it decides how a truncated
-file fails, as before), and every JPEG when simplejpeg is not installed.
+baseline and progressive files, 4:4:4, 4:2:2, 4:2:0, 4:4:0 and 4:1:1 chroma, grey, odd sizes, restart markers,
+MPO photos, every EXIF orientation). Pillow keeps decoding everything else: other libraries (IJG libjpeg 9
+upsamples chroma otherwise), CMYK files, reduced (draft) decoding, and every JPEG when simplejpeg is not
+installed. A file libjpeg-turbo warns about (corrupt or truncated data) is decoded again by Pillow, whose
+rules then decide (it fails, or decodes what it can under `ImageFile.LOAD_TRUNCATED_IMAGES`), as before.
+
+The file is mapped rather than read (a JPEG followed by a phone's motion-photo video, or by anything else,
+costs what its JPEG costs).
 """
 
 from __future__ import annotations
 
+import io
+import mmap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
+from typing import IO
 
 import numpy as np
 import torch
@@ -31,7 +40,7 @@ _ORIENTED = {
 
 
 @cache
-def _decoder() -> object | None:
+def _decoder() -> Callable[..., np.ndarray] | None:
     """simplejpeg's `decode_jpeg` where it gives Pillow's pixels: installed, and Pillow built on libjpeg-turbo."""
     if not features.check_feature("libjpeg_turbo"):
         return None
@@ -50,9 +59,9 @@ def decode(image: Image.Image, exif_transpose: bool) -> torch.Tensor | None:
     decode_jpeg = _decoder()
     if decode_jpeg is None or image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
         return None
-    image.fp.seek(0)  # Pillow reads its file from the start as well
     try:
-        pixels = decode_jpeg(image.fp.read(), colorspace="RGBX")
+        with _contents(image.fp) as data:  # a JPEG's (or MPO's first) image starts at the file's first byte
+            pixels = decode_jpeg(data, colorspace="RGBX")
     except ValueError:  # anything libjpeg-turbo warns about: Pillow's decoder decides
         return None
     if pixels.shape[:2] != (image.height, image.width):
@@ -62,3 +71,23 @@ def decode(image: Image.Image, exif_transpose: bool) -> torch.Tensor | None:
         if turn is not None:
             pixels = np.ascontiguousarray(turn(pixels))
     return torch.from_numpy(pixels).permute(2, 0, 1)[:3]
+
+
+@contextmanager
+def _contents(fp: IO[bytes]) -> Iterator[memoryview | mmap.mmap | bytes]:
+    """The whole of the file `fp` without copying it: a view of an in-memory file, a map of one on disk (a
+    file that cannot be mapped, e.g. on some network file systems, is read)."""
+    if isinstance(fp, io.BytesIO):
+        with fp.getbuffer() as view:
+            yield view
+        return
+    try:
+        mapped = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        mapped = None
+    if mapped is None:
+        fp.seek(0)
+        yield fp.read()
+        return
+    with mapped:
+        yield mapped

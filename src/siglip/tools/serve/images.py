@@ -101,15 +101,17 @@ def model_inputs(
                         "decoding it",
                     ) from None
                 raise
-            if isinstance(image, torch.Tensor):  # a JPEG's RGB pixels, decoded for the torch backend
+            if isinstance(
+                image, torch.Tensor
+            ):  # a JPEG's (3, H, W) RGB pixels, decoded for the torch backend
                 left -= image.shape[1] * image.shape[2]
-                features = image_processor(image, input_data_format="channels_first", return_tensors="np")
+                pixels, layout = image, "channels_first"
             else:
                 left -= image.width * image.height
-                rgb, _ = pil_to_rgb(image, upload.name)
-                features = image_processor(rgb, return_tensors="np")
-                del rgb
+                pixels, layout = pil_to_rgb(image, upload.name)[0], None
             del image
+            features = image_processor(pixels, input_data_format=layout, return_tensors="np")
+            del pixels
             results.append({name: value[0] for name, value in features.items()})
     finally:
         if max_request_pixels - left >= TRIM_PIXELS:
