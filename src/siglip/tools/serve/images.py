@@ -101,9 +101,8 @@ def model_inputs(
                         "decoding it",
                     ) from None
                 raise
-            if isinstance(
-                image, torch.Tensor
-            ):  # a JPEG's (3, H, W) RGB pixels, decoded for the torch backend
+            # a JPEG's (3, H, W) RGB pixels (decoded for a torch-backend processor), or a PIL image
+            if isinstance(image, torch.Tensor):
                 left -= image.shape[1] * image.shape[2]
                 pixels, layout = image, "channels_first"
             else:
