@@ -6,6 +6,7 @@ upright by Pillow, against the same file through `jpeg.decode`; and the processo
 processor given Pillow's decoded images (that path is held to transformers in test_image_backends.py).
 """
 
+import functools
 import io
 import mmap
 
@@ -28,9 +29,11 @@ def _encoded(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
     return buffer.getvalue()
 
 
+@functools.cache
 def _corpus() -> dict[str, bytes]:
-    """JPEGs as cameras, phones and editors write them: every chroma subsampling, baseline and progressive,
-    low and high quality, optimised Huffman tables, restart markers, grey, odd and tiny sizes, MPO."""
+    """JPEGs as cameras, phones and editors write them: 4:4:4, 4:2:2, 4:2:0, 4:4:0 and 4:1:1 chroma, baseline
+    and progressive, low and high quality, optimised Huffman tables, restart markers, grey, odd and tiny
+    sizes, bytes after the data, MPO (made once: the tests copy before adding to it)."""
     astronaut = Image.fromarray(skimage_data.astronaut())
     chelsea = Image.fromarray(skimage_data.chelsea())
     files = {
@@ -133,7 +136,7 @@ def _fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 def test_the_processor_gives_from_files_what_it_gives_from_pillows_images(
     family, threads, tmp_path, monkeypatch
 ):
-    corpus = _corpus()
+    corpus = dict(_corpus())
     photo = Image.fromarray(skimage_data.astronaut())
     corpus["junk"] = (good := _encoded(photo))[:20000] + b"\xff\xd3" + good[20000:]  # Pillow decodes it
     corpus["cmyk"] = _encoded(photo.convert("CMYK"))
