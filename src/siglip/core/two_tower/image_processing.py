@@ -426,6 +426,7 @@ def open_image(source: str | os.PathLike | io.BytesIO, name: str, steps: Steps) 
         # value before is kept: a processor without a limit of its own still refuses files above it.
         _raised_pillow_limit = (_pillow_limit(), limit)
         Image.MAX_IMAGE_PIXELS = limit
+    upright = steps.exif_transpose is not False  # None, the default, turns files upright too
     try:
         with Image.open(source) as image:
             if limit is not None and image.width * image.height > limit:
@@ -437,11 +438,11 @@ def open_image(source: str | os.PathLike | io.BytesIO, name: str, steps: Steps) 
                 side = max(steps.size)
                 image.draft(None, (side, side))
             elif steps.backend == "torch":
-                pixels = jpeg.decode(image, steps.exif_transpose is not False)
-                if pixels is not None:
-                    return pixels
+                decoded = jpeg.decode(image, upright)
+                if decoded is not None:
+                    return decoded
             image.load()  # decode now, so that a truncated file fails here
-            if steps.exif_transpose is not False:
+            if upright:
                 ImageOps.exif_transpose(image, in_place=True)
             return image
     except FileNotFoundError:
