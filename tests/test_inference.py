@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -25,12 +26,12 @@ from siglip.core.two_tower.modeling import (
     key_padding_mask,
 )
 from siglip.tools.cli import main
+from siglip.tools.embeddings.attention import Bf16Attention, GroupedAttention, GroupedBf16Attention
 from siglip.tools.embeddings.groups import GroupedEncoderLayer, group_count
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import (
     EAGER_ROWS_PER_CALL,
     PACKAGE_ROWS_PER_CALL,
-    Bf16Attention,
     ProjectedPoolingHead,
     fast_gelu_tanh,
     quantize_linear_layers,
@@ -120,17 +121,30 @@ def test_reduced_precision_stays_close_to_fp32(precision, min_cosine, fp32_featu
     """The issue's bounds: cosine to fp32 >= 0.999 for the reduced floats, >= 0.995 for int8; zero-shot agrees."""
     mode = InferenceMode(precision).resolve("cpu")
     model = mode.apply(SiglipModel.from_pretrained(BUNDLED))
-    with torch.inference_mode(), mode.autocast("cpu"):
-        images = model.get_image_features(_examples().to(mode.dtype)).float()
+    images = _assert_bounds(model, fp32_features, min_cosine, mode.dtype, mode.autocast("cpu"))
+    assert not torch.equal(images, fp32_features[0])  # the mode did change the arithmetic
+
+
+def _assert_bounds(
+    model: SiglipModel,
+    fp32_features: tuple[torch.Tensor, torch.Tensor],
+    min_cosine: float,
+    dtype: torch.dtype = torch.float32,
+    context: contextlib.AbstractContextManager | None = None,
+) -> torch.Tensor:
+    """The issue's bounds on `model`'s features of the example photos and the labels (pixels in `dtype`, run
+    in `context`): cosine to fp32 above `min_cosine`, and zero-shot, the same label wins for every photo.
+    Returns the image features, in float32."""
+    with torch.inference_mode(), context or contextlib.nullcontext():
+        images = model.get_image_features(_examples().to(dtype)).float()
         texts = model.get_text_features(_label_ids(model)).float()
     reference_images, reference_texts = fp32_features
     assert F.cosine_similarity(images, reference_images).min().item() > min_cosine
     assert F.cosine_similarity(texts, reference_texts).min().item() > min_cosine
-    assert not torch.equal(images, reference_images)  # the mode did change the arithmetic
-    # zero-shot: the same label wins for every example photo
     ours = (F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T).argmax(-1)
     theirs = (F.normalize(reference_images, dim=-1) @ F.normalize(reference_texts, dim=-1).T).argmax(-1)
     assert torch.equal(ours, theirs)
+    return images
 
 
 # --- bf16 on the CPU: the bias, GELU and residual adds inside oneDNN's products ------------------------------
@@ -151,17 +165,24 @@ def _rounded_once(got: torch.Tensor, exact: torch.Tensor) -> bool:
 
 @needs_onednn_bf16
 @pytest.mark.parametrize("activation", [None, "gelu_pytorch_tanh", "gelu"])
-@pytest.mark.parametrize("tokens", [17, 100])  # 51 rows: the packed weight; 300: the plain one
-def test_fused_linear_rounds_the_exact_result_once(activation, tokens):
+@pytest.mark.parametrize("tokens", [17, 100])  # 51 rows; 300: past PACKED_UP_TO_ROWS
+@pytest.mark.parametrize("amx", [True, False])
+def test_fused_linear_rounds_the_exact_result_once(monkeypatch, activation, tokens, amx):
     """Against float64 on the same bf16 values: one rounding to bf16 at the end (the unfused path rounds the
-    product before the activation, and the bias add once more), with the packed weight or the plain one."""
+    product before the activation, and the bias add once more), with the packed weight or the plain one: the
+    packed one for every call on a CPU without AMX, for calls of at most `PACKED_UP_TO_ROWS` rows with it
+    (the CPU's units mocked: the kernels are this CPU's either way)."""
+    from siglip.tools.embeddings import onednn
+
+    monkeypatch.setattr(onednn, "cpu_units", lambda: _units(amx))
     x, linear = _bf16_values(3, tokens, 64), torch.nn.Linear(64, 96).bfloat16()
     act = ACTIVATIONS[activation] if activation else None
     fused = FusedLinear(linear, act)
     assert fused.weight is linear.weight and fused.bias is linear.bias  # shared, not copied
+    assert fused.packed_rows == (PACKED_UP_TO_ROWS if amx else None)
     with torch.inference_mode():
         got = fused(x)
-    assert (fused._packed is not None) == (3 * tokens <= PACKED_UP_TO_ROWS)
+    assert (fused._packed is not None) == (not amx or 3 * tokens <= PACKED_UP_TO_ROWS)
     with torch.inference_mode():
         exact = F.linear(x.double(), linear.weight.double(), linear.bias.double())
         exact = act(exact) if act else exact
@@ -386,23 +407,37 @@ def test_int8_quantises_every_linear_layer_of_the_towers():
     assert not any(m.activation is fast_gelu_tanh for m in fp32.modules() if isinstance(m, SiglipMLP))
 
 
-def _units(amx: bool) -> CpuUnits:
-    return CpuUnits(avx2=True, vnni=True, bf16=amx, amx=amx)
+def _units(amx: bool, bf16: bool | None = None) -> CpuUnits:
+    return CpuUnits(avx2=True, vnni=True, bf16=amx if bf16 is None else bf16, amx=amx)
 
 
-def test_int8_attention_runs_in_bf16_on_cpus_with_amx(monkeypatch, fp32_features):
-    """With AMX, int8's attention products run in bf16 (eager, and the towers a compiled mode packages);
-    elsewhere, and under `SIGLIP_BF16_UNITS=0`, in float32. The numbers are those of attention on bf16-rounded
-    inputs (a sequence with no key left included), and the towers keep the int8 bound and the zero-shot
-    winners."""
-    from siglip.tools.embeddings import precision
+def _mock_units(monkeypatch: pytest.MonkeyPatch, units: CpuUnits) -> None:
+    """This CPU's units as `units`, for every module that reads them (the kernels stay this CPU's)."""
+    from siglip.tools.embeddings import attention, onednn, precision
+
+    for module in (precision, attention, onednn):
+        monkeypatch.setattr(module, "cpu_units", lambda: units)
+
+
+def test_int8_attention_runs_in_bf16_on_cpus_with_bf16_units(monkeypatch, fp32_features):
+    """With AMX, int8's attention products run in bf16 by torch's SDPA kernel (eager, and the towers a compiled
+    mode packages); with AVX-512 BF16 and no AMX, in bf16 in groups of sequences when eager, in float32 in a
+    package; without bf16 units, and under `SIGLIP_BF16_UNITS=0`, in float32. The numbers are those of
+    attention on bf16-rounded inputs (a sequence with no key left included), and the towers keep the int8
+    bound and the zero-shot winners."""
     from siglip.tools.embeddings.compiled import compile_towers
 
     def attentions(model: torch.nn.Module) -> list[type]:
         return [type(m) for m in model.modules() if isinstance(m, SiglipAttention)]
 
-    for amx, pin in ((False, None), (True, "0"), (True, None)):
-        monkeypatch.setattr(precision, "cpu_units", lambda amx=amx: _units(amx))
+    for amx, bf16, pin, eager_class, compiled_class in (
+        (False, False, None, SiglipAttention, SiglipAttention),
+        (True, True, "0", SiglipAttention, SiglipAttention),
+        (False, True, "0", SiglipAttention, SiglipAttention),
+        (False, True, None, GroupedBf16Attention, SiglipAttention),
+        (True, True, None, Bf16Attention, Bf16Attention),
+    ):
+        _mock_units(monkeypatch, _units(amx, bf16))
         if pin is None:
             monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)
         else:
@@ -411,39 +446,104 @@ def test_int8_attention_runs_in_bf16_on_cpus_with_amx(monkeypatch, fp32_features
         compiled = SiglipModel.from_pretrained(BUNDLED)
         # the towers wrapped, not yet compiled: what their package is made of
         compile_towers(compiled, "int8")
-        expected = Bf16Attention if amx and pin is None else SiglipAttention
         layers = eager.config.text_config.num_hidden_layers + eager.config.vision_config.num_hidden_layers
-        assert attentions(eager) == attentions(compiled) == [expected] * layers
+        assert attentions(eager) == [eager_class] * layers
+        assert attentions(compiled) == [compiled_class] * layers
     fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
     assert not any(isinstance(m, Bf16Attention) for m in fp32.modules())
 
-    # one module's heads against attention computed by hand on bf16-rounded queries, keys and values
-    attention = eager.vision_model.encoder.layers[0].self_attn
-    x = torch.randn(3, 10, attention.embed_dim, generator=torch.Generator().manual_seed(3))
-    mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [4], [0]]), x.dtype)  # the last: no key
+    for kernel in (Bf16Attention, GroupedBf16Attention):  # either kernel on this CPU's products
+        for module in eager.modules():
+            if isinstance(module, SiglipAttention):
+                module.__class__ = kernel
+        _check_bf16_attention(eager.vision_model.encoder.layers[0].self_attn)
+        _assert_bounds(eager, fp32_features, 0.995)
+
+
+def _check_bf16_attention(attention: SiglipAttention, dtype: torch.dtype = torch.float32) -> None:
+    """One module's heads against attention computed by hand on bf16-rounded queries, keys and values (and
+    scores, for the grouped kernel), with and without a padding mask that leaves one sequence no key."""
+    x = torch.randn(3, 10, attention.embed_dim, generator=torch.Generator().manual_seed(3)).to(dtype)
+    mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [4], [0]]), dtype)  # the last: no key
     with torch.inference_mode():
         q, k, v = (
             proj(x).view(3, 10, attention.num_heads, attention.head_dim).transpose(1, 2).bfloat16().float()
             for proj in (attention.q_proj, attention.k_proj, attention.v_proj)
         )
         for attention_mask in (None, mask):
-            scores = q @ k.transpose(-1, -2) * attention.scale
+            scores = q @ k.transpose(-1, -2)
+            if isinstance(attention, (GroupedAttention, GroupedBf16Attention)):
+                scores = scores.bfloat16().float()
+            scores = scores * attention.scale
             if attention_mask is not None:
-                scores = scores + attention_mask
+                scores = scores + attention_mask.float()
             expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 10, attention.embed_dim)
             ours = attention.attend(x, attention_mask)[0]
-            assert ours.dtype == torch.float32
-            torch.testing.assert_close(ours, expected, atol=2e-2, rtol=2e-2)  # bf16's rounding of the output
-            assert torch.equal(ours, ours.bfloat16().float())  # the kernel's bf16 output
+            assert ours.dtype == dtype
+            torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=2e-2)  # bf16's output rounding
+            assert torch.equal(ours, ours.bfloat16().to(dtype))  # the kernel's bf16 output
 
-        images = eager.get_image_features(_examples())
-        texts = eager.get_text_features(_label_ids(eager))
-    reference_images, reference_texts = fp32_features
-    assert F.cosine_similarity(images, reference_images).min().item() > 0.995
-    assert F.cosine_similarity(texts, reference_texts).min().item() > 0.995
-    ours = (F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T).argmax(-1)
-    theirs = (F.normalize(reference_images, dim=-1) @ F.normalize(reference_texts, dim=-1).T).argmax(-1)
-    assert torch.equal(ours, theirs)
+
+def test_grouped_bf16_attention_equals_one_group(monkeypatch):
+    """`grouped_products` in groups of sequences gives each sequence what one group of the whole batch gives,
+    with per-sequence and broadcast masks, for int8's kernel (float32 in and out) and eager bf16's; a sequence
+    of more scores than a group, or a mask of fewer dims, takes the SDPA kernel of the class below; under
+    autograd both run SDPA (which has a backward), and eager bf16's takes it for float32 inputs too (a model
+    moved to float32 computes as the plain one)."""
+    from siglip.tools.embeddings import attention as kernels
+
+    plain = SiglipModel.from_pretrained(BUNDLED).text_model.encoder.layers[0].self_attn
+    for kernel, dtype in ((GroupedBf16Attention, torch.float32), (GroupedAttention, torch.bfloat16)):
+        layer = copy.deepcopy(plain).to(dtype)
+        layer.__class__ = kernel
+        x = torch.randn(5, 16, layer.embed_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+        per_sequence = key_padding_mask(torch.arange(16) < torch.tensor([16, 12, 9, 16, 3])[:, None], dtype)
+        broadcast = per_sequence[1:2]
+        scores = layer.num_heads * 16 * 16
+        with torch.inference_mode():
+            for mask in (None, per_sequence, broadcast):
+                monkeypatch.setattr(kernels, "SCORES_PER_GROUP", 5 * scores)
+                whole = layer.attend(x, mask)[0]
+                assert whole.dtype == dtype
+                monkeypatch.setattr(kernels, "SCORES_PER_GROUP", 2 * scores)  # groups of 2, 2 and 1
+                torch.testing.assert_close(layer.attend(x, mask)[0], whole, atol=0, rtol=0)
+                # a sequence longer than a group alone, or a mask of other than 4 dims: the SDPA kernel
+                sdpa = copy.deepcopy(layer)
+                sdpa.__class__ = kernel.__mro__[1]
+                monkeypatch.setattr(kernels, "SCORES_PER_GROUP", scores - 1)
+                assert torch.equal(layer.attend(x, mask)[0], sdpa.attend(x, mask)[0])
+                monkeypatch.setattr(kernels, "SCORES_PER_GROUP", 5 * scores)
+                if mask is not None:
+                    flat = mask[0, 0]  # (1, 16): one row for every query of every sequence
+                    assert torch.equal(layer.attend(x, flat)[0], sdpa.attend(x, flat)[0])
+        leaf = x.clone().requires_grad_()
+        layer.attend(leaf, per_sequence)[0].float().sum().backward()  # the grouped kernel writes with out=
+        assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    layer.float()
+    rounded = copy.deepcopy(plain).bfloat16().float()  # the same weights, rounded to bf16 and back
+    x = torch.randn(2, 16, layer.embed_dim, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.equal(layer.attend(x)[0], rounded.attend(x)[0])
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_attention_runs_in_groups_without_amx(monkeypatch, amx, fp32_features):
+    """Eager bf16 on AVX-512 BF16 without AMX runs the attention in groups of sequences; with AMX (torch's SDPA
+    kernel on the tiles) and in fp32 the attention is left as it is. The grouped bf16 towers keep the bf16
+    bound (cosine >= 0.999 to fp32) and the zero-shot winners."""
+    from siglip.tools.embeddings import attention
+
+    # the attention's choice only: the fused linears keep this CPU's (oneDNN's bf16 products need AVX-512)
+    monkeypatch.setattr(attention, "cpu_units", lambda: _units(amx, bf16=True))
+    model = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
+    kinds = {type(m) for m in model.modules() if isinstance(m, SiglipAttention)}
+    assert kinds == {SiglipAttention if amx else GroupedAttention}
+    fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
+    assert {type(m) for m in fp32.modules() if isinstance(m, SiglipAttention)} == {SiglipAttention}
+    if amx:
+        return
+    _check_bf16_attention(model.vision_model.encoder.layers[0].self_attn, torch.bfloat16)
+    _assert_bounds(model, fp32_features, 0.999, torch.bfloat16)
 
 
 def test_int8_quantises_the_map_heads_input_projections(fp32_features):
@@ -874,13 +974,13 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     to fp32) and the same zero-shot winners, on the image tower (one compile: the slow part of this test);
     then the package it left in the cache serves the next model of the same weights without compiling."""
     pytest.importorskip("torchao")
-    from siglip.tools.embeddings import compiled, precision
+    from siglip.tools.embeddings import compiled
     from siglip.tools.embeddings.compiled import CompiledTower
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
     # the attention in bf16, as on a CPU with AMX, and the MAP head's projections split: traced and quantised
     monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)
-    monkeypatch.setattr(precision, "cpu_units", lambda: _units(True))
+    _mock_units(monkeypatch, _units(True))
     model = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     assert isinstance(model.vision_model, CompiledTower) and isinstance(model.text_model, CompiledTower)
     assert isinstance(model.vision_model.tower.encoder.layers[0].self_attn, Bf16Attention)
@@ -995,7 +1095,7 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
     attention = tower.encoder.layers[0].self_attn
     attention.__class__ = Bf16Attention
     assert path != _package_path(tower, pixels, "int8")  # the classes of its modules (same weights)
-    assert "int8.py" in [Path(f).name for f in compiled._sources(tower, "bf16")]  # and their code
+    assert "attention.py" in [Path(f).name for f in compiled._sources(tower, "bf16")]  # and their code
     attention.__class__ = SiglipAttention
     assert path == _package_path(tower, pixels, "int8")
     with torch.no_grad():

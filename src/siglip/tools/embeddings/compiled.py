@@ -335,7 +335,7 @@ def compile_towers(model: nn.Module, precision: str) -> None:
     from ...core.auto import is_naflex
 
     if precision == "int8":
-        prepare_for_int8(model)
+        prepare_for_int8(model, compiled=True)
     model.text_model = CompiledTower(model.text_model, precision)
     if not is_naflex(model):
         model.vision_model = CompiledTower(model.vision_model, precision)
@@ -502,7 +502,7 @@ def _sources(tower: nn.Module, precision: str) -> list[str]:
 
 def _module_classes(tower: nn.Module) -> list[type]:
     """The classes of `tower` and its modules, in a fixed order (a module whose class was swapped, such as
-    `int8.Bf16Attention`, computes otherwise with the same weights)."""
+    `attention.Bf16Attention`, computes otherwise with the same weights)."""
     return sorted(
         {type(module) for module in tower.modules()}, key=lambda cls: f"{cls.__module__}.{cls.__qualname__}"
     )

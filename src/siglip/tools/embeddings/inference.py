@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ...core.auto import TwoTowerModel
+from .attention import use_grouped_attention
 from .compiled import PACKAGED, compile_towers
 from .int8 import use_eager_int8
 from .onednn import use_fused_linears
@@ -69,11 +70,13 @@ class InferenceMode:
 
         The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads (the
         MAP head's packed input projection split into two first) by torch's dynamically quantised linear
-        (weights int8 per tensor, activations quantised per call), runs the SDPA attention kernels in bf16 on
-        a CPU with AMX (`int8.prepare_for_int8`), and a large batch runs each encoder layer in groups of
-        sequences (`int8.EAGER_ROWS_PER_CALL`); the model can then no longer be saved as a checkpoint of the
-        original format. bf16 on an x86 CPU with bf16 units makes them `onednn.FusedLinear`s (the same
-        parameters; the bias, the MLP's GELU and the residual adds inside oneDNN's products).
+        (weights int8 per tensor, activations quantised per call), runs the attention's own products in bf16
+        on a CPU with bf16 units (`int8.prepare_for_int8`), and a large batch runs each encoder layer in
+        groups of sequences (`int8.EAGER_ROWS_PER_CALL`); the model can then no longer be saved as a
+        checkpoint of the original format. bf16 on an x86 CPU with bf16 units makes them
+        `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual adds inside
+        oneDNN's products), and without AMX runs the attention in groups of sequences
+        (`attention.GroupedAttention`).
         """
         model = model.eval().to(self.dtype)
         if self.compile and self.precision in PACKAGED and model.device.type == "cpu":
@@ -83,6 +86,7 @@ class InferenceMode:
             use_eager_int8(model)
         if self.precision == "bf16":  # on a CPU with bf16 units: bias, GELU and residual adds in the products
             use_fused_linears(model)
+            use_grouped_attention(model)
         if self.compile:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU
             for tower in (model.text_model, model.vision_model):
                 tower.compile(dynamic=True)

@@ -13,7 +13,8 @@
   eager int8 (BENCHMARKS.md).
 
 Both start from the same float modules (`prepare_for_int8`): the MAP head's input projections as linear
-layers, which are then quantised like the others, and the attention's own products in bf16 on CPUs with AMX.
+layers, which are then quantised like the others, and the attention's own products in bf16 on CPUs with bf16
+units (`siglip.tools.embeddings.attention`).
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from torch import nn
 
 from ...core.two_tower.modeling import (
     ACTIVATIONS,
-    SiglipAttention,
     SiglipMLP,
     SiglipMultiheadAttentionPoolingHead,
 )
 from ...errors import UsageError
+from .attention import Bf16Attention as Bf16Attention  # where whole-model pickles of earlier versions name it
+from .attention import use_bf16_attention
 from .groups import group_sequences
-from .precision import cpu_units, int8_attention_dtype
+from .precision import cpu_units
 
 # A batch of more tokens than this runs through each eager int8 encoder layer in groups of sequences
 # (`groups.group_count`): the base image tower ran 1.3-1.4x faster in groups of 4 images (784 tokens) than at
@@ -73,44 +75,6 @@ def use_fast_gelu(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, SiglipMLP) and module.activation is ACTIVATIONS["gelu_pytorch_tanh"]:
             module.activation = fast_gelu_tanh
-
-
-class Bf16Attention(SiglipAttention):
-    """A `SiglipAttention` whose SDPA kernel computes in bf16: queries, keys, values and the additive mask are
-    rounded to bf16 (the mask's masked positions to bf16's lowest value, so that a sequence with no key left
-    averages them all as in float32) and the heads' outputs returned in the queries' dtype. Only the SDPA
-    path (`attn_implementation` "sdpa", no attention maps asked for) goes through it. `use_bf16_attention`
-    makes one by swapping the class of an attention module (the same projections and parameters)."""
-
-    def scaled_dot_product(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        dropout: float,
-    ) -> torch.Tensor:
-        q16, k16, v16 = (t.to(torch.bfloat16) for t in (q, k, v))
-        mask = None
-        if attention_mask is not None:  # float32's lowest (`key_padding_mask`) would round to -inf in bf16
-            mask = attention_mask.clamp_min(torch.finfo(torch.bfloat16).min).to(torch.bfloat16)
-        return super().scaled_dot_product(q16, k16, v16, mask, dropout).to(q.dtype)
-
-
-def use_bf16_attention(model: nn.Module) -> None:
-    """Where int8's attention runs in bf16 (`precision.int8_attention_dtype`: on a CPU with AMX), make every
-    plain `SiglipAttention` of `model` a `Bf16Attention`, in place; elsewhere leave it as it is.
-
-    In int8 the products of the attention itself (queries by keys, weights by values) stay in floating point,
-    and in float32 they took ~20% of a compiled base image tower's time (perf, AMX Xeon). In bf16 on the AMX
-    tiles the compiled image tower ran 1.13x and the eager one 1.07x faster at 8 images, the embeddings'
-    cosine to fp32 unchanged at the fourth decimal; the text tower (64 positions) ran as fast either way
-    (0.98-1.02x). Without AMX, not measured: float32 is kept."""
-    if int8_attention_dtype() != torch.bfloat16:
-        return
-    for module in model.modules():
-        if type(module) is SiglipAttention:
-            module.__class__ = Bf16Attention
 
 
 class ProjectedPoolingHead(SiglipMultiheadAttentionPoolingHead):
@@ -158,12 +122,13 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     return layer
 
 
-def prepare_for_int8(model: nn.Module) -> None:
-    """The float modules of `model` that int8 changes before quantising, in place, eager and compiled alike:
-    the MAP heads' input projections as linear layers (`split_head_projections`) and attention in bf16 on a
-    CPU with AMX (`use_bf16_attention`)."""
+def prepare_for_int8(model: nn.Module, compiled: bool = False) -> None:
+    """The float modules of `model` that int8 changes before quantising, in place, eager and compiled alike
+    (`compiled`: for the towers a compiled mode packages): the MAP heads' input projections as linear layers
+    (`split_head_projections`) and attention in bf16 on a CPU with bf16 units, by the kernel of
+    `attention.use_bf16_attention`."""
     split_head_projections(model)
-    use_bf16_attention(model)
+    use_bf16_attention(model, compiled)
 
 
 def use_eager_int8(model: nn.Module) -> None:

@@ -7,8 +7,9 @@ tower at batch 32 (2 threads, a Xeon with AMX) the GELU took 19% of the tower's 
 the adds 5%. oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, the kernel inductor calls for a
 compiled linear) adds the bias, applies the GELU or adds the residual on the float32 accumulator before
 rounding to bf16 (BENCHMARKS.md has the speed against transformers' bf16), with the same cosine to fp32.
-A call of a few rows (one text, one image) takes a copy of the weight packed into oneDNN's own layout, which
-the plain weight is reordered into on every call: at that size the reorder is a third of the product's time.
+A call takes a copy of the weight packed into oneDNN's own layout, which the plain weight is reordered into on
+every call (at one text or one image the reorder is a third of the product's time): every call on a CPU
+without AMX, a call of a few rows with AMX, where oneDNN runs larger calls faster on the plain weight.
 
 Only for bf16 on an x86 CPU with bf16 units (AVX-512 BF16 or AMX), applied by `InferenceMode("bf16").apply`
 (what `siglip embed`, `siglip serve` and `Embedder.from_pretrained` run); fp32 keeps aten's kernels and
@@ -28,7 +29,7 @@ from torch import nn
 
 from ...core.two_tower.modeling import ACTIVATIONS, SiglipEncoderLayer, SiglipMLP
 from .groups import GroupedEncoderLayer
-from .precision import cpu_bf16_units
+from .precision import cpu_bf16_units, cpu_units
 
 # The MLP activations oneDNN applies inside the product: the activation, and its post-op and algorithm.
 _POST_OPS: dict[Callable, tuple[str, str]] = {
@@ -36,9 +37,11 @@ _POST_OPS: dict[Callable, tuple[str, str]] = {
     ACTIVATIONS["gelu"]: ("gelu", "none"),
 }
 
-# Calls of at most this many rows (the batch's tokens) take the packed weight: 1.3-1.5x the plain weight's
-# product at 64-197 rows (one text, one image of a base tower). From ~512 rows oneDNN picks another algorithm
-# for a packed 3072-wide input, slower than the plain weight's (BENCHMARKS.md); larger calls keep the plain one.
+# On a CPU with AMX, calls of at most this many rows (the batch's tokens) take the packed weight: 1.3-1.5x the
+# plain weight's product at 64-197 rows (one text, one image of a base tower). From ~512 rows oneDNN picks
+# another algorithm there for a packed 3072-wide input, slower than the plain weight's (BENCHMARKS.md): larger
+# calls keep the plain one. With AVX-512 BF16 and no AMX (AMD Zen 5) the packed weight was the faster at every
+# size measured, up to 6,304 rows (`packed_up_to_rows`).
 PACKED_UP_TO_ROWS = 256
 
 # An encoder layer's call of more rows than this runs in equal groups of whole sequences: at ~6,300 rows
@@ -54,16 +57,17 @@ class FusedLinear(nn.Linear):
     longer linear: a tool that wraps `nn.Linear` layers (LoRA adapters) must be applied before
     `use_fused_linears`, not after.
 
-    The first call of at most `PACKED_UP_TO_ROWS` rows packs a copy of the weight into oneDNN's blocked layout
-    and keeps it for such calls (memory: the weight's size once more); the copy is made again after the
-    weight changes as autograd's version counter sees it (an optimiser step, `load_state_dict`, any in-place
-    op) or becomes another tensor (a new parameter, `.data =`), is dropped when the layer is moved or cast
-    (`.to()`), and is not pickled or deep-copied. Writes the counter does not see (through `.data`, the
-    storage, or memory shared with numpy) must be followed by `drop_packed_weights`. Weights made under
-    `torch.inference_mode` (no version counter) are not packed."""
+    The first call of at most `packed_rows` rows (`packed_up_to_rows`: any number without AMX) packs a copy of
+    the weight into oneDNN's blocked layout and keeps it for such calls (memory: the weight's size once
+    more); the copy is made again after the weight changes as autograd's version counter sees it (an
+    optimiser step, `load_state_dict`, any in-place op) or becomes another tensor (a new parameter, `.data
+    =`), is dropped when the layer is moved or cast (`.to()`), and is not pickled or deep-copied. Writes the
+    counter does not see (through `.data`, the storage, or memory shared with numpy) must be followed by
+    `drop_packed_weights`. Weights made under `torch.inference_mode` (no version counter) are not packed."""
 
     _packed: tuple[torch.Tensor, int, torch.Tensor] | None = None  # source, version, packed; class-level for
     # layers pickled whole by a version without it
+    packed_rows: int | None = PACKED_UP_TO_ROWS  # the most rows a call may have to take the packed weight
 
     def __init__(self, linear: nn.Linear, activation: Callable | None = None) -> None:
         nn.Module.__init__(self)
@@ -71,6 +75,7 @@ class FusedLinear(nn.Linear):
         self.weight, self.bias = linear.weight, linear.bias
         self.activation = activation
         self.post_op, self.algorithm = _POST_OPS[activation] if activation else ("none", "")
+        self.packed_rows = packed_up_to_rows()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fused(x):
@@ -86,10 +91,11 @@ class FusedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self._weight_for(x), self.bias, "add")
 
     def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain weight for a call of many rows; for a few, its packed copy, packed again if the weight
-        changed since (another parameter, or the same one written in place)."""
+        """The plain weight for a call of more than `packed_rows` rows; else its packed copy, packed again if the
+        weight changed since (another parameter, or the same one written in place)."""
         weight = self.weight
-        if x.numel() > PACKED_UP_TO_ROWS * self.in_features or weight.is_inference():
+        rows = self.packed_rows
+        if (rows is not None and x.numel() > rows * self.in_features) or weight.is_inference():
             return weight
         # another tensor (a new parameter, `.data =`; the packed one's source is held, so the address is not
         # reused) or the same one written in place (its version)
@@ -144,6 +150,14 @@ class FusedEncoderLayer(GroupedEncoderLayer):
         return x, weights
 
 
+def packed_up_to_rows() -> int | None:
+    """The most rows (tokens) a `FusedLinear`'s call may have to take its packed weight on this CPU:
+    `PACKED_UP_TO_ROWS` with AMX, any number (None) without. On a 2-core AMD Zen 5 (AVX-512 BF16, no AMX),
+    packed weights in every call ran the base towers 1.05-1.06x (images) and 1.11x (texts) faster than
+    packing only calls of at most 256 rows, at 8 and 32 items (BENCHMARKS.md)."""
+    return PACKED_UP_TO_ROWS if cpu_units().amx else None
+
+
 def fused_linears_available(device: torch.device | str) -> bool:
     """Whether `device` is an x86 CPU with bf16 units (AVX-512 BF16 or AMX) and torch's oneDNN (the fused
     linear's kernel). Other CPUs keep aten's kernels: oneDNN emulates bf16 on plain AVX-512, and ARM's
@@ -179,7 +193,7 @@ def use_fused_linears(model: nn.Module) -> None:
 
 
 def drop_packed_weights(model: nn.Module) -> None:
-    """Forget the packed weight copies of `model`'s `FusedLinear`s (the next call of a few rows packs again):
+    """Forget the packed weight copies of `model`'s `FusedLinear`s (the next call that takes one packs again):
     after writing weights where autograd's version counter does not see it (`.data`, the storage, memory
     shared with numpy), which would otherwise leave those calls on the old values."""
     for layer in model.modules():

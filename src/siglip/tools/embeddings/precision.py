@@ -21,9 +21,10 @@ A word means the same weights and the same arithmetic in every command. `auto` p
 | any other CPU                                              | `fp32`             | `fp32`            |
 
 Why: int8 is the fastest mode that keeps the issue-26 bounds (cosine >= 0.995 to fp32, zero-shot agreement
->= 99% on the bundled model) on x86 CPUs without AMX: 4.0x transformers fp32 on the base image tower with
-AVX-512 VNNI, where eager bf16 on AVX-512 BF16 units gets 1.8x (one thread, BENCHMARKS.md), and 1.4-1.7x on
-AVX2 without VNNI, where bf16 is emulated (~7x slower than fp32). With AMX, eager bf16 runs on the tiles and
+>= 99% on the bundled model) on x86 CPUs without AMX: on a 2-core AMD Zen 5 with AVX-512 VNNI and BF16,
+eager int8 ran the base towers 4.7-5.4x transformers fp32 and 1.07-1.27x eager bf16 at batches 1-32
+(BENCHMARKS.md), and 1.4-1.7x transformers fp32 on AVX2 without VNNI, where bf16 is emulated (~7x slower
+than fp32). With AMX, eager bf16 runs on the tiles and
 beats eager int8, nearer fp32: the embedding job ran 2.6-3.4x the transformers fp32 loop against int8's 2.2x,
 cosine 0.99996 against 0.99941 (a 2-core Xeon with AMX, BENCHMARKS.md). Training keeps float32 weights for
 the optimizer (AdamW's small updates vanish in bfloat16 weights): `bf16` training must be asked for; fp16 and
@@ -175,10 +176,11 @@ def has_amx(device: torch.device | str) -> bool:
 
 
 def int8_attention_dtype() -> torch.dtype:
-    """The dtype int8's attention products (queries by keys, weights by values) run in on this CPU: bf16 where
-    it has AMX (`siglip.tools.embeddings.int8.use_bf16_attention` says what it gained), float32 elsewhere and
-    under `SIGLIP_BF16_UNITS=0` (reference numbers)."""
-    return torch.bfloat16 if _units_override() is not False and cpu_units().amx else torch.float32
+    """The dtype int8's attention products (queries by keys, weights by values) may run in on this CPU: bf16
+    where it has bf16 units, AMX or AVX-512 BF16 (`siglip.tools.embeddings.attention` chooses the kernel, and
+    keeps float32 where bf16 gained nothing), float32 elsewhere and under `SIGLIP_BF16_UNITS=0` (reference
+    numbers)."""
+    return torch.bfloat16 if _units_override() is not False and cpu_units().bf16 else torch.float32
 
 
 def auto_precision(device: torch.device | str, training: bool = False) -> tuple[str, str]:

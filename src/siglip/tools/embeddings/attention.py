@@ -1,0 +1,158 @@
+"""The attention's own products (queries by keys, weights by values) of the fast CPU modes, in bf16: which
+kernel runs them on which CPU, for eager int8 and bf16 and for the int8 towers a compiled mode packages.
+
+| CPU                  | int8, eager            | int8, compiled  | bf16, eager                  |
+|----------------------|------------------------|-----------------|------------------------------|
+| AMX                  | `Bf16Attention`        | `Bf16Attention` | torch's SDPA kernel, bf16    |
+| AVX-512 BF16, no AMX | `GroupedBf16Attention` | float32 SDPA    | `GroupedAttention`           |
+| no bf16 units        | float32 SDPA           | float32 SDPA    | torch's SDPA (bf16 emulated) |
+
+Why: in int8 the attention's products stay in floating point, and in float32 they took ~20% of a compiled
+base image tower's time on a Xeon with AMX (perf). There torch's SDPA kernel runs bf16 products on the tiles:
+the compiled image tower ran 1.13x and the eager one 1.07x faster at 8 images, texts (64 positions) as fast
+either way, the embeddings' cosine to fp32 unchanged at the fourth decimal. Without AMX that kernel's small
+products ran at 120-140 GFLOP/s in bf16 and float32 alike on a 2-core AMD Zen 5 (AVX-512 BF16), where
+oneDNN's batched bf16 products reach 580-820 and the linear layers 850: the attention took 21% of the eager
+bf16 image tower's time, and SDPA in bf16 gained int8 nothing (0.97-1.05x). `grouped_products` runs it as
+two batched products and a float32 softmax over groups of sequences of at most a million scores (4 MB in
+float32; BENCHMARKS.md has the speed); a longer sequence (a base tower at 384 pixels) keeps SDPA, whose tiles
+stay small. A compiled package keeps SDPA: the groups would depend on the batch size, which the package
+leaves free. `SIGLIP_BF16_UNITS=0` keeps int8's attention in float32 (`precision.int8_attention_dtype`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...core.two_tower.modeling import SiglipAttention
+from .precision import cpu_units, int8_attention_dtype
+
+# A group of sequences in `grouped_products` holds at most this many scores (heads x queries x keys): 2
+# base-tower images (196 tokens) or 21 texts (64). On the Zen 5 (2 MB of L2 per core, 32 MB of L3), groups
+# of 0.9-1.8 million scores ran 2.3-2.7x torch's SDPA kernel on images, 0.1-0.4 million 2.7-3.3x on texts;
+# 3.7 million (8 images) ran 0.6-0.8x. A sequence with more scores than this alone (a base tower at 384 or
+# 512 pixels, so400m at 384: 4-13 million) takes the SDPA kernel, whose tiles stay small: grouped, it ran
+# 0.57-0.89x.
+SCORES_PER_GROUP = 1 << 20
+
+
+class Bf16Attention(SiglipAttention):
+    """A `SiglipAttention` whose SDPA kernel computes in bf16: queries, keys, values and the additive mask are
+    rounded to bf16 (the mask's masked positions to bf16's lowest value, so that a sequence with no key left
+    averages them all as in float32) and the heads' outputs returned in the queries' dtype. Only the SDPA
+    path (`attn_implementation` "sdpa", no attention maps asked for) goes through it. `use_bf16_attention`
+    makes one by swapping the class of an attention module (the same projections and parameters)."""
+
+    def scaled_dot_product(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+    ) -> torch.Tensor:
+        q16, k16, v16 = (t.to(torch.bfloat16) for t in (q, k, v))
+        mask = None
+        if attention_mask is not None:  # float32's lowest (`key_padding_mask`) would round to -inf in bf16
+            mask = attention_mask.clamp_min(torch.finfo(torch.bfloat16).min).to(torch.bfloat16)
+        return super().scaled_dot_product(q16, k16, v16, mask, dropout).to(q.dtype)
+
+
+def grouped_products(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """SDPA's heads' outputs for (batch, heads, length, head size) inputs, in bf16, computed in groups of
+    whole sequences of at most `SCORES_PER_GROUP` scores (one sequence at least): the queries by keys as one
+    batched bf16 product (float32 sums rounded to bf16, as transformers' eager bf16 attention rounds its
+    scores), scaled, masked (a finite additive 4-D mask, broadcast as SDPA broadcasts it) and softmaxed in
+    float32, and the weights, rounded to bf16, by the values as another, written into the output."""
+    batch, heads, queries, _ = q.shape
+    keys, dim = v.shape[2], v.shape[3]
+    per_group = max(1, SCORES_PER_GROUP // (heads * queries * keys))
+    out = torch.empty(batch, heads, queries, dim, dtype=torch.bfloat16, device=q.device)
+    for start in range(0, batch, per_group):
+        end = min(batch, start + per_group)
+        q16, k16, v16 = (t[start:end].to(torch.bfloat16).flatten(0, 1) for t in (q, k, v))
+        scores = torch.bmm(q16, k16.transpose(1, 2)).float().mul_(scale)
+        if attention_mask is not None:  # (batch or 1, heads or 1, queries or 1, keys)
+            mask = attention_mask[start:end] if attention_mask.shape[0] == batch else attention_mask
+            scores = scores.view(end - start, heads, queries, keys).add_(mask).view(-1, queries, keys)
+        weights = torch.softmax(scores, dim=-1).to(torch.bfloat16)
+        torch.bmm(weights, v16, out=out[start:end].view(-1, queries, dim))
+    return out
+
+
+def _grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+) -> bool:
+    """Whether a call takes `grouped_products`: no dropout or gradient wanted (it has neither), a 4-D mask or
+    none, and sequences of at most `SCORES_PER_GROUP` scores each, none empty; otherwise SDPA runs."""
+    if dropout or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        return False
+    scores = q.shape[1] * q.shape[2] * k.shape[2]
+    return (mask is None or mask.dim() == 4) and 0 < scores <= SCORES_PER_GROUP
+
+
+class GroupedBf16Attention(Bf16Attention):
+    """A `Bf16Attention` (eager int8's, without AMX) computed by `grouped_products`, its output returned in
+    the queries' dtype; with dropout, where autograd needs a gradient, for long sequences and other masks
+    (`_grouped`), by `Bf16Attention`'s kernel."""
+
+    def scaled_dot_product(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+    ) -> torch.Tensor:
+        if not _grouped(q, k, v, attention_mask, dropout):
+            return super().scaled_dot_product(q, k, v, attention_mask, dropout)
+        return grouped_products(q, k, v, attention_mask, self.scale).to(q.dtype)
+
+
+class GroupedAttention(SiglipAttention):
+    """A `SiglipAttention` (eager bf16's, without AMX) whose bf16 inputs on the CPU are computed by
+    `grouped_products`; others (the model moved to float32 or another device), dropout, calls that want a
+    gradient, long sequences and other masks (`_grouped`) take torch's SDPA kernel, as `SiglipAttention`
+    does."""
+
+    def scaled_dot_product(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+    ) -> torch.Tensor:
+        if q.dtype is not torch.bfloat16 or not q.is_cpu or not _grouped(q, k, v, attention_mask, dropout):
+            return super().scaled_dot_product(q, k, v, attention_mask, dropout)
+        return grouped_products(q, k, v, attention_mask, self.scale)
+
+
+def use_bf16_attention(model: nn.Module, compiled: bool = False) -> None:
+    """Where int8's attention runs in bf16 (`precision.int8_attention_dtype`: a CPU with bf16 units), make every
+    plain `SiglipAttention` of `model` the class of this CPU's kernel (the module doc's table; `compiled`: for
+    the towers a compiled mode packages), in place; elsewhere leave it as it is."""
+    if int8_attention_dtype() != torch.bfloat16:
+        return
+    if cpu_units().amx:
+        _swap(model, Bf16Attention)
+    elif not compiled:
+        _swap(model, GroupedBf16Attention)
+
+
+def use_grouped_attention(model: nn.Module) -> None:
+    """For eager bf16 on a CPU with AVX-512 BF16 and no AMX, make every plain `SiglipAttention` of `model` a
+    `GroupedAttention`, in place; elsewhere (AMX, whose SDPA kernel runs on the tiles, or no bf16 units)
+    leave it as it is."""
+    units, weight = cpu_units(), next(model.parameters())
+    if units.bf16 and not units.amx and weight.dtype == torch.bfloat16 and weight.is_cpu:
+        _swap(model, GroupedAttention)
+
+
+def _swap(model: nn.Module, attention: type[SiglipAttention]) -> None:
+    for module in model.modules():
+        if type(module) is SiglipAttention:
+            module.__class__ = attention
