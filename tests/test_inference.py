@@ -472,7 +472,7 @@ def _check_bf16_attention(attention: SiglipAttention, dtype: torch.dtype = torch
         )
         for attention_mask in (None, mask):
             scores = q @ k.transpose(-1, -2)
-            if isinstance(attention, (GroupedAttention, GroupedBf16Attention)):
+            if isinstance(attention, GroupedAttention):  # GroupedBf16Attention too
                 scores = scores.bfloat16().float()
             scores = scores * attention.scale
             if attention_mask is not None:
@@ -493,7 +493,10 @@ def test_grouped_bf16_attention_equals_one_group(monkeypatch):
     from siglip.tools.embeddings import attention as kernels
 
     plain = SiglipModel.from_pretrained(BUNDLED).text_model.encoder.layers[0].self_attn
-    for kernel, dtype in ((GroupedBf16Attention, torch.float32), (GroupedAttention, torch.bfloat16)):
+    for kernel, below, dtype in (
+        (GroupedBf16Attention, Bf16Attention, torch.float32),
+        (GroupedAttention, SiglipAttention, torch.bfloat16),
+    ):
         layer = copy.deepcopy(plain).to(dtype)
         layer.__class__ = kernel
         x = torch.randn(5, 16, layer.embed_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -509,7 +512,7 @@ def test_grouped_bf16_attention_equals_one_group(monkeypatch):
                 torch.testing.assert_close(layer.attend(x, mask)[0], whole, atol=0, rtol=0)
                 # a sequence longer than a group alone, or a mask of other than 4 dims: the SDPA kernel
                 sdpa = copy.deepcopy(layer)
-                sdpa.__class__ = kernel.__mro__[1]
+                sdpa.__class__ = below
                 monkeypatch.setattr(kernels, "SCORES_PER_GROUP", scores - 1)
                 assert torch.equal(layer.attend(x, mask)[0], sdpa.attend(x, mask)[0])
                 monkeypatch.setattr(kernels, "SCORES_PER_GROUP", 5 * scores)

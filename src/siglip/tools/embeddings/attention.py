@@ -83,40 +83,13 @@ def grouped_products(
     return out
 
 
-def _grouped(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
-) -> bool:
-    """Whether a call takes `grouped_products`: no dropout or gradient wanted (it has neither), a 4-D mask or
-    none, and sequences of at most `SCORES_PER_GROUP` scores each, none empty; otherwise SDPA runs."""
-    if dropout or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
-        return False
-    scores = q.shape[1] * q.shape[2] * k.shape[2]
-    return (mask is None or mask.dim() == 4) and 0 < scores <= SCORES_PER_GROUP
-
-
-class GroupedBf16Attention(Bf16Attention):
-    """A `Bf16Attention` (eager int8's, without AMX) computed by `grouped_products`, its output returned in
-    the queries' dtype; with dropout, where autograd needs a gradient, for long sequences and other masks
-    (`_grouped`), by `Bf16Attention`'s kernel."""
-
-    def scaled_dot_product(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        dropout: float,
-    ) -> torch.Tensor:
-        if not _grouped(q, k, v, attention_mask, dropout):
-            return super().scaled_dot_product(q, k, v, attention_mask, dropout)
-        return grouped_products(q, k, v, attention_mask, self.scale).to(q.dtype)
-
-
 class GroupedAttention(SiglipAttention):
     """A `SiglipAttention` (eager bf16's, without AMX) whose bf16 inputs on the CPU are computed by
-    `grouped_products`; others (the model moved to float32 or another device), dropout, calls that want a
-    gradient, long sequences and other masks (`_grouped`) take torch's SDPA kernel, as `SiglipAttention`
-    does."""
+    `grouped_products`, the output in the inputs' dtype; other inputs (the model moved to float32 or another
+    device), dropout, calls that want a gradient, long sequences and other masks (`_groups`) take the kernel
+    of the class below it (torch's SDPA, as `SiglipAttention` runs it)."""
+
+    grouped_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)  # the inputs' dtypes it groups
 
     def scaled_dot_product(
         self,
@@ -126,9 +99,29 @@ class GroupedAttention(SiglipAttention):
         attention_mask: torch.Tensor | None,
         dropout: float,
     ) -> torch.Tensor:
-        if q.dtype is not torch.bfloat16 or not q.is_cpu or not _grouped(q, k, v, attention_mask, dropout):
-            return super().scaled_dot_product(q, k, v, attention_mask, dropout)
-        return grouped_products(q, k, v, attention_mask, self.scale)
+        if self._groups(q, k, v, attention_mask, dropout):
+            return grouped_products(q, k, v, attention_mask, self.scale).to(q.dtype)
+        return super().scaled_dot_product(q, k, v, attention_mask, dropout)
+
+    def _groups(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+    ) -> bool:
+        """Whether a call takes `grouped_products`: inputs of `grouped_dtypes` on the CPU, no dropout or
+        gradient wanted (it has neither), a 4-D mask or none, and sequences of at most `SCORES_PER_GROUP`
+        scores each, none empty."""
+        if q.dtype not in self.grouped_dtypes or not q.is_cpu or dropout:
+            return False
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            return False
+        scores = q.shape[1] * q.shape[2] * k.shape[2]
+        return (mask is None or mask.dim() == 4) and 0 < scores <= SCORES_PER_GROUP
+
+
+class GroupedBf16Attention(GroupedAttention, Bf16Attention):
+    """A `GroupedAttention` for eager int8 (without AMX): it groups float32 inputs too (`grouped_products`
+    rounds them to bf16) and returns their dtype; the calls it does not group take `Bf16Attention`'s kernel."""
+
+    grouped_dtypes = (torch.float32, torch.bfloat16)
 
 
 def use_bf16_attention(model: nn.Module, compiled: bool = False) -> None:
