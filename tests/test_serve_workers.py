@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -28,12 +29,7 @@ from siglip.tools.cli import serve as serve_cli
 def test_two_workers_share_the_port_answer_right_and_stop_together():
     process, url = start_server(None, "--workers", "2")
     try:
-        children = psutil.Process(process.pid).children(recursive=True)
-        workers = [
-            c
-            for c in children
-            if "spawn" in " ".join(c.cmdline())  # not multiprocessing's resource tracker
-        ]
+        workers = [_worker_of(process)]
         assert httpx.get(f"{url}/v1/info", timeout=10).json()["workers"] == 2
         texts = [f"a photo of item {i}" for i in range(12)]
         answers: dict[int, httpx.Response] = {}
@@ -56,9 +52,7 @@ def test_two_workers_share_the_port_answer_right_and_stop_together():
     assert process.returncode == 0, output
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert f"2 worker processes, {threads} torch threads each, on {url}" in output
-    assert len(workers) == 1 and all(
-        not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers
-    )
+    assert all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
     expected = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32").embed_texts(texts)
     assert all(answers[i].status_code == 200 for i in range(len(texts))), output
     got = [answers[i].json()["data"][0]["embedding"] for i in range(len(texts))]
@@ -72,7 +66,7 @@ def _connections_held_after_a_burst(url: str, processes: list[psutil.Process], c
     """The connections each of `processes` has accepted once `count` were opened to `url` at once."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     deadline = time.monotonic() + 30  # a worker listens a moment after the first one answers
-    while not all(_listens(p, int(port)) for p in processes) and time.monotonic() < deadline:
+    while _listeners(int(port)) < len(processes) and time.monotonic() < deadline:
         time.sleep(0.1)
     burst = [socket.create_connection((host, int(port)), timeout=10) for _ in range(count)]
     try:
@@ -96,18 +90,17 @@ def test_a_worker_that_dies_leaves_every_new_connection_to_the_others():
     # each worker has a socket of its own; once one dies, no new connection may be sent to its socket
     process, url = start_server(None, "--workers", "2")
     try:
-        worker = next(
-            c
-            for c in psutil.Process(process.pid).children(recursive=True)
-            if "spawn" in " ".join(c.cmdline())
-        )
+        worker = _worker_of(process)
         port = int(url.rsplit(":", 1)[1])
         deadline = time.monotonic() + 30
-        while not _listens(worker, port) and time.monotonic() < deadline:
+        while _listeners(port) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert _listeners(port) == 2
         worker.kill()
-        while worker.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        # its main thread shows as a zombie before its other threads have let go of the socket: wait for that
+        while _listeners(port) > 1 and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert _listeners(port) == 1
         statuses = []
         for i in range(24):  # a connection each: 24 chances to be sent to the dead worker's socket
             with httpx.Client(base_url=url, timeout=10) as http:
@@ -118,10 +111,31 @@ def test_a_worker_that_dies_leaves_every_new_connection_to_the_others():
         process.communicate(timeout=60)
 
 
-def _listens(process: psutil.Process, port: int) -> bool:
-    return any(
-        c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")
+def test_workers_stop_when_the_first_process_is_killed():
+    # SIGKILL leaves the first process no chance to stop the others: they must notice and stop themselves
+    process, url = start_server(None, "--workers", "2")
+    worker = _worker_of(process)
+    port = int(url.rsplit(":", 1)[1])
+    process.kill()
+    output, _ = process.communicate(timeout=60)  # once the worker, which shares its stdout, has exited too
+    worker.wait(timeout=30)
+    assert f"Finished server process [{worker.pid}]" in output  # uvicorn's own stop, as on SIGTERM
+    assert _listeners(port) == 0
+
+
+def _worker_of(process: subprocess.Popen) -> psutil.Process:
+    """The one worker process a server with `--workers 2` spawned (not multiprocessing's resource tracker)."""
+    (worker,) = (
+        c
+        for c in psutil.Process(process.pid).children(recursive=True)
+        if "spawn_main" in " ".join(c.cmdline())
     )
+    return worker
+
+
+def _listeners(port: int) -> int:
+    """How many sockets on this machine listen on TCP `port` (/proc/net/tcp: no privileges needed)."""
+    return sum(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in psutil.net_connections("tcp"))
 
 
 def test_workers_listen_on_sockets_of_their_own_on_one_port():

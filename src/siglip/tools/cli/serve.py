@@ -240,13 +240,30 @@ def _uvicorn_config(app: Any, args: argparse.Namespace, settings: Any) -> Any:
     )
 
 
-def _serve(embedder: Embedder, args: argparse.Namespace, settings: Any, sockets: list | None = None) -> None:
-    """Serve until SIGINT or SIGTERM (on `sockets`, a listening socket shared with other workers, when given)."""
+def _serve(
+    embedder: Embedder,
+    args: argparse.Namespace,
+    settings: Any,
+    sockets: list | None = None,
+    parent: Any = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM (on `sockets`, a listening socket shared with other workers, when given),
+    or, for a worker, until `parent` (its `multiprocessing.parent_process()`) has gone."""
+    import threading
+
     import uvicorn
 
     from ..serve.app import create_app
 
     server = uvicorn.Server(_uvicorn_config(create_app(embedder, args.index, settings), args, settings))
+    if parent is not None:
+        # however the server's first process stopped (SIGKILL included), its workers stop with it, answering
+        # the requests in flight, rather than keep serving their share of the port alone
+        def stop_when_parent_has_gone() -> None:
+            parent.join()
+            server.should_exit = True
+
+        threading.Thread(target=stop_when_parent_has_gone, name="siglip-serve-parent", daemon=True).start()
     # uvicorn handles SIGTERM by finishing the requests in flight, then raises it again once it is done; by
     # then there is nothing left to do, so that second delivery must not kill the process with status -15.
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -302,7 +319,8 @@ def _serve_processes(embedder: Embedder, args: argparse.Namespace, settings: Any
     """Serve from `workers` processes on one port (`_listening_sockets`): this one (with `embedder`) and
     workers - 1 spawned ones that load the model again. Each runs torch on its share of the cores. All start
     accepting once all have loaded (a connection stays with the process that accepted it); the others are
-    stopped (SIGTERM: requests in flight are answered) when this one stops."""
+    stopped (SIGTERM: requests in flight are answered) when this one stops, and stop by themselves when it is
+    killed."""
     import multiprocessing
     import queue
 
@@ -405,7 +423,7 @@ def _worker(args: argparse.Namespace, settings: Any, sock: Any, threads: int, lo
     while not go.wait(1):
         if parent is None or not parent.is_alive():
             return
-    _serve(embedder, args, settings, sockets=[sock])
+    _serve(embedder, args, settings, sockets=[sock], parent=parent)
 
 
 def _run_on_ray(args: argparse.Namespace, settings: Any) -> int:
