@@ -9,6 +9,7 @@ import contextlib
 import io
 import logging
 import re
+import select
 import socket
 import time
 from pathlib import Path
@@ -326,6 +327,49 @@ def test_slow_headers_are_cut_off_and_open_connections_are_capped(server):
         except ConnectionResetError:  # closed while the rest was still on its way
             answer = b""
         assert answer.startswith(b"HTTP/1.1 400") or answer == b"", answer  # not a read that waits on
+
+
+@linux_only
+def test_a_request_head_is_bounded_whole_or_in_pieces_and_a_pipelined_body_is_not_counted_in_it(server):
+    _, url = server
+
+    def exchange(*sends: bytes) -> bytes:
+        """What the server answers to `sends` (each a read of its own) on one connection, read until it closes
+        the connection; sending stops once it answers (more would reset the connection)."""
+        with socket.create_connection(("127.0.0.1", _port(url)), timeout=10) as sock:
+            for data in sends:
+                if select.select([sock], [], [], 0.02)[0]:
+                    break
+                sock.sendall(data)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer
+
+    def head(pad: int, close: bool = True) -> bytes:
+        lines = [b"GET /healthz HTTP/1.1", b"Host: x", b"X-Pad: " + b"a" * pad]
+        return b"\r\n".join(lines + [b"Connection: close"] * close) + b"\r\n\r\n"
+
+    assert exchange(head(15_000)).startswith(b"HTTP/1.1 200")  # under 16 KiB
+    too_long = b"Request line and headers longer than 16384 bytes."
+    refused = exchange(head(17_000))  # over it, in one read: refused when it completes
+    assert refused.startswith(b"HTTP/1.1 400") and refused.endswith(too_long), refused
+    pieces = [head(20_000)[i : i + 1000] for i in range(0, 20_000, 1000)]  # over it, in many reads,
+    refused = exchange(*pieces)  # never completed (its blank line unsent): refused while it comes in
+    assert refused.startswith(b"HTTP/1.1 400") and refused.endswith(too_long), refused
+    # a 63 KB body followed, in the same read, by the start of the next request's head: the body is not head
+    body = b'{"texts": [' + b", ".join([b'"' + b"a" * 9_000 + b'"'] * 7) + b"]}"
+    post = b"POST /v1/embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    post += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    with socket.create_connection(("127.0.0.1", _port(url)), timeout=10) as sock:
+        sock.sendall(post + head(10_000)[:5_000])
+        time.sleep(0.2)
+        sock.sendall(head(10_000)[5_000:])
+        answers = b""
+        while chunk := sock.recv(65536):
+            answers += chunk
+    assert answers.startswith(b"HTTP/1.1 200") and answers.count(b"HTTP/1.1 200") == 2, answers[:300]
 
 
 @linux_only
