@@ -352,12 +352,10 @@ def test_a_request_head_is_bounded_whole_or_in_pieces_and_a_pipelined_body_is_no
         return b"\r\n".join(lines + [b"Connection: close"] * close) + b"\r\n\r\n"
 
     assert exchange(head(15_000)).startswith(b"HTTP/1.1 200")  # under 16 KiB
-    too_long = b"Request line and headers longer than 16384 bytes."
-    refused = exchange(head(17_000))  # over it, in one read: refused when it completes
-    assert refused.startswith(b"HTTP/1.1 400") and refused.endswith(too_long), refused
-    pieces = [head(20_000)[i : i + 1000] for i in range(0, 20_000, 1000)]  # over it, in many reads,
-    refused = exchange(*pieces)  # never completed (its blank line unsent): refused while it comes in
-    assert refused.startswith(b"HTTP/1.1 400") and refused.endswith(too_long), refused
+    # still incomplete past 16 KiB, in many reads (its blank line never sent): refused while it comes in (a
+    # whole head in one read is parsed as it is, as h11 does: the memory is that read's)
+    pieces = [head(20_000)[i : i + 1000] for i in range(0, 20_000, 1000)]
+    assert exchange(*pieces).startswith(b"HTTP/1.1 400")
     # a 63 KB body followed, in the same read, by the start of the next request's head: the body is not head
     body = b'{"texts": [' + b", ".join([b'"' + b"a" * 9_000 + b'"'] * 7) + b"]}"
     post = b"POST /v1/embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -370,6 +368,26 @@ def test_a_request_head_is_bounded_whole_or_in_pieces_and_a_pipelined_body_is_no
         while chunk := sock.recv(65536):
             answers += chunk
     assert answers.startswith(b"HTTP/1.1 200") and answers.count(b"HTTP/1.1 200") == 2, answers[:300]
+
+
+@linux_only
+def test_pipelined_requests_are_parsed_as_they_are_answered_not_all_at_once(server):
+    # 7,000 small requests in one read on each of 4 connections, whose answers are never read: a parser that
+    # queued every request of a read (uvicorn's httptools protocol does) held ~15 MB per read
+    process, url = server
+    burst = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 7_000
+    before = _status(process.pid)["VmRSS"]
+    opened = [socket.create_connection(("127.0.0.1", _port(url)), timeout=10) for _ in range(4)]
+    try:
+        for sock in opened:
+            sock.sendall(burst)
+        time.sleep(2)
+        grown = _status(process.pid)["VmRSS"] - before
+    finally:
+        for sock in opened:
+            sock.close()
+    assert grown < 20 * MiB, grown / MiB
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
 
 
 @linux_only

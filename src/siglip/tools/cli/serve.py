@@ -226,13 +226,14 @@ def run(args: argparse.Namespace) -> int:
 def _uvicorn_config(app: Any, args: argparse.Namespace, settings: Any) -> Any:
     import uvicorn
 
-    from ..serve.connections import guarded_protocol
+    from ..serve.connections import MAX_HEAD_BYTES, guarded_protocol
 
     return uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
         access_log=False,
         log_level="info",
