@@ -26,7 +26,12 @@ from siglip.core.two_tower.modeling import (
     key_padding_mask,
 )
 from siglip.tools.cli import main
-from siglip.tools.embeddings.attention import Bf16Attention, GroupedAttention, GroupedBf16Attention
+from siglip.tools.embeddings.attention import (
+    Bf16Attention,
+    GraphBf16Attention,
+    GroupedAttention,
+    GroupedBf16Attention,
+)
 from siglip.tools.embeddings.groups import GroupedEncoderLayer, group_count
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import (
@@ -421,8 +426,8 @@ def _mock_units(monkeypatch: pytest.MonkeyPatch, units: CpuUnits) -> None:
 
 def test_int8_attention_runs_in_bf16_on_cpus_with_bf16_units(monkeypatch, fp32_features):
     """With AMX, int8's attention products run in bf16 by torch's SDPA kernel (eager, and the towers a compiled
-    mode packages); with AVX-512 BF16 and no AMX, in bf16 in groups of sequences when eager, in float32 in a
-    package; without bf16 units, and under `SIGLIP_BF16_UNITS=0`, in float32. The numbers are those of
+    mode packages); with AVX-512 BF16 and no AMX, in bf16 in groups of sequences when eager, as graph
+    operations in a package; without bf16 units, and under `SIGLIP_BF16_UNITS=0`, in float32. The numbers are those of
     attention on bf16-rounded inputs (a sequence with no key left included), and the towers keep the int8
     bound and the zero-shot winners."""
     from siglip.tools.embeddings.compiled import compile_towers
@@ -434,7 +439,7 @@ def test_int8_attention_runs_in_bf16_on_cpus_with_bf16_units(monkeypatch, fp32_f
         (False, False, None, SiglipAttention, SiglipAttention),
         (True, True, "0", SiglipAttention, SiglipAttention),
         (False, True, "0", SiglipAttention, SiglipAttention),
-        (False, True, None, GroupedBf16Attention, SiglipAttention),
+        (False, True, None, GroupedBf16Attention, GraphBf16Attention),
         (True, True, None, Bf16Attention, Bf16Attention),
     ):
         _mock_units(monkeypatch, _units(amx, bf16))
@@ -452,7 +457,7 @@ def test_int8_attention_runs_in_bf16_on_cpus_with_bf16_units(monkeypatch, fp32_f
     fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
     assert not any(isinstance(m, Bf16Attention) for m in fp32.modules())
 
-    for kernel in (Bf16Attention, GroupedBf16Attention):  # either kernel on this CPU's products
+    for kernel in (Bf16Attention, GroupedBf16Attention, GraphBf16Attention):  # each on this CPU's products
         for module in eager.modules():
             if isinstance(module, SiglipAttention):
                 module.__class__ = kernel
@@ -462,7 +467,8 @@ def test_int8_attention_runs_in_bf16_on_cpus_with_bf16_units(monkeypatch, fp32_f
 
 def _check_bf16_attention(attention: SiglipAttention, dtype: torch.dtype = torch.float32) -> None:
     """One module's heads against attention computed by hand on bf16-rounded queries, keys and values (and
-    scores, for the grouped kernel), with and without a padding mask that leaves one sequence no key."""
+    scores, for the grouped and graph kernels), with and without a padding mask that leaves one sequence no
+    key."""
     x = torch.randn(3, 10, attention.embed_dim, generator=torch.Generator().manual_seed(3)).to(dtype)
     mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [4], [0]]), dtype)  # the last: no key
     with torch.inference_mode():
@@ -472,7 +478,7 @@ def _check_bf16_attention(attention: SiglipAttention, dtype: torch.dtype = torch
         )
         for attention_mask in (None, mask):
             scores = q @ k.transpose(-1, -2)
-            if isinstance(attention, GroupedAttention):  # GroupedBf16Attention too
+            if isinstance(attention, GroupedAttention | GraphBf16Attention):  # GroupedBf16Attention too
                 scores = scores.bfloat16().float()
             scores = scores * attention.scale
             if attention_mask is not None:
@@ -529,10 +535,31 @@ def test_grouped_bf16_attention_equals_one_group(monkeypatch):
         assert torch.equal(layer.attend(x)[0], rounded.attend(x)[0])
 
 
+def test_graph_attention_equals_grouped_attention(monkeypatch):
+    """`GraphBf16Attention` (what a package compiles) computes what the eager grouped kernels compute, bit for
+    bit, eagerly: int8's float32 inputs and eager bf16's, with no mask, a per-sequence padding mask (one
+    sequence left no key) and a broadcast one; the groups do not change the numbers."""
+    from siglip.tools.embeddings import attention as kernels
+
+    plain = SiglipModel.from_pretrained(BUNDLED).text_model.encoder.layers[0].self_attn
+    for grouped, dtype in ((GroupedBf16Attention, torch.float32), (GroupedAttention, torch.bfloat16)):
+        layer, graph = copy.deepcopy(plain).to(dtype), copy.deepcopy(plain).to(dtype)
+        layer.__class__, graph.__class__ = grouped, GraphBf16Attention
+        x = torch.randn(5, 16, layer.embed_dim, generator=torch.Generator().manual_seed(6)).to(dtype)
+        per_sequence = key_padding_mask(torch.arange(16) < torch.tensor([16, 12, 9, 0, 3])[:, None], dtype)
+        monkeypatch.setattr(kernels, "SCORES_PER_GROUP", 2 * layer.num_heads * 16 * 16)  # groups of 2, 2, 1
+        with torch.inference_mode():
+            for mask in (None, per_sequence, per_sequence[1:2]):
+                ours = graph.attend(x, mask)[0]
+                assert ours.dtype == dtype and torch.isfinite(ours).all()
+                assert torch.equal(ours, layer.attend(x, mask)[0])
+
+
 @pytest.mark.parametrize("amx", [True, False])
 def test_bf16_attention_runs_in_groups_without_amx(monkeypatch, amx, fp32_features):
-    """Eager bf16 on AVX-512 BF16 without AMX runs the attention in groups of sequences; with AMX (torch's SDPA
-    kernel on the tiles) and in fp32 the attention is left as it is. The grouped bf16 towers keep the bf16
+    """Eager bf16 on AVX-512 BF16 without AMX runs the attention in groups of sequences, and a compiled bf16
+    package as graph operations; with AMX (torch's SDPA kernel on the tiles) and in fp32 the attention is
+    left as it is. The grouped bf16 towers keep the bf16
     bound (cosine >= 0.999 to fp32) and the zero-shot winners."""
     from siglip.tools.embeddings import attention
 
@@ -541,12 +568,40 @@ def test_bf16_attention_runs_in_groups_without_amx(monkeypatch, amx, fp32_featur
     model = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
     kinds = {type(m) for m in model.modules() if isinstance(m, SiglipAttention)}
     assert kinds == {SiglipAttention if amx else GroupedAttention}
+    from siglip.tools.embeddings.compiled import compile_towers
+
+    packaged = SiglipModel.from_pretrained(BUNDLED).bfloat16()
+    compile_towers(packaged, "bf16")  # the towers wrapped, not yet compiled: what their package is made of
+    kinds = {type(m) for m in packaged.modules() if isinstance(m, SiglipAttention)}
+    assert kinds == {SiglipAttention if amx else GraphBf16Attention}
     fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
     assert {type(m) for m in fp32.modules() if isinstance(m, SiglipAttention)} == {SiglipAttention}
     if amx:
         return
     _check_bf16_attention(model.vision_model.encoder.layers[0].self_attn, torch.bfloat16)
     _assert_bounds(model, fp32_features, 0.999, torch.bfloat16)
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_a_naflex_vision_tower_keeps_an_eager_kernel_beside_a_packaged_text_tower(
+    monkeypatch, tmp_path, precision
+):
+    """A NaFlex vision tower is not packaged: without AMX, in int8 its attention takes the eager grouped kernel,
+    in bf16 torch's SDPA (under torch.compile, for its long sequences), while the packaged text tower takes
+    the graph kernel."""
+    from _material import save_tiny_naflex
+    from siglip import Siglip2Model
+    from siglip.tools.embeddings.compiled import CompiledTower, compile_towers
+
+    _mock_units(monkeypatch, _units(amx=False, bf16=True))
+    monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)
+    model = Siglip2Model.from_pretrained(save_tiny_naflex(tmp_path / "naflex")).eval()
+    compile_towers(model if precision == "int8" else model.bfloat16(), precision)
+    assert isinstance(model.text_model, CompiledTower) and not isinstance(model.vision_model, CompiledTower)
+    text = {type(m) for m in model.text_model.modules() if isinstance(m, SiglipAttention)}
+    vision = {type(m) for m in model.vision_model.modules() if isinstance(m, SiglipAttention)}
+    assert text == {GraphBf16Attention}
+    assert vision == {GroupedBf16Attention if precision == "int8" else SiglipAttention}
 
 
 def test_int8_quantises_the_map_heads_input_projections(fp32_features):

@@ -1,11 +1,11 @@
 """The attention's own products (queries by keys, weights by values) of the fast CPU modes, in bf16: which
-kernel runs them on which CPU, for eager int8 and bf16 and for the int8 towers a compiled mode packages.
+kernel runs them on which CPU, for eager int8 and bf16 and for the towers a compiled mode packages.
 
-| CPU                  | int8, eager            | int8, compiled  | bf16, eager                  |
-|----------------------|------------------------|-----------------|------------------------------|
-| AMX                  | `Bf16Attention`        | `Bf16Attention` | torch's SDPA kernel, bf16    |
-| AVX-512 BF16, no AMX | `GroupedBf16Attention` | float32 SDPA    | `GroupedAttention`           |
-| no bf16 units        | float32 SDPA           | float32 SDPA    | torch's SDPA (bf16 emulated) |
+| CPU                  | int8, eager            | int8, compiled       | bf16, eager                  | bf16, compiled       |
+|----------------------|------------------------|----------------------|------------------------------|----------------------|
+| AMX                  | `Bf16Attention`        | `Bf16Attention`      | torch's SDPA kernel, bf16    | torch's SDPA, bf16   |
+| AVX-512 BF16, no AMX | `GroupedBf16Attention` | `GraphBf16Attention` | `GroupedAttention`           | `GraphBf16Attention` |
+| no bf16 units        | float32 SDPA           | float32 SDPA         | torch's SDPA (bf16 emulated) | torch's SDPA         |
 
 Why: in int8 the attention's products stay in floating point, and in float32 they took ~20% of a compiled
 base image tower's time on a Xeon with AMX (perf). There torch's SDPA kernel runs bf16 products on the tiles:
@@ -13,11 +13,14 @@ the compiled image tower ran 1.13x and the eager one 1.07x faster at 8 images, t
 either way, the embeddings' cosine to fp32 unchanged at the fourth decimal. Without AMX that kernel's small
 products ran at 120-140 GFLOP/s in bf16 and float32 alike on a 2-core AMD Zen 5 (AVX-512 BF16), where
 oneDNN's batched bf16 products reach 580-820 and the linear layers 850: the attention took 21% of the eager
-bf16 image tower's time, and SDPA in bf16 gained int8 nothing (0.97-1.05x). `grouped_products` runs it as
-two batched products and a float32 softmax over groups of sequences of at most a million scores (4 MB in
+bf16 image tower's time, and SDPA in bf16 gained int8 nothing (0.97-1.05x). Eager, `grouped_products` runs it
+as two batched products and a float32 softmax over groups of sequences of at most a million scores (4 MB in
 float32; BENCHMARKS.md has the speed); a longer sequence (a base tower at 384 pixels) keeps SDPA, whose tiles
-stay small. A compiled package keeps SDPA: the groups would depend on the batch size, which the package
-leaves free. `SIGLIP_BF16_UNITS=0` keeps int8's attention in float32 (`precision.int8_attention_dtype`).
+stay small. A package cannot group (the groups would depend on the batch size, which the package leaves
+free): `GraphBf16Attention` writes the same arithmetic as graph operations over the whole batch, which
+inductor compiles, fusing the softmax with the conversions around it; on the Zen 5 the compiled base towers
+ran 1.19-1.25x (int8) and 1.11-1.12x (bf16) faster on images than with SDPA, 1.06-1.10x on texts.
+`SIGLIP_BF16_UNITS=0` keeps int8's attention in float32 (`precision.int8_attention_dtype`).
 """
 
 from __future__ import annotations
@@ -124,6 +127,30 @@ class GroupedBf16Attention(GroupedAttention, Bf16Attention):
     grouped_dtypes = (torch.float32, torch.bfloat16)
 
 
+class GraphBf16Attention(SiglipAttention):
+    """A `SiglipAttention` for the towers a compiled mode packages on a CPU with AVX-512 BF16 and no AMX: the
+    arithmetic of `grouped_products` (bf16 products, the scores rounded to bf16, a float32 softmax, the
+    weights rounded to bf16) over the whole batch, as operations inductor compiles and fuses, in place of
+    torch's SDPA kernel. Returns the queries' dtype; dropout takes the class below."""
+
+    def scaled_dot_product(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+    ) -> torch.Tensor:
+        if dropout:
+            return super().scaled_dot_product(q, k, v, attention_mask, dropout)
+        q16, k16, v16 = (t.to(torch.bfloat16) for t in (q, k, v))
+        scores = torch.matmul(q16, k16.transpose(-1, -2)).float() * self.scale
+        if attention_mask is not None:  # added in float32: a finite mask stays finite
+            scores = scores + attention_mask
+        weights = torch.softmax(scores, dim=-1).to(torch.bfloat16)
+        return torch.matmul(weights, v16).to(q.dtype)
+
+
 def use_bf16_attention(model: nn.Module, compiled: bool = False) -> None:
     """Where int8's attention runs in bf16 (`precision.int8_attention_dtype`: a CPU with bf16 units), make every
     plain `SiglipAttention` of `model` the class of this CPU's kernel (the module doc's table; `compiled`: for
@@ -132,8 +159,8 @@ def use_bf16_attention(model: nn.Module, compiled: bool = False) -> None:
         return
     if cpu_units().amx:
         _swap(model, Bf16Attention)
-    elif not compiled:
-        _swap(model, GroupedBf16Attention)
+    else:
+        _swap(model, GraphBf16Attention if compiled else GroupedBf16Attention)
 
 
 def use_grouped_attention(model: nn.Module) -> None:
@@ -143,6 +170,14 @@ def use_grouped_attention(model: nn.Module) -> None:
     units, weight = cpu_units(), next(model.parameters())
     if units.bf16 and not units.amx and weight.dtype == torch.bfloat16 and weight.is_cpu:
         _swap(model, GroupedAttention)
+
+
+def use_graph_attention(model: nn.Module) -> None:
+    """For the bf16 towers a compiled mode packages, on a CPU with AVX-512 BF16 and no AMX, make every plain
+    `SiglipAttention` of `model` a `GraphBf16Attention`, in place; elsewhere leave it as it is."""
+    units = cpu_units()
+    if units.bf16 and not units.amx:
+        _swap(model, GraphBf16Attention)
 
 
 def _swap(model: nn.Module, attention: type[SiglipAttention]) -> None:
