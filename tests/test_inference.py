@@ -574,6 +574,9 @@ def test_bf16_attention_runs_in_groups_without_amx(monkeypatch, amx, fp32_featur
     compile_towers(packaged, "bf16")  # the towers wrapped, not yet compiled: what their package is made of
     kinds = {type(m) for m in packaged.modules() if isinstance(m, SiglipAttention)}
     assert kinds == {SiglipAttention if amx else GraphBf16Attention}
+    fp16 = SiglipModel.from_pretrained(BUNDLED).half()
+    compile_towers(fp16, "fp16")  # fp16 packages keep torch's SDPA kernel
+    assert {type(m) for m in fp16.modules() if isinstance(m, SiglipAttention)} == {SiglipAttention}
     fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
     assert {type(m) for m in fp32.modules() if isinstance(m, SiglipAttention)} == {SiglipAttention}
     if amx:

@@ -131,7 +131,8 @@ class GraphBf16Attention(SiglipAttention):
     """A `SiglipAttention` for the towers a compiled mode packages on a CPU with AVX-512 BF16 and no AMX: the
     arithmetic of `grouped_products` (bf16 products, the scores rounded to bf16, a float32 softmax, the
     weights rounded to bf16) over the whole batch, as operations inductor compiles and fuses, in place of
-    torch's SDPA kernel. Returns the queries' dtype; dropout takes the class below."""
+    torch's SDPA kernel. The mask, if any, is additive and finite (a sequence left no key by -inf would give
+    NaN, as in `grouped_products`). Returns the queries' dtype; dropout takes the class below."""
 
     def scaled_dot_product(
         self,
