@@ -65,9 +65,7 @@ def test_two_workers_share_the_port_answer_right_and_stop_together():
 def _connections_held_after_a_burst(url: str, processes: list[psutil.Process], count: int) -> list[int]:
     """The connections each of `processes` has accepted once `count` were opened to `url` at once."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    deadline = time.monotonic() + 30  # a worker listens a moment after the first one answers
-    while _listeners(int(port)) < len(processes) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _await_listeners(int(port), len(processes))  # a worker listens a moment after the first one answers
     burst = [socket.create_connection((host, int(port)), timeout=10) for _ in range(count)]
     try:
         deadline, held = time.monotonic() + 30, [0] * len(processes)
@@ -92,15 +90,10 @@ def test_a_worker_that_dies_leaves_every_new_connection_to_the_others():
     try:
         worker = _worker_of(process)
         port = int(url.rsplit(":", 1)[1])
-        deadline = time.monotonic() + 30
-        while _listeners(port) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _listeners(port) == 2
+        assert _await_listeners(port, 2) == 2
         worker.kill()
         # its main thread shows as a zombie before its other threads have let go of the socket: wait for that
-        while _listeners(port) > 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _listeners(port) == 1
+        assert _await_listeners(port, 1) == 1
         statuses = []
         for i in range(24):  # a connection each: 24 chances to be sent to the dead worker's socket
             with httpx.Client(base_url=url, timeout=10) as http:
@@ -131,6 +124,14 @@ def _worker_of(process: subprocess.Popen) -> psutil.Process:
         if "spawn_main" in " ".join(c.cmdline())
     )
     return worker
+
+
+def _await_listeners(port: int, count: int, timeout_s: float = 30) -> int:
+    """How many sockets listen on TCP `port` once `count` do, or once `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while (listening := _listeners(port)) != count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return listening
 
 
 def _listeners(port: int) -> int:

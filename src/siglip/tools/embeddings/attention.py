@@ -164,21 +164,14 @@ def use_bf16_attention(model: nn.Module, compiled: bool = False) -> None:
         _swap(model, GraphBf16Attention if compiled else GroupedBf16Attention)
 
 
-def use_grouped_attention(model: nn.Module) -> None:
-    """For eager bf16 on a CPU with AVX-512 BF16 and no AMX, make every plain `SiglipAttention` of `model` a
-    `GroupedAttention`, in place; elsewhere (AMX, whose SDPA kernel runs on the tiles, or no bf16 units)
-    leave it as it is."""
+def use_bf16_mode_attention(model: nn.Module, compiled: bool = False) -> None:
+    """For the bf16 mode on a CPU with AVX-512 BF16 and no AMX, make every plain `SiglipAttention` of `model`
+    (its weights bf16 on the CPU) a `GroupedAttention`, or a `GraphBf16Attention` for the towers a compiled
+    mode packages (`compiled`), in place; elsewhere (AMX, whose SDPA kernel runs on the tiles, or no bf16
+    units) leave it as it is."""
     units, weight = cpu_units(), next(model.parameters())
     if units.bf16 and not units.amx and weight.dtype == torch.bfloat16 and weight.is_cpu:
-        _swap(model, GroupedAttention)
-
-
-def use_graph_attention(model: nn.Module) -> None:
-    """For the bf16 towers a compiled mode packages, on a CPU with AVX-512 BF16 and no AMX, make every plain
-    `SiglipAttention` of `model` a `GraphBf16Attention`, in place; elsewhere leave it as it is."""
-    units = cpu_units()
-    if units.bf16 and not units.amx:
-        _swap(model, GraphBf16Attention)
+        _swap(model, GraphBf16Attention if compiled else GroupedAttention)
 
 
 def _swap(model: nn.Module, attention: type[SiglipAttention]) -> None:

@@ -47,7 +47,7 @@ from torch import nn
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...errors import UsageError
-from .attention import use_graph_attention
+from .attention import use_bf16_mode_attention
 from .groups import group_count
 from .int8 import PACKAGE_ROWS_PER_CALL, prepare_for_int8, pt2e_int8, torchao_version, use_eager_int8
 from .precision import cpu_units, has_amx, isa_caps
@@ -331,7 +331,7 @@ def compile_towers(model: nn.Module, precision: str) -> None:
     """Replace the text tower and the fixed-resolution vision tower of a two-tower `model` (on the CPU, its
     weights already in `precision`'s dtype) by `CompiledTower`s, in place; each compiles on its first call.
     For int8 the float modules are first changed as eager int8 changes them (`int8.prepare_for_int8`); for
-    bf16 the packaged towers' attention takes the kernel of this CPU (`attention.use_graph_attention`).
+    bf16 the packaged towers' attention takes the kernel of this CPU (`attention.use_bf16_mode_attention`).
     A NaFlex vision tower, whose inputs carry a patch mask and sizes, is not packaged: int8 quantises it
     eagerly (`use_eager_int8`, first, so that its attention takes the eager kernel), reduced floats run it
     through `torch.compile` with torch's SDPA kernel (its sequences of up to a thousand patches)."""
@@ -343,7 +343,7 @@ def compile_towers(model: nn.Module, precision: str) -> None:
     if precision == "int8":
         prepare_for_int8(model, compiled=True)
     elif precision == "bf16":
-        use_graph_attention(model.text_model if naflex else model)
+        use_bf16_mode_attention(model.text_model if naflex else model, compiled=True)
     model.text_model = CompiledTower(model.text_model, precision)
     if not naflex:
         model.vision_model = CompiledTower(model.vision_model, precision)

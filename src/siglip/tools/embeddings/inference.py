@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ...core.auto import TwoTowerModel
-from .attention import use_grouped_attention
+from .attention import use_bf16_mode_attention
 from .compiled import PACKAGED, compile_towers
 from .int8 import use_eager_int8
 from .onednn import use_fused_linears
@@ -86,7 +86,7 @@ class InferenceMode:
             use_eager_int8(model)
         if self.precision == "bf16":  # on a CPU with bf16 units: bias, GELU and residual adds in the products
             use_fused_linears(model)
-            use_grouped_attention(model)
+            use_bf16_mode_attention(model)
         if self.compile:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU
             for tower in (model.text_model, model.vision_model):
                 tower.compile(dynamic=True)
