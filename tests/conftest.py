@@ -4,8 +4,11 @@ The models use SigLIP's id layout (pad 0, eos `</s>` 1, unk `<unk>` 2, no bos) a
 documentation text that ships with every Python (`pydoc_data.topics`), in well under a second each.
 """
 
+import atexit
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,12 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 
 import _torchvision  # noqa: F401  (before any transformers / open_clip / timm import; see the module)
+
+# The compiled towers' cache (`compiled.compiled_cache`) of this process alone, removed when it exits: a
+# package left there by an earlier run or by the user's own jobs would change what `siglip embed` runs (it
+# loads a package compiled earlier), and the packages tests compile must not fill the user's cache.
+os.environ["SIGLIP_COMPILED_CACHE"] = tempfile.mkdtemp(prefix="siglip-test-compiled-")
+atexit.register(shutil.rmtree, os.environ["SIGLIP_COMPILED_CACHE"], ignore_errors=True)
 
 # nmt_nfkc is SentencePiece's default and what the released SigLIP vocabularies use; "identity" keeps the input
 # as it is, which exposes whitespace corner cases the NFKC normaliser would hide.

@@ -1029,14 +1029,14 @@ def test_int8_layers_equal_torchs_quantize_dynamic():
 
 
 def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
-    fp32_features, tmp_path, monkeypatch, caplog
+    fp32_features, tmp_path, monkeypatch, caplog, capsys
 ):
     """torchao's PT2E int8, compiled by AOTInductor (`int8` + compile): the issue's int8 bound (cosine >= 0.995
     to fp32) and the same zero-shot winners, on the image tower (one compile: the slow part of this test);
     then the package it left in the cache serves the next model of the same weights without compiling."""
     pytest.importorskip("torchao")
     from siglip.tools.embeddings import compiled
-    from siglip.tools.embeddings.compiled import CompiledTower
+    from siglip.tools.embeddings.compiled import CACHED, CompiledTower
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
     # the attention in bf16, as on a CPU with AMX, and the MAP head's projections split: traced and quantised
@@ -1095,6 +1095,35 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     loaded = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode():
         assert torch.equal(loaded.get_image_features(pixels), images)
+
+    # compile="cached" (a job too small to pay a compile back) loads that package, and where the cache does
+    # not hold it runs eager int8, compiling nothing; `siglip embed` says which it did
+    probed = SiglipModel.from_pretrained(BUNDLED)
+    classes = [type(module) for module in probed.modules()]
+    assert compiled.image_package_cached(probed, "int8")
+    assert [type(module) for module in probed.modules()] == classes  # probed on a copy
+    cached = InferenceMode("int8", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
+    eager = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+    with torch.inference_mode():
+        assert isinstance(cached.vision_model, CompiledTower)
+        assert torch.equal(cached.get_image_features(pixels), images)
+    job = ["embed", *map(str, EXAMPLES[:2]), "--model", BUNDLED, "--precision", "int8"]
+    capsys.readouterr()
+    assert main([*job, "--out", str(tmp_path / "cached.npy")]) == 0
+    said_cached = capsys.readouterr().out
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "empty"))
+    uncached = InferenceMode("int8", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
+    assert not isinstance(uncached.vision_model, CompiledTower)
+    assert main([*job, "--out", str(tmp_path / "uncached.npy")]) == 0
+    said_uncached = capsys.readouterr().out
+    with torch.inference_mode():
+        assert torch.equal(uncached.get_image_features(pixels), eager.get_image_features(pixels))
+    assert not list((tmp_path / "empty").glob("*.pt2"))
+    assert "compiled ahead of time (2 images; compiling pays from ~" in said_cached
+    assert "its package was in the cache)" in said_cached
+    assert "not compiled (2 images; compiling pays from ~" in said_uncached
+    assert "its package was not in the cache)" in said_uncached
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
 
     # a damaged package is compiled again (here: the good one copied in, as a compile would write it)
     good = package.read_bytes()
@@ -1178,7 +1207,12 @@ def test_a_compiled_package_is_named_by_everything_it_depends_on(monkeypatch, tm
 def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch, capsys, tmp_path):
     from siglip import Siglip2Config, SiglipConfig
     from siglip.tools.embeddings import compiled
-    from siglip.tools.embeddings.compiled import COMPILE_PAYS_FROM_FLOP, compile_pays, eager_as_fast
+    from siglip.tools.embeddings.compiled import (
+        CACHED,
+        COMPILE_PAYS_FROM_FLOP,
+        compile_pays,
+        eager_as_fast,
+    )
 
     base = SiglipConfig(
         vision_config={
@@ -1199,8 +1233,10 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)  # int8's packages pay with VNNI
     assert compile_pays(base, pays_from, "int8", cpu).compile
     assert compile_pays(base, pays_from, "bf16", cpu).compile
+    # below it, a job loads the package if an earlier job compiled it (`CACHED`)
     short = compile_pays(base, pays_from - 1, "int8", cpu)
-    assert not short.compile and f"pays from ~{pays_from:,}" in short.why
+    assert short.compile == CACHED and f"compiling pays from ~{pays_from:,}" in short.why
+    assert compile_pays(base, 1, "bf16", cpu).compile == CACHED
     assert not compile_pays(base, 10**9, "fp32", cpu).compile  # torch.compile: every process pays again
     assert not compile_pays(base, 10**9, "bf16", torch.device("cuda")).compile
     assert not compile_pays(Siglip2Config(), 10**9, "int8", cpu).compile  # NaFlex: not packaged
@@ -1234,10 +1270,12 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     monkeypatch.setattr(compiled, "missing_for_compile", lambda precision: "torchao is not installed")
     lacking = compile_pays(base, 10**9, "int8", cpu)
     assert not lacking.compile and "torchao is not installed" in lacking.why
-    # the job says what it chose; the bundled tiny model never pays back a compile
+    # the job says what it chose; the bundled tiny model never pays back a compile, and none is cached here
+    monkeypatch.setattr(compiled, "missing_for_compile", lambda precision: None)
     job = ["embed", *map(str, EXAMPLES[:2]), "--model", BUNDLED, "--precision", "int8"]
     assert main([*job, "--out", str(tmp_path / "e.npy")]) == 0
-    assert "not compiled (2 images; compiling pays from ~" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "not compiled (2 images; compiling pays from ~" in said and "package was not in the cache" in said
     assert main(["embed", str(EXAMPLES[0]), "--model", BUNDLED, "--out", str(tmp_path / "d.npy")]) == 0
     assert "not compiled (fp32 on cpu would compile in every process" in capsys.readouterr().out
     assert (

@@ -35,6 +35,11 @@ def test_the_options_are_frozen_and_hashable():
     assert hash(options) == hash(ModelOptions(precision="fp32", max_image_pixels=10))
     assert ModelOptions.of(options, compile=True) == ModelOptions("fp32", True, max_image_pixels=10)
     assert ModelOptions.of(None, compile=True) == ModelOptions(compile=True)
+    assert ModelOptions(compile="cached").compile == "cached"  # what `siglip embed` runs small jobs with
+    with pytest.raises(TypeError, match="compile must be True, False or 'cached', got 'yes'"):
+        ModelOptions(compile="yes")
+    with pytest.raises(TypeError, match="reduced_decode must be True or False, got 1"):
+        ModelOptions(reduced_decode=1)
 
 
 @pytest.mark.parametrize(

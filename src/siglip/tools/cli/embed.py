@@ -9,7 +9,7 @@ import time
 from ...core.auto import AutoConfig
 from ...core.hub import locate
 from ...errors import UsageError
-from ..embeddings.compiled import CompileChoice, compile_pays
+from ..embeddings.compiled import CACHED, CompileChoice, CompiledTower, compile_pays
 from ..embeddings.embedder import Embedder, resolve_device
 from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
@@ -94,8 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_options(
         parser,
-        compile_default="when the job is big enough to pay it back, ~1,000 images for a base model; never "
-        "in bf16 on a CPU with AMX for a base-size model, where the eager towers are as fast",
+        compile_default="when the job is big enough to pay it back, ~1,000 images for a base model, or ~150 "
+        "where an earlier job compiled it; never in bf16 on a CPU with AMX for a base-size model, where the "
+        "eager towers are as fast",
     )
     add_loader_options(parser)
     add_video_options(parser)
@@ -173,8 +174,13 @@ def _print_precision(
     """The precision the job ran in, with `auto` why it was chosen, and whether the job chose to compile."""
     why = f" ({auto_precision(embedder.device)[1]})" if args.precision == "auto" else ""
     print(f"precision {embedder.mode.precision}{why}")
-    if compiled is not None:
-        print(f"{'compiled ahead of time' if compiled.compile else 'not compiled'} ({compiled.why})")
+    if compiled is None:
+        return
+    done = isinstance(embedder.model.vision_model, CompiledTower)
+    cache = ""
+    if compiled.compile == CACHED:
+        cache = "; its package was in the cache" if done else "; its package was not in the cache"
+    print(f"{'compiled ahead of time' if done else 'not compiled'} ({compiled.why}{cache})")
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:

@@ -72,7 +72,7 @@ class BackgroundCompile:
     def why_not(self) -> str | None:
         """Why the embedder has nothing to compile in the background, in words (None: it has)."""
         mode, device = self.embedder.mode, self.embedder.device
-        if mode.compile:
+        if mode.compile is True:
             return "its towers are compiled already (--compile)"
         if device.type != "cpu" or mode.precision not in PACKAGED:
             return (

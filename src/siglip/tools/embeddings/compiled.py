@@ -20,6 +20,7 @@ versions' compiled bf16 at 1.04x eager instead of the 1.2x measured here (BENCHM
 from __future__ import annotations
 
 import atexit
+import copy
 import ctypes
 import functools
 import glob
@@ -67,6 +68,7 @@ COMPILE_PAYS_FROM_FLOP = 1_000 * 33.3e9
 # and 1.26-1.51x eager, and a 1,100-image job compiled by default 1.00x the transformers loop where eager ran
 # 1.43x; the same line is kept for it.
 EAGER_AS_FAST_FROM_FLOP = 1e9
+CACHED = "cached"  # compile: load the packages an earlier process compiled, else stay eager
 
 
 class _Outputs(nn.Module):
@@ -330,20 +332,16 @@ def _load_package(path: Path) -> object:
 def compile_towers(model: nn.Module, precision: str) -> None:
     """Replace the text tower and the fixed-resolution vision tower of a two-tower `model` (on the CPU, its
     weights already in `precision`'s dtype) by `CompiledTower`s, in place; each compiles on its first call.
-    For int8 the float modules are first changed as eager int8 changes them (`int8.prepare_for_int8`); for
-    bf16 the packaged towers' attention takes the kernel of this CPU (`attention.use_bf16_mode_attention`).
-    A NaFlex vision tower, whose inputs carry a patch mask and sizes, is not packaged: int8 quantises it
-    eagerly (`use_eager_int8`, first, so that its attention takes the eager kernel), reduced floats run it
-    through `torch.compile` with torch's SDPA kernel (its sequences of up to a thousand patches)."""
+    Their float modules are first changed as their packages are made of (`_prepare_for_package`). A NaFlex
+    vision tower, whose inputs carry a patch mask and sizes, is not packaged: int8 quantises it eagerly
+    (`use_eager_int8`, first, so that its attention takes the eager kernel), reduced floats run it through
+    `torch.compile` with torch's SDPA kernel (its sequences of up to a thousand patches)."""
     from ...core.auto import is_naflex
 
     naflex = is_naflex(model)
     if naflex and precision == "int8":
         use_eager_int8(model.vision_model)
-    if precision == "int8":
-        prepare_for_int8(model, compiled=True)
-    elif precision == "bf16":
-        use_bf16_mode_attention(model.text_model if naflex else model, compiled=True)
+    _prepare_for_package(model.text_model if naflex else model, precision)
     model.text_model = CompiledTower(model.text_model, precision)
     if not naflex:
         model.vision_model = CompiledTower(model.vision_model, precision)
@@ -351,10 +349,40 @@ def compile_towers(model: nn.Module, precision: str) -> None:
         model.vision_model.compile(dynamic=True)
 
 
-class CompileChoice(NamedTuple):
-    """Whether a job compiles its image tower, and why (said in the job's output)."""
+def _prepare_for_package(model: nn.Module, precision: str) -> None:
+    """The float modules of `model` (a two-tower model or a tower) changed, in place, as the packages of its
+    towers in `precision` are made of: for int8 as eager int8 changes them (`int8.prepare_for_int8`), for bf16
+    the attention kernel of this CPU (`attention.use_bf16_mode_attention`)."""
+    if precision == "int8":
+        prepare_for_int8(model, compiled=True)
+    elif precision == "bf16":
+        use_bf16_mode_attention(model, compiled=True)
 
-    compile: bool
+
+def image_package_cached(model: nn.Module, precision: str) -> bool:
+    """Whether the package `compile_towers` would load for the fixed-resolution vision tower of `model` (on
+    the CPU, its weights in `precision`'s dtype, as its pixels will be) is in the cache already, so that
+    compiling costs only its loading (about a second). Checked on a copy of the tower's modules sharing its
+    weights (the tower itself stays as it is): the package's name covers the prepared tower's weights, as a
+    loading tower's does. NaFlex vision towers have no package: False."""
+    from ...core.auto import is_naflex
+
+    tower = model.vision_model
+    if is_naflex(model) or not any(writable_cache().glob(_package_prefix(tower, precision) + "*.pt2")):
+        return False  # (without the cost of naming the package: hashing the weights)
+    shared = {id(tensor): tensor for tensor in (*tower.parameters(), *tower.buffers())}
+    probe = copy.deepcopy(tower, memo=shared)
+    _prepare_for_package(probe, precision)
+    config = tower.config
+    example = torch.empty(1, config.num_channels, config.image_size, config.image_size, dtype=model.dtype)
+    return _cached_path(probe, example, precision).exists()
+
+
+class CompileChoice(NamedTuple):
+    """Whether a job compiles its image tower (True, False, or `CACHED`: only if its package is in the cache
+    already), and why (said in the job's output)."""
+
+    compile: bool | str
     why: str
 
 
@@ -363,9 +391,11 @@ def compile_pays(
 ) -> CompileChoice:
     """Whether compiling the image tower of a model of `config` pays back in a job of `images` images run in
     `precision` on `device`: where the compiled package exists (the CPU, a fixed-resolution model, a packaged
-    precision, torchao for int8, a C++ compiler), the package runs faster than the eager tower
-    (`eager_as_fast`), and the job's linear work reaches `COMPILE_PAYS_FROM_FLOP`, scaled from the base image
-    tower's measured break-even by the tower's work per image."""
+    precision, torchao for int8, a C++ compiler) and runs faster than the eager tower (`eager_as_fast`), the
+    job compiles when its linear work reaches `COMPILE_PAYS_FROM_FLOP`, scaled from the base image tower's
+    measured break-even by the tower's work per image; a smaller job loads the package if an earlier job
+    compiled it (`CACHED`): finding and loading it took no longer than eager int8's own set-up (0.5 s for a
+    base image tower on a Zen 5, BENCHMARKS.md)."""
     from ...core.auto import is_naflex
 
     if device.type != "cpu" or precision not in PACKAGED:
@@ -378,13 +408,12 @@ def compile_pays(
     if as_fast:
         return CompileChoice(False, f"{as_fast}, or --compile")
     pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / linear_flop(config.vision_config, _patches(config)))
-    pays_from_words = f"~{pays_from:,}"
-    if images < pays_from:
-        return CompileChoice(False, f"{images} images; compiling pays from {pays_from_words}, or --compile")
     missing = missing_for_compile(precision)
     if missing:
-        return CompileChoice(False, f"compiling would pay from {pays_from_words}, but {missing}")
-    return CompileChoice(True, f"{images} images; compiling pays from {pays_from_words}")
+        return CompileChoice(False, f"compiling would pay from ~{pays_from:,}, but {missing}")
+    return CompileChoice(
+        True if images >= pays_from else CACHED, f"{images} images; compiling pays from ~{pays_from:,}"
+    )
 
 
 def eager_as_fast(config: PretrainedConfig, precision: str, device: torch.device) -> str | None:
@@ -486,7 +515,12 @@ def _package_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
     for name, tensor in tower.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return compiled_cache() / f"{precision}-{type(tower).__name__}-{digest.hexdigest()[:32]}.pt2"
+    return compiled_cache() / f"{_package_prefix(tower, precision)}{digest.hexdigest()[:32]}.pt2"
+
+
+def _package_prefix(tower: nn.Module, precision: str) -> str:
+    """The start of the names of `tower`'s packages in `precision`: the precision and the tower's class."""
+    return f"{precision}-{type(tower).__name__}-"
 
 
 def _sources(tower: nn.Module, precision: str) -> list[str]:
@@ -526,6 +560,12 @@ def _cpu() -> str:
     return "; ".join(cpu + list(isa_caps()))
 
 
+def _cached_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
+    """Where the package of `tower` run on inputs shaped as `x` is loaded from, or compiled to: its name
+    (`_package_path`) in `writable_cache()`."""
+    return writable_cache() / _package_path(tower, x, precision).name
+
+
 def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple[object, Path]:
     """The compiled `tower` for inputs shaped as `x`, and its package's path: the package loaded from the
     cache, or compiled and saved there first. One process compiles a package at a time (a file lock: the
@@ -534,7 +574,7 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple
     folder of this process only (`writable_cache()`)."""
     from filelock import FileLock
 
-    path = writable_cache() / _package_path(tower, x, precision).name
+    path = _cached_path(tower, x, precision)
     lock = FileLock(path.with_suffix(".lock"))
     lock.acquire()
     try:

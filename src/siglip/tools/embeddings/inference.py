@@ -24,7 +24,7 @@ import torch
 
 from ...core.auto import TwoTowerModel
 from .attention import use_bf16_mode_attention
-from .compiled import PACKAGED, compile_towers
+from .compiled import PACKAGED, compile_towers, image_package_cached
 from .int8 import use_eager_int8
 from .onednn import use_fused_linears
 from .precision import as_precision, check_precision, resolve_precision
@@ -44,10 +44,14 @@ class InferenceMode:
     through `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s
     (less when inductor's on-disk cache is warm), then the image tower runs 2-11% faster in fp32 with
     transformers' numbers. A batch of one image or text compiles once more (torch specialises size 1).
+
+    `compile="cached"` (`compiled.CACHED`, what `siglip embed` chooses for jobs too small to pay a compile
+    back) compiles as `True` where the fixed-resolution image tower's package is in the cache already (a
+    text tower's package compiles on its first call), and runs eager otherwise.
     """
 
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -79,7 +83,8 @@ class InferenceMode:
         (`attention.GroupedAttention`).
         """
         model = model.eval().to(self.dtype)
-        if self.compile and self.precision in PACKAGED and model.device.type == "cpu":
+        packaged = self.compile and self.precision in PACKAGED and model.device.type == "cpu"
+        if packaged and (self.compile is True or image_package_cached(model, self.precision)):
             compile_towers(model, self.precision)  # ahead of time, with freezing, kept as packages
             return model
         if self.precision == "int8":
@@ -87,7 +92,7 @@ class InferenceMode:
         if self.precision == "bf16":  # on a CPU with bf16 units: bias, GELU and residual adds in the products
             use_fused_linears(model)
             use_bf16_mode_attention(model)
-        if self.compile:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU
+        if self.compile is True:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU
             for tower in (model.text_model, model.vision_model):
                 tower.compile(dynamic=True)
         return model

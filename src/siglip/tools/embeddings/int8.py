@@ -19,6 +19,7 @@ units (`siglip.tools.embeddings.attention`).
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import warnings
@@ -199,7 +200,9 @@ class _PT2E(NamedTuple):
     prepare: Callable
     convert: Callable
     x86: ModuleType  # torchao's X86InductorQuantizer and its default configs
-    torchao_version: str
+
+
+_MISSING_TORCHAO = "--precision int8 --compile needs torchao: pip install 'siglip[int8]' (or drop --compile)"
 
 
 def _pt2e() -> _PT2E:
@@ -214,21 +217,21 @@ def _pt2e() -> _PT2E:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     except ImportError as error:
-        raise UsageError(
-            "--precision int8 --compile needs torchao: pip install 'siglip[int8]' (or drop --compile)"
-        ) from error
+        raise UsageError(_MISSING_TORCHAO) from error
     finally:
         for each, level in zip(quieted, levels, strict=True):
             each.setLevel(level)
-    import torchao
-
-    return _PT2E(prepare_pt2e, convert_pt2e, x86, torchao.__version__)
+    return _PT2E(prepare_pt2e, convert_pt2e, x86)
 
 
 def torchao_version() -> str:
     """The installed torchao's version (part of a compiled int8 package's name), or a `UsageError` saying how
-    to install it."""
-    return _pt2e().torchao_version
+    to install it. Read from its metadata: importing torchao takes seconds, which loading a package compiled
+    earlier does not need."""
+    try:
+        return importlib.metadata.version("torchao")
+    except importlib.metadata.PackageNotFoundError as error:
+        raise UsageError(_MISSING_TORCHAO) from error
 
 
 def pt2e_int8(graph: nn.Module, example: torch.Tensor) -> nn.Module:

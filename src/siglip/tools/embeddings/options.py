@@ -7,7 +7,7 @@ every command, the server, both embedding engines (in-process and Ray) and the s
 | option | what it changes |
 |---|---|
 | `precision` | the inference precision word (see `siglip.tools.embeddings.precision`); None: "auto", or what an index recorded |
-| `compile` | `torch.compile` both towers (see `InferenceMode`) |
+| `compile` | compile both towers (see `InferenceMode`); "cached": only where the image tower's package is cached |
 | `reduced_decode` | fixed-size models: decode large JPEG files at 1/2, 1/4 or 1/8 scale (faster, other pixels) |
 | `max_num_patches` | NaFlex models: the patch budget of each image (default the checkpoint's) |
 | `max_image_pixels` | image files with more pixels are refused as possible decompression bombs |
@@ -24,6 +24,7 @@ from typing import Any
 from ...core.auto import Siglip2ImageProcessor
 from ...core.two_tower.torch_resize import BACKENDS
 from ..values import Choice, whole
+from .compiled import CACHED
 from .precision import PRECISIONS
 
 _RULES = {
@@ -40,7 +41,7 @@ class ModelOptions:
     `UsageError` when the object is made."""
 
     precision: str | None = None
-    compile: bool = False
+    compile: bool | str = False
     reduced_decode: bool = False
     max_num_patches: int | None = None
     max_image_pixels: int | None = None
@@ -50,9 +51,10 @@ class ModelOptions:
         for name, rule in _RULES.items():
             if getattr(self, name) is not None:
                 rule.check(getattr(self, name), name)
-        for name in ("compile", "reduced_decode"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.reduced_decode, bool):
+            raise TypeError(f"reduced_decode must be True or False, got {self.reduced_decode!r}")
+        if not isinstance(self.compile, bool) and self.compile != CACHED:
+            raise TypeError(f"compile must be True, False or {CACHED!r}, got {self.compile!r}")
 
     @classmethod
     def of(cls, options: ModelOptions | None, **values: Any) -> ModelOptions:
