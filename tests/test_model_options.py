@@ -46,7 +46,9 @@ def test_the_options_are_frozen_and_hashable():
     "argv",
     [
         ["embed", "x", "--out", "e.npy", "--no-compile"],  # without it the job decides (test_inference)
-        ["index", "x", "--index", "i"],
+        ["index", "x", "--index", "i"],  # without --compile: packages compiled earlier ("cached")
+        ["index", "x", "--index", "i", "--compile"],
+        ["dedup", "x", "--no-compile"],  # without it the job decides, as `siglip embed`
         ["search", "a dog", "--index", "i"],
         ["classify", "x", "--labels", "a", "b"],
         ["serve", "--no-compile"],  # without it: in the background (test_background_compile)
@@ -59,6 +61,13 @@ def test_every_command_line_gives_its_options(argv):
     for field in dataclasses.fields(ModelOptions):
         if hasattr(args, field.name):
             assert getattr(options, field.name) == getattr(args, field.name), field.name
+
+
+def test_an_index_loads_the_packages_compiled_earlier_unless_told():
+    parse = build_parser().parse_args
+    assert ModelOptions.from_args(parse(["index", "x", "--index", "i"])).compile == "cached"
+    assert ModelOptions.from_args(parse(["index", "x", "--index", "i", "--no-compile"])).compile is False
+    assert parse(["dedup", "x"]).compile is None  # decided by the job's size (`compile_by_job`)
 
 
 def test_an_embedder_runs_as_its_options_say():

@@ -16,16 +16,25 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...core.auto import Siglip2ImageProcessor
+from ...core.auto import AutoConfig, Siglip2ImageProcessor
+from ...core.hub import locate
 from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import UsageError
+from ..embeddings.compiled import CompileChoice, compile_pays
 from ..embeddings.embedder import DEFAULT_MODEL, Embedder, resolve_device
+from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
 from ..embeddings.precision import PRECISIONS
 from ..inputs.files import VIDEO_EXTENSIONS, display_path
 from ..inputs.video import DEFAULT_EVERY_S, EVERY, SCENE_THRESHOLD, Sampling, sampling_of
 from ..values import Number, whole
 from ..zeroshot import DEFAULT_TEMPLATE, check_templates
+
+# `--compile`'s default where a command decides by its job's size (`compile_by_job`), said in its help
+COMPILE_BY_JOB = (
+    "when the job is big enough to pay it back, ~1,000 images for a base model, at any size where an earlier "
+    "job compiled it; never in bf16 on a CPU with AMX for a base-size model, where the eager towers are as fast"
+)
 
 
 def add_model_options(
@@ -151,6 +160,19 @@ def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "progress": False if args.no_progress else None,
     }
+
+
+def compile_by_job(args: argparse.Namespace, images: int) -> CompileChoice | None:
+    """Without --compile or --no-compile, whether a job of `images` images compiles its image tower
+    (`compile_pays`: True, False, or `compiled.CACHED`), set in `args.compile`; None when the command line
+    said."""
+    if args.compile is not None:
+        return None
+    device = resolve_device(args.device)
+    precision = InferenceMode(args.precision).resolve(device).precision
+    choice = compile_pays(AutoConfig.from_pretrained(locate(args.model)), images, precision, device)
+    args.compile = choice.compile
+    return choice
 
 
 def load_model(args: argparse.Namespace) -> Embedder:

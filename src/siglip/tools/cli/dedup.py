@@ -27,8 +27,10 @@ from ..search.dedup import (
 from ..search.index import SearchIndex
 from ..search.store import replace_atomically
 from ._options import (
+    COMPILE_BY_JOB,
     add_loader_options,
     add_model_options,
+    compile_by_job,
     integer,
     load_model,
     loader_kwargs,
@@ -86,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--undo", metavar="MANIFEST", help=f"put back the files of a --move-to ({MANIFEST_NAME})"
     )
-    add_model_options(parser)
+    add_model_options(parser, compile_default=COMPILE_BY_JOB)
     add_loader_options(parser)
     parser.set_defaults(run=run)
 
@@ -108,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[tuple[str, str]] = []
     pairs = None
     if args.index:
+        args.compile = bool(args.compile)  # the index's vectors: no model runs
         with SearchIndex(args.index, None, args.device, options=ModelOptions.from_args(args)) as index:
             ids, paths, vectors = index_vectors(index)
             model = index.model
@@ -115,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 pairs = neighbour_pairs(index, ids, vectors, args.threshold, args.neighbours)
     else:
         scan = scan_inputs(args.paths)
+        compile_by_job(args, len(scan.files))
         embedder = load_model(args)
         paths, vectors, skipped = embed_folder(embedder, scan.files, **loader_kwargs(args))
         skipped = scan.skipped + skipped

@@ -6,21 +6,20 @@ from __future__ import annotations
 import argparse
 import time
 
-from ...core.auto import AutoConfig
-from ...core.hub import locate
 from ...errors import UsageError
-from ..embeddings.compiled import CACHED, CompileChoice, CompiledTower, compile_pays
-from ..embeddings.embedder import Embedder, resolve_device
-from ..embeddings.inference import InferenceMode
+from ..embeddings.compiled import CACHED, CompileChoice, CompiledTower
+from ..embeddings.embedder import Embedder
 from ..embeddings.options import ModelOptions
 from ..embeddings.precision import auto_precision
 from ..embeddings.writers import OUTPUT_FORMATS, embed_texts_to_file, embed_to_file, output_format
 from ..inputs.tar_shards import scan_inputs
 from ..inputs.texts import TEXT_COLUMNS, read_texts
 from ._options import (
+    COMPILE_BY_JOB,
     add_loader_options,
     add_model_options,
     add_video_options,
+    compile_by_job,
     integer,
     load_model,
     loader_kwargs,
@@ -92,12 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="model actors with --engine ray (default: one per GPU, else one per 4 CPUs)",
     )
-    add_model_options(
-        parser,
-        compile_default="when the job is big enough to pay it back, ~1,000 images for a base model, or ~150 "
-        "where an earlier job compiled it; never in bf16 on a CPU with AMX for a base-size model, where the "
-        "eager towers are as fast",
-    )
+    add_model_options(parser, compile_default=COMPILE_BY_JOB)
     add_loader_options(parser)
     add_video_options(parser)
     parser.set_defaults(run=run)
@@ -114,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_on_ray(args)
     output_format(args.out)  # before the model loads: a typo should cost no time
     scan = scan_inputs(args.paths, video_sampling(args))
-    compiled = _compile_by_job(args, len(scan.files))
+    compiled = compile_by_job(args, len(scan.files))
     embedder = load_model(args)
     start = time.perf_counter()
     report = embed_to_file(scan, args.out, embedder, **loader_kwargs(args))
@@ -154,18 +148,6 @@ def _run_texts(args: argparse.Namespace) -> int:
     resumed = f"; {earlier} were done by an earlier run" if earlier else ""
     print(f"embedded {report.embedded} texts in {seconds:.1f} s{resumed}")
     return 0
-
-
-def _compile_by_job(args: argparse.Namespace, images: int) -> CompileChoice | None:
-    """Without --compile or --no-compile, whether a job of `images` images compiles (`compile_pays`), set in
-    `args.compile`; None when the command line said."""
-    if args.compile is not None:
-        return None
-    device = resolve_device(args.device)
-    precision = InferenceMode(args.precision).resolve(device).precision
-    choice = compile_pays(AutoConfig.from_pretrained(locate(args.model)), images, precision, device)
-    args.compile = choice.compile
-    return choice
 
 
 def _print_precision(

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from ...errors import UsageError
+from ..embeddings.compiled import CACHED
 from ..embeddings.embedder import DEFAULT_MODEL
 from ..embeddings.options import ModelOptions
 from ..inputs.files import check_inputs
@@ -63,10 +64,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "auto keeps the fp16 vectors in memory (ivf) while they fit, else compressed codes re-ranked from the "
         "vectors on disk (ivfpq)",
     )
-    add_model_options(parser, default=None, indexed=True)
+    add_model_options(
+        parser,
+        default=None,
+        indexed=True,
+        compile_default="a package an earlier job compiled (siglip embed, or index --compile), loaded where "
+        "it is in the cache; nothing compiled anew",
+    )
     add_loader_options(parser)
     add_video_options(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, compile=CACHED)
 
 
 def run(args: argparse.Namespace) -> int:
