@@ -1036,6 +1036,7 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     then the package it left in the cache serves the next model of the same weights without compiling."""
     pytest.importorskip("torchao")
     from siglip.tools.embeddings import compiled
+    from siglip.tools.embeddings.background_compile import BackgroundCompile
     from siglip.tools.embeddings.compiled import CACHED, CompiledTower
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
@@ -1107,10 +1108,32 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     with torch.inference_mode():
         assert isinstance(cached.vision_model, CompiledTower)
         assert torch.equal(cached.get_image_features(pixels), images)
+    processor = SiglipProcessor.from_pretrained(BUNDLED)
+    background = BackgroundCompile(Embedder(cached, processor, mode=InferenceMode("int8", compile=CACHED)))
+    assert background.why_not == "its towers are compiled already"  # a server would not compile them again
     job = ["embed", *map(str, EXAMPLES[:2]), "--model", BUNDLED, "--precision", "int8"]
     capsys.readouterr()
     assert main([*job, "--out", str(tmp_path / "cached.npy")]) == 0
     said_cached = capsys.readouterr().out
+    # `siglip dedup` of a folder chooses as `siglip embed` does; `siglip index` loads the package by default
+    assert main(["dedup", *job[1:3], "--model", BUNDLED, "--precision", "int8"]) == 0
+    assert "compiled ahead of time (2 images" in capsys.readouterr().err
+    loaded = []
+    load = compiled._load_package
+    monkeypatch.setattr(compiled, "_load_package", lambda path: loaded.append(path) or load(path))
+    index = [
+        "index",
+        *job[1:3],
+        "--index",
+        str(tmp_path / "index"),
+        "--model",
+        BUNDLED,
+        "--precision",
+        "int8",
+    ]
+    assert main(index) == 0
+    assert loaded == [package]
+    monkeypatch.setattr(compiled, "_load_package", load)
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "empty"))
     uncached = InferenceMode("int8", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
     assert not isinstance(uncached.vision_model, CompiledTower)
@@ -1237,6 +1260,12 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     short = compile_pays(base, pays_from - 1, "int8", cpu)
     assert short.compile == CACHED and f"compiling pays from ~{pays_from:,}" in short.why
     assert compile_pays(base, 1, "bf16", cpu).compile == CACHED
+    with monkeypatch.context() as probe:  # loading needs no C++ compiler: a small job does not look for one
+        probe.setattr(compiled, "missing_for_compile", lambda precision: pytest.fail("looked for a compiler"))
+        assert compile_pays(base, pays_from - 1, "int8", cpu).compile == CACHED
+        probe.setattr(compiled, "missing_for_packages", lambda precision: "torchao is not installed")
+        without = compile_pays(base, 2, "int8", cpu)
+        assert without.compile is False and without.why.endswith("but torchao is not installed")
     assert not compile_pays(base, 10**9, "fp32", cpu).compile  # torch.compile: every process pays again
     assert not compile_pays(base, 10**9, "bf16", torch.device("cuda")).compile
     assert not compile_pays(Siglip2Config(), 10**9, "int8", cpu).compile  # NaFlex: not packaged

@@ -14,13 +14,13 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from ...core.auto import AutoConfig, Siglip2ImageProcessor
 from ...core.hub import locate
 from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import UsageError
-from ..embeddings.compiled import CompileChoice, compile_pays
+from ..embeddings.compiled import CACHED, CompileChoice, CompiledTower, compile_pays
 from ..embeddings.embedder import DEFAULT_MODEL, Embedder, resolve_device
 from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
@@ -173,6 +173,18 @@ def compile_by_job(args: argparse.Namespace, images: int) -> CompileChoice | Non
     choice = compile_pays(AutoConfig.from_pretrained(locate(args.model)), images, precision, device)
     args.compile = choice.compile
     return choice
+
+
+def say_compile_choice(embedder: Embedder, choice: CompileChoice | None, file: TextIO | None = None) -> None:
+    """Print whether a job's image tower ran compiled ahead of time, and why (`choice`, from
+    `compile_by_job`); nothing when the command line said."""
+    if choice is None:
+        return
+    done = isinstance(embedder.model.vision_model, CompiledTower)
+    cache = ""
+    if choice.compile == CACHED:
+        cache = "; its package was in the cache" if done else "; its package was not in the cache"
+    print(f"{'compiled ahead of time' if done else 'not compiled'} ({choice.why}{cache})", file=file)
 
 
 def load_model(args: argparse.Namespace) -> Embedder:

@@ -39,6 +39,7 @@ from ._options import (
     print_json,
     real,
     report_skipped,
+    say_compile_choice,
 )
 
 
@@ -118,9 +119,10 @@ def run(args: argparse.Namespace) -> int:
                 pairs = neighbour_pairs(index, ids, vectors, args.threshold, args.neighbours)
     else:
         scan = scan_inputs(args.paths)
-        compile_by_job(args, len(scan.files))
+        compiled = compile_by_job(args, len(scan.files))
         embedder = load_model(args)
         paths, vectors, skipped = embed_folder(embedder, scan.files, **loader_kwargs(args))
+        say_compile_choice(embedder, compiled, file=sys.stderr)
         skipped = scan.skipped + skipped
         model = embedder.name
     groups = find_groups(paths, vectors, args.threshold, pairs=pairs)

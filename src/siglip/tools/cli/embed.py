@@ -7,7 +7,7 @@ import argparse
 import time
 
 from ...errors import UsageError
-from ..embeddings.compiled import CACHED, CompileChoice, CompiledTower
+from ..embeddings.compiled import CompileChoice
 from ..embeddings.embedder import Embedder
 from ..embeddings.options import ModelOptions
 from ..embeddings.precision import auto_precision
@@ -25,6 +25,7 @@ from ._options import (
     loader_kwargs,
     rate_line,
     report_skipped,
+    say_compile_choice,
     video_sampling,
 )
 
@@ -156,13 +157,7 @@ def _print_precision(
     """The precision the job ran in, with `auto` why it was chosen, and whether the job chose to compile."""
     why = f" ({auto_precision(embedder.device)[1]})" if args.precision == "auto" else ""
     print(f"precision {embedder.mode.precision}{why}")
-    if compiled is None:
-        return
-    done = isinstance(embedder.model.vision_model, CompiledTower)
-    cache = ""
-    if compiled.compile == CACHED:
-        cache = "; its package was in the cache" if done else "; its package was not in the cache"
-    print(f"{'compiled ahead of time' if done else 'not compiled'} ({compiled.why}{cache})")
+    say_compile_choice(embedder, compiled)
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:

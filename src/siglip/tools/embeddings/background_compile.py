@@ -72,8 +72,9 @@ class BackgroundCompile:
     def why_not(self) -> str | None:
         """Why the embedder has nothing to compile in the background, in words (None: it has)."""
         mode, device = self.embedder.mode, self.embedder.device
-        if mode.compile is True:
-            return "its towers are compiled already (--compile)"
+        model = self.embedder.model
+        if mode.compile is True or isinstance(model.vision_model, CompiledTower):
+            return "its towers are compiled already"
         if device.type != "cpu" or mode.precision not in PACKAGED:
             return (
                 f"{mode.precision} on {device.type} has no compiled package (bf16, fp16 and int8 on a CPU do)"

@@ -367,15 +367,19 @@ def image_package_cached(model: nn.Module, precision: str) -> bool:
     loading tower's does. NaFlex vision towers have no package: False."""
     from ...core.auto import is_naflex
 
-    tower = model.vision_model
-    if is_naflex(model) or not any(writable_cache().glob(_package_prefix(tower, precision) + "*.pt2")):
-        return False  # (without the cost of naming the package: hashing the weights)
+    tower, cache = model.vision_model, compiled_cache()
+    # a cache this process cannot write is not read either (`_load_or_compile`); and a cache with no package
+    # of this tower's class and precision is answered without naming the package (hashing the weights)
+    if is_naflex(model) or not os.access(cache, os.W_OK):
+        return False
+    if not any(cache.glob(_package_prefix(tower, precision) + "*.pt2")):
+        return False
     shared = {id(tensor): tensor for tensor in (*tower.parameters(), *tower.buffers())}
     probe = copy.deepcopy(tower, memo=shared)
     _prepare_for_package(probe, precision)
     config = tower.config
     example = torch.empty(1, config.num_channels, config.image_size, config.image_size, dtype=model.dtype)
-    return _cached_path(probe, example, precision).exists()
+    return (cache / _package_path(probe, example, precision).name).exists()
 
 
 class CompileChoice(NamedTuple):
@@ -408,12 +412,16 @@ def compile_pays(
     if as_fast:
         return CompileChoice(False, f"{as_fast}, or --compile")
     pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / linear_flop(config.vision_config, _patches(config)))
+    why = f"{images} images; compiling pays from ~{pays_from:,}"
+    if (
+        images < pays_from
+    ):  # loading a package needs no compiler: not looked for (importing inductor takes 1 s)
+        missing = missing_for_packages(precision)
+        return CompileChoice(False, f"{why}, but {missing}") if missing else CompileChoice(CACHED, why)
     missing = missing_for_compile(precision)
     if missing:
         return CompileChoice(False, f"compiling would pay from ~{pays_from:,}, but {missing}")
-    return CompileChoice(
-        True if images >= pays_from else CACHED, f"{images} images; compiling pays from ~{pays_from:,}"
-    )
+    return CompileChoice(True, why)
 
 
 def eager_as_fast(config: PretrainedConfig, precision: str, device: torch.device) -> str | None:
@@ -452,14 +460,23 @@ def linear_flop(tower: PretrainedConfig, tokens: int) -> float:
 def missing_for_compile(precision: str) -> str | None:
     """What this machine lacks to compile a package in `precision` (a word of `PACKAGED`), in words (None:
     nothing)."""
-    if precision == "int8" and importlib.util.find_spec("torchao") is None:
-        return "torchao is not installed (pip install 'siglip[int8]')"
+    missing = missing_for_packages(precision)
+    if missing:
+        return missing
     from torch._inductor.cpp_builder import get_cpp_compiler  # not at import: it loads torch._dynamo
 
     try:
         get_cpp_compiler()
     except Exception as error:  # inductor's own search (CXX, g++, clang++) found none that works
         return f"no C++ compiler was found ({error})"
+    return None
+
+
+def missing_for_packages(precision: str) -> str | None:
+    """What this machine lacks to name, and so to load, a package in `precision`, in words (None: nothing):
+    torchao for int8."""
+    if precision == "int8" and importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install 'siglip[int8]')"
     return None
 
 
@@ -560,12 +577,6 @@ def _cpu() -> str:
     return "; ".join(cpu + list(isa_caps()))
 
 
-def _cached_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
-    """Where the package of `tower` run on inputs shaped as `x` is loaded from, or compiled to: its name
-    (`_package_path`) in `writable_cache()`."""
-    return writable_cache() / _package_path(tower, x, precision).name
-
-
 def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple[object, Path]:
     """The compiled `tower` for inputs shaped as `x`, and its package's path: the package loaded from the
     cache, or compiled and saved there first. One process compiles a package at a time (a file lock: the
@@ -574,7 +585,7 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple
     folder of this process only (`writable_cache()`)."""
     from filelock import FileLock
 
-    path = _cached_path(tower, x, precision)
+    path = writable_cache() / _package_path(tower, x, precision).name
     lock = FileLock(path.with_suffix(".lock"))
     lock.acquire()
     try:
