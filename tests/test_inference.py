@@ -1233,6 +1233,7 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     from siglip.tools.embeddings.compiled import (
         CACHED,
         COMPILE_PAYS_FROM_FLOP,
+        COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP,
         compile_pays,
         eager_as_fast,
     )
@@ -1249,20 +1250,28 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     # by hand: 196 patches x 12 layers x (q, k, v, out: 4 x 768^2; MLP: 2 x 768 x 3072) multiply-adds, x 2
     flop = 2 * 196 * 12 * (4 * 768 * 768 + 2 * 768 * 3072)
     assert flop == 33_294_385_152
-    pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / flop)
-    assert 950 <= pays_from <= 1050  # the base tower's measured break-even, ~1,000 images
     cpu = torch.device("cpu")
     monkeypatch.setattr(compiled, "missing_for_compile", lambda precision: None)
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)  # int8's packages pay with VNNI
-    assert compile_pays(base, pays_from, "int8", cpu).compile
-    assert compile_pays(base, pays_from, "bf16", cpu).compile
-    # below it, a job loads the package if an earlier job compiled it (`CACHED`)
-    short = compile_pays(base, pays_from - 1, "int8", cpu)
-    assert short.compile == CACHED and f"compiling pays from ~{pays_from:,}" in short.why
-    assert compile_pays(base, 1, "bf16", cpu).compile == CACHED
+    # the base tower's measured break-evens: ~1,000 images with AMX (int8), ~3,500 (int8) and ~12,000 (bf16)
+    # without; below them a job loads the package if an earlier job compiled it (`CACHED`)
+    with monkeypatch.context() as probe:
+        probe.setattr(compiled, "has_amx", lambda device: True)
+        pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / flop)
+        assert 950 <= pays_from <= 1050
+        assert compile_pays(base, pays_from, "int8", cpu).compile is True
+        assert compile_pays(base, pays_from - 1, "int8", cpu).compile == CACHED
+        probe.setattr(compiled, "has_amx", lambda device: False)
+        for precision, images in (("int8", 3_500), ("bf16", 12_000)):
+            pays = math.ceil(COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP[precision] / flop)
+            assert 0.95 * images <= pays <= 1.05 * images
+            assert compile_pays(base, pays, precision, cpu).compile is True
+            short = compile_pays(base, pays - 1, precision, cpu)
+            assert short.compile == CACHED and f"compiling pays from ~{pays:,}" in short.why
+        assert compile_pays(base, 1, "bf16", cpu).compile == CACHED
     with monkeypatch.context() as probe:  # loading needs no C++ compiler: a small job does not look for one
         probe.setattr(compiled, "missing_for_compile", lambda precision: pytest.fail("looked for a compiler"))
-        assert compile_pays(base, pays_from - 1, "int8", cpu).compile == CACHED
+        assert compile_pays(base, 2, "int8", cpu).compile == CACHED
         probe.setattr(compiled, "missing_for_packages", lambda precision: "torchao is not installed")
         without = compile_pays(base, 2, "int8", cpu)
         assert without.compile is False and without.why.endswith("but torchao is not installed")
@@ -1281,7 +1290,7 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
             assert ("bf16 on a CPU with AMX" in bf16.why and "33.3 GFLOP an item" in bf16.why) is amx
             assert (eager_as_fast(base, "bf16", cpu) is None) is not amx
             assert eager_as_fast(tiny, "bf16", cpu) is None  # 51 MFLOP an image
-            assert compile_pays(base, pays_from, "int8", cpu).compile
+            assert compile_pays(base, 10**9, "int8", cpu).compile is True
             assert eager_as_fast(base, "int8", cpu) is None
     # without VNNI, eager int8 is as fast as its package for a base-size model: never compiled there either
     with monkeypatch.context() as probe:

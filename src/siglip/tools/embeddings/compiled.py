@@ -55,10 +55,19 @@ from .precision import cpu_units, has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
 PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU makes a package
-# A job's linear work (FLOP) from which compiling the image tower pays back. The base image tower (33 GFLOP an
-# image) ran 8.7 images/s in eager int8 and 14.0 compiled, after a 45 s compile (2 threads, BENCHMARKS.md):
-# 45 s / (1/8.7 - 1/14.0 s an image) = ~1,030 images. bf16 (27 s; 8.1 -> 9.8 images/s) comes to ~1,300.
+# A job's linear work (FLOP) from which compiling the image tower pays back, on a CPU with AMX and, by precision,
+# on one without. With AMX the base image tower (33 GFLOP an image) ran 8.7 images/s in eager int8 and 14.0
+# compiled, after a 45 s compile (2 threads, BENCHMARKS.md): 45 s / (1/8.7 - 1/14.0 s an image) = ~1,030
+# images (bf16 is not compiled there: `eager_as_fast`). Without AMX (a 2-core Zen 5 with AVX-512 BF16 and VNNI),
+# the packages gain less over eager towers that already run the attention in groups and the linears on packed
+# weights: the 192-photo job ran 21.6 images/s in eager int8 and 27.2 on the package, after a 34 s compile:
+# ~3,500 images; bf16's package ran 1.04-1.05x eager bf16's 18.9, after 27 s: ~12,000.
 COMPILE_PAYS_FROM_FLOP = 1_000 * 33.3e9
+COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP = {
+    "int8": 3_500 * 33.3e9,
+    "bf16": 12_000 * 33.3e9,
+    "fp16": 12_000 * 33.3e9,
+}
 # With AMX, eager bf16 runs its products on the tiles and, through oneDNN's fused linears (`onednn`), its bias,
 # GELU and residual adds with them: there the base towers' bf16 packages ran 0.64-1.09x the eager towers at
 # batches 8-32 and the embedding job 0.92x (2-core Xeon, BENCHMARKS.md). Only a tower small enough for Python's
@@ -396,10 +405,11 @@ def compile_pays(
     """Whether compiling the image tower of a model of `config` pays back in a job of `images` images run in
     `precision` on `device`: where the compiled package exists (the CPU, a fixed-resolution model, a packaged
     precision, torchao for int8, a C++ compiler) and runs faster than the eager tower (`eager_as_fast`), the
-    job compiles when its linear work reaches `COMPILE_PAYS_FROM_FLOP`, scaled from the base image tower's
-    measured break-even by the tower's work per image; a smaller job loads the package if an earlier job
-    compiled it (`CACHED`): finding and loading it took no longer than eager int8's own set-up (0.5 s for a
-    base image tower on a Zen 5, BENCHMARKS.md)."""
+    job compiles when its linear work reaches `COMPILE_PAYS_FROM_FLOP` (on a CPU with AMX) or
+    `COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP` (without), scaled from the base image tower's measured break-even by
+    the tower's work per image; a smaller job loads the package if an earlier job compiled it (`CACHED`):
+    finding and loading it took no longer than eager int8's own set-up (0.5 s for a base image tower on a
+    Zen 5, BENCHMARKS.md)."""
     from ...core.auto import is_naflex
 
     if device.type != "cpu" or precision not in PACKAGED:
@@ -411,7 +421,8 @@ def compile_pays(
     as_fast = eager_as_fast(config, precision, device)
     if as_fast:
         return CompileChoice(False, f"{as_fast}, or --compile")
-    pays_from = math.ceil(COMPILE_PAYS_FROM_FLOP / linear_flop(config.vision_config, _patches(config)))
+    work = COMPILE_PAYS_FROM_FLOP if has_amx(device) else COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP[precision]
+    pays_from = math.ceil(work / linear_flop(config.vision_config, _patches(config)))
     why = f"{images} images; compiling pays from ~{pays_from:,}"
     if (
         images < pays_from
