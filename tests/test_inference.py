@@ -1145,7 +1145,7 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     assert "compiled ahead of time (2 images; compiling pays from ~" in said_cached
     assert "its package was in the cache)" in said_cached
     assert "not compiled (2 images; compiling pays from ~" in said_uncached
-    assert "its package was not in the cache)" in said_uncached
+    assert "its package was not in the cache, or --compile)" in said_uncached
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
 
     # a damaged package is compiled again (here: the good one copied in, as a compile would write it)

@@ -184,7 +184,9 @@ def say_compile_choice(embedder: Embedder, choice: CompileChoice | None, file: T
     done = isinstance(embedder.model.vision_model, CompiledTower)
     cache = ""
     if choice.compile == CACHED:
-        cache = "; its package was in the cache" if done else "; its package was not in the cache"
+        cache = (
+            "; its package was in the cache" if done else "; its package was not in the cache, or --compile"
+        )
     print(f"{'compiled ahead of time' if done else 'not compiled'} ({choice.why}{cache})", file=file)
 
 

@@ -424,9 +424,7 @@ def compile_pays(
     work = COMPILE_PAYS_FROM_FLOP if has_amx(device) else COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP[precision]
     pays_from = math.ceil(work / linear_flop(config.vision_config, _patches(config)))
     why = f"{images} images; compiling pays from ~{pays_from:,}"
-    if (
-        images < pays_from
-    ):  # loading a package needs no compiler: not looked for (importing inductor takes 1 s)
+    if images < pays_from:  # loading a package needs no compiler: none looked for (importing inductor: 1 s)
         missing = missing_for_packages(precision)
         return CompileChoice(False, f"{why}, but {missing}") if missing else CompileChoice(CACHED, why)
     missing = missing_for_compile(precision)
