@@ -1134,6 +1134,15 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     assert main(index) == 0
     assert loaded == [package]
     monkeypatch.setattr(compiled, "_load_package", load)
+    # a cache this process may read but not write (a read-only image layer, another user's) still serves it
+    write_error = compiled._write_error
+    denied = PermissionError(13, "Read-only file system")
+    monkeypatch.setattr(compiled, "_write_error", lambda f: denied if f == package.parent else write_error(f))
+    read_only = InferenceMode("int8", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
+    with torch.inference_mode():
+        assert torch.equal(read_only.get_image_features(pixels), images)  # loaded: `_compile_package` raises
+    assert read_only.vision_model.package.path == package
+    monkeypatch.setattr(compiled, "_write_error", write_error)
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "empty"))
     uncached = InferenceMode("int8", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
     assert not isinstance(uncached.vision_model, CompiledTower)

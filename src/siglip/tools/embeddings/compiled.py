@@ -377,11 +377,9 @@ def image_package_cached(model: nn.Module, precision: str) -> bool:
     from ...core.auto import is_naflex
 
     tower, cache = model.vision_model, compiled_cache()
-    # a cache this process cannot write is not read either (`_load_or_compile`); and a cache with no package
-    # of this tower's class and precision is answered without naming the package (hashing the weights)
-    if is_naflex(model) or not os.access(cache, os.W_OK):
-        return False
-    if not any(cache.glob(_package_prefix(tower, precision) + "*.pt2")):
+    # a cache with no package of this tower's class and precision is answered without naming the package
+    # (hashing the weights)
+    if is_naflex(model) or not any(cache.glob(_package_prefix(tower, precision) + "*.pt2")):
         return False
     shared = {id(tensor): tensor for tensor in (*tower.parameters(), *tower.buffers())}
     probe = copy.deepcopy(tower, memo=shared)
@@ -503,13 +501,21 @@ def writable_cache() -> Path:
     """`compiled_cache()` where this process can write a file in it, else a folder of this process only
     (removed when it exits; a warning says so)."""
     cache = compiled_cache()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=cache).close()
+    error = _write_error(cache)
+    if error is None:
         return cache
+    logger.warning("%s is not writable (%s): compiling for this process only", cache, error)
+    return _process_folder()
+
+
+def _write_error(folder: Path) -> OSError | None:
+    """Why this process cannot write a file in `folder` (made first if missing), or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
-        logger.warning("%s is not writable (%s): compiling for this process only", cache, error)
-        return _process_folder()
+        return error
+    return None
 
 
 def _versions(precision: str) -> tuple[str, ...]:
@@ -591,10 +597,18 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple
     cache, or compiled and saved there first. One process compiles a package at a time (a file lock: the
     others wait, then load it); it is written to a temporary name and renamed, so that no reader sees half a
     package. A package that fails to load is compiled again; a cache that cannot be written is replaced by a
-    folder of this process only (`writable_cache()`)."""
+    folder of this process only (`writable_cache()`); a package already in a cache this process may read but
+    not write (a read-only image layer, another user's folder) is loaded from there, without the lock (a
+    package is renamed into place whole)."""
     from filelock import FileLock
 
-    path = writable_cache() / _package_path(tower, x, precision).name
+    cache, name = compiled_cache(), _package_path(tower, x, precision).name
+    if (cache / name).exists() and _write_error(cache) is not None:
+        try:
+            return _load_package(cache / name), cache / name
+        except Exception as error:  # as a damaged package in a writable cache: compiled again, here elsewhere
+            logger.warning("compiling for this process: %s failed to load (%s)", cache / name, error)
+    path = writable_cache() / name
     lock = FileLock(path.with_suffix(".lock"))
     lock.acquire()
     try:
