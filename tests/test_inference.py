@@ -18,6 +18,7 @@ from PIL import Image, ImageFile
 from _material import BUNDLED
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+from siglip.core.staging import FILE_MODE
 from siglip.core.two_tower.modeling import (
     ACTIVATIONS,
     SiglipAttention,
@@ -1088,6 +1089,10 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     # one package, named by the weights: another model of the same weights loads it and compiles nothing
     (package,) = (tmp_path / "cache").glob("*.pt2")
     assert package.name.startswith("int8-SiglipVisionTransformer-") and package.suffix == ".pt2"
+    # readable as a plain file of this process is (its umask), not only by its owner as a temporary file
+    # is: a cache compiled by one user, or at a container image's build, serves the others
+    (library,) = (tmp_path / "cache").glob("*.so")
+    assert {package.stat().st_mode & 0o777, library.stat().st_mode & 0o777} == {FILE_MODE}
 
     def no_compile(*args):
         raise AssertionError("compiled although the cache holds the package")

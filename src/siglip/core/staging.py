@@ -42,7 +42,7 @@ def staged_directory(directory: str | os.PathLike, replaces: tuple[str, ...] = (
         stale = [p for pattern in replaces for p in target.glob(pattern) if p.name not in written]
         for item in staging.iterdir():
             if item.is_file():
-                item.chmod(_FILE_MODE)  # some writers (safetensors) create files only their owner can read
+                item.chmod(FILE_MODE)  # some writers (safetensors) create files only their owner can read
             os.replace(item, target / item.name)
         for item in stale:
             item.unlink(missing_ok=True)
@@ -64,7 +64,7 @@ def staged_new_directory(directory: str | os.PathLike) -> Iterator[Path]:
         yield staging
         for item in staging.iterdir():
             if item.is_file():
-                item.chmod(_FILE_MODE)
+                item.chmod(FILE_MODE)
         staging.chmod(_FOLDER_MODE)  # mkdtemp's folders are the owner's only
         os.rename(staging, target)
 
@@ -113,5 +113,5 @@ def _umask() -> int:
 
 
 _UMASK = _umask()
-_FILE_MODE = 0o666 & ~_UMASK
+FILE_MODE = 0o666 & ~_UMASK  # what a plain file this process creates gets (mkstemp's are the owner's only)
 _FOLDER_MODE = 0o777 & ~_UMASK

@@ -47,6 +47,7 @@ from torch import nn
 
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
+from ...core.staging import FILE_MODE
 from ...errors import UsageError
 from .attention import use_bf16_mode_attention
 from .groups import group_count
@@ -258,11 +259,14 @@ def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, stem
 @contextmanager
 def _renamed_into(target: Path) -> Iterator[Path]:
     """A temporary file beside `target`, renamed to it once the block has written it (so that no reader, in
-    this process or another, sees half a file), removed if the block fails."""
+    this process or another, sees half a file), removed if the block fails. The file gets the permissions of
+    a plain file of this process (`staging.FILE_MODE`): readable by the other users the umask lets read, so
+    that a cache compiled by one user (or at a container image's build) serves the others."""
     handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=target.suffix)
     os.close(handle)
     try:
         yield Path(partial)
+        os.chmod(partial, FILE_MODE)
         os.replace(partial, target)
     finally:
         Path(partial).unlink(missing_ok=True)
