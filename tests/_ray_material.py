@@ -3,6 +3,9 @@ and the in-process job's output over them, the oracle the Ray engine must match 
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,26 @@ from _material import BUNDLED, PHOTOS
 BATCH = 8  # images per model call, in both engines
 SHARD = 24  # images per shard: 9 shards of 200 files
 ACTOR_THREADS = 2  # what a CPU actor gets on the test clusters: CPUs // actors
+
+
+# the threads Ray Data leaves running for a while after a dataset's last row (its executor, its metadata fetcher)
+RAY_DATA_THREADS = ("StreamingExecutor-", "ray-data-metadata-prefetch")
+
+
+def shutdown_ray(timeout_s: float = 60) -> None:
+    """`ray.shutdown()` once the object references that only a garbage collection frees are freed and Ray
+    Data's threads have ended: a reference freed, or a fetch made, after the shutdown makes Ray end the whole
+    process ("The core worker has already been shutdown ... The process will exit", status 1), which took a
+    pytest worker of the CI run down with it (its Ray driver log, 2026-12-06)."""
+    import ray
+
+    gc.collect()
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.name.startswith(RAY_DATA_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    gc.collect()
+    ray.shutdown()
 
 
 def write_200_photos(directory: Path) -> list[Path]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from _material import BUNDLED
-from _ray_material import BATCH, SHARD, in_process, read_parquet, write_200_photos
+from _ray_material import BATCH, SHARD, in_process, read_parquet, shutdown_ray, write_200_photos
 from siglip import find_images
 from siglip.tools.embeddings.ray_engine import embed_with_ray
 
@@ -28,7 +28,7 @@ def cluster():
     nodes.wait_for_nodes()
     ray.init(address=nodes.address, log_to_driver=False)
     yield nodes
-    ray.shutdown()
+    shutdown_ray()
     nodes.shutdown()
 
 

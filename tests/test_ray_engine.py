@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from _material import BUNDLED
-from _ray_material import BATCH, SHARD, in_process, read_parquet, write_200_photos, write_shards
+from _ray_material import BATCH, SHARD, in_process, read_parquet, shutdown_ray, write_200_photos, write_shards
 from siglip import SearchIndex
 from siglip.tools.cli import main
 from siglip.tools.embeddings.ray_engine import embed_with_ray
@@ -25,7 +25,7 @@ def cluster():
         address="local", num_cpus=2, include_dashboard=False, log_to_driver=False
     )  # a new cluster, never one left running
     yield
-    ray.shutdown()
+    shutdown_ray()
 
 
 @pytest.fixture(scope="module")

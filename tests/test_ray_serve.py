@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from _material import BUNDLED, write_photos
+from _ray_material import shutdown_ray
 from siglip import Embedder, ModelOptions, SearchIndex
 from siglip.tools.serve import ServeSettings
 
@@ -49,7 +50,7 @@ def served(material):
     with TestClient(create_app(embedder, material[0], settings)) as local:
         yield f"http://127.0.0.1:{port}", local
     ray_serve.shutdown()
-    ray.shutdown()
+    shutdown_ray()
 
 
 def test_two_replicas_answer_like_the_in_process_server(served, material):
