@@ -25,7 +25,6 @@ import ctypes
 import functools
 import glob
 import hashlib
-import importlib.util
 import inspect
 import logging
 import math
@@ -485,9 +484,12 @@ def missing_for_compile(precision: str) -> str | None:
 
 def missing_for_packages(precision: str) -> str | None:
     """What this machine lacks to name, and so to load, a package in `precision`, in words (None: nothing):
-    torchao for int8."""
-    if precision == "int8" and importlib.util.find_spec("torchao") is None:
-        return "torchao is not installed (pip install 'siglip[int8]')"
+    torchao for int8, asked as the package's name asks it (`int8.torchao_version`)."""
+    if precision == "int8":
+        try:
+            torchao_version()
+        except UsageError:
+            return "torchao is not installed (pip install 'siglip[int8]')"
     return None
 
 
