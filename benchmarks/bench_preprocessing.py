@@ -11,7 +11,8 @@
   thread and with their default threads (one per core). `--backend pil` (the default here): the PIL backends,
   `SiglipImageProcessorPil` of siglip and transformers and the Rust port's `backend="pil"`. `--backend torch`:
   the default processors, siglip's and transformers' `SiglipImageProcessor` (transformers' on torchvision) and
-  the Rust port's `backend="torchvision"`.
+  the Rust port's `backend="torchvision"`. With the PIL backend, siglip's processor is also timed with its
+  compiled resize hidden (the `fast-resize` extra not installed: Pillow decodes and resizes).
 
 All sides are timed alternately on the same inputs; the tables give medians and the speed-ups. Outputs are
 compared first: a row is only timed when ours equals the reference exactly (the Rust port's largest difference
@@ -25,8 +26,10 @@ import os
 import random
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,7 @@ from PIL import Image
 
 from _common import machine_line, make_jpegs, time_alternately, train_tokenizer
 from siglip import SiglipImageProcessor, SiglipImageProcessorPil, SiglipTokenizer
+from siglip.core.two_tower import pil_resize
 
 # --backend: (siglip's processor class, transformers' class name, hf-processors-rs's backend, table label)
 BACKENDS = {
@@ -102,18 +106,35 @@ def compare_images(
         "rs": lambda: rust(images, threads),
         "transformers": lambda: theirs(images, return_tensors="np")["pixel_values"],
     }
+    if pil_resize.kernels() is not None and ours.backend == "pil":
+        calls["siglip, Pillow's resize"] = pillows_resize(calls["siglip"])
     reference = calls["transformers"]()
-    diffs = {name: float(np.abs(calls[name]() - reference).max()) for name in ("siglip", "rs")}
-    if diffs["siglip"] != 0:
-        raise SystemExit(f"image processor, {what}: siglip's pixels differ by {diffs['siglip']}; not timing")
+    diffs = {name: float(np.abs(call() - reference).max()) for name, call in calls.items()}
+    for name in calls.keys() - {"rs"}:
+        if diffs[name] != 0:
+            raise SystemExit(f"image processor, {what}: {name}'s pixels differ by {diffs[name]}; not timing")
     seconds = time_alternately(calls, repeats, warmup=1)
     return {
         "input": what,
         "threads": "1" if threads == 1 else f"default ({os.cpu_count()} cores)",
         **{name: len(images) / s for name, s in seconds.items()},
-        "diff_siglip": diffs["siglip"],
         "diff_rs": diffs["rs"],
     }
+
+
+def pillows_resize(call: Callable) -> Callable:
+    """`call` run with the PIL backend's compiled resize hidden: Pillow resizes (and decodes JPEGs), as
+    without the `fast-resize` extra."""
+
+    def pillow() -> object:
+        loaded = pil_resize.kernels
+        pil_resize.kernels = lambda wait=False: None
+        try:
+            return call()
+        finally:
+            pil_resize.kernels = loaded
+
+    return pillow
 
 
 def main() -> None:
@@ -154,6 +175,14 @@ def main() -> None:
         if args.backend == "torch":  # its torchvision decodes files with torchvision.io, broken by the CUDA
             # wheel here (tests/_torchvision.py): it gets each file opened by Pillow, as siglip decodes it
             theirs_img = pillow_opened(theirs_img)
+        if args.backend == "pil":  # the compiled resize loaded before timing (the `fast-resize` extra)
+            start = time.perf_counter()
+            compiled = pil_resize.kernels(wait=True) is not None
+            resize_note = (
+                f"compiled resize loaded in {time.perf_counter() - start:.2f} s (numba {version('numba')})"
+                if compiled
+                else "numba not installed: Pillow resizes"
+            )
         ours_class().save_pretrained(tmp / "processor")
         rust = rust_processor(tmp / "processor", rust_backend)
         for threads in (1, None):
@@ -165,7 +194,9 @@ def main() -> None:
 
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"numpy {np.__version__}, {torch.get_num_threads()} torch threads")  # fmt: skip
-    print(f"{machine_line()}; Pillow {PIL.__version__}")
+    print(
+        f"{machine_line()}; Pillow {PIL.__version__}" + (f"; {resize_note}" if args.backend == "pil" else "")
+    )
     print("\n| benchmark | siglip | transformers | speed-up |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['name']} | {row['ours']:,.0f} | {row['theirs']:,.0f} | {row['speedup']:.1f}x |")
@@ -173,16 +204,19 @@ def main() -> None:
         f"\nImage processors, {args.images} 640x480 JPEGs to 224x224 pixel_values, images/s (medians of "
         f"{args.repeats}); max abs diff of the pixels to transformers'"
     )
+    pillow = "siglip, Pillow's resize"
+    extra = f" {pillow} | siglip vs it |" if pillow in image_rows[0] else ""
     print(
         f"\n| input | threads | siglip | hf-processors-rs ({rust_backend}) | transformers ({label}) | siglip vs rs | "
-        "siglip vs transformers | max abs diff siglip / rs |"
+        f"siglip vs transformers |{extra} max abs diff rs |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if extra else "") + "---|")
     for row in image_rows:
+        cells = f" {row[pillow]:,.0f} | {row['siglip'] / row[pillow]:.2f}x |" if extra else ""
         print(
             f"| {row['input']} | {row['threads']} | {row['siglip']:,.0f} | {row['rs']:,.0f} | "
             f"{row['transformers']:,.0f} | {row['siglip'] / row['rs']:.2f}x | "
-            f"{row['siglip'] / row['transformers']:.2f}x | {row['diff_siglip']:g} / {row['diff_rs']:g} |"
+            f"{row['siglip'] / row['transformers']:.2f}x |{cells} {row['diff_rs']:g} |"
         )
 
 

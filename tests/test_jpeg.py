@@ -1,5 +1,6 @@
-"""JPEG files decoded by libjpeg-turbo directly (`siglip.core.two_tower.jpeg`, the torch backend's decoder):
-Pillow's pixels bit for bit, or Pillow decodes the file as before.
+"""JPEG files decoded by libjpeg-turbo directly (`siglip.core.two_tower.jpeg`: the torch backend's decoder, and
+the PIL backend's once its compiled resize is loaded): Pillow's pixels bit for bit, or Pillow decodes the file as
+before.
 
 The oracle is Pillow itself (which transformers decodes with): each file decoded, converted to RGB and turned
 upright by Pillow, against the same file through `jpeg.decode`; and the processor from files against the
@@ -18,7 +19,7 @@ from PIL import Image, ImageFile, ImageOps
 from skimage import data as skimage_data
 
 from siglip import Siglip2ImageProcessor, SiglipImageProcessor, SiglipImageProcessorPil
-from siglip.core.two_tower import jpeg, torch_resize
+from siglip.core.two_tower import jpeg, pil_resize, torch_resize
 from siglip.errors import ImageInputError
 from test_image_processing import _jpeg
 
@@ -66,9 +67,9 @@ def _pillows(data: bytes, exif_transpose: bool = True) -> torch.Tensor:
         return torch_resize.from_pil(image.convert("RGB"))
 
 
-def _decoded(data: bytes, exif_transpose: bool = True) -> torch.Tensor | None:
+def _decoded(data: bytes, exif_transpose: bool = True, padded: bool = True) -> torch.Tensor | None:
     with Image.open(io.BytesIO(data)) as image:
-        return jpeg.decode(image, exif_transpose)
+        return jpeg.decode(image, exif_transpose, padded)
 
 
 def test_the_decoder_is_available_here():
@@ -88,6 +89,8 @@ def test_pixels_are_pillows_bit_for_bit(name):
         f"{name}: {(pixels.int() - expected.int()).abs().max()} levels apart"
     )
     assert pixels.stride() == (1, 4 * pixels.shape[2], 4)  # the layout torch_resize reads in place
+    unpadded = _decoded(data, padded=False)  # the PIL backend's: 3 bytes a pixel
+    assert torch.equal(unpadded, expected) and unpadded.stride() == (1, 3 * pixels.shape[2], 3)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -122,8 +125,8 @@ def _fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     calls: list[bool] = []
     decode = jpeg.decode
 
-    def spy(image: Image.Image, exif_transpose: bool) -> torch.Tensor | None:
-        pixels = decode(image, exif_transpose)
+    def spy(image: Image.Image, exif_transpose: bool, padded: bool = True) -> torch.Tensor | None:
+        pixels = decode(image, exif_transpose, padded)
         calls.append(pixels is not None)
         return pixels
 
@@ -161,15 +164,21 @@ def test_the_processor_gives_from_files_what_it_gives_from_pillows_images(
         assert torch.equal(from_files[key], expected[key]) and torch.equal(from_bytes[key], expected[key])
 
 
-def test_the_pil_backend_and_reduced_decoding_keep_pillows_decoder(tmp_path, monkeypatch):
+def test_reduced_decoding_and_the_pil_backend_resizing_with_pillow_keep_pillows_decoder(
+    tmp_path, monkeypatch
+):
     path = tmp_path / "photo.jpg"
     path.write_bytes(_encoded(Image.fromarray(skimage_data.astronaut())))
     calls = _fast_path_calls(monkeypatch)
-    SiglipImageProcessorPil()(path)
+    with monkeypatch.context() as patch:  # the compiled resize not loaded (yet), or numba missing
+        patch.setattr(pil_resize, "kernels", lambda wait=False: None)
+        SiglipImageProcessorPil()(path)
     SiglipImageProcessor(reduced_decode=True)(path)
     assert calls == []
     SiglipImageProcessor()(path)
-    assert calls == [True]
+    assert pil_resize.kernels(wait=True) is not None
+    SiglipImageProcessorPil()(path)  # it reads the decoded pixels in place (test_pil_resize.py)
+    assert calls == [True, True]
 
 
 def test_a_truncated_jpeg_still_fails_naming_it(tmp_path):
@@ -221,7 +230,7 @@ def test_files_are_mapped_not_read(tmp_path):
         assert torch.equal(jpeg.decode(image, True), _pillows(data))
 
 
-def test_the_servers_uploads_take_the_decoder_with_the_torch_backend(monkeypatch):
+def test_the_servers_uploads_take_the_decoder(monkeypatch):
     from siglip.tools.serve.errors import ApiError
     from siglip.tools.serve.images import model_inputs
     from siglip.tools.serve.inputs import Upload
@@ -229,7 +238,8 @@ def test_the_servers_uploads_take_the_decoder_with_the_torch_backend(monkeypatch
     photo = Image.fromarray(skimage_data.chelsea()).crop((0, 0, 300, 200))
     data = _jpeg(photo, orientation=6)
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-    for processor, taken in ((SiglipImageProcessor(), [True]), (SiglipImageProcessorPil(), [])):
+    assert pil_resize.kernels(wait=True) is not None
+    for processor, taken in ((SiglipImageProcessor(), [True]), (SiglipImageProcessorPil(), [True])):
         calls = _fast_path_calls(monkeypatch)
         inputs = model_inputs([Upload("photo", data)], processor, 10**8, 10**9)
         assert np.array_equal(

@@ -51,17 +51,18 @@ def _decoder() -> Callable[..., np.ndarray] | None:
     return decode_jpeg
 
 
-def decode(image: Image.Image, exif_transpose: bool) -> torch.Tensor | None:
+def decode(image: Image.Image, exif_transpose: bool, padded: bool = True) -> torch.Tensor | None:
     """(3, H, W) uint8 pixels of `image` (opened by Pillow, neither loaded nor drafted) as Pillow would decode
-    and convert them to RGB, or None where Pillow must decode it (see the module). The tensor is laid out as
-    `torch_resize.from_pil`'s: a view of 4 bytes per pixel, which `torch_resize.resize` reads in place.
+    and convert them to RGB, or None where Pillow must decode it (see the module). The tensor is a view of
+    (H, W, 4) pixels with `padded`, laid out as `torch_resize.from_pil`'s, which `torch_resize.resize` reads
+    in place; else of (H, W, 3) pixels, which the PIL backend's resize transposes faster (`pil_resize`).
     `exif_transpose`: turn the pixels as the file's EXIF orientation says (`ImageOps.exif_transpose`)."""
     decode_jpeg = _decoder()
     if decode_jpeg is None or image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
         return None
     try:
         with _contents(image.fp) as data:  # a JPEG's (or MPO's first) image starts at the file's first byte
-            pixels = decode_jpeg(data, colorspace="RGBX")
+            pixels = decode_jpeg(data, colorspace="RGBX" if padded else "RGB")
     except ValueError:  # anything libjpeg-turbo warns about: Pillow's decoder decides
         return None
     if pixels.shape[:2] != (image.height, image.width):
