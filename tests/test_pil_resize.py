@@ -1,13 +1,15 @@
 """The PIL backend's compiled resize (`siglip.core.two_tower.pil_resize`, numba): Pillow's pixels, bit for bit.
 
 The oracle is Pillow's `Image.resize` itself (which transformers' PIL processors call), on random sizes from 1
-pixel to larger than the model, down and up, along one axis or both (both orders of Pillow's passes), for every
-filter Pillow resamples by convolution, on noise, on black-and-white patterns (whose filter overshoots clip)
-and on real photos; and the processors, which must give the same pixels whether Pillow or the compiled loops
-resize (the PIL backend's parity with transformers is tested in test_image_processing*.py).
+pixel to larger than the model, down and up, along one axis or both (both orders of Pillow's passes), for the
+box, bilinear and bicubic filters (the others stay Pillow's), on noise, on black-and-white patterns (whose
+filter overshoots clip) and on real photos; and the processors, which must give the same pixels whether Pillow
+or the compiled loops resize (the PIL backend's parity with transformers is tested in test_image_processing*.py).
 """
 
+import os
 import random
+import time
 
 import numpy as np
 import PIL
@@ -105,23 +107,74 @@ def test_the_order_of_the_passes_follows_the_installed_pillow():
     horizontal_first = _pillow(_pillow(pixels, (600, 200), resample), size, resample)
     vertical_first = _pillow(_pillow(pixels, (100, 210), resample), size, resample)
     assert not np.array_equal(horizontal_first, vertical_first)
-    pillow_13 = int(PIL.__version__.split(".")[0]) >= 13
+    pillow_13 = int(PIL.__version__.split(".")[0]) >= 13  # read here, not from the code under test
     expected = vertical_first if pillow_13 else horizontal_first
     assert np.array_equal(_pillow(pixels, size, resample), expected)
     assert np.array_equal(pil_resize.resize(pixels, size, resample), expected)
 
 
-def test_filters_pillow_resamples_otherwise_are_left_to_it():
+def test_other_filters_and_images_pillow_cannot_lend_are_left_to_it():
     pixels = np.zeros((10, 10, 3), np.uint8)
-    assert pil_resize.resize(pixels, (5, 5), Image.Resampling.NEAREST) is None
+    for resample in (Image.Resampling.NEAREST, Image.Resampling.HAMMING, Image.Resampling.LANCZOS):
+        assert pil_resize.resize(pixels, (5, 5), resample) is None
+    # more than Pillow's 16 MB block: it would be copied first, which costs more than the loops save
+    large = Image.new("RGB", (2100, 2100))
+    assert pil_resize.resize(large, (224, 224), Image.Resampling.BICUBIC) is None
+    assert pil_resize.resize(np.asarray(large), (224, 224), Image.Resampling.BICUBIC) is not None
 
 
 def test_without_numba_pillow_resizes(monkeypatch):
-    monkeypatch.setattr(pil_resize, "_kernels", None)
+    monkeypatch.setattr(pil_resize, "_NUMBA", False)
     monkeypatch.setattr(pil_resize, "_loader", None)
-    monkeypatch.setattr(pil_resize.importlib.util, "find_spec", lambda name: None)
-    assert pil_resize.kernels(wait=True) is None
+    monkeypatch.setattr(pil_resize, "_kernels", None)
+    assert pil_resize.kernels(wait=True) is None and pil_resize._loader is None
     assert pil_resize.resize(np.zeros((10, 10, 3), np.uint8), (5, 5), Image.Resampling.BICUBIC) is None
+
+
+def test_a_fork_while_the_loops_load_waits_for_them(loops, monkeypatch):
+    # a child forked mid-load (a DataLoader's workers started right after a first image) gets the loaded
+    # loops, not the module its parent's loader thread had half imported
+    def slow_load():
+        time.sleep(0.5)
+        pil_resize._kernels = loops
+
+    monkeypatch.setattr(pil_resize, "_load", slow_load)
+    monkeypatch.setattr(pil_resize, "_loader", None)
+    monkeypatch.setattr(pil_resize, "_kernels", None)
+    assert pil_resize.kernels() is None  # loading
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: does it have the loops, and do they resize?
+        try:
+            pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            got = pil_resize.resize(pixels, (20, 30), Image.Resampling.BICUBIC)
+            same = got is not None and np.array_equal(
+                got, _pillow(pixels, (20, 30), Image.Resampling.BICUBIC)
+            )
+            os.write(write, b"1" if same else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(child, 0)
+    assert answer == b"1"
+
+
+def test_without_a_writable_cache_the_loops_compile_in_the_process(monkeypatch):
+    import numba
+
+    from siglip.core.two_tower import _resize_kernels
+
+    njit = numba.njit
+
+    def no_cache(*args, **kwargs):
+        if kwargs.get("cache"):  # numba's words where it finds no folder to write its cache in
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", no_cache)
+    twice = _resize_kernels._compiled([numba.int64(numba.int64)])(lambda x: 2 * x)
+    assert twice(21) == 42
 
 
 def _inputs(tmp_path) -> list:

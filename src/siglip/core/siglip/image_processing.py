@@ -73,8 +73,11 @@ class SiglipImageProcessor(BaseImageProcessor):
     LA, PA, P or L with a transparent colour) is composited over white, CMYK, 1-bit and palette images are
     converted by PIL, 32-bit grey (modes I and F) is clipped to 0..255.
 
-    Paths and bytes are decoded by Pillow with both backends (transformers' torchvision processor decodes paths
-    with torchvision); arrays and tensors of any dtype are resized in that dtype by the torch backend, as there.
+    Paths and bytes are decoded to Pillow's pixels with both backends (JPEGs by libjpeg-turbo directly where
+    that gives them, see `siglip.core.two_tower.jpeg`; transformers' torchvision processor decodes paths with
+    torchvision); arrays and tensors of any dtype are resized in that dtype by the torch backend, as there.
+    The PIL backend resizes by Pillow's arithmetic in compiled loops where the `fast-resize` extra is
+    installed (`siglip.core.two_tower.pil_resize`): Pillow's pixels, faster.
 
     Deliberate differences from transformers:
     - 16-bit grey (mode I;16, e.g. 16-bit PNG and TIFF) is scaled to 8 bits, `round(v * 255 / 65535)`;

@@ -136,9 +136,9 @@ class Siglip2ImageProcessor(BaseImageProcessor):
             more pixels than `max_image_pixels` are refused, by default Pillow's `MAX_IMAGE_PIXELS`).
 
     Accepted images and conversion to RGB: as `SiglipImageProcessor` (its documented differences from
-    transformers for 16-bit grey, transparent files and bad input apply here too; files are decoded by Pillow
-    with both backends). Deliberate difference: transformers' SigLIP 2 image processors leave `do_convert_rgb`
-    unset and then fail on grey, RGBA, palette or CMYK images; ours always convert (and save
+    transformers for 16-bit grey, transparent files and bad input apply here too; files are decoded to
+    Pillow's pixels with both backends). Deliberate difference: transformers' SigLIP 2 image processors leave
+    `do_convert_rgb` unset and then fail on grey, RGBA, palette or CMYK images; ours always convert (and save
     `do_convert_rgb: true`, which transformers honours). An image of any size from 1 x 1 pixel up is resized
     to at least one patch, as transformers does; an empty image, or with `do_resize=False` one that is not a
     whole number of patches, raises `ImageInputError` naming it.

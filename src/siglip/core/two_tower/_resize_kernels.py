@@ -1,8 +1,10 @@
 """The compiled loops of `pil_resize` (numba): imported by it only, in the background, when numba is installed.
 
-Importing this module compiles both functions for the one signature each has (or loads them from numba's
-cache on disk: a few tenths of a second), so a call never compiles.
+Importing this module compiles both functions for their signatures (or loads them from numba's cache on disk:
+a few tenths of a second), so a call never compiles.
 """
+
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -15,18 +17,28 @@ _ROWS = numba.types.Array(numba.uint8, 2, "C", readonly=True)
 _BOUNDS = numba.types.Array(numba.int64, 2, "C", readonly=True)
 _WEIGHTS = numba.types.Array(numba.int32, 2, "C", readonly=True)
 
-# Pillow's fixed point: coefficients in units of 2**-22, sums rounded by adding half a unit, then shifted
-PRECISION_BITS = 22
-_HALF = np.int32(1 << (PRECISION_BITS - 1))
+
+def _compiled(signatures: list) -> Callable[[Callable], Callable]:
+    """numba's compiler for `signatures`, caching the machine code on disk, or, where numba finds no folder
+    it may write its cache in (a read-only install and home), compiling in each process."""
+
+    def compile_(function: Callable) -> Callable:
+        try:
+            return numba.njit(signatures, nogil=True, cache=True)(function)
+        except RuntimeError as err:
+            if "cannot cache" not in str(err):
+                raise
+            return numba.njit(signatures, nogil=True)(function)
+
+    return compile_
 
 
-@numba.njit(
+# a writable contiguous array matches the first exactly (else it would match the next two equally well)
+@_compiled(
     [
         numba.void(layout, numba.uint8[:, :, ::1])
         for layout in (numba.uint8[:, :, ::1], _CONTIGUOUS_PIXELS, _PIXELS)
-    ],
-    nogil=True,
-    cache=True,
+    ]
 )
 def transpose_rgb(src: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """out[b, a] = src[a, b] for (A, B, 3) pixels in any strides (a view of 4 bytes per pixel too): what
@@ -38,20 +50,22 @@ def transpose_rgb(src: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
             out[b, a, 2] = src[a, b, 2]
 
 
-@numba.njit(numba.void(_ROWS, numba.int64, _BOUNDS, _WEIGHTS, numba.uint8[:, ::1]), nogil=True, cache=True)
+@_compiled([numba.void(_ROWS, numba.int64, _BOUNDS, _WEIGHTS, numba.int32, numba.uint8[:, ::1])])
 def combine_rows(
-    src: np.ndarray, first: int, bounds: np.ndarray, weights: np.ndarray, out: np.ndarray
+    src: np.ndarray, first: int, bounds: np.ndarray, weights: np.ndarray, bits: int, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
-    """Pillow's 8-bit resampling pass along the first axis of `src` (rows of pixels' bytes):
-    out[j] = clip8((2**21 + sum_k weights[j, k] * src[bounds[j, 0] - first + k]) >> 22), k < bounds[j, 1].
+    """Pillow's 8-bit resampling pass along the first axis of `src` (rows of pixels' bytes), its coefficients
+    in units of 2**-bits: out[j] = clip8((2**(bits-1) + sum_k weights[j, k] * src[bounds[j, 0] - first + k])
+    >> bits), k < bounds[j, 1].
 
     Integer arithmetic, as Pillow's: the result is exact whatever order the compiler sums the lanes in.
     """
     lanes = src.shape[1]
     acc = np.empty(lanes, np.int32)
+    half = np.int32(1 << (bits - 1))
     for j in range(out.shape[0]):
         start = bounds[j, 0] - first
-        acc[:] = _HALF
+        acc[:] = half
         for k in range(bounds[j, 1]):
             weight = weights[j, k]
             row = src[start + k]
@@ -59,5 +73,5 @@ def combine_rows(
                 acc[i] += np.int32(row[i]) * weight
         row = out[j]
         for i in range(lanes):
-            value = acc[i] >> PRECISION_BITS
+            value = acc[i] >> bits
             row[i] = 0 if value < 0 else (255 if value > 255 else value)

@@ -65,7 +65,7 @@ def from_pil(image: Image.Image) -> torch.Tensor:
     padding byte): no copy, and the GIL is not held for one (the copy took a quarter of an image's
     preprocessing and kept the decoding threads waiting on each other). Otherwise a view of a copy of its
     (H, W, 3) pixels."""
-    pixels = _pillow_rgbx(image)
+    pixels = pillow_rgbx(image)
     if pixels is None:
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)
     return pixels.permute(2, 0, 1)[:3]
@@ -96,10 +96,11 @@ _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
 # Pillow 11.2-12 exported images whose rows are not one run of memory (PILLOW_ALIGNMENT) as if they were, and
 # crashed on read-only ones; 13 refuses the first and exports the second
-_PILLOW_EXPORTS_SAFELY = int(PIL.__version__.split(".")[0]) >= 13
+PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
+_PILLOW_EXPORTS_SAFELY = PILLOW_MAJOR >= 13
 
 
-def _pillow_rgbx(image: Image.Image) -> torch.Tensor | None:
+def pillow_rgbx(image: Image.Image) -> torch.Tensor | None:
     """(H, W, 4) uint8 view of an RGB image's memory through its Arrow export, or None where Pillow has none
     for it. The tensor keeps the export alive (it holds a reference to the image's memory)."""
     if image.mode != "RGB" or not _PILLOW_EXPORTS_SAFELY:

@@ -101,7 +101,7 @@ def model_inputs(
                         "decoding it",
                     ) from None
                 raise
-            # a JPEG's (3, H, W) RGB pixels (decoded for a torch-backend processor), or a PIL image
+            # a JPEG's (3, H, W) RGB pixels (decoded by libjpeg-turbo, `open_image`), or a PIL image
             if isinstance(image, torch.Tensor):
                 left -= image.shape[1] * image.shape[2]
                 pixels, layout = image, "channels_first"
