@@ -4,6 +4,7 @@ failure keeps the eager towers; and the real server does it by default, `--compi
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -166,3 +167,43 @@ def test_the_server_compiles_in_the_background_by_default_and_before_serving_wit
         np.testing.assert_allclose(images, reference.embed_images(photos), atol=2e-3)
         expected = "compiled towers loaded" if options else "siglip serve: towers compiled in "
         assert expected in output, output
+
+
+def test_the_child_reads_a_read_only_cache_and_writes_into_its_parents_folder(tmp_path, monkeypatch):
+    # a cache this process may only read (a container image's layer): the child is told the cache, to load the
+    # packages already there, and this process's own folder, which outlives it, for what it compiles
+    from siglip.tools.embeddings import compiled
+
+    own_folder = compiled._process_folder.__wrapped__  # unmemoised: read afresh below
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "read-only"))
+    monkeypatch.setattr(compiled, "_write_error", lambda folder: PermissionError(13, "read-only"))
+    monkeypatch.setattr(compiled, "_process_folder", lambda: tmp_path / "parent")
+    told: list[tuple] = []
+
+    class Child:  # the spawned child, recorded instead of started
+        exitcode = 0
+
+        def __init__(self, target, args, name):
+            told.append(args)
+
+        def start(self):
+            told[-1][-1].send({})  # no packages: nothing to swap in
+
+        def join(self, timeout=None):
+            pass
+
+    class Spawn:
+        Pipe = staticmethod(multiprocessing.Pipe)
+        Process = Child
+
+    monkeypatch.setattr(background_compile.multiprocessing, "get_context", lambda method: Spawn)
+    job = BackgroundCompile(Embedder.from_pretrained(BUNDLED, "cpu", precision="bf16"))
+    assert job._child_result() == {}
+    cache, folder = told[0][3:5]
+    assert (cache, folder) == (str(tmp_path / "read-only"), str(tmp_path / "parent"))
+
+    # in the child, whatever cannot go into the cache goes into the parent's folder (never one of its own,
+    # removed with it)
+    monkeypatch.setattr(compiled, "_process_folder", own_folder)
+    monkeypatch.setenv(compiled.PARENT_FOLDER, folder)
+    assert compiled.writable_cache() == Path(folder)

@@ -13,7 +13,9 @@ that compiled before answering would keep its users waiting that long, and one t
 request would time its first requests out. Instead a child process, spawned at a lower CPU priority so that requests come first, loads the same
 checkpoint in the same precision and compiles its towers into `compiled_cache()`; this process then loads the
 packages (about a second; at once when an earlier run compiled them) and swaps each eager tower for its
-compiled one between two model calls. Until then, and for good if the compile fails, the eager towers answer.
+compiled one between two model calls (a package in a cache this process may only read is loaded from there;
+what the cache cannot take is compiled into this process's own folder). Until then, and for good if the
+compile fails, the eager towers answer.
 Vectors then move within the precision's bounds of fp32 (the compiled mode's numbers, not bit for bit the
 eager mode's: BENCHMARKS.md); a compiled tower whose output on a probe batch is not the eager one's (another
 checkpoint under the same name since this process loaded it) is refused. A text tower is kept eager when the
@@ -41,8 +43,10 @@ from PIL import Image
 
 from .compiled import (
     PACKAGED,
+    PARENT_FOLDER,
     CompiledTower,
     Package,
+    compiled_cache,
     eager_as_fast,
     missing_for_compile,
     writable_cache,
@@ -131,11 +135,13 @@ class BackgroundCompile:
         context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
         receive, send = context.Pipe(duplex=False)
         embedder = self.embedder
-        # a cache this process can write, or its own folder, which outlives the child (the child's would not)
+        # the cache (a package already there is loaded even where the cache is read-only), and where to write
+        # what it cannot take: the cache, or this process's own folder, which outlives the child
         child_args = (
             embedder.name,
             embedder.mode.precision,
             torch.get_num_threads(),
+            str(compiled_cache()),
             str(writable_cache()),
             send,
         )
@@ -205,11 +211,16 @@ def _probe(package: Package) -> torch.Tensor:
 
 
 def _compile_in_child(
-    name: str, precision: str, threads: int, cache: str, send: multiprocessing.connection.Connection
+    name: str,
+    precision: str,
+    threads: int,
+    cache: str,
+    folder: str,
+    send: multiprocessing.connection.Connection,
 ) -> None:
-    """The child of `BackgroundCompile`: the model `name` in `precision`, its towers compiled into `cache` on
-    `threads` threads (the parent's: the kernels are laid out for them), and their packages sent back (or why
-    not). It ends with its parent."""
+    """The child of `BackgroundCompile`: the model `name` in `precision`, its towers' packages loaded from
+    `cache` or compiled into it (into `folder` where the cache cannot be written) on `threads` threads (the
+    parent's: the kernels are laid out for them), and sent back (or why not). It ends with its parent."""
     stopped = threading.Event()
 
     def stop(*_: object) -> None:  # unwinds: the half-written package is removed
@@ -226,6 +237,7 @@ def _compile_in_child(
         os.nice(10)  # the parent's requests come first
         torch.set_num_threads(threads)
         os.environ["SIGLIP_COMPILED_CACHE"] = cache
+        os.environ[PARENT_FOLDER] = folder
         packages = compile_now(Embedder.from_pretrained(name, "cpu", precision=precision, compile=True))
     except Exception as error:
         if stopped.is_set():  # the stop's SystemExit, wrapped on its way up by code that caught it

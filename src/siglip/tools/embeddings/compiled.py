@@ -79,6 +79,10 @@ COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP = {
 EAGER_AS_FAST_FROM_FLOP = 1e9
 CACHED = "cached"  # compile: load the packages an earlier process compiled, else stay eager
 
+# where a child compiling for its parent (`background_compile`) writes packages the cache cannot take: the
+# parent's own folder, which outlives the child (the child's would go with it)
+PARENT_FOLDER = "SIGLIP_COMPILED_PARENT_FOLDER"
+
 
 class _Outputs(nn.Module):
     """A tower's tensors as a tuple (`torch.export` traces tensors, not output dataclasses)."""
@@ -273,7 +277,11 @@ def _renamed_into(target: Path) -> Iterator[Path]:
 
 @functools.cache
 def _process_folder() -> Path:
-    """A folder for this process's compiled files, removed when it exits."""
+    """A folder for this process's compiled files, removed when it exits; in a child compiling for its parent
+    (`PARENT_FOLDER` set), the parent's, which outlives the child."""
+    inherited = os.environ.get(PARENT_FOLDER)
+    if inherited:
+        return Path(inherited)
     folder = Path(tempfile.mkdtemp(prefix="siglip-compiled-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
