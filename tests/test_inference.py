@@ -19,6 +19,7 @@ from _material import BUNDLED
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
 from siglip.core.staging import FILE_MODE
+from siglip.core.two_tower import pil_resize
 from siglip.core.two_tower.modeling import (
     ACTIVATIONS,
     SiglipAttention,
@@ -933,8 +934,9 @@ def _jpeg(width: int, height: int) -> bytes:
 
 
 def test_reduced_decode_scales_large_jpegs_only(monkeypatch):
-    # 224 x 224; the PIL backend has Pillow decode every file (the torch backend's whole decodes of JPEGs go to
-    # libjpeg-turbo directly, tests/test_jpeg.py; its reduced ones to Pillow as here)
+    # 224 x 224; the PIL backend without its compiled resize has Pillow decode every file (whole decodes of
+    # JPEGs otherwise go to libjpeg-turbo directly, tests/test_jpeg.py; reduced ones always to Pillow, as here)
+    monkeypatch.setattr(pil_resize, "kernels", lambda wait=False: None)
     processor = SiglipImageProcessorPil()
     large, small = _jpeg(640, 480), _jpeg(400, 300)
     decoded = []

@@ -12,7 +12,7 @@ What makes it fast while staying bit-identical to transformers (the tests check 
 - JPEG files are decoded by libjpeg-turbo directly (`jpeg`), Pillow's pixels without Pillow's decoding loop
   (the PIL backend once its compiled resize is loaded);
 - the PIL backend resizes by Pillow's arithmetic in compiled, vectorised loops where numba is installed
-  (`pil_resize`, the `fast-resize` extra), ~5x faster than Pillow, to the same pixels.
+  (`pil_resize`, the `fast-resize` extra), 3-5x faster than Pillow, to the same pixels.
 
 Two backends share everything up to RGB (`Steps.backend`): "torch" resizes, rescales and normalises tensors as
 transformers 5's default, torchvision processors (`torch_resize`); "pil" resizes with Pillow and rescales through
