@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from siglip import Siglip2ImageProcessorPil, SiglipImageProcessorPil
-from siglip.core.two_tower import jpeg, pil_resize
+from siglip.core.two_tower import image_processing, jpeg, pil_resize
 
 pytest.importorskip("numba")
 
@@ -175,6 +175,18 @@ def test_without_a_writable_cache_the_loops_compile_in_the_process(monkeypatch):
     monkeypatch.setattr(numba, "njit", no_cache)
     twice = _resize_kernels._compiled([numba.int64(numba.int64)])(lambda x: 2 * x)
     assert twice(21) == 42
+
+
+def test_the_compiled_table_lookup_is_numpys(monkeypatch):
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((3, 256)).astype(np.float32)
+    pixels = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    read_only = np.asarray(Image.fromarray(pixels[..., :3]))
+    cases = [np.ascontiguousarray(pixels[..., :3]), pixels[..., :3], pixels[::-1, ::2, :3], read_only]
+    with_loops = [image_processing._apply_table(image, table) for image in cases]
+    monkeypatch.setattr(pil_resize, "kernels", lambda wait=False: None)
+    for image, got in zip(cases, with_loops, strict=True):
+        assert np.array_equal(got, image_processing._apply_table(image, table))
 
 
 def _inputs(tmp_path) -> list:

@@ -1,7 +1,9 @@
-"""The compiled loops of `pil_resize` (numba): imported by it only, in the background, when numba is installed.
+"""The PIL backend's compiled loops (numba): `pil_resize`'s two passes, and the normalising table's lookup
+(`image_processing._apply_table`). Imported by `pil_resize.kernels` only, in the background, when numba is
+installed.
 
-Importing this module compiles both functions for their signatures (or loads them from numba's cache on disk:
-a few tenths of a second), so a call never compiles.
+Importing this module compiles each function for its signatures (or loads them from numba's cache on disk: a
+few tenths of a second), so a call never compiles.
 """
 
 from collections.abc import Callable
@@ -33,13 +35,12 @@ def _compiled(signatures: list) -> Callable[[Callable], Callable]:
     return compile_
 
 
-# a writable contiguous array matches the first exactly (else it would match the next two equally well)
-@_compiled(
-    [
-        numba.void(layout, numba.uint8[:, :, ::1])
-        for layout in (numba.uint8[:, :, ::1], _CONTIGUOUS_PIXELS, _PIXELS)
-    ]
-)
+# (H, W, 3) pixels in any layout: a writable contiguous array matches the first exactly (else it would match
+# the next two equally well)
+_ANY_PIXELS = (numba.uint8[:, :, ::1], _CONTIGUOUS_PIXELS, _PIXELS)
+
+
+@_compiled([numba.void(layout, numba.uint8[:, :, ::1]) for layout in _ANY_PIXELS])
 def transpose_rgb(src: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """out[b, a] = src[a, b] for (A, B, 3) pixels in any strides (a view of 4 bytes per pixel too): what
     turns the horizontal pass into a combination of whole rows, which the compiler vectorises."""
@@ -75,3 +76,18 @@ def combine_rows(
         for i in range(lanes):
             value = acc[i] >> bits
             row[i] = 0 if value < 0 else (255 if value > 255 else value)
+
+
+_TABLE = numba.types.Array(numba.float32, 2, "C", readonly=True)
+
+
+@_compiled([numba.void(layout, _TABLE, numba.float32[:, :, ::1]) for layout in _ANY_PIXELS])
+def apply_table(src: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """out[c, y, x] = table[c, src[y, x, c]] for (H, W, 3) uint8 pixels and a (3, 256) table: the rescaled and
+    normalised values in one pass (numpy's `take` needs a planar copy first and runs 4x slower here)."""
+    for c in range(3):
+        values = table[c]
+        plane = out[c]
+        for y in range(src.shape[0]):
+            for x in range(src.shape[1]):
+                plane[y, x] = values[src[y, x, c]]
