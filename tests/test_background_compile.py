@@ -202,8 +202,16 @@ def test_the_child_reads_a_read_only_cache_and_writes_into_its_parents_folder(tm
     cache, folder = told[0][3:5]
     assert (cache, folder) == (str(tmp_path / "read-only"), str(tmp_path / "parent"))
 
-    # in the child, whatever cannot go into the cache goes into the parent's folder (never one of its own,
-    # removed with it)
+    # in the child (its start-up stubbed), whatever cannot go into the cache goes into the parent's folder
+    # (never one of its own, removed with it)
     monkeypatch.setattr(compiled, "_process_folder", own_folder)
-    monkeypatch.setenv(compiled.PARENT_FOLDER, folder)
-    assert compiled.writable_cache() == Path(folder)
+    for name in ("SIGLIP_COMPILED_CACHE", compiled.PARENT_FOLDER):
+        monkeypatch.setenv(name, "")  # restored afterwards, whatever the child's code sets
+    monkeypatch.setattr(background_compile.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(background_compile.os, "nice", lambda increment: 0)
+    monkeypatch.setattr(background_compile.multiprocessing, "parent_process", lambda: None)
+    monkeypatch.setattr(background_compile.Embedder, "from_pretrained", lambda *args, **kwargs: None)
+    monkeypatch.setattr(background_compile, "compile_now", lambda embedder: {"to": compiled.writable_cache()})
+    receive, send = multiprocessing.Pipe(duplex=False)
+    background_compile._compile_in_child(BUNDLED, "bf16", torch.get_num_threads(), cache, folder, send)
+    assert receive.recv() == {"to": Path(folder)}

@@ -136,13 +136,14 @@ class BackgroundCompile:
         receive, send = context.Pipe(duplex=False)
         embedder = self.embedder
         # the cache (a package already there is loaded even where the cache is read-only), and where to write
-        # what it cannot take: the cache, or this process's own folder, which outlives the child
+        # what it cannot take: the cache, or this process's own folder, which outlives the child (the child
+        # warns if it compiles into it: here nothing may need compiling)
         child_args = (
             embedder.name,
             embedder.mode.precision,
             torch.get_num_threads(),
             str(compiled_cache()),
-            str(writable_cache()),
+            str(writable_cache(warn=False)),
             send,
         )
         with self._lock:

@@ -511,14 +511,16 @@ def compiled_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siglip" / "compiled"
 
 
-def writable_cache() -> Path:
+def writable_cache(warn: bool = True) -> Path:
     """`compiled_cache()` where this process can write a file in it, else a folder of this process only
-    (removed when it exits; a warning says so)."""
+    (removed when it exits; a warning says so, unless not `warn`), or of its parent (`PARENT_FOLDER`)."""
     cache = compiled_cache()
     error = _write_error(cache)
     if error is None:
         return cache
-    logger.warning("%s is not writable (%s): compiling for this process only", cache, error)
+    if warn:
+        whose = "the parent process" if os.environ.get(PARENT_FOLDER) else "this process only"
+        logger.warning("%s is not writable (%s): compiling for %s", cache, error, whose)
     return _process_folder()
 
 
