@@ -54,6 +54,7 @@ from _common import (
     random_checkpoint,
     time_alternately,
 )
+from siglip.tools.embeddings.calibration import Calibration
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
 
@@ -146,9 +147,10 @@ def run_towers(args: argparse.Namespace, peaks: dict[str, float]) -> None:
 
 
 def mode_runners(
-    model: siglip.SiglipModel, names: list[str], directory: Path
+    model: siglip.SiglipModel, names: list[str], directory: Path, calibration: Calibration | None = None
 ) -> dict[str, tuple[Callable, Callable]]:
-    """name -> (f(pixels), f(input_ids)) giving float32 image and text features, per inference mode."""
+    """name -> (f(pixels), f(input_ids)) giving float32 image and text features, per inference mode
+    (`calibration`: int8-static's inputs)."""
     runners: dict[str, tuple[Callable, Callable]] = {}
     for name in names:
         if name == "onnx":
@@ -171,7 +173,7 @@ def mode_runners(
         precision, compiled = (
             (name.removesuffix("+compile"), True) if name.endswith("+compile") else (name, False)
         )
-        mode = InferenceMode(precision, compiled).resolve("cpu")
+        mode = InferenceMode(precision, compiled, calibration).resolve("cpu")
         moded = mode.apply(copy.deepcopy(model))
 
         def images(pixels: torch.Tensor, moded=moded, mode=mode) -> torch.Tensor:

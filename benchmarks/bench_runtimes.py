@@ -8,7 +8,8 @@ A random-weight model of `--shape` is built in transformers, saved and loaded by
 `siglip.tools.embeddings.onnx_export.export_onnx`, and every other runtime starts from that export:
 
 - transformers: its SiglipModel with the same weights, float32 or bfloat16 (the issue's yardsticks);
-- siglip: the precision words of `siglip.tools.embeddings.precision` (fp32, bf16, int8; `+compile`: torch.compile);
+- siglip: the precision words of `siglip.tools.embeddings.precision` (fp32, bf16, int8; `+compile`: compiled;
+  int8-static, compiled, calibrated on the same `--calibration` inputs as OpenVINO's int8);
 - OpenVINO (`openvino`, the `bench` extra): the export read by `Core.read_model`, reshaped to each batch
   size (static shapes: OpenVINO's best case) and compiled for the CPU with `INFERENCE_PRECISION_HINT` f32 or
   bf16 (OpenVINO's own default on a CPU with bf16 units is bf16: the fp32 row asks for f32), one stream,
@@ -50,11 +51,12 @@ import siglip
 from _common import SHAPES, features_tensor, machine_line, make_jpegs, paired_speedups, time_alternately
 from bench_models import mode_runners, reference_and_ours
 from bench_preprocessing import make_captions
+from siglip.tools.embeddings.calibration import Calibration
 from siglip.tools.embeddings.onnx_export import FIXRES_TOWER, TEXT_TOWER, export_onnx
 
 RUNTIMES = (
     "transformers fp32", "transformers bf16",
-    "siglip fp32", "siglip bf16", "siglip bf16+compile", "siglip int8", "siglip int8+compile",
+    "siglip fp32", "siglip bf16", "siglip bf16+compile", "siglip int8", "siglip int8+compile", "siglip int8-static",
     "openvino fp32", "openvino bf16", "openvino int8",
     "onnxruntime fp32", "onnxruntime int8",
 )  # fmt: skip
@@ -131,9 +133,14 @@ def onnxruntime_tower(onnx_path: Path, precision: str, threads: int, directory: 
     return lambda x: session.run(None, {name: x})[0].astype(np.float32, copy=False)
 
 
-def siglip_tower(model: siglip.SiglipModel, mode: str, part: str, directory: Path) -> Features:
-    """siglip's tower `part` in an inference mode of bench_models (e.g. "bf16+compile")."""
-    images, texts = mode_runners(model, [mode], directory)[mode]
+def siglip_tower(
+    model: siglip.SiglipModel, mode: str, part: str, directory: Path, calibration: list[np.ndarray]
+) -> Features:
+    """siglip's tower `part` in an inference mode of bench_models (e.g. "bf16+compile"; int8-static
+    calibrated on the `calibration` batches)."""
+    inputs = torch.from_numpy(np.concatenate(calibration))
+    calibrated = Calibration(*((inputs, None) if part == "image" else (None, inputs)), digest="bench")
+    images, texts = mode_runners(model, [mode], directory, calibrated)[mode]
     tower = images if part == "image" else texts
     return lambda x: tower(torch.from_numpy(x)).numpy()
 
@@ -166,7 +173,7 @@ def build_runtime(
     if library == "transformers":
         features = transformers_tower(reference, precision, part)
     elif library == "siglip":
-        features = siglip_tower(model, precision, part, directory)
+        features = siglip_tower(model, precision, part, directory, calibration)
     elif library == "openvino":
         features = openvino_tower(onnx_path, precision, threads, calibration)
     else:
@@ -215,7 +222,9 @@ def main() -> None:
         "--threads", type=int, default=1, help="threads of every runtime (torch, OpenVINO, ORT)"
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--calibration", type=int, default=32, help="int8 calibration inputs (OpenVINO)")
+    parser.add_argument(
+        "--calibration", type=int, default=32, help="int8 calibration inputs (OpenVINO, siglip int8-static)"
+    )
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument(
         "--paired",

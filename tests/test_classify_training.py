@@ -17,6 +17,7 @@ from PIL import Image
 from _material import FASHION_CLASSES
 from siglip import SiglipModel
 from siglip.core.auto import AutoModelForImageClassification
+from siglip.errors import UsageError
 from siglip.tools.cli import main
 from siglip.tools.training import DataError, TrainConfig, train, trainer
 
@@ -210,3 +211,18 @@ def test_bad_class_folders_are_one_line_errors(layout, message, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err == f"siglip train: error: {message.format(root=root)}"
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_auto_precision_loads_a_classifier_where_two_tower_models_run_int8(probe, monkeypatch):
+    """On an x86 CPU without AMX `auto` means int8 for two-tower models, which classifiers do not offer:
+    a classifier loaded with `auto` there runs its float choice instead of being refused."""
+    from siglip.tools.classifier import ImageClassifier
+    from siglip.tools.embeddings import precision
+
+    monkeypatch.setattr(precision, "fast_int8", lambda device: True)
+    monkeypatch.setattr(precision, "has_amx", lambda device: False)
+    assert precision.auto_precision("cpu")[0] == "int8"
+    classifier = ImageClassifier.from_pretrained(probe / "model", "cpu")
+    assert classifier.mode.precision == "fp32"  # the suite pins SIGLIP_BF16_UNITS=0: no bf16 units
+    with pytest.raises(UsageError, match="int8"):
+        ImageClassifier.from_pretrained(probe / "model", "cpu", precision="int8")

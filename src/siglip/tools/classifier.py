@@ -25,6 +25,7 @@ from ..errors import CheckpointError, DataError, UsageError
 from .embeddings.embedder import EmbeddedBatch, file_batches, load_processor, resolve_device
 from .embeddings.inference import InferenceMode
 from .embeddings.options import ModelOptions
+from .embeddings.precision import INT8_PRECISIONS, native_bf16
 from .search.store import FileState
 
 
@@ -71,12 +72,19 @@ class ImageClassifier:
         **option_values: Any,
     ) -> ImageClassifier:
         """Load a classification checkpoint as `Embedder.from_pretrained` loads a two-tower one (`device`,
-        `ModelOptions`); int8 and compile are not offered for classifiers."""
+        `ModelOptions`); int8 and compile are not offered for classifiers: "auto" means bf16 where the CPU has
+        bf16 units, else fp32, where a two-tower model would run int8."""
         options = ModelOptions.of(options, **option_values)
         device = resolve_device(device)
         mode = InferenceMode(options.precision_word).resolve(device)
-        if mode.precision == "int8" or options.compile:
-            raise UsageError("--precision int8 and --compile apply to two-tower models, not to a classifier")
+        if (
+            options.precision_word == "auto" and mode.precision == "int8"
+        ):  # a CPU without AMX: its float choice
+            mode = InferenceMode("bf16" if native_bf16(device) else "fp32")
+        if mode.precision in INT8_PRECISIONS or options.compile:
+            raise UsageError(
+                f"--precision {mode.precision} and --compile apply to two-tower models, not to a classifier"
+            )
         checkpoint = locate(name_or_path)
         if not is_classifier(checkpoint):
             raise CheckpointError(

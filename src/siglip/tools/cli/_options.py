@@ -20,6 +20,7 @@ from ...core.auto import AutoConfig, Siglip2ImageProcessor
 from ...core.hub import locate
 from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import UsageError
+from ..embeddings.calibration import MAX_IMAGES
 from ..embeddings.compiled import CACHED, CompileChoice, CompiledTower, compile_pays
 from ..embeddings.embedder import DEFAULT_MODEL, Embedder, resolve_device
 from ..embeddings.inference import InferenceMode
@@ -45,7 +46,7 @@ def add_model_options(
     indexed: bool = False,
     compile_default: str = "",
 ) -> None:
-    """--model, --device, --precision, --compile and --max-num-patches. `indexed`: for an index, whose
+    """--model, --device, --precision, --calibration, --compile and --max-num-patches. `indexed`: for an index, whose
     recorded precision and patch budget are the defaults (and the only values accepted) once it exists.
     `compile_default`: for a command that decides for itself whether to compile (what it does, in words for
     the help), `--compile` defaults to None and may be refused with `--no-compile`."""
@@ -60,8 +61,18 @@ def add_model_options(
         choices=list(PRECISIONS),
         default=None if indexed else "auto",
         help="inference precision: auto (bf16 on GPUs with bf16 units and AMX CPUs, fp16 on older GPUs, int8 on other x86 CPUs, else fp32), fp32, bf16, "
-        "bf16-autocast, fp16 (GPU) or int8 (CPU: faster, less exact); see BENCHMARKS.md for the costs "
-        f"(default: auto{recorded})",
+        "bf16-autocast, fp16 (GPU), int8 (CPU: faster, less exact) or int8-static (CPU: int8 with activation "
+        "scales calibrated ahead on --calibration inputs, compiled; about 1.1x int8 --compile); see BENCHMARKS.md "
+        f"for the costs (default: auto{recorded})",
+    )
+    parser.add_argument(
+        "--calibration",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="--precision int8-static: image files, folders or glob patterns of images like those to embed (a "
+        f"few dozen; at most {MAX_IMAGES} are used), and .txt files of texts like those to embed (one per line), "
+        "that the activation scales are calibrated on; a tower without any runs int8 with per-call scales",
     )
     parser.add_argument(
         "--compile",

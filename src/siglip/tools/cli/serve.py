@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         compile_default="in the background where the model has packages that run faster than its eager "
         "towers (bf16, fp16 or int8 on a CPU, but not bf16 on a CPU with AMX for a base-size model; not with "
-        "--ray): the eager towers answer until the compiled ones are in; --compile: before the first request",
+        "--ray): the eager towers answer until the compiled ones are in; --compile (and --precision int8-static, "
+        "always compiled): before the first request",
     )
     add_image_backend_option(parser)
     parser.add_argument("--index", help="index folder made by `siglip index`, to search (default: none)")
@@ -276,11 +277,12 @@ def _serve(
 
 
 def _compile(embedder: Embedder, args: argparse.Namespace) -> BackgroundCompile | None:
-    """With --compile, the compiled towers loaded (or compiled) before the first request; by default, a
-    `BackgroundCompile` started where the model has something to compile (returned, to be stopped)."""
+    """With --compile (and int8-static, which has no eager towers), the compiled towers loaded (or compiled)
+    before the first request; by default, a `BackgroundCompile` started where the model has something to
+    compile (returned, to be stopped)."""
     from ..embeddings.background_compile import BackgroundCompile, compile_now
 
-    if args.compile:
+    if args.compile or embedder.mode.precision == "int8-static":
         if compile_now(embedder):  # fp32, or a GPU: torch.compile on the first batch instead
             print("siglip serve: compiled towers loaded", file=sys.stderr)
         return None

@@ -1,10 +1,12 @@
-"""Towers compiled ahead of time for the CPU, kept as packages in a cache: the `--compile` of bf16, fp16 and int8.
+"""Towers compiled ahead of time for the CPU, kept as packages in a cache: the `--compile` of bf16, fp16 and int8,
+and int8-static (always compiled).
 
 A fixed-resolution vision tower or a text tower is traced by `torch.export` with a dynamic batch size,
 quantised by torchao's PT2E flow for int8 (`siglip.tools.embeddings.int8.pt2e_int8`), and compiled by inductor
 (AOTInductor) with freezing: the weights become constants packed for oneDNN, with the bias and the activation
 fused into each product (for int8 also the activations' quantisation and the residual adds). The package is
-kept in `compiled_cache()`, named by everything the compiled code depends on: the first call on a machine
+kept in `compiled_cache()`, named by everything the compiled code depends on (for int8-static also its
+calibration inputs, `siglip.tools.embeddings.calibration`): the first call on a machine
 compiles (25-60 s per base tower on 2 cores), later processes load it in about a second.
 
 The package runs through its C interface (`PackageRunner`), which lets other Python threads run meanwhile:
@@ -49,12 +51,14 @@ from ...core.outputs import BaseModelOutputWithPooling
 from ...core.staging import FILE_MODE
 from ...errors import UsageError
 from .attention import use_bf16_mode_attention
+from .calibration import Calibration
 from .groups import group_count
 from .int8 import PACKAGE_ROWS_PER_CALL, prepare_for_int8, pt2e_int8, torchao_version, use_eager_int8
-from .precision import cpu_units, has_amx, isa_caps
+from .precision import INT8_PRECISIONS, cpu_units, has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
-PACKAGED = ("bf16", "fp16", "int8")  # the precisions whose --compile on the CPU makes a package
+# the precisions whose --compile on the CPU makes a package (int8-static: always)
+PACKAGED = ("bf16", "fp16", "int8", "int8-static")
 # A job's linear work (FLOP) from which compiling the image tower pays back, on a CPU with AMX and, by precision,
 # on one without. With AMX the base image tower (33 GFLOP an image) ran 8.7 images/s in eager int8 and 14.0
 # compiled, after a 45 s compile (2 threads, BENCHMARKS.md): 45 s / (1/8.7 - 1/14.0 s an image) = ~1,030
@@ -113,15 +117,19 @@ class CompiledTower(nn.Module):
     length); it returns `last_hidden_state` and `pooler_output`. Only the batch size may change between calls
     (the first call's other dimensions are fixed in the package). The first call loads the tower's package
     from `compiled_cache()`, or exports, (for int8) quantises and compiles it there; `package` says which
-    once it is loaded.
+    once it is loaded. An int8-static tower is calibrated on `calibration` (inputs of the tower, as `x`), which
+    name its package too.
     """
 
-    def __init__(self, tower: nn.Module, precision: str) -> None:
+    def __init__(self, tower: nn.Module, precision: str, calibration: torch.Tensor | None = None) -> None:
         super().__init__()
         if precision not in PACKAGED:
             raise ValueError(f"precision must be one of {PACKAGED} to compile a package, got {precision!r}")
+        if (precision == "int8-static") != (calibration is not None):
+            raise ValueError("calibration inputs are for an int8-static tower, which needs them")
         self.tower = tower
         self.precision = precision
+        self.calibration = calibration
         self.package: Package | None = None
         self._compiled: object | None = None
         self._lock = threading.Lock()
@@ -148,7 +156,7 @@ class CompiledTower(nn.Module):
         with torch.inference_mode(False), torch.no_grad():
             with self._lock:
                 if self._compiled is None:
-                    self._compiled, path = _load_or_compile(self.tower, x, self.precision)
+                    self._compiled, path = _load_or_compile(self.tower, x, self.precision, self.calibration)
                     self.package = Package(path, tuple(x.shape[1:]), x.dtype)
             _, shape, dtype = self.package
             if (tuple(x.shape[1:]), x.dtype) != (shape, dtype):
@@ -163,7 +171,7 @@ class CompiledTower(nn.Module):
     def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The package's outputs for `x`; an int8 package's on groups of at most `PACKAGE_ROWS_PER_CALL`
         tokens' items, concatenated."""
-        if self.precision != "int8":
+        if self.precision not in INT8_PRECISIONS:
             return self._compiled(x)
         if x.dim() == 2:  # token ids
             tokens = x.shape[1]
@@ -349,23 +357,36 @@ def _load_package(path: Path) -> object:
         return aoti_load_package(str(path))
 
 
-def compile_towers(model: nn.Module, precision: str) -> None:
+def compile_towers(model: nn.Module, precision: str, calibration: Calibration | None = None) -> None:
     """Replace the text tower and the fixed-resolution vision tower of a two-tower `model` (on the CPU, its
     weights already in `precision`'s dtype) by `CompiledTower`s, in place; each compiles on its first call.
-    Their float modules are first changed as their packages are made of (`_prepare_for_package`). A NaFlex
-    vision tower, whose inputs carry a patch mask and sizes, is not packaged: int8 quantises it eagerly
-    (`use_eager_int8`, first, so that its attention takes the eager kernel), reduced floats run it through
-    `torch.compile` with torch's SDPA kernel (its sequences of up to a thousand patches)."""
+    Their float modules are first changed as their packages are made of (`_prepare_for_package`). For
+    int8-static, each tower with inputs of its kind in `calibration` is calibrated on them; a tower without
+    runs int8 with per-call scales. A NaFlex vision tower, whose inputs carry a patch mask and sizes, is not
+    packaged: int8 quantises it eagerly (`use_eager_int8`, first, so that its attention takes the eager
+    kernel), reduced floats run it through `torch.compile` with torch's SDPA kernel (its sequences of up to a
+    thousand patches)."""
     from ...core.auto import is_naflex
 
-    naflex = is_naflex(model)
-    if naflex and precision == "int8":
+    naflex, int8 = is_naflex(model), precision in INT8_PRECISIONS
+    if precision == "int8-static" and calibration is None:
+        raise UsageError(
+            "precision 'int8-static' needs calibration inputs: --calibration with images (and .txt files of "
+            "texts) like those to embed"
+        )
+    if naflex and int8:
         use_eager_int8(model.vision_model)
     _prepare_for_package(model.text_model if naflex else model, precision)
-    model.text_model = CompiledTower(model.text_model, precision)
+
+    def compiled(tower: nn.Module, inputs: torch.Tensor | None) -> CompiledTower:
+        if precision != "int8-static" or inputs is None:
+            return CompiledTower(tower, "int8" if int8 else precision)
+        return CompiledTower(tower, precision, inputs)
+
+    model.text_model = compiled(model.text_model, calibration and calibration.input_ids)
     if not naflex:
-        model.vision_model = CompiledTower(model.vision_model, precision)
-    elif precision != "int8":
+        model.vision_model = compiled(model.vision_model, calibration and calibration.pixel_values)
+    elif not int8:
         model.vision_model.compile(dynamic=True)
 
 
@@ -373,7 +394,7 @@ def _prepare_for_package(model: nn.Module, precision: str) -> None:
     """The float modules of `model` (a two-tower model or a tower) changed, in place, as the packages of its
     towers in `precision` are made of: for int8 as eager int8 changes them (`int8.prepare_for_int8`), for bf16
     the attention kernel of this CPU (`attention.use_bf16_mode_attention`)."""
-    if precision == "int8":
+    if precision in INT8_PRECISIONS:
         prepare_for_int8(model, compiled=True)
     elif precision == "bf16":
         use_bf16_mode_attention(model, compiled=True)
@@ -427,6 +448,8 @@ def compile_pays(
         )
     if is_naflex(config):
         return CompileChoice(False, "NaFlex image towers are not compiled ahead of time")
+    if precision == "int8-static":
+        return CompileChoice(True, "int8-static runs compiled ahead of time")
     as_fast = eager_as_fast(config, precision, device)
     if as_fast:
         return CompileChoice(False, f"{as_fast}, or --compile")
@@ -492,8 +515,8 @@ def missing_for_compile(precision: str) -> str | None:
 
 def missing_for_packages(precision: str) -> str | None:
     """What this machine lacks to name, and so to load, a package in `precision`, in words (None: nothing):
-    torchao for int8, asked as the package's name asks it (`int8.torchao_version`)."""
-    if precision == "int8":
+    torchao for int8 and int8-static, asked as the package's name asks it (`int8.torchao_version`)."""
+    if precision in INT8_PRECISIONS:
         try:
             torchao_version()
         except UsageError:
@@ -539,18 +562,20 @@ def _versions(precision: str) -> tuple[str, ...]:
     int8 (`int8.torchao_version`, which says how to install it when it is missing)."""
     from ... import __version__
 
-    if precision != "int8":
+    if precision not in INT8_PRECISIONS:
         return __version__, torch.__version__
     return __version__, torch.__version__, torchao_version()
 
 
-def _package_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
+def _package_path(
+    tower: nn.Module, x: torch.Tensor, precision: str, calibration: torch.Tensor | None = None
+) -> Path:
     """Where the package of `tower` run on inputs shaped as `x` lives: named by a SHA-256 over its weights
     and everything the compiled code depends on, so that a change to any compiles anew: the precision, the
     classes of the tower and its modules, its config and attention implementation, the source of its
     modelling code and of the code that compiles it (`_sources`), the input's shape and dtype, the CPU (model
-    and instruction flags: the kernels are built for this CPU), the threads the kernels are laid out for, and
-    the library versions."""
+    and instruction flags: the kernels are built for this CPU), the threads the kernels are laid out for, the
+    library versions, and an int8-static tower's `calibration` inputs."""
     config = getattr(tower, "config", None)
     context = (
         precision, [cls.__qualname__ for cls in _module_classes(tower)], repr(config),
@@ -560,7 +585,10 @@ def _package_path(tower: nn.Module, x: torch.Tensor, precision: str) -> Path:
     digest = hashlib.sha256(repr(context).encode())
     for source in _sources(tower, precision):
         digest.update(Path(source).read_bytes())
-    for name, tensor in tower.state_dict().items():
+    tensors = list(tower.state_dict().items())
+    if calibration is not None:
+        tensors.append(("calibration", calibration))
+    for name, tensor in tensors:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return compiled_cache() / f"{_package_prefix(tower, precision)}{digest.hexdigest()[:32]}.pt2"
@@ -583,7 +611,7 @@ def _sources(tower: nn.Module, precision: str) -> list[str]:
         if cls.__module__.startswith("siglip")
     }
     files.add(__file__)
-    if precision == "int8":
+    if precision in INT8_PRECISIONS:
         files.add(inspect.getsourcefile(pt2e_int8) or "")
     return sorted(files)
 
@@ -608,17 +636,19 @@ def _cpu() -> str:
     return "; ".join(cpu + list(isa_caps()))
 
 
-def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple[object, Path]:
+def _load_or_compile(
+    tower: nn.Module, x: torch.Tensor, precision: str, calibration: torch.Tensor | None = None
+) -> tuple[object, Path]:
     """The compiled `tower` for inputs shaped as `x`, and its package's path: the package loaded from the
     cache, or compiled and saved there first. One process compiles a package at a time (a file lock: the
     others wait, then load it); it is written to a temporary name and renamed, so that no reader sees half a
     package. A package that fails to load is compiled again; a cache that cannot be written is replaced by a
     folder of this process only (`writable_cache()`); a package already in a cache this process may read but
     not write (a read-only image layer, another user's folder) is loaded from there, without the lock (a
-    package is renamed into place whole)."""
+    package is renamed into place whole). `calibration`: an int8-static tower's calibration inputs."""
     from filelock import FileLock
 
-    cache, name = compiled_cache(), _package_path(tower, x, precision).name
+    cache, name = compiled_cache(), _package_path(tower, x, precision, calibration).name
     if (cache / name).exists() and _write_error(cache) is not None:
         try:
             return _load_package(cache / name), cache / name
@@ -634,15 +664,18 @@ def _load_or_compile(tower: nn.Module, x: torch.Tensor, precision: str) -> tuple
             except Exception as error:  # a package from a foreign or damaged write: compile it again
                 logger.warning("compiling again: %s failed to load (%s)", path, error)
         with _renamed_into(path) as partial:
-            _compile_package(tower, x, precision, partial)
+            _compile_package(tower, x, precision, partial, calibration)
         return _load_package(path), path
     finally:
         lock.release()
 
 
-def _compile_package(tower: nn.Module, x: torch.Tensor, precision: str, path: Path) -> None:
-    """`tower` exported with a dynamic batch size, quantised for int8, and compiled by AOTInductor with
-    freezing (weights packed for oneDNN as constants) into the package `path`."""
+def _compile_package(
+    tower: nn.Module, x: torch.Tensor, precision: str, path: Path, calibration: torch.Tensor | None = None
+) -> None:
+    """`tower` exported with a dynamic batch size, quantised for int8 (int8-static: calibrated on
+    `calibration`), and compiled by AOTInductor with freezing (weights packed for oneDNN as constants) into
+    the package `path`."""
     logger.info(
         "compiling the %s %s once for this machine (25-60 s for a base model): %s",
         precision,
@@ -657,7 +690,7 @@ def _compile_package(tower: nn.Module, x: torch.Tensor, precision: str, path: Pa
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         program = torch.export.export(_Outputs(tower), (example,), dynamic_shapes=({0: batch},))
-        if precision == "int8":
-            quantized = pt2e_int8(program.module(), example)
+        if precision in INT8_PRECISIONS:
+            quantized = pt2e_int8(program.module(), example, calibration)
             program = torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},))
         aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -44,6 +44,7 @@ from ..inputs.data import Sample, collate, load_sample, worker_init_fn
 from ..inputs.tar_shards import TarMember
 from ..inputs.video import VideoFrame
 from ..search.store import FileState
+from .calibration import calibration_inputs, read_calibration
 from .inference import InferenceMode
 from .options import ModelOptions
 from .precision import precision_of_dtype
@@ -125,8 +126,10 @@ class Embedder:
 
         `device` defaults to the GPU when there is one, else the CPU. How the model runs is `options`, or the
         `ModelOptions` of `option_values` (`precision`, `compile`, `reduced_decode`, `max_num_patches`,
-        `max_image_pixels`): precision "auto" runs bf16 where the hardware has bf16 matrix units, fp16 on older
-        GPUs, fp32 on other CPUs.
+        `max_image_pixels`, `image_backend`, `calibration`): precision "auto" is the table of
+        `siglip.tools.embeddings.precision` (bf16 on GPUs with bf16 units and CPUs with AMX, fp16 on older
+        GPUs, int8 on other x86 CPUs, else fp32); "int8-static" is calibrated on the files `calibration`
+        names (`siglip.tools.embeddings.calibration`).
         """
         options = ModelOptions.of(options, **option_values)
         device = resolve_device(device)
@@ -134,6 +137,9 @@ class Embedder:
         checkpoint = locate(name_or_path)  # once, for the model and its processor
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
         processor = load_processor(checkpoint, options)
+        if mode.precision == "int8-static" and options.calibration:
+            calibration = read_calibration(options.calibration)
+            mode = replace(mode, calibration=calibration_inputs(calibration, processor, model.config))
         return cls(mode.apply(model), processor, checkpoint.record_name, mode)
 
     @property
@@ -147,9 +153,12 @@ class Embedder:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """What, besides the weights, decides the image embeddings: the resolved precision and the processor's
-        `image_settings`. An index records them (see `SearchIndex`)."""
-        return {"precision": self.mode.precision, **image_settings(self.processor)}
+        """What, besides the weights, decides the image embeddings: the resolved precision (for int8-static
+        with the digest of its calibration inputs) and the processor's `image_settings`. An index records them
+        (see `SearchIndex`)."""
+        calibration = self.mode.calibration
+        digest = {} if calibration is None else {"calibration": calibration.digest}
+        return {"precision": self.mode.precision, **digest, **image_settings(self.processor)}
 
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) embeddings of a text or a list of texts (padded to the model's text length)."""

@@ -18,13 +18,15 @@ CPUs with AMX, fp16 on older GPUs, int8 on other x86 CPUs (AVX2 and newer) and f
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ...core.auto import TwoTowerModel
+from ...errors import UsageError
 from .attention import use_bf16_mode_attention
-from .compiled import PACKAGED, compile_towers, image_package_cached
+from .calibration import Calibration
+from .compiled import PACKAGED, compile_towers, image_package_cached, missing_for_compile
 from .int8 import use_eager_int8
 from .onednn import use_fused_linears
 from .precision import as_precision, check_precision, resolve_precision
@@ -48,10 +50,15 @@ class InferenceMode:
     `compile="cached"` (`compiled.CACHED`, what `siglip embed` chooses for jobs too small to pay a compile
     back) compiles as `True` where the fixed-resolution image tower's package is in the cache already (a
     text tower's package compiles on its first call), and runs eager otherwise.
+
+    "int8-static" is always compiled ahead of time (`compile` is not read): each tower's activation scales
+    are calibrated on the inputs of its kind in `calibration` (`siglip.tools.embeddings.calibration`), which
+    it needs; a tower with none there runs compiled int8 with per-call scales.
     """
 
     precision: str = "auto"
     compile: bool | str = False
+    calibration: Calibration | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -83,6 +90,12 @@ class InferenceMode:
         (`attention.GroupedAttention`).
         """
         model = model.eval().to(self.dtype)
+        if self.precision == "int8-static":  # the CPU only (`resolve`)
+            missing = missing_for_compile(self.precision)
+            if missing:
+                raise UsageError(f"precision 'int8-static' is compiled ahead of time, but {missing}")
+            compile_towers(model, self.precision, self.calibration)
+            return model
         packaged = self.compile and self.precision in PACKAGED and model.device.type == "cpu"
         if packaged and (self.compile is True or image_package_cached(model, self.precision)):
             compile_towers(model, self.precision)  # ahead of time, with freezing, kept as packages

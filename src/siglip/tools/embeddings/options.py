@@ -12,17 +12,20 @@ every command, the server, both embedding engines (in-process and Ray) and the s
 | `max_num_patches` | NaFlex models: the patch budget of each image (default the checkpoint's) |
 | `max_image_pixels` | image files with more pixels are refused as possible decompression bombs |
 | `image_backend` | "pil" or "torch": transformers' PIL or torchvision pixels (None: the processor's default) |
+| `calibration` | precision "int8-static": the image files, folders and `.txt` files its scales are calibrated on |
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from ...core.auto import Siglip2ImageProcessor
 from ...core.two_tower.torch_resize import BACKENDS
+from ...errors import UsageError
 from ..values import Choice, whole
 from .compiled import CACHED
 from .precision import PRECISIONS
@@ -46,6 +49,7 @@ class ModelOptions:
     max_num_patches: int | None = None
     max_image_pixels: int | None = None
     image_backend: str | None = None
+    calibration: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name, rule in _RULES.items():
@@ -55,6 +59,14 @@ class ModelOptions:
             raise TypeError(f"reduced_decode must be True or False, got {self.reduced_decode!r}")
         if not isinstance(self.compile, bool) and self.compile != CACHED:
             raise TypeError(f"compile must be True, False or {CACHED!r}, got {self.compile!r}")
+        if self.calibration is not None:
+            if isinstance(self.calibration, str | os.PathLike):
+                raise TypeError("calibration must be a list of paths, not one path")
+            object.__setattr__(self, "calibration", tuple(map(os.fspath, self.calibration)))
+            if self.precision not in (None, "int8-static"):
+                raise UsageError(
+                    f"--calibration applies to --precision int8-static, not to {self.precision!r}"
+                )
 
     @classmethod
     def of(cls, options: ModelOptions | None, **values: Any) -> ModelOptions:

@@ -1,13 +1,14 @@
 """The precision words of every tool, training and inference alike, and the one probe of the hardware.
 
-| word            | weights  | matrix products                    | inference | training |
-|-----------------|----------|------------------------------------|-----------|----------|
-| `fp32`          | float32  | float32: the reference numbers     | yes       | yes      |
-| `bf16`          | bfloat16 | bfloat16                           | yes       | yes      |
-| `bf16-autocast` | float32  | bfloat16 (`torch.autocast`)        | yes       | yes      |
-| `fp16`          | float16  | float16 (GPUs)                     | yes       | no       |
-| `int8`          | int8     | int8, per-call activation scales   | CPU only  | no       |
-| `auto`          | the word chosen for the device and the job, below                        |
+| word            | weights  | matrix products                                       | inference | training |
+|-----------------|----------|-------------------------------------------------------|-----------|----------|
+| `fp32`          | float32  | float32: the reference numbers                        | yes       | yes      |
+| `bf16`          | bfloat16 | bfloat16                                              | yes       | yes      |
+| `bf16-autocast` | float32  | bfloat16 (`torch.autocast`)                           | yes       | yes      |
+| `fp16`          | float16  | float16 (GPUs)                                        | yes       | no       |
+| `int8`          | int8     | int8, per-call activation scales                      | CPU only  | no       |
+| `int8-static`   | int8     | int8, activation scales calibrated ahead (compiled)   | CPU only  | no       |
+| `auto`          | the word chosen for the device and the job, below                                         |
 
 A word means the same weights and the same arithmetic in every command. `auto` picks, for inference:
 
@@ -29,6 +30,8 @@ beats eager int8, nearer fp32: the embedding job ran 2.6-3.4x the transformers f
 cosine 0.99996 against 0.99941 (a 2-core Xeon with AMX, BENCHMARKS.md). Training keeps float32 weights for
 the optimizer (AdamW's small updates vanish in bfloat16 weights): `bf16` training must be asked for; fp16 and
 int8 are not offered for it.
+`int8-static` is never chosen by `auto`: its embeddings depend on the calibration inputs the user gives
+(`siglip.tools.embeddings.calibration`).
 `SIGLIP_BF16_UNITS=0` makes `auto` mean fp32 on every device (the test suite's pin), `1` says bf16 units
 are there.
 
@@ -55,8 +58,11 @@ PRECISIONS = {
     "bf16-autocast": "float32 weights; matrix products in bfloat16 (torch.autocast)",
     "fp16": "float16 weights and arithmetic (GPUs)",
     "int8": "linear layers in int8 with per-call activation scales (CPU; torch dynamic quantisation, torchao PT2E with compile)",
+    "int8-static": "linear layers in int8 with activation scales calibrated ahead on --calibration inputs (CPU; always compiled, torchao PT2E)",
 }
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
+# the words that quantise to int8: on the CPU only, with float32 weights until `InferenceMode.apply` quantises
+INT8_PRECISIONS = ("int8", "int8-static")
 BF16_UNITS_VARIABLE = "SIGLIP_BF16_UNITS"
 
 
@@ -221,6 +227,7 @@ _RESOLVED = {
     "bf16-autocast": Precision("bf16-autocast", torch.float32, torch.bfloat16),
     "fp16": Precision("fp16", torch.float16),
     "int8": Precision("int8", torch.float32),  # float weights until `InferenceMode.apply` quantises them
+    "int8-static": Precision("int8-static", torch.float32),
 }
 
 
@@ -228,7 +235,7 @@ def precision_of_dtype(dtype: torch.dtype) -> str:
     """The word for weights of `dtype` run as they are (no autocast, no quantisation): the inverse of the
     weights column of the table above."""
     for word, precision in _RESOLVED.items():
-        if precision.weights == dtype and precision.autocast is None and word != "int8":
+        if precision.weights == dtype and precision.autocast is None and word not in INT8_PRECISIONS:
             return word
     raise UsageError(
         f"no precision word has {dtype} weights; siglip runs float32, bfloat16 or float16 weights"
@@ -257,8 +264,8 @@ def resolve_precision(word: str, device: torch.device | str, training: bool = Fa
     device = torch.device(device)
     if word == "auto":
         word, _ = auto_precision(device, training)
-    if word == "int8" and device.type != "cpu":
+    if word in INT8_PRECISIONS and device.type != "cpu":
         raise UsageError(
-            f"precision 'int8' runs on the CPU only, not on {device}; use bf16 or fp16 there, or --device cpu"
+            f"precision {word!r} runs on the CPU only, not on {device}; use bf16 or fp16 there, or --device cpu"
         )
     return _RESOLVED[word]

@@ -1,0 +1,205 @@
+"""`int8-static`: int8 with activation scales calibrated ahead on inputs the user names (`--calibration`),
+compiled by AOTInductor. The oracle is the float32 model: the issue's int8 bounds (cosine >= 0.995, zero-shot
+agreement >= 99% on the bundled model), and the property that makes the scales static: an item's embedding
+does not depend on what shares its batch (per-call scales, as `int8`'s, do)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from _material import BUNDLED, FASHION_CLASSES
+from siglip import Embedder, SiglipModel
+from siglip.errors import UsageError
+from siglip.tools.cli import main
+from siglip.tools.embeddings import compiled
+from siglip.tools.embeddings.calibration import MAX_IMAGES, read_calibration
+from siglip.tools.embeddings.compiled import CompiledTower
+from siglip.tools.embeddings.inference import InferenceMode
+from siglip.tools.embeddings.options import ModelOptions
+
+pytest.importorskip("torchao")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+PROMPTS = ["a photo of a {}.", "an image of the {}", "this is a {}", "a picture of a {}, for sale"]
+
+
+def _fashion(split: str, count: int) -> list[np.ndarray]:
+    with gzip.open(FASHION / f"{split}-images-idx3-ubyte.gz") as f:
+        return list(np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count])
+
+
+@pytest.fixture(scope="module")
+def calibration_folder(tmp_path_factory) -> Path:
+    """64 Fashion-MNIST training images and a .txt file of prompts: the kind of inputs the model embeds, none
+    of them among the test images."""
+    folder = tmp_path_factory.mktemp("calibration")
+    for i, image in enumerate(_fashion("train", 64)):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    texts = [prompt.format(label) for label in FASHION_CLASSES for prompt in PROMPTS]
+    (folder / "prompts.txt").write_text("\n".join(texts) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def static(calibration_folder) -> Embedder:
+    return Embedder.from_pretrained(
+        BUNDLED, "cpu", precision="int8-static", calibration=[str(calibration_folder)]
+    )
+
+
+def test_int8_static_keeps_the_int8_bounds_on_the_bundled_model(static):
+    reference = Embedder.from_pretrained(BUNDLED, "cpu", precision="fp32")
+    test_images = _fashion("t10k", 512)
+    labels = [f"a photo of a {label}." for label in FASHION_CLASSES]
+    assert isinstance(static.model.vision_model, CompiledTower)
+    assert static.model.vision_model.precision == static.model.text_model.precision == "int8-static"
+    images, texts = static.embed_images(test_images, 64), static.embed_texts(labels)
+    ref_images, ref_texts = reference.embed_images(test_images, 64), reference.embed_texts(labels)
+    image_cosine = (images * ref_images).sum(-1)
+    text_cosine = (texts * ref_texts).sum(-1)
+    agreement = ((images @ texts.T).argmax(-1) == (ref_images @ ref_texts.T).argmax(-1)).mean()
+    print(f"int8-static: image cosine min {image_cosine.min():.5f}, text {text_cosine.min():.5f}, "
+          f"agreement {agreement:.4f}")  # fmt: skip
+    assert image_cosine.min() >= 0.995 and text_cosine.min() >= 0.995
+    assert agreement >= 0.99
+
+
+def test_an_items_embedding_does_not_depend_on_its_batch(static):
+    """Static scales: an image embedded alone and beside an image of another range gives the same vector;
+    with `int8`'s per-call scales the neighbour changes it (the check can fail)."""
+    image = _fashion("t10k", 1)[0]
+    loud = np.where(np.indices((28, 28)).sum(0) % 2 == 0, 255, 0).astype(np.uint8)  # a checkerboard
+    dynamic = Embedder.from_pretrained(BUNDLED, "cpu", precision="int8")
+    for embedder, bound in ((static, 1e-5), (dynamic, None)):
+        alone = embedder.embed_images([image])[0]
+        beside = embedder.embed_images([image, loud])[0]
+        change = float(np.abs(alone - beside).max())
+        if bound is None:
+            assert change > 1e-3, "per-call scales should depend on the batch"
+        else:
+            assert change <= bound, change
+
+
+def test_the_calibration_names_the_package_and_a_tower_without_runs_per_call_scales(static, tmp_path):
+    image_tower = static.model.vision_model
+    x = torch.zeros(1, *image_tower.package.shape)
+    named = compiled._package_path(image_tower.tower, x, "int8-static", image_tower.calibration)
+    assert image_tower.package.path.name == named.name
+    other = compiled._package_path(image_tower.tower, x, "int8-static", image_tower.calibration[:-1])
+    assert other.name != named.name
+    # the same calibration in another process' model: the package is loaded, not compiled again
+    (tmp_path / "images").mkdir()
+    for i, image in enumerate(_fashion("train", 4)):
+        Image.fromarray(image).save(tmp_path / "images" / f"{i}.png")
+    images_only = Embedder.from_pretrained(
+        BUNDLED, "cpu", precision="int8-static", calibration=[str(tmp_path / "images")]
+    )
+    assert images_only.model.vision_model.precision == "int8-static"
+    assert images_only.model.text_model.precision == "int8"  # no texts given: per-call scales
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((tmp_path / "images").iterdir())))
+    assert images_only.settings["calibration"] == digest.hexdigest()
+    assert "calibration" not in Embedder.from_pretrained(BUNDLED, "cpu", precision="int8").settings
+
+
+def test_calibration_is_read_from_files_folders_and_patterns(calibration_folder, tmp_path, caplog):
+    whole = read_calibration([calibration_folder])
+    assert len(whole.images) == 64 and len(whole.texts) == len(FASHION_CLASSES) * len(PROMPTS)
+    parts = read_calibration([f"{calibration_folder}/00*.png", calibration_folder / "prompts.txt"])
+    assert [Path(p).name for p in parts.images] == [f"{i:03d}.png" for i in range(10)]
+    assert parts.texts == whole.texts
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(MAX_IMAGES + 3):
+        Image.new("L", (4, 4), i % 256).save(many / f"{i:04d}.png")
+    with caplog.at_level("INFO", logger="siglip"):
+        assert len(read_calibration([many]).images) == MAX_IMAGES
+    assert f"first {MAX_IMAGES} of {MAX_IMAGES + 3} images" in caplog.text
+
+
+def test_bad_calibration_and_precision_combinations_are_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"--calibration '.*empty': no image files and no texts"):
+        read_calibration([tmp_path / "empty"])
+    with pytest.raises(UsageError, match=r"--calibration: no such file or folder: '.*missing'"):
+        read_calibration([tmp_path / "missing"])
+    with pytest.raises(UsageError, match="--calibration applies to --precision int8-static, not to 'int8'"):
+        ModelOptions(precision="int8", calibration=[str(tmp_path)])
+    with pytest.raises(UsageError, match="needs calibration inputs"):
+        InferenceMode("int8-static").apply(SiglipModel.from_pretrained(BUNDLED))
+    with pytest.raises(UsageError, match="'int8-static' runs on the CPU only"):
+        InferenceMode("int8-static").resolve("cuda")
+
+
+def test_the_command_line_runs_int8_static(static, calibration_folder, capsys):
+    """`siglip classify --precision int8-static --calibration DIR`: the bundled examples get fp32's labels."""
+    examples = sorted(str(p) for p in Path("examples/fashion").glob("*.png"))
+    top = {}
+    for precision in ("fp32", "int8-static"):
+        extra = ["--calibration", str(calibration_folder)] if precision == "int8-static" else []
+        args = ["classify", *examples, "--model", BUNDLED, "--precision", precision, "--device", "cpu",
+                "--top-k", "1", "--json", "--labels", *FASHION_CLASSES, *extra]  # fmt: skip
+        capsys.readouterr()
+        assert main(args) == 0
+        results = json.loads(capsys.readouterr().out)["results"]
+        top[precision] = [(r["path"], r["labels"][0]["label"]) for r in results]
+    assert top["int8-static"] == top["fp32"] and len(top["fp32"]) == len(examples)
+
+
+def test_int8_static_images_match_fp32_through_the_model(static):
+    """The compiled towers give `get_image_features` as the float model's, within the int8 bound, at batch
+    sizes the calibration did not use (1 and 5)."""
+    model = SiglipModel.from_pretrained(BUNDLED).eval()
+    pixels = static.processor.image_processor(_fashion("t10k", 5), return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        reference = model.get_image_features(pixels)
+        for batch in (pixels[:1], pixels):
+            ours = static.model.get_image_features(batch)
+            assert F.cosine_similarity(ours, reference[: len(batch)]).min() > 0.995
+
+
+def test_siglip_serve_loads_int8_static_packages_before_the_first_request(calibration_folder):
+    """int8-static has no eager towers to answer while a background compile runs: `siglip serve` loads (or
+    compiles) its packages at start, as with --compile."""
+    import argparse
+
+    from siglip.tools.cli import serve
+
+    embedder = Embedder.from_pretrained(
+        BUNDLED, "cpu", precision="int8-static", calibration=[str(calibration_folder)]
+    )
+    assert embedder.model.vision_model.package is None  # not loaded before its first call
+    args = argparse.Namespace(compile=False, compile_in_background=True)
+    assert serve._compile(embedder, args) is None
+    assert embedder.model.vision_model.package is not None and embedder.model.text_model.package is not None
+
+
+def test_an_index_refuses_images_embedded_with_another_calibration(tmp_path):
+    """The digest of the calibration images is part of the settings an index records: images embedded with
+    another calibration would not be comparable with those already in it."""
+    from siglip.errors import StoreError
+    from siglip.tools.search.index import SearchIndex
+
+    images = _fashion("t10k", 12)
+    for name, part in (("first", images[:4]), ("second", images[4:8]), ("photos", images[8:])):
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(part):
+            Image.fromarray(image).save(tmp_path / name / f"{i}.png")
+    first, second = [str(tmp_path / "first")], [str(tmp_path / "second")]
+    index = SearchIndex(tmp_path / "index", BUNDLED, "cpu", precision="int8-static", calibration=first)
+    index.update([tmp_path / "photos"], workers=0, progress=False)
+    recorded = index.embedding_settings["calibration"]
+    assert recorded == read_calibration([tmp_path / "first"]).digest
+    Image.fromarray(images[0]).save(tmp_path / "photos" / "new.png")
+    other = SearchIndex(tmp_path / "index", device="cpu", calibration=second)
+    with pytest.raises(StoreError, match=f"built with --calibration {recorded}"):
+        other.update([tmp_path / "photos"], workers=0, progress=False)
+    same = SearchIndex(tmp_path / "index", device="cpu", calibration=first)
+    assert same.update([tmp_path / "photos"], workers=0, progress=False).added == 1
