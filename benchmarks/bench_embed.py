@@ -191,7 +191,8 @@ def main() -> None:
             "siglip embed --precision int8 --compile": lambda: siglip_embed(
                 model_dir, paths, out, args.batch_size, precision="int8", compile=True
             ),
-            # calibrated on the 32 other photos OpenVINO's int8 (NNCF) is calibrated on (`runtime_features`)
+            # calibrated on the 32 photos OpenVINO's int8 (NNCF) is calibrated on (`runtime_features`): other
+            # crops of the same scikit-image photos as the embedded ones
             "siglip embed --precision int8-static": lambda: siglip_embed(
                 model_dir,
                 paths,

@@ -17,7 +17,9 @@
 - profile: the operators the base image tower spends its time in, per mode (torch.profiler).
 - accuracy: what each mode costs against fp32: cosine of image embeddings and zero-shot top-1 agreement,
   on the bundled tiny model (Fashion-MNIST test images, its 10 classes) and on a random-weight
-  base/16-224 model (640x480 photos, 10 labels).
+  base/16-224 model (640x480 photos, 10 labels); int8-static calibrated on other images (64 Fashion-MNIST
+  training images; 32 other crops of the same scikit-image photos) and on the labels in other words than the
+  zero-shot prompt.
 
 bf16 rows are opt-in: on CPUs without bf16 units (no AMX or AVX-512 BF16) bf16 products are emulated,
 tens of times slower than fp32.
@@ -54,6 +56,7 @@ from _common import (
     random_checkpoint,
     time_alternately,
 )
+from siglip.core.two_tower.processing import fixed_length_ids
 from siglip.tools.embeddings.calibration import Calibration
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
@@ -61,6 +64,8 @@ from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot"]  # fmt: skip
+# int8-static's calibration captions: the labels in other words than the zero-shot prompt ("a photo of {}.")
+CALIBRATION_TEMPLATES = ("an image of the {}", "this is {}", "a picture showing {}, seen up close")
 PHOTO_LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket", "stained tissue", "galaxies", "a retina",
                 "a dog", "a car", "a mountain"]  # fmt: skip
 
@@ -191,7 +196,7 @@ def mode_runners(
 def mode_names(args: argparse.Namespace) -> list[str]:
     if args.modes:
         return args.modes
-    return ["fp32", "int8", "fp32+compile", "int8+compile", "onnx"] + (
+    return ["fp32", "int8", "fp32+compile", "int8+compile", "int8-static", "onnx"] + (
         ["bf16", "bf16-autocast", "bf16+compile"] if args.bf16 else []
     )
 
@@ -201,7 +206,10 @@ def run_modes(args: argparse.Namespace, peaks: dict[str, float]) -> None:
         theirs, ours = reference_and_ours("base16-224", Path(tmp))
         pixels, _ = inputs(ours, args.batch)
         work = gflop(lambda: theirs.get_image_features(pixel_values=pixels))
-        modes = {name: image for name, (image, _) in mode_runners(ours, mode_names(args), Path(tmp)).items()}
+        # int8-static calibrated on other random inputs, of the kind timed (`inputs` seeds by their count)
+        calibration = Calibration(*inputs(ours, args.batch + 1))
+        runners = mode_runners(ours, mode_names(args), Path(tmp), calibration)
+        modes = {name: image for name, (image, _) in runners.items()}
         calls = {"transformers fp32": lambda: theirs.get_image_features(pixel_values=pixels)}
         if args.bf16:
             theirs_bf16 = copy.deepcopy(theirs).to(torch.bfloat16)
@@ -271,6 +279,12 @@ def run_profile(args: argparse.Namespace) -> None:
             print(row + (f" | {wall[first] / wall[threads[-1]]:.2f}x |" if scaling else " |"), flush=True)
 
 
+def fashion_train_images(count: int) -> np.ndarray:
+    """The first `count` Fashion-MNIST training images (int8-static's calibration: not among the test ones)."""
+    with gzip.open(FASHION / "train-images-idx3-ubyte.gz") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
+
+
 def fashion_test_images(count: int) -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
@@ -281,20 +295,22 @@ def fashion_test_images(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 def accuracy_rows(
     model: siglip.SiglipModel, processor: siglip.SiglipProcessor, images: list, labels: list[str],
-    names: list[str], directory: Path, truth: np.ndarray | None = None,
+    names: list[str], directory: Path, truth: np.ndarray | None = None, calibration_images: list = (),
 ) -> list[str]:  # fmt: skip
     """One table row per mode: cosine of image embeddings and zero-shot agreement with fp32, both towers
-    running in the mode."""
+    running in the mode (int8-static calibrated on `calibration_images`, not among `images`, and on captions
+    of the labels in other words than the zero-shot prompt)."""
     pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-    positions = model.config.text_config.max_position_embeddings
-    ids = processor.tokenizer(
-        [f"a photo of {label}." for label in labels],
-        padding="max_length",
-        max_length=positions,
-        return_tensors="pt",
-    )["input_ids"]
+    text_config = model.config.text_config
+    ids = fixed_length_ids(processor.tokenizer, [f"a photo of {label}." for label in labels], text_config)
+    captions = [t.format(label) for label in labels for t in CALIBRATION_TEMPLATES]
+    calibration = Calibration(
+        processor.image_processor(calibration_images, return_tensors="pt")["pixel_values"] if calibration_images else None,
+        fixed_length_ids(processor.tokenizer, captions, text_config),
+    )  # fmt: skip
     embeddings, predictions = {}, {}
-    for name, (image_features, text_features) in mode_runners(model, ["fp32", *names], directory).items():
+    runners = mode_runners(model, ["fp32", *names], directory, calibration)
+    for name, (image_features, text_features) in runners.items():
         chunks = [F.normalize(image_features(pixels[i : i + 64]), dim=-1) for i in range(0, len(pixels), 64)]
         embeddings[name] = torch.cat(chunks)
         predictions[name] = (embeddings[name] @ F.normalize(text_features(ids), dim=-1).T).argmax(-1).numpy()
@@ -317,11 +333,15 @@ def run_accuracy(args: argparse.Namespace) -> None:
         tiny = siglip.SiglipModel.from_pretrained("siglip-tiny-fashion")
         processor = siglip.SiglipProcessor.from_pretrained("siglip-tiny-fashion")
         images, truth = fashion_test_images(args.images)
+        calibration = fashion_train_images(64)
         print(f"\nbundled siglip-tiny-fashion, {len(images)} Fashion-MNIST test images, 10 classes")
         print(
             "\n| mode | min cosine | mean cosine | top-1 agreement with fp32 | top-1 accuracy |\n|---|---:|---:|---:|---:|"
         )
-        for row in accuracy_rows(tiny, processor, list(images), FASHION_CLASSES, names, tmp / "tiny", truth):
+        rows = accuracy_rows(
+            tiny, processor, list(images), FASHION_CLASSES, names, tmp / "tiny", truth, list(calibration)
+        )
+        for row in rows:
             print(row, flush=True)
 
         _, base = reference_and_ours("base16-224", tmp / "base")
@@ -329,7 +349,11 @@ def run_accuracy(args: argparse.Namespace) -> None:
         photos = [str(p) for p in make_jpegs(tmp, args.photos)]
         print(f"\nrandom-weight base16-224, {len(photos)} 640x480 photos, 10 labels")
         print("\n| mode | min cosine | mean cosine | top-1 agreement with fp32 | |\n|---|---:|---:|---:|---|")
-        for row in accuracy_rows(base, processor, photos, PHOTO_LABELS, names, tmp / "base-onnx"):
+        (tmp / "calibration").mkdir()
+        others = [str(p) for p in make_jpegs(tmp / "calibration", 32, seed=2)]
+        for row in accuracy_rows(
+            base, processor, photos, PHOTO_LABELS, names, tmp / "base-onnx", None, others
+        ):
             print(row, flush=True)
 
 

@@ -139,7 +139,7 @@ def siglip_tower(
     """siglip's tower `part` in an inference mode of bench_models (e.g. "bf16+compile"; int8-static
     calibrated on the `calibration` batches)."""
     inputs = torch.from_numpy(np.concatenate(calibration))
-    calibrated = Calibration(*((inputs, None) if part == "image" else (None, inputs)), digest="bench")
+    calibrated = Calibration(*((inputs, None) if part == "image" else (None, inputs)))
     images, texts = mode_runners(model, [mode], directory, calibrated)[mode]
     tower = images if part == "image" else texts
     return lambda x: tower(torch.from_numpy(x)).numpy()

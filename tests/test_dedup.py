@@ -22,6 +22,7 @@ from _material import BUNDLED, write_photos
 from siglip import Embedder, find_images
 from siglip.errors import UsageError
 from siglip.tools.cli import main
+from siglip.tools.embeddings import precision
 from siglip.tools.search import dedup
 from siglip.tools.search.dedup import (
     DEFAULT_THRESHOLD,
@@ -191,7 +192,7 @@ def _groups(report: dict) -> dict[str, set[str]]:
 
 
 def test_dedup_finds_exactly_the_planted_copies_with_a_json_and_an_escaped_html_report(
-    planted, planted_vectors, fp32, tmp_path, capsys
+    planted, planted_vectors, fp32, tmp_path, capsys, monkeypatch
 ):
     folder, expected = planted
     page = tmp_path / "groups.html"
@@ -227,6 +228,13 @@ def test_dedup_finds_exactly_the_planted_copies_with_a_json_and_an_escaped_html_
     assert (
         main(["dedup", "--index", str(index), "--json", "--neighbours", "2"]) == 0
     )  # through the index's search
+    assert _groups(json.loads(capsys.readouterr().out)) == expected
+    # no model runs: where `auto` means another precision than the index's (int8 on an x86 CPU without AMX),
+    # the index's vectors are used all the same
+    with monkeypatch.context() as patched:
+        patched.setattr(precision, "fast_int8", lambda device: True)
+        patched.setattr(precision, "has_amx", lambda device: False)
+        assert main(["dedup", "--index", str(index), "--json"]) == 0
     assert _groups(json.loads(capsys.readouterr().out)) == expected
 
     # the server's /v1/dedup: the same groups, by name and id

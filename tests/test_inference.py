@@ -101,7 +101,7 @@ def test_modes_are_checked_and_resolved(monkeypatch):
         InferenceMode("int8").resolve("cuda")
     with pytest.raises(ValueError, match="resolve"):
         InferenceMode().apply(SiglipModel.from_pretrained(BUNDLED))
-    assert set(PRECISIONS) == {"auto", "fp32", "bf16", "bf16-autocast", "fp16", "int8"}
+    assert set(PRECISIONS) == {"auto", "fp32", "bf16", "bf16-autocast", "fp16", "int8", "int8-static"}
 
 
 def _examples() -> torch.Tensor:
@@ -1168,7 +1168,7 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     good = package.read_bytes()
     package.write_bytes(good[: len(good) // 2])
 
-    def compile_copy(tower, x, precision, path):
+    def compile_copy(tower, x, precision, path, calibration):
         path.write_bytes(good)
 
     monkeypatch.setattr(compiled, "_compile_package", compile_copy)

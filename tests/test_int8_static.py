@@ -21,10 +21,16 @@ from siglip import Embedder, SiglipModel
 from siglip.errors import UsageError
 from siglip.tools.cli import main
 from siglip.tools.embeddings import compiled
-from siglip.tools.embeddings.calibration import MAX_IMAGES, read_calibration
+from siglip.tools.embeddings.calibration import (
+    MAX_IMAGES,
+    UNCALIBRATED,
+    calibration_inputs,
+    read_calibration,
+)
 from siglip.tools.embeddings.compiled import CompiledTower
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.options import ModelOptions
+from siglip.tools.embeddings.writers import embed_to_file
 
 pytest.importorskip("torchao")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -88,12 +94,18 @@ def test_an_items_embedding_does_not_depend_on_its_batch(static):
             assert change <= bound, change
 
 
-def test_the_calibration_names_the_package_and_a_tower_without_runs_per_call_scales(static, tmp_path):
+def test_the_calibration_names_the_package_and_a_tower_without_runs_per_call_scales(
+    static, calibration_folder, tmp_path
+):
+    static.embed_images(_fashion("t10k", 1))  # the package loaded (or compiled)
     image_tower = static.model.vision_model
+    assert image_tower.calibration is None  # in the package: the inputs are not kept
+    assert static.mode.calibration.pixel_values is None and static.mode.calibration.input_ids is None
     x = torch.zeros(1, *image_tower.package.shape)
-    named = compiled._package_path(image_tower.tower, x, "int8-static", image_tower.calibration)
+    inputs = calibration_inputs(read_calibration([calibration_folder]), static.processor, static.model.config)
+    named = compiled._package_path(image_tower.tower, x, "int8-static", inputs.pixel_values)
     assert image_tower.package.path.name == named.name
-    other = compiled._package_path(image_tower.tower, x, "int8-static", image_tower.calibration[:-1])
+    other = compiled._package_path(image_tower.tower, x, "int8-static", inputs.pixel_values[:-1])
     assert other.name != named.name
     # the same calibration in another process' model: the package is loaded, not compiled again
     (tmp_path / "images").mkdir()
@@ -106,7 +118,16 @@ def test_the_calibration_names_the_package_and_a_tower_without_runs_per_call_sca
     assert images_only.model.text_model.precision == "int8"  # no texts given: per-call scales
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((tmp_path / "images").iterdir())))
     assert images_only.settings["calibration"] == digest.hexdigest()
+    assert images_only.text_settings == {"precision": "int8-static", "calibration": UNCALIBRATED}
     assert "calibration" not in Embedder.from_pretrained(BUNDLED, "cpu", precision="int8").settings
+    # texts only: the image tower has per-call scales, and the settings say so
+    texts_only = Embedder.from_pretrained(
+        BUNDLED, "cpu", precision="int8-static", calibration=[str(calibration_folder / "prompts.txt")]
+    )
+    assert texts_only.model.vision_model.precision == "int8"
+    assert texts_only.settings["calibration"] == UNCALIBRATED
+    lines = (calibration_folder / "prompts.txt").read_text().splitlines(keepends=True)
+    assert texts_only.text_settings["calibration"] == hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def test_calibration_is_read_from_files_folders_and_patterns(calibration_folder, tmp_path, caplog):
@@ -115,6 +136,7 @@ def test_calibration_is_read_from_files_folders_and_patterns(calibration_folder,
     parts = read_calibration([f"{calibration_folder}/00*.png", calibration_folder / "prompts.txt"])
     assert [Path(p).name for p in parts.images] == [f"{i:03d}.png" for i in range(10)]
     assert parts.texts == whole.texts
+    assert read_calibration([f"{calibration_folder}/*.txt"]).texts == whole.texts  # a pattern of text files
     many = tmp_path / "many"
     many.mkdir()
     for i in range(MAX_IMAGES + 3):
@@ -132,6 +154,12 @@ def test_bad_calibration_and_precision_combinations_are_refused(tmp_path):
         read_calibration([tmp_path / "missing"])
     with pytest.raises(UsageError, match="--calibration applies to --precision int8-static, not to 'int8'"):
         ModelOptions(precision="int8", calibration=[str(tmp_path)])
+    with pytest.raises(UsageError, match="--calibration applies to --precision int8-static, not to 'fp32'"):
+        Embedder.from_pretrained(BUNDLED, "cpu", calibration=[str(tmp_path)])  # "auto": fp32 in the suite
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(UsageError, match=r"--calibration: .*broken.jpg"):
+        Embedder.from_pretrained(BUNDLED, "cpu", precision="int8-static", calibration=[str(tmp_path)])
     with pytest.raises(UsageError, match="needs calibration inputs"):
         InferenceMode("int8-static").apply(SiglipModel.from_pretrained(BUNDLED))
     with pytest.raises(UsageError, match="'int8-static' runs on the CPU only"):
@@ -196,10 +224,44 @@ def test_an_index_refuses_images_embedded_with_another_calibration(tmp_path):
     index = SearchIndex(tmp_path / "index", BUNDLED, "cpu", precision="int8-static", calibration=first)
     index.update([tmp_path / "photos"], workers=0, progress=False)
     recorded = index.embedding_settings["calibration"]
-    assert recorded == read_calibration([tmp_path / "first"]).digest
+    assert recorded == read_calibration([tmp_path / "first"]).image_digest
     Image.fromarray(images[0]).save(tmp_path / "photos" / "new.png")
     other = SearchIndex(tmp_path / "index", device="cpu", calibration=second)
     with pytest.raises(StoreError, match=f"built with --calibration {recorded}"):
         other.update([tmp_path / "photos"], workers=0, progress=False)
+    with pytest.raises(
+        UsageError, match="built with --precision int8-static, calibrated on images with SHA-256"
+    ):
+        SearchIndex(tmp_path / "index", device="cpu").search_text("a bag")
+    # embeddings made elsewhere with another calibration are refused on import as well
+    embed_to_file([tmp_path / "photos"], tmp_path / "other.parquet", other.embedder, workers=0)
+    with pytest.raises(StoreError, match="calibration"):
+        SearchIndex(tmp_path / "index", device="cpu").import_embeddings(tmp_path / "other.parquet")
     same = SearchIndex(tmp_path / "index", device="cpu", calibration=first)
     assert same.update([tmp_path / "photos"], workers=0, progress=False).added == 1
+
+
+def test_an_interrupted_job_resumes_only_with_the_settings_it_was_made_with(tmp_path, monkeypatch):
+    """The journal of an interrupted `embed_to_file` records the settings its rows were made with: a rerun in
+    another precision (or calibration) is refused rather than mixing the two in one output."""
+    (tmp_path / "photos").mkdir()
+    for i, image in enumerate(_fashion("t10k", 6)):
+        Image.fromarray(image).save(tmp_path / "photos" / f"{i}.png")
+    fp32 = Embedder.from_pretrained(BUNDLED, "cpu", precision="fp32")
+    int8 = Embedder.from_pretrained(BUNDLED, "cpu", precision="int8")
+    out = tmp_path / "vectors.npy"
+    real = Embedder.embed_files
+
+    def first_batch_then_stop(self, *args, **kwargs):
+        yield next(real(self, *args, **kwargs))
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Embedder, "embed_files", first_batch_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            embed_to_file([tmp_path / "photos"], out, fp32, batch_size=2, workers=0)
+    assert out.with_name("vectors.npy.partial").exists() and not out.exists()
+    with pytest.raises(UsageError, match="made with other settings \\(precision fp32, now int8\\)"):
+        embed_to_file([tmp_path / "photos"], out, int8, batch_size=2, workers=0)
+    report = embed_to_file([tmp_path / "photos"], out, fp32, batch_size=2, workers=0)
+    assert report.embedded == 4 and len(np.load(out)) == 6  # the first batch was kept

@@ -207,3 +207,33 @@ def test_a_file_restored_after_it_was_missing_is_embedded_by_the_rerun(cluster, 
 
     third = run()  # nothing changed: nothing to embed
     assert (third.resumed, third.embedded, third.count) == (2, 0, 13)
+
+
+def test_int8_static_shards_record_their_calibration(cluster, photos, tmp_path):
+    """int8-static on Ray: each actor calibrates as the in-process embedder does (the same package, the same
+    vectors: static scales do not depend on the batch), and the shards and the manifest name the calibration
+    images by their digest, which an import compares."""
+    pytest.importorskip("torchao")
+    from siglip import Embedder
+    from siglip.tools.embeddings.calibration import read_calibration
+
+    paths = sorted(str(p) for p in photos.glob("*.jpg"))[:8]
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for path in sorted(photos.glob("*.jpg"))[-4:]:
+        (calibration / Path(path).name).write_bytes(Path(path).read_bytes())
+    options = {"precision": "int8-static", "calibration": [str(calibration)]}
+    local = Embedder.from_pretrained(BUNDLED, "cpu", **options)
+    expected = local.embed_images(paths)
+    out = tmp_path / "out"
+    embed_with_ray(paths, out, BUNDLED, batch_size=BATCH, shard_size=SHARD, **options)
+    got_paths, got_vectors = read_parquet(out)
+    assert got_paths == paths
+    np.testing.assert_allclose(got_vectors, expected, atol=1e-5)
+    digest = read_calibration([calibration]).image_digest
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["precision"] == ["int8-static"] and manifest["calibration"] == [digest]
+    index = SearchIndex(tmp_path / "index", BUNDLED, "cpu", precision="fp32")
+    index.import_embeddings(out)  # an empty index takes the settings of what it imports
+    assert index.embedding_settings["precision"] == "int8-static"
+    assert index.embedding_settings["calibration"] == digest

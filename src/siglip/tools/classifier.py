@@ -25,7 +25,7 @@ from ..errors import CheckpointError, DataError, UsageError
 from .embeddings.embedder import EmbeddedBatch, file_batches, load_processor, resolve_device
 from .embeddings.inference import InferenceMode
 from .embeddings.options import ModelOptions
-from .embeddings.precision import INT8_PRECISIONS, native_bf16
+from .embeddings.precision import INT8_PRECISIONS, auto_precision
 from .search.store import FileState
 
 
@@ -76,11 +76,10 @@ class ImageClassifier:
         bf16 units, else fp32, where a two-tower model would run int8."""
         options = ModelOptions.of(options, **option_values)
         device = resolve_device(device)
-        mode = InferenceMode(options.precision_word).resolve(device)
-        if (
-            options.precision_word == "auto" and mode.precision == "int8"
-        ):  # a CPU without AMX: its float choice
-            mode = InferenceMode("bf16" if native_bf16(device) else "fp32")
+        word = options.precision_word
+        mode = InferenceMode(auto_precision(device, int8=False)[0] if word == "auto" else word).resolve(
+            device
+        )
         if mode.precision in INT8_PRECISIONS or options.compile:
             raise UsageError(
                 f"--precision {mode.precision} and --compile apply to two-tower models, not to a classifier"

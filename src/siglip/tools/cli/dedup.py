@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from ...errors import UsageError
-from ..embeddings.options import ModelOptions
 from ..inputs.files import display_path
 from ..inputs.tar_shards import scan_inputs
 from ..search.dedup import (
@@ -111,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[tuple[str, str]] = []
     pairs = None
     if args.index:
-        args.compile = bool(args.compile)  # the index's vectors: no model runs
-        with SearchIndex(args.index, None, args.device, options=ModelOptions.from_args(args)) as index:
+        # the index's vectors: no model runs, so none of the model options (the precision "auto" means on this
+        # machine need not be the index's)
+        with SearchIndex(args.index, None, args.device) as index:
             ids, paths, vectors = index_vectors(index)
             model = index.model
             if args.neighbours is not None:

@@ -14,6 +14,7 @@ calibration inputs of its kind runs `int8` with per-call scales.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -27,7 +28,7 @@ import torch
 from ...core.auto import Processor
 from ...core.config import PretrainedConfig
 from ...core.two_tower.processing import fixed_length_inputs
-from ...errors import InputNotFoundError, NoImagesError, UsageError
+from ...errors import ImageInputError, InputNotFoundError, NoImagesError, UsageError
 from ..inputs.files import display_path, scan_images
 from ..inputs.texts import read_texts
 
@@ -39,45 +40,65 @@ MAX_TEXTS = 512
 TEXT_SUFFIX = ".txt"
 
 
+UNCALIBRATED = (
+    "none: per-call scales"  # what settings record for a tower int8-static gave no calibration inputs
+)
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     """The calibration files of `paths`: image files and texts (in order, at most `MAX_IMAGES` and
-    `MAX_TEXTS`), and a SHA-256 over the images' bytes, which names the image tower's calibration in the
-    settings an index records (`Embedder.settings`)."""
+    `MAX_TEXTS`), and a SHA-256 over each kind (the images' bytes; the texts), which names a tower's
+    calibration in the settings an index or an output file records (None: none of that kind)."""
 
     images: list[str]
     texts: list[str]
-    digest: str
+    image_digest: str | None
+    text_digest: str | None
 
 
 class Calibration(NamedTuple):
     """Calibration inputs as the towers take them: pixels for the image tower and token ids (padded to the
-    model's text length) for the text tower; None where none were given. `digest` is `CalibrationSet`'s."""
+    model's text length) for the text tower, None where none are used; the digests are `CalibrationSet`'s
+    of the inputs used."""
 
     pixel_values: torch.Tensor | None
     input_ids: torch.Tensor | None
-    digest: str
+    image_digest: str | None = None
+    text_digest: str | None = None
 
-    def for_input(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The calibration inputs of the tower that takes `x`: token ids for integer inputs, else pixels."""
-        return self.pixel_values if x.is_floating_point() else self.input_ids
+    @property
+    def recorded(self) -> dict[str, str]:
+        """What the settings of the image side (`Embedder.settings`) and of the text side record of it."""
+        return {
+            "image": self.image_digest or UNCALIBRATED,
+            "text": self.text_digest or UNCALIBRATED,
+        }
+
+    def without_inputs(self) -> Calibration:
+        """The digests alone: what a model keeps once its towers are compiled (a 384-pixel model's 128
+        calibration images are 226 MB of pixels)."""
+        return self._replace(pixel_values=None, input_ids=None)
 
 
 def read_calibration(paths: Sequence[str | os.PathLike]) -> CalibrationSet:
     """The calibration files named by `paths`: `.txt` files (one text per non-blank line) and images, given
-    as files, folders (searched recursively, sorted: images and `.txt` files) or glob patterns. A path that
-    does not exist, or paths that give neither images nor texts, raise a `UsageError` naming them."""
+    as files, folders (searched recursively, sorted: images and `.txt` files) or glob patterns (matching
+    either). A path that does not exist, or paths that give neither images nor texts, raise a `UsageError`
+    naming them."""
     if not paths:
         raise UsageError("--calibration: give image files, folders or .txt files of texts")
     text_files: list[Path] = []
     image_paths: list[str] = []
     for path in map(os.fspath, paths):
-        if path.endswith(TEXT_SUFFIX) and os.path.isfile(path):
-            text_files.append(Path(path))
-            continue
-        if os.path.isdir(path):
-            text_files += sorted(Path(path).rglob(f"*{TEXT_SUFFIX}"))
-        image_paths.append(path)
+        matches = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+        for match in matches:
+            if match.endswith(TEXT_SUFFIX) and os.path.isfile(match):
+                text_files.append(Path(match))
+                continue
+            if os.path.isdir(match):
+                text_files += sorted(Path(match).rglob(f"*{TEXT_SUFFIX}"))
+            image_paths.append(match)
     try:
         images = scan_images(image_paths, allow_empty=True).files if image_paths else []
     except (InputNotFoundError, NoImagesError) as error:
@@ -90,20 +111,36 @@ def read_calibration(paths: Sequence[str | os.PathLike]) -> CalibrationSet:
         if len(items) > limit:
             logger.info("calibrating on the first %d of %d %s", limit, len(items), kind)
     images, texts = images[:MAX_IMAGES], texts[:MAX_TEXTS]
-    digest = hashlib.sha256()
-    for image in images:
-        digest.update(Path(image).read_bytes())
-    return CalibrationSet(images, texts, digest.hexdigest())
+    image_digest = _digest([Path(image).read_bytes() for image in images])
+    return CalibrationSet(images, texts, image_digest, _digest([f"{text}\n".encode() for text in texts]))
+
+
+def _digest(chunks: list[bytes]) -> str | None:
+    """The SHA-256 of `chunks` one after another, in hex; None for no chunks."""
+    return hashlib.sha256(b"".join(chunks)).hexdigest() if chunks else None
 
 
 def calibration_inputs(
     calibration: CalibrationSet, processor: Processor, config: PretrainedConfig
 ) -> Calibration:
     """The inputs of `calibration` made by the model's `processor` (its image processor and tokenizer, as for
-    the job itself) for a model of `config`."""
+    the job itself) for a model of `config`. A SigLIP 2 NaFlex image tower is not compiled (its int8 keeps
+    per-call scales): its calibration images are left out, with a warning."""
+    from ...core.auto import is_naflex
+
     pixels = ids = None
-    if calibration.images:
-        pixels = processor.image_processor(calibration.images, return_tensors="pt")["pixel_values"]
-    if calibration.texts:
-        ids = fixed_length_inputs(processor.tokenizer, calibration.texts, config.text_config)["input_ids"]
-    return Calibration(pixels, ids, calibration.digest)
+    images, image_digest = calibration.images, calibration.image_digest
+    if images and is_naflex(config):
+        logger.warning(
+            "int8-static: NaFlex image towers run int8 with per-call scales (they are not compiled); the "
+            "calibration images are not used"
+        )
+        images, image_digest = [], None
+    try:
+        if images:
+            pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        if calibration.texts:
+            ids = fixed_length_inputs(processor.tokenizer, calibration.texts, config.text_config)["input_ids"]
+    except (ImageInputError, OSError, ValueError) as error:
+        raise UsageError(f"--calibration: {error}") from error
+    return Calibration(pixels, ids, image_digest, calibration.text_digest)

@@ -117,8 +117,8 @@ class CompiledTower(nn.Module):
     length); it returns `last_hidden_state` and `pooler_output`. Only the batch size may change between calls
     (the first call's other dimensions are fixed in the package). The first call loads the tower's package
     from `compiled_cache()`, or exports, (for int8) quantises and compiles it there; `package` says which
-    once it is loaded. An int8-static tower is calibrated on `calibration` (inputs of the tower, as `x`), which
-    name its package too.
+    once it is loaded. An int8-static tower is calibrated on `calibration` (inputs of the tower, as `x`, kept
+    until the package is loaded), which name its package too.
     """
 
     def __init__(self, tower: nn.Module, precision: str, calibration: torch.Tensor | None = None) -> None:
@@ -144,10 +144,13 @@ class CompiledTower(nn.Module):
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> BaseModelOutputWithPooling:
         if any(a is not None and a is not False for a in (*args, *kwargs.values())):
+            instead = (
+                "int8" if self.precision == "int8-static" else self.precision
+            )  # int8-static: compiled only
             raise UsageError(
                 f"the compiled {self.precision} mode runs a tower on its pixels or token ids only (no attention "
-                f"mask, attentions, hidden states or interpolated positions); use --precision "
-                f"{self.precision} without --compile"
+                f"mask, attentions, hidden states or interpolated positions); use --precision {instead} "
+                "without --compile"
             )
         if not len(x):
             raise UsageError(f"the compiled {self.precision} tower was given an empty batch")
@@ -158,6 +161,7 @@ class CompiledTower(nn.Module):
                 if self._compiled is None:
                     self._compiled, path = _load_or_compile(self.tower, x, self.precision, self.calibration)
                     self.package = Package(path, tuple(x.shape[1:]), x.dtype)
+                    self.calibration = None  # in the package now: its inputs need not stay in memory
             _, shape, dtype = self.package
             if (tuple(x.shape[1:]), x.dtype) != (shape, dtype):
                 dims = ", ".join(map(str, shape))

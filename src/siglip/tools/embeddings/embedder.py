@@ -137,10 +137,17 @@ class Embedder:
         checkpoint = locate(name_or_path)  # once, for the model and its processor
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
         processor = load_processor(checkpoint, options)
-        if mode.precision == "int8-static" and options.calibration:
+        if options.calibration:  # a precision None (an index's, or "auto") is known only now
+            if mode.precision != "int8-static":
+                raise UsageError(
+                    f"--calibration applies to --precision int8-static, not to {mode.precision!r}"
+                )
             calibration = read_calibration(options.calibration)
             mode = replace(mode, calibration=calibration_inputs(calibration, processor, model.config))
-        return cls(mode.apply(model), processor, checkpoint.record_name, mode)
+        model = mode.apply(model)
+        if mode.calibration is not None:  # compiled (or compiling on a first call that keeps its own)
+            mode = replace(mode, calibration=mode.calibration.without_inputs())
+        return cls(model, processor, checkpoint.record_name, mode)
 
     @property
     def dims(self) -> int:
@@ -154,11 +161,20 @@ class Embedder:
     @property
     def settings(self) -> dict[str, Any]:
         """What, besides the weights, decides the image embeddings: the resolved precision (for int8-static
-        with the digest of its calibration inputs) and the processor's `image_settings`. An index records them
-        (see `SearchIndex`)."""
+        with the SHA-256 of its calibration images, `calibration.UNCALIBRATED` without) and the processor's
+        `image_settings`. An index and an embedding file record them (see `SearchIndex`)."""
+        return {**self._precision_settings("image"), **image_settings(self.processor)}
+
+    @property
+    def text_settings(self) -> dict[str, Any]:
+        """What, besides the weights, decides the text embeddings: the resolved precision (for int8-static
+        with the SHA-256 of its calibration texts). A text embedding file records them."""
+        return self._precision_settings("text")
+
+    def _precision_settings(self, side: str) -> dict[str, Any]:
         calibration = self.mode.calibration
-        digest = {} if calibration is None else {"calibration": calibration.digest}
-        return {"precision": self.mode.precision, **digest, **image_settings(self.processor)}
+        recorded = {} if calibration is None else {"calibration": calibration.recorded[side]}
+        return {"precision": self.mode.precision, **recorded}
 
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, D) embeddings of a text or a list of texts (padded to the model's text length)."""

@@ -189,14 +189,15 @@ def int8_attention_dtype() -> torch.dtype:
     return torch.bfloat16 if _units_override() is not False and cpu_units().bf16 else torch.float32
 
 
-def auto_precision(device: torch.device | str, training: bool = False) -> tuple[str, str]:
+def auto_precision(device: torch.device | str, training: bool = False, int8: bool = True) -> tuple[str, str]:
     """The word `auto` means on `device` (see the module doc), and why, in words for the user (naming the ISA
-    cap that hid a CPU's units)."""
+    cap that hid a CPU's units); without `int8`, for a model that has no int8 mode (an image classifier),
+    the float word of the same table."""
     device = torch.device(device)
     amx = has_amx(device)
     units = cpu_units() if device.type == "cpu" else None
     cap = f" ({units.cap})" if units is not None and units.cap and _units_override() is None else ""
-    if not training and not amx and fast_int8(device):
+    if int8 and not training and not amx and fast_int8(device):
         vnni = "with" if units.vnni else "without"
         return "int8", f"auto: the fastest sound mode on a CPU without AMX, int8 kernels {vnni} VNNI{cap}"
     if native_bf16(device):

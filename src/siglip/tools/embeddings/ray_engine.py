@@ -333,10 +333,12 @@ def _commit_shard(
     )
     failed = [f for part in parts for f in json.loads(part["failed"])]  # (path, reason, state when it failed)
     skipped = [(path, reason) for path, reason, _ in failed]
+    calibration = {"calibration": parts[0]["calibration"]} if parts[0].get("calibration") else {}
     record = {
         "model": model,
         "fingerprint": fingerprint,
         "precision": parts[0]["precision"],
+        **calibration,
         **images,
         "count": len(paths),
         "skipped": skipped,
@@ -368,6 +370,7 @@ def _finish(
         "fingerprint": fingerprint,
         "dims": dims,
         "precision": sorted({r["precision"] for r in records}),
+        **_calibrations(records),
         "count": sum(r["count"] for r in records),
         "format": "parquet",
         "shards": [_shard_path(out, i).name for i in range(plan["shards"])],
@@ -378,6 +381,12 @@ def _finish(
     return RayEmbedReport(
         out, path, manifest["count"], embedded, failed, plan["shards"], resumed, skipped, len(nodes)
     )
+
+
+def _calibrations(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The int8-static calibrations the shards of `records` were made with (none: nothing to record)."""
+    calibrations = sorted({r["calibration"] for r in records if "calibration" in r})
+    return {"calibration": calibrations} if calibrations else {}
 
 
 def _entry(file: str | TarMember) -> str | dict[str, Any]:
@@ -462,4 +471,6 @@ class _EmbedActor:
             "vectors": vectors,
             "node": self.node,
             "precision": self.embedder.mode.precision,
+            # int8-static: the digest of its calibration images ("": none; a column of strings for Ray Data)
+            "calibration": self.embedder.settings.get("calibration", ""),
         }

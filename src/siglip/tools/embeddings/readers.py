@@ -20,6 +20,7 @@ READ_ROWS = 16_384  # rows per read of a Parquet file: 48 MiB at 768-d, whatever
 SHARD_METADATA = b"siglip"  # Parquet schema metadata key of a shard's JSON record (model, skipped files, ...)
 EMBEDDING_SETTINGS = (
     "precision",
+    "calibration",  # int8-static's only: left out where no file records it
     "max_num_patches",
     "reduced_decode",
     "image_backend",
@@ -137,7 +138,8 @@ def open_embeddings(
                 f"the embeddings of '{source}' were made with differing {key} {sorted(values)}: they are not "
                 "comparable; import them into separate indexes"
             )
-        settings[key] = values.pop() if values else None
+        if values or key != "calibration":
+            settings[key] = values.pop() if values else None
     return files, settings
 
 

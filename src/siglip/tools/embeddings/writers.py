@@ -42,6 +42,7 @@ class EmbedReport:
 
 
 OUTPUT_FORMATS = (".parquet", ".npy")
+_JOURNAL_SETTINGS = "settings"  # meta key of a journal: the settings its embeddings were made with (JSON)
 
 
 def output_format(out: str | os.PathLike) -> str:
@@ -84,6 +85,7 @@ def embed_to_file(
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = out.with_name(out.name + ".partial")
     with VectorStore(journal, embedder.name, embedder.dims) as store:
+        _check_journal(store, journal, embedder.settings)
         embedded = failed = 0
         for batch in embedder.embed_files(pending_files(store, files), batch_size, workers, progress):
             metadata = [read_metadata(f.path) for f in batch.files]  # read once, as each row is embedded
@@ -125,6 +127,7 @@ def embed_texts_to_file(
         if stale:
             _remove_journal(journal)
     with VectorStore(journal, embedder.name, embedder.dims, meta={"texts": rows.digest}) as store:
+        _check_journal(store, journal, embedder.text_settings)
         done = store.states()
         pending = [i for i, row_id in enumerate(rows.ids) if row_id not in done]
         for start in range(0, len(pending), batch_size):
@@ -137,13 +140,34 @@ def embed_texts_to_file(
             "dims": embedder.dims,
             "count": len(rows.ids),
             "format": out.suffix[1:],
-            "precision": embedder.mode.precision,
+            **embedder.text_settings,  # precision (int8-static: its calibration texts)
             "input": "texts",
         }
         texts = dict(zip(rows.ids, rows.texts, strict=True))
         manifest_path = _write_output(out, store, rows.ids, manifest, pa, {}, texts)
     _remove_journal(journal)
     return EmbedReport(out, manifest_path, len(rows.ids), len(pending), 0, [])
+
+
+def _check_journal(store: VectorStore, journal: Path, settings: dict[str, Any]) -> None:
+    """Record `settings` (`Embedder.settings` or `text_settings`) in a new journal; refuse to go on with one
+    whose embeddings were made with other settings (another precision or calibration): its rows and the new
+    ones would not be comparable. A journal of a version that kept no settings takes these."""
+    wanted = json.dumps(settings, sort_keys=True)
+    recorded = store.get_meta(_JOURNAL_SETTINGS)
+    if recorded is None:
+        store.set_meta(_JOURNAL_SETTINGS, wanted)
+    elif recorded != wanted:
+        made = json.loads(recorded)
+        differ = "; ".join(
+            f"{key} {made.get(key)}, now {settings.get(key)}"
+            for key in sorted(made.keys() | settings.keys())
+            if made.get(key) != settings.get(key)
+        )
+        raise UsageError(
+            f"'{journal}' holds the embeddings of an interrupted run made with other settings ({differ}): "
+            "resume with the same options, or delete it to start over"
+        )
 
 
 def _write_output(
