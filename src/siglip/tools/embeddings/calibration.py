@@ -81,6 +81,12 @@ class Calibration(NamedTuple):
         return self._replace(pixel_values=None, input_ids=None)
 
 
+def check_takes_calibration(precision: str | None) -> None:
+    """A `UsageError` unless `precision` (None: not known yet) is int8-static, the one --calibration is for."""
+    if precision not in (None, "int8-static"):
+        raise UsageError(f"--calibration applies to --precision int8-static, not to {precision!r}")
+
+
 def read_calibration(paths: Sequence[str | os.PathLike]) -> CalibrationSet:
     """The calibration files named by `paths`: `.txt` files (one text per non-blank line) and images, given
     as files, folders (searched recursively, sorted: images and `.txt` files) or glob patterns (matching

@@ -144,9 +144,8 @@ class CompiledTower(nn.Module):
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> BaseModelOutputWithPooling:
         if any(a is not None and a is not False for a in (*args, *kwargs.values())):
-            instead = (
-                "int8" if self.precision == "int8-static" else self.precision
-            )  # int8-static: compiled only
+            # int8-static has no eager towers: int8 is the one that takes what the package does not
+            instead = "int8" if self.precision == "int8-static" else self.precision
             raise UsageError(
                 f"the compiled {self.precision} mode runs a tower on its pixels or token ids only (no attention "
                 f"mask, attentions, hidden states or interpolated positions); use --precision {instead} "

@@ -44,7 +44,7 @@ from ..inputs.data import Sample, collate, load_sample, worker_init_fn
 from ..inputs.tar_shards import TarMember
 from ..inputs.video import VideoFrame
 from ..search.store import FileState
-from .calibration import calibration_inputs, read_calibration
+from .calibration import calibration_inputs, check_takes_calibration, read_calibration
 from .inference import InferenceMode
 from .options import ModelOptions
 from .precision import precision_of_dtype
@@ -138,10 +138,7 @@ class Embedder:
         model = AutoModel.from_pretrained(checkpoint, device=device, dtype=mode.dtype)
         processor = load_processor(checkpoint, options)
         if options.calibration:  # a precision None (an index's, or "auto") is known only now
-            if mode.precision != "int8-static":
-                raise UsageError(
-                    f"--calibration applies to --precision int8-static, not to {mode.precision!r}"
-                )
+            check_takes_calibration(mode.precision)
             calibration = read_calibration(options.calibration)
             mode = replace(mode, calibration=calibration_inputs(calibration, processor, model.config))
         model = mode.apply(model)

@@ -25,8 +25,8 @@ from typing import Any
 
 from ...core.auto import Siglip2ImageProcessor
 from ...core.two_tower.torch_resize import BACKENDS
-from ...errors import UsageError
 from ..values import Choice, whole
+from .calibration import check_takes_calibration
 from .compiled import CACHED
 from .precision import PRECISIONS
 
@@ -63,10 +63,7 @@ class ModelOptions:
             if isinstance(self.calibration, str | os.PathLike):
                 raise TypeError("calibration must be a list of paths, not one path")
             object.__setattr__(self, "calibration", tuple(map(os.fspath, self.calibration)))
-            if self.precision not in (None, "int8-static"):
-                raise UsageError(
-                    f"--calibration applies to --precision int8-static, not to {self.precision!r}"
-                )
+            check_takes_calibration(self.precision)
 
     @classmethod
     def of(cls, options: ModelOptions | None, **values: Any) -> ModelOptions:
