@@ -226,3 +226,5 @@ def test_auto_precision_loads_a_classifier_where_two_tower_models_run_int8(probe
     assert classifier.mode.precision == "fp32"  # the suite pins SIGLIP_BF16_UNITS=0: no bf16 units
     with pytest.raises(UsageError, match="int8"):
         ImageClassifier.from_pretrained(probe / "model", "cpu", precision="int8")
+    with pytest.raises(UsageError, match="--calibration applies to --precision int8-static, not to 'fp32'"):
+        ImageClassifier.from_pretrained(probe / "model", "cpu", calibration=[str(probe)])

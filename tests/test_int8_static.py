@@ -137,6 +137,19 @@ def test_calibration_is_read_from_files_folders_and_patterns(calibration_folder,
     assert [Path(p).name for p in parts.images] == [f"{i:03d}.png" for i in range(10)]
     assert parts.texts == whole.texts
     assert read_calibration([f"{calibration_folder}/*.txt"]).texts == whole.texts  # a pattern of text files
+    # a pattern takes the images and .txt files it matches (other files left out), each text once
+    mixed = tmp_path / "mixed"
+    (mixed / "sub").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(mixed / name)
+    (mixed / "README.md").write_text("not an image")
+    (mixed / "sub" / "texts.txt").write_text("a shoe\na bag\n")
+    for pattern in (f"{mixed}/*", f"{mixed}/**"):
+        found = read_calibration([pattern])
+        assert [Path(p).name for p in found.images] == ["a.png", "b.png"] and found.texts == [
+            "a shoe",
+            "a bag",
+        ]
     many = tmp_path / "many"
     many.mkdir()
     for i in range(MAX_IMAGES + 3):
@@ -233,6 +246,8 @@ def test_an_index_refuses_images_embedded_with_another_calibration(tmp_path):
         UsageError, match="built with --precision int8-static, calibrated on images with SHA-256"
     ):
         SearchIndex(tmp_path / "index", device="cpu").search_text("a bag")
+    query = ["search", "a bag", "--index", str(tmp_path / "index"), "--device", "cpu", "--json"]
+    assert main([*query, "--calibration", *first]) == 0  # the command takes the calibration
     # embeddings made elsewhere with another calibration are refused on import as well
     embed_to_file([tmp_path / "photos"], tmp_path / "other.parquet", other.embedder, workers=0)
     with pytest.raises(StoreError, match="calibration"):

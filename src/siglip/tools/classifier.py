@@ -22,6 +22,7 @@ import torch
 from ..core.auto import AutoModelForImageClassification, family_of
 from ..core.hub import CONFIG_NAME, Checkpoint, locate, read_json
 from ..errors import CheckpointError, DataError, UsageError
+from .embeddings.calibration import check_takes_calibration
 from .embeddings.embedder import EmbeddedBatch, file_batches, load_processor, resolve_device
 from .embeddings.inference import InferenceMode
 from .embeddings.options import ModelOptions
@@ -80,6 +81,8 @@ class ImageClassifier:
         mode = InferenceMode(auto_precision(device, int8=False)[0] if word == "auto" else word).resolve(
             device
         )
+        if options.calibration:
+            check_takes_calibration(mode.precision)
         if mode.precision in INT8_PRECISIONS or options.compile:
             raise UsageError(
                 f"--precision {mode.precision} and --compile apply to two-tower models, not to a classifier"

@@ -65,15 +65,7 @@ def add_model_options(
         "scales calibrated ahead on --calibration inputs, compiled; about 1.1x int8 --compile); see BENCHMARKS.md "
         f"for the costs (default: auto{recorded})",
     )
-    parser.add_argument(
-        "--calibration",
-        nargs="+",
-        default=None,
-        metavar="PATH",
-        help="--precision int8-static: image files, folders or glob patterns of images like those to embed (a "
-        f"few dozen; at most {MAX_IMAGES} are used), and .txt files of texts like those to embed (one per line), "
-        "that the activation scales are calibrated on; a tower without any runs int8 with per-call scales",
-    )
+    add_calibration_option(parser)
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction if compile_default else "store_true",
@@ -91,6 +83,19 @@ def add_model_options(
         help="SigLIP 2 NaFlex models: patches per image (default: the checkpoint's, 256 for the released "
         f"ones{recorded}; 576 or 1024 see more detail, at more cost; at most "
         f"{Siglip2ImageProcessor.MAX_NUM_PATCHES})",
+    )
+
+
+def add_calibration_option(parser: argparse.ArgumentParser) -> None:
+    """--calibration: the inputs int8-static calibrates its activation scales on."""
+    parser.add_argument(
+        "--calibration",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="--precision int8-static: image files, folders or glob patterns of images like those to embed (a "
+        f"few dozen; at most {MAX_IMAGES} are used), and .txt files of texts like those to embed (one per line), "
+        "that the activation scales are calibrated on; a tower without any runs int8 with per-call scales",
     )
 
 

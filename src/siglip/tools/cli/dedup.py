@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ...errors import UsageError
+from ..embeddings.options import ModelOptions
 from ..inputs.files import display_path
 from ..inputs.tar_shards import scan_inputs
 from ..search.dedup import (
@@ -110,9 +111,12 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[tuple[str, str]] = []
     pairs = None
     if args.index:
-        # the index's vectors: no model runs, so none of the model options (the precision "auto" means on this
-        # machine need not be the index's)
-        with SearchIndex(args.index, None, args.device) as index:
+        # the index's vectors: no model runs, so the precision "auto" means on this machine (the default) need
+        # not be the index's; one asked for must be
+        args.compile = bool(args.compile)
+        options = ModelOptions.from_args(args)
+        options = options.replace(precision=None) if options.precision == "auto" else options
+        with SearchIndex(args.index, None, args.device, options=options) as index:
             ids, paths, vectors = index_vectors(index)
             model = index.model
             if args.neighbours is not None:

@@ -15,6 +15,7 @@ from ..search.filters import Filter, parse_filter
 from ..search.index import SearchIndex
 from ..search.page import results_html
 from ._options import (
+    add_calibration_option,
     add_device_option,
     add_image_limit_option,
     integer,
@@ -52,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the index's model, at its new place if it moved (default: the one the index was built with)",
     )
     add_device_option(parser)
+    add_calibration_option(parser)  # an index built with int8-static embeds its queries so
     add_image_limit_option(parser)
     parser.set_defaults(run=run)
 

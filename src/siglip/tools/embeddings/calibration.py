@@ -95,16 +95,19 @@ def read_calibration(paths: Sequence[str | os.PathLike]) -> CalibrationSet:
     if not paths:
         raise UsageError("--calibration: give image files, folders or .txt files of texts")
     text_files: list[Path] = []
-    image_paths: list[str] = []
+    image_paths: list[str] = []  # given to `scan_images`, which picks the images of folders and patterns
     for path in map(os.fspath, paths):
+        if path.endswith(TEXT_SUFFIX) and os.path.isfile(path):
+            text_files.append(Path(path))
+            continue
+        image_paths.append(path)
         matches = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
         for match in matches:
-            if match.endswith(TEXT_SUFFIX) and os.path.isfile(match):
-                text_files.append(Path(match))
-                continue
             if os.path.isdir(match):
                 text_files += sorted(Path(match).rglob(f"*{TEXT_SUFFIX}"))
-            image_paths.append(match)
+            elif match.endswith(TEXT_SUFFIX) and os.path.isfile(match):
+                text_files.append(Path(match))
+    text_files = list(dict.fromkeys(text_files))  # a folder and a pattern may name the same file
     try:
         images = scan_images(image_paths, allow_empty=True).files if image_paths else []
     except (InputNotFoundError, NoImagesError) as error:

@@ -302,11 +302,12 @@ class SearchIndex:
     def embedder(self) -> Embedder:
         """The index's model (loaded on first use)."""
         if self._embedder is None:
-            recorded = self.embedding_settings or {}
             if self.options.precision == "int8-static" and not self.options.calibration:
+                calibrated = (self.embedding_settings or {}).get("calibration")
+                images = f"images with SHA-256 {calibrated}" if len(calibrated or "") == 64 else "texts only"
                 raise UsageError(
-                    f"index '{self.directory}' was built with --precision int8-static, calibrated on images "
-                    f"with SHA-256 {recorded.get('calibration')}: give the same --calibration to embed with it"
+                    f"index '{self.directory}' was built with --precision int8-static, calibrated on {images}: "
+                    "give the same --calibration to embed with it"
                 )
             try:
                 self._embedder = load_embedder(self.store.model, self.device, self.options)
@@ -829,7 +830,6 @@ class SearchIndex:
         """The `k` images most similar to `image` (a path, PIL image, array or bytes), among those `where`
         admits."""
         where = as_filter(where)
-        self._check_settings(self.embedder.settings, "the model given runs with")  # comparable to the images
         return self.search(self.embedder.embed_images([image]), k, where)[0]
 
     def close(self) -> None:
