@@ -83,6 +83,7 @@ from ...errors import (
     UsageError,
 )
 from ..deps import require
+from ..embeddings.calibration import UNCALIBRATED
 from ..embeddings.embedder import Embedder, load_embedder, resolve_device
 from ..embeddings.inference import InferenceMode
 from ..embeddings.options import ModelOptions
@@ -304,9 +305,11 @@ class SearchIndex:
         if self._embedder is None:
             if self.options.precision == "int8-static" and not self.options.calibration:
                 calibrated = (self.embedding_settings or {}).get("calibration")
-                images = f"images with SHA-256 {calibrated}" if len(calibrated or "") == 64 else "texts only"
+                inputs = {UNCALIBRATED: "texts only", None: "inputs it did not record"}.get(
+                    calibrated, f"images with SHA-256 {calibrated}"
+                )
                 raise UsageError(
-                    f"index '{self.directory}' was built with --precision int8-static, calibrated on {images}: "
+                    f"index '{self.directory}' was built with --precision int8-static, calibrated on {inputs}: "
                     "give the same --calibration to embed with it"
                 )
             try:
