@@ -12,6 +12,7 @@ import pytest
 from _material import BUNDLED
 from _ray_material import BATCH, SHARD, in_process, read_parquet, shutdown_ray, write_200_photos, write_shards
 from siglip import SearchIndex
+from siglip.errors import UsageError
 from siglip.tools.cli import main
 from siglip.tools.embeddings.ray_engine import embed_with_ray
 from siglip.tools.search.fingerprint import model_fingerprint
@@ -208,6 +209,17 @@ def test_a_file_restored_after_it_was_missing_is_embedded_by_the_rerun(cluster, 
     third = run()  # nothing changed: nothing to embed
     assert (third.resumed, third.embedded, third.count) == (2, 0, 13)
 
+    # a rerun in another precision would add shards not comparable with these: refused before any work
+    plan = out / "_plan.json"
+    with pytest.raises(UsageError, match="precision fp32, now bf16"):
+        embed_with_ray([tmp_path / "list.txt"], out, BUNDLED, precision="bf16", batch_size=4, shard_size=8)
+    # a plan written before the settings were recorded takes them from the next run
+    recorded = json.loads(plan.read_text())
+    assert recorded.pop("settings")["precision"] == "fp32"
+    plan.write_text(json.dumps(recorded))
+    assert run().resumed == 2
+    assert json.loads(plan.read_text())["settings"]["precision"] == "fp32"
+
 
 def test_int8_static_shards_record_their_calibration(cluster, photos, tmp_path):
     """int8-static on Ray: each actor calibrates as the in-process embedder does (the same package, the same
@@ -233,6 +245,11 @@ def test_int8_static_shards_record_their_calibration(cluster, photos, tmp_path):
     digest = read_calibration([calibration]).image_digest
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["precision"] == ["int8-static"] and manifest["calibration"] == [digest]
+    other = {**options, "calibration": [paths[0]]}  # resuming with other calibration images is refused
+    with pytest.raises(
+        UsageError, match=f"calibration {digest}, now {read_calibration([paths[0]]).image_digest}"
+    ):
+        embed_with_ray(paths, out, BUNDLED, batch_size=BATCH, shard_size=SHARD, **other)
     index = SearchIndex(tmp_path / "index", BUNDLED, "cpu", precision="fp32")
     index.import_embeddings(out)  # an empty index takes the settings of what it imports
     assert index.embedding_settings["precision"] == "int8-static"

@@ -49,10 +49,11 @@ from ..inputs.files import find_images, skipped_as_json
 from ..inputs.tar_shards import TarMember, expand_shards, is_shards, tar_samples
 from ..search.fingerprint import model_fingerprint
 from ..search.store import FileState, Seen, replace_atomically
+from .calibration import UNCALIBRATED, read_calibration
 from .embedder import image_settings, load_processor, patch_budget
 from .options import ModelOptions
 from .readers import SHARD_METADATA, shard_record
-from .writers import parquet_schema, parquet_table
+from .writers import parquet_schema, parquet_table, settings_differences
 
 logger = logging.getLogger("siglip")
 
@@ -151,9 +152,10 @@ def embed_with_ray(
     shard_size = -(-shard_size // batch_size) * batch_size  # whole batches: those of an in-process run
     checkpoint = locate(model)
     processor = load_processor(checkpoint, options)
-    # a NaFlex budget is part of the plan: shards made at two budgets would not be comparable
-    plan = _plan(out, files, shard_size, batch_size, patch_budget(processor))
     images = image_settings(processor)  # the actors get preprocessed images: the driver's processor decides
+    # a NaFlex budget is part of the plan: shards made at two budgets would not be comparable; so are the
+    # options asked for, which a resumed run must repeat
+    plan = _plan(out, files, shard_size, batch_size, patch_budget(processor), _asked(options, images))
     name = checkpoint.record_name
     dims = AutoConfig.from_pretrained(checkpoint).text_config.projection_size
     fingerprint = model_fingerprint(name)
@@ -234,11 +236,28 @@ def embed_with_ray(
     return _finish(out, plan, name, dims, fingerprint, embedded, failed, len(done), nodes)
 
 
+def _asked(options: ModelOptions, images: dict[str, Any]) -> dict[str, Any]:
+    """What the run asks of the embeddings: the precision word (each actor resolves it on its device: the
+    shards record what it became), the calibration images' digest for int8-static, the pixels' settings."""
+    calibration = (
+        {"calibration": read_calibration(options.calibration).image_digest or UNCALIBRATED}
+        if options.calibration
+        else {}
+    )
+    return {"precision": options.precision or "auto", **calibration, **images}
+
+
 def _plan(
-    out: Path, files: list[str | TarMember], shard_size: int, batch_size: int, max_num_patches: int | None
+    out: Path,
+    files: list[str | TarMember],
+    shard_size: int,
+    batch_size: int,
+    max_num_patches: int | None,
+    asked: dict[str, Any],
 ) -> dict[str, Any]:
-    """The shard plan of `out`: made by the first run, checked by the next ones (same inputs, same cuts, and
-    for a NaFlex model the same patch budget)."""
+    """The shard plan of `out`: made by the first run, checked by the next ones (same inputs, same cuts, for
+    a NaFlex model the same patch budget, and the same `asked` settings: shards of another precision or
+    calibration would not be comparable with those already written)."""
     names = (f.path if isinstance(f, TarMember) else f for f in files)
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     plan = {
@@ -253,6 +272,7 @@ def _plan(
     path = out / PLAN_FILE
     if path.exists():
         earlier = json.loads(path.read_text())
+        made_with = earlier.pop("settings", None)  # None: a plan of a version that did not record them
         if earlier != plan:
             raise UsageError(
                 f"'{out}' holds a run over other inputs or with other --batch-size/--shard-size/"
@@ -260,7 +280,14 @@ def _plan(
                 f"{earlier.get('max_num_patches', '-')}): rerun it as it was, or "
                 "write to another folder"
             )
-        return plan
+        if made_with not in (None, asked):
+            raise UsageError(
+                f"'{out}' holds shards embedded with other settings ({settings_differences(made_with, asked)}): "
+                "rerun it with the same options, or write to another folder"
+            )
+        if made_with is not None:
+            return {**plan, "settings": asked}
+    plan["settings"] = asked
     replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(plan, indent=2) + "\n"))
     return plan
 

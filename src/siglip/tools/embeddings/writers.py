@@ -158,16 +158,21 @@ def _check_journal(store: VectorStore, journal: Path, settings: dict[str, Any]) 
     if recorded is None:
         store.set_meta(_JOURNAL_SETTINGS, wanted)
     elif recorded != wanted:
-        made = json.loads(recorded)
-        differ = "; ".join(
-            f"{key} {made.get(key)}, now {settings.get(key)}"
-            for key in sorted(made.keys() | settings.keys())
-            if made.get(key) != settings.get(key)
-        )
         raise UsageError(
-            f"'{journal}' holds the embeddings of an interrupted run made with other settings ({differ}): "
-            "resume with the same options, or delete it to start over"
+            f"'{journal}' holds the embeddings of an interrupted run made with other settings "
+            f"({settings_differences(json.loads(recorded), settings)}): resume with the same options, or "
+            "delete it to start over"
         )
+
+
+def settings_differences(made: dict[str, Any], now: dict[str, Any]) -> str:
+    """The settings that differ between embeddings `made` and those about to be made `now`, for an error:
+    "precision fp32, now int8; ..."."""
+    return "; ".join(
+        f"{key} {made.get(key)}, now {now.get(key)}"
+        for key in sorted(made.keys() | now.keys())
+        if made.get(key) != now.get(key)
+    )
 
 
 def _write_output(
