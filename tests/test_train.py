@@ -236,6 +236,48 @@ def test_two_processes_match_one_with_the_same_global_batch(start, colours, tmp_
         np.testing.assert_allclose(losses_two, losses_one, rtol=1e-4)
 
 
+_GROUP_FREED = """
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from siglip.tools.training import trainer
+
+groups = []
+init = dist.init_process_group
+
+
+def recording(*args, **kwargs):
+    init(*args, **kwargs)
+    groups.append(dist.group.WORLD)
+
+
+dist.init_process_group = recording
+with trainer._distributed():
+    model = DistributedDataParallel(torch.nn.Linear(2, 2))  # what a training run wraps its towers in
+    del model
+print("references", sys.getrefcount(groups[0]) - 1)  # (less getrefcount's own)
+"""
+
+
+def test_the_process_group_is_freed_when_the_run_ends(tmp_path):
+    """The group a two-process run joins is freed by `destroy_process_group`, while the interpreter still
+    runs: nothing but the test's own list holds it then. (DistributedDataParallel imports
+    `torch.distributed.nn`, whose functions took the group as a default argument when it was imported after
+    the group existed; the group then lived until the interpreter's exit, where tearing gloo down now and
+    then aborted a finished run.)"""
+    script = tmp_path / "group.py"
+    script.write_text(_GROUP_FREED)
+    two = _run_cli(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    )
+    assert two.returncode == 0, two.stderr
+    counts = [line.split()[1] for line in two.stdout.splitlines() if line.startswith("references ")]
+    assert counts == ["1", "1"], two.stdout  # 11 when the group outlived the run
+
+
 def test_kill_and_resume_ends_with_the_same_weights(start, colours, tmp_path):
     extra = ["--steps", "40", "--save-every", "5", "--keep-checkpoints", "3"]
     straight = _run_cli(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -305,6 +306,9 @@ def _distributed() -> Iterator[_Dist]:
 
     A group this function created is destroyed on the way out: left to the interpreter's exit, gloo's
     threads can be torn down while still joinable, and the process aborts after a finished run.
+    `torch.distributed.nn` is imported before the group exists: DistributedDataParallel imports it, and
+    imported later its functions' defaults (`group=group.WORLD`) would hold the group, which would then
+    outlive `destroy_process_group` and be torn down at the interpreter's exit after all.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
@@ -314,6 +318,7 @@ def _distributed() -> Iterator[_Dist]:
         torch.cuda.set_device(device)
     created = world > 1 and not dist.is_initialized()
     if created:
+        importlib.import_module("torch.distributed.nn")  # (see above)
         dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield _Dist(dist.get_rank() if world > 1 else 0, world, device)
