@@ -27,6 +27,7 @@ from ...errors import UsageError
 from .attention import use_bf16_mode_attention
 from .calibration import Calibration
 from .compiled import PACKAGED, compile_towers, image_package_cached, missing_for_compile
+from .heap import keep_freed_memory
 from .int8 import use_eager_int8
 from .onednn import use_fused_linears
 from .precision import as_precision, check_precision, resolve_precision
@@ -87,9 +88,12 @@ class InferenceMode:
         checkpoint of the original format. bf16 on an x86 CPU with bf16 units makes them
         `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual adds inside
         oneDNN's products), and without AMX runs the attention in groups of sequences
-        (`attention.GroupedAttention`).
+        (`attention.GroupedAttention`). On the CPU, freed memory stays in the process's heap for the next
+        batch from then on (`heap.keep_freed_memory`; where the C library is glibc).
         """
         model = model.eval().to(self.dtype)
+        if model.device.type == "cpu":
+            keep_freed_memory()  # each batch's activations reuse the last one's memory (`heap`)
         if self.precision == "int8-static":  # the CPU only (`resolve`)
             missing = missing_for_compile(self.precision)
             if missing:
