@@ -444,7 +444,9 @@ def test_a_full_disk_at_each_ray_engine_output_leaves_nothing_half_written(tmp_p
     part = {"paths": json.dumps(["a.jpg", "b.jpg"]), "failed": "[]", "vectors": np.eye(2, 4, dtype=np.float32),
             "node": "n1", "precision": "fp32"}  # fmt: skip
     steps = {
-        ray_engine.PLAN_FILE: lambda: ray_engine._plan(tmp_path, ["a.jpg", "b.jpg"], 2, 2, None),
+        ray_engine.PLAN_FILE: lambda: ray_engine._plan(
+            tmp_path, ["a.jpg", "b.jpg"], 2, 2, None, {"precision": "fp32"}
+        ),
         "part-00000.parquet": lambda: ray_engine._commit_shard(pa, schema, tmp_path, 0, "m", "f", {}, [part]),
         ray_engine.MANIFEST_FILE: lambda: ray_engine._finish(
             tmp_path, {"shards": 1}, "m", 4, "f", 2, 0, 0, set()

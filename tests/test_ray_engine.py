@@ -14,6 +14,7 @@ from _ray_material import BATCH, SHARD, in_process, read_parquet, shutdown_ray, 
 from siglip import SearchIndex
 from siglip.errors import UsageError
 from siglip.tools.cli import main
+from siglip.tools.embeddings import ray_engine
 from siglip.tools.embeddings.ray_engine import embed_with_ray
 from siglip.tools.search.fingerprint import model_fingerprint
 
@@ -219,6 +220,19 @@ def test_a_file_restored_after_it_was_missing_is_embedded_by_the_rerun(cluster, 
     plan.write_text(json.dumps(recorded))
     assert run().resumed == 2
     assert json.loads(plan.read_text())["settings"]["precision"] == "fp32"
+
+
+def test_a_folder_is_bound_to_its_settings_once_a_shard_is_written(photos, tmp_path):
+    """--calibration without int8-static is refused before anything is written (each actor would refuse it,
+    after the plan); the settings of a run that wrote no shard bind nothing: the next run's replace them."""
+    paths = sorted(str(p) for p in photos.glob("*.jpg"))[:4]
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match="--calibration applies to --precision int8-static, not to 'auto'"):
+        embed_with_ray(paths, out, BUNDLED, calibration=[paths[0]])
+    assert not (out / ray_engine.PLAN_FILE).exists()
+    ray_engine._plan(out, paths, 4, 4, None, {"precision": "bf16"})  # a first run that failed before a shard
+    ray_engine._plan(out, paths, 4, 4, None, {"precision": "fp32"})
+    assert json.loads((out / ray_engine.PLAN_FILE).read_text())["settings"] == {"precision": "fp32"}
 
 
 def test_int8_static_shards_record_their_calibration(cluster, photos, tmp_path):

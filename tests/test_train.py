@@ -237,7 +237,11 @@ def test_two_processes_match_one_with_the_same_global_batch(start, colours, tmp_
 
 
 _GROUP_FREED = """
+import gc
+import os
 import sys
+import weakref
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -251,31 +255,31 @@ init = dist.init_process_group
 
 def recording(*args, **kwargs):
     init(*args, **kwargs)
-    groups.append(dist.group.WORLD)
+    groups.append(weakref.ref(dist.group.WORLD))
 
 
 dist.init_process_group = recording
 with trainer._distributed():
     model = DistributedDataParallel(torch.nn.Linear(2, 2))  # what a training run wraps its towers in
     del model
-print("references", sys.getrefcount(groups[0]) - 1)  # (less getrefcount's own)
+gc.collect()
+Path(sys.argv[1], os.environ["RANK"]).write_text("freed" if groups[0]() is None else "alive")
 """
 
 
 def test_the_process_group_is_freed_when_the_run_ends(tmp_path):
     """The group a two-process run joins is freed by `destroy_process_group`, while the interpreter still
-    runs: nothing but the test's own list holds it then. (DistributedDataParallel imports
-    `torch.distributed.nn`, whose functions took the group as a default argument when it was imported after
-    the group existed; the group then lived until the interpreter's exit, where tearing gloo down now and
-    then aborted a finished run.)"""
+    runs. (DistributedDataParallel imports `torch.distributed.nn`, whose functions took the group as a
+    default argument when it was imported after the group existed; the group then lived until the
+    interpreter's exit, where tearing gloo down now and then aborted a finished run.)"""
     script = tmp_path / "group.py"
     script.write_text(_GROUP_FREED)
-    two = _run_cli(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
-    )
+    two = _run_cli([
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+        str(tmp_path),
+    ])  # fmt: skip
     assert two.returncode == 0, two.stderr
-    counts = [line.split()[1] for line in two.stdout.splitlines() if line.startswith("references ")]
-    assert counts == ["1", "1"], two.stdout  # 11 when the group outlived the run
+    assert [(tmp_path / rank).read_text() for rank in ("0", "1")] == ["freed", "freed"]
 
 
 def test_kill_and_resume_ends_with_the_same_weights(start, colours, tmp_path):

@@ -71,15 +71,17 @@ class Calibration(NamedTuple):
     @property
     def recorded(self) -> dict[str, str]:
         """What the settings of the image side (`Embedder.settings`) and of the text side record of it."""
-        return {
-            "image": self.image_digest or UNCALIBRATED,
-            "text": self.text_digest or UNCALIBRATED,
-        }
+        return {"image": recorded(self.image_digest), "text": recorded(self.text_digest)}
 
     def without_inputs(self) -> Calibration:
         """The digests alone: what a model keeps once its towers are compiled (a 384-pixel model's 128
         calibration images are 226 MB of pixels)."""
         return self._replace(pixel_values=None, input_ids=None)
+
+
+def recorded(digest: str | None) -> str:
+    """What settings record of a tower's calibration: its inputs' digest, or `UNCALIBRATED` without any."""
+    return digest or UNCALIBRATED
 
 
 def check_takes_calibration(precision: str | None) -> None:
@@ -130,22 +132,28 @@ def _digest(chunks: list[bytes]) -> str | None:
     return hashlib.sha256(b"".join(chunks)).hexdigest() if chunks else None
 
 
+def used_images(calibration: CalibrationSet, config: PretrainedConfig) -> tuple[list[str], str | None]:
+    """The calibration images a model of `config` uses, and their digest: none for a SigLIP 2 NaFlex image
+    tower, which is not compiled (its int8 keeps per-call scales; a warning says so)."""
+    from ...core.auto import is_naflex
+
+    if calibration.images and is_naflex(config):
+        logger.warning(
+            "int8-static: NaFlex image towers run int8 with per-call scales (they are not compiled); the "
+            "calibration images are not used"
+        )
+        return [], None
+    return calibration.images, calibration.image_digest
+
+
 def calibration_inputs(
     calibration: CalibrationSet, processor: Processor, config: PretrainedConfig
 ) -> Calibration:
     """The inputs of `calibration` made by the model's `processor` (its image processor and tokenizer, as for
     the job itself) for a model of `config`. A SigLIP 2 NaFlex image tower is not compiled (its int8 keeps
     per-call scales): its calibration images are left out, with a warning."""
-    from ...core.auto import is_naflex
-
     pixels = ids = None
-    images, image_digest = calibration.images, calibration.image_digest
-    if images and is_naflex(config):
-        logger.warning(
-            "int8-static: NaFlex image towers run int8 with per-call scales (they are not compiled); the "
-            "calibration images are not used"
-        )
-        images, image_digest = [], None
+    images, image_digest = used_images(calibration, config)
     try:
         if images:
             pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ...core.auto import AutoConfig
+from ...core.config import PretrainedConfig
 from ...core.hub import locate
 from ...errors import UsageError
 from ..deps import require
@@ -49,7 +50,7 @@ from ..inputs.files import find_images, skipped_as_json
 from ..inputs.tar_shards import TarMember, expand_shards, is_shards, tar_samples
 from ..search.fingerprint import model_fingerprint
 from ..search.store import FileState, Seen, replace_atomically
-from .calibration import UNCALIBRATED, read_calibration
+from .calibration import check_takes_calibration, read_calibration, recorded, used_images
 from .embedder import image_settings, load_processor, patch_budget
 from .options import ModelOptions
 from .readers import SHARD_METADATA, shard_record
@@ -153,11 +154,12 @@ def embed_with_ray(
     checkpoint = locate(model)
     processor = load_processor(checkpoint, options)
     images = image_settings(processor)  # the actors get preprocessed images: the driver's processor decides
+    config = AutoConfig.from_pretrained(checkpoint)
     # a NaFlex budget is part of the plan: shards made at two budgets would not be comparable; so are the
     # options asked for, which a resumed run must repeat
-    plan = _plan(out, files, shard_size, batch_size, patch_budget(processor), _asked(options, images))
+    plan = _plan(out, files, shard_size, batch_size, patch_budget(processor), _asked(options, images, config))
     name = checkpoint.record_name
-    dims = AutoConfig.from_pretrained(checkpoint).text_config.projection_size
+    dims = config.text_config.projection_size
     fingerprint = model_fingerprint(name)
     done = {i for i in range(plan["shards"]) if _shard_path(out, i).exists()}
     inputs = {f.path if isinstance(f, TarMember) else f: f for f in files}
@@ -236,15 +238,17 @@ def embed_with_ray(
     return _finish(out, plan, name, dims, fingerprint, embedded, failed, len(done), nodes)
 
 
-def _asked(options: ModelOptions, images: dict[str, Any]) -> dict[str, Any]:
+def _asked(options: ModelOptions, images: dict[str, Any], config: PretrainedConfig) -> dict[str, Any]:
     """What the run asks of the embeddings: the precision word (each actor resolves it on its device: the
-    shards record what it became), the calibration images' digest for int8-static, the pixels' settings."""
-    calibration = (
-        {"calibration": read_calibration(options.calibration).image_digest or UNCALIBRATED}
-        if options.calibration
-        else {}
-    )
-    return {"precision": options.precision or "auto", **calibration, **images}
+    shards record what it became), for int8-static the digest of the calibration images the model uses (as
+    the shards record it), and the pixels' settings. Calibration with another precision is refused here,
+    before the actors would refuse it."""
+    asked = {"precision": options.precision_word, **images}
+    if options.calibration:
+        check_takes_calibration(options.precision_word)
+        _, digest = used_images(read_calibration(options.calibration), config)
+        asked["calibration"] = recorded(digest)
+    return asked
 
 
 def _plan(
@@ -280,12 +284,14 @@ def _plan(
                 f"{earlier.get('max_num_patches', '-')}): rerun it as it was, or "
                 "write to another folder"
             )
-        if made_with not in (None, asked):
+        # a run that wrote no shard (it failed first) binds nothing: its plan takes these settings
+        committed = any(_shard_path(out, shard).exists() for shard in range(plan["shards"]))
+        if made_with not in (None, asked) and committed:
             raise UsageError(
                 f"'{out}' holds shards embedded with other settings ({settings_differences(made_with, asked)}): "
                 "rerun it with the same options, or write to another folder"
             )
-        if made_with is not None:
+        if made_with == asked:
             return {**plan, "settings": asked}
     plan["settings"] = asked
     replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(plan, indent=2) + "\n"))
