@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import sentencepiece as spm
@@ -133,3 +136,48 @@ def save_tiny_naflex(directory: Path, seed: int = 0) -> Path:
         directory
     )
     return directory
+
+
+_FAULT_ROUNDS = """
+import ctypes, resource
+
+import torch
+
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KiB pages, whatever the system's huge pages
+{setup}
+faults = []
+for _ in range(8):  # a batch's activations: allocated, used, freed, and again for the next batch
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    hidden = torch.ones(2**24)  # 64 MiB: over glibc's largest threshold for blocks of their own
+    scores = torch.ones(2**23)  # and 32 MiB twice, with the sum
+    (hidden[: 2**23] + scores).sum()
+    del hidden, scores
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
+"""
+
+
+def assert_freed_memory_kept(setup: str, *args: str, kept: bool) -> None:
+    """In a fresh interpreter (glibc's malloc as the environment leaves it, no huge pages), run `setup` (with
+    `args` as `sys.argv[1:]`), then allocate, use and free a batch's worth of activations (128 MiB: 32,768
+    pages of 4 KiB) 8 times: with `kept`, the last rounds fault (almost) no page in; without, every page
+    again. `SIGLIP_KEEP_FREED_MEMORY` is `kept`."""
+    import resource
+
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not (name.startswith("MALLOC_") or name in ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE"))
+    }
+    env["SIGLIP_KEEP_FREED_MEMORY"] = "1" if kept else "0"
+    code = _FAULT_ROUNDS.format(setup=setup)
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    last = [int(n) for n in run.stdout.split()][-3:]
+    pages = (2**24 + 2 * 2**23) * 4 // resource.getpagesize()
+    if kept:
+        assert max(last) < pages // 100, run.stdout
+    else:
+        assert min(last) >= pages * 0.9, run.stdout

@@ -7,9 +7,6 @@ import copy
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile
 
-from _material import BUNDLED
+from _material import BUNDLED, assert_freed_memory_kept
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
 from siglip.core.staging import FILE_MODE
@@ -1345,50 +1342,15 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     assert "compiled" not in capsys.readouterr().out
 
 
-_HEAP_ROUNDS = """
-import ctypes, resource, sys
-
-import torch
-
-from siglip import AutoModel
-from siglip.tools.embeddings.inference import InferenceMode
-
-ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KiB pages, whatever the system's huge pages
-InferenceMode("fp32").apply(AutoModel.from_pretrained(sys.argv[1]))
-faults = []
-for _ in range(8):  # a batch's activations: allocated, used, freed, and again for the next batch
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    hidden = torch.ones(2**24)  # 64 MiB: over glibc's largest threshold for blocks of their own
-    scores = torch.ones(2**23)  # and 32 MiB twice, with the sum
-    (hidden[: 2**23] + scores).sum()
-    del hidden, scores
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(*faults)
-"""
-
-
 @pytest.mark.skipif(not heap._is_glibc(), reason="glibc's malloc")
 @pytest.mark.parametrize("kept", [True, False])
 def test_a_model_put_in_a_mode_on_the_cpu_keeps_freed_memory_for_the_next_batch(kept):
     """glibc unmaps freed blocks of 32 MiB and more and trims its heap, so each batch faulted its activations'
     pages in again (7% of the base image tower's time at batch 32). Once a model is put in a mode on the CPU,
     the same allocations stop faulting pages in after a few rounds; with SIGLIP_KEEP_FREED_MEMORY=0 every
-    round faults all of them (128 MiB: 32,768 pages of 4 KiB) again."""
-    import resource
-
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not (name.startswith("MALLOC_") or name in ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE"))
-    }
-    env[heap.ENV] = "1" if kept else "0"
-    run = subprocess.run(
-        [sys.executable, "-c", _HEAP_ROUNDS, BUNDLED], capture_output=True, text=True, env=env, timeout=120
+    round faults all of them again."""
+    setup = (
+        "import sys\nfrom siglip import AutoModel\nfrom siglip.tools.embeddings.inference import InferenceMode\n"
+        'InferenceMode("fp32").apply(AutoModel.from_pretrained(sys.argv[1]))'
     )
-    assert run.returncode == 0, run.stderr
-    last = [int(n) for n in run.stdout.split()][-3:]
-    pages = (2**24 + 2 * 2**23) * 4 // resource.getpagesize()
-    if kept:
-        assert max(last) < pages // 100, run.stdout
-    else:
-        assert min(last) >= pages * 0.9, run.stdout
+    assert_freed_memory_kept(setup, BUNDLED, kept=kept)
