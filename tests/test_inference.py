@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from siglip.tools.embeddings.attention import (
     GroupedAttention,
     GroupedBf16Attention,
 )
+from siglip.tools.embeddings.embedder import decoding_workers
 from siglip.tools.embeddings.groups import GroupedEncoderLayer, group_count
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import (
@@ -1354,3 +1356,16 @@ def test_a_model_put_in_a_mode_on_the_cpu_keeps_freed_memory_for_the_next_batch(
         'InferenceMode("fp32").apply(AutoModel.from_pretrained(sys.argv[1]))'
     )
     assert_freed_memory_kept(setup, BUNDLED, kept=kept)
+
+
+@pytest.mark.parametrize(
+    ("cores", "device", "workers"),
+    [(1, "cpu", 0), (2, "cpu", 0), (4, "cpu", 4), (16, "cpu", 8), (2, "cuda", 2), (16, "cuda", 8)],
+)
+def test_image_files_are_decoded_in_the_process_for_a_model_on_two_cores_or_fewer(
+    monkeypatch, cores, device, workers
+):
+    """There the processor's own threads decode on every core, and worker processes cost the model 4-7%
+    (BENCHMARKS.md); elsewhere one worker per core, at most 8."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert decoding_workers(torch.device(device)) == workers

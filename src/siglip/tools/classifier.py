@@ -131,8 +131,7 @@ class ImageClassifier:
         reported in `failed`, as `Embedder.embed_files` reports them."""
         yield from file_batches(
             files, self.processor.image_processor, self.probabilities, len(self.labels),
-            batch_size=batch_size, workers=workers, progress=progress, pin_memory=self.device.type == "cuda",
-            desc="classifying",
+            batch_size=batch_size, workers=workers, progress=progress, device=self.device, desc="classifying",
         )  # fmt: skip
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[dict[str, Any]]]:

@@ -116,7 +116,8 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=integer(0),
         default=None,
-        help="image-decoding processes (default: one per core, at most 8)",
+        help="image-decoding processes (default: one per core, at most 8; none for a model on a CPU of 2 cores "
+        "or fewer)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(

@@ -235,14 +235,23 @@ class Embedder:
         A `TarMember` (a sample of a WebDataset shard, see `siglip.tools.inputs.tar_shards`) is read from its shard,
         a `VideoFrame` (`siglip.tools.inputs.video`) from its video.
 
-        Files are decoded and preprocessed by `workers` DataLoader processes (default: one per CPU core, at
-        most 8; 0 decodes in this process) ahead of the model. `progress` shows a bar with images/s on
-        stderr (None: only when stderr is a terminal).
+        Files are decoded and preprocessed by `workers` DataLoader processes ahead of the model (default:
+        `decoding_workers`; 0 decodes in this process). `progress` shows a bar with images/s on stderr (None:
+        only when stderr is a terminal).
         """
         yield from file_batches(
             files, self.processor.image_processor, self.embed_inputs, self.dims,
-            batch_size=batch_size, workers=workers, progress=progress, pin_memory=self.device.type == "cuda",
+            batch_size=batch_size, workers=workers, progress=progress, device=self.device,
         )  # fmt: skip
+
+
+def decoding_workers(device: torch.device) -> int:
+    """How many DataLoader processes decode image files ahead of a model on `device` by default: one per
+    core, at most 8; none for a model on a CPU of two cores or fewer, where the image processor's own threads
+    decode in the process on both cores and the workers' copies, and the cores they take from the model,
+    cost more than decoding between batches (tiny and base models, three precisions: 4-7%; BENCHMARKS.md)."""
+    cores = os.cpu_count() or 1
+    return 0 if device.type == "cpu" and cores <= 2 else min(cores, 8)
 
 
 def file_batches(
@@ -251,20 +260,20 @@ def file_batches(
     compute: Callable[[Mapping[str, torch.Tensor]], np.ndarray],
     width: int,
     *,
+    device: torch.device,
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool | None = None,
-    pin_memory: bool = False,
     desc: str = "embedding",
 ) -> Iterator[EmbeddedBatch]:
-    """`compute` (preprocessed model inputs -> (B, `width`) rows) over image files, batch by batch, in order;
-    unreadable files are reported in `failed`, not raised (see `Embedder.embed_files`)."""
+    """`compute` (preprocessed model inputs -> (B, `width`) rows, run on `device`) over image files, batch by
+    batch, in order; unreadable files are reported in `failed`, not raised (see `Embedder.embed_files`)."""
     from tqdm.auto import tqdm
 
     files = [f if isinstance(f, FileState) else FileState(os.fspath(f), -1, -1) for f in files]
     if not files:
         return
-    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    workers = decoding_workers(device) if workers is None else workers
     batches = math.ceil(len(files) / batch_size)
     workers = min(workers, batches) if batches > 1 else 0  # one batch: nothing to overlap with the model
     loader = DataLoader(
@@ -273,7 +282,7 @@ def file_batches(
         num_workers=workers,
         collate_fn=collate,
         worker_init_fn=worker_init_fn(),  # workers die with this process, even by kill -9
-        pin_memory=pin_memory,
+        pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,  # keep batches ready so the model never waits
     )
     skipped = 0

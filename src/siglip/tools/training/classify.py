@@ -209,7 +209,7 @@ class Classify(Task):
         hidden = model.classifier.in_features
         micro_batch = self.config.batch_size // self.config.grad_accum  # what fits in memory
         for batch in file_batches(images, self.processor.image_processor, pooled, hidden, batch_size=micro_batch,
-                                  workers=self.config.workers, desc="features"):  # fmt: skip
+                                  workers=self.config.workers, device=dist_.device, desc="features"):  # fmt: skip
             rows.append(batch.vectors)
             kept += [position[f.path] for f in batch.files]
             for file, reason in batch.failed:
