@@ -8,6 +8,8 @@ import io
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from siglip.core.two_tower.modeling import (
     key_padding_mask,
 )
 from siglip.tools.cli import main
+from siglip.tools.embeddings import embedder as embedder_module
 from siglip.tools.embeddings import heap
 from siglip.tools.embeddings.attention import (
     Bf16Attention,
@@ -57,7 +60,7 @@ from siglip.tools.embeddings.onednn import (
     use_fused_linears,
 )
 from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
-from siglip.tools.embeddings.precision import PRECISIONS, CpuUnits
+from siglip.tools.embeddings.precision import PRECISIONS, CpuUnits, usable_cores
 
 pytest_plugins = ["_fixtures"]
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "fashion").glob("*.png"))
@@ -1367,5 +1370,48 @@ def test_image_files_are_decoded_in_the_process_for_a_model_on_two_cores_or_fewe
 ):
     """There the processor's own threads decode on every core, and worker processes cost the model 4-7%
     (BENCHMARKS.md); elsewhere one worker per core, at most 8."""
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(embedder_module, "usable_cores", lambda: cores)
     assert decoding_workers(torch.device(device)) == workers
+
+
+def test_usable_cores_are_the_process_affinity():
+    """A container or `taskset` gives the process fewer cores than the host has: those are what count."""
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this system")
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    run = subprocess.run(
+        [sys.executable, "-c", "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+         "from siglip.tools.embeddings.precision import usable_cores; print(usable_cores())"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.stdout.split() == ["1"], run.stderr
+
+
+@pytest.mark.parametrize("backend", ["torch", "pil"])
+def test_a_batch_of_files_decoded_in_one_call_equals_each_decoded_alone(photos, backend):
+    """What the DataLoader fetches in this process (`__getitems__`: the batch's files in one call of the
+    processor, on its threads) equals each file loaded on its own: the same pixels bit for bit, and a
+    damaged file failing alone with the same reason while the others load."""
+    from siglip.core.hub import locate
+    from siglip.tools.embeddings.embedder import _ImageFiles, load_processor
+    from siglip.tools.embeddings.options import ModelOptions
+    from siglip.tools.search.store import FileState
+
+    directory, readable = photos
+    paths = [*map(str, readable[:3]), str(directory / "broken.jpg"), *map(str, readable[3:])]
+    processor = load_processor(locate(BUNDLED), ModelOptions(image_backend=backend)).image_processor
+    dataset = _ImageFiles([FileState(p, -1, -1) for p in paths], processor)
+    indices = list(range(len(paths)))
+    for files in (indices, [i for i in indices if i != 3]):  # with and without the damaged file
+        batch = dataset.__getitems__(files)
+        alone = [dataset[i] for i in files]
+        assert [(s.source, s.index, s.reason) for s in batch] == [
+            (s.source, s.index, s.reason) for s in alone
+        ]
+        for together, single in zip(batch, alone, strict=True):
+            assert (together.inputs is None) == (single.inputs is None)
+            if single.inputs is not None:
+                assert together.inputs.keys() == single.inputs.keys()
+                for name, value in single.inputs.items():
+                    np.testing.assert_array_equal(together.inputs[name], value)
+    assert dataset.__getitems__(indices)[3].inputs is None and dataset[3].reason

@@ -284,7 +284,9 @@ def test_the_process_group_is_freed_when_the_run_ends(tmp_path):
     assert [(tmp_path / rank).read_text() for rank in ("0", "1")] == ["freed", "freed"]
 
 
-@pytest.mark.skipif(not heap._is_glibc(), reason="glibc's malloc")
+@pytest.mark.skipif(
+    not heap._is_glibc() or torch.cuda.is_available(), reason="glibc's malloc, training on the CPU"
+)
 def test_a_training_run_on_the_cpu_keeps_freed_memory_for_the_next_step(start, colours, tmp_path):
     """As inference modes do (test_inference.py): each step's activations reuse the last step's memory
     (3-5% of a base-size step on 2 cores), where glibc unmapped and faulted them in again."""

@@ -6,8 +6,9 @@
     query = embedder.embed_texts(["a photo of a cat"])           # (1, 768)
     ranking = (vectors @ query.T).ravel().argsort()[::-1]
 
-Files and folders go through `embed_files`: images are decoded and preprocessed by DataLoader worker processes
-while the model runs, and unreadable files are skipped and reported rather than stopping the run
+Files and folders go through `embed_files`: images are decoded and preprocessed a batch at a time, by
+DataLoader worker processes while the model runs (or, by default on a CPU of two cores or fewer, in this
+process between batches), and unreadable files are skipped and reported rather than stopping the run
 (`siglip.tools.embeddings.writers.embed_to_file` writes them to Parquet or .npy). Every embedding comes from the
 model's `encode_images` / `encode_texts`: unit length, float32.
 """
@@ -40,14 +41,14 @@ from ...core.two_tower.image_processing import ImageInput
 from ...core.two_tower.torch_resize import resolve_backend
 from ...errors import CheckpointError, ImageInputError, UsageError
 from .. import zeroshot
-from ..inputs.data import Sample, collate, load_sample, worker_init_fn
+from ..inputs.data import Sample, collate, load_sample, load_samples, worker_init_fn
 from ..inputs.tar_shards import TarMember
 from ..inputs.video import VideoFrame
 from ..search.store import FileState
 from .calibration import calibration_inputs, check_takes_calibration, read_calibration
 from .inference import InferenceMode
 from .options import ModelOptions
-from .precision import precision_of_dtype
+from .precision import precision_of_dtype, usable_cores
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 
@@ -247,10 +248,10 @@ class Embedder:
 
 def decoding_workers(device: torch.device) -> int:
     """How many DataLoader processes decode image files ahead of a model on `device` by default: one per
-    core, at most 8; none for a model on a CPU of two cores or fewer, where the image processor's own threads
-    decode in the process on both cores and the workers' copies, and the cores they take from the model,
-    cost more than decoding between batches (tiny and base models, three precisions: 4-7%; BENCHMARKS.md)."""
-    cores = os.cpu_count() or 1
+    core, at most 8; none for a model on a CPU of two cores or fewer, where decoding each batch in the process
+    (the processor's threads over the batch's files) ran faster than workers beside the model's threads,
+    whose copies and cores cost the model more than the decoding itself (BENCHMARKS.md)."""
+    cores = usable_cores()
     return 0 if device.type == "cpu" and cores <= 2 else min(cores, 8)
 
 
@@ -373,7 +374,8 @@ def _stderr_is_terminal() -> bool:
 
 
 class _ImageFiles(Dataset):
-    """Image files decoded and preprocessed, or the reason each cannot be used (runs in DataLoader workers)."""
+    """Image files decoded and preprocessed, or the reason each cannot be used (in DataLoader workers, or in
+    this process: a batch of files at a time, `load_samples`)."""
 
     def __init__(self, files: list[FileState], processor: ImageProcessor) -> None:
         self.files = files
@@ -387,6 +389,15 @@ class _ImageFiles(Dataset):
         if isinstance(file, TarMember | VideoFrame):  # a sample of a WebDataset shard, a frame of a video
             return file.load(self.processor, index=index)
         return load_sample(self.processor, file.path, file.path, index=index)
+
+    def __getitems__(self, indices: list[int]) -> list[Sample]:
+        """The samples of a batch (what the DataLoader asks for): files in one call of the processor, which
+        decodes them on a thread per core; shard samples and video frames one by one."""
+        files = [self.files[i] for i in indices]
+        if any(isinstance(file, TarMember | VideoFrame) for file in files):
+            return [self[i] for i in indices]
+        paths = [file.path for file in files]
+        return load_samples(self.processor, paths, paths, indices)
 
 
 @lru_cache(maxsize=1)

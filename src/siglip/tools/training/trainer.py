@@ -618,8 +618,6 @@ def _train(config: TrainConfig, dist_: _Dist) -> Path:
         output.mkdir(parents=True, exist_ok=True)
 
     precision = resolve_precision(config.precision, dist_.device, training=True)
-    if dist_.device.type == "cpu":
-        keep_freed_memory()  # each step's activations reuse the last step's memory (3-5% a step)
     model = task.build_model(resume_from).to(dist_.device, precision.weights).train()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -643,6 +641,8 @@ def _train(config: TrainConfig, dist_: _Dist) -> Path:
     metrics = _Metrics(output / "metrics.jsonl", state["step"], dist_.main)
     bar = _progress(config, dist_, total_steps, state["step"])
     clock, window = time.perf_counter(), 0
+    if dist_.device.type == "cpu":  # from here on (the model and a resumed state loaded, their peaks freed):
+        keep_freed_memory()  # each step's activations reuse the last step's memory (3-5% a step)
 
     for step, batch in _batches(config, task.source, layout, state["step"], per_epoch, total_steps):
         loss = task.step(model, batch, dist_, precision)
