@@ -21,6 +21,7 @@ from PIL import Image, ImageFile
 from _material import BUNDLED, assert_freed_memory_kept
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+from siglip.core.cpu import usable_cores
 from siglip.core.staging import FILE_MODE
 from siglip.core.two_tower import pil_resize
 from siglip.core.two_tower.modeling import (
@@ -60,7 +61,7 @@ from siglip.tools.embeddings.onednn import (
     use_fused_linears,
 )
 from siglip.tools.embeddings.onnx_export import check_onnx, export_onnx
-from siglip.tools.embeddings.precision import PRECISIONS, CpuUnits, usable_cores
+from siglip.tools.embeddings.precision import PRECISIONS, CpuUnits
 
 pytest_plugins = ["_fixtures"]
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "fashion").glob("*.png"))
@@ -1381,7 +1382,7 @@ def test_usable_cores_are_the_process_affinity():
     assert usable_cores() == len(os.sched_getaffinity(0))
     run = subprocess.run(
         [sys.executable, "-c", "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-         "from siglip.tools.embeddings.precision import usable_cores; print(usable_cores())"],
+         "from siglip.core.cpu import usable_cores; print(usable_cores())"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.stdout.split() == ["1"], run.stderr

@@ -3,7 +3,6 @@ stopped by one SIGTERM; and the rule of `--workers auto`."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import uvicorn
 from _material import BUNDLED
 from _serving import start_server
 from siglip import Embedder, SiglipConfig
+from siglip.core.cpu import usable_cores
 from siglip.errors import UsageError
 from siglip.tools.cli import serve as serve_cli
 
@@ -50,7 +50,7 @@ def test_two_workers_share_the_port_answer_right_and_stop_together():
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
-    threads = max(1, (os.cpu_count() or 1) // 2)
+    threads = max(1, usable_cores() // 2)
     assert f"2 worker processes, {threads} torch threads each, on {url}" in output
     assert all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
     expected = Embedder.from_pretrained(BUNDLED, device="cpu", precision="fp32").embed_texts(texts)
@@ -180,7 +180,7 @@ def test_auto_workers_is_one_per_core_for_a_small_text_tower_and_one_for_a_base_
     base_text = _text_tower(768, 12, 64)  # base16-224's text tower: 2 x 85M weights x 64 positions = 11 GFLOP
     small_text = _text_tower(256, 4, 64)  # 2 x 3.2M x 64 = 0.4 GFLOP
     for cores, expected in ((2, [2, 2, 1]), (4, [4, 4, 1]), (1, [1, 1, 1])):
-        monkeypatch.setattr(serve_cli.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(serve_cli, "usable_cores", lambda cores=cores: cores)
         assert [serve_cli._auto_workers(e) for e in (tiny, small_text, base_text)] == expected
 
 

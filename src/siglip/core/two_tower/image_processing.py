@@ -44,6 +44,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...errors import CheckpointError, ImageInputError
+from ..cpu import usable_cores
 from ..features import BatchFeature, write_json
 from ..hub import Checkpoint, HubOptions, locate, read_json
 from ..image_utils import heif_missing, register_heif
@@ -278,11 +279,11 @@ def process_images(images: Any, steps: Steps, num_threads: int | None) -> list[n
 
 
 def _threads(num_threads: int | None) -> int:
-    """The threads of a call's pool: `num_threads`, else one per core (one inside a DataLoader worker, whose
-    workers already run in parallel)."""
+    """The threads of a call's pool: `num_threads`, else one per usable core (one inside a DataLoader worker,
+    whose workers already run in parallel)."""
     if num_threads:
         return num_threads
-    return 1 if torch.utils.data.get_worker_info() is not None else os.cpu_count() or 1
+    return 1 if torch.utils.data.get_worker_info() is not None else usable_cores()
 
 
 def _set_torch_threads_here(threads: int) -> int:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...core.cpu import usable_cores
 from ...errors import UsageError
 from ..deps import require
 from ..embeddings.compiled import linear_flop
@@ -309,7 +310,7 @@ def _auto_workers(embedder: Embedder) -> int:
     """`--workers auto`: one per core for a model whose text tower costs under AUTO_WORKERS_TEXT_GFLOP per text,
     else 1 (see the option's help). The cost is counted from the config (`linear_flop`), as int8 modes keep
     their weights outside `parameters()`."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if cores == 1 or embedder.device.type != "cpu":
         return 1
     text = embedder.model.config.text_config
@@ -329,7 +330,7 @@ def _serve_processes(embedder: Embedder, args: argparse.Namespace, settings: Any
     import torch
 
     sockets = _listening_sockets(_uvicorn_config(None, args, settings), workers)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
     loaded, go = context.Queue(), context.Event()
     others = [

@@ -36,6 +36,7 @@ from ...core.auto import (
     TwoTowerModel,
     is_naflex,
 )
+from ...core.cpu import usable_cores
 from ...core.hub import Checkpoint, locate
 from ...core.two_tower.image_processing import ImageInput
 from ...core.two_tower.torch_resize import resolve_backend
@@ -48,7 +49,7 @@ from ..search.store import FileState
 from .calibration import calibration_inputs, check_takes_calibration, read_calibration
 from .inference import InferenceMode
 from .options import ModelOptions
-from .precision import precision_of_dtype, usable_cores
+from .precision import precision_of_dtype
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 

@@ -173,15 +173,6 @@ def fast_int8(device: torch.device | str) -> bool:
     return cpu_units().avx2 and "onednn" in torch.backends.quantized.supported_engines
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on: its affinity where the system keeps one (a container's or
-    `taskset`'s cores, not the host's), else every core."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no affinity on macOS and Windows
-        return os.cpu_count() or 1
-
-
 def has_amx(device: torch.device | str) -> bool:
     """Whether `device` is a CPU with AMX tiles its kernels may use (no under `SIGLIP_BF16_UNITS`, which pins
     the units either way). Eager bf16 runs its products on them: faster than eager int8 there (`auto` prefers

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from fastapi import Request
 
+from ...core.cpu import usable_cores
 from ...core.two_tower.processing import fixed_length_inputs_counted
 from ...errors import InputNotFoundError
 from ..embeddings.embedder import Embedder
@@ -45,9 +46,7 @@ class Service:
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="siglip-model")
         self.index_thread = ThreadPoolExecutor(1, thread_name_prefix="siglip-index")
         # decoding: one request's images on one thread, at most this many requests' at a time (memory)
-        self.decode_threads = ThreadPoolExecutor(
-            min(4, os.cpu_count() or 1), thread_name_prefix="siglip-decode"
-        )
+        self.decode_threads = ThreadPoolExecutor(min(4, usable_cores()), thread_name_prefix="siglip-decode")
         self.index: SearchIndex | None = None
         if index is not None:
             if not SearchIndex.exists(index):
