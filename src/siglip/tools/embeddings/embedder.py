@@ -397,8 +397,7 @@ class _ImageFiles(Dataset):
         files = [self.files[i] for i in indices]
         if any(isinstance(file, TarMember | VideoFrame) for file in files):
             return [self[i] for i in indices]
-        paths = [file.path for file in files]
-        return load_samples(self.processor, paths, paths, indices)
+        return load_samples(self.processor, [file.path for file in files], indices)
 
 
 @lru_cache(maxsize=1)

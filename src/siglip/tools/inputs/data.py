@@ -70,22 +70,20 @@ def load_sample(processor: ImageProcessor, image: Any, source: str, **fields: An
     return Sample({name: value[0] for name, value in features.items()}, source, **fields)
 
 
-def load_samples(
-    processor: ImageProcessor, images: Sequence[Any], sources: Sequence[str], indices: Sequence[int]
-) -> list[Sample]:
-    """`load_sample` of each of `images` (its `index` from `indices`), preprocessed in one call of `processor`,
-    which decodes a list's images on a thread per core (one inside a DataLoader worker); when one of them
-    cannot be used, each is loaded on its own again, so that only that one fails."""
+def load_samples(processor: ImageProcessor, paths: Sequence[str], indices: Sequence[int]) -> list[Sample]:
+    """`load_sample` of each image file of `paths` (its `index` from `indices`), preprocessed in one call of
+    `processor`, which decodes a list's images on a thread per core (one inside a DataLoader worker); when one
+    of them cannot be used, each is loaded on its own again, so that only that one fails."""
     try:
-        features = processor(list(images), return_tensors="np")
+        features = processor(list(paths), return_tensors="np")
     except (ImageInputError, TypeError, OSError):
         return [
-            load_sample(processor, image, source, index=index)
-            for image, source, index in zip(images, sources, indices, strict=True)
+            load_sample(processor, path, path, index=index)
+            for path, index in zip(paths, indices, strict=True)
         ]
     return [
-        Sample({name: value[i] for name, value in features.items()}, source, index=index)
-        for i, (source, index) in enumerate(zip(sources, indices, strict=True))
+        Sample({name: value[i] for name, value in features.items()}, path, index=index)
+        for i, (path, index) in enumerate(zip(paths, indices, strict=True))
     ]
 
 
