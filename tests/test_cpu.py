@@ -1,0 +1,188 @@
+"""The cores a process may use (`siglip.core.cpu`): its affinity and its cgroups' CPU quota, read from real
+cgroups where this machine lets a test make one, and from cgroup trees laid out as the kernel lays them out."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from _material import BUNDLED
+from siglip.core.cpu import cpu_quota, fit_torch_threads, usable_cores
+
+
+def test_usable_cores_are_the_process_affinity():
+    """A container or `taskset` gives the process fewer cores than the host has: those are what count."""
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this system")
+    if cpu_quota() is None:
+        assert usable_cores() == len(os.sched_getaffinity(0))
+    run = subprocess.run(
+        [sys.executable, "-c", "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+         "from siglip.core.cpu import usable_cores; print(usable_cores())"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.stdout.split() == ["1"], run.stderr
+
+
+@contextlib.contextmanager
+def _cgroup_with_one_core_quota():
+    """A cgroup limited to one core's bandwidth (100 ms a 100 ms period) with an unlimited cgroup inside it,
+    made in this machine's cgroup filesystem (v1's cpu controller, or v2 with the cpu controller enabled);
+    yields the inner cgroup's `cgroup.procs`. Skips where no cgroup can be made (not root, read-only)."""
+    name = f"siglip-test-{uuid.uuid4().hex[:8]}"
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    made: list[Path] = []
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            outer = v1 / name
+            outer.mkdir()
+            made.append(outer)
+            (outer / "cpu.cfs_period_us").write_text("100000")
+            (outer / "cpu.cfs_quota_us").write_text("100000")
+        elif "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
+            outer = v2 / name
+            outer.mkdir()
+            made.append(outer)
+            (outer / "cpu.max").write_text("100000 100000")
+            (outer / "cgroup.subtree_control").write_text("+cpu")
+        else:
+            pytest.skip("no cgroup cpu controller to limit a process with")
+        inner = outer / "inner"
+        inner.mkdir()
+        made.append(inner)
+    except OSError as error:
+        for folder in reversed(made):
+            folder.rmdir()
+        pytest.skip(f"no cgroup can be made here: {error}")
+    try:
+        yield inner / "cgroup.procs"
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
+
+
+def test_a_cpu_quota_on_a_parent_cgroup_limits_the_cores_and_the_model_s_threads(tmp_path):
+    """A process in an unlimited cgroup under one with a quota of one core (a pod's limit, a systemd
+    slice's `CPUQuota=`) may use one core, whatever its affinity says: it counts 1, and a model put into an
+    inference mode runs torch on 1 thread (torch counted the affinity's cores), unless OMP_NUM_THREADS says
+    how many."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores in the affinity to tell a quota of one from it")
+    script = (
+        "import sys, torch; from siglip import AutoModel; from siglip.core.cpu import usable_cores; "
+        "from siglip.tools.embeddings.inference import InferenceMode; "
+        "before = torch.get_num_threads(); InferenceMode('fp32').apply(AutoModel.from_pretrained(sys.argv[1])); "
+        "print(usable_cores(), before, torch.get_num_threads())"
+    )
+    with _cgroup_with_one_core_quota() as procs:
+        results = {}
+        for omp in (None, "2"):
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+            if omp:
+                env["OMP_NUM_THREADS"] = omp
+            shell = f'echo $$ > {procs} && exec "$0" -c "$1" "$2"'
+            run = subprocess.run(
+                ["sh", "-c", shell, sys.executable, script, BUNDLED],
+                capture_output=True, text=True, timeout=120, env=env,
+            )  # fmt: skip
+            assert run.returncode == 0, run.stderr
+            results[omp] = run.stdout.split()
+    assert results[None] == ["1", "2", "1"]
+    assert results["2"] == ["1", "2", "2"]
+
+
+def _tree(tmp_path: Path, mounts: list[str], memberships: list[str], files: dict[str, str]) -> Path:
+    """A /proc/self (mountinfo, cgroup) and cgroup files under `tmp_path`, mount points relative to it."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    lines = []
+    for n, mount in enumerate(mounts):
+        root, point, fstype, options = mount.split()
+        lines.append(
+            f"{30 + n} 1 0:{n} {root} {tmp_path / point} rw,relatime shared:{n} - {fstype} x {options}"
+        )
+    (proc / "mountinfo").write_text("\n".join(["22 1 8:1 / / rw - ext4 /dev/sda1 rw", *lines]) + "\n")
+    (proc / "cgroup").write_text("\n".join(memberships) + "\n")
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return proc
+
+
+def test_cgroup_v2_quota_is_the_tightest_on_the_process_s_path(tmp_path):
+    """cgroup v2 on a host: the process's own cgroup (`0::/kubepods/pod/ctr`) and each cgroup above it up to
+    the mount; the tightest `cpu.max` wins ("max": none)."""
+    proc = _tree(
+        tmp_path,
+        ["/ cg cgroup2 rw,nsdelegate"],
+        ["0::/kubepods/pod/ctr"],
+        {
+            "cg/cpu.max": "max 100000\n",
+            "cg/kubepods/cpu.max": "400000 100000\n",
+            "cg/kubepods/pod/cpu.max": "150000 100000\n",
+            "cg/kubepods/pod/ctr/cpu.max": "max 100000\n",
+        },
+    )
+    assert cpu_quota(proc) == 1.5
+    (tmp_path / "cg/kubepods/pod/cpu.max").write_text("max 100000\n")
+    assert cpu_quota(proc) == 4.0
+    (tmp_path / "cg/kubepods/cpu.max").write_text("max 50000\n")
+    assert cpu_quota(proc) is None
+
+
+def test_cgroup_v2_in_a_container_s_own_namespace(tmp_path):
+    """Inside a container with its own cgroup namespace the process is at `/` and the container's cgroup is
+    the mount itself (`docker run --cpus 2`)."""
+    proc = _tree(
+        tmp_path, ["/ sys/fs/cgroup cgroup2 rw"], ["0::/"], {"sys/fs/cgroup/cpu.max": "200000 100000"}
+    )
+    assert cpu_quota(proc) == 2.0
+
+
+def test_cgroup_v1_cpu_controller_mounted_with_others(tmp_path):
+    """cgroup v1: the cpu controller's hierarchy (mounted with cpuacct; the memory hierarchy's files are not
+    read), the mount's root a container's path (Docker on v1 mounts the container's cgroup at its cpu mount
+    point: the process's path `/docker/abc` is the mount itself); -1 means no limit."""
+    proc = _tree(
+        tmp_path,
+        ["/docker/abc cpu cgroup rw,cpu,cpuacct", "/docker/abc memory cgroup rw,memory"],
+        ["5:memory:/docker/abc", "4:cpu,cpuacct:/docker/abc", "0::/"],
+        {
+            "cpu/cpu.cfs_quota_us": "250000\n",
+            "cpu/cpu.cfs_period_us": "100000\n",
+            "memory/cpu.cfs_quota_us": "50000\n",
+            "memory/cpu.cfs_period_us": "100000\n",
+        },
+    )
+    assert cpu_quota(proc) == 2.5
+    (tmp_path / "cpu/cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(proc) is None
+
+
+def test_no_cgroup_files_means_no_quota(tmp_path):
+    """Not Linux, or no cgroup mounted, or files that do not parse: no quota, and the affinity alone counts."""
+    assert cpu_quota(tmp_path / "missing") is None
+    proc = _tree(tmp_path, ["/ cg cgroup2 rw"], ["0::/a"], {"cg/a/cpu.max": "garbage\n"})
+    assert cpu_quota(proc) is None
+
+
+def test_torch_threads_are_only_ever_lowered(monkeypatch):
+    """`fit_torch_threads` lowers torch's count to the usable cores and never raises it."""
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    try:
+        monkeypatch.setattr("siglip.core.cpu.usable_cores", lambda: 1)
+        torch.set_num_threads(2)
+        assert fit_torch_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setattr("siglip.core.cpu.usable_cores", lambda: 4)
+        assert fit_torch_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
