@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from _material import BUNDLED
+from siglip.core import cpu
 from siglip.core.cpu import cpu_quota, fit_torch_threads, usable_cores
 
 
@@ -65,7 +66,8 @@ def _cgroup_with_one_core_quota():
         yield inner / "cgroup.procs"
     finally:
         for folder in reversed(made):
-            folder.rmdir()
+            with contextlib.suppress(OSError):  # not hiding the test's own failure
+                folder.rmdir()
 
 
 def test_a_cpu_quota_on_a_parent_cgroup_limits_the_cores_and_the_model_s_threads(tmp_path):
@@ -73,7 +75,7 @@ def test_a_cpu_quota_on_a_parent_cgroup_limits_the_cores_and_the_model_s_threads
     slice's `CPUQuota=`) may use one core, whatever its affinity says: it counts 1, and a model put into an
     inference mode runs torch on 1 thread (torch counted the affinity's cores), unless OMP_NUM_THREADS says
     how many."""
-    if len(os.sched_getaffinity(0)) < 2:
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores in the affinity to tell a quota of one from it")
     script = (
         "import sys, torch; from siglip import AutoModel; from siglip.core.cpu import usable_cores; "
@@ -93,9 +95,10 @@ def test_a_cpu_quota_on_a_parent_cgroup_limits_the_cores_and_the_model_s_threads
                 capture_output=True, text=True, timeout=120, env=env,
             )  # fmt: skip
             assert run.returncode == 0, run.stderr
-            results[omp] = run.stdout.split()
-    assert results[None] == ["1", "2", "1"]
-    assert results["2"] == ["1", "2", "2"]
+            results[omp] = [int(n) for n in run.stdout.split()]
+    cores, before, after = results[None]
+    assert cores == 1 and before == len(os.sched_getaffinity(0)) and after == 1
+    assert results["2"] == [1, before, 2]
 
 
 def _tree(tmp_path: Path, mounts: list[str], memberships: list[str], files: dict[str, str]) -> Path:
@@ -173,16 +176,76 @@ def test_no_cgroup_files_means_no_quota(tmp_path):
     assert cpu_quota(proc) is None
 
 
-def test_torch_threads_are_only_ever_lowered(monkeypatch):
-    """`fit_torch_threads` lowers torch's count to the usable cores and never raises it."""
+def test_torch_threads_are_lowered_to_a_quota_only(monkeypatch):
+    """`fit_torch_threads` lowers torch's count to a quota's cores and never raises it; without a quota a
+    count set on purpose (more threads than cores) stays."""
     threads = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu, "_affinity_cores", lambda: 2)
     try:
-        monkeypatch.setattr("siglip.core.cpu.usable_cores", lambda: 1)
-        torch.set_num_threads(2)
+        monkeypatch.setattr(cpu, "_process_quota", lambda: None)
+        torch.set_num_threads(3)
+        assert fit_torch_threads() == 3 and torch.get_num_threads() == 3
+        monkeypatch.setattr(cpu, "_process_quota", lambda: 0.5)
         assert fit_torch_threads() == 1 and torch.get_num_threads() == 1
-        monkeypatch.setattr("siglip.core.cpu.usable_cores", lambda: 4)
+        monkeypatch.setattr(cpu, "_process_quota", lambda: 4.0)
         assert fit_torch_threads() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_mount_of_another_cgroup_is_not_read(tmp_path):
+    """A bind mount of some other, limited cgroup (here `/limited`, while the process sits at `/`) says
+    nothing about this process; the process's own hierarchy does."""
+    proc = _tree(
+        tmp_path,
+        ["/limited bind cgroup rw,cpu", "/ cpu cgroup rw,cpu,cpuacct"],
+        ["1:cpu,cpuacct:/"],
+        {
+            "bind/cpu.cfs_quota_us": "100000",
+            "bind/cpu.cfs_period_us": "100000",
+            "cpu/cpu.cfs_quota_us": "-1",
+            "cpu/cpu.cfs_period_us": "100000",
+        },
+    )
+    assert cpu_quota(proc) is None
+
+
+def test_a_container_s_namespace_over_a_mount_of_its_host_path(tmp_path):
+    """In a cgroup namespace (`0::/`) whose one cgroup2 mount shows the host's path as its root, that mount is
+    the container's cgroup."""
+    proc = _tree(tmp_path, ["/kubepods/pod/ctr cg cgroup2 rw"], ["0::/"], {"cg/cpu.max": "300000 100000"})
+    assert cpu_quota(proc) == 3.0
+
+
+def test_mount_points_with_escaped_and_undecodable_names(tmp_path):
+    """mountinfo escapes a space in a mount point as `\\040` (undone here), and writes other bytes as they are,
+    UTF-8 or not (kept as the file system's own name); a cgroup named `..app.slice` is inside the mount."""
+    point = tmp_path / "cgroup v1"
+    (point / "..app.slice").mkdir(parents=True)
+    (point / "..app.slice" / "cpu.cfs_quota_us").write_text("100000")
+    (point / "..app.slice" / "cpu.cfs_period_us").write_text("100000")
+    odd = os.fsencode(tmp_path) + b"/odd-\xff"
+    os.makedirs(odd)
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    escaped = str(point).replace(" ", "\\040")
+    (proc / "mountinfo").write_bytes(
+        b"30 1 0:1 / " + odd + b" rw - tmpfs x rw\n" + f"31 1 0:2 / {escaped} rw - cgroup x rw,cpu\n".encode()
+    )
+    (proc / "cgroup").write_text("2:cpu:/..app.slice\n")
+    assert cpu_quota(proc) == 1.0
+
+
+def test_lines_not_as_the_kernel_writes_them_are_passed_over(tmp_path):
+    """A mountinfo line without its separator, a cgroup line without its fields: skipped, not an error."""
+    proc = _tree(
+        tmp_path,
+        ["/ cg cgroup2 rw"],
+        ["garbage", "0::/a"],
+        {"cg/a/cpu.max": "200000 100000"},
+    )
+    with (proc / "mountinfo").open("a") as mountinfo:
+        mountinfo.write("truncated line\n")
+    assert cpu_quota(proc) == 2.0
