@@ -56,7 +56,7 @@ from siglip.tools.embeddings.onnx_export import FIXRES_TOWER, TEXT_TOWER, export
 
 RUNTIMES = (
     "transformers fp32", "transformers bf16",
-    "siglip fp32", "siglip bf16", "siglip bf16+compile", "siglip int8", "siglip int8+compile", "siglip int8-static",
+    "siglip fp32", "siglip fp32+compile", "siglip bf16", "siglip bf16+compile", "siglip int8", "siglip int8+compile", "siglip int8-static",
     "openvino fp32", "openvino bf16", "openvino int8",
     "onnxruntime fp32", "onnxruntime int8",
 )  # fmt: skip

@@ -735,14 +735,34 @@ def test_an_int8_package_runs_a_large_batch_in_groups_of_items(precision):
         assert calls[:-1] == (wanted if precision == "int8" else [70])  # the last call: `expected`'s own
 
 
-def test_compiled_model_matches_eager_at_every_batch_size(fp32_features):
-    mode = InferenceMode("fp32", compile=True)
-    model = mode.apply(SiglipModel.from_pretrained(BUNDLED))
-    pixels = _examples()
+def test_compiled_fp32_is_a_package_of_onednn_products_within_float_rounding(
+    fp32_features, tmp_path, monkeypatch
+):
+    """fp32 + compile on the CPU: each tower a package with its weights packed for oneDNN (transformers' fp32
+    products go to MKL), its features within float32 rounding of the eager ones at every batch size. The
+    package is used only when asked: `compile="cached"` (a job too small to pay a compile, a server's
+    default) keeps the eager towers, transformers' bit for bit, with the package in the cache."""
+    from torch._dynamo.utils import counters
+
+    from siglip.tools.embeddings.compiled import CACHED, CompiledTower
+
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
+    counters.clear()
+    model = InferenceMode("fp32", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
+    assert isinstance(model.vision_model, CompiledTower) and model.vision_model.precision == "fp32"
+    pixels, ids = _examples(), _label_ids(model)
     with torch.inference_mode():
         for batch in (len(pixels), 3):  # a second batch size must not need another compile to be right
             got = model.get_image_features(pixels[:batch])
             torch.testing.assert_close(got, fp32_features[0][:batch], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.get_text_features(ids), fp32_features[1], rtol=1e-4, atol=1e-5)
+    if torch.backends.mkldnn.is_available():  # inductor packs the weights where oneDNN or MKL runs them
+        assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
+    assert any(tmp_path.glob("fp32-SiglipVisionTransformer-*.pt2"))
+    cached = InferenceMode("fp32", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
+    assert not isinstance(cached.vision_model, CompiledTower)
+    with torch.inference_mode():
+        assert torch.equal(cached.get_image_features(pixels), fp32_features[0])
 
 
 def test_compiled_bf16_packs_its_frozen_weights_and_keeps_the_bf16_bound(
@@ -1294,7 +1314,7 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
         probe.setattr(compiled, "missing_for_packages", lambda precision: "torchao is not installed")
         without = compile_pays(base, 2, "int8", cpu)
         assert without.compile is False and without.why.endswith("but torchao is not installed")
-    assert not compile_pays(base, 10**9, "fp32", cpu).compile  # torch.compile: every process pays again
+    assert not compile_pays(base, 10**9, "fp32", cpu).compile  # bit for bit transformers' unless --compile
     assert not compile_pays(base, 10**9, "bf16", torch.device("cuda")).compile
     assert not compile_pays(Siglip2Config(), 10**9, "int8", cpu).compile  # NaFlex: not packaged
     # with AMX, eager bf16 (oneDNN's fused linears) is as fast as the package for a base-size model: never
@@ -1334,7 +1354,9 @@ def test_a_job_compiles_its_image_tower_where_the_compile_pays_back(monkeypatch,
     said = capsys.readouterr().out
     assert "not compiled (2 images; compiling pays from ~" in said and "package was not in the cache" in said
     assert main(["embed", str(EXAMPLES[0]), "--model", BUNDLED, "--out", str(tmp_path / "d.npy")]) == 0
-    assert "not compiled (fp32 on cpu would compile in every process" in capsys.readouterr().out
+    assert "not compiled (fp32 computes transformers' products bit for bit, or --compile)" in (
+        capsys.readouterr().out
+    )
     assert (
         main(
             ["embed", str(EXAMPLES[0]), "--model", BUNDLED, "--out", str(tmp_path / "f.npy"), "--no-compile"]

@@ -43,6 +43,7 @@ from PIL import Image
 
 from .compiled import (
     PACKAGED,
+    PACKAGED_UNASKED,
     PARENT_FOLDER,
     CompiledTower,
     Package,
@@ -82,6 +83,10 @@ class BackgroundCompile:
         if device.type != "cpu" or mode.precision not in PACKAGED:
             return (
                 f"{mode.precision} on {device.type} has no compiled package (bf16, fp16 and int8 on a CPU do)"
+            )
+        if mode.precision not in PACKAGED_UNASKED:
+            return (
+                f"{mode.precision} computes transformers' products bit for bit (its package: with --compile)"
             )
         return eager_as_fast(self.embedder.model.config, mode.precision, device) or missing_for_compile(
             mode.precision

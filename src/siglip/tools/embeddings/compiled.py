@@ -1,5 +1,5 @@
-"""Towers compiled ahead of time for the CPU, kept as packages in a cache: the `--compile` of bf16, fp16 and int8,
-and int8-static (always compiled).
+"""Towers compiled ahead of time for the CPU, kept as packages in a cache: the `--compile` of fp32, bf16, fp16
+and int8, and int8-static (always compiled).
 
 A fixed-resolution vision tower or a text tower is traced by `torch.export` with a dynamic batch size,
 quantised by torchao's PT2E flow for int8 (`siglip.tools.embeddings.int8.pt2e_int8`), and compiled by inductor
@@ -58,7 +58,12 @@ from .precision import INT8_PRECISIONS, cpu_units, has_amx, isa_caps
 
 logger = logging.getLogger("siglip")
 # the precisions whose --compile on the CPU makes a package (int8-static: always)
-PACKAGED = ("bf16", "fp16", "int8", "int8-static")
+PACKAGED = ("fp32", "bf16", "fp16", "int8", "int8-static")
+# ... of which a job may compile or load a package unasked (`compile_pays`, `CACHED`, a server's background
+# compile). Not fp32: its eager towers compute transformers' products bit for bit, its package oneDNN's on
+# packed weights (max difference ~4e-6 on a base image tower; 2.1x eager on a Zen 5, whose fp32 products MKL
+# runs with AVX2 only: BENCHMARKS.md), which only `--compile` asks for.
+PACKAGED_UNASKED = ("bf16", "fp16", "int8", "int8-static")
 # A job's linear work (FLOP) from which compiling the image tower pays back, on a CPU with AMX and, by precision,
 # on one without. With AMX the base image tower (33 GFLOP an image) ran 8.7 images/s in eager int8 and 14.0
 # compiled, after a 45 s compile (2 threads, BENCHMARKS.md): 45 s / (1/8.7 - 1/14.0 s an image) = ~1,030
@@ -449,6 +454,8 @@ def compile_pays(
         return CompileChoice(
             False, f"{precision} on {device.type} would compile in every process, or --compile"
         )
+    if precision not in PACKAGED_UNASKED:
+        return CompileChoice(False, f"{precision} computes transformers' products bit for bit, or --compile")
     if is_naflex(config):
         return CompileChoice(False, "NaFlex image towers are not compiled ahead of time")
     if precision == "int8-static":

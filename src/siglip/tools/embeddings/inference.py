@@ -27,7 +27,13 @@ from ...core.cpu import fit_torch_threads
 from ...errors import UsageError
 from .attention import use_bf16_mode_attention
 from .calibration import Calibration
-from .compiled import PACKAGED, compile_towers, image_package_cached, missing_for_compile
+from .compiled import (
+    PACKAGED,
+    PACKAGED_UNASKED,
+    compile_towers,
+    image_package_cached,
+    missing_for_compile,
+)
 from .heap import keep_freed_memory
 from .int8 import use_eager_int8
 from .onednn import use_fused_linears
@@ -38,20 +44,23 @@ from .precision import as_precision, check_precision, resolve_precision
 class InferenceMode:
     """How a model runs for inference: `precision` (a key of PRECISIONS) and whether towers are compiled.
 
-    `compile=True` on the CPU in bf16, fp16 or int8 compiles each tower ahead of time with its weights frozen
-    into the graph (`siglip.tools.embeddings.compiled.CompiledTower`; int8 through torchao's PT2E, the `int8`
-    extra): the first call on a machine compiles for 25-60 s per base tower on 2 cores and keeps a package in
-    `compiled_cache()`, which later processes load in about a second. The base image tower then ran 1.2x
-    eager bf16 (0.6-1.1x at batches 8-32 on a CPU with AMX, whose eager bf16 fuses its linears: `onednn`)
-    and 1.2-1.5x eager int8 (2 threads; BENCHMARKS.md). Such a tower takes its pixels or token ids only (no
-    attention mask, no interpolated positions). Otherwise (fp32, or another device) both towers go
-    through `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s
-    (less when inductor's on-disk cache is warm), then the image tower runs 2-11% faster in fp32 with
-    transformers' numbers. A batch of one image or text compiles once more (torch specialises size 1).
+    `compile=True` on the CPU in fp32, bf16, fp16 or int8 compiles each tower ahead of time with its weights
+    frozen into the graph (`siglip.tools.embeddings.compiled.CompiledTower`; int8 through torchao's PT2E, the
+    `int8` extra): the first call on a machine compiles for 25-60 s per base tower on 2 cores and keeps a
+    package in `compiled_cache()`, which later processes load in about a second. The base image tower then
+    ran 1.2x eager bf16 (0.6-1.1x at batches 8-32 on a CPU with AMX, whose eager bf16 fuses its linears:
+    `onednn`), 1.2-1.5x eager int8 (2 threads; BENCHMARKS.md), and in fp32 2.1x the eager tower on a Zen 5
+    (oneDNN's products on packed weights, where transformers' go to MKL: within ~4e-6 of them, where the eager
+    fp32 tower is transformers' bit for bit). Such a tower takes its pixels or token ids only (no attention
+    mask, no interpolated positions). Otherwise (bf16-autocast, or another device) both towers go through
+    `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s (less when
+    inductor's on-disk cache is warm). A batch of one image or text compiles once more (torch specialises
+    size 1).
 
     `compile="cached"` (`compiled.CACHED`, what `siglip embed` chooses for jobs too small to pay a compile
     back) compiles as `True` where the fixed-resolution image tower's package is in the cache already (a
-    text tower's package compiles on its first call), and runs eager otherwise.
+    text tower's package compiles on its first call), and runs eager otherwise; fp32 stays eager (its
+    package only when asked).
 
     "int8-static" is always compiled ahead of time (`compile` is not read): each tower's activation scales
     are calibrated on the inputs of its kind in `calibration` (`siglip.tools.embeddings.calibration`), which
@@ -104,7 +113,10 @@ class InferenceMode:
             compile_towers(model, self.precision, self.calibration)
             return model
         packaged = self.compile and self.precision in PACKAGED and model.device.type == "cpu"
-        if packaged and (self.compile is True or image_package_cached(model, self.precision)):
+        if packaged and (
+            self.compile is True  # fp32 only when asked: its eager towers are transformers' own bit for bit
+            or (self.precision in PACKAGED_UNASKED and image_package_cached(model, self.precision))
+        ):
             compile_towers(model, self.precision)  # ahead of time, with freezing, kept as packages
             return model
         if self.precision == "int8":
@@ -112,7 +124,7 @@ class InferenceMode:
         if self.precision == "bf16":  # on a CPU with bf16 units: bias, GELU and residual adds in the products
             use_fused_linears(model)
             use_bf16_mode_attention(model)
-        if self.compile is True:  # fp32, whose compiled numbers stay transformers' own; or not on the CPU
+        if self.compile is True:  # no package: another device, or bf16-autocast
             for tower in (model.text_model, model.vision_model):
                 tower.compile(dynamic=True)
         return model
