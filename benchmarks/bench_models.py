@@ -12,7 +12,7 @@
   row gives medians, the speed-up, and GFLOP/s as a fraction of the fp32 (or bf16) matmul peak. FLOPs are
   counted by `torch.utils.flop_counter` (matrix products, convolution and attention).
 - modes: the base/16-224 image tower at one batch size in every inference mode of `siglip.tools.embeddings.inference`
-  (fp32, int8, torch.compile, ONNX Runtime; bf16, bf16-autocast and bf16+compile with --bf16; or --modes), against
+  (fp32, int8, fp32+compile (a package), ONNX Runtime; bf16, bf16-autocast and bf16+compile with --bf16; or --modes), against
   transformers fp32 (and transformers bf16 with --bf16).
 - profile: the operators the base image tower spends its time in, per mode (torch.profiler).
 - accuracy: what each mode costs against fp32: cosine of image embeddings and zero-shot top-1 agreement,

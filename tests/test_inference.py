@@ -759,6 +759,13 @@ def test_compiled_fp32_is_a_package_of_onednn_products_within_float_rounding(
     if torch.backends.mkldnn.is_available():  # inductor packs the weights where oneDNN or MKL runs them
         assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
     assert any(tmp_path.glob("fp32-SiglipVisionTransformer-*.pt2"))
+    # a call with more than the main input (SigLIP 2's Gemma tokenizer gives an attention mask) runs the
+    # eager float32 tower: transformers' numbers, as the eager mode's
+    eager = SiglipModel.from_pretrained(BUNDLED).eval()
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        masked = model.text_model(ids, attention_mask=mask).pooler_output
+        assert torch.equal(masked, eager.text_model(ids, attention_mask=mask).pooler_output)
     cached = InferenceMode("fp32", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
     assert not isinstance(cached.vision_model, CompiledTower)
     with torch.inference_mode():

@@ -284,7 +284,7 @@ def _compile(embedder: Embedder, args: argparse.Namespace) -> BackgroundCompile 
     from ..embeddings.background_compile import BackgroundCompile, compile_now
 
     if args.compile or embedder.mode.precision == "int8-static":
-        if compile_now(embedder):  # fp32, or a GPU: torch.compile on the first batch instead
+        if compile_now(embedder):  # a GPU, or bf16-autocast: torch.compile on the first batch instead
             print("siglip serve: compiled towers loaded", file=sys.stderr)
         return None
     if not args.compile_in_background:

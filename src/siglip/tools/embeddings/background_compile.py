@@ -21,7 +21,8 @@ eager mode's: BENCHMARKS.md); a compiled tower whose output on a probe batch is 
 checkpoint under the same name since this process loaded it) is refused. A text tower is kept eager when the
 tokenizer gives an attention mask, which a compiled tower does not take.
 Nothing is compiled where the packages would run no faster than the eager towers (`compiled.eager_as_fast`:
-bf16 on a CPU with AMX and int8 on a CPU without VNNI, for models of a base tower's size and up).
+bf16 on a CPU with AMX and int8 on a CPU without VNNI, for models of a base tower's size and up), nor in
+fp32, whose eager towers are transformers' bit for bit (its package only with `--compile`).
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ class CompiledTower(nn.Module):
 
     Called as the tower it replaces with its main input only (pixels, or token ids padded to the model's
     length); it returns `last_hidden_state` and `pooler_output`. Only the batch size may change between calls
-    (the first call's other dimensions are fixed in the package). The first call loads the tower's package
+    (the first call's other dimensions are fixed in the package); an fp32 tower given more (an attention mask,
+    interpolated positions) runs its eager tower, others refuse. The first call loads the tower's package
     from `compiled_cache()`, or exports, (for int8) quantises and compiles it there; `package` says which
     once it is loaded. An int8-static tower is calibrated on `calibration` (inputs of the tower, as `x`, kept
     until the package is loaded), which name its package too.
@@ -149,6 +150,8 @@ class CompiledTower(nn.Module):
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> BaseModelOutputWithPooling:
         if any(a is not None and a is not False for a in (*args, *kwargs.values())):
+            if self.precision == "fp32":  # its tower is the float32 one as loaded: transformers' numbers
+                return self.tower(x, *args, **kwargs)
             # int8-static has no eager towers: int8 is the one that takes what the package does not
             instead = "int8" if self.precision == "int8-static" else self.precision
             raise UsageError(
@@ -372,7 +375,7 @@ def compile_towers(model: nn.Module, precision: str, calibration: Calibration | 
     int8-static, each tower with inputs of its kind in `calibration` is calibrated on them; a tower without
     runs int8 with per-call scales. A NaFlex vision tower, whose inputs carry a patch mask and sizes, is not
     packaged: int8 quantises it eagerly (`use_eager_int8`, first, so that its attention takes the eager
-    kernel), reduced floats run it through `torch.compile` with torch's SDPA kernel (its sequences of up to a
+    kernel), floats run it through `torch.compile` with torch's SDPA kernel (its sequences of up to a
     thousand patches)."""
     from ...core.auto import is_naflex
 
