@@ -61,8 +61,8 @@ logger = logging.getLogger("siglip")
 PACKAGED = ("fp32", "bf16", "fp16", "int8", "int8-static")
 # ... of which a job may compile or load a package unasked (`compile_pays`, `CACHED`, a server's background
 # compile). Not fp32: its eager towers compute transformers' products bit for bit, its package oneDNN's on
-# packed weights (max difference ~4e-6 on a base image tower; 2.1x eager on a Zen 5, whose fp32 products MKL
-# runs with AVX2 only: BENCHMARKS.md), which only `--compile` asks for.
+# packed weights (max difference ~4e-6 on a base image tower; 2.1-3.2x eager on a Zen 5, whose fp32 products
+# MKL runs with AVX2 only: BENCHMARKS.md), which only `--compile` asks for.
 PACKAGED_UNASKED = ("bf16", "fp16", "int8", "int8-static")
 # A job's linear work (FLOP) from which compiling the image tower pays back, on a CPU with AMX and, by precision,
 # on one without. With AMX the base image tower (33 GFLOP an image) ran 8.7 images/s in eager int8 and 14.0

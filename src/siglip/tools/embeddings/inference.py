@@ -49,10 +49,10 @@ class InferenceMode:
     `int8` extra): the first call on a machine compiles for 25-60 s per base tower on 2 cores and keeps a
     package in `compiled_cache()`, which later processes load in about a second. The base image tower then
     ran 1.2x eager bf16 (0.6-1.1x at batches 8-32 on a CPU with AMX, whose eager bf16 fuses its linears:
-    `onednn`), 1.2-1.5x eager int8 (2 threads; BENCHMARKS.md), and in fp32 2.1x the eager tower on a Zen 5
-    (oneDNN's products on packed weights, where transformers' go to MKL: within ~4e-6 of them, where the eager
-    fp32 tower is transformers' bit for bit). Such a tower takes its pixels or token ids only (no attention
-    mask, no interpolated positions). Otherwise (bf16-autocast, or another device) both towers go through
+    `onednn`), 1.2-1.5x eager int8 (2 threads; BENCHMARKS.md), and in fp32 2.1-3.2x the eager towers on a
+    Zen 5 (oneDNN's products on packed weights, where transformers' go to MKL: within ~4e-6 of them, where the
+    eager fp32 tower is transformers' bit for bit). Such a tower takes its pixels or token ids only (no
+    attention mask, no interpolated positions; given those, an fp32 one runs its eager tower). Otherwise (bf16-autocast, or another device) both towers go through
     `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s (less when
     inductor's on-disk cache is warm). A batch of one image or text compiles once more (torch specialises
     size 1).
