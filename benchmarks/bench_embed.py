@@ -191,6 +191,12 @@ def main() -> None:
             "siglip embed --precision int8 --compile": lambda: siglip_embed(
                 model_dir, paths, out, args.batch_size, precision="int8", compile=True
             ),
+            "siglip embed --precision fp32 --compile": lambda: siglip_embed(
+                model_dir, paths, out, args.batch_size, precision="fp32", compile=True
+            ),
+            "siglip embed --precision fp32": lambda: siglip_embed(
+                model_dir, paths, out, args.batch_size, precision="fp32"
+            ),
             # calibrated on the 32 photos OpenVINO's int8 (NNCF) is calibrated on (`runtime_features`): other
             # crops of the same scikit-image photos as the embedded ones
             "siglip embed --precision int8-static": lambda: siglip_embed(
@@ -209,9 +215,6 @@ def main() -> None:
             )
             runs["siglip embed --precision bf16"] = lambda: siglip_embed(
                 model_dir, paths, out, args.batch_size, precision="bf16"
-            )
-            runs["siglip embed --precision fp32"] = lambda: siglip_embed(
-                model_dir, paths, out, args.batch_size, precision="fp32"
             )
             runs["siglip embed --precision bf16 --compile"] = lambda: siglip_embed(
                 model_dir, paths, out, args.batch_size, precision="bf16", compile=True
