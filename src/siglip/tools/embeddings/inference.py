@@ -52,10 +52,10 @@ class InferenceMode:
     `onednn`), 1.2-1.5x eager int8 (2 threads; BENCHMARKS.md), and in fp32 2.1-3.2x the eager towers on a
     Zen 5 (oneDNN's products on packed weights, where transformers' go to MKL: within ~4e-6 of them, where the
     eager fp32 tower is transformers' bit for bit). Such a tower takes its pixels or token ids only (no
-    attention mask, no interpolated positions; given those, an fp32 one runs its eager tower). Otherwise (bf16-autocast, or another device) both towers go through
-    `torch.compile` with dynamic batch sizes: the first batch of each process compiles for 20-60 s (less when
-    inductor's on-disk cache is warm). A batch of one image or text compiles once more (torch specialises
-    size 1).
+    attention mask, no interpolated positions; given those, an fp32 one runs its eager tower). Otherwise
+    (bf16-autocast, or another device) both towers go through `torch.compile` with dynamic batch sizes: the
+    first batch of each process compiles for 20-60 s (less when inductor's on-disk cache is warm). A batch of
+    one image or text compiles once more (torch specialises size 1).
 
     `compile="cached"` (`compiled.CACHED`, what `siglip embed` chooses for jobs too small to pay a compile
     back) compiles as `True` where the fixed-resolution image tower's package is in the cache already (a
