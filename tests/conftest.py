@@ -33,6 +33,11 @@ import _torchvision  # noqa: F401  (before any transformers / open_clip / timm i
 # loads a package compiled earlier), and the packages tests compile must not fill the user's cache.
 os.environ["SIGLIP_COMPILED_CACHE"] = tempfile.mkdtemp(prefix="siglip-test-compiled-")
 atexit.register(shutil.rmtree, os.environ["SIGLIP_COMPILED_CACHE"], ignore_errors=True)
+# Inductor's own cache likewise (~600 MB a run, under /tmp by default, never pruned by torch): kept there, runs
+# on one machine filled its disk. A cold cache costs the suite no measurable time.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="siglip-test-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 # nmt_nfkc is SentencePiece's default and what the released SigLIP vocabularies use; "identity" keeps the input
 # as it is, which exposes whitespace corner cases the NFKC normaliser would hide.
