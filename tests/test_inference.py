@@ -7,6 +7,8 @@ import copy
 import io
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -747,6 +749,11 @@ def test_compiled_fp32_is_a_package_of_onednn_products_within_float_rounding(
     from siglip.tools.embeddings.compiled import CACHED, CompiledTower
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path))
+    # the cache kept within 0 bytes: a package of an earlier version goes when one is compiled, the packages
+    # this process compiled and loaded stay (`prune_cache`)
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE_GB", "0")
+    earlier = tmp_path / f"fp32-SiglipVisionTransformer-{'0' * 32}.pt2"
+    earlier.write_bytes(b"an earlier version's package")
     counters.clear()
     model = InferenceMode("fp32", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
     assert isinstance(model.vision_model, CompiledTower) and model.vision_model.precision == "fp32"
@@ -758,7 +765,15 @@ def test_compiled_fp32_is_a_package_of_onednn_products_within_float_rounding(
         torch.testing.assert_close(model.get_text_features(ids), fp32_features[1], rtol=1e-4, atol=1e-5)
     if torch.backends.mkldnn.is_available():  # inductor packs the weights where oneDNN or MKL runs them
         assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
-    assert any(tmp_path.glob("fp32-SiglipVisionTransformer-*.pt2"))
+    assert not earlier.exists()
+    (package,) = tmp_path.glob("fp32-SiglipVisionTransformer-*.pt2")
+    assert sorted(tmp_path.glob("*.pt2")) == sorted([package, model.text_model.package.path])
+    # loading a package marks it used, for the least-recently-used order
+    os.utime(package, (1, 1))
+    again = InferenceMode("fp32", compile=True).apply(SiglipModel.from_pretrained(BUNDLED))
+    with torch.inference_mode():
+        torch.testing.assert_close(again.get_image_features(pixels), fp32_features[0], rtol=1e-4, atol=1e-5)
+    assert again.vision_model.package.path == package and package.stat().st_mtime > time.time() - 600
     # a call with more than the main input (SigLIP 2's Gemma tokenizer gives an attention mask) runs the
     # eager float32 tower: transformers' numbers, as the eager mode's
     eager = SiglipModel.from_pretrained(BUNDLED).eval()

@@ -22,6 +22,7 @@ versions' compiled bf16 at 1.04x eager instead of the 1.2x measured here (BENCHM
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import ctypes
 import functools
@@ -32,9 +33,11 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 import threading
+import time
 import warnings
 import weakref
 import zipfile
@@ -45,6 +48,11 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
@@ -87,6 +95,18 @@ COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP = {
 # 1.43x; the same line is kept for it.
 EAGER_AS_FAST_FROM_FLOP = 1e9
 CACHED = "cached"  # compile: load the packages an earlier process compiled, else stay eager
+
+# The compiled cache's size limit in gigabytes (`cache_limit`), and the variable that sets another
+CACHE_GB = 10.0
+CACHE_GB_ENV = "SIGLIP_COMPILED_CACHE_GB"
+# The files the cache holds, by name: a package (`_package_path`), its lock, its extracted libraries
+# (`_extract`), and the partial files of either being written (`_renamed_into`, mkstemp's 8 random characters)
+_STEM = rf"(?:{'|'.join(map(re.escape, PACKAGED))})-\w+-[0-9a-f]{{32}}"
+_CACHE_FILE = re.compile(
+    rf"(?P<stem>{_STEM})(?:(?P<package>\.pt2)|(?P<lock>\.lock)|-[0-9a-f]{{8}}\.so)"
+    rf"|\.(?P<partial_of>{_STEM})(?:-[0-9a-f]{{8}})?-[a-z0-9_]{{8}}\.(?:pt2|so)"
+)
+_held: dict[Path, int] = {}  # this process's loaded packages, each open with a shared lock (`_hold`)
 
 # where a child compiling for its parent (`background_compile`) writes packages the cache cannot take: the
 # parent's own folder, which outlives the child (the child's would go with it)
@@ -359,13 +379,60 @@ def _capsule(pointer: int | None) -> object:
 
 
 def _load_package(path: Path) -> object:
-    """A loaded package: `PackageRunner` where it can run it, else torch's loader."""
+    """A loaded package: `PackageRunner` where it can run it, else torch's loader. The package is marked as
+    loaded now (its time of modification, where its folder lets this process: `prune_cache` removes those
+    loaded least recently first) and held for as long as this process lives (`_hold`)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    _hold(path)
     try:
         return PackageRunner(path)
     except _NotSelfContained:
         from torch._inductor import aoti_load_package  # not at import: it loads torch._dynamo
 
         return aoti_load_package(str(path))
+
+
+def _hold(package: Path) -> None:
+    """Keep `package` open with a shared lock until this process exits, so that no `prune_cache` removes it
+    while it is loaded here (on Linux a loaded library outlives its file, but this process's next compile of
+    the same package would start over). Where the system has no `flock` (Windows, whose open files cannot be
+    deleted), or the file is going, nothing is held."""
+    if fcntl is None or package in _held:
+        return
+    try:
+        handle = os.open(package, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # a prune removing it right now: its load fails and compiles it again
+        os.close(handle)
+        return
+    _held[package] = handle
+
+
+@contextmanager
+def _unheld(package: Path | None) -> Iterator[bool]:
+    """Whether no process holds `package` loaded (`_hold`; None: no package, True); if so, it stays so
+    throughout the block."""
+    try:
+        handle = os.open(package, os.O_RDONLY) if package else None
+    except FileNotFoundError:
+        handle = None
+    if handle is None:
+        yield True
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by a process that has it loaded
+                yield False
+                return
+        yield True
+    finally:
+        os.close(handle)
 
 
 def compile_towers(model: nn.Module, precision: str, calibration: Calibration | None = None) -> None:
@@ -380,6 +447,7 @@ def compile_towers(model: nn.Module, precision: str, calibration: Calibration | 
     from ...core.auto import is_naflex
 
     naflex, int8 = is_naflex(model), precision in INT8_PRECISIONS
+    cache_limit()  # a bad $SIGLIP_COMPILED_CACHE_GB stops the job now rather than at its first batch
     if precision == "int8-static" and calibration is None:
         raise UsageError(
             "precision 'int8-static' needs calibration inputs: --calibration with images (and .txt files of "
@@ -541,7 +609,7 @@ def compiled_cache() -> Path:
     """The folder of compiled towers: `$SIGLIP_COMPILED_CACHE`, else `siglip/compiled` in `$XDG_CACHE_HOME`
     (default `~/.cache`). A package is about the size of the tower's weights in its precision (100 MB for a
     base image tower in int8, 200 MB in bf16), and its library, extracted beside it when first loaded, as much
-    again; delete the folder to reclaim the space."""
+    again. Each compile keeps the folder within `cache_limit()` (`prune_cache`); deleting it is safe."""
     if os.environ.get("SIGLIP_COMPILED_CACHE"):
         return Path(os.environ["SIGLIP_COMPILED_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siglip" / "compiled"
@@ -558,6 +626,76 @@ def writable_cache(warn: bool = True) -> Path:
         whose = "the parent process" if os.environ.get(PARENT_FOLDER) else "this process only"
         logger.warning("%s is not writable (%s): compiling for %s", cache, error, whose)
     return _process_folder()
+
+
+def cache_limit() -> float:
+    """The size, in bytes (1 GB = 10^9), the compiled cache is kept within: `$SIGLIP_COMPILED_CACHE_GB`
+    gigabytes (`inf`: no limit), by default `CACHE_GB`."""
+    value = os.environ.get(CACHE_GB_ENV, "").strip()
+    try:
+        gigabytes = float(value) if value else CACHE_GB
+    except ValueError:
+        gigabytes = -1.0
+    if not gigabytes >= 0:  # also NaN
+        raise UsageError(f"{CACHE_GB_ENV} must be a number of gigabytes (or inf), got {value!r}")
+    return gigabytes * 1e9
+
+
+def prune_cache(folder: Path, keep: Path, limit: float) -> None:
+    """Bring the packages in `folder` within `limit` bytes, after a compile: remove those loaded least
+    recently first, each with its libraries and lock, but never `keep` (the package just compiled) nor one
+    a process has loaded (`_hold`), is loading or compiling (its lock); the folder may stay over the limit by
+    those. Files of no package, over an hour old and not locked by a compile, go first: what killed compiles
+    left (partial files, locks) and libraries whose package was deleted. Only the cache's own files (by
+    their names) are counted or removed. Every package's name covers the code and library versions that made
+    it, so a cache kept across upgrades would fill with packages no version loads again."""
+    now, files = time.time(), {}
+    for path in folder.iterdir():
+        match = _CACHE_FILE.fullmatch(path.name)
+        with contextlib.suppress(OSError):  # removed by another process meanwhile
+            if match and path.is_file():
+                files[path] = (match, path.stat())
+    packages = sorted((p for p, (m, _) in files.items() if m["package"]), key=lambda p: files[p][1].st_mtime)
+    stems = {p.stem for p in packages}
+    total = sum(stat.st_size for _, stat in files.values())
+    for path, (match, stat) in files.items():
+        stem = match["stem"] or match["partial_of"]
+        if (
+            stem not in stems
+            and now - stat.st_mtime > 3600
+            and _remove_unlocked(folder / f"{stem}.lock", [path])
+        ):
+            total -= stat.st_size
+    removed = 0
+    for package in packages:
+        if total <= limit:
+            break
+        group = [path for path, (m, _) in files.items() if m["stem"] == package.stem and not m["lock"]]
+        if package != keep and _remove_unlocked(package.with_suffix(".lock"), group, package):
+            total -= sum(files[path][1].st_size for path in group)
+            removed += 1
+    if removed:
+        logger.info(
+            "removed %d compiled package(s) loaded least recently from %s, to keep it within %.1f GB (%s)",
+            removed, folder, limit / 1e9, CACHE_GB_ENV,
+        )  # fmt: skip
+
+
+def _remove_unlocked(lock: Path, paths: list[Path], package: Path | None = None) -> bool:
+    """Remove `paths` and the `lock` file unless a process holds the lock (compiling or loading a package)
+    or has `package` loaded (`_hold`): whether they were removed. Removed while holding both, so that only a
+    process opening the lock file in that instant can miss it (filelock 4 then takes a new one)."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(lock, timeout=0), _unheld(package) as free:
+            if not free:
+                return False
+            for path in (*paths, lock):
+                path.unlink(missing_ok=True)
+    except (Timeout, OSError):  # locked, or not this user's to lock or remove (a shared cache)
+        return False
+    return True
 
 
 def _write_error(folder: Path) -> OSError | None:
@@ -661,6 +799,7 @@ def _load_or_compile(
     package is renamed into place whole). `calibration`: an int8-static tower's calibration inputs."""
     from filelock import FileLock
 
+    limit = cache_limit()  # a bad value stops the job before its compile, not after
     cache, name = compiled_cache(), _package_path(tower, x, precision, calibration).name
     if (cache / name).exists() and _write_error(cache) is not None:
         try:
@@ -678,7 +817,12 @@ def _load_or_compile(
                 logger.warning("compiling again: %s failed to load (%s)", path, error)
         with _renamed_into(path) as partial:
             _compile_package(tower, x, precision, partial, calibration)
-        return _load_package(path), path
+        loaded = _load_package(path)
+        try:
+            prune_cache(path.parent, path, limit)
+        except OSError as error:  # the compile is done: a cache that cannot be pruned is only said
+            logger.warning("could not prune %s: %s", path.parent, error)
+        return loaded, path
     finally:
         lock.release()
 
