@@ -43,14 +43,12 @@ import torch
 from PIL import Image
 
 from .compiled import (
-    PACKAGED,
-    PACKAGED_UNASKED,
     PARENT_FOLDER,
     CompiledTower,
     Package,
     compiled_cache,
-    eager_as_fast,
     missing_for_compile,
+    no_unasked_package,
     writable_cache,
 )
 from .embedder import Embedder
@@ -81,17 +79,7 @@ class BackgroundCompile:
         model = self.embedder.model
         if mode.compile is True or isinstance(model.vision_model, CompiledTower):
             return "its towers are compiled already"
-        if device.type != "cpu" or mode.precision not in PACKAGED:
-            return (
-                f"{mode.precision} on {device.type} has no compiled package (bf16, fp16 and int8 on a CPU do)"
-            )
-        if mode.precision not in PACKAGED_UNASKED:
-            return (
-                f"{mode.precision} computes transformers' products bit for bit (its package: with --compile)"
-            )
-        return eager_as_fast(self.embedder.model.config, mode.precision, device) or missing_for_compile(
-            mode.precision
-        )
+        return no_unasked_package(model.config, mode.precision, device) or missing_for_compile(mode.precision)
 
     def start(self) -> None:
         """Start compiling (on a thread of this process, which waits for the child)."""

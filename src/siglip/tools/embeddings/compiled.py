@@ -521,19 +521,13 @@ def compile_pays(
     Zen 5, BENCHMARKS.md)."""
     from ...core.auto import is_naflex
 
-    if device.type != "cpu" or precision not in PACKAGED:
-        return CompileChoice(
-            False, f"{precision} on {device.type} would compile in every process, or --compile"
-        )
-    if precision not in PACKAGED_UNASKED:
-        return CompileChoice(False, f"{precision} computes transformers' products bit for bit, or --compile")
+    unasked = no_unasked_package(config, precision, device)
+    if unasked:
+        return CompileChoice(False, unasked)
     if is_naflex(config):
         return CompileChoice(False, "NaFlex image towers are not compiled ahead of time")
     if precision == "int8-static":
         return CompileChoice(True, "int8-static runs compiled ahead of time")
-    as_fast = eager_as_fast(config, precision, device)
-    if as_fast:
-        return CompileChoice(False, f"{as_fast}, or --compile")
     work = COMPILE_PAYS_FROM_FLOP if has_amx(device) else COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP[precision]
     pays_from = math.ceil(work / linear_flop(config.vision_config, _patches(config)))
     why = f"{images} images; compiling pays from ~{pays_from:,}"
@@ -544,6 +538,19 @@ def compile_pays(
     if missing:
         return CompileChoice(False, f"compiling would pay from ~{pays_from:,}, but {missing}")
     return CompileChoice(True, why)
+
+
+def no_unasked_package(config: PretrainedConfig, precision: str, device: torch.device) -> str | None:
+    """Why a model of `config` run in `precision` on `device` gets no package without `--compile` (by
+    `siglip embed`'s own choice, a cached package, a server's background compile), in words ending with the
+    way to compile all the same; None: it may. Packages are for the CPU, in `PACKAGED_UNASKED`, where they
+    run faster than the eager towers (`eager_as_fast`)."""
+    if device.type != "cpu" or precision not in PACKAGED:
+        return f"{precision} on {device.type} would compile in every process, or --compile"
+    if precision not in PACKAGED_UNASKED:
+        return f"{precision} computes transformers' products bit for bit, or --compile"
+    as_fast = eager_as_fast(config, precision, device)
+    return f"{as_fast}, or --compile" if as_fast else None
 
 
 def eager_as_fast(config: PretrainedConfig, precision: str, device: torch.device) -> str | None:
