@@ -20,6 +20,7 @@ from PIL import Image, ImageFile
 from _material import BUNDLED, assert_freed_memory_kept
 from _material import FASHION_CLASSES as LABELS
 from siglip import Embedder, SiglipImageProcessor, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+from siglip.core import heap
 from siglip.core.staging import FILE_MODE
 from siglip.core.two_tower import pil_resize
 from siglip.core.two_tower.modeling import (
@@ -31,7 +32,6 @@ from siglip.core.two_tower.modeling import (
 )
 from siglip.tools.cli import main
 from siglip.tools.embeddings import embedder as embedder_module
-from siglip.tools.embeddings import heap
 from siglip.tools.embeddings.attention import (
     Bf16Attention,
     GraphBf16Attention,

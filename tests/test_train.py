@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from _material import assert_freed_memory_kept
 from _reference import quiet_transformers
 from siglip import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+from siglip.core import heap
 from siglip.tools.cli import main
-from siglip.tools.embeddings import heap
 from siglip.tools.embeddings.embedder import Embedder
 from siglip.tools.evaluation import evaluate_zeroshot
 from siglip.tools.training import DataError, TrainConfig, latest_checkpoint, train, trainer

@@ -144,3 +144,13 @@ def fit_torch_threads() -> int:
     )
     torch.set_num_threads(cores)
     return cores
+
+
+def prepare_cpu_compute() -> None:
+    """Set this process up to run a model on the CPU, from the point where its loading peaks are freed: keep
+    freed memory in the heap for the next batch or step (`heap.keep_freed_memory`) and run no more torch
+    threads than a CPU quota lets run (`fit_torch_threads`). Called by `InferenceMode.apply` and training."""
+    from .heap import keep_freed_memory
+
+    keep_freed_memory()
+    fit_torch_threads()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ...core.auto import TwoTowerModel
-from ...core.cpu import fit_torch_threads
+from ...core.cpu import prepare_cpu_compute
 from ...errors import UsageError
 from .attention import use_bf16_mode_attention
 from .calibration import Calibration
@@ -34,7 +34,6 @@ from .compiled import (
     image_package_cached,
     missing_for_compile,
 )
-from .heap import keep_freed_memory
 from .int8 import use_eager_int8
 from .onednn import use_fused_linears
 from .precision import as_precision, check_precision, resolve_precision
@@ -99,13 +98,12 @@ class InferenceMode:
         `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual adds inside
         oneDNN's products), and without AMX runs the attention in groups of sequences
         (`attention.GroupedAttention`). On the CPU, freed memory stays in the process's heap for the next
-        batch from then on (`heap.keep_freed_memory`; where the C library is glibc), and torch runs no more
-        threads than the process may use cores (`core.cpu.fit_torch_threads`: a container's CPU quota).
+        batch from then on (`core.heap`; where the C library is glibc), and torch runs no more threads than
+        the process may use cores (a container's CPU quota): `core.cpu.prepare_cpu_compute`.
         """
         model = model.eval().to(self.dtype)
         if model.device.type == "cpu":
-            keep_freed_memory()  # each batch's activations reuse the last one's memory (`heap`)
-            fit_torch_threads()  # no more threads than a CPU quota lets run (`core.cpu`)
+            prepare_cpu_compute()  # each batch's activations reuse the last one's memory
         if self.precision == "int8-static":  # the CPU only (`resolve`)
             missing = missing_for_compile(self.precision)
             if missing:

@@ -55,13 +55,12 @@ from ...core.auto import (
     Siglip2ImageProcessor,
     TwoTowerModel,
 )
-from ...core.cpu import fit_torch_threads
+from ...core.cpu import prepare_cpu_compute
 from ...core.loss import check_chunk_size, siglip_loss
 from ...core.two_tower.processing import fixed_length_ids
 from ...core.two_tower.torch_resize import BACKENDS
 from ...errors import DataError, UsageError
 from ..embeddings.embedder import Embedder, configure_images
-from ..embeddings.heap import keep_freed_memory
 from ..embeddings.options import ModelOptions
 from ..embeddings.precision import TRAINING_PRECISIONS, Precision, resolve_precision
 from ..evaluation import evaluate_zeroshot
@@ -643,8 +642,7 @@ def _train(config: TrainConfig, dist_: _Dist) -> Path:
     bar = _progress(config, dist_, total_steps, state["step"])
     clock, window = time.perf_counter(), 0
     if dist_.device.type == "cpu":  # from here on (the model and a resumed state loaded, their peaks freed):
-        keep_freed_memory()  # each step's activations reuse the last step's memory (3-5% a step)
-        fit_torch_threads()  # no more threads than a CPU quota lets run (`core.cpu`)
+        prepare_cpu_compute()  # each step's activations reuse the last step's memory (3-5% a step)
 
     for step, batch in _batches(config, task.source, layout, state["step"], per_epoch, total_steps):
         loss = task.step(model, batch, dist_, precision)

@@ -41,9 +41,8 @@ _kept: bool | None = None
 
 def keep_freed_memory() -> bool:
     """Keep freed blocks in the heap from now on (see the module doc); whether they are kept: False where the
-    C library is not glibc, the environment tunes its malloc, or `SIGLIP_KEEP_FREED_MEMORY=0`. Called by
-    `InferenceMode.apply` for a model on the CPU and by training on the CPU; later calls return the first
-    one's answer."""
+    C library is not glibc, the environment tunes its malloc, or `SIGLIP_KEEP_FREED_MEMORY=0`. Called for a
+    model on the CPU by `cpu.prepare_cpu_compute`; later calls return the first one's answer."""
     global _kept
     with _lock:
         if _kept is None:
