@@ -43,7 +43,7 @@ class _OtherProcess:
     """A process holding `path` as `code` (Python, `path` in its globals) takes it, until the block ends."""
 
     def __init__(self, code: str, path: Path) -> None:
-        script = f"import fcntl, os, sys, time, filelock\npath = {str(path)!r}\n{code}\nprint('held', flush=True)\ntime.sleep(60)"
+        script = f"import time, filelock\nfrom pathlib import Path\npath = {str(path)!r}\n{code}\nprint('held', flush=True)\ntime.sleep(60)"
         self.process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
 
     def __enter__(self) -> None:
@@ -72,7 +72,9 @@ def test_the_cache_removes_the_packages_loaded_least_recently_and_not_in_use(tmp
     ]
     limit = 10_200  # 12,100 bytes of the cache's files, of which a (1,000 + 1,000) must go
     with (
-        _OtherProcess("fcntl.flock(os.open(path, os.O_RDONLY), fcntl.LOCK_SH)", b),  # b loaded elsewhere
+        _OtherProcess(
+            "from siglip.tools.embeddings import compiled\ncompiled._hold(Path(path))", b
+        ),  # loaded
         _OtherProcess(
             "(lock := filelock.FileLock(path)).acquire()", c.with_suffix(".lock")
         ),  # c being loaded
@@ -83,7 +85,7 @@ def test_the_cache_removes_the_packages_loaded_least_recently_and_not_in_use(tmp
         try:
             prune_cache(tmp_path, d, limit)
         finally:
-            os.close(compiled._held.pop(f))
+            compiled._held.pop(f).release()
     # b, c and f are in use, so a goes (the next loaded least recently): 10,100 bytes left; e stays
     assert not a.exists() and not a.with_suffix(".lock").exists()
     assert not (tmp_path / f"{a.stem}-0123abcd.so").exists()
@@ -102,10 +104,15 @@ def test_the_cache_may_stay_over_its_limit_by_the_packages_in_use(tmp_path):
     try:
         prune_cache(tmp_path, kept, 0)
     finally:
-        os.close(compiled._held.pop(loaded))
+        compiled._held.pop(loaded).release()
     assert kept.exists() and loaded.exists()
-    prune_cache(tmp_path, kept, 0)  # no longer loaded
-    assert kept.exists() and not loaded.exists()
+    (mark,) = tmp_path.glob(f"{loaded.stem}.*.held")  # released: as a process that is gone leaves its mark
+    gone = _write(tmp_path / f"{loaded.stem}.999999999.held", 0, 0)  # another process gone
+    compiled._hold(loaded)  # loaded again: the marks of the processes gone are removed, its own stays
+    assert list(tmp_path.glob(f"{loaded.stem}.*.held")) == [mark] and not gone.exists()
+    compiled._held.pop(loaded).release()
+    prune_cache(tmp_path, kept, 0)
+    assert kept.exists() and not loaded.exists() and not mark.exists()
 
 
 def _fake_compile(monkeypatch) -> list[Path]:

@@ -1,5 +1,6 @@
 """Fault injection: `kill -9` at random points of `siglip index`, `siglip embed` and `siglip train`, then a
-rerun whose result equals a clean run's; `kill -9` of `index` and `embed` while their decoding workers wait on
+rerun whose result equals a clean run's; SIGTERM of `embed`, which unwinds, keeps its finished batches and
+resumes; `kill -9` of `index` and `embed` while their decoding workers wait on
 a full queue, then no process of the run is left; `kill -9` of `siglip convert`, then no half-written output and
 a rerun that succeeds. The points are drawn from a fixed seed (the same on every run, so CI
 is stable) over the length of a clean run, so kills land in start-up, work and writing alike.
@@ -176,6 +177,55 @@ def test_kill_9_with_a_full_worker_queue_leaves_no_process_and_the_rerun_finishe
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(_vectors(kind, target)) == 320
+
+
+# `siglip embed` sent SIGTERM (as `kill`, `timeout`, systemd or Kubernetes would) right after committing its
+# second batch; an exit handler shows that the process unwound (Python's default for SIGTERM runs none)
+_TERMINATED_EMBED = """
+import atexit, os, signal, sys
+from siglip.tools.cli import main
+from siglip.tools.search.store import VectorStore
+
+record, batches = VectorStore.record, []
+
+def record_then_terminated(self, *args, **kwargs):
+    result = record(self, *args, **kwargs)
+    batches.append(len(args[0]))
+    if len(batches) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return result
+
+VectorStore.record = record_then_terminated
+atexit.register(lambda: print("exit handlers ran after", sum(batches), "images", file=sys.stderr))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from /proc")
+def test_sigterm_unwinds_embed_keeps_its_finished_batches_and_the_rerun_resumes(many_images, tmp_path):
+    target = tmp_path / "out.npy"
+    command = _command("embed", many_images, target)
+    command[command.index("--workers") + 1] = "2"
+    command[command.index("--batch-size") + 1] = "64"
+    command[1:3] = ["-c", _TERMINATED_EMBED]  # `python -m siglip embed ...` -> the script, with `embed ...`
+    run = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = run.communicate(timeout=300)
+        deadline = time.monotonic() + 15
+        while _alive_in_group(run.pid) and time.monotonic() < deadline:  # the decoding workers stopped too
+            time.sleep(0.2)
+        assert _alive_in_group(run.pid) == []
+    finally:
+        for pid in _alive_in_group(run.pid):
+            os.kill(pid, signal.SIGKILL)
+    assert run.returncode == 143, stderr  # not -15: the command ended itself
+    assert "siglip embed: terminated" in stderr and "exit handlers ran after 128 images" in stderr
+    assert not target.exists() and len(_vectors("embed", target)) == 128  # the journal: two batches
+    done = subprocess.run(_command("embed", many_images, target), env=ENV, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(_vectors("embed", target)) == 320
 
 
 @pytest.fixture(scope="module")

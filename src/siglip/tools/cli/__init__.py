@@ -7,7 +7,9 @@ and in the `skipped` list of `--json` output); 2 for a user error, printed as on
 `SiglipError` (a missing file, a bad checkpoint, bad data, a bad option, rejected while parsing), or a
 failure of the system under the command (an `OSError` with an errno: a full disk, permission denied, a
 read-only file system). Any other exception is a bug and keeps its traceback. SIGLIP_DEBUG=1 shows the
-traceback of a user error too. 130 after Ctrl-C.
+traceback of a user error too. 130 after Ctrl-C; 143 after SIGTERM (what `kill`, `timeout`, systemd and
+Kubernetes send), which a command unwinds from as from Ctrl-C: its temporary files removed, its finished work
+kept for the next run to resume from (a SIGKILL leaves the same state, less the clean-up).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import NoReturn
 
 from ...errors import ImageInputError, SiglipError
@@ -54,11 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises `KeyboardInterrupt`, so that a command unwinds the
+    same way (Python's default for SIGTERM ends the process at once: no `finally`, no `atexit`)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("siglip").setLevel(logging.INFO)
     logging.getLogger("huggingface_hub").propagate = False  # it prints its own lines: once, not twice
+    # SIGTERM unwinds the command, where nothing else handles it (a program calling `main` may have its own
+    # handler) and from the main thread only (the only one that may set handlers); `serve` sets its own
+    handles_sigterm = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
+    if handles_sigterm:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.run(args) or 0)
     except SiglipError as err:
@@ -74,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"siglip {args.command}: error: {_system_error(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"siglip {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(f"siglip {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if handles_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _user_error(err: SiglipError) -> str:

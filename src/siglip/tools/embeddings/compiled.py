@@ -49,11 +49,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...core.staging import FILE_MODE
@@ -100,13 +95,14 @@ CACHED = "cached"  # compile: load the packages an earlier process compiled, els
 CACHE_GB = 10.0
 CACHE_GB_ENV = "SIGLIP_COMPILED_CACHE_GB"
 # The files the cache holds, by name: a package (`_package_path`), its lock, its extracted libraries
-# (`_extract`), and the partial files of either being written (`_renamed_into`, mkstemp's 8 random characters)
+# (`_extract`), the marks of the processes that have it loaded (`_hold`), and the partial files of a package or
+# library being written (`_renamed_into`, mkstemp's 8 random characters)
 _STEM = rf"(?:{'|'.join(map(re.escape, PACKAGED))})-\w+-[0-9a-f]{{32}}"
 _CACHE_FILE = re.compile(
-    rf"(?P<stem>{_STEM})(?:(?P<package>\.pt2)|(?P<lock>\.lock)|-[0-9a-f]{{8}}\.so)"
+    rf"(?P<stem>{_STEM})(?:(?P<package>\.pt2)|(?P<lock>\.lock)|\.\d+\.held|-[0-9a-f]{{8}}\.so)"
     rf"|\.(?P<partial_of>{_STEM})(?:-[0-9a-f]{{8}})?-[a-z0-9_]{{8}}\.(?:pt2|so)"
 )
-_held: dict[Path, int] = {}  # this process's loaded packages, each open with a shared lock (`_hold`)
+_held: dict[Path, object] = {}  # this process's loaded packages: the locks of their marks (`_hold`)
 
 # where a child compiling for its parent (`background_compile`) writes packages the cache cannot take: the
 # parent's own folder, which outlives the child (the child's would go with it)
@@ -394,45 +390,36 @@ def _load_package(path: Path) -> object:
 
 
 def _hold(package: Path) -> None:
-    """Keep `package` open with a shared lock until this process exits, so that no `prune_cache` removes it
-    while it is loaded here (on Linux a loaded library outlives its file, but this process's next compile of
-    the same package would start over). Where the system has no `flock` (Windows, whose open files cannot be
-    deleted), or the file is going, nothing is held."""
-    if fcntl is None or package in _held:
+    """Mark `package` as loaded by this process until it exits: a file beside it, `<stem>.<pid>.held`,
+    locked meanwhile (the operating system lets the lock go with the process), so that no `prune_cache`
+    removes the package while it is loaded (on Linux a loaded library outlives its file, but a restarted
+    server would compile again). Nothing is marked where the folder cannot be written (a read-only cache:
+    no process of this user prunes it either)."""
+    from filelock import FileLock, Timeout
+
+    if package in _held:
         return
+    mark = FileLock(package.with_name(f"{package.stem}.{os.getpid()}.held"), timeout=0)
     try:
-        handle = os.open(package, os.O_RDONLY)
-    except OSError:
+        mark.acquire()
+    except (Timeout, OSError):
         return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:  # a prune removing it right now: its load fails and compiles it again
-        os.close(handle)
-        return
-    _held[package] = handle
+    _held[package] = mark
+    _live_marks(package)  # the marks of the processes that loaded it before and are gone, removed
 
 
-@contextmanager
-def _unheld(package: Path | None) -> Iterator[bool]:
-    """Whether no process holds `package` loaded (`_hold`; None: no package, True); if so, it stays so
-    throughout the block."""
-    try:
-        handle = os.open(package, os.O_RDONLY) if package else None
-    except FileNotFoundError:
-        handle = None
-    if handle is None:
-        yield True
-        return
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held by a process that has it loaded
-                yield False
-                return
-        yield True
-    finally:
-        os.close(handle)
+def _live_marks(package: Path) -> int:
+    """How many processes have `package` loaded (`_hold`); the marks of processes gone are removed."""
+    from filelock import FileLock, Timeout
+
+    live = 0
+    for mark in package.parent.glob(f"{glob.escape(package.stem)}.*.held"):
+        try:
+            with FileLock(mark, timeout=0):
+                mark.unlink(missing_ok=True)
+        except (Timeout, OSError):  # held (this process's own too), or not this user's to check: in use
+            live += 1
+    return live
 
 
 def compile_towers(model: nn.Module, precision: str, calibration: Calibration | None = None) -> None:
@@ -690,13 +677,13 @@ def prune_cache(folder: Path, keep: Path, limit: float) -> None:
 
 def _remove_unlocked(lock: Path, paths: list[Path], package: Path | None = None) -> bool:
     """Remove `paths` and the `lock` file unless a process holds the lock (compiling or loading a package)
-    or has `package` loaded (`_hold`): whether they were removed. Removed while holding both, so that only a
-    process opening the lock file in that instant can miss it (filelock 4 then takes a new one)."""
+    or has `package` loaded (`_hold`): whether they were removed. Removed while holding the lock, so that only
+    a process opening the lock file in that instant can miss it (filelock 4 then takes a new one)."""
     from filelock import FileLock, Timeout
 
     try:
-        with FileLock(lock, timeout=0), _unheld(package) as free:
-            if not free:
+        with FileLock(lock, timeout=0):
+            if package is not None and _live_marks(package):
                 return False
             for path in (*paths, lock):
                 path.unlink(missing_ok=True)
