@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from _material import CORRUPT_REASON
+from _material import BUNDLED, CORRUPT_REASON
 from siglip import SiglipModel, pipeline
 from siglip.tools.cli import main
 from siglip.tools.cli._options import score_text
@@ -331,3 +331,45 @@ def test_bad_input_gives_one_line_naming_it(checkpoint, photos, tmp_path, capsys
         line
         == "siglip embed: error: writing Parquet needs the 'pyarrow' package: pip install 'siglip[parquet]'"
     )
+
+
+# `main` running a command that forks a child (as a DataLoader's decoding workers are) and sends it SIGTERM,
+# then is sent SIGTERM itself (as by `kill`, `timeout`, systemd or Kubernetes)
+_TERMINATED_COMMAND = """
+import argparse, os, signal, sys, time
+from siglip.tools import cli
+
+def run(args):
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(0.2)
+    os.kill(child, signal.SIGTERM)
+    _, status = os.waitpid(child, 0)
+    print("child ended by signal", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+    finally:
+        print("the command unwound", flush=True)
+
+command = argparse.Namespace(command="fake", run=run)
+cli.build_parser = lambda: argparse.Namespace(parse_args=lambda argv: command)
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a child")
+def test_sigterm_unwinds_the_command_and_a_forked_child_dies_as_before():
+    """SIGTERM raises in the command's process (its `finally` blocks run; exit 143), while a child forked
+    with the handler dies of SIGTERM as it would without it; in-process callers get the handler back."""
+    import signal
+
+    done = subprocess.run(
+        [sys.executable, "-c", _TERMINATED_COMMAND], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.splitlines() == [f"child ended by signal {int(signal.SIGTERM)}", "the command unwound"]
+    assert done.stderr.strip() == "siglip fake: terminated"
+    assert main(["info", BUNDLED]) == 0 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

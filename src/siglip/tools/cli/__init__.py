@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import importlib
 import logging
 import os
@@ -63,7 +64,11 @@ class Terminated(KeyboardInterrupt):
     same way (Python's default for SIGTERM ends the process at once: no `finally`, no `atexit`)."""
 
 
-def _terminate(signum: int, frame: object) -> None:
+def _terminate(command_pid: int, signum: int, frame: object) -> None:
+    if os.getpid() != command_pid:  # a child forked with the handler (a decoding worker): SIGTERM's default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated
 
 
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     )
     if handles_sigterm:
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, functools.partial(_terminate, os.getpid()))
     try:
         return int(args.run(args) or 0)
     except SiglipError as err:
