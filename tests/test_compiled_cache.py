@@ -107,12 +107,39 @@ def test_the_cache_may_stay_over_its_limit_by_the_packages_in_use(tmp_path):
         compiled._held.pop(loaded).release()
     assert kept.exists() and loaded.exists()
     (mark,) = tmp_path.glob(f"{loaded.stem}.*.held")  # released: as a process that is gone leaves its mark
-    gone = _write(tmp_path / f"{loaded.stem}.999999999.held", 0, 0)  # another process gone
+    gone = _write(tmp_path / f"{loaded.stem}.999999999-0badc0de.held", 0, 0)  # another process gone
     compiled._hold(loaded)  # loaded again: the marks of the processes gone are removed, its own stays
     assert list(tmp_path.glob(f"{loaded.stem}.*.held")) == [mark] and not gone.exists()
     compiled._held.pop(loaded).release()
     prune_cache(tmp_path, kept, 0)
     assert kept.exists() and not loaded.exists() and not mark.exists()
+
+
+def test_a_process_with_the_same_pid_elsewhere_marks_its_package_too(tmp_path):
+    """Containers or hosts sharing a cache can run processes of the same pid: each marks a package loaded."""
+    package = _package(tmp_path, "a", 0)
+    other = tmp_path / f"{package.stem}.{os.getpid()}-0badc0de.held"  # this pid, in another container
+    with _OtherProcess("(lock := filelock.FileLock(path)).acquire()", other):
+        compiled._hold(package)
+        try:
+            assert package in compiled._held and compiled._live_marks(package) == 2
+        finally:
+            compiled._held.pop(package).release()
+
+
+def test_a_package_another_prune_removed_meanwhile_counts_as_removed(tmp_path, monkeypatch):
+    """Two prunes at once: a package the other one is removing (its lock held) is not in the total any more,
+    so this one does not remove the next package as well."""
+    older, newer, kept = (_package(tmp_path, n, age) for n, age in zip("abc", (30, 20, 0), strict=True))
+
+    def removed_by_another_prune(lock, paths, package=None):
+        for path in paths:
+            path.unlink()
+        return False  # its lock was held: by the other prune
+
+    monkeypatch.setattr(compiled, "_remove_unlocked", removed_by_another_prune)
+    prune_cache(tmp_path, kept, 4000)  # 6,000 bytes: the oldest package's 2,000 are enough
+    assert not older.exists() and newer.exists() and kept.exists()
 
 
 def _fake_compile(monkeypatch) -> list[Path]:

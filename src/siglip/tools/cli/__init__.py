@@ -65,8 +65,8 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(command_pid: int, signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once, clean-up or not
     if os.getpid() != command_pid:  # a child forked with the handler (a decoding worker): SIGTERM's default
-        signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
     raise Terminated
@@ -100,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"siglip {args.command}: error: {_system_error(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as interrupt:
-        terminated = isinstance(interrupt, Terminated)
-        print(f"siglip {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
+    except Terminated:
+        print(f"siglip {args.command}: terminated", file=sys.stderr)
+        raise SystemExit(143) from None  # ends a program that called `main` in-process too, as SIGTERM would
+    except KeyboardInterrupt:
+        print(f"siglip {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         if handles_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -266,10 +266,10 @@ def _serve(
             server.should_exit = True
 
         threading.Thread(target=stop_when_parent_has_gone, name="siglip-serve-parent", daemon=True).start()
+    compiling = _compile(embedder, args)  # --compile: SIGTERM meanwhile unwinds it, as any command
     # uvicorn handles SIGTERM by finishing the requests in flight, then raises it again once it is done; by
     # then there is nothing left to do, so that second delivery must not kill the process with status -15.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    compiling = _compile(embedder, args)
     try:
         server.run(sockets=sockets)
     finally:

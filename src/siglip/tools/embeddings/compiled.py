@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -99,10 +100,12 @@ CACHE_GB_ENV = "SIGLIP_COMPILED_CACHE_GB"
 # library being written (`_renamed_into`, mkstemp's 8 random characters)
 _STEM = rf"(?:{'|'.join(map(re.escape, PACKAGED))})-\w+-[0-9a-f]{{32}}"
 _CACHE_FILE = re.compile(
-    rf"(?P<stem>{_STEM})(?:(?P<package>\.pt2)|(?P<lock>\.lock)|\.\d+\.held|-[0-9a-f]{{8}}\.so)"
+    rf"(?P<stem>{_STEM})(?:(?P<package>\.pt2)|(?P<lock>\.lock)|\.\d+-[0-9a-f]{{8}}\.held|-[0-9a-f]{{8}}\.so)"
     rf"|\.(?P<partial_of>{_STEM})(?:-[0-9a-f]{{8}})?-[a-z0-9_]{{8}}\.(?:pt2|so)"
 )
 _held: dict[Path, object] = {}  # this process's loaded packages: the locks of their marks (`_hold`)
+_MARK_TOKEN = secrets.token_hex(4)  # in the marks' names beside the pid: processes of other containers or
+# hosts sharing the cache can have the same pid
 
 # where a child compiling for its parent (`background_compile`) writes packages the cache cannot take: the
 # parent's own folder, which outlives the child (the child's would go with it)
@@ -160,8 +163,19 @@ class CompiledTower(nn.Module):
     def from_package(cls, tower: nn.Module, precision: str, package: Package) -> CompiledTower:
         """`tower` as the package compiled from it in `precision` (by another process: see
         `siglip.tools.embeddings.background_compile`), loaded now."""
+        from filelock import FileLock
+
         compiled = cls(tower, precision)
-        compiled._compiled, compiled.package = _load_package(package.path), package
+        lock = FileLock(package.path.with_suffix(".lock"))
+        try:  # under its lock, as `_load_or_compile` loads: no prune removes it before it is marked loaded
+            lock.acquire()
+        except OSError:  # a folder this process cannot write: nor can its user's prunes
+            lock = None
+        try:
+            compiled._compiled, compiled.package = _load_package(package.path), package
+        finally:
+            if lock is not None:
+                lock.release()
         return compiled
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> BaseModelOutputWithPooling:
@@ -390,7 +404,7 @@ def _load_package(path: Path) -> object:
 
 
 def _hold(package: Path) -> None:
-    """Mark `package` as loaded by this process until it exits: a file beside it, `<stem>.<pid>.held`,
+    """Mark `package` as loaded by this process until it exits: a file beside it, `<stem>.<pid>-<token>.held`,
     locked meanwhile (the operating system lets the lock go with the process), so that no `prune_cache`
     removes the package while it is loaded (on Linux a loaded library outlives its file, but a restarted
     server would compile again). Nothing is marked where the folder cannot be written (a read-only cache:
@@ -399,7 +413,7 @@ def _hold(package: Path) -> None:
 
     if package in _held:
         return
-    mark = FileLock(package.with_name(f"{package.stem}.{os.getpid()}.held"), timeout=0)
+    mark = FileLock(package.with_name(f"{package.stem}.{os.getpid()}-{_MARK_TOKEN}.held"), timeout=0)
     try:
         mark.acquire()
     except (Timeout, OSError):
@@ -664,10 +678,13 @@ def prune_cache(folder: Path, keep: Path, limit: float) -> None:
     for package in packages:
         if total <= limit:
             break
+        if package == keep:
+            continue
         group = [path for path, (m, _) in files.items() if m["stem"] == package.stem and not m["lock"]]
-        if package != keep and _remove_unlocked(package.with_suffix(".lock"), group, package):
+        gone = _remove_unlocked(package.with_suffix(".lock"), group, package)
+        if gone or not package.exists():  # removed here, or by a prune of another process meanwhile
             total -= sum(files[path][1].st_size for path in group)
-            removed += 1
+        removed += gone
     if removed:
         logger.info(
             "removed %d compiled package(s) loaded least recently from %s, to keep it within %.1f GB (%s)",
