@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -745,6 +746,7 @@ def test_compiled_fp32_is_a_package_of_onednn_products_within_float_rounding(
     package is used only when asked: `compile="cached"` (a job too small to pay a compile, a server's
     default) keeps the eager towers, transformers' bit for bit, with the package in the cache."""
     from torch._dynamo.utils import counters
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     from siglip.tools.embeddings.compiled import CACHED, CompiledTower
 
@@ -767,6 +769,10 @@ def test_compiled_fp32_is_a_package_of_onednn_products_within_float_rounding(
         assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
     assert not earlier.exists()
     (package,) = tmp_path.glob("fp32-SiglipVisionTransformer-*.pt2")
+    # the compiled library is in the package, not also left in inductor's cache (which torch never prunes)
+    with zipfile.ZipFile(package) as archive:
+        (library,) = [Path(n).name for n in archive.namelist() if n.endswith(".so")]
+    assert not list(Path(cache_dir()).glob(f"*/{library}"))
     assert sorted(tmp_path.glob("*.pt2")) == sorted([package, model.text_model.package.path])
     # loading a package marks it used, for the least-recently-used order
     os.utime(package, (1, 1))
