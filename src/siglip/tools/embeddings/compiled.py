@@ -246,8 +246,8 @@ class PackageRunner:
         self._handles = _aoti.unsafe_alloc_void_ptrs_from_tensors
         self._package = package
         with zipfile.ZipFile(package) as archive:
-            libraries = _libraries(archive)
             names = [n for n in archive.namelist() if not n.endswith("/")]
+            libraries = [n for n in names if "/data/aotinductor/" in n and n.endswith(".so")]
             external = [n for n in names if "/data/weights/" in n or n.endswith((".bin", ".o"))]
             if len(libraries) != 1 or external:
                 raise _NotSelfContained(f"{package} is not one library with its weights inside")
@@ -281,11 +281,6 @@ class PackageRunner:
             self._library.AOTInductorGetLastError(ctypes.byref(message))
             why = (message.value or b"no message").decode(errors="replace")
             raise RuntimeError(f"the compiled package {self._package} failed: {why}")
-
-
-def _libraries(archive: zipfile.ZipFile) -> list[str]:
-    """The names of the compiled models' libraries in a package's `archive`."""
-    return [n for n in archive.namelist() if "/data/aotinductor/" in n and n.endswith(".so")]
 
 
 def _extracted(archive: zipfile.ZipFile, name: str, package: Path) -> Path:
@@ -866,18 +861,27 @@ def _compile_package(
         if precision in INT8_PRECISIONS:
             quantized = pt2e_int8(program.module(), example, calibration)
             program = torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},))
-        aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
-    _drop_inductor_copy(path)
+        with _own_inductor_cache():
+            aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
 
 
-def _drop_inductor_copy(package: Path) -> None:
-    """Remove the copy of `package`'s compiled model that AOTInductor leaves in inductor's cache (its library,
-    about the size of the weights, and its sources: 180 MB for a base image tower in bf16, under /tmp by
-    default), which torch never removes and nothing reads again: the package holds them."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    with zipfile.ZipFile(package) as archive:
-        libraries = _libraries(archive)
-    for name in libraries:  # in a folder of its own, named by the generated code
-        for left in Path(cache_dir()).glob(f"*/{glob.escape(Path(name).name)}"):
-            shutil.rmtree(left.parent, ignore_errors=True)
+@contextmanager
+def _own_inductor_cache() -> Iterator[None]:
+    """Inductor's cache (`TORCHINDUCTOR_CACHE_DIR`) in a folder of this compile alone, removed after it.
+    AOTInductor leaves a copy of the compiled model there (its library, about the size of the weights, and
+    its sources: 181 MB for a base image tower in bf16, under /tmp by default), which torch never removes and
+    nothing reads again once the package holds it; inductor's cache does not serve frozen graphs anyway. A
+    folder of its own, not the copy removed from the shared cache: another process compiling the same code
+    at the same time builds in the same folder there. The variable is the process's: a `torch.compile` in
+    another thread meanwhile would build in this folder too."""
+    name = "TORCHINDUCTOR_CACHE_DIR"
+    folder, previous = tempfile.mkdtemp(prefix="siglip-inductor-"), os.environ.get(name)
+    os.environ[name] = folder
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+        shutil.rmtree(folder, ignore_errors=True)
