@@ -196,3 +196,15 @@ def test_a_bad_limit_names_the_variable_and_the_value(monkeypatch, value):
     monkeypatch.setenv(CACHE_GB_ENV, value)
     with pytest.raises(UsageError, match=f"{CACHE_GB_ENV} must be a number of gigabytes .*{value!r}"):
         cache_limit()
+
+
+def test_a_compile_has_inductor_cache_of_its_own_inside_the_users(tmp_path, monkeypatch):
+    """`_own_inductor_cache`: a folder inside the inductor cache the user chose (not under /tmp, which may be
+    mounted noexec or small), the variable restored and the folder removed afterwards."""
+    chosen = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(chosen))
+    with compiled._own_inductor_cache():
+        own = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        assert own.parent == chosen and own.is_dir()
+        (own / "a.wrapper.so").write_bytes(b"what AOTInductor leaves")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(chosen) and not own.exists()

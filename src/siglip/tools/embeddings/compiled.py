@@ -872,10 +872,15 @@ def _own_inductor_cache() -> Iterator[None]:
     its sources: 181 MB for a base image tower in bf16, under /tmp by default), which torch never removes and
     nothing reads again once the package holds it; inductor's cache does not serve frozen graphs anyway. A
     folder of its own, not the copy removed from the shared cache: another process compiling the same code
-    at the same time builds in the same folder there. The variable is the process's: a `torch.compile` in
-    another thread meanwhile would build in this folder too."""
+    at the same time builds in the same folder there. Made inside the shared cache's folder, where the user
+    put it: inductor builds and loads a probe there to choose the vector instructions (under a `/tmp`
+    mounted noexec it silently chose none: 1.8x slower kernels, measured). The variable is the process's: a
+    `torch.compile` in another thread meanwhile would build in this folder and could fail once it is
+    removed, as would a process started meanwhile (the tools compile from one thread)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
     name = "TORCHINDUCTOR_CACHE_DIR"
-    folder, previous = tempfile.mkdtemp(prefix="siglip-inductor-"), os.environ.get(name)
+    folder, previous = tempfile.mkdtemp(prefix="siglip-inductor-", dir=cache_dir()), os.environ.get(name)
     os.environ[name] = folder
     try:
         yield
