@@ -198,13 +198,23 @@ def test_a_bad_limit_names_the_variable_and_the_value(monkeypatch, value):
         cache_limit()
 
 
-def test_a_compile_has_inductor_cache_of_its_own_inside_the_users(tmp_path, monkeypatch):
-    """`_own_inductor_cache`: a folder inside the inductor cache the user chose (not under /tmp, which may be
-    mounted noexec or small), the variable restored and the folder removed afterwards."""
-    chosen = tmp_path / "inductor"
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(chosen))
-    with compiled._own_inductor_cache():
-        own = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-        assert own.parent == chosen and own.is_dir()
-        (own / "a.wrapper.so").write_bytes(b"what AOTInductor leaves")
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(chosen) and not own.exists()
+def test_a_compile_removes_its_copy_from_inductors_cache_and_nothing_else(tmp_path, monkeypatch):
+    """`_drop_inductor_copy`: the files the package holds go from inductor's cache, and the library's own
+    folder; another compile's files in the same folder (named by the model's structure) stay."""
+    import zipfile
+
+    shared = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(shared))
+    ours = ["cabc.wrapper.cpp", "cabc.wrapper.so", "cabc.wrapper_metadata.json", "cdef.kernel.cpp"]
+    theirs = ["cxyz.wrapper.cpp", "cxyz.wrapper.o", "cdef2.kernel.cpp"]  # a concurrent compile, half done
+    folder = shared / "cstructure"
+    (folder / "cabc").mkdir(parents=True)  # the library's objects
+    for name in ours + theirs:
+        (folder / name).write_bytes(b"x")
+    package = tmp_path / "bf16-SiglipVisionTransformer-0.pt2"
+    with zipfile.ZipFile(package, "w") as archive:
+        for name in ours:
+            archive.writestr(f"pkg/data/aotinductor/model/{name}", b"x")
+        archive.writestr("pkg/archive_format", b"pt2")
+    compiled._drop_inductor_copy(package)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(theirs)

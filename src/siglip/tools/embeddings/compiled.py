@@ -861,32 +861,26 @@ def _compile_package(
         if precision in INT8_PRECISIONS:
             quantized = pt2e_int8(program.module(), example, calibration)
             program = torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},))
-        with _own_inductor_cache():
-            aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
+        aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
+    _drop_inductor_copy(path)
 
 
-@contextmanager
-def _own_inductor_cache() -> Iterator[None]:
-    """Inductor's cache (`TORCHINDUCTOR_CACHE_DIR`) in a folder of this compile alone, removed after it.
-    AOTInductor leaves a copy of the compiled model there (its library, about the size of the weights, and
-    its sources: 181 MB for a base image tower in bf16, under /tmp by default), which torch never removes and
-    nothing reads again once the package holds it; inductor's cache does not serve frozen graphs anyway. A
-    folder of its own, not the copy removed from the shared cache: another process compiling the same code
-    at the same time builds in the same folder there. Made inside the shared cache's folder, where the user
-    put it: inductor builds and loads a probe there to choose the vector instructions (under a `/tmp`
-    mounted noexec it silently chose none: 1.8x slower kernels, measured). The variable is the process's: a
-    `torch.compile` in another thread meanwhile would build in this folder and could fail once it is
-    removed, as would a process started meanwhile (the tools compile from one thread)."""
+def _drop_inductor_copy(package: Path) -> None:
+    """Remove the copy of `package`'s compiled model that AOTInductor leaves in inductor's cache (its library,
+    about the size of the weights, and its sources: 181 MB for a base image tower in bf16, under /tmp by
+    default), which torch never removes and nothing reads again: the package holds them. Only the files the
+    package holds, by name, and the library's own folder: the folder they are in is named by the model's
+    structure, and another process compiling a model of the same structure builds its own files there at
+    the same time (removing the folder broke such a compile; two compiles of the same code are one package,
+    compiled in turn under its lock)."""
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    name = "TORCHINDUCTOR_CACHE_DIR"
-    folder, previous = tempfile.mkdtemp(prefix="siglip-inductor-", dir=cache_dir()), os.environ.get(name)
-    os.environ[name] = folder
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
-        shutil.rmtree(folder, ignore_errors=True)
+    with zipfile.ZipFile(package) as archive:
+        names = [
+            Path(n).name for n in archive.namelist() if "/data/aotinductor/" in n and not n.endswith("/")
+        ]
+    for library in (name for name in names if name.endswith(".so")):
+        for left in Path(cache_dir()).glob(f"*/{glob.escape(library)}"):
+            for name in names:
+                (left.parent / name).unlink(missing_ok=True)
+            shutil.rmtree(left.parent / library.removesuffix(".wrapper.so"), ignore_errors=True)
