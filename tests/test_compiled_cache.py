@@ -118,8 +118,10 @@ def test_the_cache_may_stay_over_its_limit_by_the_packages_in_use(tmp_path):
 def test_a_process_with_the_same_pid_elsewhere_marks_its_package_too(tmp_path):
     """Containers or hosts sharing a cache can run processes of the same pid: each marks a package loaded."""
     package = _package(tmp_path, "a", 0)
-    other = tmp_path / f"{package.stem}.{os.getpid()}-0badc0de.held"  # this pid, in another container
-    with _OtherProcess("(lock := filelock.FileLock(path)).acquire()", other):
+    same_pid = f"import os\nos.getpid = lambda: {os.getpid()}\n"  # this pid, in another container
+    with _OtherProcess(
+        same_pid + "from siglip.tools.embeddings import compiled\ncompiled._hold(Path(path))", package
+    ):
         compiled._hold(package)
         try:
             assert package in compiled._held and compiled._live_marks(package) == 2
