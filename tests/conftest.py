@@ -28,7 +28,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 
 import _torchvision  # noqa: F401  (before any transformers / open_clip / timm import; see the module)
 
-# The compiled towers' cache (`compiled.compiled_cache`) of this process alone, removed when it exits: a
+# The compiled towers' cache (`cache_folder.compiled_cache`) of this process alone, removed when it exits: a
 # package left there by an earlier run or by the user's own jobs would change what `siglip embed` runs (it
 # loads a package compiled earlier), and the packages tests compile must not fill the user's cache.
 os.environ["SIGLIP_COMPILED_CACHE"] = tempfile.mkdtemp(prefix="siglip-test-compiled-")

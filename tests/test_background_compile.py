@@ -16,7 +16,7 @@ import torch
 from _material import BUNDLED, write_photos
 from _serving import start_server
 from siglip import Embedder
-from siglip.tools.embeddings import background_compile
+from siglip.tools.embeddings import background_compile, cache_folder
 from siglip.tools.embeddings.background_compile import BackgroundCompile, _swap_in, compile_now
 from siglip.tools.embeddings.compiled import CompiledTower
 
@@ -60,7 +60,9 @@ def test_the_eager_towers_answer_until_the_compiled_ones_are_swapped_in(cache, p
     stopped.stop()
     assert stopped.state == "stopped" and stopped._process.exitcode == 1
     assert _towers(embedder) == (False, False)
-    assert not [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"]
+    assert not [
+        p.name for p in tmp_path.iterdir() if p.suffix != ".lock" and p.name != "kernels"
+    ]  # a kernel built
 
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(cache))
     told: list[str] = []
@@ -172,12 +174,11 @@ def test_the_server_compiles_in_the_background_by_default_and_before_serving_wit
 def test_the_child_reads_a_read_only_cache_and_writes_into_its_parents_folder(tmp_path, monkeypatch):
     # a cache this process may only read (a container image's layer): the child is told the cache, to load the
     # packages already there, and this process's own folder, which outlives it, for what it compiles
-    from siglip.tools.embeddings import compiled
 
-    own_folder = compiled._process_folder.__wrapped__  # unmemoised: read afresh below
+    own_folder = cache_folder.process_folder.__wrapped__  # unmemoised: read afresh below
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "read-only"))
-    monkeypatch.setattr(compiled, "_write_error", lambda folder: PermissionError(13, "read-only"))
-    monkeypatch.setattr(compiled, "_process_folder", lambda: tmp_path / "parent")
+    monkeypatch.setattr(cache_folder, "write_error", lambda folder: PermissionError(13, "read-only"))
+    monkeypatch.setattr(cache_folder, "process_folder", lambda: tmp_path / "parent")
     told: list[tuple] = []
 
     class Child:  # the spawned child, recorded instead of started
@@ -204,14 +205,16 @@ def test_the_child_reads_a_read_only_cache_and_writes_into_its_parents_folder(tm
 
     # in the child (its start-up stubbed), whatever cannot go into the cache goes into the parent's folder
     # (never one of its own, removed with it)
-    monkeypatch.setattr(compiled, "_process_folder", own_folder)
-    for name in ("SIGLIP_COMPILED_CACHE", compiled.PARENT_FOLDER):
+    monkeypatch.setattr(cache_folder, "process_folder", own_folder)
+    for name in ("SIGLIP_COMPILED_CACHE", cache_folder.PARENT_FOLDER):
         monkeypatch.setenv(name, "")  # restored afterwards, whatever the child's code sets
     monkeypatch.setattr(background_compile.signal, "signal", lambda *args: None)
     monkeypatch.setattr(background_compile.os, "nice", lambda increment: 0)
     monkeypatch.setattr(background_compile.multiprocessing, "parent_process", lambda: None)
     monkeypatch.setattr(background_compile.Embedder, "from_pretrained", lambda *args, **kwargs: None)
-    monkeypatch.setattr(background_compile, "compile_now", lambda embedder: {"to": compiled.writable_cache()})
+    monkeypatch.setattr(
+        background_compile, "compile_now", lambda embedder: {"to": cache_folder.writable_cache()}
+    )
     receive, send = multiprocessing.Pipe(duplex=False)
     background_compile._compile_in_child(BUNDLED, "bf16", torch.get_num_threads(), cache, folder, send)
     assert receive.recv() == {"to": Path(folder)}

@@ -32,9 +32,13 @@ from siglip.core.two_tower.modeling import (
     key_padding_mask,
 )
 from siglip.tools.cli import main
+from siglip.tools.embeddings import cache_folder, fused_attention
 from siglip.tools.embeddings import embedder as embedder_module
 from siglip.tools.embeddings.attention import (
+    FUSED_FORMS,
     Bf16Attention,
+    FusedAttention,
+    FusedFloat32Attention,
     GraphBf16Attention,
     GroupedAttention,
     GroupedBf16Attention,
@@ -432,6 +436,11 @@ def _mock_units(monkeypatch: pytest.MonkeyPatch, units: CpuUnits) -> None:
         monkeypatch.setattr(module, "cpu_units", lambda: units)
 
 
+def _on_this_cpu(kernel: type) -> type:
+    """`kernel`, or its fused form where siglip's fused attention kernel runs on this CPU."""
+    return FUSED_FORMS.get(kernel, kernel) if fused_attention.why_not() is None else kernel
+
+
 def test_int8_attention_runs_in_bf16_on_cpus_with_bf16_units(monkeypatch, fp32_features):
     """With AMX, int8's attention products run in bf16 by torch's SDPA kernel (eager, and the towers a compiled
     mode packages); with AVX-512 BF16 and no AMX, in bf16 in groups of sequences when eager, as graph
@@ -460,12 +469,13 @@ def test_int8_attention_runs_in_bf16_on_cpus_with_bf16_units(monkeypatch, fp32_f
         # the towers wrapped, not yet compiled: what their package is made of
         compile_towers(compiled, "int8")
         layers = eager.config.text_config.num_hidden_layers + eager.config.vision_config.num_hidden_layers
-        assert attentions(eager) == [eager_class] * layers
-        assert attentions(compiled) == [compiled_class] * layers
+        assert attentions(eager) == [_on_this_cpu(eager_class)] * layers
+        assert attentions(compiled) == [_on_this_cpu(compiled_class)] * layers
     fp32 = InferenceMode("fp32").apply(SiglipModel.from_pretrained(BUNDLED))
     assert not any(isinstance(m, Bf16Attention) for m in fp32.modules())
 
-    for kernel in (Bf16Attention, GroupedBf16Attention, GraphBf16Attention):  # each on this CPU's products
+    kernels = {Bf16Attention, GroupedBf16Attention, GraphBf16Attention}  # each on this CPU's products
+    for kernel in sorted(kernels | {_on_this_cpu(k) for k in kernels}, key=lambda k: k.__name__):
         for module in eager.modules():
             if isinstance(module, SiglipAttention):
                 module.__class__ = kernel
@@ -486,7 +496,9 @@ def _check_bf16_attention(attention: SiglipAttention, dtype: torch.dtype = torch
         )
         for attention_mask in (None, mask):
             scores = q @ k.transpose(-1, -2)
-            if isinstance(attention, GroupedAttention | GraphBf16Attention):  # GroupedBf16Attention too
+            # the fused kernel keeps its scores in float32; the grouped and graph kernels round them
+            fused = isinstance(attention, FusedAttention) and attention_mask is None
+            if isinstance(attention, GroupedAttention | GraphBf16Attention) and not fused:
                 scores = scores.bfloat16().float()
             scores = scores * attention.scale
             if attention_mask is not None:
@@ -575,13 +587,13 @@ def test_bf16_attention_runs_in_groups_without_amx(monkeypatch, amx, fp32_featur
     monkeypatch.setattr(attention, "cpu_units", lambda: _units(amx, bf16=True))
     model = InferenceMode("bf16").apply(SiglipModel.from_pretrained(BUNDLED))
     kinds = {type(m) for m in model.modules() if isinstance(m, SiglipAttention)}
-    assert kinds == {SiglipAttention if amx else GroupedAttention}
+    assert kinds == {SiglipAttention if amx else _on_this_cpu(GroupedAttention)}
     from siglip.tools.embeddings.compiled import compile_towers
 
     packaged = SiglipModel.from_pretrained(BUNDLED).bfloat16()
     compile_towers(packaged, "bf16")  # the towers wrapped, not yet compiled: what their package is made of
     kinds = {type(m) for m in packaged.modules() if isinstance(m, SiglipAttention)}
-    assert kinds == {SiglipAttention if amx else GraphBf16Attention}
+    assert kinds == {SiglipAttention if amx else _on_this_cpu(GraphBf16Attention)}
     fp16 = SiglipModel.from_pretrained(BUNDLED).half()
     compile_towers(fp16, "fp16")  # fp16 packages keep torch's SDPA kernel
     assert {type(m) for m in fp16.modules() if isinstance(m, SiglipAttention)} == {SiglipAttention}
@@ -611,8 +623,8 @@ def test_a_naflex_vision_tower_keeps_an_eager_kernel_beside_a_packaged_text_towe
     assert isinstance(model.text_model, CompiledTower) and not isinstance(model.vision_model, CompiledTower)
     text = {type(m) for m in model.text_model.modules() if isinstance(m, SiglipAttention)}
     vision = {type(m) for m in model.vision_model.modules() if isinstance(m, SiglipAttention)}
-    assert text == {GraphBf16Attention}
-    assert vision == {GroupedBf16Attention if precision == "int8" else SiglipAttention}
+    assert text == {_on_this_cpu(GraphBf16Attention)}
+    assert vision == {_on_this_cpu(GroupedBf16Attention) if precision == "int8" else SiglipAttention}
 
 
 def test_int8_quantises_the_map_heads_input_projections(fp32_features):
@@ -787,6 +799,14 @@ def test_compiled_fp32_is_a_package_of_onednn_products_within_float_rounding(
     with torch.inference_mode():
         masked = model.text_model(ids, attention_mask=mask).pooler_output
         assert torch.equal(masked, eager.text_model(ids, attention_mask=mask).pooler_output)
+        # ... and without a mask (interpolated positions): torch's SDPA, not the fused kernel the package runs
+        moved = model.vision_model(pixels, interpolate_pos_encoding=True).pooler_output
+        assert torch.equal(moved, eager.vision_model(pixels, interpolate_pos_encoding=True).pooler_output)
+    kinds = {type(m) for m in model.vision_model.tower.modules() if isinstance(m, SiglipAttention)}
+    assert kinds == {FusedFloat32Attention if fused_attention.why_not() is None else SiglipAttention}
+    if fused_attention.why_not() is None:  # the package calls the kernel's C shim (traced, not SDPA)
+        (extracted,) = tmp_path.glob("fp32-SiglipVisionTransformer-*.so")
+        assert fused_attention.SHIM.encode() in extracted.read_bytes()
     cached = InferenceMode("fp32", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
     assert not isinstance(cached.vision_model, CompiledTower)
     with torch.inference_mode():
@@ -1193,14 +1213,16 @@ def test_compiled_int8_keeps_the_int8_bounds_at_every_batch_size(
     assert loaded == [package]
     monkeypatch.setattr(compiled, "_load_package", load)
     # a cache this process may read but not write (a read-only image layer, another user's) still serves it
-    write_error = compiled._write_error
+    write_error = cache_folder.write_error
     denied = PermissionError(13, "Read-only file system")
-    monkeypatch.setattr(compiled, "_write_error", lambda f: denied if f == package.parent else write_error(f))
+    monkeypatch.setattr(
+        cache_folder, "write_error", lambda f: denied if f == package.parent else write_error(f)
+    )
     read_only = InferenceMode("int8", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
     with torch.inference_mode():
         assert torch.equal(read_only.get_image_features(pixels), images)  # loaded: `_compile_package` raises
     assert read_only.vision_model.package.path == package
-    monkeypatch.setattr(compiled, "_write_error", write_error)
+    monkeypatch.setattr(cache_folder, "write_error", write_error)
     monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "empty"))
     uncached = InferenceMode("int8", compile=CACHED).apply(SiglipModel.from_pretrained(BUNDLED))
     assert not isinstance(uncached.vision_model, CompiledTower)

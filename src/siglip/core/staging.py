@@ -115,3 +115,19 @@ def _umask() -> int:
 _UMASK = _umask()
 FILE_MODE = 0o666 & ~_UMASK  # what a plain file this process creates gets (mkstemp's are the owner's only)
 _FOLDER_MODE = 0o777 & ~_UMASK
+
+
+@contextlib.contextmanager
+def staged_file(target: Path) -> Iterator[Path]:
+    """A temporary file beside `target`, renamed to it once the block has written it (so that no reader, in
+    this process or another, sees half a file), removed if the block fails. The file gets the permissions of
+    a plain file of this process (`FILE_MODE`): readable by the other users the umask lets read, so that a
+    cache written by one user (or at a container image's build) serves the others."""
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=target.suffix)
+    os.close(handle)
+    try:
+        yield Path(partial)
+        os.chmod(partial, FILE_MODE)
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)

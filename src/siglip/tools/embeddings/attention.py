@@ -7,6 +7,11 @@ kernel runs them on which CPU, for eager int8 and bf16 and for the towers a comp
 | AVX-512 BF16, no AMX | `GroupedBf16Attention` | `GraphBf16Attention` | `GroupedAttention`           | `GraphBf16Attention` |
 | no bf16 units        | float32 SDPA           | float32 SDPA         | torch's SDPA (bf16 emulated) | torch's SDPA         |
 
+On a CPU with AVX-512 BF16 and no AMX, each of those three classes comes in a `Fused...` form whose calls
+without a mask take siglip's fused kernel (`siglip.tools.embeddings.fused_attention`) where it could be built
+(the kernel's `why_not`), and the class's own kernel otherwise; the fp32 `--compile` package's towers take it
+in float32 (`FusedFloat32Attention`).
+
 Why: in int8 the attention's products stay in floating point, and in float32 they took ~20% of a compiled
 base image tower's time on a Xeon with AMX (perf). There torch's SDPA kernel runs bf16 products on the tiles:
 the compiled image tower ran 1.13x and the eager one 1.07x faster at 8 images, texts (64 positions) as fast
@@ -25,11 +30,16 @@ ran 1.19-1.25x (int8) and 1.11-1.12x (bf16) faster on images than with SDPA, 1.0
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from ...core.two_tower.modeling import SiglipAttention
+from . import fused_attention
 from .precision import cpu_units, int8_attention_dtype
+
+logger = logging.getLogger("siglip")
 
 # A group of sequences in `grouped_products` holds at most this many scores (heads x queries x keys): 2
 # base-tower images (196 tokens) or 21 texts (64). On the Zen 5 (2 MB of L2 per core, 32 MB of L3), groups
@@ -152,6 +162,76 @@ class GraphBf16Attention(SiglipAttention):
         return torch.matmul(weights, v16).to(q.dtype)
 
 
+class FusedAttention(SiglipAttention):
+    """The mixin of the `Fused...` classes: calls of `fused_dtypes` inputs without a mask or dropout that
+    the kernel takes (`fused_attention.takes`) compute in `compute_dtype` by `fused_attention.fused`,
+    returned in the inputs' dtype; the others take the class after it in the method order (the kernel it
+    fuses)."""
+
+    fused_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
+    compute_dtype = torch.bfloat16
+
+    def scaled_dot_product(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+    ) -> torch.Tensor:
+        if (
+            attention_mask is None
+            and not dropout
+            and q.dtype in self.fused_dtypes
+            and fused_attention.takes(q, k, v)
+        ):
+            return fused_attention.fused(q, k, v, self.scale, self.compute_dtype).to(q.dtype)
+        return super().scaled_dot_product(q, k, v, attention_mask, dropout)
+
+
+class FusedGroupedAttention(FusedAttention, GroupedAttention):
+    """eager bf16's `GroupedAttention`, fused: bf16 inputs only (a model moved to float32 computes in it)."""
+
+    fused_dtypes = (torch.bfloat16,)
+
+
+class FusedGroupedBf16Attention(FusedAttention, GroupedBf16Attention):
+    """eager int8's `GroupedBf16Attention`, fused."""
+
+
+class FusedGraphBf16Attention(FusedAttention, GraphBf16Attention):
+    """The compiled modes' `GraphBf16Attention`, fused: a package calls the kernel's C shim."""
+
+
+class FusedFloat32Attention(FusedAttention):
+    """The fp32 `--compile` package's attention: while `torch.export` traces the tower, float32 inputs by the
+    fused kernel in float32 (within ~1e-6 of torch's SDPA kernel, which it runs 1.9x as fast on a Zen 5);
+    otherwise torch's SDPA, so that the tower run eagerly (a compiled fp32 tower given a mask or interpolated
+    positions) keeps transformers' numbers bit for bit."""
+
+    fused_dtypes = (torch.float32,)
+    compute_dtype = torch.float32
+
+    def scaled_dot_product(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+    ) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            return super().scaled_dot_product(q, k, v, attention_mask, dropout)
+        return SiglipAttention.scaled_dot_product(self, q, k, v, attention_mask, dropout)
+
+
+FUSED_FORMS = {  # each kernel class of the module doc's table and its fused form
+    GroupedAttention: FusedGroupedAttention,
+    GroupedBf16Attention: FusedGroupedBf16Attention,
+    GraphBf16Attention: FusedGraphBf16Attention,
+}
+
+
 def use_bf16_attention(model: nn.Module, compiled: bool = False) -> None:
     """Where int8's attention runs in bf16 (`precision.int8_attention_dtype`: a CPU with bf16 units), make every
     plain `SiglipAttention` of `model` the class of this CPU's kernel (the module doc's table; `compiled`: for
@@ -167,14 +247,29 @@ def use_bf16_attention(model: nn.Module, compiled: bool = False) -> None:
 def use_bf16_mode_attention(model: nn.Module, compiled: bool = False) -> None:
     """For the bf16 mode on a CPU with AVX-512 BF16 and no AMX, make every plain `SiglipAttention` of `model`
     (its weights bf16 on the CPU) a `GroupedAttention`, or a `GraphBf16Attention` for the towers a compiled
-    mode packages (`compiled`), in place; elsewhere (AMX, whose SDPA kernel runs on the tiles, or no bf16
-    units) leave it as it is."""
+    mode packages (`compiled`), in place (their fused forms where the kernel runs); elsewhere (AMX, whose SDPA
+    kernel runs on the tiles, or no bf16 units) leave it as it is."""
     units, weight = cpu_units(), next(model.parameters())
     if units.bf16 and not units.amx and weight.dtype == torch.bfloat16 and weight.is_cpu:
         _swap(model, GraphBf16Attention if compiled else GroupedAttention)
 
 
+def use_float32_package_attention(model: nn.Module) -> None:
+    """For the towers an fp32 `--compile` package is made of, make every plain `SiglipAttention` of `model` a
+    `FusedFloat32Attention` where the fused kernel runs (`fused_attention.why_not`), in place."""
+    if fused_attention.why_not() is None:
+        _swap(model, FusedFloat32Attention)
+
+
 def _swap(model: nn.Module, attention: type[SiglipAttention]) -> None:
+    """Make every plain `SiglipAttention` of `model` an `attention`, or its fused form where the fused kernel
+    runs (`fused_attention.why_not`)."""
+    if attention in FUSED_FORMS and any(type(m) is SiglipAttention for m in model.modules()):
+        why = fused_attention.why_not()
+        if why is None:
+            attention = FUSED_FORMS[attention]
+        else:
+            logger.debug("attention by %s: %s", attention.__name__, why)
     for module in model.modules():
         if type(module) is SiglipAttention:
             module.__class__ = attention

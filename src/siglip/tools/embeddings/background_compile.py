@@ -42,15 +42,8 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from .compiled import (
-    PARENT_FOLDER,
-    CompiledTower,
-    Package,
-    compiled_cache,
-    missing_for_compile,
-    no_unasked_package,
-    writable_cache,
-)
+from .cache_folder import PARENT_FOLDER, compiled_cache, writable_cache
+from .compiled import CompiledTower, Package, missing_for_compile, no_unasked_package
 from .embedder import Embedder
 
 logger = logging.getLogger("siglip")

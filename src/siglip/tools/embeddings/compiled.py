@@ -5,9 +5,9 @@ A fixed-resolution vision tower or a text tower is traced by `torch.export` with
 quantised by torchao's PT2E flow for int8 (`siglip.tools.embeddings.int8.pt2e_int8`), and compiled by inductor
 (AOTInductor) with freezing: the weights become constants packed for oneDNN, with the bias and the activation
 fused into each product (for int8 also the activations' quantisation and the residual adds). The package is
-kept in `compiled_cache()`, named by everything the compiled code depends on (for int8-static also its
-calibration inputs, `siglip.tools.embeddings.calibration`): the first call on a machine
-compiles (25-60 s per base tower on 2 cores), later processes load it in about a second.
+kept in the compiled cache (`cache_folder.compiled_cache()`), named by everything the compiled code depends on
+(for int8-static also its calibration inputs, `siglip.tools.embeddings.calibration`): the first call on a
+machine compiles (25-60 s per base tower on 2 cores), later processes load it in about a second.
 
 The package runs through its C interface (`PackageRunner`), which lets other Python threads run meanwhile:
 torch's own loader holds the GIL for the whole forward, so a compiled tower used to stop a server's event loop
@@ -21,11 +21,9 @@ versions' compiled bf16 at 1.04x eager instead of the 1.2x measured here (BENCHM
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import copy
 import ctypes
-import functools
 import glob
 import hashlib
 import inspect
@@ -36,14 +34,11 @@ import platform
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 import warnings
 import weakref
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,9 +47,10 @@ from torch import nn
 
 from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
-from ...core.staging import FILE_MODE
+from ...core.staging import staged_file
 from ...errors import UsageError
-from .attention import use_bf16_mode_attention
+from . import cache_folder, fused_attention
+from .attention import FusedAttention, use_bf16_mode_attention, use_float32_package_attention
 from .calibration import Calibration
 from .groups import group_count
 from .int8 import PACKAGE_ROWS_PER_CALL, prepare_for_int8, pt2e_int8, torchao_version, use_eager_int8
@@ -97,7 +93,7 @@ CACHE_GB = 10.0
 CACHE_GB_ENV = "SIGLIP_COMPILED_CACHE_GB"
 # The files the cache holds, by name: a package (`_package_path`), its lock, its extracted libraries
 # (`_extract`), the marks of the processes that have it loaded (`_hold`), and the partial files of a package or
-# library being written (`_renamed_into`, mkstemp's 8 random characters)
+# library being written (`staged_file`, mkstemp's 8 random characters)
 _STEM = rf"(?:{'|'.join(map(re.escape, PACKAGED))})-\w+-[0-9a-f]{{32}}"
 _CACHE_FILE = re.compile(
     rf"(?P<stem>{_STEM})(?:(?P<package>\.pt2)|(?P<lock>\.lock)|\.\d+-[0-9a-f]{{8}}\.held|-[0-9a-f]{{8}}\.so)"
@@ -106,10 +102,6 @@ _CACHE_FILE = re.compile(
 _held: dict[Path, object] = {}  # this process's loaded packages: the locks of their marks (`_hold`)
 _MARK_TOKEN = secrets.token_hex(4)  # in the marks' names beside the pid: processes of other containers or
 # hosts sharing the cache can have the same pid
-
-# where a child compiling for its parent (`background_compile`) writes packages the cache cannot take: the
-# parent's own folder, which outlives the child (the child's would go with it)
-PARENT_FOLDER = "SIGLIP_COMPILED_PARENT_FOLDER"
 
 
 class _Outputs(nn.Module):
@@ -141,7 +133,7 @@ class CompiledTower(nn.Module):
     length); it returns `last_hidden_state` and `pooler_output`. Only the batch size may change between calls
     (the first call's other dimensions are fixed in the package); an fp32 tower given more (an attention mask,
     interpolated positions) runs its eager tower, others refuse. The first call loads the tower's package
-    from `compiled_cache()`, or exports, (for int8) quantises and compiles it there; `package` says which
+    from the compiled cache, or exports, (for int8) quantises and compiles it there; `package` says which
     once it is loaded. An int8-static tower is calibrated on `calibration` (inputs of the tower, as `x`, kept
     until the package is loaded), which name its package too.
     """
@@ -251,7 +243,7 @@ class PackageRunner:
             external = [n for n in names if "/data/weights/" in n or n.endswith((".bin", ".o"))]
             if len(libraries) != 1 or external:
                 raise _NotSelfContained(f"{package} is not one library with its weights inside")
-            library = self._library = _declared(ctypes.CDLL(str(_extracted(archive, libraries[0], package))))
+            library = self._library = _declared(_opened(_extracted(archive, libraries[0], package)))
         handle, count = ctypes.c_void_p(), ctypes.c_size_t()
         self._check(library.AOTInductorModelContainerCreateWithDevice(ctypes.byref(handle), 1, b"cpu", None))
         self._container = handle
@@ -283,15 +275,32 @@ class PackageRunner:
             raise RuntimeError(f"the compiled package {self._package} failed: {why}")
 
 
+def _opened(library: Path) -> ctypes.CDLL:
+    """A package's `library` loaded; one that calls siglip's fused attention kernel (its C shim) finds it
+    loaded first, or says why it is not available here."""
+    try:
+        return ctypes.CDLL(str(library))
+    except OSError as error:
+        if fused_attention.SHIM not in str(error):
+            raise
+        why = fused_attention.why_not()  # loads the kernel's library, its symbols global, where it runs
+        if why is not None:
+            raise RuntimeError(
+                f"{library} calls siglip's fused attention kernel, not used here: {why}"
+            ) from error
+        return ctypes.CDLL(str(library))
+
+
 def _extracted(archive: zipfile.ZipFile, name: str, package: Path) -> Path:
     """The library `name` of `package`'s `archive` as a file that outlives the process: beside the package,
-    named by its checksum, or in `_process_folder()` where the package's folder cannot be written."""
+    named by its checksum, or in a folder of this process's (`cache_folder.process_folder()`) where the
+    package's folder cannot be written."""
     info = archive.getinfo(name)
     try:
         return _extract(archive, info, package.parent, package.stem)
     except OSError as error:
         logger.debug("extracting the library of %s for this process only: %s", package, error)
-        return _extract(archive, info, _process_folder(), package.stem)
+        return _extract(archive, info, cache_folder.process_folder(), package.stem)
 
 
 def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, stem: str) -> Path:
@@ -300,40 +309,12 @@ def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, stem
     target = folder / f"{stem}-{info.CRC:08x}.so"
     if target.is_file() and target.stat().st_size == info.file_size:
         return target
-    with _renamed_into(target) as partial, partial.open("wb") as out, archive.open(info) as source:
+    with staged_file(target) as partial, partial.open("wb") as out, archive.open(info) as source:
         shutil.copyfileobj(source, out, 1 << 20)
     for stale in folder.glob(f"{glob.escape(stem)}-*.so"):
         if stale != target:
             stale.unlink(missing_ok=True)
     return target
-
-
-@contextmanager
-def _renamed_into(target: Path) -> Iterator[Path]:
-    """A temporary file beside `target`, renamed to it once the block has written it (so that no reader, in
-    this process or another, sees half a file), removed if the block fails. The file gets the permissions of
-    a plain file of this process (`staging.FILE_MODE`): readable by the other users the umask lets read, so
-    that a cache compiled by one user (or at a container image's build) serves the others."""
-    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=target.suffix)
-    os.close(handle)
-    try:
-        yield Path(partial)
-        os.chmod(partial, FILE_MODE)
-        os.replace(partial, target)
-    finally:
-        Path(partial).unlink(missing_ok=True)
-
-
-@functools.cache
-def _process_folder() -> Path:
-    """A folder for this process's compiled files, removed when it exits; in a child compiling for its parent
-    (`PARENT_FOLDER` set), the parent's, which outlives the child."""
-    inherited = os.environ.get(PARENT_FOLDER)
-    if inherited:
-        return Path(inherited)
-    folder = Path(tempfile.mkdtemp(prefix="siglip-compiled-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
 
 
 def _declared(library: ctypes.CDLL) -> ctypes.CDLL:
@@ -472,12 +453,15 @@ def compile_towers(model: nn.Module, precision: str, calibration: Calibration | 
 
 def _prepare_for_package(model: nn.Module, precision: str) -> None:
     """The float modules of `model` (a two-tower model or a tower) changed, in place, as the packages of its
-    towers in `precision` are made of: for int8 as eager int8 changes them (`int8.prepare_for_int8`), for bf16
-    the attention kernel of this CPU (`attention.use_bf16_mode_attention`)."""
+    towers in `precision` are made of: for int8 as eager int8 changes them (`int8.prepare_for_int8`), for
+    bf16 the attention kernel of this CPU (`attention.use_bf16_mode_attention`), for fp32 the fused kernel in
+    float32 where it runs (`attention.use_float32_package_attention`)."""
     if precision in INT8_PRECISIONS:
         prepare_for_int8(model, compiled=True)
     elif precision == "bf16":
         use_bf16_mode_attention(model, compiled=True)
+    elif precision == "fp32":
+        use_float32_package_attention(model)
 
 
 def image_package_cached(model: nn.Module, precision: str) -> bool:
@@ -488,7 +472,7 @@ def image_package_cached(model: nn.Module, precision: str) -> bool:
     loading tower's does. NaFlex vision towers have no package: False."""
     from ...core.auto import is_naflex
 
-    tower, cache = model.vision_model, compiled_cache()
+    tower, cache = model.vision_model, cache_folder.compiled_cache()
     # a cache with no package of this tower's class and precision is answered without naming the package
     # (hashing the weights)
     if is_naflex(model) or not any(cache.glob(_package_prefix(tower, precision) + "*.pt2")):
@@ -613,29 +597,6 @@ def missing_for_packages(precision: str) -> str | None:
     return None
 
 
-def compiled_cache() -> Path:
-    """The folder of compiled towers: `$SIGLIP_COMPILED_CACHE`, else `siglip/compiled` in `$XDG_CACHE_HOME`
-    (default `~/.cache`). A package is about the size of the tower's weights in its precision (100 MB for a
-    base image tower in int8, 200 MB in bf16), and its library, extracted beside it when first loaded, as much
-    again. Each compile keeps the folder within `cache_limit()` (`prune_cache`); deleting it is safe."""
-    if os.environ.get("SIGLIP_COMPILED_CACHE"):
-        return Path(os.environ["SIGLIP_COMPILED_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siglip" / "compiled"
-
-
-def writable_cache(warn: bool = True) -> Path:
-    """`compiled_cache()` where this process can write a file in it, else a folder of this process only
-    (removed when it exits; a warning says so, unless not `warn`), or of its parent (`PARENT_FOLDER`)."""
-    cache = compiled_cache()
-    error = _write_error(cache)
-    if error is None:
-        return cache
-    if warn:
-        whose = "the parent process" if os.environ.get(PARENT_FOLDER) else "this process only"
-        logger.warning("%s is not writable (%s): compiling for %s", cache, error, whose)
-    return _process_folder()
-
-
 def cache_limit() -> float:
     """The size, in bytes (1 GB = 10^9), the compiled cache is kept within: `$SIGLIP_COMPILED_CACHE_GB`
     gigabytes (`inf`: no limit), by default `CACHE_GB`."""
@@ -709,16 +670,6 @@ def _remove_unlocked(lock: Path, paths: list[Path], package: Path | None = None)
     return True
 
 
-def _write_error(folder: Path) -> OSError | None:
-    """Why this process cannot write a file in `folder` (made first if missing), or None."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        return error
-    return None
-
-
 def _versions(precision: str) -> tuple[str, ...]:
     """The versions of the libraries that make `precision`'s package: siglip and torch, and torchao for
     int8 (`int8.torchao_version`, which says how to install it when it is missing)."""
@@ -753,7 +704,7 @@ def _package_path(
     for name, tensor in tensors:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return compiled_cache() / f"{_package_prefix(tower, precision)}{digest.hexdigest()[:32]}.pt2"
+    return cache_folder.compiled_cache() / f"{_package_prefix(tower, precision)}{digest.hexdigest()[:32]}.pt2"
 
 
 def _package_prefix(tower: nn.Module, precision: str) -> str:
@@ -763,9 +714,9 @@ def _package_prefix(tower: nn.Module, precision: str) -> str:
 
 def _sources(tower: nn.Module, precision: str) -> list[str]:
     """The files of siglip's code a package of `tower` in `precision` is made from: the classes of the tower
-    and of its modules, this module, and for int8 the quantiser's settings (`int8.py`). A checkout whose code
-    changed between two runs (siglip's version the same) then compiles anew rather than loading a package the
-    old code made."""
+    and of its modules, this module, the fused attention kernel (its C++ and its op) where the tower runs it,
+    and for int8 the quantiser's settings (`int8.py`). A checkout whose code changed between two runs
+    (siglip's version the same) then compiles anew rather than loading a package the old code made."""
     files = {
         inspect.getsourcefile(cls) or ""
         for module_class in _module_classes(tower)
@@ -773,9 +724,16 @@ def _sources(tower: nn.Module, precision: str) -> list[str]:
         if cls.__module__.startswith("siglip")
     }
     files.add(__file__)
+    if _uses_fused_attention(tower):
+        files.update((str(fused_attention.SOURCE), inspect.getsourcefile(fused_attention) or ""))
     if precision in INT8_PRECISIONS:
         files.add(inspect.getsourcefile(pt2e_int8) or "")
     return sorted(files)
+
+
+def _uses_fused_attention(tower: nn.Module) -> bool:
+    """Whether `tower` runs siglip's fused attention kernel (a package of it calls the kernel's C shim)."""
+    return any(isinstance(module, FusedAttention) for module in tower.modules())
 
 
 def _module_classes(tower: nn.Module) -> list[type]:
@@ -811,13 +769,13 @@ def _load_or_compile(
     from filelock import FileLock
 
     limit = cache_limit()  # a bad value stops the job before its compile, not after
-    cache, name = compiled_cache(), _package_path(tower, x, precision, calibration).name
-    if (cache / name).exists() and _write_error(cache) is not None:
+    cache, name = cache_folder.compiled_cache(), _package_path(tower, x, precision, calibration).name
+    if (cache / name).exists() and cache_folder.write_error(cache) is not None:
         try:
             return _load_package(cache / name), cache / name
         except Exception as error:  # as a damaged package in a writable cache: compiled again, here elsewhere
             logger.warning("compiling for this process: %s failed to load (%s)", cache / name, error)
-    path = writable_cache() / name
+    path = cache_folder.writable_cache() / name
     lock = FileLock(path.with_suffix(".lock"))
     lock.acquire()
     try:
@@ -826,7 +784,7 @@ def _load_or_compile(
                 return _load_package(path), path
             except Exception as error:  # a package from a foreign or damaged write: compile it again
                 logger.warning("compiling again: %s failed to load (%s)", path, error)
-        with _renamed_into(path) as partial:
+        with staged_file(path) as partial:
             _compile_package(tower, x, precision, partial, calibration)
         loaded = _load_package(path)
         try:
@@ -861,7 +819,10 @@ def _compile_package(
         if precision in INT8_PRECISIONS:
             quantized = pt2e_int8(program.module(), example, calibration)
             program = torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},))
-        aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
+        configs = {"freezing": True}
+        if _uses_fused_attention(tower):
+            configs |= fused_attention.PACKAGE_CONFIG
+        aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
     _drop_inductor_copy(path)
 
 
