@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,16 @@ def test_calls_the_kernel_does_not_take_go_to_the_kernel_below():
         op(*(t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (q, k, v)), 0.5, 1)
     with pytest.raises(ValueError, match="head size must be even"):
         op(*(t[..., :7] for t in _qkv(1, 1, 4, 8, dtype=torch.float32)), 0.5, 1)
-    for scale, threads in ((0.0, 1), (-0.5, 1), (math.inf, 1), (math.nan, 1), (0.5, 0)):
-        with pytest.raises(ValueError, match="positive number and threads at least 1"):
+    for scale, threads in (
+        (0.0, 1),
+        (-0.5, 1),
+        (math.inf, 1),
+        (math.nan, 1),
+        (1e39, 1),
+        (1e-46, 1),
+        (0.5, 0),
+    ):
+        with pytest.raises(ValueError, match="positive float32 number and threads at least 1"):
             op(q.detach(), k, v, scale, threads)
     plain = SiglipModel.from_pretrained(BUNDLED).text_model.encoder.layers[0].self_attn
     x = torch.randn(3, 12, plain.embed_dim, generator=torch.Generator().manual_seed(4))
@@ -191,20 +200,52 @@ def test_the_kernel_can_be_turned_off_and_a_failed_build_leaves_the_kernels_belo
     use_bf16_mode_attention(model)
     assert not any(isinstance(m, attention.FusedAttention) for m in model.modules())
     monkeypatch.delenv(fused_attention.VARIABLE)
-    if not torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-        assert "AVX-512 BF16" in fused_attention.why_not()
-        return
     compiler = tmp_path / "broken-c++"
     compiler.write_text("#!/bin/sh\necho 'cc1plus: error: unrecognized option' >&2\nexit 1\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
     why = fused_attention.why_not()
-    assert why is not None and "could not be built" in why and "unrecognized option" in why
+    assert why is not None
+    if "AVX-512 BF16" in why:  # nothing to build on this CPU (or under an ISA cap)
+        return
+    assert "could not be built" in why and "unrecognized option" in why
     assert list(fresh_kernel.iterdir()) == []  # no half-written library
     model = SiglipModel.from_pretrained(BUNDLED).bfloat16()
     use_bf16_mode_attention(model)
     kinds = {type(m) for m in model.modules() if isinstance(m, SiglipAttention)}
     assert kinds == {GroupedAttention}
+
+
+@needs_kernel
+def test_a_build_is_reused_without_a_compiler_and_old_builds_go(monkeypatch, tmp_path, fresh_kernel):
+    """The kernel is built once into the cache's `kernels` folder; a later process finds it there with no
+    compiler (a container image's cache built ahead); a build removes the builds of other sources not
+    loaded for an hour, and keeps a recent one (another version in use)."""
+    fresh_kernel.mkdir(parents=True)
+    old, recent = (
+        fresh_kernel / "attention-0123456789abcdef.so",
+        fresh_kernel / "attention-fedcba9876543210.so",
+    )
+    for path in (old, recent):
+        path.write_bytes(b"another version's build")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert fused_attention.why_not() is None
+    (built,) = set(fresh_kernel.glob("attention-*.so")) - {recent}
+    assert not old.exists() and recent.exists()
+    fused_attention._loaded.cache_clear()
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert fused_attention.why_not() is None  # found, not built
+    assert set(fresh_kernel.glob("attention-*.so")) == {built, recent}
+
+
+def test_a_cpu_without_avx512_bf16_never_runs_the_kernel(monkeypatch, fresh_kernel):
+    """Where the CPU lacks AVX-512 BF16 (the code the library is compiled to) the op raises, naming it,
+    rather than loading the library (a call would stop the process on an illegal instruction)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert "AVX-512 BF16" in fused_attention.why_not()
+    with pytest.raises(RuntimeError, match="no AVX-512 BF16"):
+        torch.ops.siglip.siglip_attention(*_qkv(1, 1, 4, 8), 0.5, 1)
+    assert not fresh_kernel.exists()
 
 
 @needs_kernel

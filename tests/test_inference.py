@@ -429,7 +429,8 @@ def _units(amx: bool, bf16: bool | None = None) -> CpuUnits:
 
 
 def _mock_units(monkeypatch: pytest.MonkeyPatch, units: CpuUnits) -> None:
-    """This CPU's units as `units`, for every module that reads them (the kernels stay this CPU's)."""
+    """This CPU's units as `units`, for the modules that choose kernels by them (the kernels stay this CPU's;
+    `fused_attention` keeps reading the real units: its kernel runs only where they are)."""
     from siglip.tools.embeddings import attention, onednn, precision
 
     for module in (precision, attention, onednn):

@@ -381,6 +381,7 @@ def _load_package(path: Path) -> object:
     except _NotSelfContained:
         from torch._inductor import aoti_load_package  # not at import: it loads torch._dynamo
 
+        fused_attention.why_not()  # the kernel's library loaded first where it runs: the package may call it
         return aoti_load_package(str(path))
 
 

@@ -10,8 +10,9 @@ against the graph's 12.6 (2 threads, Zen 5). In float32, for the `--compile` pac
 transformers' kernels bit for bit), it replaces torch's SDPA kernel.
 
 The kernel is built on first use with the machine's C++ compiler (`$CXX`, else g++; about a second) into
-`compiled_cache()/kernels`, named by a hash of its source and build command, and loaded with its symbols
-global, so that packages compiled with it find their call (`SHIM`). It is a torch custom op,
+`compiled_cache()/kernels`, named by a hash of its source, flags and torch version (a cache built ahead, in
+a container image, serves without a compiler), and loaded with its symbols global, so that packages compiled
+with it find their call (`SHIM`). It is a torch custom op,
 `torch.ops.siglip.siglip_attention`: eager towers call it (through ctypes, which lets other Python threads run
 meanwhile), `torch.export` records it, and AOTInductor compiles a direct call to its C shim into a package
 (`PACKAGE_CONFIG`). `SIGLIP_FUSED_ATTENTION=0` turns it off; without a compiler the towers keep the kernels
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ...core.staging import staged_file
-from .cache_folder import writable_cache
+from .cache_folder import compiled_cache, process_folder, writable_cache, write_error
 from .precision import cpu_units
 
 logger = logging.getLogger("siglip")
@@ -61,8 +62,8 @@ def siglip_attention(
     values contiguous) scaled by `scale` (positive), computed in their dtype on `threads` threads; laid out as
     (batch, positions, heads, head size), which a caller that concatenates the heads reads without a copy."""
     problem = _unreadable(q, k, v)
-    if not (0 < scale < math.inf) or threads < 1:
-        problem = f"scale must be a positive number and threads at least 1, got {scale} and {threads}"
+    if not (0 < ctypes.c_float(scale).value < math.inf) or threads < 1:  # the kernel takes a float32 scale
+        problem = f"scale must be a positive float32 number and threads at least 1, got {scale} and {threads}"
     if problem:
         raise ValueError(f"siglip_attention: {problem}")
     batch, heads, length, dim = q.shape
@@ -122,8 +123,8 @@ def why_not() -> str | None:
     BF16 or with AMX (whose SDPA kernel runs on the tiles), or a kernel that could not be built."""
     if os.environ.get(VARIABLE, "").strip() == "0":
         return f"{VARIABLE}=0"
-    units = cpu_units()
-    if not units.bf16 or units.amx or not torch.cpu._is_avx512_bf16_supported():
+    units = cpu_units()  # the units oneDNN may use: an ISA cap in the environment hides them here too
+    if not units.bf16 or units.amx:
         return "the CPU has no AVX-512 BF16 units, or has AMX"
     return _loaded()[1]
 
@@ -158,12 +159,18 @@ def _strides(t: torch.Tensor) -> ctypes.Array:
 @functools.cache
 def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
     """The kernel's library, built if need be and loaded with its symbols global (AOTInductor packages
-    resolve `SHIM` from them), or None and why it could not be (asked once a process)."""
+    resolve `SHIM` from them), or None and why it could not be (asked once a process): never on a CPU without
+    AVX-512 BF16, whose code it is compiled to."""
+    if not torch.cpu._is_avx512_bf16_supported():
+        return None, "the CPU has no AVX-512 BF16 units"
     try:
-        library = ctypes.CDLL(str(_built()), mode=ctypes.RTLD_GLOBAL)
+        path = _built()
+        library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     except (OSError, subprocess.SubprocessError) as error:
         logger.info("the fused attention kernel is not used: %s", error)
         return None, f"the fused attention kernel could not be built ({error})"
+    with contextlib.suppress(OSError):
+        os.utime(path)  # used now: `_remove_stale_builds` goes by the time of last use
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     strides = ctypes.POINTER(ctypes.c_int64)
     for function in (library.siglip_attention_bf16, library.siglip_attention_f32):
@@ -173,19 +180,26 @@ def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
 
 
 def _built() -> Path:
-    """The kernel's library in `compiled_cache()/kernels` (a folder of this process's where the cache cannot
-    be written), built there unless a build of the same source and command is already there."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not compiler:
-        raise OSError("no C++ compiler was found (set CXX, or install g++)")
-    torch_lib = Path(torch.__file__).parent / "lib"
-    command = [compiler, *_FLAGS, str(SOURCE), f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
-    digest = hashlib.sha256(SOURCE.read_bytes() + repr((command, torch.__version__)).encode()).hexdigest()
+    """The kernel's library: in `compiled_cache()/kernels` if a build of the same source, flags and torch is
+    there (also in a cache this process may only read, such as a container image's layer built ahead), else
+    built into the writable cache's `kernels` folder (one of this process's own where that cannot be
+    written)."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + repr((_FLAGS, torch.__version__)).encode()).hexdigest()
+    name = f"attention-{digest[:16]}.so"
+    if (compiled_cache() / "kernels" / name).is_file():
+        return compiled_cache() / "kernels" / name
     folder = writable_cache(warn=False) / "kernels"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"attention-{digest[:16]}.so"
+    if write_error(folder) is not None:  # another user's folder inside our cache
+        folder = process_folder() / "kernels"
+    path = folder / name
     if not path.exists():
+        compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+        if not compiler:
+            raise OSError("no C++ compiler was found (set CXX, or install g++)")
+        torch_lib = Path(torch.__file__).parent / "lib"
+        command = [compiler, *_FLAGS, str(SOURCE), f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
         logger.info("building the fused attention kernel for this machine: %s", path)
+        folder.mkdir(parents=True, exist_ok=True)
         with staged_file(path) as partial:
             done = subprocess.run(
                 [*command, "-o", str(partial)], capture_output=True, text=True, timeout=_BUILD_SECONDS
@@ -198,9 +212,9 @@ def _built() -> Path:
 
 
 def _remove_stale_builds(folder: Path, keep: Path) -> None:
-    """Remove the builds of other sources or commands from `folder` (and partial files killed builds left),
-    those over an hour old: each siglip version that changed the kernel left one. A process that loaded one
-    keeps it mapped; a newer process of that version builds it again (a second)."""
+    """Remove from `folder` the builds of other sources or flags not loaded for an hour (each siglip version
+    that changed the kernel left one; loading touches the file), and partial files killed builds left. A
+    process that loaded one keeps it mapped; a newer process of that version builds it again (a second)."""
     hour_ago = time.time() - 3600
     for stale in [*folder.glob("attention-*.so"), *folder.glob(".attention-*.so")]:
         with contextlib.suppress(OSError):

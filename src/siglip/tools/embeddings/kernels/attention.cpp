@@ -305,8 +305,10 @@ int32_t aoti_torch_dtype_bfloat16();
 int32_t aoti_torch_dtype_float32();
 int32_t aoti_torch_device_type_cpu();
 
-int32_t aoti_torch_cpu_siglip_attention(AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v, double scale,
-                                        int64_t threads, AtenTensorHandle* result) {
+int32_t aoti_torch_cpu_siglip_attention(AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v, double scale64,
+                                        int64_t threads64, AtenTensorHandle* result) {
+  const float scale = (float)scale64;  // as the kernel takes them, checked before the result is allocated
+  const int threads = threads64 > INT_MAX ? 0 : (int)threads64;
   void *qd, *kd, *vd, *od;
   int64_t *sizes, *k_sizes, *v_sizes, *qs, *ks, *vs;
   int32_t dtype, k_dtype, v_dtype;
@@ -327,8 +329,8 @@ int32_t aoti_torch_cpu_siglip_attention(AtenTensorHandle q, AtenTensorHandle k, 
     return 1;
   if (bf16_inputs)
     return siglip_attention_bf16((const bf16*)qd, (const bf16*)kd, (const bf16*)vd, (bf16*)od, b, h, l, d, qs, ks, vs,
-                                 out_strides, (float)scale, (int)threads);
+                                 out_strides, scale, threads);
   return siglip_attention_f32((const float*)qd, (const float*)kd, (const float*)vd, (float*)od, b, h, l, d, qs, ks,
-                              vs, out_strides, (float)scale, (int)threads);
+                              vs, out_strides, scale, threads);
 }
 }
