@@ -163,10 +163,9 @@ class GraphBf16Attention(SiglipAttention):
 
 
 class FusedAttention(SiglipAttention):
-    """The mixin of the `Fused...` classes: calls of `fused_dtypes` inputs without a mask or dropout that
-    the kernel takes (`fused_attention.takes`) compute in `compute_dtype` by `fused_attention.fused`,
-    returned in the inputs' dtype; the others take the class after it in the method order (the kernel it
-    fuses)."""
+    """The mixin of the `Fused...` classes: calls it fuses (`_fuses`) compute in `compute_dtype` by
+    `fused_attention.fused`, returned in the inputs' dtype; the others take the class after it in the method
+    order (the kernel it fuses)."""
 
     fused_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
     compute_dtype = torch.bfloat16
@@ -179,14 +178,18 @@ class FusedAttention(SiglipAttention):
         attention_mask: torch.Tensor | None,
         dropout: float,
     ) -> torch.Tensor:
-        if (
-            attention_mask is None
-            and not dropout
-            and q.dtype in self.fused_dtypes
-            and fused_attention.takes(q, k, v)
-        ):
+        if self._fuses(q, k, v, attention_mask, dropout):
             return fused_attention.fused(q, k, v, self.scale, self.compute_dtype).to(q.dtype)
         return super().scaled_dot_product(q, k, v, attention_mask, dropout)
+
+    def _fuses(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+    ) -> bool:
+        """Whether a call takes the kernel: `fused_dtypes` inputs it takes (`fused_attention.takes`), no mask,
+        no dropout."""
+        return (
+            mask is None and not dropout and q.dtype in self.fused_dtypes and fused_attention.takes(q, k, v)
+        )
 
 
 class FusedGroupedAttention(FusedAttention, GroupedAttention):
@@ -212,17 +215,10 @@ class FusedFloat32Attention(FusedAttention):
     fused_dtypes = (torch.float32,)
     compute_dtype = torch.float32
 
-    def scaled_dot_product(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        dropout: float,
-    ) -> torch.Tensor:
-        if torch.compiler.is_exporting():
-            return super().scaled_dot_product(q, k, v, attention_mask, dropout)
-        return SiglipAttention.scaled_dot_product(self, q, k, v, attention_mask, dropout)
+    def _fuses(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+    ) -> bool:
+        return torch.compiler.is_exporting() and super()._fuses(q, k, v, mask, dropout)
 
 
 FUSED_FORMS = {  # each kernel class of the module doc's table and its fused form

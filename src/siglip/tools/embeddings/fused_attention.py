@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ...core.staging import staged_file
-from .cache_folder import compiled_cache, process_folder, writable_cache, write_error
+from .cache_folder import compiled_cache, process_folder, write_error
 from .precision import cpu_units
 
 logger = logging.getLogger("siglip")
@@ -182,16 +182,15 @@ def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
 def _built() -> Path:
     """The kernel's library: in `compiled_cache()/kernels` if a build of the same source, flags and torch is
     there (also in a cache this process may only read, such as a container image's layer built ahead), else
-    built into the writable cache's `kernels` folder (one of this process's own where that cannot be
-    written)."""
+    built there (in a folder of this process's own where that folder cannot be written)."""
     digest = hashlib.sha256(SOURCE.read_bytes() + repr((_FLAGS, torch.__version__)).encode()).hexdigest()
-    name = f"attention-{digest[:16]}.so"
-    if (compiled_cache() / "kernels" / name).is_file():
-        return compiled_cache() / "kernels" / name
-    folder = writable_cache(warn=False) / "kernels"
-    if write_error(folder) is not None:  # another user's folder inside our cache
+    folder = compiled_cache() / "kernels"
+    path = folder / f"attention-{digest[:16]}.so"
+    if path.is_file():
+        return path
+    if write_error(folder) is not None:  # a read-only cache, or another user's folder inside ours
         folder = process_folder() / "kernels"
-    path = folder / name
+        path = folder / path.name
     if not path.exists():
         compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
         if not compiler:
