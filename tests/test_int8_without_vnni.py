@@ -32,20 +32,37 @@ from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.precision import auto_precision, cpu_units
 
 bundled, examples, labels = sys.argv[1], sorted(Path(sys.argv[2]).glob("*.png")), json.loads(sys.argv[3])
+compile, qmax = sys.argv[4] == "compiled", json.loads(sys.argv[5])
+if qmax:  # eager int8's activations held to `qmax` whatever the CPU (to see what 7 bits are for)
+    from siglip.tools.embeddings import int8
+    int8.cpu_units = lambda: cpu_units().__class__(avx2=True, vnni=qmax == 255, bf16=False, amx=False)
 processor = SiglipProcessor.from_pretrained(bundled)
 pixels = processor(images=[str(p) for p in examples], return_tensors="pt")["pixel_values"]
 ids = processor(text=[f"a photo of a {label}." for label in labels], return_tensors="pt")["input_ids"]
 reference = SiglipModel.from_pretrained(bundled)
-compiled = InferenceMode("int8", compile=True).apply(SiglipModel.from_pretrained(bundled))
+compiled = InferenceMode("int8", compile=compile).apply(SiglipModel.from_pretrained(bundled))
+layers = [m for m in compiled.modules() if hasattr(m, "qmax")]
 with torch.inference_mode():
     ours, theirs = compiled.get_image_features(pixels), reference.get_image_features(pixels)
     texts = F.normalize(reference.get_text_features(ids), dim=-1)
 print(json.dumps({
-    "vnni": cpu_units().vnni, "auto": auto_precision("cpu"),
+    "vnni": cpu_units().vnni, "auto": auto_precision("cpu"), "qmax": sorted({m.qmax for m in layers}),
     "cosine": F.cosine_similarity(ours, theirs).min().item(),
     "agree": torch.equal((F.normalize(ours, dim=-1) @ texts.T).argmax(-1), (F.normalize(theirs, dim=-1) @ texts.T).argmax(-1)),
 }))
 """
+
+
+def _held_to_avx2(tmp_path: Path, *args: str) -> dict:
+    """SCRIPT's result in a process whose kernel libraries are held to AVX2."""
+    examples = Path(__file__).resolve().parent.parent / "examples" / "fashion"
+    env = {**os.environ, **AVX2_ONLY, "SIGLIP_COMPILED_CACHE": str(tmp_path), "SIGLIP_BF16_UNITS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, BUNDLED, str(examples), json.dumps(LABELS), *args],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not torch.cpu._is_avx2_supported(), reason="the AVX2 kernels need a CPU with AVX2")
@@ -55,14 +72,7 @@ def test_compiled_int8_keeps_the_int8_bound_without_vnni(tmp_path):
     base tower's 0.82). With 7-bit activations there, it stays as close as eager int8 (0.9997) and keeps the
     zero-shot winners; `auto` names the cap that hid VNNI."""
     pytest.importorskip("torchao")
-    examples = Path(__file__).resolve().parent.parent / "examples" / "fashion"
-    env = {**os.environ, **AVX2_ONLY, "SIGLIP_COMPILED_CACHE": str(tmp_path), "SIGLIP_BF16_UNITS": ""}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, BUNDLED, str(examples), json.dumps(LABELS)],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _held_to_avx2(tmp_path, "compiled", "0")
     hidden = torch.cpu._is_vnni_supported() or torch.cpu.get_capabilities().get("avx_vnni", False)
     assert result["vnni"] is False
     assert result["auto"] == [
@@ -72,3 +82,18 @@ def test_compiled_int8_keeps_the_int8_bound_without_vnni(tmp_path):
     ]
     assert result["cosine"] > 0.998  # the int8 bound is 0.995: 0.9997 here, 0.9941 with 8-bit activations
     assert result["agree"]
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx2_supported(), reason="the AVX2 kernels need a CPU with AVX2")
+def test_eager_int8_takes_7_bit_activations_without_vnni(tmp_path):
+    """Eager int8's `Int8Linear`s run the same oneDNN products: without VNNI their activations take 7 bits
+    (0-127) and the image tower keeps the int8 bound and the zero-shot winners; held to 8 bits on the same
+    kernels, the pair sums overflow and the embeddings move away from fp32's."""
+    from siglip.tools.embeddings import int8
+
+    if int8.int8_linears_why_not() is not None:
+        pytest.skip(f"no Int8Linear here: {int8.int8_linears_why_not()}")
+    seven, eight = (_held_to_avx2(tmp_path, "eager", qmax) for qmax in ("0", "255"))
+    assert seven["vnni"] is False and seven["qmax"] == [127] and eight["qmax"] == [255]
+    assert seven["cosine"] > 0.998 and seven["agree"]
+    assert eight["cosine"] < seven["cosine"] - 0.002, (seven, eight)

@@ -33,10 +33,10 @@ from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 
 # `--compile`'s default where a command decides by its job's size (`compile_by_job`), said in its help
 COMPILE_BY_JOB = (
-    "when the job is big enough to pay it back, for a base model ~1,000 images on a CPU with AMX, ~4,000 (int8) "
-    "or ~12,000 (bf16) without; at any size where an earlier job compiled it; never in bf16 on a CPU with AMX "
-    "for a base-size model, where the eager towers are as fast; never in fp32, whose eager towers are transformers' "
-    "own bit for bit"
+    "when the job is big enough to pay it back, for a base model ~1,000 images on a CPU with AMX, "
+    "~14,000 (int8) or ~12,000 (bf16) without; at any size where an earlier job compiled it; never in bf16 on "
+    "a CPU with AMX for a base-size model, where the eager towers are as fast; never in fp32, whose eager "
+    "towers are transformers' own bit for bit"
 )
 
 

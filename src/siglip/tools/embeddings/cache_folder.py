@@ -1,6 +1,6 @@
 """The folders siglip's compiled code lives in: packages of compiled towers
 (`siglip.tools.embeddings.compiled`) and the native kernels built on this machine
-(`siglip.tools.embeddings.fused_attention`, in `kernels/`)."""
+(`siglip.tools.embeddings.native`, in `kernels/`)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ from ...core.config import PretrainedConfig
 from ...core.outputs import BaseModelOutputWithPooling
 from ...core.staging import staged_file
 from ...errors import UsageError
-from . import cache_folder, fused_attention
+from . import cache_folder, fused_attention, native
 from .attention import FusedAttention, use_bf16_mode_attention, use_float32_package_attention
 from .calibration import Calibration
 from .groups import group_count
@@ -69,12 +69,12 @@ PACKAGED_UNASKED = ("bf16", "fp16", "int8", "int8-static")
 # compiled, after a 45 s compile (2 threads, BENCHMARKS.md): 45 s / (1/8.7 - 1/14.0 s an image) = ~1,030
 # images (bf16 is not compiled there: `eager_as_fast`). Without AMX (a 2-core Zen 5 with AVX-512 BF16 and VNNI),
 # the packages gain less over eager towers that already run the linears on packed weights and the attention by
-# siglip's fused kernel: the 192-photo job ran 27.3 images/s in eager int8 and 34.2 on the package, after a 30 s
-# compile: ~4,000 images; bf16's package ran 1.04-1.05x eager bf16's 18.9, after 27 s: ~12,000 (measured
-# before the fused kernel, which both use).
+# siglip's fused kernel: the 192-photo job ran 32.0 images/s in eager int8 (`int8.Int8Linear`) and 34.1 on the
+# package, after a 28 s compile: ~14,000 images; bf16's package ran 1.04-1.05x eager bf16's 18.9, after 27 s:
+# ~12,000 (measured before the fused kernel, which both use).
 COMPILE_PAYS_FROM_FLOP = 1_000 * 33.3e9
 COMPILE_PAYS_WITHOUT_AMX_FROM_FLOP = {
-    "int8": 4_000 * 33.3e9,
+    "int8": 14_000 * 33.3e9,
     "bf16": 12_000 * 33.3e9,
     "fp16": 12_000 * 33.3e9,
 }
@@ -716,8 +716,8 @@ def _package_prefix(tower: nn.Module, precision: str) -> str:
 
 def _sources(tower: nn.Module, precision: str) -> list[str]:
     """The files of siglip's code a package of `tower` in `precision` is made from: the classes of the tower
-    and of its modules, this module, the fused attention kernel (its C++ and its op) where the tower runs it,
-    and for int8 the quantiser's settings (`int8.py`). A checkout whose code changed between two runs
+    and of its modules, this module, the fused attention kernel (its C++, its op, its build) where the tower
+    runs it, and for int8 the quantiser's settings (`int8.py`). A checkout whose code changed between two runs
     (siglip's version the same) then compiles anew rather than loading a package the old code made."""
     files = {
         inspect.getsourcefile(cls) or ""
@@ -727,7 +727,8 @@ def _sources(tower: nn.Module, precision: str) -> list[str]:
     }
     files.add(__file__)
     if _uses_fused_attention(tower):
-        files.update((str(fused_attention.SOURCE), inspect.getsourcefile(fused_attention) or ""))
+        kernel = fused_attention.KERNEL
+        files.update(str(path) for path in (kernel.source, native.__file__, fused_attention.__file__))
     if precision in INT8_PRECISIONS:
         files.add(inspect.getsourcefile(pt2e_int8) or "")
     return sorted(files)

@@ -9,49 +9,35 @@ bf16 base image tower and OpenVINO's, which fuses it (BENCHMARKS.md). Here one l
 against the graph's 12.6 (2 threads, Zen 5). In float32, for the `--compile` package only (eager fp32 keeps
 transformers' kernels bit for bit), it replaces torch's SDPA kernel.
 
-The kernel is built on first use with the machine's C++ compiler (`$CXX`, else g++; about a second) into
-`compiled_cache()/kernels`, named by a hash of its source, flags and torch version (a cache built ahead, in
-a container image, serves without a compiler), and loaded with its symbols global, so that packages compiled
-with it find their call (`SHIM`). It is a torch custom op,
-`torch.ops.siglip.siglip_attention`: eager towers call it (through ctypes, which lets other Python threads run
-meanwhile), `torch.export` records it, and AOTInductor compiles a direct call to its C shim into a package
-(`PACKAGE_CONFIG`). `SIGLIP_FUSED_ATTENTION=0` turns it off; without a compiler the towers keep the kernels
+The kernel is built on first use (`siglip.tools.embeddings.native`: about a second, kept in
+`compiled_cache()/kernels`) and loaded with its symbols global, so that packages compiled with it find their
+call (`SHIM`). It is a torch custom op, `torch.ops.siglip.siglip_attention`: eager towers call it (through
+ctypes, which lets other Python threads run meanwhile), `torch.export` records it, and AOTInductor compiles a
+direct call to its C shim into a package (`PACKAGE_CONFIG`). `SIGLIP_FUSED_ATTENTION=0` turns it off; without a compiler the towers keep the kernels
 of `siglip.tools.embeddings.attention`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
-import hashlib
 import logging
 import math
 import os
-import shutil
 import subprocess
-import time
-from pathlib import Path
 
 import torch
 
-from ...core.staging import staged_file
-from .cache_folder import compiled_cache, process_folder, write_error
+from .native import NativeKernel
 from .precision import cpu_units
 
 logger = logging.getLogger("siglip")
 
-SOURCE = Path(__file__).with_name("kernels") / "attention.cpp"
 VARIABLE = "SIGLIP_FUSED_ATTENTION"
 MAX_HEAD_SIZE = 128  # head sizes the kernel takes: even, up to this (SigLIP's are 64-96)
 # the name AOTInductor gives the op's C shim (aoti_torch_<device>_<op>), which the package calls
 SHIM = "aoti_torch_cpu_siglip_attention"
-_FLAGS = (
-    "-O3", "-std=c++17", "-shared", "-fPIC", "-fno-strict-aliasing",
-    "-fopenmp",  # libgomp: torch's own copy, already loaded under the same name, runs its threads
-    "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma",
-)  # fmt: skip
-_BUILD_SECONDS = 120
+KERNEL = NativeKernel("attention", ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"))
 
 
 @torch.library.custom_op("siglip::siglip_attention", mutates_args=())
@@ -164,58 +150,13 @@ def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
     if not torch.cpu._is_avx512_bf16_supported():
         return None, "the CPU has no AVX-512 BF16 units"
     try:
-        path = _built()
-        library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        library = KERNEL.load()
     except (OSError, subprocess.SubprocessError) as error:
         logger.info("the fused attention kernel is not used: %s", error)
         return None, f"the fused attention kernel could not be built ({error})"
-    with contextlib.suppress(OSError):
-        os.utime(path)  # used now: `_remove_stale_builds` goes by the time of last use
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     strides = ctypes.POINTER(ctypes.c_int64)
     for function in (library.siglip_attention_bf16, library.siglip_attention_f32):
         function.argtypes = [pointer] * 4 + [size] * 4 + [strides] * 4 + [ctypes.c_float, ctypes.c_int]
         function.restype = ctypes.c_int
     return library, None
-
-
-def _built() -> Path:
-    """The kernel's library: in `compiled_cache()/kernels` if a build of the same source, flags and torch is
-    there (also in a cache this process may only read, such as a container image's layer built ahead), else
-    built there (in a folder of this process's own where that folder cannot be written)."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + repr((_FLAGS, torch.__version__)).encode()).hexdigest()
-    folder = compiled_cache() / "kernels"
-    path = folder / f"attention-{digest[:16]}.so"
-    if path.is_file():
-        return path
-    if write_error(folder) is not None:  # a read-only cache, or another user's folder inside ours
-        folder = process_folder() / "kernels"
-        path = folder / path.name
-    if not path.exists():
-        compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-        if not compiler:
-            raise OSError("no C++ compiler was found (set CXX, or install g++)")
-        torch_lib = Path(torch.__file__).parent / "lib"
-        command = [compiler, *_FLAGS, str(SOURCE), f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
-        logger.info("building the fused attention kernel for this machine: %s", path)
-        folder.mkdir(parents=True, exist_ok=True)
-        with staged_file(path) as partial:
-            done = subprocess.run(
-                [*command, "-o", str(partial)], capture_output=True, text=True, timeout=_BUILD_SECONDS
-            )
-            if done.returncode:
-                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-                raise subprocess.SubprocessError(f"{compiler} exited with {done.returncode}: {last}")
-        _remove_stale_builds(folder, path)
-    return path
-
-
-def _remove_stale_builds(folder: Path, keep: Path) -> None:
-    """Remove from `folder` the builds of other sources or flags not loaded for an hour (each siglip version
-    that changed the kernel left one; loading touches the file), and partial files killed builds left. A
-    process that loaded one keeps it mapped; a newer process of that version builds it again (a second)."""
-    hour_ago = time.time() - 3600
-    for stale in [*folder.glob("attention-*.so"), *folder.glob(".attention-*.so")]:
-        with contextlib.suppress(OSError):
-            if stale != keep and stale.stat().st_mtime < hour_ago:
-                stale.unlink()

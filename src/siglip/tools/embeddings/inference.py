@@ -90,11 +90,13 @@ class InferenceMode:
         """Put a (float32) model into this mode, in place, and return it in eval mode.
 
         The mode must be resolved (no "auto"). int8 replaces every `nn.Linear` of the encoders and heads (the
-        MAP head's packed input projection split into two first) by torch's dynamically quantised linear
-        (weights int8 per tensor, activations quantised per call), runs the attention's own products in bf16
-        on a CPU with bf16 units (`int8.prepare_for_int8`), and a large batch runs each encoder layer in
-        groups of sequences (`int8.EAGER_ROWS_PER_CALL`); the model can then no longer be saved as a
-        checkpoint of the original format. bf16 on an x86 CPU with bf16 units makes them
+        MAP head's packed input projection split into two first) by an `int8.Int8Linear` (weights int8 per
+        output channel, activations quantised per call, the bias, GELU and residual adds inside oneDNN's
+        int8 products; torch's dynamically quantised linear where its kernel cannot be built:
+        `int8.use_eager_int8`), runs the attention's own products in bf16 on a CPU with bf16 units
+        (`int8.prepare_for_int8`), and a large batch runs each encoder layer in groups of sequences
+        (`int8.EAGER_ROWS_PER_CALL`); the model can then no longer be saved as a checkpoint of the original
+        format. bf16 on an x86 CPU with bf16 units makes them
         `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual adds inside
         oneDNN's products), and without AMX runs the attention in groups of sequences
         (`attention.GroupedAttention`). On the CPU, freed memory stays in the process's heap for the next

@@ -1,18 +1,23 @@
 """int8 inference on the CPU, two ways.
 
-- Eager (`InferenceMode("int8")`, `use_eager_int8`): every linear layer dynamically quantised
-  (`quantize_linear_layers`), a faster tanh-GELU for the MLPs (`use_fast_gelu`), and batches of more than
-  `EAGER_ROWS_PER_CALL` tokens run by each encoder layer in groups of sequences. Ready at once (a base model's
-  layers in 1-3 s).
-- Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by torchao's
-  PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per call as in eager
-  int8) and compiled ahead of time by inductor with freezing, which fuses activation quantisation, the int8
-  product, dequantisation, bias, GELU and the residual add into oneDNN kernels. It needs the `int8` extra
-  (torchao) and a C++ compiler; the package is kept in a cache (`siglip.tools.embeddings.compiled`), and
-  called on groups of at most `PACKAGE_ROWS_PER_CALL` tokens' items. The base image tower then ran 1.2-1.5x
-  eager int8 (BENCHMARKS.md). `int8-static` is the same flow with activation scales calibrated ahead on
-  inputs the user names (`siglip.tools.embeddings.calibration`): each activation's quantisation then fuses
-  into the operation before it, about 1.1x faster again.
+- Eager (`InferenceMode("int8")`, `use_eager_int8`): on an x86 CPU with AVX2, every linear layer an
+  `Int8Linear` (`use_int8_linears`): oneDNN's int8 product on weights quantised per output channel, each
+  call's input quantised per tensor by siglip's kernel (`quantized`, `kernels/quantize.cpp`, built on first
+  use), the bias, the MLP's GELU and the residual adds inside the products, and batches of more than
+  `EAGER_ROWS_PER_CALL` tokens run by each encoder layer in groups of sequences. The base towers ran
+  1.16-1.18x faster than on torch's dynamically quantised linears, nearer fp32 (BENCHMARKS.md). Where the
+  kernel cannot be built (no C++ compiler and no build in the cache) or the CPU is not x86, torch's
+  dynamically quantised linears (`quantize_linear_layers`: weights per tensor) with a faster tanh-GELU
+  (`use_fast_gelu`). Ready at once (a base model's layers in under a second).
+- Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by
+  torchao's PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per call
+  as in eager int8) and compiled ahead of time by inductor with freezing, which fuses activation
+  quantisation, the int8 product, dequantisation, bias, GELU and the residual add into oneDNN kernels. It
+  needs the `int8` extra (torchao) and a C++ compiler; the package is kept in a cache
+  (`siglip.tools.embeddings.compiled`), and called on groups of at most `PACKAGE_ROWS_PER_CALL` tokens'
+  items. `int8-static` is the same flow with activation scales calibrated ahead on inputs the user names
+  (`siglip.tools.embeddings.calibration`): each activation's quantisation then fuses into the operation
+  before it, about 1.1x faster again.
 
 Both start from the same float modules (`prepare_for_int8`): the MAP head's input projections as linear
 layers, which are then quantised like the others, and the attention's own products in bf16 on CPUs with bf16
@@ -21,9 +26,13 @@ units (`siglip.tools.embeddings.attention`).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.metadata
 import logging
 import math
+import platform
+import subprocess
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +45,7 @@ from torch import nn
 
 from ...core.two_tower.modeling import (
     ACTIVATIONS,
+    SiglipAttention,
     SiglipMLP,
     SiglipMultiheadAttentionPoolingHead,
 )
@@ -43,12 +53,18 @@ from ...errors import UsageError
 from .attention import Bf16Attention as Bf16Attention  # where whole-model pickles of earlier versions name it
 from .attention import use_bf16_attention
 from .groups import group_sequences
-from .precision import cpu_units
+from .native import NativeKernel
+from .onednn import POST_OPS, replace_linears, use_fused_layers
+from .precision import cpu_units, int8_attention_dtype
+
+logger = logging.getLogger("siglip")
 
 # A batch of more tokens than this runs through each eager int8 encoder layer in groups of sequences
 # (`groups.group_count`): the base image tower ran 1.3-1.4x faster in groups of 4 images (784 tokens) than at
 # 8 or 16 images a call, and the text tower 1.3-1.4x faster in groups of 8-16 texts than at 32 (AMX Xeon,
 # 2 threads); with its products held to AVX2, 1.11x at 32 images (groups of 2,048 or 4,096 tokens alike).
+# `Int8Linear`s too (Zen 5): groups of 1,024 ran the image tower 1.00-1.03x groups of 2,048 or 4,096 and
+# 1.05-1.09x groups of 512 at 8-32 images (each against the same torch-dynamic tower, paired rounds).
 EAGER_ROWS_PER_CALL = 1024
 
 # A compiled int8 tower's package is called on groups of items of at most this many tokens: its fused
@@ -56,6 +72,7 @@ EAGER_ROWS_PER_CALL = 1024
 # images (1,568 tokens), 1.25-1.35x a call of 32 or 16; texts in groups of 8-16 1.07-1.15x a call of 32.
 PACKAGE_ROWS_PER_CALL = 1600
 CALIBRATION_BATCH = 16  # calibration inputs per forward of the observed float32 tower (`pt2e_int8`)
+QUANTIZE_KERNEL = NativeKernel("quantize", ("-mavx2", "-mfma"))  # `quantized`
 
 
 def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -136,12 +153,153 @@ def prepare_for_int8(model: nn.Module, compiled: bool = False) -> None:
 
 
 def use_eager_int8(model: nn.Module) -> None:
-    """Put a float32 `model` into eager int8, in place (CPU only): `prepare_for_int8`, its linear layers
-    quantised, the fast GELU, and large batches in groups of `EAGER_ROWS_PER_CALL` tokens."""
+    """Put a float32 `model` into eager int8, in place (CPU only): `prepare_for_int8`, then its linear layers
+    as `Int8Linear`s in `FusedEncoderLayer`s (`use_int8_linears`) where `int8_linears_why_not` says nothing,
+    else as torch's dynamically quantised linears (`quantize_linear_layers`) with the fast GELU; large batches
+    in groups of `EAGER_ROWS_PER_CALL` tokens either way."""
     prepare_for_int8(model)
+    why = int8_linears_why_not()
+    if why is None:
+        use_int8_linears(model)
+        return
+    logger.info("eager int8 takes torch's dynamically quantised linear layers: %s", why)
     quantize_linear_layers(model)
     use_fast_gelu(model)
     group_sequences(model, EAGER_ROWS_PER_CALL)
+
+
+def int8_linears_why_not() -> str | None:
+    """Why eager int8 cannot take `Int8Linear`s here, in words (None: it can): they need an x86 CPU with AVX2
+    (the quantisation kernel's code), torch's oneDNN (the products) and the kernel built (a C++ compiler, or
+    a build in the cache: `siglip.tools.embeddings.native`)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return "not an x86 CPU with torch's oneDNN"
+    return _quantize_kernel()[1]
+
+
+def use_int8_linears(model: nn.Module) -> None:
+    """Make every `nn.Linear` of a float32 `model` an `Int8Linear`, each MLP's first one with the MLP's GELU,
+    and every encoder layer a `FusedEncoderLayer` that adds its residuals inside the products and runs at most
+    `EAGER_ROWS_PER_CALL` tokens a call, in place (where `int8_linears_why_not` says nothing). Activations
+    take 7 bits on a CPU without VNNI, as in `pt2e_int8`. The attention's queries, keys and values come out
+    of their products in the dtype the attention computes in (`int8_attention_dtype`): in bf16, the same
+    numbers without a conversion (the base image tower 1.03x faster on the Zen 5)."""
+    qmax = 255 if cpu_units().vnni else 127
+    replace_linears(model, lambda linear, activation: Int8Linear(linear, activation, qmax))
+    use_fused_layers(model, EAGER_ROWS_PER_CALL)
+    for attention in model.modules():
+        if isinstance(attention, SiglipAttention):
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                projection.out_dtype = int8_attention_dtype()
+
+
+class Int8Linear(nn.Module):
+    """`linear` in int8 through oneDNN's int8 product (`torch.ops.onednn.qlinear_pointwise`, what inductor
+    calls for a compiled int8 linear): the weight int8 per output channel (symmetric: its largest magnitude
+    to 127), each call's input quantised to uint8 with one scale and zero point (`quantized`, at most `qmax`),
+    and the bias, `activation` (a key of `onednn.POST_OPS`, or None) and in `add_to` a residual applied to
+    the float32 result inside the product. The arithmetic of `pt2e_int8`'s per-call scales, eager: on the
+    base image tower 1.1-1.2x torch's dynamically quantised linears with the fast GELU (whose weights are
+    int8 per tensor), nearer fp32 (BENCHMARKS.md).
+
+    Holds `weight` (int8), `weight_scale` and `bias` (float32) as buffers; the first call packs a copy of the
+    weight into oneDNN's layout (a millisecond or two a layer), dropped when the layer is moved, copied or
+    pickled. Inference only: no gradient flows through it."""
+
+    _packed: torch.Tensor | None = None
+    out_dtype: torch.dtype = torch.float32  # what `forward` returns (`add_to`: float32)
+
+    def __init__(self, linear: nn.Linear, activation: Callable | None = None, qmax: int = 255) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.qmax = linear.in_features, linear.out_features, qmax
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(1).div_(127).clamp_min_(torch.finfo(torch.float32).eps)
+        self.register_buffer("weight", weight.div(scale[:, None]).round_().to(torch.int8))
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.register_buffer("weight_zero_point", torch.zeros(self.out_features, dtype=torch.long), False)
+        self.activation = activation
+        self.post_op, self.algorithm = POST_OPS[activation] if activation else ("none", "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale, zero_point = quantized(x, self.qmax)
+        out = torch.ops.onednn.qlinear_pointwise(
+            q, scale, zero_point, *self._weights(), self.bias, 1.0, 0, self.out_dtype,
+            self.post_op, [], self.algorithm,
+        )  # fmt: skip
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """`residual + self(x)`, the add inside the product (for a layer without an activation)."""
+        q, scale, zero_point = quantized(x, self.qmax)
+        # contiguous: given one image's patch embeddings (laid out by channel) as the first layer's residual,
+        # every later call of that shape took ~140 ms instead of ~0.3 (the image tower 56x as long, Zen 5)
+        other = residual.reshape(-1, self.out_features).contiguous()
+        out = torch.ops.onednn.qlinear_pointwise.binary(
+            q, scale, zero_point, *self._weights(), other, self.bias, 1.0, 0, torch.float32, 1.0, 0,
+            "add", 1.0, self.post_op, [], self.algorithm,
+        )  # fmt: skip
+        return out.view(residual.shape)
+
+    def _fused(self, *inputs: torch.Tensor) -> bool:
+        """Always: an int8 layer has no other path (`FusedEncoderLayer` asks)."""
+        return True
+
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The packed weight (packed on the first call), its scales and zero points, as the product takes."""
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+        return self._packed, self.weight_scale, self.weight_zero_point
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> Int8Linear:
+        self._packed = None  # moved: packed again on the next call
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_packed": None}  # oneDNN's layout has no storage to copy
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op!r}"
+
+
+def quantized(x: torch.Tensor, qmax: int = 255) -> tuple[torch.Tensor, float, int]:
+    """`x` (float32) quantised per tensor by siglip's kernel (`kernels/quantize.cpp`, on torch's threads),
+    as a uint8 matrix of `x`'s last dimension, with its scale and zero point: `lo`, `hi` the range of `x`
+    widened to hold 0, `scale = max((hi - lo) / qmax, 2^-23)` in float32, `zero_point = round(-lo / scale)`
+    and `q = clamp(round(x * (1 / scale)) + zero_point, 0, qmax)`, rounding half to even. `qmax`: 255, or
+    127 for int8 products without VNNI. Raises a `ValueError` for a NaN or an infinity in `x`."""
+    library, why = _quantize_kernel()
+    if library is None:
+        raise RuntimeError(why)
+    x = (x if x.dtype == torch.bfloat16 else x.float()).contiguous()
+    kernel = library.siglip_quantize_u8_bf16 if x.dtype == torch.bfloat16 else library.siglip_quantize_u8
+    out = torch.empty(x.shape, dtype=torch.uint8)
+    scale, zero_point = ctypes.c_float(), ctypes.c_int32()
+    if kernel(x.data_ptr(), x.numel(), out.data_ptr(), qmax, torch.get_num_threads(), scale, zero_point):
+        if qmax not in (127, 255):
+            raise ValueError(f"quantized: qmax must be 127 or 255, got {qmax}")
+        raise ValueError(f"int8: a linear layer's input of shape {tuple(x.shape)} holds a NaN or an infinity")
+    return out.view(-1, x.shape[-1]), scale.value, zero_point.value
+
+
+@functools.cache
+def _quantize_kernel() -> tuple[ctypes.CDLL | None, str | None]:
+    """The quantisation kernel's library, built if need be, or None and why it could not be (asked once a
+    process): never on a CPU without AVX2, whose code it is compiled to."""
+    if not torch.cpu._is_avx2_supported():
+        return None, "the CPU has no AVX2"
+    try:
+        library = QUANTIZE_KERNEL.load()
+    except (OSError, subprocess.SubprocessError) as error:
+        return None, f"the int8 quantisation kernel could not be built ({error})"
+    pointer = ctypes.c_void_p
+    for kernel in (library.siglip_quantize_u8, library.siglip_quantize_u8_bf16):
+        kernel.argtypes = [
+            pointer, ctypes.c_int64, pointer, ctypes.c_int, ctypes.c_int,
+            ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32),
+        ]  # fmt: skip
+        kernel.restype = ctypes.c_int
+    return library, None
 
 
 def quantize_linear_layers(model: nn.Module) -> nn.Module:

@@ -32,7 +32,7 @@ from .groups import GroupedEncoderLayer
 from .precision import cpu_bf16_units, cpu_units
 
 # The MLP activations oneDNN applies inside the product: the activation, and its post-op and algorithm.
-_POST_OPS: dict[Callable, tuple[str, str]] = {
+POST_OPS: dict[Callable, tuple[str, str]] = {
     ACTIVATIONS["gelu_pytorch_tanh"]: ("gelu", "tanh"),
     ACTIVATIONS["gelu"]: ("gelu", "none"),
 }
@@ -53,7 +53,7 @@ ROWS_PER_CALL = 4096
 
 class FusedLinear(nn.Linear):
     """`linear`'s parameters (shared, not copied) in one oneDNN call that adds the bias and applies
-    `activation` (a key of `_POST_OPS`, or None) on the float32 accumulator. With an activation it is no
+    `activation` (a key of `POST_OPS`, or None) on the float32 accumulator. With an activation it is no
     longer linear: a tool that wraps `nn.Linear` layers (LoRA adapters) must be applied before
     `use_fused_linears`, not after.
 
@@ -74,7 +74,7 @@ class FusedLinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
         self.activation = activation
-        self.post_op, self.algorithm = _POST_OPS[activation] if activation else ("none", "")
+        self.post_op, self.algorithm = POST_OPS[activation] if activation else ("none", "")
         self.packed_rows = packed_up_to_rows()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,9 +130,9 @@ class FusedLinear(nn.Linear):
 
 class FusedEncoderLayer(GroupedEncoderLayer):
     """A `SiglipEncoderLayer` whose attention output projection and second MLP layer add the residual inside
-    their products, and which runs a batch of more than `ROWS_PER_CALL` tokens in groups of sequences.
-    `use_fused_linears` makes one by swapping the class of a layer whose `out_proj` and `fc2` are
-    `FusedLinear`s: the same modules and parameters. Its forward calls the attention's `attend` and the MLP's
+    their products, and which runs a batch of more than `rows_per_call` tokens in groups of sequences.
+    `use_fused_layers` makes one by swapping the class of a layer whose `out_proj` and `fc2` are
+    `FusedLinear`s or int8's `Int8Linear`s: the same modules and parameters. Its forward calls the attention's `attend` and the MLP's
     layers itself, so forward hooks on `self_attn`, `mlp`, `out_proj` and `fc2` do not fire."""
 
     rows_per_call = ROWS_PER_CALL
@@ -178,18 +178,33 @@ def use_fused_linears(model: nn.Module) -> None:
     weight = next(model.parameters())
     if weight.dtype != torch.bfloat16 or not fused_linears_available(weight.device):
         return
+    replace_linears(model, FusedLinear)
+    use_fused_layers(model, ROWS_PER_CALL)
+
+
+def replace_linears(model: nn.Module, make: Callable[[nn.Linear, Callable | None], nn.Module]) -> None:
+    """Replace every `nn.Linear` of `model` by `make(linear, activation)`, in place: each MLP's first layer
+    with the MLP's activation where oneDNN applies it inside the product (a key of `POST_OPS`; the MLP then
+    skips it), the others with None. Subclasses of `nn.Linear` are left as they are."""
     for parent in list(model.modules()):
-        if isinstance(parent, SiglipMLP) and parent.activation in _POST_OPS and type(parent.fc1) is nn.Linear:
-            parent.fc1 = FusedLinear(parent.fc1, parent.activation)
+        if isinstance(parent, SiglipMLP) and parent.activation in POST_OPS and type(parent.fc1) is nn.Linear:
+            parent.fc1 = make(parent.fc1, parent.activation)
             parent.activation = _identity
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, FusedLinear(child))
+                setattr(parent, name, make(child, None))
+
+
+def use_fused_layers(model: nn.Module, rows_per_call: int) -> None:
+    """Make every plain `SiglipEncoderLayer` of `model` whose attention output projection and second MLP
+    layer add the residual inside their products (`add_to`: `FusedLinear`, int8's `Int8Linear`) a
+    `FusedEncoderLayer` running at most `rows_per_call` tokens a call, in place."""
     for layer in model.modules():
         if type(layer) is SiglipEncoderLayer and all(
-            isinstance(linear, FusedLinear) for linear in (layer.self_attn.out_proj, layer.mlp.fc2)
+            hasattr(linear, "add_to") for linear in (layer.self_attn.out_proj, layer.mlp.fc2)
         ):
             layer.__class__ = FusedEncoderLayer
+            layer.rows_per_call = rows_per_call
 
 
 def drop_packed_weights(model: nn.Module) -> None:

@@ -57,7 +57,7 @@ PRECISIONS = {
     "bf16": "bfloat16 weights and arithmetic",
     "bf16-autocast": "float32 weights; matrix products in bfloat16 (torch.autocast)",
     "fp16": "float16 weights and arithmetic (GPUs)",
-    "int8": "linear layers in int8 with per-call activation scales (CPU; torch dynamic quantisation, torchao PT2E with compile)",
+    "int8": "linear layers in int8 with per-call activation scales (CPU; oneDNN's int8 products, torchao PT2E with compile)",
     "int8-static": "linear layers in int8 with activation scales calibrated ahead on --calibration inputs (CPU; always compiled, torchao PT2E)",
 }
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")

@@ -1,0 +1,255 @@
+"""Eager int8's `Int8Linear`: oneDNN's int8 products on weights quantised per output channel, each call's input
+quantised by siglip's kernel (`kernels/quantize.cpp`), the bias, GELU and residual inside the product.
+Oracles: the quantisation's documented formula computed in numpy's float32, and the products in float64."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _material import BUNDLED
+from siglip import SiglipModel
+from siglip.tools.embeddings import int8
+from siglip.tools.embeddings.inference import InferenceMode
+from siglip.tools.embeddings.int8 import Int8Linear, quantized
+
+needs_int8_linears = pytest.mark.skipif(
+    int8.int8_linears_why_not() is not None, reason=f"no Int8Linear here: {int8.int8_linears_why_not()}"
+)
+pytestmark = needs_int8_linears
+
+
+def _reference(x: torch.Tensor, qmax: int) -> tuple[np.ndarray, np.float32, int]:
+    """`quantized`'s formula, step by step in numpy's float32 (ties to even: `np.rint`)."""
+    values = x.numpy().astype(np.float32).ravel()
+    lo, hi = min(values.min(), np.float32(0)), max(values.max(), np.float32(0))
+    scale = max(np.float32(hi - lo) / np.float32(qmax), np.float32(2.0**-23))
+    zero_point = int(np.clip(np.rint(-lo / scale), 0, qmax))
+    q = np.clip(np.rint(values * (np.float32(1) / scale)) + zero_point, 0, qmax)
+    return q.astype(np.uint8).reshape(-1, x.shape[-1]), scale, zero_point
+
+
+@pytest.mark.parametrize("qmax", [255, 127])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1), (1, 7), (3, 31), (2, 32), (5, 33), (197, 768), (985, 3072), (3, 64, 768), (0, 768)],
+)
+def test_quantized_is_its_formula_bit_for_bit(shape, qmax):
+    """Every size (vectors of 8 and 32, their tails, one thread and a team of two) gives the formula's
+    values, scale and zero point; dequantised, each value is within half a step of the input."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))) * 3 + 0.7
+    q, scale, zero_point = quantized(x, qmax)
+    if x.numel():
+        expected, expected_scale, expected_zero = _reference(x, qmax)
+        assert (scale, zero_point) == (float(expected_scale), expected_zero)
+        assert np.array_equal(q.numpy(), expected)
+        back = (q.double() - zero_point) * scale
+        # half a step, and the float32 rounding of `x * (1 / scale)` (a few 1e-5 steps at 255)
+        assert (back - x.reshape(q.shape).double()).abs().max() <= scale * (0.5 + 1e-4)
+        assert int(q.max()) <= qmax
+    assert q.dtype == torch.uint8 and q.shape == (max(1, x.numel()) // x.shape[-1], x.shape[-1])
+
+
+def test_quantized_ranges_ties_and_zeros():
+    """The range always holds 0 (an all-positive input has zero point 0, an all-negative one qmax), ties go
+    to even, and all zeros take the smallest scale."""
+    q, scale, zero_point = quantized(torch.tensor([0.5, 1.5, 2.5, 3.5, 254.5, 255.0]))
+    assert (scale, zero_point) == (1.0, 0) and q.tolist() == [[0, 2, 2, 4, 254, 255]]
+    q, scale, zero_point = quantized(torch.tensor([-254.0, -127.0, -1.0]), 127)
+    assert (scale, zero_point) == (2.0, 127) and q.tolist() == [[0, 63, 127]]  # -63.5 to -64, -0.5 to 0
+    q, scale, zero_point = quantized(torch.zeros(2, 40))
+    assert scale == 2.0**-23 and zero_point == 0 and not q.any()
+
+
+def test_quantized_does_not_depend_on_threads_and_reads_any_layout():
+    x = torch.randn(64, 1000, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = quantized(x)
+    finally:
+        torch.set_num_threads(threads)
+    together = quantized(x)
+    assert torch.equal(alone[0], together[0]) and alone[1:] == together[1:]
+    strided = quantized(x.T.contiguous().T)  # the same values, laid out by column
+    assert torch.equal(strided[0], together[0]) and strided[1:] == together[1:]
+    assert torch.equal(quantized(x.double())[0], together[0])
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (3, 37), (985, 768)])
+def test_bf16_inputs_are_read_as_their_float32_values(shape):
+    """A bf16 input (int8's attention output where the attention runs in bf16) quantises as its float32
+    values do, bit for bit, vectors and tails alike; its NaN is refused too."""
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(6)) * 5).bfloat16()
+    ours, theirs = quantized(x), quantized(x.float())
+    assert torch.equal(ours[0], theirs[0]) and ours[1:] == theirs[1:]
+    x.view(-1)[-1] = float("nan")
+    with pytest.raises(ValueError, match="holds a NaN"):
+        quantized(x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [0, 37, 40_000])
+def test_a_nan_or_an_infinity_is_refused_by_name(bad, where):
+    x = torch.randn(50_000)  # 40,000: inside the vectors of a thread's slice; 37: a tail
+    x[where] = bad
+    with pytest.raises(ValueError, match=r"input of shape \(50000,\) holds a NaN or an infinity"):
+        quantized(x)
+    with pytest.raises(ValueError, match="qmax must be 127 or 255"):
+        quantized(torch.ones(3), 200)
+
+
+def _float64_product(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """What `layer` computes, in float64: the dequantised input by the dequantised weight, plus the bias."""
+    q, scale, zero_point = quantized(x, layer.qmax)
+    weight = layer.weight.double() * layer.weight_scale.double()[:, None]
+    out = ((q.double() - zero_point) * scale) @ weight.T + layer.bias.double()
+    return out.view(*x.shape[:-1], layer.out_features)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu_pytorch_tanh", "gelu"])
+def test_int8_linear_computes_its_arithmetic(activation):
+    """The product of the quantised input and weights, the bias and the activation (as SigLIP's MLP names
+    it) within float32 rounding of the float64 computation; the per-channel weights within half a step of
+    the float weights; the output near the float layer's."""
+    from siglip.core.two_tower.modeling import ACTIVATIONS
+
+    generator = torch.Generator().manual_seed(2)
+    linear = torch.nn.Linear(96, 80)
+    with torch.no_grad():
+        linear.weight.mul_(torch.linspace(0.1, 10, 80)[:, None])  # rows of very different ranges
+    act = ACTIVATIONS[activation] if activation else None
+    layer = Int8Linear(linear, act)
+    steps = layer.weight_scale[:, None]
+    assert (layer.weight.float() * steps - linear.weight).abs().le(steps / 2 + 1e-7).all()
+    assert layer.weight.abs().amax(1).eq(127).all()  # each row's largest magnitude to 127
+    x = torch.randn(2, 9, 96, generator=generator)
+    with torch.inference_mode():
+        out = layer(x)
+        expected = _float64_product(layer, x)
+        if act is not None:
+            expected = act(expected)
+        float_out = linear(x) if act is None else act(linear(x))
+    assert out.shape == (2, 9, 80) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, atol=2e-4, rtol=1e-5)
+    assert F.cosine_similarity(out.flatten(), float_out.flatten(), 0) > 0.9999
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_add_to_adds_any_residual_and_leaves_it_alone(batch, monkeypatch):
+    """`add_to` adds the residual inside the product, whatever its layout (a patch embedding's output is laid
+    out by channel: for one image, its rows are a view with strides (1, tokens)), handed to oneDNN
+    contiguous, and does not write into it."""
+    layer = Int8Linear(torch.nn.Linear(64, 48))
+    x = torch.randn(batch, 10, 64, generator=torch.Generator().manual_seed(3))
+    residual = torch.randn(batch, 48, 10).transpose(1, 2)  # (batch, 10, 48), by channel
+    kept = residual.clone()
+    product, layouts = torch.ops.onednn.qlinear_pointwise.binary, []
+
+    def spy(*args: object) -> torch.Tensor:
+        layouts.append(args[6].is_contiguous())  # `other`, the residual as oneDNN reads it
+        return product(*args)
+
+    monkeypatch.setattr(torch.ops.onednn.qlinear_pointwise, "binary", spy)
+    with torch.inference_mode():
+        out = layer.add_to(x, residual)
+        plain = layer(x)
+    assert torch.equal(residual, kept)
+    # oneDNN given a strided residual took its slow path for every later call of the shape (56x, one image)
+    assert layouts == [True]
+    torch.testing.assert_close(out, plain + residual, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(
+        out.double(), _float64_product(layer, x) + residual.double(), atol=2e-4, rtol=0
+    )
+
+
+def test_int8_linears_copy_pickle_and_move():
+    """A model in eager int8 deep-copies and pickles (the packed weights are not copied but packed again) and
+    computes the same numbers after; `.to()` drops the packed copy."""
+    model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    size = model.config.vision_config.image_size
+    pixels = F.interpolate(pixels, size=(size, size))
+    with torch.inference_mode():
+        before = model.get_image_features(pixels)
+        copied = copy.deepcopy(model)
+        loaded = pickle.loads(pickle.dumps(model))
+        for other in (copied, loaded):
+            assert torch.equal(other.get_image_features(pixels), before)
+    layer = next(m for m in model.vision_model.modules() if isinstance(m, Int8Linear))
+    assert layer._packed is not None
+    layer.to(torch.device("cpu"))
+    assert layer._packed is None
+
+
+def test_a_model_with_nan_pixels_is_refused_by_name():
+    model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+    size = model.config.vision_config.image_size
+    pixels = torch.zeros(1, 3, size, size)
+    pixels[0, 0, 0, 0] = float("nan")
+    with torch.inference_mode(), pytest.raises(ValueError, match="holds a NaN or an infinity"):
+        model.get_image_features(pixels)
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch, tmp_path):
+    """The quantisation kernel looked up anew (in a cache of this test's own), and again after the test."""
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
+    int8._quantize_kernel.cache_clear()
+    yield tmp_path / "cache" / "kernels"
+    int8._quantize_kernel.cache_clear()
+
+
+def _torch_dynamic(model: torch.nn.Module) -> bool:
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    return any(isinstance(m, dynamic) for m in model.modules()) and not any(
+        isinstance(m, Int8Linear) for m in model.modules()
+    )
+
+
+def test_without_the_kernel_eager_int8_takes_torchs_linears(monkeypatch, tmp_path, fresh_kernel, caplog):
+    """A compiler that fails is said (its last line of errors), leaves no file, and eager int8 takes torch's
+    dynamically quantised linears (within the int8 bound); a CPU without AVX2 never builds the kernel."""
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text("#!/bin/sh\necho 'cc1plus: error: unrecognized option' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    why = int8.int8_linears_why_not()
+    assert "could not be built" in why and "unrecognized option" in why
+    assert list(fresh_kernel.iterdir()) == []  # no half-written library
+    with caplog.at_level("INFO", logger="siglip"):
+        model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+    assert _torch_dynamic(model)
+    assert "torch's dynamically quantised linear layers: the int8 quantisation kernel" in caplog.text
+    with pytest.raises(RuntimeError, match="could not be built"):
+        quantized(torch.ones(3))
+
+    int8._quantize_kernel.cache_clear()
+    monkeypatch.delenv("CXX")
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: False)
+    assert int8.int8_linears_why_not() == "the CPU has no AVX2"
+    assert _torch_dynamic(InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED)))
+    assert not fresh_kernel.exists() or list(fresh_kernel.iterdir()) == []
+
+
+def test_a_build_removes_only_its_own_stale_builds(fresh_kernel):
+    """Building the quantisation kernel removes its own builds of other sources unused for an hour, never
+    another kernel's (the attention kernel's old build stays for its own next build to judge)."""
+    fresh_kernel.mkdir(parents=True)
+    mine, theirs = (
+        fresh_kernel / "quantize-0123456789abcdef.so",
+        fresh_kernel / "attention-0123456789abcdef.so",
+    )
+    for path in (mine, theirs):
+        path.write_bytes(b"an old build")
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert int8.int8_linears_why_not() is None
+    assert not mine.exists() and theirs.exists()
+    assert len(list(fresh_kernel.glob("quantize-*.so"))) == 1
