@@ -1,5 +1,5 @@
-"""Eager int8's `Int8Linear`: oneDNN's int8 products on weights quantised per output channel, each call's input
-quantised by siglip's kernel (`kernels/quantize.cpp`), the bias, GELU and residual inside the product.
+"""Eager int8's `Int8Linear`: oneDNN's int8 products on weights quantised per output channel, each call's
+input quantised by siglip's kernel (`kernels/quantize.cpp`), the bias, GELU and residual inside the product.
 Oracles: the quantisation's documented formula computed in numpy's float32, and the products in float64."""
 
 from __future__ import annotations
@@ -66,21 +66,29 @@ def test_quantized_ranges_ties_and_zeros():
     assert (scale, zero_point) == (2.0, 127) and q.tolist() == [[0, 63, 127]]  # -63.5 to -64, -0.5 to 0
     q, scale, zero_point = quantized(torch.zeros(2, 40))
     assert scale == 2.0**-23 and zero_point == 0 and not q.any()
+    # two ties to even can round past qmax: 123.5 to 124, plus the zero point 3.5 rounded to 4, is 128 > 127
+    edge = torch.tensor([-3.5, 123.5] + [0.0] * 38)
+    for values in (edge, edge[:2]):  # in a vector of 32, and in the tail
+        q, scale, zero_point = quantized(values, 127)
+        assert (scale, zero_point) == (1.0, 4) and q[0, :2].tolist() == [0, 127]
 
 
 def test_quantized_does_not_depend_on_threads_and_reads_any_layout():
-    x = torch.randn(64, 1000, generator=torch.Generator().manual_seed(1))
+    """One thread, two, three (slices of unequal lengths, the last one short) give the same values; so do
+    the input laid out by column and in float64."""
+    x = torch.randn(61, 1001, generator=torch.Generator().manual_seed(1))  # 61,061 values: not whole vectors
     threads = torch.get_num_threads()
+    results = []
     try:
-        torch.set_num_threads(1)
-        alone = quantized(x)
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(quantized(x))
     finally:
         torch.set_num_threads(threads)
-    together = quantized(x)
-    assert torch.equal(alone[0], together[0]) and alone[1:] == together[1:]
-    strided = quantized(x.T.contiguous().T)  # the same values, laid out by column
-    assert torch.equal(strided[0], together[0]) and strided[1:] == together[1:]
-    assert torch.equal(quantized(x.double())[0], together[0])
+    results += [quantized(x.T.contiguous().T), quantized(x.double())]
+    first = results[0]
+    assert all(torch.equal(each[0], first[0]) and each[1:] == first[1:] for each in results)
+    assert np.array_equal(first[0].numpy(), _reference(x, 255)[0])
 
 
 @pytest.mark.parametrize("shape", [(1, 5), (3, 37), (985, 768)])
@@ -96,14 +104,22 @@ def test_bf16_inputs_are_read_as_their_float32_values(shape):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-@pytest.mark.parametrize("where", [0, 37, 40_000])
+@pytest.mark.parametrize("where", [0, 37, 40_000, 50_002])
 def test_a_nan_or_an_infinity_is_refused_by_name(bad, where):
-    x = torch.randn(50_000)  # 40,000: inside the vectors of a thread's slice; 37: a tail
+    x = torch.randn(50_003)  # two threads' slices of whole vectors, the last with a tail of 3 (50,002)
     x[where] = bad
-    with pytest.raises(ValueError, match=r"input of shape \(50000,\) holds a NaN or an infinity"):
+    with pytest.raises(ValueError, match=r"input of shape \(50003,\) holds a NaN or an infinity"):
         quantized(x)
+
+
+def test_what_cannot_be_quantised_is_refused_by_name():
+    with pytest.raises(ValueError, match="holds a NaN or an infinity"):
+        quantized(torch.tensor([3e38, -1e38, 5.0]))  # finite, but their range is not: the scale would be inf
     with pytest.raises(ValueError, match="qmax must be 127 or 255"):
         quantized(torch.ones(3), 200)
+    for bad in (torch.tensor(1.0), torch.ones(3, device="meta")):
+        with pytest.raises(ValueError, match="must be a CPU tensor of one dimension or more"):
+            quantized(bad)
 
 
 def _float64_product(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +166,12 @@ def test_add_to_adds_any_residual_and_leaves_it_alone(batch, monkeypatch):
     layer = Int8Linear(torch.nn.Linear(64, 48))
     x = torch.randn(batch, 10, 64, generator=torch.Generator().manual_seed(3))
     residual = torch.randn(batch, 48, 10).transpose(1, 2)  # (batch, 10, 48), by channel
+    with (
+        torch.inference_mode()
+    ):  # a contiguous residual (oneDNN could add into it in place) is left alone too
+        contiguous = residual.contiguous()
+        layer.add_to(x, contiguous)
+        assert torch.equal(contiguous, residual)
     kept = residual.clone()
     product, layouts = torch.ops.onednn.qlinear_pointwise.binary, []
 
@@ -215,8 +237,12 @@ def _torch_dynamic(model: torch.nn.Module) -> bool:
 
 
 def test_without_the_kernel_eager_int8_takes_torchs_linears(monkeypatch, tmp_path, fresh_kernel, caplog):
-    """A compiler that fails is said (its last line of errors), leaves no file, and eager int8 takes torch's
-    dynamically quantised linears (within the int8 bound); a CPU without AVX2 never builds the kernel."""
+    """`SIGLIP_INT8_LINEARS=0`, a compiler that fails (said: its last line of errors; no file left) and a CPU
+    without AVX2 (the kernel never built) leave eager int8 on torch's dynamically quantised linears."""
+    monkeypatch.setenv(int8.INT8_LINEARS_VARIABLE, "0")
+    assert int8.int8_linears_why_not() == "SIGLIP_INT8_LINEARS=0"
+    assert _torch_dynamic(InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED)))
+    monkeypatch.delenv(int8.INT8_LINEARS_VARIABLE)
     compiler = tmp_path / "broken-c++"
     compiler.write_text("#!/bin/sh\necho 'cc1plus: error: unrecognized option' >&2\nexit 1\n")
     compiler.chmod(0o755)
@@ -253,3 +279,75 @@ def test_a_build_removes_only_its_own_stale_builds(fresh_kernel):
     assert int8.int8_linears_why_not() is None
     assert not mine.exists() and theirs.exists()
     assert len(list(fresh_kernel.glob("quantize-*.so"))) == 1
+
+
+def test_a_weight_row_of_zeros_and_a_layer_without_bias():
+    linear = torch.nn.Linear(16, 4, bias=False)
+    with torch.no_grad():
+        linear.weight[2] = 0
+    layer = Int8Linear(linear)
+    assert torch.isfinite(layer.weight_scale).all() and not layer.weight[2].any()
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        out = layer(x)
+    assert not out[:, 2].any()
+    torch.testing.assert_close(out, linear(x).detach(), atol=0.05, rtol=0.05)
+
+
+def test_a_changed_weight_is_packed_again():
+    """The packed copy follows the weight: `load_state_dict` (which replaces its values in place) and an
+    in-place write both give the new numbers on the next call."""
+    first, second = (Int8Linear(torch.nn.Linear(32, 24)) for _ in range(2))
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(8))
+    expected = second(x)
+    first(x)  # packed
+    first.load_state_dict(second.state_dict())
+    assert torch.equal(first(x), expected)
+    with torch.no_grad():
+        first.weight.neg_()
+    assert torch.allclose(first(x) - first.bias, -(expected - second.bias), atol=1e-5)
+
+
+def test_an_int8_model_is_refused_as_a_checkpoint(tmp_path, monkeypatch):
+    """`save_pretrained` refuses a model in eager int8 by name, on either path (its layers are not the
+    checkpoint's float weights), and leaves no file; the float model saves as before."""
+    from siglip.errors import CheckpointError
+
+    for why in (None, "forced"):
+        if why:
+            monkeypatch.setattr(int8, "int8_linears_why_not", lambda: "forced")
+        model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+        with pytest.raises(CheckpointError, match="Cannot save SiglipModel as a checkpoint: text_model"):
+            model.save_pretrained(tmp_path / "int8")
+        assert not (tmp_path / "int8").exists() or not any((tmp_path / "int8").iterdir())
+    SiglipModel.from_pretrained(BUNDLED).save_pretrained(tmp_path / "float")
+    assert (tmp_path / "float" / "model.safetensors").is_file()
+
+
+def test_queries_keys_and_values_come_in_the_attentions_dtype(monkeypatch):
+    """On a CPU whose int8 attention computes in bf16, the projections write q, k, v in bf16: the same
+    embeddings as converting their float32 output (the attention rounds it to bf16 either way), and the
+    attention maps, when asked for, in bf16."""
+    from siglip.core.two_tower.modeling import SiglipAttention
+    from siglip.tools.embeddings.precision import int8_attention_dtype
+
+    monkeypatch.delenv("SIGLIP_BF16_UNITS", raising=False)  # the suite's pin keeps int8's attention float32
+    if int8_attention_dtype() != torch.bfloat16:
+        pytest.skip("int8's attention computes in float32 on this CPU")
+    model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+    floats = copy.deepcopy(model)
+    for attention in floats.modules():
+        if isinstance(attention, SiglipAttention):
+            assert attention.q_proj.out_dtype == torch.bfloat16
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                projection.out_dtype = torch.float32
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(9))
+    ids = torch.randint(
+        model.config.text_config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(9)
+    )
+    with torch.inference_mode():
+        assert torch.equal(model.get_image_features(pixels), floats.get_image_features(pixels))
+        assert torch.equal(model.get_text_features(ids), floats.get_text_features(ids))
+        maps = model.vision_model(pixels, output_attentions=True).attentions
+    assert maps[0].dtype == torch.bfloat16

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import CheckpointError
 from . import hub, quantization, weights
 from .config import PretrainedConfig
 from .flash_attention import FLASH_ATTENTION_2, check_flash_attention
@@ -408,15 +409,30 @@ class PreTrainedModel(PushToHubMixin, nn.Module):
             )
         if not is_main_process:
             return
+        if state_dict is None:
+            state_dict = self.state_dict()
+            unsaved = _not_a_checkpoint(self, state_dict)
+            if unsaved:
+                raise CheckpointError(f"Cannot save {type(self).__name__} as a checkpoint: {unsaved}")
         self.config.architectures = [type(self).__name__]
         self.config.torch_dtype = _as_dtype_name(self.dtype)
         with staged_directory(save_directory, replaces=weights.WEIGHT_FILE_PATTERNS) as staging:
             self.config.to_json_file(staging / hub.CONFIG_NAME)
-            weights.save_state_dict(
-                self.state_dict() if state_dict is None else state_dict,
-                staging,
-                max_shard_size=max_shard_size,
-            )
+            weights.save_state_dict(state_dict, staging, max_shard_size=max_shard_size)
+
+
+def _not_a_checkpoint(model: nn.Module, state_dict: dict[str, Any]) -> str | None:
+    """Why `model`'s own `state_dict` is not a checkpoint of its format, or None: a module that says so in
+    `not_a_checkpoint` (the layers of siglip's int8 inference mode), or a value that is not a tensor (the
+    packed parameters of torch's quantised layers)."""
+    for name, module in model.named_modules():
+        why = getattr(module, "not_a_checkpoint", None)
+        if why:
+            return f"{name} is {why}"
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor (a quantised layer's packed parameters?)"
+    return None
 
 
 def device_placement(

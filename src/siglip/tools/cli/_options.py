@@ -34,8 +34,8 @@ from ..zeroshot import DEFAULT_TEMPLATE, check_templates
 # `--compile`'s default where a command decides by its job's size (`compile_by_job`), said in its help
 COMPILE_BY_JOB = (
     "when the job is big enough to pay it back, for a base model ~1,000 images on a CPU with AMX, "
-    "~14,000 (int8) or ~12,000 (bf16) without; at any size where an earlier job compiled it; never in bf16 on "
-    "a CPU with AMX for a base-size model, where the eager towers are as fast; never in fp32, whose eager "
+    "~14,000 (int8) or ~12,000 (bf16) without; at any size where an earlier job compiled it; never in bf16 "
+    "on a CPU with AMX for a base-size model, where the eager towers are as fast; never in fp32, whose eager "
     "towers are transformers' own bit for bit"
 )
 
@@ -71,7 +71,7 @@ def add_model_options(
         "--compile",
         action=argparse.BooleanOptionalAction if compile_default else "store_true",
         default=None if compile_default else False,
-        help="compile the model on first use: on a CPU, bf16 1.1-1.3x and int8 1.1-1.5x their eager modes "
+        help="compile the model on first use: on a CPU, bf16 1.1-1.3x and int8 1.0-1.2x their eager modes "
         "(compiled ahead of time with frozen weights, 25-60 s per base tower the first time, then loaded from "
         "the cache in about a second; int8 needs the int8 extra), fp32 2.1-3.2x on CPUs whose MKL runs it "
         "with AVX2 only (AMD; within ~4e-6 of transformers' numbers, where eager fp32 is bit for bit: compiled "

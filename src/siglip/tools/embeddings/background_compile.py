@@ -8,14 +8,15 @@
     job.stop()
 
 Compiled towers (`compiled.CompiledTower`) served the bundled model's requests 1.0-1.6x as fast as the eager
-ones (BENCHMARKS.md), but their packages take 10-60 s to compile the first time on a machine: a server
-that compiled before answering would keep its users waiting that long, and one that compiled on its first
-request would time its first requests out. Instead a child process, spawned at a lower CPU priority so that requests come first, loads the same
-checkpoint in the same precision and compiles its towers into `compiled_cache()`; this process then loads the
-packages (about a second; at once when an earlier run compiled them) and swaps each eager tower for its
-compiled one between two model calls (a package in a cache this process may only read is loaded from there;
-what the cache cannot take is compiled into this process's own folder). Until then, and for good if the
-compile fails, the eager towers answer.
+ones (BENCHMARKS.md; measured before eager int8 took oneDNN's int8 products), but their packages take 10-60 s
+to compile the first time on a machine: a server that compiled before answering would keep its users waiting
+that long, and one that compiled on its first request would time its first requests out. Instead a child
+process, spawned at a lower CPU priority so that requests come first, loads the same checkpoint in the same
+precision and compiles its towers into `compiled_cache()`; this process then loads the packages (about a
+second; at once when an earlier run compiled them) and swaps each eager tower for its compiled one between two
+model calls (a package in a cache this process may only read is loaded from there; what the cache cannot take
+is compiled into this process's own folder). Until then, and for good if the compile fails, the eager towers
+answer.
 Vectors then move within the precision's bounds of fp32 (the compiled mode's numbers, not bit for bit the
 eager mode's: BENCHMARKS.md); a compiled tower whose output on a probe batch is not the eager one's (another
 checkpoint under the same name since this process loaded it) is refused. A text tower is kept eager when the

@@ -13,8 +13,8 @@ The kernel is built on first use (`siglip.tools.embeddings.native`: about a seco
 `compiled_cache()/kernels`) and loaded with its symbols global, so that packages compiled with it find their
 call (`SHIM`). It is a torch custom op, `torch.ops.siglip.siglip_attention`: eager towers call it (through
 ctypes, which lets other Python threads run meanwhile), `torch.export` records it, and AOTInductor compiles a
-direct call to its C shim into a package (`PACKAGE_CONFIG`). `SIGLIP_FUSED_ATTENTION=0` turns it off; without a compiler the towers keep the kernels
-of `siglip.tools.embeddings.attention`.
+direct call to its C shim into a package (`PACKAGE_CONFIG`). `SIGLIP_FUSED_ATTENTION=0` turns it off; without
+a compiler the towers keep the kernels of `siglip.tools.embeddings.attention`.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
         return None, "the CPU has no AVX-512 BF16 units"
     try:
         library = KERNEL.load()
-    except (OSError, subprocess.SubprocessError) as error:
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home folder
         logger.info("the fused attention kernel is not used: %s", error)
         return None, f"the fused attention kernel could not be built ({error})"
     pointer, size = ctypes.c_void_p, ctypes.c_int64

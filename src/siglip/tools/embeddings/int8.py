@@ -5,7 +5,8 @@
   call's input quantised per tensor by siglip's kernel (`quantized`, `kernels/quantize.cpp`, built on first
   use), the bias, the MLP's GELU and the residual adds inside the products, and batches of more than
   `EAGER_ROWS_PER_CALL` tokens run by each encoder layer in groups of sequences. The base towers ran
-  1.16-1.18x faster than on torch's dynamically quantised linears, nearer fp32 (BENCHMARKS.md). Where the
+  1.17-1.20x (images) and 1.08-1.21x (texts) faster than on torch's dynamically quantised linears at batches
+  1-32, nearer fp32 (BENCHMARKS.md). Where the
   kernel cannot be built (no C++ compiler and no build in the cache) or the CPU is not x86, torch's
   dynamically quantised linears (`quantize_linear_layers`: weights per tensor) with a faster tanh-GELU
   (`use_fast_gelu`). Ready at once (a base model's layers in under a second).
@@ -31,6 +32,7 @@ import functools
 import importlib.metadata
 import logging
 import math
+import os
 import platform
 import subprocess
 import warnings
@@ -54,7 +56,7 @@ from .attention import Bf16Attention as Bf16Attention  # where whole-model pickl
 from .attention import use_bf16_attention
 from .groups import group_sequences
 from .native import NativeKernel
-from .onednn import POST_OPS, replace_linears, use_fused_layers
+from .onednn import POST_OPS, packed_copy, replace_linears, use_fused_layers
 from .precision import cpu_units, int8_attention_dtype
 
 logger = logging.getLogger("siglip")
@@ -72,7 +74,8 @@ EAGER_ROWS_PER_CALL = 1024
 # images (1,568 tokens), 1.25-1.35x a call of 32 or 16; texts in groups of 8-16 1.07-1.15x a call of 32.
 PACKAGE_ROWS_PER_CALL = 1600
 CALIBRATION_BATCH = 16  # calibration inputs per forward of the observed float32 tower (`pt2e_int8`)
-QUANTIZE_KERNEL = NativeKernel("quantize", ("-mavx2", "-mfma"))  # `quantized`
+QUANTIZE_KERNEL = NativeKernel("quantize", ("-mavx2",))  # `quantized`
+INT8_LINEARS_VARIABLE = "SIGLIP_INT8_LINEARS"  # "0": eager int8 takes torch's dynamically quantised linears
 
 
 def fast_gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -171,9 +174,14 @@ def use_eager_int8(model: nn.Module) -> None:
 def int8_linears_why_not() -> str | None:
     """Why eager int8 cannot take `Int8Linear`s here, in words (None: it can): they need an x86 CPU with AVX2
     (the quantisation kernel's code), torch's oneDNN (the products) and the kernel built (a C++ compiler, or
-    a build in the cache: `siglip.tools.embeddings.native`)."""
+    a build in the cache: `siglip.tools.embeddings.native`); `SIGLIP_INT8_LINEARS=0` turns them off."""
+    if os.environ.get(INT8_LINEARS_VARIABLE, "").strip() == "0":
+        return f"{INT8_LINEARS_VARIABLE}=0"
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return "not an x86 CPU with torch's oneDNN"
+    products = getattr(torch.ops.onednn, "qlinear_pointwise", None)
+    if products is None or "binary" not in products.overloads():
+        return f"torch {torch.__version__} has no oneDNN int8 product with a residual add"
     return _quantize_kernel()[1]
 
 
@@ -198,16 +206,20 @@ class Int8Linear(nn.Module):
     calls for a compiled int8 linear): the weight int8 per output channel (symmetric: its largest magnitude
     to 127), each call's input quantised to uint8 with one scale and zero point (`quantized`, at most `qmax`),
     and the bias, `activation` (a key of `onednn.POST_OPS`, or None) and in `add_to` a residual applied to
-    the float32 result inside the product. The arithmetic of `pt2e_int8`'s per-call scales, eager: on the
-    base image tower 1.1-1.2x torch's dynamically quantised linears with the fast GELU (whose weights are
-    int8 per tensor), nearer fp32 (BENCHMARKS.md).
+    the float32 result inside the product. The scheme of `pt2e_int8`'s per-call scales, eager: the base
+    towers ran 1.17-1.21x torch's dynamically quantised linears with the fast GELU (whose weights are int8
+    per tensor) at 8-32 items, nearer fp32 (BENCHMARKS.md).
 
     Holds `weight` (int8), `weight_scale` and `bias` (float32) as buffers; the first call packs a copy of the
-    weight into oneDNN's layout (a millisecond or two a layer), dropped when the layer is moved, copied or
-    pickled. Inference only: no gradient flows through it."""
+    weight into oneDNN's layout (a millisecond or two a layer), made again after the weight changed, dropped
+    when the layer is moved, copied or pickled. Inference only: no gradient flows through it. A model of them
+    pickled whole runs only where `int8_linears_why_not` says nothing (elsewhere its first call raises): apply
+    int8 to the float model on each machine instead."""
 
-    _packed: torch.Tensor | None = None
+    _packed: tuple[torch.Tensor, int | None, torch.Tensor] | None = None  # `onednn.packed_copy`
     out_dtype: torch.dtype = torch.float32  # what `forward` returns (`add_to`: float32)
+    # read by `save_pretrained`, which refuses a model holding one
+    not_a_checkpoint = "an int8 inference layer: save the float model, and apply the int8 mode after loading"
 
     def __init__(self, linear: nn.Linear, activation: Callable | None = None, qmax: int = 255) -> None:
         super().__init__()
@@ -246,10 +258,10 @@ class Int8Linear(nn.Module):
         return True
 
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The packed weight (packed on the first call), its scales and zero points, as the product takes."""
-        if self._packed is None:
-            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
-        return self._packed, self.weight_scale, self.weight_zero_point
+        """The packed weight (packed on the first call, and again after the weight changed), its scales and
+        zero points, as the product takes them."""
+        self._packed = packed_copy(self._packed, self.weight, torch.ops.onednn.qlinear_prepack)
+        return self._packed[2], self.weight_scale, self.weight_zero_point
 
     def _apply(self, fn: Callable, recurse: bool = True) -> Int8Linear:
         self._packed = None  # moved: packed again on the next call
@@ -263,23 +275,31 @@ class Int8Linear(nn.Module):
 
 
 def quantized(x: torch.Tensor, qmax: int = 255) -> tuple[torch.Tensor, float, int]:
-    """`x` (float32) quantised per tensor by siglip's kernel (`kernels/quantize.cpp`, on torch's threads),
-    as a uint8 matrix of `x`'s last dimension, with its scale and zero point: `lo`, `hi` the range of `x`
-    widened to hold 0, `scale = max((hi - lo) / qmax, 2^-23)` in float32, `zero_point = round(-lo / scale)`
-    and `q = clamp(round(x * (1 / scale)) + zero_point, 0, qmax)`, rounding half to even. `qmax`: 255, or
-    127 for int8 products without VNNI. Raises a `ValueError` for a NaN or an infinity in `x`."""
+    """`x` (on the CPU; bf16 read as is, other dtypes as float32) quantised per tensor by siglip's kernel
+    (`kernels/quantize.cpp`, on torch's threads), as a uint8 matrix of `x`'s last dimension, with its scale
+    and zero point: `lo`, `hi` the range of `x` widened to hold 0, `scale = max((hi - lo) / qmax, 2^-23)` in
+    float32, `zero_point = clamp(round(-lo / scale), 0, qmax)` and `q = clamp(round(x * (1 / scale)) +
+    zero_point, 0, qmax)`, rounding half to even. `qmax`: 255, or 127 for int8 products without VNNI. Raises a
+    `ValueError` for a NaN or an infinity in `x` (or a range beyond float32's)."""
     library, why = _quantize_kernel()
     if library is None:
         raise RuntimeError(why)
+    if x.device.type != "cpu" or x.dim() == 0:
+        raise ValueError(
+            f"quantized: x must be a CPU tensor of one dimension or more, got {x.shape} on {x.device}"
+        )
     x = (x if x.dtype == torch.bfloat16 else x.float()).contiguous()
     kernel = library.siglip_quantize_u8_bf16 if x.dtype == torch.bfloat16 else library.siglip_quantize_u8
-    out = torch.empty(x.shape, dtype=torch.uint8)
+    out = torch.empty(math.prod(x.shape[:-1]), x.shape[-1], dtype=torch.uint8)
     scale, zero_point = ctypes.c_float(), ctypes.c_int32()
     if kernel(x.data_ptr(), x.numel(), out.data_ptr(), qmax, torch.get_num_threads(), scale, zero_point):
         if qmax not in (127, 255):
             raise ValueError(f"quantized: qmax must be 127 or 255, got {qmax}")
-        raise ValueError(f"int8: a linear layer's input of shape {tuple(x.shape)} holds a NaN or an infinity")
-    return out.view(-1, x.shape[-1]), scale.value, zero_point.value
+        raise ValueError(
+            f"int8: a linear layer's input of shape {tuple(x.shape)} holds a NaN or an infinity (or values "
+            "too far apart for float32)"
+        )
+    return out, scale.value, zero_point.value
 
 
 @functools.cache
@@ -290,7 +310,7 @@ def _quantize_kernel() -> tuple[ctypes.CDLL | None, str | None]:
         return None, "the CPU has no AVX2"
     try:
         library = QUANTIZE_KERNEL.load()
-    except (OSError, subprocess.SubprocessError) as error:
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home folder
         return None, f"the int8 quantisation kernel could not be built ({error})"
     pointer = ctypes.c_void_p
     for kernel in (library.siglip_quantize_u8, library.siglip_quantize_u8_bf16):

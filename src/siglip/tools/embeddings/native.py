@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -71,8 +72,8 @@ class NativeKernel:
             folder = process_folder() / "kernels"
             path = folder / path.name
         if not path.exists():
-            compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-            if not compiler:
+            compiler = shlex.split(os.environ.get("CXX", "")) or [shutil.which("g++") or shutil.which("c++")]
+            if not compiler[0]:
                 raise OSError("no C++ compiler was found (set CXX, or install g++)")
             torch_lib = Path(torch.__file__).parent / "lib"
             link = [f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
@@ -80,14 +81,15 @@ class NativeKernel:
             folder.mkdir(parents=True, exist_ok=True)
             with staged_file(path) as partial:
                 done = subprocess.run(
-                    [compiler, *flags, str(self.source), *link, "-o", str(partial)],
+                    [*compiler, *flags, str(self.source), *link, "-o", str(partial)],
                     capture_output=True,
                     text=True,
+                    errors="replace",  # a compiler's messages in another encoding than the locale's
                     timeout=_BUILD_SECONDS,
                 )
                 if done.returncode:
                     last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-                    raise subprocess.SubprocessError(f"{compiler} exited with {done.returncode}: {last}")
+                    raise subprocess.SubprocessError(f"{compiler[0]} exited with {done.returncode}: {last}")
             self._remove_stale_builds(folder, path)
         return path
 

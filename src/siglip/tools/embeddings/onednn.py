@@ -65,7 +65,7 @@ class FusedLinear(nn.Linear):
     counter does not see (through `.data`, the storage, or memory shared with numpy) must be followed by
     `drop_packed_weights`. Weights made under `torch.inference_mode` (no version counter) are not packed."""
 
-    _packed: tuple[torch.Tensor, int, torch.Tensor] | None = None  # source, version, packed; class-level for
+    _packed: tuple[torch.Tensor, int | None, torch.Tensor] | None = None  # `packed_copy`; class-level for
     # layers pickled whole by a version without it
     packed_rows: int | None = PACKED_UP_TO_ROWS  # the most rows a call may have to take the packed weight
 
@@ -97,15 +97,7 @@ class FusedLinear(nn.Linear):
         rows = self.packed_rows
         if (rows is not None and x.numel() > rows * self.in_features) or weight.is_inference():
             return weight
-        # another tensor (a new parameter, `.data =`; the packed one's source is held, so the address is not
-        # reused) or the same one written in place (its version)
-        if (
-            self._packed is None
-            or self._packed[0].data_ptr() != weight.data_ptr()
-            or self._packed[1] != weight._version
-        ):
-            source = weight.detach()
-            self._packed = (source, weight._version, torch.ops.mkldnn._reorder_linear_weight(source, None))
+        self._packed = packed_copy(self._packed, weight, torch.ops.mkldnn._reorder_linear_weight)
         return self._packed[2]
 
     def _apply(self, fn: Callable, recurse: bool = True) -> FusedLinear:
@@ -132,8 +124,9 @@ class FusedEncoderLayer(GroupedEncoderLayer):
     """A `SiglipEncoderLayer` whose attention output projection and second MLP layer add the residual inside
     their products, and which runs a batch of more than `rows_per_call` tokens in groups of sequences.
     `use_fused_layers` makes one by swapping the class of a layer whose `out_proj` and `fc2` are
-    `FusedLinear`s or int8's `Int8Linear`s: the same modules and parameters. Its forward calls the attention's `attend` and the MLP's
-    layers itself, so forward hooks on `self_attn`, `mlp`, `out_proj` and `fc2` do not fire."""
+    `FusedLinear`s or int8's `Int8Linear`s: the same modules and parameters. Its forward calls the attention's
+    `attend` and the MLP's layers itself, so forward hooks on `self_attn`, `mlp`, `out_proj` and `fc2` do not
+    fire."""
 
     rows_per_call = ROWS_PER_CALL
 
@@ -148,6 +141,22 @@ class FusedEncoderLayer(GroupedEncoderLayer):
         x = attn.out_proj.add_to(out, x)
         x = mlp.fc2.add_to(mlp.activation(mlp.fc1(self.layer_norm2(x))), x)
         return x, weights
+
+
+def packed_copy(
+    packed: tuple[torch.Tensor, int | None, torch.Tensor] | None,
+    weight: torch.Tensor,
+    pack: Callable[[torch.Tensor, None], torch.Tensor],
+) -> tuple[torch.Tensor, int | None, torch.Tensor]:
+    """`packed` (source, version, copy in oneDNN's layout) if it was made from `weight` as it is now, else a
+    new one made by `pack(weight, None)`: `weight` is another tensor (a new parameter, `.data =`, a
+    `load_state_dict` that replaced it; the source is held, so its address is not reused) or the same one
+    written in place (autograd's version counter; none for a tensor made under `torch.inference_mode`)."""
+    version = None if weight.is_inference() else weight._version
+    if packed is None or packed[0].data_ptr() != weight.data_ptr() or packed[1] != version:
+        source = weight.detach()
+        packed = (source, version, pack(source, None))
+    return packed
 
 
 def packed_up_to_rows() -> int | None:

@@ -23,7 +23,7 @@ A word means the same weights and the same arithmetic in every command. `auto` p
 
 Why: int8 is the fastest mode that keeps the issue-26 bounds (cosine >= 0.995 to fp32, zero-shot agreement
 >= 99% on the bundled model) on x86 CPUs without AMX: on a 2-core AMD Zen 5 with AVX-512 VNNI and BF16,
-eager int8 ran the base towers 4.7-5.4x transformers fp32 and 1.07-1.27x eager bf16 at batches 1-32
+eager int8 ran the base towers 5.6-6.7x transformers fp32 and 1.32-1.56x eager bf16 at batches 1-32
 (BENCHMARKS.md), and 1.4-1.7x transformers fp32 on AVX2 without VNNI, where bf16 is emulated (~7x slower
 than fp32). With AMX, eager bf16 runs on the tiles and
 beats eager int8, nearer fp32: the embedding job ran 2.6-3.4x the transformers fp32 loop against int8's 2.2x,

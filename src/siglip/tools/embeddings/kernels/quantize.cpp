@@ -1,8 +1,8 @@
 // siglip's per-call activation quantisation for eager int8 (AVX2), built on first use by
 // `siglip.tools.embeddings.native` and called through ctypes by `siglip.tools.embeddings.int8.quantized`.
 //
-// One float32 or bf16 tensor of n values to uint8 with one scale and zero point (asymmetric, per tensor): two passes
-// over the input, each split over the threads: its range, then the quantised values. torch's own path
+// One float32 or bf16 tensor of n values to uint8 with one scale and zero point (asymmetric, per tensor): two
+// passes over the input, each split over the threads: its range, then the quantised values. torch's own path
 // (aminmax, then quantize_per_tensor and int_repr) read the input twice and wrote two tensors, 4x the time.
 //
 //   lo = min(min x, 0), hi = max(max x, 0), scale = max((hi - lo) / qmax, 2^-23) (float32),
@@ -81,6 +81,7 @@ int quantize(const T* x, int64_t n, uint8_t* out, int qmax, int threads, float* 
     }
     if (bad || !std::isfinite(lo) || !std::isfinite(hi)) return 1;
     const float scale = std::max((hi - lo) / static_cast<float>(qmax), kMinScale);
+    if (!std::isfinite(scale)) return 1;  // a range wider than float32's
     const int zero_point = std::min(std::max(static_cast<int>(std::nearbyint(-lo / scale)), 0), qmax);
     const float inverse = 1.f / scale;
 #pragma omp parallel num_threads(threads)
@@ -99,7 +100,8 @@ int quantize(const T* x, int64_t n, uint8_t* out, int qmax, int threads, float* 
                 q[j] = _mm256_add_epi32(_mm256_cvtps_epi32(scaled), plus);
             }
             // int32 -> int16 -> uint8, saturating: below 0 to 0, above 255 to 255; then qmax
-            __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            __m256i bytes =
+                _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
             bytes = _mm256_min_epu8(_mm256_permutevar8x32_epi32(bytes, order), most);
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), bytes);
         }
@@ -116,7 +118,8 @@ int quantize(const T* x, int64_t n, uint8_t* out, int qmax, int threads, float* 
 }  // namespace
 
 // Quantise x[0..n) (float32, or bf16 in `siglip_quantize_u8_bf16`) into out[0..n); writes the scale and zero
-// point. Returns 0, or 1 (nothing written) when x holds a NaN or an infinity, or qmax is not 127 or 255.
+// point. Returns 0, or 1 (nothing written) when x holds a NaN or an infinity, its range overflows float32, or
+// qmax is not 127 or 255.
 extern "C" int siglip_quantize_u8(const float* x, int64_t n, uint8_t* out, int qmax, int threads,
                                   float* scale_out, int32_t* zero_point_out) {
     return quantize(x, n, out, qmax, threads, scale_out, zero_point_out);
