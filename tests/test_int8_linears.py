@@ -20,10 +20,15 @@ from siglip.tools.embeddings import int8
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import Int8Linear, quantized
 
-needs_int8_linears = pytest.mark.skipif(
-    int8.int8_linears_why_not() is not None, reason=f"no Int8Linear here: {int8.int8_linears_why_not()}"
+# the kernel and the layers run on any x86 CPU with AVX2; eager int8 takes them where it has VNNI too
+pytestmark = pytest.mark.skipif(
+    int8._quantize_kernel()[1] is not None,
+    reason=f"no quantisation kernel here: {int8._quantize_kernel()[1]}",
 )
-pytestmark = needs_int8_linears
+needs_int8_linears = pytest.mark.skipif(
+    int8.int8_linears_why_not() is not None,
+    reason=f"eager int8 without Int8Linear: {int8.int8_linears_why_not()}",
+)
 
 
 def _reference(x: torch.Tensor, qmax: int) -> tuple[np.ndarray, np.float32, int]:
@@ -155,7 +160,7 @@ def test_int8_linear_computes_its_arithmetic(activation):
         float_out = linear(x) if act is None else act(linear(x))
     assert out.shape == (2, 9, 80) and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), expected, atol=2e-4, rtol=1e-5)
-    assert F.cosine_similarity(out.flatten(), float_out.flatten(), 0) > 0.9999
+    assert F.cosine_similarity(out.flatten(), float_out.flatten(), 0) > 0.9995  # 0.9998 with 7 bits
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -192,6 +197,7 @@ def test_add_to_adds_any_residual_and_leaves_it_alone(batch, monkeypatch):
     )
 
 
+@needs_int8_linears
 def test_int8_linears_copy_pickle_and_move():
     """A model in eager int8 deep-copies and pickles (the packed weights are not copied but packed again) and
     computes the same numbers after; `.to()` drops the packed copy."""
@@ -211,6 +217,7 @@ def test_int8_linears_copy_pickle_and_move():
     assert layer._packed is None
 
 
+@needs_int8_linears
 def test_a_model_with_nan_pixels_is_refused_by_name():
     model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
     size = model.config.vision_config.image_size
@@ -237,8 +244,18 @@ def _torch_dynamic(model: torch.nn.Module) -> bool:
 
 
 def test_without_the_kernel_eager_int8_takes_torchs_linears(monkeypatch, tmp_path, fresh_kernel, caplog):
-    """`SIGLIP_INT8_LINEARS=0`, a compiler that fails (said: its last line of errors; no file left) and a CPU
-    without AVX2 (the kernel never built) leave eager int8 on torch's dynamically quantised linears."""
+    """`SIGLIP_INT8_LINEARS=0`, a CPU without VNNI, a compiler that fails (said: its last line of errors; no
+    file left) and a CPU without AVX2 (the kernel never built) leave eager int8 on torch's dynamically
+    quantised linears."""
+    from siglip.tools.embeddings.precision import CpuUnits
+
+    def units(vnni: bool) -> None:
+        monkeypatch.setattr(int8, "cpu_units", lambda: CpuUnits(avx2=True, vnni=vnni, bf16=False, amx=False))
+
+    units(vnni=False)
+    assert "without VNNI" in int8.int8_linears_why_not()
+    assert _torch_dynamic(InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED)))
+    units(vnni=True)  # from here on, what the kernel decides
     monkeypatch.setenv(int8.INT8_LINEARS_VARIABLE, "0")
     assert int8.int8_linears_why_not() == "SIGLIP_INT8_LINEARS=0"
     assert _torch_dynamic(InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED)))
@@ -276,7 +293,7 @@ def test_a_build_removes_only_its_own_stale_builds(fresh_kernel):
     for path in (mine, theirs):
         path.write_bytes(b"an old build")
         os.utime(path, (time.time() - 7200, time.time() - 7200))
-    assert int8.int8_linears_why_not() is None
+    assert int8._quantize_kernel()[1] is None
     assert not mine.exists() and theirs.exists()
     assert len(list(fresh_kernel.glob("quantize-*.so"))) == 1
 
@@ -324,6 +341,7 @@ def test_an_int8_model_is_refused_as_a_checkpoint(tmp_path, monkeypatch):
     assert (tmp_path / "float" / "model.safetensors").is_file()
 
 
+@needs_int8_linears
 def test_queries_keys_and_values_come_in_the_attentions_dtype(monkeypatch):
     """On a CPU whose int8 attention computes in bf16, the projections write q, k, v in bf16: the same
     embeddings as converting their float32 output (the attention rounds it to bf16 either way), and the

@@ -1,14 +1,14 @@
 """int8 inference on the CPU, two ways.
 
-- Eager (`InferenceMode("int8")`, `use_eager_int8`): on an x86 CPU with AVX2, every linear layer an
+- Eager (`InferenceMode("int8")`, `use_eager_int8`): on an x86 CPU with VNNI, every linear layer an
   `Int8Linear` (`use_int8_linears`): oneDNN's int8 product on weights quantised per output channel, each
   call's input quantised per tensor by siglip's kernel (`quantized`, `kernels/quantize.cpp`, built on first
   use), the bias, the MLP's GELU and the residual adds inside the products, and batches of more than
   `EAGER_ROWS_PER_CALL` tokens run by each encoder layer in groups of sequences. The base towers ran
   1.17-1.20x (images) and 1.08-1.21x (texts) faster than on torch's dynamically quantised linears at batches
-  1-32, nearer fp32 (BENCHMARKS.md). Where the
-  kernel cannot be built (no C++ compiler and no build in the cache) or the CPU is not x86, torch's
-  dynamically quantised linears (`quantize_linear_layers`: weights per tensor) with a faster tanh-GELU
+  1-32, nearer fp32 (BENCHMARKS.md). Where the kernel cannot be built (no C++ compiler and no build in the
+  cache), on a CPU without VNNI (where they gained nothing) or one that is not x86, torch's dynamically
+  quantised linears (`quantize_linear_layers`: weights per tensor) with a faster tanh-GELU
   (`use_fast_gelu`). Ready at once (a base model's layers in under a second).
 - Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by
   torchao's PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per call
@@ -172,13 +172,17 @@ def use_eager_int8(model: nn.Module) -> None:
 
 
 def int8_linears_why_not() -> str | None:
-    """Why eager int8 cannot take `Int8Linear`s here, in words (None: it can): they need an x86 CPU with AVX2
-    (the quantisation kernel's code), torch's oneDNN (the products) and the kernel built (a C++ compiler, or
-    a build in the cache: `siglip.tools.embeddings.native`); `SIGLIP_INT8_LINEARS=0` turns them off."""
+    """Why eager int8 does not take `Int8Linear`s here, in words (None: it does): they need an x86 CPU with
+    VNNI (without it, held to AVX2 on a Zen 5, the base image tower ran 0.97-0.98x as fast as on torch's
+    dynamically quantised linears, at the same cosine to fp32: both take 7-bit activations there), torch's
+    oneDNN (the products) and the kernel built (a C++ compiler, or a build in the cache:
+    `siglip.tools.embeddings.native`); `SIGLIP_INT8_LINEARS=0` turns them off."""
     if os.environ.get(INT8_LINEARS_VARIABLE, "").strip() == "0":
         return f"{INT8_LINEARS_VARIABLE}=0"
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return "not an x86 CPU with torch's oneDNN"
+    if not cpu_units().vnni:  # the units oneDNN may use (an ISA cap hides them too)
+        return "a CPU without VNNI, where torch's dynamically quantised linears ran 1.02-1.03x as fast"
     products = getattr(torch.ops.onednn, "qlinear_pointwise", None)
     if products is None or "binary" not in products.overloads():
         return f"torch {torch.__version__} has no oneDNN int8 product with a residual add"
@@ -188,12 +192,10 @@ def int8_linears_why_not() -> str | None:
 def use_int8_linears(model: nn.Module) -> None:
     """Make every `nn.Linear` of a float32 `model` an `Int8Linear`, each MLP's first one with the MLP's GELU,
     and every encoder layer a `FusedEncoderLayer` that adds its residuals inside the products and runs at most
-    `EAGER_ROWS_PER_CALL` tokens a call, in place (where `int8_linears_why_not` says nothing). Activations
-    take 7 bits on a CPU without VNNI, as in `pt2e_int8`. The attention's queries, keys and values come out
+    `EAGER_ROWS_PER_CALL` tokens a call, in place (where `int8_linears_why_not` says nothing). The attention's queries, keys and values come out
     of their products in the dtype the attention computes in (`int8_attention_dtype`): in bf16, the same
     numbers without a conversion (the base image tower 1.03x faster on the Zen 5)."""
-    qmax = 255 if cpu_units().vnni else 127
-    replace_linears(model, lambda linear, activation: Int8Linear(linear, activation, qmax))
+    replace_linears(model, Int8Linear)
     use_fused_layers(model, EAGER_ROWS_PER_CALL)
     for attention in model.modules():
         if isinstance(attention, SiglipAttention):
@@ -204,7 +206,8 @@ def use_int8_linears(model: nn.Module) -> None:
 class Int8Linear(nn.Module):
     """`linear` in int8 through oneDNN's int8 product (`torch.ops.onednn.qlinear_pointwise`, what inductor
     calls for a compiled int8 linear): the weight int8 per output channel (symmetric: its largest magnitude
-    to 127), each call's input quantised to uint8 with one scale and zero point (`quantized`, at most `qmax`),
+    to 127), each call's input quantised to uint8 with one scale and zero point (`quantized`, at most `qmax`:
+    by default `activation_qmax()`, 7 bits on a CPU without VNNI),
     and the bias, `activation` (a key of `onednn.POST_OPS`, or None) and in `add_to` a residual applied to
     the float32 result inside the product. The scheme of `pt2e_int8`'s per-call scales, eager: the base
     towers ran 1.17-1.21x torch's dynamically quantised linears with the fast GELU (whose weights are int8
@@ -221,9 +224,12 @@ class Int8Linear(nn.Module):
     # read by `save_pretrained`, which refuses a model holding one
     not_a_checkpoint = "an int8 inference layer: save the float model, and apply the int8 mode after loading"
 
-    def __init__(self, linear: nn.Linear, activation: Callable | None = None, qmax: int = 255) -> None:
+    def __init__(
+        self, linear: nn.Linear, activation: Callable | None = None, qmax: int | None = None
+    ) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.qmax = linear.in_features, linear.out_features, qmax
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.qmax = qmax or activation_qmax()
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(1).div_(127).clamp_min_(torch.finfo(torch.float32).eps)
         self.register_buffer("weight", weight.div(scale[:, None]).round_().to(torch.int8))
@@ -272,6 +278,13 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op!r}"
+
+
+def activation_qmax() -> int:
+    """The largest quantised activation oneDNN's int8 products take on this CPU: 255, or 127 without VNNI,
+    where they add each pair of uint8 x int8 products in 16 bits, which 8-bit activations overflow (as in
+    `pt2e_int8`; held to AVX2, the bundled image tower's cosine to fp32 fell from 0.99972 to 0.99338)."""
+    return 255 if cpu_units().vnni else 127
 
 
 def quantized(x: torch.Tensor, qmax: int = 255) -> tuple[torch.Tensor, float, int]:
@@ -430,7 +443,7 @@ def pt2e_int8(graph: nn.Module, example: torch.Tensor, calibration: torch.Tensor
     pt2e = _pt2e()
     quantizer = pt2e.x86.X86InductorQuantizer()
     config = pt2e.x86.get_default_x86_inductor_quantization_config
-    quantizer.set_global(config(is_dynamic=calibration is None, reduce_range=not cpu_units().vnni))
+    quantizer.set_global(config(is_dynamic=calibration is None, reduce_range=activation_qmax() < 255))
     prepared = pt2e.prepare(graph, quantizer)
     for batch in (example,) if calibration is None else calibration.split(CALIBRATION_BATCH):
         prepared(batch)
