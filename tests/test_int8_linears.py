@@ -330,9 +330,8 @@ def test_an_int8_model_is_refused_as_a_checkpoint(tmp_path, monkeypatch):
     checkpoint's float weights), and leaves no file; the float model saves as before."""
     from siglip.errors import CheckpointError
 
-    for why in (None, "forced"):
-        if why:
-            monkeypatch.setattr(int8, "int8_linears_why_not", lambda: "forced")
+    for why in (None, "forced"):  # Int8Linear (whatever the CPU), then torch's linears
+        monkeypatch.setattr(int8, "int8_linears_why_not", lambda why=why: why)
         model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
         with pytest.raises(CheckpointError, match="Cannot save SiglipModel as a checkpoint: text_model"):
             model.save_pretrained(tmp_path / "int8")
@@ -369,3 +368,36 @@ def test_queries_keys_and_values_come_in_the_attentions_dtype(monkeypatch):
         assert torch.equal(model.get_text_features(ids), floats.get_text_features(ids))
         maps = model.vision_model(pixels, output_attentions=True).attentions
     assert maps[0].dtype == torch.bfloat16
+
+
+def test_a_layer_loaded_on_a_cpu_without_vnni_takes_7_bits(monkeypatch):
+    """A layer pickled where the CPU has VNNI (8-bit activations) takes 7 bits where it is loaded on one
+    without, whose int8 products would overflow 8-bit activations."""
+    from siglip.tools.embeddings.precision import CpuUnits
+
+    layer = Int8Linear(torch.nn.Linear(8, 4), qmax=255)
+    saved = pickle.dumps(layer)
+    monkeypatch.setattr(int8, "cpu_units", lambda: CpuUnits(avx2=True, vnni=False, bf16=False, amx=False))
+    assert pickle.loads(saved).qmax == 127 and Int8Linear(torch.nn.Linear(8, 4)).qmax == 127
+    monkeypatch.setattr(int8, "cpu_units", lambda: CpuUnits(avx2=True, vnni=True, bf16=False, amx=False))
+    assert pickle.loads(saved).qmax == 255
+
+
+def test_cxx_is_a_path_or_a_command(monkeypatch, tmp_path, fresh_kernel):
+    """`$CXX` naming an existing file is one word (spaces included); otherwise a command with arguments
+    (`ccache g++`); one that cannot be read as a command falls back to torch's linears, saying why."""
+    folder = tmp_path / "my tools"
+    folder.mkdir()
+    wrapper = folder / "c++ wrapper"
+    wrapper.write_text('#!/bin/sh\nexec g++ "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", str(wrapper))
+    assert int8._quantize_kernel()[1] is None
+    int8._quantize_kernel.cache_clear()
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "second"))
+    monkeypatch.setenv("CXX", "env g++")
+    assert int8._quantize_kernel()[1] is None
+    int8._quantize_kernel.cache_clear()
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "third"))
+    monkeypatch.setenv("CXX", "/opt/o'brien/g++")
+    assert "cannot be read as a command" in int8._quantize_kernel()[1]

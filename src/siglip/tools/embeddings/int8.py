@@ -214,10 +214,11 @@ class Int8Linear(nn.Module):
     per tensor) at 8-32 items, nearer fp32 (BENCHMARKS.md).
 
     Holds `weight` (int8), `weight_scale` and `bias` (float32) as buffers; the first call packs a copy of the
-    weight into oneDNN's layout (a millisecond or two a layer), made again after the weight changed, dropped
-    when the layer is moved, copied or pickled. Inference only: no gradient flows through it. A model of them
-    pickled whole runs only where `int8_linears_why_not` says nothing (elsewhere its first call raises): apply
-    int8 to the float model on each machine instead."""
+    weight into oneDNN's layout (a millisecond or two a layer), made again after the weight changed (not seen
+    for a weight made under `torch.inference_mode`, which has no version counter: build such layers again),
+    dropped when the layer is moved, copied or pickled. Inference only: no gradient flows through it. A model
+    of them pickled whole and loaded on a CPU without VNNI takes 7-bit activations there; where the kernel
+    cannot be built its first call raises: apply int8 to the float model on each machine instead."""
 
     _packed: tuple[torch.Tensor, int | None, torch.Tensor] | None = None  # `onednn.packed_copy`
     out_dtype: torch.dtype = torch.float32  # what `forward` returns (`add_to`: float32)
@@ -275,6 +276,10 @@ class Int8Linear(nn.Module):
 
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "_packed": None}  # oneDNN's layout has no storage to copy
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.qmax = min(self.qmax, activation_qmax())  # unpickled on a CPU without VNNI: 7 bits there
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op!r}"

@@ -36,6 +36,21 @@ COMMON_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-strict-aliasing",
 _BUILD_SECONDS = 120
 
 
+def _compiler() -> list[str]:
+    """The C++ compiler's command: `$CXX` (a path, or a command with arguments such as `ccache g++`), else
+    g++ or c++ on the PATH; an `OSError` where there is none or `$CXX` cannot be read as a command."""
+    cxx = os.environ.get("CXX", "").strip()
+    if cxx and not Path(cxx).exists():  # an existing path is one word, spaces and backslashes included
+        try:
+            return shlex.split(cxx)
+        except ValueError as error:
+            raise OSError(f"CXX={cxx!r} cannot be read as a command: {error}") from error
+    compiler = cxx or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        raise OSError("no C++ compiler was found (set CXX, or install g++)")
+    return [compiler]
+
+
 @dataclass(frozen=True)
 class NativeKernel:
     """The kernel of `kernels/<name>.cpp`, compiled with `COMMON_FLAGS` and `flags` (its instruction sets),
@@ -72,9 +87,7 @@ class NativeKernel:
             folder = process_folder() / "kernels"
             path = folder / path.name
         if not path.exists():
-            compiler = shlex.split(os.environ.get("CXX", "")) or [shutil.which("g++") or shutil.which("c++")]
-            if not compiler[0]:
-                raise OSError("no C++ compiler was found (set CXX, or install g++)")
+            compiler = _compiler()
             torch_lib = Path(torch.__file__).parent / "lib"
             link = [f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
             logger.info("building siglip's %s kernel for this machine: %s", self.name, path)
