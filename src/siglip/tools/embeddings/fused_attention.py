@@ -24,7 +24,6 @@ import functools
 import logging
 import math
 import os
-import subprocess
 
 import torch
 
@@ -37,7 +36,9 @@ VARIABLE = "SIGLIP_FUSED_ATTENTION"
 MAX_HEAD_SIZE = 128  # head sizes the kernel takes: even, up to this (SigLIP's are 64-96)
 # the name AOTInductor gives the op's C shim (aoti_torch_<device>_<op>), which the package calls
 SHIM = "aoti_torch_cpu_siglip_attention"
-KERNEL = NativeKernel("attention", ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"))
+KERNEL = NativeKernel(
+    "attention", ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"), "fused attention"
+)
 
 
 @torch.library.custom_op("siglip::siglip_attention", mutates_args=())
@@ -149,11 +150,10 @@ def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
     AVX-512 BF16, whose code it is compiled to."""
     if not torch.cpu._is_avx512_bf16_supported():
         return None, "the CPU has no AVX-512 BF16 units"
-    try:
-        library = KERNEL.load()
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home folder
-        logger.info("the fused attention kernel is not used: %s", error)
-        return None, f"the fused attention kernel could not be built ({error})"
+    library, why = KERNEL.load()
+    if library is None:
+        logger.info("the fused attention kernel is not used: %s", why)
+        return None, why
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     strides = ctypes.POINTER(ctypes.c_int64)
     for function in (library.siglip_attention_bf16, library.siglip_attention_f32):

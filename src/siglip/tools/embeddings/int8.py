@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -74,7 +73,7 @@ EAGER_ROWS_PER_CALL = 1024
 # images (1,568 tokens), 1.25-1.35x a call of 32 or 16; texts in groups of 8-16 1.07-1.15x a call of 32.
 PACKAGE_ROWS_PER_CALL = 1600
 CALIBRATION_BATCH = 16  # calibration inputs per forward of the observed float32 tower (`pt2e_int8`)
-QUANTIZE_KERNEL = NativeKernel("quantize", ("-mavx2",))  # `quantized`
+QUANTIZE_KERNEL = NativeKernel("quantize", ("-mavx2",), "int8 quantisation")  # `quantized`
 INT8_LINEARS_VARIABLE = "SIGLIP_INT8_LINEARS"  # "0": eager int8 takes torch's dynamically quantised linears
 
 
@@ -197,10 +196,11 @@ def use_int8_linears(model: nn.Module) -> None:
     numbers without a conversion (the base image tower 1.03x faster on the Zen 5)."""
     replace_linears(model, Int8Linear)
     use_fused_layers(model, EAGER_ROWS_PER_CALL)
+    dtype = int8_attention_dtype()
     for attention in model.modules():
         if isinstance(attention, SiglipAttention):
             for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-                projection.out_dtype = int8_attention_dtype()
+                projection.out_dtype = dtype
 
 
 class Int8Linear(nn.Module):
@@ -326,10 +326,9 @@ def _quantize_kernel() -> tuple[ctypes.CDLL | None, str | None]:
     process): never on a CPU without AVX2, whose code it is compiled to."""
     if not torch.cpu._is_avx2_supported():
         return None, "the CPU has no AVX2"
-    try:
-        library = QUANTIZE_KERNEL.load()
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home folder
-        return None, f"the int8 quantisation kernel could not be built ({error})"
+    library, why = QUANTIZE_KERNEL.load()
+    if library is None:
+        return None, why
     pointer = ctypes.c_void_p
     for kernel in (library.siglip_quantize_u8, library.siglip_quantize_u8_bf16):
         kernel.argtypes = [

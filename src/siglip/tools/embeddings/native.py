@@ -54,24 +54,28 @@ def _compiler() -> list[str]:
 @dataclass(frozen=True)
 class NativeKernel:
     """The kernel of `kernels/<name>.cpp`, compiled with `COMMON_FLAGS` and `flags` (its instruction sets),
-    linked to torch's CPU library."""
+    linked to torch's CPU library; `title` names it in messages."""
 
     name: str
     flags: tuple[str, ...]
+    title: str
 
     @property
     def source(self) -> Path:
         return FOLDER / f"{self.name}.cpp"
 
-    def load(self) -> ctypes.CDLL:
-        """The kernel's library (`built`), loaded with its symbols global; raises `OSError` or
-        `subprocess.SubprocessError` (saying why) where it cannot be built or loaded. The caller checks first
+    def load(self) -> tuple[ctypes.CDLL | None, str | None]:
+        """The kernel's library (`built`), loaded with its symbols global, or None and why it could not be
+        built or loaded (no compiler, a failed build, no home folder for the cache). The caller checks first
         that the CPU runs the code of `flags`."""
-        path = self.built()
-        library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        try:
+            path = self.built()
+            library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: no home folder
+            return None, f"the {self.title} kernel could not be built ({error})"
         with contextlib.suppress(OSError):
             os.utime(path)  # used now: `_remove_stale_builds` goes by the time of last use
-        return library
+        return library, None
 
     def built(self) -> Path:
         """The kernel's library: in `compiled_cache()/kernels` if a build of the same source, flags and torch
