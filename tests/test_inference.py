@@ -434,12 +434,10 @@ def test_int8_quantises_every_linear_layer_of_the_towers(eager_int8_path):
         assert all(m.fc1.post_op == "gelu" and m.fc1.algorithm == "tanh" for m in mlps)
         assert all(m.fc2.post_op == "none" and m.activation(torch.ones(1)) == 1 for m in mlps)
         # queries, keys and values come out in the attention's dtype, the rest in float32
-        projections = {
-            p
-            for m in model.modules()
-            if isinstance(m, SiglipAttention)
-            for p in (m.q_proj, m.k_proj, m.v_proj)
-        }
+        # each attention's queries, keys and values in one layer (the three gone)
+        attentions = [m for m in model.modules() if isinstance(m, SiglipAttention)]
+        assert not any(hasattr(m, "q_proj") or hasattr(m, "v_proj") for m in attentions)
+        projections = {m.qkv_proj for m in attentions}
         assert projections and all(p.out_dtype == int8_attention_dtype() for p in projections)
         others = [m for m in model.modules() if isinstance(m, int8.Int8Linear) and m not in projections]
         assert others and all(m.out_dtype == torch.float32 for m in others)
@@ -516,9 +514,13 @@ def _check_bf16_attention(attention: SiglipAttention, dtype: torch.dtype = torch
     x = torch.randn(3, 10, attention.embed_dim, generator=torch.Generator().manual_seed(3)).to(dtype)
     mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [4], [0]]), dtype)  # the last: no key
     with torch.inference_mode():
+        if hasattr(attention, "qkv_proj"):  # eager int8's one layer for the three
+            projected = attention.qkv_proj(x).chunk(3, dim=-1)
+        else:
+            projected = tuple(proj(x) for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
         q, k, v = (
-            proj(x).view(3, 10, attention.num_heads, attention.head_dim).transpose(1, 2).bfloat16().float()
-            for proj in (attention.q_proj, attention.k_proj, attention.v_proj)
+            t.view(3, 10, attention.num_heads, attention.head_dim).transpose(1, 2).bfloat16().float()
+            for t in projected
         )
         for attention_mask in (None, mask):
             scores = q @ k.transpose(-1, -2)
@@ -532,7 +534,7 @@ def _check_bf16_attention(attention: SiglipAttention, dtype: torch.dtype = torch
             expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 10, attention.embed_dim)
             ours = attention.attend(x, attention_mask)[0]
             # the projections' dtype: the inputs' (int8's write theirs in the attention's: bf16)
-            assert ours.dtype == attention.q_proj(x).dtype
+            assert ours.dtype == projected[0].dtype
             torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=2e-2)  # bf16's output rounding
             assert torch.equal(ours, ours.bfloat16().to(dtype))  # the kernel's bf16 output
 
@@ -698,14 +700,27 @@ def test_groups_are_as_few_as_fit():
     assert group_count(0, 196, 1024) == 1  # an empty batch: one (empty) call
 
 
+def test_int8_linears_rows_per_call_follow_amx(monkeypatch):
+    """`Int8Linear` layers run calls of up to 4,096 tokens without AMX (measured on a Zen 4 and a Zen 5),
+    1,024 with it (the eager int8 value measured there)."""
+    for amx, rows in ((True, EAGER_ROWS_PER_CALL), (False, int8.INT8_LINEAR_ROWS_PER_CALL)):
+        monkeypatch.setattr(int8, "cpu_units", lambda amx=amx: _units(amx))
+        assert int8.int8_linear_rows_per_call() == rows
+    assert (EAGER_ROWS_PER_CALL, int8.INT8_LINEAR_ROWS_PER_CALL) == (1024, 4096)
+
+
 def test_eager_int8_runs_a_large_batch_in_groups_of_sequences(monkeypatch, fp32_features, eager_int8_path):
-    """Past `EAGER_ROWS_PER_CALL` tokens each int8 encoder layer runs groups of whole sequences, each with the
-    numbers of its own call; the towers keep the int8 bound and the zero-shot winners."""
+    """Past its rows per call (`EAGER_ROWS_PER_CALL` tokens; with `Int8Linear`s 4,096 on a CPU without AMX)
+    each int8 encoder layer runs groups of whole sequences, each with the numbers of its own call; the towers
+    keep the int8 bound and the zero-shot winners."""
     model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
     layers = [m for m in model.modules() if isinstance(m, SiglipEncoderLayer)]
     kind = FusedEncoderLayer if eager_int8_path == "int8-linears" else GroupedEncoderLayer
     assert layers and all(type(m) is kind for m in layers)
-    assert all(m.rows_per_call == EAGER_ROWS_PER_CALL for m in layers)
+    rows = int8.int8_linear_rows_per_call() if eager_int8_path == "int8-linears" else EAGER_ROWS_PER_CALL
+    assert all(m.rows_per_call == rows for m in layers)
+    for each in layers:  # what follows counts groups of 1,024 tokens
+        monkeypatch.setattr(each, "rows_per_call", 1024)
     text_layer = model.text_model.encoder.layers[0]
     calls = []
     monkeypatch.setattr(text_layer, "_one_call", lambda *args: calls.append(args[0].shape[0]) or
@@ -734,7 +749,7 @@ def test_eager_int8_runs_a_large_batch_in_groups_of_sequences(monkeypatch, fp32_
             grouped = layer(x, attention_mask)[0]
             masks = [None] * 4 if attention_mask is None else attention_mask.split([3, 3, 2, 2])
             alone = [layer(part, m)[0] for part, m in zip(x.split([3, 3, 2, 2]), masks, strict=True)]
-            monkeypatch.setattr(layer, "rows_per_call", EAGER_ROWS_PER_CALL)
+            monkeypatch.setattr(layer, "rows_per_call", 1024)
             assert torch.equal(grouped, torch.cat(alone)) and not torch.equal(grouped, whole)
             assert F.cosine_similarity(grouped.flatten(1), whole.flatten(1)).min() > 0.999
 

@@ -355,9 +355,8 @@ def test_queries_keys_and_values_come_in_the_attentions_dtype(monkeypatch):
     floats = copy.deepcopy(model)
     for attention in floats.modules():
         if isinstance(attention, SiglipAttention):
-            assert attention.q_proj.out_dtype == torch.bfloat16
-            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-                projection.out_dtype = torch.float32
+            assert attention.qkv_proj.out_dtype == torch.bfloat16
+            attention.qkv_proj.out_dtype = torch.float32
     size = model.config.vision_config.image_size
     pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(9))
     ids = torch.randint(
@@ -368,6 +367,30 @@ def test_queries_keys_and_values_come_in_the_attentions_dtype(monkeypatch):
         assert torch.equal(model.get_text_features(ids), floats.get_text_features(ids))
         maps = model.vision_model(pixels, output_attentions=True).attentions
     assert maps[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_layer_for_queries_keys_and_values_gives_the_three_layers_numbers(masked):
+    """`fuse_projections` stacks the three weights into one layer: as `Int8Linear`s (weights quantised per
+    output channel, the input once) the attention's output is bit for bit that of three `Int8Linear`s; in
+    float32 it stays within float rounding of the checkpoint's layers. The three layers are gone."""
+    from siglip.core.two_tower.modeling import SiglipAttention, key_padding_mask
+    from siglip.tools.embeddings.onednn import replace_linears
+
+    model = SiglipModel.from_pretrained(BUNDLED)
+    three = model.text_model.encoder.layers[1].self_attn
+    assert type(three) is SiglipAttention
+    one = copy.deepcopy(three)
+    int8.fuse_projections(one)
+    assert not any(hasattr(one, name) for name in ("q_proj", "k_proj", "v_proj"))
+    x = torch.randn(3, 10, three.embed_dim, generator=torch.Generator().manual_seed(4))
+    mask = key_padding_mask(torch.arange(10) < torch.tensor([[10], [4], [1]]), x.dtype) if masked else None
+    with torch.inference_mode():
+        torch.testing.assert_close(one.attend(x, mask)[0], three.attend(x, mask)[0], rtol=1e-5, atol=1e-6)
+        replace_linears(one, Int8Linear)
+        replace_linears(three, Int8Linear)
+        assert isinstance(one.qkv_proj, Int8Linear) and one.qkv_proj.out_features == 3 * three.embed_dim
+        assert torch.equal(one.attend(x, mask)[0], three.attend(x, mask)[0])
 
 
 def test_a_layer_loaded_on_a_cpu_without_vnni_takes_7_bits(monkeypatch):

@@ -66,7 +66,10 @@ class Embedding(nn.Embedding):
 # Building blocks shared by both towers
 # --------------------------------------------------------------------------------------------------------
 class SiglipAttention(nn.Module):
-    """Multi-head self-attention. Never causal; an additive key mask is optional (text padding only)."""
+    """Multi-head self-attention. Never causal; an additive key mask is optional (text padding only).
+
+    An inference mode may replace `q_proj`, `k_proj` and `v_proj` by one submodule `qkv_proj` whose output
+    holds the three side by side, in that order (eager int8: `siglip.tools.embeddings.int8`)."""
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
@@ -92,10 +95,12 @@ class SiglipAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The heads' outputs, concatenated (the input of `out_proj`), and the attention maps when asked."""
         batch, length, _ = x.shape
-        q, k, v = (
-            proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
-        )
+        fused = self._modules.get("qkv_proj")  # read so, a model pickled whole before it existed works too
+        if fused is None:
+            projected = (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        else:
+            projected = fused(x).chunk(3, dim=-1)
+        q, k, v = (t.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2) for t in projected)
         dropout = self.config.attention_dropout if self.training else 0.0
         weights = None
         if output_attentions or self.config.attn_implementation == "eager":

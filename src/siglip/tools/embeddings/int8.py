@@ -1,10 +1,11 @@
 """int8 inference on the CPU, two ways.
 
 - Eager (`InferenceMode("int8")`, `use_eager_int8`): on an x86 CPU with VNNI, every linear layer an
-  `Int8Linear` (`use_int8_linears`): oneDNN's int8 product on weights quantised per output channel, each
-  call's input quantised per tensor by siglip's kernel (`quantized`, `kernels/quantize.cpp`, built on first
-  use), the bias, the MLP's GELU and the residual adds inside the products, and batches of more than
-  `EAGER_ROWS_PER_CALL` tokens run by each encoder layer in groups of sequences. The base towers ran
+  `Int8Linear` (`use_int8_linears`; each attention's queries, keys and values one layer): oneDNN's int8
+  product on weights quantised per output channel, each call's input quantised per tensor by siglip's kernel
+  (`quantized`, `kernels/quantize.cpp`, built on first use), the bias, the MLP's GELU and the residual adds
+  inside the products, and large batches run by each encoder layer in groups of sequences
+  (`int8_linear_rows_per_call`). The base towers ran
   1.17-1.20x (images) and 1.08-1.21x (texts) faster than on torch's dynamically quantised linears at batches
   1-32, nearer fp32 (BENCHMARKS.md). Where the kernel cannot be built (no C++ compiler and no build in the
   cache), on a CPU without VNNI (where they gained nothing) or one that is not x86, torch's dynamically
@@ -64,9 +65,13 @@ logger = logging.getLogger("siglip")
 # (`groups.group_count`): the base image tower ran 1.3-1.4x faster in groups of 4 images (784 tokens) than at
 # 8 or 16 images a call, and the text tower 1.3-1.4x faster in groups of 8-16 texts than at 32 (AMX Xeon,
 # 2 threads); with its products held to AVX2, 1.11x at 32 images (groups of 2,048 or 4,096 tokens alike).
-# `Int8Linear`s too (Zen 5): groups of 1,024 ran the image tower 1.00-1.03x groups of 2,048 or 4,096 and
-# 1.05-1.09x groups of 512 at 8-32 images (each against the same torch-dynamic tower, paired rounds).
+# `Int8Linear`s take `int8_linear_rows_per_call()`.
 EAGER_ROWS_PER_CALL = 1024
+# `Int8Linear`s on a CPU without AMX take calls of up to this many tokens: on a Zen 4 (2 threads, paired
+# rounds) one call of 8, 16 or 32 images ran the image tower 1.06-1.09x as fast as groups of 1,024 tokens
+# (two groups of 16 images 1.06x); on a Zen 5 groups of 1,024 had run 1.00-1.03x groups of 2,048 or 4,096
+# (and 1.05-1.09x groups of 512). Not measured with AMX, which keeps `EAGER_ROWS_PER_CALL`.
+INT8_LINEAR_ROWS_PER_CALL = 4096
 
 # A compiled int8 tower's package is called on groups of items of at most this many tokens: its fused
 # kernels keep activations in 8 bits between products, and the base image tower ran fastest in groups of 8
@@ -158,7 +163,7 @@ def use_eager_int8(model: nn.Module) -> None:
     """Put a float32 `model` into eager int8, in place (CPU only): `prepare_for_int8`, then its linear layers
     as `Int8Linear`s in `FusedEncoderLayer`s (`use_int8_linears`) where `int8_linears_why_not` says nothing,
     else as torch's dynamically quantised linears (`quantize_linear_layers`) with the fast GELU; large batches
-    in groups of `EAGER_ROWS_PER_CALL` tokens either way."""
+    in groups of sequences either way (`int8_linear_rows_per_call()`, `EAGER_ROWS_PER_CALL` tokens)."""
     prepare_for_int8(model)
     why = int8_linears_why_not()
     if why is None:
@@ -191,16 +196,40 @@ def int8_linears_why_not() -> str | None:
 def use_int8_linears(model: nn.Module) -> None:
     """Make every `nn.Linear` of a float32 `model` an `Int8Linear`, each MLP's first one with the MLP's GELU,
     and every encoder layer a `FusedEncoderLayer` that adds its residuals inside the products and runs at most
-    `EAGER_ROWS_PER_CALL` tokens a call, in place (where `int8_linears_why_not` says nothing). The attention's queries, keys and values come out
-    of their products in the dtype the attention computes in (`int8_attention_dtype`): in bf16, the same
-    numbers without a conversion (the base image tower 1.03x faster on the Zen 5)."""
+    `int8_linear_rows_per_call()` tokens a call, in place (where `int8_linears_why_not` says nothing).
+
+    Each attention's queries, keys and values become one `Int8Linear`, its `qkv_proj` (`fuse_projections`),
+    which comes out in the dtype the attention computes in (`int8_attention_dtype`): in bf16, the same numbers
+    without a conversion (the base image tower 1.03x faster on the Zen 5)."""
+    fuse_projections(model)
     replace_linears(model, Int8Linear)
-    use_fused_layers(model, EAGER_ROWS_PER_CALL)
+    use_fused_layers(model, int8_linear_rows_per_call())
     dtype = int8_attention_dtype()
     for attention in model.modules():
         if isinstance(attention, SiglipAttention):
-            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-                projection.out_dtype = dtype
+            attention.qkv_proj.out_dtype = dtype
+
+
+def int8_linear_rows_per_call() -> int:
+    """The most tokens an eager int8 encoder layer of `Int8Linear`s runs a call on this CPU (more run in
+    groups of sequences): `EAGER_ROWS_PER_CALL` with AMX, `INT8_LINEAR_ROWS_PER_CALL` without."""
+    return EAGER_ROWS_PER_CALL if cpu_units().amx else INT8_LINEAR_ROWS_PER_CALL
+
+
+def fuse_projections(model: nn.Module) -> None:
+    """Make the queries', keys' and values' layers of every `SiglipAttention` of `model` one `nn.Linear`, its
+    `qkv_proj` (their weights stacked: copies; the three layers are removed), in place. Each input is then
+    quantised once, not three times, and multiplied in one product: with `Int8Linear`s the same numbers (the
+    weights' scales are per output channel), 1.5x as fast at one text (64 rows) and 1.2-1.3x at one image
+    (197), 1.0-1.1x from 1,024 rows (Zen 5, a base tower's 768 x 768 layers)."""
+    for attention in model.modules():
+        if isinstance(attention, SiglipAttention) and "qkv_proj" not in attention._modules:
+            layers = (attention.q_proj, attention.k_proj, attention.v_proj)
+            attention.qkv_proj = _linear(
+                torch.cat([layer.weight.detach() for layer in layers]),
+                torch.cat([layer.bias.detach() for layer in layers]),
+            )
+            del attention.q_proj, attention.k_proj, attention.v_proj
 
 
 class Int8Linear(nn.Module):
