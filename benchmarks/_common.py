@@ -160,12 +160,12 @@ def machine_line() -> str:
     from siglip.tools.embeddings.precision import cpu_units, isa_caps
 
     cpuinfo = Path("/proc/cpuinfo")
-    names = (
-        [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        if cpuinfo.exists()
-        else []
-    )
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    names = [line for line in text.splitlines() if line.startswith("model name")]
     cpu = names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
+    # the family and model tell apart CPUs of one name and the same flags (an EPYC's Zen 4 and Zen 5: 25, 26)
+    family = re.search(r"^cpu family\s*:\s*(\d+)\s*\nmodel\s*:\s*(\d+)", text, re.M) if names else None
+    cpu += f" (family {family[1]}, model {family[2]})" if family else ""
     usable = cpu_units()
     units = "AMX" if usable.amx else "yes" if usable.bf16 else "no"
     caps = isa_caps()

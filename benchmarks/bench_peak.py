@@ -1,20 +1,26 @@
 """How near the hardware's limit siglip's CPU modes run: this machine's instruction peak per precision, the
 rate of oneDNN's products at the base towers' layer shapes, and the whole eager towers' rate.
 
-    python benchmarks/bench_peak.py [--threads N] [--rows 64 197 1024] [--batch 8] [--repeats 15]
+    python benchmarks/bench_peak.py [--threads N] [--rows 64 196 1024] [--batch 8] [--repeats 15]
 
 - Instruction peak: `peak_loop.cpp`, built here with the machine's C++ compiler (`$CXX`, else g++), runs
   independent chains of the multiply-add instruction of each precision (FMA, AVX-512 BF16's dot product,
   VNNI's u8 x s8 dot product; AVX2's three-instruction int8 step without VNNI) on every thread, with no
   memory traffic: no matrix product can run faster on these units. AMX's tiles are not measured.
 - Products: each layer shape of a base tower (queries, keys and values in one product: 768 -> 2304; the
-  attention's output 768 -> 768; the MLP 768 -> 3072 -> 768) at a text (64 rows), an image (196) and a
-  group of images (1,024), as the modes call them: fp32 `F.linear` (aten), bf16 `FusedLinear` (oneDNN, its
+  attention's output 768 -> 768; the MLP 768 -> 3072 -> 768) at a text (64 rows), an image (196) and
+  1,024 rows, as the modes call them: fp32 `F.linear` (aten), bf16 `FusedLinear` (oneDNN, its
   packed weight), int8 oneDNN's u8 x s8 product on an input `int8.quantized` made (`Int8Linear`'s product,
   without the quantisation); each as operations a second and as a share of the instruction peak.
 - Towers: the base image and text towers (random weights) in eager fp32, bf16 and int8 at `--batch` items:
-  the products' and the attention's operations a second over the whole call (everything else, from layer
-  norms to Python, counts as time), and that as a share of the peak.
+  the encoder layers' products and attention, in operations a second over the whole call (everything else,
+  from the patch embedding and the heads, about 2% of the operations, to layer norms and Python, counts as
+  time), and that as a share of the mode's peak (int8's attention computes in bf16 or float32: its share is
+  of the int8 peak all the same).
+
+The peak is of the instructions the compiler's `-march=native` picks: an ISA cap (`ONEDNN_MAX_CPU_ISA`,
+`--emulate-cpu` elsewhere) does not lower it, and AMX's tiles, which oneDNN uses for bf16 and int8 where a
+CPU has them, are not in it (shares there can pass 100%). Without a compiler the shares are left out.
 
 Medians of `--repeats` calls after a warm-up. The figures are this machine's: its flags are printed.
 """
@@ -24,10 +30,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import SHAPES, cpu_flags, machine_line
+from _common import SHAPES, cpu_flags, machine_line, time_alternately
 from siglip import SiglipConfig, SiglipModel
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import Int8Linear, int8_linears_why_not, quantized
@@ -49,12 +53,16 @@ TOKENS = {"image": 196, "text": 64}  # a base/16-224 image's patches (no class t
 
 def instruction_peaks(threads: int) -> dict[str, float | None]:
     """Operations a second each precision's multiply-add instruction reaches on `threads` threads (None: the
-    CPU has no such instruction), the best of three runs of about half a second."""
+    CPU has no such instruction), the best of three runs; {} where the loop cannot be built."""
     with tempfile.TemporaryDirectory() as tmp:
         binary = Path(tmp) / "peak_loop"
         compiler = shlex.split(os.environ.get("CXX", "g++"))
         flags = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
-        subprocess.run([*compiler, *flags, str(LOOP), "-o", str(binary)], check=True)
+        try:
+            subprocess.run([*compiler, *flags, str(LOOP), "-o", str(binary)], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as error:
+            print(f"the peak loop could not be built ({error}): no shares")
+            return {}
         peaks: dict[str, float | None] = {}
         for kind in ("fp32", "bf16", "int8"):
             runs = [
@@ -65,16 +73,6 @@ def instruction_peaks(threads: int) -> dict[str, float | None]:
             ]
             peaks[kind] = None if runs[0] == "none" else max(float(run) for run in runs)
     return peaks
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def product_calls(rows: int, width: int, out: int) -> dict[str, Callable[[], object]]:
@@ -96,7 +94,7 @@ def product_calls(rows: int, width: int, out: int) -> dict[str, Callable[[], obj
 
 
 def tower_operations(config: SiglipConfig, part: str, batch: int) -> float:
-    """The products' and the attention's operations of one call of a tower on `batch` items."""
+    """The operations of the encoder layers' products and attention in one call of a tower on `batch` items."""
     tower = config.vision_config if part == "image" else config.text_config
     dim, hidden, layers = tower.hidden_size, tower.intermediate_size, tower.num_hidden_layers
     tokens = (tower.image_size // tower.patch_size) ** 2 if part == "image" else TOKENS["text"]
@@ -131,7 +129,9 @@ def main() -> None:
         for rows in args.rows:
             for name, (width, out) in LAYERS.items():
                 calls = product_calls(rows, width, out)
-                rates = [2 * rows * width * out / median_seconds(calls[k], args.repeats) for k in kinds]
+                rates = [
+                    2 * rows * width * out / time_alternately({k: calls[k]}, args.repeats)[k] for k in kinds
+                ]
                 print(f"| {name} {width} -> {out} | {rows} | " + " | ".join(map(share, rates, kinds)) + " |")
 
     config = SiglipConfig(**SHAPES["base16-224"])
@@ -145,7 +145,7 @@ def main() -> None:
                 ("image", lambda m=model: m.get_image_features(pixel_values=pixels)),
                 ("text", lambda m=model: m.get_text_features(input_ids=ids)),
             ):
-                seconds = median_seconds(call, max(3, args.repeats // 3))
+                seconds = time_alternately({part: call}, max(3, args.repeats // 3))[part]
                 cells[part].append(share(tower_operations(config, part, args.batch) / seconds, mode))
     print(f"\n| base tower, {args.batch} items | " + " | ".join(kinds) + " |\n|---|" + "---:|" * len(kinds))
     for part, row in cells.items():

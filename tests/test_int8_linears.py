@@ -393,6 +393,25 @@ def test_one_layer_for_queries_keys_and_values_gives_the_three_layers_numbers(ma
         assert torch.equal(one.attend(x, mask)[0], three.attend(x, mask)[0])
 
 
+def test_projections_wrapped_by_an_adapter_are_not_fused():
+    """An attention whose queries' layer is wrapped (a LoRA adapter's `weight` is its base layer's, without the
+    adapter) keeps its three layers; the others are fused."""
+
+    class Adapted(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + 1.0
+
+    model = SiglipModel.from_pretrained(BUNDLED)
+    wrapped = model.text_model.encoder.layers[0].self_attn
+    base = wrapped.q_proj
+    wrapped.q_proj = Adapted(base.in_features, base.out_features)
+    wrapped.q_proj.load_state_dict(base.state_dict())
+    int8.fuse_projections(model)
+    assert "qkv_proj" not in wrapped._modules and isinstance(wrapped.q_proj, Adapted)
+    assert hasattr(wrapped, "k_proj") and hasattr(wrapped, "v_proj")
+    assert "qkv_proj" in model.text_model.encoder.layers[1].self_attn._modules
+
+
 def test_a_layer_loaded_on_a_cpu_without_vnni_takes_7_bits(monkeypatch):
     """A layer pickled where the CPU has VNNI (8-bit activations) takes 7 bits where it is loaded on one
     without, whose int8 products would overflow 8-bit activations."""

@@ -34,6 +34,9 @@ from siglip.tools.embeddings.writers import embed_to_file
 
 pytest.importorskip("torchao")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(
+    not FASHION.is_dir(), reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist"
+)
 PROMPTS = ["a photo of a {}.", "an image of the {}", "this is a {}", "a picture of a {}, for sale"]
 
 

@@ -95,8 +95,8 @@ class InferenceMode:
         int8 products; torch's dynamically quantised linear where its kernel cannot be built:
         `int8.use_eager_int8`), runs the attention's own products in bf16 on a CPU with bf16 units
         (`int8.prepare_for_int8`), and a large batch runs each encoder layer in groups of sequences
-        (`int8.int8_linear_rows_per_call`); the model can then no longer be saved as a checkpoint of the original
-        format. bf16 on an x86 CPU with bf16 units makes them
+        (`int8.int8_linear_rows_per_call`); the model can then no longer be saved as a checkpoint of the
+        original format. bf16 on an x86 CPU with bf16 units makes them
         `onednn.FusedLinear`s (the same parameters; the bias, the MLP's GELU and the residual adds inside
         oneDNN's products), and without AMX runs the attention in groups of sequences
         (`attention.GroupedAttention`). On the CPU, freed memory stays in the process's heap for the next

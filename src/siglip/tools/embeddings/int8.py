@@ -5,12 +5,12 @@
   product on weights quantised per output channel, each call's input quantised per tensor by siglip's kernel
   (`quantized`, `kernels/quantize.cpp`, built on first use), the bias, the MLP's GELU and the residual adds
   inside the products, and large batches run by each encoder layer in groups of sequences
-  (`int8_linear_rows_per_call`). The base towers ran
-  1.17-1.20x (images) and 1.08-1.21x (texts) faster than on torch's dynamically quantised linears at batches
-  1-32, nearer fp32 (BENCHMARKS.md). Where the kernel cannot be built (no C++ compiler and no build in the
-  cache), on a CPU without VNNI (where they gained nothing) or one that is not x86, torch's dynamically
-  quantised linears (`quantize_linear_layers`: weights per tensor) with a faster tanh-GELU
-  (`use_fast_gelu`). Ready at once (a base model's layers in under a second).
+  (`int8_linear_rows_per_call`). The base towers ran 1.17-1.20x (images) and 1.08-1.21x (texts) faster than
+  on torch's dynamically quantised linears at batches 1-32, nearer fp32 (BENCHMARKS.md). Where the kernel
+  cannot be built (no C++ compiler and no build in the cache), on a CPU without VNNI (where they gained
+  nothing) or one that is not x86, torch's dynamically quantised linears (`quantize_linear_layers`: weights
+  per tensor) with a faster tanh-GELU (`use_fast_gelu`). Ready at once (a base model's layers in under a
+  second).
 - Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by
   torchao's PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per call
   as in eager int8) and compiled ahead of time by inductor with freezing, which fuses activation
@@ -207,7 +207,9 @@ def use_int8_linears(model: nn.Module) -> None:
     dtype = int8_attention_dtype()
     for attention in model.modules():
         if isinstance(attention, SiglipAttention):
-            attention.qkv_proj.out_dtype = dtype
+            for name in ("qkv_proj", "q_proj", "k_proj", "v_proj"):  # the three where they were not fused
+                if isinstance(layer := attention._modules.get(name), Int8Linear):
+                    layer.out_dtype = dtype
 
 
 def int8_linear_rows_per_call() -> int:
@@ -218,13 +220,17 @@ def int8_linear_rows_per_call() -> int:
 
 def fuse_projections(model: nn.Module) -> None:
     """Make the queries', keys' and values' layers of every `SiglipAttention` of `model` one `nn.Linear`, its
-    `qkv_proj` (their weights stacked: copies; the three layers are removed), in place. Each input is then
-    quantised once, not three times, and multiplied in one product: with `Int8Linear`s the same numbers (the
-    weights' scales are per output channel), 1.5x as fast at one text (64 rows) and 1.2-1.3x at one image
-    (197), 1.0-1.1x from 1,024 rows (Zen 5, a base tower's 768 x 768 layers)."""
+    `qkv_proj` (their weights stacked: copies; the three layers are removed), in place, where all three are
+    plain `nn.Linear`s with a bias (layers wrapped by adapters, LoRA's, are left as they are). For inference
+    only: such an attention is no checkpoint's. Each input is then quantised once, not three times, and
+    multiplied in one product: with `Int8Linear`s the same numbers (the weights' scales are per output
+    channel), 1.5-1.8x as fast at one text (64 rows) and 1.2-1.3x at one image (196), 1.0-1.1x from 1,024 rows
+    (Zen 4, a base tower's 768 x 768 layers, BENCHMARKS.md)."""
     for attention in model.modules():
-        if isinstance(attention, SiglipAttention) and "qkv_proj" not in attention._modules:
-            layers = (attention.q_proj, attention.k_proj, attention.v_proj)
+        if not isinstance(attention, SiglipAttention) or "qkv_proj" in attention._modules:
+            continue
+        layers = (attention.q_proj, attention.k_proj, attention.v_proj)
+        if all(type(layer) is nn.Linear and layer.bias is not None for layer in layers):
             attention.qkv_proj = _linear(
                 torch.cat([layer.weight.detach() for layer in layers]),
                 torch.cat([layer.bias.detach() for layer in layers]),
