@@ -60,6 +60,26 @@ double run(long iterations, int threads, double ops_per_step, Vec (*seed)(int), 
     return ops_per_step * Chains * iterations * threads / seconds;
 }
 
+// int8 without VNNI, as oneDNN runs it there: u8 x s8 products summed in pairs to 16 bits (vpmaddubsw), in
+// pairs again to 32 bits (vpmaddwd by ones), then accumulated (vpaddd)
+inline __m256i pair_sums(__m256i x, __m256i c) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(x, c), _mm256_set1_epi16(1));
+}
+#ifdef __AVX512BW__
+inline __m512i pair_sums(__m512i x, __m512i c) {
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(x, c), _mm512_set1_epi16(1));
+}
+#endif
+
+template <int Chains, typename Vec>
+double three_instructions(long iterations, int threads, double ops_per_step, Vec b, Vec c, Vec (*seed)(int)) {
+    return run<Chains>(iterations, threads, ops_per_step, seed, [&](Vec a) {
+        Vec x = b;
+        __asm__ volatile("" : "+v"(x));  // the products would otherwise be computed once, outside the loop
+        return sum(a, pair_sums(x, c));
+    });
+}
+
 double peak(const char* kind, int threads, long iterations) {
     if (!std::strcmp(kind, "fp32")) {
 #ifdef __AVX512F__
@@ -96,23 +116,13 @@ double peak(const char* kind, int threads, long iterations) {
             iterations, threads, 64, +[](int j) { return _mm256_set1_epi32(j); },
             [&](__m256i a) { return _mm256_dpbusd_avx_epi32(a, b, c); });
 #elif defined(__AVX512BW__)  // AVX-512 without VNNI (Skylake-SP): the three instructions on 512 bits
-        const __m512i b = _mm512_set1_epi8(1), c = _mm512_set1_epi8(2), ones = _mm512_set1_epi16(1);
-        return run<8>(
-            iterations, threads, 128, +[](int j) { return _mm512_set1_epi32(j); },
-            [&](__m512i a) {
-                __m512i x = b;
-                __asm__ volatile("" : "+v"(x));  // the products would otherwise be computed once, outside
-                return _mm512_add_epi32(a, _mm512_madd_epi16(_mm512_maddubs_epi16(x, c), ones));
-            });
+        return three_instructions<8>(
+            iterations, threads, 128, _mm512_set1_epi8(1), _mm512_set1_epi8(2),
+            +[](int j) { return _mm512_set1_epi32(j); });
 #else
-        const __m256i b = _mm256_set1_epi8(1), c = _mm256_set1_epi8(2), ones = _mm256_set1_epi16(1);
-        return run<6>(
-            iterations, threads, 64, +[](int j) { return _mm256_set1_epi32(j); },
-            [&](__m256i a) {
-                __m256i x = b;
-                __asm__ volatile("" : "+x"(x));  // the products would otherwise be computed once, outside
-                return _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(x, c), ones));
-            });
+        return three_instructions<6>(
+            iterations, threads, 64, _mm256_set1_epi8(1), _mm256_set1_epi8(2),
+            +[](int j) { return _mm256_set1_epi32(j); });
 #endif
     }
     return -2;
