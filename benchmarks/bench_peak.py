@@ -94,7 +94,7 @@ def product_calls(rows: int, width: int, out: int) -> dict[str, Callable[[], obj
 
 
 def tower_operations(config: SiglipConfig, part: str, batch: int) -> float:
-    """The operations of the encoder layers' products and attention in one call of a tower on `batch` items."""
+    """The operations of the encoder layers' products and attention in a tower's call on `batch` items."""
     tower = config.vision_config if part == "image" else config.text_config
     dim, hidden, layers = tower.hidden_size, tower.intermediate_size, tower.num_hidden_layers
     tokens = (tower.image_size // tower.patch_size) ** 2 if part == "image" else TOKENS["text"]

@@ -30,8 +30,8 @@ inline __m512 sum(__m512 x, __m512 y) { return _mm512_add_ps(x, y); }
 inline __m512i sum(__m512i x, __m512i y) { return _mm512_add_epi32(x, y); }
 #endif
 
-// `Chains` independent accumulators, enough to cover each unit's latency times its pipes while every chain and
-// constant stays in a register (32 with AVX-512, 16 without: a chain kept in memory would read low).
+// `Chains` independent accumulators, enough to cover each unit's latency times its pipes while every chain
+// and constant stays in a register (32 with AVX-512, 16 without: a chain kept in memory would read low).
 template <int Chains, typename Vec, typename Step>
 double run(long iterations, int threads, double ops_per_step, Vec (*seed)(int), Step step) {
     double seconds = 0;

@@ -394,8 +394,8 @@ def test_one_layer_for_queries_keys_and_values_gives_the_three_layers_numbers(ma
 
 
 def test_projections_wrapped_by_an_adapter_are_not_fused():
-    """An attention whose queries' layer is wrapped (a LoRA adapter's `weight` is its base layer's, without the
-    adapter) keeps its three layers; the others are fused."""
+    """An attention whose queries' layer is wrapped (a LoRA adapter's `weight` is its base layer's, without
+    the adapter) keeps its three layers; the others are fused."""
 
     class Adapted(torch.nn.Linear):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

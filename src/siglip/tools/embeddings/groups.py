@@ -4,9 +4,10 @@ compiled towers.
 Past a certain number of tokens per call, a CPU's products slow down per token: the MLP's 3072-wide
 activations no longer stay in the caches. Where measured (BENCHMARKS.md), the fused bf16 layers ran faster in
 groups of at most 4,096 tokens, the eager int8 layers of at most 1,024 (4,096 for `Int8Linear`s without AMX)
-and the compiled int8 towers of at most 1,600; each mode owns its number. Each group is a call of its own: a layer's numbers for a group are those of
-the group computed alone (in int8, whose activations are scaled per call, an item's numbers depend on its
-group as they did on the batch; the eager int8 heads after the encoder still take the whole batch).
+and the compiled int8 towers of at most 1,600; each mode owns its number. Each group is a call of its own: a
+layer's numbers for a group are those of the group computed alone (in int8, whose activations are scaled per
+call, an item's numbers depend on its group as they did on the batch; the eager int8 heads after the encoder
+still take the whole batch).
 """
 
 from __future__ import annotations

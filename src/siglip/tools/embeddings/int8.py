@@ -68,9 +68,10 @@ logger = logging.getLogger("siglip")
 # `Int8Linear`s take `int8_linear_rows_per_call()`.
 EAGER_ROWS_PER_CALL = 1024
 # `Int8Linear`s on a CPU without AMX take calls of up to this many tokens: on a Zen 4 (2 threads, paired
-# rounds) one call of 8, 16 or 32 images ran the image tower 1.06-1.09x as fast as groups of 1,024 tokens
-# (two groups of 16 images 1.06x); on a Zen 5 groups of 1,024 had run 1.00-1.03x groups of 2,048 or 4,096
-# (and 1.05-1.09x groups of 512). Not measured with AMX, which keeps `EAGER_ROWS_PER_CALL`.
+# rounds) one call of 8 or 16 images ran the image tower 1.06-1.09x as fast as groups of 1,024 tokens, and
+# 32 images in two groups of 16 1.06-1.08x; on a Zen 5 groups of 1,024 had run 1.00-1.03x groups of 2,048 or
+# 4,096 (and 1.05-1.09x groups of 512). Not measured with AMX, which keeps `EAGER_ROWS_PER_CALL`, nor on
+# Intel CPUs with VNNI and no AMX.
 INT8_LINEAR_ROWS_PER_CALL = 4096
 
 # A compiled int8 tower's package is called on groups of items of at most this many tokens: its fused
