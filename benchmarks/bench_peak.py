@@ -28,8 +28,6 @@ Medians of `--repeats` calls after a warm-up. The figures are this machine's: it
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from _common import SHAPES, cpu_flags, machine_line, time_alternately
 from siglip import SiglipConfig, SiglipModel
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import Int8Linear, int8_linears_why_not, quantized
+from siglip.tools.embeddings.native import compiler_command
 from siglip.tools.embeddings.onednn import FusedLinear, fused_linears_available
 
 LOOP = Path(__file__).with_name("peak_loop.cpp")
@@ -56,10 +55,10 @@ def instruction_peaks(threads: int) -> dict[str, float | None]:
     CPU has no such instruction), the best of three runs; {} where the loop cannot be built."""
     with tempfile.TemporaryDirectory() as tmp:
         binary = Path(tmp) / "peak_loop"
-        compiler = shlex.split(os.environ.get("CXX", "g++"))
         flags = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
-        try:
-            subprocess.run([*compiler, *flags, str(LOOP), "-o", str(binary)], check=True, capture_output=True)
+        try:  # the compiler siglip builds its kernels with ($CXX, else g++)
+            command = [*compiler_command(), *flags, str(LOOP), "-o", str(binary)]
+            subprocess.run(command, check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError) as error:
             print(f"the peak loop could not be built ({error}): no shares")
             return {}

@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import sentencepiece as spm
@@ -50,6 +51,18 @@ PHOTOS = (
     "coffee",
     "rocket",
 )  # colour photos in scikit-image's wheel (public domain / CC0)
+
+
+def old_builds(folder: Path, *names: str) -> list[Path]:
+    """Files `names` in `folder` (made with it) posing as native kernel builds last loaded two hours ago:
+    `siglip.tools.embeddings.native` removes a kernel's builds of other sources unused for an hour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    two_hours_ago = time.time() - 7200
+    paths = [folder / name for name in names]
+    for path in paths:
+        path.write_bytes(b"an old build")
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    return paths
 
 
 def write_photos(directory: Path, corrupt: bool = True) -> list[Path]:

@@ -10,14 +10,13 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from _material import BUNDLED
+from _material import BUNDLED, old_builds
 from siglip import SiglipModel
 from siglip.core.two_tower.modeling import SiglipAttention, key_padding_mask
 from siglip.tools.embeddings import attention, fused_attention
@@ -221,14 +220,9 @@ def test_a_build_is_reused_without_a_compiler_and_old_builds_go(monkeypatch, tmp
     """The kernel is built once into the cache's `kernels` folder; a later process finds it there with no
     compiler (a container image's cache built ahead); a build removes the builds of other sources not
     loaded for an hour, and keeps a recent one (another version in use)."""
-    fresh_kernel.mkdir(parents=True)
-    old, recent = (
-        fresh_kernel / "attention-0123456789abcdef.so",
-        fresh_kernel / "attention-fedcba9876543210.so",
-    )
-    for path in (old, recent):
-        path.write_bytes(b"another version's build")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    (old,) = old_builds(fresh_kernel, "attention-0123456789abcdef.so")
+    recent = fresh_kernel / "attention-fedcba9876543210.so"
+    recent.write_bytes(b"another version's build")
     assert fused_attention.why_not() is None
     (built,) = set(fresh_kernel.glob("attention-*.so")) - {recent}
     assert not old.exists() and recent.exists()

@@ -5,16 +5,14 @@ Oracles: the quantisation's documented formula computed in numpy's float32, and 
 from __future__ import annotations
 
 import copy
-import os
 import pickle
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from _material import BUNDLED
+from _material import BUNDLED, old_builds
 from siglip import SiglipModel
 from siglip.tools.embeddings import int8
 from siglip.tools.embeddings.inference import InferenceMode
@@ -285,14 +283,7 @@ def test_without_the_kernel_eager_int8_takes_torchs_linears(monkeypatch, tmp_pat
 def test_a_build_removes_only_its_own_stale_builds(fresh_kernel):
     """Building the quantisation kernel removes its own builds of other sources unused for an hour, never
     another kernel's (the attention kernel's old build stays for its own next build to judge)."""
-    fresh_kernel.mkdir(parents=True)
-    mine, theirs = (
-        fresh_kernel / "quantize-0123456789abcdef.so",
-        fresh_kernel / "attention-0123456789abcdef.so",
-    )
-    for path in (mine, theirs):
-        path.write_bytes(b"an old build")
-        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    mine, theirs = old_builds(fresh_kernel, "quantize-0123456789abcdef.so", "attention-0123456789abcdef.so")
     assert int8._quantize_kernel()[1] is None
     assert not mine.exists() and theirs.exists()
     assert len(list(fresh_kernel.glob("quantize-*.so"))) == 1

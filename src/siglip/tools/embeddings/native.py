@@ -36,7 +36,7 @@ COMMON_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-strict-aliasing",
 _BUILD_SECONDS = 120
 
 
-def _compiler() -> list[str]:
+def compiler_command() -> list[str]:
     """The C++ compiler's command: `$CXX` (a path, or a command with arguments such as `ccache g++`), else
     g++ or c++ on the PATH; an `OSError` where there is none or `$CXX` cannot be read as a command."""
     cxx = os.environ.get("CXX", "").strip()
@@ -91,7 +91,7 @@ class NativeKernel:
             folder = process_folder() / "kernels"
             path = folder / path.name
         if not path.exists():
-            compiler = _compiler()
+            compiler = compiler_command()
             torch_lib = Path(torch.__file__).parent / "lib"
             link = [f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
             logger.info("building siglip's %s kernel for this machine: %s", self.name, path)
