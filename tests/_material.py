@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import sentencepiece as spm
 import torch
 
@@ -51,6 +53,24 @@ PHOTOS = (
     "coffee",
     "rocket",
 )  # colour photos in scikit-image's wheel (public domain / CC0)
+
+
+def fresh_kernel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookup: Callable) -> Iterator[Path]:
+    """For a fixture: a compiled cache of the test's own, a native kernel's cached `lookup` (a
+    `functools.cache`) cleared before and after the test; yields the cache's `kernels` folder."""
+    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
+    lookup.cache_clear()
+    yield tmp_path / "cache" / "kernels"
+    lookup.cache_clear()
+
+
+def use_broken_compiler(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make `$CXX` a compiler (a script in `folder`) that fails, saying "cc1plus: error: unrecognized
+    option" as a compiler without a kernel's instruction flags does."""
+    compiler = folder / "broken-c++"
+    compiler.write_text("#!/bin/sh\necho 'cc1plus: error: unrecognized option' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
 
 
 def old_builds(folder: Path, *names: str) -> list[Path]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _material import BUNDLED, old_builds
+from _material import BUNDLED, fresh_kernel_cache, old_builds, use_broken_compiler
 from siglip import SiglipModel
 from siglip.core.two_tower.modeling import SiglipAttention, key_padding_mask
 from siglip.tools.embeddings import attention, fused_attention
@@ -182,10 +182,7 @@ def test_the_fused_classes_compute_with_the_kernel():
 @pytest.fixture
 def fresh_kernel(monkeypatch, tmp_path):
     """The kernel's library looked up anew (in a cache of this test's own), and again after the test."""
-    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
-    fused_attention._loaded.cache_clear()
-    yield tmp_path / "cache" / "kernels"
-    fused_attention._loaded.cache_clear()
+    yield from fresh_kernel_cache(monkeypatch, tmp_path, fused_attention._loaded)
 
 
 def test_the_kernel_can_be_turned_off_and_a_failed_build_leaves_the_kernels_below(
@@ -199,10 +196,7 @@ def test_the_kernel_can_be_turned_off_and_a_failed_build_leaves_the_kernels_belo
     use_bf16_mode_attention(model)
     assert not any(isinstance(m, attention.FusedAttention) for m in model.modules())
     monkeypatch.delenv(fused_attention.VARIABLE)
-    compiler = tmp_path / "broken-c++"
-    compiler.write_text("#!/bin/sh\necho 'cc1plus: error: unrecognized option' >&2\nexit 1\n")
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CXX", str(compiler))
+    use_broken_compiler(monkeypatch, tmp_path)
     why = fused_attention.why_not()
     assert why is not None
     if "AVX-512 BF16" in why:  # nothing to build on this CPU (or under an ISA cap)

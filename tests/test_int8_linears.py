@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _material import BUNDLED, old_builds
+from _material import BUNDLED, fresh_kernel_cache, old_builds, use_broken_compiler
 from siglip import SiglipModel
 from siglip.tools.embeddings import int8
 from siglip.tools.embeddings.inference import InferenceMode
@@ -228,10 +228,7 @@ def test_a_model_with_nan_pixels_is_refused_by_name():
 @pytest.fixture
 def fresh_kernel(monkeypatch, tmp_path):
     """The quantisation kernel looked up anew (in a cache of this test's own), and again after the test."""
-    monkeypatch.setenv("SIGLIP_COMPILED_CACHE", str(tmp_path / "cache"))
-    int8._quantize_kernel.cache_clear()
-    yield tmp_path / "cache" / "kernels"
-    int8._quantize_kernel.cache_clear()
+    yield from fresh_kernel_cache(monkeypatch, tmp_path, int8._quantize_kernel)
 
 
 def _torch_dynamic(model: torch.nn.Module) -> bool:
@@ -258,10 +255,7 @@ def test_without_the_kernel_eager_int8_takes_torchs_linears(monkeypatch, tmp_pat
     assert int8.int8_linears_why_not() == "SIGLIP_INT8_LINEARS=0"
     assert _torch_dynamic(InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED)))
     monkeypatch.delenv(int8.INT8_LINEARS_VARIABLE)
-    compiler = tmp_path / "broken-c++"
-    compiler.write_text("#!/bin/sh\necho 'cc1plus: error: unrecognized option' >&2\nexit 1\n")
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CXX", str(compiler))
+    use_broken_compiler(monkeypatch, tmp_path)
     why = int8.int8_linears_why_not()
     assert "could not be built" in why and "unrecognized option" in why
     assert list(fresh_kernel.iterdir()) == []  # no half-written library
