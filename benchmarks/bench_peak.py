@@ -2,6 +2,7 @@
 rate of oneDNN's products at the base towers' layer shapes, and the whole eager towers' rate.
 
     python benchmarks/bench_peak.py [--threads N] [--rows 64 196 1024] [--batch 8] [--repeats 15]
+                                    [--emulate-cpu avx2|avx512|avx512-vnni|avx512-bf16]
 
 - Instruction peak: `peak_loop.cpp`, built here with the machine's C++ compiler (`$CXX`, else g++), runs
   independent chains of the multiply-add instruction of each precision (FMA, AVX-512 BF16's dot product,
@@ -11,16 +12,21 @@ rate of oneDNN's products at the base towers' layer shapes, and the whole eager 
   attention's output 768 -> 768; the MLP 768 -> 3072 -> 768) at a text (64 rows), an image (196) and
   1,024 rows, as the modes call them: fp32 `F.linear` (aten), bf16 `FusedLinear` (oneDNN, its
   packed weight), int8 oneDNN's u8 x s8 product on an input `int8.quantized` made (`Int8Linear`'s product,
-  without the quantisation); each as operations a second and as a share of the instruction peak.
+  without the quantisation; on a CPU without VNNI torch's dynamically quantised linear, which the int8 mode
+  runs there, its input's quantisation included); each as operations a second and as a share of the
+  instruction peak.
 - Towers: the base image and text towers (random weights) in eager fp32, bf16 and int8 at `--batch` items:
   the encoder layers' products and attention, in operations a second over the whole call (everything else,
   from the patch embedding and the heads, about 2% of the operations, to layer norms and Python, counts as
   time), and that as a share of the mode's peak (int8's attention computes in bf16 or float32: its share is
   of the int8 peak all the same).
 
-The peak is of the instructions the compiler's `-march=native` picks: an ISA cap (`ONEDNN_MAX_CPU_ISA`,
-`--emulate-cpu` elsewhere) does not lower it, and AMX's tiles, which oneDNN uses for bf16 and int8 where a
-CPU has them, are not in it (shares there can pass 100%). Without a compiler the shares are left out.
+The peak is of the instructions the compiler's `-march=native` picks. `--emulate-cpu NAME` stands this CPU in
+for an older one (`_common.EMULATED_CPUS`): the loop is built without the instructions that CPU lacks and
+torch's kernel libraries are held to its instructions, so every figure, the peak included, is what those
+instructions reach on these cores (with `avx2`: FMA on 256 bits, the three-instruction int8 step, no bf16
+units). AMX's tiles, which oneDNN uses for bf16 and int8 where a CPU has them, are not in the peak (shares
+there can pass 100%). Without a compiler the shares are left out.
 
 Medians of `--repeats` calls after a warm-up. The figures are this machine's: its flags are printed.
 """
@@ -37,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import SHAPES, cpu_flags, machine_line, time_alternately
+from _common import EMULATED_CPUS, SHAPES, cpu_flags, emulate_cpu, machine_line, time_alternately
 from siglip import SiglipConfig, SiglipModel
 from siglip.tools.embeddings.inference import InferenceMode
-from siglip.tools.embeddings.int8 import Int8Linear, int8_linears_why_not, quantized
+from siglip.tools.embeddings.int8 import Int8Linear, int8_linears_why_not, quantize_linear_layers, quantized
 from siglip.tools.embeddings.native import compiler_command
 from siglip.tools.embeddings.onednn import FusedLinear, fused_linears_available
 
@@ -48,14 +54,23 @@ LOOP = Path(__file__).with_name("peak_loop.cpp")
 # the base towers' layer shapes, (input width, output width): q/k/v in one product, out_proj, fc1, fc2
 LAYERS = {"qkv": (768, 2304), "out": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}
 TOKENS = {"image": 196, "text": 64}  # a base/16-224 image's patches (no class token), a text's positions
+# The compiler flags that take from `-march=native` what each of `EMULATED_CPUS` lacks (GCC's and clang's
+# `-mno-avx512f` also removes every AVX-512 extension)
+WITHOUT = {
+    "avx2": ["-mno-avx512f", "-mno-avxvnni"],
+    "avx512": ["-mno-avx512vnni", "-mno-avx512bf16", "-mno-avxvnni"],
+    "avx512-vnni": ["-mno-avx512bf16"],
+    "avx512-bf16": [],
+}
 
 
-def instruction_peaks(threads: int) -> dict[str, float | None]:
+def instruction_peaks(threads: int, emulated: str | None = None) -> dict[str, float | None]:
     """Operations a second each precision's multiply-add instruction reaches on `threads` threads (None: the
-    CPU has no such instruction), the best of three runs; {} where the loop cannot be built."""
+    CPU, or the `EMULATED_CPUS` one it stands in for, has no such instruction), the best of three runs; {}
+    where the loop cannot be built."""
     with tempfile.TemporaryDirectory() as tmp:
         binary = Path(tmp) / "peak_loop"
-        flags = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+        flags = ["-O3", "-march=native", *(WITHOUT[emulated] if emulated else []), "-fopenmp", "-std=c++17"]
         try:  # the compiler siglip builds its kernels with ($CXX, else g++)
             command = [*compiler_command(), *flags, str(LOOP), "-o", str(binary)]
             subprocess.run(command, check=True, capture_output=True)
@@ -89,6 +104,9 @@ def product_calls(rows: int, width: int, out: int) -> dict[str, Callable[[], obj
         calls["int8"] = lambda: torch.ops.onednn.qlinear_pointwise(
             q, scale, zero_point, *weights, layer.bias, 1.0, 0, torch.float32, "none", [], ""
         )
+    else:  # without VNNI the int8 mode runs torch's dynamically quantised linears
+        dynamic = quantize_linear_layers(nn.Sequential(linear))
+        calls["int8"] = lambda: dynamic(x)
     return calls
 
 
@@ -110,10 +128,14 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", type=int, default=[TOKENS["text"], TOKENS["image"], 1024])
     parser.add_argument("--batch", type=int, default=8, help="items per tower call")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--emulate-cpu", choices=EMULATED_CPUS, help="stand in for this older CPU (module doc)"
+    )
     args = parser.parse_args()
+    emulate_cpu(args.emulate_cpu)
     torch.set_num_threads(args.threads)
     print(machine_line(), "; flags:", " ".join(cpu_flags()))
-    peaks = instruction_peaks(args.threads)
+    peaks = instruction_peaks(args.threads, args.emulate_cpu)
     print("\n| precision | instruction peak, G operations/s |\n|---|---:|")
     for kind, rate in peaks.items():
         print(f"| {kind} | {'none' if rate is None else f'{rate / 1e9:.0f}'} |")

@@ -239,18 +239,8 @@ def _torch_dynamic(model: torch.nn.Module) -> bool:
 
 
 def test_without_the_kernel_eager_int8_takes_torchs_linears(monkeypatch, tmp_path, fresh_kernel, caplog):
-    """`SIGLIP_INT8_LINEARS=0`, a CPU without VNNI, a compiler that fails (said: its last line of errors; no
-    file left) and a CPU without AVX2 (the kernel never built) leave eager int8 on torch's dynamically
-    quantised linears."""
-    from siglip.tools.embeddings.precision import CpuUnits
-
-    def units(vnni: bool) -> None:
-        monkeypatch.setattr(int8, "cpu_units", lambda: CpuUnits(avx2=True, vnni=vnni, bf16=False, amx=False))
-
-    units(vnni=False)
-    assert "without VNNI" in int8.int8_linears_why_not()
-    assert _torch_dynamic(InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED)))
-    units(vnni=True)  # from here on, what the kernel decides
+    """`SIGLIP_INT8_LINEARS=0`, a compiler that fails (said: its last line of errors; no file left) and a CPU
+    without AVX2 (the kernel never built) leave eager int8 on torch's dynamically quantised linears."""
     monkeypatch.setenv(int8.INT8_LINEARS_VARIABLE, "0")
     assert int8.int8_linears_why_not() == "SIGLIP_INT8_LINEARS=0"
     assert _torch_dynamic(InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED)))
@@ -395,6 +385,20 @@ def test_projections_wrapped_by_an_adapter_are_not_fused():
     assert "qkv_proj" not in wrapped._modules and isinstance(wrapped.q_proj, Adapted)
     assert hasattr(wrapped, "k_proj") and hasattr(wrapped, "v_proj")
     assert "qkv_proj" in model.text_model.encoder.layers[1].self_attn._modules
+
+
+def test_a_cpu_without_vnni_takes_int8_linears_with_7_bit_activations(monkeypatch):
+    """Without VNNI eager int8 still takes `Int8Linear`s (the same oneDNN products as torch's dynamically
+    quantised linears there, which gained nothing), every one with 7-bit activations."""
+    from siglip.tools.embeddings.precision import CpuUnits
+
+    if int8._quantize_kernel()[1] is not None:
+        pytest.skip(f"no Int8Linear here: {int8._quantize_kernel()[1]}")
+    monkeypatch.setattr(int8, "cpu_units", lambda: CpuUnits(avx2=True, vnni=False, bf16=False, amx=False))
+    assert int8.int8_linears_why_not() is None
+    model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert not _torch_dynamic(model) and layers and {m.qmax for m in layers} == {127}
 
 
 def test_a_layer_loaded_on_a_cpu_without_vnni_takes_7_bits(monkeypatch):

@@ -1,16 +1,16 @@
 """int8 inference on the CPU, two ways.
 
-- Eager (`InferenceMode("int8")`, `use_eager_int8`): on an x86 CPU with VNNI, every linear layer an
+- Eager (`InferenceMode("int8")`, `use_eager_int8`): on an x86 CPU, every linear layer an
   `Int8Linear` (`use_int8_linears`; each attention's queries, keys and values one layer): oneDNN's int8
   product on weights quantised per output channel, each call's input quantised per tensor by siglip's kernel
   (`quantized`, `kernels/quantize.cpp`, built on first use), the bias, the MLP's GELU and the residual adds
   inside the products, and large batches run by each encoder layer in groups of sequences
   (`int8_linear_rows_per_call`). The base towers ran 1.17-1.20x (images) and 1.08-1.21x (texts) faster than
-  on torch's dynamically quantised linears at batches 1-32, nearer fp32 (BENCHMARKS.md). Where the kernel
-  cannot be built (no C++ compiler and no build in the cache), on a CPU without VNNI (where they gained
-  nothing) or one that is not x86, torch's dynamically quantised linears (`quantize_linear_layers`: weights
-  per tensor) with a faster tanh-GELU (`use_fast_gelu`). Ready at once (a base model's layers in under a
-  second).
+  on torch's dynamically quantised linears at batches 1-32 with VNNI, nearer fp32, and 1.04-1.05x (images)
+  and 0.97-1.02x (texts) on a CPU held to AVX2, where both take 7-bit activations (BENCHMARKS.md). Where the
+  kernel cannot be built (no C++ compiler and no build in the cache) or the CPU is not x86, torch's
+  dynamically quantised linears (`quantize_linear_layers`: weights per tensor) with a faster tanh-GELU
+  (`use_fast_gelu`). Ready at once (a base model's layers in under a second).
 - Compiled (`InferenceMode("int8", compile=True)`): each tower traced by `torch.export`, quantised by
   torchao's PT2E flow for x86 (`pt2e_int8`: int8 weights per output channel, activations quantised per call
   as in eager int8) and compiled ahead of time by inductor with freezing, which fuses activation
@@ -177,17 +177,16 @@ def use_eager_int8(model: nn.Module) -> None:
 
 
 def int8_linears_why_not() -> str | None:
-    """Why eager int8 does not take `Int8Linear`s here, in words (None: it does): they need an x86 CPU with
-    VNNI (without it, held to AVX2 on a Zen 5, the base image tower ran 0.97-0.98x as fast as on torch's
-    dynamically quantised linears, at the same cosine to fp32: both take 7-bit activations there), torch's
-    oneDNN (the products) and the kernel built (a C++ compiler, or a build in the cache:
-    `siglip.tools.embeddings.native`); `SIGLIP_INT8_LINEARS=0` turns them off."""
+    """Why eager int8 does not take `Int8Linear`s here, in words (None: it does): they need an x86 CPU,
+    torch's oneDNN (the products) and the kernel built (a C++ compiler, or a build in the cache:
+    `siglip.tools.embeddings.native`); `SIGLIP_INT8_LINEARS=0` turns them off. Without VNNI they take 7-bit
+    activations, as torch's dynamically quantised linears do there: on a Zen 4 held to AVX2 the base image
+    tower ran 1.04-1.05x as fast on them, texts 0.97-1.02x, at a cosine to fp32 0.0001 lower (0.99957 at
+    32 images; BENCHMARKS.md)."""
     if os.environ.get(INT8_LINEARS_VARIABLE, "").strip() == "0":
         return f"{INT8_LINEARS_VARIABLE}=0"
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return "not an x86 CPU with torch's oneDNN"
-    if not cpu_units().vnni:  # the units oneDNN may use (an ISA cap hides them too)
-        return "a CPU without VNNI, where torch's dynamically quantised linears ran 1.02-1.03x as fast"
     products = getattr(torch.ops.onednn, "qlinear_pointwise", None)
     if products is None or "binary" not in products.overloads():
         return f"torch {torch.__version__} has no oneDNN int8 product with a residual add"
