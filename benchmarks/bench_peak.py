@@ -12,9 +12,9 @@ rate of oneDNN's products at the base towers' layer shapes, and the whole eager 
   attention's output 768 -> 768; the MLP 768 -> 3072 -> 768) at a text (64 rows), an image (196) and
   1,024 rows, as the modes call them: fp32 `F.linear` (aten), bf16 `FusedLinear` (oneDNN, its
   packed weight), int8 oneDNN's u8 x s8 product on an input `int8.quantized` made (`Int8Linear`'s product,
-  without the quantisation; on a CPU without VNNI torch's dynamically quantised linear, which the int8 mode
-  runs there, its input's quantisation included); each as operations a second and as a share of the
-  instruction peak.
+  without the quantisation; where eager int8 takes torch's dynamically quantised linears instead,
+  `int8_linears_why_not`, their call, its input's quantisation included); each as operations a second and as
+  a share of the instruction peak.
 - Towers: the base image and text towers (random weights) in eager fp32, bf16 and int8 at `--batch` items:
   the encoder layers' products and attention, in operations a second over the whole call (everything else,
   from the patch embedding and the heads, about 2% of the operations, to layer norms and Python, counts as
@@ -75,7 +75,9 @@ def instruction_peaks(threads: int, emulated: str | None = None) -> dict[str, fl
             command = [*compiler_command(), *flags, str(LOOP), "-o", str(binary)]
             subprocess.run(command, check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError) as error:
-            print(f"the peak loop could not be built ({error}): no shares")
+            # the compiler's last words, where it had any (an older one refuses `WITHOUT`'s newer flags)
+            said = getattr(error, "stderr", b"").decode(errors="replace").strip().splitlines()[-1:]
+            print(f"the peak loop could not be built ({error}{': ' + said[0] if said else ''}): no shares")
             return {}
         peaks: dict[str, float | None] = {}
         for kind in ("fp32", "bf16", "int8"):
@@ -104,7 +106,7 @@ def product_calls(rows: int, width: int, out: int) -> dict[str, Callable[[], obj
         calls["int8"] = lambda: torch.ops.onednn.qlinear_pointwise(
             q, scale, zero_point, *weights, layer.bias, 1.0, 0, torch.float32, "none", [], ""
         )
-    else:  # without VNNI the int8 mode runs torch's dynamically quantised linears
+    else:  # where eager int8 takes torch's dynamically quantised linears (no kernel, not x86, ...)
         dynamic = quantize_linear_layers(nn.Sequential(linear))
         calls["int8"] = lambda: dynamic(x)
     return calls

@@ -18,7 +18,7 @@ from siglip.tools.embeddings import int8
 from siglip.tools.embeddings.inference import InferenceMode
 from siglip.tools.embeddings.int8 import Int8Linear, quantized
 
-# the kernel and the layers run on any x86 CPU with AVX2; eager int8 takes them where it has VNNI too
+# the kernel and the layers run on any x86 CPU with AVX2, and eager int8 takes them there
 pytestmark = pytest.mark.skipif(
     int8._quantize_kernel()[1] is not None,
     reason=f"no quantisation kernel here: {int8._quantize_kernel()[1]}",
@@ -387,18 +387,25 @@ def test_projections_wrapped_by_an_adapter_are_not_fused():
     assert "qkv_proj" in model.text_model.encoder.layers[1].self_attn._modules
 
 
+@needs_int8_linears
 def test_a_cpu_without_vnni_takes_int8_linears_with_7_bit_activations(monkeypatch):
     """Without VNNI eager int8 still takes `Int8Linear`s (the same oneDNN products as torch's dynamically
-    quantised linears there, which gained nothing), every one with 7-bit activations."""
+    quantised linears there, which gained nothing), every one with 7-bit activations; oneDNN held below AVX2
+    (an ISA cap on a CPU with it) leaves torch's linears, saying so."""
     from siglip.tools.embeddings.precision import CpuUnits
 
-    if int8._quantize_kernel()[1] is not None:
-        pytest.skip(f"no Int8Linear here: {int8._quantize_kernel()[1]}")
     monkeypatch.setattr(int8, "cpu_units", lambda: CpuUnits(avx2=True, vnni=False, bf16=False, amx=False))
     assert int8.int8_linears_why_not() is None
     model = InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED))
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
     assert not _torch_dynamic(model) and layers and {m.qmax for m in layers} == {127}
+
+    cap = "ONEDNN_MAX_CPU_ISA=AVX"
+    monkeypatch.setattr(
+        int8, "cpu_units", lambda: CpuUnits(avx2=False, vnni=False, bf16=False, amx=False, cap=cap)
+    )
+    assert int8.int8_linears_why_not() == f"oneDNN's int8 products held below AVX2 ({cap})"
+    assert _torch_dynamic(InferenceMode("int8").apply(SiglipModel.from_pretrained(BUNDLED)))
 
 
 def test_a_layer_loaded_on_a_cpu_without_vnni_takes_7_bits(monkeypatch):

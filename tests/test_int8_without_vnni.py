@@ -1,6 +1,6 @@
-"""int8 on CPUs without VNNI, run here by holding torch's kernel libraries to AVX2 (`ONEDNN_MAX_CPU_ISA`,
-`FBGEMM_ENABLE_INSTRUCTIONS`, `ATEN_CPU_CAPABILITY`): the kernels such a CPU runs, on whatever CPU runs the
-test."""
+"""int8 on CPUs without VNNI, run here by holding torch's kernel libraries to AVX2, or to AVX-512 without VNNI
+(`ONEDNN_MAX_CPU_ISA`, `FBGEMM_ENABLE_INSTRUCTIONS`, `ATEN_CPU_CAPABILITY`): the kernels such a CPU runs, on
+whatever CPU runs the test."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ AVX2_ONLY = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
     "ATEN_CPU_CAPABILITY": "avx2",
+}
+AVX512_WITHOUT_VNNI = {  # Skylake-SP: its int8 products add pairs of products in 16 bits, as AVX2's do
+    "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512",
+    "ATEN_CPU_CAPABILITY": "avx512",
 }
 
 # runs in a process of its own: the libraries read their caps once, before their first product
@@ -53,10 +58,10 @@ print(json.dumps({
 """
 
 
-def _held_to_avx2(tmp_path: Path, *args: str) -> dict:
-    """SCRIPT's result in a process whose kernel libraries are held to AVX2."""
+def _held_to_avx2(tmp_path: Path, *args: str, caps: dict[str, str] = AVX2_ONLY) -> dict:
+    """SCRIPT's result in a process whose kernel libraries are held to `caps` (AVX2 by default)."""
     examples = Path(__file__).resolve().parent.parent / "examples" / "fashion"
-    env = {**os.environ, **AVX2_ONLY, "SIGLIP_COMPILED_CACHE": str(tmp_path), "SIGLIP_BF16_UNITS": ""}
+    env = {**os.environ, **caps, "SIGLIP_COMPILED_CACHE": str(tmp_path), "SIGLIP_BF16_UNITS": ""}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, BUNDLED, str(examples), json.dumps(LABELS), *args],
         env=env, capture_output=True, text=True, timeout=900,
@@ -84,16 +89,22 @@ def test_compiled_int8_keeps_the_int8_bound_without_vnni(tmp_path):
     assert result["agree"]
 
 
-@pytest.mark.skipif(not torch.cpu._is_avx2_supported(), reason="the AVX2 kernels need a CPU with AVX2")
-def test_eager_int8_without_vnni(tmp_path):
+@pytest.mark.parametrize(
+    "caps, needs",
+    [(AVX2_ONLY, torch.cpu._is_avx2_supported), (AVX512_WITHOUT_VNNI, torch.cpu._is_avx512_supported)],
+    ids=["avx2", "avx512-without-vnni"],
+)
+def test_eager_int8_without_vnni(tmp_path, caps, needs):
     """Without VNNI eager int8 takes `Int8Linear`s with 7-bit activations (0-127), within the int8 bound and
     keeping the zero-shot winners; held to 8 bits on the same kernels, the pair sums overflow and the
     embeddings move away from fp32's."""
     from siglip.tools.embeddings import int8
 
+    if not needs():
+        pytest.skip(f"the CPU cannot run the kernels of {caps['ONEDNN_MAX_CPU_ISA']}")
     if int8._quantize_kernel()[1] is not None:
         pytest.skip(f"no Int8Linear here: {int8._quantize_kernel()[1]}")
-    auto, eight = (_held_to_avx2(tmp_path, "eager", qmax) for qmax in ("0", "255"))
+    auto, eight = (_held_to_avx2(tmp_path, "eager", qmax, caps=caps) for qmax in ("0", "255"))
     assert auto["vnni"] is False and auto["qmax"] == [127] and auto["cosine"] > 0.998 and auto["agree"]
     assert eight["qmax"] == [255]
     assert eight["cosine"] < auto["cosine"] - 0.002, (auto, eight)

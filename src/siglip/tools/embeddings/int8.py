@@ -70,8 +70,8 @@ EAGER_ROWS_PER_CALL = 1024
 # `Int8Linear`s on a CPU without AMX take calls of up to this many tokens: on a Zen 4 (2 threads, paired
 # rounds) one call of 8 or 16 images ran the image tower 1.06-1.09x as fast as groups of 1,024 tokens, and
 # 32 images in two groups of 16 1.06-1.08x; on a Zen 5 groups of 1,024 had run 1.00-1.03x groups of 2,048 or
-# 4,096 (and 1.05-1.09x groups of 512). Not measured with AMX, which keeps `EAGER_ROWS_PER_CALL`, nor on
-# Intel CPUs with VNNI and no AMX.
+# 4,096 (and 1.05-1.09x groups of 512). CPUs without VNNI take it too (the Zen 4 held to AVX2 was measured
+# with it). Not measured with AMX, which keeps `EAGER_ROWS_PER_CALL`, nor on Intel CPUs with VNNI and no AMX.
 INT8_LINEAR_ROWS_PER_CALL = 4096
 
 # A compiled int8 tower's package is called on groups of items of at most this many tokens: its fused
@@ -177,12 +177,12 @@ def use_eager_int8(model: nn.Module) -> None:
 
 
 def int8_linears_why_not() -> str | None:
-    """Why eager int8 does not take `Int8Linear`s here, in words (None: it does): they need an x86 CPU,
-    torch's oneDNN (the products) and the kernel built (a C++ compiler, or a build in the cache:
-    `siglip.tools.embeddings.native`); `SIGLIP_INT8_LINEARS=0` turns them off. Without VNNI they take 7-bit
-    activations, as torch's dynamically quantised linears do there: on a Zen 4 held to AVX2 the base image
-    tower ran 1.04-1.05x as fast on them, texts 0.97-1.02x, at a cosine to fp32 0.0001 lower (0.99957 at
-    32 images; BENCHMARKS.md)."""
+    """Why eager int8 does not take `Int8Linear`s here, in words (None: it does): they need an x86 CPU with
+    AVX2 that oneDNN may use (an ISA cap below it hides it), torch's oneDNN (the products) and the kernel
+    built (a C++ compiler, or a build in the cache: `siglip.tools.embeddings.native`);
+    `SIGLIP_INT8_LINEARS=0` turns them off. Without VNNI they take 7-bit activations, as torch's dynamically
+    quantised linears do there: on a Zen 4 held to AVX2 the base image tower ran 1.04-1.05x as fast on them,
+    texts 0.97-1.02x, at a cosine to fp32 up to 0.0002 lower (0.99957 at 32 images; BENCHMARKS.md)."""
     if os.environ.get(INT8_LINEARS_VARIABLE, "").strip() == "0":
         return f"{INT8_LINEARS_VARIABLE}=0"
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
@@ -190,7 +190,10 @@ def int8_linears_why_not() -> str | None:
     products = getattr(torch.ops.onednn, "qlinear_pointwise", None)
     if products is None or "binary" not in products.overloads():
         return f"torch {torch.__version__} has no oneDNN int8 product with a residual add"
-    return _quantize_kernel()[1]
+    if why := _quantize_kernel()[1]:
+        return why
+    units = cpu_units()  # the kernel checked the CPU; a cap may hold oneDNN below it
+    return None if units.avx2 else f"oneDNN's int8 products held below AVX2 ({units.cap})"
 
 
 def use_int8_linears(model: nn.Module) -> None:
