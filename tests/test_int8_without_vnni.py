@@ -58,8 +58,8 @@ print(json.dumps({
 """
 
 
-def _held_to_avx2(tmp_path: Path, *args: str, caps: dict[str, str] = AVX2_ONLY) -> dict:
-    """SCRIPT's result in a process whose kernel libraries are held to `caps` (AVX2 by default)."""
+def _held_to(caps: dict[str, str], tmp_path: Path, *args: str) -> dict:
+    """SCRIPT's result in a process whose kernel libraries are held to `caps` (`AVX2_ONLY`, ...)."""
     examples = Path(__file__).resolve().parent.parent / "examples" / "fashion"
     env = {**os.environ, **caps, "SIGLIP_COMPILED_CACHE": str(tmp_path), "SIGLIP_BF16_UNITS": ""}
     done = subprocess.run(
@@ -77,7 +77,7 @@ def test_compiled_int8_keeps_the_int8_bound_without_vnni(tmp_path):
     base tower's 0.82). With 7-bit activations there, it stays as close as eager int8 (0.9997) and keeps the
     zero-shot winners; `auto` names the cap that hid VNNI."""
     pytest.importorskip("torchao")
-    result = _held_to_avx2(tmp_path, "compiled", "0")
+    result = _held_to(AVX2_ONLY, tmp_path, "compiled", "0")
     hidden = torch.cpu._is_vnni_supported() or torch.cpu.get_capabilities().get("avx_vnni", False)
     assert result["vnni"] is False
     assert result["auto"] == [
@@ -104,7 +104,7 @@ def test_eager_int8_without_vnni(tmp_path, caps, needs):
         pytest.skip(f"the CPU cannot run the kernels of {caps['ONEDNN_MAX_CPU_ISA']}")
     if int8._quantize_kernel()[1] is not None:
         pytest.skip(f"no Int8Linear here: {int8._quantize_kernel()[1]}")
-    auto, eight = (_held_to_avx2(tmp_path, "eager", qmax, caps=caps) for qmax in ("0", "255"))
+    auto, eight = (_held_to(caps, tmp_path, "eager", qmax) for qmax in ("0", "255"))
     assert auto["vnni"] is False and auto["qmax"] == [127] and auto["cosine"] > 0.998 and auto["agree"]
     assert eight["qmax"] == [255]
     assert eight["cosine"] < auto["cosine"] - 0.002, (auto, eight)

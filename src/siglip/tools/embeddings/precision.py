@@ -25,11 +25,11 @@ Why: int8 is the fastest mode that keeps the issue-26 bounds (cosine >= 0.995 to
 >= 99% on the bundled model) on x86 CPUs without AMX: on a 2-core AMD Zen 5 with AVX-512 VNNI and BF16,
 eager int8 ran the base towers 5.6-6.7x transformers fp32 and 1.32-1.56x eager bf16 at batches 1-32
 (BENCHMARKS.md), and 1.5-2.2x the fp32 towers (transformers' kernels) on AVX2 without VNNI (a Xeon, a Zen 4
-and a Zen 5 held to AVX2), where bf16 is emulated (~7x slower than fp32). With AMX, eager bf16 runs on the tiles and
-beats eager int8, nearer fp32: the embedding job ran 2.6-3.4x the transformers fp32 loop against int8's 2.2x,
-cosine 0.99996 against 0.99941 (a 2-core Xeon with AMX, BENCHMARKS.md). Training keeps float32 weights for
-the optimizer (AdamW's small updates vanish in bfloat16 weights): `bf16` training must be asked for; fp16 and
-int8 are not offered for it.
+and a Zen 5 held to AVX2), where bf16 is emulated (~7x slower than fp32). With AMX, eager bf16 runs on the
+tiles and beats eager int8, nearer fp32: the embedding job ran 2.6-3.4x the transformers fp32 loop against
+int8's 2.2x, cosine 0.99996 against 0.99941 (a 2-core Xeon with AMX, BENCHMARKS.md). Training keeps float32
+weights for the optimizer (AdamW's small updates vanish in bfloat16 weights): `bf16` training must be asked
+for; fp16 and int8 are not offered for it.
 `int8-static` is never chosen by `auto`: its embeddings depend on the calibration inputs the user gives
 (`siglip.tools.embeddings.calibration`).
 `SIGLIP_BF16_UNITS=0` makes `auto` mean fp32 on every device (the test suite's pin), `1` says bf16 units
