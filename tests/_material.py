@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import io
 import os
 import subprocess
@@ -10,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
@@ -53,6 +56,25 @@ PHOTOS = (
     "coffee",
     "rocket",
 )  # colour photos in scikit-image's wheel (public domain / CC0)
+
+
+# Debian's dataset-fashion-mnist (`.ci/run` installs it); its tests skip without it
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion_mnist = pytest.mark.skipif(
+    not FASHION_MNIST.is_dir(), reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist"
+)
+
+
+@functools.cache
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's `split` ("train" or "t10k"), read once a process: its images (n, 28, 28) and labels
+    (n,), uint8, read-only."""
+
+    def read(kind: str, header: int) -> np.ndarray:
+        with gzip.open(FASHION_MNIST / f"{split}-{kind}-ubyte.gz") as f:
+            return np.frombuffer(f.read(), np.uint8, offset=header)
+
+    return read("images-idx3", 16).reshape(-1, 28, 28), read("labels-idx1", 8)
 
 
 def fresh_kernel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookup: Callable) -> Iterator[Path]:

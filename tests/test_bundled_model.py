@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from _material import FASHION_CLASSES as CLASSES
+from _material import fashion_mnist, needs_fashion_mnist
 from siglip import SiglipModel, SiglipProcessor
 from siglip.core import hub
 from siglip.tools.zeroshot import class_embeddings, scores
 
 NAME = "siglip-tiny-fashion"
-DATASET = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_bundled_files_are_small_and_complete():
@@ -44,17 +41,9 @@ def test_loads_offline_by_short_name(tmp_path):
     assert params < 1_250_000 and length == 32 and size == 28
 
 
-def _idx(name: str, offset: int) -> np.ndarray:
-    with gzip.open(DATASET / name) as f:
-        return np.frombuffer(f.read(), np.uint8, offset=offset)
-
-
-@pytest.mark.skipif(
-    not DATASET.is_dir(), reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist"
-)
+@needs_fashion_mnist
 def test_zero_shot_accuracy_on_fashion_mnist():
-    images = _idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:1000]
-    labels = _idx("t10k-labels-idx1-ubyte.gz", 8)[:1000]
+    images, labels = (array[:1000] for array in fashion_mnist("t10k"))
     model, processor = SiglipModel.from_pretrained(NAME), SiglipProcessor.from_pretrained(NAME)
     # Prompts the training never saw (scripts/train_tiny_model.py holds out these templates).
     classes = class_embeddings(model, processor.tokenizer, CLASSES, ["a product shot of a {}.", "the {}."])

@@ -4,7 +4,6 @@ a linear probe learns categories of the user's own that zero-shot cannot name, t
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from pathlib import Path
@@ -14,14 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from _material import FASHION_CLASSES
+from _material import FASHION_CLASSES, fashion_mnist, needs_fashion_mnist
 from siglip import SiglipModel
 from siglip.core.auto import AutoModelForImageClassification
 from siglip.errors import UsageError
 from siglip.tools.cli import main
 from siglip.tools.training import DataError, TrainConfig, train, trainer
 
-DATASET = Path("/usr/share/datasets/fashion-mnist")
 # A collection's own categories, each a group of Fashion-MNIST classes: names the bundled model never trained
 # on ("tops" spans four of its classes), so zero-shot guesses where 20 labelled images per category teach a probe.
 CATEGORIES = {
@@ -32,22 +30,14 @@ CATEGORIES = {
     "bag": ["bag"],
 }
 PER_CATEGORY = 20
-pytestmark = pytest.mark.skipif(
-    not DATASET.is_dir(), reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist"
-)
-
-
-def _idx(name: str, offset: int) -> np.ndarray:
-    with gzip.open(DATASET / name) as f:
-        return np.frombuffer(f.read(), np.uint8, offset=offset)
+pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> Path:
     """train/ and val/ class folders, PER_CATEGORY images each, from disjoint halves of the test split."""
     root = tmp_path_factory.mktemp("fashion")
-    images = _idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-    labels = _idx("t10k-labels-idx1-ubyte.gz", 8)
+    images, labels = fashion_mnist("t10k")
     for split, half in (("train", slice(0, 5000)), ("val", slice(5000, 10000))):
         for category, members in CATEGORIES.items():
             wanted = [FASHION_CLASSES.index(m) for m in members]

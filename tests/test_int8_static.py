@@ -5,7 +5,6 @@ does not depend on what shares its batch (per-call scales, as `int8`'s, do)."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from _material import BUNDLED, FASHION_CLASSES
+from _material import BUNDLED, FASHION_CLASSES, fashion_mnist, needs_fashion_mnist
 from siglip import Embedder, SiglipModel
 from siglip.errors import UsageError
 from siglip.tools.cli import main
@@ -33,16 +32,12 @@ from siglip.tools.embeddings.options import ModelOptions
 from siglip.tools.embeddings.writers import embed_to_file
 
 pytest.importorskip("torchao")
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(
-    not FASHION.is_dir(), reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist"
-)
+pytestmark = needs_fashion_mnist
 PROMPTS = ["a photo of a {}.", "an image of the {}", "this is a {}", "a picture of a {}, for sale"]
 
 
 def _fashion(split: str, count: int) -> list[np.ndarray]:
-    with gzip.open(FASHION / f"{split}-images-idx3-ubyte.gz") as f:
-        return list(np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count])
+    return list(fashion_mnist(split)[0][:count])
 
 
 @pytest.fixture(scope="module")
